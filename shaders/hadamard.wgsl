@@ -1,0 +1,267 @@
+// Walsh–Hadamard transform kernels. Host side: src/ops/hadamard/mod.rs.
+//
+// This file is the shared body; the module compiled on a device is this file followed by
+// either hadamard_shared.wgsl (every adapter) or hadamard_subgroup.wgsl (adapters with
+// SUBGROUP), which supply the fast kernel's entry point and `subgroup_stages`.
+//
+// A transform of length T = M * P runs along axis i of a 3-D view of the data,
+//     X[b][i][s]   at offset  b * T * S + i * S + s,
+// with b < params.lines, i < T, s < S. A whole row of length n <= TILE is one line
+// (S = 1). Longer rows take two dispatches: pass A transforms contiguous segments of
+// length P_A (S = 1), pass B the remaining factor across them (S = P_A); see the host.
+//
+// H_T = H_M (x) H_P: i = c * P + ip (chunk c, position ip). The P-point Sylvester
+// transform runs as butterflies: each invocation holds V values of one chunk in registers
+// and does LOG_V stages there; the remaining stages go through workgroup memory (or
+// subgroup shuffles) in rounds of LOG_V stages, one barrier per round. The M x M mix
+// across chunks (M in 12, 20, 28) reads the sign of H_M from `hm_signs`. The scale and the
+// epilogue `out = resid + gamma * y * scale + beta` are applied on store.
+
+// Must match `WhtParams` in src/ops/hadamard/mod.rs.
+struct Params {
+    lines: u32,    // lines in the whole dispatch
+    tiles_x: u32,  // workgroups along x of the (possibly 2-D) grid
+    scale: f32,    // 1/sqrt(n) on the pass that stores the result, 1 otherwise
+    bit: u32,      // naive kernel: the butterfly stage this dispatch does
+}
+
+// Workgroup memory in f32s: 16 KiB, the WebGPU default limit. Must match TILE_ELEMS on the
+// host, which sizes tiles so LB * T * LS <= TILE.
+const TILE: u32 = 4096u;
+// Register values per invocation at most; must match MAX_VALUES_PER_INVOCATION on the host.
+const MAX_V: u32 = 16u;
+// Largest small Hadamard order.
+const MAX_M: u32 = 28u;
+
+// Pipeline constants, all set by the host (src/ops/hadamard/mod.rs, `fast_key`/`naive_key`).
+override M: u32 = 1u;        // small Hadamard factor: 1, 12, 20 or 28
+override P: u32 = 2u;        // power-of-two factor
+override LOG_P: u32 = 1u;
+override V: u32 = 2u;        // values per invocation (power of two, <= P, <= MAX_V)
+override LOG_V: u32 = 1u;
+override S: u32 = 1u;        // stride of the transform axis (columns)
+override LS: u32 = 1u;       // columns per workgroup tile
+override LB: u32 = 1u;       // lines per workgroup tile
+override WG: u32 = 64u;      // invocations per workgroup = LB * LS * M * P / V
+override EPI_RESID: bool = false;
+override EPI_GAMMA: bool = false;
+override EPI_BETA: bool = false;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<storage, read> resid: array<f32>;
+@group(0) @binding(4) var<storage, read> gamma: array<f32>;
+@group(0) @binding(5) var<storage, read> beta: array<f32>;
+// Row c of H_M as a bit mask: bit c' set means H_M[c][c'] = -1 (H_M is symmetric).
+@group(0) @binding(6) var<storage, read> hm_signs: array<u32>;
+
+var<workgroup> tile: array<f32, TILE>;
+var<private> reg: array<f32, MAX_V>;
+
+// Where this invocation sits in its workgroup's tile.
+struct Lane {
+    b: u32,       // line
+    s: u32,       // column
+    bl: u32,      // line within the tile
+    sl: u32,      // column within the tile
+    c: u32,       // chunk of H_M
+    g: u32,       // group within the chunk: which V values of the P positions
+    valid: bool,  // b < params.lines (the last tile may be partial)
+}
+
+fn tile_count() -> u32 {
+    return ((params.lines + LB - 1u) / LB) * (S / LS);
+}
+
+fn lane_of(t: u32, tile_id: u32) -> Lane {
+    // t = ((bl * (M * P / V)) + q) * LS + sl: neighbouring invocations take neighbouring
+    // columns, so strided loads (S > 1) are coalesced.
+    let per_line = M * P / V;
+    let q = (t / LS) % per_line;
+    var l: Lane;
+    l.sl = t % LS;
+    l.bl = t / (LS * per_line);
+    l.c = q / (P / V);
+    l.g = q % (P / V);
+    l.b = (tile_id / (S / LS)) * LB + l.bl;
+    l.s = (tile_id % (S / LS)) * LS + l.sl;
+    l.valid = l.b < params.lines;
+    return l;
+}
+
+// Position ip of register j when the registers span bits [lo, lo + LOG_V) of ip.
+fn position(g: u32, lo: u32, j: u32) -> u32 {
+    let low = g & ((1u << lo) - 1u);
+    let high = (g >> lo) << (lo + LOG_V);
+    return high | low | (j << lo);
+}
+
+fn global_index(l: Lane, i: u32) -> u32 {
+    return l.b * (M * P * S) + i * S + l.s;
+}
+
+fn tile_index(l: Lane, i: u32) -> u32 {
+    return (l.bl * (M * P) + i) * LS + l.sl;
+}
+
+// Butterfly stages on register bits [first, LOG_V).
+fn register_stages(first: u32) {
+    for (var h = first; h < LOG_V; h++) {
+        let half = 1u << h;
+        for (var j = 0u; j < V; j++) {
+            if ((j & half) == 0u) {
+                let a = reg[j];
+                let b = reg[j | half];
+                reg[j] = a + b;
+                reg[j | half] = a - b;
+            }
+        }
+    }
+}
+
+fn store(l: Lane, i: u32, y: f32) {
+    let col = i * S + l.s;  // position within the row, for gamma and beta
+    let at = global_index(l, i);
+    var v = y * params.scale;
+    if (EPI_GAMMA) { v = v * gamma[col]; }
+    if (EPI_BETA) { v = v + beta[col]; }
+    if (EPI_RESID) { v = v + resid[at]; }
+    dst[at] = v;
+}
+
+// Stages of H_P that subgroup shuffles can do after the register stages: a shuffle pairs
+// lanes whose index differs in one bit, i.e. groups g differing in that bit, which holds
+// only when one line and one column span consecutive lanes (LS == 1). Uniform: it depends
+// on pipeline constants and the subgroup size only.
+fn subgroup_stage_count(sg_size: u32) -> u32 {
+    if (LS != 1u || sg_size <= 1u) {
+        return 0u;
+    }
+    return min(firstTrailingBit(sg_size), LOG_P - LOG_V);
+}
+
+// The fast kernel for one workgroup. `t` is local_invocation_index, `wid` the workgroup
+// id, `sg_size` the subgroup size (1 when subgroups are not used).
+fn wht_tile(t: u32, wid: vec3<u32>, sg_size: u32) {
+    let tile_id = wid.y * params.tiles_x + wid.x;
+    if (tile_id >= tile_count()) {
+        return;  // whole workgroup: uniform
+    }
+    let l = lane_of(t, tile_id);
+
+    // Round 0: V contiguous positions of chunk c, straight from global memory.
+    for (var j = 0u; j < V; j++) {
+        reg[j] = 0.0;
+        if (l.valid) {
+            reg[j] = src[global_index(l, l.c * P + l.g * V + j)];
+        }
+    }
+    register_stages(0u);
+    let shuffled = subgroup_stage_count(sg_size);
+    subgroup_stages(l.g, shuffled);
+    var done = LOG_V + shuffled;  // stages of H_P finished
+    var lo = 0u;                                       // registers span bits [lo, lo + LOG_V)
+
+    // Remaining rounds through workgroup memory, LOG_V stages each; the last round
+    // overlaps the previous one and skips the stages already done.
+    while (done < LOG_P) {
+        for (var j = 0u; j < V; j++) {
+            tile[tile_index(l, l.c * P + position(l.g, lo, j))] = reg[j];
+        }
+        workgroupBarrier();
+        lo = min(done, LOG_P - LOG_V);
+        for (var j = 0u; j < V; j++) {
+            reg[j] = tile[tile_index(l, l.c * P + position(l.g, lo, j))];
+        }
+        register_stages(done - lo);
+        done = lo + LOG_V;
+    }
+
+    if (M == 1u) {
+        for (var j = 0u; j < V; j++) {
+            if (l.valid) {
+                store(l, l.c * P + position(l.g, lo, j), reg[j]);
+            }
+        }
+        return;
+    }
+
+    // Mix the M chunks: y[c'] = sum_c H_M[c'][c] u[c] for every (line, position, column).
+    for (var j = 0u; j < V; j++) {
+        tile[tile_index(l, l.c * P + position(l.g, lo, j))] = reg[j];
+    }
+    workgroupBarrier();
+    var u: array<f32, MAX_M>;
+    for (var item = t; item < LB * P * LS; item += WG) {
+        var k: Lane = l;
+        k.sl = item % LS;
+        k.bl = item / (LS * P);
+        k.b = (tile_id / (S / LS)) * LB + k.bl;
+        k.s = (tile_id % (S / LS)) * LS + k.sl;
+        if (k.b >= params.lines) {
+            continue;
+        }
+        let ip = (item / LS) % P;
+        for (var c = 0u; c < M; c++) {
+            u[c] = tile[tile_index(k, c * P + ip)];
+        }
+        for (var r = 0u; r < M; r++) {
+            let signs = hm_signs[r];
+            var acc = 0.0;
+            for (var c = 0u; c < M; c++) {
+                acc += select(u[c], -u[c], ((signs >> c) & 1u) == 1u);
+            }
+            store(k, r * P + ip, acc);
+        }
+    }
+}
+
+// ---- Naive baseline: one dispatch per butterfly stage, in place on `dst` -------------
+// Workgroup size: must match NAIVE_WORKGROUP on the host.
+override NAIVE_WG: u32 = 64u;
+
+// One butterfly of stage `params.bit` per invocation, over rows of n = M * P.
+@compute @workgroup_size(NAIVE_WG)
+fn wht_naive_stage(@builtin(global_invocation_id) gid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = gid.y * (nwg.x * NAIVE_WG) + gid.x;
+    let pairs = M * P / 2u;
+    if (id >= params.lines * pairs) {
+        return;
+    }
+    let row = id / pairs;
+    let k = id % pairs;
+    let c = k / (P / 2u);
+    let kk = k % (P / 2u);
+    let half = 1u << params.bit;
+    let ip = ((kk >> params.bit) << (params.bit + 1u)) | (kk & (half - 1u));
+    let i0 = row * M * P + c * P + ip;
+    let a = dst[i0];
+    let b = dst[i0 + half];
+    dst[i0] = (a + b) * params.scale;
+    dst[i0 + half] = (a - b) * params.scale;
+}
+
+// The M x M mix for one (row, position) per invocation, in place on `dst`.
+@compute @workgroup_size(NAIVE_WG)
+fn wht_naive_mix(@builtin(global_invocation_id) gid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = gid.y * (nwg.x * NAIVE_WG) + gid.x;
+    if (id >= params.lines * P) {
+        return;
+    }
+    let base = (id / P) * M * P + id % P;
+    var u: array<f32, MAX_M>;
+    for (var c = 0u; c < M; c++) {
+        u[c] = dst[base + c * P];
+    }
+    for (var r = 0u; r < M; r++) {
+        let signs = hm_signs[r];
+        var acc = 0.0;
+        for (var c = 0u; c < M; c++) {
+            acc += select(u[c], -u[c], ((signs >> c) & 1u) == 1u);
+        }
+        dst[base + r * P] = acc * params.scale;
+    }
+}

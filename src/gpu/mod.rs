@@ -1,0 +1,448 @@
+//! The GPU runtime: adapter and device selection, the pipeline cache, buffers with memory
+//! accounting, readback and timestamp timing. Every kernel in [`crate::ops`] runs through a
+//! [`Gpu`].
+
+pub mod adapter;
+pub mod error;
+pub mod memory;
+pub mod pipeline;
+pub mod timer;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::sync::{Arc, Mutex};
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+pub use adapter::{AdapterSelector, AdapterSummary, list_adapters};
+pub use error::{GpuError, Result};
+pub use memory::{GpuBuffer, MemoryCategory, MemoryReport, MemoryTracker};
+pub use pipeline::{Binding, CachedPipeline, PipelineKey, Shader};
+pub use timer::GpuTimer;
+
+use pipeline::PipelineCache;
+
+/// Which optional features this device has enabled; kernels choose their path from these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GpuFeatures {
+    pub subgroup: bool,
+    pub shader_f16: bool,
+    pub timestamp_query: bool,
+}
+
+impl GpuFeatures {
+    fn from_wgpu(f: wgpu::Features) -> Self {
+        Self {
+            subgroup: f.contains(wgpu::Features::SUBGROUP),
+            shader_f16: f.contains(wgpu::Features::SHADER_F16),
+            timestamp_query: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+        }
+    }
+}
+
+/// A device and queue on one adapter, plus walsh's per-device state.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    summary: AdapterSummary,
+    features: GpuFeatures,
+    limits: wgpu::Limits,
+    cache: PipelineCache,
+    memory: Arc<MemoryTracker>,
+    /// First error wgpu reported outside an error scope, or the device-lost reason.
+    failure: Arc<Mutex<Option<GpuError>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("features", &self.features)
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// Opens a device on the adapter chosen by `selector` among every native adapter.
+    pub fn new(selector: &AdapterSelector) -> Result<Self> {
+        let instance = adapter::native_instance();
+        let adapter = adapter::select(adapter::enumerate(&instance), selector)?;
+        pollster::block_on(Self::from_adapter(adapter, 0))
+    }
+
+    /// Opens a device on `adapter`, enabling the optional features it offers and its full
+    /// limits. `index` is only used to describe the adapter.
+    pub async fn from_adapter(adapter: wgpu::Adapter, index: usize) -> Result<Self> {
+        let info = adapter.get_info();
+        let summary = AdapterSummary::new(index, &adapter);
+        let required_features = adapter.features() & adapter::wanted_features();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("walsh"),
+            required_features,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        };
+        let (device, queue) =
+            adapter
+                .request_device(&desc)
+                .await
+                .map_err(|source| GpuError::RequestDevice {
+                    adapter: info.name.clone(),
+                    source,
+                })?;
+
+        // wgpu's default handler panics on any error that escapes an error scope; record it
+        // instead so the next readback or submit returns it as a typed error.
+        let failure: Arc<Mutex<Option<GpuError>>> = Arc::default();
+        let sink = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(GpuError::from_wgpu(&e));
+        }));
+        let sink = failure.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                slot.get_or_insert(GpuError::DeviceLost(format!("{reason:?}: {message}")));
+            }
+        });
+
+        Ok(Self {
+            features: GpuFeatures::from_wgpu(device.features()),
+            limits: device.limits(),
+            device,
+            queue,
+            info,
+            summary,
+            cache: PipelineCache::default(),
+            memory: Arc::default(),
+            failure,
+        })
+    }
+
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    pub fn summary(&self) -> &AdapterSummary {
+        &self.summary
+    }
+
+    /// A short human description: `llvmpipe (LLVM 15.0.6, 256 bits) (vulkan)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({})",
+            self.info.name,
+            adapter::backend_name(self.info.backend)
+        )
+    }
+
+    pub fn features(&self) -> GpuFeatures {
+        self.features
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    pub fn memory(&self) -> &MemoryTracker {
+        &self.memory
+    }
+
+    /// Returns (and clears) the first error wgpu reported asynchronously.
+    pub fn check(&self) -> Result<()> {
+        let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some(GpuError::DeviceLost(m)) => {
+                // A lost device stays lost: keep reporting it.
+                *slot = Some(GpuError::DeviceLost(m.clone()));
+                Err(GpuError::DeviceLost(m))
+            }
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Errors if a binding of `bytes` exceeds the adapter's storage binding limit.
+    pub fn check_binding_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let limit = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if bytes > limit {
+            return Err(GpuError::LimitExceeded {
+                what: what.to_string(),
+                requested: bytes,
+                limit,
+                adapter: self.info.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Splits `workgroups` into a 2D grid within `max_compute_workgroups_per_dimension`.
+    /// Kernels rebuild the linear index as `wid.y * grid.x + wid.x` and skip indices past
+    /// the count they are given.
+    pub fn grid(&self, what: &str, workgroups: u32) -> Result<glam::UVec3> {
+        let max = self.limits.max_compute_workgroups_per_dimension.max(1);
+        let x = workgroups.clamp(1, max);
+        let y = workgroups.div_ceil(x);
+        if y > max {
+            return Err(GpuError::LimitExceeded {
+                what: format!("{what} (workgroups)"),
+                requested: workgroups as u64,
+                limit: max as u64 * max as u64,
+                adapter: self.info.name.clone(),
+            });
+        }
+        Ok(glam::UVec3::new(x, y, 1))
+    }
+
+    /// The pipeline for `key`, compiled on first use with a bind group layout of `bindings`.
+    pub fn pipeline(&self, key: &PipelineKey, bindings: &[Binding]) -> Result<Arc<CachedPipeline>> {
+        if let Some(p) = self.lock_pipelines().get(key) {
+            return Ok(p.clone());
+        }
+        let needed = key.shader.required_features();
+        if !self.device.features().contains(needed) {
+            return Err(GpuError::MissingFeature {
+                feature: "SUBGROUP",
+                adapter: self.info.name.clone(),
+            });
+        }
+        let label = key.label();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.module(key.shader);
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &pipeline::layout_entries(bindings),
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let constants: Vec<(&str, f64)> =
+            key.constants.iter().map(|(k, v)| (*k, *v as f64)).collect();
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(key.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Kernels write workgroup memory before reading it.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            // Forget the module too: its error may be the cause.
+            self.cache
+                .modules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key.shader);
+            return Err(GpuError::ShaderCompile {
+                shader: key.shader.name().to_string(),
+                entry: key.entry.to_string(),
+                message: e.to_string(),
+            });
+        }
+        let cached = Arc::new(CachedPipeline {
+            pipeline,
+            layout,
+            label,
+        });
+        self.lock_pipelines().insert(key.clone(), cached.clone());
+        Ok(cached)
+    }
+
+    fn lock_pipelines(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PipelineKey, Arc<CachedPipeline>>>
+    {
+        self.cache
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn module(&self, shader: Shader) -> wgpu::ShaderModule {
+        let mut modules = self.cache.modules.lock().unwrap_or_else(|p| p.into_inner());
+        modules
+            .entry(shader)
+            .or_insert_with(|| {
+                self.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name()),
+                        source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                    })
+            })
+            .clone()
+    }
+
+    /// A bind group for `pipeline` over `buffers`, bound at 0, 1, 2, ... in order.
+    pub fn bind_group(
+        &self,
+        pipeline: &CachedPipeline,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&pipeline.label),
+            layout: &pipeline.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Records one dispatch of `pipeline` over `grid` workgroups into `pass`.
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipeline: &CachedPipeline,
+        buffers: &[&wgpu::Buffer],
+        grid: glam::UVec3,
+    ) {
+        let bind_group = self.bind_group(pipeline, buffers);
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(grid.x, grid.y, grid.z);
+    }
+
+    /// A storage buffer holding `data`, counted under `category`.
+    pub fn upload<T: Pod>(&self, category: MemoryCategory, label: &str, data: &[T]) -> Result<GpuBuffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.check_binding_size(label, bytes.len() as u64)?;
+        // Zero-length bindings are invalid; keep at least one element's worth.
+        let contents: Vec<u8>;
+        let contents = if bytes.len() < 4 {
+            contents = vec![0u8; 4];
+            &contents[..]
+        } else {
+            bytes
+        };
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            });
+        Ok(GpuBuffer::new(buffer, category, self.memory.clone()))
+    }
+
+    /// An uninitialized (zeroed) storage buffer of `bytes`, counted under `category`.
+    pub fn storage(&self, category: MemoryCategory, label: &str, bytes: u64) -> Result<GpuBuffer> {
+        self.check_binding_size(label, bytes)?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(GpuBuffer::new(buffer, category, self.memory.clone()))
+    }
+
+    /// A uniform buffer holding `value` (a `#[repr(C)]` struct matching a WGSL struct).
+    pub fn uniform<T: Pod>(&self, label: &str, value: &T) -> GpuBuffer {
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        GpuBuffer::new(buffer, MemoryCategory::Uniforms, self.memory.clone())
+    }
+
+    /// Submits `encoder` and waits for the GPU to finish it.
+    pub fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        let index = self.queue.submit(Some(encoder.finish()));
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        self.check()
+    }
+
+    pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// Copies `bytes` of `buffer` (from offset 0) to the host, waiting for the GPU.
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        if bytes > buffer.size() {
+            return Err(GpuError::BufferTooSmall {
+                label: "readback source".into(),
+                needed: bytes,
+                found: buffer.size(),
+            });
+        }
+        let size = bytes.max(4).next_multiple_of(4);
+        let staging = GpuBuffer::new(
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("walsh readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            MemoryCategory::Readback,
+            self.memory.clone(),
+        );
+        let mut encoder = self.encoder("walsh readback");
+        encoder.copy_buffer_to_buffer(buffer, 0, staging.buffer(), 0, size.min(buffer.size()));
+        self.submit_and_wait(encoder)?;
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging
+            .buffer()
+            .map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| GpuError::Readback(e.to_string()))?
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let view = staging
+            .buffer()
+            .get_mapped_range(..)
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let out = view[..bytes as usize].to_vec();
+        drop(view);
+        staging.buffer().unmap();
+        self.check()?;
+        Ok(out)
+    }
+
+    /// Reads `count` elements of `T` from the start of `buffer`.
+    pub fn read<T: Pod>(&self, buffer: &GpuBuffer, count: usize) -> Result<Vec<T>> {
+        let bytes = self.read_bytes(buffer.buffer(), (count * size_of::<T>()) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}

@@ -1,0 +1,12 @@
+//! walsh: a GPU engine for Hadamard-projection transformers.
+//!
+//! The attention output projection W_O is replaced by a fixed normalized Walsh–Hadamard
+//! transform and a learnable per-channel affine rescale, `y = gamma * H(x) / sqrt(d) + beta`
+//! (arXiv 2603.08343). walsh runs it in WGSL compute shaders through wgpu, natively
+//! (Vulkan, Metal, DX12, GL) and in the browser (WebGPU).
+//!
+//! - [`gpu`]: adapters, devices, the pipeline cache, buffers with memory accounting.
+//! - [`ops`]: the kernels, each with its CPU reference.
+
+pub mod gpu;
+pub mod ops;

@@ -1,0 +1,406 @@
+//! Normalized Walsh–Hadamard transform along the last dimension of a batch of rows.
+//! Shaders: `shaders/hadamard.wgsl` (+ `hadamard_shared.wgsl` / `hadamard_subgroup.wgsl`).
+//!
+//! - [`Hadamard::encode`]: the fast kernel, one dispatch for rows that fit in workgroup
+//!   memory (n <= 4096), two for longer rows; optional fused epilogue
+//!   `out = resid + gamma * H(x) / sqrt(n) + beta`.
+//! - [`Hadamard::encode_naive`]: one dispatch per butterfly stage; the baseline for
+//!   benchmarks and an independent check of the fast kernel.
+//! - [`cpu`]: the scalar reference, the dense matrix and the size rules.
+
+pub mod cpu;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Mutex;
+
+use bytemuck::{Pod, Zeroable};
+
+pub use cpu::{UnsupportedSize, WhtSize};
+
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Shader};
+
+/// f32s of workgroup memory a tile may use; must match `TILE` in hadamard.wgsl.
+pub const TILE_ELEMS: usize = 4096;
+/// Register values per invocation at most; must match `MAX_V` in hadamard.wgsl.
+pub const MAX_VALUES_PER_INVOCATION: usize = 16;
+/// Invocations per workgroup at most (the WebGPU default limit).
+const MAX_WORKGROUP: usize = 256;
+/// Workgroup size of the naive kernels; passed as `NAIVE_WG`.
+const NAIVE_WORKGROUP: u32 = 64;
+
+/// The binding slots of every hadamard.wgsl entry point, in order:
+/// params, src, dst, resid, gamma, beta, hm_signs.
+const BINDINGS: [Binding; 7] = [
+    Binding::Uniform,
+    Binding::ReadOnly,
+    Binding::ReadWrite,
+    Binding::ReadOnly,
+    Binding::ReadOnly,
+    Binding::ReadOnly,
+    Binding::ReadOnly,
+];
+
+/// Uniform parameters; must match `Params` in hadamard.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct WhtParams {
+    lines: u32,
+    tiles_x: u32,
+    scale: f32,
+    bit: u32,
+}
+
+/// Errors of the WHT kernels.
+#[derive(Debug, thiserror::Error)]
+pub enum WhtError {
+    #[error(transparent)]
+    Size(#[from] UnsupportedSize),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error("{what} has length {found} but the transform needs {expected}")]
+    Shape {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+}
+
+/// Which implementation of the cross-invocation stages the fast kernel uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhtPath {
+    /// Subgroup shuffles where the device has SUBGROUP, workgroup memory otherwise.
+    #[default]
+    Auto,
+    /// Workgroup memory only (what the browser and GL get).
+    Shared,
+    /// Subgroup shuffles; an error on a device without SUBGROUP.
+    Subgroup,
+}
+
+/// The optional fused epilogue `out = resid + gamma * H(x) / sqrt(n) + beta`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Per-channel scale, length n.
+    pub gamma: Option<&'a GpuBuffer>,
+    /// Per-channel bias, length n.
+    pub beta: Option<&'a GpuBuffer>,
+    /// Residual, same shape as the output.
+    pub resid: Option<&'a GpuBuffer>,
+}
+
+/// One dispatch of the fast kernel: the layout of the 3-D view X[b][i][s] (see the
+/// shader header) and how it is tiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FastPass {
+    m: usize,
+    p: usize,
+    v: usize,
+    s: usize,
+    ls: usize,
+    lb: usize,
+    lines: usize,
+    /// Whether this pass stores the final result (scale and epilogue).
+    last: bool,
+}
+
+impl FastPass {
+    fn transform_len(&self) -> usize {
+        self.m * self.p
+    }
+
+    fn workgroup(&self) -> usize {
+        self.lb * self.ls * self.transform_len() / self.v
+    }
+
+    fn tiles(&self) -> usize {
+        self.lines.div_ceil(self.lb) * (self.s / self.ls)
+    }
+}
+
+/// Splits a transform of `rows` rows of length `size.n` into one or two fast passes.
+fn plan(size: WhtSize, rows: usize) -> Vec<FastPass> {
+    let (n, m, p) = (size.n, size.m, size.p);
+    let values = |p: usize| p.min(MAX_VALUES_PER_INVOCATION);
+    if n <= TILE_ELEMS {
+        let v = values(p);
+        let per_line = n / v;
+        let lb = (MAX_WORKGROUP / per_line).min(TILE_ELEMS / n).max(1);
+        return vec![FastPass { m, p, v, s: 1, ls: 1, lb, lines: rows, last: true }];
+    }
+    // Pass A: H_{P_A} on contiguous segments; pass B: H_M (x) H_{P / P_A} across them.
+    let pa = p.min(TILE_ELEMS);
+    let va = values(pa);
+    let a = FastPass {
+        m: 1,
+        p: pa,
+        v: va,
+        s: 1,
+        ls: 1,
+        lb: (MAX_WORKGROUP / (pa / va)).min(TILE_ELEMS / pa).max(1),
+        lines: rows * (n / pa),
+        last: false,
+    };
+    let pb = p / pa;
+    let vb = values(pb);
+    let tb = m * pb;
+    let mut ls = 1;
+    while ls * 2 <= pa && 2 * ls * tb <= TILE_ELEMS && 2 * ls * tb / vb <= MAX_WORKGROUP {
+        ls *= 2;
+    }
+    let b = FastPass { m, p: pb, v: vb, s: pa, ls, lb: 1, lines: rows, last: true };
+    vec![a, b]
+}
+
+/// The WHT kernels on one device.
+pub struct Hadamard<'g> {
+    gpu: &'g Gpu,
+    /// Bound to the epilogue slots a dispatch does not use.
+    dummy: GpuBuffer,
+    /// Sign masks of H_m for m = 1, 12, 20, 28.
+    signs: Vec<(usize, GpuBuffer)>,
+    /// Intermediate of the two-pass transform, grown on demand.
+    scratch: Mutex<Option<GpuBuffer>>,
+}
+
+impl<'g> Hadamard<'g> {
+    pub fn new(gpu: &'g Gpu) -> Result<Self, WhtError> {
+        let dummy = gpu.upload(MemoryCategory::Uniforms, "wht dummy", &[0f32; 4])?;
+        let mut signs = Vec::new();
+        for m in [1, 12, 20, 28] {
+            let masks = cpu::sign_masks(m);
+            signs.push((m, gpu.upload(MemoryCategory::Uniforms, "wht signs", &masks)?));
+        }
+        Ok(Self {
+            gpu,
+            dummy,
+            signs,
+            scratch: Mutex::new(None),
+        })
+    }
+
+    fn signs(&self, m: usize) -> &wgpu::Buffer {
+        let found = self.signs.iter().find(|(k, _)| *k == m);
+        found.map_or(self.dummy.buffer(), |(_, b)| b.buffer())
+    }
+
+    fn use_subgroups(&self, path: WhtPath) -> Result<bool, WhtError> {
+        let has = self.gpu.features().subgroup;
+        match path {
+            WhtPath::Auto => Ok(has),
+            WhtPath::Shared => Ok(false),
+            WhtPath::Subgroup if has => Ok(true),
+            WhtPath::Subgroup => Err(GpuError::MissingFeature {
+                feature: "SUBGROUP",
+                adapter: self.gpu.info().name.clone(),
+            }
+            .into()),
+        }
+    }
+
+    fn check_len(what: &'static str, buf: &GpuBuffer, elems: usize) -> Result<(), WhtError> {
+        if buf.size() < (elems * 4) as u64 {
+            return Err(WhtError::Shape {
+                what,
+                expected: elems,
+                found: buf.size() as usize / 4,
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates sizes and buffers shared by both kernels.
+    fn check(
+        &self,
+        input: &GpuBuffer,
+        output: &GpuBuffer,
+        rows: usize,
+        n: usize,
+    ) -> Result<WhtSize, WhtError> {
+        let size = WhtSize::new(n)?;
+        Self::check_len("input", input, rows * n)?;
+        Self::check_len("output", output, rows * n)?;
+        self.gpu.check_binding_size("WHT rows", (rows * n * 4) as u64)?;
+        Ok(size)
+    }
+
+    /// Records the fast transform of `rows` rows of length `n` from `input` into `output`
+    /// (distinct buffers), with the optional epilogue.
+    pub fn encode(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        input: &GpuBuffer,
+        output: &GpuBuffer,
+        rows: usize,
+        n: usize,
+        epilogue: Epilogue<'_>,
+        path: WhtPath,
+    ) -> Result<(), WhtError> {
+        let size = self.check(input, output, rows, n)?;
+        for (what, buf) in [("gamma", epilogue.gamma), ("beta", epilogue.beta)] {
+            if let Some(b) = buf {
+                Self::check_len(what, b, n)?;
+            }
+        }
+        if let Some(r) = epilogue.resid {
+            Self::check_len("resid", r, rows * n)?;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let subgroups = self.use_subgroups(path)?;
+        let passes = plan(size, rows);
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if passes.len() > 1 {
+            let bytes = (rows * n * 4) as u64;
+            if scratch.as_ref().is_none_or(|s| s.size() < bytes) {
+                *scratch = None; // free the old one before allocating
+                *scratch = Some(self.gpu.storage(MemoryCategory::Scratch, "wht scratch", bytes)?);
+            }
+        }
+        let scale = 1.0 / (n as f32).sqrt();
+        for (k, fp) in passes.iter().enumerate() {
+            let src = if k == 0 { input } else { scratch.as_ref().expect("allocated above") };
+            let dst = if fp.last { output } else { scratch.as_ref().expect("allocated above") };
+            let epi = if fp.last { epilogue } else { Epilogue::default() };
+            self.dispatch_fast(pass, fp, src, dst, epi, subgroups, if fp.last { scale } else { 1.0 })?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_fast<'a>(
+        &'a self,
+        pass: &mut wgpu::ComputePass<'_>,
+        fp: &FastPass,
+        src: &GpuBuffer,
+        dst: &GpuBuffer,
+        epi: Epilogue<'a>,
+        subgroups: bool,
+        scale: f32,
+    ) -> Result<(), WhtError> {
+        let shader = if subgroups && fp.ls == 1 {
+            Shader::HadamardSubgroup
+        } else {
+            Shader::Hadamard
+        };
+        let key = PipelineKey::new(shader, "wht_fast")
+            .with("M", fp.m as u32)
+            .with("P", fp.p as u32)
+            .with("LOG_P", fp.p.trailing_zeros())
+            .with("V", fp.v as u32)
+            .with("LOG_V", fp.v.trailing_zeros())
+            .with("S", fp.s as u32)
+            .with("LS", fp.ls as u32)
+            .with("LB", fp.lb as u32)
+            .with("WG", fp.workgroup() as u32)
+            .with_flag("EPI_RESID", epi.resid.is_some())
+            .with_flag("EPI_GAMMA", epi.gamma.is_some())
+            .with_flag("EPI_BETA", epi.beta.is_some());
+        let pipeline = self.gpu.pipeline(&key, &BINDINGS)?;
+        let grid = self.gpu.grid("WHT", fp.tiles() as u32)?;
+        let params = self.gpu.uniform(
+            "wht params",
+            &WhtParams { lines: fp.lines as u32, tiles_x: grid.x, scale, bit: 0 },
+        );
+        let dummy = self.dummy.buffer();
+        let opt = |b: Option<&'a GpuBuffer>| -> &'a wgpu::Buffer { b.map_or(dummy, |b| b.buffer()) };
+        let buffers = [
+            params.buffer(),
+            src.buffer(),
+            dst.buffer(),
+            opt(epi.resid),
+            opt(epi.gamma),
+            opt(epi.beta),
+            self.signs(fp.m),
+        ];
+        self.gpu.dispatch(pass, &pipeline, &buffers, grid);
+        Ok(())
+    }
+
+    /// Records the naive transform: copies `input` to `output`, then one in-place dispatch
+    /// per butterfly stage (and one for the M x M mix). No epilogue.
+    pub fn encode_naive(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        input: &GpuBuffer,
+        output: &GpuBuffer,
+        rows: usize,
+        n: usize,
+    ) -> Result<(), WhtError> {
+        let size = self.check(input, output, rows, n)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        encoder.copy_buffer_to_buffer(input.buffer(), 0, output.buffer(), 0, (rows * n * 4) as u64);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wht naive"),
+            timestamp_writes: None,
+        });
+        self.record_naive(&mut pass, output, rows, size)
+    }
+
+    /// The in-place stages of the naive transform on `data`, recorded into `pass`.
+    pub fn record_naive(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        data: &GpuBuffer,
+        rows: usize,
+        size: WhtSize,
+    ) -> Result<(), WhtError> {
+        let scale = 1.0 / (size.n as f32).sqrt();
+        let stages = size.log2_p();
+        let key = |entry| {
+            PipelineKey::new(Shader::Hadamard, entry)
+                .with("M", size.m as u32)
+                .with("P", size.p as u32)
+                .with("NAIVE_WG", NAIVE_WORKGROUP)
+        };
+        let mut steps: Vec<(&'static str, u32, usize)> = (0..stages)
+            .map(|bit| ("wht_naive_stage", bit, rows * size.n / 2))
+            .collect();
+        if size.m > 1 {
+            steps.push(("wht_naive_mix", 0, rows * size.p));
+        }
+        let count = steps.len();
+        for (k, (entry, bit, invocations)) in steps.into_iter().enumerate() {
+            let pipeline = self.gpu.pipeline(&key(entry), &BINDINGS)?;
+            let groups = invocations.div_ceil(NAIVE_WORKGROUP as usize) as u32;
+            let grid = self.gpu.grid("naive WHT", groups)?;
+            let params = self.gpu.uniform(
+                "wht naive params",
+                &WhtParams {
+                    lines: rows as u32,
+                    tiles_x: grid.x,
+                    scale: if k + 1 == count { scale } else { 1.0 },
+                    bit,
+                },
+            );
+            let d = self.dummy.buffer();
+            let buffers = [params.buffer(), d, data.buffer(), d, d, d, self.signs(size.m)];
+            self.gpu.dispatch(pass, &pipeline, &buffers, grid);
+        }
+        Ok(())
+    }
+
+    /// Convenience for callers with host data: transforms `x` (rows x n, row major) on the
+    /// GPU with the fast kernel and returns the result.
+    pub fn run(&self, x: &[f32], n: usize, path: WhtPath) -> Result<Vec<f32>, WhtError> {
+        if n == 0 || x.len() % n != 0 {
+            return Err(WhtError::Shape { what: "input", expected: n, found: x.len() });
+        }
+        let rows = x.len() / n;
+        let input = self.gpu.upload(MemoryCategory::Activations, "wht input", x)?;
+        let output = self.gpu.storage(MemoryCategory::Activations, "wht output", (x.len() * 4) as u64)?;
+        let mut encoder = self.gpu.encoder("wht");
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("wht fast"),
+                timestamp_writes: None,
+            });
+            self.encode(&mut pass, &input, &output, rows, n, Epilogue::default(), path)?;
+        }
+        self.gpu.submit_and_wait(encoder)?;
+        Ok(self.gpu.read(&output, x.len())?)
+    }
+}
