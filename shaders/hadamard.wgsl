@@ -105,12 +105,16 @@ fn tile_index(l: Lane, i: u32) -> u32 {
     return (l.bl * (M * P) + i) * LS + l.sl;
 }
 
-// Butterfly stages on register bits [first, LOG_V).
-fn register_stages(first: u32) {
-    for (var h = first; h < LOG_V; h++) {
-        let half = 1u << h;
-        for (var j = 0u; j < V; j++) {
-            if ((j & half) == 0u) {
+// Butterfly stages on register bits [0, count). The loop bounds are pipeline constants
+// and `count` only gates whole stages, so compilers unroll both loops and every `reg`
+// index becomes a constant: the registers stay in registers. (A dynamic index sends the
+// array to memory; on lavapipe that made this kernel no faster than the naive one.)
+fn register_stages(count: u32) {
+    for (var h = 0u; h < LOG_V; h++) {
+        if (h < count) {
+            let half = 1u << h;
+            for (var k = 0u; k < V / 2u; k++) {
+                let j = ((k >> h) << (h + 1u)) | (k & (half - 1u));
                 let a = reg[j];
                 let b = reg[j | half];
                 reg[j] = a + b;
@@ -130,10 +134,10 @@ fn store(l: Lane, i: u32, y: f32) {
     dst[at] = v;
 }
 
-// Stages of H_P that subgroup shuffles can do after the register stages: a shuffle pairs
-// lanes whose index differs in one bit, i.e. groups g differing in that bit, which holds
-// only when one line and one column span consecutive lanes (LS == 1). Uniform: it depends
-// on pipeline constants and the subgroup size only.
+// Stages of H_P that subgroup shuffles can do after round 0: a shuffle pairs lanes whose
+// index differs in one bit, i.e. groups g differing in that bit (bit k of g is bit k of
+// ip in round 0), which holds only when one line and one column span consecutive lanes
+// (LS == 1). Uniform: it depends on pipeline constants and the subgroup size only.
 fn subgroup_stage_count(sg_size: u32) -> u32 {
     if (LS != 1u || sg_size <= 1u) {
         return 0u;
@@ -150,32 +154,36 @@ fn wht_tile(t: u32, wid: vec3<u32>, sg_size: u32) {
     }
     let l = lane_of(t, tile_id);
 
-    // Round 0: V contiguous positions of chunk c, straight from global memory.
-    for (var j = 0u; j < V; j++) {
-        reg[j] = 0.0;
-        if (l.valid) {
-            reg[j] = src[global_index(l, l.c * P + l.g * V + j)];
+    // The stages of H_P may run in any order. Round 0 takes the top LOG_V bits of ip in
+    // registers, so neighbouring invocations load neighbouring addresses (coalesced).
+    let top = LOG_P - LOG_V;  // bits [top, LOG_P) are done in round 0
+    var lo = top;             // registers hold bits [lo, lo + LOG_V) of ip
+    if (l.valid) {
+        for (var j = 0u; j < V; j++) {
+            reg[j] = src[global_index(l, l.c * P + position(l.g, lo, j))];
+        }
+    } else {
+        for (var j = 0u; j < V; j++) {
+            reg[j] = 0.0;
         }
     }
-    register_stages(0u);
-    let shuffled = subgroup_stage_count(sg_size);
-    subgroup_stages(l.g, shuffled);
-    var done = LOG_V + shuffled;  // stages of H_P finished
-    var lo = 0u;                                       // registers span bits [lo, lo + LOG_V)
-
-    // Remaining rounds through workgroup memory, LOG_V stages each; the last round
-    // overlaps the previous one and skips the stages already done.
-    while (done < LOG_P) {
+    register_stages(LOG_V);
+    // The low bits of ip are now the low bits of g: neighbouring lanes. Subgroup shuffles
+    // do the first of them, workgroup memory the rest, LOG_V bits per round.
+    var done = subgroup_stage_count(sg_size);  // bits [0, done) are done
+    subgroup_stages(l.g, done);
+    while (done < top) {
         for (var j = 0u; j < V; j++) {
             tile[tile_index(l, l.c * P + position(l.g, lo, j))] = reg[j];
         }
         workgroupBarrier();
-        lo = min(done, LOG_P - LOG_V);
+        lo = done;
         for (var j = 0u; j < V; j++) {
             reg[j] = tile[tile_index(l, l.c * P + position(l.g, lo, j))];
         }
-        register_stages(done - lo);
-        done = lo + LOG_V;
+        let count = min(LOG_V, top - lo);
+        register_stages(count);
+        done = lo + count;
     }
 
     if (M == 1u) {

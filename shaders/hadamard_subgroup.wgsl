@@ -4,7 +4,7 @@
 // Assumes lane = local_invocation_index % subgroup_size (true of 1-D workgroups on the
 // drivers walsh runs on; the tests compare this path with the shared-memory one).
 
-// Butterfly stages on bits LOG_V .. LOG_V + count of ip, which live in the low bits of the
+// Butterfly stages on bits 0 .. count of ip, which in round 0 are the low bits of the
 // group g, i.e. across lanes: partner values come from subgroupShuffleXor. The lower lane
 // of a pair computes a + b, the upper b' - a' = (a - b), exactly as the register stages.
 fn subgroup_stages(g: u32, count: u32) {

@@ -6,10 +6,14 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
 use walsh::gpu::{AdapterSelector, AdapterSummary, Gpu, MemoryCategory, list_adapters};
-use walsh::ops::hadamard::{Epilogue, Hadamard, WhtPath, WhtSize, cpu};
+use walsh::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath, WhtSize, cpu};
 
 #[derive(Parser)]
-#[command(name = "walsh", version, about = "GPU engine for Hadamard-projection transformers")]
+#[command(
+    name = "walsh",
+    version,
+    about = "GPU engine for Hadamard-projection transformers"
+)]
 struct Cli {
     /// Adapter to run on: an index from `walsh adapters`, a backend (vulkan, metal, dx12,
     /// gl) or part of an adapter name. Default: the high-performance adapter.
@@ -18,6 +22,14 @@ struct Cli {
 
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kernel {
+    Fast,
+    Shared,
+    Subgroup,
+    Naive,
 }
 
 #[derive(Subcommand)]
@@ -36,6 +48,9 @@ enum Command {
         /// Number of rows.
         #[arg(long, default_value_t = 4096)]
         rows: usize,
+        /// Kernel: fast (subgroups where available), shared (no subgroups), subgroup, naive.
+        #[arg(long, default_value = "fast")]
+        kernel: Kernel,
     },
 }
 
@@ -43,10 +58,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Adapters { json }) => adapters(json),
-        Some(Command::Wht { n, rows }) => wht(&cli.adapter, n, rows),
+        Some(Command::Wht { n, rows, kernel }) => wht(&cli.adapter, n, rows, kernel),
         None => {
-            eprintln!("walsh: no model runtime yet; running the WHT self-check (see `walsh --help`).");
-            wht(&cli.adapter, 1024, 4096)
+            eprintln!(
+                "walsh: no model runtime yet; running the WHT self-check (see `walsh --help`)."
+            );
+            wht(&cli.adapter, 1024, 4096, Kernel::Fast)
         }
     }
 }
@@ -67,7 +84,16 @@ fn adapters(json: bool) -> Result<()> {
 fn print_table(list: &[AdapterSummary]) {
     let yes = |b: bool| if b { "yes" } else { "-" };
     let header = [
-        "#", "name", "backend", "type", "driver", "subgroup", "f16", "timestamps", "wg storage", "max binding",
+        "#",
+        "name",
+        "backend",
+        "type",
+        "driver",
+        "subgroup",
+        "f16",
+        "timestamps",
+        "wg storage",
+        "max binding",
     ];
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -92,10 +118,20 @@ fn print_table(list: &[AdapterSummary]) {
         })
         .collect();
     let widths: Vec<usize> = (0..header.len())
-        .map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -104,13 +140,15 @@ fn print_table(list: &[AdapterSummary]) {
     }
 }
 
-fn wht(adapter: &str, n: usize, rows: usize) -> Result<()> {
+fn wht(adapter: &str, n: usize, rows: usize, kernel: Kernel) -> Result<()> {
     let size = WhtSize::new(n)?;
     let selector: AdapterSelector = adapter.parse()?;
     let gpu = Gpu::new(&selector)?;
     eprintln!("adapter: {}", gpu.describe());
     let h = Hadamard::new(&gpu)?;
-    let x: Vec<f32> = (0..rows * n).map(|i| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x: Vec<f32> = (0..rows * n)
+        .map(|i| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
 
     let input = gpu.upload(MemoryCategory::Activations, "x", &x)?;
     let output = gpu.storage(MemoryCategory::Activations, "y", (x.len() * 4) as u64)?;
@@ -118,9 +156,28 @@ fn wht(adapter: &str, n: usize, rows: usize) -> Result<()> {
     for _ in 0..4 {
         let start = Instant::now();
         let mut encoder = gpu.encoder("wht");
-        {
+        let path = match kernel {
+            Kernel::Fast => WhtPath::Auto,
+            Kernel::Shared => WhtPath::Shared,
+            Kernel::Subgroup => WhtPath::Subgroup,
+            Kernel::Naive => {
+                h.encode_naive(&mut encoder, &input, &output, rows, n)?;
+                WhtPath::Auto
+            }
+        };
+        if !matches!(kernel, Kernel::Naive) {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            h.encode(&mut pass, &input, &output, rows, n, Epilogue::default(), WhtPath::Auto)?;
+            h.encode(
+                &mut pass,
+                &input,
+                &output,
+                rows,
+                n,
+                WhtOptions {
+                    epilogue: Epilogue::default(),
+                    path,
+                },
+            )?;
         }
         gpu.submit_and_wait(encoder)?;
         times.push(start.elapsed().as_secs_f64());
@@ -134,7 +191,11 @@ fn wht(adapter: &str, n: usize, rows: usize) -> Result<()> {
         cpu::fwht(row, size);
     }
     let cpu_time = start.elapsed().as_secs_f64();
-    let err = y.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let err = y
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     let gb = (2 * x.len() * 4) as f64 / best / 1e9;
     println!(
         "WHT n={n} rows={rows}: GPU {:.3} ms ({gb:.2} GB/s), CPU scalar {:.3} ms, max |GPU - CPU| = {err:.2e}",
@@ -142,7 +203,10 @@ fn wht(adapter: &str, n: usize, rows: usize) -> Result<()> {
         cpu_time * 1e3
     );
     let peak = gpu.memory().report().peak_bytes;
-    println!("peak GPU memory allocated by walsh: {:.1} MiB", peak as f64 / (1 << 20) as f64);
+    println!(
+        "peak GPU memory allocated by walsh: {:.1} MiB",
+        peak as f64 / (1 << 20) as f64
+    );
     if err > 1e-4 {
         bail!("GPU and CPU transforms disagree (max error {err:e})");
     }

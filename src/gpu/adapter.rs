@@ -225,8 +225,14 @@ mod tests {
 
     #[test]
     fn selector_parsing() {
-        assert_eq!("".parse::<AdapterSelector>().unwrap(), AdapterSelector::Default);
-        assert_eq!("2".parse::<AdapterSelector>().unwrap(), AdapterSelector::Index(2));
+        assert_eq!(
+            "".parse::<AdapterSelector>().unwrap(),
+            AdapterSelector::Default
+        );
+        assert_eq!(
+            "2".parse::<AdapterSelector>().unwrap(),
+            AdapterSelector::Index(2)
+        );
         assert_eq!(
             "Vulkan".parse::<AdapterSelector>().unwrap(),
             AdapterSelector::Backend(wgpu::Backend::Vulkan)

@@ -14,7 +14,9 @@ pub enum GpuError {
     #[error("no adapter matches `{selector}`; available adapters:\n{available}")]
     AdapterNotFound { selector: String, available: String },
 
-    #[error("invalid adapter selector `{0}`: use an index, a backend (vulkan, metal, dx12, gl) or part of an adapter name")]
+    #[error(
+        "invalid adapter selector `{0}`: use an index, a backend (vulkan, metal, dx12, gl) or part of an adapter name"
+    )]
     InvalidSelector(String),
 
     #[error("could not open a device on adapter `{adapter}`: {source}")]
@@ -25,7 +27,10 @@ pub enum GpuError {
     },
 
     #[error("feature {feature} is not enabled on adapter `{adapter}`")]
-    MissingFeature { feature: &'static str, adapter: String },
+    MissingFeature {
+        feature: &'static str,
+        adapter: String,
+    },
 
     #[error("{what} needs {requested} but adapter `{adapter}` allows at most {limit}")]
     LimitExceeded {

@@ -157,7 +157,10 @@ mod tests {
         let r = t.report();
         assert_eq!(r.current_bytes, 120);
         assert_eq!(r.peak_bytes, 150);
-        let scratch = r.by_category.iter().find(|c| c.0 == MemoryCategory::Scratch);
+        let scratch = r
+            .by_category
+            .iter()
+            .find(|c| c.0 == MemoryCategory::Scratch);
         assert_eq!(scratch, Some(&(MemoryCategory::Scratch, 0, 50)));
         t.reset_peak();
         assert_eq!(t.report().peak_bytes, 120);

@@ -6,9 +6,11 @@ pub mod adapter;
 pub mod error;
 pub mod memory;
 pub mod pipeline;
-pub mod timer;
 #[cfg(test)]
 pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+pub mod timer;
 
 use std::sync::{Arc, Mutex};
 
@@ -326,8 +328,18 @@ impl Gpu {
         pass.dispatch_workgroups(grid.x, grid.y, grid.z);
     }
 
+    /// Counts a buffer made directly with wgpu under `category` while it lives.
+    pub fn track(&self, buffer: wgpu::Buffer, category: MemoryCategory) -> GpuBuffer {
+        GpuBuffer::new(buffer, category, self.memory.clone())
+    }
+
     /// A storage buffer holding `data`, counted under `category`.
-    pub fn upload<T: Pod>(&self, category: MemoryCategory, label: &str, data: &[T]) -> Result<GpuBuffer> {
+    pub fn upload<T: Pod>(
+        &self,
+        category: MemoryCategory,
+        label: &str,
+        data: &[T],
+    ) -> Result<GpuBuffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         self.check_binding_size(label, bytes.len() as u64)?;
         // Zero-length bindings are invalid; keep at least one element's worth.
@@ -347,7 +359,7 @@ impl Gpu {
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
             });
-        Ok(GpuBuffer::new(buffer, category, self.memory.clone()))
+        Ok(self.track(buffer, category))
     }
 
     /// An uninitialized (zeroed) storage buffer of `bytes`, counted under `category`.
@@ -361,7 +373,7 @@ impl Gpu {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(GpuBuffer::new(buffer, category, self.memory.clone()))
+        Ok(self.track(buffer, category))
     }
 
     /// A uniform buffer holding `value` (a `#[repr(C)]` struct matching a WGSL struct).
@@ -373,7 +385,7 @@ impl Gpu {
                 contents: bytemuck::bytes_of(value),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        GpuBuffer::new(buffer, MemoryCategory::Uniforms, self.memory.clone())
+        self.track(buffer, MemoryCategory::Uniforms)
     }
 
     /// Submits `encoder` and waits for the GPU to finish it.
@@ -403,7 +415,7 @@ impl Gpu {
             });
         }
         let size = bytes.max(4).next_multiple_of(4);
-        let staging = GpuBuffer::new(
+        let staging = self.track(
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("walsh readback"),
                 size,
@@ -411,7 +423,6 @@ impl Gpu {
                 mapped_at_creation: false,
             }),
             MemoryCategory::Readback,
-            self.memory.clone(),
         );
         let mut encoder = self.encoder("walsh readback");
         encoder.copy_buffer_to_buffer(buffer, 0, staging.buffer(), 0, size.min(buffer.size()));

@@ -100,7 +100,12 @@ impl PipelineKey {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        format!("{}:{}{{{}}}", self.shader.name(), self.entry, consts.join(","))
+        format!(
+            "{}:{}{{{}}}",
+            self.shader.name(),
+            self.entry,
+            consts.join(",")
+        )
     }
 }
 

@@ -23,7 +23,7 @@ impl GpuTimer {
             count,
         });
         let bytes = count as u64 * wgpu::QUERY_SIZE as u64;
-        let resolve = GpuBuffer::new(
+        let resolve = gpu.track(
             gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("walsh timer resolve"),
                 size: bytes,
@@ -31,7 +31,6 @@ impl GpuTimer {
                 mapped_at_creation: false,
             }),
             MemoryCategory::Readback,
-            std::sync::Arc::new(Default::default()),
         );
         Ok(Some(Self {
             queries,
@@ -58,7 +57,12 @@ impl GpuTimer {
 
     /// Records the resolve of every slot; call after the timed passes, before `finish`.
     pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.resolve_query_set(&self.queries, 0..self.capacity * 2, self.resolve.buffer(), 0);
+        encoder.resolve_query_set(
+            &self.queries,
+            0..self.capacity * 2,
+            self.resolve.buffer(),
+            0,
+        );
     }
 
     /// Durations of each slot in seconds, after the encoder with `resolve` was submitted.

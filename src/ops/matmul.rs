@@ -43,10 +43,18 @@ pub fn encode_gemv(
     n_in: usize,
     n_out: usize,
 ) -> Result<(), GpuError> {
-    for (label, buf, elems) in [("weight", w, n_out * n_in), ("x", x, rows * n_in), ("y", y, rows * n_out)] {
+    for (label, buf, elems) in [
+        ("weight", w, n_out * n_in),
+        ("x", x, rows * n_in),
+        ("y", y, rows * n_out),
+    ] {
         let needed = (elems * 4) as u64;
         if buf.size() < needed {
-            return Err(GpuError::BufferTooSmall { label: label.into(), needed, found: buf.size() });
+            return Err(GpuError::BufferTooSmall {
+                label: label.into(),
+                needed,
+                found: buf.size(),
+            });
         }
     }
     if rows == 0 || n_out == 0 {
@@ -58,9 +66,19 @@ pub fn encode_gemv(
     let grid = gpu.grid("GEMV", groups as u32)?;
     let params = gpu.uniform(
         "gemv params",
-        &MatmulParams { rows: rows as u32, n_in: n_in as u32, n_out: n_out as u32, tiles_x: grid.x },
+        &MatmulParams {
+            rows: rows as u32,
+            n_in: n_in as u32,
+            n_out: n_out as u32,
+            tiles_x: grid.x,
+        },
     );
-    gpu.dispatch(pass, &pipeline, &[params.buffer(), w.buffer(), x.buffer(), y.buffer()], grid);
+    gpu.dispatch(
+        pass,
+        &pipeline,
+        &[params.buffer(), w.buffer(), x.buffer(), y.buffer()],
+        grid,
+    );
     Ok(())
 }
 
@@ -69,7 +87,9 @@ pub fn gemv_reference(w: &[f32], x: &[f32], rows: usize, n_in: usize, n_out: usi
     let mut y = vec![0.0; rows * n_out];
     for r in 0..rows {
         for o in 0..n_out {
-            y[r * n_out + o] = (0..n_in).map(|i| w[o * n_in + i] as f64 * x[r * n_in + i] as f64).sum();
+            y[r * n_out + o] = (0..n_in)
+                .map(|i| w[o * n_in + i] as f64 * x[r * n_in + i] as f64)
+                .sum();
         }
     }
     y
@@ -84,11 +104,17 @@ mod tests {
     fn gemv_matches_cpu_on_odd_sizes() {
         for gpu in test_gpus() {
             for (rows, n_in, n_out) in [(1, 1, 1), (3, 37, 5), (5, 130, 67)] {
-                let w: Vec<f32> = (0..n_out * n_in).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
-                let x: Vec<f32> = (0..rows * n_in).map(|i| ((i * 104729) % 19) as f32 / 9.0 - 1.0).collect();
+                let w: Vec<f32> = (0..n_out * n_in)
+                    .map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0)
+                    .collect();
+                let x: Vec<f32> = (0..rows * n_in)
+                    .map(|i| ((i * 104729) % 19) as f32 / 9.0 - 1.0)
+                    .collect();
                 let wb = gpu.upload(MemoryCategory::Weights, "w", &w).unwrap();
                 let xb = gpu.upload(MemoryCategory::Activations, "x", &x).unwrap();
-                let yb = gpu.storage(MemoryCategory::Activations, "y", (rows * n_out * 4) as u64).unwrap();
+                let yb = gpu
+                    .storage(MemoryCategory::Activations, "y", (rows * n_out * 4) as u64)
+                    .unwrap();
                 let mut enc = gpu.encoder("gemv test");
                 {
                     let mut pass = enc.begin_compute_pass(&Default::default());
@@ -100,7 +126,11 @@ mod tests {
                 for (k, (&g, &r)) in y.iter().zip(&want).enumerate() {
                     // Sum of n_in products of magnitude <= 1: f32 rounding is below n_in * eps.
                     let tol = n_in as f64 * f32::EPSILON as f64 * 2.0;
-                    assert!((g as f64 - r).abs() <= tol, "{} {rows}x{n_in}->{n_out} [{k}]: {g} vs {r}", gpu.describe());
+                    assert!(
+                        (g as f64 - r).abs() <= tol,
+                        "{} {rows}x{n_in}->{n_out} [{k}]: {g} vs {r}",
+                        gpu.describe()
+                    );
                 }
             }
         }
@@ -108,9 +138,15 @@ mod tests {
 
     #[test]
     fn gemv_rejects_short_buffers() {
-        let Some(gpu) = test_gpus().into_iter().next() else { return };
-        let w = gpu.upload(MemoryCategory::Weights, "w", &[0f32; 6]).unwrap();
-        let x = gpu.upload(MemoryCategory::Activations, "x", &[0f32; 3]).unwrap();
+        let Some(gpu) = test_gpus().into_iter().next() else {
+            return;
+        };
+        let w = gpu
+            .upload(MemoryCategory::Weights, "w", &[0f32; 6])
+            .unwrap();
+        let x = gpu
+            .upload(MemoryCategory::Activations, "x", &[0f32; 3])
+            .unwrap();
         let y = gpu.storage(MemoryCategory::Activations, "y", 8).unwrap();
         let mut enc = gpu.encoder("gemv test");
         let mut pass = enc.begin_compute_pass(&Default::default());

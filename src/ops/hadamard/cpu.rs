@@ -32,11 +32,11 @@ pub struct WhtSize {
 
 impl WhtSize {
     pub fn new(n: usize) -> Result<Self, UnsupportedSize> {
-        if n < 2 || n > MAX_N {
+        if !(2..=MAX_N).contains(&n) {
             return Err(UnsupportedSize { n });
         }
         for m in [1, 12, 20, 28] {
-            if n % m == 0 && (n / m).is_power_of_two() {
+            if n.is_multiple_of(m) && (n / m).is_power_of_two() {
                 return Ok(Self { n, m, p: n / m });
             }
         }
@@ -184,7 +184,11 @@ impl Real for f64 {
 /// power-of-two part, then the m x m mix across chunks; the scale is applied at the end,
 /// as the GPU kernel does.
 pub fn fwht<T: Real>(x: &mut [T], size: WhtSize) {
-    assert_eq!(x.len(), size.n, "fwht: row length must equal the transform size");
+    assert_eq!(
+        x.len(),
+        size.n,
+        "fwht: row length must equal the transform size"
+    );
     let (m, p) = (size.m, size.p);
     for chunk in x.chunks_exact_mut(p) {
         let mut h = 1;
@@ -230,7 +234,11 @@ pub fn dense_matrix(size: WhtSize) -> Vec<f64> {
     let mut h = vec![0.0; n * n];
     for r in 0..n {
         for c in 0..n {
-            let sylvester = if ((r % p) & (c % p)).count_ones() % 2 == 0 { 1.0 } else { -1.0 };
+            let sylvester = if ((r % p) & (c % p)).count_ones() % 2 == 0 {
+                1.0
+            } else {
+                -1.0
+            };
             h[r * n + c] = scale * sylvester * hm[(r / p) * size.m + c / p] as f64;
         }
     }
@@ -280,7 +288,9 @@ mod tests {
 
     #[test]
     fn sizes_accepted_and_rejected() {
-        for n in [2, 4, 1024, 4096, 8192, 32768, 12, 768, 1536, 2560, 3584, 28672] {
+        for n in [
+            2, 4, 1024, 4096, 8192, 32768, 12, 768, 1536, 2560, 3584, 28672,
+        ] {
             let s = WhtSize::new(n).unwrap();
             assert_eq!(s.m * s.p, n);
         }
@@ -288,7 +298,14 @@ mod tests {
             let e = WhtSize::new(n).unwrap_err();
             assert!(e.to_string().contains("768, 1536"), "{e}");
         }
-        assert_eq!(WhtSize::new(768).unwrap(), WhtSize { n: 768, m: 12, p: 64 });
+        assert_eq!(
+            WhtSize::new(768).unwrap(),
+            WhtSize {
+                n: 768,
+                m: 12,
+                p: 64
+            }
+        );
     }
 
     #[test]
@@ -304,7 +321,10 @@ mod tests {
             }
             let masks = sign_masks(m);
             assert_eq!(masks.len(), m);
-            assert_eq!(masks[0].count_ones() as usize, (0..m).filter(|&c| h[c] < 0).count());
+            assert_eq!(
+                masks[0].count_ones() as usize,
+                (0..m).filter(|&c| h[c] < 0).count()
+            );
         }
     }
 

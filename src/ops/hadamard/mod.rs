@@ -89,6 +89,13 @@ pub struct Epilogue<'a> {
     pub resid: Option<&'a GpuBuffer>,
 }
 
+/// How the fast kernel runs: the fused epilogue and the path of its exchanges.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WhtOptions<'a> {
+    pub epilogue: Epilogue<'a>,
+    pub path: WhtPath,
+}
+
 /// One dispatch of the fast kernel: the layout of the 3-D view X[b][i][s] (see the
 /// shader header) and how it is tiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +120,17 @@ impl FastPass {
         self.lb * self.ls * self.transform_len() / self.v
     }
 
+    /// Barrier-separated exchange rounds the fast kernel does after `shuffled` subgroup
+    /// stages (mirrors the loop in `wht_tile`).
+    fn exchange_rounds(&self, shuffled: u32) -> u32 {
+        let log_v = self.v.trailing_zeros();
+        let top = self.p.trailing_zeros() - log_v;
+        if log_v == 0 {
+            return 0;
+        }
+        (top - shuffled.min(top)).div_ceil(log_v)
+    }
+
     fn tiles(&self) -> usize {
         self.lines.div_ceil(self.lb) * (self.s / self.ls)
     }
@@ -126,7 +144,16 @@ fn plan(size: WhtSize, rows: usize) -> Vec<FastPass> {
         let v = values(p);
         let per_line = n / v;
         let lb = (MAX_WORKGROUP / per_line).min(TILE_ELEMS / n).max(1);
-        return vec![FastPass { m, p, v, s: 1, ls: 1, lb, lines: rows, last: true }];
+        return vec![FastPass {
+            m,
+            p,
+            v,
+            s: 1,
+            ls: 1,
+            lb,
+            lines: rows,
+            last: true,
+        }];
     }
     // Pass A: H_{P_A} on contiguous segments; pass B: H_M (x) H_{P / P_A} across them.
     let pa = p.min(TILE_ELEMS);
@@ -148,7 +175,16 @@ fn plan(size: WhtSize, rows: usize) -> Vec<FastPass> {
     while ls * 2 <= pa && 2 * ls * tb <= TILE_ELEMS && 2 * ls * tb / vb <= MAX_WORKGROUP {
         ls *= 2;
     }
-    let b = FastPass { m, p: pb, v: vb, s: pa, ls, lb: 1, lines: rows, last: true };
+    let b = FastPass {
+        m,
+        p: pb,
+        v: vb,
+        s: pa,
+        ls,
+        lb: 1,
+        lines: rows,
+        last: true,
+    };
     vec![a, b]
 }
 
@@ -169,7 +205,10 @@ impl<'g> Hadamard<'g> {
         let mut signs = Vec::new();
         for m in [1, 12, 20, 28] {
             let masks = cpu::sign_masks(m);
-            signs.push((m, gpu.upload(MemoryCategory::Uniforms, "wht signs", &masks)?));
+            signs.push((
+                m,
+                gpu.upload(MemoryCategory::Uniforms, "wht signs", &masks)?,
+            ));
         }
         Ok(Self {
             gpu,
@@ -184,12 +223,13 @@ impl<'g> Hadamard<'g> {
         found.map_or(self.dummy.buffer(), |(_, b)| b.buffer())
     }
 
-    fn use_subgroups(&self, path: WhtPath) -> Result<bool, WhtError> {
+    /// Validates `path` against the device and returns it (Auto stays Auto).
+    fn check_path(&self, path: WhtPath) -> Result<WhtPath, WhtError> {
         let has = self.gpu.features().subgroup;
         match path {
-            WhtPath::Auto => Ok(has),
-            WhtPath::Shared => Ok(false),
-            WhtPath::Subgroup if has => Ok(true),
+            WhtPath::Auto if has => Ok(WhtPath::Auto),
+            WhtPath::Auto | WhtPath::Shared => Ok(WhtPath::Shared),
+            WhtPath::Subgroup if has => Ok(WhtPath::Subgroup),
             WhtPath::Subgroup => Err(GpuError::MissingFeature {
                 feature: "SUBGROUP",
                 adapter: self.gpu.info().name.clone(),
@@ -220,7 +260,8 @@ impl<'g> Hadamard<'g> {
         let size = WhtSize::new(n)?;
         Self::check_len("input", input, rows * n)?;
         Self::check_len("output", output, rows * n)?;
-        self.gpu.check_binding_size("WHT rows", (rows * n * 4) as u64)?;
+        self.gpu
+            .check_binding_size("WHT rows", (rows * n * 4) as u64)?;
         Ok(size)
     }
 
@@ -233,9 +274,9 @@ impl<'g> Hadamard<'g> {
         output: &GpuBuffer,
         rows: usize,
         n: usize,
-        epilogue: Epilogue<'_>,
-        path: WhtPath,
+        options: WhtOptions<'_>,
     ) -> Result<(), WhtError> {
+        let WhtOptions { epilogue, path } = options;
         let size = self.check(input, output, rows, n)?;
         for (what, buf) in [("gamma", epilogue.gamma), ("beta", epilogue.beta)] {
             if let Some(b) = buf {
@@ -248,22 +289,45 @@ impl<'g> Hadamard<'g> {
         if rows == 0 {
             return Ok(());
         }
-        let subgroups = self.use_subgroups(path)?;
+        let path = self.check_path(path)?;
         let passes = plan(size, rows);
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if passes.len() > 1 {
             let bytes = (rows * n * 4) as u64;
             if scratch.as_ref().is_none_or(|s| s.size() < bytes) {
                 *scratch = None; // free the old one before allocating
-                *scratch = Some(self.gpu.storage(MemoryCategory::Scratch, "wht scratch", bytes)?);
+                *scratch = Some(
+                    self.gpu
+                        .storage(MemoryCategory::Scratch, "wht scratch", bytes)?,
+                );
             }
         }
         let scale = 1.0 / (n as f32).sqrt();
         for (k, fp) in passes.iter().enumerate() {
-            let src = if k == 0 { input } else { scratch.as_ref().expect("allocated above") };
-            let dst = if fp.last { output } else { scratch.as_ref().expect("allocated above") };
-            let epi = if fp.last { epilogue } else { Epilogue::default() };
-            self.dispatch_fast(pass, fp, src, dst, epi, subgroups, if fp.last { scale } else { 1.0 })?;
+            let src = if k == 0 {
+                input
+            } else {
+                scratch.as_ref().expect("allocated above")
+            };
+            let dst = if fp.last {
+                output
+            } else {
+                scratch.as_ref().expect("allocated above")
+            };
+            let epi = if fp.last {
+                epilogue
+            } else {
+                Epilogue::default()
+            };
+            self.dispatch_fast(
+                pass,
+                fp,
+                src,
+                dst,
+                epi,
+                path,
+                if fp.last { scale } else { 1.0 },
+            )?;
         }
         Ok(())
     }
@@ -276,10 +340,21 @@ impl<'g> Hadamard<'g> {
         src: &GpuBuffer,
         dst: &GpuBuffer,
         epi: Epilogue<'a>,
-        subgroups: bool,
+        path: WhtPath,
         scale: f32,
     ) -> Result<(), WhtError> {
-        let shader = if subgroups && fp.ls == 1 {
+        // Subgroup stages only run on passes with one column per tile (see the shader).
+        // Where barriers dominate (software rasterizers, and a barrier is never free),
+        // shuffles pay off only when they save a round of workgroup-memory exchange; the
+        // subgroup size is taken at its minimum, which the shader never exceeds in count.
+        let shuffle_bits = self.gpu.info().subgroup_min_size.max(1).trailing_zeros();
+        let subgroups = fp.ls == 1
+            && match path {
+                WhtPath::Subgroup => true,
+                WhtPath::Shared => false,
+                WhtPath::Auto => fp.exchange_rounds(shuffle_bits) < fp.exchange_rounds(0),
+            };
+        let shader = if subgroups {
             Shader::HadamardSubgroup
         } else {
             Shader::Hadamard
@@ -301,10 +376,16 @@ impl<'g> Hadamard<'g> {
         let grid = self.gpu.grid("WHT", fp.tiles() as u32)?;
         let params = self.gpu.uniform(
             "wht params",
-            &WhtParams { lines: fp.lines as u32, tiles_x: grid.x, scale, bit: 0 },
+            &WhtParams {
+                lines: fp.lines as u32,
+                tiles_x: grid.x,
+                scale,
+                bit: 0,
+            },
         );
         let dummy = self.dummy.buffer();
-        let opt = |b: Option<&'a GpuBuffer>| -> &'a wgpu::Buffer { b.map_or(dummy, |b| b.buffer()) };
+        let opt =
+            |b: Option<&'a GpuBuffer>| -> &'a wgpu::Buffer { b.map_or(dummy, |b| b.buffer()) };
         let buffers = [
             params.buffer(),
             src.buffer(),
@@ -377,7 +458,15 @@ impl<'g> Hadamard<'g> {
                 },
             );
             let d = self.dummy.buffer();
-            let buffers = [params.buffer(), d, data.buffer(), d, d, d, self.signs(size.m)];
+            let buffers = [
+                params.buffer(),
+                d,
+                data.buffer(),
+                d,
+                d,
+                d,
+                self.signs(size.m),
+            ];
             self.gpu.dispatch(pass, &pipeline, &buffers, grid);
         }
         Ok(())
@@ -386,19 +475,39 @@ impl<'g> Hadamard<'g> {
     /// Convenience for callers with host data: transforms `x` (rows x n, row major) on the
     /// GPU with the fast kernel and returns the result.
     pub fn run(&self, x: &[f32], n: usize, path: WhtPath) -> Result<Vec<f32>, WhtError> {
-        if n == 0 || x.len() % n != 0 {
-            return Err(WhtError::Shape { what: "input", expected: n, found: x.len() });
+        if n == 0 || !x.len().is_multiple_of(n) {
+            return Err(WhtError::Shape {
+                what: "input",
+                expected: n,
+                found: x.len(),
+            });
         }
         let rows = x.len() / n;
-        let input = self.gpu.upload(MemoryCategory::Activations, "wht input", x)?;
-        let output = self.gpu.storage(MemoryCategory::Activations, "wht output", (x.len() * 4) as u64)?;
+        let input = self
+            .gpu
+            .upload(MemoryCategory::Activations, "wht input", x)?;
+        let output = self.gpu.storage(
+            MemoryCategory::Activations,
+            "wht output",
+            (x.len() * 4) as u64,
+        )?;
         let mut encoder = self.gpu.encoder("wht");
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("wht fast"),
                 timestamp_writes: None,
             });
-            self.encode(&mut pass, &input, &output, rows, n, Epilogue::default(), path)?;
+            self.encode(
+                &mut pass,
+                &input,
+                &output,
+                rows,
+                n,
+                WhtOptions {
+                    epilogue: Epilogue::default(),
+                    path,
+                },
+            )?;
         }
         self.gpu.submit_and_wait(encoder)?;
         Ok(self.gpu.read(&output, x.len())?)

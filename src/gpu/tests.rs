@@ -1,0 +1,138 @@
+//! Runtime tests on the software adapters: pipeline cache, typed errors, memory
+//! accounting, readback and timestamps.
+
+use super::testing::test_gpus;
+use super::*;
+use crate::ops::hadamard::{WhtOptions, WhtPath};
+
+#[test]
+fn pipeline_cache_returns_the_same_pipeline_per_key() {
+    for gpu in test_gpus() {
+        let key = PipelineKey::new(Shader::Matmul, "gemv").with("GEMV_WG", 64);
+        let bindings = [
+            Binding::Uniform,
+            Binding::ReadOnly,
+            Binding::ReadOnly,
+            Binding::ReadWrite,
+        ];
+        let a = gpu.pipeline(&key, &bindings).unwrap();
+        let b = gpu.pipeline(&key, &bindings).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = gpu
+            .pipeline(&key.clone().with("GEMV_WG", 128), &bindings)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(a.label, "matmul:gemv{GEMV_WG=64}");
+    }
+}
+
+#[test]
+fn bad_pipeline_is_a_typed_error_not_a_panic() {
+    for gpu in test_gpus() {
+        // A workgroup size of 0 is invalid: pipeline creation must fail cleanly.
+        let key = PipelineKey::new(Shader::Matmul, "gemv").with("GEMV_WG", 0);
+        let bindings = [
+            Binding::Uniform,
+            Binding::ReadOnly,
+            Binding::ReadOnly,
+            Binding::ReadWrite,
+        ];
+        let err = gpu.pipeline(&key, &bindings).unwrap_err();
+        assert!(matches!(err, GpuError::ShaderCompile { .. }), "{err}");
+        assert!(err.to_string().contains("gemv"), "{err}");
+        // The device is still usable afterwards.
+        let ok = PipelineKey::new(Shader::Matmul, "gemv").with("GEMV_WG", 64);
+        gpu.pipeline(&ok, &bindings).unwrap();
+        gpu.check().unwrap();
+    }
+}
+
+#[test]
+fn limits_are_checked_before_the_gpu_sees_them() {
+    let Some(gpu) = test_gpus().into_iter().next() else {
+        return;
+    };
+    let too_big = gpu.limits().max_storage_buffer_binding_size + 4;
+    let err = gpu
+        .storage(MemoryCategory::Activations, "huge", too_big)
+        .unwrap_err();
+    assert!(matches!(err, GpuError::LimitExceeded { .. }), "{err}");
+    assert!(err.to_string().contains("huge"), "{err}");
+    let max = gpu.limits().max_compute_workgroups_per_dimension;
+    assert_eq!(gpu.grid("t", 5).unwrap(), glam::UVec3::new(5, 1, 1));
+    let g = gpu.grid("t", max + 1).unwrap();
+    assert!(g.x * g.y > max && g.x <= max);
+    assert!(gpu.grid("t", u32::MAX).is_err());
+}
+
+#[test]
+fn buffers_are_counted_while_alive_and_read_back_exactly() {
+    for gpu in test_gpus() {
+        let before = gpu.memory().report().current_bytes;
+        let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 3.0).collect();
+        {
+            let buf = gpu.upload(MemoryCategory::Weights, "w", &data).unwrap();
+            let report = gpu.memory().report();
+            assert_eq!(report.current_bytes, before + 4000);
+            let weights = report
+                .by_category
+                .iter()
+                .find(|c| c.0 == MemoryCategory::Weights)
+                .unwrap();
+            assert_eq!(weights.1, 4000);
+            assert_eq!(gpu.read::<f32>(&buf, 1000).unwrap(), data);
+            assert!(
+                gpu.read::<f32>(&buf, 1001).is_err(),
+                "reading past the end must fail"
+            );
+        }
+        assert_eq!(gpu.memory().report().current_bytes, before);
+        assert!(gpu.memory().report().peak_bytes >= before + 4000);
+    }
+}
+
+#[test]
+fn timestamps_time_a_compute_pass() {
+    for gpu in test_gpus() {
+        let Some(timer) = GpuTimer::new(&gpu, 2).unwrap() else {
+            assert!(!gpu.features().timestamp_query);
+            continue;
+        };
+        let h = crate::ops::hadamard::Hadamard::new(&gpu).unwrap();
+        let n = 1024;
+        let x = gpu
+            .upload(MemoryCategory::Activations, "x", &vec![1f32; 64 * n])
+            .unwrap();
+        let y = gpu
+            .storage(MemoryCategory::Activations, "y", (64 * n * 4) as u64)
+            .unwrap();
+        let mut enc = gpu.encoder("timed");
+        for slot in 0..2 {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("timed wht"),
+                timestamp_writes: Some(timer.pass_writes(slot).unwrap()),
+            });
+            let epi = crate::ops::hadamard::Epilogue::default();
+            h.encode(
+                &mut pass,
+                &x,
+                &y,
+                64,
+                n,
+                WhtOptions {
+                    epilogue: epi,
+                    path: WhtPath::Auto,
+                },
+            )
+            .unwrap();
+        }
+        timer.resolve(&mut enc);
+        gpu.submit_and_wait(enc).unwrap();
+        let secs = timer.read_seconds(&gpu).unwrap();
+        assert_eq!(secs.len(), 2);
+        for s in secs {
+            assert!(s > 0.0 && s < 60.0, "{} pass took {s} s?", gpu.describe());
+        }
+        assert!(timer.pass_writes(2).is_err());
+    }
+}
