@@ -2,6 +2,7 @@
 //! product, on one adapter (`WALSH_ADAPTER`, default: the high-performance one).
 //!
 //! - `copy`: `copy_buffer_to_buffer` of rows x n f32: the bandwidth roof.
+//! - `copy_shader`: the same bytes through a trivial compute shader: the roof for kernels.
 //! - `wht_fast`: the fast kernel (subgroup path where the adapter has it).
 //! - `wht_naive`: one dispatch per butterfly stage.
 //! - `wht_fused`: the fast kernel with gamma, beta and residual fused on store.
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use walsh::gpu::{AdapterSelector, Gpu, GpuBuffer, MemoryCategory};
 use walsh::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath};
-use walsh::ops::matmul;
+use walsh::ops::{copy, matmul};
 
 fn smoke() -> bool {
     std::env::var("WALSH_BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0")
@@ -98,6 +99,15 @@ fn bench_hadamard(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 time(&gpu, iters, |e| {
                     e.copy_buffer_to_buffer(x.buffer(), 0, y.buffer(), 0, (elems * 4) as u64)
+                })
+            })
+        });
+        group.bench_function(id("copy_shader"), |b| {
+            b.iter_custom(|iters| {
+                time(&gpu, iters, |e| {
+                    let mut pass = compute_pass(e);
+                    copy::encode_copy(&gpu, &mut pass, &x, &y, (elems * 4) as u64)
+                        .expect("copy shader");
                 })
             })
         });

@@ -212,3 +212,34 @@ fn wht(adapter: &str, n: usize, rows: usize, kernel: Kernel) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_adapter_and_subcommands() {
+        let cli = Cli::try_parse_from(["walsh", "--adapter", "gl", "wht", "--n", "768"]).unwrap();
+        assert_eq!(cli.adapter, "gl");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Wht {
+                n: 768,
+                rows: 4096,
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["walsh", "adapters", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Adapters { json: true })
+        ));
+        assert!(Cli::try_parse_from(["walsh", "wht", "--kernel", "bogus"]).is_err());
+    }
+}

@@ -21,10 +21,17 @@ pub enum Shader {
     HadamardSubgroup,
     /// Dense matrix products.
     Matmul,
+    /// A plain copy: the bandwidth roof of compute kernels.
+    Copy,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 3] = [Shader::Hadamard, Shader::HadamardSubgroup, Shader::Matmul];
+    pub const ALL: [Shader; 4] = [
+        Shader::Hadamard,
+        Shader::HadamardSubgroup,
+        Shader::Matmul,
+        Shader::Copy,
+    ];
 
     pub fn source(self) -> &'static str {
         match self {
@@ -37,6 +44,7 @@ impl Shader {
                 include_str!("../../shaders/hadamard_subgroup.wgsl")
             ),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::Copy => include_str!("../../shaders/copy.wgsl"),
         }
     }
 
@@ -53,6 +61,7 @@ impl Shader {
             Shader::Hadamard => "hadamard",
             Shader::HadamardSubgroup => "hadamard+subgroup",
             Shader::Matmul => "matmul",
+            Shader::Copy => "copy",
         }
     }
 }

@@ -92,9 +92,51 @@ fn test() -> Result<()> {
         }
         tests.env("XDG_RUNTIME_DIR", dir);
     }
-    run(&mut tests)?;
-    eprintln!("xtask: all checks passed");
+    let (passed, failed) = run_counting(&mut tests)?;
+    eprintln!("xtask: fmt, clippy and every test passed");
+    println!("xtask: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up the `test result:` lines.
+fn run_counting(cmd: &mut Command) -> Result<(usize, usize)> {
+    use std::io::{BufRead, BufReader, Write};
+    eprintln!("xtask: $ {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().expect("piped above");
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        writeln!(out, "{line}")?;
+        if let Some((p, f)) = parse_test_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!("xtask: {passed} passed, {} failed", failed.max(1));
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok((passed, failed))
+}
+
+/// `test result: ok. 21 passed; 0 failed; ...` -> (21, 0).
+fn parse_test_result(line: &str) -> Option<(usize, usize)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let count = |word: &str| -> Option<usize> {
+        let end = rest.find(&format!(" {word}"))?;
+        rest[..end]
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((count("passed")?, count("failed")?))
 }
 
 fn installed(package: &str) -> bool {
@@ -152,4 +194,18 @@ fn ensure_rustup_components(components: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cargo_test_summaries() {
+        let ok = "test result: ok. 21 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.95s";
+        assert_eq!(parse_test_result(ok), Some((21, 0)));
+        let bad = "test result: FAILED. 6 passed; 5 failed; 0 ignored; 0 measured; 5 filtered out";
+        assert_eq!(parse_test_result(bad), Some((6, 5)));
+        assert_eq!(parse_test_result("Testing hadamard/copy Success"), None);
+    }
 }
