@@ -9,4 +9,5 @@
 //! - [`ops`]: the kernels, each with its CPU reference.
 
 pub mod gpu;
+pub mod model;
 pub mod ops;

@@ -23,14 +23,29 @@ pub enum Shader {
     Matmul,
     /// A plain copy: the bandwidth roof of compute kernels.
     Copy,
+    /// RMSNorm.
+    Norm,
+    /// Rotary position embedding.
+    Rope,
+    /// Embedding gather, SwiGLU, residual add.
+    Elementwise,
+    /// Causal attention over the KV cache.
+    Attention,
+    /// Greedy and temperature / top-k / top-p sampling.
+    Sample,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 4] = [
+    pub const ALL: [Shader; 9] = [
         Shader::Hadamard,
         Shader::HadamardSubgroup,
         Shader::Matmul,
         Shader::Copy,
+        Shader::Norm,
+        Shader::Rope,
+        Shader::Elementwise,
+        Shader::Attention,
+        Shader::Sample,
     ];
 
     pub fn source(self) -> &'static str {
@@ -45,6 +60,11 @@ impl Shader {
             ),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Shader::Copy => include_str!("../../shaders/copy.wgsl"),
+            Shader::Norm => include_str!("../../shaders/norm.wgsl"),
+            Shader::Rope => include_str!("../../shaders/rope.wgsl"),
+            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Shader::Attention => include_str!("../../shaders/attention.wgsl"),
+            Shader::Sample => include_str!("../../shaders/sample.wgsl"),
         }
     }
 
@@ -62,6 +82,11 @@ impl Shader {
             Shader::HadamardSubgroup => "hadamard+subgroup",
             Shader::Matmul => "matmul",
             Shader::Copy => "copy",
+            Shader::Norm => "norm",
+            Shader::Rope => "rope",
+            Shader::Elementwise => "elementwise",
+            Shader::Attention => "attention",
+            Shader::Sample => "sample",
         }
     }
 }

@@ -1,6 +1,86 @@
 //! Kernel families: one module per shader file, each owning its pipelines, its params
 //! struct (matching the WGSL struct), its dispatch, a CPU reference and its tests.
 
+pub mod attention;
 pub mod copy;
+pub mod elementwise;
 pub mod hadamard;
 pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod sample;
+
+use crate::gpu::{Gpu, GpuError, GpuBuffer, MemoryCategory};
+
+/// How a weight matrix is stored on the GPU. Both formats bind as `array<u32>` in WGSL:
+/// `F32` holds the bit patterns (`bitcast<f32>(w[i])`), `F16` two halves per u32, element
+/// `i` in half `i & 1` of word `i >> 1`, low half first (`unpack2x16float(w[i >> 1])`).
+/// Packed f16 needs no SHADER_F16 feature, so it works on every adapter and in browsers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightFormat {
+    F32,
+    F16,
+}
+
+impl WeightFormat {
+    /// Bytes per element.
+    pub fn element_bytes(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::F16 => 2,
+        }
+    }
+}
+
+/// A row-major [rows, cols] weight matrix on the GPU (HF layout: `weight[out][in]`).
+#[derive(Debug)]
+pub struct Matrix {
+    pub buffer: GpuBuffer,
+    pub rows: usize,
+    pub cols: usize,
+    pub format: WeightFormat,
+}
+
+impl Matrix {
+    /// Uploads f32 values (`data.len() == rows * cols`).
+    pub fn from_f32(
+        gpu: &Gpu,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, GpuError> {
+        check_len(label, data.len(), rows, cols)?;
+        let buffer = gpu.upload(MemoryCategory::Weights, label, data)?;
+        Ok(Self { buffer, rows, cols, format: WeightFormat::F32 })
+    }
+
+    /// Uploads IEEE half-precision bit patterns (`bits.len() == rows * cols`), packed two
+    /// per u32 (an odd count is padded with a zero half).
+    pub fn from_f16_bits(
+        gpu: &Gpu,
+        label: &str,
+        bits: &[u16],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, GpuError> {
+        check_len(label, bits.len(), rows, cols)?;
+        let words: Vec<u32> = bits
+            .chunks(2)
+            .map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16)
+            .collect();
+        let buffer = gpu.upload(MemoryCategory::Weights, label, &words)?;
+        Ok(Self { buffer, rows, cols, format: WeightFormat::F16 })
+    }
+}
+
+fn check_len(label: &str, len: usize, rows: usize, cols: usize) -> Result<(), GpuError> {
+    if len != rows * cols {
+        return Err(GpuError::Validation(format!(
+            "matrix `{label}` has {len} values but its shape [{rows}, {cols}] needs {}",
+            rows * cols
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! `config.json`: Hugging Face llama key names plus walsh's variant keys.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+use crate::ops::hadamard::WhtSize;
+
+/// How attention heads are mixed back into the residual stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttnOutput {
+    /// `o_proj(a)`: a dense d x d matrix.
+    #[default]
+    Dense,
+    /// `o_scale * WHT(a) / sqrt(d) + o_bias`: no matrix, 2d parameters.
+    Hadamard,
+}
+
+/// How the attention query is formed from the normalized input `xn`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    /// `q_proj(xn)`.
+    #[default]
+    Dense,
+    /// `q = xn`.
+    Identity,
+    /// `q = xn + q_up(silu(q_down(xn)))`.
+    ResidualMlp,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+fn default_theta() -> f64 {
+    10000.0
+}
+
+/// The model hyperparameters (DESIGN.md section 2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attn_output: AttnOutput,
+    #[serde(default)]
+    pub query: Query,
+    /// Hidden width of the residual query MLP; default hidden_size / 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_mlp_hidden: Option<usize>,
+}
+
+impl Config {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    pub fn query_mlp_hidden(&self) -> usize {
+        self.query_mlp_hidden.unwrap_or(self.hidden_size / 2)
+    }
+
+    /// A short name of the variant, e.g. `hadamard/identity`.
+    pub fn variant(&self) -> String {
+        let o = match self.attn_output {
+            AttnOutput::Dense => "dense",
+            AttnOutput::Hadamard => "hadamard",
+        };
+        let q = match self.query {
+            Query::Dense => "dense",
+            Query::Identity => "identity",
+            Query::ResidualMlp => "residual_mlp",
+        };
+        format!("{o}/{q}")
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks every rule the engine relies on; the message says which one failed.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        // Keep every size far from overflowing u32 indices in the kernels.
+        let limits = [
+            ("hidden_size", self.hidden_size, 1 << 15),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("intermediate_size", self.intermediate_size, 1 << 17),
+            ("vocab_size", self.vocab_size, 1 << 20),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 20),
+        ];
+        for (name, v, max) in limits {
+            if v > max {
+                return Err(format!("{name} = {v} is larger than walsh supports ({max})"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "num_attention_heads = {} does not divide hidden_size = {}",
+                self.num_attention_heads, self.hidden_size
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!("head_dim = {} must be even for rotary embeddings", self.head_dim()));
+        }
+        if self.attn_output == AttnOutput::Hadamard {
+            WhtSize::new(self.hidden_size).map_err(|e| format!("attn_output = hadamard: {e}"))?;
+        }
+        if self.query == Query::ResidualMlp && self.query_mlp_hidden() == 0 {
+            return Err("query_mlp_hidden must be positive".into());
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            return Err(format!("rms_norm_eps = {} must be positive", self.rms_norm_eps));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(format!("rope_theta = {} must be positive", self.rope_theta));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        serde_json::from_str(
+            r#"{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "intermediate_size": 128, "vocab_size": 256, "max_position_embeddings": 32,
+                "attn_output": "hadamard", "query": "residual_mlp"}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_hf_keys_with_defaults() {
+        let c = base();
+        assert_eq!(c.rms_norm_eps, 1e-5);
+        assert_eq!(c.rope_theta, 10000.0);
+        assert!(!c.tie_word_embeddings);
+        assert_eq!(c.attn_output, AttnOutput::Hadamard);
+        assert_eq!(c.query, Query::ResidualMlp);
+        assert_eq!(c.query_mlp_hidden(), 32);
+        assert_eq!(c.head_dim(), 16);
+        assert_eq!(c.variant(), "hadamard/residual_mlp");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_shapes_with_a_reason() {
+        let mut c = base();
+        c.num_attention_heads = 5;
+        assert!(c.validate().unwrap_err().contains("does not divide"));
+        let mut c = base();
+        c.hidden_size = 96; // 96 = 12 * 8 is a WHT size, but 96 / 4 = 24 heads: fine
+        c.validate().unwrap();
+        c.hidden_size = 80; // 80 = 20 * 4: supported too
+        c.validate().unwrap();
+        c.hidden_size = 36; // 36 = 9 * 4: no Hadamard matrix of that size in walsh
+        c.num_attention_heads = 2;
+        assert!(c.validate().unwrap_err().contains("unsupported Walsh"));
+        let mut c = base();
+        c.vocab_size = 0;
+        assert!(c.validate().unwrap_err().contains("vocab_size"));
+    }
+}

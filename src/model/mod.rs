@@ -1,0 +1,11 @@
+//! The decoder: config and weights (`config.json` + `model.safetensors`), the CPU reference
+//! decoder, the GPU decoder, sampling and generation.
+
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod init;
+pub mod weights;
+
+pub use config::{AttnOutput, Config, Query};
+pub use error::ModelError;
