@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use walsh::gpu::{AdapterSelector, Gpu, GpuBuffer, MemoryCategory};
 use walsh::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath};
-use walsh::ops::{copy, matmul};
+use walsh::ops::{Matrix, copy, matmul};
 
 fn smoke() -> bool {
     std::env::var("WALSH_BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0")
@@ -175,7 +175,10 @@ fn bench_hadamard(c: &mut Criterion) {
             );
             continue;
         }
-        let w = data(&gpu, "W", n * n);
+        let w_values: Vec<f32> = (0..n * n)
+            .map(|i| ((i * 31) % 255) as f32 / 128.0 - 1.0)
+            .collect();
+        let w = Matrix::from_f32(&gpu, "W", &w_values, n, n).expect("dense W");
         group.throughput(Throughput::Bytes(w_bytes + 2 * n as u64 * 4));
         group.bench_function(
             BenchmarkId::new("dense_gemv", format!("n={n}/rows=1")),
@@ -183,7 +186,7 @@ fn bench_hadamard(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     time(&gpu, iters, |e| {
                         let mut pass = compute_pass(e);
-                        matmul::encode_gemv(&gpu, &mut pass, &w, &x, &y, 1, n, n).expect("GEMV");
+                        matmul::encode_matmul(&gpu, &mut pass, &w, &x, &y, 1, false).expect("GEMV");
                     })
                 })
             },

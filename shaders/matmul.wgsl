@@ -1,7 +1,9 @@
 // Dense matrix products. Host side: src/ops/matmul.rs.
 //
-// y[r][o] = sum_i w[o][i] * x[r][i]: w is [n_out, n_in] row major (the HF `weight`
-// layout), x is [rows, n_in], y is [rows, n_out].
+// y[r][o] = sum_i w[o][i] * x[r][i]   (+ y[r][o] when ACCUM)
+// w is [n_out, n_in] row major (the HF `weight` layout), x is [rows, n_in], y [rows, n_out].
+// w binds as u32 words: f32 bit patterns, or (W_F16) two halves per word, low half first,
+// read with unpack2x16float so no SHADER_F16 feature is needed (src/ops/mod.rs, Matrix).
 
 // Must match `MatmulParams` in src/ops/matmul.rs.
 struct Params {
@@ -11,52 +13,144 @@ struct Params {
     tiles_x: u32,  // workgroups along x of the (possibly 2-D) grid
 }
 
-// Invocations per workgroup; must match GEMV_WORKGROUP on the host.
-override GEMV_WG: u32 = 64u;
-// Rows handled by one workgroup; must match GEMV_ROWS on the host.
-const ROWS: u32 = 4u;
+override W_F16: bool = false;
+override ACCUM: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-var<workgroup> partial: array<array<f32, 256>, ROWS>;
+// Element i of w (flat index).
+fn weight(i: u32) -> f32 {
+    if (W_F16) {
+        let pair = unpack2x16float(w[i >> 1u]);
+        return select(pair.x, pair.y, (i & 1u) == 1u);
+    }
+    return bitcast<f32>(w[i]);
+}
 
-// GEMV for small batches: one workgroup per (output o, block of ROWS rows). Invocations
-// stride over the input dimension so reads of a weight row are coalesced, then reduce.
+fn store(r: u32, o: u32, v: f32) {
+    let at = r * params.n_out + o;
+    if (ACCUM) {
+        y[at] = y[at] + v;
+    } else {
+        y[at] = v;
+    }
+}
+
+// ---- GEMV: decode-sized batches ------------------------------------------------------
+// One workgroup per (output o, block of GEMV_ROWS rows). Invocations stride over n_in so
+// a weight row is read once per block, coalesced; each keeps GEMV_ROWS partial sums. One
+// barrier, then invocation r < GEMV_ROWS adds the GEMV_WG partials of its row: a single
+// barrier instead of a log2(GEMV_WG)-step tree, which matters where barriers are costly.
+
+// Invocations per workgroup; must match GEMV_WORKGROUP on the host (<= 256, see `partial`).
+override GEMV_WG: u32 = 64u;
+// Rows per workgroup; must match GEMV_ROWS on the host.
+const GEMV_ROWS: u32 = 8u;
+
+var<workgroup> partial: array<array<f32, 256>, GEMV_ROWS>;
+
 @compute @workgroup_size(GEMV_WG)
 fn gemv(@builtin(local_invocation_index) t: u32,
         @builtin(workgroup_id) wid: vec3<u32>) {
     let id = wid.y * params.tiles_x + wid.x;
-    let row_blocks = (params.rows + ROWS - 1u) / ROWS;
-    if (id >= params.n_out * row_blocks) {
+    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
+    if (id >= params.n_out * blocks) {
         return;  // whole workgroup: uniform
     }
-    let o = id / row_blocks;
-    let r0 = (id % row_blocks) * ROWS;
-    var acc: array<f32, ROWS>;
+    let o = id / blocks;
+    let r0 = (id % blocks) * GEMV_ROWS;
+    let nr = min(GEMV_ROWS, params.rows - r0);
+    var acc: array<f32, GEMV_ROWS>;
     for (var i = t; i < params.n_in; i += GEMV_WG) {
-        let wv = w[o * params.n_in + i];
-        for (var r = 0u; r < ROWS; r++) {
-            if (r0 + r < params.rows) {
+        let wv = weight(o * params.n_in + i);
+        for (var r = 0u; r < GEMV_ROWS; r++) {
+            if (r < nr) {
                 acc[r] += wv * x[(r0 + r) * params.n_in + i];
             }
         }
     }
-    for (var r = 0u; r < ROWS; r++) {
+    for (var r = 0u; r < GEMV_ROWS; r++) {
         partial[r][t] = acc[r];
     }
     workgroupBarrier();
-    for (var stride = GEMV_WG / 2u; stride > 0u; stride /= 2u) {
-        if (t < stride) {
-            for (var r = 0u; r < ROWS; r++) {
-                partial[r][t] += partial[r][t + stride];
+    if (t < nr) {
+        var sum = 0.0;
+        for (var k = 0u; k < GEMV_WG; k++) {
+            sum += partial[t][k];
+        }
+        store(r0 + t, o, sum);
+    }
+}
+
+// ---- GEMM: prefill-sized batches -----------------------------------------------------
+// A workgroup computes a TILE_R x TILE_O block of y with 16 x 16 invocations, each owning
+// a 4 x 4 sub-block; K is walked in steps of TILE_K through workgroup memory:
+// xs[TILE_R][TILE_K] and ws[TILE_O][TILE_K] (8 KiB together).
+// Must match GEMM_TILE on the host (rows and outputs per tile).
+const TILE_R: u32 = 64u;
+const TILE_O: u32 = 64u;
+const TILE_K: u32 = 16u;
+
+var<workgroup> xs: array<array<f32, TILE_K>, TILE_R>;
+var<workgroup> ws: array<array<f32, TILE_K>, TILE_O>;
+
+@compute @workgroup_size(16, 16)
+fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) t: u32,
+        @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = wid.y * params.tiles_x + wid.x;
+    let tiles_o = (params.n_out + TILE_O - 1u) / TILE_O;
+    let tiles_r = (params.rows + TILE_R - 1u) / TILE_R;
+    if (id >= tiles_o * tiles_r) {
+        return;  // whole workgroup: uniform
+    }
+    let row0 = (id / tiles_o) * TILE_R;
+    let out0 = (id % tiles_o) * TILE_O;
+    var acc: array<array<f32, 4>, 4>;
+    for (var k0 = 0u; k0 < params.n_in; k0 += TILE_K) {
+        // 256 invocations load 64 x 16 values of each operand: 4 each, zero past the edges.
+        for (var e = 0u; e < 4u; e++) {
+            let flat = t * 4u + e;
+            let rr = flat / TILE_K;
+            let kk = flat % TILE_K;
+            let k = k0 + kk;
+            var xv = 0.0;
+            if (row0 + rr < params.rows && k < params.n_in) {
+                xv = x[(row0 + rr) * params.n_in + k];
+            }
+            xs[rr][kk] = xv;
+            var wv = 0.0;
+            if (out0 + rr < params.n_out && k < params.n_in) {
+                wv = weight((out0 + rr) * params.n_in + k);
+            }
+            ws[rr][kk] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = xs[lid.y * 4u + i][kk];
+                b[i] = ws[lid.x * 4u + i][kk];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] += a[i] * b[j];
+                }
             }
         }
         workgroupBarrier();
     }
-    if (t < ROWS && r0 + t < params.rows) {
-        y[(r0 + t) * params.n_out + o] = partial[t][0];
+    for (var i = 0u; i < 4u; i++) {
+        let r = row0 + lid.y * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let o = out0 + lid.x * 4u + j;
+            if (r < params.rows && o < params.n_out) {
+                store(r, o, acc[i][j]);
+            }
+        }
     }
 }

@@ -1,1 +1,186 @@
-// (in progress)
+// Token sampling on the GPU, so a decode step reads back one u32 per sequence instead of
+// its logits. Host side and the exact rule (shared with the CPU): src/ops/sample.rs.
+//
+// One workgroup per sequence. Logits are compared through order-preserving u32 keys, so
+// the top-k and top-p thresholds are found exactly by a 32-step bitwise search, each step
+// a workgroup reduction: no sorting, any vocabulary size.
+
+// Must match `SampleParams` in src/ops/sample.rs.
+struct Params {
+    vocab: u32,
+    count: u32,        // sequences to sample
+    top_k: u32,        // 0 or >= vocab: off
+    tiles_x: u32,      // workgroups along x of the (possibly 2-D) grid
+    temperature: f32,  // <= 0: greedy
+    top_p: f32,        // >= 1: off
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// Invocations per workgroup; must match SAMPLE_WORKGROUP on the host (<= 256).
+override SAMPLE_WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;   // [rows, vocab]
+@group(0) @binding(2) var<storage, read> rows: array<u32>;     // [count]: logits row of each sequence
+@group(0) @binding(3) var<storage, read> draws: array<f32>;    // [count]: uniform numbers in [0, 1)
+@group(0) @binding(4) var<storage, read_write> tokens: array<u32>;  // [count]
+
+var<workgroup> red_u: array<u32, 256>;
+var<workgroup> red_v: array<u32, 256>;
+var<workgroup> red_f: array<f32, 256>;
+
+// Order-preserving map from f32 to u32: a < b  <=>  key(a) < key(b) (for non-NaN values).
+fn key_of(v: f32) -> u32 {
+    let b = bitcast<u32>(v);
+    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+// Shared state of the sequence being sampled.
+var<private> base: u32;   // offset of its logits row
+var<private> maxv: f32;   // largest logit
+var<private> inv_t: f32;  // 1 / temperature
+
+fn weight(i: u32) -> f32 {
+    return exp((logits[base + i] - maxv) * inv_t);
+}
+
+// Number of logits with key >= t (all invocations get the result).
+fn count_ge(t: u32, lid: u32) -> u32 {
+    var c = 0u;
+    for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
+        c += select(0u, 1u, key_of(logits[base + i]) >= t);
+    }
+    red_u[lid] = c;
+    workgroupBarrier();
+    var total = 0u;
+    for (var k = 0u; k < SAMPLE_WG; k++) {
+        total += red_u[k];
+    }
+    workgroupBarrier();
+    return total;
+}
+
+// Sum of weights of logits with key >= t (all invocations get the result).
+fn mass_ge(t: u32, lid: u32) -> f32 {
+    var m = 0.0;
+    for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
+        if (key_of(logits[base + i]) >= t) {
+            m += weight(i);
+        }
+    }
+    red_f[lid] = m;
+    workgroupBarrier();
+    var total = 0.0;
+    for (var k = 0u; k < SAMPLE_WG; k++) {
+        total += red_f[k];
+    }
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(SAMPLE_WG)
+fn sample(@builtin(local_invocation_index) lid: u32,
+          @builtin(workgroup_id) wid: vec3<u32>) {
+    let s = wid.y * params.tiles_x + wid.x;
+    if (s >= params.count) {
+        return;  // whole workgroup: uniform
+    }
+    base = rows[s] * params.vocab;
+
+    // Largest key and its lowest index.
+    var best = 0u;
+    var best_i = 0xffffffffu;
+    for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
+        let k = key_of(logits[base + i]);
+        if (k > best || (k == best && i < best_i)) {
+            best = k;
+            best_i = i;
+        }
+    }
+    red_u[lid] = best;
+    red_v[lid] = best_i;
+    workgroupBarrier();
+    var arg = 0xffffffffu;
+    var top = 0u;
+    for (var k = 0u; k < SAMPLE_WG; k++) {
+        if (red_u[k] > top || (red_u[k] == top && red_v[k] < arg)) {
+            top = red_u[k];
+            arg = red_v[k];
+        }
+    }
+    workgroupBarrier();
+    if (params.temperature <= 0.0) {
+        if (lid == 0u) {
+            tokens[s] = arg;
+        }
+        return;  // uniform: depends on params only
+    }
+    maxv = logits[base + arg];
+    inv_t = 1.0 / params.temperature;
+
+    // Top-k: the k-th largest key, i.e. the largest t with count(key >= t) >= k.
+    var tk = 0u;
+    if (params.top_k > 0u && params.top_k < params.vocab) {
+        for (var bit = 31i; bit >= 0i; bit--) {
+            let cand = tk | (1u << u32(bit));
+            if (count_ge(cand, lid) >= params.top_k) {
+                tk = cand;
+            }
+        }
+    }
+    // Top-p: the largest t >= tk whose kept mass still reaches top_p of the top-k mass.
+    var tau = tk;
+    if (params.top_p < 1.0) {
+        let goal = params.top_p * mass_ge(tk, lid);
+        var tp = 0u;
+        for (var bit = 31i; bit >= 0i; bit--) {
+            let cand = tp | (1u << u32(bit));
+            if (mass_ge(max(cand, tk), lid) >= goal) {
+                tp = cand;
+            }
+        }
+        tau = max(tp, tk);
+    }
+
+    // Draw: the first kept index, in vocabulary order, whose running mass passes
+    // u * (kept mass). Invocation `lid` owns the contiguous chunk [lo, hi).
+    let chunk = (params.vocab + SAMPLE_WG - 1u) / SAMPLE_WG;
+    let lo = min(lid * chunk, params.vocab);
+    let hi = min(lo + chunk, params.vocab);
+    var local = 0.0;
+    for (var i = lo; i < hi; i++) {
+        if (key_of(logits[base + i]) >= tau) {
+            local += weight(i);
+        }
+    }
+    red_f[lid] = local;
+    workgroupBarrier();
+    var before = 0.0;
+    var after = 0.0;
+    for (var k = 0u; k < SAMPLE_WG; k++) {
+        if (k < lid) {
+            before += red_f[k];
+        } else if (k > lid) {
+            after += red_f[k];
+        }
+    }
+    let total = before + local + after;
+    let goal = draws[s] * total;
+    // The last chunk with mass also takes targets lost to rounding at the top end.
+    let last_with_mass = local > 0.0 && after == 0.0;
+    if (local > 0.0 && before <= goal && (goal < before + local || last_with_mass)) {
+        var run = before;
+        var pick = 0xffffffffu;
+        for (var i = lo; i < hi; i++) {
+            if (key_of(logits[base + i]) >= tau) {
+                run += weight(i);
+                pick = i;
+                if (run > goal) {
+                    break;
+                }
+            }
+        }
+        tokens[s] = pick;
+    }
+}

@@ -1,6 +1,8 @@
 //! Every WGSL module parses and validates with naga, no GPU needed, under the capabilities
 //! it is compiled with: modules without subgroup code must validate *without* the SUBGROUP
-//! capability (the browser and GL have none).
+//! capability (the browser and GL have none). Every module may use `unpack2x16float`
+//! (packed f16 weights), which naga gates behind SHADER_FLOAT16_IN_FLOAT32: wgpu grants it
+//! on every adapter walsh targets (WebGPU core, Vulkan, Metal, DX12, GL 4 / GLES 3).
 
 use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
 use walsh::gpu::Shader;
@@ -25,10 +27,11 @@ fn every_shader_validates_with_the_features_it_needs() {
         let needs_subgroup = shader
             .required_features()
             .contains(wgpu::Features::SUBGROUP);
+        let base = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
         let caps = if needs_subgroup {
-            Capabilities::SUBGROUP
+            base | Capabilities::SUBGROUP
         } else {
-            Capabilities::empty()
+            base
         };
         if let Err(e) = validate(shader, caps) {
             panic!("{} does not validate with {caps:?}:\n{e}", shader.name());
@@ -40,6 +43,9 @@ fn every_shader_validates_with_the_features_it_needs() {
 fn subgroup_modules_need_the_subgroup_capability() {
     // The check above would be vacuous if naga accepted subgroup code without the
     // capability; make sure it does not.
-    let err = validate(Shader::HadamardSubgroup, Capabilities::empty());
+    let err = validate(
+        Shader::HadamardSubgroup,
+        Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+    );
     assert!(err.is_err(), "hadamard+subgroup validated without SUBGROUP");
 }

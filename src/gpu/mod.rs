@@ -407,6 +407,18 @@ impl Gpu {
 
     /// Copies `bytes` of `buffer` (from offset 0) to the host, waiting for the GPU.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.submit_and_read(self.encoder("walsh readback"), buffer, bytes)
+    }
+
+    /// Appends a copy of the first `bytes` of `buffer` to `encoder`, submits it as one
+    /// command buffer and returns those bytes once the GPU is done: a step and its
+    /// readback in a single submission.
+    pub fn submit_and_read(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        buffer: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
         if bytes > buffer.size() {
             return Err(GpuError::BufferTooSmall {
                 label: "readback source".into(),
@@ -424,7 +436,6 @@ impl Gpu {
             }),
             MemoryCategory::Readback,
         );
-        let mut encoder = self.encoder("walsh readback");
         encoder.copy_buffer_to_buffer(buffer, 0, staging.buffer(), 0, size.min(buffer.size()));
         self.submit_and_wait(encoder)?;
 

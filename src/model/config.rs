@@ -124,21 +124,30 @@ impl Config {
             ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
             ("intermediate_size", self.intermediate_size, 1 << 17),
             ("vocab_size", self.vocab_size, 1 << 20),
-            ("max_position_embeddings", self.max_position_embeddings, 1 << 20),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 20,
+            ),
         ];
         for (name, v, max) in limits {
             if v > max {
-                return Err(format!("{name} = {v} is larger than walsh supports ({max})"));
+                return Err(format!(
+                    "{name} = {v} is larger than walsh supports ({max})"
+                ));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "num_attention_heads = {} does not divide hidden_size = {}",
                 self.num_attention_heads, self.hidden_size
             ));
         }
-        if self.head_dim() % 2 != 0 {
-            return Err(format!("head_dim = {} must be even for rotary embeddings", self.head_dim()));
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(format!(
+                "head_dim = {} must be even for rotary embeddings",
+                self.head_dim()
+            ));
         }
         if self.attn_output == AttnOutput::Hadamard {
             WhtSize::new(self.hidden_size).map_err(|e| format!("attn_output = hadamard: {e}"))?;
@@ -147,7 +156,10 @@ impl Config {
             return Err("query_mlp_hidden must be positive".into());
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
-            return Err(format!("rms_norm_eps = {} must be positive", self.rms_norm_eps));
+            return Err(format!(
+                "rms_norm_eps = {} must be positive",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return Err(format!("rope_theta = {} must be positive", self.rope_theta));

@@ -51,7 +51,9 @@ pub enum ModelError {
     #[error("{path}: tensor `{name}` contains a non-finite value (NaN or infinity)")]
     NonFinite { path: PathBuf, name: String },
 
-    #[error("prompt of {tokens} tokens plus {new} new tokens exceeds the model's context of {context} positions")]
+    #[error(
+        "prompt of {tokens} tokens plus {new} new tokens exceeds the model's context of {context} positions"
+    )]
     ContextOverflow {
         tokens: usize,
         new: usize,

@@ -4,8 +4,13 @@
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod generate;
+pub mod gpu;
+
 pub mod init;
 pub mod weights;
 
 pub use config::{AttnOutput, Config, Query};
 pub use error::ModelError;
+#[cfg(test)]
+mod tests;

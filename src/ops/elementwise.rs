@@ -1,1 +1,443 @@
-//! (in progress)
+//! Elementwise kernels of the decoder (`shaders/elementwise.wgsl`): the embedding gather,
+//! SwiGLU `silu(gate) * up`, SiLU in place and the residual add in place. All activations
+//! are f32; one invocation per output element.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Matrix, WeightFormat};
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Shader};
+
+/// Invocations per workgroup; passed to the shader as `ELEMENTWISE_WG`.
+const ELEMENTWISE_WORKGROUP: u32 = 256;
+
+/// Uniform parameters; must match `Params` in elementwise.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct ElementwiseParams {
+    count: u32,
+    tiles_x: u32,
+    cols: u32,
+    vocab: u32,
+}
+
+/// Bindings of `embed`: params, table, tokens, out.
+const EMBED_BINDINGS: [Binding; 4] = [
+    Binding::Uniform,
+    Binding::ReadOnly,
+    Binding::ReadOnly,
+    Binding::ReadWrite,
+];
+/// Bindings of `swiglu`: params, gate, up, out.
+const SWIGLU_BINDINGS: [Binding; 4] = [
+    Binding::Uniform,
+    Binding::ReadOnly,
+    Binding::ReadOnly,
+    Binding::ReadWrite,
+];
+/// Bindings of `silu_inplace`: params, x.
+const SILU_BINDINGS: [Binding; 2] = [Binding::Uniform, Binding::ReadWrite];
+/// Bindings of `add_inplace`: params, x, y.
+const ADD_BINDINGS: [Binding; 3] = [Binding::Uniform, Binding::ReadWrite, Binding::ReadOnly];
+
+/// Errors unless `buf` holds at least `bytes`.
+fn check_size(label: &str, buf: &GpuBuffer, bytes: usize) -> Result<(), GpuError> {
+    if buf.size() < bytes as u64 {
+        return Err(GpuError::BufferTooSmall {
+            label: label.into(),
+            needed: bytes as u64,
+            found: buf.size(),
+        });
+    }
+    Ok(())
+}
+
+/// Errors if the written buffer `out` is also bound as `input`: wgpu rejects a buffer
+/// bound both read-only and read-write in one dispatch.
+fn check_distinct(
+    op: &str,
+    out: &GpuBuffer,
+    input: &GpuBuffer,
+    name: &str,
+) -> Result<(), GpuError> {
+    if out.buffer() == input.buffer() {
+        return Err(GpuError::Validation(format!(
+            "{op}: the output must be a different buffer from `{name}`"
+        )));
+    }
+    Ok(())
+}
+
+/// `count` as a u32 shader index, or an error naming `op`.
+fn index_count(op: &str, count: Option<usize>) -> Result<u32, GpuError> {
+    count
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| GpuError::Validation(format!("{op} does not fit 32-bit indexing")))
+}
+
+/// Records one dispatch of `key`'s entry point over `count` elements (count > 0), one
+/// invocation each; `cols` and `vocab` are only read by `embed`.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    gpu: &Gpu,
+    pass: &mut wgpu::ComputePass<'_>,
+    key: PipelineKey,
+    bindings: &[Binding],
+    buffers: &[&GpuBuffer],
+    count: u32,
+    cols: u32,
+    vocab: u32,
+) -> Result<(), GpuError> {
+    let key = key.with("ELEMENTWISE_WG", ELEMENTWISE_WORKGROUP);
+    let pipeline = gpu.pipeline(&key, bindings)?;
+    let grid = gpu.grid(key.entry, count.div_ceil(ELEMENTWISE_WORKGROUP))?;
+    let params = gpu.uniform(
+        key.entry,
+        &ElementwiseParams {
+            count,
+            tiles_x: grid.x,
+            cols,
+            vocab,
+        },
+    );
+    let mut all = vec![params.buffer()];
+    all.extend(buffers.iter().map(|b| b.buffer()));
+    gpu.dispatch(pass, &pipeline, &all, grid);
+    Ok(())
+}
+
+/// Records `out[r] = table[tokens[r]]` for `rows` rows: `tokens` is u32 [rows], `out` f32
+/// [rows, table.cols]; `table` is f32 or packed f16. A token >= `table.rows` gives a row
+/// of zeros.
+pub fn encode_embed(
+    gpu: &Gpu,
+    pass: &mut wgpu::ComputePass<'_>,
+    table: &Matrix,
+    tokens: &GpuBuffer,
+    out: &GpuBuffer,
+    rows: usize,
+) -> Result<(), GpuError> {
+    let cols = table.cols;
+    let count = index_count(
+        &format!("embedding of {rows} rows x {cols}"),
+        rows.checked_mul(cols),
+    )? as usize;
+    let table_elems = index_count(
+        &format!("embedding table [{}, {cols}]", table.rows),
+        table.rows.checked_mul(cols),
+    )? as usize;
+    let table_bytes = match table.format {
+        WeightFormat::F32 => table_elems * 4,
+        WeightFormat::F16 => table_elems.div_ceil(2) * 4,
+    };
+    check_size("embedding table", &table.buffer, table_bytes)?;
+    check_size("embedding tokens", tokens, rows * 4)?;
+    check_size("embedding out", out, count * 4)?;
+    check_distinct("embedding", out, &table.buffer, "table")?;
+    check_distinct("embedding", out, tokens, "tokens")?;
+    if count == 0 {
+        return Ok(());
+    }
+    let key = PipelineKey::new(Shader::Elementwise, "embed")
+        .with_flag("EMBED_F16", table.format == WeightFormat::F16);
+    dispatch(
+        gpu,
+        pass,
+        key,
+        &EMBED_BINDINGS,
+        &[&table.buffer, tokens, out],
+        count as u32,
+        cols as u32,
+        table.rows as u32,
+    )
+}
+
+/// Records `out = silu(gate) * up` over `count` f32 elements; `out` must differ from both
+/// inputs.
+pub fn encode_swiglu(
+    gpu: &Gpu,
+    pass: &mut wgpu::ComputePass<'_>,
+    gate: &GpuBuffer,
+    up: &GpuBuffer,
+    out: &GpuBuffer,
+    count: usize,
+) -> Result<(), GpuError> {
+    let n = index_count(&format!("swiglu of {count} elements"), Some(count))?;
+    check_size("swiglu gate", gate, count * 4)?;
+    check_size("swiglu up", up, count * 4)?;
+    check_size("swiglu out", out, count * 4)?;
+    check_distinct("swiglu", out, gate, "gate")?;
+    check_distinct("swiglu", out, up, "up")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let key = PipelineKey::new(Shader::Elementwise, "swiglu");
+    dispatch(gpu, pass, key, &SWIGLU_BINDINGS, &[gate, up, out], n, 0, 0)
+}
+
+/// Records `x = silu(x)` in place over `count` f32 elements.
+pub fn encode_silu(
+    gpu: &Gpu,
+    pass: &mut wgpu::ComputePass<'_>,
+    x: &GpuBuffer,
+    count: usize,
+) -> Result<(), GpuError> {
+    let n = index_count(&format!("silu of {count} elements"), Some(count))?;
+    check_size("silu x", x, count * 4)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let key = PipelineKey::new(Shader::Elementwise, "silu_inplace");
+    dispatch(gpu, pass, key, &SILU_BINDINGS, &[x], n, 0, 0)
+}
+
+/// Records `x += y` in place over `count` f32 elements; `y` must be a different buffer.
+pub fn encode_add(
+    gpu: &Gpu,
+    pass: &mut wgpu::ComputePass<'_>,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+    count: usize,
+) -> Result<(), GpuError> {
+    let n = index_count(&format!("add of {count} elements"), Some(count))?;
+    check_size("add x", x, count * 4)?;
+    check_size("add y", y, count * 4)?;
+    check_distinct("add", x, y, "y")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let key = PipelineKey::new(Shader::Elementwise, "add_inplace");
+    dispatch(gpu, pass, key, &ADD_BINDINGS, &[x, y], n, 0, 0)
+}
+
+/// CPU reference of the gather: `table` is [vocab, cols] (f16 tables converted to f32,
+/// exactly), one output row of `cols` per token, zeros for a token >= vocab.
+pub fn embed_reference(table: &[f32], cols: usize, tokens: &[u32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(tokens.len() * cols);
+    for &t in tokens {
+        let start = (t as usize).checked_mul(cols);
+        match start.and_then(|s| table.get(s..s.checked_add(cols)?)) {
+            Some(row) => out.extend_from_slice(row),
+            None => out.extend(std::iter::repeat_n(0.0, cols)),
+        }
+    }
+    out
+}
+
+/// silu(v) = v / (1 + exp(-v)) in f64, where exp(-v) cannot overflow for an f32 `v`.
+fn silu_f64(v: f32) -> f64 {
+    let v = v as f64;
+    v / (1.0 + (-v).exp())
+}
+
+/// CPU reference of [`encode_swiglu`] in f64.
+pub fn swiglu_reference(gate: &[f32], up: &[f32]) -> Vec<f64> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| silu_f64(g) * u as f64)
+        .collect()
+}
+
+/// CPU reference of [`encode_silu`] in f64.
+pub fn silu_reference(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| silu_f64(v)).collect()
+}
+
+/// CPU reference of [`encode_add`] in f64.
+pub fn add_reference(x: &[f32], y: &[f32]) -> Vec<f64> {
+    x.iter()
+        .zip(y)
+        .map(|(&a, &b)| a as f64 + b as f64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{MemoryCategory, testing::test_gpus};
+
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (2.0 * ((state >> 40) as f32 / (1u64 << 24) as f32) - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// Inputs for silu: the extremes, signed zeros, then values in [-12, 12).
+    fn silu_inputs(n: usize, seed: u64) -> Vec<f32> {
+        let mut v = vec![
+            -100.0, 100.0, -1000.0, 1000.0, -20.0, 20.0, 0.0, -0.0, 1e-30,
+        ];
+        v.extend(values(n.saturating_sub(v.len()), seed, 12.0));
+        v.truncate(n);
+        v
+    }
+
+    /// Relative error bound of silu(v) in f32 from the WGSL accuracy rules: exp(-|v|)
+    /// within 3 + 2|v| ulp, the division 2.5 ulp, the add and the product half an ulp
+    /// each. The exp error only reaches the result in proportion to the sigmoid's
+    /// sensitivity, but the bound does not need to be tight.
+    fn silu_ulps(v: f32) -> f64 {
+        3.0 + 2.0 * v.abs() as f64 + 2.5 + 0.5 + 0.5
+    }
+
+    /// |got - want| within `ulps(k)` ulps of `want`, or below the smallest normal f32
+    /// (the GPU may flush subnormals).
+    fn assert_close(gpu: &Gpu, what: &str, got: &[f32], want: &[f64], ulps: impl Fn(usize) -> f64) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+            let tol = ulps(k) * f32::EPSILON as f64 * w.abs() + f32::MIN_POSITIVE as f64;
+            assert!(
+                g.is_finite() && (g as f64 - w).abs() <= tol,
+                "{what} [{k}] on {}: {g} vs {w}",
+                gpu.describe()
+            );
+        }
+    }
+
+    /// Runs `record` in one pass and reads `count` f32 of `out`.
+    fn run(
+        gpu: &Gpu,
+        out: &GpuBuffer,
+        count: usize,
+        record: impl FnOnce(&mut wgpu::ComputePass<'_>) -> Result<(), GpuError>,
+    ) -> Vec<f32> {
+        let mut enc = gpu.encoder("elementwise test");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            record(&mut pass).unwrap();
+        }
+        gpu.submit_and_wait(enc).unwrap();
+        gpu.read(out, count).unwrap()
+    }
+
+    fn upload(gpu: &Gpu, label: &str, data: &[f32]) -> GpuBuffer {
+        gpu.upload(MemoryCategory::Activations, label, data)
+            .unwrap()
+    }
+
+    /// Element counts: 1, below, just under, and not a multiple of the workgroup size.
+    const COUNTS: [usize; 4] = [1, 37, 255, 1001];
+    /// More workgroups than one grid dimension holds (65535), so the grid is 2-D.
+    const GRID_COUNT: usize = 65535 * ELEMENTWISE_WORKGROUP as usize + 3;
+
+    #[test]
+    fn embed_gathers_f32_and_f16_rows_and_zeros_unknown_tokens() {
+        for gpu in test_gpus() {
+            for (vocab, cols) in [(1, 1), (5, 3), (256, 37), (3, 300)] {
+                // f16-representable values (multiples of 1/16 below 16), so both formats
+                // hold the same numbers and the gather must be exact.
+                let values: Vec<f32> = (0..vocab * cols)
+                    .map(|i| ((i * 7919) % 511) as f32 / 16.0 - 15.9375)
+                    .collect();
+                let bits: Vec<u16> = values
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_bits())
+                    .collect();
+                // 37 rows including tokens past the table (vocab, and the largest u32).
+                let tokens: Vec<u32> = (0..37u32)
+                    .map(|r| match r {
+                        3 => vocab as u32,
+                        11 => u32::MAX,
+                        _ => (r * 31 + 7) % vocab as u32,
+                    })
+                    .collect();
+                let want = embed_reference(&values, cols, &tokens);
+                let tb = gpu
+                    .upload(MemoryCategory::Activations, "tokens", &tokens)
+                    .unwrap();
+                for table in [
+                    Matrix::from_f32(&gpu, "embed f32", &values, vocab, cols).unwrap(),
+                    Matrix::from_f16_bits(&gpu, "embed f16", &bits, vocab, cols).unwrap(),
+                ] {
+                    let out = upload(&gpu, "out", &vec![f32::NAN; tokens.len() * cols]);
+                    let got = run(&gpu, &out, want.len(), |pass| {
+                        encode_embed(&gpu, pass, &table, &tb, &out, tokens.len())
+                    });
+                    assert_eq!(
+                        got,
+                        want,
+                        "{:?} [{vocab}, {cols}] on {}",
+                        table.format,
+                        gpu.describe()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn swiglu_and_silu_match_f64_reference_without_overflow() {
+        for gpu in test_gpus() {
+            for count in COUNTS {
+                let gate = silu_inputs(count, count as u64);
+                let up = values(count, count as u64 + 1, 3.0);
+                let (g, u) = (upload(&gpu, "gate", &gate), upload(&gpu, "up", &up));
+                let out = upload(&gpu, "out", &vec![f32::NAN; count + 1]);
+                let got = run(&gpu, &out, count + 1, |pass| {
+                    encode_swiglu(&gpu, pass, &g, &u, &out, count)
+                });
+                assert!(got[count].is_nan(), "swiglu wrote past {count}");
+                let ulps = |k: usize| silu_ulps(gate[k]) + 0.5;
+                let want = swiglu_reference(&gate, &up);
+                assert_close(&gpu, "swiglu", &got[..count], &want, ulps);
+
+                let got = run(&gpu, &g, count, |pass| encode_silu(&gpu, pass, &g, count));
+                let ulps = |k: usize| silu_ulps(gate[k]);
+                assert_close(&gpu, "silu", &got, &silu_reference(&gate), ulps);
+            }
+        }
+    }
+
+    #[test]
+    fn add_matches_f64_reference() {
+        for gpu in test_gpus() {
+            for count in COUNTS.into_iter().chain([GRID_COUNT]) {
+                let x = values(count + 1, count as u64, 1e3);
+                let y = values(count, count as u64 + 9, 1.0);
+                let (xb, yb) = (upload(&gpu, "x", &x), upload(&gpu, "y", &y));
+                let got = run(&gpu, &xb, count + 1, |pass| {
+                    encode_add(&gpu, pass, &xb, &yb, count)
+                });
+                assert_eq!(got[count], x[count], "add wrote past {count}");
+                // One f32 rounding of the exact sum: half an ulp.
+                let want = add_reference(&x, &y);
+                assert_close(&gpu, "add", &got[..count], &want, |_| 0.5);
+            }
+        }
+    }
+
+    #[test]
+    fn elementwise_rejects_short_and_aliased_buffers() {
+        let Some(gpu) = test_gpus().into_iter().next() else {
+            return;
+        };
+        let a = upload(&gpu, "a", &[0.0; 8]);
+        let b = upload(&gpu, "b", &[0.0; 4]);
+        let tokens = gpu
+            .upload(MemoryCategory::Activations, "tokens", &[0u32; 2])
+            .unwrap();
+        let table = Matrix::from_f16_bits(&gpu, "t", &[0; 6], 2, 3).unwrap();
+        let mut enc = gpu.encoder("elementwise test");
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        let msg = |r: Result<(), GpuError>| r.unwrap_err().to_string();
+        let e = msg(encode_swiglu(&gpu, &mut pass, &a, &b, &a, 4));
+        assert!(e.contains("`gate`"), "{e}");
+        let e = msg(encode_swiglu(&gpu, &mut pass, &a, &b, &b, 8));
+        assert!(e.contains("swiglu up"), "{e}");
+        let e = msg(encode_silu(&gpu, &mut pass, &b, 5));
+        assert!(e.contains("silu x"), "{e}");
+        let e = msg(encode_add(&gpu, &mut pass, &a, &a, 4));
+        assert!(e.contains("`y`"), "{e}");
+        let e = msg(encode_add(&gpu, &mut pass, &a, &b, 8));
+        assert!(e.contains("add y"), "{e}");
+        let e = msg(encode_embed(&gpu, &mut pass, &table, &tokens, &b, 2));
+        assert!(e.contains("embedding out"), "{e}");
+        let e = msg(encode_embed(&gpu, &mut pass, &table, &tokens, &a, 3));
+        assert!(e.contains("embedding tokens"), "{e}");
+    }
+}

@@ -10,7 +10,7 @@ pub mod norm;
 pub mod rope;
 pub mod sample;
 
-use crate::gpu::{Gpu, GpuError, GpuBuffer, MemoryCategory};
+use crate::gpu::{Gpu, GpuBuffer, GpuError, MemoryCategory};
 
 /// How a weight matrix is stored on the GPU. Both formats bind as `array<u32>` in WGSL:
 /// `F32` holds the bit patterns (`bitcast<f32>(w[i])`), `F16` two halves per u32, element
@@ -53,7 +53,12 @@ impl Matrix {
     ) -> Result<Self, GpuError> {
         check_len(label, data.len(), rows, cols)?;
         let buffer = gpu.upload(MemoryCategory::Weights, label, data)?;
-        Ok(Self { buffer, rows, cols, format: WeightFormat::F32 })
+        Ok(Self {
+            buffer,
+            rows,
+            cols,
+            format: WeightFormat::F32,
+        })
     }
 
     /// Uploads IEEE half-precision bit patterns (`bits.len() == rows * cols`), packed two
@@ -71,7 +76,12 @@ impl Matrix {
             .map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16)
             .collect();
         let buffer = gpu.upload(MemoryCategory::Weights, label, &words)?;
-        Ok(Self { buffer, rows, cols, format: WeightFormat::F16 })
+        Ok(Self {
+            buffer,
+            rows,
+            cols,
+            format: WeightFormat::F16,
+        })
     }
 }
 

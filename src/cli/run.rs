@@ -1,0 +1,419 @@
+//! `walsh generate`, `walsh eval` and `walsh init-model`.
+
+use std::io::Write as _;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use walsh::gpu::{AdapterSelector, Gpu};
+use walsh::model::generate::{
+    CpuBatch, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text, generate,
+};
+use walsh::model::gpu::GpuDecoder;
+use walsh::model::init::{random_tensors, write_random_model};
+use walsh::model::weights::{Model, Tensor, TensorData};
+use walsh::model::{AttnOutput, Config, Query};
+use walsh::ops::WeightFormat;
+use walsh::ops::sample::SamplingParams;
+
+/// The model `walsh` runs when none is named.
+pub const DEFAULT_MODEL: &str = "models/shakespeare-hadamard";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Gpu,
+    Cpu,
+}
+
+/// Loads `dir`, or, when no model was named and the default is not there, a small
+/// random-weight Hadamard model built in memory (so `walsh` runs on a fresh checkout).
+pub fn load_model(dir: Option<&Path>) -> Result<Model> {
+    if let Some(dir) = dir {
+        return Model::load(dir).with_context(|| format!("loading model {}", dir.display()));
+    }
+    let default = Path::new(DEFAULT_MODEL);
+    if default.join("config.json").exists() {
+        return Model::load(default).with_context(|| format!("loading model {DEFAULT_MODEL}"));
+    }
+    eprintln!(
+        "walsh: {DEFAULT_MODEL} is not here: using a random-weight Hadamard model \
+         (its text is noise; pass --model DIR for a trained one)"
+    );
+    let config = demo_config();
+    let tensors = random_tensors(&config, 0)
+        .into_iter()
+        .map(|(name, shape, values)| Tensor {
+            name,
+            shape,
+            data: TensorData::F32(values),
+        })
+        .collect();
+    Ok(Model::from_tensors(Path::new("<random>"), config, tensors)?)
+}
+
+fn demo_config() -> Config {
+    Config {
+        hidden_size: 256,
+        num_hidden_layers: 4,
+        num_attention_heads: 8,
+        intermediate_size: 768,
+        vocab_size: 256,
+        max_position_embeddings: 256,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+        attn_output: AttnOutput::Hadamard,
+        query: Query::Dense,
+        query_mlp_hidden: None,
+    }
+}
+
+/// Runs `f` with a decoder on the chosen device.
+fn with_decoder<T>(
+    model: &Model,
+    device: Device,
+    adapter: &str,
+    seqs: usize,
+    context: usize,
+    f: impl FnOnce(&mut dyn Decoder) -> Result<T>,
+) -> Result<T> {
+    match device {
+        Device::Cpu => f(&mut CpuBatch::new(model, seqs, context)?),
+        Device::Gpu => {
+            let selector: AdapterSelector = adapter.parse()?;
+            let gpu = Gpu::new(&selector)?;
+            f(&mut GpuDecoder::new(&gpu, model, seqs, context)?)
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Model directory (config.json + model.safetensors). Default: models/shakespeare-hadamard.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Prompt text; repeat to generate for several prompts in one batch.
+    #[arg(long, default_value = "ROMEO:")]
+    pub prompt: Vec<String>,
+    /// New tokens (bytes) per prompt.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the most likely tokens up to this probability mass (1: all).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "gpu")]
+    pub device: Device,
+}
+
+impl Default for GenerateArgs {
+    fn default() -> Self {
+        Self {
+            model: None,
+            prompt: vec!["ROMEO:".into()],
+            max_tokens: 200,
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 0,
+            device: Device::Gpu,
+        }
+    }
+}
+
+pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
+    let model = load_model(args.model.as_deref())?;
+    let prompts: Vec<Vec<u32>> = args.prompt.iter().map(|p| encode_text(p)).collect();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let context = model.config.max_position_embeddings;
+    if longest + args.max_tokens.saturating_sub(1) > context {
+        bail!(
+            "a prompt of {longest} bytes plus {} new tokens does not fit the model's context of \
+             {context}: shorten the prompt or lower --max-tokens",
+            args.max_tokens
+        );
+    }
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+    };
+    let single = prompts.len() == 1;
+    let generation = with_decoder(
+        &model,
+        args.device,
+        adapter,
+        prompts.len(),
+        context,
+        |dec| {
+            if single {
+                // Stream the one sequence as it is generated.
+                print!("{}", args.prompt[0]);
+                let mut text = Utf8Stream::default();
+                let mut out = std::io::stdout().lock();
+                let g = generate(dec, &prompts, &options, |ev| {
+                    let _ = write!(out, "{}", text.push(ev.token));
+                    let _ = out.flush();
+                    ControlFlow::Continue(())
+                })?;
+                println!("{}", text.finish());
+                Ok(g)
+            } else {
+                let g = generate(dec, &prompts, &options, |_| ControlFlow::Continue(()))?;
+                for (prompt, tokens) in args.prompt.iter().zip(&g.tokens) {
+                    let bytes: Vec<u8> = tokens.iter().map(|&t| t as u8).collect();
+                    println!(
+                        "--- {prompt:?}\n{prompt}{}",
+                        String::from_utf8_lossy(&bytes)
+                    );
+                }
+                Ok(g)
+            }
+        },
+    )?;
+    eprintln!("{}", summary(&generation));
+    Ok(())
+}
+
+/// The one-line summary: device, prefill and decode speed, peak GPU memory.
+pub fn summary(g: &Generation) -> String {
+    let s = &g.stats;
+    let memory = s.memory.as_ref().map_or(String::new(), |m| {
+        format!(
+            ", peak GPU memory {:.1} MiB",
+            m.peak_bytes as f64 / (1 << 20) as f64
+        )
+    });
+    format!(
+        "[{}] {} sequence(s): prefill {} tokens at {:.1} tok/s, decode {} tokens at {:.1} tok/s{memory}{}",
+        s.device,
+        s.sequences,
+        s.prompt_tokens,
+        s.prefill_tokens_per_s,
+        s.generated_tokens,
+        s.decode_tokens_per_s,
+        if s.stopped { " (stopped)" } else { "" }
+    )
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Text file to score, read as bytes.
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, value_enum, default_value = "gpu")]
+    pub device: Device,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Mean loss of a model over a text.
+#[derive(Debug, serde::Serialize)]
+pub struct EvalReport {
+    pub bytes_scored: usize,
+    pub nats_per_byte: f64,
+    pub bits_per_byte: f64,
+    pub perplexity: f64,
+    pub context: usize,
+    pub device: String,
+}
+
+/// Scores every byte after the first with as much context as the model allows: windows
+/// of the context length, each starting half a window after the previous one, scoring
+/// only bytes no earlier window scored.
+pub fn evaluate(
+    dec: &mut dyn Decoder,
+    tokens: &[u32],
+    progress: &ProgressBar,
+) -> Result<EvalReport> {
+    let context = dec.max_positions();
+    if tokens.len() < 2 {
+        bail!("the text needs at least two bytes to score");
+    }
+    let stride = (context / 2).max(1);
+    let mut scored_to = 0; // tokens[..=scored_to] have been predicted (token 0 never is)
+    let mut total = 0.0f64;
+    let mut count = 0usize;
+    let mut start = 0;
+    let windows = (tokens.len() - 1).div_ceil(stride);
+    progress.set_length(windows as u64);
+    while scored_to < tokens.len() - 1 {
+        let end = (start + context).min(tokens.len());
+        dec.reset();
+        let window = &tokens[start..end];
+        let logits = dec.logits(&[(0, window)])?.remove(0);
+        let vocab = logits.len() / window.len();
+        for i in 0..window.len() - 1 {
+            let target = start + i + 1;
+            if target <= scored_to {
+                continue;
+            }
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&l| (l as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            total += lse - row[tokens[target] as usize] as f64;
+            count += 1;
+            scored_to = target;
+        }
+        progress.inc(1);
+        start += stride;
+    }
+    progress.finish_and_clear();
+    let nats = total / count as f64;
+    Ok(EvalReport {
+        bytes_scored: count,
+        nats_per_byte: nats,
+        bits_per_byte: nats / std::f64::consts::LN_2,
+        perplexity: nats.exp(),
+        context,
+        device: dec.device(),
+    })
+}
+
+pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
+    let model = load_model(args.model.as_deref())?;
+    let bytes =
+        std::fs::read(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
+    let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
+    if let Some(&t) = tokens
+        .iter()
+        .find(|&&t| t as usize >= model.config.vocab_size)
+    {
+        bail!(
+            "byte {t} is outside the model's vocabulary of {}",
+            model.config.vocab_size
+        );
+    }
+    let context = model.config.max_position_embeddings;
+    let report = with_decoder(&model, args.device, adapter, 1, context, |dec| {
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} windows, eta {eta}")
+                .expect("valid template"),
+        );
+        bar.set_message(format!("scoring {} bytes", tokens.len()));
+        evaluate(dec, &tokens, &bar)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: {:.4} nats/byte, {:.4} bits/byte, perplexity {:.3} over {} bytes (context {}, {})",
+            args.text.display(),
+            report.nats_per_byte,
+            report.bits_per_byte,
+            report.perplexity,
+            report.bytes_scored,
+            report.context,
+            report.device
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Directory to write config.json and model.safetensors into.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    pub hidden_size: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    /// Feed-forward width; default 3 x hidden size.
+    #[arg(long)]
+    pub intermediate_size: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    #[arg(long, value_enum, default_value = "hadamard")]
+    pub attn_output: AttnOutputArg,
+    #[arg(long, value_enum, default_value = "dense")]
+    pub query: QueryArg,
+    #[arg(long, value_enum, default_value = "f16")]
+    pub dtype: DtypeArg,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum AttnOutputArg {
+    Dense,
+    Hadamard,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum QueryArg {
+    Dense,
+    Identity,
+    ResidualMlp,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    F16,
+}
+
+pub fn init_cmd(args: &InitArgs) -> Result<()> {
+    let config = Config {
+        hidden_size: args.hidden_size,
+        num_hidden_layers: args.layers,
+        num_attention_heads: args.heads,
+        intermediate_size: args.intermediate_size.unwrap_or(3 * args.hidden_size),
+        vocab_size: 256,
+        max_position_embeddings: args.context,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+        attn_output: match args.attn_output {
+            AttnOutputArg::Dense => AttnOutput::Dense,
+            AttnOutputArg::Hadamard => AttnOutput::Hadamard,
+        },
+        query: match args.query {
+            QueryArg::Dense => Query::Dense,
+            QueryArg::Identity => Query::Identity,
+            QueryArg::ResidualMlp => Query::ResidualMlp,
+        },
+        query_mlp_hidden: None,
+    };
+    config
+        .validate()
+        .map_err(|m| anyhow::anyhow!("invalid model shape: {m}"))?;
+    let format = match args.dtype {
+        DtypeArg::F32 => WeightFormat::F32,
+        DtypeArg::F16 => WeightFormat::F16,
+    };
+    write_random_model(&args.out, &config, format, args.seed)?;
+    let model = Model::load(&args.out)?;
+    println!(
+        "wrote {} ({}): {} parameters, {} in attention",
+        args.out.display(),
+        config.variant(),
+        model.parameter_count(),
+        model.attention_parameter_count()
+    );
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The GPU decoder against the CPU reference decoder, for every variant, on both software
+//! adapters; batched generation against one sequence at a time; eval on both devices.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use super::generate::{CpuBatch, Decoder, GenerateOptions, generate};
+use super::gpu::GpuDecoder;
+use super::init::random_tensors;
+use super::weights::{Model, Tensor, TensorData};
+use super::{AttnOutput, Config, ModelError, Query};
+use crate::gpu::testing::test_gpus;
+use crate::ops::sample::SamplingParams;
+
+const VARIANTS: [(AttnOutput, Query); 6] = [
+    (AttnOutput::Dense, Query::Dense),
+    (AttnOutput::Dense, Query::Identity),
+    (AttnOutput::Dense, Query::ResidualMlp),
+    (AttnOutput::Hadamard, Query::Dense),
+    (AttnOutput::Hadamard, Query::Identity),
+    (AttnOutput::Hadamard, Query::ResidualMlp),
+];
+
+fn config(d: usize, attn_output: AttnOutput, query: Query) -> Config {
+    Config {
+        hidden_size: d,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 3 * d,
+        vocab_size: 256,
+        max_position_embeddings: 48,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+        attn_output,
+        query,
+        query_mlp_hidden: None,
+    }
+}
+
+/// A random model; `f16` stores every matrix as half precision.
+fn model(config: Config, seed: u64, f16: bool) -> Model {
+    let tensors = random_tensors(&config, seed)
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let data = if f16 && shape.len() == 2 {
+                TensorData::F16(
+                    values
+                        .iter()
+                        .map(|&v| half::f16::from_f32(v).to_bits())
+                        .collect(),
+                )
+            } else {
+                TensorData::F32(values)
+            };
+            Tensor { name, shape, data }
+        })
+        .collect();
+    Model::from_tensors(Path::new("<test>"), config, tensors).unwrap()
+}
+
+fn prompt(len: usize, seed: u32) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| (i * 37 + seed * 11 + 3) % 256)
+        .collect()
+}
+
+/// Max |a - b| over max |b|.
+fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let peak = b.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+    let err = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (&x, &y)| m.max((x - y).abs() as f64));
+    err / peak
+}
+
+/// The GPU computes in f32 like the CPU reference but sums in other orders, through two
+/// layers and a final norm: 1e-4 of the largest logit is two orders above what we see
+/// (about 1e-6) and far below the gaps between the top logits of these models.
+const LOGIT_TOLERANCE: f64 = 1e-4;
+
+#[test]
+fn gpu_logits_match_cpu_reference_for_every_variant() {
+    for gpu in test_gpus() {
+        for (i, (attn, query)) in VARIANTS.into_iter().enumerate() {
+            // d = 64 (power of two) and 48 (12 x 4: the Paley path of the WHT).
+            let d = if i % 2 == 0 { 64 } else { 48 };
+            let m = model(config(d, attn, query), i as u64, i == 3);
+            let mut cpu = CpuBatch::new(&m, 1, 32).unwrap();
+            let mut dec = GpuDecoder::new(&gpu, &m, 1, 32).unwrap();
+            // Prefill 11 tokens, then 3 decode steps.
+            let p = prompt(11, i as u32);
+            let mut steps: Vec<Vec<u32>> = vec![p];
+            steps.extend((0..3).map(|k| vec![(k * 50 + 7) as u32]));
+            for (k, tokens) in steps.iter().enumerate() {
+                let want = cpu.logits(&[(0, tokens)]).unwrap().remove(0);
+                let got = dec.forward_logits(&[(0, tokens)]).unwrap().remove(0);
+                let err = relative_error(&got, &want);
+                assert!(
+                    err <= LOGIT_TOLERANCE,
+                    "{attn:?}/{query:?} d={d} step {k} on {}: relative error {err:e}",
+                    gpu.describe()
+                );
+            }
+        }
+    }
+}
+
+fn run(
+    dec: &mut dyn Decoder,
+    prompts: &[Vec<u32>],
+    tokens: usize,
+    sampling: SamplingParams,
+) -> Vec<Vec<u32>> {
+    let options = GenerateOptions {
+        max_tokens: tokens,
+        sampling,
+    };
+    generate(dec, prompts, &options, |_| ControlFlow::Continue(()))
+        .unwrap()
+        .tokens
+}
+
+#[test]
+fn greedy_generation_is_identical_on_gpu_and_cpu() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 5, true);
+    let prompts = vec![prompt(9, 1)];
+    let mut cpu = CpuBatch::new(&m, 1, 48).unwrap();
+    let want = run(&mut cpu, &prompts, 24, SamplingParams::greedy());
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 1, 48).unwrap();
+        let got = run(&mut dec, &prompts, 24, SamplingParams::greedy());
+        assert_eq!(got, want, "greedy tokens on {}", gpu.describe());
+    }
+}
+
+#[test]
+fn batched_generation_equals_one_at_a_time() {
+    let m = model(
+        config(64, AttnOutput::Hadamard, Query::ResidualMlp),
+        9,
+        false,
+    );
+    let prompts = vec![prompt(3, 1), prompt(13, 2), prompt(1, 3)];
+    for gpu in test_gpus() {
+        let mut batched = GpuDecoder::new(&gpu, &m, 3, 48).unwrap();
+        let together = run(&mut batched, &prompts, 12, SamplingParams::greedy());
+        let mut single = GpuDecoder::new(&gpu, &m, 1, 48).unwrap();
+        for (p, want) in prompts.iter().zip(&together) {
+            let alone = run(
+                &mut single,
+                std::slice::from_ref(p),
+                12,
+                SamplingParams::greedy(),
+            );
+            assert_eq!(&alone[0], want, "batched vs alone on {}", gpu.describe());
+        }
+    }
+}
+
+#[test]
+fn seeded_sampling_reproduces_and_matches_cpu() {
+    let m = model(config(64, AttnOutput::Dense, Query::Dense), 2, false);
+    let prompts = vec![prompt(5, 4), prompt(8, 5)];
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        top_k: 20,
+        top_p: 0.9,
+        seed: 42,
+    };
+    let mut cpu = CpuBatch::new(&m, 2, 48).unwrap();
+    let want = run(&mut cpu, &prompts, 16, sampling);
+    let other_seed = run(
+        &mut cpu,
+        &prompts,
+        16,
+        SamplingParams {
+            seed: 43,
+            ..sampling
+        },
+    );
+    assert_ne!(want, other_seed, "the seed must matter");
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 48).unwrap();
+        let first = run(&mut dec, &prompts, 16, sampling);
+        assert_eq!(
+            first,
+            run(&mut dec, &prompts, 16, sampling),
+            "same seed, same tokens"
+        );
+        // Same draws and logits within 1e-6: the same tokens unless a draw lands within
+        // rounding of a boundary, which these seeds do not.
+        assert_eq!(first, want, "sampled tokens on {} vs CPU", gpu.describe());
+    }
+}
+
+#[test]
+fn streaming_callback_can_stop_and_stats_are_filled() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Identity), 1, false);
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 1, 48).unwrap();
+        let mut seen = Vec::new();
+        let options = GenerateOptions {
+            max_tokens: 20,
+            sampling: SamplingParams::greedy(),
+        };
+        let g = generate(&mut dec, &[prompt(4, 0)], &options, |ev| {
+            seen.push(ev.token);
+            if ev.index == 4 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert_eq!(g.tokens[0], seen);
+        assert_eq!(seen.len(), 5);
+        assert!(g.stats.stopped);
+        assert_eq!(g.stats.prompt_tokens, 4);
+        assert!(g.stats.prefill_tokens_per_s > 0.0 && g.stats.decode_tokens_per_s > 0.0);
+        let mem = g.stats.memory.unwrap();
+        assert!(mem.peak_bytes >= mem.current_bytes && mem.current_bytes > 0);
+    }
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 1, false);
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 16).unwrap();
+        let options = GenerateOptions {
+            max_tokens: 10,
+            sampling: SamplingParams::greedy(),
+        };
+        let err = generate(&mut dec, &[prompt(10, 0)], &options, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+        assert!(matches!(err, ModelError::ContextOverflow { .. }), "{err}");
+        let err =
+            generate(&mut dec, &[vec![]], &options, |_| ControlFlow::Continue(())).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let three = vec![prompt(2, 0); 3];
+        assert!(generate(&mut dec, &three, &options, |_| ControlFlow::Continue(())).is_err());
+        assert!(
+            dec.forward_logits(&[(0, &[300])])
+                .unwrap_err()
+                .to_string()
+                .contains("vocabulary")
+        );
+        assert!(dec.forward_logits(&[(5, &[1])]).is_err());
+        assert!(dec.forward_logits(&[(0, &[1]), (0, &[2])]).is_err());
+        assert!(
+            GpuDecoder::new(&gpu, &m, 1, 49).is_err(),
+            "context beyond the model"
+        );
+        // The decoder still works after the errors.
+        dec.reset();
+        dec.forward_logits(&[(0, &[1, 2, 3])]).unwrap();
+    }
+}

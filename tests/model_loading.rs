@@ -1,0 +1,490 @@
+//! Loading a model directory: a valid random model round-trips in f32 and f16, and every
+//! kind of broken directory gives its typed error naming the file (and the tensor).
+
+use std::path::{Path, PathBuf};
+
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use walsh::model::cpu::CpuDecoder;
+use walsh::model::init::{random_tensors, write_model, write_random_model};
+use walsh::model::weights::{Model, TensorData, expected_tensors};
+use walsh::model::{AttnOutput, Config, ModelError, Query};
+use walsh::ops::WeightFormat;
+
+type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn config(attn_output: AttnOutput, query: Query, tied: bool) -> Config {
+    Config {
+        hidden_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 128,
+        vocab_size: 256,
+        max_position_embeddings: 16,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: tied,
+        attn_output,
+        query,
+        query_mlp_hidden: None,
+    }
+}
+
+fn dense() -> Config {
+    config(AttnOutput::Dense, Query::Dense, false)
+}
+
+fn hadamard() -> Config {
+    config(AttnOutput::Hadamard, Query::Dense, false)
+}
+
+fn weights_path(dir: &Path) -> PathBuf {
+    dir.join("model.safetensors")
+}
+
+fn config_path(dir: &Path) -> PathBuf {
+    dir.join("config.json")
+}
+
+/// A directory holding a valid random model of `config`.
+fn model_dir(config: &Config, format: WeightFormat) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_random_model(dir.path(), config, format, 17).unwrap();
+    dir
+}
+
+/// A directory holding `config` and `tensors` (f32) as given.
+fn dir_with(config: &Config, tensors: &Named) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), config, tensors, WeightFormat::F32).unwrap();
+    dir
+}
+
+fn load_err(dir: &Path) -> ModelError {
+    Model::load(dir).expect_err("loading must fail")
+}
+
+fn assert_mentions(e: &ModelError, parts: &[&str]) {
+    let msg = e.to_string();
+    for p in parts {
+        assert!(msg.contains(p), "`{msg}` does not mention `{p}`");
+    }
+}
+
+/// Asserts a `Safetensors` error naming the weights file.
+fn assert_corrupt(dir: &Path, what: &str) {
+    let e = load_err(dir);
+    let file = weights_path(dir);
+    assert!(
+        matches!(&e, ModelError::Safetensors { path, .. } if *path == file),
+        "{what}: {e:?}"
+    );
+    assert_mentions(&e, &[&file.display().to_string()]);
+}
+
+#[test]
+fn loads_an_f32_model_exactly() {
+    let c = dense();
+    let dir = model_dir(&c, WeightFormat::F32);
+    let m = Model::load(dir.path()).unwrap();
+    assert_eq!(m.config, c);
+    assert_eq!(m.dir, dir.path());
+    let want = random_tensors(&c, 17);
+    let got = m.weights.tensors();
+    assert_eq!(got.len(), want.len());
+    for (t, (name, shape, values)) in got.iter().zip(&want) {
+        assert_eq!(&t.name, name);
+        assert_eq!(&t.shape, shape);
+        assert_eq!(t.format(), WeightFormat::F32);
+        assert_eq!(t.data, TensorData::F32(values.clone()), "{name}");
+    }
+    assert_eq!(m.lm_head().name, "lm_head.weight");
+
+    // config.json is written for people to read.
+    let text = std::fs::read_to_string(config_path(dir.path())).unwrap();
+    assert!(text.contains("\n  \"hidden_size\": 64,"), "{text}");
+
+    let mut decoder = CpuDecoder::new(&m, 16).unwrap();
+    let logits = decoder.forward(b'a' as u32, 0).unwrap();
+    assert_eq!(logits.len(), 256);
+    assert!(logits.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn loads_an_f16_model_rounded_to_half() {
+    let c = config(AttnOutput::Hadamard, Query::ResidualMlp, true);
+    let dir = model_dir(&c, WeightFormat::F16);
+    let m = Model::load(dir.path()).unwrap();
+    let want = random_tensors(&c, 17);
+    for (t, (name, _, values)) in m.weights.tensors().iter().zip(&want) {
+        assert_eq!(&t.name, name);
+        assert_eq!(t.format(), WeightFormat::F16);
+        let bits: Vec<u16> = values
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
+        assert_eq!(t.data, TensorData::F16(bits), "{name}");
+        let rounded: Vec<f32> = values
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(t.to_f32(), rounded, "{name}");
+        // Rounding to half did change the values: the test above is not about f32.
+        assert_ne!(t.to_f32(), *values, "{name}");
+    }
+    assert!(m.weights.lm_head.is_none());
+    assert_eq!(m.lm_head().name, "model.embed_tokens.weight");
+}
+
+#[test]
+fn every_variant_loads_with_exactly_its_tensors() {
+    for attn_output in [AttnOutput::Dense, AttnOutput::Hadamard] {
+        for query in [Query::Dense, Query::Identity, Query::ResidualMlp] {
+            for tied in [false, true] {
+                let c = config(attn_output, query, tied);
+                let m = Model::load(model_dir(&c, WeightFormat::F32).path()).unwrap();
+                let names: Vec<String> =
+                    m.weights.tensors().iter().map(|t| t.name.clone()).collect();
+                let want: Vec<String> = expected_tensors(&c).into_iter().map(|t| t.0).collect();
+                assert_eq!(names, want, "{}", c.variant());
+                let layer = &m.weights.layers[1];
+                assert_eq!(layer.q_proj.is_some(), query == Query::Dense);
+                assert_eq!(layer.q_down.is_some(), query == Query::ResidualMlp);
+                assert_eq!(layer.q_up.is_some(), query == Query::ResidualMlp);
+                assert_eq!(layer.o_proj.is_some(), attn_output == AttnOutput::Dense);
+                assert_eq!(layer.o_scale.is_some(), attn_output == AttnOutput::Hadamard);
+                assert_eq!(layer.o_bias.is_some(), attn_output == AttnOutput::Hadamard);
+            }
+        }
+    }
+}
+
+#[test]
+fn parameter_counts_match_hand_computation() {
+    // d 64, 2 layers, intermediate 128, vocab 256. Per layer: 2 norms (128), MLP 3 * 64 * 128
+    // (24576), attention q, k, v, o 4 * 64 * 64 (16384). Embedding and lm_head 256 * 64
+    // (16384) each, final norm 64.
+    let load = |c: &Config| Model::load(model_dir(c, WeightFormat::F16).path()).unwrap();
+    let m = load(&dense());
+    assert_eq!(m.attention_parameter_count(), 2 * 16384);
+    assert_eq!(
+        m.parameter_count(),
+        16384 + 2 * (128 + 24576 + 16384) + 64 + 16384
+    );
+    assert_eq!(m.parameter_count(), 115_008);
+
+    // Hadamard: o_proj (4096) becomes o_scale + o_bias (128), d * d - 2d fewer per layer.
+    let m = load(&hadamard());
+    assert_eq!(m.attention_parameter_count(), 2 * (3 * 4096 + 128));
+    assert_eq!(m.parameter_count(), 115_008 - 2 * (4096 - 128));
+
+    // Identity query drops q_proj too; a tied head drops lm_head.
+    let m = load(&config(AttnOutput::Hadamard, Query::Identity, true));
+    assert_eq!(m.attention_parameter_count(), 2 * (2 * 4096 + 128));
+    assert_eq!(m.parameter_count(), 115_008 - 2 * (2 * 4096 - 128) - 16384);
+
+    // Residual query MLP with hidden 32: q_down + q_up = 2 * 32 * 64, as many as q_proj.
+    let m = load(&config(AttnOutput::Dense, Query::ResidualMlp, false));
+    assert_eq!(m.attention_parameter_count(), 2 * 16384);
+}
+
+#[test]
+fn missing_config_json_is_an_io_error_naming_it() {
+    let dir = model_dir(&dense(), WeightFormat::F32);
+    std::fs::remove_file(config_path(dir.path())).unwrap();
+    let e = load_err(dir.path());
+    assert!(
+        matches!(&e, ModelError::Io { path, .. } if *path == config_path(dir.path())),
+        "{e:?}"
+    );
+    assert_mentions(&e, &[&config_path(dir.path()).display().to_string()]);
+}
+
+#[test]
+fn invalid_json_is_a_config_error() {
+    let dir = model_dir(&dense(), WeightFormat::F32);
+    std::fs::write(config_path(dir.path()), "{\"hidden_size\": 64,").unwrap();
+    let e = load_err(dir.path());
+    assert!(matches!(e, ModelError::Config { .. }), "{e:?}");
+    assert_mentions(&e, &[&config_path(dir.path()).display().to_string()]);
+}
+
+#[test]
+fn invalid_config_is_a_config_error_with_the_reason() {
+    let mut heads = dense();
+    heads.num_attention_heads = 5;
+    let mut width = hadamard();
+    width.hidden_size = 36; // 36 = 9 * 4: no Hadamard matrix of that order
+    width.num_attention_heads = 2;
+    for (bad, reason) in [(heads, "does not divide"), (width, "unsupported Walsh")] {
+        let dir = model_dir(&dense(), WeightFormat::F32);
+        std::fs::write(
+            config_path(dir.path()),
+            serde_json::to_string(&bad).unwrap(),
+        )
+        .unwrap();
+        let e = load_err(dir.path());
+        assert!(matches!(e, ModelError::Config { .. }), "{e:?}");
+        assert_mentions(
+            &e,
+            &[&config_path(dir.path()).display().to_string(), reason],
+        );
+        // Building a model in memory checks the config the same way.
+        let e = Model::from_tensors(dir.path(), bad, Vec::new()).unwrap_err();
+        assert_mentions(&e, &[reason]);
+    }
+}
+
+#[test]
+fn missing_weights_file_is_an_io_error_naming_it() {
+    let dir = model_dir(&dense(), WeightFormat::F32);
+    std::fs::remove_file(weights_path(dir.path())).unwrap();
+    let e = load_err(dir.path());
+    assert!(
+        matches!(&e, ModelError::Io { path, .. } if *path == weights_path(dir.path())),
+        "{e:?}"
+    );
+    assert_mentions(&e, &[&weights_path(dir.path()).display().to_string()]);
+}
+
+#[test]
+fn truncated_files_are_rejected_at_every_cut() {
+    let dir = model_dir(&dense(), WeightFormat::F16);
+    let bytes = std::fs::read(weights_path(dir.path())).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let cuts = [
+        0,
+        1,
+        7,               // inside the 8-byte header length
+        8,               // length only
+        8 + header / 2,  // inside the JSON header
+        8 + header - 1,  // one byte short of the header
+        8 + header,      // header, no data
+        8 + header + 1,  // one data byte
+        bytes.len() / 2, // inside the data
+        bytes.len() - 1, // one byte short
+    ];
+    for cut in cuts {
+        std::fs::write(weights_path(dir.path()), &bytes[..cut]).unwrap();
+        assert_corrupt(dir.path(), &format!("cut at {cut} of {}", bytes.len()));
+    }
+    // One byte too many is as wrong as one too few.
+    let mut long = bytes.clone();
+    long.push(0);
+    std::fs::write(weights_path(dir.path()), &long).unwrap();
+    assert_corrupt(dir.path(), "one extra byte");
+}
+
+#[test]
+fn garbage_is_rejected() {
+    let dir = model_dir(&dense(), WeightFormat::F32);
+    let mut state = 0x1234_5678u32;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        })
+        .collect();
+    let mut small_header = 40u64.to_le_bytes().to_vec();
+    small_header.extend(b"this is not json at all, just some text.");
+    for (what, bytes) in [
+        ("noise", noise),
+        ("text", b"definitely not a safetensors file".to_vec()),
+        ("non-JSON header", small_header),
+    ] {
+        std::fs::write(weights_path(dir.path()), &bytes).unwrap();
+        assert_corrupt(dir.path(), what);
+    }
+}
+
+#[test]
+fn header_length_beyond_the_file_is_rejected_without_allocating_it() {
+    let dir = model_dir(&dense(), WeightFormat::F32);
+    let bytes = std::fs::read(weights_path(dir.path())).unwrap();
+    for claim in [bytes.len() as u64 * 10, 1 << 40, u64::MAX] {
+        let mut b = bytes.clone();
+        b[..8].copy_from_slice(&claim.to_le_bytes());
+        std::fs::write(weights_path(dir.path()), &b).unwrap();
+        assert_corrupt(dir.path(), &format!("header length {claim}"));
+    }
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let c = dense();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let mut tensors = random_tensors(&c, 1);
+    tensors.retain(|t| t.0 != name);
+    let dir = dir_with(&c, &tensors);
+    let e = load_err(dir.path());
+    assert!(
+        matches!(&e, ModelError::MissingTensor { name: n, .. } if n == name),
+        "{e:?}"
+    );
+    assert_mentions(&e, &[&weights_path(dir.path()).display().to_string(), name]);
+
+    // A tied config whose file lacks the embedding fails the same way.
+    let c = config(AttnOutput::Dense, Query::Dense, true);
+    let mut tensors = random_tensors(&c, 1);
+    tensors.retain(|t| t.0 != "model.embed_tokens.weight");
+    let e = load_err(dir_with(&c, &tensors).path());
+    assert_mentions(&e, &["model.embed_tokens.weight", "is missing"]);
+}
+
+#[test]
+fn unexpected_tensor_is_named_with_the_variant() {
+    // A Hadamard model with a leftover o_proj: the file does not match its config.
+    let c = hadamard();
+    let name = "model.layers.0.self_attn.o_proj.weight";
+    let mut tensors = random_tensors(&c, 1);
+    tensors.push((name.to_string(), vec![64, 64], vec![0.5; 64 * 64]));
+    let dir = dir_with(&c, &tensors);
+    let e = load_err(dir.path());
+    assert!(
+        matches!(&e, ModelError::UnexpectedTensor { name: n, .. } if n == name),
+        "{e:?}"
+    );
+    assert_mentions(
+        &e,
+        &[
+            &weights_path(dir.path()).display().to_string(),
+            name,
+            "hadamard/dense",
+        ],
+    );
+
+    // A tied config with an lm_head in the file.
+    let c = config(AttnOutput::Dense, Query::Dense, true);
+    let mut tensors = random_tensors(&c, 1);
+    tensors.push(("lm_head.weight".into(), vec![256, 64], vec![0.0; 256 * 64]));
+    let e = load_err(dir_with(&c, &tensors).path());
+    assert!(matches!(e, ModelError::UnexpectedTensor { .. }), "{e:?}");
+    assert_mentions(&e, &["lm_head.weight"]);
+}
+
+#[test]
+fn wrong_shape_is_named_with_both_shapes() {
+    let c = dense();
+    let name = "model.layers.0.mlp.gate_proj.weight";
+    let mut tensors = random_tensors(&c, 1);
+    // Transposed: the same number of values, so only the shape check can catch it.
+    tensors.iter_mut().find(|t| t.0 == name).unwrap().1 = vec![64, 128];
+    let dir = dir_with(&c, &tensors);
+    let e = load_err(dir.path());
+    match &e {
+        ModelError::Shape {
+            name: n,
+            expected,
+            found,
+            ..
+        } => {
+            assert_eq!(n, name);
+            assert_eq!(expected, &vec![128, 64]);
+            assert_eq!(found, &vec![64, 128]);
+        }
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    assert_mentions(
+        &e,
+        &[
+            &weights_path(dir.path()).display().to_string(),
+            name,
+            "[64, 128]",
+            "[128, 64]",
+        ],
+    );
+}
+
+#[test]
+fn wrong_dtype_is_named() {
+    let c = dense();
+    let tensors = random_tensors(&c, 1);
+    let name = "model.norm.weight";
+    for (dtype, width) in [(Dtype::BF16, 2), (Dtype::I32, 4), (Dtype::F64, 8)] {
+        // Every tensor F32 but one, written with safetensors directly.
+        let data: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(n, _, v)| {
+                if n == name {
+                    vec![0u8; v.len() * width]
+                } else {
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+                }
+            })
+            .collect();
+        let views: Vec<(&str, TensorView)> = tensors
+            .iter()
+            .zip(&data)
+            .map(|((n, shape, _), bytes)| {
+                let dt = if n == name { dtype } else { Dtype::F32 };
+                (
+                    n.as_str(),
+                    TensorView::new(dt, shape.clone(), bytes).unwrap(),
+                )
+            })
+            .collect();
+        let file = safetensors::serialize(views, None).unwrap();
+        let dir = dir_with(&c, &tensors);
+        std::fs::write(weights_path(dir.path()), file).unwrap();
+        let e = load_err(dir.path());
+        let found = dtype.to_string();
+        assert!(
+            matches!(&e, ModelError::DType { name: n, found: f, .. } if n == name && *f == found),
+            "{e:?}"
+        );
+        assert_mentions(
+            &e,
+            &[
+                &weights_path(dir.path()).display().to_string(),
+                name,
+                &found,
+            ],
+        );
+    }
+}
+
+#[test]
+fn non_finite_values_are_named() {
+    let c = hadamard();
+    for (name, value, format) in [
+        ("model.norm.weight", f32::NAN, WeightFormat::F32),
+        (
+            "model.layers.1.self_attn.o_bias",
+            f32::INFINITY,
+            WeightFormat::F32,
+        ),
+        (
+            "model.layers.0.self_attn.k_proj.weight",
+            f32::NAN,
+            WeightFormat::F16,
+        ),
+        // Finite in f32, but beyond the largest half (65504): infinite once stored as f16.
+        (
+            "model.layers.1.mlp.down_proj.weight",
+            1e5,
+            WeightFormat::F16,
+        ),
+    ] {
+        let mut tensors = random_tensors(&c, 1);
+        tensors.iter_mut().find(|t| t.0 == name).unwrap().2[3] = value;
+        let dir = tempfile::tempdir().unwrap();
+        write_model(dir.path(), &c, &tensors, format).unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            matches!(&e, ModelError::NonFinite { name: n, .. } if n == name),
+            "{name} = {value} as {format:?}: {e:?}"
+        );
+        assert_mentions(&e, &[&weights_path(dir.path()).display().to_string(), name]);
+    }
+}
+
+#[test]
+fn writing_rejects_values_that_do_not_fill_the_shape() {
+    let c = dense();
+    let mut tensors = random_tensors(&c, 1);
+    tensors[1].2.pop();
+    let dir = tempfile::tempdir().unwrap();
+    let e = write_model(dir.path(), &c, &tensors, WeightFormat::F32).unwrap_err();
+    assert!(matches!(e, ModelError::Safetensors { .. }), "{e:?}");
+    assert!(!weights_path(dir.path()).exists());
+}
