@@ -41,16 +41,30 @@ fn store(r: u32, o: u32, v: f32) {
 
 // ---- GEMV: decode-sized batches ------------------------------------------------------
 // One workgroup per (output o, block of GEMV_ROWS rows). Invocations stride over n_in so
-// a weight row is read once per block, coalesced; each keeps GEMV_ROWS partial sums. One
-// barrier, then invocation r < GEMV_ROWS adds the GEMV_WG partials of its row: a single
-// barrier instead of a log2(GEMV_WG)-step tree, which matters where barriers are costly.
+// a weight row is read once per block, coalesced; each keeps GEMV_ROWS partial sums. With
+// PAIRED (n_in even) an invocation takes two neighbouring inputs per step: one u32 of f16
+// weights, unpacked once. One barrier, then invocation r < GEMV_ROWS adds the GEMV_WG
+// partials of its row: a single barrier instead of a log2(GEMV_WG)-step tree, which
+// matters where barriers are costly.
 
 // Invocations per workgroup; must match GEMV_WORKGROUP on the host (<= 256, see `partial`).
 override GEMV_WG: u32 = 64u;
-// Rows per workgroup; must match GEMV_ROWS on the host.
-const GEMV_ROWS: u32 = 8u;
+// Rows per workgroup (1 to MAX_GEMV_ROWS); the host sets it to the batch size up to 8.
+override GEMV_ROWS: u32 = 8u;
+// Inputs are taken two at a time (requires an even n_in).
+override PAIRED: bool = false;
+// Must match MAX_GEMV_ROWS on the host.
+const MAX_GEMV_ROWS: u32 = 8u;
 
-var<workgroup> partial: array<array<f32, 256>, GEMV_ROWS>;
+var<workgroup> partial: array<array<f32, 256>, MAX_GEMV_ROWS>;
+
+// Weights n and n + 1 (n even), as two f32.
+fn weight_pair(n: u32) -> vec2<f32> {
+    if (W_F16) {
+        return unpack2x16float(w[n >> 1u]);
+    }
+    return vec2<f32>(bitcast<f32>(w[n]), bitcast<f32>(w[n + 1u]));
+}
 
 @compute @workgroup_size(GEMV_WG)
 fn gemv(@builtin(local_invocation_index) t: u32,
@@ -63,12 +77,20 @@ fn gemv(@builtin(local_invocation_index) t: u32,
     let o = id / blocks;
     let r0 = (id % blocks) * GEMV_ROWS;
     let nr = min(GEMV_ROWS, params.rows - r0);
-    var acc: array<f32, GEMV_ROWS>;
-    for (var i = t; i < params.n_in; i += GEMV_WG) {
-        let wv = weight(o * params.n_in + i);
-        for (var r = 0u; r < GEMV_ROWS; r++) {
-            if (r < nr) {
-                acc[r] += wv * x[(r0 + r) * params.n_in + i];
+    var acc: array<f32, MAX_GEMV_ROWS>;
+    if (PAIRED) {
+        for (var j = t; j < params.n_in / 2u; j += GEMV_WG) {
+            let wv = weight_pair(o * params.n_in + 2u * j);
+            for (var r = 0u; r < GEMV_ROWS; r++) {
+                let at = (r0 + min(r, nr - 1u)) * params.n_in + 2u * j;
+                acc[r] += wv.x * x[at] + wv.y * x[at + 1u];
+            }
+        }
+    } else {
+        for (var i = t; i < params.n_in; i += GEMV_WG) {
+            let wv = weight(o * params.n_in + i);
+            for (var r = 0u; r < GEMV_ROWS; r++) {
+                acc[r] += wv * x[(r0 + min(r, nr - 1u)) * params.n_in + i];
             }
         }
     }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use walsh::gpu::{AdapterSelector, Gpu};
+use walsh::model::eval::evaluate;
 use walsh::model::generate::{
     CpuBatch, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text, generate,
 };
@@ -224,74 +225,6 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Mean loss of a model over a text.
-#[derive(Debug, serde::Serialize)]
-pub struct EvalReport {
-    pub bytes_scored: usize,
-    pub nats_per_byte: f64,
-    pub bits_per_byte: f64,
-    pub perplexity: f64,
-    pub context: usize,
-    pub device: String,
-}
-
-/// Scores every byte after the first with as much context as the model allows: windows
-/// of the context length, each starting half a window after the previous one, scoring
-/// only bytes no earlier window scored.
-pub fn evaluate(
-    dec: &mut dyn Decoder,
-    tokens: &[u32],
-    progress: &ProgressBar,
-) -> Result<EvalReport> {
-    let context = dec.max_positions();
-    if tokens.len() < 2 {
-        bail!("the text needs at least two bytes to score");
-    }
-    let stride = (context / 2).max(1);
-    let mut scored_to = 0; // tokens[..=scored_to] have been predicted (token 0 never is)
-    let mut total = 0.0f64;
-    let mut count = 0usize;
-    let mut start = 0;
-    let windows = (tokens.len() - 1).div_ceil(stride);
-    progress.set_length(windows as u64);
-    while scored_to < tokens.len() - 1 {
-        let end = (start + context).min(tokens.len());
-        dec.reset();
-        let window = &tokens[start..end];
-        let logits = dec.logits(&[(0, window)])?.remove(0);
-        let vocab = logits.len() / window.len();
-        for i in 0..window.len() - 1 {
-            let target = start + i + 1;
-            if target <= scored_to {
-                continue;
-            }
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&l| (l as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            total += lse - row[tokens[target] as usize] as f64;
-            count += 1;
-            scored_to = target;
-        }
-        progress.inc(1);
-        start += stride;
-    }
-    progress.finish_and_clear();
-    let nats = total / count as f64;
-    Ok(EvalReport {
-        bytes_scored: count,
-        nats_per_byte: nats,
-        bits_per_byte: nats / std::f64::consts::LN_2,
-        perplexity: nats.exp(),
-        context,
-        device: dec.device(),
-    })
-}
-
 pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
     let bytes =
@@ -313,7 +246,12 @@ pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
                 .expect("valid template"),
         );
         bar.set_message(format!("scoring {} bytes", tokens.len()));
-        evaluate(dec, &tokens, &bar)
+        let report = evaluate(dec, &tokens, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        });
+        bar.finish_and_clear();
+        Ok(report?)
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gpu;
 

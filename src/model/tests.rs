@@ -4,6 +4,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
+use super::eval::evaluate;
 use super::generate::{CpuBatch, Decoder, GenerateOptions, generate};
 use super::gpu::GpuDecoder;
 use super::init::random_tensors;
@@ -260,4 +261,55 @@ fn bad_requests_are_errors() {
         dec.reset();
         dec.forward_logits(&[(0, &[1, 2, 3])]).unwrap();
     }
+}
+
+#[test]
+fn eval_agrees_on_every_device_and_with_a_direct_computation() {
+    let m = model(config(48, AttnOutput::Hadamard, Query::Dense), 4, false);
+    let text: Vec<u32> = prompt(70, 9);
+    // Context 16: the text takes several overlapping windows.
+    let mut cpu = CpuBatch::new(&m, 1, 16).unwrap();
+    let mut calls = 0;
+    let want = evaluate(&mut cpu, &text, |done, total| {
+        calls += 1;
+        assert!(done <= total, "progress {done}/{total}");
+    })
+    .unwrap();
+    assert_eq!(want.bytes_scored, 69);
+    assert_eq!(calls, 1 + (70 - 16usize).div_ceil(8));
+    // A text within one window: the mean of -log softmax at each target, by hand.
+    let short = &text[..16];
+    cpu.reset();
+    let logits = cpu.logits(&[(0, short)]).unwrap().remove(0);
+    let mut nats = 0.0;
+    for i in 0..15 {
+        let row: Vec<f64> = logits[i * 256..(i + 1) * 256]
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        nats += lse - row[short[i + 1] as usize];
+    }
+    let one = evaluate(&mut cpu, short, |_, _| {}).unwrap();
+    assert!(
+        (one.nats_per_byte - nats / 15.0).abs() < 1e-9,
+        "{} vs {}",
+        one.nats_per_byte,
+        nats / 15.0
+    );
+    assert!((one.bits_per_byte - one.nats_per_byte / std::f64::consts::LN_2).abs() < 1e-12);
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 1, 16).unwrap();
+        let got = evaluate(&mut dec, &text, |_, _| {}).unwrap();
+        assert_eq!(got.bytes_scored, want.bytes_scored);
+        assert!(
+            (got.nats_per_byte - want.nats_per_byte).abs() < 1e-4,
+            "{}: GPU {} vs CPU {} nats/byte",
+            gpu.describe(),
+            got.nats_per_byte,
+            want.nats_per_byte
+        );
+    }
+    assert!(evaluate(&mut cpu, &text[..1], |_, _| {}).is_err());
 }

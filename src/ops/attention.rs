@@ -102,7 +102,12 @@ impl AttnShape {
 
     /// Bytes of one cache buffer (k or v).
     pub fn cache_bytes(&self) -> u64 {
-        (self.max_seqs * self.max_pos * self.d() * 4) as u64
+        self.max_seqs as u64 * self.max_pos as u64 * self.d() as u64 * 4
+    }
+
+    /// Bytes of `rows` activation rows ([rows, d]).
+    pub fn row_bytes(&self, rows: usize) -> u64 {
+        rows as u64 * self.d() as u64 * 4
     }
 
     /// Checks that the kernels support this shape.
@@ -161,7 +166,7 @@ impl AttnShape {
                 )));
             }
         }
-        if rows.len() * self.d() > u32::MAX as usize {
+        if self.row_bytes(rows.len()) / 4 > u32::MAX as u64 {
             return Err(GpuError::Validation(format!(
                 "attention batch of {} rows of width {} exceeds 32-bit indexing",
                 rows.len(),
@@ -253,6 +258,18 @@ fn need(label: &str, buf: &GpuBuffer, bytes: u64) -> Result<(), GpuError> {
     Ok(())
 }
 
+/// Errors if the buffer a dispatch writes is also one it reads: wgpu would reject the
+/// whole pass at submit.
+fn distinct(written: (&str, &GpuBuffer), read: &[(&str, &GpuBuffer)]) -> Result<(), GpuError> {
+    match read.iter().find(|(_, b)| b.buffer() == written.1.buffer()) {
+        Some((name, _)) => Err(GpuError::Validation(format!(
+            "attention {} must be a buffer of its own, not also the {name}",
+            written.0
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The buffers of one attention call.
 struct AttendBuffers<'a> {
     q: &'a GpuBuffer,
@@ -262,11 +279,21 @@ struct AttendBuffers<'a> {
     out: &'a GpuBuffer,
 }
 
-/// How one attend dispatch splits the keys.
+/// How one attend dispatch splits the keys: `chunks` chunks of `chunk_len` keys.
 #[derive(Clone, Copy, Debug)]
 struct Split {
     chunks: usize,
     chunk_len: usize,
+}
+
+impl Split {
+    /// One chunk holding every position of the cache.
+    fn whole(shape: AttnShape) -> Self {
+        Self {
+            chunks: 1,
+            chunk_len: shape.max_pos,
+        }
+    }
 }
 
 /// The attention kernels on one device.
@@ -274,8 +301,8 @@ pub struct Attention<'g> {
     gpu: &'g Gpu,
     /// Bound to the `out` or `parts` slot a dispatch does not use.
     dummy: GpuBuffer,
-    /// Partial states of the split decode, [rows * heads * chunks] x (acc [head_dim],
-    /// (m, l)); grown on demand.
+    /// Partial states of the split decode, per part p = (row, head, chunk): acc
+    /// [parts, head_dim], then (m, l) [parts, 2]; grown on demand.
     partials: Mutex<Option<GpuBuffer>>,
     /// Keys per chunk of the split decode.
     decode_chunk: usize,
@@ -337,7 +364,7 @@ impl<'g> Attention<'g> {
     ) -> Result<(), GpuError> {
         shape.validate()?;
         shape.check_rows(rows)?;
-        let row_bytes = (rows.len() * shape.d() * 4) as u64;
+        let row_bytes = shape.row_bytes(rows.len());
         need("attention k rows", k, row_bytes)?;
         need("attention v rows", v, row_bytes)?;
         need("attention row table", row_table, rows.len() as u64 * 8)?;
@@ -345,6 +372,9 @@ impl<'g> Attention<'g> {
         need("attention v cache", v_cache, shape.cache_bytes())?;
         self.gpu
             .check_binding_size("attention KV cache", shape.cache_bytes())?;
+        let inputs = [("k rows", k), ("v rows", v), ("row table", row_table)];
+        distinct(("k cache", k_cache), &inputs)?;
+        distinct(("v cache", v_cache), &inputs)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -359,16 +389,7 @@ impl<'g> Attention<'g> {
         )?;
         let params = self.gpu.uniform(
             "attention kv_write params",
-            &Self::params(
-                shape,
-                rows.len(),
-                grid.x,
-                0,
-                Split {
-                    chunks: 1,
-                    chunk_len: 1,
-                },
-            ),
+            &Self::params(shape, rows.len(), grid.x, 0, Split::whole(shape)),
         );
         let buffers = [
             params.buffer(),
@@ -411,10 +432,7 @@ impl<'g> Attention<'g> {
         }
         let tile = AttnTile::prefill(shape.head_dim);
         let plan = plan_tiles(rows, tile.rows);
-        let whole = Split {
-            chunks: 1,
-            chunk_len: shape.max_pos,
-        };
+        let whole = Split::whole(shape);
         self.dispatch_attend(pass, &buffers, rows, shape, tile, &plan, whole, None)
     }
 
@@ -449,10 +467,7 @@ impl<'g> Attention<'g> {
         let plan = plan_tiles(rows, 1);
         let chunks = self.decode_chunks(rows);
         if chunks == 1 {
-            let whole = Split {
-                chunks: 1,
-                chunk_len: shape.max_pos,
-            };
+            let whole = Split::whole(shape);
             return self.dispatch_attend(pass, &buffers, rows, shape, tile, &plan, whole, None);
         }
         let split = Split {
@@ -460,14 +475,14 @@ impl<'g> Attention<'g> {
             chunk_len: self.decode_chunk,
         };
         // One (acc [head_dim / 2 pairs], (m, l)) per (row, head, chunk), in vec2 pairs.
-        let pairs = rows.len() * shape.heads * chunks * (shape.head_dim / 2 + 1);
-        if pairs > u32::MAX as usize {
+        let pairs = (rows.len() * shape.heads) as u64 * (chunks * (shape.head_dim / 2 + 1)) as u64;
+        if pairs > u32::MAX as u64 {
             return Err(GpuError::Validation(format!(
                 "split decode of {} rows x {chunks} chunks exceeds 32-bit indexing",
                 rows.len()
             )));
         }
-        let bytes = (pairs * 8) as u64;
+        let bytes = pairs * 8;
         let mut partials = self.partials.lock().unwrap_or_else(|p| p.into_inner());
         let scratch = match partials.take() {
             Some(s) if s.size() >= bytes => s,
@@ -500,14 +515,21 @@ impl<'g> Attention<'g> {
     ) -> Result<(), GpuError> {
         shape.validate()?;
         shape.check_rows(rows)?;
-        let row_bytes = (rows.len() * shape.d() * 4) as u64;
+        let row_bytes = shape.row_bytes(rows.len());
         need("attention q", b.q, row_bytes)?;
         need("attention out", b.out, row_bytes)?;
         need("attention row table", b.row_table, rows.len() as u64 * 8)?;
         need("attention k cache", b.k_cache, shape.cache_bytes())?;
         need("attention v cache", b.v_cache, shape.cache_bytes())?;
         self.gpu
-            .check_binding_size("attention KV cache", shape.cache_bytes())
+            .check_binding_size("attention KV cache", shape.cache_bytes())?;
+        let inputs = [
+            ("q", b.q),
+            ("k cache", b.k_cache),
+            ("v cache", b.v_cache),
+            ("row table", b.row_table),
+        ];
+        distinct(("out", b.out), &inputs)
     }
 
     fn params(
@@ -551,7 +573,7 @@ impl<'g> Attention<'g> {
             &tile.key(shape.head_dim, partials.is_some()),
             &ATTN_BINDINGS,
         )?;
-        let groups = tiles * split.chunks * shape.heads;
+        let groups = tiles as u64 * split.chunks as u64 * shape.heads as u64;
         let groups = u32::try_from(groups)
             .map_err(|_| GpuError::Validation(format!("attention needs {groups} workgroups")))?;
         let grid = self.gpu.grid("attention", groups)?;
@@ -606,6 +628,7 @@ impl<'g> Attention<'g> {
         Ok(())
     }
 }
+
 /// The f64 reference of the attention kernels: `[rows, d]`, row r = (seq, pos) attending
 /// per head to keys 0..=pos of seq with scale 1/sqrt(head_dim); `q` is [rows, d], the
 /// caches [max_seqs, max_pos, d].
@@ -1053,6 +1076,52 @@ mod tests {
     }
 
     #[test]
+    fn widest_rows_attend_correctly() {
+        let shape = AttnShape {
+            heads: MAX_WIDTH / MAX_HEAD_DIM,
+            head_dim: MAX_HEAD_DIM,
+            max_seqs: 1,
+            max_pos: 3,
+        };
+        let rows = runs(&[(0, 0, 3)]);
+        let n = rows.len() * shape.d();
+        let (q, k, v) = (values(n, 5, 3.0), values(n, 6, 1.0), values(n, 7, 1.0));
+        let cache_len = shape.max_seqs * shape.max_pos * shape.d();
+        for gpu in test_gpus() {
+            let attn = Attention::new(&gpu).unwrap().with_decode_chunk(2).unwrap();
+            let (mut kc, mut vc) = (vec![0f32; cache_len], vec![0f32; cache_len]);
+            let kcb = upload(&gpu, "k cache", &kc);
+            let vcb = upload(&gpu, "v cache", &vc);
+            let got = write_and_prefill(&gpu, &attn, &q, &k, &v, &rows, &kcb, &vcb, shape);
+            kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
+            check(&gpu, "widest prefill", &got, &q, &kc, &vc, &rows, shape);
+            // The last row again as a decode batch, split into two chunks.
+            let last = &rows[2..];
+            let d = shape.d();
+            let (qb, tb) = (upload(&gpu, "q", &q[2 * d..]), table(&gpu, last));
+            let out = upload(&gpu, "out", &vec![0f32; d]);
+            let mut enc = gpu.encoder("widest decode");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                attn.encode_decode(&mut pass, &qb, &kcb, &vcb, &tb, last, &out, shape)
+                    .unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            let got: Vec<f32> = gpu.read(&out, d).unwrap();
+            check(
+                &gpu,
+                "widest decode",
+                &got,
+                &q[2 * d..],
+                &kc,
+                &vc,
+                last,
+                shape,
+            );
+        }
+    }
+
+    #[test]
     fn invalid_calls_are_rejected_naming_the_problem() {
         let shape = AttnShape {
             heads: 2,
@@ -1117,6 +1186,13 @@ mod tests {
                 assert!(msg.contains("`attention k cache`"), "{msg}");
                 let msg = run(which, (&rows, &x, &x, &cache), &short_tb, shape);
                 assert!(msg.contains("`attention row table`"), "{msg}");
+                // kv_write: v rows bound as the k cache; attention: out bound as the q.
+                let (big, b) = (zeros(entries * d), zeros(rows.len() * d));
+                let msg = match which {
+                    0 => run(0, (&rows, &x, &big, &big), &tb, shape),
+                    _ => run(which, (&rows, &b, &b, &cache), &tb, shape),
+                };
+                assert!(msg.contains("must be a buffer of its own"), "{msg}");
             }
         }
     }

@@ -12,8 +12,8 @@ use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Shader};
 /// Invocations per GEMV workgroup; passed to the shader as `GEMV_WG` (at most 256, the
 /// length of its `partial` rows).
 const GEMV_WORKGROUP: u32 = 64;
-/// Rows per GEMV workgroup; must match `GEMV_ROWS` in matmul.wgsl.
-const GEMV_ROWS: usize = 8;
+/// Rows per GEMV workgroup at most; must match `MAX_GEMV_ROWS` in matmul.wgsl.
+const MAX_GEMV_ROWS: usize = 8;
 /// Output block of one GEMM workgroup (rows x outputs); must match `TILE_R` / `TILE_O`
 /// in matmul.wgsl.
 const GEMM_TILE: usize = 64;
@@ -96,8 +96,11 @@ pub fn encode_with(
         Kernel::Gemv => true,
         Kernel::Gemm => false,
     };
+    // A workgroup takes up to MAX_GEMV_ROWS rows; sized to the batch so no invocation
+    // loops over rows that are not there.
+    let gemv_rows = rows.min(MAX_GEMV_ROWS);
     let (entry, groups) = if gemv {
-        ("gemv", n_out * rows.div_ceil(GEMV_ROWS))
+        ("gemv", n_out * rows.div_ceil(gemv_rows))
     } else {
         ("gemm", n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE))
     };
@@ -105,7 +108,10 @@ pub fn encode_with(
         .with_flag("W_F16", w.format == WeightFormat::F16)
         .with_flag("ACCUM", accumulate);
     if gemv {
-        key = key.with("GEMV_WG", GEMV_WORKGROUP);
+        key = key
+            .with("GEMV_WG", GEMV_WORKGROUP)
+            .with("GEMV_ROWS", gemv_rows as u32)
+            .with_flag("PAIRED", n_in.is_multiple_of(2));
     }
     let pipeline = gpu.pipeline(&key, &BINDINGS)?;
     let grid = gpu.grid(entry, groups as u32)?;
