@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use super::GpuError;
+
 /// What a buffer is for; reports break memory down by these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,6 +136,19 @@ impl GpuBuffer {
 
     pub fn binding(&self) -> wgpu::BindingResource<'_> {
         self.buffer.as_entire_binding()
+    }
+
+    /// Errors with [`GpuError::BufferTooSmall`] (naming the buffer `label`) unless it holds
+    /// at least `bytes`.
+    pub fn require(&self, label: &str, bytes: u64) -> Result<(), GpuError> {
+        if self.size() < bytes {
+            return Err(GpuError::BufferTooSmall {
+                label: label.into(),
+                needed: bytes,
+                found: self.size(),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! `WALSH_TEST_BACKENDS` lists the backends to test (default `vulkan,gl`). When `CI` is
 //! set, a listed backend without an adapter fails the test instead of being skipped.
+//!
+//! [`test_values`] gives the deterministic inputs the kernel tests share.
 
 use super::{AdapterSelector, Gpu, adapter};
 
@@ -23,4 +25,19 @@ pub(crate) fn test_gpus() -> Vec<Gpu> {
         }
     }
     gpus
+}
+
+/// `n` deterministic pseudo-random values, uniform in [-1, 1) (24 random bits each), the
+/// same for the same `seed` on every platform; callers scale them to the range they want.
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (state >> 40) as f32 / (1u64 << 24) as f32;
+            2.0 * u - 1.0
+        })
+        .collect()
 }

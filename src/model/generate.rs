@@ -66,6 +66,22 @@ impl Decoder for GpuDecoder<'_> {
     }
 }
 
+/// Checks what every [`Decoder::step`] needs: meaningful sampling settings and one
+/// random draw per sequence.
+pub(crate) fn check_step(
+    sampling: &SamplingParams,
+    sequences: usize,
+    draws: usize,
+) -> Result<(), ModelError> {
+    sampling.validate().map_err(ModelError::Input)?;
+    if draws != sequences {
+        return Err(ModelError::Input(format!(
+            "{draws} random draws for {sequences} sequences"
+        )));
+    }
+    Ok(())
+}
+
 /// The CPU reference decoder, one per sequence.
 pub struct CpuBatch<'m> {
     decoders: Vec<CpuDecoder<'m>>,
@@ -135,14 +151,7 @@ impl Decoder for CpuBatch<'_> {
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<Vec<u32>, ModelError> {
-        sampling.validate().map_err(ModelError::Input)?;
-        if draws.len() != batch.len() {
-            return Err(ModelError::Input(format!(
-                "{} random draws for {} sequences",
-                draws.len(),
-                batch.len()
-            )));
-        }
+        check_step(sampling, batch.len(), draws.len())?;
         batch
             .iter()
             .zip(draws)

@@ -397,29 +397,16 @@ impl<'g> GpuDecoder<'g> {
                 v_cache,
                 self.shape,
             )?;
-            if decode {
-                att.encode_decode(
-                    p,
-                    q,
-                    k_cache,
-                    v_cache,
-                    &acts.row_table,
-                    &table,
-                    &acts.att,
-                    self.shape,
-                )?;
+            // Same function, work split for one query per sequence or for many.
+            let attend = if decode {
+                Attention::encode_decode
             } else {
-                att.encode_prefill(
-                    p,
-                    q,
-                    k_cache,
-                    v_cache,
-                    &acts.row_table,
-                    &table,
-                    &acts.att,
-                    self.shape,
-                )?;
-            }
+                Attention::encode_prefill
+            };
+            let rt = &acts.row_table;
+            attend(
+                att, p, q, k_cache, v_cache, rt, &table, &acts.att, self.shape,
+            )?;
             match c.attn_output {
                 AttnOutput::Dense => {
                     let wo = layer.o_proj.as_ref().expect("validated by the loader");
@@ -500,14 +487,7 @@ impl<'g> GpuDecoder<'g> {
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<Vec<u32>, ModelError> {
-        sampling.validate().map_err(ModelError::Input)?;
-        if draws.len() != batch.len() {
-            return Err(ModelError::Input(format!(
-                "{} random draws for {} sequences",
-                draws.len(),
-                batch.len()
-            )));
-        }
+        super::generate::check_step(sampling, batch.len(), draws.len())?;
         let layout = self.layout(batch)?;
         let mut encoder = self.gpu.encoder("step");
         self.encode_forward(&mut encoder, batch, &layout)?;

@@ -247,17 +247,6 @@ fn plan_tiles(rows: &[(u32, u32)], tile_rows: usize) -> Vec<u32> {
     plan
 }
 
-fn need(label: &str, buf: &GpuBuffer, bytes: u64) -> Result<(), GpuError> {
-    if buf.size() < bytes {
-        return Err(GpuError::BufferTooSmall {
-            label: label.into(),
-            needed: bytes,
-            found: buf.size(),
-        });
-    }
-    Ok(())
-}
-
 /// Errors if the buffer a dispatch writes is also one it reads: wgpu would reject the
 /// whole pass at submit.
 fn distinct(written: (&str, &GpuBuffer), read: &[(&str, &GpuBuffer)]) -> Result<(), GpuError> {
@@ -365,11 +354,11 @@ impl<'g> Attention<'g> {
         shape.validate()?;
         shape.check_rows(rows)?;
         let row_bytes = shape.row_bytes(rows.len());
-        need("attention k rows", k, row_bytes)?;
-        need("attention v rows", v, row_bytes)?;
-        need("attention row table", row_table, rows.len() as u64 * 8)?;
-        need("attention k cache", k_cache, shape.cache_bytes())?;
-        need("attention v cache", v_cache, shape.cache_bytes())?;
+        k.require("attention k rows", row_bytes)?;
+        v.require("attention v rows", row_bytes)?;
+        row_table.require("attention row table", rows.len() as u64 * 8)?;
+        k_cache.require("attention k cache", shape.cache_bytes())?;
+        v_cache.require("attention v cache", shape.cache_bytes())?;
         self.gpu
             .check_binding_size("attention KV cache", shape.cache_bytes())?;
         let inputs = [("k rows", k), ("v rows", v), ("row table", row_table)];
@@ -516,11 +505,14 @@ impl<'g> Attention<'g> {
         shape.validate()?;
         shape.check_rows(rows)?;
         let row_bytes = shape.row_bytes(rows.len());
-        need("attention q", b.q, row_bytes)?;
-        need("attention out", b.out, row_bytes)?;
-        need("attention row table", b.row_table, rows.len() as u64 * 8)?;
-        need("attention k cache", b.k_cache, shape.cache_bytes())?;
-        need("attention v cache", b.v_cache, shape.cache_bytes())?;
+        b.q.require("attention q", row_bytes)?;
+        b.out.require("attention out", row_bytes)?;
+        b.row_table
+            .require("attention row table", rows.len() as u64 * 8)?;
+        b.k_cache
+            .require("attention k cache", shape.cache_bytes())?;
+        b.v_cache
+            .require("attention v cache", shape.cache_bytes())?;
         self.gpu
             .check_binding_size("attention KV cache", shape.cache_bytes())?;
         let inputs = [
@@ -698,23 +690,7 @@ pub fn kv_write_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::test_gpus;
-
-    /// Deterministic values in [-amp, amp).
-    fn values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-        let step = |s: u64| {
-            s.wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407)
-        };
-        let mut state = step(seed);
-        (0..n)
-            .map(|_| {
-                state = step(state);
-                let u = (state >> 40) as f32 / (1u64 << 24) as f32;
-                amp * (2.0 * u - 1.0)
-            })
-            .collect()
-    }
+    use crate::gpu::testing::{test_gpus, test_values};
 
     fn upload(gpu: &Gpu, label: &str, data: &[f32]) -> GpuBuffer {
         gpu.upload(MemoryCategory::Activations, label, data)
@@ -926,7 +902,7 @@ mod tests {
         let cache_len = shape.max_seqs * shape.max_pos * shape.d();
         for gpu in test_gpus() {
             let attn = Attention::new(&gpu).unwrap();
-            let (k, v) = (values(n, 1, 1.0), values(n, 2, 1.0));
+            let (k, v) = (test_values(n, 1), test_values(n, 2));
             // Distinct values everywhere, so a misplaced or stray write shows.
             let mut kc: Vec<f32> = (0..cache_len).map(|i| -(i as f32)).collect();
             let mut vc: Vec<f32> = (0..cache_len).map(|i| i as f32 + 0.5).collect();
@@ -966,8 +942,8 @@ mod tests {
                     };
                     let n = rows.len() * shape.d();
                     let seed = (heads * 1000 + head_dim) as u64;
-                    let q = values(n, seed, 3.0);
-                    let (k, v) = (values(n, seed + 1, 1.0), values(n, seed + 2, 1.0));
+                    let q: Vec<f32> = test_values(n, seed).iter().map(|v| 3.0 * v).collect();
+                    let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
                     // Entries no row writes stay NaN: a kernel that reads one shows it.
                     let cache_len = shape.max_seqs * shape.max_pos * shape.d();
                     let (mut kc, mut vc) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
@@ -1002,8 +978,8 @@ mod tests {
             for (i, rows) in [&first, &second].into_iter().enumerate() {
                 let n = rows.len() * shape.d();
                 let seed = 77 + 3 * i as u64;
-                let q = values(n, seed, 3.0);
-                let (k, v) = (values(n, seed + 1, 1.0), values(n, seed + 2, 1.0));
+                let q: Vec<f32> = test_values(n, seed).iter().map(|v| 3.0 * v).collect();
+                let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
                 let got = write_and_prefill(&gpu, &attn, &q, &k, &v, rows, &kcb, &vcb, shape);
                 kv_write_reference(&k, &v, rows, &mut kc, &mut vc, shape);
                 check(&gpu, "chunked prefill", &got, &q, &kc, &vc, rows, shape);
@@ -1043,8 +1019,8 @@ mod tests {
                 assert_eq!(attn.decode_chunks(&rows), chunks, "{shape:?}");
                 let seed = (heads * 1000 + head_dim) as u64;
                 let cache_len = shape.max_seqs * shape.max_pos * d;
-                let mut kc = values(cache_len, seed, 1.0);
-                let mut vc = values(cache_len, seed + 1, 1.0);
+                let mut kc = test_values(cache_len, seed);
+                let mut vc = test_values(cache_len, seed + 1);
                 // Positions past each row's own are NaN: the causal mask must skip them.
                 for &(seq, pos) in &rows {
                     let from = (seq as usize * shape.max_pos + pos as usize + 1) * d;
@@ -1052,7 +1028,10 @@ mod tests {
                     kc[from..to].fill(f32::NAN);
                     vc[from..to].fill(f32::NAN);
                 }
-                let q = values(rows.len() * d, seed + 2, 3.0);
+                let q: Vec<f32> = test_values(rows.len() * d, seed + 2)
+                    .iter()
+                    .map(|v| 3.0 * v)
+                    .collect();
                 let (qb, tb) = (upload(&gpu, "q", &q), table(&gpu, &rows));
                 let (kcb, vcb) = (upload(&gpu, "k cache", &kc), upload(&gpu, "v cache", &vc));
                 // One row more than the batch: it must keep its sentinel.
@@ -1085,7 +1064,8 @@ mod tests {
         };
         let rows = runs(&[(0, 0, 3)]);
         let n = rows.len() * shape.d();
-        let (q, k, v) = (values(n, 5, 3.0), values(n, 6, 1.0), values(n, 7, 1.0));
+        let q: Vec<f32> = test_values(n, 5).iter().map(|v| 3.0 * v).collect();
+        let (k, v) = (test_values(n, 6), test_values(n, 7));
         let cache_len = shape.max_seqs * shape.max_pos * shape.d();
         for gpu in test_gpus() {
             let attn = Attention::new(&gpu).unwrap().with_decode_chunk(2).unwrap();

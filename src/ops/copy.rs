@@ -31,15 +31,8 @@ pub fn encode_copy(
             "copy shader moves whole vec4s: {bytes} bytes is not a multiple of 16"
         )));
     }
-    for (label, buf) in [("copy source", src), ("copy destination", dst)] {
-        if buf.size() < bytes {
-            return Err(GpuError::BufferTooSmall {
-                label: label.into(),
-                needed: bytes,
-                found: buf.size(),
-            });
-        }
-    }
+    src.require("copy source", bytes)?;
+    dst.require("copy destination", bytes)?;
     let count = bytes / 16;
     if count == 0 {
         return Ok(());

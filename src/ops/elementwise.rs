@@ -39,18 +39,6 @@ const SILU_BINDINGS: [Binding; 2] = [Binding::Uniform, Binding::ReadWrite];
 /// Bindings of `add_inplace`: params, x, y.
 const ADD_BINDINGS: [Binding; 3] = [Binding::Uniform, Binding::ReadWrite, Binding::ReadOnly];
 
-/// Errors unless `buf` holds at least `bytes`.
-fn check_size(label: &str, buf: &GpuBuffer, bytes: usize) -> Result<(), GpuError> {
-    if buf.size() < bytes as u64 {
-        return Err(GpuError::BufferTooSmall {
-            label: label.into(),
-            needed: bytes as u64,
-            found: buf.size(),
-        });
-    }
-    Ok(())
-}
-
 /// Errors if the written buffer `out` is also bound as `input`: wgpu rejects a buffer
 /// bound both read-only and read-write in one dispatch.
 fn check_distinct(
@@ -129,9 +117,11 @@ pub fn encode_embed(
         WeightFormat::F32 => table_elems * 4,
         WeightFormat::F16 => table_elems.div_ceil(2) * 4,
     };
-    check_size("embedding table", &table.buffer, table_bytes)?;
-    check_size("embedding tokens", tokens, rows * 4)?;
-    check_size("embedding out", out, count * 4)?;
+    table
+        .buffer
+        .require("embedding table", table_bytes as u64)?;
+    tokens.require("embedding tokens", (rows * 4) as u64)?;
+    out.require("embedding out", (count * 4) as u64)?;
     check_distinct("embedding", out, &table.buffer, "table")?;
     check_distinct("embedding", out, tokens, "tokens")?;
     if count == 0 {
@@ -162,9 +152,9 @@ pub fn encode_swiglu(
     count: usize,
 ) -> Result<(), GpuError> {
     let n = index_count(&format!("swiglu of {count} elements"), Some(count))?;
-    check_size("swiglu gate", gate, count * 4)?;
-    check_size("swiglu up", up, count * 4)?;
-    check_size("swiglu out", out, count * 4)?;
+    gate.require("swiglu gate", (count * 4) as u64)?;
+    up.require("swiglu up", (count * 4) as u64)?;
+    out.require("swiglu out", (count * 4) as u64)?;
     check_distinct("swiglu", out, gate, "gate")?;
     check_distinct("swiglu", out, up, "up")?;
     if n == 0 {
@@ -182,7 +172,7 @@ pub fn encode_silu(
     count: usize,
 ) -> Result<(), GpuError> {
     let n = index_count(&format!("silu of {count} elements"), Some(count))?;
-    check_size("silu x", x, count * 4)?;
+    x.require("silu x", (count * 4) as u64)?;
     if n == 0 {
         return Ok(());
     }
@@ -199,8 +189,8 @@ pub fn encode_add(
     count: usize,
 ) -> Result<(), GpuError> {
     let n = index_count(&format!("add of {count} elements"), Some(count))?;
-    check_size("add x", x, count * 4)?;
-    check_size("add y", y, count * 4)?;
+    x.require("add x", (count * 4) as u64)?;
+    y.require("add y", (count * 4) as u64)?;
     check_distinct("add", x, y, "y")?;
     if n == 0 {
         return Ok(());
@@ -253,26 +243,19 @@ pub fn add_reference(x: &[f32], y: &[f32]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::{MemoryCategory, testing::test_gpus};
-
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (2.0 * ((state >> 40) as f32 / (1u64 << 24) as f32) - 1.0) * scale
-            })
-            .collect()
-    }
+    use crate::gpu::MemoryCategory;
+    use crate::gpu::testing::{test_gpus, test_values};
 
     /// Inputs for silu: the extremes, signed zeros, then values in [-12, 12).
     fn silu_inputs(n: usize, seed: u64) -> Vec<f32> {
         let mut v = vec![
             -100.0, 100.0, -1000.0, 1000.0, -20.0, 20.0, 0.0, -0.0, 1e-30,
         ];
-        v.extend(values(n.saturating_sub(v.len()), seed, 12.0));
+        v.extend(
+            test_values(n.saturating_sub(v.len()), seed)
+                .iter()
+                .map(|u| u * 12.0),
+        );
         v.truncate(n);
         v
     }
@@ -375,7 +358,10 @@ mod tests {
         for gpu in test_gpus() {
             for count in COUNTS {
                 let gate = silu_inputs(count, count as u64);
-                let up = values(count, count as u64 + 1, 3.0);
+                let up: Vec<f32> = test_values(count, count as u64 + 1)
+                    .iter()
+                    .map(|v| v * 3.0)
+                    .collect();
                 let (g, u) = (upload(&gpu, "gate", &gate), upload(&gpu, "up", &up));
                 let out = upload(&gpu, "out", &vec![f32::NAN; count + 1]);
                 let got = run(&gpu, &out, count + 1, |pass| {
@@ -397,8 +383,11 @@ mod tests {
     fn add_matches_f64_reference() {
         for gpu in test_gpus() {
             for count in COUNTS.into_iter().chain([GRID_COUNT]) {
-                let x = values(count + 1, count as u64, 1e3);
-                let y = values(count, count as u64 + 9, 1.0);
+                let x: Vec<f32> = test_values(count + 1, count as u64)
+                    .iter()
+                    .map(|v| v * 1e3)
+                    .collect();
+                let y = test_values(count, count as u64 + 9);
                 let (xb, yb) = (upload(&gpu, "x", &x), upload(&gpu, "y", &y));
                 let got = run(&gpu, &xb, count + 1, |pass| {
                     encode_add(&gpu, pass, &xb, &yb, count)

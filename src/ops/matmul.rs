@@ -75,19 +75,9 @@ pub fn encode_with(
 ) -> Result<(), GpuError> {
     let (n_out, n_in) = (w.rows, w.cols);
     let w_bytes = (n_out * n_in * w.format.element_bytes()) as u64;
-    for (label, buf, needed) in [
-        ("weight", &w.buffer, w_bytes),
-        ("x", x, (rows * n_in * 4) as u64),
-        ("y", y, (rows * n_out * 4) as u64),
-    ] {
-        if buf.size() < needed {
-            return Err(GpuError::BufferTooSmall {
-                label: label.into(),
-                needed,
-                found: buf.size(),
-            });
-        }
-    }
+    w.buffer.require("weight", w_bytes)?;
+    x.require("x", (rows * n_in * 4) as u64)?;
+    y.require("y", (rows * n_out * 4) as u64)?;
     if rows == 0 || n_out == 0 {
         return Ok(());
     }
@@ -145,13 +135,8 @@ pub fn matmul_reference(w: &[f32], x: &[f32], rows: usize, n_in: usize, n_out: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::{MemoryCategory, testing::test_gpus};
-
-    fn values(count: usize, seed: usize) -> Vec<f32> {
-        (0..count)
-            .map(|i| (((i + seed) * 7919) % 23) as f32 / 11.0 - 1.0)
-            .collect()
-    }
+    use crate::gpu::MemoryCategory;
+    use crate::gpu::testing::{test_gpus, test_values};
 
     /// Runs one product on the GPU and checks it against the f64 reference.
     #[allow(clippy::too_many_arguments)]
@@ -164,7 +149,7 @@ mod tests {
         n_out: usize,
         accumulate: bool,
     ) {
-        let mut w = values(n_out * n_in, 1);
+        let mut w = test_values(n_out * n_in, 1);
         let matrix = match format {
             WeightFormat::F32 => Matrix::from_f32(gpu, "w", &w, n_out, n_in).unwrap(),
             WeightFormat::F16 => {
@@ -180,8 +165,8 @@ mod tests {
                 Matrix::from_f16_bits(gpu, "w", &bits, n_out, n_in).unwrap()
             }
         };
-        let x = values(rows * n_in, 2);
-        let y0 = values(rows * n_out, 3);
+        let x = test_values(rows * n_in, 2);
+        let y0 = test_values(rows * n_out, 3);
         let xb = gpu.upload(MemoryCategory::Activations, "x", &x).unwrap();
         let yb = gpu.upload(MemoryCategory::Activations, "y", &y0).unwrap();
         let mut enc = gpu.encoder("matmul test");

@@ -69,20 +69,9 @@ pub fn encode_rmsnorm(
                 "rmsnorm of {rows} rows x {d} does not fit 32-bit indexing"
             ))
         })?;
-    for (label, buf, n) in [
-        ("rmsnorm x", x, elems),
-        ("rmsnorm weight", weight, d),
-        ("rmsnorm out", out, elems),
-    ] {
-        let needed = (n * 4) as u64;
-        if buf.size() < needed {
-            return Err(GpuError::BufferTooSmall {
-                label: label.into(),
-                needed,
-                found: buf.size(),
-            });
-        }
-    }
+    x.require("rmsnorm x", (elems * 4) as u64)?;
+    weight.require("rmsnorm weight", (d * 4) as u64)?;
+    out.require("rmsnorm out", (elems * 4) as u64)?;
     if rows == 0 {
         return Ok(());
     }
@@ -126,24 +115,11 @@ pub fn rmsnorm_reference(x: &[f32], weight: &[f32], rows: usize, d: usize, eps: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::{MemoryCategory, testing::test_gpus};
+    use crate::gpu::MemoryCategory;
+    use crate::gpu::testing::{test_gpus, test_values};
 
     /// Partial sums one invocation adds per reduction round; must match `FAN` in norm.wgsl.
     const NORM_FAN: usize = 16;
-
-    /// Deterministic values in [-scale, scale), different in every row.
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = (state >> 40) as f32 / (1u64 << 24) as f32;
-                (2.0 * u - 1.0) * scale
-            })
-            .collect()
-    }
 
     fn run(gpu: &Gpu, x: &[f32], w: &[f32], rows: usize, d: usize, eps: f32) -> Vec<f32> {
         let xb = gpu.upload(MemoryCategory::Activations, "x", x).unwrap();
@@ -184,8 +160,15 @@ mod tests {
     }
 
     fn check(gpu: &Gpu, rows: usize, d: usize, eps: f32, scale: f32) {
-        let x = values(rows * d, (rows * 7 + d) as u64, scale);
-        let w = values(d, d as u64 + 1, 2.0);
+        // Deterministic values in [-scale, scale), different in every row.
+        let x: Vec<f32> = test_values(rows * d, (rows * 7 + d) as u64)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        let w: Vec<f32> = test_values(d, d as u64 + 1)
+            .iter()
+            .map(|v| v * 2.0)
+            .collect();
         let got = run(gpu, &x, &w, rows, d, eps);
         let want = rmsnorm_reference(&x, &w, rows, d, eps as f64);
         let rel = relative_tolerance(d);

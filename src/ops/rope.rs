@@ -140,18 +140,8 @@ pub fn encode_rope(
             ))
         })?;
     let pairs = elems / 2;
-    for (label, buf, needed) in [
-        ("rope x", x, elems * 4),
-        ("rope row table", row_table, rows * 2 * 4),
-    ] {
-        if buf.size() < needed as u64 {
-            return Err(GpuError::BufferTooSmall {
-                label: label.into(),
-                needed: needed as u64,
-                found: buf.size(),
-            });
-        }
-    }
+    x.require("rope x", (elems * 4) as u64)?;
+    row_table.require("rope row table", (rows * 2 * 4) as u64)?;
     if x.buffer() == row_table.buffer() {
         return Err(GpuError::Validation(
             "rope: `x` (rotated in place) must be a different buffer from the row table".into(),
@@ -223,19 +213,7 @@ pub fn rope_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::testing::test_gpus;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                2.0 * ((state >> 40) as f32 / (1u64 << 24) as f32) - 1.0
-            })
-            .collect()
-    }
+    use crate::gpu::testing::{test_gpus, test_values};
 
     /// Rotates `x` on the GPU with row r at `positions[r]` (sequence r % 3).
     fn run(gpu: &Gpu, table: &RopeTable, x: &[f32], positions: &[usize], heads: usize) -> Vec<f32> {
@@ -300,7 +278,7 @@ mod tests {
                         _ => (r * r * 113 + r) % max_positions,
                     })
                     .collect();
-                let x = values(positions.len() * heads * hd, (heads * hd) as u64);
+                let x = test_values(positions.len() * heads * hd, (heads * hd) as u64);
                 let got = run(&gpu, &table, &x, &positions, heads);
                 check(&gpu, &got, &x, &positions, heads, hd);
             }
@@ -313,7 +291,7 @@ mod tests {
             let (heads, hd) = (2, 8);
             let table = RopeTable::new(&gpu, 16, hd, THETA).unwrap();
             let positions = [3, 16, 15, 1 << 31, 0, u32::MAX as usize, 7];
-            let x = values(positions.len() * heads * hd, 5);
+            let x = test_values(positions.len() * heads * hd, 5);
             let got = run(&gpu, &table, &x, &positions, heads);
             let row = heads * hd;
             for (r, &p) in positions.iter().enumerate() {

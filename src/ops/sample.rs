@@ -207,20 +207,10 @@ pub fn encode_sample(
     params: &SamplingParams,
 ) -> Result<(), GpuError> {
     params.validate().map_err(GpuError::Validation)?;
-    for (label, buf, needed) in [
-        ("logits", logits, vocab * 4),
-        ("rows", rows, count * 4),
-        ("draws", draws, count * 4),
-        ("tokens", tokens, count * 4),
-    ] {
-        if buf.size() < needed as u64 {
-            return Err(GpuError::BufferTooSmall {
-                label: label.into(),
-                needed: needed as u64,
-                found: buf.size(),
-            });
-        }
-    }
+    logits.require("logits", (vocab * 4) as u64)?;
+    rows.require("rows", (count * 4) as u64)?;
+    draws.require("draws", (count * 4) as u64)?;
+    tokens.require("tokens", (count * 4) as u64)?;
     if count == 0 {
         return Ok(());
     }
@@ -259,12 +249,8 @@ pub fn encode_sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::{MemoryCategory, testing::test_gpus};
-
-    fn logits(vocab: usize, seed: u64) -> Vec<f32> {
-        let mut rng = SampleRng::new(seed);
-        (0..vocab).map(|_| rng.next_unit() * 8.0 - 4.0).collect()
-    }
+    use crate::gpu::MemoryCategory;
+    use crate::gpu::testing::{test_gpus, test_values};
 
     #[test]
     fn cpu_rule_by_hand() {
@@ -323,7 +309,8 @@ mod tests {
             let vocab = 300; // not a multiple of the workgroup
             let seqs = 5;
             let all: Vec<f32> = (0..seqs as u64 + 2)
-                .flat_map(|s| logits(vocab, s))
+                .flat_map(|s| test_values(vocab, s))
+                .map(|v| v * 4.0)
                 .collect();
             // Sample rows 6, 0, 3, 1, 5 of the 7.
             let rows: Vec<u32> = vec![6, 0, 3, 1, 5];

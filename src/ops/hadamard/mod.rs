@@ -239,14 +239,12 @@ impl<'g> Hadamard<'g> {
     }
 
     fn check_len(what: &'static str, buf: &GpuBuffer, elems: usize) -> Result<(), WhtError> {
-        if buf.size() < (elems * 4) as u64 {
-            return Err(WhtError::Shape {
+        buf.require(what, (elems * 4) as u64)
+            .map_err(|_| WhtError::Shape {
                 what,
                 expected: elems,
                 found: buf.size() as usize / 4,
-            });
-        }
-        Ok(())
+            })
     }
 
     /// Validates sizes and buffers shared by both kernels.

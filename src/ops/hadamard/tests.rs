@@ -3,21 +3,14 @@
 
 use super::cpu::{self, EpilogueRef, WhtSize};
 use super::*;
-use crate::gpu::testing::test_gpus;
+use crate::gpu::testing::{test_gpus, test_values};
 
 /// Deterministic inputs in [-1, 1) with a row-dependent offset, so rows differ.
 fn input(rows: usize, n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..rows * n)
-        .map(|i| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (state >> 40) as f32 / (1u64 << 24) as f32;
-            2.0 * u - 1.0 + (i / n) as f32 * 0.01
-        })
+    test_values(rows * n, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| v + (i / n) as f32 * 0.01)
         .collect()
 }
 
