@@ -131,7 +131,14 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     }
     let row0 = (id / tiles_o) * TILE_R;
     let out0 = (id % tiles_o) * TILE_O;
-    var acc: array<array<f32, 4>, 4>;
+    // The 4 x 4 block in four vec4 registers (row i of the block in acc_i): no arrays to
+    // index, so the accumulators stay in registers on every compiler.
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
+    let ry = lid.y * 4u;
+    let ox = lid.x * 4u;
     for (var k0 = 0u; k0 < params.n_in; k0 += TILE_K) {
         // 256 invocations load 64 x 16 values of each operand: 4 each, zero past the edges.
         for (var e = 0u; e < 4u; e++) {
@@ -152,27 +159,29 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[lid.y * 4u + i][kk];
-                b[i] = ws[lid.x * 4u + i][kk];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] += a[i] * b[j];
-                }
-            }
+            let a = vec4<f32>(xs[ry][kk], xs[ry + 1u][kk], xs[ry + 2u][kk], xs[ry + 3u][kk]);
+            let b = vec4<f32>(ws[ox][kk], ws[ox + 1u][kk], ws[ox + 2u][kk], ws[ox + 3u][kk]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let r = row0 + lid.y * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let o = out0 + lid.x * 4u + j;
-            if (r < params.rows && o < params.n_out) {
-                store(r, o, acc[i][j]);
-            }
+    store4(row0 + ry, out0 + ox, acc0);
+    store4(row0 + ry + 1u, out0 + ox, acc1);
+    store4(row0 + ry + 2u, out0 + ox, acc2);
+    store4(row0 + ry + 3u, out0 + ox, acc3);
+}
+
+// Outputs o .. o + 3 of row r, within bounds.
+fn store4(r: u32, o: u32, v: vec4<f32>) {
+    if (r >= params.rows) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (o + j < params.n_out) {
+            store(r, o + j, v[j]);
         }
     }
 }

@@ -7,7 +7,10 @@
 //!
 //! - [`gpu`]: adapters, devices, the pipeline cache, buffers with memory accounting.
 //! - [`ops`]: the kernels, each with its CPU reference.
+//! - [`model`]: loading, the CPU and GPU decoders, generation and evaluation.
+//! - [`bench`]: the cross-vendor benchmark suites and their reports.
 
+pub mod bench;
 pub mod gpu;
 pub mod model;
 pub mod ops;

@@ -50,6 +50,9 @@ enum Command {
     Eval(EvalArgs),
     /// Write a model with random weights (for tests and benchmarks).
     InitModel(InitArgs),
+    /// Benchmark kernels and decoders on one or every adapter; `bench merge` combines
+    /// reports.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
         Some(Command::Generate(args)) => cli::run::generate_cmd(&args, &cli.adapter),
         Some(Command::Eval(args)) => cli::run::eval_cmd(&args, &cli.adapter),
         Some(Command::InitModel(args)) => cli::run::init_cmd(&args),
+        Some(Command::Bench(args)) => cli::bench::bench_cmd(&args, &cli.adapter),
         None => cli::run::generate_cmd(&GenerateArgs::default(), &cli.adapter),
     }
 }

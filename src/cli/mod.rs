@@ -1,5 +1,6 @@
 //! The subcommands of the `walsh` binary.
 
+pub mod bench;
 pub mod run;
 
 use std::time::Instant;

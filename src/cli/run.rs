@@ -13,8 +13,8 @@ use walsh::model::generate::{
     CpuBatch, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text, generate,
 };
 use walsh::model::gpu::GpuDecoder;
-use walsh::model::init::{random_tensors, write_random_model};
-use walsh::model::weights::{Model, Tensor, TensorData};
+use walsh::model::init::{random_model, write_random_model};
+use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
 use walsh::ops::sample::SamplingParams;
@@ -42,16 +42,7 @@ pub fn load_model(dir: Option<&Path>) -> Result<Model> {
         "walsh: {DEFAULT_MODEL} is not here: using a random-weight Hadamard model \
          (its text is noise; pass --model DIR for a trained one)"
     );
-    let config = demo_config();
-    let tensors = random_tensors(&config, 0)
-        .into_iter()
-        .map(|(name, shape, values)| Tensor {
-            name,
-            shape,
-            data: TensorData::F32(values),
-        })
-        .collect();
-    Ok(Model::from_tensors(Path::new("<random>"), config, tensors)?)
+    Ok(random_model(&demo_config(), 0, WeightFormat::F32)?)
 }
 
 fn demo_config() -> Config {

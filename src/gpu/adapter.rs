@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{GpuError, Result};
 
@@ -95,7 +95,7 @@ fn device_type_name(t: wgpu::DeviceType) -> &'static str {
 }
 
 /// One line of `walsh adapters`: what an adapter is and what it offers.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AdapterSummary {
     pub index: usize,
     pub name: String,

@@ -26,7 +26,7 @@ pub use timer::GpuTimer;
 use pipeline::PipelineCache;
 
 /// Which optional features this device has enabled; kernels choose their path from these.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GpuFeatures {
     pub subgroup: bool,
     pub shader_f16: bool,

@@ -159,6 +159,32 @@ pub fn write_random_model(
     write_model(dir, config, &random_tensors(config, seed), format)
 }
 
+/// A random model in memory (no files): [`random_tensors`] with every matrix stored as
+/// `format` (vectors stay f32, as in files walsh writes).
+pub fn random_model(
+    config: &Config,
+    seed: u64,
+    format: WeightFormat,
+) -> Result<super::weights::Model, ModelError> {
+    use super::weights::{Model, Tensor, TensorData};
+    let tensors = random_tensors(config, seed)
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let data = match format {
+                WeightFormat::F16 if shape.len() == 2 => TensorData::F16(
+                    values
+                        .iter()
+                        .map(|&v| half::f16::from_f32(v).to_bits())
+                        .collect(),
+                ),
+                _ => TensorData::F32(values),
+            };
+            Tensor { name, shape, data }
+        })
+        .collect();
+    Model::from_tensors(Path::new("<random>"), config.clone(), tensors)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,15 +2,15 @@
 //! adapters; batched generation against one sequence at a time; eval on both devices.
 
 use std::ops::ControlFlow;
-use std::path::Path;
 
 use super::eval::evaluate;
 use super::generate::{CpuBatch, Decoder, GenerateOptions, generate};
 use super::gpu::GpuDecoder;
-use super::init::random_tensors;
-use super::weights::{Model, Tensor, TensorData};
+use super::init::random_model;
+use super::weights::Model;
 use super::{AttnOutput, Config, ModelError, Query};
 use crate::gpu::testing::test_gpus;
+use crate::ops::WeightFormat;
 use crate::ops::sample::SamplingParams;
 
 const VARIANTS: [(AttnOutput, Query); 6] = [
@@ -41,23 +41,12 @@ fn config(d: usize, attn_output: AttnOutput, query: Query) -> Config {
 
 /// A random model; `f16` stores every matrix as half precision.
 fn model(config: Config, seed: u64, f16: bool) -> Model {
-    let tensors = random_tensors(&config, seed)
-        .into_iter()
-        .map(|(name, shape, values)| {
-            let data = if f16 && shape.len() == 2 {
-                TensorData::F16(
-                    values
-                        .iter()
-                        .map(|&v| half::f16::from_f32(v).to_bits())
-                        .collect(),
-                )
-            } else {
-                TensorData::F32(values)
-            };
-            Tensor { name, shape, data }
-        })
-        .collect();
-    Model::from_tensors(Path::new("<test>"), config, tensors).unwrap()
+    let format = if f16 {
+        WeightFormat::F16
+    } else {
+        WeightFormat::F32
+    };
+    random_model(&config, seed, format).unwrap()
 }
 
 fn prompt(len: usize, seed: u32) -> Vec<u32> {

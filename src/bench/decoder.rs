@@ -1,0 +1,296 @@
+//! Whole decoders: dense vs Hadamard random-weight models (and the query variants), and
+//! the paper's grid of gains over d_model x batch x context.
+
+use std::ops::ControlFlow;
+
+use serde::{Deserialize, Serialize};
+
+use super::measure::Stats;
+use super::{BenchError, BenchOptions};
+use crate::gpu::{Gpu, GpuError};
+use crate::model::generate::{GenerateOptions, generate};
+use crate::model::gpu::GpuDecoder;
+use crate::model::init::random_model;
+use crate::model::{AttnOutput, Config, ModelError, Query};
+use crate::ops::WeightFormat;
+use crate::ops::hadamard::WhtError;
+use crate::ops::sample::SamplingParams;
+
+/// One decoder configuration to run.
+#[derive(Clone, Debug)]
+pub struct DecoderCase {
+    pub attn_output: AttnOutput,
+    pub query: Query,
+    pub d_model: usize,
+    pub layers: usize,
+    pub batch: usize,
+    pub prompt: usize,
+    pub new_tokens: usize,
+}
+
+impl DecoderCase {
+    pub fn label(&self) -> String {
+        format!(
+            "{} d={} L={} batch={} prompt={}",
+            self.config().variant(),
+            self.d_model,
+            self.layers,
+            self.batch,
+            self.prompt
+        )
+    }
+
+    /// The model: heads of 64 (fewer when d is small), FFN 3 d, byte vocabulary, f16.
+    pub fn config(&self) -> Config {
+        let d = self.d_model;
+        Config {
+            hidden_size: d,
+            num_hidden_layers: self.layers,
+            num_attention_heads: (d / 64).max(1),
+            intermediate_size: 3 * d,
+            vocab_size: 256,
+            max_position_embeddings: self.prompt + self.new_tokens,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            tie_word_embeddings: false,
+            attn_output: self.attn_output,
+            query: self.query,
+            query_mlp_hidden: None,
+        }
+    }
+}
+
+/// What one decoder run measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecoderResult {
+    pub variant: String,
+    pub d_model: usize,
+    pub layers: usize,
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub params: usize,
+    pub attention_params: usize,
+    /// Prompt tokens of all sequences per second of the prefill step.
+    pub prefill_tokens_per_s: f64,
+    /// Tokens of all sequences per second of decode steps.
+    pub decode_tokens_per_s: f64,
+    /// Peak bytes walsh held on the GPU during the run (weights, KV cache, activations).
+    pub peak_bytes: u64,
+}
+
+/// The decoder suite: the two output projections and the query variants.
+pub fn decoder_cases(options: &BenchOptions) -> Vec<DecoderCase> {
+    let (d_model, layers, prompt, new_tokens) = if options.quick {
+        (128, 2, 16, 4)
+    } else {
+        (512, 4, 64, 16)
+    };
+    [
+        (AttnOutput::Dense, Query::Dense),
+        (AttnOutput::Hadamard, Query::Dense),
+        (AttnOutput::Hadamard, Query::Identity),
+        (AttnOutput::Hadamard, Query::ResidualMlp),
+        (AttnOutput::Dense, Query::Identity),
+    ]
+    .into_iter()
+    .map(|(attn_output, query)| DecoderCase {
+        attn_output,
+        query,
+        d_model,
+        layers,
+        batch: 1,
+        prompt,
+        new_tokens,
+    })
+    .collect()
+}
+
+/// Builds the case's random model, warms the pipelines up, then times one generation.
+pub fn measure(gpu: &Gpu, case: &DecoderCase) -> Result<DecoderResult, BenchError> {
+    let config = case.config();
+    let model = random_model(&config, 1, WeightFormat::F16)?;
+    let context = case.prompt + case.new_tokens;
+    gpu.memory().reset_peak();
+    let mut dec = GpuDecoder::new(gpu, &model, case.batch, context)?;
+    let prompts: Vec<Vec<u32>> = (0..case.batch)
+        .map(|s| {
+            (0..case.prompt)
+                .map(|i| ((i * 31 + s * 7) % 256) as u32)
+                .collect()
+        })
+        .collect();
+    let run = |dec: &mut GpuDecoder, tokens: usize| {
+        let options = GenerateOptions {
+            max_tokens: tokens,
+            sampling: SamplingParams::greedy(),
+        };
+        generate(dec, &prompts, &options, |_| ControlFlow::Continue(()))
+    };
+    run(&mut dec, 2)?; // compiles every pipeline of prefill and decode
+    // Median of three runs: software adapters share the CPU with everything else.
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for _ in 0..3 {
+        let g = run(&mut dec, case.new_tokens)?;
+        prefill.push(g.stats.prefill_tokens_per_s);
+        decode.push(g.stats.decode_tokens_per_s);
+    }
+    let median = |v: Vec<f64>| Stats::from_samples(v).median_s;
+    Ok(DecoderResult {
+        variant: config.variant(),
+        d_model: case.d_model,
+        layers: case.layers,
+        batch: case.batch,
+        prompt_tokens: case.prompt,
+        new_tokens: case.new_tokens,
+        params: model.parameter_count(),
+        attention_params: model.attention_parameter_count(),
+        prefill_tokens_per_s: median(prefill),
+        decode_tokens_per_s: median(decode),
+        peak_bytes: gpu.memory().report().peak_bytes,
+    })
+}
+
+/// One cell of the paper grid.
+#[derive(Clone, Debug)]
+pub struct PaperCell {
+    pub d_model: usize,
+    pub batch: usize,
+    pub context: usize,
+    pub layers: usize,
+    pub new_tokens: usize,
+}
+
+impl PaperCell {
+    pub fn label(&self) -> String {
+        format!(
+            "paper d={} batch={} context={}",
+            self.d_model, self.batch, self.context
+        )
+    }
+
+    fn case(&self, attn_output: AttnOutput) -> DecoderCase {
+        DecoderCase {
+            attn_output,
+            query: Query::Dense,
+            d_model: self.d_model,
+            layers: self.layers,
+            batch: self.batch,
+            prompt: self.context - self.new_tokens,
+            new_tokens: self.new_tokens,
+        }
+    }
+}
+
+/// The Hadamard model's gains over the dense one in one cell, or why it was skipped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PaperResult {
+    pub d_model: usize,
+    pub batch: usize,
+    pub context: usize,
+    pub layers: usize,
+    /// Fraction of parameters removed: 1 - hadamard / dense.
+    pub params_gain: f64,
+    /// Fraction of peak GPU memory saved: 1 - hadamard / dense.
+    pub memory_gain: f64,
+    /// Throughput gain: hadamard / dense - 1.
+    pub prefill_gain: f64,
+    pub decode_gain: f64,
+    pub dense: Option<DecoderResult>,
+    pub hadamard: Option<DecoderResult>,
+    /// Set when the cell could not run (e.g. a buffer beyond the adapter's limits).
+    pub skipped: Option<String>,
+}
+
+/// d_model x batch x context, within the options' bounds. Two layers: the gains are per
+/// layer, and two keep big widths affordable.
+pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
+    let (widths, batches, contexts, new_tokens): (&[usize], &[usize], &[usize], usize) =
+        if options.quick {
+            (&[128, 256], &[1, 4], &[64, 128], 4)
+        } else {
+            (
+                &[256, 512, 1024, 2048, 4096],
+                &[1, 4, 16],
+                &[128, 512, 2048],
+                8,
+            )
+        };
+    let mut out = Vec::new();
+    for &d_model in widths.iter().filter(|&&d| d <= options.max_d_model) {
+        for &batch in batches {
+            for &context in contexts.iter().filter(|&&c| c <= options.max_context) {
+                out.push(PaperCell {
+                    d_model,
+                    batch,
+                    context,
+                    layers: 2,
+                    new_tokens,
+                });
+            }
+        }
+    }
+    out
+}
+
+pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchError> {
+    let mut result = PaperResult {
+        d_model: cell.d_model,
+        batch: cell.batch,
+        context: cell.context,
+        layers: cell.layers,
+        params_gain: 0.0,
+        memory_gain: 0.0,
+        prefill_gain: 0.0,
+        decode_gain: 0.0,
+        dense: None,
+        hadamard: None,
+        skipped: None,
+    };
+    // A cell too big for this adapter is a result, not a failure of the run.
+    let dense = match attempt(gpu, &cell.case(AttnOutput::Dense))? {
+        Ok(r) => r,
+        Err(why) => {
+            return Ok(PaperResult {
+                skipped: Some(why),
+                ..result
+            });
+        }
+    };
+    let hadamard = match attempt(gpu, &cell.case(AttnOutput::Hadamard))? {
+        Ok(r) => r,
+        Err(why) => {
+            return Ok(PaperResult {
+                skipped: Some(why),
+                ..result
+            });
+        }
+    };
+    result.params_gain = 1.0 - hadamard.params as f64 / dense.params as f64;
+    result.memory_gain = 1.0 - hadamard.peak_bytes as f64 / dense.peak_bytes as f64;
+    result.prefill_gain = hadamard.prefill_tokens_per_s / dense.prefill_tokens_per_s - 1.0;
+    result.decode_gain = hadamard.decode_tokens_per_s / dense.decode_tokens_per_s - 1.0;
+    result.dense = Some(dense);
+    result.hadamard = Some(hadamard);
+    Ok(result)
+}
+
+/// Runs a case; `Ok(Err(why))` when it needs more than the adapter allows.
+fn attempt(gpu: &Gpu, case: &DecoderCase) -> Result<Result<DecoderResult, String>, BenchError> {
+    match measure(gpu, case) {
+        Ok(r) => Ok(Ok(r)),
+        Err(e) if too_big(&e) => Ok(Err(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+fn too_big(e: &BenchError) -> bool {
+    let gpu = |g: &GpuError| matches!(g, GpuError::LimitExceeded { .. } | GpuError::OutOfMemory(_));
+    match e {
+        BenchError::Gpu(g) | BenchError::Model(ModelError::Gpu(g)) => gpu(g),
+        BenchError::Model(ModelError::Wht(WhtError::Gpu(g)))
+        | BenchError::Wht(WhtError::Gpu(g)) => gpu(g),
+        _ => false,
+    }
+}

@@ -1,0 +1,272 @@
+//! The kernel suite: the roofline, then each kernel's time, bytes/s, FLOP/s and fraction
+//! of the copy shader's bandwidth (the roof a compute kernel can reach on the adapter).
+
+use serde::{Deserialize, Serialize};
+
+use super::measure::{Stats, time_encoder, time_pass};
+use super::{BenchError, BenchOptions};
+use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
+use crate::ops::attention::{Attention, AttnShape, row_table};
+use crate::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath};
+use crate::ops::{Matrix, copy, matmul};
+
+/// The adapter's copy bandwidth: the roof of every kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Roofline {
+    pub bytes: u64,
+    /// `copy_buffer_to_buffer`, wall clock.
+    pub copy_buffer: Stats,
+    pub copy_buffer_gb_per_s: f64,
+    /// The vec4 copy shader, timed like the kernels.
+    pub copy_shader: Stats,
+    pub copy_shader_gb_per_s: f64,
+}
+
+/// One kernel measurement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelResult {
+    pub kernel: String,
+    /// Width (transform length, projection width, model width).
+    pub n: usize,
+    pub rows: usize,
+    /// Bytes read and written per run.
+    pub bytes: u64,
+    /// Floating-point operations per run.
+    pub flops: u64,
+    pub time: Stats,
+    pub gb_per_s: f64,
+    pub gflop_per_s: f64,
+    /// gb_per_s over the copy shader's.
+    pub fraction_of_copy: f64,
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct KernelCase {
+    pub kernel: &'static str,
+    pub n: usize,
+    pub rows: usize,
+}
+
+impl KernelCase {
+    pub fn label(&self) -> String {
+        format!("{} n={} rows={}", self.kernel, self.n, self.rows)
+    }
+}
+
+fn widths(options: &BenchOptions) -> Vec<usize> {
+    if options.quick {
+        vec![256, 1024]
+    } else {
+        vec![256, 1024, 4096, 16384]
+    }
+}
+
+/// Rows so each buffer holds `elems` values: enough to fill a GPU.
+fn elems(options: &BenchOptions) -> usize {
+    if options.quick { 1 << 16 } else { 1 << 22 }
+}
+
+/// Every kernel case this adapter can hold.
+pub fn cases(gpu: &Gpu, options: &BenchOptions) -> Vec<KernelCase> {
+    let mut out = Vec::new();
+    for n in widths(options) {
+        let rows = (elems(options) / n).max(1);
+        for kernel in ["wht_fast", "wht_naive", "wht_fused"] {
+            out.push(KernelCase { kernel, n, rows });
+        }
+        // Decode-sized output projection: the fused WHT against a dense GEMV, one row.
+        out.push(KernelCase {
+            kernel: "wht_fused",
+            n,
+            rows: 1,
+        });
+        let fits = gpu.check_binding_size("W", (n * n * 2) as u64).is_ok();
+        if fits {
+            out.push(KernelCase {
+                kernel: "dense_gemv_f16",
+                n,
+                rows: 1,
+            });
+            out.push(KernelCase {
+                kernel: "dense_gemm_f16",
+                n,
+                rows: rows.min(256),
+            });
+        }
+        if n <= 4096 {
+            out.push(KernelCase {
+                kernel: "attention_decode",
+                n,
+                rows: 4,
+            });
+            out.push(KernelCase {
+                kernel: "attention_prefill",
+                n,
+                rows: if options.quick { 32 } else { 256 },
+            });
+        }
+    }
+    out
+}
+
+fn values(count: usize) -> Vec<f32> {
+    (0..count)
+        .map(|i| ((i * 7919) % 1024) as f32 / 512.0 - 1.0)
+        .collect()
+}
+
+fn activations(gpu: &Gpu, label: &str, count: usize) -> Result<GpuBuffer, BenchError> {
+    Ok(gpu.upload(MemoryCategory::Activations, label, &values(count))?)
+}
+
+/// Copy bandwidth over 16 MiB (1 MiB quick) buffers.
+pub fn roofline(gpu: &Gpu, options: &BenchOptions) -> Result<Roofline, BenchError> {
+    let count = elems(options) * 4;
+    let bytes = (count * 4) as u64;
+    let src = activations(gpu, "roofline src", count)?;
+    let dst = gpu.storage(MemoryCategory::Activations, "roofline dst", bytes)?;
+    let repeats = options.repeats();
+    let copy_buffer = time_encoder(gpu, repeats, |e| {
+        e.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes)
+    })?;
+    let copy_shader = time_pass(gpu, repeats, |pass| {
+        Ok(copy::encode_copy(gpu, pass, &src, &dst, bytes)?)
+    })?;
+    let rate = |s: &Stats| 2.0 * bytes as f64 / s.median_s / 1e9;
+    Ok(Roofline {
+        bytes,
+        copy_buffer_gb_per_s: rate(&copy_buffer),
+        copy_buffer,
+        copy_shader_gb_per_s: rate(&copy_shader),
+        copy_shader,
+    })
+}
+
+/// Measures one case.
+pub fn measure(
+    gpu: &Gpu,
+    case: &KernelCase,
+    options: &BenchOptions,
+    roof: &Roofline,
+) -> Result<KernelResult, BenchError> {
+    let (n, rows) = (case.n, case.rows);
+    let repeats = options.repeats();
+    let log2n = (n as f64).log2();
+    let (time, bytes, flops) = match case.kernel {
+        "wht_fast" | "wht_naive" | "wht_fused" => {
+            let h = Hadamard::new(gpu)?;
+            let x = activations(gpu, "x", rows * n)?;
+            let y = gpu.storage(MemoryCategory::Activations, "y", (rows * n * 4) as u64)?;
+            let fused = case.kernel == "wht_fused";
+            let (gamma, beta, resid) = (
+                activations(gpu, "gamma", n)?,
+                activations(gpu, "beta", n)?,
+                activations(gpu, "resid", rows * n)?,
+            );
+            let epilogue = if fused {
+                Epilogue {
+                    gamma: Some(&gamma),
+                    beta: Some(&beta),
+                    resid: Some(&resid),
+                }
+            } else {
+                Epilogue::default()
+            };
+            let options = WhtOptions {
+                epilogue,
+                path: WhtPath::Auto,
+            };
+            let time = if case.kernel == "wht_naive" {
+                let size = crate::ops::hadamard::WhtSize::new(n)
+                    .map_err(crate::ops::hadamard::WhtError::from)?;
+                // The naive kernel is in place: time its stages on `y`.
+                time_pass(gpu, repeats, |pass| {
+                    Ok(h.record_naive(pass, &y, rows, size)?)
+                })?
+            } else {
+                time_pass(gpu, repeats, |pass| {
+                    Ok(h.encode(pass, &x, &y, rows, n, options)?)
+                })?
+            };
+            let moved = if fused {
+                3 * rows * n + 2 * n
+            } else {
+                2 * rows * n
+            };
+            let flops = rows as f64 * n as f64 * (log2n + if fused { 3.0 } else { 1.0 });
+            (time, 4 * moved as u64, flops as u64)
+        }
+        "dense_gemv_f16" | "dense_gemm_f16" => {
+            let bits: Vec<u16> = values(n * n)
+                .iter()
+                .map(|&v| half::f16::from_f32(v * 0.05).to_bits())
+                .collect();
+            let w = Matrix::from_f16_bits(gpu, "W", &bits, n, n)?;
+            let x = activations(gpu, "x", rows * n)?;
+            let y = gpu.storage(MemoryCategory::Activations, "y", (rows * n * 4) as u64)?;
+            let time = time_pass(gpu, repeats, |pass| {
+                Ok(matmul::encode_matmul(gpu, pass, &w, &x, &y, rows, false)?)
+            })?;
+            let bytes = 2 * n * n + 4 * 2 * rows * n;
+            (time, bytes as u64, (2 * rows * n * n) as u64)
+        }
+        "attention_decode" | "attention_prefill" => {
+            let head_dim = 64.min(n);
+            let decode = case.kernel == "attention_decode";
+            let context = if options.quick { 64 } else { 512 };
+            let (seqs, max_pos) = if decode { (rows, context) } else { (1, rows) };
+            let shape = AttnShape {
+                heads: n / head_dim,
+                head_dim,
+                max_seqs: seqs,
+                max_pos,
+            };
+            let att = Attention::new(gpu)?;
+            let k = activations(gpu, "k cache", seqs * max_pos * n)?;
+            let v = activations(gpu, "v cache", seqs * max_pos * n)?;
+            let table: Vec<(u32, u32)> = if decode {
+                (0..seqs as u32).map(|s| (s, context as u32 - 1)).collect()
+            } else {
+                (0..rows as u32).map(|p| (0, p)).collect()
+            };
+            let rt = gpu.upload(MemoryCategory::Activations, "row table", &row_table(&table))?;
+            let q = activations(gpu, "q", table.len() * n)?;
+            let out = gpu.storage(
+                MemoryCategory::Activations,
+                "out",
+                (table.len() * n * 4) as u64,
+            )?;
+            let time = time_pass(gpu, repeats, |pass| {
+                if decode {
+                    Ok(att.encode_decode(pass, &q, &k, &v, &rt, &table, &out, shape)?)
+                } else {
+                    Ok(att.encode_prefill(pass, &q, &k, &v, &rt, &table, &out, shape)?)
+                }
+            })?;
+            // Keys each query attends to: all `context` in decode, pos + 1 in prefill.
+            let pairs: usize = table.iter().map(|&(_, p)| p as usize + 1).sum();
+            let keys_read = if decode { pairs } else { rows };
+            let bytes = 4 * (2 * keys_read * n + 2 * table.len() * n);
+            (time, bytes as u64, (4 * pairs * n) as u64)
+        }
+        other => {
+            return Err(BenchError::Report {
+                path: "kernels".into(),
+                message: format!("unknown kernel {other}"),
+            });
+        }
+    };
+    let gb_per_s = bytes as f64 / time.median_s / 1e9;
+    Ok(KernelResult {
+        kernel: case.kernel.to_string(),
+        n,
+        rows,
+        bytes,
+        flops,
+        time,
+        gb_per_s,
+        gflop_per_s: flops as f64 / time.median_s / 1e9,
+        fraction_of_copy: gb_per_s / roof.copy_shader_gb_per_s,
+    })
+}

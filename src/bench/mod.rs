@@ -1,0 +1,158 @@
+//! `walsh bench`: how fast the Hadamard projection is against the dense one, and how close
+//! each kernel comes to the adapter's copy bandwidth, written as reports that compare
+//! across machines and vendors.
+//!
+//! - [`kernels`]: the roofline (buffer copy, copy shader) and every kernel's bytes/s,
+//!   FLOP/s and fraction of the copy shader's bandwidth.
+//! - [`decoder`]: dense vs Hadamard random-weight models (and the query variants), and
+//!   the paper's grid of gains over d_model x batch x context.
+//! - [`report`]: the versioned JSON schema, Markdown tables, SVG charts and the merge of
+//!   many reports.
+
+pub mod decoder;
+pub mod kernels;
+pub mod measure;
+pub mod report;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gpu::{AdapterSummary, Gpu};
+use crate::model::ModelError;
+
+pub use report::{Report, SCHEMA_VERSION};
+
+/// Which suites to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Suite {
+    Kernels,
+    Decoder,
+    Paper,
+}
+
+/// How much to measure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BenchOptions {
+    pub suites: Vec<Suite>,
+    /// Small sizes and few repeats: checks that everything runs.
+    pub quick: bool,
+    /// Largest d_model of the paper grid.
+    pub max_d_model: usize,
+    /// Largest context of the paper grid.
+    pub max_context: usize,
+}
+
+impl BenchOptions {
+    pub fn new(suites: Vec<Suite>, quick: bool) -> Self {
+        Self {
+            suites,
+            quick,
+            max_d_model: if quick { 256 } else { 4096 },
+            max_context: if quick { 128 } else { 2048 },
+        }
+    }
+
+    pub(crate) fn repeats(&self) -> usize {
+        if self.quick { 3 } else { 10 }
+    }
+}
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+    #[error(transparent)]
+    Wht(#[from] crate::ops::hadamard::WhtError),
+    #[error("report {path}: {message}")]
+    Report { path: String, message: String },
+}
+
+/// Progress of a run: (what is running, cases done, cases in all).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// Runs the chosen suites on `gpu`. `environment` describes the machine (walsh version,
+/// commit, OS) and is copied into the report.
+pub fn run(
+    gpu: &Gpu,
+    options: &BenchOptions,
+    environment: report::Environment,
+    progress: Progress<'_>,
+) -> Result<Report, BenchError> {
+    let timing = if gpu.features().timestamp_query {
+        "gpu-timestamps"
+    } else {
+        "wall-clock"
+    };
+    let mut report = Report {
+        schema_version: SCHEMA_VERSION,
+        environment,
+        adapter: gpu.summary().clone(),
+        timing: timing.into(),
+        options: options.clone(),
+        roofline: kernels::roofline(gpu, options)?,
+        kernels: Vec::new(),
+        decoder: Vec::new(),
+        paper: Vec::new(),
+    };
+    let mut plan = Vec::new();
+    if options.suites.contains(&Suite::Kernels) {
+        plan.extend(kernels::cases(gpu, options).into_iter().map(Job::Kernel));
+    }
+    if options.suites.contains(&Suite::Decoder) {
+        plan.extend(
+            decoder::decoder_cases(options)
+                .into_iter()
+                .map(Job::Decoder),
+        );
+    }
+    if options.suites.contains(&Suite::Paper) {
+        plan.extend(decoder::paper_cells(options).into_iter().map(Job::Paper));
+    }
+    let total = plan.len();
+    for (done, job) in plan.into_iter().enumerate() {
+        match job {
+            Job::Kernel(case) => {
+                progress(&case.label(), done, total);
+                report
+                    .kernels
+                    .push(kernels::measure(gpu, &case, options, &report.roofline)?);
+            }
+            Job::Decoder(case) => {
+                progress(&case.label(), done, total);
+                report.decoder.push(decoder::measure(gpu, &case)?);
+            }
+            Job::Paper(cell) => {
+                progress(&cell.label(), done, total);
+                report.paper.push(decoder::measure_cell(gpu, &cell)?);
+            }
+        }
+    }
+    progress("done", total, total);
+    Ok(report)
+}
+
+enum Job {
+    Kernel(kernels::KernelCase),
+    Decoder(decoder::DecoderCase),
+    Paper(decoder::PaperCell),
+}
+
+/// The summary of an adapter a report describes, as listed by `walsh adapters`.
+pub fn adapter_slug(adapter: &AdapterSummary) -> String {
+    let raw = format!("{}-{}", adapter.name, adapter.backend);
+    let mut slug = String::new();
+    for c in raw.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    slug.trim_matches('-').to_string()
+}
+
+#[cfg(test)]
+mod tests;

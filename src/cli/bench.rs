@@ -1,0 +1,169 @@
+//! `walsh bench` and `walsh bench merge`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use walsh::bench::report::{Environment, files, merge};
+use walsh::bench::{BenchOptions, Report, Suite, run};
+use walsh::gpu::adapter::{enumerate, native_instance};
+use walsh::gpu::{AdapterSelector, Gpu};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub action: Option<BenchAction>,
+    /// Run on every adapter instead of the one `--adapter` picks.
+    #[arg(long)]
+    pub all_adapters: bool,
+    #[arg(long, value_enum, default_value = "all")]
+    pub suite: SuiteArg,
+    /// Small sizes and few repeats: checks that everything runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where reports go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Largest d_model of the paper grid (default 4096, 256 with --quick).
+    #[arg(long)]
+    pub max_d_model: Option<usize>,
+    /// Largest context of the paper grid (default 2048, 128 with --quick).
+    #[arg(long)]
+    pub max_context: Option<usize>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchAction {
+    /// Combine reports (`*.json` in each directory) into one cross-vendor table and chart.
+    Merge {
+        dirs: Vec<PathBuf>,
+        /// Where `merged.md` and `merged.svg` go.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SuiteArg {
+    Kernels,
+    Decoder,
+    Paper,
+    All,
+}
+
+impl SuiteArg {
+    fn suites(self) -> Vec<Suite> {
+        match self {
+            SuiteArg::Kernels => vec![Suite::Kernels],
+            SuiteArg::Decoder => vec![Suite::Decoder],
+            SuiteArg::Paper => vec![Suite::Paper],
+            SuiteArg::All => vec![Suite::Kernels, Suite::Decoder, Suite::Paper],
+        }
+    }
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
+    if let Some(BenchAction::Merge { dirs, out }) = &args.action {
+        return merge_cmd(dirs, out);
+    }
+    let mut options = BenchOptions::new(args.suite.suites(), args.quick);
+    if let Some(d) = args.max_d_model {
+        options.max_d_model = d;
+    }
+    if let Some(c) = args.max_context {
+        options.max_context = c;
+    }
+    let gpus: Vec<Gpu> = if args.all_adapters {
+        let adapters = enumerate(&native_instance());
+        if adapters.is_empty() {
+            bail!(walsh::gpu::GpuError::NoAdapter);
+        }
+        adapters
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| pollster::block_on(Gpu::from_adapter(a, i)))
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![Gpu::new(&adapter.parse::<AdapterSelector>()?)?]
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    for gpu in &gpus {
+        eprintln!("benchmarking {}", gpu.describe());
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
+                .expect("valid template"),
+        );
+        let mut progress = |what: &str, done: usize, total: usize| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(what.to_string());
+        };
+        let report = run(
+            gpu,
+            &options,
+            Environment::native(git_commit()),
+            &mut progress,
+        )?;
+        bar.finish_and_clear();
+        for (name, text) in files(&report) {
+            let path = args.out.join(&name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        print!("{}", report.to_markdown());
+    }
+    Ok(())
+}
+
+/// Reads every `*.json` report in `dirs`.
+pub fn read_reports(dirs: &[PathBuf]) -> Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    for dir in dirs {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            reports.push(Report::from_json(&p.display().to_string(), &text)?);
+        }
+    }
+    Ok(reports)
+}
+
+fn merge_cmd(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    if dirs.is_empty() {
+        bail!("name at least one directory of reports");
+    }
+    let reports = read_reports(dirs)?;
+    if reports.is_empty() {
+        bail!("no *.json report found in {dirs:?}");
+    }
+    let (md, svg) = merge(&reports);
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("merged.md"), &md)?;
+    std::fs::write(out.join("merged.svg"), svg)?;
+    print!("{md}");
+    eprintln!(
+        "merged {} reports into {}",
+        reports.len(),
+        out.join("merged.md").display()
+    );
+    Ok(())
+}
