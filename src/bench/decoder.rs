@@ -106,50 +106,101 @@ pub fn decoder_cases(options: &BenchOptions) -> Vec<DecoderCase> {
     .collect()
 }
 
-/// Builds the case's random model, warms the pipelines up, then times one generation.
-pub fn measure(gpu: &Gpu, case: &DecoderCase) -> Result<DecoderResult, BenchError> {
-    let config = case.config();
-    let model = random_model(&config, 1, WeightFormat::F16)?;
-    let context = case.prompt + case.new_tokens;
-    gpu.memory().reset_peak();
-    let mut dec = GpuDecoder::new(gpu, &model, case.batch, context)?;
-    let prompts: Vec<Vec<u32>> = (0..case.batch)
-        .map(|s| {
-            (0..case.prompt)
-                .map(|i| ((i * 31 + s * 7) % 256) as u32)
-                .collect()
-        })
-        .collect();
-    let run = |dec: &mut GpuDecoder, tokens: usize| {
+/// A decoder of one case, built and warmed up, ready to be timed.
+struct Runner<'g> {
+    case: DecoderCase,
+    result: DecoderResult,
+    dec: GpuDecoder<'g>,
+    prompts: Vec<Vec<u32>>,
+    prefill: Vec<f64>,
+    decode: Vec<f64>,
+}
+
+impl<'g> Runner<'g> {
+    /// Builds the case's random model and decoder and runs it once, which compiles every
+    /// pipeline and sets the peak: the bytes this decoder holds at most (weights, KV cache,
+    /// activations), whatever else is alive on the device.
+    fn new(gpu: &'g Gpu, case: &DecoderCase) -> Result<Self, BenchError> {
+        let config = case.config();
+        let model = random_model(&config, 1, WeightFormat::F16)?;
+        let baseline = gpu.memory().report().current_bytes;
+        gpu.memory().reset_peak();
+        let dec = GpuDecoder::new(gpu, &model, case.batch, case.prompt + case.new_tokens)?;
+        let prompts = (0..case.batch)
+            .map(|s| {
+                (0..case.prompt)
+                    .map(|i| ((i * 31 + s * 7) % 256) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut runner = Self {
+            case: case.clone(),
+            result: DecoderResult {
+                variant: config.variant(),
+                d_model: case.d_model,
+                layers: case.layers,
+                batch: case.batch,
+                prompt_tokens: case.prompt,
+                new_tokens: case.new_tokens,
+                params: model.parameter_count(),
+                attention_params: model.attention_parameter_count(),
+                prefill_tokens_per_s: 0.0,
+                decode_tokens_per_s: 0.0,
+                peak_bytes: 0,
+            },
+            dec,
+            prompts,
+            prefill: Vec::new(),
+            decode: Vec::new(),
+        };
+        runner.generate(2)?;
+        runner.result.peak_bytes = gpu.memory().report().peak_bytes - baseline;
+        Ok(runner)
+    }
+
+    fn generate(
+        &mut self,
+        tokens: usize,
+    ) -> Result<crate::model::generate::Generation, BenchError> {
         let options = GenerateOptions {
             max_tokens: tokens,
             sampling: SamplingParams::greedy(),
         };
-        generate(dec, &prompts, &options, |_| ControlFlow::Continue(()))
-    };
-    run(&mut dec, 2)?; // compiles every pipeline of prefill and decode
-    // Median of three runs: software adapters share the CPU with everything else.
-    let mut prefill = Vec::new();
-    let mut decode = Vec::new();
-    for _ in 0..3 {
-        let g = run(&mut dec, case.new_tokens)?;
-        prefill.push(g.stats.prefill_tokens_per_s);
-        decode.push(g.stats.decode_tokens_per_s);
+        Ok(generate(&mut self.dec, &self.prompts, &options, |_| {
+            ControlFlow::Continue(())
+        })?)
     }
-    let median = |v: Vec<f64>| Stats::from_samples(v).median_s;
-    Ok(DecoderResult {
-        variant: config.variant(),
-        d_model: case.d_model,
-        layers: case.layers,
-        batch: case.batch,
-        prompt_tokens: case.prompt,
-        new_tokens: case.new_tokens,
-        params: model.parameter_count(),
-        attention_params: model.attention_parameter_count(),
-        prefill_tokens_per_s: median(prefill),
-        decode_tokens_per_s: median(decode),
-        peak_bytes: gpu.memory().report().peak_bytes,
-    })
+
+    /// One timed generation.
+    fn time(&mut self) -> Result<(), BenchError> {
+        let g = self.generate(self.case.new_tokens)?;
+        self.prefill.push(g.stats.prefill_tokens_per_s);
+        self.decode.push(g.stats.decode_tokens_per_s);
+        Ok(())
+    }
+
+    /// The medians of the timed runs.
+    fn finish(self) -> DecoderResult {
+        let median = |v: Vec<f64>| Stats::from_samples(v).median_s;
+        DecoderResult {
+            prefill_tokens_per_s: median(self.prefill),
+            decode_tokens_per_s: median(self.decode),
+            ..self.result
+        }
+    }
+}
+
+/// Timed generations per measurement: the median of three. Software adapters share the
+/// CPU with everything else on the machine.
+const ROUNDS: usize = 3;
+
+/// Builds the case's random model, warms it up, and times [`ROUNDS`] generations.
+pub fn measure(gpu: &Gpu, case: &DecoderCase) -> Result<DecoderResult, BenchError> {
+    let mut runner = Runner::new(gpu, case)?;
+    for _ in 0..ROUNDS {
+        runner.time()?;
+    }
+    Ok(runner.finish())
 }
 
 /// One cell of the paper grid.
@@ -249,7 +300,7 @@ pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchErr
         skipped: None,
     };
     // A cell too big for this adapter is a result, not a failure of the run.
-    let dense = match attempt(gpu, &cell.case(AttnOutput::Dense))? {
+    let mut dense = match attempt(gpu, &cell.case(AttnOutput::Dense))? {
         Ok(r) => r,
         Err(why) => {
             return Ok(PaperResult {
@@ -258,7 +309,7 @@ pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchErr
             });
         }
     };
-    let hadamard = match attempt(gpu, &cell.case(AttnOutput::Hadamard))? {
+    let mut hadamard = match attempt(gpu, &cell.case(AttnOutput::Hadamard))? {
         Ok(r) => r,
         Err(why) => {
             return Ok(PaperResult {
@@ -267,6 +318,12 @@ pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchErr
             });
         }
     };
+    // Alternate the two so a slow spell of the machine hits both alike.
+    for _ in 0..ROUNDS {
+        dense.time()?;
+        hadamard.time()?;
+    }
+    let (dense, hadamard) = (dense.finish(), hadamard.finish());
     result.params_gain = 1.0 - hadamard.params as f64 / dense.params as f64;
     result.memory_gain = 1.0 - hadamard.peak_bytes as f64 / dense.peak_bytes as f64;
     result.prefill_gain = hadamard.prefill_tokens_per_s / dense.prefill_tokens_per_s - 1.0;
@@ -276,9 +333,9 @@ pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchErr
     Ok(result)
 }
 
-/// Runs a case; `Ok(Err(why))` when it needs more than the adapter allows.
-fn attempt(gpu: &Gpu, case: &DecoderCase) -> Result<Result<DecoderResult, String>, BenchError> {
-    match measure(gpu, case) {
+/// Builds a case's runner; `Ok(Err(why))` when it needs more than the adapter allows.
+fn attempt<'g>(gpu: &'g Gpu, case: &DecoderCase) -> Result<Result<Runner<'g>, String>, BenchError> {
+    match Runner::new(gpu, case) {
         Ok(r) => Ok(Ok(r)),
         Err(e) if too_big(&e) => Ok(Err(e.to_string())),
         Err(e) => Err(e),

@@ -114,15 +114,23 @@ fn run(
 }
 
 #[test]
-fn greedy_generation_is_identical_on_gpu_and_cpu() {
-    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 5, true);
-    let prompts = vec![prompt(9, 1)];
-    let mut cpu = CpuBatch::new(&m, 1, 48).unwrap();
-    let want = run(&mut cpu, &prompts, 24, SamplingParams::greedy());
-    for gpu in test_gpus() {
-        let mut dec = GpuDecoder::new(&gpu, &m, 1, 48).unwrap();
-        let got = run(&mut dec, &prompts, 24, SamplingParams::greedy());
-        assert_eq!(got, want, "greedy tokens on {}", gpu.describe());
+fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
+    let gpus = test_gpus();
+    for (i, (attn, query)) in VARIANTS.into_iter().enumerate() {
+        let m = model(config(64, attn, query), 5 + i as u64, i % 2 == 1);
+        let prompts = vec![prompt(9, i as u32)];
+        let mut cpu = CpuBatch::new(&m, 1, 48).unwrap();
+        let want = run(&mut cpu, &prompts, 24, SamplingParams::greedy());
+        for gpu in &gpus {
+            let mut dec = GpuDecoder::new(gpu, &m, 1, 48).unwrap();
+            let got = run(&mut dec, &prompts, 24, SamplingParams::greedy());
+            assert_eq!(
+                got,
+                want,
+                "{attn:?}/{query:?} greedy tokens on {}",
+                gpu.describe()
+            );
+        }
     }
 }
 
