@@ -87,7 +87,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Prompt text; repeat to generate for several prompts in one batch.
-    #[arg(long, default_value = "ROMEO:")]
+    #[arg(long, default_value = "ROMEO.")]
     pub prompt: Vec<String>,
     /// New tokens (bytes) per prompt.
     #[arg(long, default_value_t = 200)]
@@ -111,7 +111,7 @@ impl Default for GenerateArgs {
     fn default() -> Self {
         Self {
             model: None,
-            prompt: vec!["ROMEO:".into()],
+            prompt: vec!["ROMEO.".into()],
             max_tokens: 200,
             temperature: 0.8,
             top_k: 40,
@@ -127,11 +127,10 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
     let prompts: Vec<Vec<u32>> = args.prompt.iter().map(|p| encode_text(p)).collect();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let context = model.config.max_position_embeddings;
-    if longest + args.max_tokens.saturating_sub(1) > context {
+    if longest > context {
         bail!(
-            "a prompt of {longest} bytes plus {} new tokens does not fit the model's context of \
-             {context}: shorten the prompt or lower --max-tokens",
-            args.max_tokens
+            "a prompt of {longest} bytes does not fit the model's context of {context}: \
+             shorten it"
         );
     }
     let options = GenerateOptions {

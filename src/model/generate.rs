@@ -21,6 +21,8 @@ pub trait Decoder {
     fn max_positions(&self) -> usize;
     /// Forgets every sequence.
     fn reset(&mut self);
+    /// Forgets one sequence (its cache positions are reused).
+    fn reset_sequence(&mut self, seq: usize);
     /// Appends tokens to sequences (entries `(sequence, tokens)`) and samples each
     /// sequence's next token with its draw in [0, 1).
     fn step(
@@ -46,6 +48,9 @@ impl Decoder for GpuDecoder<'_> {
     }
     fn reset(&mut self) {
         GpuDecoder::reset(self)
+    }
+    fn reset_sequence(&mut self, seq: usize) {
+        GpuDecoder::reset_sequence(self, seq)
     }
     fn step(
         &mut self,
@@ -144,6 +149,11 @@ impl Decoder for CpuBatch<'_> {
     }
     fn reset(&mut self) {
         self.decoders.iter_mut().for_each(CpuDecoder::reset);
+    }
+    fn reset_sequence(&mut self, seq: usize) {
+        if let Some(d) = self.decoders.get_mut(seq) {
+            d.reset();
+        }
     }
     fn step(
         &mut self,
@@ -253,11 +263,10 @@ pub fn generate(
                 "a prompt is empty: give at least one byte".into(),
             ));
         }
-        // The last sampled token is never fed back, so it needs no position.
-        if p.len() + options.max_tokens.saturating_sub(1) > decoder.max_positions() {
+        if p.len() > decoder.max_positions() {
             return Err(ModelError::ContextOverflow {
                 tokens: p.len(),
-                new: options.max_tokens,
+                new: 0,
                 context: decoder.max_positions(),
             });
         }
@@ -273,19 +282,27 @@ pub fn generate(
     };
     let mut decode_time = Duration::ZERO;
     let mut fed_back = 0;
+    // Prompt and generated tokens of each sequence, and how many are in the cache.
+    let mut history: Vec<Vec<u32>> = prompts.to_vec();
+    let mut cached: Vec<usize> = vec![0; prompts.len()];
+    // A sequence that fills the context continues from its last `keep` tokens: the cache
+    // is dropped and they are prefilled again (the model never sees more than its context).
+    let keep = (decoder.max_positions() / 2).max(1);
     for index in 0..options.max_tokens {
-        let batch: Vec<(usize, &[u32])> = if index == 0 {
-            prompts
-                .iter()
-                .enumerate()
-                .map(|(s, p)| (s, &p[..]))
-                .collect()
-        } else {
-            out.iter()
-                .enumerate()
-                .map(|(s, o)| (s, &o[o.len() - 1..]))
-                .collect()
-        };
+        let mut batch: Vec<(usize, &[u32])> = Vec::with_capacity(prompts.len());
+        for (s, h) in history.iter().enumerate() {
+            let feed = if index == 0 {
+                &h[..]
+            } else if cached[s] < decoder.max_positions() {
+                &h[h.len() - 1..]
+            } else {
+                decoder.reset_sequence(s);
+                cached[s] = 0;
+                &h[h.len() - keep..]
+            };
+            cached[s] += feed.len();
+            batch.push((s, feed));
+        }
         let draws: Vec<f32> = batch.iter().map(|_| rng.next_unit()).collect();
         let start = Instant::now();
         let next = decoder.step(&batch, &options.sampling, &draws)?;
@@ -299,6 +316,7 @@ pub fn generate(
         let mut stop = false;
         for (seq, &token) in next.iter().enumerate() {
             out[seq].push(token);
+            history[seq].push(token);
             stop |= on_token(TokenEvent { seq, token, index }).is_break();
         }
         if stop {

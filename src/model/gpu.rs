@@ -250,6 +250,13 @@ impl<'g> GpuDecoder<'g> {
         self.lengths.iter_mut().for_each(|l| *l = 0);
     }
 
+    /// Forgets sequence `seq` only.
+    pub fn reset_sequence(&mut self, seq: usize) {
+        if let Some(l) = self.lengths.get_mut(seq) {
+            *l = 0;
+        }
+    }
+
     pub fn gpu(&self) -> &'g Gpu {
         self.gpu
     }

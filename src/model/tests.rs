@@ -232,7 +232,7 @@ fn bad_requests_are_errors() {
             max_tokens: 10,
             sampling: SamplingParams::greedy(),
         };
-        let err = generate(&mut dec, &[prompt(10, 0)], &options, |_| {
+        let err = generate(&mut dec, &[prompt(17, 0)], &options, |_| {
             ControlFlow::Continue(())
         })
         .unwrap_err();
@@ -309,4 +309,32 @@ fn eval_agrees_on_every_device_and_with_a_direct_computation() {
         );
     }
     assert!(evaluate(&mut cpu, &text[..1], |_, _| {}).is_err());
+}
+
+#[test]
+fn generation_past_the_context_slides_the_same_way_on_every_device() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 3, false);
+    // Context 16, prompts of 5 and 11, 40 new tokens: each sequence restarts from its last
+    // 8 tokens several times, at different steps.
+    let prompts = vec![prompt(5, 1), prompt(11, 2)];
+    let mut cpu = CpuBatch::new(&m, 2, 16).unwrap();
+    let want = run(&mut cpu, &prompts, 40, SamplingParams::greedy());
+    assert!(want.iter().all(|t| t.len() == 40));
+    // The CPU reference of the rule: after a restart the logits are those of the last 8
+    // tokens alone.
+    let mut alone = CpuBatch::new(&m, 1, 16).unwrap();
+    let mut h = prompts[0].clone();
+    // Steps 1-11 fill positions 5..16; step 12 restarts from the last 8 of the 17 tokens.
+    h.extend(&want[0][..12]);
+    let logits = alone.logits(&[(0, &h[h.len() - 8..])]).unwrap().remove(0);
+    let last = &logits[7 * 256..];
+    let argmax = (0..256)
+        .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+        .unwrap() as u32;
+    assert_eq!(want[0][12], argmax);
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 16).unwrap();
+        let got = run(&mut dec, &prompts, 40, SamplingParams::greedy());
+        assert_eq!(got, want, "sliding context on {}", gpu.describe());
+    }
 }
