@@ -107,6 +107,45 @@ fn gemv(@builtin(local_invocation_index) t: u32,
     }
 }
 
+// ---- GEMV by outputs: no workgroup memory, no barrier ----------------------------------
+// One invocation per output o and block of GEMV_ROWS rows, walking all of n_in itself.
+// For CPU adapters (lavapipe, llvmpipe, SwiftShader), where a barrier and workgroup
+// memory cost more than the coalescing they buy (and WebGPU zero-fills workgroup memory
+// on every workgroup). Workgroup = GEMV_WG consecutive outputs.
+@compute @workgroup_size(GEMV_WG)
+fn gemv_outputs(@builtin(local_invocation_index) t: u32,
+                @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = wid.y * params.tiles_x + wid.x;
+    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
+    let groups = (params.n_out + GEMV_WG - 1u) / GEMV_WG;
+    let o = (id / blocks) * GEMV_WG + t;
+    if (id >= groups * blocks || o >= params.n_out) {
+        return;  // no barrier below: invocations may leave on their own
+    }
+    let r0 = (id % blocks) * GEMV_ROWS;
+    let nr = min(GEMV_ROWS, params.rows - r0);
+    var acc: array<f32, MAX_GEMV_ROWS>;
+    if (PAIRED) {
+        for (var j = 0u; j < params.n_in / 2u; j++) {
+            let wv = weight_pair(o * params.n_in + 2u * j);
+            for (var r = 0u; r < GEMV_ROWS; r++) {
+                let at = (r0 + min(r, nr - 1u)) * params.n_in + 2u * j;
+                acc[r] += wv.x * x[at] + wv.y * x[at + 1u];
+            }
+        }
+    } else {
+        for (var i = 0u; i < params.n_in; i++) {
+            let wv = weight(o * params.n_in + i);
+            for (var r = 0u; r < GEMV_ROWS; r++) {
+                acc[r] += wv * x[(r0 + min(r, nr - 1u)) * params.n_in + i];
+            }
+        }
+    }
+    for (var r = 0u; r < nr; r++) {
+        store(r0 + r, o, acc[r]);
+    }
+}
+
 // ---- GEMM: prefill-sized batches -----------------------------------------------------
 // A workgroup computes a TILE_R x TILE_O block of y with 16 x 16 invocations, each owning
 // a 4 x 4 sub-block; K is walked in steps of TILE_K through workgroup memory:

@@ -9,8 +9,11 @@
 //! - [`ops`]: the kernels, each with its CPU reference.
 //! - [`model`]: loading, the CPU and GPU decoders, generation and evaluation.
 //! - [`bench`]: the cross-vendor benchmark suites and their reports.
+//! - `web` (wasm32 only): the API the browser page in `web/` drives.
 
 pub mod bench;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -53,6 +53,8 @@ enum Command {
     /// Benchmark kernels and decoders on one or every adapter; `bench merge` combines
     /// reports.
     Bench(cli::bench::BenchArgs),
+    /// Serve the browser page (web/, built by `cargo xtask web`) and models/ on 127.0.0.1.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> Result<()> {
@@ -64,6 +66,7 @@ fn main() -> Result<()> {
         Some(Command::Eval(args)) => cli::run::eval_cmd(&args, &cli.adapter),
         Some(Command::InitModel(args)) => cli::run::init_cmd(&args),
         Some(Command::Bench(args)) => cli::bench::bench_cmd(&args, &cli.adapter),
+        Some(Command::Serve(args)) => cli::serve::serve_cmd(&args),
         None => cli::run::generate_cmd(&GenerateArgs::default(), &cli.adapter),
     }
 }

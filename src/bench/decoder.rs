@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::measure::Stats;
 use super::{BenchError, BenchOptions};
 use crate::gpu::{Gpu, GpuError};
-use crate::model::generate::{GenerateOptions, generate};
+use crate::model::generate::{GenerateOptions, generate_async};
 use crate::model::gpu::GpuDecoder;
 use crate::model::init::random_model;
 use crate::model::{AttnOutput, Config, ModelError, Query};
@@ -120,7 +120,7 @@ impl<'g> Runner<'g> {
     /// Builds the case's random model and decoder and runs it once, which compiles every
     /// pipeline and sets the peak: the bytes this decoder holds at most (weights, KV cache,
     /// activations), whatever else is alive on the device.
-    fn new(gpu: &'g Gpu, case: &DecoderCase) -> Result<Self, BenchError> {
+    async fn new(gpu: &'g Gpu, case: &DecoderCase) -> Result<Self, BenchError> {
         let config = case.config();
         let model = random_model(&config, 1, WeightFormat::F16)?;
         let baseline = gpu.memory().report().current_bytes;
@@ -153,12 +153,12 @@ impl<'g> Runner<'g> {
             prefill: Vec::new(),
             decode: Vec::new(),
         };
-        runner.generate(2)?;
+        runner.generate(2).await?;
         runner.result.peak_bytes = gpu.memory().report().peak_bytes - baseline;
         Ok(runner)
     }
 
-    fn generate(
+    async fn generate(
         &mut self,
         tokens: usize,
     ) -> Result<crate::model::generate::Generation, BenchError> {
@@ -166,14 +166,15 @@ impl<'g> Runner<'g> {
             max_tokens: tokens,
             sampling: SamplingParams::greedy(),
         };
-        Ok(generate(&mut self.dec, &self.prompts, &options, |_| {
+        Ok(generate_async(&mut self.dec, &self.prompts, &options, |_| {
             ControlFlow::Continue(())
-        })?)
+        })
+        .await?)
     }
 
     /// One timed generation.
-    fn time(&mut self) -> Result<(), BenchError> {
-        let g = self.generate(self.case.new_tokens)?;
+    async fn time(&mut self) -> Result<(), BenchError> {
+        let g = self.generate(self.case.new_tokens).await?;
         self.prefill.push(g.stats.prefill_tokens_per_s);
         self.decode.push(g.stats.decode_tokens_per_s);
         Ok(())
@@ -195,10 +196,10 @@ impl<'g> Runner<'g> {
 const ROUNDS: usize = 3;
 
 /// Builds the case's random model, warms it up, and times [`ROUNDS`] generations.
-pub fn measure(gpu: &Gpu, case: &DecoderCase) -> Result<DecoderResult, BenchError> {
-    let mut runner = Runner::new(gpu, case)?;
+pub async fn measure(gpu: &Gpu, case: &DecoderCase) -> Result<DecoderResult, BenchError> {
+    let mut runner = Runner::new(gpu, case).await?;
     for _ in 0..ROUNDS {
-        runner.time()?;
+        runner.time().await?;
     }
     Ok(runner.finish())
 }
@@ -285,7 +286,7 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
     out
 }
 
-pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchError> {
+pub async fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchError> {
     let mut result = PaperResult {
         d_model: cell.d_model,
         batch: cell.batch,
@@ -300,7 +301,7 @@ pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchErr
         skipped: None,
     };
     // A cell too big for this adapter is a result, not a failure of the run.
-    let mut dense = match attempt(gpu, &cell.case(AttnOutput::Dense))? {
+    let mut dense = match attempt(gpu, &cell.case(AttnOutput::Dense)).await? {
         Ok(r) => r,
         Err(why) => {
             return Ok(PaperResult {
@@ -309,7 +310,7 @@ pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchErr
             });
         }
     };
-    let mut hadamard = match attempt(gpu, &cell.case(AttnOutput::Hadamard))? {
+    let mut hadamard = match attempt(gpu, &cell.case(AttnOutput::Hadamard)).await? {
         Ok(r) => r,
         Err(why) => {
             return Ok(PaperResult {
@@ -320,8 +321,8 @@ pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchErr
     };
     // Alternate the two so a slow spell of the machine hits both alike.
     for _ in 0..ROUNDS {
-        dense.time()?;
-        hadamard.time()?;
+        dense.time().await?;
+        hadamard.time().await?;
     }
     let (dense, hadamard) = (dense.finish(), hadamard.finish());
     result.params_gain = 1.0 - hadamard.params as f64 / dense.params as f64;
@@ -334,8 +335,11 @@ pub fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, BenchErr
 }
 
 /// Builds a case's runner; `Ok(Err(why))` when it needs more than the adapter allows.
-fn attempt<'g>(gpu: &'g Gpu, case: &DecoderCase) -> Result<Result<Runner<'g>, String>, BenchError> {
-    match Runner::new(gpu, case) {
+async fn attempt<'g>(
+    gpu: &'g Gpu,
+    case: &DecoderCase,
+) -> Result<Result<Runner<'g>, String>, BenchError> {
+    match Runner::new(gpu, case).await {
         Ok(r) => Ok(Ok(r)),
         Err(e) if too_big(&e) => Ok(Err(e.to_string())),
         Err(e) => Err(e),

@@ -121,7 +121,7 @@ fn activations(gpu: &Gpu, label: &str, count: usize) -> Result<GpuBuffer, BenchE
 }
 
 /// Copy bandwidth over 16 MiB (1 MiB quick) buffers.
-pub fn roofline(gpu: &Gpu, options: &BenchOptions) -> Result<Roofline, BenchError> {
+pub async fn roofline(gpu: &Gpu, options: &BenchOptions) -> Result<Roofline, BenchError> {
     let count = elems(options) * 4;
     let bytes = (count * 4) as u64;
     let src = activations(gpu, "roofline src", count)?;
@@ -129,10 +129,12 @@ pub fn roofline(gpu: &Gpu, options: &BenchOptions) -> Result<Roofline, BenchErro
     let repeats = options.repeats();
     let copy_buffer = time_encoder(gpu, repeats, |e| {
         e.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes)
-    })?;
+    })
+    .await?;
     let copy_shader = time_pass(gpu, repeats, |pass| {
         Ok(copy::encode_copy(gpu, pass, &src, &dst, bytes)?)
-    })?;
+    })
+    .await?;
     let rate = |s: &Stats| 2.0 * bytes as f64 / s.median_s / 1e9;
     Ok(Roofline {
         bytes,
@@ -144,7 +146,7 @@ pub fn roofline(gpu: &Gpu, options: &BenchOptions) -> Result<Roofline, BenchErro
 }
 
 /// Measures one case.
-pub fn measure(
+pub async fn measure(
     gpu: &Gpu,
     case: &KernelCase,
     options: &BenchOptions,
@@ -183,11 +185,13 @@ pub fn measure(
                 // The naive kernel is in place: time its stages on `y`.
                 time_pass(gpu, repeats, |pass| {
                     Ok(h.record_naive(pass, &y, rows, size)?)
-                })?
+                })
+                .await?
             } else {
                 time_pass(gpu, repeats, |pass| {
                     Ok(h.encode(pass, &x, &y, rows, n, options)?)
-                })?
+                })
+                .await?
             };
             let moved = if fused {
                 3 * rows * n + 2 * n
@@ -207,7 +211,8 @@ pub fn measure(
             let y = gpu.storage(MemoryCategory::Activations, "y", (rows * n * 4) as u64)?;
             let time = time_pass(gpu, repeats, |pass| {
                 Ok(matmul::encode_matmul(gpu, pass, &w, &x, &y, rows, false)?)
-            })?;
+            })
+            .await?;
             let bytes = 2 * n * n + 4 * 2 * rows * n;
             (time, bytes as u64, (2 * rows * n * n) as u64)
         }
@@ -243,7 +248,8 @@ pub fn measure(
                 } else {
                     Ok(att.encode_prefill(pass, &q, &k, &v, &rt, &table, &out, shape)?)
                 }
-            })?;
+            })
+            .await?;
             // Keys each query attends to: all `context` in decode, pos + 1 in prefill.
             let pairs: usize = table.iter().map(|&(_, p)| p as usize + 1).sum();
             let keys_read = if decode { pairs } else { rows };

@@ -1,7 +1,7 @@
 //! Timing: warm-up, repeats, median with min and max. GPU timestamps of the compute pass
 //! where the adapter has them, wall clock around submit-and-wait otherwise.
 
-use std::time::Instant;
+use web_time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +40,7 @@ impl Stats {
 
 /// Times `record` (the dispatches of one compute pass): one warm-up (which also
 /// compiles pipelines), then `repeats` submissions, each timed on its own.
-pub fn time_pass(
+pub async fn time_pass(
     gpu: &Gpu,
     repeats: usize,
     mut record: impl FnMut(&mut wgpu::ComputePass<'_>) -> Result<(), BenchError>,
@@ -61,10 +61,10 @@ pub fn time_pass(
         if let Some(t) = &timer {
             t.resolve(&mut encoder);
         }
-        gpu.submit_and_wait(encoder)?;
+        gpu.finish(encoder).await?;
         let wall = start.elapsed().as_secs_f64();
         let seconds = match &timer {
-            Some(t) => t.read_seconds(gpu)?[0],
+            Some(t) => t.read_seconds(gpu).await?[0],
             None => wall,
         };
         if i > 0 {
@@ -76,7 +76,7 @@ pub fn time_pass(
 
 /// Times `record` on a whole command encoder (for copies, which are not compute passes)
 /// by wall clock around submit-and-wait.
-pub fn time_encoder(
+pub async fn time_encoder(
     gpu: &Gpu,
     repeats: usize,
     mut record: impl FnMut(&mut wgpu::CommandEncoder),
@@ -86,7 +86,7 @@ pub fn time_encoder(
         let mut encoder = gpu.encoder("bench");
         let start = Instant::now();
         record(&mut encoder);
-        gpu.submit_and_wait(encoder)?;
+        gpu.finish(encoder).await?;
         if i > 0 {
             samples.push(start.elapsed().as_secs_f64());
         }

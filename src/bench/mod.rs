@@ -75,11 +75,23 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 
 /// Runs the chosen suites on `gpu`. `environment` describes the machine (walsh version,
 /// commit, OS) and is copied into the report.
-pub fn run(
+pub async fn run(
     gpu: &Gpu,
     options: &BenchOptions,
     environment: report::Environment,
     progress: Progress<'_>,
+) -> Result<Report, BenchError> {
+    run_until(gpu, options, environment, progress, &|| false).await
+}
+
+/// [`run`], checking `stop` between cases: when it returns true the report holds the
+/// cases measured so far.
+pub async fn run_until(
+    gpu: &Gpu,
+    options: &BenchOptions,
+    environment: report::Environment,
+    progress: Progress<'_>,
+    stop: &dyn Fn() -> bool,
 ) -> Result<Report, BenchError> {
     let timing = if gpu.features().timestamp_query {
         "gpu-timestamps"
@@ -92,7 +104,7 @@ pub fn run(
         adapter: gpu.summary().clone(),
         timing: timing.into(),
         options: options.clone(),
-        roofline: kernels::roofline(gpu, options)?,
+        roofline: kernels::roofline(gpu, options).await?,
         kernels: Vec::new(),
         decoder: Vec::new(),
         paper: Vec::new(),
@@ -113,20 +125,24 @@ pub fn run(
     }
     let total = plan.len();
     for (done, job) in plan.into_iter().enumerate() {
+        if stop() {
+            progress("stopped", done, total);
+            return Ok(report);
+        }
         match job {
             Job::Kernel(case) => {
                 progress(&case.label(), done, total);
                 report
                     .kernels
-                    .push(kernels::measure(gpu, &case, options, &report.roofline)?);
+                    .push(kernels::measure(gpu, &case, options, &report.roofline).await?);
             }
             Job::Decoder(case) => {
                 progress(&case.label(), done, total);
-                report.decoder.push(decoder::measure(gpu, &case)?);
+                report.decoder.push(decoder::measure(gpu, &case).await?);
             }
             Job::Paper(cell) => {
                 progress(&cell.label(), done, total);
-                report.paper.push(decoder::measure_cell(gpu, &cell)?);
+                report.paper.push(decoder::measure_cell(gpu, &cell).await?);
             }
         }
     }

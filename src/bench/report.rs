@@ -36,6 +36,18 @@ impl Environment {
             runtime: "native".into(),
         }
     }
+
+    /// This build in a browser described by its user agent. The commit is the one
+    /// `cargo xtask web` built from (`WALSH_GIT_COMMIT` at compile time).
+    pub fn browser(user_agent: &str) -> Self {
+        Self {
+            walsh_version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: option_env!("WALSH_GIT_COMMIT").map(str::to_string),
+            os: "browser".into(),
+            arch: "wasm32".into(),
+            runtime: format!("webgpu: {user_agent}"),
+        }
+    }
 }
 
 /// Everything one run measured on one adapter.

@@ -111,12 +111,12 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
             bar.set_position(done as u64);
             bar.set_message(what.to_string());
         };
-        let report = run(
+        let report = pollster::block_on(run(
             gpu,
             &options,
             Environment::native(git_commit()),
             &mut progress,
-        )?;
+        ))?;
         bar.finish_and_clear();
         for (name, text) in files(&report) {
             let path = args.out.join(&name);

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod run;
+pub mod serve;
 
 use std::time::Instant;
 

@@ -105,6 +105,9 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "gpu")]
     pub device: Device,
+    /// Print the tokens and stats as JSON instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Default for GenerateArgs {
@@ -118,6 +121,7 @@ impl Default for GenerateArgs {
             top_p: 0.95,
             seed: 0,
             device: Device::Gpu,
+            json: false,
         }
     }
 }
@@ -142,7 +146,7 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
             seed: args.seed,
         },
     };
-    let single = prompts.len() == 1;
+    let single = prompts.len() == 1 && !args.json;
     let generation = with_decoder(
         &model,
         args.device,
@@ -164,6 +168,11 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
                 Ok(g)
             } else {
                 let g = generate(dec, &prompts, &options, |_| ControlFlow::Continue(()))?;
+                if args.json {
+                    let json = serde_json::json!({"tokens": &g.tokens, "stats": &g.stats});
+                    println!("{json}");
+                    return Ok(g);
+                }
                 for (prompt, tokens) in args.prompt.iter().zip(&g.tokens) {
                     let bytes: Vec<u8> = tokens.iter().map(|&t| t as u8).collect();
                     println!(

@@ -136,6 +136,7 @@ impl AdapterSummary {
 }
 
 /// A wgpu instance over every native backend. `WGPU_BACKEND` and friends still apply.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn native_instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = native_backends();
@@ -143,6 +144,7 @@ pub fn native_instance() -> wgpu::Instance {
 }
 
 /// Every adapter on every native backend, in a stable order (the `walsh adapters` indices).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
     let mut adapters = pollster::block_on(instance.enumerate_adapters(native_backends()));
     adapters.sort_by_key(|a| {
@@ -173,6 +175,7 @@ fn type_rank(t: wgpu::DeviceType) -> u8 {
 }
 
 /// Summaries of every native adapter.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn list_adapters() -> Vec<AdapterSummary> {
     let instance = native_instance();
     enumerate(&instance)

@@ -11,6 +11,13 @@ pub enum GpuError {
     )]
     NoAdapter,
 
+    #[error(
+        "the browser offers no WebGPU adapter: use a WebGPU browser (Chrome/Edge 113+, \
+         Safari 26+, Firefox 141+ on Windows) with hardware acceleration on, or Chromium with \
+         --enable-unsafe-webgpu"
+    )]
+    NoBrowserAdapter,
+
     #[error("no adapter matches `{selector}`; available adapters:\n{available}")]
     AdapterNotFound { selector: String, available: String },
 

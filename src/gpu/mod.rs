@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod error;
 pub mod memory;
 pub mod pipeline;
+mod signal;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
@@ -17,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
-pub use adapter::{AdapterSelector, AdapterSummary, list_adapters};
+#[cfg(not(target_arch = "wasm32"))]
+pub use adapter::list_adapters;
+pub use adapter::{AdapterSelector, AdapterSummary};
 pub use error::{GpuError, Result};
 pub use memory::{GpuBuffer, MemoryCategory, MemoryReport, MemoryTracker};
 pub use pipeline::{Binding, CachedPipeline, PipelineKey, Shader};
@@ -69,10 +72,27 @@ impl std::fmt::Debug for Gpu {
 
 impl Gpu {
     /// Opens a device on the adapter chosen by `selector` among every native adapter.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(selector: &AdapterSelector) -> Result<Self> {
         let instance = adapter::native_instance();
         let adapter = adapter::select(adapter::enumerate(&instance), selector)?;
         pollster::block_on(Self::from_adapter(adapter, 0))
+    }
+
+    /// Opens a device on the browser's WebGPU adapter (high-performance preference).
+    #[cfg(target_arch = "wasm32")]
+    pub async fn browser() -> Result<Self> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::BROWSER_WEBGPU;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| GpuError::NoBrowserAdapter)?;
+        Self::from_adapter(adapter, 0).await
     }
 
     /// Opens a device on `adapter`, enabling the optional features it offers and its full
@@ -131,6 +151,15 @@ impl Gpu {
 
     pub fn summary(&self) -> &AdapterSummary {
         &self.summary
+    }
+
+    /// Names the adapter where wgpu could not (the browser hides adapter names from
+    /// wgpu; the page reads them from `GPUAdapter.info`).
+    pub fn set_label(&mut self, name: &str) {
+        if self.info.name.is_empty() {
+            self.info.name = name.to_string();
+            self.summary.name = name.to_string();
+        }
     }
 
     /// A short human description: `llvmpipe (LLVM 15.0.6, 256 bits) (vulkan)`.
@@ -247,7 +276,7 @@ impl Gpu {
                 },
                 cache: None,
             });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = self.pop_scope(scope) {
             // Forget the module too: its error may be the cause.
             self.cache
                 .modules
@@ -267,6 +296,28 @@ impl Gpu {
         });
         self.lock_pipelines().insert(key.clone(), cached.clone());
         Ok(cached)
+    }
+
+    /// The validation error of a pipeline's creation, if any. Natively, waits for it. The
+    /// browser cannot wait here: the error is recorded when it arrives and returned by
+    /// the next readback ([`Gpu::check`]).
+    fn pop_scope(&self, scope: wgpu::ErrorScopeGuard) -> Option<wgpu::Error> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            pollster::block_on(scope.pop())
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let sink = self.failure.clone();
+            let popped = scope.pop();
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(e) = popped.await {
+                    let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(GpuError::from_wgpu(&e));
+                }
+            });
+            None
+        }
     }
 
     fn lock_pipelines(
@@ -388,16 +439,27 @@ impl Gpu {
         self.track(buffer, MemoryCategory::Uniforms)
     }
 
-    /// Submits `encoder` and waits for the GPU to finish it.
-    pub fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        let index = self.queue.submit(Some(encoder.finish()));
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
-                timeout: None,
-            })
-            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+    /// Submits `encoder` and resolves once the GPU has finished it. Natively this blocks
+    /// inside (the future is ready when first polled); in the browser it yields to the
+    /// event loop until the queue reports the work done.
+    pub async fn finish(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.queue.submit(Some(encoder.finish()));
+        let (tx, rx) = signal::channel();
+        self.queue.on_submitted_work_done(move || tx.send(()));
+        self.poll()?;
+        rx.await
+            .ok_or_else(|| GpuError::DeviceLost("the queue dropped a submission".into()))?;
         self.check()
+    }
+
+    /// Natively, waits for every submission and runs the callbacks they completed. In the
+    /// browser the event loop runs them, so there is nothing to do.
+    fn poll(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        Ok(())
     }
 
     pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
@@ -405,15 +467,10 @@ impl Gpu {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
-    /// Copies `bytes` of `buffer` (from offset 0) to the host, waiting for the GPU.
-    pub fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        self.submit_and_read(self.encoder("walsh readback"), buffer, bytes)
-    }
-
     /// Appends a copy of the first `bytes` of `buffer` to `encoder`, submits it as one
     /// command buffer and returns those bytes once the GPU is done: a step and its
     /// readback in a single submission.
-    pub fn submit_and_read(
+    pub async fn finish_and_read(
         &self,
         mut encoder: wgpu::CommandEncoder,
         buffer: &wgpu::Buffer,
@@ -437,19 +494,15 @@ impl Gpu {
             MemoryCategory::Readback,
         );
         encoder.copy_buffer_to_buffer(buffer, 0, staging.buffer(), 0, size.min(buffer.size()));
-        self.submit_and_wait(encoder)?;
+        self.queue.submit(Some(encoder.finish()));
 
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = signal::channel();
         staging
             .buffer()
-            .map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send(r);
-            });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| GpuError::Readback(e.to_string()))?
+            .map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+        self.poll()?;
+        rx.await
+            .ok_or_else(|| GpuError::Readback("the mapping callback was dropped".into()))?
             .map_err(|e| GpuError::Readback(e.to_string()))?;
         let view = staging
             .buffer()
@@ -463,8 +516,44 @@ impl Gpu {
     }
 
     /// Reads `count` elements of `T` from the start of `buffer`.
-    pub fn read<T: Pod>(&self, buffer: &GpuBuffer, count: usize) -> Result<Vec<T>> {
-        let bytes = self.read_bytes(buffer.buffer(), (count * size_of::<T>()) as u64)?;
+    pub async fn read_async<T: Pod>(&self, buffer: &GpuBuffer, count: usize) -> Result<Vec<T>> {
+        let bytes = self
+            .finish_and_read(
+                self.encoder("walsh readback"),
+                buffer.buffer(),
+                (count * size_of::<T>()) as u64,
+            )
+            .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+/// Blocking forms of the readback calls, for native code (tests, the CLI). The browser
+/// cannot block its thread: it awaits the `async` forms.
+#[cfg(not(target_arch = "wasm32"))]
+impl Gpu {
+    /// Submits `encoder` and waits for the GPU to finish it.
+    pub fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        pollster::block_on(self.finish(encoder))
+    }
+
+    /// Blocking [`Gpu::finish_and_read`].
+    pub fn submit_and_read(
+        &self,
+        encoder: wgpu::CommandEncoder,
+        buffer: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
+        pollster::block_on(self.finish_and_read(encoder, buffer, bytes))
+    }
+
+    /// Copies `bytes` of `buffer` (from offset 0) to the host, waiting for the GPU.
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.submit_and_read(self.encoder("walsh readback"), buffer, bytes)
+    }
+
+    /// Blocking [`Gpu::read_async`].
+    pub fn read<T: Pod>(&self, buffer: &GpuBuffer, count: usize) -> Result<Vec<T>> {
+        pollster::block_on(self.read_async(buffer, count))
     }
 }

@@ -128,7 +128,7 @@ fn timestamps_time_a_compute_pass() {
         }
         timer.resolve(&mut enc);
         gpu.submit_and_wait(enc).unwrap();
-        let secs = timer.read_seconds(&gpu).unwrap();
+        let secs = pollster::block_on(timer.read_seconds(&gpu)).unwrap();
         assert_eq!(secs.len(), 2);
         for s in secs {
             assert!(s > 0.0 && s < 60.0, "{} pass took {s} s?", gpu.describe());

@@ -66,8 +66,10 @@ impl GpuTimer {
     }
 
     /// Durations of each slot in seconds, after the encoder with `resolve` was submitted.
-    pub fn read_seconds(&self, gpu: &Gpu) -> Result<Vec<f64>> {
-        let raw: Vec<u64> = gpu.read(&self.resolve, self.capacity as usize * 2)?;
+    pub async fn read_seconds(&self, gpu: &Gpu) -> Result<Vec<f64>> {
+        let raw: Vec<u64> = gpu
+            .read_async(&self.resolve, self.capacity as usize * 2)
+            .await?;
         Ok(raw
             .chunks_exact(2)
             .map(|p| p[1].saturating_sub(p[0]) as f64 * self.period_ns * 1e-9)

@@ -92,7 +92,12 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        Self::from_json(path, &text)
+    }
+
+    /// Parses and validates the text of a config file; `path` names it in messages.
+    pub fn from_json(path: &Path, text: &str) -> Result<Self, ModelError> {
+        let config: Config = serde_json::from_str(text).map_err(|e| ModelError::Config {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;

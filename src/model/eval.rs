@@ -17,7 +17,17 @@ pub struct EvalReport {
 /// Scores every byte after the first with as much context as the model allows: windows
 /// of the context length, each starting half a window after the previous one, scoring
 /// only bytes no earlier window scored.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn evaluate(
+    dec: &mut dyn Decoder,
+    tokens: &[u32],
+    progress: impl FnMut(usize, usize),
+) -> Result<EvalReport, ModelError> {
+    pollster::block_on(evaluate_async(dec, tokens, progress))
+}
+
+/// [`evaluate`] for callers that must not block (the browser); the same loop.
+pub async fn evaluate_async(
     dec: &mut dyn Decoder,
     tokens: &[u32],
     mut progress: impl FnMut(usize, usize),
@@ -40,7 +50,7 @@ pub fn evaluate(
         let end = (start + context).min(tokens.len());
         dec.reset();
         let window = &tokens[start..end];
-        let logits = dec.logits(&[(0, window)])?.remove(0);
+        let logits = dec.logits(&[(0, window)]).await?.remove(0);
         let vocab = logits.len() / window.len();
         for i in 0..window.len() - 1 {
             let target = start + i + 1;

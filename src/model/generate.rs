@@ -1,8 +1,12 @@
 //! Generation, the same on every device: prefill all prompts in one step, then decode one
 //! token per sequence per step, streaming each token to a callback that may stop the run.
 
+use std::future::Future;
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::time::Duration;
+
+use web_time::Instant;
 
 use serde::Serialize;
 
@@ -12,6 +16,11 @@ use super::gpu::GpuDecoder;
 use super::weights::Model;
 use crate::gpu::MemoryReport;
 use crate::ops::sample::{SampleRng, SamplingParams, sample_reference};
+
+/// The result of a decoder step, once the device has it. The GPU decoder's step waits
+/// for its readback (blocking natively, yielding to the event loop in the browser); the
+/// CPU decoder's is ready at once.
+pub type StepFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ModelError>> + 'a>>;
 
 /// A decoder generation can drive: the GPU one, or a CPU reference decoder per sequence.
 pub trait Decoder {
@@ -25,14 +34,14 @@ pub trait Decoder {
     fn reset_sequence(&mut self, seq: usize);
     /// Appends tokens to sequences (entries `(sequence, tokens)`) and samples each
     /// sequence's next token with its draw in [0, 1).
-    fn step(
-        &mut self,
-        batch: &[(usize, &[u32])],
-        sampling: &SamplingParams,
-        draws: &[f32],
-    ) -> Result<Vec<u32>, ModelError>;
+    fn step<'a>(
+        &'a mut self,
+        batch: &'a [(usize, &'a [u32])],
+        sampling: &'a SamplingParams,
+        draws: &'a [f32],
+    ) -> StepFuture<'a, Vec<u32>>;
     /// Appends tokens and returns the logits of every appended row, per entry.
-    fn logits(&mut self, batch: &[(usize, &[u32])]) -> Result<Vec<Vec<f32>>, ModelError>;
+    fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>>;
     /// GPU memory accounting, where there is a GPU.
     fn memory(&self) -> Option<MemoryReport>;
     /// Where it runs, for summaries: an adapter name, or "cpu".
@@ -52,16 +61,16 @@ impl Decoder for GpuDecoder<'_> {
     fn reset_sequence(&mut self, seq: usize) {
         GpuDecoder::reset_sequence(self, seq)
     }
-    fn step(
-        &mut self,
-        batch: &[(usize, &[u32])],
-        sampling: &SamplingParams,
-        draws: &[f32],
-    ) -> Result<Vec<u32>, ModelError> {
-        self.forward_sample(batch, sampling, draws)
+    fn step<'a>(
+        &'a mut self,
+        batch: &'a [(usize, &'a [u32])],
+        sampling: &'a SamplingParams,
+        draws: &'a [f32],
+    ) -> StepFuture<'a, Vec<u32>> {
+        Box::pin(self.forward_sample_async(batch, sampling, draws))
     }
-    fn logits(&mut self, batch: &[(usize, &[u32])]) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.forward_logits(batch)
+    fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>> {
+        Box::pin(self.forward_logits_async(batch))
     }
     fn memory(&self) -> Option<MemoryReport> {
         Some(self.gpu().memory().report())
@@ -155,27 +164,31 @@ impl Decoder for CpuBatch<'_> {
             d.reset();
         }
     }
-    fn step(
-        &mut self,
-        batch: &[(usize, &[u32])],
-        sampling: &SamplingParams,
-        draws: &[f32],
-    ) -> Result<Vec<u32>, ModelError> {
-        check_step(sampling, batch.len(), draws.len())?;
-        batch
-            .iter()
-            .zip(draws)
-            .map(|(&(seq, tokens), &u)| {
-                let logits = self.run(seq, tokens, false)?;
-                Ok(sample_reference(&logits, sampling, u))
-            })
-            .collect()
+    fn step<'a>(
+        &'a mut self,
+        batch: &'a [(usize, &'a [u32])],
+        sampling: &'a SamplingParams,
+        draws: &'a [f32],
+    ) -> StepFuture<'a, Vec<u32>> {
+        let mut step = || {
+            check_step(sampling, batch.len(), draws.len())?;
+            batch
+                .iter()
+                .zip(draws)
+                .map(|(&(seq, tokens), &u)| {
+                    let logits = self.run(seq, tokens, false)?;
+                    Ok(sample_reference(&logits, sampling, u))
+                })
+                .collect()
+        };
+        Box::pin(std::future::ready(step()))
     }
-    fn logits(&mut self, batch: &[(usize, &[u32])]) -> Result<Vec<Vec<f32>>, ModelError> {
-        batch
+    fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>> {
+        let all = batch
             .iter()
             .map(|&(seq, tokens)| self.run(seq, tokens, true))
-            .collect()
+            .collect();
+        Box::pin(std::future::ready(all))
     }
     fn memory(&self) -> Option<MemoryReport> {
         None
@@ -240,7 +253,18 @@ fn rate(count: usize, time: Duration) -> f64 {
 /// `on_token` for each token as it arrives; `ControlFlow::Break` stops the run (tokens so
 /// far are returned). The random draws come from `options.sampling.seed`, one per
 /// sequence per step in prompt order, so every device draws the same numbers.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn generate(
+    decoder: &mut dyn Decoder,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    on_token: impl FnMut(TokenEvent) -> ControlFlow<()>,
+) -> Result<Generation, ModelError> {
+    pollster::block_on(generate_async(decoder, prompts, options, on_token))
+}
+
+/// [`generate`] for callers that must not block (the browser); the same loop.
+pub async fn generate_async(
     decoder: &mut dyn Decoder,
     prompts: &[Vec<u32>],
     options: &GenerateOptions,
@@ -305,7 +329,7 @@ pub fn generate(
         }
         let draws: Vec<f32> = batch.iter().map(|_| rng.next_unit()).collect();
         let start = Instant::now();
-        let next = decoder.step(&batch, &options.sampling, &draws)?;
+        let next = decoder.step(&batch, &options.sampling, &draws).await?;
         let took = start.elapsed();
         if index == 0 {
             stats.prefill_seconds = took.as_secs_f64();

@@ -463,7 +463,29 @@ impl<'g> GpuDecoder<'g> {
 
     /// Appends each sequence's tokens and returns the logits of every appended row, per
     /// sequence in batch order (`[tokens, vocab]` flattened).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_logits(
+        &mut self,
+        batch: &[(usize, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        pollster::block_on(self.forward_logits_async(batch))
+    }
+
+    /// Appends each sequence's tokens and samples the next token of each from its last
+    /// row, on the GPU, with `draws[i]` (uniform in [0, 1)) for batch entry i. One command
+    /// buffer; reads back one u32 per sequence.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_sample(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Result<Vec<u32>, ModelError> {
+        pollster::block_on(self.forward_sample_async(batch, sampling, draws))
+    }
+
+    /// [`GpuDecoder::forward_logits`], awaiting the readback.
+    pub async fn forward_logits_async(
         &mut self,
         batch: &[(usize, &[u32])],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
@@ -472,11 +494,14 @@ impl<'g> GpuDecoder<'g> {
         self.encode_forward(&mut encoder, batch, &layout)?;
         let vocab = self.config.vocab_size;
         let acts = self.acts.as_ref().expect("allocated by encode_forward");
-        let bytes = self.gpu.submit_and_read(
-            encoder,
-            acts.logits.buffer(),
-            (layout.rows * vocab * 4) as u64,
-        )?;
+        let bytes = self
+            .gpu
+            .finish_and_read(
+                encoder,
+                acts.logits.buffer(),
+                (layout.rows * vocab * 4) as u64,
+            )
+            .await?;
         let all: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
         Ok(layout
             .spans
@@ -485,10 +510,8 @@ impl<'g> GpuDecoder<'g> {
             .collect())
     }
 
-    /// Appends each sequence's tokens and samples the next token of each from its last
-    /// row, on the GPU, with `draws[i]` (uniform in [0, 1)) for batch entry i. One command
-    /// buffer; reads back one u32 per sequence.
-    pub fn forward_sample(
+    /// [`GpuDecoder::forward_sample`], awaiting the readback.
+    pub async fn forward_sample_async(
         &mut self,
         batch: &[(usize, &[u32])],
         sampling: &SamplingParams,
@@ -529,9 +552,10 @@ impl<'g> GpuDecoder<'g> {
                 sampling,
             )?;
         }
-        let bytes =
-            self.gpu
-                .submit_and_read(encoder, acts.sampled.buffer(), 4 * batch.len() as u64)?;
+        let bytes = self
+            .gpu
+            .finish_and_read(encoder, acts.sampled.buffer(), 4 * batch.len() as u64)
+            .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 }

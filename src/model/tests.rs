@@ -85,7 +85,9 @@ fn gpu_logits_match_cpu_reference_for_every_variant() {
             let mut steps: Vec<Vec<u32>> = vec![p];
             steps.extend((0..3).map(|k| vec![(k * 50 + 7) as u32]));
             for (k, tokens) in steps.iter().enumerate() {
-                let want = cpu.logits(&[(0, tokens)]).unwrap().remove(0);
+                let want = pollster::block_on(cpu.logits(&[(0, tokens)]))
+                    .unwrap()
+                    .remove(0);
                 let got = dec.forward_logits(&[(0, tokens)]).unwrap().remove(0);
                 let err = relative_error(&got, &want);
                 assert!(
@@ -277,7 +279,9 @@ fn eval_agrees_on_every_device_and_with_a_direct_computation() {
     // A text within one window: the mean of -log softmax at each target, by hand.
     let short = &text[..16];
     cpu.reset();
-    let logits = cpu.logits(&[(0, short)]).unwrap().remove(0);
+    let logits = pollster::block_on(cpu.logits(&[(0, short)]))
+        .unwrap()
+        .remove(0);
     let mut nats = 0.0;
     for i in 0..15 {
         let row: Vec<f64> = logits[i * 256..(i + 1) * 256]
@@ -326,7 +330,9 @@ fn generation_past_the_context_slides_the_same_way_on_every_device() {
     let mut h = prompts[0].clone();
     // Steps 1-11 fill positions 5..16; step 12 restarts from the last 8 of the 17 tokens.
     h.extend(&want[0][..12]);
-    let logits = alone.logits(&[(0, &h[h.len() - 8..])]).unwrap().remove(0);
+    let logits = pollster::block_on(alone.logits(&[(0, &h[h.len() - 8..])]))
+        .unwrap()
+        .remove(0);
     let last = &logits[7 * 256..];
     let argmax = (0..256)
         .max_by(|&a, &b| last[a].total_cmp(&last[b]))

@@ -39,11 +39,14 @@ const BINDINGS: [Binding; 4] = [
     Binding::ReadWrite,
 ];
 
-/// Which kernel to run; [`Kernel::Auto`] picks by batch size.
+/// Which kernel to run; [`Kernel::Auto`] picks by batch size and adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     Auto,
+    /// A workgroup per output, reduced through workgroup memory (GPUs).
     Gemv,
+    /// An invocation per output, no barrier (CPU adapters).
+    GemvOutputs,
     Gemm,
 }
 
@@ -81,18 +84,29 @@ pub fn encode_with(
     if rows == 0 || n_out == 0 {
         return Ok(());
     }
-    let gemv = match kernel {
-        Kernel::Auto => rows <= GEMV_MAX_ROWS,
-        Kernel::Gemv => true,
-        Kernel::Gemm => false,
+    let kernel = match kernel {
+        // On a CPU adapter a barrier is a thread switch: one invocation per output wins.
+        Kernel::Auto
+            if rows <= GEMV_MAX_ROWS && gpu.info().device_type == wgpu::DeviceType::Cpu =>
+        {
+            Kernel::GemvOutputs
+        }
+        Kernel::Auto if rows <= GEMV_MAX_ROWS => Kernel::Gemv,
+        Kernel::Auto => Kernel::Gemm,
+        k => k,
     };
+    let gemv = kernel != Kernel::Gemm;
     // A workgroup takes up to MAX_GEMV_ROWS rows; sized to the batch so no invocation
     // loops over rows that are not there.
     let gemv_rows = rows.min(MAX_GEMV_ROWS);
-    let (entry, groups) = if gemv {
-        ("gemv", n_out * rows.div_ceil(gemv_rows))
-    } else {
-        ("gemm", n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE))
+    let blocks = rows.div_ceil(gemv_rows);
+    let (entry, groups) = match kernel {
+        Kernel::Gemv => ("gemv", n_out * blocks),
+        Kernel::GemvOutputs => (
+            "gemv_outputs",
+            n_out.div_ceil(GEMV_WORKGROUP as usize) * blocks,
+        ),
+        _ => ("gemm", n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE)),
     };
     let mut key = PipelineKey::new(Shader::Matmul, entry)
         .with_flag("W_F16", w.format == WeightFormat::F16)
@@ -203,12 +217,22 @@ mod tests {
             for format in [WeightFormat::F32, WeightFormat::F16] {
                 for (rows, n_in, n_out) in [(1, 1, 1), (3, 37, 5), (9, 130, 67), (16, 64, 3)] {
                     check(&gpu, Kernel::Gemv, format, rows, n_in, n_out, false);
+                    check(&gpu, Kernel::GemvOutputs, format, rows, n_in, n_out, false);
                 }
                 for (rows, n_in, n_out) in [(1, 1, 1), (37, 19, 70), (65, 33, 129), (17, 64, 64)] {
                     check(&gpu, Kernel::Gemm, format, rows, n_in, n_out, false);
                 }
             }
             check(&gpu, Kernel::Gemv, WeightFormat::F16, 5, 41, 9, true);
+            check(
+                &gpu,
+                Kernel::GemvOutputs,
+                WeightFormat::F16,
+                11,
+                70,
+                130,
+                true,
+            );
             check(&gpu, Kernel::Gemm, WeightFormat::F32, 37, 41, 9, true);
         }
     }

@@ -1,14 +1,21 @@
 //! `cargo xtask <task>`: project automation, in the style of wgpu's own xtask.
 //!
 //! - `test`: installs what the tests need when missing (Mesa's software Vulkan and GL
-//!   drivers, rustfmt, clippy), then runs `cargo fmt --check`, `cargo clippy -D warnings`
-//!   and every test (unit, integration, and the benches once each in smoke mode).
+//!   drivers, rustfmt, clippy, and for the browser test the wasm32 target,
+//!   wasm-bindgen-cli, Chromium and the npm tools), then runs `cargo fmt --check`,
+//!   `cargo clippy -D warnings`, every test (unit, integration, and the benches once each
+//!   in smoke mode) and the end-to-end test of the web page in headless Chromium.
 //!   Idempotent: a second run installs nothing.
+//! - `web`: builds the browser module into `web/pkg/` (see [`web`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+mod e2e;
+mod install;
+mod web;
 
 /// Debian packages giving the software adapters the GPU tests run on: lavapipe (Vulkan)
 /// and llvmpipe (GL through headless EGL).
@@ -25,6 +32,19 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("web") => web::build().map(drop),
+        Some("web-bench") => e2e::bench(&args[1..]),
+        Some("e2e") => {
+            let outcome = e2e::test()?;
+            println!(
+                "xtask: {} passed, {} failed",
+                outcome.passed, outcome.failed
+            );
+            if outcome.failed > 0 {
+                bail!("{} browser check(s) failed", outcome.failed);
+            }
+            Ok(())
+        }
         Some(other) => bail!("unknown task `{other}`\n\n{USAGE}"),
         None => {
             eprintln!("{USAGE}");
@@ -36,16 +56,22 @@ fn main() -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  test    install what is missing, then fmt check, clippy -D warnings and every test";
+  test    install what is missing, then fmt check, clippy -D warnings, every test and
+          the browser end-to-end test
+  web     build the browser module into web/pkg/ (then: cargo run --release -- serve)
+  e2e     only the browser end-to-end test (builds the page, serves it, drives Chromium)
+  web-bench [--quick] [--suites kernels,decoder,paper] [--out DIR]
+          run the benchmark suites in headless Chromium's WebGPU and write the reports
+          (default: bench-results/)";
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace root")
         .to_path_buf()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {cmd:?}");
     let status = cmd
         .status()
@@ -56,21 +82,34 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
 }
 
 fn test() -> Result<()> {
-    ensure_apt_packages(APT_PACKAGES)?;
-    ensure_rustup_components(&["rustfmt", "clippy"])?;
+    install::ensure_apt_packages(APT_PACKAGES)?;
+    install::ensure_rustup_components(&["rustfmt", "clippy"])?;
 
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
         "--workspace",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The browser build compiles code native builds never see (src/web.rs).
+    install::ensure_rust_target(web::TARGET)?;
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "walsh",
+        "--lib",
+        "--target",
+        web::TARGET,
         "--",
         "-D",
         "warnings",
@@ -93,8 +132,15 @@ fn test() -> Result<()> {
         tests.env("XDG_RUNTIME_DIR", dir);
     }
     let (passed, failed) = run_counting(&mut tests)?;
-    eprintln!("xtask: fmt, clippy and every test passed");
+
+    // The page in a real browser: never skipped, in CI or not.
+    let browser = e2e::test()?;
+    let (passed, failed) = (passed + browser.passed, failed + browser.failed);
     println!("xtask: {passed} passed, {failed} failed");
+    if browser.failed > 0 {
+        bail!("{} browser check(s) failed", browser.failed);
+    }
+    eprintln!("xtask: fmt, clippy, every test and the browser checks passed");
     Ok(())
 }
 
@@ -137,63 +183,6 @@ fn parse_test_result(line: &str) -> Option<(usize, usize)> {
             .ok()
     };
     Some((count("passed")?, count("failed")?))
-}
-
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-/// Installs the missing Debian packages with apt-get (through sudo when not root).
-fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if Command::new("apt-get").arg("--version").output().is_err() {
-        bail!(
-            "missing packages {missing:?} and no apt-get here: install Mesa's Vulkan (lavapipe) \
-             and EGL/GL (llvmpipe) drivers by hand"
-        );
-    }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let apt = |args: &[&str]| {
-        let mut c = if is_root {
-            Command::new("apt-get")
-        } else {
-            let mut s = Command::new("sudo");
-            s.arg("apt-get");
-            s
-        };
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
-    eprintln!("xtask: installing {missing:?}");
-    run(&mut apt(&["update", "-qq"]))?;
-    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
-    install.args(&missing);
-    run(&mut install)
-}
-
-fn ensure_rustup_components(components: &[&str]) -> Result<()> {
-    let Ok(out) = Command::new("rustup")
-        .args(["component", "list", "--installed"])
-        .output()
-    else {
-        return Ok(()); // no rustup: rely on the toolchain at hand
-    };
-    let have = String::from_utf8_lossy(&out.stdout);
-    for c in components {
-        if !have.lines().any(|l| l.starts_with(c)) {
-            run(Command::new("rustup").args(["component", "add", c]))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

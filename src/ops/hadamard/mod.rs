@@ -472,7 +472,18 @@ impl<'g> Hadamard<'g> {
 
     /// Convenience for callers with host data: transforms `x` (rows x n, row major) on the
     /// GPU with the fast kernel and returns the result.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run(&self, x: &[f32], n: usize, path: WhtPath) -> Result<Vec<f32>, WhtError> {
+        pollster::block_on(self.run_async(x, n, path))
+    }
+
+    /// [`Hadamard::run`], awaiting the readback.
+    pub async fn run_async(
+        &self,
+        x: &[f32],
+        n: usize,
+        path: WhtPath,
+    ) -> Result<Vec<f32>, WhtError> {
         if n == 0 || !x.len().is_multiple_of(n) {
             return Err(WhtError::Shape {
                 what: "input",
@@ -507,7 +518,10 @@ impl<'g> Hadamard<'g> {
                 },
             )?;
         }
-        self.gpu.submit_and_wait(encoder)?;
-        Ok(self.gpu.read(&output, x.len())?)
+        let bytes = self
+            .gpu
+            .finish_and_read(encoder, output.buffer(), (x.len() * 4) as u64)
+            .await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 }

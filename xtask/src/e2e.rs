@@ -1,0 +1,181 @@
+//! The browser end-to-end test and the browser benchmark: build the page, start
+//! `walsh serve`, and drive Debian's headless Chromium with `xtask/node/e2e.mjs`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::web::{self, node_dir};
+use crate::{cargo, install, root, run};
+
+/// The prompt of the browser test; its greedy continuation is compared token by token.
+const PROMPT: &str = "ROMEO.\n";
+/// Greedy tokens generated in the browser test.
+const TOKENS: usize = 32;
+
+/// Counts of the browser checks, and what the page measured.
+pub struct Outcome {
+    pub passed: usize,
+    pub failed: usize,
+    pub summary: Option<serde_json::Value>,
+}
+
+/// A running `walsh serve` on a free port, stopped on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(walsh: &PathBuf) -> Result<Self> {
+        let mut child = Command::new(walsh)
+            .args(["serve", "--port", "0"])
+            .current_dir(root())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} serve", walsh.display()))?;
+        let stdout = child.stdout.take().expect("piped above");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        // "serving http://127.0.0.1:PORT/ (...)"
+        let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+            let _ = child.kill();
+            bail!("walsh serve did not print its URL (printed {line:?})");
+        };
+        Ok(Self {
+            url: url.to_string(),
+            child,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Installs Chromium and the npm tools when missing and builds the page and the binary.
+fn prepare() -> Result<(PathBuf, web::WasmSize)> {
+    install::ensure_apt_packages(&["chromium"])?;
+    let size = web::build()?;
+    run(cargo().args(["build", "--bin", "walsh"]))?;
+    let walsh = web::target_dir(&root()).join("debug").join("walsh");
+    Ok((walsh, size))
+}
+
+fn node(args: &[&str]) -> Command {
+    let mut c = Command::new("node");
+    c.arg(node_dir().join("e2e.mjs")).args(args);
+    c.current_dir(root());
+    c
+}
+
+/// Runs the browser checks; never skips: a missing browser is a failure.
+pub fn test() -> Result<Outcome> {
+    let (walsh, size) = prepare()?;
+    let expected = reference_tokens(&walsh)?;
+    let server = Server::start(&walsh)?;
+    let artifacts = web::target_dir(&root()).join("e2e");
+    let mut cmd = node(&["test", &server.url, &artifacts.to_string_lossy()]);
+    cmd.env("WALSH_PROMPT", PROMPT)
+        .env("WALSH_EXPECTED_TOKENS", serde_json::to_string(&expected)?)
+        .stdout(Stdio::piped());
+    eprintln!("xtask: $ {cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .context("starting node (apt-get install nodejs)")?;
+    let mut outcome = Outcome {
+        passed: 0,
+        failed: 0,
+        summary: None,
+    };
+    for line in BufReader::new(child.stdout.take().expect("piped above")).lines() {
+        let line = line?;
+        println!("{line}");
+        if line.starts_with("e2e: ok ") {
+            outcome.passed += 1;
+        } else if line.starts_with("e2e: FAILED ") {
+            outcome.failed += 1;
+        } else if let Some(json) = line.strip_prefix("e2e-summary ") {
+            outcome.summary = serde_json::from_str(json).ok();
+        }
+    }
+    let status = child.wait()?;
+    drop(server);
+    if !status.success() && outcome.failed == 0 {
+        // The script itself broke (e.g. Chromium would not start).
+        outcome.failed = 1;
+    }
+    if let Some(s) = &mut outcome.summary {
+        s["wasm_bytes"] = size.raw.into();
+        s["wasm_gzipped_bytes"] = size.gzipped.into();
+        eprintln!("xtask: browser summary {s}");
+    }
+    Ok(outcome)
+}
+
+/// The native CPU reference's greedy tokens for [`PROMPT`] from the default model.
+fn reference_tokens(walsh: &PathBuf) -> Result<Vec<u32>> {
+    let out = Command::new(walsh)
+        .current_dir(root())
+        .args(["generate", "--device", "cpu", "--json", "--prompt", PROMPT])
+        .args(["--max-tokens", &TOKENS.to_string()])
+        .args([
+            "--temperature",
+            "0",
+            "--top-k",
+            "0",
+            "--top-p",
+            "1",
+            "--seed",
+            "0",
+        ])
+        .output()
+        .context("running walsh generate --device cpu")?;
+    if !out.status.success() {
+        bail!(
+            "walsh generate --device cpu failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading walsh generate --json output")?;
+    let tokens: Vec<u32> = serde_json::from_value(json["tokens"][0].clone())?;
+    if tokens.len() != TOKENS {
+        bail!(
+            "the CPU reference gave {} tokens, not {TOKENS}",
+            tokens.len()
+        );
+    }
+    Ok(tokens)
+}
+
+/// `cargo xtask web-bench [--quick] [--suites LIST] [--out DIR]`: runs `walsh bench`'s
+/// suites in headless Chromium's WebGPU page and writes the report files.
+pub fn bench(args: &[String]) -> Result<()> {
+    let mut quick = false;
+    let mut suites = "kernels,decoder".to_string();
+    let mut out = root().join("bench-results");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--suites" => suites = it.next().context("--suites needs a value")?.clone(),
+            "--out" => out = PathBuf::from(it.next().context("--out needs a value")?),
+            other => bail!("web-bench: unknown argument {other}"),
+        }
+    }
+    let (walsh, _) = prepare()?;
+    let server = Server::start(&walsh)?;
+    let mut args = vec!["bench", &server.url];
+    let out = out.to_string_lossy().to_string();
+    args.extend([out.as_str(), suites.as_str()]);
+    if quick {
+        args.push("quick");
+    }
+    run(&mut node(&args))
+}
