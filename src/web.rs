@@ -281,9 +281,11 @@ impl Engine {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut options = BenchOptions::new(suites, quick);
-        // Software WebGPU (SwiftShader) and phones: keep the paper grid small.
+        // Software WebGPU (SwiftShader) and phones: keep the sizes within a few minutes
+        // (a 16384-wide GEMM alone is 137 GFLOP).
         options.max_d_model = options.max_d_model.min(1024);
         options.max_context = options.max_context.min(512);
+        options.max_kernel_n = options.max_kernel_n.min(4096);
         let user_agent = web_sys::window()
             .and_then(|w| w.navigator().user_agent().ok())
             .unwrap_or_default();

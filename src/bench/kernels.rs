@@ -55,11 +55,15 @@ impl KernelCase {
 }
 
 fn widths(options: &BenchOptions) -> Vec<usize> {
-    if options.quick {
-        vec![256, 1024]
+    let all: &[usize] = if options.quick {
+        &[256, 1024]
     } else {
-        vec![256, 1024, 4096, 16384]
-    }
+        &[256, 1024, 4096, 16384]
+    };
+    all.iter()
+        .copied()
+        .filter(|&n| n <= options.max_kernel_n)
+        .collect()
 }
 
 /// Rows so each buffer holds `elems` values: enough to fill a GPU.

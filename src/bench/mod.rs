@@ -40,6 +40,13 @@ pub struct BenchOptions {
     pub max_d_model: usize,
     /// Largest context of the paper grid.
     pub max_context: usize,
+    /// Largest width of the kernel suite (reports before this field ran every width).
+    #[serde(default = "all_kernel_widths")]
+    pub max_kernel_n: usize,
+}
+
+fn all_kernel_widths() -> usize {
+    16384
 }
 
 impl BenchOptions {
@@ -49,6 +56,7 @@ impl BenchOptions {
             quick,
             max_d_model: if quick { 256 } else { 4096 },
             max_context: if quick { 128 } else { 2048 },
+            max_kernel_n: all_kernel_widths(),
         }
     }
 

@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Largest context of the paper grid (default 2048, 128 with --quick).
     #[arg(long)]
     pub max_context: Option<usize>,
+    /// Largest width of the kernel suite (default 16384).
+    #[arg(long)]
+    pub max_kernel_n: Option<usize>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -84,6 +87,9 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
     }
     if let Some(c) = args.max_context {
         options.max_context = c;
+    }
+    if let Some(n) = args.max_kernel_n {
+        options.max_kernel_n = n;
     }
     let gpus: Vec<Gpu> = if args.all_adapters {
         let adapters = enumerate(&native_instance());
