@@ -85,7 +85,7 @@ pub fn cases(gpu: &Gpu, options: &BenchOptions) -> Vec<KernelCase> {
             n,
             rows: 1,
         });
-        let fits = gpu.check_binding_size("W", (n * n * 2) as u64).is_ok();
+        let fits = gpu.check_binding_size("W", n as u64 * n as u64 * 2).is_ok();
         if fits {
             out.push(KernelCase {
                 kernel: "dense_gemv_f16",
@@ -217,8 +217,9 @@ pub async fn measure(
                 Ok(matmul::encode_matmul(gpu, pass, &w, &x, &y, rows, false)?)
             })
             .await?;
-            let bytes = 2 * n * n + 4 * 2 * rows * n;
-            (time, bytes as u64, (2 * rows * n * n) as u64)
+            // In u64: on wasm32 usize is 32 bits, and 2 * 256 * 4096^2 is 2^33.
+            let (n, rows) = (n as u64, rows as u64);
+            (time, 2 * n * n + 8 * rows * n, 2 * rows * n * n)
         }
         "attention_decode" | "attention_prefill" => {
             let head_dim = 64.min(n);
@@ -257,8 +258,9 @@ pub async fn measure(
             // Keys each query attends to: all `context` in decode, pos + 1 in prefill.
             let pairs: usize = table.iter().map(|&(_, p)| p as usize + 1).sum();
             let keys_read = if decode { pairs } else { rows };
-            let bytes = 4 * (2 * keys_read * n + 2 * table.len() * n);
-            (time, bytes as u64, (4 * pairs * n) as u64)
+            let (n, pairs) = (n as u64, pairs as u64);
+            let bytes = 4 * (2 * keys_read as u64 * n + 2 * table.len() as u64 * n);
+            (time, bytes, 4 * pairs * n)
         }
         other => {
             return Err(BenchError::Report {

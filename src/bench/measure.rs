@@ -64,7 +64,7 @@ pub async fn time_pass(
         gpu.finish(encoder).await?;
         let wall = start.elapsed().as_secs_f64();
         let seconds = match &timer {
-            Some(t) => t.read_seconds(gpu).await?[0],
+            Some(t) => plausible(t.read_seconds(gpu).await?[0], wall),
             None => wall,
         };
         if i > 0 {
@@ -72,6 +72,17 @@ pub async fn time_pass(
         }
     }
     Ok(Stats::from_samples(samples))
+}
+
+/// A GPU timestamp duration, or the wall clock where the timestamps cannot be right:
+/// zero, or longer than the wall time around the submission (a counter that wrapped:
+/// SwiftShader's does within seconds).
+fn plausible(gpu_seconds: f64, wall_seconds: f64) -> f64 {
+    if gpu_seconds > 0.0 && gpu_seconds <= wall_seconds {
+        gpu_seconds
+    } else {
+        wall_seconds
+    }
 }
 
 /// Times `record` on a whole command encoder (for copies, which are not compute passes)
@@ -97,6 +108,14 @@ pub async fn time_encoder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn implausible_timestamps_give_way_to_the_wall_clock() {
+        assert_eq!(plausible(0.5, 0.6), 0.5);
+        assert_eq!(plausible(0.0, 0.6), 0.6);
+        assert_eq!(plausible(7.0, 0.6), 0.6);
+        assert_eq!(plausible(f64::NAN, 0.6), 0.6);
+    }
 
     #[test]
     fn median_min_max() {

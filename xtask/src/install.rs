@@ -99,7 +99,7 @@ pub fn lock_version(root: &Path, package: &str) -> Result<String> {
 /// Installs `wasm-bindgen-cli` at exactly `version` (the CLI must match the library)
 /// unless that version is already on the PATH.
 pub fn ensure_wasm_bindgen(version: &str) -> Result<()> {
-    let have = Command::new("wasm-bindgen")
+    let have = Command::new(wasm_bindgen())
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -119,6 +119,18 @@ pub fn ensure_wasm_bindgen(version: &str) -> Result<()> {
         &format!("={version}"),
         "--force",
     ]))
+}
+
+/// The `wasm-bindgen` that `cargo install` puts in `$CARGO_HOME/bin`, which need not be
+/// on the PATH; else whatever the PATH has.
+pub fn wasm_bindgen() -> std::path::PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    cargo_home
+        .map(|h| h.join("bin").join("wasm-bindgen"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "wasm-bindgen".into())
 }
 
 /// Runs `npm ci` in `dir` (package.json + package-lock.json) when its node_modules is

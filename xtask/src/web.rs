@@ -52,7 +52,7 @@ pub fn build() -> Result<WasmSize> {
         .join(TARGET)
         .join("release")
         .join("walsh.wasm");
-    run(Command::new("wasm-bindgen")
+    run(Command::new(install::wasm_bindgen())
         .args(["--target", "web", "--no-typescript", "--out-dir"])
         .arg(&pkg)
         .arg(&module))?;
