@@ -125,8 +125,12 @@ fn register_stages(count: u32) {
 }
 
 fn store(l: Lane, i: u32, y: f32) {
-    let col = i * S + l.s;  // position within the row, for gamma and beta
-    let at = global_index(l, i);
+    // i * S + l.s: the position within the row, for gamma and beta.
+    store_at(global_index(l, i), i * S + l.s, y);
+}
+
+// Scale and epilogue of one value: `at` in dst (and resid), `col` in gamma and beta.
+fn store_at(at: u32, col: u32, y: f32) {
     var v = y * params.scale;
     if (EPI_GAMMA) { v = v * gamma[col]; }
     if (EPI_BETA) { v = v + beta[col]; }
@@ -271,5 +275,59 @@ fn wht_naive_mix(@builtin(global_invocation_id) gid: vec3<u32>,
             acc += select(u[c], -u[c], ((signs >> c) & 1u) == 1u);
         }
         dst[base + r * P] = acc * params.scale;
+    }
+}
+
+// ---- By rows: one invocation per row, in place on `dst`, no barrier -------------------
+// For CPU adapters (lavapipe, llvmpipe, SwiftShader), where a barrier is a switch between
+// threads and WebGPU zero-fills workgroup memory for every workgroup: each invocation
+// copies its row, does every butterfly stage and the M x M mix on it (the row stays in
+// the CPU's cache), and stores it through the epilogue. One dispatch; rows of at most
+// 4096 values (the host checks: longer rows gave wrong results on both llvmpipe adapters,
+// which bound shader loops). Workgroup size: NAIVE_WG
+// (NAIVE_WORKGROUP on the host).
+@compute @workgroup_size(NAIVE_WG)
+fn wht_rows(@builtin(global_invocation_id) gid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.y * (nwg.x * NAIVE_WG) + gid.x;
+    if (row >= params.lines) {
+        return;
+    }
+    let n = M * P;
+    let base = row * n;
+    for (var i = 0u; i < n; i++) {
+        dst[base + i] = src[base + i];
+    }
+    for (var h = 1u; h < P; h <<= 1u) {
+        for (var c = 0u; c < M; c++) {
+            let cb = base + c * P;
+            for (var i = 0u; i < P; i += 2u * h) {
+                for (var j = cb + i; j < cb + i + h; j++) {
+                    let a = dst[j];
+                    let b = dst[j + h];
+                    dst[j] = a + b;
+                    dst[j + h] = a - b;
+                }
+            }
+        }
+    }
+    if (M > 1u) {
+        for (var ip = 0u; ip < P; ip++) {
+            var u: array<f32, MAX_M>;
+            for (var c = 0u; c < M; c++) {
+                u[c] = dst[base + c * P + ip];
+            }
+            for (var r = 0u; r < M; r++) {
+                let signs = hm_signs[r];
+                var acc = 0.0;
+                for (var c = 0u; c < M; c++) {
+                    acc += select(u[c], -u[c], ((signs >> c) & 1u) == 1u);
+                }
+                dst[base + r * P + ip] = acc;
+            }
+        }
+    }
+    for (var i = 0u; i < n; i++) {
+        store_at(base + i, i, dst[base + i]);
     }
 }

@@ -40,7 +40,8 @@ enum Command {
         /// Number of rows.
         #[arg(long, default_value_t = 4096)]
         rows: usize,
-        /// Kernel: fast (subgroups where available), shared (no subgroups), subgroup, naive.
+        /// Kernel: fast (rows on CPU adapters, else subgroups where available), shared (no
+        /// subgroups), subgroup, rows (an invocation per row), naive.
         #[arg(long, default_value = "fast")]
         kernel: Kernel,
     },

@@ -16,6 +16,8 @@ pub enum Kernel {
     Fast,
     Shared,
     Subgroup,
+    /// One invocation per row, no barrier (what CPU adapters get by default).
+    Rows,
     Naive,
 }
 
@@ -111,6 +113,7 @@ pub fn wht(adapter: &str, n: usize, rows: usize, kernel: Kernel) -> Result<()> {
             Kernel::Fast => WhtPath::Auto,
             Kernel::Shared => WhtPath::Shared,
             Kernel::Subgroup => WhtPath::Subgroup,
+            Kernel::Rows => WhtPath::Rows,
             Kernel::Naive => {
                 h.encode_naive(&mut encoder, &input, &output, rows, n)?;
                 WhtPath::Auto

@@ -58,6 +58,11 @@ pub enum WhtError {
     Size(#[from] UnsupportedSize),
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    #[error(
+        "the by-rows WHT kernel takes rows of at most {max} values, not {n} (longer rows \
+         gave wrong results on llvmpipe, which bounds shader loops): use the tiled kernel"
+    )]
+    RowTooLong { n: usize, max: usize },
     #[error("{what} has length {found} but the transform needs {expected}")]
     Shape {
         what: &'static str,
@@ -65,6 +70,10 @@ pub enum WhtError {
         found: usize,
     },
 }
+
+/// Batches up to this many rows take [`WhtPath::Rows`] under `Auto` on CPU adapters
+/// (the GEMV's bound too, [`crate::ops::matmul::GEMV_MAX_ROWS`]).
+const ROWS_PATH_MAX_ROWS: usize = crate::ops::matmul::GEMV_MAX_ROWS;
 
 /// Which implementation of the cross-invocation stages the fast kernel uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,6 +85,9 @@ pub enum WhtPath {
     Shared,
     /// Subgroup shuffles; an error on a device without SUBGROUP.
     Subgroup,
+    /// One invocation per row, no workgroup memory or barrier (`wht_rows`): what `Auto`
+    /// picks on CPU adapters for decode-sized batches. Rows of at most 4096 values.
+    Rows,
 }
 
 /// The optional fused epilogue `out = resid + gamma * H(x) / sqrt(n) + beta`.
@@ -227,6 +239,7 @@ impl<'g> Hadamard<'g> {
     fn check_path(&self, path: WhtPath) -> Result<WhtPath, WhtError> {
         let has = self.gpu.features().subgroup;
         match path {
+            WhtPath::Rows => Ok(WhtPath::Rows),
             WhtPath::Auto if has => Ok(WhtPath::Auto),
             WhtPath::Auto | WhtPath::Shared => Ok(WhtPath::Shared),
             WhtPath::Subgroup if has => Ok(WhtPath::Subgroup),
@@ -287,7 +300,19 @@ impl<'g> Hadamard<'g> {
         if rows == 0 {
             return Ok(());
         }
-        let path = self.check_path(path)?;
+        // A decode-sized batch on a CPU adapter: a barrier costs more there than a whole
+        // row's butterflies (SwiftShader's WebGPU: 3 ms against 0.3 ms for one 256-row).
+        let cpu = self.gpu.info().device_type == wgpu::DeviceType::Cpu;
+        let path = match path {
+            WhtPath::Auto if cpu && rows <= ROWS_PATH_MAX_ROWS && n <= TILE_ELEMS => WhtPath::Rows,
+            p => self.check_path(p)?,
+        };
+        if path == WhtPath::Rows {
+            if n > TILE_ELEMS {
+                return Err(WhtError::RowTooLong { n, max: TILE_ELEMS });
+            }
+            return self.dispatch_rows(pass, input, output, rows, size, epilogue);
+        }
         let passes = plan(size, rows);
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if passes.len() > 1 {
@@ -349,7 +374,7 @@ impl<'g> Hadamard<'g> {
         let subgroups = fp.ls == 1
             && match path {
                 WhtPath::Subgroup => true,
-                WhtPath::Shared => false,
+                WhtPath::Shared | WhtPath::Rows => false,
                 WhtPath::Auto => fp.exchange_rounds(shuffle_bits) < fp.exchange_rounds(0),
             };
         let shader = if subgroups {
@@ -392,6 +417,51 @@ impl<'g> Hadamard<'g> {
             opt(epi.gamma),
             opt(epi.beta),
             self.signs(fp.m),
+        ];
+        self.gpu.dispatch(pass, &pipeline, &buffers, grid);
+        Ok(())
+    }
+
+    /// One dispatch of `wht_rows`: an invocation per row.
+    fn dispatch_rows<'a>(
+        &'a self,
+        pass: &mut wgpu::ComputePass<'_>,
+        input: &'a GpuBuffer,
+        output: &'a GpuBuffer,
+        rows: usize,
+        size: WhtSize,
+        epi: Epilogue<'a>,
+    ) -> Result<(), WhtError> {
+        let key = PipelineKey::new(Shader::Hadamard, "wht_rows")
+            .with("M", size.m as u32)
+            .with("P", size.p as u32)
+            .with("NAIVE_WG", NAIVE_WORKGROUP)
+            .with_flag("EPI_RESID", epi.resid.is_some())
+            .with_flag("EPI_GAMMA", epi.gamma.is_some())
+            .with_flag("EPI_BETA", epi.beta.is_some());
+        let pipeline = self.gpu.pipeline(&key, &BINDINGS)?;
+        let groups = rows.div_ceil(NAIVE_WORKGROUP as usize) as u32;
+        let grid = self.gpu.grid("WHT rows", groups)?;
+        let params = self.gpu.uniform(
+            "wht rows params",
+            &WhtParams {
+                lines: rows as u32,
+                tiles_x: grid.x,
+                scale: 1.0 / (size.n as f32).sqrt(),
+                bit: 0,
+            },
+        );
+        let dummy = self.dummy.buffer();
+        let opt =
+            |b: Option<&'a GpuBuffer>| -> &'a wgpu::Buffer { b.map_or(dummy, |b| b.buffer()) };
+        let buffers = [
+            params.buffer(),
+            input.buffer(),
+            output.buffer(),
+            opt(epi.resid),
+            opt(epi.gamma),
+            opt(epi.beta),
+            self.signs(size.m),
         ];
         self.gpu.dispatch(pass, &pipeline, &buffers, grid);
         Ok(())

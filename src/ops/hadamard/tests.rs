@@ -96,6 +96,13 @@ fn fast_and_naive_match_f64_reference_for_every_size_class() {
                 let x = input(rows, n, (n * 31 + rows) as u64);
                 let fast = h.run(&x, n, WhtPath::Shared).unwrap();
                 check(&gpu, &fast, &x, size, rows, "fast");
+                match h.run(&x, n, WhtPath::Rows) {
+                    Ok(by_rows) => check(&gpu, &by_rows, &x, size, rows, "rows"),
+                    Err(e) => assert!(
+                        n > 4096 && matches!(e, WhtError::RowTooLong { .. }),
+                        "rows n={n}: {e}"
+                    ),
+                }
                 let slow = naive(&h, &gpu, &x, n);
                 check(&gpu, &slow, &x, size, rows, "naive");
             }
@@ -182,7 +189,16 @@ fn transform_is_involutive_norm_preserving_and_linear() {
 fn fused_epilogue_matches_cpu_formula() {
     for gpu in test_gpus() {
         let h = Hadamard::new(&gpu).unwrap();
-        for (n, rows) in [(256, 37), (768, 3), (8192, 2)] {
+        // 256 x 37 takes the tiled kernel everywhere; 768 x 3 and 8192 x 2 the by-rows
+        // kernel on CPU adapters (Auto) and the tiled one elsewhere; Rows forces it.
+        let cases = [
+            (256, 37, WhtPath::Auto),
+            (768, 3, WhtPath::Auto),
+            (8192, 2, WhtPath::Auto),
+            (20, 5, WhtPath::Rows),
+            (256, 37, WhtPath::Rows),
+        ];
+        for (n, rows, path) in cases {
             let size = WhtSize::new(n).unwrap();
             let x = input(rows, n, 1);
             let gamma: Vec<f32> = input(1, n, 2).iter().map(|v| 1.0 + 0.5 * v).collect();
@@ -223,7 +239,7 @@ fn fused_epilogue_matches_cpu_formula() {
                         n,
                         WhtOptions {
                             epilogue: epi,
-                            path: WhtPath::Auto,
+                            path,
                         },
                     )
                     .unwrap();
@@ -242,7 +258,7 @@ fn fused_epilogue_matches_cpu_formula() {
                 let err = max_err(&got, &want);
                 assert!(
                     err <= tol,
-                    "fused n={n} {:?} on {}: {err:e} > {tol:e}",
+                    "fused n={n} {path:?} {:?} on {}: {err:e} > {tol:e}",
                     (g.is_some(), b.is_some(), r.is_some()),
                     gpu.describe()
                 );
