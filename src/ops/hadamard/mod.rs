@@ -391,21 +391,37 @@ impl<'g> Hadamard<'g> {
             .with("S", fp.s as u32)
             .with("LS", fp.ls as u32)
             .with("LB", fp.lb as u32)
-            .with("WG", fp.workgroup() as u32)
+            .with("WG", fp.workgroup() as u32);
+        let grid = self.gpu.grid("WHT", fp.tiles() as u32)?;
+        let params = WhtParams {
+            lines: fp.lines as u32,
+            tiles_x: grid.x,
+            scale,
+            bit: 0,
+        };
+        self.dispatch_epilogue(pass, key, grid, params, src, dst, epi, fp.m)
+    }
+
+    /// Binds `src`, `dst`, the epilogue's buffers and the H_m signs, with the epilogue's
+    /// flags on `key`, and records one dispatch (the fast and by-rows kernels).
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_epilogue<'a>(
+        &'a self,
+        pass: &mut wgpu::ComputePass<'_>,
+        key: PipelineKey,
+        grid: glam::UVec3,
+        params: WhtParams,
+        src: &'a GpuBuffer,
+        dst: &'a GpuBuffer,
+        epi: Epilogue<'a>,
+        m: usize,
+    ) -> Result<(), WhtError> {
+        let key = key
             .with_flag("EPI_RESID", epi.resid.is_some())
             .with_flag("EPI_GAMMA", epi.gamma.is_some())
             .with_flag("EPI_BETA", epi.beta.is_some());
         let pipeline = self.gpu.pipeline(&key, &BINDINGS)?;
-        let grid = self.gpu.grid("WHT", fp.tiles() as u32)?;
-        let params = self.gpu.uniform(
-            "wht params",
-            &WhtParams {
-                lines: fp.lines as u32,
-                tiles_x: grid.x,
-                scale,
-                bit: 0,
-            },
-        );
+        let params = self.gpu.uniform("wht params", &params);
         let dummy = self.dummy.buffer();
         let opt =
             |b: Option<&'a GpuBuffer>| -> &'a wgpu::Buffer { b.map_or(dummy, |b| b.buffer()) };
@@ -416,7 +432,7 @@ impl<'g> Hadamard<'g> {
             opt(epi.resid),
             opt(epi.gamma),
             opt(epi.beta),
-            self.signs(fp.m),
+            self.signs(m),
         ];
         self.gpu.dispatch(pass, &pipeline, &buffers, grid);
         Ok(())
@@ -435,36 +451,16 @@ impl<'g> Hadamard<'g> {
         let key = PipelineKey::new(Shader::Hadamard, "wht_rows")
             .with("M", size.m as u32)
             .with("P", size.p as u32)
-            .with("NAIVE_WG", NAIVE_WORKGROUP)
-            .with_flag("EPI_RESID", epi.resid.is_some())
-            .with_flag("EPI_GAMMA", epi.gamma.is_some())
-            .with_flag("EPI_BETA", epi.beta.is_some());
-        let pipeline = self.gpu.pipeline(&key, &BINDINGS)?;
+            .with("NAIVE_WG", NAIVE_WORKGROUP);
         let groups = rows.div_ceil(NAIVE_WORKGROUP as usize) as u32;
         let grid = self.gpu.grid("WHT rows", groups)?;
-        let params = self.gpu.uniform(
-            "wht rows params",
-            &WhtParams {
-                lines: rows as u32,
-                tiles_x: grid.x,
-                scale: 1.0 / (size.n as f32).sqrt(),
-                bit: 0,
-            },
-        );
-        let dummy = self.dummy.buffer();
-        let opt =
-            |b: Option<&'a GpuBuffer>| -> &'a wgpu::Buffer { b.map_or(dummy, |b| b.buffer()) };
-        let buffers = [
-            params.buffer(),
-            input.buffer(),
-            output.buffer(),
-            opt(epi.resid),
-            opt(epi.gamma),
-            opt(epi.beta),
-            self.signs(size.m),
-        ];
-        self.gpu.dispatch(pass, &pipeline, &buffers, grid);
-        Ok(())
+        let params = WhtParams {
+            lines: rows as u32,
+            tiles_x: grid.x,
+            scale: 1.0 / (size.n as f32).sqrt(),
+            bit: 0,
+        };
+        self.dispatch_epilogue(pass, key, grid, params, input, output, epi, size.m)
     }
 
     /// Records the naive transform: copies `input` to `output`, then one in-place dispatch
