@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
     /// Port on 127.0.0.1; 0 picks a free one (the URL is printed).
     #[arg(long, default_value_t = 8080)]
@@ -19,13 +19,6 @@ pub struct ServeArgs {
     /// The models directory, served under /models/.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
-}
-
-/// Where the files of a request come from.
-#[derive(Clone, Debug)]
-struct Roots {
-    web: PathBuf,
-    models: PathBuf,
 }
 
 pub fn serve_cmd(args: &ServeArgs) -> Result<()> {
@@ -51,13 +44,9 @@ pub fn serve_cmd(args: &ServeArgs) -> Result<()> {
         args.models.display()
     );
     std::io::stdout().flush()?;
-    let roots = Roots {
-        web: args.web.clone(),
-        models: args.models.clone(),
-    };
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let roots = roots.clone();
+        let roots = args.clone();
         std::thread::spawn(move || {
             if let Err(e) = handle(stream, &roots) {
                 eprintln!("walsh serve: {e:#}");
@@ -67,7 +56,7 @@ pub fn serve_cmd(args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn handle(stream: TcpStream, roots: &Roots) -> Result<()> {
+fn handle(stream: TcpStream, roots: &ServeArgs) -> Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     // Keep-alive: browsers reuse the connection for the page's many requests.
@@ -127,7 +116,7 @@ impl Response {
     }
 }
 
-fn respond(method: &str, target: &str, roots: &Roots) -> Response {
+fn respond(method: &str, target: &str, roots: &ServeArgs) -> Response {
     if method != "GET" && method != "HEAD" {
         return Response::text("405 Method Not Allowed", "only GET and HEAD");
     }
@@ -150,7 +139,7 @@ fn respond(method: &str, target: &str, roots: &Roots) -> Response {
 }
 
 /// The file a request path names, or None for paths that leave the roots.
-fn resolve(target: &str, roots: &Roots) -> Option<PathBuf> {
+fn resolve(target: &str, roots: &ServeArgs) -> Option<PathBuf> {
     let path = target.split(['?', '#']).next().unwrap_or("");
     let path = percent_decode(path)?;
     let rel = path.strip_prefix('/')?;
@@ -208,8 +197,9 @@ fn mime_type(path: &Path) -> &'static str {
 mod tests {
     use super::*;
 
-    fn roots() -> Roots {
-        Roots {
+    fn roots() -> ServeArgs {
+        ServeArgs {
+            port: 0,
             web: PathBuf::from("w"),
             models: PathBuf::from("m"),
         }

@@ -175,6 +175,13 @@ impl Gpu {
         self.features
     }
 
+    /// A CPU adapter (lavapipe, llvmpipe, SwiftShader): there a workgroup barrier is a
+    /// switch between threads, so kernels prefer one invocation per output for
+    /// decode-sized batches (matmul's `gemv_outputs`, the WHT's `wht_rows`).
+    pub fn is_cpu_adapter(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
@@ -535,21 +542,6 @@ impl Gpu {
     /// Submits `encoder` and waits for the GPU to finish it.
     pub fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
         pollster::block_on(self.finish(encoder))
-    }
-
-    /// Blocking [`Gpu::finish_and_read`].
-    pub fn submit_and_read(
-        &self,
-        encoder: wgpu::CommandEncoder,
-        buffer: &wgpu::Buffer,
-        bytes: u64,
-    ) -> Result<Vec<u8>> {
-        pollster::block_on(self.finish_and_read(encoder, buffer, bytes))
-    }
-
-    /// Copies `bytes` of `buffer` (from offset 0) to the host, waiting for the GPU.
-    pub fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        self.submit_and_read(self.encoder("walsh readback"), buffer, bytes)
     }
 
     /// Blocking [`Gpu::read_async`].

@@ -86,11 +86,7 @@ pub fn encode_with(
     }
     let kernel = match kernel {
         // On a CPU adapter a barrier is a thread switch: one invocation per output wins.
-        Kernel::Auto
-            if rows <= GEMV_MAX_ROWS && gpu.info().device_type == wgpu::DeviceType::Cpu =>
-        {
-            Kernel::GemvOutputs
-        }
+        Kernel::Auto if rows <= GEMV_MAX_ROWS && gpu.is_cpu_adapter() => Kernel::GemvOutputs,
         Kernel::Auto if rows <= GEMV_MAX_ROWS => Kernel::Gemv,
         Kernel::Auto => Kernel::Gemm,
         k => k,

@@ -301,10 +301,13 @@ impl<'g> Hadamard<'g> {
             return Ok(());
         }
         // A decode-sized batch on a CPU adapter: a barrier costs more there than a whole
-        // row's butterflies (SwiftShader's WebGPU: 3 ms against 0.3 ms for one 256-row).
-        let cpu = self.gpu.info().device_type == wgpu::DeviceType::Cpu;
+        // row's butterflies (SwiftShader's WebGPU: 3.1 ms against 0.14 ms for one 256-value row).
         let path = match path {
-            WhtPath::Auto if cpu && rows <= ROWS_PATH_MAX_ROWS && n <= TILE_ELEMS => WhtPath::Rows,
+            WhtPath::Auto
+                if self.gpu.is_cpu_adapter() && rows <= ROWS_PATH_MAX_ROWS && n <= TILE_ELEMS =>
+            {
+                WhtPath::Rows
+            }
             p => self.check_path(p)?,
         };
         if path == WhtPath::Rows {
