@@ -10,13 +10,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use walsh::gpu::{AdapterSelector, Gpu};
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{
-    CpuBatch, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text, generate,
+    CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text,
+    generate,
 };
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::init::{random_model, write_random_model};
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
+use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
 
 /// The model `walsh` runs when none is named.
@@ -69,14 +71,15 @@ fn with_decoder<T>(
     adapter: &str,
     seqs: usize,
     context: usize,
+    kv: KvFormat,
     f: impl FnOnce(&mut dyn Decoder) -> Result<T>,
 ) -> Result<T> {
     match device {
-        Device::Cpu => f(&mut CpuBatch::new(model, seqs, context)?),
+        Device::Cpu => f(&mut CpuBatch::new(model, seqs, context, kv)?),
         Device::Gpu => {
             let selector: AdapterSelector = adapter.parse()?;
             let gpu = Gpu::new(&selector)?;
-            f(&mut GpuDecoder::new(&gpu, model, seqs, context)?)
+            f(&mut GpuDecoder::new(&gpu, model, seqs, context, kv)?)
         }
     }
 }
@@ -105,6 +108,13 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "gpu")]
     pub device: Device,
+    /// KV cache format: f16 (half the memory) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: KvFormat,
+    /// Most decode steps the GPU runs per submission before the host reads their tokens
+    /// (1: a readback per token). The text does not depend on it.
+    #[arg(long, default_value_t = DEFAULT_MAX_CHUNK)]
+    pub max_chunk: usize,
     /// Print the tokens and stats as JSON instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -121,6 +131,8 @@ impl Default for GenerateArgs {
             top_p: 0.95,
             seed: 0,
             device: Device::Gpu,
+            kv_cache: KvFormat::default(),
+            max_chunk: DEFAULT_MAX_CHUNK,
             json: false,
         }
     }
@@ -145,6 +157,7 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
             top_p: args.top_p,
             seed: args.seed,
         },
+        max_chunk: args.max_chunk,
     };
     let single = prompts.len() == 1 && !args.json;
     let generation = with_decoder(
@@ -153,6 +166,7 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
         adapter,
         prompts.len(),
         context,
+        args.kv_cache,
         |dec| {
             if single {
                 // Stream the one sequence as it is generated.
@@ -198,13 +212,14 @@ pub fn summary(g: &Generation) -> String {
         )
     });
     format!(
-        "[{}] {} sequence(s): prefill {} tokens at {:.1} tok/s, decode {} tokens at {:.1} tok/s{memory}{}",
+        "[{}] {} sequence(s): prefill {} tokens at {:.1} tok/s, decode {} tokens at {:.1} tok/s{memory} ({} KV cache){}",
         s.device,
         s.sequences,
         s.prompt_tokens,
         s.prefill_tokens_per_s,
         s.generated_tokens,
         s.decode_tokens_per_s,
+        s.kv_cache.name(),
         if s.stopped { " (stopped)" } else { "" }
     )
 }
@@ -219,6 +234,9 @@ pub struct EvalArgs {
     pub text: PathBuf,
     #[arg(long, value_enum, default_value = "gpu")]
     pub device: Device,
+    /// KV cache format: f16 (half the memory) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: KvFormat,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -239,30 +257,39 @@ pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
         );
     }
     let context = model.config.max_position_embeddings;
-    let report = with_decoder(&model, args.device, adapter, 1, context, |dec| {
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} windows, eta {eta}")
-                .expect("valid template"),
-        );
-        bar.set_message(format!("scoring {} bytes", tokens.len()));
-        let report = evaluate(dec, &tokens, |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        });
-        bar.finish_and_clear();
-        Ok(report?)
-    })?;
+    let report = with_decoder(
+        &model,
+        args.device,
+        adapter,
+        1,
+        context,
+        args.kv_cache,
+        |dec| {
+            let bar = ProgressBar::new(0).with_style(
+                ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} windows, eta {eta}")
+                    .expect("valid template"),
+            );
+            bar.set_message(format!("scoring {} bytes", tokens.len()));
+            let report = evaluate(dec, &tokens, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            });
+            bar.finish_and_clear();
+            Ok(report?)
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{}: {:.4} nats/byte, {:.4} bits/byte, perplexity {:.3} over {} bytes (context {}, {})",
+            "{}: {:.4} nats/byte, {:.4} bits/byte, perplexity {:.3} over {} bytes (context {}, {} KV cache, {})",
             args.text.display(),
             report.nats_per_byte,
             report.bits_per_byte,
             report.perplexity,
             report.bytes_scored,
             report.context,
+            report.kv_cache.name(),
             report.device
         );
     }
