@@ -123,21 +123,27 @@ fn load_v(p: u32) -> vec2<f32> {
     return unpack_pair(v_cache[word(p, 0u)], v_cache[word(p, 1u)]);
 }
 
-fn store_k(p: u32, v: vec2<f32>) {
+// The words of a pair: (packed halves, unused) with KV_F16, else the two f32 bit patterns.
+fn pack_pair(v: vec2<f32>) -> vec2<u32> {
     if (KV_F16) {
-        k_cache_out[p] = f16_bits(v.x) | (f16_bits(v.y) << 16u);
-    } else {
-        k_cache_out[2u * p] = bitcast<u32>(v.x);
-        k_cache_out[2u * p + 1u] = bitcast<u32>(v.y);
+        return vec2<u32>(f16_bits(v.x) | (f16_bits(v.y) << 16u), 0u);
+    }
+    return bitcast<vec2<u32>>(v);
+}
+
+fn store_k(p: u32, v: vec2<f32>) {
+    let w = pack_pair(v);
+    k_cache_out[word(p, 0u)] = w.x;
+    if (!KV_F16) {
+        k_cache_out[word(p, 1u)] = w.y;
     }
 }
 
 fn store_v(p: u32, v: vec2<f32>) {
-    if (KV_F16) {
-        v_cache_out[p] = f16_bits(v.x) | (f16_bits(v.y) << 16u);
-    } else {
-        v_cache_out[2u * p] = bitcast<u32>(v.x);
-        v_cache_out[2u * p + 1u] = bitcast<u32>(v.y);
+    let w = pack_pair(v);
+    v_cache_out[word(p, 0u)] = w.x;
+    if (!KV_F16) {
+        v_cache_out[word(p, 1u)] = w.y;
     }
 }
 

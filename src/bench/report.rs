@@ -144,7 +144,7 @@ impl Report {
         let e = &self.environment;
         let _ = writeln!(
             s,
-            "walsh {} ({}), {} {}, {}; driver {} {}; timing: {}{}\n",
+            "walsh {} ({}), {} {}, {}; driver {} {}; timing: {}; {} KV cache{}\n",
             e.walsh_version,
             e.git_commit.as_deref().unwrap_or("commit unknown"),
             e.os,
@@ -153,6 +153,7 @@ impl Report {
             a.driver,
             a.driver_info,
             self.timing,
+            self.options.kv_cache.name(),
             if self.options.quick {
                 "; quick run"
             } else {
@@ -187,11 +188,11 @@ impl Report {
             s.push('\n');
         }
         if !self.decoder.is_empty() {
-            s.push_str("## Decoder\n\n| variant | d_model | layers | batch | prompt | params | attention params | prefill tok/s | decode tok/s | peak MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            s.push_str("## Decoder\n\nDispatches and readbacks per decoded token of the decode steps (GPU-resident chunks: one readback per chunk).\n\n| variant | d_model | layers | batch | prompt | params | attention params | prefill tok/s | decode tok/s | peak MiB | KV cache | dispatches / token | readbacks / token |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
             for d in &self.decoder {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {} | {:.1} | {:.3} |",
                     d.variant,
                     d.d_model,
                     d.layers,
@@ -201,13 +202,16 @@ impl Report {
                     d.attention_params,
                     d.prefill_tokens_per_s,
                     d.decode_tokens_per_s,
-                    d.peak_bytes as f64 / (1 << 20) as f64
+                    d.peak_bytes as f64 / (1 << 20) as f64,
+                    d.kv_cache.name(),
+                    d.dispatches_per_token,
+                    d.readbacks_per_token
                 );
             }
             s.push('\n');
         }
         if !self.paper.is_empty() {
-            s.push_str("## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, f16 weights): fewer parameters, less peak memory, more prefill and decode throughput.\n\n| d_model | batch | context | params | peak memory | prefill | decode |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+            s.push_str("## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, f16 weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput.\n\n| d_model | batch | context | params | peak memory | prefill | decode |\n|---:|---:|---:|---:|---:|---:|---:|\n");
             for p in &self.paper {
                 match &p.skipped {
                     Some(why) => {
