@@ -150,3 +150,139 @@ fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
     }
     assert!(dir.path().join("merged.svg").exists());
 }
+
+/// Runs walsh expecting a clean failure: exit status 1 (not a panic's 101, not an abort's
+/// signal) and a one-line message; returns the line.
+fn walsh_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_walsh"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .expect("run walsh");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "walsh {args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "walsh {args:?}: {stderr}");
+    lines[0].to_string()
+}
+
+fn assert_names(message: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(message.contains(p), "`{message}` does not say `{p}`");
+    }
+}
+
+/// Each size a command line or a model implies is checked before anything is allocated
+/// for it, with an error naming the limit (none of these needs a GPU: they fail first).
+#[test]
+fn oversized_requests_fail_cleanly_naming_the_limit() {
+    // 1.6 TB of WHT input used to abort in the allocator.
+    let e = walsh_fails(&["wht", "--n", "4096", "--rows", "100000000"]);
+    assert_names(
+        &e,
+        &[
+            "1.5 TiB",
+            "limit of 1.0 GiB per WHT buffer",
+            "at most 65536 rows",
+        ],
+    );
+    assert_names(&walsh_fails(&["wht", "--rows", "0"]), &["--rows"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    let e = walsh_fails(&[
+        "init-model",
+        "--out",
+        big.to_str().unwrap(),
+        "--hidden-size",
+        "32768",
+        "--layers",
+        "1024",
+    ]);
+    assert_names(&e, &["limit of 536870912 parameters for a random model"]);
+    assert!(!big.exists());
+
+    let e = walsh_fails(&["bench", "--max-kernel-n", "65536"]);
+    assert_names(&e, &["--max-kernel-n 65536", "walsh supports (32768)"]);
+    let e = walsh_fails(&["bench", "--suite", "paper", "--max-d-model", "100"]);
+    assert_names(&e, &["paper grid empty", "d_model 256"]);
+
+    // A small model with the longest context walsh allows: 512 MiB of KV cache per
+    // sequence, so 17 prompts in one batch are too many.
+    let model = dir.path().join("long");
+    let model = model.to_str().unwrap();
+    walsh(&[
+        "init-model",
+        "--out",
+        model,
+        "--hidden-size",
+        "64",
+        "--layers",
+        "1",
+        "--heads",
+        "4",
+        "--context",
+        "1048576",
+    ]);
+    let mut generate = vec!["generate", "--model", model];
+    for _ in 0..17 {
+        generate.extend(["--prompt", "a"]);
+    }
+    let e = walsh_fails(&generate);
+    assert_names(
+        &e,
+        &[
+            "17 sequence(s) of 1048576 positions",
+            "8.0 GiB per run",
+            "16 fit",
+        ],
+    );
+
+    // A text larger than eval reads (sparse: it takes no disk).
+    let text = dir.path().join("big.txt");
+    std::fs::File::create(&text)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let e = walsh_fails(&[
+        "eval",
+        "--model",
+        model,
+        "--text",
+        text.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_names(&e, &["300.0 MiB", "limit of 256.0 MiB for a text to score"]);
+
+    // The logits of one evaluation window: 2^20 positions x 4096 tokens.
+    let wide = dir.path().join("wide");
+    let config = walsh::model::Config {
+        hidden_size: 64,
+        num_hidden_layers: 1,
+        num_attention_heads: 4,
+        intermediate_size: 128,
+        vocab_size: 4096,
+        max_position_embeddings: 1 << 20,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: true,
+        attn_output: walsh::model::AttnOutput::Hadamard,
+        query: walsh::model::Query::Dense,
+        query_mlp_hidden: None,
+    };
+    walsh::model::init::write_random_model(&wide, &config, walsh::ops::WeightFormat::F16, 0)
+        .unwrap();
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let e = walsh_fails(&[
+        "eval",
+        "--model",
+        wide.to_str().unwrap(),
+        "--text",
+        readme.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_names(&e, &["logits of one window", "16.0 GiB", "8.0 GiB per run"]);
+}

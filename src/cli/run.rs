@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use walsh::gpu::{AdapterSelector, Gpu};
+use walsh::limits::{self, Placement};
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{
     CpuBatch, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text, generate,
@@ -26,6 +27,15 @@ pub const DEFAULT_MODEL: &str = "models/shakespeare-hadamard";
 pub enum Device {
     Gpu,
     Cpu,
+}
+
+impl Device {
+    fn placement(self) -> Placement {
+        match self {
+            Device::Gpu => Placement::Gpu,
+            Device::Cpu => Placement::Cpu,
+        }
+    }
 }
 
 /// Loads `dir`, or, when no model was named and the default is not there, a small
@@ -137,6 +147,13 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
              shorten it"
         );
     }
+    // The decoder holds a KV cache per sequence over the whole context.
+    limits::decoder_memory(
+        &model.config,
+        prompts.len(),
+        context,
+        args.device.placement(),
+    )?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling: SamplingParams {
@@ -226,8 +243,11 @@ pub struct EvalArgs {
 
 pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
-    let bytes =
-        std::fs::read(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
+    let context = model.config.max_position_embeddings;
+    limits::decoder_memory(&model.config, 1, context, args.device.placement())?;
+    limits::eval_window(&model.config)?;
+    let bytes = limits::read_at_most(&args.text, limits::MAX_TEXT_BYTES, "a text to score")
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.text.display()))?;
     let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
     if let Some(&t) = tokens
         .iter()
@@ -238,7 +258,6 @@ pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
             model.config.vocab_size
         );
     }
-    let context = model.config.max_position_embeddings;
     let report = with_decoder(&model, args.device, adapter, 1, context, |dec| {
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} windows, eta {eta}")
@@ -339,6 +358,7 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
     config
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid model shape: {m}"))?;
+    limits::random_model(&config)?;
     let format = match args.dtype {
         DtypeArg::F32 => WeightFormat::F32,
         DtypeArg::F16 => WeightFormat::F16,
