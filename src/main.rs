@@ -54,7 +54,8 @@ enum Command {
     /// Benchmark kernels and decoders on one or every adapter; `bench merge` combines
     /// reports.
     Bench(cli::bench::BenchArgs),
-    /// Serve the browser page (web/, built by `cargo xtask web`) and models/ on 127.0.0.1.
+    /// Serve the browser page (web/, built by `cargo xtask web`) and models/ on 127.0.0.1
+    /// (`--host` to listen elsewhere).
     Serve(cli::serve::ServeArgs),
 }
 

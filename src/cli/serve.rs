@@ -49,8 +49,9 @@ pub const MAX_HEAD_BYTES: usize = 16 << 10;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on. The default, 127.0.0.1, serves this machine only; any other
-    /// address exposes web/ and models/ to the network (walsh warns).
+    /// IP address to listen on. The default, 127.0.0.1, serves this machine only; an
+    /// address that is not loopback (e.g. 0.0.0.0) exposes web/ and models/ to the
+    /// network (walsh warns).
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub host: IpAddr,
     /// Port; 0 picks a free one (the URL is printed).
