@@ -25,7 +25,8 @@
 //!
 //! `cargo test --test fuzz_loader` runs a fixed budget from a fixed seed (part of
 //! `cargo xtask test`); `WALSH_FUZZ_MINUTES=N` runs for N minutes with a progress line
-//! (what `cargo xtask fuzz --minutes N` does); `WALSH_FUZZ_SEED=S` picks the seed.
+//! (what `cargo xtask fuzz --minutes N` does); `WALSH_FUZZ_SEED=S` picks the seed;
+//! `WALSH_FUZZ_OUTCOMES=1` lists the distinct outcomes reached (a view of coverage).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
@@ -747,7 +748,7 @@ fn run_text(input: &[u8], tiny: &Model) -> String {
         "Utf8Stream must agree with from_utf8_lossy"
     );
     let selector = match lossy.parse::<AdapterSelector>() {
-        Ok(s) => format!("selector {}", s.to_string().len().min(1)),
+        Ok(_) => "selector".into(),
         Err(e) => outcome(&e.to_string()),
     };
 
@@ -1088,6 +1089,22 @@ fn loader_and_text_inputs_survive_mutation() {
             tally.outcomes
         );
     }
+}
+
+/// The guard is live: a single allocation one byte over the allowance is seen, one at the
+/// allowance is not.
+#[test]
+fn the_allocation_guard_sees_allocations_over_the_allowance() {
+    let allowed = allowance(1000);
+    OVER.with(|o| o.set(0));
+    BOUND.with(|b| b.set(allowed));
+    let at: Vec<u8> = Vec::with_capacity(allowed);
+    let seen_at = OVER.with(Cell::get);
+    let over: Vec<u8> = Vec::with_capacity(allowed + 1);
+    BOUND.with(|b| b.set(usize::MAX));
+    assert_eq!(seen_at, 0);
+    assert_eq!(OVER.with(Cell::get), allowed + 1);
+    drop((at, over));
 }
 
 /// Found by this fuzzer: the streamed text of a generation dropped a valid character

@@ -313,8 +313,10 @@ impl Site {
 fn serve_keeps_every_spelling_of_a_path_inside_the_two_roots() {
     let site = Site::new();
     let server = site.serve(&[]);
-    assert_eq!(server.get("GET", "/up/web/index.html", &[]).status, 200);
     assert_eq!(server.get("GET", "/models/m/config.json", &[]).status, 200);
+    // A link is followed while it stays inside its root.
+    #[cfg(unix)]
+    assert_eq!(server.get("GET", "/up/web/index.html", &[]).status, 200);
     for target in [
         "/../secret.txt",
         "/../../secret.txt",
