@@ -173,10 +173,12 @@ fn assert_names(message: &str, parts: &[&str]) {
     }
 }
 
-/// Each size a command line or a model implies is checked before anything is allocated
-/// for it, with an error naming the limit (none of these needs a GPU: they fail first).
+// Each size a command line or a model implies is checked before anything is allocated for
+// it, with an error naming the limit; one test per class. None needs a GPU: they fail
+// before one is opened.
+
 #[test]
-fn oversized_requests_fail_cleanly_naming_the_limit() {
+fn wht_rows_are_checked_before_allocation() {
     // 1.6 TB of WHT input used to abort in the allocator.
     let e = walsh_fails(&["wht", "--n", "4096", "--rows", "100000000"]);
     assert_names(
@@ -188,7 +190,10 @@ fn oversized_requests_fail_cleanly_naming_the_limit() {
         ],
     );
     assert_names(&walsh_fails(&["wht", "--rows", "0"]), &["--rows"]);
+}
 
+#[test]
+fn init_model_sizes_are_checked_before_allocation() {
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big");
     let e = walsh_fails(&[
@@ -202,20 +207,24 @@ fn oversized_requests_fail_cleanly_naming_the_limit() {
     ]);
     assert_names(&e, &["limit of 536870912 parameters for a random model"]);
     assert!(!big.exists());
+}
 
+#[test]
+fn bench_sizes_are_checked_before_any_gpu_work() {
     let e = walsh_fails(&["bench", "--max-kernel-n", "65536"]);
     assert_names(&e, &["--max-kernel-n 65536", "walsh supports (32768)"]);
     let e = walsh_fails(&["bench", "--suite", "paper", "--max-d-model", "100"]);
     assert_names(&e, &["paper grid empty", "d_model 256"]);
+}
 
-    // A small model with the longest context walsh allows: 512 MiB of KV cache per
-    // sequence, so 17 prompts in one batch are too many.
-    let model = dir.path().join("long");
-    let model = model.to_str().unwrap();
+/// A small model with the longest context walsh allows: 512 MiB of KV cache per sequence.
+fn long_context_model(dir: &Path) -> String {
+    let model = dir.join("long");
+    let model = model.to_str().unwrap().to_string();
     walsh(&[
         "init-model",
         "--out",
-        model,
+        &model,
         "--hidden-size",
         "64",
         "--layers",
@@ -225,7 +234,15 @@ fn oversized_requests_fail_cleanly_naming_the_limit() {
         "--context",
         "1048576",
     ]);
-    let mut generate = vec!["generate", "--model", model];
+    model
+}
+
+#[test]
+fn generate_batch_times_context_is_checked_before_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = long_context_model(dir.path());
+    // 17 prompts in one batch: 8.5 GiB of cache.
+    let mut generate = vec!["generate", "--model", &model];
     for _ in 0..17 {
         generate.extend(["--prompt", "a"]);
     }
@@ -238,7 +255,12 @@ fn oversized_requests_fail_cleanly_naming_the_limit() {
             "16 fit",
         ],
     );
+}
 
+#[test]
+fn eval_text_and_window_sizes_are_checked_before_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = long_context_model(dir.path());
     // A text larger than eval reads (sparse: it takes no disk).
     let text = dir.path().join("big.txt");
     std::fs::File::create(&text)
@@ -248,7 +270,7 @@ fn oversized_requests_fail_cleanly_naming_the_limit() {
     let e = walsh_fails(&[
         "eval",
         "--model",
-        model,
+        &model,
         "--text",
         text.to_str().unwrap(),
         "--device",
