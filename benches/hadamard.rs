@@ -186,7 +186,16 @@ fn bench_hadamard(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     time(&gpu, iters, |e| {
                         let mut pass = compute_pass(e);
-                        matmul::encode_matmul(&gpu, &mut pass, &w, &x, &y, 1, false).expect("GEMV");
+                        matmul::encode_matmul(
+                            &gpu,
+                            &mut pass,
+                            &w,
+                            &x,
+                            &y,
+                            1,
+                            matmul::Epilogue::Store,
+                        )
+                        .expect("GEMV");
                     })
                 })
             },

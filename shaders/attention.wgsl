@@ -1,8 +1,12 @@
 // Causal multi-head attention over a KV cache. Host side: src/ops/attention.rs.
 //
 // With d = heads * HD (HD = head_dim, even), every f32 tensor is bound as vec2 pairs:
-//     k_rows, v_rows, q, out   [rows, d]                 row r of the batch
-//     k_cache, v_cache         [max_seqs, max_pos, d]    the key / value of (seq, pos)
+//     out                      [rows, d]                 row r of the batch
+//     k_rows, v_rows, q        row r at pair r * src_stride + src_off (k_rows) or
+//                              src_off2 (v_rows), d / 2 pairs: column windows of the
+//                              decoder's fused [rows, q | k | v] buffer, or whole [rows, d]
+//     k_cache, v_cache         [max_seqs, max_pos, d]    the key / value of (seq, pos), as
+//                              u32 words: f32 bit patterns, or (KV_F16) two halves per word
 //     row_table                [rows, 2] u32             (seq, pos) of row r
 //     plan                     [tiles, 2] u32            (first row, row count) of a tile
 // Row r attends to keys 0..=pos of its sequence; head h is columns h*HD..(h+1)*HD.
@@ -27,6 +31,9 @@ struct Params {
     max_seqs: u32,   // cache shape [max_seqs, max_pos, d]
     max_pos: u32,
     scale: f32,      // attend: softmax scale 1/sqrt(HD)
+    src_stride: u32, // kv_write, attend: pairs from one row of k_rows / v_rows / q to the next
+    src_off: u32,    // kv_write: pair of k in row 0 of k_rows; attend: of q in row 0 of q
+    src_off2: u32,   // kv_write: pair of v in row 0 of v_rows
 }
 
 // Workgroup memory in f32s: 16 KiB, the WebGPU default limit. Must match TILE_ELEMS on the
@@ -45,6 +52,7 @@ override TK: u32 = 16u;          // attend: keys per block
 override ACC: u32 = 8u;          // attend: output pairs per invocation, ceil(HD/2 / (WG/TQ))
 override PARTIAL: bool = false;  // attend: write chunk states to `parts`, not `out`
 override EW_WG: u32 = 256u;      // kv_write, reduce: invocations per workgroup
+override KV_F16: bool = false;   // the caches hold f16 pairs, one per u32 word
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> row_table: array<u32>;
@@ -53,14 +61,14 @@ override EW_WG: u32 = 256u;      // kv_write, reduce: invocations per workgroup
 // from its entry point alone.
 @group(0) @binding(2) var<storage, read> k_rows: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read> v_rows: array<vec2<f32>>;
-@group(0) @binding(4) var<storage, read_write> k_cache_out: array<vec2<f32>>;
-@group(0) @binding(5) var<storage, read_write> v_cache_out: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> k_cache_out: array<u32>;
+@group(0) @binding(5) var<storage, read_write> v_cache_out: array<u32>;
 
 // attend's and reduce's bindings.
 @group(0) @binding(2) var<storage, read> plan: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<vec2<f32>>;
-@group(0) @binding(4) var<storage, read> k_cache: array<vec2<f32>>;
-@group(0) @binding(5) var<storage, read> v_cache: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(5) var<storage, read> v_cache: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec2<f32>>;
 // Split decode: acc of part p at [p * HD/2, (p + 1) * HD/2), then (m, l) of part p at
 // rows * heads * chunks * HD/2 + p, with p = (row * heads + head) * chunks + chunk.
@@ -68,6 +76,70 @@ override EW_WG: u32 = 256u;      // kv_write, reduce: invocations per workgroup
 
 // attend's tile, in f32s: Q [TQ, HD] (pre-scaled), K [TK, HD], V [TK, HD], scores [TQ, TK].
 var<workgroup> tile: array<f32, TILE>;
+
+// ---- the cache's element format ----------------------------------------------------------
+
+// The IEEE binary16 bits nearest to v, ties to even, as the CPU decoder rounds (the `half`
+// crate). Written out rather than pack2x16float, whose rounding WGSL leaves to the
+// implementation: every device must store the same cache.
+fn f16_bits(v: f32) -> u32 {
+    let x = bitcast<u32>(v);
+    let sign = (x >> 16u) & 0x8000u;
+    let a = x & 0x7fffffffu;
+    if (a >= 0x7f800000u) {
+        return sign | 0x7c00u | select(0u, 0x200u, a > 0x7f800000u);  // inf, NaN
+    }
+    if (a >= 0x477ff000u) {
+        return sign | 0x7c00u;  // 65520 and up round to inf
+    }
+    if (a < 0x38800000u) {
+        // Below 2^-14: a subnormal, units of 2^-24. WGSL's round() is ties-to-even, and
+        // the scaling by 2^24 is exact.
+        return sign | u32(round(abs(v) * 16777216.0));
+    }
+    // Rebias the exponent (127 - 15 = 112) and round the 13 dropped mantissa bits.
+    return sign | ((a - 0x38000000u + 0xfffu + ((a >> 13u) & 1u)) >> 13u);
+}
+
+// Pair p of a cache from its words (storage pointers cannot be function parameters in
+// WGSL without an extension, hence the pairs of functions below).
+fn unpack_pair(w0: u32, w1: u32) -> vec2<f32> {
+    if (KV_F16) {
+        return unpack2x16float(w0);
+    }
+    return vec2<f32>(bitcast<f32>(w0), bitcast<f32>(w1));
+}
+
+// Words of pair p: (p, unused) with KV_F16, else (2p, 2p + 1).
+fn word(p: u32, i: u32) -> u32 {
+    return select(2u * p + i, p, KV_F16);
+}
+
+fn load_k(p: u32) -> vec2<f32> {
+    return unpack_pair(k_cache[word(p, 0u)], k_cache[word(p, 1u)]);
+}
+
+fn load_v(p: u32) -> vec2<f32> {
+    return unpack_pair(v_cache[word(p, 0u)], v_cache[word(p, 1u)]);
+}
+
+fn store_k(p: u32, v: vec2<f32>) {
+    if (KV_F16) {
+        k_cache_out[p] = f16_bits(v.x) | (f16_bits(v.y) << 16u);
+    } else {
+        k_cache_out[2u * p] = bitcast<u32>(v.x);
+        k_cache_out[2u * p + 1u] = bitcast<u32>(v.y);
+    }
+}
+
+fn store_v(p: u32, v: vec2<f32>) {
+    if (KV_F16) {
+        v_cache_out[p] = f16_bits(v.x) | (f16_bits(v.y) << 16u);
+    } else {
+        v_cache_out[2u * p] = bitcast<u32>(v.x);
+        v_cache_out[2u * p + 1u] = bitcast<u32>(v.y);
+    }
+}
 
 @compute @workgroup_size(EW_WG)
 fn kv_write(@builtin(local_invocation_index) t: u32,
@@ -86,8 +158,9 @@ fn kv_write(@builtin(local_invocation_index) t: u32,
         return;
     }
     let dst = (seq * params.max_pos + pos) * d2 + e % d2;
-    k_cache_out[dst] = k_rows[e];
-    v_cache_out[dst] = v_rows[e];
+    let src = r * params.src_stride + e % d2;
+    store_k(dst, k_rows[src + params.src_off]);
+    store_v(dst, v_rows[src + params.src_off2]);
 }
 
 fn tile2(pair: u32) -> vec2<f32> {
@@ -152,7 +225,8 @@ fn attend(@builtin(local_invocation_index) t: u32,
         let qi = x / h2;
         var v = vec2<f32>(0.0);
         if (qi < count) {
-            v = q[(first + qi) * d2 + head * h2 + x % h2] * params.scale;
+            v = q[(first + qi) * params.src_stride + params.src_off + head * h2 + x % h2]
+                * params.scale;
         }
         set_tile2(x, v);
     }
@@ -169,8 +243,8 @@ fn attend(@builtin(local_invocation_index) t: u32,
         workgroupBarrier();
         for (var x = t; x < nb * h2; x += WG) {
             let g = (cache_row0 + k0 + x / h2) * d2 + head * h2 + x % h2;
-            set_tile2(k_at + x, k_cache[g]);
-            set_tile2(v_at + x, v_cache[g]);
+            set_tile2(k_at + x, load_k(g));
+            set_tile2(v_at + x, load_v(g));
         }
         workgroupBarrier();
         // Scores of every (query, key) pair of the block: s = (q * scale) . k.

@@ -1,7 +1,13 @@
 // Dense matrix products. Host side: src/ops/matmul.rs.
 //
-// y[r][o] = sum_i w[o][i] * x[r][i]   (+ y[r][o] when ACCUM)
-// w is [n_out, n_in] row major (the HF `weight` layout), x is [rows, n_in], y [rows, n_out].
+// z[r][o] = sum_i w[o][i] * x[r][i], then the epilogue EPI writes y:
+//   EPI_STORE    y[r][o] = z[r][o]
+//   EPI_ACCUM    y[r][o] += z[r][o]
+//   EPI_SILU     y[r][o] = silu(z[r][o])
+//   EPI_SWIGLU   y[r][j] = silu(z[r][2j]) * z[r][2j + 1]: w interleaves the rows of two
+//                matrices (gate row j at 2j, up row j at 2j + 1), y is [rows, n_out / 2]
+// w is [n_out, n_in] row major (the HF `weight` layout), x is [rows, n_in], y [rows, n_out]
+// (EPI_SWIGLU: [rows, n_out / 2]).
 // w binds as u32 words: f32 bit patterns, or (W_F16) two halves per word, low half first,
 // read with unpack2x16float so no SHADER_F16 feature is needed (src/ops/mod.rs, Matrix).
 
@@ -13,8 +19,17 @@ struct Params {
     tiles_x: u32,  // workgroups along x of the (possibly 2-D) grid
 }
 
+// Must match `Epilogue` in src/ops/matmul.rs.
+const EPI_STORE: u32 = 0u;
+const EPI_ACCUM: u32 = 1u;
+const EPI_SILU: u32 = 2u;
+const EPI_SWIGLU: u32 = 3u;
+
 override W_F16: bool = false;
-override ACCUM: bool = false;
+override EPI: u32 = EPI_STORE;
+// Outputs of w one unit of work (a GEMV invocation or workgroup) computes: a gate row and
+// its up row together with EPI_SWIGLU, else one row.
+override OUTS: u32 = select(1u, 2u, EPI == EPI_SWIGLU);
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
@@ -30,30 +45,37 @@ fn weight(i: u32) -> f32 {
     return bitcast<f32>(w[i]);
 }
 
-fn store(r: u32, o: u32, v: f32) {
-    let at = r * params.n_out + o;
-    if (ACCUM) {
-        y[at] = y[at] + v;
-    } else {
-        y[at] = v;
+fn silu(v: f32) -> f32 {
+    return v / (1.0 + exp(-v));
+}
+
+// Writes output unit u of row r: z = the unit's first output of w, z2 its second
+// (EPI_SWIGLU only).
+fn store(r: u32, u: u32, z: f32, z2: f32) {
+    let at = r * (params.n_out / OUTS) + u;
+    switch EPI {
+        case EPI_ACCUM: { y[at] = y[at] + z; }
+        case EPI_SILU: { y[at] = silu(z); }
+        case EPI_SWIGLU: { y[at] = silu(z) * z2; }
+        default: { y[at] = z; }
     }
 }
 
 // ---- GEMV: decode-sized batches ------------------------------------------------------
-// One workgroup per (output o, block of GEMV_ROWS rows). Invocations stride over n_in so
-// a weight row is read once per block, coalesced; each keeps GEMV_ROWS partial sums. With
-// PAIRED (n_in even) an invocation takes two neighbouring inputs per step: one u32 of f16
-// weights, unpacked once. One barrier, then invocation r < GEMV_ROWS adds the GEMV_WG
-// partials of its row: a single barrier instead of a log2(GEMV_WG)-step tree, which
-// matters where barriers are costly.
+// One workgroup per (output unit u, block of GEMV_ROWS rows). Invocations stride over n_in
+// so a weight row is read once per block, coalesced; each keeps OUTS x GEMV_ROWS partial
+// sums. With PAIRED (n_in even) an invocation takes two neighbouring inputs per step: one
+// u32 of f16 weights, unpacked once. One barrier, then invocation r < GEMV_ROWS adds the
+// GEMV_WG partials of its row: a single barrier instead of a log2(GEMV_WG)-step tree,
+// which matters where barriers are costly.
 
 // Invocations per workgroup; must match GEMV_WORKGROUP on the host (<= 256, see `partial`).
 override GEMV_WG: u32 = 64u;
-// Rows per workgroup (1 to MAX_GEMV_ROWS); the host sets it to the batch size up to 8.
+// Rows per workgroup, 1 to MAX_GEMV_ROWS / OUTS; the host sizes it to the batch.
 override GEMV_ROWS: u32 = 8u;
 // Inputs are taken two at a time (requires an even n_in).
 override PAIRED: bool = false;
-// Must match MAX_GEMV_ROWS on the host.
+// Must match MAX_GEMV_ROWS on the host; OUTS * GEMV_ROWS accumulators at most.
 const MAX_GEMV_ROWS: u32 = 8u;
 
 var<workgroup> partial: array<array<f32, 256>, MAX_GEMV_ROWS>;
@@ -66,83 +88,87 @@ fn weight_pair(n: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(w[n]), bitcast<f32>(w[n + 1u]));
 }
 
+// Adds inputs [i0, i1) stepping by `step` of output row o of w, times rows r0 .. r0 +
+// GEMV_ROWS of x (rows past nr repeat the last one), into acc[a0 ..].
+fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: u32,
+            nr: u32, i0: u32, step: u32) {
+    if (PAIRED) {
+        for (var j = i0; j < params.n_in / 2u; j += step) {
+            let wv = weight_pair(o * params.n_in + 2u * j);
+            for (var r = 0u; r < GEMV_ROWS; r++) {
+                let at = (r0 + min(r, nr - 1u)) * params.n_in + 2u * j;
+                (*acc)[a0 + r] += wv.x * x[at] + wv.y * x[at + 1u];
+            }
+        }
+    } else {
+        for (var i = i0; i < params.n_in; i += step) {
+            let wv = weight(o * params.n_in + i);
+            for (var r = 0u; r < GEMV_ROWS; r++) {
+                (*acc)[a0 + r] += wv * x[(r0 + min(r, nr - 1u)) * params.n_in + i];
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(GEMV_WG)
 fn gemv(@builtin(local_invocation_index) t: u32,
         @builtin(workgroup_id) wid: vec3<u32>) {
     let id = wid.y * params.tiles_x + wid.x;
     let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
-    if (id >= params.n_out * blocks) {
+    let units = params.n_out / OUTS;
+    if (id >= units * blocks) {
         return;  // whole workgroup: uniform
     }
-    let o = id / blocks;
+    let u = id / blocks;
     let r0 = (id % blocks) * GEMV_ROWS;
     let nr = min(GEMV_ROWS, params.rows - r0);
     var acc: array<f32, MAX_GEMV_ROWS>;
-    if (PAIRED) {
-        for (var j = t; j < params.n_in / 2u; j += GEMV_WG) {
-            let wv = weight_pair(o * params.n_in + 2u * j);
-            for (var r = 0u; r < GEMV_ROWS; r++) {
-                let at = (r0 + min(r, nr - 1u)) * params.n_in + 2u * j;
-                acc[r] += wv.x * x[at] + wv.y * x[at + 1u];
-            }
-        }
-    } else {
-        for (var i = t; i < params.n_in; i += GEMV_WG) {
-            let wv = weight(o * params.n_in + i);
-            for (var r = 0u; r < GEMV_ROWS; r++) {
-                acc[r] += wv * x[(r0 + min(r, nr - 1u)) * params.n_in + i];
-            }
-        }
+    for (var k = 0u; k < OUTS; k++) {
+        dot_rows(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, t, GEMV_WG);
     }
-    for (var r = 0u; r < GEMV_ROWS; r++) {
-        partial[r][t] = acc[r];
+    for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
+        partial[a][t] = acc[a];
     }
     workgroupBarrier();
     if (t < nr) {
-        var sum = 0.0;
+        var z = 0.0;
+        var z2 = 0.0;
         for (var k = 0u; k < GEMV_WG; k++) {
-            sum += partial[t][k];
+            z += partial[t][k];
         }
-        store(r0 + t, o, sum);
+        if (OUTS == 2u) {
+            for (var k = 0u; k < GEMV_WG; k++) {
+                z2 += partial[GEMV_ROWS + t][k];
+            }
+        }
+        store(r0 + t, u, z, z2);
     }
 }
 
 // ---- GEMV by outputs: no workgroup memory, no barrier ----------------------------------
-// One invocation per output o and block of GEMV_ROWS rows, walking all of n_in itself.
-// For CPU adapters (lavapipe, llvmpipe, SwiftShader), where a barrier and workgroup
-// memory cost more than the coalescing they buy (and WebGPU zero-fills workgroup memory
-// on every workgroup). Workgroup = GEMV_WG consecutive outputs.
+// One invocation per output unit u and block of GEMV_ROWS rows, walking all of n_in
+// itself. For CPU adapters (lavapipe, llvmpipe, SwiftShader), where a barrier and
+// workgroup memory cost more than the coalescing they buy (and WebGPU zero-fills
+// workgroup memory on every workgroup). Workgroup = GEMV_WG consecutive units.
 @compute @workgroup_size(GEMV_WG)
 fn gemv_outputs(@builtin(local_invocation_index) t: u32,
                 @builtin(workgroup_id) wid: vec3<u32>) {
     let id = wid.y * params.tiles_x + wid.x;
     let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
-    let groups = (params.n_out + GEMV_WG - 1u) / GEMV_WG;
-    let o = (id / blocks) * GEMV_WG + t;
-    if (id >= groups * blocks || o >= params.n_out) {
+    let units = params.n_out / OUTS;
+    let groups = (units + GEMV_WG - 1u) / GEMV_WG;
+    let u = (id / blocks) * GEMV_WG + t;
+    if (id >= groups * blocks || u >= units) {
         return;  // no barrier below: invocations may leave on their own
     }
     let r0 = (id % blocks) * GEMV_ROWS;
     let nr = min(GEMV_ROWS, params.rows - r0);
     var acc: array<f32, MAX_GEMV_ROWS>;
-    if (PAIRED) {
-        for (var j = 0u; j < params.n_in / 2u; j++) {
-            let wv = weight_pair(o * params.n_in + 2u * j);
-            for (var r = 0u; r < GEMV_ROWS; r++) {
-                let at = (r0 + min(r, nr - 1u)) * params.n_in + 2u * j;
-                acc[r] += wv.x * x[at] + wv.y * x[at + 1u];
-            }
-        }
-    } else {
-        for (var i = 0u; i < params.n_in; i++) {
-            let wv = weight(o * params.n_in + i);
-            for (var r = 0u; r < GEMV_ROWS; r++) {
-                acc[r] += wv * x[(r0 + min(r, nr - 1u)) * params.n_in + i];
-            }
-        }
+    for (var k = 0u; k < OUTS; k++) {
+        dot_rows(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, 0u, 1u);
     }
     for (var r = 0u; r < nr; r++) {
-        store(r0 + r, o, acc[r]);
+        store(r0 + r, u, acc[r], acc[min(GEMV_ROWS + r, MAX_GEMV_ROWS - 1u)]);
     }
 }
 
@@ -213,14 +239,23 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     store4(row0 + ry + 3u, out0 + ox, acc3);
 }
 
-// Outputs o .. o + 3 of row r, within bounds.
+// Outputs o .. o + 3 of row r (o a multiple of 4), within bounds. With EPI_SWIGLU they
+// are the units o / 2 and o / 2 + 1 (n_out is even, so a unit is never cut).
 fn store4(r: u32, o: u32, v: vec4<f32>) {
     if (r >= params.rows) {
         return;
     }
+    if (OUTS == 2u) {
+        for (var j = 0u; j < 4u; j += 2u) {
+            if (o + j < params.n_out) {
+                store(r, (o + j) / 2u, v[j], v[j + 1u]);
+            }
+        }
+        return;
+    }
     for (var j = 0u; j < 4u; j++) {
         if (o + j < params.n_out) {
-            store(r, o + j, v[j]);
+            store(r, o + j, v[j], 0.0);
         }
     }
 }

@@ -1,8 +1,10 @@
 // Rotary position embedding in place, Hugging Face llama "rotate_half" pairing.
 // Host side: src/ops/rope.rs.
 //
-// x is [rows, heads * head_dim] row major; row r is at position row_table[2r + 1] (entry
-// 2r, its sequence, does not matter here). For each head and i < half = head_dim / 2, with
+// The rotated values of row r are x[r * stride + offset ..][.. heads * head_dim] (a column
+// window of a wider matrix: the decoder rotates q and k of its fused [rows, q | k | v]
+// buffer in one dispatch); row r is at position row_table[2r + 1] (entry 2r, its sequence,
+// does not matter here). For each head and i < half = head_dim / 2, with
 // (c, s) the table entry at (pos, i):
 //     x'[i]        = x[i] * c - x[i + half] * s
 //     x'[i + half] = x[i + half] * c + x[i] * s
@@ -16,6 +18,8 @@ struct Params {
     half: u32,           // head_dim / 2
     max_positions: u32,  // rows of the table
     tiles_x: u32,        // workgroups along x of the (possibly 2-D) grid
+    stride: u32,         // values from one row of x to the next
+    offset: u32,         // value index of the first rotated column of row 0
 }
 
 // Invocations per workgroup; must match ROPE_WORKGROUP on the host.
@@ -43,7 +47,7 @@ fn rope(@builtin(local_invocation_index) t: u32,
         return;  // past the table: left unrotated rather than read out of bounds
     }
     let cs = cos_sin[pos * params.half + i];
-    let lo = r * 2u * pairs_per_row + (pair - i) * 2u + i;
+    let lo = r * params.stride + params.offset + (pair - i) * 2u + i;
     let hi = lo + params.half;
     let a = x[lo];
     let b = x[hi];

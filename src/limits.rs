@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::model::Config;
 use crate::model::weights::expected_tensors;
+use crate::ops::attention::KvFormat;
 
 /// The most memory one buffer set of a run may take (a WHT batch, a decoder's KV cache,
 /// the logits of an evaluation window): 8 GiB.
@@ -157,32 +158,38 @@ pub fn random_model(config: &Config) -> Result<u64, LimitError> {
 /// Where a decoder runs, for [`decoder_memory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
-    /// The CPU reference: an f32 copy of the weights per sequence, plus the cache.
+    /// The CPU reference: an f32 copy of the weights per sequence, plus an f32 cache (its
+    /// values rounded to the cache format).
     Cpu,
-    /// The GPU: the cache (the adapter's own limits are checked when it is allocated).
-    Gpu,
+    /// The GPU: the cache in its format (the adapter's own limits are checked when it is
+    /// allocated).
+    Gpu(KvFormat),
 }
 
-/// Bytes a decoder of `seqs` sequences of `context` positions sets aside: the f32 KV
-/// cache (`2 x layers x seqs x context x d_model x 4`) and, on the CPU, each sequence's
-/// f32 weights; at most [`MAX_RUN_BYTES`].
+/// Bytes a decoder of `seqs` sequences of `context` positions sets aside: the KV cache
+/// (`2 x layers x seqs x context x d_model` values, 4 bytes each on the CPU, 2 or 4 on
+/// the GPU) and, on the CPU, each sequence's f32 weights; at most [`MAX_RUN_BYTES`].
 pub fn decoder_memory(
     config: &Config,
     seqs: usize,
     context: usize,
     placement: Placement,
 ) -> Result<u64, LimitError> {
+    let value_bytes = match placement {
+        Placement::Cpu => 4,
+        Placement::Gpu(kv) => kv.bytes_per_value(),
+    };
     let cache = product(&[
         2,
         config.num_hidden_layers,
         seqs,
         context,
         config.hidden_size,
-        4,
+        value_bytes,
     ]);
     let weights = match placement {
         Placement::Cpu => parameters(config).saturating_mul(4 * seqs as u128),
-        Placement::Gpu => 0,
+        Placement::Gpu(_) => 0,
     };
     let needed = cache.saturating_add(weights);
     if needed > MAX_RUN_BYTES as u128 {
@@ -343,15 +350,21 @@ mod tests {
     fn decoder_memory_counts_cache_and_cpu_weights() {
         let c = config(64, 2, 1024, 256);
         let cache = 2 * 2 * 3 * 1024 * 64 * 4;
-        assert_eq!(decoder_memory(&c, 3, 1024, Placement::Gpu), Ok(cache));
+        let f32_gpu = Placement::Gpu(KvFormat::F32);
+        assert_eq!(decoder_memory(&c, 3, 1024, f32_gpu), Ok(cache));
+        let f16_gpu = Placement::Gpu(KvFormat::F16);
+        assert_eq!(decoder_memory(&c, 3, 1024, f16_gpu), Ok(cache / 2));
         assert_eq!(
             decoder_memory(&c, 3, 1024, Placement::Cpu),
             Ok(cache + 3 * 4 * parameters(&c) as u64)
         );
-        // 1M positions of d 64, 1 layer: 512 MiB per sequence; 17 of them are too many.
+        // 1M positions of d 64, 1 layer: 512 MiB of f32 cache per sequence; 17 of them are
+        // too many (33 with an f16 cache).
         let long = config(64, 1, 1 << 20, 256);
-        assert!(decoder_memory(&long, 16, 1 << 20, Placement::Gpu).is_ok());
-        let e = decoder_memory(&long, 17, 1 << 20, Placement::Gpu).unwrap_err();
+        assert!(decoder_memory(&long, 16, 1 << 20, f32_gpu).is_ok());
+        assert!(decoder_memory(&long, 32, 1 << 20, f16_gpu).is_ok());
+        assert!(decoder_memory(&long, 33, 1 << 20, f16_gpu).is_err());
+        let e = decoder_memory(&long, 17, 1 << 20, f32_gpu).unwrap_err();
         assert_eq!(e.needed, 17 << 29);
         assert!(
             e.to_string().starts_with(

@@ -24,9 +24,12 @@ use wasm_bindgen_futures::JsFuture;
 use crate::bench::{self, BenchOptions, Report, Suite, report::Environment};
 use crate::gpu::Gpu;
 use crate::model::Config;
-use crate::model::generate::{GenerateOptions, Utf8Stream, encode_text, generate_async};
+use crate::model::generate::{
+    DEFAULT_MAX_CHUNK, GenerateOptions, Utf8Stream, encode_text, generate_async,
+};
 use crate::model::gpu::GpuDecoder;
 use crate::model::weights::{CONFIG_FILE, Model, WEIGHTS_FILE};
+use crate::ops::attention::KvFormat;
 use crate::ops::sample::SamplingParams;
 
 /// A model on the GPU, ready to generate.
@@ -55,6 +58,9 @@ struct WebGenerateOptions {
     max_tokens: usize,
     #[serde(flatten)]
     sampling: SamplingParams,
+    /// Most decode steps per GPU submission (default: the native default).
+    #[serde(default)]
+    max_chunk: Option<usize>,
 }
 
 /// What `generate` resolves to (JSON): the tokens, the text and the stats.
@@ -172,7 +178,8 @@ impl Engine {
             context: c.max_position_embeddings,
             download_bytes: bytes.len() + text.len(),
         };
-        let decoder = GpuDecoder::new(self.gpu, &model, 1, c.max_position_embeddings)?;
+        let context = c.max_position_embeddings;
+        let decoder = GpuDecoder::new(self.gpu, &model, 1, context, KvFormat::default())?;
         let json = to_json(&info)?;
         *self.loaded.borrow_mut() = Some(Loaded { info, decoder });
         Ok(json)
@@ -203,6 +210,7 @@ impl Engine {
         let options = GenerateOptions {
             max_tokens: options.max_tokens,
             sampling: options.sampling,
+            max_chunk: options.max_chunk.unwrap_or(DEFAULT_MAX_CHUNK),
         };
         let mut loaded = self
             .loaded

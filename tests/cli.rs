@@ -241,20 +241,16 @@ fn long_context_model(dir: &Path) -> String {
 fn generate_batch_times_context_is_checked_before_allocation() {
     let dir = tempfile::tempdir().unwrap();
     let model = long_context_model(dir.path());
-    // 17 prompts in one batch: 8.5 GiB of cache.
-    let mut generate = vec!["generate", "--model", &model];
-    for _ in 0..17 {
-        generate.extend(["--prompt", "a"]);
+    // 17 prompts in one batch: 8.5 GiB of f32 cache; 33 of f16 (the default) are 8.25 GiB.
+    for (count, cache, fit) in [(17, "f32", "16 fit"), (33, "f16", "32 fit")] {
+        let mut generate = vec!["generate", "--model", &model, "--kv-cache", cache];
+        for _ in 0..count {
+            generate.extend(["--prompt", "a"]);
+        }
+        let e = walsh_fails(&generate);
+        let what = format!("{count} sequence(s) of 1048576 positions");
+        assert_names(&e, &[&what, "8.0 GiB per run", fit]);
     }
-    let e = walsh_fails(&generate);
-    assert_names(
-        &e,
-        &[
-            "17 sequence(s) of 1048576 positions",
-            "8.0 GiB per run",
-            "16 fit",
-        ],
-    );
 }
 
 #[test]

@@ -47,6 +47,7 @@ use walsh::model::generate::{CpuBatch, GenerateOptions, Utf8Stream, encode_text,
 use walsh::model::init::random_tensors;
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
+use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
 
 // ---- The allocation guard -------------------------------------------------------------
@@ -709,8 +710,8 @@ fn execute(target: Target, input: &[u8], tiny: &Model) -> String {
                     // A model that loads must run: one token on the CPU.
                     if weights.len() < (1 << 20) {
                         let positions = model.config.max_position_embeddings.min(2);
-                        let mut dec =
-                            CpuDecoder::new(&model, positions).expect("a loaded model decodes");
+                        let mut dec = CpuDecoder::new(&model, positions, KvFormat::F16)
+                            .expect("a loaded model decodes");
                         let logits = dec.forward(1, 0).expect("one token");
                         assert_eq!(logits.len(), model.config.vocab_size);
                     }
@@ -752,7 +753,8 @@ fn run_text(input: &[u8], tiny: &Model) -> String {
         Err(e) => outcome(&e.to_string()),
     };
 
-    // The first 10 bytes set the sampling; the rest, split at newlines, are prompts.
+    // The first 12 bytes set the sampling, the decode chunk and the cache format; the
+    // rest, split at newlines, are prompts.
     let byte = |i: usize| input.get(i).copied().unwrap_or(0);
     let float = |i: usize| f32::from_le_bytes([byte(i), byte(i + 1), byte(i + 2), byte(i + 3)]);
     let sampling = SamplingParams {
@@ -761,15 +763,21 @@ fn run_text(input: &[u8], tiny: &Model) -> String {
         top_p: float(5),
         seed: byte(9) as u64,
     };
-    let body = input.get(10..).unwrap_or(&[]);
+    let kv = if byte(11) & 1 == 0 {
+        KvFormat::F16
+    } else {
+        KvFormat::F32
+    };
+    let body = input.get(12..).unwrap_or(&[]);
     let text = String::from_utf8_lossy(body);
     let prompts: Vec<Vec<u32>> = text.split('\n').take(4).map(encode_text).collect();
     let context = tiny.config.max_position_embeddings;
-    let generated = match CpuBatch::new(tiny, prompts.len(), context) {
+    let generated = match CpuBatch::new(tiny, prompts.len(), context, kv) {
         Ok(mut dec) => {
             let options = GenerateOptions {
                 max_tokens: 1 + byte(4) as usize % 20,
                 sampling,
+                max_chunk: byte(10) as usize % 9, // 0 is refused
             };
             match generate(&mut dec, &prompts, &options, |_| ControlFlow::Continue(())) {
                 Ok(g) => format!("generated {}", g.tokens.len()),
@@ -779,7 +787,7 @@ fn run_text(input: &[u8], tiny: &Model) -> String {
         Err(e) => outcome(&e.to_string()),
     };
     let tokens: Vec<u32> = body.iter().take(48).map(|&b| b as u32).collect();
-    let mut dec = CpuBatch::new(tiny, 1, context).expect("one sequence");
+    let mut dec = CpuBatch::new(tiny, 1, context, kv).expect("one sequence");
     let scored = match evaluate(&mut dec, &tokens, |_, _| {}) {
         Ok(r) => {
             assert!(r.nats_per_byte.is_finite(), "{r:?}");
@@ -922,7 +930,7 @@ impl Fuzzer {
             }
             Target::Text => {
                 let mut text = rng.pick(&self.seeds.texts).clone();
-                let mut head: Vec<u8> = (0..10).map(|_| rng.next() as u8).collect();
+                let mut head: Vec<u8> = (0..12).map(|_| rng.next() as u8).collect();
                 if rng.chance(2) {
                     // Sensible sampling most of the time, so generation runs.
                     head[..4].copy_from_slice(&rng.pick(&[0.0f32, 0.8, 1.0, -1.0]).to_le_bytes());

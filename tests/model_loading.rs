@@ -10,6 +10,7 @@ use walsh::model::init::{random_tensors, write_model, write_random_model};
 use walsh::model::weights::{Model, TensorData, expected_tensors};
 use walsh::model::{AttnOutput, Config, ModelError, Query};
 use walsh::ops::WeightFormat;
+use walsh::ops::attention::KvFormat;
 
 type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
 
@@ -104,7 +105,7 @@ fn loads_an_f32_model_exactly() {
     let text = std::fs::read_to_string(config_path(dir.path())).unwrap();
     assert!(text.contains("\n  \"hidden_size\": 64,"), "{text}");
 
-    let mut decoder = CpuDecoder::new(&m, 16).unwrap();
+    let mut decoder = CpuDecoder::new(&m, 16, KvFormat::F32).unwrap();
     let logits = decoder.forward(b'a' as u32, 0).unwrap();
     assert_eq!(logits.len(), 256);
     assert!(logits.iter().all(|v| v.is_finite()));

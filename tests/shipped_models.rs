@@ -14,6 +14,7 @@ use walsh::model::eval::evaluate;
 use walsh::model::generate::{CpuBatch, Decoder, GenerateOptions, generate};
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::weights::Model;
+use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
 
 const MODELS: [&str; 3] = [
@@ -85,10 +86,13 @@ fn walsh_eval_agrees_with_the_trainer_on_every_shipped_model() {
         let model = load(name);
         let want = trainer_nats(name);
         let context = model.config.max_position_embeddings;
-        let mut decoders: Vec<Box<dyn Decoder + '_>> =
-            vec![Box::new(CpuBatch::new(&model, 1, context).unwrap())];
+        let mut decoders: Vec<Box<dyn Decoder + '_>> = vec![Box::new(
+            CpuBatch::new(&model, 1, context, KvFormat::default()).unwrap(),
+        )];
         for gpu in &gpus {
-            decoders.push(Box::new(GpuDecoder::new(gpu, &model, 1, context).unwrap()));
+            decoders.push(Box::new(
+                GpuDecoder::new(gpu, &model, 1, context, KvFormat::default()).unwrap(),
+            ));
         }
         for dec in &mut decoders {
             let got = evaluate(dec.as_mut(), &tokens, |_, _| {}).unwrap();
@@ -111,17 +115,14 @@ fn default_model_greedy_text_is_golden_on_every_device() {
         .split_once('\n')
         .expect("golden.txt: prompt line, then the text");
     let prompts = vec![prompt.bytes().map(u32::from).collect::<Vec<u32>>()];
-    let options = GenerateOptions {
-        max_tokens: 64,
-        sampling: SamplingParams::greedy(),
-    };
+    let options = GenerateOptions::new(64, SamplingParams::greedy());
     let text = |dec: &mut dyn Decoder| -> String {
         let g = generate(dec, &prompts, &options, |_| ControlFlow::Continue(())).unwrap();
         let bytes: Vec<u8> = g.tokens[0].iter().map(|&t| t as u8).collect();
         format!("{prompt}\n{}", String::from_utf8_lossy(&bytes))
     };
     let context = model.config.max_position_embeddings;
-    let cpu = text(&mut CpuBatch::new(&model, 1, context).unwrap());
+    let cpu = text(&mut CpuBatch::new(&model, 1, context, KvFormat::default()).unwrap());
     assert_eq!(
         cpu,
         golden,
@@ -129,7 +130,8 @@ fn default_model_greedy_text_is_golden_on_every_device() {
         golden_path.display()
     );
     for gpu in gpus() {
-        let got = text(&mut GpuDecoder::new(&gpu, &model, 1, context).unwrap());
+        let got =
+            text(&mut GpuDecoder::new(&gpu, &model, 1, context, KvFormat::default()).unwrap());
         assert_eq!(got, golden, "greedy text on {}", gpu.describe());
     }
 }

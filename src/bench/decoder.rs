@@ -13,6 +13,7 @@ use crate::model::gpu::GpuDecoder;
 use crate::model::init::random_model;
 use crate::model::{AttnOutput, Config, ModelError, Query};
 use crate::ops::WeightFormat;
+use crate::ops::attention::KvFormat;
 use crate::ops::hadamard::WhtError;
 use crate::ops::sample::SamplingParams;
 
@@ -26,6 +27,7 @@ pub struct DecoderCase {
     pub batch: usize,
     pub prompt: usize,
     pub new_tokens: usize,
+    pub kv_cache: KvFormat,
 }
 
 impl DecoderCase {
@@ -77,6 +79,15 @@ pub struct DecoderResult {
     pub decode_tokens_per_s: f64,
     /// Peak bytes walsh held on the GPU during the run (weights, KV cache, activations).
     pub peak_bytes: u64,
+    /// The KV cache's format (reports before this field ran f32).
+    #[serde(default = "super::f32_cache")]
+    pub kv_cache: KvFormat,
+    /// Compute dispatches and readbacks per decoded token (all sequences), in the decode
+    /// steps of the last timed run (0 in reports before these fields).
+    #[serde(default)]
+    pub dispatches_per_token: f64,
+    #[serde(default)]
+    pub readbacks_per_token: f64,
 }
 
 /// The decoder suite: the two output projections and the query variants.
@@ -102,6 +113,7 @@ pub fn decoder_cases(options: &BenchOptions) -> Vec<DecoderCase> {
         batch: 1,
         prompt,
         new_tokens,
+        kv_cache: options.kv_cache,
     })
     .collect()
 }
@@ -125,7 +137,8 @@ impl<'g> Runner<'g> {
         let model = random_model(&config, 1, WeightFormat::F16)?;
         let baseline = gpu.memory().report().current_bytes;
         gpu.memory().reset_peak();
-        let dec = GpuDecoder::new(gpu, &model, case.batch, case.prompt + case.new_tokens)?;
+        let context = case.prompt + case.new_tokens;
+        let dec = GpuDecoder::new(gpu, &model, case.batch, context, case.kv_cache)?;
         let prompts = (0..case.batch)
             .map(|s| {
                 (0..case.prompt)
@@ -147,6 +160,9 @@ impl<'g> Runner<'g> {
                 prefill_tokens_per_s: 0.0,
                 decode_tokens_per_s: 0.0,
                 peak_bytes: 0,
+                kv_cache: case.kv_cache,
+                dispatches_per_token: 0.0,
+                readbacks_per_token: 0.0,
             },
             dec,
             prompts,
@@ -162,10 +178,7 @@ impl<'g> Runner<'g> {
         &mut self,
         tokens: usize,
     ) -> Result<crate::model::generate::Generation, BenchError> {
-        let options = GenerateOptions {
-            max_tokens: tokens,
-            sampling: SamplingParams::greedy(),
-        };
+        let options = GenerateOptions::new(tokens, SamplingParams::greedy());
         Ok(generate_async(&mut self.dec, &self.prompts, &options, |_| {
             ControlFlow::Continue(())
         })
@@ -177,6 +190,8 @@ impl<'g> Runner<'g> {
         let g = self.generate(self.case.new_tokens).await?;
         self.prefill.push(g.stats.prefill_tokens_per_s);
         self.decode.push(g.stats.decode_tokens_per_s);
+        self.result.dispatches_per_token = g.stats.dispatches_per_token;
+        self.result.readbacks_per_token = g.stats.readbacks_per_token;
         Ok(())
     }
 
@@ -212,6 +227,7 @@ pub struct PaperCell {
     pub context: usize,
     pub layers: usize,
     pub new_tokens: usize,
+    pub kv_cache: KvFormat,
 }
 
 impl PaperCell {
@@ -231,6 +247,7 @@ impl PaperCell {
             batch: self.batch,
             prompt: self.context - self.new_tokens,
             new_tokens: self.new_tokens,
+            kv_cache: self.kv_cache,
         }
     }
 }
@@ -279,6 +296,7 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
                     context,
                     layers: 2,
                     new_tokens,
+                    kv_cache: options.kv_cache,
                 });
             }
         }

@@ -215,7 +215,15 @@ pub async fn measure(
             let x = activations(gpu, "x", rows * n)?;
             let y = gpu.storage(MemoryCategory::Activations, "y", (rows * n * 4) as u64)?;
             let time = time_pass(gpu, repeats, |pass| {
-                Ok(matmul::encode_matmul(gpu, pass, &w, &x, &y, rows, false)?)
+                Ok(matmul::encode_matmul(
+                    gpu,
+                    pass,
+                    &w,
+                    &x,
+                    &y,
+                    rows,
+                    matmul::Epilogue::Store,
+                )?)
             })
             .await?;
             // In u64: on wasm32 usize is 32 bits, and 2 * 256 * 4096^2 is 2^33.
@@ -232,6 +240,7 @@ pub async fn measure(
                 head_dim,
                 max_seqs: seqs,
                 max_pos,
+                kv: options.kv_cache,
             };
             let att = Attention::new(gpu)?;
             let k = activations(gpu, "k cache", seqs * max_pos * n)?;
@@ -260,7 +269,8 @@ pub async fn measure(
             let pairs: usize = table.iter().map(|&(_, p)| p as usize + 1).sum();
             let keys_read = if decode { pairs } else { rows };
             let (n, pairs) = (n as u64, pairs as u64);
-            let bytes = 4 * (2 * keys_read as u64 * n + 2 * table.len() as u64 * n);
+            let kv_bytes = options.kv_cache.bytes_per_value() as u64;
+            let bytes = kv_bytes * 2 * keys_read as u64 * n + 4 * 2 * table.len() as u64 * n;
             (time, bytes, 4 * pairs * n)
         }
         other => {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gpu::{AdapterSummary, Gpu};
 use crate::model::ModelError;
+use crate::ops::attention::KvFormat;
 
 pub use report::{Report, SCHEMA_VERSION};
 
@@ -43,6 +44,14 @@ pub struct BenchOptions {
     /// Largest width of the kernel suite (reports before this field ran every width).
     #[serde(default = "all_kernel_widths")]
     pub max_kernel_n: usize,
+    /// KV cache format of the attention kernels and decoders (reports before this field
+    /// ran f32 caches).
+    #[serde(default = "f32_cache")]
+    pub kv_cache: KvFormat,
+}
+
+pub(crate) fn f32_cache() -> KvFormat {
+    KvFormat::F32
 }
 
 fn all_kernel_widths() -> usize {
@@ -57,6 +66,7 @@ impl BenchOptions {
             max_d_model: if quick { 256 } else { 4096 },
             max_context: if quick { 128 } else { 2048 },
             max_kernel_n: all_kernel_widths(),
+            kv_cache: KvFormat::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use walsh::bench::report::{Environment, files, merge};
 use walsh::bench::{BenchOptions, Report, Suite, run};
 use walsh::gpu::adapter::{enumerate, native_instance};
 use walsh::gpu::{AdapterSelector, Gpu};
+use walsh::ops::attention::KvFormat;
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -35,6 +36,9 @@ pub struct BenchArgs {
     /// Largest width of the kernel suite (default 16384).
     #[arg(long)]
     pub max_kernel_n: Option<usize>,
+    /// KV cache format of the attention kernels and the decoders: f16 or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: KvFormat,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -91,6 +95,7 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
     if let Some(n) = args.max_kernel_n {
         options.max_kernel_n = n;
     }
+    options.kv_cache = args.kv_cache;
     check_sizes(&options)?;
     let gpus: Vec<Gpu> = if args.all_adapters {
         let adapters = enumerate(&native_instance());

@@ -11,13 +11,15 @@ use walsh::gpu::{AdapterSelector, Gpu};
 use walsh::limits::{self, Placement};
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{
-    CpuBatch, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text, generate,
+    CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text,
+    generate,
 };
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::init::{random_model, write_random_model};
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
+use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
 
 /// The model `walsh` runs when none is named.
@@ -30,9 +32,9 @@ pub enum Device {
 }
 
 impl Device {
-    fn placement(self) -> Placement {
+    fn placement(self, kv: KvFormat) -> Placement {
         match self {
-            Device::Gpu => Placement::Gpu,
+            Device::Gpu => Placement::Gpu(kv),
             Device::Cpu => Placement::Cpu,
         }
     }
@@ -79,14 +81,15 @@ fn with_decoder<T>(
     adapter: &str,
     seqs: usize,
     context: usize,
+    kv: KvFormat,
     f: impl FnOnce(&mut dyn Decoder) -> Result<T>,
 ) -> Result<T> {
     match device {
-        Device::Cpu => f(&mut CpuBatch::new(model, seqs, context)?),
+        Device::Cpu => f(&mut CpuBatch::new(model, seqs, context, kv)?),
         Device::Gpu => {
             let selector: AdapterSelector = adapter.parse()?;
             let gpu = Gpu::new(&selector)?;
-            f(&mut GpuDecoder::new(&gpu, model, seqs, context)?)
+            f(&mut GpuDecoder::new(&gpu, model, seqs, context, kv)?)
         }
     }
 }
@@ -115,6 +118,13 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "gpu")]
     pub device: Device,
+    /// KV cache format: f16 (half the memory) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: KvFormat,
+    /// Most decode steps the GPU runs per submission before the host reads their tokens
+    /// (1: a readback per token). The text does not depend on it.
+    #[arg(long, default_value_t = DEFAULT_MAX_CHUNK)]
+    pub max_chunk: usize,
     /// Print the tokens and stats as JSON instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -131,6 +141,8 @@ impl Default for GenerateArgs {
             top_p: 0.95,
             seed: 0,
             device: Device::Gpu,
+            kv_cache: KvFormat::default(),
+            max_chunk: DEFAULT_MAX_CHUNK,
             json: false,
         }
     }
@@ -152,7 +164,7 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
         &model.config,
         prompts.len(),
         context,
-        args.device.placement(),
+        args.device.placement(args.kv_cache),
     )?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
@@ -162,6 +174,7 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
             top_p: args.top_p,
             seed: args.seed,
         },
+        max_chunk: args.max_chunk,
     };
     let single = prompts.len() == 1 && !args.json;
     let generation = with_decoder(
@@ -170,6 +183,7 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
         adapter,
         prompts.len(),
         context,
+        args.kv_cache,
         |dec| {
             if single {
                 // Stream the one sequence as it is generated.
@@ -215,13 +229,14 @@ pub fn summary(g: &Generation) -> String {
         )
     });
     format!(
-        "[{}] {} sequence(s): prefill {} tokens at {:.1} tok/s, decode {} tokens at {:.1} tok/s{memory}{}",
+        "[{}] {} sequence(s): prefill {} tokens at {:.1} tok/s, decode {} tokens at {:.1} tok/s{memory} ({} KV cache){}",
         s.device,
         s.sequences,
         s.prompt_tokens,
         s.prefill_tokens_per_s,
         s.generated_tokens,
         s.decode_tokens_per_s,
+        s.kv_cache.name(),
         if s.stopped { " (stopped)" } else { "" }
     )
 }
@@ -236,6 +251,9 @@ pub struct EvalArgs {
     pub text: PathBuf,
     #[arg(long, value_enum, default_value = "gpu")]
     pub device: Device,
+    /// KV cache format: f16 (half the memory) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: KvFormat,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -244,7 +262,12 @@ pub struct EvalArgs {
 pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
     let context = model.config.max_position_embeddings;
-    limits::decoder_memory(&model.config, 1, context, args.device.placement())?;
+    limits::decoder_memory(
+        &model.config,
+        1,
+        context,
+        args.device.placement(args.kv_cache),
+    )?;
     limits::eval_window(&model.config)?;
     let bytes = limits::read_at_most(&args.text, limits::MAX_TEXT_BYTES, "a text to score")
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.text.display()))?;
@@ -258,30 +281,39 @@ pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
             model.config.vocab_size
         );
     }
-    let report = with_decoder(&model, args.device, adapter, 1, context, |dec| {
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} windows, eta {eta}")
-                .expect("valid template"),
-        );
-        bar.set_message(format!("scoring {} bytes", tokens.len()));
-        let report = evaluate(dec, &tokens, |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        });
-        bar.finish_and_clear();
-        Ok(report?)
-    })?;
+    let report = with_decoder(
+        &model,
+        args.device,
+        adapter,
+        1,
+        context,
+        args.kv_cache,
+        |dec| {
+            let bar = ProgressBar::new(0).with_style(
+                ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} windows, eta {eta}")
+                    .expect("valid template"),
+            );
+            bar.set_message(format!("scoring {} bytes", tokens.len()));
+            let report = evaluate(dec, &tokens, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            });
+            bar.finish_and_clear();
+            Ok(report?)
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{}: {:.4} nats/byte, {:.4} bits/byte, perplexity {:.3} over {} bytes (context {}, {})",
+            "{}: {:.4} nats/byte, {:.4} bits/byte, perplexity {:.3} over {} bytes (context {}, {} KV cache, {})",
             args.text.display(),
             report.nats_per_byte,
             report.bits_per_byte,
             report.perplexity,
             report.bytes_scored,
             report.context,
+            report.kv_cache.name(),
             report.device
         );
     }

@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod error;
 pub mod memory;
 pub mod pipeline;
+pub mod record;
 mod signal;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -24,6 +25,7 @@ pub use adapter::{AdapterSelector, AdapterSummary};
 pub use error::{GpuError, Result};
 pub use memory::{GpuBuffer, MemoryCategory, MemoryReport, MemoryTracker};
 pub use pipeline::{Binding, CachedPipeline, PipelineKey, Shader};
+pub use record::{Counters, CountersSnapshot, Record, Recording};
 pub use timer::GpuTimer;
 
 use pipeline::PipelineCache;
@@ -46,6 +48,14 @@ impl GpuFeatures {
     }
 }
 
+/// A readback submitted by [`Gpu::submit_read`], collected by [`Gpu::wait_read`].
+pub struct PendingRead {
+    staging: GpuBuffer,
+    bytes: u64,
+    submission: wgpu::SubmissionIndex,
+    mapped: signal::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
 /// A device and queue on one adapter, plus walsh's per-device state.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -56,6 +66,7 @@ pub struct Gpu {
     limits: wgpu::Limits,
     cache: PipelineCache,
     memory: Arc<MemoryTracker>,
+    counters: Counters,
     /// First error wgpu reported outside an error scope, or the device-lost reason.
     failure: Arc<Mutex<Option<GpuError>>>,
 }
@@ -141,6 +152,7 @@ impl Gpu {
             summary,
             cache: PipelineCache::default(),
             memory: Arc::default(),
+            counters: Counters::default(),
             failure,
         })
     }
@@ -188,6 +200,11 @@ impl Gpu {
 
     pub fn memory(&self) -> &MemoryTracker {
         &self.memory
+    }
+
+    /// Dispatches replayed, readbacks and submissions so far on this device.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Returns (and clears) the first error wgpu reported asynchronously.
@@ -375,15 +392,22 @@ impl Gpu {
     /// Records one dispatch of `pipeline` over `grid` workgroups into `pass`.
     pub fn dispatch(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        pipeline: &CachedPipeline,
+        pass: &mut dyn Record,
+        pipeline: &Arc<CachedPipeline>,
         buffers: &[&wgpu::Buffer],
         grid: glam::UVec3,
     ) {
         let bind_group = self.bind_group(pipeline, buffers);
-        pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(grid.x, grid.y, grid.z);
+        pass.record(pipeline, bind_group, grid);
+    }
+
+    /// Submits command buffers, counting the submission.
+    pub fn submit(
+        &self,
+        buffers: impl IntoIterator<Item = wgpu::CommandBuffer>,
+    ) -> wgpu::SubmissionIndex {
+        self.counters.submission();
+        self.queue.submit(buffers)
     }
 
     /// Counts a buffer made directly with wgpu under `category` while it lives.
@@ -450,7 +474,7 @@ impl Gpu {
     /// inside (the future is ready when first polled); in the browser it yields to the
     /// event loop until the queue reports the work done.
     pub async fn finish(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        self.queue.submit(Some(encoder.finish()));
+        self.submit(Some(encoder.finish()));
         let (tx, rx) = signal::channel();
         self.queue.on_submitted_work_done(move || tx.send(()));
         self.poll()?;
@@ -479,10 +503,23 @@ impl Gpu {
     /// readback in a single submission.
     pub async fn finish_and_read(
         &self,
-        mut encoder: wgpu::CommandEncoder,
+        encoder: wgpu::CommandEncoder,
         buffer: &wgpu::Buffer,
         bytes: u64,
     ) -> Result<Vec<u8>> {
+        let pending = self.submit_read(encoder, buffer, bytes)?;
+        self.wait_read(pending).await
+    }
+
+    /// The first half of [`Gpu::finish_and_read`]: appends the copy, submits, and asks for
+    /// the mapping, without waiting. Later submissions may follow before
+    /// [`Gpu::wait_read`] collects the bytes, so the GPU works on them meanwhile.
+    pub fn submit_read(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        buffer: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<PendingRead> {
         if bytes > buffer.size() {
             return Err(GpuError::BufferTooSmall {
                 label: "readback source".into(),
@@ -501,14 +538,40 @@ impl Gpu {
             MemoryCategory::Readback,
         );
         encoder.copy_buffer_to_buffer(buffer, 0, staging.buffer(), 0, size.min(buffer.size()));
-        self.queue.submit(Some(encoder.finish()));
-
-        let (tx, rx) = signal::channel();
+        let submission = self.submit(Some(encoder.finish()));
+        self.counters.readback();
+        let (tx, mapped) = signal::channel();
         staging
             .buffer()
             .map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
-        self.poll()?;
-        rx.await
+        Ok(PendingRead {
+            staging,
+            bytes,
+            submission,
+            mapped,
+        })
+    }
+
+    /// The second half of [`Gpu::finish_and_read`]: waits for `pending`'s submission (not
+    /// for any made after it) and returns its bytes.
+    pub async fn wait_read(&self, pending: PendingRead) -> Result<Vec<u8>> {
+        let PendingRead {
+            staging,
+            bytes,
+            submission,
+            mapped,
+        } = pending;
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = submission; // the event loop delivers the mapping
+        mapped
+            .await
             .ok_or_else(|| GpuError::Readback("the mapping callback was dropped".into()))?
             .map_err(|e| GpuError::Readback(e.to_string()))?;
         let view = staging

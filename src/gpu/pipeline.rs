@@ -33,10 +33,12 @@ pub enum Shader {
     Attention,
     /// Greedy and temperature / top-k / top-p sampling.
     Sample,
+    /// The decode loop's step boundary: sampled tokens fed back on the GPU.
+    Feedback,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 9] = [
+    pub const ALL: [Shader; 10] = [
         Shader::Hadamard,
         Shader::HadamardSubgroup,
         Shader::Matmul,
@@ -46,6 +48,7 @@ impl Shader {
         Shader::Elementwise,
         Shader::Attention,
         Shader::Sample,
+        Shader::Feedback,
     ];
 
     pub fn source(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Shader {
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
             Shader::Sample => include_str!("../../shaders/sample.wgsl"),
+            Shader::Feedback => include_str!("../../shaders/feedback.wgsl"),
         }
     }
 
@@ -87,6 +91,7 @@ impl Shader {
             Shader::Elementwise => "elementwise",
             Shader::Attention => "attention",
             Shader::Sample => "sample",
+            Shader::Feedback => "feedback",
         }
     }
 }

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use super::weights::{Model, Tensor, TensorData, WEIGHTS_FILE};
 use super::{AttnOutput, ModelError, Query};
+use crate::ops::attention::KvFormat;
 use crate::ops::hadamard::cpu::{WhtSize, fwht};
 use crate::ops::rope::rope_cos_sin;
 
@@ -48,6 +49,7 @@ struct LayerF32<'m> {
 pub struct CpuDecoder<'m> {
     model: &'m Model,
     max_positions: usize,
+    kv: KvFormat, // what the cache holds: each key and value rounded to it when stored
     // weights, converted to f32 once (f32 files are borrowed, f16 widened)
     embed_tokens: Cow<'m, [f32]>, // [vocab, d]
     layers: Vec<LayerF32<'m>>,
@@ -88,8 +90,9 @@ fn present<'m>(model: &Model, t: &'m Option<Tensor>, slot: &str) -> Result<&'m T
 }
 
 impl<'m> CpuDecoder<'m> {
-    /// A decoder with room for `max_positions` positions (at most the model's context).
-    pub fn new(model: &'m Model, max_positions: usize) -> Result<Self, ModelError> {
+    /// A decoder with room for `max_positions` positions (at most the model's context),
+    /// its KV cache holding values of `kv` (as the GPU decoder's does).
+    pub fn new(model: &'m Model, max_positions: usize, kv: KvFormat) -> Result<Self, ModelError> {
         let c = &model.config;
         if max_positions == 0 || max_positions > c.max_position_embeddings {
             return Err(ModelError::Input(format!(
@@ -139,10 +142,11 @@ impl<'m> CpuDecoder<'m> {
                 down_proj: f32_data(&w.down_proj),
             });
         }
-        let kv = c.num_hidden_layers * max_positions * d;
+        let cache_len = c.num_hidden_layers * max_positions * d;
         Ok(Self {
             model,
             max_positions,
+            kv,
             embed_tokens: f32_data(&model.weights.embed_tokens),
             layers,
             norm: f32_data(&model.weights.norm),
@@ -159,8 +163,8 @@ impl<'m> CpuDecoder<'m> {
             rope_cos: vec![0.0; c.head_dim() / 2],
             rope_sin: vec![0.0; c.head_dim() / 2],
             logits: vec![0.0; c.vocab_size],
-            key_cache: vec![0.0; kv],
-            value_cache: vec![0.0; kv],
+            key_cache: vec![0.0; cache_len],
+            value_cache: vec![0.0; cache_len],
             len: 0,
         })
     }
@@ -225,11 +229,17 @@ impl<'m> CpuDecoder<'m> {
             matmul(&mut value_cache[row.clone()], &self.xn, &layer.v_proj);
             rope(&mut self.q, head_dim, &self.rope_cos, &self.rope_sin);
             rope(
-                &mut key_cache[row],
+                &mut key_cache[row.clone()],
                 head_dim,
                 &self.rope_cos,
                 &self.rope_sin,
             );
+            for v in key_cache[row.clone()]
+                .iter_mut()
+                .chain(&mut value_cache[row])
+            {
+                *v = self.kv.round(*v);
+            }
 
             // causal attention per head over positions 0..=pos
             for h in 0..c.num_attention_heads {
@@ -416,7 +426,8 @@ mod tests {
 
     /// Logits of every position, decoding `tokens` one by one.
     fn decode(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
-        let mut dec = CpuDecoder::new(model, model.config.max_position_embeddings).unwrap();
+        let mut dec =
+            CpuDecoder::new(model, model.config.max_position_embeddings, KvFormat::F32).unwrap();
         tokens
             .iter()
             .enumerate()
@@ -714,10 +725,10 @@ mod tests {
         let c = config(32, AttnOutput::Dense, Query::Identity, false);
         let m = model(&c, random_tensors(&c, 4));
         for n in [0, 17] {
-            let e = CpuDecoder::new(&m, n).err().unwrap();
+            let e = CpuDecoder::new(&m, n, KvFormat::F32).err().unwrap();
             assert!(matches!(e, ModelError::Input(_)), "{e}");
         }
-        let mut dec = CpuDecoder::new(&m, 4).unwrap();
+        let mut dec = CpuDecoder::new(&m, 4, KvFormat::F32).unwrap();
         assert!(dec.is_empty());
         let first = dec.forward(65, 0).unwrap().to_vec();
         assert_eq!(first.len(), 256);
@@ -757,22 +768,22 @@ mod tests {
         let c = config(32, AttnOutput::Dense, Query::Dense, false);
         let mut m = model(&c, random_tensors(&c, 4));
         m.weights.layers[1].q_proj = None;
-        let e = CpuDecoder::new(&m, 4).err().unwrap();
+        let e = CpuDecoder::new(&m, 4, KvFormat::F32).err().unwrap();
         assert!(
             matches!(e, ModelError::MissingTensor { ref name, .. } if name == "model.layers.1.self_attn.q_proj.weight"),
             "{e}"
         );
         let mut m = model(&c, random_tensors(&c, 4));
         m.weights.layers[0].down_proj.shape = vec![72, 32];
-        let e = CpuDecoder::new(&m, 4).err().unwrap();
+        let e = CpuDecoder::new(&m, 4, KvFormat::F32).err().unwrap();
         assert!(matches!(e, ModelError::Shape { .. }), "{e}");
         let mut m = model(&c, random_tensors(&c, 4));
         m.config.num_attention_heads = 0;
-        let e = CpuDecoder::new(&m, 4).err().unwrap();
+        let e = CpuDecoder::new(&m, 4, KvFormat::F32).err().unwrap();
         assert!(matches!(e, ModelError::Config { .. }), "{e}");
         let mut m = model(&c, random_tensors(&c, 4));
         m.weights.norm.data = TensorData::F32(vec![1.0; 31]);
-        let e = CpuDecoder::new(&m, 4).err().unwrap();
+        let e = CpuDecoder::new(&m, 4, KvFormat::F32).err().unwrap();
         assert!(
             matches!(e, ModelError::Input(ref s) if s.contains("model.norm.weight")),
             "{e}"

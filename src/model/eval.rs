@@ -2,6 +2,7 @@
 
 use super::ModelError;
 use super::generate::Decoder;
+use crate::ops::attention::KvFormat;
 
 /// Mean loss of a model over a text.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -11,6 +12,7 @@ pub struct EvalReport {
     pub bits_per_byte: f64,
     pub perplexity: f64,
     pub context: usize,
+    pub kv_cache: KvFormat,
     pub device: String,
 }
 
@@ -80,6 +82,7 @@ pub async fn evaluate_async(
         bits_per_byte: nats / std::f64::consts::LN_2,
         perplexity: nats.exp(),
         context,
+        kv_cache: dec.kv_format(),
         device: dec.device(),
     })
 }

@@ -1,6 +1,10 @@
-//! Generation, the same on every device: prefill all prompts in one step, then decode one
-//! token per sequence per step, streaming each token to a callback that may stop the run.
+//! Generation, the same on every device: prefill all prompts in one step, then decode in
+//! chunks of steps that the device runs without the host (the GPU feeds each sampled
+//! token back itself), reading each chunk's tokens back once and streaming them to a
+//! callback that may stop the run. Two chunks are in flight at a time, so the device
+//! works on the next one while the host collects the last.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::pin::Pin;
@@ -12,9 +16,10 @@ use serde::Serialize;
 
 use super::ModelError;
 use super::cpu::CpuDecoder;
-use super::gpu::GpuDecoder;
+use super::gpu::{GpuDecoder, MAX_CHUNK_STEPS, PendingChunk};
 use super::weights::Model;
-use crate::gpu::MemoryReport;
+use crate::gpu::{CountersSnapshot, MemoryReport};
+use crate::ops::attention::KvFormat;
 use crate::ops::sample::{SampleRng, SamplingParams, sample_reference};
 
 /// The result of a decoder step, once the device has it. The GPU decoder's step waits
@@ -42,10 +47,34 @@ pub trait Decoder {
     ) -> StepFuture<'a, Vec<u32>>;
     /// Appends tokens and returns the logits of every appended row, per entry.
     fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>>;
+    /// Starts `draws.len() / seqs` decode steps of sequences `0..seqs` (all of the last
+    /// step's batch, in order): step s feeds each sequence the token it sampled the step
+    /// before and samples with draw `draws[s * seqs + r]`. Returns without waiting where the
+    /// device can run ahead; [`Decoder::finish_decode`] collects the tokens.
+    fn start_decode(
+        &mut self,
+        seqs: usize,
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Result<Chunk, ModelError>;
+    /// The tokens of a started chunk, step by step (`[steps, seqs]` flattened).
+    fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>>;
     /// GPU memory accounting, where there is a GPU.
     fn memory(&self) -> Option<MemoryReport>;
+    /// Dispatches, readbacks and submissions so far, where there is a GPU.
+    fn counters(&self) -> Option<CountersSnapshot>;
     /// Where it runs, for summaries: an adapter name, or "cpu".
     fn device(&self) -> String;
+    /// The KV cache's element format.
+    fn kv_format(&self) -> KvFormat;
+}
+
+/// A decode chunk in flight, from [`Decoder::start_decode`].
+pub enum Chunk {
+    /// Computed already (the CPU decoders).
+    Ready(Vec<u32>),
+    /// Submitted to the GPU.
+    Gpu(PendingChunk),
 }
 
 impl Decoder for GpuDecoder<'_> {
@@ -72,11 +101,31 @@ impl Decoder for GpuDecoder<'_> {
     fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>> {
         Box::pin(self.forward_logits_async(batch))
     }
+    fn start_decode(
+        &mut self,
+        seqs: usize,
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Result<Chunk, ModelError> {
+        GpuDecoder::start_decode(self, seqs, sampling, draws).map(Chunk::Gpu)
+    }
+    fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>> {
+        match chunk {
+            Chunk::Gpu(c) => Box::pin(GpuDecoder::finish_decode(self, c)),
+            Chunk::Ready(tokens) => Box::pin(std::future::ready(Ok(tokens))),
+        }
+    }
     fn memory(&self) -> Option<MemoryReport> {
         Some(self.gpu().memory().report())
     }
+    fn counters(&self) -> Option<CountersSnapshot> {
+        Some(self.gpu().counters().snapshot())
+    }
     fn device(&self) -> String {
         self.gpu().describe()
+    }
+    fn kv_format(&self) -> KvFormat {
+        GpuDecoder::kv_format(self)
     }
 }
 
@@ -101,6 +150,9 @@ pub struct CpuBatch<'m> {
     decoders: Vec<CpuDecoder<'m>>,
     vocab: usize,
     max_positions: usize,
+    kv: KvFormat,
+    /// The token each sequence sampled last, which a decode chunk continues from.
+    last: Vec<Option<u32>>,
 }
 
 impl<'m> CpuBatch<'m> {
@@ -108,17 +160,20 @@ impl<'m> CpuBatch<'m> {
         model: &'m Model,
         max_seqs: usize,
         max_positions: usize,
+        kv: KvFormat,
     ) -> Result<Self, ModelError> {
         if max_seqs == 0 {
             return Err(ModelError::Input("at least one sequence is needed".into()));
         }
         let decoders = (0..max_seqs)
-            .map(|_| CpuDecoder::new(model, max_positions))
+            .map(|_| CpuDecoder::new(model, max_positions, kv))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             decoders,
             vocab: model.config.vocab_size,
             max_positions,
+            kv,
+            last: vec![None; max_seqs],
         })
     }
 
@@ -158,10 +213,12 @@ impl Decoder for CpuBatch<'_> {
     }
     fn reset(&mut self) {
         self.decoders.iter_mut().for_each(CpuDecoder::reset);
+        self.last.fill(None);
     }
     fn reset_sequence(&mut self, seq: usize) {
         if let Some(d) = self.decoders.get_mut(seq) {
             d.reset();
+            self.last[seq] = None;
         }
     }
     fn step<'a>(
@@ -177,11 +234,51 @@ impl Decoder for CpuBatch<'_> {
                 .zip(draws)
                 .map(|(&(seq, tokens), &u)| {
                     let logits = self.run(seq, tokens, false)?;
-                    Ok(sample_reference(&logits, sampling, u))
+                    let token = sample_reference(&logits, sampling, u);
+                    self.last[seq] = Some(token);
+                    Ok(token)
                 })
                 .collect()
         };
         Box::pin(std::future::ready(step()))
+    }
+    fn start_decode(
+        &mut self,
+        seqs: usize,
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Result<Chunk, ModelError> {
+        sampling.validate().map_err(ModelError::Input)?;
+        if seqs == 0 || seqs > self.decoders.len() || !draws.len().is_multiple_of(seqs) {
+            return Err(ModelError::Input(format!(
+                "a decode chunk of {} draws for {seqs} sequences (the decoder holds {})",
+                draws.len(),
+                self.decoders.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(draws.len());
+        for step in draws.chunks(seqs) {
+            for (seq, &u) in step.iter().enumerate() {
+                let token = self.last[seq].ok_or_else(|| {
+                    ModelError::Input(format!(
+                        "sequence {seq} has no token to continue from: prefill it first"
+                    ))
+                })?;
+                let logits = self.run(seq, &[token], false)?;
+                let next = sample_reference(&logits, sampling, u);
+                self.last[seq] = Some(next);
+                out.push(next);
+            }
+        }
+        Ok(Chunk::Ready(out))
+    }
+    fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>> {
+        Box::pin(std::future::ready(match chunk {
+            Chunk::Ready(tokens) => Ok(tokens),
+            Chunk::Gpu(_) => Err(ModelError::Input(
+                "a GPU decode chunk cannot finish on the CPU decoder".into(),
+            )),
+        }))
     }
     fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>> {
         let all = batch
@@ -193,8 +290,14 @@ impl Decoder for CpuBatch<'_> {
     fn memory(&self) -> Option<MemoryReport> {
         None
     }
+    fn counters(&self) -> Option<CountersSnapshot> {
+        None
+    }
     fn device(&self) -> String {
         "cpu".into()
+    }
+    fn kv_format(&self) -> KvFormat {
+        self.kv
     }
 }
 
@@ -204,6 +307,30 @@ pub struct GenerateOptions {
     /// New tokens per prompt.
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// Most decode steps per chunk (one submission and one readback); 1 reads every token
+    /// back as it is made. The tokens do not depend on it.
+    pub max_chunk: usize,
+}
+
+/// Default [`GenerateOptions::max_chunk`].
+pub const DEFAULT_MAX_CHUNK: usize = 32;
+/// Decode steps of the first chunk: the first tokens stream soon, then chunks double up to
+/// the maximum while one lasts less than [`CHUNK_TARGET`].
+const FIRST_CHUNK: usize = 4;
+/// Chunks stop growing once one takes this long, so tokens keep streaming steadily on
+/// slow devices.
+const CHUNK_TARGET: Duration = Duration::from_millis(250);
+/// Chunks in flight at once: the device runs one while the host reads the other.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
+impl GenerateOptions {
+    pub fn new(max_tokens: usize, sampling: SamplingParams) -> Self {
+        Self {
+            max_tokens,
+            sampling,
+            max_chunk: DEFAULT_MAX_CHUNK,
+        }
+    }
 }
 
 /// One generated token, as streamed.
@@ -232,6 +359,14 @@ pub struct GenerationStats {
     pub memory: Option<MemoryReport>,
     /// True when the callback stopped the run early.
     pub stopped: bool,
+    /// The KV cache's format.
+    pub kv_cache: KvFormat,
+    /// Decode chunks run (submissions of decode steps).
+    pub decode_chunks: usize,
+    /// GPU work per token fed back in decode steps (all sequences): compute dispatches and
+    /// readbacks (0 on the CPU).
+    pub dispatches_per_token: f64,
+    pub readbacks_per_token: f64,
 }
 
 /// The generated tokens of every prompt, and the stats.
@@ -295,68 +430,158 @@ pub async fn generate_async(
             });
         }
     }
+    if options.max_chunk == 0 {
+        return Err(ModelError::Input(
+            "decode chunks need at least one step".into(),
+        ));
+    }
     decoder.reset();
+    let seqs = prompts.len();
+    let context = decoder.max_positions();
     let mut rng = SampleRng::new(options.sampling.seed);
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut run = Run {
+        out: vec![Vec::new(); seqs],
+        history: prompts.to_vec(),
+        stopped: false,
+    };
     let mut stats = GenerationStats {
         device: decoder.device(),
-        sequences: prompts.len(),
+        sequences: seqs,
         prompt_tokens: prompts.iter().map(Vec::len).sum(),
+        kv_cache: decoder.kv_format(),
         ..Default::default()
     };
-    let mut decode_time = Duration::ZERO;
+    // Tokens each sequence has in the cache. A sequence that fills the context continues
+    // from its last `keep` tokens: the cache is dropped and they are prefilled again (the
+    // model never sees more than its context).
+    let mut cached: Vec<usize> = vec![0; seqs];
+    let keep = (context / 2).max(1);
+    // Decode time is the wall clock from the end of the prefill to the last token: with
+    // chunks in flight, device and host work overlap.
+    let mut decode_begin = None;
     let mut fed_back = 0;
-    // Prompt and generated tokens of each sequence, and how many are in the cache.
-    let mut history: Vec<Vec<u32>> = prompts.to_vec();
-    let mut cached: Vec<usize> = vec![0; prompts.len()];
-    // A sequence that fills the context continues from its last `keep` tokens: the cache
-    // is dropped and they are prefilled again (the model never sees more than its context).
-    let keep = (decoder.max_positions() / 2).max(1);
-    for index in 0..options.max_tokens {
-        let mut batch: Vec<(usize, &[u32])> = Vec::with_capacity(prompts.len());
-        for (s, h) in history.iter().enumerate() {
-            let feed = if index == 0 {
-                &h[..]
-            } else if cached[s] < decoder.max_positions() {
-                &h[h.len() - 1..]
-            } else {
-                decoder.reset_sequence(s);
-                cached[s] = 0;
-                &h[h.len() - keep..]
-            };
-            cached[s] += feed.len();
-            batch.push((s, feed));
+    // Device work of the decode steps: counters after the prefill, and tokens submitted
+    // since (chunks dropped by a stop included: their work was done too).
+    let mut decode_start = None;
+    let mut decode_submitted = 0;
+    // Steps (tokens per sequence) submitted so far; the prefill makes the first.
+    let mut submitted = 0;
+    let mut in_flight: VecDeque<(Chunk, usize)> = VecDeque::new();
+    let mut chunk_steps = FIRST_CHUNK.min(options.max_chunk);
+    while submitted < options.max_tokens || !in_flight.is_empty() {
+        // Keep the device busy: start chunks while no sequence's context is full.
+        let room = context - cached.iter().copied().max().unwrap_or(0);
+        while submitted > 0
+            && submitted < options.max_tokens
+            && in_flight.len() < CHUNKS_IN_FLIGHT
+            && room > in_flight.iter().map(|(_, n)| n).sum::<usize>()
+        {
+            let planned: usize = in_flight.iter().map(|(_, n)| n).sum();
+            let steps = chunk_steps
+                .min(options.max_tokens - submitted)
+                .min(room - planned)
+                .min(MAX_CHUNK_STEPS);
+            // The draws of every step, in the order the step-by-step loop takes them.
+            let draws: Vec<f32> = (0..steps * seqs).map(|_| rng.next_unit()).collect();
+            in_flight.push_back((
+                decoder.start_decode(seqs, &options.sampling, &draws)?,
+                steps,
+            ));
+            submitted += steps;
+            decode_submitted += steps * seqs;
         }
-        let draws: Vec<f32> = batch.iter().map(|_| rng.next_unit()).collect();
-        let start = Instant::now();
-        let next = decoder.step(&batch, &options.sampling, &draws).await?;
-        let took = start.elapsed();
-        if index == 0 {
-            stats.prefill_seconds = took.as_secs_f64();
+        let started = Instant::now();
+        if let Some((chunk, steps)) = in_flight.pop_front() {
+            let tokens = decoder.finish_decode(chunk).await?;
+            let took = started.elapsed();
+            fed_back += steps * seqs;
+            cached.iter_mut().for_each(|c| *c += steps);
+            stats.decode_chunks += 1;
+            for step in tokens.chunks(seqs) {
+                run.emit(step, &mut on_token);
+                if run.stopped {
+                    break;
+                }
+            }
+            if took < CHUNK_TARGET {
+                chunk_steps = (chunk_steps * 2).min(options.max_chunk);
+            }
         } else {
-            decode_time += took;
-            fed_back += batch.len();
+            // The prefill, or a sequence's context is full: a step the host feeds.
+            let mut batch: Vec<(usize, &[u32])> = Vec::with_capacity(seqs);
+            for (s, h) in run.history.iter().enumerate() {
+                let feed = if submitted == 0 {
+                    &h[..]
+                } else if cached[s] < context {
+                    &h[h.len() - 1..]
+                } else {
+                    decoder.reset_sequence(s);
+                    cached[s] = 0;
+                    &h[h.len() - keep..]
+                };
+                cached[s] += feed.len();
+                batch.push((s, feed));
+            }
+            let draws: Vec<f32> = batch.iter().map(|_| rng.next_unit()).collect();
+            let next = decoder.step(&batch, &options.sampling, &draws).await?;
+            let took = started.elapsed();
+            if submitted == 0 {
+                stats.prefill_seconds = took.as_secs_f64();
+                decode_start = decoder.counters();
+                decode_begin = Some(Instant::now());
+            } else {
+                fed_back += seqs;
+                decode_submitted += seqs;
+            }
+            submitted += 1;
+            run.emit(&next, &mut on_token);
         }
-        let mut stop = false;
-        for (seq, &token) in next.iter().enumerate() {
-            out[seq].push(token);
-            history[seq].push(token);
-            stop |= on_token(TokenEvent { seq, token, index }).is_break();
-        }
-        if stop {
+        if run.stopped {
+            // Chunks still in flight are dropped; the next generation resets the decoder.
             stats.stopped = true;
             break;
         }
     }
-    stats.generated_tokens = out.iter().map(Vec::len).sum();
+    stats.generated_tokens = run.out.iter().map(Vec::len).sum();
+    let decode_time = decode_begin.map_or(Duration::ZERO, |t| t.elapsed());
     stats.decode_seconds = decode_time.as_secs_f64();
     stats.prefill_tokens_per_s = rate(
         stats.prompt_tokens,
         Duration::from_secs_f64(stats.prefill_seconds),
     );
     stats.decode_tokens_per_s = rate(fed_back, decode_time);
+    if let (Some(start), Some(end)) = (decode_start, decoder.counters())
+        && decode_submitted > 0
+    {
+        let work = end - start;
+        stats.dispatches_per_token = work.dispatches as f64 / decode_submitted as f64;
+        stats.readbacks_per_token = work.readbacks as f64 / decode_submitted as f64;
+    }
     stats.memory = decoder.memory();
-    Ok(Generation { tokens: out, stats })
+    Ok(Generation {
+        tokens: run.out,
+        stats,
+    })
+}
+
+/// The tokens of a generation so far.
+struct Run {
+    out: Vec<Vec<u32>>,
+    /// Prompt and generated tokens of each sequence.
+    history: Vec<Vec<u32>>,
+    stopped: bool,
+}
+
+impl Run {
+    /// Streams one step's tokens (one per sequence); the callback may stop the run.
+    fn emit(&mut self, step: &[u32], on_token: &mut impl FnMut(TokenEvent) -> ControlFlow<()>) {
+        for (seq, &token) in step.iter().enumerate() {
+            let index = self.out[seq].len();
+            self.out[seq].push(token);
+            self.history[seq].push(token);
+            self.stopped |= on_token(TokenEvent { seq, token, index }).is_break();
+        }
+    }
 }
 
 /// Bytes of text as byte-level tokens.

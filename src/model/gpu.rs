@@ -1,51 +1,110 @@
-//! The GPU decoder: weights on the device, a preallocated KV cache, and one command
-//! buffer per step (prefill or decode) that ends with sampling, so a step reads back one
-//! token per sequence.
+//! The GPU decoder: weights on the device, a preallocated KV cache, and recorded steps.
 //!
 //! A step takes the new tokens of several sequences at once, packed row after row
 //! (sequence by sequence). Every kernel works on the packed rows; a row table tells rope,
 //! the KV cache and attention which (sequence, position) each row is.
+//!
+//! Prefill and other host-fed steps ([`GpuDecoder::forward_sample`]) record their
+//! dispatches, replay them once and read back one token per sequence. Decoding runs in
+//! chunks ([`GpuDecoder::start_decode`]): the decode step is recorded once, and a chunk of
+//! N steps is one submission, N replays of that recording separated by the feedback
+//! kernel (`ops::feedback`) that turns each step's sampled tokens into the next step's
+//! input on the GPU, then one readback of the N tokens of each sequence. Replaying creates
+//! no buffers or bind groups, so the host's work per token is a few dozen calls.
 
 use super::weights::{Model, Tensor, TensorData};
 use super::{AttnOutput, Config, ModelError, Query};
-use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
-use crate::ops::attention::{Attention, AttnShape};
-use crate::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath};
+use crate::gpu::{Gpu, GpuBuffer, MemoryCategory, PendingRead, Recording};
+use crate::ops::attention::{Attention, AttnShape, KvFormat};
+use crate::ops::feedback::{self, FeedbackBuffers};
+use crate::ops::hadamard::{Epilogue as WhtEpilogue, Hadamard, WhtOptions, WhtPath};
+use crate::ops::matmul::{self, Epilogue};
 use crate::ops::rope::{self, RopeTable};
 use crate::ops::sample::{self, SamplingParams};
-use crate::ops::{Matrix, elementwise, matmul, norm};
+use crate::ops::{Cols, Matrix, elementwise, norm};
+
+/// Steps one decode chunk may hold at most (the size of its token log and draws).
+pub const MAX_CHUNK_STEPS: usize = 64;
 
 /// One layer's weights on the device. Norm weights and the Hadamard affine are f32;
-/// matrices keep the file's format (f32 or packed f16).
+/// matrices keep the file's format (f32 or packed f16). Projections that read the same
+/// input are stacked into one matrix at load time (the file keeps the HF tensors).
 struct GpuLayer {
-    input_layernorm: GpuBuffer,          // [d]
-    q_proj: Option<Matrix>,              // [d, d]          query = dense
-    q_down: Option<Matrix>,              // [qh, d]         query = residual_mlp
-    q_up: Option<Matrix>,                // [d, qh]
-    k_proj: Matrix,                      // [d, d]
-    v_proj: Matrix,                      // [d, d]
-    o_proj: Option<Matrix>,              // [d, d]          attn_output = dense
-    o_scale: Option<GpuBuffer>,          // [d]             attn_output = hadamard
-    o_bias: Option<GpuBuffer>,           // [d]
+    input_layernorm: GpuBuffer, // [d]
+    /// `[q | k | v]` rows stacked: [3d, d] with a dense query, else k and v, [2d, d].
+    qkv: Matrix,
+    q_down: Option<Matrix>,     // [qh, d]         query = residual_mlp
+    q_up: Option<Matrix>,       // [d, qh]
+    o_proj: Option<Matrix>,     // [d, d]          attn_output = dense
+    o_scale: Option<GpuBuffer>, // [d]             attn_output = hadamard
+    o_bias: Option<GpuBuffer>,  // [d]
     post_attention_layernorm: GpuBuffer, // [d]
-    gate_proj: Matrix,                   // [inter, d]
-    up_proj: Matrix,                     // [inter, d]
-    down_proj: Matrix,                   // [d, inter]
+    /// gate and up rows interleaved, [2 inter, d]: one product with the SwiGLU epilogue.
+    gate_up: Matrix,
+    down_proj: Matrix, // [d, inter]
+}
+
+/// The dimensions of a weight matrix, or an error naming the tensor.
+fn dims(t: &Tensor) -> Result<(usize, usize), ModelError> {
+    match t.shape[..] {
+        [r, c] => Ok((r, c)),
+        _ => Err(ModelError::Input(format!(
+            "tensor `{}` should be a matrix, has shape {:?}",
+            t.name, t.shape
+        ))),
+    }
 }
 
 fn matrix(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
-    let (rows, cols) = match t.shape[..] {
-        [r, c] => (r, c),
-        _ => {
+    stacked(gpu, &t.name, &[t], false)
+}
+
+/// One matrix from `parts` (matrices of equal width), their rows one after another, or
+/// with `interleave` (two parts) alternating, as [`Epilogue::SwiGlu`] reads them. Packed f16
+/// when every part is f16, else f32.
+fn stacked(
+    gpu: &Gpu,
+    label: &str,
+    parts: &[&Tensor],
+    interleave: bool,
+) -> Result<Matrix, ModelError> {
+    let mut rows = 0;
+    let mut cols = None;
+    for t in parts {
+        let (r, c) = dims(t)?;
+        if cols.is_some_and(|w| w != c) {
             return Err(ModelError::Input(format!(
-                "tensor `{}` should be a matrix, has shape {:?}",
-                t.name, t.shape
+                "`{label}`: tensor `{}` has {c} columns, the others {}",
+                t.name,
+                cols.unwrap_or(0)
             )));
         }
-    };
-    Ok(match &t.data {
-        TensorData::F32(v) => Matrix::from_f32(gpu, &t.name, v, rows, cols)?,
-        TensorData::F16(bits) => Matrix::from_f16_bits(gpu, &t.name, bits, rows, cols)?,
+        cols = Some(c);
+        rows += r;
+    }
+    let cols = cols.unwrap_or(0);
+    let all_f16 = parts.iter().all(|t| matches!(t.data, TensorData::F16(_)));
+    fn join<T: Copy>(values: Vec<Vec<T>>, interleave: bool, cols: usize) -> Vec<T> {
+        match (interleave, &values[..]) {
+            (true, [a, b]) => matmul::interleave_rows(a, b, cols),
+            _ => values.concat(),
+        }
+    }
+    Ok(if all_f16 {
+        let bits = parts.iter().map(|t| match &t.data {
+            TensorData::F16(b) => b.clone(),
+            TensorData::F32(_) => unreachable!("all parts are f16"),
+        });
+        Matrix::from_f16_bits(
+            gpu,
+            label,
+            &join(bits.collect(), interleave, cols),
+            rows,
+            cols,
+        )?
+    } else {
+        let values = parts.iter().map(|t| t.to_f32()).collect();
+        Matrix::from_f32(gpu, label, &join(values, interleave, cols), rows, cols)?
     })
 }
 
@@ -67,13 +126,9 @@ struct Activations {
     x: GpuBuffer,           // [rows, d] residual stream
     x_alt: GpuBuffer,       // [rows, d] the other half of the Hadamard ping-pong
     xn: GpuBuffer,          // [rows, d] normalized x (and q for identity queries)
-    q: GpuBuffer,           // [rows, d]
-    k: GpuBuffer,           // [rows, d]
-    v: GpuBuffer,           // [rows, d]
+    qkv: GpuBuffer,         // [rows, q | k | v] (dense query) or [rows, k | v]
     att: GpuBuffer,         // [rows, d] attention output, heads concatenated
     qh: GpuBuffer,          // [rows, qh] residual query MLP hidden
-    gate: GpuBuffer,        // [rows, inter]
-    up: GpuBuffer,          // [rows, inter]
     hb: GpuBuffer,          // [rows, inter] silu(gate) * up
     logits: GpuBuffer,      // [rows, vocab]
     tokens: GpuBuffer,      // u32 [rows]
@@ -81,6 +136,8 @@ struct Activations {
     sample_rows: GpuBuffer, // u32 [max_seqs]: logits row sampled for each sequence
     draws: GpuBuffer,       // f32 [max_seqs]
     sampled: GpuBuffer,     // u32 [max_seqs]
+    chunk: GpuBuffer,       // u32 [max_seqs + MAX_CHUNK_STEPS * max_seqs]: see ops::feedback
+    log: GpuBuffer,         // u32 [MAX_CHUNK_STEPS, max_seqs]: a chunk's tokens
 }
 
 impl Activations {
@@ -97,33 +154,74 @@ impl Activations {
                 (capacity * width * 4) as u64,
             )
         };
+        let seqs = |label: &str, n: usize| {
+            gpu.storage(
+                MemoryCategory::Activations,
+                label,
+                (4 * n * max_seqs) as u64,
+            )
+        };
         let d = config.hidden_size;
-        let inter = config.intermediate_size;
         Ok(Self {
             capacity,
             x: f("x", d)?,
             x_alt: f("x alt", d)?,
             xn: f("xn", d)?,
-            q: f("q", d)?,
-            k: f("k", d)?,
-            v: f("v", d)?,
+            qkv: f("qkv", qkv_width(config))?,
             att: f("att", d)?,
             qh: f("qh", config.query_mlp_hidden())?,
-            gate: f("gate", inter)?,
-            up: f("up", inter)?,
-            hb: f("hb", inter)?,
+            hb: f("hb", config.intermediate_size)?,
             logits: f("logits", config.vocab_size)?,
             tokens: f("tokens", 1)?,
             row_table: f("row table", 2)?,
-            sample_rows: gpu.storage(
-                MemoryCategory::Activations,
-                "sample rows",
-                4 * max_seqs as u64,
-            )?,
-            draws: gpu.storage(MemoryCategory::Activations, "draws", 4 * max_seqs as u64)?,
-            sampled: gpu.storage(MemoryCategory::Activations, "sampled", 4 * max_seqs as u64)?,
+            sample_rows: seqs("sample rows", 1)?,
+            draws: seqs("draws", 1)?,
+            sampled: seqs("sampled", 1)?,
+            chunk: seqs("decode chunk", 1 + MAX_CHUNK_STEPS)?,
+            log: seqs("decode log", MAX_CHUNK_STEPS)?,
         })
     }
+
+    fn feedback(&self) -> FeedbackBuffers<'_> {
+        FeedbackBuffers {
+            sampled: &self.sampled,
+            chunk: &self.chunk,
+            tokens: &self.tokens,
+            row_table: &self.row_table,
+            draws: &self.draws,
+            log: &self.log,
+        }
+    }
+}
+
+/// Width of the stacked q/k/v projection's output.
+fn qkv_width(config: &Config) -> usize {
+    let d = config.hidden_size;
+    if config.query == Query::Dense {
+        3 * d
+    } else {
+        2 * d
+    }
+}
+
+/// The recorded decode step of `seqs` sequences (rows), valid while the activations it
+/// binds live: embedding through sampling, and the feedback before each step of a chunk.
+struct DecodePlan {
+    seqs: usize,
+    /// Key chunks the attention was recorded for (see [`Attention::decode_chunks`]).
+    attn_chunks: usize,
+    sampling: SamplingParams,
+    step: Recording,
+    /// `feedback[s]`: the boundary before step s (s = steps: after the last).
+    feedback: Vec<Recording>,
+    /// Chunk length the feedback recordings are for.
+    steps: usize,
+}
+
+/// A decode chunk submitted by [`GpuDecoder::start_decode`].
+pub struct PendingChunk {
+    read: PendingRead,
+    seqs: usize,
 }
 
 /// The decoder on one device: weights, KV cache for `max_seqs` sequences of up to
@@ -141,6 +239,7 @@ pub struct GpuDecoder<'g> {
     hadamard: Hadamard<'g>,
     attention: Attention<'g>,
     acts: Option<Activations>,
+    plan: Option<DecodePlan>,
     lengths: Vec<usize>, // tokens in the cache, per sequence
 }
 
@@ -149,16 +248,19 @@ struct StepLayout {
     rows: usize,
     /// (sequence, first row, row count)
     spans: Vec<(usize, usize, usize)>,
+    /// (sequence, position) of every row.
+    table: Vec<(u32, u32)>,
 }
 
 impl<'g> GpuDecoder<'g> {
-    /// Uploads `model` and allocates the KV cache. Fails with a clear error when the cache
-    /// or a weight exceeds the adapter's limits.
+    /// Uploads `model` and allocates the KV cache in `kv` format. Fails with a clear error
+    /// when the cache or a weight exceeds the adapter's limits.
     pub fn new(
         gpu: &'g Gpu,
         model: &Model,
         max_seqs: usize,
         max_positions: usize,
+        kv: KvFormat,
     ) -> Result<Self, ModelError> {
         let config = model.config.clone();
         if max_seqs == 0 {
@@ -172,26 +274,39 @@ impl<'g> GpuDecoder<'g> {
         }
         let w = &model.weights;
         let mut layers = Vec::with_capacity(w.layers.len());
-        for l in &w.layers {
+        for (i, l) in w.layers.iter().enumerate() {
+            let mut qkv = vec![];
+            if let Some(q) = &l.q_proj {
+                qkv.push(q);
+            }
+            qkv.extend([&l.k_proj, &l.v_proj]);
             layers.push(GpuLayer {
                 input_layernorm: vector(gpu, &l.input_layernorm)?,
-                q_proj: opt(&l.q_proj, |t| matrix(gpu, t))?,
+                qkv: stacked(gpu, &format!("model.layers.{i}.self_attn.qkv"), &qkv, false)?,
                 q_down: opt(&l.q_down, |t| matrix(gpu, t))?,
                 q_up: opt(&l.q_up, |t| matrix(gpu, t))?,
-                k_proj: matrix(gpu, &l.k_proj)?,
-                v_proj: matrix(gpu, &l.v_proj)?,
                 o_proj: opt(&l.o_proj, |t| matrix(gpu, t))?,
                 o_scale: opt(&l.o_scale, |t| vector(gpu, t))?,
                 o_bias: opt(&l.o_bias, |t| vector(gpu, t))?,
                 post_attention_layernorm: vector(gpu, &l.post_attention_layernorm)?,
-                gate_proj: matrix(gpu, &l.gate_proj)?,
-                up_proj: matrix(gpu, &l.up_proj)?,
+                gate_up: stacked(
+                    gpu,
+                    &format!("model.layers.{i}.mlp.gate_up"),
+                    &[&l.gate_proj, &l.up_proj],
+                    true,
+                )?,
                 down_proj: matrix(gpu, &l.down_proj)?,
             });
         }
-        let d = config.hidden_size;
-        let cache_bytes = (max_seqs * max_positions * d * 4) as u64;
-        let mut kv = Vec::with_capacity(layers.len());
+        let shape = AttnShape {
+            heads: config.num_attention_heads,
+            head_dim: config.head_dim(),
+            max_seqs,
+            max_pos: max_positions,
+            kv,
+        };
+        let cache_bytes = shape.cache_bytes();
+        let mut caches = Vec::with_capacity(layers.len());
         for i in 0..layers.len() {
             let k = gpu.storage(
                 MemoryCategory::KvCache,
@@ -203,26 +318,21 @@ impl<'g> GpuDecoder<'g> {
                 &format!("layer {i} value cache"),
                 cache_bytes,
             )?;
-            kv.push((k, v));
+            caches.push((k, v));
         }
-        let shape = AttnShape {
-            heads: config.num_attention_heads,
-            head_dim: config.head_dim(),
-            max_seqs,
-            max_pos: max_positions,
-        };
         Ok(Self {
             gpu,
             embed_tokens: matrix(gpu, &w.embed_tokens)?,
             layers,
             norm: vector(gpu, &w.norm)?,
             lm_head: opt(&w.lm_head, |t| matrix(gpu, t))?,
-            kv,
+            kv: caches,
             shape,
             rope: RopeTable::new(gpu, max_positions, config.head_dim(), config.rope_theta)?,
             hadamard: Hadamard::new(gpu)?,
             attention: Attention::new(gpu)?,
             acts: None,
+            plan: None,
             lengths: vec![0; max_seqs],
             config,
         })
@@ -261,10 +371,16 @@ impl<'g> GpuDecoder<'g> {
         self.gpu
     }
 
+    /// The KV cache's element format.
+    pub fn kv_format(&self) -> KvFormat {
+        self.shape.kv
+    }
+
     /// Checks the batch and lays its rows out, sequence after sequence.
     fn layout(&self, batch: &[(usize, &[u32])]) -> Result<StepLayout, ModelError> {
         let mut seen = vec![false; self.shape.max_seqs];
         let mut spans = Vec::with_capacity(batch.len());
+        let mut table = Vec::new();
         let mut rows = 0;
         for &(seq, tokens) in batch {
             if seq >= self.shape.max_seqs {
@@ -300,128 +416,97 @@ impl<'g> GpuDecoder<'g> {
                 });
             }
             spans.push((seq, rows, tokens.len()));
+            table.extend((0..tokens.len()).map(|i| (seq as u32, (self.lengths[seq] + i) as u32)));
             rows += tokens.len();
         }
         if rows == 0 {
             return Err(ModelError::Input("a step needs at least one token".into()));
         }
-        Ok(StepLayout { rows, spans })
+        Ok(StepLayout { rows, spans, table })
     }
 
-    /// Records one forward pass over the packed batch into `encoder`, leaving logits for
-    /// every row in `acts.logits`. Advances the sequence lengths.
-    fn encode_forward(
-        &mut self,
-        encoder: &mut wgpu::CommandEncoder,
-        batch: &[(usize, &[u32])],
-        layout: &StepLayout,
-    ) -> Result<(), ModelError> {
-        let gpu = self.gpu;
-        let rows = layout.rows;
+    /// Makes sure the activations hold `rows` rows; reallocating drops the recorded plan
+    /// that bound the old ones.
+    fn reserve(&mut self, rows: usize) -> Result<(), ModelError> {
         if self.acts.as_ref().is_none_or(|a| a.capacity < rows) {
+            self.plan = None;
             self.acts = None; // free the old buffers first
             self.acts = Some(Activations::new(
-                gpu,
+                self.gpu,
                 &self.config,
                 rows.max(16),
                 self.shape.max_seqs,
             )?);
         }
-        let acts = self.acts.as_ref().expect("allocated above");
+        Ok(())
+    }
 
-        // Host-side tables for this step.
-        let mut tokens = Vec::with_capacity(rows);
-        let mut table = Vec::with_capacity(rows);
-        for &(seq, toks) in batch {
-            for (i, &t) in toks.iter().enumerate() {
-                tokens.push(t);
-                table.push((seq as u32, (self.lengths[seq] + i) as u32));
-            }
-        }
-        let flat: Vec<u32> = table.iter().flat_map(|&(s, p)| [s, p]).collect();
-        gpu.queue
-            .write_buffer(acts.tokens.buffer(), 0, bytemuck::cast_slice(&tokens));
-        gpu.queue
-            .write_buffer(acts.row_table.buffer(), 0, bytemuck::cast_slice(&flat));
-        let decode = layout.spans.iter().all(|&(_, _, n)| n == 1);
-
+    /// Records one forward pass over `table.len()` packed rows (row r is (sequence,
+    /// position) `table[r]`, its token in `acts.tokens`, its row in `acts.row_table`),
+    /// leaving the logits of every row in `acts.logits`. `decode`: every row is the only
+    /// one of its sequence (one query per sequence in attention).
+    fn record_forward(
+        &self,
+        rec: &mut Recording,
+        table: &[(u32, u32)],
+        decode: bool,
+    ) -> Result<(), ModelError> {
+        let gpu = self.gpu;
+        let acts = self.acts.as_ref().expect("reserved by the caller");
+        let rows = table.len();
         let c = &self.config;
-        let (d, inter, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps as f32);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(if decode { "decode step" } else { "prefill" }),
-            timestamp_writes: None,
-        });
-        let p = &mut pass;
+        let (d, h, eps) = (c.hidden_size, c.num_attention_heads, c.rms_norm_eps as f32);
+        let width = qkv_width(c);
+        // q, k and v inside the stacked projection's output (q in xn for the other queries).
+        let q = match c.query {
+            Query::Dense => Cols::new(&acts.qkv, width, 0),
+            Query::Identity | Query::ResidualMlp => Cols::from(&acts.xn),
+        };
+        let k = Cols::new(&acts.qkv, width, width - 2 * d);
+        let v = Cols::new(&acts.qkv, width, width - d);
+        let p = rec;
         let (mut x, mut x_alt) = (&acts.x, &acts.x_alt);
         elementwise::encode_embed(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&self.kv) {
-            // attention block
+            // attention block: one product gives q (dense query), k and v
             norm::encode_rmsnorm(gpu, p, x, &layer.input_layernorm, &acts.xn, rows, d, eps)?;
-            matmul::encode_matmul(gpu, p, &layer.k_proj, &acts.xn, &acts.k, rows, false)?;
-            matmul::encode_matmul(gpu, p, &layer.v_proj, &acts.xn, &acts.v, rows, false)?;
-            let q = match c.query {
+            let store = Epilogue::Store;
+            matmul::encode_matmul(gpu, p, &layer.qkv, &acts.xn, &acts.qkv, rows, store)?;
+            match c.query {
+                // q and k are neighbours in each row: one rotation covers both
                 Query::Dense => {
-                    let wq = layer.q_proj.as_ref().expect("validated by the loader");
-                    matmul::encode_matmul(gpu, p, wq, &acts.xn, &acts.q, rows, false)?;
-                    &acts.q
+                    rope::encode_rope(gpu, p, q, &acts.row_table, &self.rope, rows, 2 * h)?
                 }
-                Query::Identity => &acts.xn, // k and v are already computed from xn
-                Query::ResidualMlp => {
-                    let (down, up) = (layer.q_down.as_ref(), layer.q_up.as_ref());
-                    let (down, up) = down.zip(up).expect("validated by the loader");
-                    matmul::encode_matmul(gpu, p, down, &acts.xn, &acts.qh, rows, false)?;
-                    elementwise::encode_silu(gpu, p, &acts.qh, rows * down.rows)?;
-                    matmul::encode_matmul(gpu, p, up, &acts.qh, &acts.xn, rows, true)?;
-                    &acts.xn
+                Query::Identity | Query::ResidualMlp => {
+                    if let (Some(down), Some(up)) = (&layer.q_down, &layer.q_up) {
+                        // q = xn + q_up(silu(q_down(xn)))
+                        let silu = Epilogue::Silu;
+                        matmul::encode_matmul(gpu, p, down, &acts.xn, &acts.qh, rows, silu)?;
+                        let acc = Epilogue::Accumulate;
+                        matmul::encode_matmul(gpu, p, up, &acts.qh, &acts.xn, rows, acc)?;
+                    }
+                    rope::encode_rope(gpu, p, q, &acts.row_table, &self.rope, rows, h)?;
+                    rope::encode_rope(gpu, p, k, &acts.row_table, &self.rope, rows, h)?;
                 }
-            };
-            rope::encode_rope(
-                gpu,
-                p,
-                q,
-                &acts.row_table,
-                &self.rope,
-                rows,
-                c.num_attention_heads,
-            )?;
-            rope::encode_rope(
-                gpu,
-                p,
-                &acts.k,
-                &acts.row_table,
-                &self.rope,
-                rows,
-                c.num_attention_heads,
-            )?;
+            }
             let att = &self.attention;
-            att.encode_kv_write(
-                p,
-                &acts.k,
-                &acts.v,
-                &acts.row_table,
-                &table,
-                k_cache,
-                v_cache,
-                self.shape,
-            )?;
-            // Same function, work split for one query per sequence or for many.
-            let attend = if decode {
-                Attention::encode_decode
-            } else {
-                Attention::encode_prefill
-            };
             let rt = &acts.row_table;
-            attend(
-                att, p, q, k_cache, v_cache, rt, &table, &acts.att, self.shape,
-            )?;
+            att.encode_kv_write(p, k, v, rt, table, k_cache, v_cache, self.shape)?;
+            // Same function, work split for one query per sequence or for many.
+            if decode {
+                att.encode_decode(p, q, k_cache, v_cache, rt, table, &acts.att, self.shape)?;
+            } else {
+                att.encode_prefill(p, q, k_cache, v_cache, rt, table, &acts.att, self.shape)?;
+            }
             match c.attn_output {
                 AttnOutput::Dense => {
                     let wo = layer.o_proj.as_ref().expect("validated by the loader");
-                    matmul::encode_matmul(gpu, p, wo, &acts.att, x, rows, true)?;
+                    let acc = Epilogue::Accumulate;
+                    matmul::encode_matmul(gpu, p, wo, &acts.att, x, rows, acc)?;
                 }
                 AttnOutput::Hadamard => {
                     // x_alt = x + o_scale * H(att) / sqrt(d) + o_bias, in one dispatch.
-                    let epilogue = Epilogue {
+                    let epilogue = WhtEpilogue {
                         gamma: layer.o_scale.as_ref(),
                         beta: layer.o_bias.as_ref(),
                         resid: Some(x),
@@ -435,30 +520,89 @@ impl<'g> GpuDecoder<'g> {
                     std::mem::swap(&mut x, &mut x_alt);
                 }
             }
-            // feed-forward block
-            norm::encode_rmsnorm(
-                gpu,
-                p,
-                x,
-                &layer.post_attention_layernorm,
-                &acts.xn,
-                rows,
-                d,
-                eps,
-            )?;
-            matmul::encode_matmul(gpu, p, &layer.gate_proj, &acts.xn, &acts.gate, rows, false)?;
-            matmul::encode_matmul(gpu, p, &layer.up_proj, &acts.xn, &acts.up, rows, false)?;
-            elementwise::encode_swiglu(gpu, p, &acts.gate, &acts.up, &acts.hb, rows * inter)?;
-            matmul::encode_matmul(gpu, p, &layer.down_proj, &acts.hb, x, rows, true)?;
+            // feed-forward block: gate and up in one product, SwiGLU in its epilogue
+            let post = &layer.post_attention_layernorm;
+            norm::encode_rmsnorm(gpu, p, x, post, &acts.xn, rows, d, eps)?;
+            let swiglu = Epilogue::SwiGlu;
+            matmul::encode_matmul(gpu, p, &layer.gate_up, &acts.xn, &acts.hb, rows, swiglu)?;
+            let acc = Epilogue::Accumulate;
+            matmul::encode_matmul(gpu, p, &layer.down_proj, &acts.hb, x, rows, acc)?;
         }
         norm::encode_rmsnorm(gpu, p, x, &self.norm, &acts.xn, rows, d, eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        matmul::encode_matmul(gpu, p, head, &acts.xn, &acts.logits, rows, false)?;
-        drop(pass);
+        matmul::encode_matmul(gpu, p, head, &acts.xn, &acts.logits, rows, Epilogue::Store)?;
+        Ok(())
+    }
+
+    /// Records sampling of `count` sequences from `acts.logits` rows `acts.sample_rows`
+    /// with `acts.draws`, into `acts.sampled`.
+    fn record_sample(
+        &self,
+        rec: &mut Recording,
+        count: usize,
+        sampling: &SamplingParams,
+    ) -> Result<(), ModelError> {
+        let acts = self.acts.as_ref().expect("reserved by the caller");
+        sample::encode_sample(
+            self.gpu,
+            rec,
+            &acts.logits,
+            &acts.sample_rows,
+            &acts.draws,
+            &acts.sampled,
+            count,
+            self.config.vocab_size,
+            sampling,
+        )?;
+        Ok(())
+    }
+
+    /// Records and replays the forward pass of a host-fed step, with sampling when asked:
+    /// uploads the step's tokens and rows, and returns the encoder holding the pass.
+    fn host_step(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        layout: &StepLayout,
+        sample: Option<(&SamplingParams, &[f32])>,
+    ) -> Result<wgpu::CommandEncoder, ModelError> {
+        self.reserve(layout.rows)?;
+        let mut rec = Recording::new();
+        let decode = layout.spans.iter().all(|&(_, _, n)| n == 1);
+        self.record_forward(&mut rec, &layout.table, decode)?;
+        if let Some((sampling, _)) = sample {
+            self.record_sample(&mut rec, batch.len(), sampling)?;
+        }
+        let acts = self.acts.as_ref().expect("reserved above");
+        let queue = &self.gpu.queue;
+        let tokens: Vec<u32> = batch.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let flat: Vec<u32> = layout.table.iter().flat_map(|&(s, p)| [s, p]).collect();
+        queue.write_buffer(acts.tokens.buffer(), 0, bytemuck::cast_slice(&tokens));
+        queue.write_buffer(acts.row_table.buffer(), 0, bytemuck::cast_slice(&flat));
+        if let Some((_, draws)) = sample {
+            let last_rows: Vec<u32> = layout
+                .spans
+                .iter()
+                .map(|&(_, first, n)| (first + n - 1) as u32)
+                .collect();
+            queue.write_buffer(
+                acts.sample_rows.buffer(),
+                0,
+                bytemuck::cast_slice(&last_rows),
+            );
+            queue.write_buffer(acts.draws.buffer(), 0, bytemuck::cast_slice(draws));
+        }
+        let mut encoder = self.gpu.encoder("step");
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(if decode { "decode step" } else { "prefill" }),
+                timestamp_writes: None,
+            });
+            rec.replay(&mut pass, self.gpu.counters());
+        }
         for &(seq, toks) in batch {
             self.lengths[seq] += toks.len();
         }
-        Ok(())
+        Ok(encoder)
     }
 
     /// Appends each sequence's tokens and returns the logits of every appended row, per
@@ -490,10 +634,9 @@ impl<'g> GpuDecoder<'g> {
         batch: &[(usize, &[u32])],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let layout = self.layout(batch)?;
-        let mut encoder = self.gpu.encoder("forward");
-        self.encode_forward(&mut encoder, batch, &layout)?;
+        let encoder = self.host_step(batch, &layout, None)?;
         let vocab = self.config.vocab_size;
-        let acts = self.acts.as_ref().expect("allocated by encode_forward");
+        let acts = self.acts.as_ref().expect("reserved by host_step");
         let bytes = self
             .gpu
             .finish_and_read(
@@ -519,43 +662,130 @@ impl<'g> GpuDecoder<'g> {
     ) -> Result<Vec<u32>, ModelError> {
         super::generate::check_step(sampling, batch.len(), draws.len())?;
         let layout = self.layout(batch)?;
-        let mut encoder = self.gpu.encoder("step");
-        self.encode_forward(&mut encoder, batch, &layout)?;
-        let acts = self.acts.as_ref().expect("allocated by encode_forward");
-        let last_rows: Vec<u32> = layout
-            .spans
-            .iter()
-            .map(|&(_, first, n)| (first + n - 1) as u32)
-            .collect();
-        self.gpu.queue.write_buffer(
-            acts.sample_rows.buffer(),
-            0,
-            bytemuck::cast_slice(&last_rows),
-        );
-        self.gpu
-            .queue
-            .write_buffer(acts.draws.buffer(), 0, bytemuck::cast_slice(draws));
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("sample"),
-                timestamp_writes: None,
-            });
-            sample::encode_sample(
-                self.gpu,
-                &mut pass,
-                &acts.logits,
-                &acts.sample_rows,
-                &acts.draws,
-                &acts.sampled,
-                batch.len(),
-                self.config.vocab_size,
-                sampling,
-            )?;
-        }
+        let encoder = self.host_step(batch, &layout, Some((sampling, draws)))?;
+        let acts = self.acts.as_ref().expect("reserved by host_step");
         let bytes = self
             .gpu
             .finish_and_read(encoder, acts.sampled.buffer(), 4 * batch.len() as u64)
             .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Submits `draws.len() / seqs` decode steps of sequences `0..seqs` as one chunk and
+    /// returns without waiting. Step s feeds each sequence the token sampled the step
+    /// before (step 0: the token the last step or chunk sampled, which must have covered
+    /// exactly these sequences in order) and samples with `draws[s * seqs + r]`. Collect
+    /// the tokens with [`GpuDecoder::finish_decode`]; later chunks may be started first,
+    /// so the GPU never waits for the host.
+    pub fn start_decode(
+        &mut self,
+        seqs: usize,
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Result<PendingChunk, ModelError> {
+        sampling.validate().map_err(ModelError::Input)?;
+        if seqs == 0 || seqs > self.shape.max_seqs {
+            return Err(ModelError::Input(format!(
+                "a decode chunk of {seqs} sequences: the decoder holds 1 to {}",
+                self.shape.max_seqs
+            )));
+        }
+        let steps = draws.len() / seqs;
+        if steps == 0 || steps > MAX_CHUNK_STEPS || steps * seqs != draws.len() {
+            return Err(ModelError::Input(format!(
+                "a decode chunk needs 1 to {MAX_CHUNK_STEPS} draws per sequence, got {} for {seqs}",
+                draws.len()
+            )));
+        }
+        if let Some(s) = (0..seqs).find(|&s| self.lengths[s] == 0) {
+            return Err(ModelError::Input(format!(
+                "sequence {s} has no token to continue from: prefill it first"
+            )));
+        }
+        if let Some(s) = (0..seqs).find(|&s| self.lengths[s] + steps > self.shape.max_pos) {
+            return Err(ModelError::ContextOverflow {
+                tokens: self.lengths[s],
+                new: steps,
+                context: self.shape.max_pos,
+            });
+        }
+        self.reserve(seqs)?;
+        // The last step's rows decide how many key chunks attention needs.
+        let last: Vec<(u32, u32)> = (0..seqs)
+            .map(|s| (s as u32, (self.lengths[s] + steps - 1) as u32))
+            .collect();
+        let attn_chunks = self.attention.decode_chunks(&last);
+        let reuse = self.plan.as_ref().is_some_and(|p| {
+            p.seqs == seqs && p.attn_chunks == attn_chunks && p.sampling == *sampling
+        });
+        if !reuse {
+            self.plan = None;
+            let mut step = Recording::new();
+            self.record_forward(&mut step, &last, true)?;
+            self.record_sample(&mut step, seqs, sampling)?;
+            self.plan = Some(DecodePlan {
+                seqs,
+                attn_chunks,
+                sampling: *sampling,
+                step,
+                feedback: Vec::new(),
+                steps: 0,
+            });
+        }
+        let plan = self.plan.as_mut().expect("set above");
+        let acts = self.acts.as_ref().expect("reserved above");
+        if plan.steps != steps {
+            plan.feedback = (0..=steps)
+                .map(|s| {
+                    let mut rec = Recording::new();
+                    feedback::encode_feedback(self.gpu, &mut rec, &acts.feedback(), seqs, s, steps)
+                        .map(|()| rec)
+                })
+                .collect::<Result<_, _>>()?;
+            plan.steps = steps;
+        }
+        let first_pos: Vec<u32> = (0..seqs).map(|s| self.lengths[s] as u32).collect();
+        let identity: Vec<u32> = (0..seqs as u32).collect();
+        let queue = &self.gpu.queue;
+        queue.write_buffer(
+            acts.chunk.buffer(),
+            0,
+            bytemuck::cast_slice(&feedback::chunk_table(&first_pos, draws)),
+        );
+        queue.write_buffer(
+            acts.sample_rows.buffer(),
+            0,
+            bytemuck::cast_slice(&identity),
+        );
+        let mut encoder = self.gpu.encoder("decode chunk");
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("decode chunk"),
+                timestamp_writes: None,
+            });
+            let counters = self.gpu.counters();
+            for s in 0..steps {
+                plan.feedback[s].replay(&mut pass, counters);
+                plan.step.replay(&mut pass, counters);
+            }
+            plan.feedback[steps].replay(&mut pass, counters);
+        }
+        let read = self
+            .gpu
+            .submit_read(encoder, acts.log.buffer(), (steps * seqs * 4) as u64)?;
+        for l in &mut self.lengths[..seqs] {
+            *l += steps;
+        }
+        Ok(PendingChunk { read, seqs })
+    }
+
+    /// Waits for a chunk from [`GpuDecoder::start_decode`] and returns its tokens, step by
+    /// step (`[steps, seqs]` flattened).
+    pub async fn finish_decode(&self, chunk: PendingChunk) -> Result<Vec<u32>, ModelError> {
+        let seqs = chunk.seqs;
+        let bytes = self.gpu.wait_read(chunk.read).await?;
+        let tokens: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+        debug_assert!(tokens.len().is_multiple_of(seqs));
+        Ok(tokens)
     }
 }

@@ -4,14 +4,19 @@
 use std::ops::ControlFlow;
 
 use super::eval::evaluate;
-use super::generate::{CpuBatch, Decoder, GenerateOptions, generate};
+use super::generate::{CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, generate};
 use super::gpu::GpuDecoder;
 use super::init::random_model;
 use super::weights::Model;
 use super::{AttnOutput, Config, ModelError, Query};
 use crate::gpu::testing::test_gpus;
 use crate::ops::WeightFormat;
+use crate::ops::attention::KvFormat;
 use crate::ops::sample::SamplingParams;
+
+/// The KV cache of the generation tests: the default, f16. Tests that compare logits
+/// within f32 rounding use f32 caches.
+const KV: KvFormat = KvFormat::F16;
 
 const VARIANTS: [(AttnOutput, Query); 6] = [
     (AttnOutput::Dense, Query::Dense),
@@ -78,8 +83,8 @@ fn gpu_logits_match_cpu_reference_for_every_variant() {
             // d = 64 (power of two) and 48 (12 x 4: the Paley path of the WHT).
             let d = if i % 2 == 0 { 64 } else { 48 };
             let m = model(config(d, attn, query), i as u64, i == 3);
-            let mut cpu = CpuBatch::new(&m, 1, 32).unwrap();
-            let mut dec = GpuDecoder::new(&gpu, &m, 1, 32).unwrap();
+            let mut cpu = CpuBatch::new(&m, 1, 32, KvFormat::F32).unwrap();
+            let mut dec = GpuDecoder::new(&gpu, &m, 1, 32, KvFormat::F32).unwrap();
             // Prefill 11 tokens, then 3 decode steps.
             let p = prompt(11, i as u32);
             let mut steps: Vec<Vec<u32>> = vec![p];
@@ -106,10 +111,7 @@ fn run(
     tokens: usize,
     sampling: SamplingParams,
 ) -> Vec<Vec<u32>> {
-    let options = GenerateOptions {
-        max_tokens: tokens,
-        sampling,
-    };
+    let options = GenerateOptions::new(tokens, sampling);
     generate(dec, prompts, &options, |_| ControlFlow::Continue(()))
         .unwrap()
         .tokens
@@ -121,10 +123,10 @@ fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
     for (i, (attn, query)) in VARIANTS.into_iter().enumerate() {
         let m = model(config(64, attn, query), 5 + i as u64, i % 2 == 1);
         let prompts = vec![prompt(9, i as u32)];
-        let mut cpu = CpuBatch::new(&m, 1, 48).unwrap();
+        let mut cpu = CpuBatch::new(&m, 1, 48, KV).unwrap();
         let want = run(&mut cpu, &prompts, 24, SamplingParams::greedy());
         for gpu in &gpus {
-            let mut dec = GpuDecoder::new(gpu, &m, 1, 48).unwrap();
+            let mut dec = GpuDecoder::new(gpu, &m, 1, 48, KV).unwrap();
             let got = run(&mut dec, &prompts, 24, SamplingParams::greedy());
             assert_eq!(
                 got,
@@ -145,9 +147,9 @@ fn batched_generation_equals_one_at_a_time() {
     );
     let prompts = vec![prompt(3, 1), prompt(13, 2), prompt(1, 3)];
     for gpu in test_gpus() {
-        let mut batched = GpuDecoder::new(&gpu, &m, 3, 48).unwrap();
+        let mut batched = GpuDecoder::new(&gpu, &m, 3, 48, KV).unwrap();
         let together = run(&mut batched, &prompts, 12, SamplingParams::greedy());
-        let mut single = GpuDecoder::new(&gpu, &m, 1, 48).unwrap();
+        let mut single = GpuDecoder::new(&gpu, &m, 1, 48, KV).unwrap();
         for (p, want) in prompts.iter().zip(&together) {
             let alone = run(
                 &mut single,
@@ -170,7 +172,7 @@ fn seeded_sampling_reproduces_and_matches_cpu() {
         top_p: 0.9,
         seed: 42,
     };
-    let mut cpu = CpuBatch::new(&m, 2, 48).unwrap();
+    let mut cpu = CpuBatch::new(&m, 2, 48, KV).unwrap();
     let want = run(&mut cpu, &prompts, 16, sampling);
     let other_seed = run(
         &mut cpu,
@@ -183,7 +185,7 @@ fn seeded_sampling_reproduces_and_matches_cpu() {
     );
     assert_ne!(want, other_seed, "the seed must matter");
     for gpu in test_gpus() {
-        let mut dec = GpuDecoder::new(&gpu, &m, 2, 48).unwrap();
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 48, KV).unwrap();
         let first = run(&mut dec, &prompts, 16, sampling);
         assert_eq!(
             first,
@@ -200,12 +202,9 @@ fn seeded_sampling_reproduces_and_matches_cpu() {
 fn streaming_callback_can_stop_and_stats_are_filled() {
     let m = model(config(64, AttnOutput::Hadamard, Query::Identity), 1, false);
     for gpu in test_gpus() {
-        let mut dec = GpuDecoder::new(&gpu, &m, 1, 48).unwrap();
+        let mut dec = GpuDecoder::new(&gpu, &m, 1, 48, KV).unwrap();
         let mut seen = Vec::new();
-        let options = GenerateOptions {
-            max_tokens: 20,
-            sampling: SamplingParams::greedy(),
-        };
+        let options = GenerateOptions::new(20, SamplingParams::greedy());
         let g = generate(&mut dec, &[prompt(4, 0)], &options, |ev| {
             seen.push(ev.token);
             if ev.index == 4 {
@@ -229,11 +228,8 @@ fn streaming_callback_can_stop_and_stats_are_filled() {
 fn bad_requests_are_errors() {
     let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 1, false);
     for gpu in test_gpus() {
-        let mut dec = GpuDecoder::new(&gpu, &m, 2, 16).unwrap();
-        let options = GenerateOptions {
-            max_tokens: 10,
-            sampling: SamplingParams::greedy(),
-        };
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 16, KV).unwrap();
+        let options = GenerateOptions::new(10, SamplingParams::greedy());
         let err = generate(&mut dec, &[prompt(17, 0)], &options, |_| {
             ControlFlow::Continue(())
         })
@@ -253,7 +249,7 @@ fn bad_requests_are_errors() {
         assert!(dec.forward_logits(&[(5, &[1])]).is_err());
         assert!(dec.forward_logits(&[(0, &[1]), (0, &[2])]).is_err());
         assert!(
-            GpuDecoder::new(&gpu, &m, 1, 49).is_err(),
+            GpuDecoder::new(&gpu, &m, 1, 49, KV).is_err(),
             "context beyond the model"
         );
         // The decoder still works after the errors.
@@ -267,7 +263,7 @@ fn eval_agrees_on_every_device_and_with_a_direct_computation() {
     let m = model(config(48, AttnOutput::Hadamard, Query::Dense), 4, false);
     let text: Vec<u32> = prompt(70, 9);
     // Context 16: the text takes several overlapping windows.
-    let mut cpu = CpuBatch::new(&m, 1, 16).unwrap();
+    let mut cpu = CpuBatch::new(&m, 1, 16, KV).unwrap();
     let mut calls = 0;
     let want = evaluate(&mut cpu, &text, |done, total| {
         calls += 1;
@@ -301,7 +297,7 @@ fn eval_agrees_on_every_device_and_with_a_direct_computation() {
     );
     assert!((one.bits_per_byte - one.nats_per_byte / std::f64::consts::LN_2).abs() < 1e-12);
     for gpu in test_gpus() {
-        let mut dec = GpuDecoder::new(&gpu, &m, 1, 16).unwrap();
+        let mut dec = GpuDecoder::new(&gpu, &m, 1, 16, KV).unwrap();
         let got = evaluate(&mut dec, &text, |_, _| {}).unwrap();
         assert_eq!(got.bytes_scored, want.bytes_scored);
         assert!(
@@ -321,12 +317,12 @@ fn generation_past_the_context_slides_the_same_way_on_every_device() {
     // Context 16, prompts of 5 and 11, 40 new tokens: each sequence restarts from its last
     // 8 tokens several times, at different steps.
     let prompts = vec![prompt(5, 1), prompt(11, 2)];
-    let mut cpu = CpuBatch::new(&m, 2, 16).unwrap();
+    let mut cpu = CpuBatch::new(&m, 2, 16, KV).unwrap();
     let want = run(&mut cpu, &prompts, 40, SamplingParams::greedy());
     assert!(want.iter().all(|t| t.len() == 40));
     // The CPU reference of the rule: after a restart the logits are those of the last 8
     // tokens alone.
-    let mut alone = CpuBatch::new(&m, 1, 16).unwrap();
+    let mut alone = CpuBatch::new(&m, 1, 16, KV).unwrap();
     let mut h = prompts[0].clone();
     // Steps 1-11 fill positions 5..16; step 12 restarts from the last 8 of the 17 tokens.
     h.extend(&want[0][..12]);
@@ -339,8 +335,119 @@ fn generation_past_the_context_slides_the_same_way_on_every_device() {
         .unwrap() as u32;
     assert_eq!(want[0][12], argmax);
     for gpu in test_gpus() {
-        let mut dec = GpuDecoder::new(&gpu, &m, 2, 16).unwrap();
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 16, KV).unwrap();
         let got = run(&mut dec, &prompts, 40, SamplingParams::greedy());
         assert_eq!(got, want, "sliding context on {}", gpu.describe());
+    }
+}
+
+/// Generates with at most `max_chunk` decode steps per chunk.
+fn run_chunked(
+    dec: &mut dyn Decoder,
+    prompts: &[Vec<u32>],
+    tokens: usize,
+    sampling: SamplingParams,
+    max_chunk: usize,
+) -> super::generate::Generation {
+    let options = GenerateOptions {
+        max_chunk,
+        ..GenerateOptions::new(tokens, sampling)
+    };
+    generate(dec, prompts, &options, |_| ControlFlow::Continue(())).unwrap()
+}
+
+#[test]
+fn chunked_decoding_equals_one_step_per_readback_and_counts_its_work() {
+    let sampled = SamplingParams {
+        temperature: 0.9,
+        top_k: 30,
+        top_p: 0.95,
+        seed: 11,
+    };
+    let gpus = test_gpus();
+    for (i, (attn, query)) in [
+        (AttnOutput::Dense, Query::Dense),
+        (AttnOutput::Hadamard, Query::Dense),
+        (AttnOutput::Hadamard, Query::Identity),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let m = model(config(64, attn, query), 20 + i as u64, true);
+        let prompts = vec![prompt(3, 7), prompt(10, 8)];
+        let mut cpu = CpuBatch::new(&m, 2, 48, KV).unwrap();
+        for sampling in [SamplingParams::greedy(), sampled] {
+            let want = run_chunked(&mut cpu, &prompts, 30, sampling, 1).tokens;
+            for gpu in &gpus {
+                let mut dec = GpuDecoder::new(gpu, &m, 2, 48, KV).unwrap();
+                for max_chunk in [1, 3, DEFAULT_MAX_CHUNK] {
+                    let g = run_chunked(&mut dec, &prompts, 30, sampling, max_chunk);
+                    assert_eq!(
+                        g.tokens,
+                        want,
+                        "{attn:?}/{query:?} chunks of {max_chunk} on {}",
+                        gpu.describe()
+                    );
+                    // 29 decode steps: one readback per chunk.
+                    let chunks = match max_chunk {
+                        1 => 29,
+                        3 => 10,
+                        _ => 4, // 4 + 8 + 16 + 1
+                    };
+                    assert_eq!(g.stats.decode_chunks, chunks);
+                    let per_token = chunks as f64 / (29.0 * 2.0);
+                    assert!((g.stats.readbacks_per_token - per_token).abs() < 1e-9);
+                }
+            }
+        }
+        // One sequence: the dispatches of one step per token, and one more per chunk (the
+        // feedback that logs its last tokens). Per layer: norm, stacked q/k/v product,
+        // rope (q and k together; identity queries rotate xn and k apart), kv write,
+        // attention, output projection or WHT, norm, gate/up product with SwiGLU, down
+        // product; per step: embedding, final norm, lm_head, sampling, feedback.
+        let per_layer = if query == Query::Dense { 9 } else { 10 };
+        for gpu in &gpus {
+            let mut dec = GpuDecoder::new(gpu, &m, 1, 48, KV).unwrap();
+            let g = run_chunked(&mut dec, &prompts[..1], 20, SamplingParams::greedy(), 32);
+            let want = (5 + 2 * per_layer) as f64 + g.stats.decode_chunks as f64 / 19.0;
+            assert!(
+                (g.stats.dispatches_per_token - want).abs() < 1e-9,
+                "{attn:?}/{query:?}: {} dispatches per token, want {want}",
+                g.stats.dispatches_per_token
+            );
+            assert!(g.stats.readbacks_per_token <= 0.25, "{:?}", g.stats);
+        }
+    }
+}
+
+#[test]
+fn f16_cache_stays_close_to_f32_and_halves_its_memory() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 6, true);
+    let text = prompt(40, 3);
+    let mut f32_cpu = CpuBatch::new(&m, 1, 48, KvFormat::F32).unwrap();
+    let mut f16_cpu = CpuBatch::new(&m, 1, 48, KvFormat::F16).unwrap();
+    let exact = evaluate(&mut f32_cpu, &text, |_, _| {}).unwrap();
+    let half = evaluate(&mut f16_cpu, &text, |_, _| {}).unwrap();
+    let diff = (exact.nats_per_byte - half.nats_per_byte).abs();
+    // Rounding keys and values to 11 significant bits moves the loss a little, not zero.
+    assert!(diff > 0.0 && diff < 1e-3, "f16 vs f32 cache: {diff}");
+    for gpu in test_gpus() {
+        let before = gpu.memory().report().current_bytes;
+        let dec32 = GpuDecoder::new(&gpu, &m, 2, 48, KvFormat::F32).unwrap();
+        let with32 = gpu.memory().report().current_bytes - before;
+        drop(dec32);
+        let mut dec16 = GpuDecoder::new(&gpu, &m, 2, 48, KvFormat::F16).unwrap();
+        let with16 = gpu.memory().report().current_bytes - before;
+        // 2 layers x (k, v) x 2 sequences x 48 positions x 64 values.
+        let cache32 = 2 * 2 * 2 * 48 * 64 * 4;
+        assert_eq!(with32 - with16, cache32 / 2, "on {}", gpu.describe());
+        let got = evaluate(&mut dec16, &text, |_, _| {}).unwrap();
+        assert!(
+            (got.nats_per_byte - half.nats_per_byte).abs() < 1e-4,
+            "{}: GPU {} vs CPU {} with f16 caches",
+            gpu.describe(),
+            got.nats_per_byte,
+            half.nats_per_byte
+        );
     }
 }

@@ -20,7 +20,8 @@ use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Shader};
+use super::Cols;
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
 /// Largest head_dim the kernels support: a prefill tile holds at least 4 query rows.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -60,6 +61,9 @@ struct AttnParams {
     max_seqs: u32,
     max_pos: u32,
     scale: f32,
+    src_stride: u32,
+    src_off: u32,
+    src_off2: u32,
 }
 
 /// kv_write's bindings: params, row_table, k_rows, v_rows, k_cache_out, v_cache_out.
@@ -84,14 +88,64 @@ const ATTN_BINDINGS: [Binding; 8] = [
     Binding::ReadWrite,
 ];
 
+/// How the KV cache stores its values.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KvFormat {
+    F32,
+    /// IEEE half precision, two per u32 word (no SHADER_F16 needed), rounded to nearest
+    /// even by the kernel itself so every device stores the same bits; half the bytes of
+    /// f32, the default.
+    #[default]
+    F16,
+}
+
+impl KvFormat {
+    pub fn bytes_per_value(self) -> usize {
+        match self {
+            KvFormat::F32 => 4,
+            KvFormat::F16 => 2,
+        }
+    }
+
+    /// The value the cache holds for `v`.
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            KvFormat::F32 => v,
+            KvFormat::F16 => half::f16::from_f32(v).to_f32(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvFormat::F32 => "f32",
+            KvFormat::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for KvFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(KvFormat::F32),
+            "f16" => Ok(KvFormat::F16),
+            other => Err(format!("KV cache format `{other}`: expected f32 or f16")),
+        }
+    }
+}
+
 /// The attention problem: `heads` heads of `head_dim`, and a KV cache of `max_seqs`
-/// sequences by `max_pos` positions, each buffer f32 [max_seqs, max_pos, d].
+/// sequences by `max_pos` positions, each buffer [max_seqs, max_pos, d] values of `kv`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {
     pub heads: usize,
     pub head_dim: usize,
     pub max_seqs: usize,
     pub max_pos: usize,
+    pub kv: KvFormat,
 }
 
 impl AttnShape {
@@ -102,7 +156,10 @@ impl AttnShape {
 
     /// Bytes of one cache buffer (k or v).
     pub fn cache_bytes(&self) -> u64 {
-        self.max_seqs as u64 * self.max_pos as u64 * self.d() as u64 * 4
+        self.max_seqs as u64
+            * self.max_pos as u64
+            * self.d() as u64
+            * self.kv.bytes_per_value() as u64
     }
 
     /// Bytes of `rows` activation rows ([rows, d]).
@@ -218,9 +275,10 @@ impl AttnTile {
         Self::new(1, head_dim)
     }
 
-    fn key(&self, head_dim: usize, partial: bool) -> PipelineKey {
+    fn key(&self, shape: AttnShape, partial: bool) -> PipelineKey {
         PipelineKey::new(Shader::Attention, "attend")
-            .with("HD", head_dim as u32)
+            .with("HD", shape.head_dim as u32)
+            .with_flag("KV_F16", shape.kv == KvFormat::F16)
             .with("WG", ATTEND_WORKGROUP as u32)
             .with("TQ", self.rows as u32)
             .with("TK", self.keys as u32)
@@ -247,6 +305,22 @@ fn plan_tiles(rows: &[(u32, u32)], tile_rows: usize) -> Vec<u32> {
     plan
 }
 
+/// A column window as the kernels read it, in vec2 pairs: (stride, offset), both even in
+/// values.
+fn pairs(cols: &Cols<'_>, what: &str, rows: usize, d: usize) -> Result<(u32, u32), GpuError> {
+    let (stride, offset) = cols.layout(what, rows, d)?;
+    if !stride.is_multiple_of(2) || !offset.is_multiple_of(2) {
+        return Err(GpuError::Validation(format!(
+            "`{what}`: the kernels read value pairs, so row stride {stride} and offset {offset} must be even"
+        )));
+    }
+    let pair = |n: usize| {
+        u32::try_from(n / 2)
+            .map_err(|_| GpuError::Validation(format!("`{what}`: {n} exceeds 32-bit indexing")))
+    };
+    Ok((pair(stride)?, pair(offset)?))
+}
+
 /// Errors if the buffer a dispatch writes is also one it reads: wgpu would reject the
 /// whole pass at submit.
 fn distinct(written: (&str, &GpuBuffer), read: &[(&str, &GpuBuffer)]) -> Result<(), GpuError> {
@@ -261,7 +335,7 @@ fn distinct(written: (&str, &GpuBuffer), read: &[(&str, &GpuBuffer)]) -> Result<
 
 /// The buffers of one attention call.
 struct AttendBuffers<'a> {
-    q: &'a GpuBuffer,
+    q: Cols<'a>,
     k_cache: &'a GpuBuffer,
     v_cache: &'a GpuBuffer,
     row_table: &'a GpuBuffer,
@@ -340,11 +414,11 @@ impl<'g> Attention<'g> {
     /// = (seq, pos) of `rows`; `k`, `v` are [rows, d], the caches f32 [max_seqs, max_pos, d].
     /// Two rows with the same (seq, pos) race.
     #[allow(clippy::too_many_arguments)]
-    pub fn encode_kv_write(
+    pub fn encode_kv_write<'a>(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        k: &GpuBuffer,
-        v: &GpuBuffer,
+        pass: &mut dyn Record,
+        k: impl Into<Cols<'a>>,
+        v: impl Into<Cols<'a>>,
         row_table: &GpuBuffer,
         rows: &[(u32, u32)],
         k_cache: &GpuBuffer,
@@ -353,9 +427,17 @@ impl<'g> Attention<'g> {
     ) -> Result<(), GpuError> {
         shape.validate()?;
         shape.check_rows(rows)?;
-        let row_bytes = shape.row_bytes(rows.len());
-        k.require("attention k rows", row_bytes)?;
-        v.require("attention v rows", row_bytes)?;
+        let (k, v) = (k.into(), v.into());
+        let (k_stride, k_off) = pairs(&k, "attention k rows", rows.len(), shape.d())?;
+        let (v_stride, v_off) = pairs(&v, "attention v rows", rows.len(), shape.d())?;
+        if k_stride != v_stride {
+            return Err(GpuError::Validation(format!(
+                "attention k and v rows must be equally wide ({} and {} values)",
+                2 * k_stride,
+                2 * v_stride
+            )));
+        }
+        let (k, v) = (k.buffer, v.buffer);
         row_table.require("attention row table", rows.len() as u64 * 8)?;
         k_cache.require("attention k cache", shape.cache_bytes())?;
         v_cache.require("attention v cache", shape.cache_bytes())?;
@@ -369,7 +451,8 @@ impl<'g> Attention<'g> {
         }
         let key = PipelineKey::new(Shader::Attention, "kv_write")
             .with("HD", shape.head_dim as u32)
-            .with("EW_WG", ELEMENTWISE_WORKGROUP);
+            .with("EW_WG", ELEMENTWISE_WORKGROUP)
+            .with_flag("KV_F16", shape.kv == KvFormat::F16);
         let pipeline = self.gpu.pipeline(&key, &KV_BINDINGS)?;
         let pairs = rows.len() * shape.d() / 2;
         let grid = self.gpu.grid(
@@ -378,7 +461,12 @@ impl<'g> Attention<'g> {
         )?;
         let params = self.gpu.uniform(
             "attention kv_write params",
-            &Self::params(shape, rows.len(), grid.x, 0, Split::whole(shape)),
+            &AttnParams {
+                src_stride: k_stride,
+                src_off: k_off,
+                src_off2: v_off,
+                ..Self::params(shape, rows.len(), grid.x, 0, Split::whole(shape))
+            },
         );
         let buffers = [
             params.buffer(),
@@ -397,10 +485,10 @@ impl<'g> Attention<'g> {
     /// [rows, d] (distinct buffers). Rows of several sequences may share a call; runs of
     /// consecutive rows of one sequence share tiles, so keep a sequence's rows together.
     #[allow(clippy::too_many_arguments)]
-    pub fn encode_prefill(
+    pub fn encode_prefill<'a>(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        q: &GpuBuffer,
+        pass: &mut dyn Record,
+        q: impl Into<Cols<'a>>,
         k_cache: &GpuBuffer,
         v_cache: &GpuBuffer,
         row_table: &GpuBuffer,
@@ -409,7 +497,7 @@ impl<'g> Attention<'g> {
         shape: AttnShape,
     ) -> Result<(), GpuError> {
         let buffers = AttendBuffers {
-            q,
+            q: q.into(),
             k_cache,
             v_cache,
             row_table,
@@ -430,10 +518,10 @@ impl<'g> Attention<'g> {
     /// (row, head), or per (row, head, chunk) with a reduce dispatch after when the longest
     /// context exceeds the decode chunk (see [`Self::decode_chunks`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn encode_decode(
+    pub fn encode_decode<'a>(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        q: &GpuBuffer,
+        pass: &mut dyn Record,
+        q: impl Into<Cols<'a>>,
         k_cache: &GpuBuffer,
         v_cache: &GpuBuffer,
         row_table: &GpuBuffer,
@@ -442,7 +530,7 @@ impl<'g> Attention<'g> {
         shape: AttnShape,
     ) -> Result<(), GpuError> {
         let buffers = AttendBuffers {
-            q,
+            q: q.into(),
             k_cache,
             v_cache,
             row_table,
@@ -504,9 +592,9 @@ impl<'g> Attention<'g> {
     ) -> Result<(), GpuError> {
         shape.validate()?;
         shape.check_rows(rows)?;
-        let row_bytes = shape.row_bytes(rows.len());
-        b.q.require("attention q", row_bytes)?;
-        b.out.require("attention out", row_bytes)?;
+        pairs(&b.q, "attention q", rows.len(), shape.d())?;
+        b.out
+            .require("attention out", shape.row_bytes(rows.len()))?;
         b.row_table
             .require("attention row table", rows.len() as u64 * 8)?;
         b.k_cache
@@ -516,7 +604,7 @@ impl<'g> Attention<'g> {
         self.gpu
             .check_binding_size("attention KV cache", shape.cache_bytes())?;
         let inputs = [
-            ("q", b.q),
+            ("q", b.q.buffer),
             ("k cache", b.k_cache),
             ("v cache", b.v_cache),
             ("row table", b.row_table),
@@ -541,6 +629,9 @@ impl<'g> Attention<'g> {
             max_seqs: shape.max_seqs as u32,
             max_pos: shape.max_pos as u32,
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            src_stride: shape.d() as u32 / 2,
+            src_off: 0,
+            src_off2: 0,
         }
     }
 
@@ -548,7 +639,7 @@ impl<'g> Attention<'g> {
     #[allow(clippy::too_many_arguments)]
     fn dispatch_attend(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        pass: &mut dyn Record,
         b: &AttendBuffers<'_>,
         rows: &[(u32, u32)],
         shape: AttnShape,
@@ -561,17 +652,21 @@ impl<'g> Attention<'g> {
         let plan = self
             .gpu
             .upload(MemoryCategory::Uniforms, "attention plan", plan)?;
-        let pipeline = self.gpu.pipeline(
-            &tile.key(shape.head_dim, partials.is_some()),
-            &ATTN_BINDINGS,
-        )?;
+        let pipeline = self
+            .gpu
+            .pipeline(&tile.key(shape, partials.is_some()), &ATTN_BINDINGS)?;
+        let (q_stride, q_off) = pairs(&b.q, "attention q", rows.len(), shape.d())?;
         let groups = tiles as u64 * split.chunks as u64 * shape.heads as u64;
         let groups = u32::try_from(groups)
             .map_err(|_| GpuError::Validation(format!("attention needs {groups} workgroups")))?;
         let grid = self.gpu.grid("attention", groups)?;
         let params = self.gpu.uniform(
             "attention params",
-            &Self::params(shape, rows.len(), grid.x, tiles, split),
+            &AttnParams {
+                src_stride: q_stride,
+                src_off: q_off,
+                ..Self::params(shape, rows.len(), grid.x, tiles, split)
+            },
         );
         let (out, parts) = match partials {
             Some(p) => (&self.dummy, p),
@@ -581,7 +676,7 @@ impl<'g> Attention<'g> {
             params.buffer(),
             b.row_table.buffer(),
             plan.buffer(),
-            b.q.buffer(),
+            b.q.buffer.buffer(),
             b.k_cache.buffer(),
             b.v_cache.buffer(),
             out.buffer(),
@@ -610,7 +705,7 @@ impl<'g> Attention<'g> {
             params.buffer(),
             b.row_table.buffer(),
             plan.buffer(),
-            b.q.buffer(),
+            b.q.buffer.buffer(),
             b.k_cache.buffer(),
             b.v_cache.buffer(),
             b.out.buffer(),
@@ -861,6 +956,7 @@ mod tests {
             head_dim: 2,
             max_seqs: 1,
             max_pos: 3,
+            kv: KvFormat::F32,
         };
         let k = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0];
         let v = [1.0, 2.0, 3.0, 4.0, 9.0, 9.0];
@@ -896,6 +992,7 @@ mod tests {
             head_dim: 24,
             max_seqs: 3,
             max_pos: 8,
+            kv: KvFormat::F32,
         };
         let rows = [(0, 0), (2, 5), (1, 7), (2, 0), (0, 3)];
         let n = rows.len() * shape.d();
@@ -928,6 +1025,143 @@ mod tests {
     }
 
     #[test]
+    fn f16_cache_rounds_to_nearest_even_like_the_cpu() {
+        // One row of 16 values: ties (1 + 2^-11 rounds down to 1, 1 + 3 * 2^-11 up), a
+        // value rounding into the next binade, subnormals and their tie, the largest
+        // finite half, overflow to infinity, infinities, NaN, signed zero.
+        let vals: [f32; 16] = [
+            1.0 + 2f32.powi(-11),
+            1.0 + 3.0 * 2f32.powi(-11),
+            -(2.0 - 2f32.powi(-12)),
+            3.0e-6,
+            -5.96e-8,
+            2f32.powi(-25),
+            3.0 * 2f32.powi(-25),
+            65504.0,
+            65519.0,
+            65520.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -0.0,
+            0.1,
+            -1234.567,
+        ];
+        let shape = AttnShape {
+            heads: 2,
+            head_dim: 8,
+            max_seqs: 1,
+            max_pos: 2,
+            kv: KvFormat::F16,
+        };
+        let rows = [(0, 1)];
+        for gpu in test_gpus() {
+            let attn = Attention::new(&gpu).unwrap();
+            let words = (shape.cache_bytes() / 4) as usize;
+            let kcb = gpu
+                .upload(MemoryCategory::Activations, "k cache", &vec![7u32; words])
+                .unwrap();
+            let vcb = gpu
+                .upload(MemoryCategory::Activations, "v cache", &vec![7u32; words])
+                .unwrap();
+            let v: Vec<f32> = vals.iter().map(|x| -x).collect();
+            let (kb, vb, tb) = (
+                upload(&gpu, "k", &vals),
+                upload(&gpu, "v", &v),
+                table(&gpu, &rows),
+            );
+            let mut enc = gpu.encoder("f16 cache test");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                attn.encode_kv_write(&mut pass, &kb, &vb, &tb, &rows, &kcb, &vcb, shape)
+                    .unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            for (cache, src) in [(&kcb, &vals[..]), (&vcb, &v[..])] {
+                let got: Vec<u32> = gpu.read(cache, words).unwrap();
+                // Position 0 untouched; position 1 holds the 16 halves, two per word.
+                assert!(got[..8].iter().all(|&w| w == 7));
+                for (i, x) in src.iter().enumerate() {
+                    let half = (got[8 + i / 2] >> (16 * (i % 2))) & 0xffff;
+                    let want = half::f16::from_f32(*x).to_bits() as u32;
+                    assert_eq!(
+                        half,
+                        want,
+                        "{x:e} on {}: {half:#06x} vs {want:#06x}",
+                        gpu.describe()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_cache_and_fused_rows_attend_like_the_reference() {
+        // q, k and v side by side in one [rows, q | k | v] buffer (as the decoder's fused
+        // projection writes them), an f16 cache; prefill a prompt, then decode one row.
+        let shape = AttnShape {
+            heads: 3,
+            head_dim: 16,
+            max_seqs: 2,
+            max_pos: 24,
+            kv: KvFormat::F16,
+        };
+        let d = shape.d();
+        let first = runs(&[(1, 0, 9), (0, 0, 4)]);
+        let next = [(1u32, 9u32), (0, 4)];
+        for gpu in test_gpus() {
+            let attn = Attention::new(&gpu).unwrap();
+            let words = (shape.cache_bytes() / 4) as usize;
+            let kcb = gpu
+                .upload(MemoryCategory::Activations, "k cache", &vec![0u32; words])
+                .unwrap();
+            let vcb = gpu
+                .upload(MemoryCategory::Activations, "v cache", &vec![0u32; words])
+                .unwrap();
+            let cache_len = shape.max_seqs * shape.max_pos * d;
+            let (mut kc, mut vc) = (vec![0f32; cache_len], vec![0f32; cache_len]);
+            for (i, rows) in [&first[..], &next[..]].into_iter().enumerate() {
+                let fused = test_values(rows.len() * 3 * d, 30 + i as u64);
+                let col = |c: usize| -> Vec<f32> {
+                    fused
+                        .chunks(3 * d)
+                        .flat_map(|r| r[c * d..(c + 1) * d].to_vec())
+                        .collect()
+                };
+                let (q, k, v) = (col(0), col(1), col(2));
+                let fb = upload(&gpu, "qkv", &fused);
+                let tb = table(&gpu, rows);
+                let out = upload(&gpu, "out", &vec![0f32; rows.len() * d]);
+                let mut enc = gpu.encoder("fused rows test");
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    let (qc, kc_, vc_) = (
+                        Cols::new(&fb, 3 * d, 0),
+                        Cols::new(&fb, 3 * d, d),
+                        Cols::new(&fb, 3 * d, 2 * d),
+                    );
+                    attn.encode_kv_write(&mut pass, kc_, vc_, &tb, rows, &kcb, &vcb, shape)
+                        .unwrap();
+                    if i == 0 {
+                        attn.encode_prefill(&mut pass, qc, &kcb, &vcb, &tb, rows, &out, shape)
+                    } else {
+                        attn.encode_decode(&mut pass, qc, &kcb, &vcb, &tb, rows, &out, shape)
+                    }
+                    .unwrap();
+                }
+                gpu.submit_and_wait(enc).unwrap();
+                let got: Vec<f32> = gpu.read(&out, rows.len() * d).unwrap();
+                kv_write_reference(&k, &v, rows, &mut kc, &mut vc, shape);
+                for x in kc.iter_mut().chain(vc.iter_mut()) {
+                    *x = KvFormat::F16.round(*x);
+                }
+                let what = if i == 0 { "f16 prefill" } else { "f16 decode" };
+                check(&gpu, what, &got, &q, &kc, &vc, rows, shape);
+            }
+        }
+    }
+
+    #[test]
     fn prefill_matches_reference_for_sequences_of_1_7_and_37_tokens() {
         let rows = runs(&[(2, 0, 37), (0, 0, 1), (1, 0, 7)]);
         for gpu in test_gpus() {
@@ -939,6 +1173,7 @@ mod tests {
                         head_dim,
                         max_seqs: 3,
                         max_pos: 40,
+                        kv: KvFormat::F32,
                     };
                     let n = rows.len() * shape.d();
                     let seed = (heads * 1000 + head_dim) as u64;
@@ -964,6 +1199,7 @@ mod tests {
             head_dim: 64,
             max_seqs: 2,
             max_pos: 48,
+            kv: KvFormat::F32,
         };
         // A first chunk of each sequence, then the next chunks with sequence 1 in two runs
         // around sequence 0, whose rows start at position 20.
@@ -1008,6 +1244,7 @@ mod tests {
                     head_dim,
                     max_seqs: positions.len(),
                     max_pos: 300,
+                    kv: KvFormat::F32,
                 };
                 let d = shape.d();
                 // Row r is sequence len - 1 - r, so rows and sequences differ.
@@ -1061,6 +1298,7 @@ mod tests {
             head_dim: MAX_HEAD_DIM,
             max_seqs: 1,
             max_pos: 3,
+            kv: KvFormat::F32,
         };
         let rows = runs(&[(0, 0, 3)]);
         let n = rows.len() * shape.d();
@@ -1108,6 +1346,7 @@ mod tests {
             head_dim: 8,
             max_seqs: 2,
             max_pos: 4,
+            kv: KvFormat::F32,
         };
         let with = |f: fn(&mut AttnShape)| {
             let mut s = shape;

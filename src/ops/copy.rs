@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Shader};
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `COPY_WG`.
 const COPY_WORKGROUP: u32 = 256;
@@ -21,7 +21,7 @@ const BINDINGS: [Binding; 3] = [Binding::Uniform, Binding::ReadOnly, Binding::Re
 /// Records `dst[..bytes] = src[..bytes]`; `bytes` must be a multiple of 16.
 pub fn encode_copy(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     src: &GpuBuffer,
     dst: &GpuBuffer,
     bytes: u64,

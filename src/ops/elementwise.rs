@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{Matrix, WeightFormat};
-use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Shader};
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `ELEMENTWISE_WG`.
 const ELEMENTWISE_WORKGROUP: u32 = 256;
@@ -67,7 +67,7 @@ fn index_count(op: &str, count: Option<usize>) -> Result<u32, GpuError> {
 #[allow(clippy::too_many_arguments)]
 fn dispatch(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     key: PipelineKey,
     bindings: &[Binding],
     buffers: &[&GpuBuffer],
@@ -98,7 +98,7 @@ fn dispatch(
 /// of zeros.
 pub fn encode_embed(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     table: &Matrix,
     tokens: &GpuBuffer,
     out: &GpuBuffer,
@@ -145,7 +145,7 @@ pub fn encode_embed(
 /// inputs.
 pub fn encode_swiglu(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     gate: &GpuBuffer,
     up: &GpuBuffer,
     out: &GpuBuffer,
@@ -167,7 +167,7 @@ pub fn encode_swiglu(
 /// Records `x = silu(x)` in place over `count` f32 elements.
 pub fn encode_silu(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     x: &GpuBuffer,
     count: usize,
 ) -> Result<(), GpuError> {
@@ -183,7 +183,7 @@ pub fn encode_silu(
 /// Records `x += y` in place over `count` f32 elements; `y` must be a different buffer.
 pub fn encode_add(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     x: &GpuBuffer,
     y: &GpuBuffer,
     count: usize,

@@ -1,5 +1,7 @@
-//! Dense matrix products (`shaders/matmul.wgsl`): `y (+)= x W^T` with W a [`Matrix`]
-//! shaped [n_out, n_in], f32 or packed f16.
+//! Dense matrix products (`shaders/matmul.wgsl`): `z = x W^T` with W a [`Matrix`]
+//! shaped [n_out, n_in], f32 or packed f16, written to y through an [`Epilogue`]: stored,
+//! added, through SiLU, or (W interleaving two matrices) as SwiGLU `silu(gate) * up`, so
+//! the decoder's gate and up projections are one product.
 //!
 //! Batches of up to [`GEMV_MAX_ROWS`] rows (decode) take the GEMV kernel, larger ones
 //! (prefill) the tiled GEMM.
@@ -7,12 +9,13 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{Matrix, WeightFormat};
-use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Shader};
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per GEMV workgroup; passed to the shader as `GEMV_WG` (at most 256, the
 /// length of its `partial` rows).
 const GEMV_WORKGROUP: u32 = 64;
-/// Rows per GEMV workgroup at most; must match `MAX_GEMV_ROWS` in matmul.wgsl.
+/// Accumulators per GEMV invocation (rows per workgroup x outputs per unit) at most;
+/// must match `MAX_GEMV_ROWS` in matmul.wgsl.
 const MAX_GEMV_ROWS: usize = 8;
 /// Output block of one GEMM workgroup (rows x outputs); must match `TILE_R` / `TILE_O`
 /// in matmul.wgsl.
@@ -39,6 +42,37 @@ const BINDINGS: [Binding; 4] = [
     Binding::ReadWrite,
 ];
 
+/// What a product does with z = x W^T; must match the `EPI_*` constants in matmul.wgsl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// y = z.
+    Store = 0,
+    /// y += z (the residual adds of the decoder).
+    Accumulate = 1,
+    /// y = silu(z).
+    Silu = 2,
+    /// W interleaves two matrices by rows (row 2j of the first, then row j of the second,
+    /// see [`interleave_rows`]); y = silu(z[2j]) * z[2j + 1], [rows, n_out / 2].
+    SwiGlu = 3,
+}
+
+impl Epilogue {
+    /// Outputs of W per column of y.
+    fn outputs_per_unit(self) -> usize {
+        if self == Epilogue::SwiGlu { 2 } else { 1 }
+    }
+}
+
+/// Interleaves the rows of `a` and `b` (each [rows, cols]): row 2j of the result is row j of
+/// `a`, row 2j + 1 row j of `b`. The layout [`Epilogue::SwiGlu`] reads.
+pub fn interleave_rows<T: Copy>(a: &[T], b: &[T], cols: usize) -> Vec<T> {
+    debug_assert_eq!(a.len(), b.len());
+    a.chunks(cols.max(1))
+        .zip(b.chunks(cols.max(1)))
+        .flat_map(|(ra, rb)| ra.iter().chain(rb).copied())
+        .collect()
+}
+
 /// Which kernel to run; [`Kernel::Auto`] picks by batch size and adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -50,37 +84,49 @@ pub enum Kernel {
     Gemm,
 }
 
-/// Records `y = x W^T` (or `y += x W^T` when `accumulate`) for `rows` rows:
-/// `x` is [rows, w.cols], `y` is [rows, w.rows], f32. `x` and `y` must be distinct.
+/// Records `z = x W^T` for `rows` rows, written to `y` by `epilogue`: `x` is
+/// [rows, w.cols], `y` is [rows, w.rows] ([rows, w.rows / 2] for [`Epilogue::SwiGlu`]),
+/// f32. `x` and `y` must be distinct.
 pub fn encode_matmul(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     w: &Matrix,
     x: &GpuBuffer,
     y: &GpuBuffer,
     rows: usize,
-    accumulate: bool,
+    epilogue: Epilogue,
 ) -> Result<(), GpuError> {
-    encode_with(gpu, pass, w, x, y, rows, accumulate, Kernel::Auto)
+    encode_with(gpu, pass, w, x, y, rows, epilogue, Kernel::Auto)
 }
 
 /// [`encode_matmul`] with an explicit kernel choice (tests and benchmarks).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_with(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     w: &Matrix,
     x: &GpuBuffer,
     y: &GpuBuffer,
     rows: usize,
-    accumulate: bool,
+    epilogue: Epilogue,
     kernel: Kernel,
 ) -> Result<(), GpuError> {
     let (n_out, n_in) = (w.rows, w.cols);
+    let outs = epilogue.outputs_per_unit();
+    if !n_out.is_multiple_of(outs) {
+        return Err(GpuError::Validation(format!(
+            "a SwiGLU product needs interleaved gate and up rows: {n_out} rows is odd"
+        )));
+    }
+    if x.buffer() == y.buffer() {
+        return Err(GpuError::Validation(
+            "matmul: `y` must be a different buffer from `x`".into(),
+        ));
+    }
     let w_bytes = (n_out * n_in * w.format.element_bytes()) as u64;
     w.buffer.require("weight", w_bytes)?;
     x.require("x", (rows * n_in * 4) as u64)?;
-    y.require("y", (rows * n_out * 4) as u64)?;
+    y.require("y", (rows * n_out / outs * 4) as u64)?;
     if rows == 0 || n_out == 0 {
         return Ok(());
     }
@@ -92,21 +138,22 @@ pub fn encode_with(
         k => k,
     };
     let gemv = kernel != Kernel::Gemm;
-    // A workgroup takes up to MAX_GEMV_ROWS rows; sized to the batch so no invocation
-    // loops over rows that are not there.
-    let gemv_rows = rows.min(MAX_GEMV_ROWS);
+    // A workgroup takes up to MAX_GEMV_ROWS / outs rows; sized to the batch so no
+    // invocation loops over rows that are not there.
+    let gemv_rows = rows.min(MAX_GEMV_ROWS / outs);
     let blocks = rows.div_ceil(gemv_rows);
+    let units = n_out / outs;
     let (entry, groups) = match kernel {
-        Kernel::Gemv => ("gemv", n_out * blocks),
+        Kernel::Gemv => ("gemv", units * blocks),
         Kernel::GemvOutputs => (
             "gemv_outputs",
-            n_out.div_ceil(GEMV_WORKGROUP as usize) * blocks,
+            units.div_ceil(GEMV_WORKGROUP as usize) * blocks,
         ),
         _ => ("gemm", n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE)),
     };
     let mut key = PipelineKey::new(Shader::Matmul, entry)
         .with_flag("W_F16", w.format == WeightFormat::F16)
-        .with_flag("ACCUM", accumulate);
+        .with("EPI", epilogue as u32);
     if gemv {
         key = key
             .with("GEMV_WG", GEMV_WORKGROUP)
@@ -148,6 +195,10 @@ mod tests {
     use crate::gpu::MemoryCategory;
     use crate::gpu::testing::{test_gpus, test_values};
 
+    fn silu(v: f64) -> f64 {
+        v / (1.0 + (-v).exp())
+    }
+
     /// Runs one product on the GPU and checks it against the f64 reference.
     #[allow(clippy::too_many_arguments)]
     fn check(
@@ -157,7 +208,7 @@ mod tests {
         rows: usize,
         n_in: usize,
         n_out: usize,
-        accumulate: bool,
+        epilogue: Epilogue,
     ) {
         let mut w = test_values(n_out * n_in, 1);
         let matrix = match format {
@@ -175,35 +226,45 @@ mod tests {
                 Matrix::from_f16_bits(gpu, "w", &bits, n_out, n_in).unwrap()
             }
         };
+        let width = n_out / epilogue.outputs_per_unit();
         let x = test_values(rows * n_in, 2);
-        let y0 = test_values(rows * n_out, 3);
+        let y0 = test_values(rows * width, 3);
         let xb = gpu.upload(MemoryCategory::Activations, "x", &x).unwrap();
         let yb = gpu.upload(MemoryCategory::Activations, "y", &y0).unwrap();
         let mut enc = gpu.encoder("matmul test");
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            encode_with(gpu, &mut pass, &matrix, &xb, &yb, rows, accumulate, kernel).unwrap();
+            encode_with(gpu, &mut pass, &matrix, &xb, &yb, rows, epilogue, kernel).unwrap();
         }
         gpu.submit_and_wait(enc).unwrap();
-        let got: Vec<f32> = gpu.read(&yb, rows * n_out).unwrap();
-        let mut want = matmul_reference(&w, &x, rows, n_in, n_out);
-        if accumulate {
-            for (a, b) in want.iter_mut().zip(&y0) {
-                *a += *b as f64;
-            }
-        }
+        let got: Vec<f32> = gpu.read(&yb, rows * width).unwrap();
+        let z = matmul_reference(&w, &x, rows, n_in, n_out);
         // The classic bound for a sum of n_in products in f32: n_in ulps of sum |w_i x_i|
         // (plus the accumulated y, which is at most 1).
         let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
         let abs_x: Vec<f32> = x.iter().map(|v| v.abs()).collect();
         let scale = matmul_reference(&abs_w, &abs_x, rows, n_in, n_out);
-        for (k, (&g, &r)) in got.iter().zip(&want).enumerate() {
-            let tol = (n_in as f64 + 2.0) * f32::EPSILON as f64 * (scale[k] + 1.0);
-            assert!(
-                (g as f64 - r).abs() <= tol,
-                "{kernel:?} {format:?} {rows}x{n_in}->{n_out} accum={accumulate} [{k}] on {}: {g} vs {r}",
-                gpu.describe()
-            );
+        let tol_z = |k: usize| (n_in as f64 + 2.0) * f32::EPSILON as f64 * (scale[k] + 1.0);
+        for r in 0..rows {
+            for u in 0..width {
+                let k = r * n_out + u * epilogue.outputs_per_unit();
+                // |silu'| <= 1.1, so SiLU passes an error on at most 1.1 times.
+                let (want, tol) = match epilogue {
+                    Epilogue::Store => (z[k], tol_z(k)),
+                    Epilogue::Accumulate => (z[k] + y0[r * width + u] as f64, tol_z(k)),
+                    Epilogue::Silu => (silu(z[k]), 1.1 * tol_z(k)),
+                    Epilogue::SwiGlu => (
+                        silu(z[k]) * z[k + 1],
+                        1.1 * z[k + 1].abs() * tol_z(k) + silu(z[k]).abs() * tol_z(k + 1),
+                    ),
+                };
+                let g = got[r * width + u] as f64;
+                assert!(
+                    (g - want).abs() <= tol + 1e-7 * want.abs(),
+                    "{kernel:?} {format:?} {rows}x{n_in}->{n_out} {epilogue:?} [{r}][{u}] on {}: {g} vs {want}",
+                    gpu.describe()
+                );
+            }
         }
     }
 
@@ -212,25 +273,82 @@ mod tests {
         for gpu in test_gpus() {
             for format in [WeightFormat::F32, WeightFormat::F16] {
                 for (rows, n_in, n_out) in [(1, 1, 1), (3, 37, 5), (9, 130, 67), (16, 64, 3)] {
-                    check(&gpu, Kernel::Gemv, format, rows, n_in, n_out, false);
-                    check(&gpu, Kernel::GemvOutputs, format, rows, n_in, n_out, false);
+                    check(
+                        &gpu,
+                        Kernel::Gemv,
+                        format,
+                        rows,
+                        n_in,
+                        n_out,
+                        Epilogue::Store,
+                    );
+                    let k = Kernel::GemvOutputs;
+                    check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
                 }
                 for (rows, n_in, n_out) in [(1, 1, 1), (37, 19, 70), (65, 33, 129), (17, 64, 64)] {
-                    check(&gpu, Kernel::Gemm, format, rows, n_in, n_out, false);
+                    check(
+                        &gpu,
+                        Kernel::Gemm,
+                        format,
+                        rows,
+                        n_in,
+                        n_out,
+                        Epilogue::Store,
+                    );
                 }
             }
-            check(&gpu, Kernel::Gemv, WeightFormat::F16, 5, 41, 9, true);
+            let f16 = WeightFormat::F16;
+            check(&gpu, Kernel::Gemv, f16, 5, 41, 9, Epilogue::Accumulate);
             check(
                 &gpu,
                 Kernel::GemvOutputs,
-                WeightFormat::F16,
+                f16,
                 11,
                 70,
                 130,
-                true,
+                Epilogue::Accumulate,
             );
-            check(&gpu, Kernel::Gemm, WeightFormat::F32, 37, 41, 9, true);
+            check(
+                &gpu,
+                Kernel::Gemm,
+                WeightFormat::F32,
+                37,
+                41,
+                9,
+                Epilogue::Accumulate,
+            );
         }
+    }
+
+    #[test]
+    fn silu_and_swiglu_epilogues_match_cpu() {
+        for gpu in test_gpus() {
+            for kernel in [Kernel::Gemv, Kernel::GemvOutputs, Kernel::Gemm] {
+                // Row counts past one GEMV block (4 rows with two outputs per unit), odd
+                // inputs, and units not filling a workgroup or a GEMM tile.
+                for (rows, n_in, n_out) in [(1, 7, 2), (6, 33, 38), (13, 64, 130), (66, 20, 70)] {
+                    for format in [WeightFormat::F32, WeightFormat::F16] {
+                        check(&gpu, kernel, format, rows, n_in, n_out, Epilogue::SwiGlu);
+                    }
+                    check(
+                        &gpu,
+                        kernel,
+                        WeightFormat::F16,
+                        rows,
+                        n_in,
+                        n_out - 1,
+                        Epilogue::Silu,
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn interleaved_rows_alternate() {
+        let a = [1, 2, 3, 4];
+        let b = [5, 6, 7, 8];
+        assert_eq!(interleave_rows(&a, &b, 2), [1, 2, 5, 6, 3, 4, 7, 8]);
     }
 
     #[test]
@@ -245,7 +363,7 @@ mod tests {
         let y = gpu.storage(MemoryCategory::Activations, "y", 8).unwrap();
         let mut enc = gpu.encoder("matmul test");
         let mut pass = enc.begin_compute_pass(&Default::default());
-        let err = encode_matmul(&gpu, &mut pass, &w, &x, &y, 1, false).unwrap_err();
+        let err = encode_matmul(&gpu, &mut pass, &w, &x, &y, 1, Epilogue::Store).unwrap_err();
         assert!(err.to_string().contains("`y`"), "{err}");
         assert!(Matrix::from_f32(&gpu, "bad", &[0f32; 5], 2, 3).is_err());
     }

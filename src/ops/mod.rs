@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod copy;
 pub mod elementwise;
+pub mod feedback;
 pub mod hadamard;
 pub mod matmul;
 pub mod norm;
@@ -93,4 +94,61 @@ fn check_len(label: &str, len: usize, rows: usize, cols: usize) -> Result<(), Gp
         )));
     }
     Ok(())
+}
+
+/// Columns `offset .. offset + width` of a row-major f32 matrix whose rows lie `stride`
+/// values apart, as a kernel input or output: q, k or v inside the decoder's fused
+/// `[rows, q | k | v]` buffer, or (made `From` a buffer) a whole `[rows, width]` buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Cols<'a> {
+    pub buffer: &'a GpuBuffer,
+    /// Values from one row to the next; `None`: the op's own width (a dense matrix).
+    pub stride: Option<usize>,
+    /// Value index of column 0 in row 0.
+    pub offset: usize,
+}
+
+impl<'a> Cols<'a> {
+    /// Columns `offset ..` of rows `stride` values wide.
+    pub fn new(buffer: &'a GpuBuffer, stride: usize, offset: usize) -> Self {
+        Self {
+            buffer,
+            stride: Some(stride),
+            offset,
+        }
+    }
+
+    /// (stride, offset) for an op reading `width` columns of `rows` rows, after checking
+    /// that they lie inside the buffer and the window inside a row. `what` names the
+    /// operand in errors.
+    pub fn layout(
+        &self,
+        what: &str,
+        rows: usize,
+        width: usize,
+    ) -> Result<(usize, usize), GpuError> {
+        let stride = self.stride.unwrap_or(width);
+        if self.offset + width > stride {
+            return Err(GpuError::Validation(format!(
+                "`{what}`: columns {}..{} do not fit rows of {stride}",
+                self.offset,
+                self.offset + width
+            )));
+        }
+        if rows > 0 {
+            let end = (rows - 1) as u64 * stride as u64 + self.offset as u64 + width as u64;
+            self.buffer.require(what, end * 4)?;
+        }
+        Ok((stride, self.offset))
+    }
+}
+
+impl<'a> From<&'a GpuBuffer> for Cols<'a> {
+    fn from(buffer: &'a GpuBuffer) -> Self {
+        Self {
+            buffer,
+            stride: None,
+            offset: 0,
+        }
+    }
 }

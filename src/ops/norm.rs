@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Shader};
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `NORM_WG`.
 const NORM_WORKGROUP: u32 = 256;
@@ -38,7 +38,7 @@ const BINDINGS: [Binding; 4] = [
 #[allow(clippy::too_many_arguments)]
 pub fn encode_rmsnorm(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     x: &GpuBuffer,
     weight: &GpuBuffer,
     out: &GpuBuffer,

@@ -3,7 +3,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Shader};
+use super::Cols;
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
 /// cos and sin of the rotation of pair `i` (0 <= i < head_dim / 2) at position `pos`:
 /// angle = pos * theta^(-2i / head_dim), computed in f64 and rounded once to f32. The GPU
@@ -27,6 +28,8 @@ struct RopeParams {
     half: u32,
     max_positions: u32,
     tiles_x: u32,
+    stride: u32,
+    offset: u32,
 }
 
 /// Bindings of `rope`: params, x, row_table, cos_sin.
@@ -116,13 +119,14 @@ impl RopeTable {
     }
 }
 
-/// Records the rotation in place of `x`, f32 [rows, heads * table.head_dim()], each row
-/// at the position in `row_table` (u32 [rows, 2]: sequence, position). Rows at a position
-/// past the table are left unchanged; see [`RopeTable::check_position`].
-pub fn encode_rope(
+/// Records the rotation in place of `x`, `heads` heads of `table.head_dim()` per row (f32
+/// [rows, heads * head_dim], or such a column window of a wider matrix), each row at the
+/// position in `row_table` (u32 [rows, 2]: sequence, position). Rows at a position past
+/// the table are left unchanged; see [`RopeTable::check_position`].
+pub fn encode_rope<'a>(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
-    x: &GpuBuffer,
+    pass: &mut dyn Record,
+    x: impl Into<Cols<'a>>,
     row_table: &GpuBuffer,
     table: &RopeTable,
     rows: usize,
@@ -140,7 +144,10 @@ pub fn encode_rope(
             ))
         })?;
     let pairs = elems / 2;
-    x.require("rope x", (elems * 4) as u64)?;
+    let x: Cols = x.into();
+    let (stride, offset) = x.layout("rope x", rows, heads * table.head_dim)?;
+    let (stride, offset) = (index("rope stride", stride)?, index("rope offset", offset)?);
+    let x = x.buffer;
     row_table.require("rope row table", (rows * 2 * 4) as u64)?;
     if x.buffer() == row_table.buffer() {
         return Err(GpuError::Validation(
@@ -161,6 +168,8 @@ pub fn encode_rope(
             half: half as u32,
             max_positions: table.max_positions as u32,
             tiles_x: grid.x,
+            stride,
+            offset,
         },
     );
     gpu.dispatch(
@@ -175,6 +184,12 @@ pub fn encode_rope(
         grid,
     );
     Ok(())
+}
+
+/// `n` as a u32 shader index, or an error naming it.
+fn index(what: &str, n: usize) -> Result<u32, GpuError> {
+    u32::try_from(n)
+        .map_err(|_| GpuError::Validation(format!("{what} {n} exceeds 32-bit indexing")))
 }
 
 /// CPU reference in f64 with the same f32 cos/sin as the GPU ([`rope_cos_sin`]): `x` is
@@ -302,6 +317,62 @@ mod tests {
                     check(&gpu, g, xr, &[p], heads, hd);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn rope_rotates_a_column_window_and_nothing_else() {
+        // Rows of 5 heads of 8; heads 1 and 2 rotated (q and k of a fused [q | k | v]
+        // row look the same), the rest untouched.
+        let (hd, stride, offset, heads) = (8, 40, 8, 2);
+        let positions = [0, 5, 9, 2, 11];
+        for gpu in test_gpus() {
+            let table = RopeTable::new(&gpu, 16, hd, THETA).unwrap();
+            let x = test_values(positions.len() * stride, 9);
+            let row_table: Vec<u32> = positions.iter().flat_map(|&p| [0, p as u32]).collect();
+            let xb = gpu.upload(MemoryCategory::Activations, "x", &x).unwrap();
+            let tb = gpu
+                .upload(MemoryCategory::Activations, "row table", &row_table)
+                .unwrap();
+            let mut enc = gpu.encoder("rope window test");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                let window = Cols::new(&xb, stride, offset);
+                encode_rope(&gpu, &mut pass, window, &tb, &table, positions.len(), heads).unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            let got: Vec<f32> = gpu.read(&xb, x.len()).unwrap();
+            let w = heads * hd;
+            for (r, &p) in positions.iter().enumerate() {
+                let (g, xr) = (&got[r * stride..][..stride], &x[r * stride..][..stride]);
+                assert_eq!(g[..offset], xr[..offset], "row {r} before the window");
+                assert_eq!(
+                    g[offset + w..],
+                    xr[offset + w..],
+                    "row {r} after the window"
+                );
+                check(
+                    &gpu,
+                    &g[offset..offset + w],
+                    &xr[offset..offset + w],
+                    &[p],
+                    heads,
+                    hd,
+                );
+            }
+            // A window wider than the row is refused.
+            let mut enc = gpu.encoder("rope window test");
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let e = encode_rope(
+                &gpu,
+                &mut pass,
+                Cols::new(&xb, stride, 30),
+                &tb,
+                &table,
+                5,
+                2,
+            );
+            assert!(e.unwrap_err().to_string().contains("do not fit rows"));
         }
     }
 

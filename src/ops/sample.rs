@@ -14,7 +14,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Shader};
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `SAMPLE_WG` (at most 256, the size
 /// of its reduction arrays).
@@ -197,7 +197,7 @@ const BINDINGS: [Binding; 5] = [
 #[allow(clippy::too_many_arguments)]
 pub fn encode_sample(
     gpu: &Gpu,
-    pass: &mut wgpu::ComputePass<'_>,
+    pass: &mut dyn Record,
     logits: &GpuBuffer,
     rows: &GpuBuffer,
     draws: &GpuBuffer,

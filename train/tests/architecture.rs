@@ -10,6 +10,7 @@ use walsh::model::init::random_tensors;
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
+use walsh::ops::attention::KvFormat;
 use walsh_train::model::{TrainModel, init_tensors};
 
 const TOKENS: [u32; 11] = [72, 101, 108, 108, 111, 44, 32, 119, 0, 255, 10];
@@ -33,7 +34,8 @@ fn max_logit_difference(config: &Config, tensors: Vec<(String, Vec<usize>, Vec<f
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
-    let mut dec = CpuDecoder::new(&exported, config.max_position_embeddings).unwrap();
+    let mut dec =
+        CpuDecoder::new(&exported, config.max_position_embeddings, KvFormat::F32).unwrap();
     let mut worst = 0.0f32;
     for (pos, &t) in TOKENS.iter().enumerate() {
         let theirs = dec.forward(t, pos).unwrap();

@@ -14,6 +14,7 @@ use walsh::model::init::random_tensors;
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Query};
 use walsh::ops::WeightFormat;
+use walsh::ops::attention::KvFormat;
 use walsh_train::checkpoint::{self, CHECKPOINT_DIR};
 use walsh_train::data::Corpus;
 use walsh_train::eval::text_loss;
@@ -232,7 +233,8 @@ fn trainer_eval_agrees_with_walsh_eval() {
 
         let ours = text_loss(&TrainModel::load(dir.path()).unwrap(), &tokens, 16).unwrap();
         let model = Model::load(dir.path()).unwrap();
-        let mut dec = CpuBatch::new(&model, 1, config.max_position_embeddings).unwrap();
+        let mut dec =
+            CpuBatch::new(&model, 1, config.max_position_embeddings, KvFormat::F32).unwrap();
         let theirs = evaluate(&mut dec, &tokens, |_, _| {}).unwrap();
         assert_eq!(ours.bytes_scored, theirs.bytes_scored);
         assert_eq!(ours.bytes_scored, tokens.len() - 1);

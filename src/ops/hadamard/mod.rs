@@ -18,7 +18,7 @@ use bytemuck::{Pod, Zeroable};
 
 pub use cpu::{UnsupportedSize, WhtSize};
 
-use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Shader};
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
 /// f32s of workgroup memory a tile may use; must match `TILE` in hadamard.wgsl.
 pub const TILE_ELEMS: usize = 4096;
@@ -280,7 +280,7 @@ impl<'g> Hadamard<'g> {
     /// (distinct buffers), with the optional epilogue.
     pub fn encode(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        pass: &mut dyn Record,
         input: &GpuBuffer,
         output: &GpuBuffer,
         rows: usize,
@@ -361,7 +361,7 @@ impl<'g> Hadamard<'g> {
     #[allow(clippy::too_many_arguments)]
     fn dispatch_fast<'a>(
         &'a self,
-        pass: &mut wgpu::ComputePass<'_>,
+        pass: &mut dyn Record,
         fp: &FastPass,
         src: &GpuBuffer,
         dst: &GpuBuffer,
@@ -410,7 +410,7 @@ impl<'g> Hadamard<'g> {
     #[allow(clippy::too_many_arguments)]
     fn dispatch_epilogue<'a>(
         &'a self,
-        pass: &mut wgpu::ComputePass<'_>,
+        pass: &mut dyn Record,
         key: PipelineKey,
         grid: glam::UVec3,
         params: WhtParams,
@@ -444,7 +444,7 @@ impl<'g> Hadamard<'g> {
     /// One dispatch of `wht_rows`: an invocation per row.
     fn dispatch_rows<'a>(
         &'a self,
-        pass: &mut wgpu::ComputePass<'_>,
+        pass: &mut dyn Record,
         input: &'a GpuBuffer,
         output: &'a GpuBuffer,
         rows: usize,
@@ -491,7 +491,7 @@ impl<'g> Hadamard<'g> {
     /// The in-place stages of the naive transform on `data`, recorded into `pass`.
     pub fn record_naive(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        pass: &mut dyn Record,
         data: &GpuBuffer,
         rows: usize,
         size: WhtSize,

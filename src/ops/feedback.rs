@@ -1,0 +1,187 @@
+//! The step boundary of the GPU-resident decode loop (`shaders/feedback.wgsl`): between two
+//! decode steps of a chunk, the tokens the first one sampled become the second one's input,
+//! its positions advance by one and its random draws are put in place, all on the GPU. The
+//! host records a chunk of steps, submits it once and reads the chunk's tokens back once.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
+
+/// Invocations per workgroup; passed to the shader as `FEEDBACK_WG`.
+const FEEDBACK_WORKGROUP: u32 = 64;
+
+/// Uniform parameters; must match `Params` in feedback.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct FeedbackParams {
+    seqs: u32,
+    step: u32,
+    steps: u32,
+    _pad: u32,
+}
+
+/// Bindings: params, sampled, chunk, tokens, row_table, draws, log.
+const BINDINGS: [Binding; 7] = [
+    Binding::Uniform,
+    Binding::ReadOnly,
+    Binding::ReadOnly,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
+
+/// The buffers the step boundary reads and writes, for `seqs` sequences and chunks of up to
+/// `steps` steps.
+#[derive(Clone, Copy, Debug)]
+pub struct FeedbackBuffers<'a> {
+    /// u32 [seqs]: what the last step sampled.
+    pub sampled: &'a GpuBuffer,
+    /// u32 [seqs + steps * seqs]: the chunk's first position of each sequence, then the
+    /// draws of every step (f32 bits), see [`chunk_table`].
+    pub chunk: &'a GpuBuffer,
+    /// u32 [seqs]: the next step's input tokens.
+    pub tokens: &'a GpuBuffer,
+    /// u32 [seqs, 2]: the next step's (sequence, position) rows.
+    pub row_table: &'a GpuBuffer,
+    /// f32 [seqs]: the next step's draws.
+    pub draws: &'a GpuBuffer,
+    /// u32 [steps, seqs]: the chunk's sampled tokens.
+    pub log: &'a GpuBuffer,
+}
+
+/// The `chunk` buffer's contents: `first_pos[r]` for each sequence, then `draws[s][r]` (as
+/// f32 bits) for each step s of the chunk.
+pub fn chunk_table(first_pos: &[u32], draws: &[f32]) -> Vec<u32> {
+    first_pos
+        .iter()
+        .copied()
+        .chain(draws.iter().map(|d| d.to_bits()))
+        .collect()
+}
+
+/// Records the boundary before step `step` of a chunk of `steps` (`step == steps`: after
+/// the last one) for `seqs` sequences.
+pub fn encode_feedback(
+    gpu: &Gpu,
+    pass: &mut dyn Record,
+    b: &FeedbackBuffers<'_>,
+    seqs: usize,
+    step: usize,
+    steps: usize,
+) -> Result<(), GpuError> {
+    if step > steps {
+        return Err(GpuError::Validation(format!(
+            "feedback before step {step} of a chunk of {steps}"
+        )));
+    }
+    let words = |n: usize| (n * 4) as u64;
+    b.sampled.require("feedback sampled", words(seqs))?;
+    b.chunk
+        .require("feedback chunk", words(seqs + steps * seqs))?;
+    b.tokens.require("feedback tokens", words(seqs))?;
+    b.row_table.require("feedback row table", words(2 * seqs))?;
+    b.draws.require("feedback draws", words(seqs))?;
+    b.log.require("feedback log", words(steps * seqs))?;
+    let n = |v: usize| {
+        u32::try_from(v).map_err(|_| GpuError::Validation(format!("feedback: {v} exceeds u32")))
+    };
+    if seqs == 0 {
+        return Ok(());
+    }
+    let key =
+        PipelineKey::new(Shader::Feedback, "feedback").with("FEEDBACK_WG", FEEDBACK_WORKGROUP);
+    let pipeline = gpu.pipeline(&key, &BINDINGS)?;
+    let grid = gpu.grid("feedback", n(seqs)?.div_ceil(FEEDBACK_WORKGROUP))?;
+    if grid.y > 1 {
+        return Err(GpuError::Validation(format!(
+            "feedback over {seqs} sequences exceeds one row of workgroups"
+        )));
+    }
+    let params = gpu.uniform(
+        "feedback params",
+        &FeedbackParams {
+            seqs: n(seqs)?,
+            step: n(step)?,
+            steps: n(steps)?,
+            _pad: 0,
+        },
+    );
+    let buffers = [
+        params.buffer(),
+        b.sampled.buffer(),
+        b.chunk.buffer(),
+        b.tokens.buffer(),
+        b.row_table.buffer(),
+        b.draws.buffer(),
+        b.log.buffer(),
+    ];
+    gpu.dispatch(pass, &pipeline, &buffers, grid);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::MemoryCategory;
+    use crate::gpu::testing::test_gpus;
+
+    #[test]
+    fn feedback_moves_tokens_positions_and_draws_between_steps() {
+        let (seqs, steps) = (3usize, 4usize);
+        let first_pos = [5u32, 0, 9];
+        let draws: Vec<f32> = (0..steps * seqs).map(|i| i as f32 / 16.0).collect();
+        for gpu in test_gpus() {
+            let up = |label: &str, data: &[u32]| {
+                gpu.upload(MemoryCategory::Activations, label, data)
+                    .unwrap()
+            };
+            let sampled = up("sampled", &[7, 8, 9]);
+            let chunk = up("chunk", &chunk_table(&first_pos, &draws));
+            let (tokens, row_table) = (up("tokens", &[0; 3]), up("rows", &[0; 6]));
+            let draws_now = up("draws", &[0; 3]);
+            let log = up("log", &[u32::MAX; 12]);
+            let b = FeedbackBuffers {
+                sampled: &sampled,
+                chunk: &chunk,
+                tokens: &tokens,
+                row_table: &row_table,
+                draws: &draws_now,
+                log: &log,
+            };
+            // Before step 2: the step-1 tokens (in `sampled`) are logged and fed.
+            let mut enc = gpu.encoder("feedback test");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                encode_feedback(&gpu, &mut pass, &b, seqs, 2, steps).unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            assert_eq!(gpu.read::<u32>(&tokens, 3).unwrap(), [7, 8, 9]);
+            assert_eq!(gpu.read::<u32>(&row_table, 6).unwrap(), [0, 7, 1, 2, 2, 11]);
+            assert_eq!(gpu.read::<f32>(&draws_now, 3).unwrap(), draws[6..9]);
+            let log_now: Vec<u32> = gpu.read(&log, 12).unwrap();
+            assert_eq!(log_now[3..6], [7, 8, 9], "{}", gpu.describe());
+            assert!(
+                log_now[..3]
+                    .iter()
+                    .chain(&log_now[6..])
+                    .all(|&t| t == u32::MAX)
+            );
+            // After the last step: only the log changes.
+            let mut enc = gpu.encoder("feedback test");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                encode_feedback(&gpu, &mut pass, &b, seqs, steps, steps).unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            assert_eq!(gpu.read::<u32>(&log, 12).unwrap()[9..], [7, 8, 9]);
+            assert_eq!(gpu.read::<u32>(&row_table, 6).unwrap(), [0, 7, 1, 2, 2, 11]);
+            let mut enc = gpu.encoder("feedback test");
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let e = encode_feedback(&gpu, &mut pass, &b, seqs, steps + 1, steps);
+            assert!(e.unwrap_err().to_string().contains("before step 5"));
+            let e = encode_feedback(&gpu, &mut pass, &b, seqs, 0, steps + 1);
+            assert!(e.unwrap_err().to_string().contains("feedback chunk"));
+        }
+    }
+}
