@@ -9,10 +9,12 @@
 //! - [`ops`]: the kernels, each with its CPU reference.
 //! - [`model`]: loading, the CPU and GPU decoders, generation and evaluation.
 //! - [`bench`]: the cross-vendor benchmark suites and their reports.
+//! - [`limits`]: the sizes checked before memory is allocated for them.
 //! - `web` (wasm32 only): the API the browser page in `web/` drives.
 
 pub mod bench;
 pub mod gpu;
+pub mod limits;
 pub mod model;
 pub mod ops;
 #[cfg(target_arch = "wasm32")]

@@ -54,12 +54,40 @@ enum Command {
     /// Benchmark kernels and decoders on one or every adapter; `bench merge` combines
     /// reports.
     Bench(cli::bench::BenchArgs),
-    /// Serve the browser page (web/, built by `cargo xtask web`) and models/ on 127.0.0.1.
+    /// Serve the browser page (web/, built by `cargo xtask web`) and models/ on 127.0.0.1
+    /// (`--host` to listen elsewhere).
     Serve(cli::serve::ServeArgs),
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, what went wrong first, each cause after a colon;
+/// a cause whose text an outer message already quotes (`cannot read X: {source}`) is
+/// not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Adapters { json }) => cli::adapters(json),
         Some(Command::Wht { n, rows, kernel }) => cli::wht(&cli.adapter, n, rows, kernel),
@@ -76,6 +104,20 @@ fn main() -> Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn errors_print_on_one_line_without_repeating_a_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(walsh::model::ModelError::Io {
+            path: "m/config.json".into(),
+            source: io,
+        })
+        .context("loading model m");
+        assert_eq!(
+            one_line(&e),
+            "loading model m: cannot read m/config.json: no such file"
+        );
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -150,3 +150,329 @@ fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
     }
     assert!(dir.path().join("merged.svg").exists());
 }
+
+/// Runs walsh expecting a clean failure: exit status 1 (not a panic's 101, not an abort's
+/// signal) and a one-line message; returns the line.
+fn walsh_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_walsh"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .expect("run walsh");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "walsh {args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "walsh {args:?}: {stderr}");
+    lines[0].to_string()
+}
+
+fn assert_names(message: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(message.contains(p), "`{message}` does not say `{p}`");
+    }
+}
+
+// Each size a command line or a model implies is checked before anything is allocated for
+// it, with an error naming the limit; one test per class. None needs a GPU: they fail
+// before one is opened.
+
+#[test]
+fn wht_rows_are_checked_before_allocation() {
+    // 1.6 TB of WHT input used to abort in the allocator.
+    let e = walsh_fails(&["wht", "--n", "4096", "--rows", "100000000"]);
+    assert_names(
+        &e,
+        &[
+            "1.5 TiB",
+            "limit of 1.0 GiB per WHT buffer",
+            "at most 65536 rows",
+        ],
+    );
+    assert_names(&walsh_fails(&["wht", "--rows", "0"]), &["--rows"]);
+}
+
+#[test]
+fn init_model_sizes_are_checked_before_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    let e = walsh_fails(&[
+        "init-model",
+        "--out",
+        big.to_str().unwrap(),
+        "--hidden-size",
+        "32768",
+        "--layers",
+        "1024",
+    ]);
+    assert_names(&e, &["limit of 536870912 parameters for a random model"]);
+    assert!(!big.exists());
+}
+
+#[test]
+fn bench_sizes_are_checked_before_any_gpu_work() {
+    let e = walsh_fails(&["bench", "--max-kernel-n", "65536"]);
+    assert_names(&e, &["--max-kernel-n 65536", "walsh supports (32768)"]);
+    let e = walsh_fails(&["bench", "--suite", "paper", "--max-d-model", "100"]);
+    assert_names(&e, &["paper grid empty", "d_model 256"]);
+}
+
+/// A small model with the longest context walsh allows: 512 MiB of KV cache per sequence.
+fn long_context_model(dir: &Path) -> String {
+    let model = dir.join("long");
+    let model = model.to_str().unwrap().to_string();
+    walsh(&[
+        "init-model",
+        "--out",
+        &model,
+        "--hidden-size",
+        "64",
+        "--layers",
+        "1",
+        "--heads",
+        "4",
+        "--context",
+        "1048576",
+    ]);
+    model
+}
+
+#[test]
+fn generate_batch_times_context_is_checked_before_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = long_context_model(dir.path());
+    // 17 prompts in one batch: 8.5 GiB of f32 cache; 33 of f16 (the default) are 8.25 GiB.
+    for (count, cache, fit) in [(17, "f32", "16 fit"), (33, "f16", "32 fit")] {
+        let mut generate = vec!["generate", "--model", &model, "--kv-cache", cache];
+        for _ in 0..count {
+            generate.extend(["--prompt", "a"]);
+        }
+        let e = walsh_fails(&generate);
+        let what = format!("{count} sequence(s) of 1048576 positions");
+        assert_names(&e, &[&what, "8.0 GiB per run", fit]);
+    }
+}
+
+#[test]
+fn eval_text_and_window_sizes_are_checked_before_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = long_context_model(dir.path());
+    // A text larger than eval reads (sparse: it takes no disk).
+    let text = dir.path().join("big.txt");
+    std::fs::File::create(&text)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let e = walsh_fails(&[
+        "eval",
+        "--model",
+        &model,
+        "--text",
+        text.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_names(&e, &["300.0 MiB", "limit of 256.0 MiB for a text to score"]);
+
+    // The logits of one evaluation window: 2^20 positions x 4096 tokens.
+    let wide = dir.path().join("wide");
+    let config = walsh::model::Config {
+        hidden_size: 64,
+        num_hidden_layers: 1,
+        num_attention_heads: 4,
+        intermediate_size: 128,
+        vocab_size: 4096,
+        max_position_embeddings: 1 << 20,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: true,
+        attn_output: walsh::model::AttnOutput::Hadamard,
+        query: walsh::model::Query::Dense,
+        query_mlp_hidden: None,
+    };
+    walsh::model::init::write_random_model(&wide, &config, walsh::ops::WeightFormat::F16, 0)
+        .unwrap();
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let e = walsh_fails(&[
+        "eval",
+        "--model",
+        wide.to_str().unwrap(),
+        "--text",
+        readme.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_names(&e, &["logits of one window", "16.0 GiB", "8.0 GiB per run"]);
+}
+
+/// The broken model directories a new user meets, through the binary: each ends with exit
+/// status 1 and one line naming the broken file, never a panic or an abort.
+#[test]
+fn broken_model_directories_fail_cleanly_naming_the_file() {
+    use walsh::model::init::{random_tensors, write_model};
+    let config = walsh::model::Config {
+        hidden_size: 32,
+        num_hidden_layers: 1,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        vocab_size: 256,
+        max_position_embeddings: 16,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+        attn_output: walsh::model::AttnOutput::Hadamard,
+        query: walsh::model::Query::Dense,
+        query_mlp_hidden: None,
+    };
+    let f16 = walsh::ops::WeightFormat::F16;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    let tensors = random_tensors(&config, 3);
+    write_model(&good, &config, &tensors, f16).unwrap();
+    let run = |model: &Path| {
+        [
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--max-tokens",
+            "1",
+        ]
+        .map(String::from)
+    };
+    // The intact model runs: every failure below is the breakage's.
+    let args = run(&good);
+    walsh(&args.each_ref().map(String::as_str));
+
+    let config_text = std::fs::read_to_string(good.join("config.json")).unwrap();
+    let weights = std::fs::read(good.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + n]).unwrap();
+    let data = &weights[8 + n..];
+    let with_header = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut h = header.clone();
+        edit(&mut h);
+        let h = serde_json::to_vec(&h).unwrap();
+        let mut file = (h.len() as u64).to_le_bytes().to_vec();
+        file.extend(h);
+        file.extend(data);
+        file
+    };
+    let with_config = |key: &str, value: serde_json::Value| {
+        let mut c: serde_json::Value = serde_json::from_str(&config_text).unwrap();
+        c[key] = value;
+        c.to_string()
+    };
+    let norm = "model.norm.weight";
+    let norm_start = header[norm]["data_offsets"][0].as_u64().unwrap() as usize;
+    let mut nan = weights.clone();
+    nan[8 + n + norm_start..8 + n + norm_start + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let mut noise = weights.clone();
+    noise
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b ^= (i * 7919) as u8);
+    let mut huge_header = weights.clone();
+    huge_header[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let past_end = with_header(&|h| {
+        h[norm]["data_offsets"][1] = (data.len() as u64 + 64).into();
+    });
+    let transposed = with_header(&|h| {
+        h["model.layers.0.mlp.gate_proj.weight"]["shape"] = serde_json::json!([32, 64]);
+    });
+    let bf16 = with_header(&|h| h[norm]["dtype"] = "BF16".into());
+    // (what, config.json or none, model.safetensors or none, what the error names)
+    type Case<'a> = (&'a str, Option<String>, Option<Vec<u8>>, &'a str);
+    let cases: Vec<Case> = vec![
+        ("missing config", None, Some(weights.clone()), "config.json"),
+        (
+            "broken config",
+            Some("{\"hidden_size\": 32,".into()),
+            Some(weights.clone()),
+            "config.json",
+        ),
+        (
+            "zero size",
+            Some(with_config("hidden_size", 0.into())),
+            Some(weights.clone()),
+            "hidden_size must be positive",
+        ),
+        (
+            "huge size",
+            Some(with_config("num_hidden_layers", (1u64 << 40).into())),
+            Some(weights.clone()),
+            "larger than walsh supports",
+        ),
+        (
+            "missing weights",
+            Some(config_text.clone()),
+            None,
+            "model.safetensors",
+        ),
+        (
+            "empty weights",
+            Some(config_text.clone()),
+            Some(Vec::new()),
+            "model.safetensors",
+        ),
+        (
+            "truncated weights",
+            Some(config_text.clone()),
+            Some(weights[..weights.len() / 2].to_vec()),
+            "model.safetensors",
+        ),
+        (
+            "corrupt weights",
+            Some(config_text.clone()),
+            Some(noise),
+            "model.safetensors",
+        ),
+        (
+            "huge header length",
+            Some(config_text.clone()),
+            Some(huge_header),
+            "model.safetensors",
+        ),
+        (
+            "offset past the end",
+            Some(config_text.clone()),
+            Some(past_end),
+            "model.safetensors",
+        ),
+        (
+            "transposed matrix",
+            Some(config_text.clone()),
+            Some(transposed),
+            "[32, 64]",
+        ),
+        ("wrong dtype", Some(config_text.clone()), Some(bf16), "BF16"),
+        (
+            "NaN weight",
+            Some(config_text.clone()),
+            Some(nan),
+            "non-finite",
+        ),
+    ];
+    for (what, config, weights, names) in cases {
+        let model = dir.path().join(what.replace(' ', "-"));
+        std::fs::create_dir_all(&model).unwrap();
+        if let Some(c) = config {
+            std::fs::write(model.join("config.json"), c).unwrap();
+        }
+        if let Some(w) = weights {
+            std::fs::write(model.join("model.safetensors"), w).unwrap();
+        }
+        let args = run(&model);
+        let e = walsh_fails(&args.each_ref().map(String::as_str));
+        assert_names(&e, &[&model.display().to_string(), names]);
+    }
+    // A tensor the file lacks.
+    let missing = dir.path().join("missing-tensor");
+    let mut fewer = tensors.clone();
+    fewer.retain(|t| t.0 != norm);
+    write_model(&missing, &config, &fewer, f16).unwrap();
+    let args = run(&missing);
+    let e = walsh_fails(&args.each_ref().map(String::as_str));
+    assert_names(&e, &["model.safetensors", norm, "is missing"]);
+}

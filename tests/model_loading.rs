@@ -489,3 +489,130 @@ fn writing_rejects_values_that_do_not_fill_the_shape() {
     assert!(matches!(e, ModelError::Safetensors { .. }), "{e:?}");
     assert!(!weights_path(dir.path()).exists());
 }
+
+#[test]
+fn zero_and_huge_sizes_are_config_errors_naming_the_key() {
+    for (key, value, reason) in [
+        ("hidden_size", 0u64, "hidden_size must be positive"),
+        ("num_hidden_layers", 0, "num_hidden_layers must be positive"),
+        ("vocab_size", 0, "vocab_size must be positive"),
+        (
+            "max_position_embeddings",
+            0,
+            "max_position_embeddings must be positive",
+        ),
+        (
+            "hidden_size",
+            1 << 16,
+            "hidden_size = 65536 is larger than walsh supports (32768)",
+        ),
+        (
+            "num_hidden_layers",
+            1 << 40,
+            "larger than walsh supports (1024)",
+        ),
+        (
+            "intermediate_size",
+            1 << 20,
+            "larger than walsh supports (131072)",
+        ),
+        (
+            "vocab_size",
+            u64::MAX,
+            "larger than walsh supports (1048576)",
+        ),
+        (
+            "max_position_embeddings",
+            (1 << 20) + 1,
+            "larger than walsh supports",
+        ),
+    ] {
+        let dir = model_dir(&dense(), WeightFormat::F32);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(config_path(dir.path())).unwrap())
+                .unwrap();
+        json[key] = value.into();
+        std::fs::write(config_path(dir.path()), json.to_string()).unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            matches!(e, ModelError::Config { .. }),
+            "{key} = {value}: {e:?}"
+        );
+        assert_mentions(
+            &e,
+            &[&config_path(dir.path()).display().to_string(), reason],
+        );
+    }
+    // Beyond 64 bits: a number serde cannot hold is a config error too.
+    let dir = model_dir(&dense(), WeightFormat::F32);
+    let text = std::fs::read_to_string(config_path(dir.path())).unwrap();
+    let text = text.replace(
+        "\"hidden_size\": 64",
+        "\"hidden_size\": 99999999999999999999999",
+    );
+    std::fs::write(config_path(dir.path()), text).unwrap();
+    assert!(matches!(load_err(dir.path()), ModelError::Config { .. }));
+}
+
+#[test]
+fn offsets_past_the_end_are_rejected() {
+    let dir = model_dir(&dense(), WeightFormat::F32);
+    let bytes = std::fs::read(weights_path(dir.path())).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    let data_len = bytes.len() - 8 - n;
+    // The last tensor's end offset is the data length: point it one past, and far past.
+    let end = format!("{data_len}]");
+    assert!(header.contains(&end), "{header}");
+    for past in [data_len + 4, data_len + (1 << 40)] {
+        let edited = header.replace(&end, &format!("{past}]"));
+        let mut file = (edited.len() as u64).to_le_bytes().to_vec();
+        file.extend(edited.as_bytes());
+        file.extend(&bytes[8 + n..]);
+        std::fs::write(weights_path(dir.path()), &file).unwrap();
+        assert_corrupt(dir.path(), &format!("end offset {past}"));
+    }
+}
+
+#[test]
+fn files_longer_than_their_config_allows_are_refused_unread() {
+    let c = dense();
+    let dir = model_dir(&c, WeightFormat::F32);
+    let limit = walsh::limits::max_weights_file_bytes(&c);
+    // Sparse: no disk used, and walsh must not read it.
+    std::fs::File::options()
+        .write(true)
+        .open(weights_path(dir.path()))
+        .unwrap()
+        .set_len(limit + 1)
+        .unwrap();
+    let e = load_err(dir.path());
+    assert!(
+        matches!(&e, ModelError::Io { path, source } if *path == weights_path(dir.path())
+            && source.kind() == std::io::ErrorKind::FileTooLarge),
+        "{e:?}"
+    );
+    assert_mentions(
+        &e,
+        &[
+            "more than walsh's limit of",
+            "for the weights of this config",
+        ],
+    );
+
+    // A config.json beyond 1 MiB (a real one is a few hundred bytes).
+    let dir = model_dir(&c, WeightFormat::F32);
+    let mut text = std::fs::read_to_string(config_path(dir.path())).unwrap();
+    text.push_str(&" ".repeat(1 << 20));
+    std::fs::write(config_path(dir.path()), text).unwrap();
+    assert_mentions(&load_err(dir.path()), &["limit of 1.0 MiB for a config"]);
+
+    // Files that never end are read only up to the limit.
+    #[cfg(unix)]
+    {
+        let dir = model_dir(&c, WeightFormat::F32);
+        std::fs::remove_file(config_path(dir.path())).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", config_path(dir.path())).unwrap();
+        assert_mentions(&load_err(dir.path()), &["it goes on", "for a config"]);
+    }
+}

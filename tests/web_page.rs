@@ -1,13 +1,16 @@
 //! The browser page's static parts and `walsh serve`, without a browser (the page itself
 //! runs in headless Chromium under `cargo xtask test`): the model list matches the shipped
 //! models, every element the script looks up exists, and the server serves the page and
-//! the models with the right types and nothing outside them.
+//! the models with the right types, ranges, revalidation and compression, nothing outside
+//! them, and stays within its bounds against clients that misbehave. Every server listens
+//! on 127.0.0.1 and every socket has a timeout, so a failing test ends by itself.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -63,13 +66,20 @@ fn every_element_the_script_uses_is_in_the_page() {
     );
 }
 
-/// `walsh serve --port 0`, stopped on drop.
-struct Server(Child, u16);
+/// `walsh serve --port 0 ARGS`, stopped on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+/// A client socket can wait this long at most: a test that fails does not hang.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Server {
-    fn start() -> Self {
+    fn start(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_walsh"))
             .args(["serve", "--port", "0"])
+            .args(args)
             .current_dir(root())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -85,59 +95,153 @@ impl Server {
             .and_then(|r| r.split('/').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Server(child, port)
+        Server { child, port }
     }
 
-    /// (status line, content type, body) of one request.
-    fn request(&self, method: &str, path: &str) -> (String, String, Vec<u8>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.1)).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        s
+    }
+
+    /// One request with extra header lines, on its own connection.
+    fn get(&self, method: &str, path: &str, headers: &[&str]) -> Reply {
+        let host = format!("Host: 127.0.0.1:{}", self.port);
+        self.raw(method, path, &[&[host.as_str()], headers].concat())
+    }
+
+    /// One request with exactly these header lines (`Connection: close` added).
+    fn raw(&self, method: &str, path: &str, headers: &[&str]) -> Reply {
+        let mut s = self.connect();
+        let mut request = format!("{method} {path} HTTP/1.1\r\n");
+        for h in headers {
+            request += &format!("{h}\r\n");
+        }
+        request += "Connection: close\r\n\r\n";
+        s.write_all(request.as_bytes()).unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).unwrap();
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let head = String::from_utf8_lossy(&raw[..split]).to_string();
-        let status = head.lines().next().unwrap().to_string();
-        let content_type = head
+        Reply::parse(&raw, method == "HEAD")
+    }
+
+    /// Resident memory of the server process, in KiB (Linux).
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("Content-Type: "))
-            .unwrap_or("")
-            .to_string();
-        (status, content_type, raw[split + 4..].to_vec())
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// A parsed response.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn parse(raw: &[u8], head_only: bool) -> Self {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let mut lines = head.lines();
+        let status = lines.next().unwrap();
+        assert!(status.starts_with("HTTP/1.1 "), "{status}");
+        let status = status[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut body = raw[split + 4..].to_vec();
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        if chunked && !head_only {
+            body = dechunk(&body);
+        }
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap(), 16).unwrap();
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
 }
 
 #[test]
 fn serve_gives_the_page_and_the_models_and_nothing_else() {
-    let server = Server::start();
-    let (status, kind, body) = server.request("GET", "/");
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    assert_eq!(kind, "text/html; charset=utf-8");
-    assert_eq!(body, std::fs::read(root().join("web/index.html")).unwrap());
+    let server = Server::start(&[]);
+    let r = server.get("GET", "/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        r.body,
+        std::fs::read(root().join("web/index.html")).unwrap()
+    );
 
-    let (status, kind, _) = server.request("GET", "/main.js");
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(kind.starts_with("text/javascript"), "{kind}");
+    let r = server.get("GET", "/main.js", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
 
     let weights = "models/shakespeare-hadamard/model.safetensors";
-    let (status, kind, body) = server.request("GET", &format!("/{weights}"));
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    assert_eq!(kind, "application/octet-stream");
-    assert_eq!(body, std::fs::read(root().join(weights)).unwrap());
-    let (_, kind, _) = server.request("GET", "/models/shakespeare-hadamard/config.json");
-    assert_eq!(kind, "application/json");
-    let (status, _, body) = server.request("HEAD", "/models.json");
-    assert_eq!((status.as_str(), body.len()), ("HTTP/1.1 200 OK", 0));
+    let r = server.get("GET", &format!("/{weights}"), &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.body, std::fs::read(root().join(weights)).unwrap());
+    let r = server.get("GET", "/models/shakespeare-hadamard/config.json", &[]);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r = server.get("HEAD", "/models.json", &[]);
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    let len = std::fs::metadata(root().join("web/models.json"))
+        .unwrap()
+        .len();
+    assert_eq!(r.header("content-length"), Some(len.to_string().as_str()));
 
     for outside in [
         "/../Cargo.toml",
@@ -145,9 +249,383 @@ fn serve_gives_the_page_and_the_models_and_nothing_else() {
         "/%2e%2e/Cargo.toml",
         "/nope.js",
     ] {
-        let (status, _, _) = server.request("GET", outside);
-        assert_eq!(status, "HTTP/1.1 404 Not Found", "{outside}");
+        assert_eq!(server.get("GET", outside, &[]).status, 404, "{outside}");
     }
-    let (status, _, _) = server.request("POST", "/");
-    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    let r = server.get("POST", "/", &[]);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+}
+
+/// A site in a temporary directory: `web/` with a page, a script and a module, `models/`,
+/// and `secret.txt` outside both, with symbolic links out of the web root.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("web/pkg")).unwrap();
+        std::fs::create_dir_all(root.join("models/m")).unwrap();
+        std::fs::write(root.join("web/index.html"), "<!doctype html><p>page</p>").unwrap();
+        // Compressible, like real scripts and modules.
+        let js: String = (0..2000)
+            .map(|i| format!("export const v{i} = {i};\n"))
+            .collect();
+        std::fs::write(root.join("web/pkg/walsh.js"), js).unwrap();
+        let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+        wasm.extend((0..60_000u32).map(|i| (i % 7) as u8));
+        std::fs::write(root.join("web/pkg/walsh_bg.wasm"), wasm).unwrap();
+        std::fs::write(root.join("models/m/config.json"), "{\"hidden_size\": 64}").unwrap();
+        std::fs::write(root.join("secret.txt"), "secret").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::symlink;
+            symlink(root.join("secret.txt"), root.join("web/out.txt")).unwrap();
+            symlink(root, root.join("web/up")).unwrap();
+        }
+        Site { dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn serve(&self, extra: &[&str]) -> Server {
+        let web = self.path("web");
+        let models = self.path("models");
+        let args = [
+            &[
+                "--web",
+                web.to_str().unwrap(),
+                "--models",
+                models.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        Server::start(&args)
+    }
+}
+
+#[test]
+fn serve_keeps_every_spelling_of_a_path_inside_the_two_roots() {
+    let site = Site::new();
+    let server = site.serve(&[]);
+    assert_eq!(server.get("GET", "/models/m/config.json", &[]).status, 200);
+    // A link is followed while it stays inside its root.
+    #[cfg(unix)]
+    assert_eq!(server.get("GET", "/up/web/index.html", &[]).status, 200);
+    for target in [
+        "/../secret.txt",
+        "/../../secret.txt",
+        "/models/../secret.txt",
+        "/models/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E/secret.txt",
+        "/.%2e/secret.txt",
+        "/%2e%2e%2fsecret.txt",
+        "/..%2fsecret.txt",
+        "/models/..%2f..%2fsecret.txt",
+        "/models/%2e%2e/%2e%2e/secret.txt",
+        "/models..%2fsecret.txt",
+        "/%5c..%5csecret.txt",
+        "/..%5csecret.txt",
+        "/%c0%ae%c0%ae/secret.txt",
+        "/%2e%2e%00/secret.txt",
+        "//secret.txt",
+        "/out.txt",
+        "/up/secret.txt",
+        "/up/models/m/config.json",
+        "/./out.txt",
+        "/.git/config",
+    ] {
+        let r = server.get("GET", target, &[]);
+        assert!(
+            r.status == 404 || r.status == 400,
+            "{target}: {} {:?}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("secret"),
+            "{target}"
+        );
+    }
+    // Absolute-form targets are resolved the same way.
+    let absolute = format!("http://127.0.0.1:{}/../secret.txt", server.port);
+    assert_eq!(server.get("GET", &absolute, &[]).status, 404);
+}
+
+#[test]
+fn serve_answers_ranges_and_conditional_requests() {
+    let server = Server::start(&[]);
+    let path = "/models/shakespeare-hadamard/model.safetensors";
+    let file = std::fs::read(root().join(&path[1..])).unwrap();
+    let len = file.len();
+
+    let r = server.get("GET", path, &["Range: bytes=0-99"]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &file[..100]);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 0-99/{len}").as_str())
+    );
+    let r = server.get("GET", path, &["Range: bytes=-10"]);
+    assert_eq!((r.status, r.body.as_slice()), (206, &file[len - 10..]));
+    let r = server.get("GET", path, &["Range: bytes=1000-"]);
+    assert_eq!((r.status, r.body.as_slice()), (206, &file[1000..]));
+    let r = server.get("GET", path, &[&format!("Range: bytes={len}-")]);
+    assert_eq!(r.status, 416);
+
+    let full = server.get("GET", path, &[]);
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+    let etag = full.header("etag").expect("an ETag").to_string();
+    let modified = full
+        .header("last-modified")
+        .expect("a Last-Modified")
+        .to_string();
+    let r = server.get("GET", path, &[&format!("If-None-Match: {etag}")]);
+    assert_eq!((r.status, r.body.len()), (304, 0));
+    let r = server.get("GET", path, &[&format!("If-Modified-Since: {modified}")]);
+    assert_eq!((r.status, r.body.len()), (304, 0));
+    let r = server.get("GET", path, &["If-None-Match: \"other\""]);
+    assert_eq!(r.status, 200);
+    // If-Range: the range while the file is unchanged, the whole file otherwise.
+    let r = server.get(
+        "GET",
+        path,
+        &["Range: bytes=0-9", &format!("If-Range: {etag}")],
+    );
+    assert_eq!((r.status, r.body.as_slice()), (206, &file[..10]));
+    let r = server.get("GET", path, &["Range: bytes=0-9", "If-Range: \"other\""]);
+    assert_eq!((r.status, r.body.len()), (200, len));
+}
+
+#[test]
+fn serve_gzips_scripts_and_modules_but_not_weights() {
+    let site = Site::new();
+    let server = site.serve(&[]);
+    for (path, kind) in [
+        ("/pkg/walsh_bg.wasm", "application/wasm"),
+        ("/pkg/walsh.js", "text/javascript; charset=utf-8"),
+    ] {
+        let file = std::fs::read(site.path(&format!("web{path}"))).unwrap();
+        let r = server.get("GET", path, &["Accept-Encoding: gzip"]);
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some(kind));
+        assert_eq!(r.header("content-encoding"), Some("gzip"), "{path}");
+        assert!(
+            r.body.len() < file.len() / 4,
+            "{path}: {} bytes",
+            r.body.len()
+        );
+        assert_eq!(gunzip(&r.body), file, "{path}");
+        // Another representation of the file: its ETag is weak.
+        assert!(
+            r.header("etag").unwrap().starts_with("W/\""),
+            "{:?}",
+            r.headers
+        );
+        // Without Accept-Encoding, the file as it is.
+        let plain = server.get("GET", path, &[]);
+        assert_eq!(
+            (plain.header("content-encoding"), &plain.body),
+            (None, &file)
+        );
+        // Ranges are of the file itself, never compressed.
+        let r = server.get("GET", path, &["Accept-Encoding: gzip", "Range: bytes=0-7"]);
+        assert_eq!((r.status, r.header("content-encoding")), (206, None));
+        assert_eq!(r.body, &file[..8]);
+    }
+    let server = Server::start(&[]);
+    let weights = "/models/shakespeare-hadamard/model.safetensors";
+    let r = server.get("GET", weights, &["Accept-Encoding: gzip"]);
+    assert_eq!(r.header("content-encoding"), None);
+    // The page's download progress needs the length.
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+}
+
+#[test]
+fn serve_answers_only_to_its_own_host_names() {
+    let server = Server::start(&["--allow-host", "walsh.test"]);
+    let port = server.port;
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "walsh.test".into(),
+    ] {
+        let r = server.raw("GET", "/", &[&format!("Host: {host}")]);
+        assert_eq!(r.status, 200, "{host}");
+    }
+    // What a page on another site reaches through DNS rebinding.
+    for host in [
+        format!("evil.example:{port}"),
+        "localhost.evil.example".into(),
+    ] {
+        let r = server.raw("GET", "/", &[&format!("Host: {host}")]);
+        assert_eq!(r.status, 403, "{host}");
+        assert!(String::from_utf8_lossy(&r.body).contains("--allow-host"));
+    }
+    assert_eq!(server.raw("GET", "/", &[]).status, 400);
+}
+
+#[test]
+fn serve_refuses_an_oversized_request_line_with_bounded_memory() {
+    let server = Server::start(&[]);
+    // Warm up, then measure.
+    assert_eq!(server.get("GET", "/", &[]).status, 200);
+    let before = server.rss_kib();
+    let mut s = server.connect();
+    s.write_all(b"GET /").unwrap();
+    // Up to 64 MiB of request line and no newline: the server must stop reading early.
+    let chunk = vec![b'a'; 64 << 10];
+    let mut sent = 0usize;
+    while sent < 64 << 20 {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 64 << 20,
+        "the server took {sent} bytes of one request line"
+    );
+    // The server closed the connection (a reset is as good as the 431 before it), rather
+    // than leaving the client to time out.
+    let mut reply = Vec::new();
+    if let Err(e) = s.read_to_end(&mut reply) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    if !reply.is_empty() {
+        let status = String::from_utf8_lossy(&reply[..12.min(reply.len())]).to_string();
+        assert_eq!(status, "HTTP/1.1 431");
+    }
+    if let (Some(before), Some(after)) = (before, server.rss_kib()) {
+        assert!(
+            after < before + 8 * 1024,
+            "resident memory grew from {before} KiB to {after} KiB"
+        );
+    }
+    // And the server still serves.
+    assert_eq!(server.get("GET", "/", &[]).status, 200);
+}
+
+/// Reads until the server closes the connection; how long that took.
+fn time_to_close(s: &mut TcpStream) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return start.elapsed(),
+            Ok(_) => {}
+        }
+        assert!(start.elapsed() < CLIENT_TIMEOUT, "never closed");
+    }
+}
+
+#[test]
+fn serve_closes_idle_and_slow_connections() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    // A connection that never sends a request.
+    let mut idle = server.connect();
+    let waited = time_to_close(&mut idle);
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+
+    // A keep-alive connection after its response.
+    let mut s = server.connect();
+    write!(s, "GET /models.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let len = std::fs::metadata(root().join("web/models.json"))
+        .unwrap()
+        .len() as usize;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") || got.len() < len {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the response ended");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let waited = time_to_close(&mut s);
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // A client that trickles its headers, one line every 200 ms, never finishing.
+    let mut slow = server.connect();
+    slow.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    let start = Instant::now();
+    let mut closed = false;
+    while start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(200));
+        if slow.write_all(b"X-Slow: y\r\n").is_err() {
+            closed = true;
+            break;
+        }
+    }
+    let waited = start.elapsed();
+    assert!(closed || time_to_close(&mut slow) < Duration::from_secs(1));
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+}
+
+#[test]
+fn serve_limits_concurrent_connections() {
+    let server = Server::start(&["--max-connections", "2", "--idle-timeout", "2"]);
+    // Two idle connections take both slots...
+    let idle: Vec<TcpStream> = (0..2).map(|_| server.connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...so a third request waits until the idle timeout frees one.
+    let start = Instant::now();
+    let r = server.get("GET", "/models.json", &[]);
+    let waited = start.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        std::fs::read(root().join("web/models.json")).unwrap()
+    );
+    assert!(
+        waited >= Duration::from_millis(1200) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    drop(idle);
+}
+
+#[test]
+fn serve_answers_200_concurrent_gets() {
+    let server = Server::start(&[]);
+    let files = [
+        "web/index.html",
+        "web/main.js",
+        "web/models.json",
+        "web/style.css",
+        "models/shakespeare-hadamard/config.json",
+        "models/shakespeare-dense/config.json",
+    ];
+    let expected: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(root().join(f)).unwrap())
+        .collect();
+    let start = std::sync::Barrier::new(200);
+    let ok = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for i in 0..200 {
+            let (server, start, ok, expected) = (&server, &start, &ok, &expected);
+            let file = files[i % files.len()];
+            scope.spawn(move || {
+                let path = format!("/{}", file.strip_prefix("web/").unwrap_or(file));
+                start.wait();
+                let r = server.get("GET", &path, &[]);
+                assert_eq!(r.status, 200, "{path}");
+                assert_eq!(r.body, expected[i % files.len()], "{path}");
+                ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+    });
+    assert_eq!(ok.into_inner(), 200);
 }

@@ -54,7 +54,8 @@ impl KernelCase {
     }
 }
 
-fn widths(options: &BenchOptions) -> Vec<usize> {
+/// The widths of the WHT cases `options` selects.
+pub fn widths(options: &BenchOptions) -> Vec<usize> {
     let all: &[usize] = if options.quick {
         &[256, 1024]
     } else {

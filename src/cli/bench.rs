@@ -96,6 +96,7 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
         options.max_kernel_n = n;
     }
     options.kv_cache = args.kv_cache;
+    check_sizes(&options)?;
     let gpus: Vec<Gpu> = if args.all_adapters {
         let adapters = enumerate(&native_instance());
         if adapters.is_empty() {
@@ -135,6 +136,50 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
             eprintln!("wrote {}", path.display());
         }
         print!("{}", report.to_markdown());
+    }
+    Ok(())
+}
+
+/// The `--max-*` bounds: within what walsh supports, and each selecting at least one size
+/// of the suites that run. Checked before any GPU work.
+fn check_sizes(options: &BenchOptions) -> Result<()> {
+    use walsh::model::config::{MAX_CONTEXT, MAX_HIDDEN_SIZE};
+    use walsh::ops::hadamard::cpu::MAX_N;
+    for (flag, value, limit) in [
+        ("--max-d-model", options.max_d_model, MAX_HIDDEN_SIZE),
+        ("--max-context", options.max_context, MAX_CONTEXT),
+        ("--max-kernel-n", options.max_kernel_n, MAX_N),
+    ] {
+        if value > limit {
+            bail!("{flag} {value} is larger than walsh supports ({limit})");
+        }
+    }
+    // The same options without the bounds: the grids' smallest sizes, for the messages.
+    let unbounded = BenchOptions {
+        max_d_model: usize::MAX,
+        max_context: usize::MAX,
+        max_kernel_n: usize::MAX,
+        ..options.clone()
+    };
+    let paper = walsh::bench::decoder::paper_cells;
+    if options.suites.contains(&Suite::Paper) && paper(options).is_empty() {
+        let first = &paper(&unbounded)[0];
+        bail!(
+            "--max-d-model {} and --max-context {} leave the paper grid empty: its smallest \
+             cell is d_model {}, context {}",
+            options.max_d_model,
+            options.max_context,
+            first.d_model,
+            first.context
+        );
+    }
+    let widths = walsh::bench::kernels::widths;
+    if options.suites.contains(&Suite::Kernels) && widths(options).is_empty() {
+        bail!(
+            "--max-kernel-n {} leaves the kernel suite empty: its smallest width is {}",
+            options.max_kernel_n,
+            widths(&unbounded)[0]
+        );
     }
     Ok(())
 }

@@ -95,9 +95,15 @@ fn print_table(list: &[AdapterSummary]) {
 
 pub fn wht(adapter: &str, n: usize, rows: usize, kernel: Kernel) -> Result<()> {
     let size = WhtSize::new(n)?;
+    if rows == 0 {
+        bail!("--rows must be at least 1");
+    }
+    // Checked before the batch is allocated: three host copies and two GPU buffers.
+    let bytes = walsh::limits::wht_batch(rows, n)?;
     let selector: AdapterSelector = adapter.parse()?;
     let gpu = Gpu::new(&selector)?;
     eprintln!("adapter: {}", gpu.describe());
+    gpu.check_binding_size("one buffer of the batch", bytes)?;
     let h = Hadamard::new(&gpu)?;
     let x: Vec<f32> = (0..rows * n)
         .map(|i| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0)

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use walsh::gpu::{AdapterSelector, Gpu};
+use walsh::limits::{self, Placement};
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{
     CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text,
@@ -28,6 +29,15 @@ pub const DEFAULT_MODEL: &str = "models/shakespeare-hadamard";
 pub enum Device {
     Gpu,
     Cpu,
+}
+
+impl Device {
+    fn placement(self, kv: KvFormat) -> Placement {
+        match self {
+            Device::Gpu => Placement::Gpu(kv),
+            Device::Cpu => Placement::Cpu,
+        }
+    }
 }
 
 /// Loads `dir`, or, when no model was named and the default is not there, a small
@@ -149,6 +159,13 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
              shorten it"
         );
     }
+    // The decoder holds a KV cache per sequence over the whole context.
+    limits::decoder_memory(
+        &model.config,
+        prompts.len(),
+        context,
+        args.device.placement(args.kv_cache),
+    )?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling: SamplingParams {
@@ -244,8 +261,16 @@ pub struct EvalArgs {
 
 pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
-    let bytes =
-        std::fs::read(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
+    let context = model.config.max_position_embeddings;
+    limits::decoder_memory(
+        &model.config,
+        1,
+        context,
+        args.device.placement(args.kv_cache),
+    )?;
+    limits::eval_window(&model.config)?;
+    let bytes = limits::read_at_most(&args.text, limits::MAX_TEXT_BYTES, "a text to score")
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.text.display()))?;
     let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
     if let Some(&t) = tokens
         .iter()
@@ -256,7 +281,6 @@ pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
             model.config.vocab_size
         );
     }
-    let context = model.config.max_position_embeddings;
     let report = with_decoder(
         &model,
         args.device,
@@ -366,6 +390,7 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
     config
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid model shape: {m}"))?;
+    limits::random_model(&config)?;
     let format = match args.dtype {
         DtypeArg::F32 => WeightFormat::F32,
         DtypeArg::F16 => WeightFormat::F16,

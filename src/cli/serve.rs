@@ -1,16 +1,60 @@
-//! `walsh serve`: a small static file server for the browser page. `/` is `web/`,
-//! `/models/` is `models/`, on 127.0.0.1 only. Plain HTTP/1.1 over std, one thread per
-//! connection: it serves one developer's browser, not the internet.
+//! `walsh serve`: the browser page (`web/` at `/`) and the models (`models/` at
+//! `/models/`) over HTTP/1.1, on 127.0.0.1 unless `--host` says otherwise.
+//!
+//! Built on hyper (the tokio project's HTTP implementation, under axum, reqwest and most
+//! of the Rust HTTP ecosystem) with tower-http's `ServeFile` for the file semantics:
+//! `Range` (206, 416), conditional requests (`ETag`, `Last-Modified`, 304, 412), HEAD,
+//! and `CompressionLayer` for gzip. Two roots need no router, so there is no framework on
+//! top. What this file adds is the policy a local server needs:
+//!
+//! - every path is resolved by hand and canonicalized, so neither `..` (however spelled)
+//!   nor a symbolic link leads out of the two roots;
+//! - the `Host` header must be `localhost`, an IP address or a name given with
+//!   `--allow-host`: a web page cannot reach this server through DNS rebinding (that
+//!   needs a host name the attacker controls);
+//! - request heads are bounded ([`MAX_HEAD_BYTES`], answered with 431), a connection
+//!   that sends no request head, or makes no progress reading or writing, for
+//!   `--idle-timeout` seconds is closed, and at most `--max-connections` are served at
+//!   once (the rest wait in the listen backlog).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Component, Path, PathBuf};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{Predicate, SizeAbove};
+use tower_http::services::ServeFile;
+
+/// Largest request head (request line and headers) accepted; a longer one gets 431 and
+/// the connection is closed, so a client cannot make the server buffer more than this.
+pub const MAX_HEAD_BYTES: usize = 16 << 10;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Port on 127.0.0.1; 0 picks a free one (the URL is printed).
+    /// IP address to listen on. The default, 127.0.0.1, serves this machine only; an
+    /// address that is not loopback (e.g. 0.0.0.0) exposes web/ and models/ to the
+    /// network (walsh warns).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub host: IpAddr,
+    /// Port; 0 picks a free one (the URL is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// The page's directory (built with `cargo xtask web`).
@@ -19,6 +63,25 @@ pub struct ServeArgs {
     /// The models directory, served under /models/.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
+    /// A host name, besides localhost and IP addresses, that requests may name in their
+    /// Host header (repeatable). Others get 403: this is what stops DNS rebinding.
+    #[arg(long)]
+    pub allow_host: Vec<String>,
+    /// Connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_connections: u32,
+    /// Seconds a connection may go without a complete request head, or without any
+    /// progress reading or writing, before it is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout: u64,
+}
+
+/// What every connection shares: the canonical roots and the Host policy.
+struct Site {
+    web: PathBuf,
+    /// None when the models directory does not exist: /models/ is then all 404.
+    models: Option<PathBuf>,
+    allowed_hosts: Vec<String>,
 }
 
 pub fn serve_cmd(args: &ServeArgs) -> Result<()> {
@@ -34,129 +97,269 @@ pub fn serve_cmd(args: &ServeArgs) -> Result<()> {
             args.web.display()
         );
     }
-    let listener = TcpListener::bind(("127.0.0.1", args.port))
-        .with_context(|| format!("listening on 127.0.0.1:{}", args.port))?;
-    let port = listener.local_addr()?.port();
+    let web = args
+        .web
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.web.display()))?;
+    let models = args.models.canonicalize().ok();
+    if models.is_none() {
+        eprintln!(
+            "walsh: {} does not exist: /models/ will be empty",
+            args.models.display()
+        );
+    }
+    if let Some(warning) = exposure_warning(args.host) {
+        eprintln!("walsh: {warning}");
+    }
+    let site = Arc::new(Site {
+        web,
+        models,
+        allowed_hosts: args
+            .allow_host
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    });
+
+    let listener = std::net::TcpListener::bind((args.host, args.port))
+        .with_context(|| format!("listening on {}", SocketAddr::new(args.host, args.port)))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
     // Scripts read this line to find the port when they pass --port 0.
     println!(
-        "serving http://127.0.0.1:{port}/ (web: {}, models: {}); Ctrl-C stops",
+        "serving http://{addr}/ (web: {}, models: {}); Ctrl-C stops",
         args.web.display(),
         args.models.display()
     );
     std::io::stdout().flush()?;
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let roots = args.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = handle(stream, &roots) {
-                eprintln!("walsh serve: {e:#}");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    runtime.block_on(accept_loop(
+        listener,
+        site,
+        args.max_connections as usize,
+        Duration::from_secs(args.idle_timeout),
+    ))
+}
+
+/// The warning printed when the server listens beyond this machine, or None.
+fn exposure_warning(host: IpAddr) -> Option<String> {
+    (!host.is_loopback()).then(|| {
+        format!(
+            "listening on {host}, not a loopback address: every machine that can reach this \
+             one can read the served directories (there is no authentication)"
+        )
+    })
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    site: Arc<Site>,
+    max_connections: usize,
+    idle: Duration,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        // Take a slot before accepting: beyond the limit, clients wait in the backlog.
+        let slot = slots.clone().acquire_owned().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Typically out of file descriptors: wait for some to close.
+                eprintln!("walsh serve: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        let site = site.clone();
+        tokio::spawn(async move {
+            let service = ServiceBuilder::new()
+                .map_response(weaken_etag_when_encoded)
+                .layer(
+                    CompressionLayer::new().compress_when(SizeAbove::new(1024).and(
+                        compressible
+                            as fn(
+                                StatusCode,
+                                Version,
+                                &HeaderMap,
+                                &hyper::http::Extensions,
+                            ) -> bool,
+                    )),
+                )
+                .service_fn(move |req| respond(site.clone(), req));
+            let io = TokioIo::new(Stalling::new(stream, idle));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(idle)
+                .max_header_size(MAX_HEAD_BYTES)
+                .max_buf_size(4 * MAX_HEAD_BYTES)
+                .serve_connection(io, TowerToHyperService::new(service));
+            // Errors here are clients going away or timing out: nothing to report.
+            let _ = connection.await;
+            drop(slot);
         });
     }
-    Ok(())
 }
 
-fn handle(stream: TcpStream, roots: &ServeArgs) -> Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
-    // Keep-alive: browsers reuse the connection for the page's many requests.
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line)? == 0 {
-            return Ok(());
-        }
-        let mut close = false;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-                break;
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{message}\n")))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn respond(site: Arc<Site>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let mut req = req;
+    let mut response = match check_request(&site, &req) {
+        Err(refusal) => refusal,
+        Ok(path) => {
+            // tower-http does not evaluate If-Range: a range of a file that changed since
+            // the client's copy would corrupt it, so send the whole file instead.
+            if req.headers().contains_key(header::RANGE)
+                && let Some(if_range) = req.headers().get(header::IF_RANGE).cloned()
+                && !if_range_holds(&path, &if_range).await
+            {
+                req.headers_mut().remove(header::RANGE);
             }
-            if header.to_ascii_lowercase().starts_with("connection: close") {
-                close = true;
+            let mime = mime_type(&path)
+                .parse()
+                .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+            match ServeFile::new_with_mime(&path, &mime).oneshot(req).await {
+                Ok(response) => response.map(|body| body.boxed_unsync()),
+                Err(never) => match never {},
             }
         }
-        let mut parts = request_line.split_whitespace();
-        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let response = respond(method, target, roots);
-        out.write_all(&response.head())?;
-        if method != "HEAD" {
-            out.write_all(&response.body)?;
-        }
-        out.flush()?;
-        if close {
-            return Ok(());
-        }
-    }
-}
-
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn text(status: &'static str, message: &str) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: format!("{message}\n").into_bytes(),
-        }
-    }
-
-    fn head(&self) -> Vec<u8> {
-        format!(
-            "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\n\
-             X-Content-Type-Options: nosniff\r\n\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes()
-    }
-}
-
-fn respond(method: &str, target: &str, roots: &ServeArgs) -> Response {
-    if method != "GET" && method != "HEAD" {
-        return Response::text("405 Method Not Allowed", "only GET and HEAD");
-    }
-    let Some(path) = resolve(target, roots) else {
-        return Response::text("404 Not Found", "not found");
     };
-    let path = if path.is_dir() {
-        path.join("index.html")
+    let headers = response.headers_mut();
+    // Revalidate every time (the page changes under development), never sniff types.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(response)
+}
+
+/// Whether an If-Range validator still matches the file: an entity tag must equal its
+/// (strong) ETag, a date its Last-Modified, as tower-http computes them.
+async fn if_range_holds(path: &Path, if_range: &HeaderValue) -> bool {
+    let head = Request::head("/")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("a constant request");
+    let Ok(current) = ServeFile::new(path).oneshot(head).await;
+    let value = if_range.as_bytes();
+    let validator = if value.starts_with(b"W/") {
+        return false; // weak tags never match for ranges
+    } else if value.starts_with(b"\"") {
+        header::ETAG
     } else {
-        path
+        header::LAST_MODIFIED
     };
-    match std::fs::read(&path) {
-        Ok(body) => Response {
-            status: "200 OK",
-            content_type: mime_type(&path),
-            body,
-        },
-        Err(_) => Response::text("404 Not Found", &format!("{target}: not found")),
-    }
+    current.headers().get(validator) == Some(if_range)
 }
 
-/// The file a request path names, or None for paths that leave the roots.
-fn resolve(target: &str, roots: &ServeArgs) -> Option<PathBuf> {
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    let path = percent_decode(path)?;
-    let rel = path.strip_prefix('/')?;
-    let (root, rest) = match rel.strip_prefix("models/") {
-        Some(rest) => (&roots.models, rest),
-        None if rel == "models" => (&roots.models, ""),
-        None => (&roots.web, rel),
+/// The file a request may read, or the response refusing it.
+#[allow(clippy::result_large_err)]
+fn check_request(site: &Site, req: &Request<Incoming>) -> Result<PathBuf, Response<Body>> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Some(host) = host else {
+        return Err(text(StatusCode::BAD_REQUEST, "a Host header is required"));
     };
-    let rest = Path::new(rest);
-    // Only plain names: no `..`, no absolute parts, no hidden files.
-    for c in rest.components() {
-        match c {
-            Component::Normal(name) if !name.to_string_lossy().starts_with('.') => {}
-            _ => return None,
-        }
+    if !host_allowed(host, &site.allowed_hosts) {
+        return Err(text(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "Host {host:?} is not served here: walsh serve answers to localhost and IP \
+                 addresses (name others with --allow-host)"
+            ),
+        ));
     }
-    Some(root.join(rest))
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Err(response);
+    }
+    resolve(req.uri().path(), site).ok_or_else(|| text(StatusCode::NOT_FOUND, "not found"))
+}
+
+/// Whether a Host header value names this server: `localhost` (and `*.localhost`, which
+/// browsers resolve to loopback themselves), an IP address, or an allowed name. With or
+/// without a port.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    // "[::1]:8080", "[::1]", "127.0.0.1:8080", "name:8080", "name".
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, _)) => return ip.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host.as_str(), |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                ""
+            }
+        })
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && (name == "localhost"
+            || name.ends_with(".localhost")
+            || name.parse::<Ipv4Addr>().is_ok()
+            || allowed.iter().any(|a| a == name))
+}
+
+/// The canonical path of the file a request path names (a directory gives its
+/// index.html), or None when it does not exist or is not inside its root, however the
+/// path is spelled and wherever symbolic links point.
+fn resolve(path: &str, site: &Site) -> Option<PathBuf> {
+    let decoded = percent_decode(path)?;
+    let rel = decoded.strip_prefix('/')?;
+    let (root, rest) = match rel.strip_prefix("models") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => (site.models.as_ref()?, rest),
+        _ => (&site.web, rel),
+    };
+    let mut candidate = root.clone();
+    for part in rest.split('/').filter(|p| !p.is_empty()) {
+        // Plain names only: no `..` or `.`, no hidden files, nothing a platform could read
+        // as a separator, drive or device.
+        if part.starts_with('.') || part.contains(['\\', ':', '\0']) {
+            return None;
+        }
+        candidate.push(part);
+    }
+    let inside = |p: &Path| -> Option<PathBuf> {
+        let real = p.canonicalize().ok()?;
+        real.starts_with(root).then_some(real)
+    };
+    let real = inside(&candidate)?;
+    let file = if real.is_dir() {
+        inside(&real.join("index.html"))?
+    } else {
+        real
+    };
+    file.is_file().then_some(file)
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -193,41 +396,274 @@ fn mime_type(path: &Path) -> &'static str {
     }
 }
 
+/// Gzip only whole (200) responses of types that shrink: the page, its scripts and the
+/// wasm module. Model weights stay as they are: they barely compress, and the page's
+/// download progress needs their Content-Length. (Ranges are never compressed.)
+fn compressible(
+    status: StatusCode,
+    _: Version,
+    headers: &HeaderMap,
+    _: &hyper::http::Extensions,
+) -> bool {
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    status == StatusCode::OK
+        && (kind.starts_with("text/")
+            || kind.starts_with("application/wasm")
+            || kind.starts_with("application/json")
+            || kind.starts_with("image/svg+xml"))
+}
+
+/// A gzipped body is a different representation from the file, so its ETag may only be
+/// weak: `If-None-Match` still revalidates it, `If-Range` (which needs a strong match)
+/// never mixes the two.
+fn weaken_etag_when_encoded<B>(mut response: Response<B>) -> Response<B> {
+    if response.headers().contains_key(header::CONTENT_ENCODING)
+        && let Some(tag) = response.headers().get(header::ETAG)
+        && tag.as_bytes().starts_with(b"\"")
+    {
+        let mut weak = b"W/".to_vec();
+        weak.extend_from_slice(tag.as_bytes());
+        if let Ok(weak) = HeaderValue::from_bytes(&weak) {
+            response.headers_mut().insert(header::ETAG, weak);
+        }
+    }
+    response
+}
+
+/// A socket that fails with `TimedOut` once neither a read nor a write has made progress
+/// for `limit` while one of them waits: an idle keep-alive connection, or a client that
+/// stops reading its response, gives its slot back.
+struct Stalling<S> {
+    inner: S,
+    limit: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> Stalling<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn progressed(&mut self) {
+        let next = Instant::now() + self.limit;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// Pending while within the limit; the error once past it.
+    fn waiting<T>(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Stalling<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending => this.waiting(cx),
+            ready => {
+                this.progressed();
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Stalling<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.waiting(cx),
+            ready => {
+                this.progressed();
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.waiting(cx),
+            ready => {
+                this.progressed();
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.waiting(cx),
+            ready => ready,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Pending => this.waiting(cx),
+            ready => ready,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn roots() -> ServeArgs {
-        ServeArgs {
-            port: 0,
-            web: PathBuf::from("w"),
-            models: PathBuf::from("m"),
+    /// A web root with a page, a subdirectory, a hidden file and links in and out, and a
+    /// models root; `secret.txt` lies outside both.
+    fn site() -> (tempfile::TempDir, Site) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["web/pkg", "models/m"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
         }
+        for f in [
+            "web/index.html",
+            "web/pkg/walsh.js",
+            "web/a b.txt",
+            "web/.hidden",
+            "models/m/config.json",
+            "secret.txt",
+        ] {
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::symlink;
+            symlink(root.join("secret.txt"), root.join("web/out.txt")).unwrap();
+            symlink(root, root.join("web/up")).unwrap();
+            symlink(
+                root.join("models/m/config.json"),
+                root.join("models/in.json"),
+            )
+            .unwrap();
+        }
+        let site = Site {
+            web: root.join("web").canonicalize().unwrap(),
+            models: Some(root.join("models").canonicalize().unwrap()),
+            allowed_hosts: vec!["walsh.test".into()],
+        };
+        (dir, site)
     }
 
     #[test]
     fn paths_map_to_the_two_roots_and_never_leave_them() {
-        let r = roots();
-        assert_eq!(resolve("/", &r), Some(PathBuf::from("w/")));
+        let (dir, s) = site();
+        let real = |p: &str| Some(dir.path().join(p).canonicalize().unwrap());
+        assert_eq!(resolve("/", &s), real("web/index.html"));
+        assert_eq!(resolve("/pkg/walsh.js", &s), real("web/pkg/walsh.js"));
+        assert_eq!(resolve("//pkg//walsh.js", &s), real("web/pkg/walsh.js"));
         assert_eq!(
-            resolve("/pkg/walsh.js?v=1", &r),
-            Some(PathBuf::from("w/pkg/walsh.js"))
+            resolve("/models/m/config.json", &s),
+            real("models/m/config.json")
         );
-        assert_eq!(
-            resolve("/models/shakespeare-hadamard/config.json", &r),
-            Some(PathBuf::from("m/shakespeare-hadamard/config.json"))
-        );
-        assert_eq!(resolve("/a%20b.txt", &r), Some(PathBuf::from("w/a b.txt")));
-        for bad in [
-            "/../Cargo.toml",
-            "/models/../src/main.rs",
-            "/%2e%2e/x",
-            "/.git/config",
-            "x",
-            "/%zz",
-        ] {
-            assert_eq!(resolve(bad, &r), None, "{bad}");
+        assert_eq!(resolve("/a%20b.txt", &s), real("web/a b.txt"));
+        #[cfg(unix)]
+        {
+            // Links are followed while they stay inside their root.
+            assert_eq!(resolve("/models/in.json", &s), real("models/m/config.json"));
+            assert_eq!(resolve("/up/web/index.html", &s), real("web/index.html"));
         }
+        for bad in [
+            "/../secret.txt",
+            "/models/../secret.txt",
+            "/models/../../secret.txt",
+            "/%2e%2e/secret.txt",
+            "/%2E%2E%2Fsecret.txt",
+            "/pkg/..%2f..%2fsecret.txt",
+            "/..%5csecret.txt",
+            "/%5c..%5csecret.txt",
+            "/./index.html",
+            "/.hidden",
+            "/%2ehidden",
+            "/out.txt",
+            "/up/secret.txt",
+            // A link into the other root is outside this one.
+            "/up/models/m/config.json",
+            "/models/m/../../secret.txt",
+            "/models..%2fsecret.txt",
+            "/c:%5csecret.txt",
+            "/index.html%00.txt",
+            "/%c0%ae%c0%ae/secret.txt",
+            "/%zz",
+            "/nope.js",
+            "x",
+            "",
+        ] {
+            assert_eq!(resolve(bad, &s), None, "{bad}");
+        }
+        // Without a models directory, /models/ is empty rather than the web root's.
+        let no_models = Site { models: None, ..s };
+        assert_eq!(resolve("/models/m/config.json", &no_models), None);
+    }
+
+    #[test]
+    fn host_header_names_this_machine_or_an_allowed_name() {
+        let allowed = vec!["walsh.test".to_string()];
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST:1",
+            "app.localhost:8080",
+            "127.0.0.1:8080",
+            "192.168.1.20",
+            "[::1]:8080",
+            "[::1]",
+            "walsh.test:8080",
+            "walsh.test.",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8080",
+            "walsh.test.evil",
+            "[::1",
+            "localhost:http",
+            "",
+            ":8080",
+        ] {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_goes_without_a_warning() {
+        assert_eq!(exposure_warning(IpAddr::V4(Ipv4Addr::LOCALHOST)), None);
+        assert_eq!(exposure_warning("::1".parse().unwrap()), None);
+        let warning = exposure_warning("0.0.0.0".parse().unwrap()).unwrap();
+        assert!(warning.contains("0.0.0.0") && warning.contains("every machine"));
     }
 
     #[test]
@@ -237,6 +673,38 @@ mod tests {
         assert_eq!(
             mime_type(Path::new("model.safetensors")),
             "application/octet-stream"
+        );
+        let mut h = HeaderMap::new();
+        let yes = |h: &HeaderMap, s| compressible(s, Version::HTTP_11, h, &Default::default());
+        for (kind, want) in [
+            ("application/wasm", true),
+            ("text/javascript; charset=utf-8", true),
+            ("application/json", true),
+            ("application/octet-stream", false),
+            ("image/png", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+            assert_eq!(yes(&h, StatusCode::OK), want, "{kind}");
+        }
+        assert!(!yes(&h, StatusCode::PARTIAL_CONTENT));
+    }
+
+    #[test]
+    fn encoded_responses_get_weak_etags() {
+        let tagged = || {
+            let mut r = Response::new(());
+            r.headers_mut()
+                .insert(header::ETAG, HeaderValue::from_static("\"abc\""));
+            r
+        };
+        let same = weaken_etag_when_encoded(tagged());
+        assert_eq!(same.headers()[header::ETAG], "\"abc\"");
+        let mut r = tagged();
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(
+            weaken_etag_when_encoded(r).headers()[header::ETAG],
+            "W/\"abc\""
         );
     }
 }

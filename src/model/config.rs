@@ -31,6 +31,13 @@ pub enum Query {
     ResidualMlp,
 }
 
+/// The largest sizes a config may give: far from overflowing the kernels' u32 indices.
+pub const MAX_HIDDEN_SIZE: usize = 1 << 15;
+pub const MAX_LAYERS: usize = 1 << 10;
+pub const MAX_INTERMEDIATE_SIZE: usize = 1 << 17;
+pub const MAX_VOCAB_SIZE: usize = 1 << 20;
+pub const MAX_CONTEXT: usize = 1 << 20;
+
 fn default_eps() -> f64 {
     1e-5
 }
@@ -39,7 +46,7 @@ fn default_theta() -> f64 {
     10000.0
 }
 
-/// The model hyperparameters (DESIGN.md section 2).
+/// The model hyperparameters (docs/model-format.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub hidden_size: usize,
@@ -86,13 +93,23 @@ impl Config {
         format!("{o}/{q}")
     }
 
-    /// Reads and validates `path`.
+    /// Reads and validates `path` (at most [`crate::limits::MAX_CONFIG_BYTES`]).
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        let bytes = crate::limits::read_at_most(path, crate::limits::MAX_CONFIG_BYTES, "a config")
+            .map_err(|source| ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::from_json_bytes(path, &bytes)
+    }
+
+    /// [`Config::from_json`] of bytes that must be UTF-8.
+    pub fn from_json_bytes(path: &Path, bytes: &[u8]) -> Result<Self, ModelError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ModelError::Config {
             path: path.to_path_buf(),
-            source,
+            message: format!("not UTF-8 text: {e}"),
         })?;
-        Self::from_json(path, &text)
+        Self::from_json(path, text)
     }
 
     /// Parses and validates the text of a config file; `path` names it in messages.
@@ -125,14 +142,18 @@ impl Config {
         }
         // Keep every size far from overflowing u32 indices in the kernels.
         let limits = [
-            ("hidden_size", self.hidden_size, 1 << 15),
-            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
-            ("intermediate_size", self.intermediate_size, 1 << 17),
-            ("vocab_size", self.vocab_size, 1 << 20),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN_SIZE),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                MAX_INTERMEDIATE_SIZE,
+            ),
+            ("vocab_size", self.vocab_size, MAX_VOCAB_SIZE),
             (
                 "max_position_embeddings",
                 self.max_position_embeddings,
-                1 << 20,
+                MAX_CONTEXT,
             ),
         ];
         for (name, v, max) in limits {

@@ -602,23 +602,28 @@ impl Utf8Stream {
     /// completes, possibly empty.
     pub fn push(&mut self, token: u32) -> String {
         self.pending.push(u8::try_from(token).unwrap_or(b'?'));
-        match std::str::from_utf8(&self.pending) {
-            Ok(s) => {
-                let s = s.to_string();
-                self.pending.clear();
-                s
-            }
-            Err(e) if e.error_len().is_none() => {
-                // An incomplete character at the end: emit what is complete before it.
-                let valid = e.valid_up_to();
-                let s = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
-                self.pending.drain(..valid);
-                s
-            }
-            Err(_) => {
-                let s = String::from_utf8_lossy(&self.pending).into_owned();
-                self.pending.clear();
-                s
+        let mut out = String::new();
+        // The same replacements as String::from_utf8_lossy of the whole stream: an invalid
+        // sequence becomes one U+FFFD, and decoding resumes right after it (the byte that
+        // ended it may begin a character).
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+                    let Some(invalid) = e.error_len() else {
+                        // An incomplete character at the end: hold it back.
+                        self.pending.drain(..valid);
+                        return out;
+                    };
+                    out.push(char::REPLACEMENT_CHARACTER);
+                    self.pending.drain(..valid + invalid);
+                }
             }
         }
     }

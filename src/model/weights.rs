@@ -210,9 +210,19 @@ impl Model {
         let config = Config::load(&dir.join(CONFIG_FILE))?;
         let path = dir.join(WEIGHTS_FILE);
         // Reading the whole file bounds every allocation by its real length: safetensors
-        // checks the header's offsets against the buffer before any tensor is touched.
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path, source })?;
+        // checks the header's offsets against the buffer before any tensor is touched. A
+        // file longer than any valid one for this config is refused unread.
+        let limit = crate::limits::max_weights_file_bytes(&config);
+        let bytes = crate::limits::read_at_most(&path, limit, "the weights of this config")
+            .map_err(|source| ModelError::Io { path, source })?;
         Self::from_safetensors(dir, config, &bytes)
+    }
+
+    /// A model from the bytes of its two files, checked as [`Model::load`] checks them
+    /// (what the loader fuzz test drives); `dir` only names the files in messages.
+    pub fn from_bytes(dir: &Path, config: &[u8], weights: &[u8]) -> Result<Model, ModelError> {
+        let config = Config::from_json_bytes(&dir.join(CONFIG_FILE), config)?;
+        Self::from_safetensors(dir, config, weights)
     }
 
     /// Builds a model from the bytes of a safetensors file; `dir` only names the files in

@@ -26,7 +26,8 @@ pub enum TrainError {
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     /// A parameter the loss does not reach: the symptom of an op without a backward pass
-    /// (DESIGN.md section 5), which would otherwise leave the parameter silently untrained.
+    /// (docs/measured.md, Training), which would otherwise leave the parameter silently
+    /// untrained.
     #[error("no gradient reached parameter `{0}`")]
     MissingGradient(String),
     /// The loss became NaN or infinite.

@@ -1,4 +1,4 @@
-//! walsh-train: the CPU trainer (candle) for walsh's model family (DESIGN.md section 2).
+//! walsh-train: the CPU trainer (candle) for walsh's model family (docs/model-format.md).
 //!
 //! - [`model`]: the architecture as batched candle ops, every variant, same tensor names;
 //! - [`optim`]: AdamW with clipping and selective decay, warmup + cosine schedule;

@@ -1,7 +1,7 @@
 //! `walsh-train`: trains a walsh model on the CPU, or scores exported weights on a text.
 //!
-//! Run with `RAYON_NUM_THREADS=1` (DESIGN.md section 5): candle's thread pool spin-waits
-//! under load, and two single-threaded runs side by side use two cores better.
+//! Run with `RAYON_NUM_THREADS=1` (docs/measured.md, Training): candle's thread pool
+//! spin-waits under load, and two single-threaded runs side by side use two cores better.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;

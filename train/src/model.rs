@@ -1,10 +1,10 @@
-//! The model of DESIGN.md section 2 as candle tensor ops, batched over whole sequences so
+//! The model of docs/model-format.md as candle tensor ops, batched over whole sequences so
 //! it can be trained: the same names, shapes and arithmetic as walsh's `CpuDecoder`.
 //!
-//! Only ops whose backward pass candle implements are used (DESIGN.md section 5): rmsnorm,
-//! softmax and rope are written out with plain tensor ops instead of candle's fused
-//! kernels, which silently drop gradients. [`TrainModel::loss`]'s callers check that every
-//! parameter receives a gradient.
+//! Only ops whose backward pass candle implements are used (docs/measured.md, Training):
+//! rmsnorm, softmax and rope are written out with plain tensor ops instead of candle's
+//! fused kernels, which silently drop gradients. [`TrainModel::loss`]'s callers check that
+//! every parameter receives a gradient.
 //!
 //! The Hadamard output is a matmul with walsh's own dense matrix and the rotary tables are
 //! walsh's `rope_cos_sin`, so the trainer and the engine agree by construction.

@@ -1,6 +1,6 @@
 //! AdamW with global-norm gradient clipping, and the learning-rate schedule (linear warmup,
 //! then cosine decay). Written here rather than taken from candle-nn because its AdamW
-//! neither clips nor spares norms and gains from weight decay (DESIGN.md section 5).
+//! neither clips nor spares norms and gains from weight decay (docs/measured.md, Training).
 
 use candle_core::Tensor;
 use candle_core::backprop::GradStore;

@@ -126,8 +126,8 @@ fn rejects_tensors_that_do_not_fit_the_variant() {
 }
 
 /// Every parameter gets a gradient, and it matches central finite differences, in f64.
-/// This is the check that candle's silently missing backward passes (DESIGN.md section 5)
-/// are not on the trainer's path.
+/// This is the check that candle's silently missing backward passes (docs/measured.md,
+/// Training) are not on the trainer's path.
 #[test]
 fn gradients_are_complete_and_match_finite_differences() {
     let tokens: [[u32; 6]; 2] = [[3, 200, 65, 65, 10, 7], [65, 66, 67, 3, 255, 0]];

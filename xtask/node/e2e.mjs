@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { deepStrictEqual } from 'node:assert';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-// DESIGN.md section 4: headless Chromium runs WebGPU compute on SwiftShader with
+// docs/measured.md (Browsers): headless Chromium runs WebGPU compute on SwiftShader with
 // --enable-unsafe-webgpu; the rest keeps it offline and quiet.
 const BASE_ARGS = [
   '--no-sandbox',

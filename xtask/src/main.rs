@@ -6,7 +6,10 @@
 //!   `cargo clippy -D warnings`, every test (unit, integration, and the benches once each
 //!   in smoke mode) and the end-to-end test of the web page in headless Chromium.
 //!   Idempotent: a second run installs nothing.
+//!   The test run includes a bounded, seeded run of the loader fuzz test
+//!   (`tests/fuzz_loader.rs`).
 //! - `web`: builds the browser module into `web/pkg/` (see [`web`]).
+//! - `fuzz --minutes N [--seed S]`: the loader fuzz test for N minutes (see [`fuzz`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +17,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod e2e;
+mod fuzz;
 mod install;
 mod web;
 
@@ -34,6 +38,7 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("web") => web::build().map(drop),
         Some("web-bench") => e2e::bench(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("e2e") => {
             let outcome = e2e::test()?;
             println!(
@@ -62,7 +67,10 @@ tasks:
   e2e     only the browser end-to-end test (builds the page, serves it, drives Chromium)
   web-bench [--quick] [--suites kernels,decoder,paper] [--out DIR]
           run the benchmark suites in headless Chromium's WebGPU and write the reports
-          (default: bench-results/)";
+          (default: bench-results/)
+  fuzz --minutes N [--seed S]
+          mutation-fuzz the model loader, reports and text inputs for N minutes (default
+          10); failing inputs are saved under target/tmp/fuzz-failures/";
 
 pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

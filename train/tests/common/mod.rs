@@ -4,7 +4,7 @@
 
 use walsh::model::{AttnOutput, Config, Query};
 
-/// Every variant of DESIGN.md section 2.
+/// Every variant of docs/model-format.md.
 pub const VARIANTS: [(AttnOutput, Query); 6] = [
     (AttnOutput::Dense, Query::Dense),
     (AttnOutput::Dense, Query::Identity),
