@@ -17,8 +17,9 @@ mod e2e;
 mod install;
 mod web;
 
-/// Debian packages giving the software adapters the GPU tests run on: lavapipe (Vulkan)
-/// and llvmpipe (GL through headless EGL).
+/// Debian packages the tests need: the software adapters the GPU tests run on, lavapipe
+/// (Vulkan) and llvmpipe (GL through headless EGL); and the validators of the shader
+/// translation test, `spirv-val` and `glslangValidator`.
 const APT_PACKAGES: &[&str] = &[
     "mesa-vulkan-drivers",
     "libvulkan1",
@@ -26,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "libegl-mesa0",
     "libgles2",
     "libgl1-mesa-dri",
+    "spirv-tools",
+    "glslang-tools",
 ];
 
 fn main() -> Result<()> {
