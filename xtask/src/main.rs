@@ -2,11 +2,15 @@
 //!
 //! - `test`: installs what the tests need when missing (Mesa's software Vulkan and GL
 //!   drivers, rustfmt, clippy, and for the browser test the wasm32 target,
-//!   wasm-bindgen-cli, Chromium and the npm tools), then runs `cargo fmt --check`,
+//!   wasm-bindgen-cli, Chromium, Firefox ESR and the npm tools; the SPIR-V and GLSL
+//!   validators for the shader translation test), then runs `cargo fmt --check`,
 //!   `cargo clippy -D warnings`, every test (unit, integration, and the benches once each
-//!   in smoke mode) and the end-to-end test of the web page in headless Chromium.
+//!   in smoke mode) and the end-to-end test of the web page in headless Chromium and
+//!   Firefox.
 //!   Idempotent: a second run installs nothing.
 //! - `web`: builds the browser module into `web/pkg/` (see [`web`]).
+//! - `e2e`, `web-bench`: the browser test alone and the benchmark suites in the browser
+//!   (see [`e2e`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,7 +66,8 @@ tasks:
   test    install what is missing, then fmt check, clippy -D warnings, every test and
           the browser end-to-end test
   web     build the browser module into web/pkg/ (then: cargo run --release -- serve)
-  e2e     only the browser end-to-end test (builds the page, serves it, drives Chromium)
+  e2e     only the browser end-to-end test (builds the page, serves it, drives Chromium
+          and Firefox)
   web-bench [--quick] [--suites kernels,decoder,paper] [--out DIR]
           run the benchmark suites in headless Chromium's WebGPU and write the reports
           (default: bench-results/)";
@@ -81,6 +86,22 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
         .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Vulkan loaders (walsh's, Firefox's) warn on every instance without `XDG_RUNTIME_DIR`;
+/// gives `cmd` a private one when the environment has none.
+pub(crate) fn private_runtime_dir(cmd: &mut Command) -> Result<()> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = root().join("target").join("xdg-runtime");
+        std::fs::create_dir_all(&dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        cmd.env("XDG_RUNTIME_DIR", dir);
     }
     Ok(())
 }
@@ -123,20 +144,10 @@ fn test() -> Result<()> {
         .args(["test", "--workspace", "--all-targets"])
         // Benches run once each, at small sizes.
         .env("WALSH_BENCH_SMOKE", "1");
-    // Vulkan loaders warn on every instance without it; give them a private one.
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        let dir = root().join("target").join("xdg-runtime");
-        std::fs::create_dir_all(&dir)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        tests.env("XDG_RUNTIME_DIR", dir);
-    }
+    private_runtime_dir(&mut tests)?;
     let (passed, failed) = run_counting(&mut tests)?;
 
-    // The page in a real browser: never skipped, in CI or not.
+    // The page in Chromium and Firefox; under CI=true a browser that cannot start fails.
     let browser = e2e::test()?;
     let (passed, failed) = (passed + browser.passed, failed + browser.failed);
     println!("xtask: {passed} passed, {failed} failed");
