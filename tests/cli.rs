@@ -144,11 +144,23 @@ fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
             assert!(backends_seen.contains(&b.as_str()), "no report for {b}");
         }
     }
+    // The page-vs-native report sits next to the adapter reports; merge appends its table.
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results/page-vs-native.json");
+    std::fs::copy(&page, dir.path().join("page-vs-native.json")).unwrap();
     let merged = stdout(&walsh(&["bench", "merge", out, "--out", out]));
     for r in &reports {
         assert!(merged.contains(&r.adapter.name), "{merged}");
     }
+    assert!(
+        merged.contains("## The page vs native walsh on the same adapter"),
+        "{merged}"
+    );
     assert!(dir.path().join("merged.svg").exists());
+    let table = stdout(&walsh(&["bench", "page-table", page.to_str().unwrap()]));
+    assert_eq!(
+        table,
+        std::fs::read_to_string(page.with_extension("md")).unwrap()
+    );
 }
 
 #[test]

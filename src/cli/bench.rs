@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use walsh::bench::page::PageVsNative;
 use walsh::bench::report::{Environment, files, merge};
 use walsh::bench::{BenchOptions, Report, Suite, run};
 use walsh::gpu::adapter::{enumerate, native_instance};
@@ -50,6 +51,8 @@ pub enum BenchAction {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Print the table of a `page-vs-native.json` (written by `cargo xtask page-vs-native`).
+    PageTable { file: PathBuf },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -82,8 +85,18 @@ fn git_commit() -> Option<String> {
 }
 
 pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
-    if let Some(BenchAction::Merge { dirs, out }) = &args.action {
-        return merge_cmd(dirs, out);
+    match &args.action {
+        Some(BenchAction::Merge { dirs, out }) => return merge_cmd(dirs, out),
+        Some(BenchAction::PageTable { file }) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            print!(
+                "{}",
+                PageVsNative::from_json(&file.display().to_string(), &text)?.to_markdown()
+            );
+            return Ok(());
+        }
+        None => {}
     }
     let mut options = BenchOptions::new(args.suite.suites(), args.quick);
     if let Some(d) = args.max_d_model {
@@ -152,10 +165,25 @@ pub fn read_reports(dirs: &[PathBuf]) -> Result<Vec<Report>> {
         for p in paths {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            reports.push(Report::from_json(&p.display().to_string(), &text)?);
+            // page-vs-native.json sits next to the adapter reports: not one of them.
+            if !PageVsNative::is_one(&text) {
+                reports.push(Report::from_json(&p.display().to_string(), &text)?);
+            }
         }
     }
     Ok(reports)
+}
+
+/// Every `page-vs-native.json` in `dirs`.
+fn read_page_reports(dirs: &[PathBuf]) -> Result<Vec<PageVsNative>> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let path = dir.join(format!("{}.json", walsh::bench::page::KIND));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            out.push(PageVsNative::from_json(&path.display().to_string(), &text)?);
+        }
+    }
+    Ok(out)
 }
 
 fn merge_cmd(dirs: &[PathBuf], out: &Path) -> Result<()> {
@@ -166,7 +194,11 @@ fn merge_cmd(dirs: &[PathBuf], out: &Path) -> Result<()> {
     if reports.is_empty() {
         bail!("no *.json report found in {dirs:?}");
     }
-    let (md, svg) = merge(&reports);
+    let (mut md, svg) = merge(&reports);
+    for page in read_page_reports(dirs)? {
+        md.push('\n');
+        md.push_str(&page.to_markdown());
+    }
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("merged.md"), &md)?;
     std::fs::write(out.join("merged.svg"), svg)?;

@@ -9,8 +9,9 @@
 //!   Firefox.
 //!   Idempotent: a second run installs nothing.
 //! - `web`: builds the browser module into `web/pkg/` (see [`web`]).
-//! - `e2e`, `web-bench`: the browser test alone and the benchmark suites in the browser
-//!   (see [`e2e`]).
+//! - `e2e`, `web-bench`, `page-vs-native`: the browser test alone, the benchmark suites in
+//!   the browser, and the page's decode rate against native walsh on the same adapters
+//!   (see [`e2e`] and [`ratio`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +20,7 @@ use anyhow::{Context, Result, bail};
 
 mod e2e;
 mod install;
+mod ratio;
 mod web;
 
 /// Debian packages the tests need: the software adapters the GPU tests run on, lavapipe
@@ -41,6 +43,7 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("web") => web::build().map(drop),
         Some("web-bench") => e2e::bench(&args[1..]),
+        Some("page-vs-native") => ratio::page_vs_native(&args[1..]),
         Some("e2e") => {
             let outcome = e2e::test()?;
             println!(
@@ -70,7 +73,11 @@ tasks:
           and Firefox)
   web-bench [--quick] [--suites kernels,decoder,paper] [--out DIR]
           run the benchmark suites in headless Chromium's WebGPU and write the reports
-          (default: bench-results/)";
+          (default: bench-results/)
+  page-vs-native [--runs N] [--tokens N] [--browsers chromium,firefox] [--out DIR]
+          the page's greedy decode rate in headless Chromium (SwiftShader) and Firefox
+          (lavapipe) against native walsh on the same adapters; writes
+          page-vs-native.json and .md (default: bench-results/)";
 
 pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
