@@ -164,6 +164,26 @@ fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
 }
 
 #[test]
+fn contribute_takes_no_size_bounds() {
+    for extra in [
+        &["--quick"][..],
+        &["--max-d-model", "256"],
+        &["--all-adapters"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_walsh"))
+            .args([&["bench", "--contribute"][..], extra].concat())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--contribute {extra:?} was accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn a_prompt_longer_than_the_context_keeps_its_last_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m");

@@ -40,6 +40,14 @@ pub struct BenchArgs {
     /// KV cache format of the attention kernels and the decoders: f16 or f32.
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvFormat,
+    /// For GPU owners: every suite at full size on the chosen adapter (default: the best
+    /// one), written into bench-results/ and merged with the reports there, then what to
+    /// send. Takes no size bounds.
+    #[arg(
+        long,
+        conflicts_with_all = ["quick", "max_d_model", "max_context", "max_kernel_n", "all_adapters", "suite"]
+    )]
+    pub contribute: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -97,6 +105,9 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
             return Ok(());
         }
         None => {}
+    }
+    if args.contribute {
+        return contribute(adapter);
     }
     let mut options = BenchOptions::new(args.suite.suites(), args.quick);
     if let Some(d) = args.max_d_model {
@@ -207,6 +218,48 @@ fn merge_cmd(dirs: &[PathBuf], out: &Path) -> Result<()> {
         "merged {} reports into {}",
         reports.len(),
         out.join("merged.md").display()
+    );
+    Ok(())
+}
+
+/// `walsh bench --contribute`: the full suites on the chosen adapter, into
+/// bench-results/, merged with the reports already there; then what to send.
+fn contribute(adapter: &str) -> Result<()> {
+    let out = PathBuf::from("bench-results");
+    let gpu = Gpu::new(&adapter.parse::<AdapterSelector>()?)?;
+    if gpu.is_cpu_adapter() {
+        eprintln!(
+            "walsh: {} is a CPU adapter (a software rasterizer): its figures say little about \
+             GPUs, and bench-results/ has lavapipe and llvmpipe already. Pick a GPU with \
+             --adapter (see `walsh adapters`) if the machine has one.",
+            gpu.describe()
+        );
+    }
+    let args = BenchArgs {
+        action: None,
+        all_adapters: false,
+        suite: SuiteArg::All,
+        quick: false,
+        out: out.clone(),
+        max_d_model: None,
+        max_context: None,
+        max_kernel_n: None,
+        kv_cache: KvFormat::default(),
+        contribute: false,
+    };
+    eprintln!(
+        "walsh: the full benchmark on {}: every suite, no size bounds (minutes on a GPU)",
+        gpu.describe()
+    );
+    let slug = walsh::bench::adapter_slug(gpu.summary());
+    drop(gpu);
+    bench_cmd(&args, adapter)?;
+    merge_cmd(std::slice::from_ref(&out), &out)?;
+    println!(
+        "\nTo contribute this report: add bench-results/{slug}.* and bench-results/merged.* \
+         to a branch and send a pull request (or attach the files to an issue), saying which \
+         GPU, driver and OS it was:\n\n  git checkout -b bench-{slug}\n  git add \
+         bench-results/{slug}.* bench-results/merged.*\n  git commit -m \"bench: {slug}\"\n"
     );
     Ok(())
 }
