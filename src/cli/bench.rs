@@ -248,7 +248,7 @@ fn contribute(adapter: &str) -> Result<()> {
         contribute: false,
     };
     eprintln!(
-        "walsh: the full benchmark on {}: every suite, no size bounds (minutes on a GPU)",
+        "walsh: the full benchmark on {}: every suite, no size bounds",
         gpu.describe()
     );
     let slug = walsh::bench::adapter_slug(gpu.summary());
