@@ -309,7 +309,10 @@ async function modelFiles(model, progress) {
   return { config: new TextDecoder().decode(bytes[0]), weights: bytes[1], source: 'network', note };
 }
 
-async function loadModel(url) {
+// Loads `url`'s model. An engine whose GPU failed is replaced first; a load that makes
+// the GPU fail (out of memory) is tried once more on a new engine.
+async function loadModel(url, retry = true) {
+  if (state.engine.gpu_failure()) await reopenEngine();
   const model = state.models.find((m) => m.url === url);
   $('model-about').textContent = model?.about ?? '';
   state.loaded = false;
@@ -346,6 +349,11 @@ async function loadModel(url) {
   } catch (e) {
     label.textContent = '';
     await updateCacheStatus();
+    setBusy(false);
+    if (retry && state.engine.gpu_failure()) {
+      await loadModel(url, false);
+      return;
+    }
     showFailure(`Loading ${url}: ${errorText(e)}`);
   } finally {
     setBusy(false);
@@ -478,17 +486,22 @@ async function failed(e) {
   setBusy(true);
   const message = `The run ended: the GPU failed (${why}).`;
   showMessage(`${message} Reopening WebGPU…`);
-  state.engine.free();
-  state.engine = null;
-  const reason = await openEngine();
-  if (reason) openCpu(`${reason} (after the GPU failed)`);
-  $('stat-device').textContent = state.engine.on_gpu() ? 'WebGPU' : 'CPU (WebAssembly)';
-  await loadModel(state.modelUrl);
+  await loadModel(state.modelUrl); // reopens the engine first
   if (state.loaded) {
     showMessage(`${message} walsh reopened ` +
       `${state.engine.on_gpu() ? 'WebGPU' : 'the engine on the CPU'} and reloaded the model: ` +
       'generate again.');
   }
+}
+
+// Replaces an engine whose GPU failed with a new one: WebGPU where it opens again, else
+// the CPU.
+async function reopenEngine() {
+  state.engine.free();
+  state.engine = null;
+  const reason = await openEngine();
+  if (reason) openCpu(`${reason} (after the GPU failed)`);
+  $('stat-device').textContent = state.engine.on_gpu() ? 'WebGPU' : 'CPU (WebAssembly)';
 }
 
 // ---- benchmark --------------------------------------------------------------------------
