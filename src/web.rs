@@ -8,34 +8,63 @@
 //! strings, so the page sees the same field names as `walsh bench --out` and
 //! `walsh generate --json`.
 //!
-//! One [`Engine`] per page: its device lives as long as the page (it is leaked, so the
-//! decoder can borrow it for `'static`), and one generation or benchmark runs at a time.
+//! Without WebGPU (or when its adapter fails) the page opens the engine on the CPU
+//! instead ([`Engine::open_cpu`]): the CPU reference decoder, compiled to WASM, runs the
+//! same model through the same generation loop and gives the same tokens.
+//!
+//! One [`Engine`] per device: its GPU lives as long as the page (it is leaked, so the
+//! decoder can borrow it for `'static`; a page replaces its engine only when the device is
+//! lost, which leaves a few handles behind), and one generation or benchmark runs at a
+//! time. The page downloads (and caches) the model files; the engine checks and uploads
+//! them.
 
 use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use js_sys::{Function, Reflect, Uint8Array};
+use js_sys::{Function, Uint8Array};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::bench::{self, BenchOptions, Report, Suite, report::Environment};
-use crate::gpu::Gpu;
-use crate::model::Config;
+use crate::bench::{self, BenchError, BenchOptions, Report, Suite, report::Environment};
+use crate::gpu::{CountersSnapshot, Gpu, GpuError, MemoryReport};
+use crate::model::fit::{BufferLimits, check_decoder_fits, fit_prompt, prompt_notice};
 use crate::model::generate::{
-    DEFAULT_MAX_CHUNK, GenerateOptions, Utf8Stream, encode_text, generate_async,
+    Chunk, CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, StepFuture, Utf8Stream,
+    encode_text, generate_async,
 };
 use crate::model::gpu::GpuDecoder;
 use crate::model::weights::{CONFIG_FILE, Model, WEIGHTS_FILE};
+use crate::model::{Config, ModelError};
 use crate::ops::attention::KvFormat;
+use crate::ops::hadamard::WhtError;
 use crate::ops::sample::SamplingParams;
 
-/// A model on the GPU, ready to generate.
+/// Decode steps per chunk on the CPU: each chunk runs without yielding to the browser, so
+/// a small one keeps the page responsive (and Stop quick) while tokens stream.
+const CPU_MAX_CHUNK: usize = 8;
+
+/// Where the engine runs.
+enum Backend {
+    /// The browser's WebGPU adapter.
+    Gpu(&'static Gpu),
+    /// The CPU reference decoder, compiled to WASM.
+    Cpu,
+}
+
+/// A loaded model, ready to generate.
+enum Runner {
+    /// Boxed: the decoder is large and moves in and out of the engine on every run.
+    Gpu(Box<GpuDecoder<'static>>),
+    /// The CPU decoder is built per generation (its KV cache is a few hundred KiB).
+    Cpu(Model),
+}
+
 struct Loaded {
     info: ModelInfo,
-    decoder: GpuDecoder<'static>,
+    runner: Runner,
 }
 
 /// What the page shows about a loaded model.
@@ -49,7 +78,10 @@ struct ModelInfo {
     layers: usize,
     heads: usize,
     context: usize,
-    download_bytes: usize,
+    /// Bytes of config.json and model.safetensors.
+    bytes: usize,
+    /// `webgpu` or `cpu`.
+    device: &'static str,
 }
 
 /// Generation settings as the page sends them (JSON).
@@ -58,26 +90,35 @@ struct WebGenerateOptions {
     max_tokens: usize,
     #[serde(flatten)]
     sampling: SamplingParams,
-    /// Most decode steps per GPU submission (default: the native default).
+    /// Most decode steps per chunk (default: the native default on the GPU, a small one on
+    /// the CPU).
     #[serde(default)]
     max_chunk: Option<usize>,
 }
 
-/// What `generate` resolves to (JSON): the tokens, the text and the stats.
+/// What `generate` resolves to (JSON): the tokens, the text and the stats, and the notice
+/// when the prompt was longer than the context.
 #[derive(Serialize)]
 struct WebGeneration<'a> {
     tokens: &'a [u32],
     text: String,
     stats: &'a crate::model::generate::GenerationStats,
+    notice: Option<String>,
 }
 
 /// The engine the page drives.
 #[wasm_bindgen]
 pub struct Engine {
-    gpu: &'static Gpu,
+    backend: Backend,
     loaded: RefCell<Option<Loaded>>,
     busy: Cell<bool>,
     stop: Cell<bool>,
+    /// A storage-binding limit below the adapter's, to preview a smaller device.
+    max_binding: Cell<Option<u64>>,
+    /// Why the GPU cannot be used any more (lost, out of memory), once a run found out.
+    failure: RefCell<Option<String>>,
+    /// Set by [`Engine::lose_device`]: the device was destroyed on purpose.
+    destroyed: Cell<bool>,
 }
 
 /// Marks the engine busy while alive.
@@ -105,28 +146,147 @@ fn to_json(value: &impl Serialize) -> Result<String, JsError> {
     serde_json::to_string(value).map_err(error)
 }
 
+/// Lets the browser run its event loop (paint, input, Stop) before continuing: a
+/// zero-delay timer, which unlike a resolved promise comes after rendering.
+async fn yield_to_browser() {
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let scheduled = web_sys::window().is_some_and(|w| {
+            w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 0)
+                .is_ok()
+        });
+        if !scheduled {
+            let _ = resolve.call0(&JsValue::NULL);
+        }
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
+/// The CPU decoder, yielding to the browser after every step or chunk: its work is
+/// synchronous, and a page that never yields neither paints the streamed tokens nor sees
+/// Stop.
+struct YieldingCpu<'m>(CpuBatch<'m>);
+
+impl Decoder for YieldingCpu<'_> {
+    fn max_seqs(&self) -> usize {
+        self.0.max_seqs()
+    }
+    fn max_positions(&self) -> usize {
+        self.0.max_positions()
+    }
+    fn reset(&mut self) {
+        self.0.reset()
+    }
+    fn reset_sequence(&mut self, seq: usize) {
+        self.0.reset_sequence(seq)
+    }
+    fn step<'a>(
+        &'a mut self,
+        batch: &'a [(usize, &'a [u32])],
+        sampling: &'a SamplingParams,
+        draws: &'a [f32],
+    ) -> StepFuture<'a, Vec<u32>> {
+        let step = self.0.step(batch, sampling, draws);
+        Box::pin(async move {
+            let tokens = step.await;
+            yield_to_browser().await;
+            tokens
+        })
+    }
+    fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>> {
+        self.0.logits(batch)
+    }
+    fn start_decode(
+        &mut self,
+        seqs: usize,
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Result<Chunk, ModelError> {
+        self.0.start_decode(seqs, sampling, draws)
+    }
+    fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>> {
+        let tokens = self.0.finish_decode(chunk);
+        Box::pin(async move {
+            let tokens = tokens.await;
+            yield_to_browser().await;
+            tokens
+        })
+    }
+    fn memory(&self) -> Option<MemoryReport> {
+        None
+    }
+    fn counters(&self) -> Option<CountersSnapshot> {
+        None
+    }
+    fn device(&self) -> String {
+        "cpu (WebAssembly)".into()
+    }
+    fn kv_format(&self) -> KvFormat {
+        self.0.kv_format()
+    }
+}
+
+/// The GPU error inside a run's error, if it was one.
+fn gpu_error(e: &ModelError) -> Option<&GpuError> {
+    match e {
+        ModelError::Gpu(g) | ModelError::Wht(WhtError::Gpu(g)) => Some(g),
+        _ => None,
+    }
+}
+
 #[wasm_bindgen]
 impl Engine {
+    fn new(backend: Backend) -> Self {
+        Engine {
+            backend,
+            loaded: RefCell::new(None),
+            busy: Cell::new(false),
+            stop: Cell::new(false),
+            max_binding: Cell::new(None),
+            failure: RefCell::new(None),
+            destroyed: Cell::new(false),
+        }
+    }
+
     /// Opens the browser's WebGPU adapter. Rejects with a message saying what is missing
     /// when the browser has none. `label` names the adapter where wgpu cannot (the page
-    /// passes the vendor and architecture of `GPUAdapter.info`).
+    /// passes the vendor and architecture of `GPUAdapter.info`, or its own description
+    /// where the browser leaves that empty).
     pub async fn open(label: Option<String>) -> Result<Engine, JsError> {
         let mut gpu = Gpu::browser().await?;
         if let Some(label) = label.filter(|l| !l.trim().is_empty()) {
             gpu.set_label(label.trim());
         }
-        Ok(Engine {
-            gpu: Box::leak(Box::new(gpu)),
-            loaded: RefCell::new(None),
-            busy: Cell::new(false),
-            stop: Cell::new(false),
-        })
+        Ok(Engine::new(Backend::Gpu(Box::leak(Box::new(gpu)))))
+    }
+
+    /// Opens the engine on the CPU: the reference decoder compiled to WASM, for browsers
+    /// without WebGPU. Generation gives the same tokens as on the GPU, more slowly; the
+    /// benchmark suites need a GPU.
+    pub fn open_cpu() -> Engine {
+        Engine::new(Backend::Cpu)
+    }
+
+    /// True on WebGPU, false on the CPU.
+    pub fn on_gpu(&self) -> bool {
+        matches!(self.backend, Backend::Gpu(_))
+    }
+
+    fn gpu(&self) -> Result<&'static Gpu, JsError> {
+        match self.backend {
+            Backend::Gpu(gpu) => Ok(gpu),
+            Backend::Cpu => Err(error(
+                "this needs WebGPU: walsh runs on the CPU in this browser",
+            )),
+        }
     }
 
     /// The adapter (name, backend, features, limits), as JSON: the same summary as
-    /// `walsh adapters --json`.
-    pub fn adapter(&self) -> Result<String, JsError> {
-        to_json(self.gpu.summary())
+    /// `walsh adapters --json`; null on the CPU.
+    pub fn adapter(&self) -> Result<Option<String>, JsError> {
+        match self.backend {
+            Backend::Gpu(gpu) => to_json(gpu.summary()).map(Some),
+            Backend::Cpu => Ok(None),
+        }
     }
 
     /// walsh's version and the commit this build came from, when known.
@@ -137,7 +297,19 @@ impl Engine {
         }
     }
 
+    /// Checks models against a storage-binding (and buffer) limit of `bytes` instead of
+    /// the adapter's, when smaller: shows how the page treats a phone's 128 MiB on a
+    /// desktop (the page's `?max_binding=` parameter). `None` restores the adapter's.
+    pub fn set_max_binding(&self, bytes: Option<f64>) {
+        self.max_binding.set(bytes.map(|b| b.max(0.0) as u64));
+    }
+
     fn start(&self) -> Result<Busy<'_>, JsError> {
+        if let Some(why) = self.failure.borrow().as_ref() {
+            return Err(error(format!(
+                "the GPU device cannot be used any more ({why}): reopen the engine"
+            )));
+        }
         if self.busy.replace(true) {
             return Err(error("walsh is busy with another generation or benchmark"));
         }
@@ -145,28 +317,69 @@ impl Engine {
         Ok(Busy(&self.busy))
     }
 
-    /// Downloads `base_url/config.json` and `base_url/model.safetensors`, checks them like
-    /// the native loader, and uploads the weights. `progress(received_bytes, total_bytes
-    /// or null)` is called as the weights arrive. Resolves to the model's description
-    /// (JSON). The previous model is released first.
+    /// Records why the device is unusable when `e` says it is (lost, out of memory, a
+    /// failed readback), so the page reopens the engine; returns `e` as a JsError.
+    fn fail(&self, e: &dyn std::fmt::Display, gpu_error: Option<&GpuError>) -> JsError {
+        if let Backend::Gpu(gpu) = self.backend {
+            let why = if self.destroyed.get() {
+                Some("the page destroyed the device".to_string())
+            } else if let Err(lost @ GpuError::DeviceLost(_)) = gpu.check() {
+                // The device's lost callback outranks whatever symptom the run saw.
+                Some(lost.to_string())
+            } else {
+                match gpu_error {
+                    Some(
+                        g @ (GpuError::DeviceLost(_)
+                        | GpuError::OutOfMemory(_)
+                        | GpuError::Readback(_)),
+                    ) => Some(g.to_string()),
+                    _ => None,
+                }
+            };
+            if let Some(why) = why {
+                self.loaded.borrow_mut().take();
+                *self.failure.borrow_mut() = Some(why);
+            }
+        }
+        error(e)
+    }
+
+    /// Why the GPU cannot be used any more (lost, out of memory), after a run failed;
+    /// null while it is fine. The page then opens a new engine and reloads the model.
+    pub fn gpu_failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Destroys the GPU device, as a driver reset or an unplugged GPU would lose it: the
+    /// running generation fails, and the page shows how it recovers (its recovery test).
+    pub fn lose_device(&self) {
+        if let Backend::Gpu(gpu) = self.backend {
+            self.destroyed.set(true);
+            gpu.device.destroy();
+        }
+    }
+
+    /// Checks `config` (config.json's text) and `weights` (model.safetensors' bytes) from
+    /// `url` like the native loader, checks that every buffer fits the adapter's limits,
+    /// and uploads the weights (on the GPU). Resolves to the model's description (JSON).
+    /// The previous model is released first.
     pub async fn load_model(
         &self,
-        base_url: String,
-        progress: Function,
+        url: String,
+        config: String,
+        weights: Uint8Array,
     ) -> Result<String, JsError> {
         let _busy = self.start()?;
-        let base = base_url.trim_end_matches('/');
+        let base = url.trim_end_matches('/');
         let config_url = format!("{base}/{CONFIG_FILE}");
-        let weights_url = format!("{base}/{WEIGHTS_FILE}");
-        let config_bytes = fetch(&config_url, None).await?;
-        let text = String::from_utf8(config_bytes)
-            .map_err(|_| error(format!("{config_url} is not UTF-8 text")))?;
-        let config = Config::from_json(Path::new(&config_url), &text)?;
-        let bytes = fetch(&weights_url, Some(&progress)).await?;
-        let model = Model::from_safetensors(Path::new(base), config, &bytes)?;
+        let parsed = Config::from_json(Path::new(&config_url), &config)?;
+        let bytes = weights.to_vec();
+        let model =
+            Model::from_safetensors(Path::new(&format!("{base}/{WEIGHTS_FILE}")), parsed, &bytes)?;
         // Free the old model's buffers before allocating the new one's.
         self.loaded.borrow_mut().take();
         let c = &model.config;
+        let context = c.max_position_embeddings;
         let info = ModelInfo {
             url: base.to_string(),
             variant: c.variant(),
@@ -175,13 +388,29 @@ impl Engine {
             hidden_size: c.hidden_size,
             layers: c.num_hidden_layers,
             heads: c.num_attention_heads,
-            context: c.max_position_embeddings,
-            download_bytes: bytes.len() + text.len(),
+            context,
+            bytes: bytes.len() + config.len(),
+            device: if self.on_gpu() { "webgpu" } else { "cpu" },
         };
-        let context = c.max_position_embeddings;
-        let decoder = GpuDecoder::new(self.gpu, &model, 1, context, KvFormat::default())?;
+        let runner = match self.backend {
+            Backend::Gpu(gpu) => {
+                // Refuse before uploading anything, naming the tensor and the limit.
+                let mut limits = BufferLimits::from(gpu.limits());
+                if let Some(cap) = self.max_binding.get() {
+                    limits.max_storage_buffer_binding_size =
+                        limits.max_storage_buffer_binding_size.min(cap);
+                    limits.max_buffer_size = limits.max_buffer_size.min(cap);
+                }
+                check_decoder_fits(&model, 1, context, KvFormat::default(), limits)
+                    .map_err(error)?;
+                let decoder = GpuDecoder::new(gpu, &model, 1, context, KvFormat::default())
+                    .map_err(|e| self.fail(&e, gpu_error(&e)))?;
+                Runner::Gpu(Box::new(decoder))
+            }
+            Backend::Cpu => Runner::Cpu(model),
+        };
         let json = to_json(&info)?;
-        *self.loaded.borrow_mut() = Some(Loaded { info, decoder });
+        *self.loaded.borrow_mut() = Some(Loaded { info, runner });
         Ok(json)
     }
 
@@ -194,10 +423,18 @@ impl Engine {
             .transpose()
     }
 
-    /// Generates after `prompt` (bytes of UTF-8 text) with `options` (JSON: `max_tokens`,
-    /// `temperature`, `top_k`, `top_p`, `seed`), calling `on_token(text, index, token)` as
-    /// each token arrives (`text` is empty while a multi-byte character is incomplete).
-    /// Resolves to `{tokens, text, stats}` (JSON). [`Engine::stop`] ends it early.
+    /// The notice for `prompt` when it is longer than the loaded model's context (its last
+    /// bytes that fit are kept), or null.
+    pub fn prompt_notice(&self, prompt: String) -> Option<String> {
+        let context = self.loaded.borrow().as_ref()?.info.context;
+        (prompt.len() > context).then(|| prompt_notice(prompt.len(), context))
+    }
+
+    /// Generates after `prompt` (UTF-8 text, as bytes; a prompt longer than the context
+    /// keeps its last bytes that fit) with `options` (JSON: `max_tokens`, `temperature`,
+    /// `top_k`, `top_p`, `seed`), calling `on_token(text, index, token)` as each token
+    /// arrives (`text` is empty while a multi-byte character is incomplete). Resolves to
+    /// `{tokens, text, stats, notice}` (JSON). [`Engine::stop`] ends it early.
     pub async fn generate(
         &self,
         prompt: String,
@@ -207,53 +444,69 @@ impl Engine {
         let _busy = self.start()?;
         let options: WebGenerateOptions = serde_json::from_str(&options)
             .map_err(|e| error(format!("generation options: {e}")))?;
-        let options = GenerateOptions {
-            max_tokens: options.max_tokens,
-            sampling: options.sampling,
-            max_chunk: options.max_chunk.unwrap_or(DEFAULT_MAX_CHUNK),
-        };
         let mut loaded = self
             .loaded
             .borrow_mut()
             .take()
             .ok_or_else(|| error("no model is loaded"))?;
+        let context = loaded.info.context;
+        let bytes = encode_text(&prompt);
+        let (kept, dropped) = fit_prompt(&bytes, context);
+        let notice = (dropped > 0).then(|| prompt_notice(bytes.len(), context));
+        let prompts = [kept.to_vec()];
+        let default_chunk = match loaded.runner {
+            Runner::Gpu(_) => DEFAULT_MAX_CHUNK,
+            Runner::Cpu(_) => CPU_MAX_CHUNK,
+        };
+        let options = GenerateOptions {
+            max_tokens: options.max_tokens,
+            sampling: options.sampling,
+            max_chunk: options.max_chunk.unwrap_or(default_chunk),
+        };
         let mut stream = Utf8Stream::default();
         let mut text = String::new();
         let mut callback_error = None;
-        let result = generate_async(
-            &mut loaded.decoder,
-            &[encode_text(&prompt)],
-            &options,
-            |ev| {
-                let piece = stream.push(ev.token);
-                text.push_str(&piece);
-                let args = (
-                    JsValue::from_str(&piece),
-                    JsValue::from(ev.index as u32),
-                    JsValue::from(ev.token),
-                );
-                if let Err(e) = on_token.call3(&JsValue::NULL, &args.0, &args.1, &args.2) {
-                    callback_error = Some(js_message(&e));
-                    return ControlFlow::Break(());
+        let mut on_event = |ev: crate::model::generate::TokenEvent| {
+            let piece = stream.push(ev.token);
+            text.push_str(&piece);
+            let args = (
+                JsValue::from_str(&piece),
+                JsValue::from(ev.index as u32),
+                JsValue::from(ev.token),
+            );
+            if let Err(e) = on_token.call3(&JsValue::NULL, &args.0, &args.1, &args.2) {
+                callback_error = Some(js_message(&e));
+                return ControlFlow::Break(());
+            }
+            if self.stop.get() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let result = match &mut loaded.runner {
+            Runner::Gpu(decoder) => {
+                generate_async(decoder.as_mut(), &prompts, &options, &mut on_event).await
+            }
+            Runner::Cpu(model) => match CpuBatch::new(model, 1, context, KvFormat::default()) {
+                Ok(cpu) => {
+                    let mut decoder = YieldingCpu(cpu);
+                    generate_async(&mut decoder, &prompts, &options, &mut on_event).await
                 }
-                if self.stop.get() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
+                Err(e) => Err(e),
             },
-        )
-        .await;
+        };
         *self.loaded.borrow_mut() = Some(loaded);
         if let Some(message) = callback_error {
             return Err(error(format!("the on_token callback threw: {message}")));
         }
-        let generation = result?;
+        let generation = result.map_err(|e| self.fail(&e, gpu_error(&e)))?;
         text.push_str(&stream.finish());
         to_json(&WebGeneration {
             tokens: &generation.tokens[0],
             text,
             stats: &generation.stats,
+            notice,
         })
     }
 
@@ -262,20 +515,24 @@ impl Engine {
         self.stop.set(true);
     }
 
-    /// GPU memory held now and at peak, by category (JSON).
-    pub fn memory(&self) -> Result<String, JsError> {
-        to_json(&self.gpu.memory().report())
+    /// GPU memory held now and at peak, by category (JSON); null on the CPU.
+    pub fn memory(&self) -> Result<Option<String>, JsError> {
+        match self.backend {
+            Backend::Gpu(gpu) => to_json(&gpu.memory().report()).map(Some),
+            Backend::Cpu => Ok(None),
+        }
     }
 
     /// Runs benchmark suites (comma-separated: `kernels`, `decoder`, `paper`), `quick` for
     /// small sizes, calling `progress(what, done, total)` between cases. Resolves to the
-    /// report (JSON, the schema of `walsh bench --out`).
+    /// report (JSON, the schema of `walsh bench --out`). Needs WebGPU.
     pub async fn bench(
         &self,
         suites: String,
         quick: bool,
         progress: Function,
     ) -> Result<String, JsError> {
+        let gpu = self.gpu()?;
         let _busy = self.start()?;
         let suites = suites
             .split(',')
@@ -308,13 +565,21 @@ impl Engine {
             );
         };
         let report = bench::run_until(
-            self.gpu,
+            gpu,
             &options,
             Environment::browser(&user_agent),
             &mut report_progress,
             &|| stop.get(),
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            let g = match &e {
+                BenchError::Gpu(g) | BenchError::Wht(WhtError::Gpu(g)) => Some(g),
+                BenchError::Model(m) => gpu_error(m),
+                _ => None,
+            };
+            self.fail(&e, g)
+        })?;
         to_json(&report)
     }
 
@@ -330,54 +595,4 @@ impl Engine {
             "report", &report,
         )?))
     }
-}
-
-/// Downloads `url`, calling `progress(received, total or null)` per chunk.
-async fn fetch(url: &str, progress: Option<&Function>) -> Result<Vec<u8>, JsError> {
-    let fail = |e: JsValue| error(format!("downloading {url}: {}", js_message(&e)));
-    let window = web_sys::window().ok_or_else(|| error("walsh runs in a browser window"))?;
-    let response: web_sys::Response = JsFuture::from(window.fetch_with_str(url))
-        .await
-        .map_err(fail)?
-        .dyn_into()
-        .map_err(fail)?;
-    if !response.ok() {
-        return Err(error(format!(
-            "downloading {url}: HTTP {} {}",
-            response.status(),
-            response.status_text()
-        )));
-    }
-    let total = response
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse::<f64>().ok());
-    let body = response
-        .body()
-        .ok_or_else(|| error(format!("downloading {url}: the response has no body")))?;
-    let reader: web_sys::ReadableStreamDefaultReader =
-        body.get_reader().dyn_into().map_err(|e| fail(e.into()))?;
-    let mut out = Vec::with_capacity(total.unwrap_or(0.0) as usize);
-    loop {
-        let chunk = JsFuture::from(reader.read()).await.map_err(fail)?;
-        let done = Reflect::get(&chunk, &"done".into())
-            .map_err(fail)?
-            .as_bool()
-            .unwrap_or(true);
-        if done {
-            break;
-        }
-        let value: Uint8Array = Reflect::get(&chunk, &"value".into())
-            .map_err(fail)?
-            .dyn_into()
-            .map_err(fail)?;
-        out.extend(value.to_vec());
-        if let Some(p) = progress {
-            let total = total.map_or(JsValue::NULL, JsValue::from);
-            let _ = p.call2(&JsValue::NULL, &JsValue::from(out.len() as f64), &total);
-        }
-    }
-    Ok(out)
 }

@@ -144,11 +144,98 @@ fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
             assert!(backends_seen.contains(&b.as_str()), "no report for {b}");
         }
     }
+    // The page-vs-native report sits next to the adapter reports; merge appends its table.
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results/page-vs-native.json");
+    std::fs::copy(&page, dir.path().join("page-vs-native.json")).unwrap();
     let merged = stdout(&walsh(&["bench", "merge", out, "--out", out]));
     for r in &reports {
         assert!(merged.contains(&r.adapter.name), "{merged}");
     }
+    assert!(
+        merged.contains("## The page vs native walsh on the same adapter"),
+        "{merged}"
+    );
     assert!(dir.path().join("merged.svg").exists());
+    let table = stdout(&walsh(&["bench", "page-table", page.to_str().unwrap()]));
+    assert_eq!(
+        table,
+        std::fs::read_to_string(page.with_extension("md")).unwrap()
+    );
+}
+
+#[test]
+fn contribute_takes_no_size_bounds() {
+    for extra in [
+        &["--quick"][..],
+        &["--max-d-model", "256"],
+        &["--all-adapters"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_walsh"))
+            .args([&["bench", "--contribute"][..], extra].concat())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--contribute {extra:?} was accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_keeps_its_last_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    let model = model.to_str().unwrap();
+    walsh(&[
+        "init-model",
+        "--out",
+        model,
+        "--hidden-size",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--context",
+        "16",
+    ]);
+    let long = "To be, or not to be, that is the question";
+    let tail = &long[long.len() - 16..];
+    // `--adapter` goes before the subcommand, `--device` after it.
+    let run = |prompt: &str, before: &[&str], after: &[&str]| -> (Vec<u32>, String) {
+        let args = [
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--json",
+        ];
+        let out = walsh(&[before, &args[..], after].concat());
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let tokens = serde_json::from_value(json["tokens"][0].clone()).unwrap();
+        (tokens, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (want, quiet) = run(tail, &[], &["--device", "cpu"]);
+    assert!(!quiet.contains("the prompt is"), "{quiet}");
+    let notice = format!(
+        "the prompt is {} bytes, more than the model's context of 16: generating from its last 16 bytes",
+        long.len()
+    );
+    let (got, stderr) = run(long, &[], &["--device", "cpu"]);
+    assert_eq!(got, want);
+    assert!(stderr.contains(&notice), "{stderr}");
+    for b in backends() {
+        let (got, stderr) = run(long, &["--adapter", b.as_str()], &[]);
+        assert_eq!(got, want, "{b}");
+        assert!(stderr.contains(&notice), "{b}: {stderr}");
+    }
 }
 
 /// Runs walsh expecting a clean failure: exit status 1 (not a panic's 101, not an abort's

@@ -41,6 +41,29 @@ fn models_json_lists_exactly_the_shipped_models() {
 }
 
 #[test]
+fn models_json_hashes_match_the_files() {
+    // The page keys its model cache by these and refuses a download that differs: a
+    // retrained model needs its new hashes here (`sha256sum models/*/*`).
+    use sha2::{Digest, Sha256};
+    let text = std::fs::read_to_string(root().join("web/models.json")).unwrap();
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    for m in &list {
+        let url = m["url"].as_str().unwrap();
+        for (file, field) in [
+            ("model.safetensors", "sha256"),
+            ("config.json", "config_sha256"),
+        ] {
+            let bytes = std::fs::read(root().join(url).join(file)).unwrap();
+            let hash: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(m[field].as_str(), Some(hash.as_str()), "{url}/{file}");
+        }
+    }
+}
+
+#[test]
 fn every_element_the_script_uses_is_in_the_page() {
     let html = std::fs::read_to_string(root().join("web/index.html")).unwrap();
     let js = std::fs::read_to_string(root().join("web/main.js")).unwrap();
@@ -222,12 +245,16 @@ fn serve_gives_the_page_and_the_models_and_nothing_else() {
         std::fs::read(root().join("web/index.html")).unwrap()
     );
 
-    let r = server.get("GET", "/main.js", &[]);
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        r.header("content-type"),
-        Some("text/javascript; charset=utf-8")
-    );
+    // A service worker must come with a JavaScript type or the browser refuses it.
+    for script in ["/main.js", "/sw.js"] {
+        let r = server.get("GET", script, &[]);
+        assert_eq!(r.status, 200, "{script}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/javascript; charset=utf-8"),
+            "{script}"
+        );
+    }
 
     let weights = "models/shakespeare-hadamard/model.safetensors";
     let r = server.get("GET", &format!("/{weights}"), &[]);

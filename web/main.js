@@ -1,22 +1,44 @@
-// The walsh page: checks for WebGPU, loads the engine (web/pkg, built by `cargo xtask web`),
-// downloads a model, streams generated text and runs the benchmark suites.
+// The walsh page: opens the engine (web/pkg, built by `cargo xtask web`) on WebGPU, or on
+// the CPU where there is none, downloads a model (or takes it from the page's cache),
+// streams generated text and runs the benchmark suites.
 //
 // `document.body.dataset.state` says where the page is (loading, ready, generating,
-// benchmarking, done, no-webgpu, error) and `window.walsh.last` holds the last generation:
-// the end-to-end test (xtask/node/e2e.mjs) waits on and reads these.
+// benchmarking, recovering, done, error), `dataset.device` where the engine runs (webgpu,
+// cpu), and `window.walsh` holds the last generation and report: the end-to-end test
+// (xtask/node/e2e.mjs) waits on and reads these.
 
 const $ = (id) => document.getElementById(id);
 
+// Model files are cached under URLs keyed by their sha256 (web/models.json): a new
+// version of a model is a new key, and a second visit loads without the network.
+const MODEL_CACHE = 'walsh-models-v1';
+
 const state = {
+  wasm: null,
   engine: null,
   models: [],
   busy: false,
+  loaded: false,
+  modelUrl: null,
 };
 window.walsh = {
   last: null,
   lastReport: null,
   // [file name, contents] of a report, as `walsh bench --out` writes them.
-  reportFiles: (json) => JSON.parse(state.Engine.report_files(json)),
+  reportFiles: (json) => JSON.parse(state.wasm.Engine.report_files(json)),
+  // Where the last model came from (`network` or `cache`) and any notice about caching.
+  lastLoad: null,
+  // Destroys the GPU device, as a driver reset would lose it (the recovery test).
+  loseDevice: () => state.engine.lose_device(),
+  cachedModels: () => cachedModels(),
+  memory: () => state.engine.memory(),
+  // Greedy generation straight through the engine with a no-op callback (no page work per
+  // token): `cargo xtask web-bench --ratio` compares it with runs through the page.
+  engineOnly: async (prompt, tokens) => {
+    const options = { max_tokens: tokens, temperature: 0, top_k: 0, top_p: 1, seed: 0 };
+    return JSON.parse(await state.engine.generate(prompt, JSON.stringify(options), () => {}))
+      .stats;
+  },
 };
 
 function setState(name) {
@@ -31,16 +53,19 @@ function rate(count, seconds) {
   return seconds > 0 ? `${(count / seconds).toFixed(1)} tok/s` : '–';
 }
 
-function showNoWebGPU(reason) {
-  $('nogpu-reason').textContent = reason;
-  $('nogpu').hidden = false;
-  setState('no-webgpu');
+function showMessage(message) {
+  $('failure-message').textContent = message;
+  $('failure').hidden = false;
 }
 
 function showFailure(message) {
-  $('failure-message').textContent = message;
-  $('failure').hidden = false;
+  showMessage(message);
   setState('error');
+}
+
+function showNotice(message) {
+  $('notice').textContent = message ?? '';
+  $('notice').hidden = !message;
 }
 
 function errorText(e) {
@@ -50,46 +75,27 @@ function errorText(e) {
 // ---- start-up ---------------------------------------------------------------------------
 
 async function main() {
-  if (!('gpu' in navigator) || !navigator.gpu) {
-    showNoWebGPU('This browser does not expose WebGPU (navigator.gpu is missing).');
-    return;
+  // The page itself, for offline visits (sw.js); the models have their own cache.
+  if ('serviceWorker' in navigator) {
+    navigator.serviceWorker.register('sw.js').catch(() => {});
   }
-  let adapter = null;
   try {
-    adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
-  } catch (e) {
-    adapter = null;
-  }
-  if (!adapter) {
-    showNoWebGPU('WebGPU is present but offered no adapter: the GPU may be blocklisted or ' +
-      'hardware acceleration may be off.');
-    return;
-  }
-
-  let wasm;
-  try {
-    wasm = await import('./pkg/walsh.js');
-    await wasm.default();
+    state.wasm = await import('./pkg/walsh.js');
+    await state.wasm.default();
   } catch (e) {
     showFailure('Could not load the WebAssembly engine from pkg/walsh.js: build it with ' +
       `\`cargo xtask web\` and serve with \`walsh serve\`. (${errorText(e)})`);
     return;
   }
-  $('version').textContent = `walsh ${wasm.Engine.version()}`;
-  try {
-    const info = adapter.info ?? {};
-    const label = [info.vendor, info.architecture, info.description]
-      .filter((s) => s).join(' ');
-    state.engine = await wasm.Engine.open(label || null);
-  } catch (e) {
-    showNoWebGPU(errorText(e));
-    return;
+  $('version').textContent = `walsh ${state.wasm.Engine.version()}`;
+  const why = await openEngine();
+  if (why) {
+    openCpu(why);
   }
-  state.Engine = wasm.Engine;
-  showAdapter(JSON.parse(state.engine.adapter()));
   setupTabs();
   setupGenerate();
   setupBench();
+  setupCache();
 
   try {
     state.models = await (await fetch('models.json')).json();
@@ -104,10 +110,65 @@ async function main() {
     option.textContent = m.name;
     select.append(option);
   }
-  const wanted = new URLSearchParams(location.search).get('model');
+  const params = new URLSearchParams(location.search);
+  const wanted = params.get('model');
   if (wanted) select.value = state.models.find((m) => m.name === wanted)?.url ?? select.value;
   select.addEventListener('change', () => loadModel(select.value));
   await loadModel(select.value);
+}
+
+// Opens the engine on WebGPU; returns why it could not (null on success).
+async function openEngine() {
+  if (!('gpu' in navigator) || !navigator.gpu) {
+    return 'This browser does not expose WebGPU (navigator.gpu is missing).';
+  }
+  let adapter = null;
+  try {
+    adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+  } catch (e) {
+    adapter = null;
+  }
+  if (!adapter) {
+    return 'WebGPU is present but offered no adapter: the GPU may be blocklisted or ' +
+      'hardware acceleration may be off.';
+  }
+  try {
+    state.engine = await state.wasm.Engine.open(adapterLabel(adapter));
+  } catch (e) {
+    return `WebGPU could not open a device: ${errorText(e)}`;
+  }
+  // ?max_binding=BYTES checks models against a smaller device's storage-binding limit
+  // (a phone's is often 128 MiB).
+  const cap = Number(new URLSearchParams(location.search).get('max_binding'));
+  if (cap > 0) state.engine.set_max_binding(cap);
+  document.body.dataset.device = 'webgpu';
+  $('nogpu').hidden = true;
+  showAdapter(JSON.parse(state.engine.adapter()));
+  return null;
+}
+
+function openCpu(why) {
+  state.engine = state.wasm.Engine.open_cpu();
+  document.body.dataset.device = 'cpu';
+  $('nogpu-reason').textContent = why;
+  $('nogpu').hidden = false;
+  $('adapter').hidden = true;
+  $('tab-bench').hidden = true;
+}
+
+// A name for the adapter: what `GPUAdapter.info` says, or, where the browser leaves it
+// empty (Firefox does), the browser's own name.
+function adapterLabel(adapter) {
+  const info = adapter.info ?? {};
+  const label = [info.vendor, info.architecture, info.description]
+    .filter((s) => s).join(' ');
+  if (label) return label;
+  const ua = navigator.userAgent;
+  const known = [['Firefox', /Firefox\/(\d+)/], ['Edge', /Edg\/(\d+)/],
+    ['Chromium', /Chrom(?:e|ium)\/(\d+)/], ['Safari', /Version\/(\d+).*Safari/]];
+  const found = known.map(([name, re]) => [name, ua.match(re)]).find(([, m]) => m);
+  const browser = found ? `${found[0]} ${found[1][1]}` : 'this browser';
+  return `${browser}'s WebGPU adapter (the browser does not name it)`;
 }
 
 function showAdapter(a) {
@@ -149,24 +210,122 @@ function setupTabs() {
 function setBusy(busy) {
   state.busy = busy;
   $('generate').disabled = busy || !state.loaded;
-  $('bench-run').disabled = busy;
+  $('bench-run').disabled = busy || !state.engine.on_gpu();
   $('model').disabled = busy;
+  $('cache-clear').disabled = busy;
 }
 
 // ---- models -----------------------------------------------------------------------------
 
-async function loadModel(url) {
+function cacheKey(url, sha256) {
+  return new URL(`${url}?sha256=${sha256}`, location.href).href;
+}
+
+async function openCache() {
+  try {
+    return 'caches' in window ? await caches.open(MODEL_CACHE) : null;
+  } catch (e) {
+    return null; // storage off (private windows, some embedded views): no cache
+  }
+}
+
+async function download(url, progress) {
+  const response = await fetch(url, { cache: 'no-store' });
+  if (!response.ok) throw new Error(`downloading ${url}: HTTP ${response.status} ${response.statusText}`);
+  const total = Number(response.headers.get('content-length')) || null;
+  const reader = response.body.getReader();
+  const parts = [];
+  let received = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    received += value.length;
+    progress?.(received, total);
+  }
+  const bytes = new Uint8Array(received);
+  let at = 0;
+  for (const p of parts) {
+    bytes.set(p, at);
+    at += p.length;
+  }
+  return bytes;
+}
+
+async function sha256(bytes) {
+  const digest = await crypto.subtle.digest('SHA-256', bytes);
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// config.json's text and model.safetensors' bytes of `model`: from the cache when both
+// are there, else downloaded, checked against models.json's sha256 and cached.
+async function modelFiles(model, progress) {
+  const files = [
+    { name: 'config.json', url: `${model.url}/config.json`, sha256: model.config_sha256 },
+    { name: 'model.safetensors', url: `${model.url}/model.safetensors`, sha256: model.sha256 },
+  ];
+  const cache = await openCache();
+  if (cache) {
+    const hits = await Promise.all(files.map((f) => cache.match(cacheKey(f.url, f.sha256))));
+    if (hits.every((h) => h)) {
+      const [config, weights] = await Promise.all([hits[0].text(), hits[1].arrayBuffer()]);
+      return { config, weights: new Uint8Array(weights), source: 'cache', note: null };
+    }
+  }
+  const bytes = [await download(files[0].url), await download(files[1].url, progress)];
+  if (globalThis.crypto?.subtle) {
+    for (const [i, f] of files.entries()) {
+      const got = await sha256(bytes[i]);
+      if (got !== f.sha256) {
+        throw new Error(`${f.url} has sha256 ${got}, but models.json lists ${f.sha256}: ` +
+          'the file changed on the server (update models.json) or the download was damaged');
+      }
+    }
+  }
+  let note = null;
+  if (cache) {
+    try {
+      // Older versions of this model go first: a new hash is a new key.
+      for (const request of await cache.keys()) {
+        if (files.some((f) => request.url.startsWith(new URL(f.url, location.href).href))) {
+          await cache.delete(request);
+        }
+      }
+      for (const [i, f] of files.entries()) {
+        await cache.put(cacheKey(f.url, f.sha256), new Response(bytes[i], {
+          headers: { 'content-type': i === 0 ? 'application/json' : 'application/octet-stream' },
+        }));
+      }
+    } catch (e) {
+      // Half a model is no use: drop what was stored.
+      for (const f of files) await cache.delete(cacheKey(f.url, f.sha256)).catch(() => {});
+      note = e?.name === 'QuotaExceededError'
+        ? `The model was not saved for offline use: the browser's storage quota for this ` +
+          `site is full (${errorText(e)}). It works now and will be downloaded again next ` +
+          'visit; free space with “Clear cached models” or in the browser\'s site settings.'
+        : `The model was not saved for offline use: ${errorText(e)}`;
+    }
+  }
+  return { config: new TextDecoder().decode(bytes[0]), weights: bytes[1], source: 'network', note };
+}
+
+// Loads `url`'s model. An engine whose GPU failed is replaced first; a load that makes
+// the GPU fail (out of memory) is tried once more on a new engine.
+async function loadModel(url, retry = true) {
+  if (state.engine.gpu_failure()) await reopenEngine();
   const model = state.models.find((m) => m.url === url);
   $('model-about').textContent = model?.about ?? '';
   state.loaded = false;
+  state.modelUrl = url;
   setBusy(true);
   setState('loading');
   const bar = $('download');
   const label = $('download-label');
   bar.value = 0;
-  label.textContent = 'downloading…';
+  label.textContent = 'loading…';
   try {
-    const info = JSON.parse(await state.engine.load_model(url, (received, total) => {
+    if (!model) throw new Error('it is not in models.json');
+    const files = await modelFiles(model, (received, total) => {
       if (total) {
         bar.value = received / total;
         label.textContent = `${mib(received)} of ${mib(total)}`;
@@ -174,16 +333,27 @@ async function loadModel(url) {
         bar.removeAttribute('value');
         label.textContent = mib(received);
       }
-    }));
+    });
+    window.walsh.lastLoad = { source: files.source, note: files.note };
+    const info = JSON.parse(await state.engine.load_model(url, files.config, files.weights));
     bar.value = 1;
     label.textContent = `${info.variant}: ${info.params.toLocaleString()} parameters ` +
       `(attention ${info.attention_params.toLocaleString()}), d=${info.hidden_size}, ` +
-      `${info.layers} layers, context ${info.context}, ${mib(info.download_bytes)} downloaded`;
+      `${info.layers} layers, context ${info.context}, ${mib(info.bytes)} ` +
+      (files.source === 'cache' ? 'from the page\'s cache' : 'downloaded');
+    showNotice(files.note);
     state.loaded = true;
     updateMemory();
+    await updateCacheStatus();
     setState('ready');
   } catch (e) {
     label.textContent = '';
+    await updateCacheStatus();
+    setBusy(false);
+    if (retry && state.engine.gpu_failure()) {
+      await loadModel(url, false);
+      return;
+    }
     showFailure(`Loading ${url}: ${errorText(e)}`);
   } finally {
     setBusy(false);
@@ -191,8 +361,49 @@ async function loadModel(url) {
 }
 
 function updateMemory() {
-  const m = JSON.parse(state.engine.memory());
+  const json = state.engine.memory();
+  if (!json) {
+    $('stat-memory').textContent = 'none (CPU)';
+    return;
+  }
+  const m = JSON.parse(json);
   $('stat-memory').textContent = `${mib(m.current_bytes)} (peak ${mib(m.peak_bytes)})`;
+}
+
+// ---- the model cache --------------------------------------------------------------------
+
+// [{url, bytes}] of every cached file.
+async function cachedModels() {
+  const cache = await openCache();
+  if (!cache) return [];
+  const out = [];
+  for (const request of await cache.keys()) {
+    const response = await cache.match(request);
+    out.push({ url: request.url, bytes: (await response.clone().arrayBuffer()).byteLength });
+  }
+  return out;
+}
+
+async function updateCacheStatus() {
+  const status = $('cache-status');
+  if (!(await openCache())) {
+    status.textContent = 'This browser gives the page no storage: models are downloaded on every visit.';
+    $('cache-clear').hidden = true;
+    return;
+  }
+  const files = await cachedModels();
+  const weights = files.filter((f) => f.url.includes('/model.safetensors'));
+  const bytes = files.reduce((sum, f) => sum + f.bytes, 0);
+  status.textContent = weights.length === 0
+    ? 'No model is saved for offline use.'
+    : `${weights.length} model(s) saved for offline use, ${mib(bytes)}.`;
+}
+
+function setupCache() {
+  $('cache-clear').addEventListener('click', async () => {
+    await caches.delete(MODEL_CACHE).catch(() => {});
+    await updateCacheStatus();
+  });
 }
 
 // ---- generation -------------------------------------------------------------------------
@@ -205,6 +416,7 @@ function readNumber(id, fallback) {
 function setupGenerate() {
   $('generate').addEventListener('click', generate);
   $('stop').addEventListener('click', () => state.engine.stop());
+  $('stat-device').textContent = state.engine.on_gpu() ? 'WebGPU' : 'CPU (WebAssembly)';
 }
 
 async function generate() {
@@ -217,6 +429,7 @@ async function generate() {
     seed: Math.max(0, Math.floor(readNumber('seed', 0))),
   };
   $('failure').hidden = true;
+  showNotice(state.engine.prompt_notice(prompt));
   $('output-prompt').textContent = prompt;
   $('output-text').textContent = '';
   for (const id of ['stat-prefill', 'stat-decode', 'stat-tokens']) $(id).textContent = '–';
@@ -226,14 +439,12 @@ async function generate() {
 
   const start = performance.now();
   let first = 0;
-  let count = 0;
   const out = $('output-text');
   const pre = $('output');
   try {
     const result = JSON.parse(await state.engine.generate(prompt, JSON.stringify(options),
       (text, index) => {
         const now = performance.now();
-        count = index + 1;
         if (index === 0) {
           first = now;
           $('stat-prefill').textContent = rate(new TextEncoder().encode(prompt).length,
@@ -241,7 +452,7 @@ async function generate() {
         } else {
           $('stat-decode').textContent = rate(index, (now - first) / 1000);
         }
-        $('stat-tokens').textContent = String(count);
+        $('stat-tokens').textContent = String(index + 1);
         out.textContent += text;
         pre.scrollTop = pre.scrollHeight;
         if (index % 8 === 0) updateMemory();
@@ -256,11 +467,41 @@ async function generate() {
     window.walsh.last = result;
     setState('done');
   } catch (e) {
-    showFailure(errorText(e));
+    await failed(e);
   } finally {
     $('stop').disabled = true;
-    setBusy(false);
+    if (document.body.dataset.state !== 'recovering') setBusy(false);
   }
+}
+
+// A run failed. When the GPU can no longer be used (lost, out of memory), say so, open a
+// new engine and reload the model, without a page reload.
+async function failed(e) {
+  const why = state.engine.gpu_failure();
+  if (!why) {
+    showFailure(errorText(e));
+    return;
+  }
+  setState('recovering');
+  setBusy(true);
+  const message = `The run ended: the GPU failed (${why}).`;
+  showMessage(`${message} Reopening WebGPU…`);
+  await loadModel(state.modelUrl); // reopens the engine first
+  if (state.loaded) {
+    showMessage(`${message} walsh reopened ` +
+      `${state.engine.on_gpu() ? 'WebGPU' : 'the engine on the CPU'} and reloaded the model: ` +
+      'generate again.');
+  }
+}
+
+// Replaces an engine whose GPU failed with a new one: WebGPU where it opens again, else
+// the CPU.
+async function reopenEngine() {
+  state.engine.free();
+  state.engine = null;
+  const reason = await openEngine();
+  if (reason) openCpu(`${reason} (after the GPU failed)`);
+  $('stat-device').textContent = state.engine.on_gpu() ? 'WebGPU' : 'CPU (WebAssembly)';
 }
 
 // ---- benchmark --------------------------------------------------------------------------
@@ -294,15 +535,15 @@ async function runBench() {
     showReport(json);
     setState('done');
   } catch (e) {
-    showFailure(errorText(e));
+    await failed(e);
   } finally {
     $('bench-stop').disabled = true;
-    setBusy(false);
+    if (document.body.dataset.state !== 'recovering') setBusy(false);
   }
 }
 
 function showReport(json) {
-  const files = JSON.parse(state.Engine.report_files(json));
+  const files = JSON.parse(state.wasm.Engine.report_files(json));
   const report = $('bench-report');
   for (const [name, text] of files) {
     if (name.endsWith('.md')) {

@@ -8,10 +8,12 @@
 //!   the paper's grid of gains over d_model x batch x context.
 //! - [`report`]: the versioned JSON schema, Markdown tables, SVG charts and the merge of
 //!   many reports.
+//! - [`page`]: the browser page against native walsh on the same adapter.
 
 pub mod decoder;
 pub mod kernels;
 pub mod measure;
+pub mod page;
 pub mod report;
 
 use serde::{Deserialize, Serialize};

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use walsh::bench::page::PageVsNative;
 use walsh::bench::report::{Environment, files, merge};
 use walsh::bench::{BenchOptions, Report, Suite, run};
 use walsh::gpu::adapter::{enumerate, native_instance};
@@ -39,6 +40,14 @@ pub struct BenchArgs {
     /// KV cache format of the attention kernels and the decoders: f16 or f32.
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvFormat,
+    /// For GPU owners: every suite at full size on the chosen adapter (default: the best
+    /// one), written into bench-results/ and merged with the reports there, then what to
+    /// send. Takes no size bounds.
+    #[arg(
+        long,
+        conflicts_with_all = ["quick", "max_d_model", "max_context", "max_kernel_n", "all_adapters", "suite"]
+    )]
+    pub contribute: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -50,6 +59,8 @@ pub enum BenchAction {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Print the table of a `page-vs-native.json` (written by `cargo xtask page-vs-native`).
+    PageTable { file: PathBuf },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -82,8 +93,21 @@ fn git_commit() -> Option<String> {
 }
 
 pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
-    if let Some(BenchAction::Merge { dirs, out }) = &args.action {
-        return merge_cmd(dirs, out);
+    match &args.action {
+        Some(BenchAction::Merge { dirs, out }) => return merge_cmd(dirs, out),
+        Some(BenchAction::PageTable { file }) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            print!(
+                "{}",
+                PageVsNative::from_json(&file.display().to_string(), &text)?.to_markdown()
+            );
+            return Ok(());
+        }
+        None => {}
+    }
+    if args.contribute {
+        return contribute(adapter);
     }
     let mut options = BenchOptions::new(args.suite.suites(), args.quick);
     if let Some(d) = args.max_d_model {
@@ -197,10 +221,25 @@ pub fn read_reports(dirs: &[PathBuf]) -> Result<Vec<Report>> {
         for p in paths {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            reports.push(Report::from_json(&p.display().to_string(), &text)?);
+            // page-vs-native.json sits next to the adapter reports: not one of them.
+            if !PageVsNative::is_one(&text) {
+                reports.push(Report::from_json(&p.display().to_string(), &text)?);
+            }
         }
     }
     Ok(reports)
+}
+
+/// Every `page-vs-native.json` in `dirs`.
+fn read_page_reports(dirs: &[PathBuf]) -> Result<Vec<PageVsNative>> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let path = dir.join(format!("{}.json", walsh::bench::page::KIND));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            out.push(PageVsNative::from_json(&path.display().to_string(), &text)?);
+        }
+    }
+    Ok(out)
 }
 
 fn merge_cmd(dirs: &[PathBuf], out: &Path) -> Result<()> {
@@ -211,7 +250,11 @@ fn merge_cmd(dirs: &[PathBuf], out: &Path) -> Result<()> {
     if reports.is_empty() {
         bail!("no *.json report found in {dirs:?}");
     }
-    let (md, svg) = merge(&reports);
+    let (mut md, svg) = merge(&reports);
+    for page in read_page_reports(dirs)? {
+        md.push('\n');
+        md.push_str(&page.to_markdown());
+    }
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("merged.md"), &md)?;
     std::fs::write(out.join("merged.svg"), svg)?;
@@ -220,6 +263,48 @@ fn merge_cmd(dirs: &[PathBuf], out: &Path) -> Result<()> {
         "merged {} reports into {}",
         reports.len(),
         out.join("merged.md").display()
+    );
+    Ok(())
+}
+
+/// `walsh bench --contribute`: the full suites on the chosen adapter, into
+/// bench-results/, merged with the reports already there; then what to send.
+fn contribute(adapter: &str) -> Result<()> {
+    let out = PathBuf::from("bench-results");
+    let gpu = Gpu::new(&adapter.parse::<AdapterSelector>()?)?;
+    if gpu.is_cpu_adapter() {
+        eprintln!(
+            "walsh: {} is a CPU adapter (a software rasterizer): its figures say little about \
+             GPUs, and bench-results/ has lavapipe and llvmpipe already. Pick a GPU with \
+             --adapter (see `walsh adapters`) if the machine has one.",
+            gpu.describe()
+        );
+    }
+    let args = BenchArgs {
+        action: None,
+        all_adapters: false,
+        suite: SuiteArg::All,
+        quick: false,
+        out: out.clone(),
+        max_d_model: None,
+        max_context: None,
+        max_kernel_n: None,
+        kv_cache: KvFormat::default(),
+        contribute: false,
+    };
+    eprintln!(
+        "walsh: the full benchmark on {}: every suite, no size bounds",
+        gpu.describe()
+    );
+    let slug = walsh::bench::adapter_slug(gpu.summary());
+    drop(gpu);
+    bench_cmd(&args, adapter)?;
+    merge_cmd(std::slice::from_ref(&out), &out)?;
+    println!(
+        "\nTo contribute this report: add bench-results/{slug}.* and bench-results/merged.* \
+         to a branch and send a pull request (or attach the files to an issue), saying which \
+         GPU, driver and OS it was:\n\n  git checkout -b bench-{slug}\n  git add \
+         bench-results/{slug}.* bench-results/merged.*\n  git commit -m \"bench: {slug}\"\n"
     );
     Ok(())
 }

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use walsh::gpu::{AdapterSelector, Gpu};
 use walsh::limits::{self, Placement};
 use walsh::model::eval::evaluate;
+use walsh::model::fit::{fit_prompt, prompt_notice};
 use walsh::model::generate::{
     CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text,
     generate,
@@ -150,15 +151,21 @@ impl Default for GenerateArgs {
 
 pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
-    let prompts: Vec<Vec<u32>> = args.prompt.iter().map(|p| encode_text(p)).collect();
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let context = model.config.max_position_embeddings;
-    if longest > context {
-        bail!(
-            "a prompt of {longest} bytes does not fit the model's context of {context}: \
-             shorten it"
-        );
-    }
+    // A prompt longer than the context keeps its last bytes that fit, as generation does
+    // once the context fills.
+    let prompts: Vec<Vec<u32>> = args
+        .prompt
+        .iter()
+        .map(|p| {
+            let tokens = encode_text(p);
+            let (kept, dropped) = fit_prompt(&tokens, context);
+            if dropped > 0 {
+                eprintln!("walsh: {}", prompt_notice(tokens.len(), context));
+            }
+            kept.to_vec()
+        })
+        .collect();
     // The decoder holds a KV cache per sequence over the whole context.
     limits::decoder_memory(
         &model.config,

@@ -344,6 +344,12 @@ impl Gpu {
         }
     }
 
+    /// The key of every pipeline built on this device so far: what the host actually
+    /// compiled (the shader translation tests translate exactly these).
+    pub fn pipeline_keys(&self) -> Vec<PipelineKey> {
+        self.lock_pipelines().keys().cloned().collect()
+    }
+
     fn lock_pipelines(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PipelineKey, Arc<CachedPipeline>>>

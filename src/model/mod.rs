@@ -5,6 +5,7 @@ pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod eval;
+pub mod fit;
 pub mod generate;
 pub mod gpu;
 

@@ -1,22 +1,32 @@
-// Drives the walsh page in Debian's headless Chromium (SwiftShader WebGPU) with
-// playwright-core. Run by `cargo xtask test` (mode `test`) and `cargo xtask web-bench`
-// (mode `bench`); both start `walsh serve` first and pass its URL.
+// Drives the walsh page in Debian's headless Chromium (SwiftShader WebGPU, with
+// playwright-core) and Firefox ESR (its WebGPU is wgpu over the machine's Vulkan driver,
+// lavapipe here; with puppeteer-core over WebDriver BiDi, since playwright-core only
+// drives its own patched Firefox). Run by `cargo xtask test` (mode `test`) and
+// `cargo xtask web-bench` (modes `bench` and `ratio`); each starts `walsh serve` first
+// and passes its URL.
 //
-//   node e2e.mjs test  URL ARTIFACTS_DIR   (env WALSH_PROMPT, WALSH_EXPECTED_TOKENS)
+//   node e2e.mjs test  URL ARTIFACTS_DIR [BROWSERS]   (env WALSH_PROMPT,
+//                      WALSH_EXPECTED_TOKENS, WALSH_LONG_PROMPT, WALSH_LONG_EXPECTED)
 //   node e2e.mjs bench URL OUT_DIR SUITES [quick]
+//   node e2e.mjs ratio URL PROMPT TOKENS RUNS [BROWSERS]
 //
-// The test mode prints `e2e: ok NAME` / `e2e: FAILED NAME: why` per check and ends with
-// one `e2e-summary {json}` line that xtask reads.
+// The test mode prints `e2e: ok NAME` / `e2e: FAILED NAME: why` / `e2e: skipped NAME: why`
+// per check and ends with one `e2e-summary {json}` line that xtask reads; the ratio mode
+// prints one `e2e-ratio {json}` line per browser.
 
 import { chromium } from 'playwright-core';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import puppeteer from 'puppeteer-core';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { deepStrictEqual } from 'node:assert';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const FIREFOX = process.env.FIREFOX ??
+  ['/usr/lib/firefox-esr/firefox-esr', '/usr/bin/firefox-esr', '/usr/bin/firefox']
+    .find((p) => existsSync(p)) ?? '/usr/lib/firefox-esr/firefox-esr';
 // docs/measured.md (Browsers): headless Chromium runs WebGPU compute on SwiftShader with
 // --enable-unsafe-webgpu; the rest keeps it offline and quiet.
-const BASE_ARGS = [
+const CHROMIUM_ARGS = [
   '--no-sandbox',
   '--disable-gpu',
   '--no-first-run',
@@ -25,49 +35,138 @@ const BASE_ARGS = [
   '--disable-sync',
   '--disable-quic',
 ];
-const WEBGPU_ARGS = ['--enable-unsafe-webgpu'];
-// SwiftShader is slow: generous limits for loading and generating.
-const READY_TIMEOUT = 180_000;
+// Firefox exposes WebGPU on Linux only with the first; the second lets it use a
+// blocklisted (here: software) adapter.
+const FIREFOX_WEBGPU = { 'dom.webgpu.enabled': true, 'gfx.webgpu.ignore-blocklist': true };
+const CI = process.env.CI === 'true';
+// Software adapters are slow: generous limits for loading and generating.
+const READY_TIMEOUT = 300_000;
 const RUN_TIMEOUT = 600_000;
+const VIEWPORT = { width: 1100, height: 1000 };
 
-async function launch(webgpu) {
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [...BASE_ARGS, ...(webgpu ? WEBGPU_ARGS : [])],
-  });
-}
-
-async function openPage(browser, url, viewport = { width: 1100, height: 1000 }) {
-  const page = await browser.newPage({ viewport });
-  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  await page.goto(url);
-  return page;
-}
-
-async function waitForState(page, states, timeout) {
-  await page.waitForFunction(
-    (wanted) => wanted.includes(document.body.dataset.state),
-    states,
-    { timeout },
-  );
-  return page.evaluate(() => document.body.dataset.state);
-}
-
-async function pageFailure(page) {
-  return page.evaluate(() => document.getElementById('failure-message').textContent);
-}
-
-async function testMode(url, artifacts) {
-  const prompt = process.env.WALSH_PROMPT;
-  const expected = JSON.parse(process.env.WALSH_EXPECTED_TOKENS ?? 'null');
-  if (!prompt || !Array.isArray(expected)) {
-    throw new Error('WALSH_PROMPT and WALSH_EXPECTED_TOKENS must be set');
+// One page in either driver, with the few operations the checks need.
+class Tab {
+  constructor(kind, page, context) {
+    this.kind = kind;
+    this.page = page;
+    this.context = context;
+    this.modelRequests = 0;
+    page.on('request', (r) => {
+      if (r.url().includes('/model.safetensors')) this.modelRequests++;
+    });
+    page.on('pageerror', (e) => console.log(`page error: ${e.message ?? e}`));
   }
-  mkdirSync(artifacts, { recursive: true });
-  const results = [];
-  const summary = {};
-  const check = async (name, body) => {
+
+  goto(url) {
+    return this.page.goto(url);
+  }
+
+  reload() {
+    return this.page.reload();
+  }
+
+  eval(fn, arg) {
+    return this.page.evaluate(fn, arg);
+  }
+
+  async waitFor(fn, arg, timeout) {
+    if (this.kind === 'playwright') {
+      await this.page.waitForFunction(fn, arg, { timeout });
+    } else {
+      await this.page.waitForFunction(fn, { timeout, polling: 250 }, arg);
+    }
+  }
+
+  // Waits until the page is in one of `states` and returns it.
+  async state(states, timeout) {
+    await this.waitFor((wanted) => wanted.includes(document.body.dataset.state), states, timeout);
+    return this.eval(() => document.body.dataset.state);
+  }
+
+  click(selector) {
+    return this.page.click(selector);
+  }
+
+  value(selector, value) {
+    return this.eval(([s, v]) => {
+      const el = document.querySelector(s);
+      el.value = v;
+      el.dispatchEvent(new Event('input', { bubbles: true }));
+    }, [selector, value]);
+  }
+
+  checked(selector, on) {
+    return this.eval(([s, v]) => { document.querySelector(s).checked = v; }, [selector, on]);
+  }
+
+  text(selector) {
+    return this.eval((s) => document.querySelector(s)?.textContent ?? '', selector);
+  }
+
+  visible(selector) {
+    return this.eval((s) => {
+      const el = document.querySelector(s);
+      return !!el && !el.hidden && el.getClientRects().length > 0;
+    }, selector);
+  }
+
+  viewport(width, height) {
+    return this.kind === 'playwright'
+      ? this.page.setViewportSize({ width, height })
+      : this.page.setViewport({ width, height });
+  }
+
+  screenshot(path) {
+    return this.page.screenshot({ path, fullPage: true });
+  }
+
+  failure() {
+    return this.text('#failure-message');
+  }
+}
+
+// {name, version, tab, close} of a started browser, or throws.
+async function launch(browser, webgpu) {
+  if (browser === 'chromium') {
+    if (!existsSync(CHROMIUM)) throw new Missing(`${CHROMIUM} is missing (apt-get install chromium)`);
+    const b = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [...CHROMIUM_ARGS, ...(webgpu ? ['--enable-unsafe-webgpu'] : [])],
+    });
+    const context = await b.newContext({ viewport: VIEWPORT });
+    const page = await context.newPage();
+    return {
+      name: 'Chromium',
+      version: b.version(),
+      tab: new Tab('playwright', page, context),
+      close: () => b.close(),
+    };
+  }
+  if (!existsSync(FIREFOX)) throw new Missing(`${FIREFOX} is missing (apt-get install firefox-esr)`);
+  const b = await puppeteer.launch({
+    browser: 'firefox',
+    executablePath: FIREFOX,
+    headless: true,
+    protocol: 'webDriverBiDi',
+    extraPrefsFirefox: webgpu ? FIREFOX_WEBGPU : {},
+    defaultViewport: VIEWPORT,
+  });
+  const page = await b.newPage();
+  return {
+    name: 'Firefox',
+    version: (await b.version()).replace(/^firefox\//i, ''),
+    tab: new Tab('puppeteer', page, null),
+    close: () => b.close(),
+  };
+}
+
+class Missing extends Error {}
+
+// ---- the checks -------------------------------------------------------------------------
+
+function checker(results) {
+  return async (name, body) => {
     try {
       await body();
       results.push({ name, ok: true });
@@ -77,92 +176,269 @@ async function testMode(url, artifacts) {
       console.log(`e2e: FAILED ${name}: ${e.message}`);
     }
   };
+}
 
-  const browser = await launch(true);
-  try {
-    const page = await openPage(browser, url);
-    await check('page loads the default model on WebGPU', async () => {
-      const st = await waitForState(page, ['ready', 'error', 'no-webgpu'], READY_TIMEOUT);
-      if (st !== 'ready') {
-        throw new Error(`page state ${st}: ${await pageFailure(page)}`);
-      }
-      summary.adapter = await page.evaluate(
-        () => document.getElementById('adapter-name').textContent);
-      summary.model = await page.evaluate(
-        () => document.getElementById('download-label').textContent);
-    });
-    await check(`${expected.length} greedy tokens equal the native CPU reference`, async () => {
-      await page.fill('#prompt', prompt);
-      await page.fill('#max-tokens', String(expected.length));
-      await page.fill('#temperature', '0');
-      await page.fill('#top-k', '0');
-      await page.fill('#top-p', '1');
-      await page.fill('#seed', '0');
-      await page.click('#generate');
-      const st = await waitForState(page, ['done', 'error'], RUN_TIMEOUT);
-      if (st !== 'done') throw new Error(`page state ${st}: ${await pageFailure(page)}`);
-      const last = await page.evaluate(() => window.walsh.last);
-      deepStrictEqual(last.tokens, expected);
-      summary.text = last.text;
-      summary.decode_tokens_per_s = last.stats.decode_tokens_per_s;
-      summary.prefill_tokens_per_s = last.stats.prefill_tokens_per_s;
-      summary.peak_gpu_bytes = last.stats.memory?.peak_bytes;
-      const shot = join(artifacts, 'page.png');
-      await page.screenshot({ path: shot, fullPage: true });
-      summary.screenshot = shot;
-    });
-    await check('the page fits a phone-width screen', async () => {
-      await page.setViewportSize({ width: 390, height: 844 });
-      const overflow = await page.evaluate(
-        () => document.documentElement.scrollWidth - window.innerWidth);
-      const shot = join(artifacts, 'page-phone.png');
-      await page.screenshot({ path: shot, fullPage: true });
-      summary.phone_screenshot = shot;
-      if (overflow > 1) throw new Error(`the page is ${overflow}px wider than a 390px screen`);
-    });
-    await check('the benchmark tab produces a valid report', async () => {
-      await page.setViewportSize({ width: 1100, height: 1000 });
-      await page.click('#tab-bench');
-      await page.uncheck('#suite-decoder');
-      await page.uncheck('#suite-paper');
-      await page.check('#suite-kernels');
-      await page.check('#bench-quick');
-      await page.click('#bench-run');
-      const st = await waitForState(page, ['done', 'error'], RUN_TIMEOUT);
-      if (st !== 'done') throw new Error(`page state ${st}: ${await pageFailure(page)}`);
-      const report = await page.evaluate(() => window.walsh.lastReport);
-      if (report.schema_version !== 1) throw new Error(`schema ${report.schema_version}`);
-      if (report.kernels.length === 0) throw new Error('no kernel measured');
-      for (const k of report.kernels) {
-        for (const f of ['gb_per_s', 'gflop_per_s', 'fraction_of_copy']) {
-          if (!(Number.isFinite(k[f]) && k[f] > 0)) {
-            throw new Error(`${k.kernel} n=${k.n}: ${f} = ${k[f]}`);
-          }
+async function generateIn(tab, prompt, tokens) {
+  await tab.value('#prompt', prompt);
+  await tab.value('#max-tokens', String(tokens));
+  await tab.value('#temperature', '0');
+  await tab.value('#top-k', '0');
+  await tab.value('#top-p', '1');
+  await tab.value('#seed', '0');
+  await tab.click('#generate');
+  const st = await tab.state(['done', 'error'], RUN_TIMEOUT);
+  if (st !== 'done') throw new Error(`page state ${st}: ${await tab.failure()}`);
+  return tab.eval(() => window.walsh.last);
+}
+
+async function loaded(tab, device) {
+  const st = await tab.state(['ready', 'error'], READY_TIMEOUT);
+  if (st !== 'ready') throw new Error(`page state ${st}: ${await tab.failure()}`);
+  const on = await tab.eval(() => document.body.dataset.device);
+  if (on !== device) throw new Error(`the engine runs on ${on}, not ${device}`);
+}
+
+// The checks every browser with WebGPU gets.
+async function webgpuChecks(check, b, url, env, shots, summary) {
+  const { tab } = b;
+  const prefix = b.name === 'Chromium' ? '' : `${b.name.toLowerCase()}-`;
+  const label = `${b.name} ${b.version}`;
+  await tab.goto(url);
+  await check(`${label}: the page loads the default model on WebGPU`, async () => {
+    await loaded(tab, 'webgpu');
+    summary.adapter = await tab.text('#adapter-name');
+    // Firefox leaves GPUAdapter.info empty: the page names the browser instead.
+    if (!summary.adapter || summary.adapter.startsWith('WebGPU adapter')) {
+      throw new Error(`no sensible adapter label: ${JSON.stringify(summary.adapter)}`);
+    }
+    summary.model = await tab.text('#download-label');
+    if (tab.modelRequests !== 1) throw new Error(`${tab.modelRequests} model downloads, not 1`);
+  });
+  await check(`${label}: ${env.expected.length} greedy tokens equal the native CPU reference`, async () => {
+    const last = await generateIn(tab, env.prompt, env.expected.length);
+    deepStrictEqual(last.tokens, env.expected);
+    summary.text = last.text;
+    summary.decode_tokens_per_s = last.stats.decode_tokens_per_s;
+    summary.prefill_tokens_per_s = last.stats.prefill_tokens_per_s;
+    summary.peak_gpu_bytes = last.stats.memory?.peak_bytes;
+    summary.screenshot = join(shots, `${prefix}page.png`);
+    await tab.screenshot(summary.screenshot);
+  });
+  await check(`${label}: the page fits a phone-width screen`, async () => {
+    await tab.viewport(390, 844);
+    const overflow = await tab.eval(
+      () => document.documentElement.scrollWidth - window.innerWidth);
+    summary.phone_screenshot = join(shots, `${prefix}page-phone.png`);
+    await tab.screenshot(summary.phone_screenshot);
+    await tab.viewport(VIEWPORT.width, VIEWPORT.height);
+    if (overflow > 1) throw new Error(`the page is ${overflow}px wider than a 390px screen`);
+  });
+  await check(`${label}: the benchmark tab produces a valid report`, async () => {
+    await tab.click('#tab-bench');
+    await tab.checked('#suite-decoder', false);
+    await tab.checked('#suite-paper', false);
+    await tab.checked('#suite-kernels', true);
+    await tab.checked('#bench-quick', true);
+    await tab.click('#bench-run');
+    const st = await tab.state(['done', 'error'], RUN_TIMEOUT);
+    if (st !== 'done') throw new Error(`page state ${st}: ${await tab.failure()}`);
+    const report = await tab.eval(() => window.walsh.lastReport);
+    if (report.schema_version !== 1) throw new Error(`schema ${report.schema_version}`);
+    if (report.kernels.length === 0) throw new Error('no kernel measured');
+    for (const k of report.kernels) {
+      for (const f of ['gb_per_s', 'gflop_per_s', 'fraction_of_copy']) {
+        if (!(Number.isFinite(k[f]) && k[f] > 0)) {
+          throw new Error(`${k.kernel} n=${k.n}: ${f} = ${k[f]}`);
         }
       }
-      const tables = await page.locator('#bench-report table').count();
-      if (tables === 0) throw new Error('the report table is not shown');
-      summary.bench_kernels = report.kernels.length;
-    });
-  } finally {
-    await browser.close();
-  }
+    }
+    const tables = await tab.eval(() => document.querySelectorAll('#bench-report table').length);
+    if (tables === 0) throw new Error('the report table is not shown');
+    summary.bench_kernels = report.kernels.length;
+    await tab.click('#tab-generate');
+  });
+  await check(`${label}: a second visit loads the model from the page's cache`, async () => {
+    const before = tab.modelRequests;
+    await tab.reload();
+    await loaded(tab, 'webgpu');
+    const load = await tab.eval(() => window.walsh.lastLoad);
+    if (tab.modelRequests !== before) {
+      throw new Error(`${tab.modelRequests - before} model request(s) on the second visit`);
+    }
+    if (load?.source !== 'cache') throw new Error(`the model came from ${load?.source}`);
+  });
+}
 
-  const plain = await launch(false);
-  try {
-    const page = await openPage(plain, url);
-    await check('without WebGPU the page says what is missing', async () => {
-      const st = await waitForState(page, ['ready', 'error', 'no-webgpu'], READY_TIMEOUT);
-      if (st !== 'no-webgpu') throw new Error(`page state ${st}, not no-webgpu`);
-      const visible = await page.isVisible('#nogpu');
-      const text = await page.textContent('#nogpu');
-      if (!visible || !text.includes('WebGPU')) throw new Error('the message is not shown');
-      await page.screenshot({ path: join(artifacts, 'page-no-webgpu.png') });
-    });
-  } finally {
-    await plain.close();
-  }
+// Chromium-only checks of the WebGPU page (one engine for all of them: each is cheap there
+// or needs a Chromium feature).
+async function chromiumChecks(check, b, url, env) {
+  const { tab } = b;
+  await check('Chromium: a lost device ends the run with a message and the page recovers', async () => {
+    const requests = tab.modelRequests;
+    await tab.value('#prompt', env.prompt);
+    await tab.value('#max-tokens', '400');
+    await tab.click('#generate');
+    await tab.waitFor(() => Number(document.getElementById('stat-tokens').textContent) >= 2,
+      null, RUN_TIMEOUT);
+    await tab.eval(() => window.walsh.loseDevice());
+    await tab.waitFor(() => document.getElementById('failure-message').textContent
+      .includes('reopened'), null, READY_TIMEOUT);
+    await loaded(tab, 'webgpu');
+    const message = await tab.failure();
+    if (!message.includes('the GPU failed')) throw new Error(`message: ${message}`);
+    if (tab.modelRequests !== requests) throw new Error('the model was downloaded again');
+    const again = await generateIn(tab, env.prompt, 8);
+    deepStrictEqual(again.tokens, env.expected.slice(0, 8));
+  });
+  await check('Chromium: offline, the page and the model load from their caches', async () => {
+    await b.tab.context.setOffline(true);
+    try {
+      const probe = await tab.eval(() => fetch(`models.json?probe=${Date.now()}`)
+        .then(() => 'online', () => 'offline'));
+      if (probe !== 'offline') throw new Error('the network is still reachable');
+      await tab.reload();
+      await loaded(tab, 'webgpu');
+    } finally {
+      await b.tab.context.setOffline(false);
+    }
+  });
+  await check('Chromium: "Clear cached models" empties the cache; the next load downloads', async () => {
+    await tab.click('#cache-clear');
+    await tab.waitFor(() => document.getElementById('cache-status').textContent
+      .startsWith('No model'), null, 30_000);
+    const cached = await tab.eval(() => window.walsh.cachedModels());
+    if (cached.length !== 0) throw new Error(`still cached: ${JSON.stringify(cached)}`);
+    const before = tab.modelRequests;
+    await tab.reload();
+    await loaded(tab, 'webgpu');
+    if (tab.modelRequests !== before + 1) throw new Error('the model was not downloaded');
+    const status = await tab.text('#cache-status');
+    if (!status.startsWith('1 model(s) saved')) throw new Error(`cache status: ${status}`);
+  });
+  await check('Chromium: a model beyond the adapter\'s limits is refused before upload', async () => {
+    // The default model's largest buffer is gate + up, 768 KiB: a 512 KiB binding limit
+    // (the page's preview of a smaller device) must refuse it, naming both.
+    await tab.goto(`${url}?max_binding=524288`);
+    const st = await tab.state(['ready', 'error'], READY_TIMEOUT);
+    const message = await tab.failure();
+    if (st !== 'error') throw new Error(`page state ${st}`);
+    for (const part of ['model.layers.0.mlp.gate_up', 'maxStorageBufferBindingSize', '524288']) {
+      if (!message.includes(part)) throw new Error(`the message does not name ${part}: ${message}`);
+    }
+    const memory = await tab.eval(() => JSON.parse(window.walsh.memory()));
+    if (memory.current_bytes !== 0) throw new Error(`${memory.current_bytes} bytes uploaded`);
+  });
+}
 
+// The checks of a browser without WebGPU: the page runs on the CPU.
+async function cpuChecks(check, b, url, env, shots, summary) {
+  const { tab } = b;
+  const prefix = b.name === 'Chromium' ? '' : `${b.name.toLowerCase()}-`;
+  const label = `${b.name} ${b.version} without WebGPU`;
+  await tab.goto(url);
+  await check(`${label}: the page says so and runs on the CPU`, async () => {
+    await loaded(tab, 'cpu');
+    const text = await tab.text('#nogpu');
+    if (!(await tab.visible('#nogpu')) || !text.includes('WebGPU') || !text.includes('CPU')) {
+      throw new Error(`the message is not shown: ${text}`);
+    }
+  });
+  await check(`${label}: ${env.expected.length} greedy tokens on the WASM CPU decoder equal the native CPU reference`, async () => {
+    const last = await generateIn(tab, env.prompt, env.expected.length);
+    deepStrictEqual(last.tokens, env.expected);
+    const device = await tab.text('#stat-device');
+    const speed = await tab.text('#stat-decode');
+    if (!device.includes('CPU') || !/\d tok\/s/.test(speed)) {
+      throw new Error(`device ${device}, decode ${speed}`);
+    }
+    summary.cpu_decode_tokens_per_s = last.stats.decode_tokens_per_s;
+    await tab.screenshot(join(shots, `${prefix}page-no-webgpu.png`));
+  });
+}
+
+async function longPromptCheck(check, b, env) {
+  await check(`${b.name}: a prompt longer than the context keeps its last bytes, with a notice`, async () => {
+    const last = await generateIn(b.tab, env.longPrompt, env.longExpected.length);
+    deepStrictEqual(last.tokens, env.longExpected);
+    const notice = await b.tab.text('#notice');
+    if (!(await b.tab.visible('#notice')) || !notice.includes('more than the model\'s context')) {
+      throw new Error(`notice: ${notice}`);
+    }
+  });
+}
+
+// Chromium's DevTools protocol can shrink the site's storage quota: the model then cannot
+// be cached, which the page must say while still running it.
+async function quotaCheck(check, url) {
+  await check('Chromium: a full storage quota becomes a message, and the model still runs', async () => {
+    const b = await launch('chromium', false);
+    try {
+      const cdp = await b.tab.context.newCDPSession(b.tab.page);
+      await cdp.send('Storage.overrideQuotaForOrigin', {
+        origin: new URL(url).origin,
+        quotaSize: 64 * 1024,
+      });
+      await b.tab.goto(url);
+      await loaded(b.tab, 'cpu');
+      const notice = await b.tab.text('#notice');
+      if (!notice.includes('quota')) throw new Error(`notice: ${notice}`);
+      const cached = await b.tab.eval(() => window.walsh.cachedModels());
+      if (cached.length !== 0) throw new Error('a partial model stayed in the cache');
+    } finally {
+      await b.close();
+    }
+  });
+}
+
+async function testMode(url, artifacts, browsers) {
+  const env = {
+    prompt: process.env.WALSH_PROMPT,
+    expected: JSON.parse(process.env.WALSH_EXPECTED_TOKENS ?? 'null'),
+    longPrompt: process.env.WALSH_LONG_PROMPT,
+    longExpected: JSON.parse(process.env.WALSH_LONG_EXPECTED ?? 'null'),
+  };
+  if (!env.prompt || !Array.isArray(env.expected) || !env.longPrompt ||
+      !Array.isArray(env.longExpected)) {
+    throw new Error('WALSH_PROMPT, WALSH_EXPECTED_TOKENS, WALSH_LONG_PROMPT and ' +
+      'WALSH_LONG_EXPECTED must be set');
+  }
+  mkdirSync(artifacts, { recursive: true });
+  const results = [];
+  const check = checker(results);
+  const summary = {};
+  for (const browser of browsers) {
+    const s = (summary[browser] = {});
+    const started = Date.now();
+    for (const webgpu of [true, false]) {
+      let b;
+      try {
+        b = await launch(browser, webgpu);
+      } catch (e) {
+        const name = `${browser}${webgpu ? '' : ' without WebGPU'}: the browser starts`;
+        if (e instanceof Missing && !CI) {
+          console.log(`e2e: skipped ${name}: ${e.message}`);
+        } else {
+          results.push({ name, ok: false, why: e.message });
+          console.log(`e2e: FAILED ${name}: ${e.message}`);
+        }
+        continue;
+      }
+      s.version = b.version;
+      try {
+        if (webgpu) {
+          await webgpuChecks(check, b, url, env, artifacts, s);
+          if (browser === 'chromium') await chromiumChecks(check, b, url, env);
+        } else {
+          await cpuChecks(check, b, url, env, artifacts, s);
+          if (browser === 'chromium') await longPromptCheck(check, b, env);
+        }
+      } finally {
+        await b.close();
+      }
+    }
+    if (browser === 'chromium') await quotaCheck(check, url);
+    s.seconds = Math.round((Date.now() - started) / 1000);
+  }
   const failed = results.filter((r) => !r.ok).length;
   summary.passed = results.length - failed;
   summary.failed = failed;
@@ -170,53 +446,113 @@ async function testMode(url, artifacts) {
   return failed === 0;
 }
 
+// ---- benchmarks -------------------------------------------------------------------------
+
 async function benchMode(url, out, suites, quick) {
   mkdirSync(out, { recursive: true });
-  const browser = await launch(true);
+  const b = await launch('chromium', true);
+  const { tab } = b;
   try {
-    const page = await openPage(browser, url);
-    const st = await waitForState(page, ['ready', 'error', 'no-webgpu'], READY_TIMEOUT);
-    if (st !== 'ready') throw new Error(`page state ${st}: ${await pageFailure(page)}`);
-    await page.click('#tab-bench');
+    await tab.goto(url);
+    await loaded(tab, 'webgpu');
+    await tab.click('#tab-bench');
     for (const s of ['kernels', 'decoder', 'paper']) {
-      await page.setChecked(`#suite-${s}`, suites.includes(s));
+      await tab.checked(`#suite-${s}`, suites.includes(s));
     }
-    await page.setChecked('#bench-quick', quick);
-    await page.click('#bench-run');
+    await tab.checked('#bench-quick', quick);
+    await tab.click('#bench-run');
     let last = '';
     const progress = setInterval(async () => {
-      const text = await page.textContent('#bench-label').catch(() => '');
+      const text = await tab.text('#bench-label').catch(() => '');
       if (text && text !== last) console.log(`bench: ${text}`);
       last = text;
     }, 5000);
-    let state;
+    let st;
     try {
-      state = await waitForState(page, ['done', 'error'], 0);
+      st = await tab.state(['done', 'error'], 0);
     } finally {
       clearInterval(progress);
     }
-    if (state !== 'done') throw new Error(`page state ${state}: ${await pageFailure(page)}`);
-    const files = await page.evaluate(
+    if (st !== 'done') throw new Error(`page state ${st}: ${await tab.failure()}`);
+    const files = await tab.eval(
       () => window.walsh.reportFiles(JSON.stringify(window.walsh.lastReport)));
     for (const [name, text] of files) {
       writeFileSync(join(out, name), text);
       console.log(`wrote ${join(out, name)}`);
     }
-    await page.screenshot({ path: join(out, 'browser-bench-page.png'), fullPage: true });
+    await tab.screenshot(join(out, 'browser-bench-page.png'));
   } finally {
-    await browser.close();
+    await b.close();
   }
   return true;
 }
 
-const [mode, url, dir, suites, quick] = process.argv.slice(2);
+function median(values) {
+  const v = [...values].sort((a, b) => a - b);
+  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+}
+
+// The page's greedy decode rate on each browser's WebGPU: a warm-up run (it compiles the
+// pipelines), then the median of `runs`. Each run goes through the page's Generate button
+// (streaming into the page, as a visitor sees it); one more set goes straight to the
+// engine with a no-op callback, which shows what the page's own work costs.
+async function ratioMode(url, prompt, tokens, runs, browsers) {
+  for (const browser of browsers) {
+    const b = await launch(browser, true);
+    const { tab } = b;
+    try {
+      await tab.goto(url);
+      await loaded(tab, 'webgpu');
+      const page = [];
+      for (let i = 0; i <= runs; i++) {
+        const last = await generateIn(tab, prompt, tokens);
+        if (i > 0) page.push(last.stats);
+      }
+      const engine = [];
+      for (let i = 0; i <= runs; i++) {
+        const stats = await tab.eval(([p, n]) => window.walsh.engineOnly(p, n), [prompt, tokens]);
+        if (i > 0) engine.push(stats);
+      }
+      const pick = (list) => {
+        const m = median(list.map((s) => s.decode_tokens_per_s));
+        const s = list.find((x) => x.decode_tokens_per_s === m) ?? list[0];
+        return {
+          decode_tokens_per_s: m,
+          runs: list.map((x) => x.decode_tokens_per_s),
+          dispatches_per_token: s.dispatches_per_token,
+          readbacks_per_token: s.readbacks_per_token,
+          decode_chunks: s.decode_chunks,
+          generated_tokens: s.generated_tokens,
+        };
+      };
+      const result = {
+        browser: b.name,
+        browser_version: b.version,
+        adapter: await tab.text('#adapter-name'),
+        user_agent: await tab.eval(() => navigator.userAgent),
+        page: pick(page),
+        engine_only: pick(engine),
+      };
+      console.log(`e2e-ratio ${JSON.stringify(result)}`);
+    } finally {
+      await b.close();
+    }
+  }
+  return true;
+}
+
+const [mode, url, ...rest] = process.argv.slice(2);
+const browserList = (s) => (s ?? 'chromium,firefox').split(',').filter((x) => x);
 let ok;
 if (mode === 'test') {
-  ok = await testMode(url, dir);
+  ok = await testMode(url, rest[0], browserList(rest[1]));
 } else if (mode === 'bench') {
-  ok = await benchMode(url, dir, (suites ?? 'kernels,decoder').split(','), quick === 'quick');
+  ok = await benchMode(url, rest[0], (rest[1] ?? 'kernels,decoder').split(','), rest[2] === 'quick');
+} else if (mode === 'ratio') {
+  ok = await ratioMode(url, rest[0], Number(rest[1]), Number(rest[2]), browserList(rest[3]));
 } else {
-  console.error('usage: node e2e.mjs test URL ARTIFACTS | bench URL OUT SUITES [quick]');
+  console.error('usage: node e2e.mjs test URL ARTIFACTS [BROWSERS] | bench URL OUT SUITES [quick] | ' +
+    'ratio URL PROMPT TOKENS RUNS [BROWSERS]');
   ok = false;
 }
 process.exit(ok ? 0 : 1);

@@ -1,5 +1,6 @@
-//! The browser end-to-end test and the browser benchmark: build the page, start
-//! `walsh serve`, and drive Debian's headless Chromium with `xtask/node/e2e.mjs`.
+//! The browser end-to-end test and the browser benchmarks: build the page, start
+//! `walsh serve`, and drive Debian's headless Chromium and Firefox ESR with
+//! `xtask/node/e2e.mjs`.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -8,12 +9,21 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{Context, Result, bail};
 
 use crate::web::{self, node_dir};
-use crate::{cargo, install, root, run};
+use crate::{cargo, install, private_runtime_dir, root, run};
 
 /// The prompt of the browser test; its greedy continuation is compared token by token.
 const PROMPT: &str = "ROMEO.\n";
 /// Greedy tokens generated in the browser test.
 const TOKENS: usize = 32;
+/// A prompt longer than the default model's context (128 bytes): the page keeps its last
+/// 128 bytes, as `walsh generate` does.
+const LONG_PROMPT: &str = "ROMEO.\nBut soft, what light through yonder window breaks?\n\
+    It is the east, and Juliet is the sun.\nArise, fair sun, and kill the envious moon,\n\
+    Who is already sick and pale with grief,\n";
+/// Greedy tokens after [`LONG_PROMPT`].
+const LONG_TOKENS: usize = 8;
+/// The browsers of the test, in order.
+const BROWSERS: &str = "chromium,firefox";
 
 /// Counts of the browser checks, and what the page measured.
 pub struct Outcome {
@@ -23,13 +33,13 @@ pub struct Outcome {
 }
 
 /// A running `walsh serve` on a free port, stopped on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Server {
-    fn start(walsh: &PathBuf) -> Result<Self> {
+    pub(crate) fn start(walsh: &PathBuf) -> Result<Self> {
         let mut child = Command::new(walsh)
             .args(["serve", "--port", "0"])
             .current_dir(root())
@@ -58,32 +68,51 @@ impl Drop for Server {
     }
 }
 
-/// Installs Chromium and the npm tools when missing and builds the page and the binary.
-fn prepare() -> Result<(PathBuf, web::WasmSize)> {
-    install::ensure_apt_packages(&["chromium"])?;
+/// Debian's browsers the page is tested in.
+pub const BROWSER_PACKAGES: &[&str] = &["chromium", "firefox-esr"];
+
+/// Installs the browsers and the npm tools when missing and builds the page and the
+/// binary (`release` for measurements).
+pub(crate) fn prepare(release: bool) -> Result<(PathBuf, web::WasmSize)> {
+    install::ensure_apt_packages(BROWSER_PACKAGES)?;
     let size = web::build()?;
-    run(cargo().args(["build", "--bin", "walsh"]))?;
-    let walsh = web::target_dir(&root()).join("debug").join("walsh");
+    let mut build = cargo();
+    build.args(["build", "--bin", "walsh"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    let walsh = web::target_dir(&root()).join(profile).join("walsh");
     Ok((walsh, size))
 }
 
-fn node(args: &[&str]) -> Command {
+pub(crate) fn node(args: &[&str]) -> Command {
     let mut c = Command::new("node");
     c.arg(node_dir().join("e2e.mjs")).args(args);
     c.current_dir(root());
     c
 }
 
-/// Runs the browser checks; never skips: a missing browser is a failure.
+/// Runs the browser checks in Chromium and Firefox. xtask installs both; a browser that
+/// still cannot start fails the test under `CI=true` and is skipped (with a line saying
+/// so) elsewhere.
 pub fn test() -> Result<Outcome> {
-    let (walsh, size) = prepare()?;
-    let expected = reference_tokens(&walsh)?;
+    let (walsh, size) = prepare(false)?;
+    let expected = reference_tokens(&walsh, PROMPT, TOKENS)?;
+    let long_expected = reference_tokens(&walsh, LONG_PROMPT, LONG_TOKENS)?;
     let server = Server::start(&walsh)?;
     let artifacts = web::target_dir(&root()).join("e2e");
-    let mut cmd = node(&["test", &server.url, &artifacts.to_string_lossy()]);
+    let mut cmd = node(&["test", &server.url, &artifacts.to_string_lossy(), BROWSERS]);
     cmd.env("WALSH_PROMPT", PROMPT)
         .env("WALSH_EXPECTED_TOKENS", serde_json::to_string(&expected)?)
+        .env("WALSH_LONG_PROMPT", LONG_PROMPT)
+        .env(
+            "WALSH_LONG_EXPECTED",
+            serde_json::to_string(&long_expected)?,
+        )
         .stdout(Stdio::piped());
+    private_runtime_dir(&mut cmd)?;
     eprintln!("xtask: $ {cmd:?}");
     let mut child = cmd
         .spawn()
@@ -118,12 +147,12 @@ pub fn test() -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// The native CPU reference's greedy tokens for [`PROMPT`] from the default model.
-fn reference_tokens(walsh: &PathBuf) -> Result<Vec<u32>> {
+/// The native CPU reference's greedy tokens for `prompt` from the default model.
+fn reference_tokens(walsh: &PathBuf, prompt: &str, tokens: usize) -> Result<Vec<u32>> {
     let out = Command::new(walsh)
         .current_dir(root())
-        .args(["generate", "--device", "cpu", "--json", "--prompt", PROMPT])
-        .args(["--max-tokens", &TOKENS.to_string()])
+        .args(["generate", "--device", "cpu", "--json", "--prompt", prompt])
+        .args(["--max-tokens", &tokens.to_string()])
         .args([
             "--temperature",
             "0",
@@ -144,14 +173,11 @@ fn reference_tokens(walsh: &PathBuf) -> Result<Vec<u32>> {
     }
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("reading walsh generate --json output")?;
-    let tokens: Vec<u32> = serde_json::from_value(json["tokens"][0].clone())?;
-    if tokens.len() != TOKENS {
-        bail!(
-            "the CPU reference gave {} tokens, not {TOKENS}",
-            tokens.len()
-        );
+    let got: Vec<u32> = serde_json::from_value(json["tokens"][0].clone())?;
+    if got.len() != tokens {
+        bail!("the CPU reference gave {} tokens, not {tokens}", got.len());
     }
-    Ok(tokens)
+    Ok(got)
 }
 
 /// `cargo xtask web-bench [--quick] [--suites LIST] [--out DIR]`: runs `walsh bench`'s
@@ -169,7 +195,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             other => bail!("web-bench: unknown argument {other}"),
         }
     }
-    let (walsh, _) = prepare()?;
+    let (walsh, _) = prepare(false)?;
     let server = Server::start(&walsh)?;
     let mut args = vec!["bench", &server.url];
     let out = out.to_string_lossy().to_string();

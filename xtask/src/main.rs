@@ -2,14 +2,19 @@
 //!
 //! - `test`: installs what the tests need when missing (Mesa's software Vulkan and GL
 //!   drivers, rustfmt, clippy, and for the browser test the wasm32 target,
-//!   wasm-bindgen-cli, Chromium and the npm tools), then runs `cargo fmt --check`,
+//!   wasm-bindgen-cli, Chromium, Firefox ESR and the npm tools; the SPIR-V and GLSL
+//!   validators for the shader translation test), then runs `cargo fmt --check`,
 //!   `cargo clippy -D warnings`, every test (unit, integration, and the benches once each
-//!   in smoke mode) and the end-to-end test of the web page in headless Chromium.
+//!   in smoke mode) and the end-to-end test of the web page in headless Chromium and
+//!   Firefox.
 //!   Idempotent: a second run installs nothing.
 //!   The test run includes a bounded, seeded run of the loader fuzz test
 //!   (`tests/fuzz_loader.rs`).
 //! - `web`: builds the browser module into `web/pkg/` (see [`web`]).
 //! - `fuzz --minutes N [--seed S]`: the loader fuzz test for N minutes (see [`fuzz`]).
+//! - `e2e`, `web-bench`, `page-vs-native`: the browser test alone, the benchmark suites in
+//!   the browser, and the page's decode rate against native walsh on the same adapters
+//!   (see [`e2e`] and [`ratio`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,10 +24,12 @@ use anyhow::{Context, Result, bail};
 mod e2e;
 mod fuzz;
 mod install;
+mod ratio;
 mod web;
 
-/// Debian packages giving the software adapters the GPU tests run on: lavapipe (Vulkan)
-/// and llvmpipe (GL through headless EGL).
+/// Debian packages the tests need: the software adapters the GPU tests run on, lavapipe
+/// (Vulkan) and llvmpipe (GL through headless EGL); and the validators of the shader
+/// translation test, `spirv-val` and `glslangValidator`.
 const APT_PACKAGES: &[&str] = &[
     "mesa-vulkan-drivers",
     "libvulkan1",
@@ -30,6 +37,8 @@ const APT_PACKAGES: &[&str] = &[
     "libegl-mesa0",
     "libgles2",
     "libgl1-mesa-dri",
+    "spirv-tools",
+    "glslang-tools",
 ];
 
 fn main() -> Result<()> {
@@ -39,6 +48,7 @@ fn main() -> Result<()> {
         Some("web") => web::build().map(drop),
         Some("web-bench") => e2e::bench(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("page-vs-native") => ratio::page_vs_native(&args[1..]),
         Some("e2e") => {
             let outcome = e2e::test()?;
             println!(
@@ -64,13 +74,19 @@ tasks:
   test    install what is missing, then fmt check, clippy -D warnings, every test and
           the browser end-to-end test
   web     build the browser module into web/pkg/ (then: cargo run --release -- serve)
-  e2e     only the browser end-to-end test (builds the page, serves it, drives Chromium)
+  e2e     only the browser end-to-end test (builds the page, serves it, drives Chromium
+          and Firefox)
   web-bench [--quick] [--suites kernels,decoder,paper] [--out DIR]
           run the benchmark suites in headless Chromium's WebGPU and write the reports
           (default: bench-results/)
   fuzz --minutes N [--seed S]
           mutation-fuzz the model loader, reports and text inputs for N minutes (default
-          10); failing inputs are saved under target/tmp/fuzz-failures/";
+          10); failing inputs are saved under target/tmp/fuzz-failures/
+
+  page-vs-native [--runs N] [--tokens N] [--browsers chromium,firefox] [--out DIR]
+          the page's greedy decode rate in headless Chromium (SwiftShader) and Firefox
+          (lavapipe) against native walsh on the same adapters; writes
+          page-vs-native.json and .md (default: bench-results/)";
 
 pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -86,6 +102,22 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
         .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Vulkan loaders (walsh's, Firefox's) warn on every instance without `XDG_RUNTIME_DIR`;
+/// gives `cmd` a private one when the environment has none.
+pub(crate) fn private_runtime_dir(cmd: &mut Command) -> Result<()> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = root().join("target").join("xdg-runtime");
+        std::fs::create_dir_all(&dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        cmd.env("XDG_RUNTIME_DIR", dir);
     }
     Ok(())
 }
@@ -128,20 +160,10 @@ fn test() -> Result<()> {
         .args(["test", "--workspace", "--all-targets"])
         // Benches run once each, at small sizes.
         .env("WALSH_BENCH_SMOKE", "1");
-    // Vulkan loaders warn on every instance without it; give them a private one.
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        let dir = root().join("target").join("xdg-runtime");
-        std::fs::create_dir_all(&dir)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        tests.env("XDG_RUNTIME_DIR", dir);
-    }
+    private_runtime_dir(&mut tests)?;
     let (passed, failed) = run_counting(&mut tests)?;
 
-    // The page in a real browser: never skipped, in CI or not.
+    // The page in Chromium and Firefox; under CI=true a browser that cannot start fails.
     let browser = e2e::test()?;
     let (passed, failed) = (passed + browser.passed, failed + browser.failed);
     println!("xtask: {passed} passed, {failed} failed");

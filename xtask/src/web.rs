@@ -12,7 +12,8 @@ use crate::{cargo, root, run};
 
 pub const TARGET: &str = "wasm32-unknown-unknown";
 
-/// The npm tools (binaryen, playwright-core) live here, with their lock file.
+/// The npm tools (binaryen, playwright-core, puppeteer-core) live here, with their lock
+/// file.
 pub fn node_dir() -> PathBuf {
     root().join("xtask").join("node")
 }
