@@ -8,7 +8,7 @@
 //   node e2e.mjs test  URL ARTIFACTS_DIR [BROWSERS]   (env WALSH_PROMPT,
 //                      WALSH_EXPECTED_TOKENS, WALSH_LONG_PROMPT, WALSH_LONG_EXPECTED)
 //   node e2e.mjs bench URL OUT_DIR SUITES [quick]
-//   node e2e.mjs ratio URL PROMPT TOKENS RUNS [BROWSERS]
+//   node e2e.mjs ratio LABEL=URL[,LABEL=URL...] PROMPT TOKENS RUNS [BROWSERS]
 //
 // The test mode prints `e2e: ok NAME` / `e2e: FAILED NAME: why` / `e2e: skipped NAME: why`
 // per check and ends with one `e2e-summary {json}` line that xtask reads; the ratio mode
@@ -125,7 +125,7 @@ class Tab {
   }
 }
 
-// {name, version, tab, close} of a started browser, or throws.
+// {name, version, tab, newTab, close} of a started browser, or throws.
 async function launch(browser, webgpu) {
   if (browser === 'chromium') {
     if (!existsSync(CHROMIUM)) throw new Missing(`${CHROMIUM} is missing (apt-get install chromium)`);
@@ -140,6 +140,7 @@ async function launch(browser, webgpu) {
       name: 'Chromium',
       version: b.version(),
       tab: new Tab('playwright', page, context),
+      newTab: async () => new Tab('playwright', await context.newPage(), context),
       close: () => b.close(),
     };
   }
@@ -157,6 +158,7 @@ async function launch(browser, webgpu) {
     name: 'Firefox',
     version: (await b.version()).replace(/^firefox\//i, ''),
     tab: new Tab('puppeteer', page, null),
+    newTab: async () => new Tab('puppeteer', await b.newPage(), null),
     close: () => b.close(),
   };
 }
@@ -495,45 +497,66 @@ function median(values) {
 // The page's greedy decode rate on each browser's WebGPU: a warm-up run (it compiles the
 // pipelines), then the median of `runs`. Each run goes through the page's Generate button
 // (streaming into the page, as a visitor sees it); one more set goes straight to the
-// engine with a no-op callback, which shows what the page's own work costs.
-async function ratioMode(url, prompt, tokens, runs, browsers) {
+// engine with a no-op callback, which shows what the page's own work costs. `targets` is
+// `label=URL,...`: several builds of the page (e.g. this one and a baseline), each in its
+// own tab, their runs alternating so a slow spell of the machine hits them alike.
+async function ratioMode(targets, prompt, tokens, runs, browsers) {
+  const builds = targets.split(',').map((t) => {
+    const at = t.indexOf('=');
+    return { label: t.slice(0, at), url: t.slice(at + 1) };
+  });
   for (const browser of browsers) {
     const b = await launch(browser, true);
-    const { tab } = b;
     try {
-      await tab.goto(url);
-      await loaded(tab, 'webgpu');
-      const page = [];
-      for (let i = 0; i <= runs; i++) {
-        const last = await generateIn(tab, prompt, tokens);
-        if (i > 0) page.push(last.stats);
+      const tabs = [];
+      for (const build of builds) {
+        const tab = tabs.length === 0 ? b.tab : await b.newTab();
+        await tab.goto(build.url);
+        // Older pages do not say which device they run on; they only have WebGPU.
+        const st = await tab.state(['ready', 'error'], READY_TIMEOUT);
+        if (st !== 'ready') throw new Error(`${build.label}: page state ${st}: ${await tab.failure()}`);
+        const device = await tab.eval(() => document.body.dataset.device);
+        if (device && device !== 'webgpu') throw new Error(`${build.label} runs on ${device}`);
+        const engineOnly = await tab.eval(() => typeof window.walsh.engineOnly === 'function');
+        tabs.push({ ...build, tab, engineOnly, page: [], engine: [] });
       }
-      const engine = [];
       for (let i = 0; i <= runs; i++) {
-        const stats = await tab.eval(([p, n]) => window.walsh.engineOnly(p, n), [prompt, tokens]);
-        if (i > 0) engine.push(stats);
+        for (const t of tabs) {
+          const last = await generateIn(t.tab, prompt, tokens);
+          if (i > 0) t.page.push(last.stats);
+        }
+      }
+      for (let i = 0; i <= runs; i++) {
+        for (const t of tabs.filter((x) => x.engineOnly)) {
+          const stats = await t.tab.eval(([p, n]) => window.walsh.engineOnly(p, n), [prompt, tokens]);
+          if (i > 0) t.engine.push(stats);
+        }
       }
       const pick = (list) => {
+        if (list.length === 0) return null;
         const m = median(list.map((s) => s.decode_tokens_per_s));
         const s = list.find((x) => x.decode_tokens_per_s === m) ?? list[0];
         return {
           decode_tokens_per_s: m,
           runs: list.map((x) => x.decode_tokens_per_s),
-          dispatches_per_token: s.dispatches_per_token,
-          readbacks_per_token: s.readbacks_per_token,
-          decode_chunks: s.decode_chunks,
+          dispatches_per_token: s.dispatches_per_token ?? null,
+          readbacks_per_token: s.readbacks_per_token ?? null,
+          decode_chunks: s.decode_chunks ?? null,
           generated_tokens: s.generated_tokens,
         };
       };
-      const result = {
-        browser: b.name,
-        browser_version: b.version,
-        adapter: await tab.text('#adapter-name'),
-        user_agent: await tab.eval(() => navigator.userAgent),
-        page: pick(page),
-        engine_only: pick(engine),
-      };
-      console.log(`e2e-ratio ${JSON.stringify(result)}`);
+      for (const t of tabs) {
+        const result = {
+          build: t.label,
+          browser: b.name,
+          browser_version: b.version,
+          adapter: await t.tab.text('#adapter-name'),
+          user_agent: await t.tab.eval(() => navigator.userAgent),
+          page: pick(t.page),
+          engine_only: pick(t.engine),
+        };
+        console.log(`e2e-ratio ${JSON.stringify(result)}`);
+      }
     } finally {
       await b.close();
     }
@@ -552,7 +575,7 @@ if (mode === 'test') {
   ok = await ratioMode(url, rest[0], Number(rest[1]), Number(rest[2]), browserList(rest[3]));
 } else {
   console.error('usage: node e2e.mjs test URL ARTIFACTS [BROWSERS] | bench URL OUT SUITES [quick] | ' +
-    'ratio URL PROMPT TOKENS RUNS [BROWSERS]');
+    'ratio LABEL=URL[,LABEL=URL...] PROMPT TOKENS RUNS [BROWSERS]');
   ok = false;
 }
 process.exit(ok ? 0 : 1);

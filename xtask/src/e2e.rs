@@ -39,9 +39,11 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn start(walsh: &PathBuf) -> Result<Self> {
+    /// `walsh serve --port 0` with `args` (e.g. other `--web` / `--models` folders).
+    pub(crate) fn start(walsh: &PathBuf, args: &[&str]) -> Result<Self> {
         let mut child = Command::new(walsh)
             .args(["serve", "--port", "0"])
+            .args(args)
             .current_dir(root())
             .stdout(Stdio::piped())
             .spawn()
@@ -101,7 +103,7 @@ pub fn test() -> Result<Outcome> {
     let (walsh, size) = prepare(false)?;
     let expected = reference_tokens(&walsh, PROMPT, TOKENS)?;
     let long_expected = reference_tokens(&walsh, LONG_PROMPT, LONG_TOKENS)?;
-    let server = Server::start(&walsh)?;
+    let server = Server::start(&walsh, &[])?;
     let artifacts = web::target_dir(&root()).join("e2e");
     let mut cmd = node(&["test", &server.url, &artifacts.to_string_lossy(), BROWSERS]);
     cmd.env("WALSH_PROMPT", PROMPT)
@@ -196,7 +198,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         }
     }
     let (walsh, _) = prepare(false)?;
-    let server = Server::start(&walsh)?;
+    let server = Server::start(&walsh, &[])?;
     let mut args = vec!["bench", &server.url];
     let out = out.to_string_lossy().to_string();
     args.extend([out.as_str(), suites.as_str()]);

@@ -84,9 +84,11 @@ tasks:
           10); failing inputs are saved under target/tmp/fuzz-failures/
 
   page-vs-native [--runs N] [--tokens N] [--browsers chromium,firefox] [--out DIR]
+                 [--baseline DIR]
           the page's greedy decode rate in headless Chromium (SwiftShader) and Firefox
           (lavapipe) against native walsh on the same adapters; writes
-          page-vs-native.json and .md (default: bench-results/)";
+          page-vs-native.json and .md (default: bench-results/); --baseline DIR measures
+          another checkout (its release binary and page built) alongside: before/after";
 
 pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

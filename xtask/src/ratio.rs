@@ -8,6 +8,12 @@
 //! `walsh --adapter vulkan` with the default driver list. Both sides: the default model,
 //! greedy, one warm-up run, then the median of the rest; decode tokens/s from the
 //! generation stats, with dispatches and readbacks per token.
+//!
+//! `--baseline DIR` measures another build of walsh alongside, for before/after figures:
+//! DIR is a checkout of an earlier commit with its page and release binary built
+//! (`git worktree add DIR REV && cd DIR && cargo build --release && cargo xtask web`).
+//! Its page is served from its own `web/` and its binary runs natively, each run
+//! alternating with this build's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,17 +54,47 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// `runs + 1` greedy generations natively on `adapter` (the first one a warm-up), each a
-/// fresh `walsh generate --json`; returns every run's stats after the warm-up.
+/// A build of walsh to measure: its label and its native binary.
+struct Build {
+    label: String,
+    walsh: PathBuf,
+}
+
+/// `runs + 1` greedy generations natively on `adapter` with each build (the first round a
+/// warm-up, the builds alternating), each a fresh `walsh generate --json`; returns every
+/// build's stats after the warm-up, in `builds` order.
 fn native(
-    walsh: &Path,
+    builds: &[Build],
     adapter: &str,
     icd: Option<&Path>,
     tokens: usize,
     runs: usize,
-) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
+) -> Result<Vec<Vec<Value>>> {
+    let mut out = vec![Vec::new(); builds.len()];
     for i in 0..=runs {
+        for (b, build) in builds.iter().enumerate() {
+            let stats = native_run(&build.walsh, adapter, icd, tokens)?;
+            eprintln!(
+                "xtask: native {adapter}{} {} run {i}: {:.2} tok/s",
+                if icd.is_some() {
+                    " (SwiftShader ICD)"
+                } else {
+                    ""
+                },
+                build.label,
+                stats["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN)
+            );
+            if i > 0 {
+                out[b].push(stats);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One greedy `walsh generate --json` run; its stats.
+fn native_run(walsh: &Path, adapter: &str, icd: Option<&Path>, tokens: usize) -> Result<Value> {
+    {
         let mut cmd = Command::new(walsh);
         cmd.current_dir(root())
             .args([
@@ -85,22 +121,33 @@ fn native(
             );
         }
         let v: Value = serde_json::from_slice(&run.stdout).context("reading walsh --json")?;
-        eprintln!(
-            "xtask: native {adapter}{} run {i}: {:.2} tok/s",
-            if icd.is_some() {
-                " (SwiftShader ICD)"
-            } else {
-                ""
-            },
-            v["stats"]["decode_tokens_per_s"]
-                .as_f64()
-                .unwrap_or(f64::NAN)
-        );
-        if i > 0 {
-            out.push(v["stats"].clone());
+        Ok(v["stats"].clone())
+    }
+}
+
+/// The label (`before (COMMIT)`) and release binary of the baseline checkout in `dir`.
+fn baseline_build(dir: &Path) -> Result<(String, PathBuf)> {
+    let binary = dir.join("target/release/walsh");
+    let wasm = dir.join("web/pkg/walsh_bg.wasm");
+    for (what, path) in [("release binary", &binary), ("built page", &wasm)] {
+        if !path.is_file() {
+            bail!(
+                "--baseline {}: its {what} {} is missing (in that checkout: cargo build \
+                 --release && cargo xtask web)",
+                dir.display(),
+                path.display()
+            );
         }
     }
-    Ok(out)
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown commit".into());
+    Ok((format!("before ({commit})"), binary))
 }
 
 fn rates(stats: &[Value]) -> Vec<f64> {
@@ -115,6 +162,7 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
     let mut tokens = 128;
     let mut out = root().join("bench-results");
     let mut browsers = "chromium,firefox".to_string();
+    let mut baseline: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -123,6 +171,7 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
             "--tokens" => tokens = value("--tokens")?.parse().context("--tokens")?,
             "--out" => out = PathBuf::from(value("--out")?),
             "--browsers" => browsers = value("--browsers")?.clone(),
+            "--baseline" => baseline = Some(PathBuf::from(value("--baseline")?)),
             other => bail!("page-vs-native: unknown argument {other}"),
         }
     }
@@ -131,10 +180,37 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
     }
     let icd = swiftshader_icd()?;
     let (walsh, _) = prepare(true)?;
-    let server = Server::start(&walsh)?;
+    let server = Server::start(&walsh, &[])?;
+    // With a baseline this build is the "after" of a before/after pair.
+    let this = if baseline.is_some() { "after" } else { "this" };
+    let mut builds = vec![Build {
+        label: this.into(),
+        walsh: walsh.clone(),
+    }];
+    let mut targets = format!("{this}={}", server.url);
+    // The baseline's page, served by this build's server from the baseline's folders.
+    let mut baseline_server = None;
+    if let Some(dir) = &baseline {
+        let (label, binary) = baseline_build(dir)?;
+        let web = dir.join("web");
+        let models = dir.join("models");
+        let args = [
+            "--web",
+            &*web.to_string_lossy(),
+            "--models",
+            &*models.to_string_lossy(),
+        ];
+        let s = Server::start(&walsh, &args)?;
+        targets.push_str(&format!(",{label}={}", s.url));
+        baseline_server = Some(s);
+        builds.push(Build {
+            label,
+            walsh: binary,
+        });
+    }
     let mut cmd = node(&[
         "ratio",
-        &server.url,
+        &targets,
         PROMPT,
         &tokens.to_string(),
         &runs.to_string(),
@@ -145,33 +221,52 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
     eprintln!("xtask: $ {cmd:?}");
     let page = cmd.output().context("starting node")?;
     drop(server);
+    drop(baseline_server);
     let text = String::from_utf8_lossy(&page.stdout);
     print!("{text}");
     if !page.status.success() {
         bail!("the page runs failed");
     }
+    let pages: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("e2e-ratio "))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    // Native runs per adapter the browsers used, every build alternating.
+    let mut natives: Vec<(bool, Vec<Vec<Value>>)> = Vec::new();
+    for chromium in [true, false] {
+        if pages
+            .iter()
+            .any(|p| (p["browser"] == "Chromium") == chromium)
+        {
+            let (adapter, icd) = if chromium {
+                ("swiftshader", Some(icd.as_path()))
+            } else {
+                ("vulkan", None)
+            };
+            natives.push((chromium, native(&builds, adapter, icd, tokens, runs)?));
+        }
+    }
     let mut rows = Vec::new();
-    for line in text.lines() {
-        let Some(json) = line.strip_prefix("e2e-ratio ") else {
-            continue;
-        };
-        let p: Value = serde_json::from_str(json)?;
+    for p in &pages {
         let chromium = p["browser"] == "Chromium";
-        let (adapter, icd) = if chromium {
-            ("swiftshader", Some(icd.as_path()))
-        } else {
-            ("vulkan", None)
-        };
-        let stats = native(&walsh, adapter, icd, tokens, runs)?;
-        let native_rate = median(rates(&stats));
+        let b = builds
+            .iter()
+            .position(|b| p["build"] == b.label.as_str())
+            .context("the page runs named a build that was not measured")?;
+        let stats = &natives
+            .iter()
+            .find(|(c, _)| *c == chromium)
+            .context("no native runs for this browser's adapter")?
+            .1[b];
+        let native_rate = median(rates(stats));
         let page_rate = p["page"]["decode_tokens_per_s"]
             .as_f64()
             .unwrap_or(f64::NAN);
-        let engine_rate = p["engine_only"]["decode_tokens_per_s"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
+        let engine_rate = p["engine_only"]["decode_tokens_per_s"].as_f64();
         let first = &stats[0];
         rows.push(json!({
+            "build": p["build"],
             "browser": p["browser"],
             "browser_version": p["browser_version"],
             "page_adapter": p["adapter"],
@@ -181,9 +276,9 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
             "engine_only_tokens_per_s": engine_rate,
             "engine_only_runs": p["engine_only"]["runs"],
             "native_tokens_per_s": native_rate,
-            "native_runs": rates(&stats),
+            "native_runs": rates(stats),
             "ratio": page_rate / native_rate,
-            "engine_only_ratio": engine_rate / native_rate,
+            "engine_only_ratio": engine_rate.map(|e| e / native_rate),
             "page_dispatches_per_token": p["page"]["dispatches_per_token"],
             "page_readbacks_per_token": p["page"]["readbacks_per_token"],
             "page_decode_chunks": p["page"]["decode_chunks"],
