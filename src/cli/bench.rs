@@ -20,8 +20,9 @@ pub struct BenchArgs {
     /// Run on every adapter instead of the one `--adapter` picks.
     #[arg(long)]
     pub all_adapters: bool,
-    #[arg(long, value_enum, default_value = "all")]
-    pub suite: SuiteArg,
+    /// Suites to run; a comma-separated list (`kernels,decoder`) runs several.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub suite: Vec<SuiteArg>,
     /// Small sizes and few repeats: checks that everything runs.
     #[arg(long)]
     pub quick: bool,
@@ -71,15 +72,17 @@ pub enum SuiteArg {
     All,
 }
 
-impl SuiteArg {
-    fn suites(self) -> Vec<Suite> {
-        match self {
-            SuiteArg::Kernels => vec![Suite::Kernels],
-            SuiteArg::Decoder => vec![Suite::Decoder],
-            SuiteArg::Paper => vec![Suite::Paper],
-            SuiteArg::All => vec![Suite::Kernels, Suite::Decoder, Suite::Paper],
-        }
-    }
+/// The suites `args` name, each once, in the order the run takes them.
+fn suites(args: &[SuiteArg]) -> Vec<Suite> {
+    [
+        (Suite::Kernels, SuiteArg::Kernels),
+        (Suite::Decoder, SuiteArg::Decoder),
+        (Suite::Paper, SuiteArg::Paper),
+    ]
+    .into_iter()
+    .filter(|(_, arg)| args.iter().any(|a| a == arg || *a == SuiteArg::All))
+    .map(|(suite, _)| suite)
+    .collect()
 }
 
 fn git_commit() -> Option<String> {
@@ -109,7 +112,7 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
     if args.contribute {
         return contribute(adapter);
     }
-    let mut options = BenchOptions::new(args.suite.suites(), args.quick);
+    let mut options = BenchOptions::new(suites(&args.suite), args.quick);
     if let Some(d) = args.max_d_model {
         options.max_d_model = d;
     }
@@ -283,7 +286,7 @@ fn contribute(adapter: &str) -> Result<()> {
     let args = BenchArgs {
         action: None,
         all_adapters: false,
-        suite: SuiteArg::All,
+        suite: vec![SuiteArg::All],
         quick: false,
         out: out.clone(),
         max_d_model: None,
@@ -307,4 +310,23 @@ fn contribute(adapter: &str) -> Result<()> {
          bench-results/{slug}.* bench-results/merged.*\n  git commit -m \"bench: {slug}\"\n"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite_lists_run_each_suite_once_in_order() {
+        use SuiteArg::*;
+        assert_eq!(
+            suites(&[Decoder, Kernels, Decoder]),
+            [Suite::Kernels, Suite::Decoder]
+        );
+        assert_eq!(
+            suites(&[Paper, All]),
+            [Suite::Kernels, Suite::Decoder, Suite::Paper]
+        );
+        assert_eq!(suites(&[Paper]), [Suite::Paper]);
+    }
 }

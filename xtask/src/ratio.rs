@@ -274,7 +274,8 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
             "page_tokens_per_s": page_rate,
             "page_runs": p["page"]["runs"],
             "engine_only_tokens_per_s": engine_rate,
-            "engine_only_runs": p["engine_only"]["runs"],
+            // Older pages have no engine-only entry: no runs.
+            "engine_only_runs": p["engine_only"]["runs"].as_array().cloned().unwrap_or_default(),
             "native_tokens_per_s": native_rate,
             "native_runs": rates(stats),
             "ratio": page_rate / native_rate,
