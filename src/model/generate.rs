@@ -459,7 +459,6 @@ pub async fn generate_async(
     // Decode time is the wall clock from the end of the prefill to the last token: with
     // chunks in flight, device and host work overlap.
     let mut decode_begin = None;
-    let mut fed_back = 0;
     // Device work of the decode steps: counters after the prefill, and tokens submitted
     // since (chunks dropped by a stop included: their work was done too).
     let mut decode_start = None;
@@ -471,12 +470,15 @@ pub async fn generate_async(
     while submitted < options.max_tokens || !in_flight.is_empty() {
         // Keep the device busy: start chunks while no sequence's context is full.
         let room = context - cached.iter().copied().max().unwrap_or(0);
-        while submitted > 0
-            && submitted < options.max_tokens
-            && in_flight.len() < CHUNKS_IN_FLIGHT
-            && room > in_flight.iter().map(|(_, n)| n).sum::<usize>()
-        {
+        loop {
             let planned: usize = in_flight.iter().map(|(_, n)| n).sum();
+            if submitted == 0
+                || submitted >= options.max_tokens
+                || in_flight.len() >= CHUNKS_IN_FLIGHT
+                || planned >= room
+            {
+                break;
+            }
             let steps = chunk_steps
                 .min(options.max_tokens - submitted)
                 .min(room - planned)
@@ -494,7 +496,6 @@ pub async fn generate_async(
         if let Some((chunk, steps)) = in_flight.pop_front() {
             let tokens = decoder.finish_decode(chunk).await?;
             let took = started.elapsed();
-            fed_back += steps * seqs;
             cached.iter_mut().for_each(|c| *c += steps);
             stats.decode_chunks += 1;
             for step in tokens.chunks(seqs) {
@@ -530,7 +531,6 @@ pub async fn generate_async(
                 decode_start = decoder.counters();
                 decode_begin = Some(Instant::now());
             } else {
-                fed_back += seqs;
                 decode_submitted += seqs;
             }
             submitted += 1;
@@ -549,7 +549,9 @@ pub async fn generate_async(
         stats.prompt_tokens,
         Duration::from_secs_f64(stats.prefill_seconds),
     );
-    stats.decode_tokens_per_s = rate(fed_back, decode_time);
+    // Every token after each sequence's first came out of a decode step.
+    let decoded = stats.generated_tokens.saturating_sub(seqs);
+    stats.decode_tokens_per_s = rate(decoded, decode_time);
     if let (Some(start), Some(end)) = (decode_start, decoder.counters())
         && decode_submitted > 0
     {

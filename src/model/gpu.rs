@@ -83,29 +83,39 @@ fn stacked(
         rows += r;
     }
     let cols = cols.unwrap_or(0);
-    let all_f16 = parts.iter().all(|t| matches!(t.data, TensorData::F16(_)));
-    fn join<T: Copy>(values: Vec<Vec<T>>, interleave: bool, cols: usize) -> Vec<T> {
-        match (interleave, &values[..]) {
-            (true, [a, b]) => matmul::interleave_rows(a, b, cols),
-            _ => values.concat(),
-        }
-    }
-    Ok(if all_f16 {
-        let bits = parts.iter().map(|t| match &t.data {
-            TensorData::F16(b) => b.clone(),
-            TensorData::F32(_) => unreachable!("all parts are f16"),
+    if let [t] = parts {
+        // One matrix: uploaded as stored, no host copy.
+        return Ok(match &t.data {
+            TensorData::F32(v) => Matrix::from_f32(gpu, label, v, rows, cols)?,
+            TensorData::F16(bits) => Matrix::from_f16_bits(gpu, label, bits, rows, cols)?,
         });
-        Matrix::from_f16_bits(
-            gpu,
-            label,
-            &join(bits.collect(), interleave, cols),
-            rows,
-            cols,
-        )?
-    } else {
-        let values = parts.iter().map(|t| t.to_f32()).collect();
-        Matrix::from_f32(gpu, label, &join(values, interleave, cols), rows, cols)?
+    }
+    let f16: Option<Vec<&[u16]>> = parts
+        .iter()
+        .map(|t| match &t.data {
+            TensorData::F16(bits) => Some(&bits[..]),
+            TensorData::F32(_) => None,
+        })
+        .collect();
+    Ok(match f16 {
+        Some(bits) => {
+            let joined = join(&bits, interleave, cols);
+            Matrix::from_f16_bits(gpu, label, &joined, rows, cols)?
+        }
+        None => {
+            let values: Vec<Vec<f32>> = parts.iter().map(|t| t.to_f32()).collect();
+            let values: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+            Matrix::from_f32(gpu, label, &join(&values, interleave, cols), rows, cols)?
+        }
     })
+}
+
+/// `parts` one after another, or with `interleave` (two parts) row by row alternating.
+fn join<T: Copy>(parts: &[&[T]], interleave: bool, cols: usize) -> Vec<T> {
+    match (interleave, parts) {
+        (true, [a, b]) => matmul::interleave_rows(a, b, cols),
+        _ => parts.concat(),
+    }
 }
 
 fn vector(gpu: &Gpu, t: &Tensor) -> Result<GpuBuffer, ModelError> {
