@@ -762,6 +762,7 @@ impl Report {
                     .join(", "),
                 pm(&v.heldout),
                 v.heldout
+                    .filter(|sp| sp.n > 1)
                     .map_or("-".into(), |sp| format!("{:.4} – {:.4}", sp.min, sp.max)),
                 pm(&v.final_val_loss),
             );
@@ -787,8 +788,11 @@ impl Report {
                 c.what,
                 c.a,
                 c.b,
-                c.difference
-                    .map_or("-".into(), |d| format!("{:+.4} ± {:.4}", d.mean, d.std)),
+                match c.difference {
+                    None => "-".to_string(),
+                    Some(d) if d.n == 1 => format!("{:+.4}", d.mean),
+                    Some(d) => format!("{:+.4} ± {:.4}", d.mean, d.std),
+                },
                 c.seeds
                     .iter()
                     .zip(&c.differences)
