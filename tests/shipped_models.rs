@@ -1,6 +1,6 @@
 //! The shipped checkpoints in `models/`: walsh's eval agrees with the trainer's own loss
-//! on held-out text, on the CPU and on every software adapter, and the default model's
-//! greedy text is pinned (golden) on all of them.
+//! on held-out text, on the CPU and on every software adapter, and the greedy text of the
+//! default model and of the residual-MLP query model is pinned (golden) on all of them.
 //!
 //! The trainer's figures are in `models/<name>/heldout_eval.json`, written by
 //! `walsh-train eval --json` on the first [`EVAL_BYTES`] bytes of
@@ -17,11 +17,16 @@ use walsh::model::weights::Model;
 use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
 
-const MODELS: [&str; 3] = [
+const MODELS: [&str; 4] = [
     "shakespeare-hadamard",
     "shakespeare-dense",
     "shakespeare-hadamard-qid",
+    "shakespeare-hadamard-qmlp",
 ];
+
+/// Models with a `golden.txt`: the default one, and the one whose query path (q_down,
+/// SiLU, q_up) no other golden text runs.
+const GOLDEN: [&str; 2] = ["shakespeare-hadamard", "shakespeare-hadamard-qmlp"];
 
 /// Bytes of the held-out slice the automated comparison scores (the full slice takes
 /// minutes per device on software adapters; the model cards report it).
@@ -107,9 +112,16 @@ fn walsh_eval_agrees_with_the_trainer_on_every_shipped_model() {
 }
 
 #[test]
-fn default_model_greedy_text_is_golden_on_every_device() {
-    let model = load("shakespeare-hadamard");
-    let golden_path = root().join("models/shakespeare-hadamard/golden.txt");
+fn greedy_text_is_golden_on_every_device() {
+    let gpus = gpus();
+    for name in GOLDEN {
+        greedy_text_is_golden(name, &gpus);
+    }
+}
+
+fn greedy_text_is_golden(name: &str, gpus: &[Gpu]) {
+    let model = load(name);
+    let golden_path = root().join("models").join(name).join("golden.txt");
     let golden = std::fs::read_to_string(&golden_path).unwrap();
     let (prompt, _) = golden
         .split_once('\n')
@@ -129,9 +141,8 @@ fn default_model_greedy_text_is_golden_on_every_device() {
         "CPU greedy text differs from {}",
         golden_path.display()
     );
-    for gpu in gpus() {
-        let got =
-            text(&mut GpuDecoder::new(&gpu, &model, 1, context, KvFormat::default()).unwrap());
-        assert_eq!(got, golden, "greedy text on {}", gpu.describe());
+    for gpu in gpus {
+        let got = text(&mut GpuDecoder::new(gpu, &model, 1, context, KvFormat::default()).unwrap());
+        assert_eq!(got, golden, "{name}: greedy text on {}", gpu.describe());
     }
 }

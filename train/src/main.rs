@@ -15,6 +15,7 @@ use walsh_train::data::Corpus;
 use walsh_train::eval::text_loss;
 use walsh_train::model::TrainModel;
 use walsh_train::optim::{AdamWSettings, Schedule};
+use walsh_train::report::{Report, ReportOptions, discover};
 use walsh_train::run::{RunOptions, Settings, Stop, run};
 
 #[derive(Parser, Debug)]
@@ -37,6 +38,10 @@ enum Command {
     /// Mean loss (nats/byte) of a model directory on a text, by the trainer's own forward
     /// pass, with the sliding-window rule of `walsh eval`.
     Eval(EvalArgs),
+    /// The seed sweep's summary from the runs' files (train/sweep.sh layout): held-out
+    /// mean and spread per variant, paired differences, parameters, training FLOPs, and
+    /// validation loss against FLOPs and wall time as SVG.
+    Report(ReportArgs),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -132,10 +137,31 @@ struct EvalArgs {
     json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// Repository root: runs in models/shakespeare-<variant> (seed 1) and
+    /// train/runs/<variant>-seed<N>.
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Where to write seeds.md, seeds.json, loss-vs-flops.svg and loss-vs-time.svg.
+    #[arg(long, default_value = "train/results")]
+    out: PathBuf,
+    /// A run counts once its log reaches this step.
+    #[arg(long, default_value_t = 1500)]
+    steps: u64,
+    /// Windows per step the runs were trained with.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Write nothing; fail if the files in --out differ from what the runs give.
+    #[arg(long)]
+    check: bool,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Eval(args)) => eval_cmd(&args),
+        Some(Command::Report(args)) => report_cmd(&args),
         None => train_cmd(&cli.train),
     }
 }
@@ -259,6 +285,51 @@ fn eval_cmd(args: &EvalArgs) -> Result<()> {
         println!(
             "{} bytes scored (context {}): {:.6} nats/byte, {:.4} bits/byte",
             report.bytes_scored, report.context, report.nats_per_byte, report.bits_per_byte
+        );
+    }
+    Ok(())
+}
+
+fn report_cmd(args: &ReportArgs) -> Result<()> {
+    let runs = discover(&args.root)?;
+    let options = ReportOptions {
+        steps: args.steps,
+        batch: args.batch,
+    };
+    let report = Report::build(&runs, options)?;
+    let mut stale = Vec::new();
+    if !args.check {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+    }
+    for (name, text) in report.files() {
+        let path = args.out.join(name);
+        if args.check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                stale.push(path.display().to_string());
+            }
+        } else {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    for r in &report.runs {
+        if !r.complete {
+            println!(
+                "incomplete: {} (step {}/{})",
+                r.dir, r.last_step, args.steps
+            );
+        } else if r.heldout.is_none() {
+            println!(
+                "no held-out figure yet: {} (train/heldout.sh {})",
+                r.dir, r.dir
+            );
+        }
+    }
+    if !stale.is_empty() {
+        bail!(
+            "out of date (rerun walsh-train report): {}",
+            stale.join(", ")
         );
     }
     Ok(())
