@@ -29,7 +29,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
 use crate::bench::{self, BenchError, BenchOptions, Report, Suite, report::Environment};
-use crate::gpu::{CountersSnapshot, Gpu, GpuError, MemoryReport};
+use crate::gpu::{Gpu, GpuError};
 use crate::model::fit::{BufferLimits, check_decoder_fits, fit_prompt, prompt_notice};
 use crate::model::generate::{
     Chunk, CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, StepFuture, Utf8Stream,
@@ -210,12 +210,6 @@ impl Decoder for YieldingCpu<'_> {
             yield_to_browser().await;
             tokens
         })
-    }
-    fn memory(&self) -> Option<MemoryReport> {
-        None
-    }
-    fn counters(&self) -> Option<CountersSnapshot> {
-        None
     }
     fn device(&self) -> String {
         "cpu (WebAssembly)".into()

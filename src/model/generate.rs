@@ -60,9 +60,13 @@ pub trait Decoder {
     /// The tokens of a started chunk, step by step (`[steps, seqs]` flattened).
     fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>>;
     /// GPU memory accounting, where there is a GPU.
-    fn memory(&self) -> Option<MemoryReport>;
+    fn memory(&self) -> Option<MemoryReport> {
+        None
+    }
     /// Dispatches, readbacks and submissions so far, where there is a GPU.
-    fn counters(&self) -> Option<CountersSnapshot>;
+    fn counters(&self) -> Option<CountersSnapshot> {
+        None
+    }
     /// Where it runs, for summaries: an adapter name, or "cpu".
     fn device(&self) -> String;
     /// The KV cache's element format.
@@ -286,12 +290,6 @@ impl Decoder for CpuBatch<'_> {
             .map(|&(seq, tokens)| self.run(seq, tokens, true))
             .collect();
         Box::pin(std::future::ready(all))
-    }
-    fn memory(&self) -> Option<MemoryReport> {
-        None
-    }
-    fn counters(&self) -> Option<CountersSnapshot> {
-        None
     }
     fn device(&self) -> String {
         "cpu".into()
