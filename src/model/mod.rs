@@ -10,6 +10,7 @@ pub mod generate;
 pub mod gpu;
 
 pub mod init;
+pub mod quant;
 pub mod weights;
 
 pub use config::{AttnOutput, Config, Query};
