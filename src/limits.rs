@@ -282,7 +282,7 @@ pub fn read_at_most(path: &Path, limit: u64, what: &str) -> std::io::Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AttnOutput, Query};
+    use crate::model::AttnOutput;
 
     fn config(d: usize, layers: usize, context: usize, vocab: usize) -> Config {
         Config {
@@ -292,12 +292,8 @@ mod tests {
             intermediate_size: 3 * d,
             vocab_size: vocab,
             max_position_embeddings: context,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            tie_word_embeddings: false,
             attn_output: AttnOutput::Hadamard,
-            query: Query::Dense,
-            query_mlp_hidden: None,
+            ..Default::default()
         }
     }
 

@@ -370,12 +370,9 @@ fn eval_text_and_window_sizes_are_checked_before_allocation() {
         intermediate_size: 128,
         vocab_size: 4096,
         max_position_embeddings: 1 << 20,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
         tie_word_embeddings: true,
         attn_output: walsh::model::AttnOutput::Hadamard,
-        query: walsh::model::Query::Dense,
-        query_mlp_hidden: None,
+        ..Default::default()
     };
     walsh::model::init::write_random_model(&wide, &config, walsh::ops::WeightFormat::F16, 0)
         .unwrap();
@@ -404,12 +401,8 @@ fn broken_model_directories_fail_cleanly_naming_the_file() {
         intermediate_size: 64,
         vocab_size: 256,
         max_position_embeddings: 16,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        tie_word_embeddings: false,
         attn_output: walsh::model::AttnOutput::Hadamard,
-        query: walsh::model::Query::Dense,
-        query_mlp_hidden: None,
+        ..Default::default()
     };
     let f16 = walsh::ops::WeightFormat::F16;
     let dir = tempfile::tempdir().unwrap();

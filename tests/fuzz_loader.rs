@@ -577,12 +577,10 @@ fn small_config(
         intermediate_size: 2 * d,
         vocab_size: 256,
         max_position_embeddings: 16,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
         tie_word_embeddings: tied,
         attn_output,
         query,
-        query_mlp_hidden: None,
+        ..Default::default()
     }
 }
 

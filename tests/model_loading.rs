@@ -22,12 +22,10 @@ fn config(attn_output: AttnOutput, query: Query, tied: bool) -> Config {
         intermediate_size: 128,
         vocab_size: 256,
         max_position_embeddings: 16,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
         tie_word_embeddings: tied,
         attn_output,
         query,
-        query_mlp_hidden: None,
+        ..Default::default()
     }
 }
 

@@ -129,12 +129,8 @@ fn config(d: usize, heads: usize, layers: usize, context: usize) -> Config {
         intermediate_size: 2 * d,
         vocab_size: 256,
         max_position_embeddings: context,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        tie_word_embeddings: false,
         attn_output: AttnOutput::Hadamard,
-        query: Query::Dense,
-        query_mlp_hidden: None,
+        ..Default::default()
     }
 }
 

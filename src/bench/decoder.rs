@@ -52,12 +52,9 @@ impl DecoderCase {
             intermediate_size: 3 * d,
             vocab_size: 256,
             max_position_embeddings: self.prompt + self.new_tokens,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            tie_word_embeddings: false,
             attn_output: self.attn_output,
             query: self.query,
-            query_mlp_hidden: None,
+            ..Default::default()
         }
     }
 }

@@ -66,12 +66,8 @@ fn demo_config() -> Config {
         intermediate_size: 768,
         vocab_size: 256,
         max_position_embeddings: 256,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        tie_word_embeddings: false,
         attn_output: AttnOutput::Hadamard,
-        query: Query::Dense,
-        query_mlp_hidden: None,
+        ..Default::default()
     }
 }
 
@@ -380,9 +376,6 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
         intermediate_size: args.intermediate_size.unwrap_or(3 * args.hidden_size),
         vocab_size: 256,
         max_position_embeddings: args.context,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        tie_word_embeddings: false,
         attn_output: match args.attn_output {
             AttnOutputArg::Dense => AttnOutput::Dense,
             AttnOutputArg::Hadamard => AttnOutput::Hadamard,
@@ -392,7 +385,7 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
             QueryArg::Identity => Query::Identity,
             QueryArg::ResidualMlp => Query::ResidualMlp,
         },
-        query_mlp_hidden: None,
+        ..Default::default()
     };
     config
         .validate()

@@ -70,6 +70,29 @@ pub struct Config {
     pub query_mlp_hidden: Option<usize>,
 }
 
+/// The shipped models' sizes (d_model 256, 4 layers, 8 heads, FFN 688, bytes, context 128)
+/// with every optional key at the value a config file that omits it gets (dense output
+/// projection and query, eps 1e-5, RoPE theta 10000, untied): what a struct literal
+/// completes with `..Default::default()`.
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hidden_size: 256,
+            num_hidden_layers: 4,
+            num_attention_heads: 8,
+            intermediate_size: 688,
+            vocab_size: 256,
+            max_position_embeddings: 128,
+            rms_norm_eps: default_eps(),
+            rope_theta: default_theta(),
+            tie_word_embeddings: false,
+            attn_output: AttnOutput::default(),
+            query: Query::default(),
+            query_mlp_hidden: None,
+        }
+    }
+}
+
 impl Config {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
@@ -237,5 +260,13 @@ mod tests {
         let mut c = base();
         c.vocab_size = 0;
         assert!(c.validate().unwrap_err().contains("vocab_size"));
+    }
+
+    #[test]
+    fn default_is_a_file_with_only_the_required_keys() {
+        let text = r#"{"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8,
+            "intermediate_size": 688, "vocab_size": 256, "max_position_embeddings": 128}"#;
+        let parsed = Config::from_json(Path::new("config.json"), text).unwrap();
+        assert_eq!(parsed, Config::default());
     }
 }

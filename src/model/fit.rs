@@ -189,7 +189,7 @@ pub fn check_decoder_fits(
 mod tests {
     use super::*;
     use crate::model::init::random_model;
-    use crate::model::{AttnOutput, Config, Query};
+    use crate::model::{AttnOutput, Config};
     use crate::ops::WeightFormat;
 
     #[test]
@@ -209,12 +209,8 @@ mod tests {
             intermediate_size: 192,
             vocab_size: 256,
             max_position_embeddings: 32,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            tie_word_embeddings: false,
             attn_output: AttnOutput::Hadamard,
-            query: Query::Dense,
-            query_mlp_hidden: None,
+            ..Default::default()
         };
         random_model(&config, 0, format).unwrap()
     }

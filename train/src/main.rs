@@ -185,9 +185,6 @@ fn settings(args: &TrainArgs) -> Settings {
                 .unwrap_or_else(|| (8 * d).div_ceil(3).div_ceil(16) * 16),
             vocab_size: 256,
             max_position_embeddings: args.context,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            tie_word_embeddings: false,
             attn_output: match args.attn_output {
                 AttnOutputArg::Hadamard => AttnOutput::Hadamard,
                 AttnOutputArg::Dense => AttnOutput::Dense,
@@ -197,7 +194,7 @@ fn settings(args: &TrainArgs) -> Settings {
                 QueryArg::Identity => Query::Identity,
                 QueryArg::ResidualMlp => Query::ResidualMlp,
             },
-            query_mlp_hidden: None,
+            ..Default::default()
         },
         batch: args.batch,
         schedule: Schedule {

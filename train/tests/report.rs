@@ -19,12 +19,9 @@ fn shipped(attn_output: AttnOutput, query: Query) -> Config {
         intermediate_size: 688,
         vocab_size: 256,
         max_position_embeddings: 128,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        tie_word_embeddings: false,
         attn_output,
         query,
-        query_mlp_hidden: None,
+        ..Default::default()
     }
 }
 
