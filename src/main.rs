@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use cli::Kernel;
-use cli::run::{EvalArgs, GenerateArgs, InitArgs};
+use cli::run::{EvalArgs, GenerateArgs, InitArgs, QuantizeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +51,8 @@ enum Command {
     Eval(EvalArgs),
     /// Write a model with random weights (for tests and benchmarks).
     InitModel(InitArgs),
+    /// Write a copy of a model with its layer matrices block-quantized (q8 or q4).
+    Quantize(QuantizeArgs),
     /// Benchmark kernels and decoders on one or every adapter; `bench merge` combines
     /// reports.
     Bench(cli::bench::BenchArgs),
@@ -94,6 +96,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Generate(args)) => cli::run::generate_cmd(&args, &cli.adapter),
         Some(Command::Eval(args)) => cli::run::eval_cmd(&args, &cli.adapter),
         Some(Command::InitModel(args)) => cli::run::init_cmd(&args),
+        Some(Command::Quantize(args)) => cli::run::quantize_cmd(&args),
         Some(Command::Bench(args)) => cli::bench::bench_cmd(&args, &cli.adapter),
         Some(Command::Serve(args)) => cli::serve::serve_cmd(&args),
         None => cli::run::generate_cmd(&GenerateArgs::default(), &cli.adapter),

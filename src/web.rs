@@ -59,7 +59,7 @@ enum Runner {
     /// Boxed: the decoder is large and moves in and out of the engine on every run.
     Gpu(Box<GpuDecoder<'static>>),
     /// The CPU decoder is built per generation (its KV cache is a few hundred KiB).
-    Cpu(Model),
+    Cpu(Box<Model>),
 }
 
 struct Loaded {
@@ -401,7 +401,7 @@ impl Engine {
                     .map_err(|e| self.fail(&e, gpu_error(&e)))?;
                 Runner::Gpu(Box::new(decoder))
             }
-            Backend::Cpu => Runner::Cpu(model),
+            Backend::Cpu => Runner::Cpu(Box::new(model)),
         };
         let json = to_json(&info)?;
         *self.loaded.borrow_mut() = Some(Loaded { info, runner });

@@ -103,6 +103,35 @@ fn greedy_text_is_the_same_on_cpu_and_every_adapter() {
         let got = score(walsh(&[&["--adapter", b.as_str()], &eval[..]].concat()));
         assert!((got - want).abs() < 1e-4, "{b}: {got} vs cpu {want}");
     }
+    // The same model with 4-bit layer matrices: at most 0.35x their f16 bytes, and the
+    // same greedy text on every device (they all read the dequantized blocks).
+    let q4 = dir.path().join("q4");
+    let q4 = q4.to_str().unwrap();
+    let out = stdout(&walsh(&[
+        "quantize",
+        "--model",
+        model,
+        "--out",
+        q4,
+        "--weights",
+        "q4",
+    ]));
+    let ratio: f64 = out
+        .rsplit_once('(')
+        .and_then(|(_, r)| r.strip_suffix("x)\n"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in `{out}`"));
+    assert!(ratio <= 0.35, "{out}");
+    let args_q4: Vec<&str> = args
+        .iter()
+        .map(|&a| if a == model { q4 } else { a })
+        .collect();
+    let cpu_q4 = stdout(&walsh(&[&args_q4[..], &["--device", "cpu"]].concat()));
+    assert!(cpu_q4.starts_with("To be"), "{cpu_q4}");
+    for b in backends() {
+        let gpu = stdout(&walsh(&[&["--adapter", b.as_str()], &args_q4[..]].concat()));
+        assert_eq!(gpu, cpu_q4, "q4 greedy text on {b}");
+    }
 }
 
 #[test]

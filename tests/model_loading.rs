@@ -614,3 +614,180 @@ fn files_longer_than_their_config_allows_are_refused_unread() {
         assert_mentions(&load_err(dir.path()), &["it goes on", "for a config"]);
     }
 }
+
+mod quantized {
+    use super::*;
+    use walsh::model::config::Quantization;
+    use walsh::model::init::{FileTensor, write_files};
+    use walsh::model::quant::{QuantFormat, QuantMatrix, quantize_model, quantized_by_default};
+
+    /// d 64, FFN 72 (two full blocks of 32 and a tail of 8), so every block path is hit.
+    fn odd_config(query: Query) -> Config {
+        Config {
+            intermediate_size: 72,
+            ..config(AttnOutput::Hadamard, query, false)
+        }
+    }
+
+    #[test]
+    fn quantized_models_load_as_their_dequantized_blocks() {
+        for (config, format) in [
+            (odd_config(Query::Dense), QuantFormat::Q8),
+            (odd_config(Query::ResidualMlp), QuantFormat::Q4),
+            (dense(), QuantFormat::Q4),
+        ] {
+            let src = model_dir(&config, WeightFormat::F16);
+            let original = Model::load(src.path()).unwrap();
+            let out = tempfile::tempdir().unwrap();
+            let summary =
+                walsh::model::quant::write_quantized(&original, out.path(), format).unwrap();
+            let loaded = Model::load(out.path()).unwrap();
+            assert_eq!(loaded.config.quantization, Some(Quantization::new(format)));
+            let mut quantized = 0;
+            for (a, b) in original
+                .weights
+                .tensors()
+                .iter()
+                .zip(loaded.weights.tensors())
+            {
+                assert_eq!((&a.name, &a.shape), (&b.name, &b.shape));
+                if quantized_by_default(&a.name, &a.shape) {
+                    let q =
+                        QuantMatrix::quantize(format, a.shape[0], a.shape[1], &a.to_f32()).unwrap();
+                    assert_eq!(b.to_f32(), q.dequantize(), "{format} {}", a.name);
+                    assert_ne!(b.to_f32(), a.to_f32(), "{format} {} unchanged", a.name);
+                    quantized += 1;
+                } else {
+                    assert_eq!(a.data, b.data, "{} must stay as stored", a.name);
+                }
+            }
+            assert_eq!(summary.matrices, quantized);
+            assert!(quantized >= 2 * 6, "{quantized} matrices");
+            // And it runs: the CPU decoder reads the dequantized weights.
+            let mut dec = CpuDecoder::new(&loaded, 16, KvFormat::F32).unwrap();
+            assert!(dec.forward(1, 0).unwrap().iter().all(|x| x.is_finite()));
+        }
+    }
+
+    /// A quantized model's tensors, for breaking them one way at a time.
+    fn parts(format: QuantFormat) -> (Config, Vec<FileTensor>) {
+        let src = model_dir(&odd_config(Query::Dense), WeightFormat::F16);
+        let model = Model::load(src.path()).unwrap();
+        let (config, tensors, _) = quantize_model(&model, format).unwrap();
+        (config, tensors)
+    }
+
+    fn load_broken(config: &Config, tensors: &[FileTensor]) -> ModelError {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path(), config, tensors).unwrap();
+        load_err(dir.path())
+    }
+
+    const DOWN: &str = "model.layers.1.mlp.down_proj.weight";
+
+    #[test]
+    fn broken_quantized_tensors_are_named() {
+        let (config, good) = parts(QuantFormat::Q4);
+        let edit = |f: &dyn Fn(&mut Vec<FileTensor>)| {
+            let mut t: Vec<FileTensor> = good
+                .iter()
+                .map(|t| FileTensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    bytes: t.bytes.clone(),
+                })
+                .collect();
+            f(&mut t);
+            t
+        };
+        let scales = format!("{DOWN}.scales");
+        let qweight = format!("{DOWN}.qweight");
+        let cases: Vec<(&str, Vec<FileTensor>, Vec<&str>)> = vec![
+            (
+                "scales missing",
+                edit(&|t| t.retain(|t| t.name != scales)),
+                vec![DOWN, "scales` is missing"],
+            ),
+            (
+                "scales orphaned",
+                edit(&|t| t.retain(|t| t.name != qweight)),
+                vec![DOWN, "has no", ".qweight"],
+            ),
+            (
+                "scales short",
+                edit(&|t| {
+                    let s = t.iter_mut().find(|t| t.name == scales).unwrap();
+                    // [64, 3] blocks -> [64, 2]
+                    s.shape = vec![64, 2];
+                    s.bytes.truncate(64 * 2 * 2);
+                }),
+                vec![DOWN, "[64, 2]", "expected [64, 3]"],
+            ),
+            (
+                "levels of another dtype",
+                edit(&|t| t.iter_mut().find(|t| t.name == qweight).unwrap().dtype = Dtype::F32),
+                vec![DOWN, "dtype F32, expected U32"],
+            ),
+            (
+                "a NaN scale",
+                edit(&|t| {
+                    let s = t.iter_mut().find(|t| t.name == scales).unwrap();
+                    s.bytes[..2].copy_from_slice(&half::f16::NAN.to_bits().to_le_bytes());
+                }),
+                vec![DOWN, "row 0, block 0", "not a finite"],
+            ),
+            (
+                "a quantized norm",
+                edit(&|t| {
+                    let n = t
+                        .iter_mut()
+                        .find(|t| t.name == "model.norm.weight")
+                        .unwrap();
+                    n.name = "model.norm.weight.qweight".into();
+                }),
+                vec!["model.norm.weight", "only matrices"],
+            ),
+        ];
+        for (what, tensors, parts) in cases {
+            let e = load_broken(&config, &tensors);
+            assert!(matches!(e, ModelError::Quantized { .. }), "{what}: {e:?}");
+            assert_mentions(&e, &parts);
+        }
+        // Both the plain and the quantized matrix.
+        let mut both = edit(&|_| {});
+        both.push(FileTensor {
+            name: DOWN.into(),
+            dtype: Dtype::F32,
+            shape: vec![64, 72],
+            bytes: vec![0; 64 * 72 * 4],
+        });
+        assert_mentions(&load_broken(&config, &both), &[DOWN, "twice"]);
+        // Quantized tensors under a config that does not say so.
+        let plain = Config {
+            quantization: None,
+            ..config.clone()
+        };
+        let e = load_broken(&plain, &good);
+        assert!(matches!(e, ModelError::UnexpectedTensor { .. }), "{e:?}");
+        assert_mentions(&e, &[".qweight"]);
+    }
+
+    #[test]
+    fn an_unsupported_block_size_is_a_config_error() {
+        let (config, tensors) = parts(QuantFormat::Q8);
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path(), &config, &tensors).unwrap();
+        let text = std::fs::read_to_string(config_path(dir.path())).unwrap();
+        std::fs::write(
+            config_path(dir.path()),
+            text.replace("\"block_size\": 32", "\"block_size\": 16"),
+        )
+        .unwrap();
+        let e = load_err(dir.path());
+        assert!(matches!(e, ModelError::Config { .. }), "{e:?}");
+        assert_mentions(&e, &["block_size = 16", "blocks of 32"]);
+        std::fs::write(config_path(dir.path()), text.replace("\"q8\"", "\"q3\"")).unwrap();
+        assert_mentions(&load_err(dir.path()), &["q3"]);
+    }
+}

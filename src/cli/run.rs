@@ -17,6 +17,7 @@ use walsh::model::generate::{
 };
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::init::{random_model, write_random_model};
+use walsh::model::quant::QuantFormat;
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
@@ -349,6 +350,20 @@ pub struct InitArgs {
     pub seed: u64,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct QuantizeArgs {
+    /// Model directory to read (f16 or f32 weights).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Directory to write config.json and model.safetensors into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Block format of the layer matrices: q8 (int8) or q4 (4-bit), blocks of 32 with an
+    /// f16 scale. The embedding and lm_head stay as stored.
+    #[arg(long)]
+    pub weights: QuantFormat,
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum AttnOutputArg {
     Dense,
@@ -366,6 +381,28 @@ pub enum QueryArg {
 pub enum DtypeArg {
     F32,
     F16,
+}
+
+pub fn quantize_cmd(args: &QuantizeArgs) -> Result<()> {
+    if args.out.join(walsh::model::weights::WEIGHTS_FILE).exists() {
+        anyhow::bail!(
+            "{} already holds a model: choose another --out",
+            args.out.display()
+        );
+    }
+    let model = Model::load(&args.model)?;
+    let s = walsh::model::quant::write_quantized(&model, &args.out, args.weights)?;
+    println!(
+        "wrote {} ({}): {} matrices in {}, {} -> {} ({:.2}x)",
+        args.out.display(),
+        model.config.variant(),
+        s.matrices,
+        s.format,
+        limits::human_bytes(s.bytes_before as u128),
+        limits::human_bytes(s.bytes_after as u128),
+        s.bytes_after as f64 / s.bytes_before.max(1) as f64
+    );
+    Ok(())
 }
 
 pub fn init_cmd(args: &InitArgs) -> Result<()> {

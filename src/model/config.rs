@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
+use super::quant::{self, QuantFormat};
 use crate::ops::hadamard::WhtSize;
 
 /// How attention heads are mixed back into the residual stream.
@@ -29,6 +30,25 @@ pub enum Query {
     Identity,
     /// `q = xn + q_up(silu(q_down(xn)))`.
     ResidualMlp,
+}
+
+/// Block-quantized matrices in the weights file (docs/model-format.md#quantized-blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    /// `q8` or `q4`.
+    pub weights: QuantFormat,
+    /// Values per block along a row: walsh reads [`quant::BLOCK`].
+    pub block_size: usize,
+}
+
+impl Quantization {
+    pub fn new(weights: QuantFormat) -> Self {
+        Quantization {
+            weights,
+            block_size: quant::BLOCK,
+        }
+    }
 }
 
 /// The largest sizes a config may give: far from overflowing the kernels' u32 indices.
@@ -68,6 +88,10 @@ pub struct Config {
     /// Hidden width of the residual query MLP; default hidden_size / 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_mlp_hidden: Option<usize>,
+    /// Some matrices stored block-quantized (`<name>.qweight` + `<name>.scales`); none:
+    /// every tensor is F32 or F16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
 }
 
 /// The shipped models' sizes (d_model 256, 4 layers, 8 heads, FFN 688, bytes, context 128)
@@ -89,6 +113,7 @@ impl Default for Config {
             attn_output: AttnOutput::default(),
             query: Query::default(),
             query_mlp_hidden: None,
+            quantization: None,
         }
     }
 }
@@ -212,6 +237,15 @@ impl Config {
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return Err(format!("rope_theta = {} must be positive", self.rope_theta));
+        }
+        if let Some(q) = self.quantization
+            && q.block_size != quant::BLOCK
+        {
+            return Err(format!(
+                "quantization.block_size = {} is not supported (walsh reads blocks of {})",
+                q.block_size,
+                quant::BLOCK
+            ));
         }
         Ok(())
     }

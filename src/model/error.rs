@@ -48,6 +48,13 @@ pub enum ModelError {
         found: String,
     },
 
+    #[error("{path}: quantized tensor `{name}`: {message}")]
+    Quantized {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
+
     #[error("{path}: tensor `{name}` contains a non-finite value (NaN or infinity)")]
     NonFinite { path: PathBuf, name: String },
 

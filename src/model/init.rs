@@ -96,6 +96,40 @@ pub fn write_model(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     format: WeightFormat,
 ) -> Result<(), ModelError> {
+    let files: Vec<FileTensor> = tensors
+        .iter()
+        .map(|(name, shape, v)| {
+            let (dtype, bytes) = match format {
+                WeightFormat::F32 => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                WeightFormat::F16 => (
+                    Dtype::F16,
+                    v.iter()
+                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                        .collect(),
+                ),
+            };
+            FileTensor {
+                name: name.clone(),
+                dtype,
+                shape: shape.clone(),
+                bytes,
+            }
+        })
+        .collect();
+    write_files(dir, config, &files)
+}
+
+/// One tensor as it goes into a safetensors file: little-endian bytes of `dtype`.
+pub struct FileTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// Writes `dir/config.json` and `dir/model.safetensors` with `tensors` as given (not
+/// checked against the config, which must be valid), creating `dir`.
+pub fn write_files(dir: &Path, config: &Config, tensors: &[FileTensor]) -> Result<(), ModelError> {
     let config_path = dir.join(CONFIG_FILE);
     let weights_path = dir.join(WEIGHTS_FILE);
     config.validate().map_err(|message| ModelError::Config {
@@ -106,32 +140,12 @@ pub fn write_model(
         path: weights_path.clone(),
         message: e.to_string(),
     };
-
-    let (dtype, bytes): (Dtype, Vec<Vec<u8>>) = match format {
-        WeightFormat::F32 => (
-            Dtype::F32,
-            tensors
-                .iter()
-                .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                .collect(),
-        ),
-        WeightFormat::F16 => (
-            Dtype::F16,
-            tensors
-                .iter()
-                .map(|(_, _, v)| {
-                    v.iter()
-                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                        .collect()
-                })
-                .collect(),
-        ),
-    };
     let mut views = Vec::with_capacity(tensors.len());
-    for ((name, shape, _), data) in tensors.iter().zip(&bytes) {
-        // TensorView::new rejects a value count that does not match the shape.
-        let view = TensorView::new(dtype, shape.clone(), data).map_err(safetensors_error)?;
-        views.push((name.as_str(), view));
+    for t in tensors {
+        // TensorView::new rejects a byte count that does not match dtype and shape.
+        let view =
+            TensorView::new(t.dtype, t.shape.clone(), &t.bytes).map_err(safetensors_error)?;
+        views.push((t.name.as_str(), view));
     }
     let file = safetensors::serialize(views, None).map_err(safetensors_error)?;
     let json = serde_json::to_string_pretty(config).map_err(|e| ModelError::Config {

@@ -18,12 +18,19 @@ use std::fmt;
 use std::str::FromStr;
 
 use half::f16;
+use safetensors::Dtype;
+
+use super::ModelError;
+use super::config::Quantization;
+use super::init::{FileTensor, write_files};
+use super::weights::{Model, QWEIGHT_SUFFIX, SCALES_SUFFIX, TensorData, WEIGHTS_FILE};
 
 /// Values per block along a row.
 pub const BLOCK: usize = 32;
 
 /// A block-quantized weight format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum QuantFormat {
     /// int8 levels, 4 per u32.
     Q8,
@@ -298,6 +305,112 @@ impl QuantMatrix {
     pub fn bytes(&self) -> usize {
         self.data.len() * 4 + self.scales.len() * 2
     }
+}
+
+/// Whether `walsh quantize` quantizes this tensor: every matrix of the layers (attention
+/// and MLP). The embedding and the untied lm_head stay as stored: they are read one row
+/// (the embedding) or once per token anyway, and the shipped models' byte vocabulary makes
+/// them small.
+pub fn quantized_by_default(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 2 && name.starts_with("model.layers.")
+}
+
+/// What [`write_quantized`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizeSummary {
+    pub format: QuantFormat,
+    /// Matrices quantized.
+    pub matrices: usize,
+    /// Their bytes as stored before (f32 or f16) and after (levels + scales).
+    pub bytes_before: usize,
+    pub bytes_after: usize,
+}
+
+/// `model` with its layer matrices block-quantized to `format`, as the tensors of a
+/// safetensors file (`<name>.qweight` as U32, `<name>.scales` as F16, the rest as
+/// stored), with the config that says so.
+pub fn quantize_model(
+    model: &Model,
+    format: QuantFormat,
+) -> Result<(super::Config, Vec<FileTensor>, QuantizeSummary), ModelError> {
+    if let Some(q) = model.config.quantization {
+        return Err(ModelError::Input(format!(
+            "{} is already quantized ({}): quantize the f16 or f32 model",
+            model.dir.display(),
+            q.weights
+        )));
+    }
+    let path = model.dir.join(WEIGHTS_FILE);
+    let mut summary = QuantizeSummary {
+        format,
+        matrices: 0,
+        bytes_before: 0,
+        bytes_after: 0,
+    };
+    let mut out = Vec::new();
+    for t in model.weights.tensors() {
+        let stored_bytes = match &t.data {
+            TensorData::F32(v) => v.len() * 4,
+            TensorData::F16(v) => v.len() * 2,
+        };
+        if !quantized_by_default(&t.name, &t.shape) {
+            let (dtype, bytes) = match &t.data {
+                TensorData::F32(v) => {
+                    (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                TensorData::F16(v) => {
+                    (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+            };
+            out.push(FileTensor {
+                name: t.name.clone(),
+                dtype,
+                shape: t.shape.clone(),
+                bytes,
+            });
+            continue;
+        }
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let q = QuantMatrix::quantize(format, rows, cols, &t.to_f32()).map_err(|e| {
+            ModelError::Quantized {
+                path: path.clone(),
+                name: t.name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        summary.matrices += 1;
+        summary.bytes_before += stored_bytes;
+        summary.bytes_after += q.bytes();
+        let blocks = blocks_per_row(cols);
+        out.push(FileTensor {
+            name: format!("{}{QWEIGHT_SUFFIX}", t.name),
+            dtype: Dtype::U32,
+            shape: vec![rows, blocks * format.words_per_block()],
+            bytes: q.data.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        });
+        out.push(FileTensor {
+            name: format!("{}{SCALES_SUFFIX}", t.name),
+            dtype: Dtype::F16,
+            shape: vec![rows, blocks],
+            bytes: q.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        });
+    }
+    let config = super::Config {
+        quantization: Some(Quantization::new(format)),
+        ..model.config.clone()
+    };
+    Ok((config, out, summary))
+}
+
+/// [`quantize_model`] written to `dir` (config.json + model.safetensors).
+pub fn write_quantized(
+    model: &Model,
+    dir: &std::path::Path,
+    format: QuantFormat,
+) -> Result<QuantizeSummary, ModelError> {
+    let (config, tensors, summary) = quantize_model(model, format)?;
+    write_files(dir, &config, &tensors)?;
+    Ok(summary)
 }
 
 #[cfg(test)]

@@ -18,6 +18,11 @@ pub const CONFIG_FILE: &str = "config.json";
 /// File name of the weights inside a model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
+/// Name suffix of a block-quantized matrix's packed levels (u32 words, `[rows, words]`).
+pub const QWEIGHT_SUFFIX: &str = ".qweight";
+/// Name suffix of a block-quantized matrix's f16 block scales (`[rows, blocks]`).
+pub const SCALES_SUFFIX: &str = ".scales";
+
 /// Values of a tensor as stored in the file.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {
@@ -237,8 +242,43 @@ impl Model {
         let mut names = file.names();
         // Sorted, so a file with several faults always reports the same one.
         names.sort_unstable();
-        check_no_unexpected(&path, &config, names.iter().copied())?;
-        let mut tensors = Vec::with_capacity(names.len());
+        // A quantized matrix is `<name>.qweight` + `<name>.scales`, checked as `<name>`.
+        let (quantized, names): (Vec<&str>, Vec<&str>) = match config.quantization {
+            Some(_) => names
+                .into_iter()
+                .filter(|n| !n.ends_with(SCALES_SUFFIX))
+                .partition(|n| n.ends_with(QWEIGHT_SUFFIX)),
+            None => (Vec::new(), names),
+        };
+        let bases: Vec<&str> = quantized
+            .iter()
+            .map(|n| &n[..n.len() - QWEIGHT_SUFFIX.len()])
+            .collect();
+        check_no_unexpected(&path, &config, names.iter().chain(&bases).copied())?;
+        if let Some(q) = config.quantization {
+            check_no_orphan_scales(&path, &file, &bases)?;
+            let shapes: HashMap<String, Vec<usize>> =
+                expected_tensors(&config).into_iter().collect();
+            let mut tensors = Vec::with_capacity(names.len() + bases.len());
+            for base in &bases {
+                tensors.push(dequantize_tensor(&path, &file, base, &shapes[*base], q)?);
+            }
+            return Self::from_parts(dir, config, &file, &path, names, tensors);
+        }
+        Self::from_parts(dir, config, &file, &path, names, Vec::new())
+    }
+
+    /// The plain (F32/F16) tensors `names` of `file` added to `tensors`, then checked as a
+    /// whole by [`Model::from_tensors`].
+    fn from_parts(
+        dir: &Path,
+        config: Config,
+        file: &SafeTensors,
+        path: &Path,
+        names: Vec<&str>,
+        mut tensors: Vec<Tensor>,
+    ) -> Result<Model, ModelError> {
+        let path = path.to_path_buf();
         for name in names {
             let view = file.tensor(name).map_err(|e| ModelError::Safetensors {
                 path: path.clone(),
@@ -481,4 +521,92 @@ fn check_no_unexpected<'a>(
         }
     }
     Ok(())
+}
+
+/// Every `<name>.scales` belongs to a `<name>.qweight`.
+fn check_no_orphan_scales(
+    path: &Path,
+    file: &SafeTensors,
+    bases: &[&str],
+) -> Result<(), ModelError> {
+    for name in file.names() {
+        if let Some(base) = name.strip_suffix(SCALES_SUFFIX)
+            && !bases.contains(&base)
+        {
+            return Err(ModelError::Quantized {
+                path: path.to_path_buf(),
+                name: base.to_string(),
+                message: format!("`{name}` has no `{base}{QWEIGHT_SUFFIX}`"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The matrix `base` from its `.qweight` and `.scales` tensors, checked against its
+/// expected `[rows, cols]` and dequantized to f32 (scale x level, exactly what the kernels
+/// compute).
+fn dequantize_tensor(
+    path: &Path,
+    file: &SafeTensors,
+    base: &str,
+    shape: &[usize],
+    q: super::config::Quantization,
+) -> Result<Tensor, ModelError> {
+    use super::quant::{QuantMatrix, blocks_per_row};
+    let fail = |message: String| ModelError::Quantized {
+        path: path.to_path_buf(),
+        name: base.to_string(),
+        message,
+    };
+    let &[rows, cols] = shape else {
+        return Err(fail(format!(
+            "only matrices are quantized; this tensor has shape {shape:?}"
+        )));
+    };
+    let format = q.weights;
+    let blocks = blocks_per_row(cols);
+    let part = |suffix: &str, dtype: Dtype, want: [usize; 2]| {
+        let name = format!("{base}{suffix}");
+        let view = file
+            .tensor(&name)
+            .map_err(|_| fail(format!("`{name}` is missing")))?;
+        if view.dtype() != dtype {
+            return Err(fail(format!(
+                "`{name}` has dtype {}, expected {dtype}",
+                view.dtype()
+            )));
+        }
+        if view.shape() != want {
+            return Err(fail(format!(
+                "`{name}` has shape {:?}, expected {want:?} ({format}, blocks of {} along {cols} columns)",
+                view.shape(),
+                q.block_size
+            )));
+        }
+        Ok(view)
+    };
+    let words = part(
+        QWEIGHT_SUFFIX,
+        Dtype::U32,
+        [rows, blocks * format.words_per_block()],
+    )?;
+    let scales = part(SCALES_SUFFIX, Dtype::F16, [rows, blocks])?;
+    let data = words
+        .data()
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let scales = scales
+        .data()
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let matrix = QuantMatrix::from_parts(format, rows, cols, data, scales)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(Tensor {
+        name: base.to_string(),
+        shape: vec![rows, cols],
+        data: TensorData::F32(matrix.dequantize()),
+    })
 }
