@@ -585,3 +585,41 @@ fn broken_model_directories_fail_cleanly_naming_the_file() {
     let e = walsh_fails(&args.each_ref().map(String::as_str));
     assert_names(&e, &["model.safetensors", norm, "is missing"]);
 }
+
+#[test]
+fn init_model_q8_is_the_f16_model_of_the_same_seed_quantized() {
+    use walsh::model::quant::{QuantFormat, QuantMatrix, quantized_by_default};
+    let dir = tempfile::tempdir().unwrap();
+    let init = |dtype: &str| {
+        let out = dir.path().join(dtype);
+        walsh(&[
+            "init-model",
+            "--out",
+            out.to_str().unwrap(),
+            "--hidden-size",
+            "64",
+            "--layers",
+            "1",
+            "--heads",
+            "4",
+            "--dtype",
+            dtype,
+        ]);
+        walsh::model::weights::Model::load(&out).unwrap()
+    };
+    let (f16, q8) = (init("f16"), init("q8"));
+    assert_eq!(
+        q8.config.quantization.map(|q| q.weights),
+        Some(QuantFormat::Q8)
+    );
+    for (a, b) in f16.weights.tensors().iter().zip(q8.weights.tensors()) {
+        let want = if quantized_by_default(&a.name, &a.shape) {
+            QuantMatrix::quantize(QuantFormat::Q8, a.shape[0], a.shape[1], &a.to_f32())
+                .unwrap()
+                .dequantize()
+        } else {
+            a.to_f32()
+        };
+        assert_eq!(b.to_f32(), want, "{}", a.name);
+    }
+}

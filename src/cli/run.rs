@@ -381,6 +381,10 @@ pub enum QueryArg {
 pub enum DtypeArg {
     F32,
     F16,
+    /// f16 weights, then the layer matrices quantized as `walsh quantize --weights q8`.
+    Q8,
+    /// As q8, in 4-bit blocks.
+    Q4,
 }
 
 pub fn quantize_cmd(args: &QuantizeArgs) -> Result<()> {
@@ -428,11 +432,18 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid model shape: {m}"))?;
     limits::random_model(&config)?;
-    let format = match args.dtype {
-        DtypeArg::F32 => WeightFormat::F32,
-        DtypeArg::F16 => WeightFormat::F16,
+    let (format, quantize) = match args.dtype {
+        DtypeArg::F32 => (WeightFormat::F32, None),
+        DtypeArg::F16 => (WeightFormat::F16, None),
+        DtypeArg::Q8 => (WeightFormat::F16, Some(QuantFormat::Q8)),
+        DtypeArg::Q4 => (WeightFormat::F16, Some(QuantFormat::Q4)),
     };
     write_random_model(&args.out, &config, format, args.seed)?;
+    if let Some(q) = quantize {
+        // The f16 file as written (rounded), then its matrices quantized in its place.
+        let model = Model::load(&args.out)?;
+        walsh::model::quant::write_quantized(&model, &args.out, q)?;
+    }
     let model = Model::load(&args.out)?;
     println!(
         "wrote {} ({}): {} parameters, {} in attention",
