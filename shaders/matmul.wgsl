@@ -8,8 +8,14 @@
 //                matrices (gate row j at 2j, up row j at 2j + 1), y is [rows, n_out / 2]
 // w is [n_out, n_in] row major (the HF `weight` layout), x is [rows, n_in], y [rows, n_out]
 // (EPI_SWIGLU: [rows, n_out / 2]).
-// w binds as u32 words: f32 bit patterns, or (W_F16) two halves per word, low half first,
-// read with unpack2x16float so no SHADER_F16 feature is needed (src/ops/mod.rs, Matrix).
+// w binds as u32 words in the format W_FMT (src/ops/mod.rs, WeightFormat; layouts in
+// docs/model-format.md#quantized-blocks): f32 bit patterns; two halves per word, low half
+// first, read with unpack2x16float so no SHADER_F16 feature is needed; or (W_Q8, W_Q4)
+// block-quantized rows: QBLOCK values along the input per block, WPB words of levels per
+// block (q8: a two's-complement byte per value, little end first; q4: level + 8 per nibble,
+// low nibble first), every row's blocks one after another, then the f16 block scales
+// ([n_out, blocks], two per word) after the last row. A weight is scale x level, exactly
+// the CPU's dequantized value (an f16 times a small integer is exact in f32).
 
 // Must match `MatmulParams` in src/ops/matmul.rs.
 struct Params {
@@ -25,7 +31,15 @@ const EPI_ACCUM: u32 = 1u;
 const EPI_SILU: u32 = 2u;
 const EPI_SWIGLU: u32 = 3u;
 
-override W_F16: bool = false;
+// Must match `WeightFormat::shader_code` in src/ops/mod.rs.
+const W_F32: u32 = 0u;
+const W_F16: u32 = 1u;
+const W_Q8: u32 = 2u;
+const W_Q4: u32 = 3u;
+// Values per quantized block; must match BLOCK in src/model/quant.rs.
+const QBLOCK: u32 = 32u;
+
+override W_FMT: u32 = W_F32;
 override EPI: u32 = EPI_STORE;
 // Outputs of w one unit of work (a GEMV invocation or workgroup) computes: a gate row and
 // its up row together with EPI_SWIGLU, else one row.
@@ -36,13 +50,68 @@ override OUTS: u32 = select(1u, 2u, EPI == EPI_SWIGLU);
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-// Element i of w (flat index).
+// Quantized formats: bits per level, levels per word, words per block.
+override QBITS: u32 = select(4u, 8u, W_FMT == W_Q8);
+override VPW: u32 = 32u / QBITS;
+override WPB: u32 = QBLOCK / VPW;
+
+fn quantized() -> bool {
+    return W_FMT == W_Q8 || W_FMT == W_Q4;
+}
+
+// Element i of an f32 or f16 w (flat index).
 fn weight(i: u32) -> f32 {
-    if (W_F16) {
+    if (W_FMT == W_F16) {
         let pair = unpack2x16float(w[i >> 1u]);
         return select(pair.x, pair.y, (i & 1u) == 1u);
     }
     return bitcast<f32>(w[i]);
+}
+
+// Words of levels in one row of a quantized w.
+fn row_words() -> u32 {
+    return (params.n_in + QBLOCK - 1u) / QBLOCK * WPB;
+}
+
+// The scale of block b of row o of a quantized w.
+fn block_scale(o: u32, b: u32) -> f32 {
+    let s = o * ((params.n_in + QBLOCK - 1u) / QBLOCK) + b;
+    let pair = unpack2x16float(w[params.n_out * row_words() + (s >> 1u)]);
+    return select(pair.x, pair.y, (s & 1u) == 1u);
+}
+
+// Levels 0..3 of a quantized word (q8: its four bytes; q4: its four low nibbles).
+fn levels_lo(word: u32) -> vec4<f32> {
+    if (W_FMT == W_Q8) {
+        let v = vec4<i32>(bitcast<i32>(word));
+        return vec4<f32>((v << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+    }
+    let n = (vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u);
+    return vec4<f32>(vec4<i32>(n) - vec4<i32>(8));
+}
+
+// Levels 4..7 of a q4 word.
+fn levels_hi(word: u32) -> vec4<f32> {
+    let n = (vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u);
+    return vec4<f32>(vec4<i32>(n) - vec4<i32>(8));
+}
+
+// Element (o, i) of w in any format.
+fn weight_at(o: u32, i: u32) -> f32 {
+    if (!quantized()) {
+        return weight(o * params.n_in + i);
+    }
+    let b = i / QBLOCK;
+    let e = i % QBLOCK;
+    let word = w[o * row_words() + b * WPB + e / VPW];
+    let slot = e % VPW;
+    var level: f32;
+    if (W_FMT == W_Q8) {
+        level = f32(bitcast<i32>(word << (24u - 8u * slot)) >> 24u);
+    } else {
+        level = f32(i32((word >> (4u * slot)) & 15u) - 8);
+    }
+    return block_scale(o, b) * level;
 }
 
 fn silu(v: f32) -> f32 {
@@ -82,7 +151,7 @@ var<workgroup> partial: array<array<f32, 256>, MAX_GEMV_ROWS>;
 
 // Weights n and n + 1 (n even), as two f32.
 fn weight_pair(n: u32) -> vec2<f32> {
-    if (W_F16) {
+    if (W_FMT == W_F16) {
         return unpack2x16float(w[n >> 1u]);
     }
     return vec2<f32>(bitcast<f32>(w[n]), bitcast<f32>(w[n + 1u]));
@@ -90,9 +159,33 @@ fn weight_pair(n: u32) -> vec2<f32> {
 
 // Adds inputs [i0, i1) stepping by `step` of output row o of w, times rows r0 .. r0 +
 // GEMV_ROWS of x (rows past nr repeat the last one), into acc[a0 ..].
+// With a quantized w, i0 and step count words of levels (VPW inputs each) instead.
 fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: u32,
             nr: u32, i0: u32, step: u32) {
-    if (PAIRED) {
+    if (quantized()) {
+        // The padded tail of a row's last block has level 0; its inputs are read clamped
+        // to the row's last one, so nothing past the row is touched.
+        let last = params.n_in - 1u;
+        let words = row_words();
+        for (var j = i0; j < words; j += step) {
+            let b = j / WPB;
+            let word = w[o * words + j];
+            let d = block_scale(o, b);
+            let c = b * QBLOCK + (j % WPB) * VPW;
+            let lo = d * levels_lo(word);
+            let hi = d * levels_hi(word);
+            for (var r = 0u; r < GEMV_ROWS; r++) {
+                let at = (r0 + min(r, nr - 1u)) * params.n_in;
+                var z = dot(lo, vec4<f32>(x[at + min(c, last)], x[at + min(c + 1u, last)],
+                                          x[at + min(c + 2u, last)], x[at + min(c + 3u, last)]));
+                if (VPW == 8u) {
+                    z += dot(hi, vec4<f32>(x[at + min(c + 4u, last)], x[at + min(c + 5u, last)],
+                                           x[at + min(c + 6u, last)], x[at + min(c + 7u, last)]));
+                }
+                (*acc)[a0 + r] += z;
+            }
+        }
+    } else if (PAIRED) {
         for (var j = i0; j < params.n_in / 2u; j += step) {
             let wv = weight_pair(o * params.n_in + 2u * j);
             for (var r = 0u; r < GEMV_ROWS; r++) {
@@ -218,7 +311,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
             xs[rr][kk] = xv;
             var wv = 0.0;
             if (out0 + rr < params.n_out && k < params.n_in) {
-                wv = weight((out0 + rr) * params.n_in + k);
+                wv = weight_at(out0 + rr, k);
             }
             ws[rr][kk] = wv;
         }

@@ -73,11 +73,11 @@ pub struct CpuDecoder<'m> {
     len: usize,            // positions filled
 }
 
-/// Borrows f32 data, widens f16 data.
+/// Borrows f32 data, widens f16 data, dequantizes quantized matrices (at load).
 fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
     match &t.data {
         TensorData::F32(v) => Cow::Borrowed(v),
-        TensorData::F16(_) => Cow::Owned(t.to_f32()),
+        TensorData::F16(_) | TensorData::Quant(_) => Cow::Owned(t.to_f32()),
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::weights::{Model, Tensor, TensorData};
+use super::weights::{Model, Tensor, stacked_format};
 use crate::ops::attention::KvFormat;
 
 /// What a model of `context` positions sees of `prompt`: its last `context` tokens (all of
@@ -73,21 +73,22 @@ impl From<&wgpu::Limits> for BufferLimits {
     }
 }
 
-/// Bytes a weight takes on the GPU: matrices keep the file's format (packed f16 or f32),
-/// vectors (norms, the Hadamard affine) are widened to f32.
+/// Bytes a weight takes on the GPU: matrices keep the file's format (packed f16, q8, q4 or
+/// f32), vectors (norms, the Hadamard affine) are widened to f32.
 fn device_bytes(t: &Tensor) -> u64 {
-    let element = match (&t.data, t.shape.len()) {
-        (TensorData::F16(_), 2) => 2,
-        _ => 4,
-    };
-    t.len() as u64 * element
+    stacked_bytes(&[t])
 }
 
-/// Bytes of tensors stacked into one matrix: packed f16 only when every part is f16.
+/// Bytes of tensors stacked into one matrix, in the format [`stacked_format`] picks.
 fn stacked_bytes(parts: &[&Tensor]) -> u64 {
-    let all_f16 = parts.iter().all(|t| matches!(t.data, TensorData::F16(_)));
-    let elements: u64 = parts.iter().map(|t| t.len() as u64).sum();
-    elements * if all_f16 { 2 } else { 4 }
+    let cols = parts
+        .first()
+        .map_or(0, |t| t.shape.last().copied().unwrap_or(1));
+    let elements: usize = parts.iter().map(|t| t.len()).sum();
+    match (stacked_format(parts), parts.first().map(|t| t.shape.len())) {
+        (format, Some(2)) => format.matrix_bytes(elements / cols.max(1), cols) as u64,
+        _ => elements as u64 * 4,
+    }
 }
 
 /// Every buffer the GPU decoder makes for `model` (as `GpuDecoder::new` builds them: q, k

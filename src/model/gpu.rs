@@ -12,7 +12,8 @@
 //! input on the GPU, then one readback of the N tokens of each sequence. Replaying creates
 //! no buffers or bind groups, so the host's work per token is a few dozen calls.
 
-use super::weights::{Model, Tensor, TensorData};
+use super::quant::{QuantMatrix, blocks_per_row};
+use super::weights::{Model, Tensor, TensorData, stacked_format};
 use super::{AttnOutput, Config, ModelError, Query};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory, PendingRead, Recording};
 use crate::ops::attention::{Attention, AttnShape, KvFormat};
@@ -21,7 +22,7 @@ use crate::ops::hadamard::{Epilogue as WhtEpilogue, Hadamard, WhtOptions, WhtPat
 use crate::ops::matmul::{self, Epilogue};
 use crate::ops::rope::{self, RopeTable};
 use crate::ops::sample::{self, SamplingParams};
-use crate::ops::{Cols, Matrix, elementwise, norm};
+use crate::ops::{Cols, Matrix, WeightFormat, elementwise, norm};
 
 /// Steps one decode chunk may hold at most (the size of its token log and draws).
 pub const MAX_CHUNK_STEPS: usize = 64;
@@ -60,8 +61,8 @@ fn matrix(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
 }
 
 /// One matrix from `parts` (matrices of equal width), their rows one after another, or
-/// with `interleave` (two parts) alternating, as [`Epilogue::SwiGlu`] reads them. Packed f16
-/// when every part is f16, else f32.
+/// with `interleave` (two parts) alternating, as [`Epilogue::SwiGlu`] reads them. Packed
+/// f16, q8 or q4 when every part shares that format, else f32.
 fn stacked(
     gpu: &Gpu,
     label: &str,
@@ -88,21 +89,43 @@ fn stacked(
         return Ok(match &t.data {
             TensorData::F32(v) => Matrix::from_f32(gpu, label, v, rows, cols)?,
             TensorData::F16(bits) => Matrix::from_f16_bits(gpu, label, bits, rows, cols)?,
+            TensorData::Quant(q) => Matrix::from_quant(gpu, label, q)?,
         });
     }
-    let f16: Option<Vec<&[u16]>> = parts
-        .iter()
-        .map(|t| match &t.data {
-            TensorData::F16(bits) => Some(&bits[..]),
-            TensorData::F32(_) => None,
-        })
-        .collect();
-    Ok(match f16 {
-        Some(bits) => {
+    Ok(match stacked_format(parts) {
+        WeightFormat::F16 => {
+            let bits: Vec<&[u16]> = parts
+                .iter()
+                .filter_map(|t| match &t.data {
+                    TensorData::F16(bits) => Some(&bits[..]),
+                    _ => None,
+                })
+                .collect();
             let joined = join(&bits, interleave, cols);
             Matrix::from_f16_bits(gpu, label, &joined, rows, cols)?
         }
-        None => {
+        WeightFormat::Q8 | WeightFormat::Q4 => {
+            let qs: Vec<&QuantMatrix> = parts
+                .iter()
+                .filter_map(|t| match &t.data {
+                    TensorData::Quant(q) => Some(q),
+                    _ => None,
+                })
+                .collect();
+            // Rows of levels and rows of scales join like rows of values.
+            let words = qs[0].data.len() / qs[0].rows.max(1);
+            let data: Vec<&[u32]> = qs.iter().map(|q| &q.data[..]).collect();
+            let scales: Vec<&[u16]> = qs.iter().map(|q| &q.scales[..]).collect();
+            let joined = QuantMatrix {
+                format: qs[0].format,
+                rows,
+                cols,
+                data: join(&data, interleave, words),
+                scales: join(&scales, interleave, blocks_per_row(cols)),
+            };
+            Matrix::from_quant(gpu, label, &joined)?
+        }
+        WeightFormat::F32 => {
             let values: Vec<Vec<f32>> = parts.iter().map(|t| t.to_f32()).collect();
             let values: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
             Matrix::from_f32(gpu, label, &join(&values, interleave, cols), rows, cols)?

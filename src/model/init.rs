@@ -107,15 +107,22 @@ pub fn write_model(
                         .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
                         .collect(),
                 ),
+                WeightFormat::Q8 | WeightFormat::Q4 => {
+                    return Err(ModelError::Input(format!(
+                        "write_model writes f32 or f16 values, not {}: quantize the model \
+                         (quant::write_quantized)",
+                        format.name()
+                    )));
+                }
             };
-            FileTensor {
+            Ok(FileTensor {
                 name: name.clone(),
                 dtype,
                 shape: shape.clone(),
                 bytes,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     write_files(dir, config, &files)
 }
 
@@ -181,6 +188,11 @@ pub fn random_model(
     format: WeightFormat,
 ) -> Result<super::weights::Model, ModelError> {
     use super::weights::{Model, Tensor, TensorData};
+    if let Some(q) = format.quant() {
+        // The f16 model of the seed, its layer matrices then quantized.
+        let f16 = random_model(config, seed, WeightFormat::F16)?;
+        return Ok(super::quant::quantized(&f16, q)?.0);
+    }
     let tensors = random_tensors(config, seed)
         .into_iter()
         .map(|(name, shape, values)| {

@@ -23,7 +23,7 @@ use safetensors::Dtype;
 use super::ModelError;
 use super::config::Quantization;
 use super::init::{FileTensor, write_files};
-use super::weights::{Model, QWEIGHT_SUFFIX, SCALES_SUFFIX, TensorData, WEIGHTS_FILE};
+use super::weights::{Model, QWEIGHT_SUFFIX, SCALES_SUFFIX, Tensor, TensorData, WEIGHTS_FILE};
 
 /// Values per block along a row.
 pub const BLOCK: usize = 32;
@@ -326,13 +326,13 @@ pub struct QuantizeSummary {
     pub bytes_after: usize,
 }
 
-/// `model` with its layer matrices block-quantized to `format`, as the tensors of a
-/// safetensors file (`<name>.qweight` as U32, `<name>.scales` as F16, the rest as
-/// stored), with the config that says so.
-pub fn quantize_model(
+/// `model` with its layer matrices ([`quantized_by_default`]) block-quantized to
+/// `format`, in memory, with the config that says so: what loading the files
+/// [`quantize_model`] writes gives back.
+pub fn quantized(
     model: &Model,
     format: QuantFormat,
-) -> Result<(super::Config, Vec<FileTensor>, QuantizeSummary), ModelError> {
+) -> Result<(Model, QuantizeSummary), ModelError> {
     if let Some(q) = model.config.quantization {
         return Err(ModelError::Input(format!(
             "{} is already quantized ({}): quantize the f16 or f32 model",
@@ -347,27 +347,10 @@ pub fn quantize_model(
         bytes_before: 0,
         bytes_after: 0,
     };
-    let mut out = Vec::new();
+    let mut tensors = Vec::new();
     for t in model.weights.tensors() {
-        let stored_bytes = match &t.data {
-            TensorData::F32(v) => v.len() * 4,
-            TensorData::F16(v) => v.len() * 2,
-        };
         if !quantized_by_default(&t.name, &t.shape) {
-            let (dtype, bytes) = match &t.data {
-                TensorData::F32(v) => {
-                    (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                }
-                TensorData::F16(v) => {
-                    (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                }
-            };
-            out.push(FileTensor {
-                name: t.name.clone(),
-                dtype,
-                shape: t.shape.clone(),
-                bytes,
-            });
+            tensors.push(t.clone());
             continue;
         }
         let (rows, cols) = (t.shape[0], t.shape[1]);
@@ -379,27 +362,65 @@ pub fn quantize_model(
             }
         })?;
         summary.matrices += 1;
-        summary.bytes_before += stored_bytes;
+        summary.bytes_before += t.stored_bytes();
         summary.bytes_after += q.bytes();
-        let blocks = blocks_per_row(cols);
-        out.push(FileTensor {
-            name: format!("{}{QWEIGHT_SUFFIX}", t.name),
-            dtype: Dtype::U32,
-            shape: vec![rows, blocks * format.words_per_block()],
-            bytes: q.data.iter().flat_map(|w| w.to_le_bytes()).collect(),
-        });
-        out.push(FileTensor {
-            name: format!("{}{SCALES_SUFFIX}", t.name),
-            dtype: Dtype::F16,
-            shape: vec![rows, blocks],
-            bytes: q.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        tensors.push(Tensor {
+            data: TensorData::Quant(q),
+            ..t.clone()
         });
     }
     let config = super::Config {
         quantization: Some(Quantization::new(format)),
         ..model.config.clone()
     };
-    Ok((config, out, summary))
+    Ok((Model::from_tensors(&model.dir, config, tensors)?, summary))
+}
+
+/// `model` with its layer matrices block-quantized to `format`, as the tensors of a
+/// safetensors file (`<name>.qweight` as U32, `<name>.scales` as F16, the rest as
+/// stored), with the config that says so.
+pub fn quantize_model(
+    model: &Model,
+    format: QuantFormat,
+) -> Result<(super::Config, Vec<FileTensor>, QuantizeSummary), ModelError> {
+    let (model, summary) = quantized(model, format)?;
+    Ok((model.config.clone(), file_tensors(&model), summary))
+}
+
+/// The tensors of `model` as a safetensors file holds them: f32 and f16 as they are, a
+/// quantized matrix as `<name>.qweight` (U32 `[rows, blocks x words]`) and `<name>.scales`
+/// (F16 `[rows, blocks]`).
+pub fn file_tensors(model: &Model) -> Vec<FileTensor> {
+    let mut out = Vec::new();
+    for t in model.weights.tensors() {
+        let (dtype, bytes): (Dtype, Vec<u8>) = match &t.data {
+            TensorData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::Quant(q) => {
+                let blocks = blocks_per_row(q.cols);
+                out.push(FileTensor {
+                    name: format!("{}{QWEIGHT_SUFFIX}", t.name),
+                    dtype: Dtype::U32,
+                    shape: vec![q.rows, blocks * q.format.words_per_block()],
+                    bytes: q.data.iter().flat_map(|w| w.to_le_bytes()).collect(),
+                });
+                out.push(FileTensor {
+                    name: format!("{}{SCALES_SUFFIX}", t.name),
+                    dtype: Dtype::F16,
+                    shape: vec![q.rows, blocks],
+                    bytes: q.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                });
+                continue;
+            }
+        };
+        out.push(FileTensor {
+            name: t.name.clone(),
+            dtype,
+            shape: t.shape.clone(),
+            bytes,
+        });
+    }
+    out
 }
 
 /// [`quantize_model`] written to `dir` (config.json + model.safetensors).

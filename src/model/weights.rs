@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
+use super::quant::QuantMatrix;
 use super::{AttnOutput, Config, ModelError, Query};
 use crate::ops::WeightFormat;
 
@@ -29,6 +30,9 @@ pub enum TensorData {
     F32(Vec<f32>),
     /// IEEE half-precision bit patterns, kept packed so the GPU upload can use them as is.
     F16(Vec<u16>),
+    /// A block-quantized matrix (`<name>.qweight` + `<name>.scales`), kept packed for the
+    /// GPU; the CPU decoder dequantizes it.
+    Quant(QuantMatrix),
 }
 
 /// One named tensor, row major (HF layout: a matrix is `[out, in]`).
@@ -48,6 +52,7 @@ impl Tensor {
                 .iter()
                 .map(|&b| half::f16::from_bits(b).to_f32())
                 .collect(),
+            TensorData::Quant(q) => q.dequantize(),
         }
     }
 
@@ -56,6 +61,7 @@ impl Tensor {
         match &self.data {
             TensorData::F32(v) => v.len(),
             TensorData::F16(v) => v.len(),
+            TensorData::Quant(q) => q.rows * q.cols,
         }
     }
 
@@ -64,9 +70,19 @@ impl Tensor {
     }
 
     pub fn format(&self) -> WeightFormat {
-        match self.data {
+        match &self.data {
             TensorData::F32(_) => WeightFormat::F32,
             TensorData::F16(_) => WeightFormat::F16,
+            TensorData::Quant(q) => q.format.into(),
+        }
+    }
+
+    /// Bytes of the values as stored (levels and scales for a quantized matrix).
+    pub fn stored_bytes(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.len() * 4,
+            TensorData::F16(v) => v.len() * 2,
+            TensorData::Quant(q) => q.bytes(),
         }
     }
 
@@ -74,7 +90,18 @@ impl Tensor {
         match &self.data {
             TensorData::F32(v) => v.iter().all(|x| x.is_finite()),
             TensorData::F16(v) => v.iter().all(|&b| half::f16::from_bits(b).is_finite()),
+            // Scales are checked finite when read; levels are small integers.
+            TensorData::Quant(_) => true,
         }
+    }
+}
+
+/// The GPU format of `parts` stacked into one matrix: the parts' own when they all share
+/// one (f16, q8 or q4 stay packed), else f32.
+pub fn stacked_format(parts: &[&Tensor]) -> WeightFormat {
+    match parts.first().map(|t| t.format()) {
+        Some(f) if parts.iter().all(|t| t.format() == f) => f,
+        _ => WeightFormat::F32,
     }
 }
 
@@ -261,7 +288,7 @@ impl Model {
                 expected_tensors(&config).into_iter().collect();
             let mut tensors = Vec::with_capacity(names.len() + bases.len());
             for base in &bases {
-                tensors.push(dequantize_tensor(&path, &file, base, &shapes[*base], q)?);
+                tensors.push(quantized_tensor(&path, &file, base, &shapes[*base], q)?);
             }
             return Self::from_parts(dir, config, &file, &path, names, tensors);
         }
@@ -544,9 +571,8 @@ fn check_no_orphan_scales(
 }
 
 /// The matrix `base` from its `.qweight` and `.scales` tensors, checked against its
-/// expected `[rows, cols]` and dequantized to f32 (scale x level, exactly what the kernels
-/// compute).
-fn dequantize_tensor(
+/// expected `[rows, cols]`, kept packed.
+fn quantized_tensor(
     path: &Path,
     file: &SafeTensors,
     base: &str,
@@ -607,6 +633,6 @@ fn dequantize_tensor(
     Ok(Tensor {
         name: base.to_string(),
         shape: vec![rows, cols],
-        data: TensorData::F32(matrix.dequantize()),
+        data: TensorData::Quant(matrix),
     })
 }

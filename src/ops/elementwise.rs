@@ -109,14 +109,17 @@ pub fn encode_embed(
         &format!("embedding of {rows} rows x {cols}"),
         rows.checked_mul(cols),
     )? as usize;
-    let table_elems = index_count(
+    index_count(
         &format!("embedding table [{}, {cols}]", table.rows),
         table.rows.checked_mul(cols),
-    )? as usize;
-    let table_bytes = match table.format {
-        WeightFormat::F32 => table_elems * 4,
-        WeightFormat::F16 => table_elems.div_ceil(2) * 4,
-    };
+    )?;
+    if table.format.quant().is_some() {
+        return Err(GpuError::Validation(format!(
+            "the embedding table is {}: the gather reads f32 or f16 tables",
+            table.format.name()
+        )));
+    }
+    let table_bytes = table.format.matrix_bytes(table.rows, cols);
     table
         .buffer
         .require("embedding table", table_bytes as u64)?;

@@ -8,7 +8,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Matrix, WeightFormat};
+use super::Matrix;
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per GEMV workgroup; passed to the shader as `GEMV_WG` (at most 256, the
@@ -123,7 +123,7 @@ pub fn encode_with(
             "matmul: `y` must be a different buffer from `x`".into(),
         ));
     }
-    let w_bytes = (n_out * n_in * w.format.element_bytes()) as u64;
+    let w_bytes = w.format.matrix_bytes(n_out, n_in) as u64;
     w.buffer.require("weight", w_bytes)?;
     x.require("x", (rows * n_in * 4) as u64)?;
     y.require("y", (rows * n_out / outs * 4) as u64)?;
@@ -152,7 +152,7 @@ pub fn encode_with(
         _ => ("gemm", n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE)),
     };
     let mut key = PipelineKey::new(Shader::Matmul, entry)
-        .with_flag("W_F16", w.format == WeightFormat::F16)
+        .with("W_FMT", w.format.shader_code())
         .with("EPI", epilogue as u32);
     if gemv {
         key = key
@@ -194,6 +194,15 @@ mod tests {
     use super::*;
     use crate::gpu::MemoryCategory;
     use crate::gpu::testing::{test_gpus, test_values};
+    use crate::model::quant::QuantMatrix;
+    use crate::ops::WeightFormat;
+
+    const FORMATS: [WeightFormat; 4] = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::Q8,
+        WeightFormat::Q4,
+    ];
 
     fn silu(v: f64) -> f64 {
         v / (1.0 + (-v).exp())
@@ -224,6 +233,12 @@ mod tests {
                     .map(|&b| half::f16::from_bits(b).to_f32())
                     .collect();
                 Matrix::from_f16_bits(gpu, "w", &bits, n_out, n_in).unwrap()
+            }
+            WeightFormat::Q8 | WeightFormat::Q4 => {
+                let q = QuantMatrix::quantize(format.quant().unwrap(), n_out, n_in, &w).unwrap();
+                // The reference sees scale x level, the values the shader computes.
+                w = q.dequantize();
+                Matrix::from_quant(gpu, "w", &q).unwrap()
             }
         };
         let width = n_out / epilogue.outputs_per_unit();
@@ -271,7 +286,8 @@ mod tests {
     #[test]
     fn gemv_and_gemm_match_cpu_on_awkward_sizes() {
         for gpu in test_gpus() {
-            for format in [WeightFormat::F32, WeightFormat::F16] {
+            for format in FORMATS {
+                // Inputs below, at and past a quantized block of 32, with short tail blocks.
                 for (rows, n_in, n_out) in [(1, 1, 1), (3, 37, 5), (9, 130, 67), (16, 64, 3)] {
                     check(
                         &gpu,
@@ -317,6 +333,26 @@ mod tests {
                 9,
                 Epilogue::Accumulate,
             );
+            let q4 = WeightFormat::Q4;
+            check(&gpu, Kernel::Gemv, q4, 5, 41, 9, Epilogue::Accumulate);
+            check(
+                &gpu,
+                Kernel::GemvOutputs,
+                q4,
+                3,
+                688,
+                7,
+                Epilogue::Accumulate,
+            );
+            check(
+                &gpu,
+                Kernel::Gemm,
+                WeightFormat::Q8,
+                37,
+                41,
+                9,
+                Epilogue::Accumulate,
+            );
         }
     }
 
@@ -327,7 +363,7 @@ mod tests {
                 // Row counts past one GEMV block (4 rows with two outputs per unit), odd
                 // inputs, and units not filling a workgroup or a GEMM tile.
                 for (rows, n_in, n_out) in [(1, 7, 2), (6, 33, 38), (13, 64, 130), (66, 20, 70)] {
-                    for format in [WeightFormat::F32, WeightFormat::F16] {
+                    for format in FORMATS {
                         check(&gpu, kernel, format, rows, n_in, n_out, Epilogue::SwiGlu);
                     }
                     check(

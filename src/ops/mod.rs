@@ -12,24 +12,69 @@ pub mod rope;
 pub mod sample;
 
 use crate::gpu::{Gpu, GpuBuffer, GpuError, MemoryCategory};
+use crate::model::quant::{QuantFormat, QuantMatrix, blocks_per_row};
 
-/// How a weight matrix is stored on the GPU. Both formats bind as `array<u32>` in WGSL:
+/// How a weight matrix is stored on the GPU. Every format binds as `array<u32>` in WGSL:
 /// `F32` holds the bit patterns (`bitcast<f32>(w[i])`), `F16` two halves per u32, element
 /// `i` in half `i & 1` of word `i >> 1`, low half first (`unpack2x16float(w[i >> 1])`).
-/// Packed f16 needs no SHADER_F16 feature, so it works on every adapter and in browsers.
+/// `Q8` and `Q4` hold a [`QuantMatrix`]'s packed levels, row after row, then its f16 block
+/// scales two per word (low half first; an odd count is padded with a zero half): the
+/// layout of `src/model/quant.rs`, read by `weight_at` and `dot_rows` in matmul.wgsl.
+/// None of them needs SHADER_F16 or 8-bit storage, so all work on every adapter and in
+/// browsers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightFormat {
     F32,
     F16,
+    Q8,
+    Q4,
 }
 
 impl WeightFormat {
-    /// Bytes per element.
-    pub fn element_bytes(self) -> usize {
+    /// Bytes a `[rows, cols]` matrix of this format takes on the GPU.
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> usize {
         match self {
-            WeightFormat::F32 => 4,
-            WeightFormat::F16 => 2,
+            WeightFormat::F32 => rows * cols * 4,
+            WeightFormat::F16 => (rows * cols).div_ceil(2) * 4,
+            WeightFormat::Q8 | WeightFormat::Q4 => {
+                let q = self.quant().expect("a quantized format");
+                let scales = rows * blocks_per_row(cols);
+                (scales * q.words_per_block() + scales.div_ceil(2)) * 4
+            }
+        }
+    }
+
+    /// The block format of `Q8` and `Q4`.
+    pub fn quant(self) -> Option<QuantFormat> {
+        match self {
+            WeightFormat::Q8 => Some(QuantFormat::Q8),
+            WeightFormat::Q4 => Some(QuantFormat::Q4),
+            WeightFormat::F32 | WeightFormat::F16 => None,
+        }
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::F16 => "f16",
+            WeightFormat::Q8 => "q8",
+            WeightFormat::Q4 => "q4",
+        }
+    }
+
+    /// The shader's `W_FMT` constant; must match the `W_*` constants in matmul.wgsl.
+    pub fn shader_code(self) -> u32 {
+        self as u32
+    }
+}
+
+impl From<QuantFormat> for WeightFormat {
+    fn from(q: QuantFormat) -> Self {
+        match q {
+            QuantFormat::Q8 => WeightFormat::Q8,
+            QuantFormat::Q4 => WeightFormat::Q4,
         }
     }
 }
@@ -72,10 +117,7 @@ impl Matrix {
         cols: usize,
     ) -> Result<Self, GpuError> {
         check_len(label, bits.len(), rows, cols)?;
-        let words: Vec<u32> = bits
-            .chunks(2)
-            .map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16)
-            .collect();
+        let words: Vec<u32> = pack_halves(bits).collect();
         let buffer = gpu.upload(MemoryCategory::Weights, label, &words)?;
         Ok(Self {
             buffer,
@@ -84,6 +126,27 @@ impl Matrix {
             format: WeightFormat::F16,
         })
     }
+
+    /// Uploads a block-quantized matrix as it is stored: its packed levels, then its scales
+    /// two per word (see [`WeightFormat`]).
+    pub fn from_quant(gpu: &Gpu, label: &str, q: &QuantMatrix) -> Result<Self, GpuError> {
+        let mut words = Vec::with_capacity(q.data.len() + q.scales.len().div_ceil(2));
+        words.extend_from_slice(&q.data);
+        words.extend(pack_halves(&q.scales));
+        let buffer = gpu.upload(MemoryCategory::Weights, label, &words)?;
+        Ok(Self {
+            buffer,
+            rows: q.rows,
+            cols: q.cols,
+            format: q.format.into(),
+        })
+    }
+}
+
+/// f16 bit patterns two per u32, low half first, an odd count padded with a zero half.
+fn pack_halves(bits: &[u16]) -> impl Iterator<Item = u32> + '_ {
+    bits.chunks(2)
+        .map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16)
 }
 
 fn check_len(label: &str, len: usize, rows: usize, cols: usize) -> Result<(), GpuError> {
