@@ -104,7 +104,7 @@ fn greedy_text_is_the_same_on_cpu_and_every_adapter() {
         assert!((got - want).abs() < 1e-4, "{b}: {got} vs cpu {want}");
     }
     // The same model with 4-bit layer matrices: at most 0.35x their f16 bytes, and the
-    // same greedy text on every device (they all read the dequantized blocks).
+    // same greedy text on every device.
     let q4 = dir.path().join("q4");
     let q4 = q4.to_str().unwrap();
     let out = stdout(&walsh(&[
@@ -131,6 +131,16 @@ fn greedy_text_is_the_same_on_cpu_and_every_adapter() {
     for b in backends() {
         let gpu = stdout(&walsh(&[&["--adapter", b.as_str()], &args_q4[..]].concat()));
         assert_eq!(gpu, cpu_q4, "q4 greedy text on {b}");
+    }
+    // and the same eval: the GPUs read the packed blocks, the CPU the dequantized values.
+    let eval_q4: Vec<&str> = eval
+        .iter()
+        .map(|&a| if a == model { q4 } else { a })
+        .collect();
+    let want = score(walsh(&[&eval_q4[..], &["--device", "cpu"]].concat()));
+    for b in backends() {
+        let got = score(walsh(&[&["--adapter", b.as_str()], &eval_q4[..]].concat()));
+        assert!((got - want).abs() < 1e-4, "q4 {b}: {got} vs cpu {want}");
     }
 }
 

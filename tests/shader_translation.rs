@@ -12,7 +12,7 @@
 //! compiles pipelines and runs nothing, posing as each kind of adapter walsh meets, and
 //! translates every pipeline key those runs built ([`Gpu::pipeline_keys`]): the three
 //! shipped models and random models of every variant (dense/Hadamard output, dense/
-//! identity/residual-MLP query, f16/f32 weights and KV cache, batches of 1 to 16, head
+//! identity/residual-MLP query, f16/f32/q8/q4 weights, f16/f32 KV cache, batches of 1 to 16, head
 //! sizes 16 to 256, contexts past the split-decode threshold), the `walsh bench` suites,
 //! and `walsh wht` at every supported width with every kernel, plain and with the
 //! decoder's fused epilogue.
@@ -185,7 +185,12 @@ fn workloads(gpu: &Gpu) {
         (AttnOutput::Hadamard, Query::ResidualMlp),
         (AttnOutput::Dense, Query::Identity),
     ] {
-        for format in [WeightFormat::F16, WeightFormat::F32] {
+        for format in [
+            WeightFormat::F16,
+            WeightFormat::F32,
+            WeightFormat::Q8,
+            WeightFormat::Q4,
+        ] {
             let c = Config {
                 attn_output,
                 query,
@@ -193,7 +198,12 @@ fn workloads(gpu: &Gpu) {
             };
             let model = random_model(&c, 1, format).unwrap();
             let prompt: Vec<u32> = (0..300).map(|i| i % 251).collect();
-            for kv in [KvFormat::F16, KvFormat::F32] {
+            // The cache formats change no matmul pipeline: both with the plain formats.
+            let caches: &[KvFormat] = match format {
+                WeightFormat::F16 | WeightFormat::F32 => &[KvFormat::F16, KvFormat::F32],
+                _ => &[KvFormat::F16],
+            };
+            for &kv in caches {
                 run_decoder(gpu, &model, &[prompt.clone(), vec![7, 8]], 16, kv);
             }
         }
@@ -203,10 +213,12 @@ fn workloads(gpu: &Gpu) {
         let model = random_model(&config(256, heads, 1, 64), 2, WeightFormat::F16).unwrap();
         run_decoder(gpu, &model, &[encode_text("To be")], 4, KvFormat::F16);
     }
-    let small = random_model(&config(64, 4, 1, 32), 3, WeightFormat::F16).unwrap();
-    for batch in 1..=16 {
-        let prompts: Vec<Vec<u32>> = (0..batch).map(|i| vec![i as u32 + 1]).collect();
-        run_decoder(gpu, &small, &prompts, 3, KvFormat::F16);
+    for format in [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4] {
+        let small = random_model(&config(64, 4, 1, 32), 3, format).unwrap();
+        for batch in 1..=16 {
+            let prompts: Vec<Vec<u32>> = (0..batch).map(|i| vec![i as u32 + 1]).collect();
+            run_decoder(gpu, &small, &prompts, 3, KvFormat::F16);
+        }
     }
     // `walsh bench`, every suite at its quick sizes: the full sizes build no other pipeline
     // (their widths are in the sweep below, their batches and contexts in the decoders

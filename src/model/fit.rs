@@ -91,9 +91,9 @@ fn stacked_bytes(parts: &[&Tensor]) -> u64 {
     }
 }
 
-/// Every buffer the GPU decoder makes for `model` (as `GpuDecoder::new` builds them: q, k
-/// and v stacked, gate and up interleaved, one key and one value cache per layer), with
-/// what it holds.
+/// Every buffer the GPU decoder makes for `model` that outlives a step (as
+/// `GpuDecoder::new` builds them: q, k and v stacked, gate and up interleaved, the rope
+/// table, one key and one value cache per layer; the caches last), with what it holds.
 pub fn decoder_buffers(
     model: &Model,
     max_seqs: usize,
@@ -142,6 +142,11 @@ pub fn decoder_buffers(
         out.push((t.name.clone(), device_bytes(t)));
     }
     let c = &model.config;
+    out.push((
+        format!("the rope cos/sin table ({max_positions} positions)"),
+        // A cos and a sin in f32 per pair of each head's dimensions (ops::rope::RopeTable).
+        max_positions as u64 * (c.head_dim() / 2) as u64 * 8,
+    ));
     let cache =
         max_seqs as u64 * max_positions as u64 * c.hidden_size as u64 * kv.bytes_per_value() as u64;
     out.push((

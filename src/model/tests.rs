@@ -448,3 +448,75 @@ fn f16_cache_stays_close_to_f32_and_halves_its_memory() {
         );
     }
 }
+
+/// q8 and q4 models: the GPU reads the packed blocks, the CPU the dequantized values, and
+/// their logits agree as closely as with f32 weights (both see scale x level exactly).
+#[test]
+fn quantized_models_give_the_cpu_logits_on_gpu() {
+    use super::quant::{QuantFormat, quantized};
+    for gpu in test_gpus() {
+        for (i, format) in [QuantFormat::Q8, QuantFormat::Q4].into_iter().enumerate() {
+            // d = 48: rows of one full block and one tail of 16, like the shipped 688.
+            let (attn, query) = VARIANTS[3 + i];
+            let f32_model = model(config(48, attn, query), 21 + i as u64, false);
+            let m = quantized(&f32_model, format).unwrap().0;
+            let mut cpu = CpuBatch::new(&m, 1, 32, KvFormat::F32).unwrap();
+            let mut dec = GpuDecoder::new(&gpu, &m, 1, 32, KvFormat::F32).unwrap();
+            for (k, tokens) in [prompt(13, 2), vec![7], vec![200]].iter().enumerate() {
+                let want = pollster::block_on(cpu.logits(&[(0, tokens)]))
+                    .unwrap()
+                    .remove(0);
+                let got = dec.forward_logits(&[(0, tokens)]).unwrap().remove(0);
+                let err = relative_error(&got, &want);
+                assert!(
+                    err <= LOGIT_TOLERANCE,
+                    "{format} step {k} on {}: relative error {err:e}",
+                    gpu.describe()
+                );
+            }
+        }
+    }
+}
+
+/// Quantized matrices stay packed on the GPU: the memory report's weights are the bytes
+/// `fit::decoder_buffers` counts (levels and scales), and q4 layer matrices take at most
+/// 0.35x their f16 bytes (hand count for this shape: 18 bytes per 32 values against 64,
+/// 0.28x).
+#[test]
+fn quantized_weights_stay_packed_in_gpu_memory() {
+    use super::fit::decoder_buffers;
+    use super::quant::{QuantFormat, quantized};
+    use crate::gpu::MemoryCategory;
+    let f16 = model(config(64, AttnOutput::Hadamard, Query::Dense), 4, true);
+    let q4 = quantized(&f16, QuantFormat::Q4).unwrap().0;
+    let matrices = |m: &Model| -> u64 {
+        decoder_buffers(m, 1, 32, KV)
+            .iter()
+            .filter(|(n, _)| n.starts_with("model.layers.") && n.contains("proj"))
+            .map(|(_, b)| b)
+            .sum()
+    };
+    let ratio = matrices(&q4) as f64 / matrices(&f16) as f64;
+    assert!(
+        (0.28..=0.2813).contains(&ratio),
+        "q4 / f16 matrix bytes {ratio}"
+    );
+    for gpu in test_gpus() {
+        for m in [&f16, &q4] {
+            let weights = |gpu: &crate::gpu::Gpu| {
+                let report = gpu.memory().report();
+                let row = report.by_category.iter();
+                row.filter(|c| c.0 == MemoryCategory::Weights)
+                    .map(|c| c.1)
+                    .sum::<u64>()
+            };
+            let before = weights(&gpu);
+            let dec = GpuDecoder::new(&gpu, m, 1, 32, KV).unwrap();
+            let buffers = decoder_buffers(m, 1, 32, KV);
+            // Every buffer but the last (the caches) is a weight.
+            let want: u64 = buffers[..buffers.len() - 1].iter().map(|(_, b)| b).sum();
+            assert_eq!(weights(&gpu) - before, want, "{}", gpu.describe());
+            drop(dec);
+        }
+    }
+}
