@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# One run on a machine with a real GPU, from the project root, after `cargo build
+# --release` (or with WALSH pointing at a release binary). Writes under $OUT:
+#   drivers.txt, adapters.txt    what the drivers and walsh see
+#   parity.txt                   greedy tokens of the default model in f16, q8 and q4 weights
+#                                on the CPU reference and on every adapter (must be equal)
+#   roofline.txt                 decode of random d_model 4096 models (f16, q8, q4 weights)
+#                                against the device's copy bandwidth (needs python3 + torch)
+#   bench-decoder/, bench-paper/ the decoder and paper suites on the first adapter, bounded
+#   gpu-check.tar.gz             all of the above in one file
+# Used for bench-results/<device>/ (see bench-results/README.md).
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+W=${WALSH:-./target/release/walsh}
+TMP=$(mktemp -d)
+log() { echo "$*" | tee -a "$OUT/summary.txt"; }
+
+{ nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv; } \
+  > "$OUT/drivers.txt" 2>&1
+$W adapters > "$OUT/adapters.txt" 2>&1
+cat "$OUT/adapters.txt"
+n_adapters=$(($(wc -l < "$OUT/adapters.txt") - 1))
+
+# Greedy parity: 64 tokens of the default model and its q8/q4 quantizations.
+tokens() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tokens"])' "$1" 2>/dev/null; }
+for q in f16 q8 q4; do
+  model=models/shakespeare-hadamard
+  if [ "$q" != f16 ]; then
+    model=$TMP/hadamard-$q
+    $W quantize --model models/shakespeare-hadamard --out "$model" --weights "$q" > /dev/null
+  fi
+  $W generate --model "$model" --device cpu --json --max-tokens 64 --temperature 0 > "$TMP/cpu.json" 2>/dev/null
+  for a in $(seq 0 $((n_adapters - 1))); do
+    $W --adapter "$a" generate --model "$model" --json --max-tokens 64 --temperature 0 \
+      > "$TMP/gpu.json" 2> "$OUT/gen-$q-$a.err" || { log "parity $q adapter $a: failed ($(tail -1 "$OUT/gen-$q-$a.err"))"; continue; }
+    if [ "$(tokens "$TMP/cpu.json")" = "$(tokens "$TMP/gpu.json")" ]; then
+      log "parity $q adapter $a: greedy = cpu"
+    else
+      log "parity $q adapter $a: greedy DIFFERS from cpu"
+    fi
+  done
+done | tee "$OUT/parity.txt"
+
+# Decode against the copy roofline: random 4-layer d_model 4096 models (BIG_D, BIG_LAYERS).
+python3 - > "$OUT/copy-bandwidth.txt" 2>&1 <<'EOF'
+import torch
+n = 1 << 30  # 1 GiB
+a = torch.empty(n, dtype=torch.uint8, device="cuda"); b = torch.empty_like(a)
+for _ in range(3): b.copy_(a)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+torch.cuda.synchronize(); s.record()
+for _ in range(20): b.copy_(a)
+e.record(); torch.cuda.synchronize()
+ms = s.elapsed_time(e) / 20
+print(f"copy {n} bytes: {ms:.3f} ms, read+write {2 * n / ms / 1e9:.0f} GB/s, read {n / ms / 1e9:.0f} GB/s")
+EOF
+cat "$OUT/copy-bandwidth.txt"
+for q in f16 q8 q4; do
+  $W init-model --out "$TMP/big-$q" --hidden-size "${BIG_D:-4096}" --layers "${BIG_LAYERS:-4}" --heads 32 --context 512 \
+    --attn-output hadamard --dtype "$q" > /dev/null
+  for a in $(seq 0 $((n_adapters - 1))); do
+    $W --adapter "$a" generate --model "$TMP/big-$q" --json --max-tokens 256 --temperature 0 \
+      --prompt "The" > "$OUT/big-$q-$a.json" 2> "$OUT/big-$q-$a.err"
+  done
+done
+python3 - "$OUT" "$n_adapters" > "$OUT/roofline.txt" 2>&1 <<'EOF'
+import json, re, sys
+out, n = sys.argv[1], int(sys.argv[2])
+bw = open(f"{out}/copy-bandwidth.txt").read()
+read_gbs = float(re.search(r"read (\d+) GB/s", bw).group(1)) if "read " in bw else float("nan")
+print(f"copy roofline (bytes read per second): {read_gbs:.0f} GB/s")
+print("adapter | weights | decode tok/s | weight bytes (GPU) | read GB/s at that rate | of roofline")
+for a in range(n):
+    for q in ("f16", "q8", "q4"):
+        try:
+            s = json.load(open(f"{out}/big-{q}-{a}.json"))["stats"]
+        except Exception as e:
+            print(f"{a} | {q} | failed: {e}"); continue
+        wb = dict((c[0], c[1]) for c in s["memory"]["by_category"])["weights"]
+        tps = s["decode_tokens_per_s"]
+        # Each decoded token reads every layer matrix and the lm_head once (the embedding
+        # table: one row): about the weight bytes.
+        gbs = wb * tps / 1e9
+        print(f"{s['device']} | {q} | {tps:.1f} | {wb} | {gbs:.0f} | {gbs / read_gbs:.0%}")
+EOF
+cat "$OUT/roofline.txt"
+
+# The decoder suite, then the paper grid, on the first adapter, each bounded (a suite
+# killed at its bound writes no report).
+for suite in decoder paper; do
+  timeout "${BENCH_SECONDS:-150}" $W --adapter 0 bench --suite $suite --max-context 512 \
+    --out "$OUT/bench-$suite" > "$OUT/bench-$suite.log" 2>&1
+  tail -2 "$OUT/bench-$suite.log"
+done
+# Everything in one archive too (the device tool brings back only a few files).
+tar czf "$TMP/gpu-check.tar.gz" -C "$OUT" . && mv "$TMP/gpu-check.tar.gz" "$OUT/"
+ls -la "$OUT"
