@@ -14,8 +14,9 @@
 // block-quantized rows: QBLOCK values along the input per block, WPB words of levels per
 // block (q8: a two's-complement byte per value, little end first; q4: level + 8 per nibble,
 // low nibble first), every row's blocks one after another, then the f16 block scales
-// ([n_out, blocks], two per word) after the last row. A weight is scale x level, exactly
-// the CPU's dequantized value (an f16 times a small integer is exact in f32).
+// ([n_out, blocks], two per word) after the last row. A weight is scale x level (exact
+// in f32, the CPU's dequantized value); the GEMV sums levels x inputs over a word and
+// then scales, so it rounds in another order than the CPU, like any other GEMV.
 
 // Must match `MatmulParams` in src/ops/matmul.rs.
 struct Params {
@@ -163,8 +164,9 @@ fn weight_pair(n: u32) -> vec2<f32> {
 fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: u32,
             nr: u32, i0: u32, step: u32) {
     if (quantized()) {
-        // The padded tail of a row's last block has level 0; its inputs are read clamped
-        // to the row's last one, so nothing past the row is touched.
+        // Levels times inputs, summed per word, then times the block's scale. The padded
+        // tail of a row's last block has level 0; its inputs are read clamped to the
+        // row's last one, so nothing past the row is touched.
         let last = params.n_in - 1u;
         let words = row_words();
         for (var j = i0; j < words; j += step) {
@@ -172,17 +174,32 @@ fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: 
             let word = w[o * words + j];
             let d = block_scale(o, b);
             let c = b * QBLOCK + (j % WPB) * VPW;
-            let lo = d * levels_lo(word);
-            let hi = d * levels_hi(word);
+            let lo = levels_lo(word);
+            let hi = levels_hi(word);
+            let full = c + VPW <= params.n_in;
             for (var r = 0u; r < GEMV_ROWS; r++) {
                 let at = (r0 + min(r, nr - 1u)) * params.n_in;
-                var z = dot(lo, vec4<f32>(x[at + min(c, last)], x[at + min(c + 1u, last)],
-                                          x[at + min(c + 2u, last)], x[at + min(c + 3u, last)]));
-                if (VPW == 8u) {
-                    z += dot(hi, vec4<f32>(x[at + min(c + 4u, last)], x[at + min(c + 5u, last)],
-                                           x[at + min(c + 6u, last)], x[at + min(c + 7u, last)]));
+                var x0: vec4<f32>;
+                var x1: vec4<f32>;
+                if (full) {
+                    x0 = vec4<f32>(x[at + c], x[at + c + 1u], x[at + c + 2u], x[at + c + 3u]);
+                    if (VPW == 8u) {
+                        x1 = vec4<f32>(x[at + c + 4u], x[at + c + 5u], x[at + c + 6u],
+                                       x[at + c + 7u]);
+                    }
+                } else {
+                    x0 = vec4<f32>(x[at + min(c, last)], x[at + min(c + 1u, last)],
+                                   x[at + min(c + 2u, last)], x[at + min(c + 3u, last)]);
+                    if (VPW == 8u) {
+                        x1 = vec4<f32>(x[at + min(c + 4u, last)], x[at + min(c + 5u, last)],
+                                       x[at + min(c + 6u, last)], x[at + min(c + 7u, last)]);
+                    }
                 }
-                (*acc)[a0 + r] += z;
+                var z = dot(lo, x0);
+                if (VPW == 8u) {
+                    z += dot(hi, x1);
+                }
+                (*acc)[a0 + r] += d * z;
             }
         }
     } else if (PAIRED) {
