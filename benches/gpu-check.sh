@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # One run on a machine with a real GPU, from the project root, after `cargo build
-# --release` (or with WALSH pointing at a release binary). Writes under $OUT:
+# --release` (or with WALSH pointing at a release binary). Writes $OUT/gpu-check.tar.gz
+# holding the files below, and summary.txt, roofline.txt and adapters.txt beside it:
 #   drivers.txt, adapters.txt    what the drivers and walsh see
 #   parity.txt                   greedy tokens of the default model in f16, q8 and q4 weights
 #                                on the CPU reference and on every adapter (must be equal)
 #   roofline.txt                 decode of random d_model 4096 models (f16, q8, q4 weights)
 #                                against the device's copy bandwidth (needs python3 + torch)
 #   bench-decoder/, bench-paper/ the decoder and paper suites on the first adapter, bounded
-#   gpu-check.tar.gz             all of the above in one file
 # Used for bench-results/<device>/ (see bench-results/README.md).
 set -u
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
+FINAL=${OUT:-gpu-out}
+mkdir -p "$FINAL"
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 W=${WALSH:-./target/release/walsh}
 TMP=$(mktemp -d)
+OUT=$TMP/out  # everything, archived into $FINAL at the end
+mkdir -p "$OUT"
 log() { echo "$*" | tee -a "$OUT/summary.txt"; }
 
 { nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv; } \
@@ -25,7 +27,7 @@ n_adapters=$(($(wc -l < "$OUT/adapters.txt") - 1))
 
 # Greedy parity: 64 tokens of the default model and its q8/q4 quantizations.
 tokens() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tokens"])' "$1" 2>/dev/null; }
-for q in f16 q8 q4; do
+for q in ${PARITY:-f16 q8 q4}; do
   model=models/shakespeare-hadamard
   if [ "$q" != f16 ]; then
     model=$TMP/hadamard-$q
@@ -43,7 +45,8 @@ for q in f16 q8 q4; do
   done
 done | tee "$OUT/parity.txt"
 
-# Decode against the copy roofline: random 4-layer d_model 4096 models (BIG_D, BIG_LAYERS).
+# Decode against the copy roofline: random 2-layer d_model 4096 models (BIG_D, BIG_LAYERS;
+# init-model makes at most 2^29 parameters).
 python3 - > "$OUT/copy-bandwidth.txt" 2>&1 <<'EOF'
 import torch
 n = 1 << 30  # 1 GiB
@@ -54,11 +57,11 @@ torch.cuda.synchronize(); s.record()
 for _ in range(20): b.copy_(a)
 e.record(); torch.cuda.synchronize()
 ms = s.elapsed_time(e) / 20
-print(f"copy {n} bytes: {ms:.3f} ms, read+write {2 * n / ms / 1e9:.0f} GB/s, read {n / ms / 1e9:.0f} GB/s")
+print(f"copy {n} bytes: {ms:.3f} ms, read+write {2 * n / ms / 1e6:.0f} GB/s, read {n / ms / 1e6:.0f} GB/s")
 EOF
 cat "$OUT/copy-bandwidth.txt"
 for q in f16 q8 q4; do
-  $W init-model --out "$TMP/big-$q" --hidden-size "${BIG_D:-4096}" --layers "${BIG_LAYERS:-4}" --heads 32 --context 512 \
+  $W init-model --out "$TMP/big-$q" --hidden-size "${BIG_D:-4096}" --layers "${BIG_LAYERS:-2}" --heads 32 --context 512 \
     --attn-output hadamard --dtype "$q" > /dev/null
   for a in $(seq 0 $((n_adapters - 1))); do
     $W --adapter "$a" generate --model "$TMP/big-$q" --json --max-tokens 256 --temperature 0 \
@@ -89,11 +92,12 @@ cat "$OUT/roofline.txt"
 
 # The decoder suite, then the paper grid, on the first adapter, each bounded (a suite
 # killed at its bound writes no report).
-for suite in decoder paper; do
-  timeout "${BENCH_SECONDS:-150}" $W --adapter 0 bench --suite $suite --max-context 512 \
+for suite in ${SUITES:-decoder paper}; do
+  timeout "${BENCH_SECONDS:-120}" $W --adapter 0 bench --suite $suite --max-context 512 \
     --out "$OUT/bench-$suite" > "$OUT/bench-$suite.log" 2>&1
   tail -2 "$OUT/bench-$suite.log"
 done
-# Everything in one archive too (the device tool brings back only a few files).
-tar czf "$TMP/gpu-check.tar.gz" -C "$OUT" . && mv "$TMP/gpu-check.tar.gz" "$OUT/"
-ls -la "$OUT"
+# Everything in one archive, the summaries beside it.
+tar czf "$FINAL/gpu-check.tar.gz" -C "$OUT" .
+cp "$OUT/summary.txt" "$OUT/roofline.txt" "$OUT/adapters.txt" "$FINAL/" 2>/dev/null
+ls -la "$OUT" "$FINAL"
