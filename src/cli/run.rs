@@ -116,7 +116,9 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "gpu")]
     pub device: Device,
-    /// KV cache format: f16 (half the memory) or f32.
+    /// KV cache format: f16 (half of f32's memory), f32, q8 or q4 (8- or 4-bit levels with
+    /// a scale per position and head), q8r or q4r (q8 or q4 of Hadamard-rotated heads,
+    /// head_dim a power of two). Layout: docs/kv-cache.md.
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvFormat,
     /// Most decode steps the GPU runs per submission before the host reads their tokens
@@ -255,7 +257,9 @@ pub struct EvalArgs {
     pub text: PathBuf,
     #[arg(long, value_enum, default_value = "gpu")]
     pub device: Device,
-    /// KV cache format: f16 (half the memory) or f32.
+    /// KV cache format: f16 (half of f32's memory), f32, q8 or q4 (8- or 4-bit levels with
+    /// a scale per position and head), q8r or q4r (q8 or q4 of Hadamard-rotated heads,
+    /// head_dim a power of two). Layout: docs/kv-cache.md.
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvFormat,
     /// Print JSON instead of text.
