@@ -150,6 +150,8 @@ impl Default for GenerateArgs {
 
 pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
+    // A rotated cache needs a power-of-two head_dim: said before any work.
+    args.kv_cache.check_head_dim(model.config.head_dim())?;
     let context = model.config.max_position_embeddings;
     // A prompt longer than the context keeps its last bytes that fit, as generation does
     // once the context fills.
@@ -269,6 +271,8 @@ pub struct EvalArgs {
 
 pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
+    // A rotated cache needs a power-of-two head_dim: said before any work.
+    args.kv_cache.check_head_dim(model.config.head_dim())?;
     let context = model.config.max_position_embeddings;
     limits::decoder_memory(
         &model.config,
