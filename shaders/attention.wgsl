@@ -5,20 +5,28 @@
 //     k_rows, v_rows, q        row r at pair r * src_stride + src_off (k_rows) or
 //                              src_off2 (v_rows), d / 2 pairs: column windows of the
 //                              decoder's fused [rows, q | k | v] buffer, or whole [rows, d]
-//     k_cache, v_cache         [max_seqs, max_pos, d]    the key / value of (seq, pos), as
-//                              u32 words: f32 bit patterns, or (KV_F16) two halves per word
+//     k_cache, v_cache         [max_seqs, max_pos, heads] head blocks of head_words() u32
+//                              words: the key / value of (seq, pos) in format KV (f32 bit
+//                              patterns, two halves per word, or a q8 / q4 block: an f32
+//                              scale word then the packed levels), docs/kv-cache.md
 //     row_table                [rows, 2] u32             (seq, pos) of row r
 //     plan                     [tiles, 2] u32            (first row, row count) of a tile
 // Row r attends to keys 0..=pos of its sequence; head h is columns h*HD..(h+1)*HD.
 //
 // Entry points:
-//   kv_write  k_cache[seq][pos] = k_rows[r] and v_cache[seq][pos] = v_rows[r].
+//   kv_write  k_cache[seq][pos] = k_rows[r] and v_cache[seq][pos] = v_rows[r] (f32, f16).
+//   kv_quant  the same for the quantized formats: one invocation per (row, head, k or v)
+//             rotates the head (KV_ROT), finds its scale and packs its levels.
 //   attend    one workgroup per (query tile, key chunk, head): the TQ rows of a tile (all
 //             of one sequence) against the keys of one chunk, in blocks of TK keys staged
 //             in workgroup memory, with an online softmax. It writes
 //             out = softmax(q k^T * scale) v, or with PARTIAL its chunk's unnormalized
 //             state (m, l, acc) to `parts` for `reduce`.
 //   reduce    combines the partial states of a row's chunks into out.
+// With KV_ROT the cache holds heads rotated by R = H / sqrt(HD) (H the Walsh-Hadamard
+// matrix): attend rotates each query head by R in workgroup memory, so scores are
+// unchanged (R orthogonal), and rotates its output (or its chunk's partial acc: reduce is
+// linear) back by R (R symmetric, its own inverse) before writing it.
 
 // Must match `AttnParams` in src/ops/attention.rs.
 struct Params {
@@ -34,6 +42,10 @@ struct Params {
     src_stride: u32, // kv_write, attend: pairs from one row of k_rows / v_rows / q to the next
     src_off: u32,    // kv_write: pair of k in row 0 of k_rows; attend: of q in row 0 of q
     src_off2: u32,   // kv_write: pair of v in row 0 of v_rows
+    rot_norm: f32,   // KV_ROT: 1/sqrt(HD) rounded to f32 on the host
+    level_inv: f32,  // kv_quant: 1/127 (q8) or 1/7 (q4) rounded to f32 on the host
+    pad0: u32,
+    pad1: u32,
 }
 
 // Workgroup memory in f32s: 16 KiB, the WebGPU default limit. Must match TILE_ELEMS on the
@@ -52,7 +64,8 @@ override TK: u32 = 16u;          // attend: keys per block
 override ACC: u32 = 8u;          // attend: output pairs per invocation, ceil(HD/2 / (WG/TQ))
 override PARTIAL: bool = false;  // attend: write chunk states to `parts`, not `out`
 override EW_WG: u32 = 256u;      // kv_write, reduce: invocations per workgroup
-override KV_F16: bool = false;   // the caches hold f16 pairs, one per u32 word
+override KV: u32 = 0u;           // cache format: 0 f32, 1 f16, 2 q8, 3 q4 (KvFormat::code)
+override KV_ROT: bool = false;   // q8 / q4 of heads rotated by H / sqrt(HD); HD a power of 2
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> row_table: array<u32>;
@@ -73,6 +86,9 @@ override KV_F16: bool = false;   // the caches hold f16 pairs, one per u32 word
 // Split decode: acc of part p at [p * HD/2, (p + 1) * HD/2), then (m, l) of part p at
 // rows * heads * chunks * HD/2 + p, with p = (row * heads + head) * chunks + chunk.
 @group(0) @binding(7) var<storage, read_write> parts: array<vec2<f32>>;
+
+// kv_quant's private copy of a head: MAX_HEAD_DIM on the host.
+const MAX_HD: u32 = 256u;
 
 // attend's tile, in f32s: Q [TQ, HD] (pre-scaled), K [TK, HD], V [TK, HD], scores [TQ, TK].
 var<workgroup> tile: array<f32, TILE>;
@@ -101,49 +117,98 @@ fn f16_bits(v: f32) -> u32 {
     return sign | ((a - 0x38000000u + 0xfffu + ((a >> 13u) & 1u)) >> 13u);
 }
 
-// Pair p of a cache from its words (storage pointers cannot be function parameters in
-// WGSL without an extension, hence the pairs of functions below).
-fn unpack_pair(w0: u32, w1: u32) -> vec2<f32> {
-    if (KV_F16) {
-        return unpack2x16float(w0);
+// Bits of one stored value and u32 words of one head block (KvFormat::bits and
+// KvFormat::head_words on the host): the values padded to whole words, plus the scale word
+// of the quantized formats.
+fn kv_bits() -> u32 {
+    return 32u >> KV;  // 32, 16, 8, 4
+}
+
+fn head_words() -> u32 {
+    return (HD * kv_bits() + 31u) / 32u + select(0u, 1u, KV >= 2u);
+}
+
+// Pair c (values 2c, 2c + 1) of a head block from the block's scale word `s` and the word
+// `w` holding the pair (the pair of f32 words for f32): f32 and f16 as stored, q8 and q4
+// as level x scale.
+fn unpack_pair(s: u32, w: u32, c: u32) -> vec2<f32> {
+    switch KV {
+        case 0u: {
+            return vec2<f32>(bitcast<f32>(s), bitcast<f32>(w));
+        }
+        case 1u: {
+            return unpack2x16float(w);
+        }
+        default: {
+            // The pair's two fields in the word, sign-extended (q8: two's-complement bytes)
+            // or offset by 8 (q4 nibbles).
+            let b = kv_bits();
+            let at = ((2u * c) % (32u / b)) * b;
+            var l: vec2<i32>;
+            if (KV == 2u) {
+                let x = bitcast<i32>(w << (24u - at));
+                l = vec2<i32>(x >> 24u, (bitcast<i32>(w << (16u - at))) >> 24u);
+            } else {
+                l = vec2<i32>(i32((w >> at) & 0xfu), i32((w >> (at + 4u)) & 0xfu)) - 8;
+            }
+            return vec2<f32>(l) * bitcast<f32>(s);
+        }
     }
-    return vec2<f32>(bitcast<f32>(w0), bitcast<f32>(w1));
 }
 
-// Words of pair p: (p, unused) with KV_F16, else (2p, 2p + 1).
-fn word(p: u32, i: u32) -> u32 {
-    return select(2u * p + i, p, KV_F16);
+// Words of pair c of head block `blk` (the cache's (seq, pos, head) index): the first of
+// the two f32 words, the f16 word, or (scale word, level word).
+fn pair_words(blk: u32, c: u32) -> vec2<u32> {
+    let base = blk * head_words();
+    switch KV {
+        case 0u: {
+            return vec2<u32>(base + 2u * c, base + 2u * c + 1u);
+        }
+        case 1u: {
+            return vec2<u32>(base + c, base + c);
+        }
+        default: {
+            return vec2<u32>(base, base + 1u + 2u * c / (32u / kv_bits()));
+        }
+    }
 }
 
-fn load_k(p: u32) -> vec2<f32> {
-    return unpack_pair(k_cache[word(p, 0u)], k_cache[word(p, 1u)]);
+fn load_k(blk: u32, c: u32) -> vec2<f32> {
+    let w = pair_words(blk, c);
+    return unpack_pair(k_cache[w.x], k_cache[w.y], c);
 }
 
-fn load_v(p: u32) -> vec2<f32> {
-    return unpack_pair(v_cache[word(p, 0u)], v_cache[word(p, 1u)]);
+fn load_v(blk: u32, c: u32) -> vec2<f32> {
+    let w = pair_words(blk, c);
+    return unpack_pair(v_cache[w.x], v_cache[w.y], c);
 }
 
-// The words of a pair: (packed halves, unused) with KV_F16, else the two f32 bit patterns.
+// The words of a pair: (packed halves, unused) with f16, else the two f32 bit patterns.
 fn pack_pair(v: vec2<f32>) -> vec2<u32> {
-    if (KV_F16) {
+    if (KV == 1u) {
         return vec2<u32>(f16_bits(v.x) | (f16_bits(v.y) << 16u), 0u);
     }
     return bitcast<vec2<u32>>(v);
 }
 
+// Pair p of the [max_seqs, max_pos, d/2] pairs of an f32 or f16 cache.
 fn store_k(p: u32, v: vec2<f32>) {
     let w = pack_pair(v);
-    k_cache_out[word(p, 0u)] = w.x;
-    if (!KV_F16) {
-        k_cache_out[word(p, 1u)] = w.y;
+    if (KV == 1u) {
+        k_cache_out[p] = w.x;
+    } else {
+        k_cache_out[2u * p] = w.x;
+        k_cache_out[2u * p + 1u] = w.y;
     }
 }
 
 fn store_v(p: u32, v: vec2<f32>) {
     let w = pack_pair(v);
-    v_cache_out[word(p, 0u)] = w.x;
-    if (!KV_F16) {
-        v_cache_out[word(p, 1u)] = w.y;
+    if (KV == 1u) {
+        v_cache_out[p] = w.x;
+    } else {
+        v_cache_out[2u * p] = w.x;
+        v_cache_out[2u * p + 1u] = w.y;
     }
 }
 
@@ -169,6 +234,101 @@ fn kv_write(@builtin(local_invocation_index) t: u32,
     store_v(dst, v_rows[src + params.src_off2]);
 }
 
+// ---- kv_quant ----------------------------------------------------------------------------
+
+// In-place unnormalized Walsh-Hadamard transform of x[0..HD] (HD a power of two): stages
+// of half-width h = 1, 2, 4, ..., butterfly b of a stage on i = (b / h) 2h + b % h and
+// i + h. The order of `fwht` in src/ops/attention.rs, so both produce the same bits.
+fn fwht(x: ptr<function, array<f32, MAX_HD>>) {
+    for (var h = 1u; h < HD; h *= 2u) {
+        for (var b = 0u; b < HD / 2u; b++) {
+            let i = (b / h) * 2u * h + b % h;
+            let a = (*x)[i];
+            let c = (*x)[i + h];
+            (*x)[i] = a + c;
+            (*x)[i + h] = a - c;
+        }
+    }
+}
+
+// The level of v against scale: round to nearest, ties to even (WGSL's round), 0 when the
+// scale is 0 (an all-zero head); as `level` in src/ops/attention.rs.
+fn quantize(v: f32, scale: f32, max_level: i32) -> i32 {
+    if (scale > 0.0) {
+        return clamp(i32(round(v / scale)), -max_level, max_level);
+    }
+    return 0;
+}
+
+@compute @workgroup_size(EW_WG)
+fn kv_quant(@builtin(local_invocation_index) t: u32,
+            @builtin(workgroup_id) wid: vec3<u32>) {
+    let e = (wid.y * params.tiles_x + wid.x) * EW_WG + t;   // (row, head, k or v)
+    if (e >= params.rows * params.heads * 2u) {
+        return;
+    }
+    let is_v = e % 2u == 1u;
+    let head = (e / 2u) % params.heads;
+    let r = e / (2u * params.heads);
+    let seq = row_table[2u * r];
+    let pos = row_table[2u * r + 1u];
+    if (seq >= params.max_seqs || pos >= params.max_pos) {
+        return;  // as in kv_write
+    }
+    let h2 = HD / 2u;
+    let src = r * params.src_stride + head * h2;
+    var x: array<f32, MAX_HD>;
+    for (var c = 0u; c < h2; c++) {
+        var p: vec2<f32>;
+        if (is_v) {
+            p = v_rows[src + params.src_off2 + c];
+        } else {
+            p = k_rows[src + params.src_off + c];
+        }
+        x[2u * c] = p.x;
+        x[2u * c + 1u] = p.y;
+    }
+    if (KV_ROT) {
+        fwht(&x);
+        for (var i = 0u; i < HD; i++) {
+            x[i] *= params.rot_norm;
+        }
+    }
+    var amax = 0.0;
+    for (var i = 0u; i < HD; i++) {
+        amax = max(amax, abs(x[i]));
+    }
+    let scale = amax * params.level_inv;
+    let max_level = select(7, 127, KV == 2u);
+    let b = kv_bits();
+    let per_word = 32u / b;
+    let base = ((seq * params.max_pos + pos) * params.heads + head) * head_words();
+    let n = head_words() - 1u;
+    for (var j = 0u; j <= n; j++) {
+        var w = bitcast<u32>(scale);
+        if (j > 0u) {
+            w = 0u;
+            for (var i = 0u; i < per_word; i++) {
+                let at = (j - 1u) * per_word + i;
+                var l = 0;
+                if (at < HD) {
+                    l = quantize(x[at], scale, max_level);
+                }
+                // q8: the two's-complement byte; q4: level + 8.
+                let bits = select(u32(l + 8), bitcast<u32>(l) & 0xffu, KV == 2u);
+                w |= bits << (i * b);
+            }
+        }
+        if (is_v) {
+            v_cache_out[base + j] = w;
+        } else {
+            k_cache_out[base + j] = w;
+        }
+    }
+}
+
+// ---- attend ------------------------------------------------------------------------------
+
 fn tile2(pair: u32) -> vec2<f32> {
     return vec2<f32>(tile[2u * pair], tile[2u * pair + 1u]);
 }
@@ -176,6 +336,26 @@ fn tile2(pair: u32) -> vec2<f32> {
 fn set_tile2(pair: u32, v: vec2<f32>) {
     tile[2u * pair] = v.x;
     tile[2u * pair + 1u] = v.y;
+}
+
+// Rotates the TQ rows of HD values at the start of `tile` by H (unnormalized; the caller
+// applies rot_norm), every invocation taking a share of each stage's butterflies, in the
+// order of `fwht`. Called from uniform control flow; it starts with a barrier, so writes
+// to the rows before it are visible, and ends with one.
+fn rotate_tile_rows(t: u32) {
+    let h2 = HD / 2u;
+    for (var h = 1u; h < HD; h *= 2u) {
+        workgroupBarrier();
+        for (var x = t; x < TQ * h2; x += WG) {
+            let b = x % h2;
+            let i = (x / h2) * HD + (b / h) * 2u * h + b % h;
+            let a = tile[i];
+            let c = tile[i + h];
+            tile[i] = a + c;
+            tile[i + h] = a - c;
+        }
+    }
+    workgroupBarrier();
 }
 
 // Positions past the cache are clamped: a bad table yields wrong rows, never a runaway loop.
@@ -227,14 +407,19 @@ fn attend(@builtin(local_invocation_index) t: u32,
         pos = row_pos(row);
     }
 
+    // With KV_ROT the rotation's normalization goes with the softmax scale.
+    let q_scale = select(params.scale, params.scale * params.rot_norm, KV_ROT);
     for (var x = t; x < TQ * h2; x += WG) {
         let qi = x / h2;
         var v = vec2<f32>(0.0);
         if (qi < count) {
             v = q[(first + qi) * params.src_stride + params.src_off + head * h2 + x % h2]
-                * params.scale;
+                * q_scale;
         }
         set_tile2(x, v);
+    }
+    if (KV_ROT) {
+        rotate_tile_rows(t);  // the key loop's first barrier follows
     }
 
     // Online softmax state of this invocation's row: running max m, sum l of exp(s - m),
@@ -248,9 +433,9 @@ fn attend(@builtin(local_invocation_index) t: u32,
         // The previous block has been consumed (on the first pass: Q is stored).
         workgroupBarrier();
         for (var x = t; x < nb * h2; x += WG) {
-            let g = (cache_row0 + k0 + x / h2) * d2 + head * h2 + x % h2;
-            set_tile2(k_at + x, load_k(g));
-            set_tile2(v_at + x, load_v(g));
+            let blk = (cache_row0 + k0 + x / h2) * params.heads + head;
+            set_tile2(k_at + x, load_k(blk, x % h2));
+            set_tile2(v_at + x, load_v(blk, x % h2));
         }
         workgroupBarrier();
         // Scores of every (query, key) pair of the block: s = (q * scale) . k.
@@ -293,6 +478,28 @@ fn attend(@builtin(local_invocation_index) t: u32,
         }
     }
 
+    // The result: acc / l, or the chunk's acc with PARTIAL; with KV_ROT rotated back in
+    // the Q rows of the tile (free now) before it is written.
+    var div = l;  // what the written acc is divided by without PARTIAL
+    if (KV_ROT) {
+        workgroupBarrier();  // every invocation is done with the last block
+        if (row_ok) {
+            for (var a = 0u; a < ACC; a++) {
+                let c = lane + a * lanes_per_row;
+                if (c < h2) {
+                    set_tile2(i * h2 + c, select(acc[a] / l, acc[a], PARTIAL));
+                }
+            }
+        }
+        rotate_tile_rows(t);
+        for (var a = 0u; a < ACC; a++) {
+            let c = lane + a * lanes_per_row;
+            if (row_ok && c < h2) {
+                acc[a] = tile2(i * h2 + c) * params.rot_norm;
+            }
+        }
+        div = 1.0;  // acc holds the result (PARTIAL: the rotated acc, and l is written)
+    }
     if (!row_ok) {
         return;
     }
@@ -311,7 +518,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
         for (var a = 0u; a < ACC; a++) {
             let c = lane + a * lanes_per_row;
             if (c < h2) {
-                out[row * d2 + head * h2 + c] = acc[a] / l;
+                out[row * d2 + head * h2 + c] = acc[a] / div;
             }
         }
     }

@@ -167,26 +167,24 @@ pub enum Placement {
 }
 
 /// Bytes a decoder of `seqs` sequences of `context` positions sets aside: the KV cache
-/// (`2 x layers x seqs x context x d_model` values, 4 bytes each on the CPU, 2 or 4 on
-/// the GPU) and, on the CPU, each sequence's f32 weights; at most [`MAX_RUN_BYTES`].
+/// (`2 x layers x seqs x context x d_model` values, 4 bytes each on the CPU; on the GPU
+/// as the format stores them, [`KvFormat::position_bytes`] per position) and, on the CPU,
+/// each sequence's f32 weights; at most [`MAX_RUN_BYTES`].
 pub fn decoder_memory(
     config: &Config,
     seqs: usize,
     context: usize,
     placement: Placement,
 ) -> Result<u64, LimitError> {
-    let value_bytes = match placement {
-        Placement::Cpu => 4,
-        Placement::Gpu(kv) => kv.bytes_per_value(),
+    let position_bytes = match placement {
+        Placement::Cpu => 4 * config.hidden_size as u64,
+        Placement::Gpu(kv) => {
+            let heads = config.num_attention_heads.max(1);
+            kv.position_bytes(heads, config.hidden_size / heads)
+        }
     };
-    let cache = product(&[
-        2,
-        config.num_hidden_layers,
-        seqs,
-        context,
-        config.hidden_size,
-        value_bytes,
-    ]);
+    let cache = product(&[2, config.num_hidden_layers, seqs, context])
+        .saturating_mul(position_bytes as u128);
     let weights = match placement {
         Placement::Cpu => parameters(config).saturating_mul(4 * seqs as u128),
         Placement::Gpu(_) => 0,
@@ -350,6 +348,14 @@ mod tests {
         assert_eq!(decoder_memory(&c, 3, 1024, f32_gpu), Ok(cache));
         let f16_gpu = Placement::Gpu(KvFormat::F16);
         assert_eq!(decoder_memory(&c, 3, 1024, f16_gpu), Ok(cache / 2));
+        // 4 heads of 16: q8 a scale word and 4 level words per head, q4 a scale and 2.
+        let q8 = Placement::Gpu(KvFormat::Q8);
+        assert_eq!(decoder_memory(&c, 3, 1024, q8), Ok(cache / 256 * 4 * 5 * 4));
+        let q4r = Placement::Gpu(KvFormat::Q4Rot);
+        assert_eq!(
+            decoder_memory(&c, 3, 1024, q4r),
+            Ok(cache / 256 * 4 * 3 * 4)
+        );
         assert_eq!(
             decoder_memory(&c, 3, 1024, Placement::Cpu),
             Ok(cache + 3 * 4 * parameters(&c) as u64)

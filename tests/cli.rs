@@ -633,3 +633,124 @@ fn init_model_q8_is_the_f16_model_of_the_same_seed_quantized() {
         assert_eq!(b.to_f32(), want, "{}", a.name);
     }
 }
+
+#[test]
+fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = |name: &str, hidden: &str| -> String {
+        let model = dir.path().join(name);
+        let model = model.to_str().unwrap().to_string();
+        walsh(&[
+            "init-model",
+            "--out",
+            &model,
+            "--hidden-size",
+            hidden,
+            "--layers",
+            "1",
+            "--heads",
+            "4",
+            "--context",
+            "32",
+        ]);
+        model
+    };
+    // head_dim 16: every format applies.
+    let model = init("m", "64");
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "To be, or not to be, that is the question.").unwrap();
+    let text = text.to_str().unwrap();
+    for kv in ["q8", "q4", "q8r", "q4r"] {
+        let generate = [
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "To be",
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+            "--kv-cache",
+            kv,
+            "--json",
+        ];
+        let stats = |out: Output| -> serde_json::Value {
+            let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+            v["stats"].clone()
+        };
+        let s = stats(walsh(&[&generate[..], &["--device", "cpu"]].concat()));
+        assert_eq!(s["kv_cache"], kv, "{s}");
+        let eval = [
+            "eval",
+            "--model",
+            &model,
+            "--text",
+            text,
+            "--kv-cache",
+            kv,
+            "--json",
+        ];
+        let score = |out: Output| -> f64 {
+            let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+            assert_eq!(v["kv_cache"], kv, "{v}");
+            v["nats_per_byte"].as_f64().unwrap()
+        };
+        let want = score(walsh(&[&eval[..], &["--device", "cpu"]].concat()));
+        for b in backends() {
+            let s = stats(walsh(&[&["--adapter", b.as_str()], &generate[..]].concat()));
+            assert_eq!(s["kv_cache"], kv, "{b}: {s}");
+            let got = score(walsh(&[&["--adapter", b.as_str()], &eval[..]].concat()));
+            // Quantizing is discontinuous: a key differing in its last bit may store a
+            // level one step away, so not the 1e-4 of the f16 cache.
+            assert!(
+                (got - want).abs() < 1e-3,
+                "{kv} on {b}: {got} vs cpu {want}"
+            );
+        }
+    }
+    // f32 and f16 have no rotated form: clap rejects the value, naming the formats.
+    let out = Command::new(env!("CARGO_BIN_EXE_walsh"))
+        .args([
+            "eval",
+            "--model",
+            &model,
+            "--text",
+            text,
+            "--kv-cache",
+            "f16r",
+        ])
+        .output()
+        .expect("run walsh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_names(&stderr, &["`f16r`", "q8r", "no rotated form"]);
+    // head_dim 12: rotation needs a power of two, said before any work.
+    let odd = init("odd", "48");
+    for device in ["cpu", "gpu"] {
+        let e = walsh_fails(&[
+            "eval",
+            "--model",
+            &odd,
+            "--text",
+            text,
+            "--kv-cache",
+            "q4r",
+            "--device",
+            device,
+        ]);
+        assert_names(&e, &["q4r", "power-of-two head_dim", "head_dim is 12"]);
+    }
+    let eval_odd = [
+        "eval",
+        "--model",
+        &odd,
+        "--text",
+        text,
+        "--kv-cache",
+        "q4",
+        "--device",
+        "cpu",
+    ];
+    walsh(&eval_odd);
+}

@@ -38,7 +38,8 @@ pub struct BenchArgs {
     /// Largest width of the kernel suite (default 16384).
     #[arg(long)]
     pub max_kernel_n: Option<usize>,
-    /// KV cache format of the attention kernels and the decoders: f16 or f32.
+    /// KV cache format of the attention kernels and the decoders: f16, f32, q8, q4, q8r or
+    /// q4r (as `walsh generate --kv-cache`).
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvFormat,
     /// For GPU owners: every suite at full size on the chosen adapter (default: the best

@@ -49,7 +49,7 @@ struct LayerF32<'m> {
 pub struct CpuDecoder<'m> {
     model: &'m Model,
     max_positions: usize,
-    kv: KvFormat, // what the cache holds: each key and value rounded to it when stored
+    kv: KvFormat, // what the cache holds: each key and value head stored as it, read back
     // weights, converted to f32 once (f32 files are borrowed, f16 widened)
     embed_tokens: Cow<'m, [f32]>, // [vocab, d]
     layers: Vec<LayerF32<'m>>,
@@ -103,6 +103,7 @@ impl<'m> CpuDecoder<'m> {
         // The fields are public: check shapes once here so the loops below cannot index
         // out of bounds.
         model.validate()?;
+        kv.check_head_dim(c.head_dim())?;
         let (d, inter) = (c.hidden_size, c.intermediate_size);
         let mut layers = Vec::with_capacity(model.weights.layers.len());
         for (l, w) in model.weights.layers.iter().enumerate() {
@@ -234,12 +235,12 @@ impl<'m> CpuDecoder<'m> {
                 &self.rope_cos,
                 &self.rope_sin,
             );
-            for v in key_cache[row.clone()]
-                .iter_mut()
-                .chain(&mut value_cache[row])
-            {
-                *v = self.kv.round(*v);
-            }
+            // What the cache holds, read back: rounded to f16, or quantized per head
+            // (rotated first for q8r / q4r) and dequantized, rotated back. Attending over
+            // these is the GPU's attention over its cache with rotated q and a rotated-back
+            // output (the rotation is orthogonal and its own inverse).
+            self.kv.store(&mut key_cache[row.clone()], head_dim);
+            self.kv.store(&mut value_cache[row], head_dim);
 
             // causal attention per head over positions 0..=pos
             for h in 0..c.num_attention_heads {

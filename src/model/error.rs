@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::gpu::GpuError;
+use crate::ops::attention::KvError;
 use crate::ops::hadamard::WhtError;
 
 #[derive(Debug, Error)]
@@ -75,4 +76,7 @@ pub enum ModelError {
 
     #[error(transparent)]
     Wht(#[from] WhtError),
+
+    #[error(transparent)]
+    Kv(#[from] KvError),
 }

@@ -147,8 +147,10 @@ pub fn decoder_buffers(
         // A cos and a sin in f32 per pair of each head's dimensions (ops::rope::RopeTable).
         max_positions as u64 * (c.head_dim() / 2) as u64 * 8,
     ));
-    let cache =
-        max_seqs as u64 * max_positions as u64 * c.hidden_size as u64 * kv.bytes_per_value() as u64;
+    // Per position: each head's values, and the scale word of the quantized formats.
+    let cache = max_seqs as u64
+        * max_positions as u64
+        * kv.position_bytes(c.num_attention_heads, c.head_dim());
     out.push((
         format!(
             "each layer's key and value cache ({max_seqs} sequence(s) x {max_positions} \
@@ -265,5 +267,16 @@ mod tests {
         assert!(qkv.0.contains("q_proj + k_proj + v_proj"), "{}", qkv.0);
         let cache = buffers.last().unwrap();
         assert_eq!(cache.1, 2 * 32 * 64 * 4);
+    }
+
+    #[test]
+    fn quantized_caches_count_levels_and_a_scale_per_head() {
+        let m = model(WeightFormat::F16);
+        // 4 heads of 16 per position: q8 4 level words + 1 scale word per head, q4 2 + 1.
+        for (kv, words) in [(KvFormat::Q8, 5), (KvFormat::Q4Rot, 3)] {
+            let cache = decoder_buffers(&m, 2, 32, kv).pop().unwrap();
+            assert_eq!(cache.1, 2 * 32 * 4 * words * 4, "{kv}");
+            assert!(cache.0.ends_with(&format!("{kv})")), "{}", cache.0);
+        }
     }
 }

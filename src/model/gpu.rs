@@ -266,7 +266,7 @@ pub struct GpuDecoder<'g> {
     layers: Vec<GpuLayer>,
     norm: GpuBuffer,                 // [d]
     lm_head: Option<Matrix>,         // [vocab, d]; None: tied to embed_tokens
-    kv: Vec<(GpuBuffer, GpuBuffer)>, // per layer: k and v caches, [max_seqs, max_positions, d]
+    kv: Vec<(GpuBuffer, GpuBuffer)>, // per layer: k and v caches, [max_seqs, max_positions, heads] blocks of shape.kv
     shape: AttnShape,
     rope: RopeTable,
     hadamard: Hadamard<'g>,
@@ -305,6 +305,7 @@ impl<'g> GpuDecoder<'g> {
                 config.max_position_embeddings
             )));
         }
+        kv.check_head_dim(config.head_dim())?;
         let w = &model.weights;
         let mut layers = Vec::with_capacity(w.layers.len());
         for (i, l) in w.layers.iter().enumerate() {

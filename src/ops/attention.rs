@@ -46,6 +46,9 @@ const MAX_BLOCK_KEYS: usize = 64;
 /// Invocations per workgroup of the elementwise entry points (kv_write, reduce); passed as
 /// `EW_WG`.
 const ELEMENTWISE_WORKGROUP: u32 = 256;
+/// Invocations per workgroup of kv_quant (one per (row, head, k or v), each holding its
+/// head in private memory); passed as `EW_WG`.
+const QUANT_WORKGROUP: u32 = 64;
 
 /// Uniform parameters of every attention.wgsl entry point; must match `Params` in
 /// attention.wgsl.
@@ -64,6 +67,10 @@ struct AttnParams {
     src_stride: u32,
     src_off: u32,
     src_off2: u32,
+    rot_norm: f32,
+    level_inv: f32,
+    pad0: u32,
+    pad1: u32,
 }
 
 /// kv_write's bindings: params, row_table, k_rows, v_rows, k_cache_out, v_cache_out.
@@ -88,7 +95,23 @@ const ATTN_BINDINGS: [Binding; 8] = [
     Binding::ReadWrite,
 ];
 
-/// How the KV cache stores its values.
+/// How the KV cache stores its values. Layout: `docs/kv-cache.md`.
+///
+/// Every format stores each (sequence, position) entry as `heads` consecutive head blocks
+/// of [`KvFormat::head_words`] u32 words (u32 words and bit operations only, so no device
+/// feature is needed):
+/// - `f32`: the f32 bit patterns; `f16`: two IEEE halves per word, low half first;
+/// - `q8`, `q4` (and their rotated forms `q8r`, `q4r`): word 0 holds the head's scale as
+///   f32 bits, then the levels: `q8` 4 per word, value `4j + i` in byte `i` of level word
+///   `j` (two's complement, -127..=127); `q4` 8 per word, value `8j + i` in nibble `i` (low
+///   nibble first) as level + 8 (-7..=7); a head_dim not a multiple of 4 (8) pads the last
+///   word with level 0. scale = amax x (1/127 or 1/7 as f32), levels round to nearest (ties
+///   to even) of x / scale, the value is level x scale (the conventions of
+///   `model::quant`'s weight blocks, with an f32 scale per (position, head)).
+/// - `q8r`, `q4r` first rotate the head's vector by the normalized Walsh–Hadamard matrix
+///   H / sqrt(head_dim) (head_dim a power of two), spreading outliers over the head before
+///   quantizing; attention rotates q the same way (scores are unchanged, H being
+///   orthogonal) and rotates its output back (H / sqrt(head_dim) is its own inverse).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -100,21 +123,240 @@ pub enum KvFormat {
     /// f32, the default.
     #[default]
     F16,
+    /// int8 levels with an f32 scale per (position, head).
+    Q8,
+    /// 4-bit levels with an f32 scale per (position, head).
+    Q4,
+    /// `q8` of the Hadamard-rotated head.
+    #[serde(rename = "q8r")]
+    Q8Rot,
+    /// `q4` of the Hadamard-rotated head.
+    #[serde(rename = "q4r")]
+    Q4Rot,
+}
+
+/// What is wrong with a KV cache format or its use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    #[error(
+        "KV cache format `{0}`: expected f32, f16, q8, q4, q8r or q4r (q8r and q4r are q8 and q4 of Hadamard-rotated heads; f32 and f16 have no rotated form)"
+    )]
+    UnknownFormat(String),
+    #[error(
+        "KV cache format {format} rotates each head by a Walsh-Hadamard matrix, which needs a power-of-two head_dim; this model's head_dim is {head_dim} (use q8 or q4)"
+    )]
+    RotationHeadDim { format: KvFormat, head_dim: usize },
+}
+
+/// The f32 multiplier of the largest magnitude that gives a scale, 1/127 or 1/7 rounded to
+/// f32; passed to the shader as `level_inv` (so both sides use the same bits).
+fn level_inv(max_level: i32) -> f32 {
+    (1.0 / max_level as f64) as f32
+}
+
+/// The normalization of the rotation, 1/sqrt(head_dim) rounded to f32; passed to the
+/// shader as `rot_norm`.
+pub fn rotation_norm(head_dim: usize) -> f32 {
+    (1.0 / (head_dim as f64).sqrt()) as f32
+}
+
+/// In-place unnormalized Walsh–Hadamard transform of a power-of-two length, in the order
+/// the shader's `fwht` uses (stages of half-width 1, 2, 4, ...; butterfly b of a stage on
+/// i = (b / h) 2h + b % h and i + h), so both produce the same bits.
+fn fwht(x: &mut [f32]) {
+    let n = x.len();
+    let mut h = 1;
+    while h < n {
+        for b in 0..n / 2 {
+            let i = (b / h) * 2 * h + b % h;
+            let (a, c) = (x[i], x[i + h]);
+            x[i] = a + c;
+            x[i + h] = a - c;
+        }
+        h *= 2;
+    }
+}
+
+/// The level of `x` against `scale` (0 when the scale is 0), as `quantize` in the shader.
+fn level(x: f32, scale: f32, max_level: i32) -> i32 {
+    if scale > 0.0 {
+        ((x / scale).round_ties_even() as i32).clamp(-max_level, max_level)
+    } else {
+        0
+    }
 }
 
 impl KvFormat {
-    pub fn bytes_per_value(self) -> usize {
+    /// Every format, in the order of the command line's help.
+    pub const ALL: [KvFormat; 6] = [
+        KvFormat::F32,
+        KvFormat::F16,
+        KvFormat::Q8,
+        KvFormat::Q4,
+        KvFormat::Q8Rot,
+        KvFormat::Q4Rot,
+    ];
+
+    /// Bits of one stored value (without the per-head scale of the quantized formats).
+    pub fn bits(self) -> usize {
         match self {
-            KvFormat::F32 => 4,
-            KvFormat::F16 => 2,
+            KvFormat::F32 => 32,
+            KvFormat::F16 => 16,
+            KvFormat::Q8 | KvFormat::Q8Rot => 8,
+            KvFormat::Q4 | KvFormat::Q4Rot => 4,
         }
     }
 
-    /// The value the cache holds for `v`.
-    pub fn round(self, v: f32) -> f32 {
+    /// Bytes of one stored value, rounded up to a whole byte and without the per-head
+    /// scale of the quantized formats; sizes come from [`Self::head_words`].
+    pub fn bytes_per_value(self) -> usize {
+        self.bits().div_ceil(8)
+    }
+
+    /// The largest level of a quantized format; None for f32 and f16.
+    pub fn max_level(self) -> Option<i32> {
         match self {
-            KvFormat::F32 => v,
-            KvFormat::F16 => half::f16::from_f32(v).to_f32(),
+            KvFormat::F32 | KvFormat::F16 => None,
+            KvFormat::Q8 | KvFormat::Q8Rot => Some(127),
+            KvFormat::Q4 | KvFormat::Q4Rot => Some(7),
+        }
+    }
+
+    /// Whether heads are Hadamard-rotated before quantizing.
+    pub fn rotated(self) -> bool {
+        matches!(self, KvFormat::Q8Rot | KvFormat::Q4Rot)
+    }
+
+    /// u32 words of one head at one position: the values, padded to a whole word, plus
+    /// one scale word for the quantized formats.
+    pub fn head_words(self, head_dim: usize) -> usize {
+        let values = (head_dim * self.bits()).div_ceil(32);
+        values + usize::from(self.max_level().is_some())
+    }
+
+    /// Bytes of the keys (or the values) of one position of one layer.
+    pub fn position_bytes(self, heads: usize, head_dim: usize) -> u64 {
+        heads as u64 * self.head_words(head_dim) as u64 * 4
+    }
+
+    /// The shader's `KV` override: 0 f32, 1 f16, 2 q8, 3 q4 (rotated or not).
+    fn code(self) -> u32 {
+        match self {
+            KvFormat::F32 => 0,
+            KvFormat::F16 => 1,
+            KvFormat::Q8 | KvFormat::Q8Rot => 2,
+            KvFormat::Q4 | KvFormat::Q4Rot => 3,
+        }
+    }
+
+    /// Checks that heads of `head_dim` can be stored: the rotated formats need a power of
+    /// two.
+    pub fn check_head_dim(self, head_dim: usize) -> Result<(), KvError> {
+        if self.rotated() && !head_dim.is_power_of_two() {
+            return Err(KvError::RotationHeadDim {
+                format: self,
+                head_dim,
+            });
+        }
+        Ok(())
+    }
+
+    /// The words the cache holds for one head `x` (`head_words(x.len())` of them), as
+    /// kv_write stores them.
+    ///
+    /// # Panics
+    /// If the format is rotated and `x.len()` is not a power of two.
+    pub fn encode_head(self, x: &[f32]) -> Vec<u32> {
+        let hd = x.len();
+        let mut words = vec![0u32; self.head_words(hd)];
+        let Some(max_level) = self.max_level() else {
+            for (i, &v) in x.iter().enumerate() {
+                match self {
+                    KvFormat::F32 => words[i] = v.to_bits(),
+                    _ => {
+                        words[i / 2] |=
+                            u32::from(half::f16::from_f32(v).to_bits()) << (16 * (i % 2))
+                    }
+                }
+            }
+            return words;
+        };
+        let mut y = x.to_vec();
+        if self.rotated() {
+            assert!(hd.is_power_of_two(), "rotation of head_dim {hd}");
+            fwht(&mut y);
+            let norm = rotation_norm(hd);
+            y.iter_mut().for_each(|v| *v *= norm);
+        }
+        let amax = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax * level_inv(max_level);
+        words[0] = scale.to_bits();
+        let (bits, per_word) = (self.bits(), 32 / self.bits());
+        for (i, &v) in y.iter().enumerate() {
+            let l = level(v, scale, max_level);
+            let stored = if bits == 8 {
+                l as i8 as u8 as u32
+            } else {
+                (l + 8) as u32
+            };
+            words[1 + i / per_word] |= stored << (bits * (i % per_word));
+        }
+        if bits == 4 {
+            // Padding nibbles hold level 0, stored as 8.
+            for i in hd..(words.len() - 1) * per_word {
+                words[1 + i / per_word] |= 8 << (bits * (i % per_word));
+            }
+        }
+        words
+    }
+
+    /// The head the words of [`Self::encode_head`] stand for: the stored values, rotated
+    /// back for the rotated formats (attention with rotated q and a rotated-back output
+    /// computes exactly the attention over these).
+    pub fn decode_head(self, words: &[u32], head_dim: usize) -> Vec<f32> {
+        let Some(_) = self.max_level() else {
+            return (0..head_dim)
+                .map(|i| match self {
+                    KvFormat::F32 => f32::from_bits(words[i]),
+                    _ => half::f16::from_bits((words[i / 2] >> (16 * (i % 2))) as u16).to_f32(),
+                })
+                .collect();
+        };
+        let scale = f32::from_bits(words[0]);
+        let (bits, per_word) = (self.bits(), 32 / self.bits());
+        let mut y: Vec<f32> = (0..head_dim)
+            .map(|i| {
+                let w = words[1 + i / per_word] >> (bits * (i % per_word));
+                let l = if bits == 8 {
+                    w as u8 as i8 as i32
+                } else {
+                    (w & 0xf) as i32 - 8
+                };
+                l as f32 * scale
+            })
+            .collect();
+        if self.rotated() {
+            fwht(&mut y);
+            let norm = rotation_norm(head_dim);
+            y.iter_mut().for_each(|v| *v *= norm);
+        }
+        y
+    }
+
+    /// Replaces each head of `row` (heads of `head_dim` values) by what the cache holds for
+    /// it, as [`Self::decode_head`] reads it back: what the CPU decoder attends over.
+    pub fn store(self, row: &mut [f32], head_dim: usize) {
+        match self {
+            KvFormat::F32 => {}
+            KvFormat::F16 => row
+                .iter_mut()
+                .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+            _ => {
+                for head in row.chunks_exact_mut(head_dim) {
+                    let back = self.decode_head(&self.encode_head(head), head_dim);
+                    head.copy_from_slice(&back);
+                }
+            }
         }
     }
 
@@ -122,23 +364,33 @@ impl KvFormat {
         match self {
             KvFormat::F32 => "f32",
             KvFormat::F16 => "f16",
+            KvFormat::Q8 => "q8",
+            KvFormat::Q4 => "q4",
+            KvFormat::Q8Rot => "q8r",
+            KvFormat::Q4Rot => "q4r",
         }
+    }
+}
+
+impl std::fmt::Display for KvFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 impl std::str::FromStr for KvFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(KvFormat::F32),
-            "f16" => Ok(KvFormat::F16),
-            other => Err(format!("KV cache format `{other}`: expected f32 or f16")),
-        }
+    type Err = KvError;
+    fn from_str(s: &str) -> Result<Self, KvError> {
+        KvFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| KvError::UnknownFormat(s.to_string()))
     }
 }
 
 /// The attention problem: `heads` heads of `head_dim`, and a KV cache of `max_seqs`
-/// sequences by `max_pos` positions, each buffer [max_seqs, max_pos, d] values of `kv`.
+/// sequences by `max_pos` positions, each buffer [max_seqs, max_pos, heads] head blocks
+/// of `kv` ([`KvFormat::head_words`] u32 words each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {
     pub heads: usize,
@@ -158,8 +410,7 @@ impl AttnShape {
     pub fn cache_bytes(&self) -> u64 {
         self.max_seqs as u64
             * self.max_pos as u64
-            * self.d() as u64
-            * self.kv.bytes_per_value() as u64
+            * self.kv.position_bytes(self.heads, self.head_dim)
     }
 
     /// Bytes of `rows` activation rows ([rows, d]).
@@ -185,6 +436,9 @@ impl AttnShape {
                 self.d()
             ));
         }
+        if let Err(e) = self.kv.check_head_dim(self.head_dim) {
+            return bad(e.to_string());
+        }
         if self.max_seqs == 0 || self.max_pos == 0 {
             return bad(format!(
                 "the cache needs at least one sequence and one position (max_seqs {}, max_pos {})",
@@ -196,7 +450,7 @@ impl AttnShape {
             .max_seqs
             .checked_mul(self.max_pos)
             .and_then(|n| n.checked_mul(self.d()));
-        if elems.is_none_or(|n| n > u32::MAX as usize) {
+        if elems.is_none_or(|n| n > u32::MAX as usize) || self.cache_bytes() / 4 > u32::MAX as u64 {
             return bad(format!(
                 "a cache of {} x {} x {} values exceeds 32-bit indexing",
                 self.max_seqs,
@@ -278,7 +532,8 @@ impl AttnTile {
     fn key(&self, shape: AttnShape, partial: bool) -> PipelineKey {
         PipelineKey::new(Shader::Attention, "attend")
             .with("HD", shape.head_dim as u32)
-            .with_flag("KV_F16", shape.kv == KvFormat::F16)
+            .with("KV", shape.kv.code())
+            .with_flag("KV_ROT", shape.kv.rotated())
             .with("WG", ATTEND_WORKGROUP as u32)
             .with("TQ", self.rows as u32)
             .with("TK", self.keys as u32)
@@ -411,8 +666,9 @@ impl<'g> Attention<'g> {
     }
 
     /// Records `k_cache[seq][pos] = k[r]` and `v_cache[seq][pos] = v[r]` for every row r
-    /// = (seq, pos) of `rows`; `k`, `v` are [rows, d], the caches f32 [max_seqs, max_pos, d].
-    /// Two rows with the same (seq, pos) race.
+    /// = (seq, pos) of `rows`; `k`, `v` are [rows, d], the caches hold `shape.kv`
+    /// ([`AttnShape::cache_bytes`]; the quantized formats rotate, scale and pack each head
+    /// as [`KvFormat::encode_head`]). Two rows with the same (seq, pos) race.
     #[allow(clippy::too_many_arguments)]
     pub fn encode_kv_write<'a>(
         &self,
@@ -449,15 +705,25 @@ impl<'g> Attention<'g> {
         if rows.is_empty() {
             return Ok(());
         }
-        let key = PipelineKey::new(Shader::Attention, "kv_write")
+        // f32 and f16: one invocation per value pair; the quantized formats: one per
+        // (row, head, k or v), which holds the head to rotate it and find its scale.
+        let (entry, wg, invocations) = match shape.kv.max_level() {
+            None => (
+                "kv_write",
+                ELEMENTWISE_WORKGROUP,
+                rows.len() * shape.d() / 2,
+            ),
+            Some(_) => ("kv_quant", QUANT_WORKGROUP, rows.len() * shape.heads * 2),
+        };
+        let key = PipelineKey::new(Shader::Attention, entry)
             .with("HD", shape.head_dim as u32)
-            .with("EW_WG", ELEMENTWISE_WORKGROUP)
-            .with_flag("KV_F16", shape.kv == KvFormat::F16);
+            .with("EW_WG", wg)
+            .with("KV", shape.kv.code())
+            .with_flag("KV_ROT", shape.kv.rotated());
         let pipeline = self.gpu.pipeline(&key, &KV_BINDINGS)?;
-        let pairs = rows.len() * shape.d() / 2;
         let grid = self.gpu.grid(
             "attention kv_write",
-            pairs.div_ceil(ELEMENTWISE_WORKGROUP as usize) as u32,
+            invocations.div_ceil(wg as usize) as u32,
         )?;
         let params = self.gpu.uniform(
             "attention kv_write params",
@@ -632,6 +898,10 @@ impl<'g> Attention<'g> {
             src_stride: shape.d() as u32 / 2,
             src_off: 0,
             src_off2: 0,
+            rot_norm: rotation_norm(shape.head_dim),
+            level_inv: shape.kv.max_level().map_or(0.0, level_inv),
+            pad0: 0,
+            pad1: 0,
         }
     }
 
@@ -836,7 +1106,15 @@ mod tests {
                     v = (0..hd).fold(v, |m, c| m.max(v_cache[at + c].abs() as f64));
                 }
                 let n = pos as f64 + 1.0;
-                tol.push(eps * v * (2.0 * (hd as f64 + 1.0) * a + 4.0 * n + 32.0));
+                let mut t = eps * v * (2.0 * (hd as f64 + 1.0) * a + 4.0 * n + 32.0);
+                if shape.kv.rotated() {
+                    // Rotating q and the output (log2(hd) butterfly stages, each adding an
+                    // error of eps times a sum that grows to sqrt(hd) times a value) and the
+                    // reference's own rotation back of the stored heads.
+                    let stages = hd.ilog2() as f64 + 1.0;
+                    t = stages * (t + eps * v * 4.0 * hd as f64 * (a + 1.0));
+                }
+                tol.push(t);
             }
         }
         tol
@@ -1152,9 +1430,8 @@ mod tests {
                 gpu.submit_and_wait(enc).unwrap();
                 let got: Vec<f32> = gpu.read(&out, rows.len() * d).unwrap();
                 kv_write_reference(&k, &v, rows, &mut kc, &mut vc, shape);
-                for x in kc.iter_mut().chain(vc.iter_mut()) {
-                    *x = KvFormat::F16.round(*x);
-                }
+                KvFormat::F16.store(&mut kc, shape.head_dim);
+                KvFormat::F16.store(&mut vc, shape.head_dim);
                 let what = if i == 0 { "f16 prefill" } else { "f16 decode" };
                 check(&gpu, what, &got, &q, &kc, &vc, rows, shape);
             }
@@ -1412,6 +1689,253 @@ mod tests {
                     _ => run(which, (&rows, &b, &b, &cache), &tb, shape),
                 };
                 assert!(msg.contains("must be a buffer of its own"), "{msg}");
+            }
+        }
+    }
+
+    /// Packs levels as the quantized formats store them: q8 bytes, q4 nibbles of level + 8.
+    fn pack(kv: KvFormat, levels: &[i32]) -> Vec<u32> {
+        let (bits, per_word) = (kv.bits(), 32 / kv.bits());
+        let mut words = vec![0u32; levels.len().div_ceil(per_word)];
+        for i in 0..words.len() * per_word {
+            let l = levels.get(i).copied().unwrap_or(0);
+            let stored = if bits == 8 {
+                l as u8 as u32
+            } else {
+                (l + 8) as u32
+            };
+            words[i / per_word] |= stored << (bits * (i % per_word));
+        }
+        words
+    }
+
+    #[test]
+    fn quantized_heads_pack_levels_and_an_f32_scale() {
+        // amax 127 (q8) or 7 (q4): the levels are the values themselves.
+        let q8 = [127.0, -64.0, 3.0, 0.0, -127.0, 1.0];
+        let words = KvFormat::Q8.encode_head(&q8);
+        assert_eq!(KvFormat::Q8.head_words(6), 3);
+        assert_eq!(words[0], (127.0 * level_inv(127)).to_bits());
+        assert_eq!(words[1..], [0x0003_c07f, 0x0000_0181]);
+        assert_eq!(words[1..], pack(KvFormat::Q8, &[127, -64, 3, 0, -127, 1]));
+        let q4 = [7.0, -7.0, 3.0, 0.0, 1.0, -2.0, 5.0, -4.0, 2.0];
+        let words = KvFormat::Q4.encode_head(&q4);
+        assert_eq!(words[0], (7.0 * level_inv(7)).to_bits());
+        // Nibbles low first, level + 8; the second word padded with level 0 (8).
+        assert_eq!(words[1..], [0x4d69_8b1f, 0x8888_888a]);
+        for (kv, x) in [(KvFormat::Q8, &q8[..]), (KvFormat::Q4, &q4[..])] {
+            let back = kv.decode_head(&kv.encode_head(x), x.len());
+            let scale = f32::from_bits(kv.encode_head(x)[0]);
+            for (b, v) in back.iter().zip(x) {
+                assert_eq!(*b, v.round() * scale, "{kv}");
+            }
+        }
+        // An all-zero head: scale 0, every level 0.
+        let words = KvFormat::Q4.encode_head(&[0.0; 8]);
+        assert_eq!(words, [0, 0x8888_8888]);
+        assert_eq!(KvFormat::Q4.decode_head(&words, 8), [0.0; 8]);
+        // Rotated: e0 becomes (1/2)(1, 1, 1, 1), every level 127, and rotates back to e0
+        // within a level step.
+        let words = KvFormat::Q8Rot.encode_head(&[1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(words[0], (0.5 * level_inv(127)).to_bits());
+        assert_eq!(words[1], 0x7f7f_7f7f);
+        let back = KvFormat::Q8Rot.decode_head(&words, 4);
+        for (b, want) in back.iter().zip([1.0, 0.0, 0.0, 0.0]) {
+            assert!((b - want).abs() < 1e-6, "{back:?}");
+        }
+        // f32 and f16 blocks hold the values themselves.
+        assert_eq!(KvFormat::F16.encode_head(&[1.0, -2.0]), [0xc000_3c00]);
+        assert_eq!(KvFormat::F32.decode_head(&[0x3f80_0000], 1), [1.0]);
+    }
+
+    #[test]
+    fn kv_formats_parse_by_name_and_check_rotation_sizes() {
+        for kv in KvFormat::ALL {
+            assert_eq!(kv.name().parse::<KvFormat>(), Ok(kv));
+            let json = serde_json::to_string(&kv).unwrap();
+            assert_eq!(json, format!("\"{kv}\""));
+        }
+        let e = "f16r".parse::<KvFormat>().unwrap_err().to_string();
+        assert!(e.contains("`f16r`") && e.contains("no rotated form"), "{e}");
+        assert_eq!(
+            KvFormat::Q4Rot.check_head_dim(12),
+            Err(KvError::RotationHeadDim {
+                format: KvFormat::Q4Rot,
+                head_dim: 12
+            })
+        );
+        assert!(
+            KvFormat::Q4.check_head_dim(12).is_ok() && KvFormat::Q8Rot.check_head_dim(64).is_ok()
+        );
+        let shape = AttnShape {
+            heads: 2,
+            head_dim: 12,
+            max_seqs: 1,
+            max_pos: 4,
+            kv: KvFormat::Q8Rot,
+        };
+        let e = shape.validate().unwrap_err().to_string();
+        assert!(e.contains("power-of-two head_dim"), "{e}");
+        // Bytes per position and head: f32 4 hd, f16 2 hd, q8 hd + 4, q4 hd / 2 + 4.
+        let bytes: Vec<u64> = KvFormat::ALL
+            .iter()
+            .map(|k| k.position_bytes(1, 32))
+            .collect();
+        assert_eq!(bytes, [128, 64, 36, 20, 36, 20]);
+    }
+
+    /// Asserts that the GPU's words of one head equal `kv.encode_head(x)`: the scale bit
+    /// for bit, each level equal or, where x / scale lies within float rounding of a
+    /// half-way point (the GPU's division need not round correctly), one step away.
+    fn assert_head_words(gpu: &Gpu, kv: KvFormat, x: &[f32], got: &[u32], what: &str) {
+        let want = kv.encode_head(x);
+        assert_eq!(got[0], want[0], "{what} {kv} scale on {}", gpu.describe());
+        let mut y = x.to_vec();
+        if kv.rotated() {
+            fwht(&mut y);
+            let norm = rotation_norm(x.len());
+            y.iter_mut().for_each(|v| *v *= norm);
+        }
+        let scale = f32::from_bits(want[0]);
+        let unpack = |w: &[u32]| -> Vec<i32> {
+            let (bits, per) = (kv.bits(), 32 / kv.bits());
+            (0..x.len())
+                .map(|i| {
+                    let f = w[1 + i / per] >> (bits * (i % per));
+                    if bits == 8 {
+                        f as u8 as i8 as i32
+                    } else {
+                        (f & 0xf) as i32 - 8
+                    }
+                })
+                .collect()
+        };
+        let (g, w) = (unpack(got), unpack(&want));
+        for i in 0..x.len() {
+            let q = y[i] as f64 / scale as f64;
+            let near_tie = (q - q.floor() - 0.5).abs() < 1e-5;
+            assert!(
+                g[i] == w[i] || ((g[i] - w[i]).abs() == 1 && near_tie),
+                "{what} {kv} value {i} on {}: level {} vs {} ({q})",
+                gpu.describe(),
+                g[i],
+                w[i]
+            );
+        }
+        // Padding and the whole words past the levels match too.
+        let per = 32 / kv.bits();
+        if !x.len().is_multiple_of(per) {
+            let last = want.len() - 1;
+            let pad_mask = !0u32 << (kv.bits() * (x.len() % per));
+            assert_eq!(
+                got[last] & pad_mask,
+                want[last] & pad_mask,
+                "{what} {kv} padding"
+            );
+        }
+    }
+
+    #[test]
+    fn quantized_caches_store_like_the_cpu_and_attend_like_the_reference() {
+        // (format, heads, head_dim): odd head sizes without rotation (q8 of 10 pads its
+        // last word, q4 of 24 its last nibbles), powers of two with it.
+        let cases = [
+            (KvFormat::Q8, 3, 10),
+            (KvFormat::Q4, 3, 24),
+            (KvFormat::Q8Rot, 3, 16),
+            (KvFormat::Q4Rot, 2, 32),
+        ];
+        // A prompt per sequence (prefill), then one row each (decode, split in 3 chunks).
+        let first = runs(&[(1, 0, 9), (0, 0, 4)]);
+        let next = [(1u32, 9u32), (0, 4)];
+        for gpu in test_gpus() {
+            let attn = Attention::new(&gpu).unwrap().with_decode_chunk(4).unwrap();
+            for (c, &(kv, heads, head_dim)) in cases.iter().enumerate() {
+                let shape = AttnShape {
+                    heads,
+                    head_dim,
+                    max_seqs: 2,
+                    max_pos: 12,
+                    kv,
+                };
+                let (d, hw) = (shape.d(), kv.head_words(head_dim));
+                let words = (shape.cache_bytes() / 4) as usize;
+                assert_eq!(words, 2 * 12 * heads * hw);
+                let zeros = vec![0u32; words];
+                let kcb = gpu
+                    .upload(MemoryCategory::Activations, "k cache", &zeros)
+                    .unwrap();
+                let vcb = gpu
+                    .upload(MemoryCategory::Activations, "v cache", &zeros)
+                    .unwrap();
+                for (i, rows) in [&first[..], &next[..]].into_iter().enumerate() {
+                    // q, k and v side by side, as the decoder's fused projection writes them;
+                    // k scaled up so heads differ in scale, v with an outlier per row.
+                    let seed = 100 * c as u64 + 10 * i as u64;
+                    let mut fused = test_values(rows.len() * 3 * d, seed);
+                    for (r, row) in fused.chunks_mut(3 * d).enumerate() {
+                        row[d..2 * d].iter_mut().for_each(|v| *v *= 4.0);
+                        row[2 * d + (r * 7) % d] = 9.0;
+                    }
+                    let col = |k: usize| -> Vec<f32> {
+                        fused
+                            .chunks(3 * d)
+                            .flat_map(|r| r[k * d..(k + 1) * d].to_vec())
+                            .collect()
+                    };
+                    let (q, k, v) = (col(0), col(1), col(2));
+                    let fb = upload(&gpu, "qkv", &fused);
+                    let tb = table(&gpu, rows);
+                    let out = upload(&gpu, "out", &vec![0f32; rows.len() * d]);
+                    let mut enc = gpu.encoder("quantized cache test");
+                    {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        let (qc, kc, vc) = (
+                            Cols::new(&fb, 3 * d, 0),
+                            Cols::new(&fb, 3 * d, d),
+                            Cols::new(&fb, 3 * d, 2 * d),
+                        );
+                        attn.encode_kv_write(&mut pass, kc, vc, &tb, rows, &kcb, &vcb, shape)
+                            .unwrap();
+                        if i == 0 {
+                            attn.encode_prefill(&mut pass, qc, &kcb, &vcb, &tb, rows, &out, shape)
+                        } else {
+                            attn.encode_decode(&mut pass, qc, &kcb, &vcb, &tb, rows, &out, shape)
+                        }
+                        .unwrap();
+                    }
+                    gpu.submit_and_wait(enc).unwrap();
+                    let got: Vec<f32> = gpu.read(&out, rows.len() * d).unwrap();
+                    let got_k: Vec<u32> = gpu.read(&kcb, words).unwrap();
+                    let got_v: Vec<u32> = gpu.read(&vcb, words).unwrap();
+                    let what = if i == 0 { "prefill" } else { "decode" };
+                    // The stored heads, against the CPU's encoding of each.
+                    for (r, &(seq, pos)) in rows.iter().enumerate() {
+                        for h in 0..heads {
+                            let blk = ((seq as usize * 12 + pos as usize) * heads + h) * hw;
+                            let x = |src: &[f32]| src[r * d + h * head_dim..][..head_dim].to_vec();
+                            assert_head_words(&gpu, kv, &x(&k), &got_k[blk..blk + hw], what);
+                            assert_head_words(&gpu, kv, &x(&v), &got_v[blk..blk + hw], what);
+                        }
+                    }
+                    // Attention over what the GPU stored, read back as the CPU decoder does.
+                    let decode = |w: &[u32]| -> Vec<f32> {
+                        w.chunks(hw)
+                            .flat_map(|b| kv.decode_head(b, head_dim))
+                            .collect()
+                    };
+                    let (kc, vc) = (decode(&got_k), decode(&got_v));
+                    check(
+                        &gpu,
+                        &format!("{kv} {what}"),
+                        &got,
+                        &q,
+                        &kc,
+                        &vc,
+                        rows,
+                        shape,
+                    );
+                }
             }
         }
     }
