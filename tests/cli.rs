@@ -167,6 +167,25 @@ fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
                     .iter()
                     .all(|p| p.skipped.is_none() && p.memory_gain > 0.0)
             );
+            // The Hadamard model in f16, q8 and q4: fewer weight bytes and fewer bytes
+            // read per token, in that order.
+            let formats: Vec<(&str, u64, f64)> = ["f16", "q8", "q4"]
+                .into_iter()
+                .map(|w| {
+                    let d = report
+                        .decoder
+                        .iter()
+                        .find(|d| d.variant == "hadamard/dense" && d.weights.name() == w)
+                        .unwrap_or_else(|| panic!("no hadamard/dense {w} row"));
+                    (w, d.weight_bytes, d.bytes_per_token)
+                })
+                .collect();
+            assert!(
+                formats
+                    .windows(2)
+                    .all(|p| p[0].1 > p[1].1 && p[0].2 > p[1].2 && p[1].2 > 0.0),
+                "{formats:?}"
+            );
             let slug = report.slug();
             for suffix in [".md", "-gains.svg", "-kernels.svg"] {
                 assert!(

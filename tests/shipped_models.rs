@@ -2,6 +2,10 @@
 //! on held-out text, on the CPU and on every software adapter, and the greedy text of the
 //! default model and of the residual-MLP query model is pinned (golden) on all of them.
 //!
+//! `shakespeare-hadamard-q4` is the default model quantized: checked byte for byte against
+//! quantizing it again (its held-out loss and greedy text then follow from the quantizer's
+//! own tests and the browser test, without another slow pass here).
+//!
 //! The trainer's figures are in `models/<name>/heldout_eval.json`, written by
 //! `walsh-train eval --json` on the first [`EVAL_BYTES`] bytes of
 //! `models/shakespeare-heldout.txt` (see each model's README for the command).
@@ -13,6 +17,8 @@ use walsh::gpu::{AdapterSelector, Gpu};
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{CpuBatch, Decoder, GenerateOptions, generate};
 use walsh::model::gpu::GpuDecoder;
+use walsh::model::init::write_files;
+use walsh::model::quant::{QuantFormat, quantize_model};
 use walsh::model::weights::Model;
 use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
@@ -145,4 +151,26 @@ fn greedy_text_is_golden(name: &str, gpus: &[Gpu]) {
         let got = text(&mut GpuDecoder::new(gpu, &model, 1, context, KvFormat::default()).unwrap());
         assert_eq!(got, golden, "{name}: greedy text on {}", gpu.describe());
     }
+}
+
+#[test]
+fn the_q4_model_is_the_default_model_quantized_byte_for_byte() {
+    // What `walsh quantize --model models/shakespeare-hadamard --weights q4` writes.
+    let (config, tensors, summary) =
+        quantize_model(&load("shakespeare-hadamard"), QuantFormat::Q4).unwrap();
+    assert_eq!(summary.matrices, 4 * 6); // q, k, v, gate, up, down of 4 layers
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), &config, &tensors).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        let shipped = root().join("models/shakespeare-hadamard-q4").join(file);
+        assert!(
+            std::fs::read(dir.path().join(file)).unwrap() == std::fs::read(&shipped).unwrap(),
+            "{} differs from quantizing models/shakespeare-hadamard again",
+            shipped.display()
+        );
+    }
+    // And it loads, as the packed q4 model the GPU decoder reads.
+    let q4 = load("shakespeare-hadamard-q4");
+    let k = &q4.weights.layers[0].k_proj;
+    assert_eq!(k.format(), walsh::ops::WeightFormat::Q4);
 }

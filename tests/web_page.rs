@@ -41,25 +41,29 @@ fn models_json_lists_exactly_the_shipped_models() {
 }
 
 #[test]
-fn models_json_hashes_match_the_files() {
+fn models_json_hashes_and_sizes_match_the_files() {
     // The page keys its model cache by these and refuses a download that differs: a
-    // retrained model needs its new hashes here (`sha256sum models/*/*`).
+    // retrained model needs its new hashes here (`sha256sum models/*/*`). `bytes` is the
+    // download the model selector shows: model.safetensors and config.json together.
     use sha2::{Digest, Sha256};
     let text = std::fs::read_to_string(root().join("web/models.json")).unwrap();
     let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     for m in &list {
         let url = m["url"].as_str().unwrap();
+        let mut download = 0;
         for (file, field) in [
             ("model.safetensors", "sha256"),
             ("config.json", "config_sha256"),
         ] {
             let bytes = std::fs::read(root().join(url).join(file)).unwrap();
+            download += bytes.len() as u64;
             let hash: String = Sha256::digest(&bytes)
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
             assert_eq!(m[field].as_str(), Some(hash.as_str()), "{url}/{file}");
         }
+        assert_eq!(m["bytes"].as_u64(), Some(download), "{url}: bytes");
     }
 }
 

@@ -107,7 +107,8 @@ async function main() {
   for (const m of state.models) {
     const option = document.createElement('option');
     option.value = m.url;
-    option.textContent = m.name;
+    // The download size (models.json's `bytes`: weights and config) beside the name.
+    option.textContent = m.bytes ? `${m.name} — ${mib(m.bytes)}` : m.name;
     select.append(option);
   }
   const params = new URLSearchParams(location.search);

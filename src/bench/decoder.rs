@@ -8,9 +8,12 @@ use serde::{Deserialize, Serialize};
 use super::measure::Stats;
 use super::{BenchError, BenchOptions};
 use crate::gpu::{Gpu, GpuError};
+use crate::model::fit::{BufferLimits, ROPE_TABLE, TooLarge, decoder_buffers};
 use crate::model::generate::{GenerateOptions, generate_async};
 use crate::model::gpu::GpuDecoder;
 use crate::model::init::random_model;
+use crate::model::quant::quantized_by_default;
+use crate::model::weights::{Model, expected_tensors};
 use crate::model::{AttnOutput, Config, ModelError, Query};
 use crate::ops::WeightFormat;
 use crate::ops::attention::KvFormat;
@@ -28,13 +31,17 @@ pub struct DecoderCase {
     pub prompt: usize,
     pub new_tokens: usize,
     pub kv_cache: KvFormat,
+    /// The layer matrices' format (f16, or q8 / q4 blocks); the embedding and lm_head stay
+    /// f16, as `walsh quantize` leaves them.
+    pub weights: WeightFormat,
 }
 
 impl DecoderCase {
     pub fn label(&self) -> String {
         format!(
-            "{} d={} L={} batch={} prompt={}",
+            "{} {} d={} L={} batch={} prompt={}",
             self.config().variant(),
+            self.weights.name(),
             self.d_model,
             self.layers,
             self.batch,
@@ -42,7 +49,42 @@ impl DecoderCase {
         )
     }
 
-    /// The model: heads of 64 (fewer when d is small), FFN 3 d, byte vocabulary, f16.
+    /// Checks every buffer the case's decoder would hold ([`planned_buffers`]: weights
+    /// in the case's format, the KV cache of its batch and context) against `limits`,
+    /// without building the model: at d_model 4096 the f16 gate + up matrix (192 MiB)
+    /// exceeds a 128 MiB storage binding, the q4 one (54 MiB) does not.
+    pub fn check_fits(&self, limits: BufferLimits) -> Result<(), TooLarge> {
+        let context = self.prompt + self.new_tokens;
+        let buffers = planned_buffers(
+            &self.config(),
+            self.weights,
+            self.batch,
+            context,
+            self.kv_cache,
+        );
+        for (what, bytes) in buffers {
+            for (limit_name, limit) in [
+                (
+                    "maxStorageBufferBindingSize",
+                    limits.max_storage_buffer_binding_size,
+                ),
+                ("maxBufferSize", limits.max_buffer_size),
+            ] {
+                if bytes > limit {
+                    return Err(TooLarge {
+                        what,
+                        bytes,
+                        limit_name,
+                        limit,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The model: heads of 64 (fewer when d is small), FFN 3 d, byte vocabulary; its
+    /// matrices in [`DecoderCase::weights`].
     pub fn config(&self) -> Config {
         let d = self.d_model;
         Config {
@@ -85,6 +127,17 @@ pub struct DecoderResult {
     pub dispatches_per_token: f64,
     #[serde(default)]
     pub readbacks_per_token: f64,
+    /// The layer matrices' format (reports before this field ran f16).
+    #[serde(default = "super::f16_weights")]
+    pub weights: WeightFormat,
+    /// Bytes of every weight buffer the decoder holds on the GPU (0 in reports before
+    /// this field).
+    #[serde(default)]
+    pub weight_bytes: u64,
+    /// Bytes a decode step reads per decoded token, from the buffer sizes (see
+    /// [`decode_bytes_per_token`]; 0 in reports before this field).
+    #[serde(default)]
+    pub bytes_per_token: f64,
 }
 
 /// The decoder suite: the two output projections and the query variants.
@@ -94,15 +147,7 @@ pub fn decoder_cases(options: &BenchOptions) -> Vec<DecoderCase> {
     } else {
         (512, 4, 64, 16)
     };
-    [
-        (AttnOutput::Dense, Query::Dense),
-        (AttnOutput::Hadamard, Query::Dense),
-        (AttnOutput::Hadamard, Query::Identity),
-        (AttnOutput::Hadamard, Query::ResidualMlp),
-        (AttnOutput::Dense, Query::Identity),
-    ]
-    .into_iter()
-    .map(|(attn_output, query)| DecoderCase {
+    let case = |attn_output, query, weights| DecoderCase {
         attn_output,
         query,
         d_model,
@@ -111,8 +156,147 @@ pub fn decoder_cases(options: &BenchOptions) -> Vec<DecoderCase> {
         prompt,
         new_tokens,
         kv_cache: options.kv_cache,
-    })
-    .collect()
+        weights,
+    };
+    let mut cases: Vec<DecoderCase> = [
+        (AttnOutput::Dense, Query::Dense),
+        (AttnOutput::Hadamard, Query::Dense),
+        (AttnOutput::Hadamard, Query::Identity),
+        (AttnOutput::Hadamard, Query::ResidualMlp),
+        (AttnOutput::Dense, Query::Identity),
+    ]
+    .into_iter()
+    .map(|(attn_output, query)| case(attn_output, query, options.weights))
+    .collect();
+    // The weight formats side by side: the Hadamard model (the same random model, seed 1)
+    // in each format the run has not measured yet.
+    cases.extend(
+        WEIGHT_FORMATS
+            .into_iter()
+            .filter(|&w| w != options.weights)
+            .map(|w| case(AttnOutput::Hadamard, Query::Dense, w)),
+    );
+    cases
+}
+
+/// The formats the decoder suite compares: f16 and the block-quantized q8 and q4.
+pub const WEIGHT_FORMATS: [WeightFormat; 3] =
+    [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4];
+
+/// Bytes one decode step reads per decoded token, averaged over the decode steps of a
+/// generation of `new_tokens` tokens after a `prompt`-token prompt in each of `batch`
+/// sequences, counted from the buffers the GPU decoder holds ([`decoder_buffers`]):
+///
+/// - every weight buffer once per step, shared by the batch (each matrix is read whole
+///   by the step's matrix products; norms and the Hadamard affine are small vectors),
+///   except the embedding table, of which a step reads one row per sequence (a tied
+///   lm_head reads it whole, as the head);
+/// - per sequence, the keys and values of every position up to the fed token, in each
+///   layer: `2 x layers x (p + 1) x d x` the cache's bytes per value at position `p`.
+///   The decode steps feed positions `prompt .. prompt + new_tokens - 1` (the prefill
+///   samples the first token), so `p + 1` averages `prompt + new_tokens / 2`.
+///
+/// Activations (a few vectors of d per token) and writes are left out: at decode the
+/// weights and the cache are what the step streams from memory.
+pub fn decode_bytes_per_token(
+    model: &Model,
+    batch: usize,
+    prompt: usize,
+    new_tokens: usize,
+    kv: KvFormat,
+) -> f64 {
+    let c = &model.config;
+    let w = &model.weights;
+    let weights = weight_bytes(model);
+    let embed = decoder_buffers(model, 1, 1, kv)[0].1;
+    let embed_row = (w.embed_tokens.stored_bytes() / c.vocab_size) as u64;
+    // A step reads the rope table at each sequence's position only.
+    let rope_row = (c.head_dim() / 2 * 8) as u64;
+    let tied = w.lm_head.is_none();
+    let per_step =
+        weights - embed + batch as u64 * (embed_row + rope_row) + if tied { embed } else { 0 };
+    let positions = prompt as f64 + new_tokens as f64 / 2.0;
+    let kv_per_token = 2.0
+        * c.num_hidden_layers as f64
+        * positions
+        * kv.position_bytes(c.num_attention_heads, c.head_dim()) as f64;
+    per_step as f64 / batch as f64 + kv_per_token
+}
+
+/// The matrices the GPU decoder stacks into one buffer: (name suffix, the stack's).
+const STACKS: [(&str, &str); 5] = [
+    (".self_attn.q_proj.weight", ".self_attn.qkv"),
+    (".self_attn.k_proj.weight", ".self_attn.qkv"),
+    (".self_attn.v_proj.weight", ".self_attn.qkv"),
+    (".mlp.gate_proj.weight", ".mlp.gate_up"),
+    (".mlp.up_proj.weight", ".mlp.gate_up"),
+];
+
+/// Bytes of the model's weight buffers in [`decoder_buffers`] (all but the rope table and
+/// the KV cache).
+pub fn weight_bytes(model: &Model) -> u64 {
+    let buffers = decoder_buffers(model, 1, 1, KvFormat::F16);
+    buffers[..buffers.len() - 1]
+        .iter()
+        .filter(|b| !b.0.starts_with(ROPE_TABLE))
+        .map(|b| b.1)
+        .sum()
+}
+
+/// The buffers [`decoder_buffers`] lists for a [`random_model`] of `config` in `format`
+/// with a cache of `seqs` x `positions`, from the config alone: a grid cell beyond the
+/// adapter's limits is skipped before its random model (up to gigabytes at d_model 4096)
+/// is built. Matrices take `format` where `walsh quantize` would quantize them, f16 (f32
+/// for an f32 model) elsewhere; vectors are f32; q, k, v and gate, up are stacked.
+pub fn planned_buffers(
+    config: &Config,
+    format: WeightFormat,
+    seqs: usize,
+    positions: usize,
+    kv: KvFormat,
+) -> Vec<(String, u64)> {
+    let matrix_format = |name: &str, shape: &[usize]| match format {
+        WeightFormat::Q8 | WeightFormat::Q4 if !quantized_by_default(name, shape) => {
+            WeightFormat::F16
+        }
+        f => f,
+    };
+    let mut out = Vec::new();
+    let mut stacks: Vec<(String, WeightFormat, usize, usize)> = Vec::new();
+    for (name, shape) in expected_tensors(config) {
+        if shape.len() != 2 {
+            out.push((name, shape.iter().product::<usize>() as u64 * 4));
+            continue;
+        }
+        let f = matrix_format(&name, &shape);
+        let (rows, cols) = (shape[0], shape[1]);
+        let stack = STACKS.iter().find_map(|(suffix, stack)| {
+            name.strip_suffix(suffix)
+                .map(|layer| format!("{layer}{stack}"))
+        });
+        match stack {
+            Some(key) => match stacks.iter_mut().find(|s| s.0 == key) {
+                Some(s) => s.2 += rows,
+                None => stacks.push((key, f, rows, cols)),
+            },
+            None => out.push((name, f.matrix_bytes(rows, cols) as u64)),
+        }
+    }
+    out.extend(
+        stacks
+            .into_iter()
+            .map(|(name, f, rows, cols)| (name, f.matrix_bytes(rows, cols) as u64)),
+    );
+    out.push((
+        ROPE_TABLE.into(),
+        (positions * (config.head_dim() / 2) * 8) as u64,
+    ));
+    out.push((
+        "each layer's key and value cache".into(),
+        (seqs * positions) as u64
+            * kv.position_bytes(config.num_attention_heads, config.head_dim()),
+    ));
+    out
 }
 
 /// A decoder of one case, built and warmed up, ready to be timed.
@@ -131,10 +315,18 @@ impl<'g> Runner<'g> {
     /// activations), whatever else is alive on the device.
     async fn new(gpu: &'g Gpu, case: &DecoderCase) -> Result<Self, BenchError> {
         let config = case.config();
-        let model = random_model(&config, 1, WeightFormat::F16)?;
+        let context = case.prompt + case.new_tokens;
+        // A model too big for the adapter is refused before it is built.
+        case.check_fits(BufferLimits::from(gpu.limits()))
+            .map_err(|e| GpuError::LimitExceeded {
+                what: e.what,
+                requested: e.bytes,
+                limit: e.limit,
+                adapter: gpu.info().name.clone(),
+            })?;
+        let model = random_model(&config, 1, case.weights)?;
         let baseline = gpu.memory().report().current_bytes;
         gpu.memory().reset_peak();
-        let context = case.prompt + case.new_tokens;
         let dec = GpuDecoder::new(gpu, &model, case.batch, context, case.kv_cache)?;
         let prompts = (0..case.batch)
             .map(|s| {
@@ -160,6 +352,15 @@ impl<'g> Runner<'g> {
                 kv_cache: case.kv_cache,
                 dispatches_per_token: 0.0,
                 readbacks_per_token: 0.0,
+                weights: case.weights,
+                weight_bytes: weight_bytes(&model),
+                bytes_per_token: decode_bytes_per_token(
+                    &model,
+                    case.batch,
+                    case.prompt,
+                    case.new_tokens,
+                    case.kv_cache,
+                ),
             },
             dec,
             prompts,
@@ -225,6 +426,7 @@ pub struct PaperCell {
     pub layers: usize,
     pub new_tokens: usize,
     pub kv_cache: KvFormat,
+    pub weights: WeightFormat,
 }
 
 impl PaperCell {
@@ -235,7 +437,8 @@ impl PaperCell {
         )
     }
 
-    fn case(&self, attn_output: AttnOutput) -> DecoderCase {
+    /// The cell's model with `attn_output` (dense query).
+    pub fn case(&self, attn_output: AttnOutput) -> DecoderCase {
         DecoderCase {
             attn_output,
             query: Query::Dense,
@@ -245,6 +448,7 @@ impl PaperCell {
             prompt: self.context - self.new_tokens,
             new_tokens: self.new_tokens,
             kv_cache: self.kv_cache,
+            weights: self.weights,
         }
     }
 }
@@ -294,6 +498,7 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
                     layers: 2,
                     new_tokens,
                     kv_cache: options.kv_cache,
+                    weights: options.weights,
                 });
             }
         }

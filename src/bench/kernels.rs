@@ -269,8 +269,11 @@ pub async fn measure(
             let pairs: usize = table.iter().map(|&(_, p)| p as usize + 1).sum();
             let keys_read = if decode { pairs } else { rows };
             let (n, pairs) = (n as u64, pairs as u64);
-            let kv_bytes = options.kv_cache.bytes_per_value() as u64;
-            let bytes = kv_bytes * 2 * keys_read as u64 * n + 4 * 2 * table.len() as u64 * n;
+            // Keys and values of every key read (values and the quantized formats' scales).
+            let key_bytes = options
+                .kv_cache
+                .position_bytes(n as usize / head_dim, head_dim);
+            let bytes = key_bytes * 2 * keys_read as u64 + 4 * 2 * table.len() as u64 * n;
             (time, bytes, 4 * pairs * n)
         }
         other => {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gpu::{AdapterSummary, Gpu};
 use crate::model::ModelError;
+use crate::ops::WeightFormat;
 use crate::ops::attention::KvFormat;
 
 pub use report::{Report, SCHEMA_VERSION};
@@ -50,10 +51,18 @@ pub struct BenchOptions {
     /// ran f32 caches).
     #[serde(default = "f32_cache")]
     pub kv_cache: KvFormat,
+    /// Weight format of the decoder suite's variants and of the paper grid (reports before
+    /// this field ran f16). The decoder suite compares f16, q8 and q4 whatever this is.
+    #[serde(default = "f16_weights")]
+    pub weights: WeightFormat,
 }
 
 pub(crate) fn f32_cache() -> KvFormat {
     KvFormat::F32
+}
+
+pub(crate) fn f16_weights() -> WeightFormat {
+    WeightFormat::F16
 }
 
 fn all_kernel_widths() -> usize {
@@ -69,6 +78,7 @@ impl BenchOptions {
             max_context: if quick { 128 } else { 2048 },
             max_kernel_n: all_kernel_widths(),
             kv_cache: KvFormat::default(),
+            weights: WeightFormat::F16,
         }
     }
 

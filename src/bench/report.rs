@@ -9,6 +9,7 @@ use super::decoder::{DecoderResult, PaperResult};
 use super::kernels::{KernelResult, Roofline};
 use super::{BenchError, BenchOptions, adapter_slug};
 use crate::gpu::AdapterSummary;
+use crate::ops::WeightFormat;
 
 /// Bumped whenever a field changes meaning or disappears.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -66,8 +67,13 @@ pub struct Report {
 }
 
 impl Report {
+    /// The adapter's slug, with the weight format when it is not f16: a q4 run's files
+    /// sit beside the f16 run's of the same adapter.
     pub fn slug(&self) -> String {
-        adapter_slug(&self.adapter)
+        match self.options.weights {
+            WeightFormat::F16 => adapter_slug(&self.adapter),
+            w => format!("{}-{}", adapter_slug(&self.adapter), w.name()),
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -144,7 +150,7 @@ impl Report {
         let e = &self.environment;
         let _ = writeln!(
             s,
-            "walsh {} ({}), {} {}, {}; driver {} {}; timing: {}; {} KV cache{}\n",
+            "walsh {} ({}), {} {}, {}; driver {} {}; timing: {}; {} weights; {} KV cache{}\n",
             e.walsh_version,
             e.git_commit.as_deref().unwrap_or("commit unknown"),
             e.os,
@@ -153,6 +159,7 @@ impl Report {
             a.driver,
             a.driver_info,
             self.timing,
+            self.options.weights.name(),
             self.options.kv_cache.name(),
             if self.options.quick {
                 "; quick run"
@@ -188,12 +195,13 @@ impl Report {
             s.push('\n');
         }
         if !self.decoder.is_empty() {
-            s.push_str("## Decoder\n\nDispatches and readbacks per decoded token of the decode steps (GPU-resident chunks: one readback per chunk).\n\n| variant | d_model | layers | batch | prompt | params | attention params | prefill tok/s | decode tok/s | peak MiB | KV cache | dispatches / token | readbacks / token |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
+            s.push_str("## Decoder\n\nDispatches and readbacks per decoded token of the decode steps (GPU-resident chunks: one readback per chunk). Weight MiB: every weight buffer on the GPU; read / token: the weight and KV-cache bytes a decode step reads per decoded token, from the buffer sizes (`decode_bytes_per_token` in src/bench/decoder.rs).\n\n| variant | weights | d_model | layers | batch | prompt | params | attention params | prefill tok/s | decode tok/s | peak MiB | weight MiB | read / token KiB | KV cache | dispatches / token | readbacks / token |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
             for d in &self.decoder {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {} | {:.1} | {:.3} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {:.2} | {:.1} | {} | {:.1} | {:.3} |",
                     d.variant,
+                    d.weights.name(),
                     d.d_model,
                     d.layers,
                     d.batch,
@@ -202,16 +210,23 @@ impl Report {
                     d.attention_params,
                     d.prefill_tokens_per_s,
                     d.decode_tokens_per_s,
-                    d.peak_bytes as f64 / (1 << 20) as f64,
+                    mib(d.peak_bytes),
+                    mib(d.weight_bytes),
+                    d.bytes_per_token / 1024.0,
                     d.kv_cache.name(),
                     d.dispatches_per_token,
                     d.readbacks_per_token
                 );
             }
             s.push('\n');
+            s.push_str(&weight_formats_table(&self.decoder));
         }
         if !self.paper.is_empty() {
-            s.push_str("## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, f16 weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput.\n\n| d_model | batch | context | params | peak memory | prefill | decode |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+            let _ = write!(
+                s,
+                "## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, {} weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput.\n\n| d_model | batch | context | params | peak memory | prefill | decode |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+                self.options.weights.name()
+            );
             for p in &self.paper {
                 match &p.skipped {
                     Some(why) => {
@@ -243,6 +258,71 @@ impl Report {
         }
         s
     }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// The decoder rows of one model in several weight formats, each against its f16 row:
+/// decode rate, weight bytes and bytes read per decoded token. Empty when no model ran in
+/// more than one format.
+pub fn weight_formats_table(rows: &[DecoderResult]) -> String {
+    let same = |a: &DecoderResult, b: &DecoderResult| {
+        (
+            a.variant.as_str(),
+            a.d_model,
+            a.layers,
+            a.batch,
+            a.prompt_tokens,
+            a.new_tokens,
+        ) == (
+            b.variant.as_str(),
+            b.d_model,
+            b.layers,
+            b.batch,
+            b.prompt_tokens,
+            b.new_tokens,
+        )
+    };
+    let mut s = String::new();
+    for base in rows.iter().filter(|r| r.weights == WeightFormat::F16) {
+        let mut group: Vec<&DecoderResult> = rows.iter().filter(|r| same(r, base)).collect();
+        group.sort_by_key(|r| match r.weights {
+            WeightFormat::F32 => 0,
+            WeightFormat::F16 => 1,
+            WeightFormat::Q8 => 2,
+            WeightFormat::Q4 => 3,
+        });
+        if group.len() < 2 {
+            continue;
+        }
+        if s.is_empty() {
+            s.push_str("## Weight formats\n\nOne random model with its layer matrices in f16 and block-quantized q8 / q4 (the embedding and lm_head stay f16), each against f16.\n\n| variant | d_model | layers | batch | weights | decode tok/s | vs f16 | weight MiB | vs f16 | read / token KiB | vs f16 |\n|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n");
+        }
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        for r in group {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.2} | {:.2}x | {:.2} | {:.2}x | {:.1} | {:.2}x |",
+                r.variant,
+                r.d_model,
+                r.layers,
+                r.batch,
+                r.weights.name(),
+                r.decode_tokens_per_s,
+                ratio(r.decode_tokens_per_s, base.decode_tokens_per_s),
+                mib(r.weight_bytes),
+                ratio(r.weight_bytes as f64, base.weight_bytes as f64),
+                r.bytes_per_token / 1024.0,
+                ratio(r.bytes_per_token, base.bytes_per_token),
+            );
+        }
+    }
+    if !s.is_empty() {
+        s.push('\n');
+    }
+    s
 }
 
 /// A line or bar chart as a standalone SVG: series of (x label, value) points.
@@ -468,7 +548,7 @@ pub fn files(report: &Report) -> Vec<(String, String)> {
 /// the fast WHT's fraction of copy bandwidth at each width, decode gains.
 pub fn merge(reports: &[Report]) -> (String, String) {
     let mut md = String::from(
-        "# walsh bench: every adapter\n\n| adapter | backend | runtime | timing | copy shader GB/s |",
+        "# walsh bench: every adapter\n\n| adapter | backend | weights | runtime | timing | copy shader GB/s |",
     );
     let mut widths: Vec<usize> = reports
         .iter()
@@ -484,7 +564,7 @@ pub fn merge(reports: &[Report]) -> (String, String) {
     for n in &widths {
         let _ = write!(md, " WHT n={n} of copy |");
     }
-    md.push_str(" decode gain (largest d) | memory gain (largest d) |\n|---|---|---|---|---:|");
+    md.push_str(" decode gain (largest d) | memory gain (largest d) |\n|---|---|---|---|---|---:|");
     for _ in &widths {
         md.push_str("---:|");
     }
@@ -493,9 +573,10 @@ pub fn merge(reports: &[Report]) -> (String, String) {
     for r in reports {
         let _ = write!(
             md,
-            "| {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {:.2} |",
             r.adapter.name,
             r.adapter.backend,
+            r.options.weights.name(),
             r.environment.runtime,
             r.timing,
             r.roofline.copy_shader_gb_per_s
@@ -533,8 +614,12 @@ pub fn merge(reports: &[Report]) -> (String, String) {
             }
             None => md.push_str(" - | - |\n"),
         }
+        let weights = match r.options.weights {
+            WeightFormat::F16 => String::new(),
+            w => format!(", {} weights", w.name()),
+        };
         series.push((
-            format!("{} ({})", r.adapter.name, r.adapter.backend),
+            format!("{} ({}{weights})", r.adapter.name, r.adapter.backend),
             fractions,
         ));
     }

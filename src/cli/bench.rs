@@ -10,6 +10,7 @@ use walsh::bench::report::{Environment, files, merge};
 use walsh::bench::{BenchOptions, Report, Suite, run};
 use walsh::gpu::adapter::{enumerate, native_instance};
 use walsh::gpu::{AdapterSelector, Gpu};
+use walsh::ops::WeightFormat;
 use walsh::ops::attention::KvFormat;
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +43,12 @@ pub struct BenchArgs {
     /// q4r (as `walsh generate --kv-cache`).
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvFormat,
+    /// Weight format of the decoder suite's variants and the paper grid's models: f16, or
+    /// block-quantized q8 / q4 layer matrices. The decoder suite also runs the Hadamard
+    /// model in the other two, side by side. Reports of q8 / q4 runs are named
+    /// `<adapter>-q8.*` / `<adapter>-q4.*`.
+    #[arg(long, value_enum, default_value = "f16")]
+    pub weights: WeightsArg,
     /// For GPU owners: every suite at full size on the chosen adapter (default: the best
     /// one), written into bench-results/ and merged with the reports there, then what to
     /// send. Takes no size bounds.
@@ -63,6 +70,23 @@ pub enum BenchAction {
     },
     /// Print the table of a `page-vs-native.json` (written by `cargo xtask page-vs-native`).
     PageTable { file: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsArg {
+    F16,
+    Q8,
+    Q4,
+}
+
+impl From<WeightsArg> for WeightFormat {
+    fn from(w: WeightsArg) -> Self {
+        match w {
+            WeightsArg::F16 => WeightFormat::F16,
+            WeightsArg::Q8 => WeightFormat::Q8,
+            WeightsArg::Q4 => WeightFormat::Q4,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -111,7 +135,7 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
         None => {}
     }
     if args.contribute {
-        return contribute(adapter);
+        return contribute(adapter, args.weights);
     }
     let mut options = BenchOptions::new(suites(&args.suite), args.quick);
     if let Some(d) = args.max_d_model {
@@ -124,6 +148,7 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
         options.max_kernel_n = n;
     }
     options.kv_cache = args.kv_cache;
+    options.weights = args.weights.into();
     check_sizes(&options)?;
     let gpus: Vec<Gpu> = if args.all_adapters {
         let adapters = enumerate(&native_instance());
@@ -273,7 +298,7 @@ fn merge_cmd(dirs: &[PathBuf], out: &Path) -> Result<()> {
 
 /// `walsh bench --contribute`: the full suites on the chosen adapter, into
 /// bench-results/, merged with the reports already there; then what to send.
-fn contribute(adapter: &str) -> Result<()> {
+fn contribute(adapter: &str, weights: WeightsArg) -> Result<()> {
     let out = PathBuf::from("bench-results");
     let gpu = Gpu::new(&adapter.parse::<AdapterSelector>()?)?;
     if gpu.is_cpu_adapter() {
@@ -294,13 +319,17 @@ fn contribute(adapter: &str) -> Result<()> {
         max_context: None,
         max_kernel_n: None,
         kv_cache: KvFormat::default(),
+        weights,
         contribute: false,
     };
     eprintln!(
         "walsh: the full benchmark on {}: every suite, no size bounds",
         gpu.describe()
     );
-    let slug = walsh::bench::adapter_slug(gpu.summary());
+    let slug = match WeightFormat::from(weights) {
+        WeightFormat::F16 => walsh::bench::adapter_slug(gpu.summary()),
+        w => format!("{}-{}", walsh::bench::adapter_slug(gpu.summary()), w.name()),
+    };
     drop(gpu);
     bench_cmd(&args, adapter)?;
     merge_cmd(std::slice::from_ref(&out), &out)?;

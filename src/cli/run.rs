@@ -208,7 +208,22 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
             } else {
                 let g = generate(dec, &prompts, &options, |_| ControlFlow::Continue(()))?;
                 if args.json {
-                    let json = serde_json::json!({"tokens": &g.tokens, "stats": &g.stats});
+                    // Weights and KV cache a decode step reads per token (a model of the
+                    // traffic, see bench::decoder::decode_bytes_per_token).
+                    let seqs = prompts.len().max(1);
+                    let prompt_len = prompts.iter().map(Vec::len).sum::<usize>() / seqs;
+                    let bytes_read_per_token = walsh::bench::decoder::decode_bytes_per_token(
+                        &model,
+                        seqs,
+                        prompt_len,
+                        g.stats.generated_tokens / seqs,
+                        args.kv_cache,
+                    );
+                    let json = serde_json::json!({
+                        "tokens": &g.tokens,
+                        "stats": &g.stats,
+                        "bytes_read_per_token": bytes_read_per_token,
+                    });
                     println!("{json}");
                     return Ok(g);
                 }

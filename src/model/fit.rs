@@ -91,6 +91,10 @@ fn stacked_bytes(parts: &[&Tensor]) -> u64 {
     }
 }
 
+/// The name [`decoder_buffers`] gives the rope table (a cos and a sin in f32 per pair of
+/// each head's dimensions, per position), before its size.
+pub const ROPE_TABLE: &str = "the rope cos/sin table";
+
 /// Every buffer the GPU decoder makes for `model` that outlives a step (as
 /// `GpuDecoder::new` builds them: q, k and v stacked, gate and up interleaved, the rope
 /// table, one key and one value cache per layer; the caches last), with what it holds.
@@ -143,7 +147,7 @@ pub fn decoder_buffers(
     }
     let c = &model.config;
     out.push((
-        format!("the rope cos/sin table ({max_positions} positions)"),
+        format!("{ROPE_TABLE} ({max_positions} positions)"),
         // A cos and a sin in f32 per pair of each head's dimensions (ops::rope::RopeTable).
         max_positions as u64 * (c.head_dim() / 2) as u64 * 8,
     ));

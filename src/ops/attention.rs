@@ -207,12 +207,6 @@ impl KvFormat {
         }
     }
 
-    /// Bytes of one stored value, rounded up to a whole byte and without the per-head
-    /// scale of the quantized formats; sizes come from [`Self::head_words`].
-    pub fn bytes_per_value(self) -> usize {
-        self.bits().div_ceil(8)
-    }
-
     /// The largest level of a quantized format; None for f32 and f16.
     pub fn max_level(self) -> Option<i32> {
         match self {

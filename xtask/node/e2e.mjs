@@ -6,7 +6,8 @@
 // and passes its URL.
 //
 //   node e2e.mjs test  URL ARTIFACTS_DIR [BROWSERS]   (env WALSH_PROMPT,
-//                      WALSH_EXPECTED_TOKENS, WALSH_LONG_PROMPT, WALSH_LONG_EXPECTED)
+//                      WALSH_EXPECTED_TOKENS, WALSH_LONG_PROMPT, WALSH_LONG_EXPECTED,
+//                      WALSH_Q4_MODEL, WALSH_Q4_EXPECTED)
 //   node e2e.mjs bench URL OUT_DIR SUITES [quick]
 //   node e2e.mjs ratio LABEL=URL[,LABEL=URL...] PROMPT TOKENS RUNS [BROWSERS]
 //
@@ -92,6 +93,15 @@ class Tab {
       const el = document.querySelector(s);
       el.value = v;
       el.dispatchEvent(new Event('input', { bubbles: true }));
+    }, [selector, value]);
+  }
+
+  // Chooses `value` in a <select>, as a visitor does (its change event).
+  select(selector, value) {
+    return this.eval(([s, v]) => {
+      const el = document.querySelector(s);
+      el.value = v;
+      el.dispatchEvent(new Event('change', { bubbles: true }));
     }, [selector, value]);
   }
 
@@ -269,6 +279,42 @@ async function webgpuChecks(check, b, url, env, shots, summary) {
     }
     if (load?.source !== 'cache') throw new Error(`the model came from ${load?.source}`);
   });
+  await q4Check(check, b, label, env, summary);
+}
+
+// The q4 model, chosen in the model list (which shows each model's download size): its
+// greedy tokens equal the native CPU decoder's on the same model. Then back to the
+// default model (from the page's cache), where the later checks expect it.
+async function q4Check(check, b, label, env, summary) {
+  const { tab } = b;
+  const previous = await tab.eval(() => document.getElementById('model').value);
+  await check(`${label}: the q4 model, chosen in the list, gives the native CPU reference's ` +
+    `${env.q4.expected.length} greedy tokens`, async () => {
+    const [options, models] = await tab.eval(async () => [
+      [...document.querySelectorAll('#model option')].map((o) => [o.value, o.textContent]),
+      await (await fetch('models.json')).json(),
+    ]);
+    for (const m of models) {
+      const want = `${m.name} — ${(m.bytes / (1 << 20)).toFixed(1)} MiB`;
+      const got = options.find(([value]) => value === m.url)?.[1];
+      if (got !== want) throw new Error(`the list shows ${JSON.stringify(got)}, not ${want}`);
+    }
+    const before = tab.modelRequests;
+    // The change handler sets the state to `loading` before it returns.
+    await tab.select('#model', env.q4.url);
+    await loaded(tab, 'webgpu');
+    if (tab.modelRequests !== before + 1) {
+      throw new Error(`${tab.modelRequests - before} model download(s), not 1`);
+    }
+    const last = await generateIn(tab, env.prompt, env.q4.expected.length);
+    deepStrictEqual(last.tokens, env.q4.expected);
+    summary.q4_decode_tokens_per_s = last.stats.decode_tokens_per_s;
+    summary.q4_model = await tab.text('#download-label');
+    summary.q4_option = options.find(([value]) => value === env.q4.url)?.[1];
+  });
+  // Whatever happened above, the default model again for the checks that follow.
+  await tab.select('#model', previous).catch(() => {});
+  await loaded(tab, 'webgpu').catch(() => {});
 }
 
 // Chromium-only checks of the WebGPU page (one engine for all of them: each is cheap there
@@ -398,11 +444,15 @@ async function testMode(url, artifacts, browsers) {
     expected: JSON.parse(process.env.WALSH_EXPECTED_TOKENS ?? 'null'),
     longPrompt: process.env.WALSH_LONG_PROMPT,
     longExpected: JSON.parse(process.env.WALSH_LONG_EXPECTED ?? 'null'),
+    q4: {
+      url: process.env.WALSH_Q4_MODEL,
+      expected: JSON.parse(process.env.WALSH_Q4_EXPECTED ?? 'null'),
+    },
   };
   if (!env.prompt || !Array.isArray(env.expected) || !env.longPrompt ||
-      !Array.isArray(env.longExpected)) {
-    throw new Error('WALSH_PROMPT, WALSH_EXPECTED_TOKENS, WALSH_LONG_PROMPT and ' +
-      'WALSH_LONG_EXPECTED must be set');
+      !Array.isArray(env.longExpected) || !env.q4.url || !Array.isArray(env.q4.expected)) {
+    throw new Error('WALSH_PROMPT, WALSH_EXPECTED_TOKENS, WALSH_LONG_PROMPT, ' +
+      'WALSH_LONG_EXPECTED, WALSH_Q4_MODEL and WALSH_Q4_EXPECTED must be set');
   }
   mkdirSync(artifacts, { recursive: true });
   const results = [];

@@ -22,6 +22,9 @@ const LONG_PROMPT: &str = "ROMEO.\nBut soft, what light through yonder window br
     Who is already sick and pale with grief,\n";
 /// Greedy tokens after [`LONG_PROMPT`].
 const LONG_TOKENS: usize = 8;
+/// The quantized model the page also runs (selected in its model list): its greedy tokens
+/// after [`PROMPT`] are compared with the native CPU decoder's on the same model.
+const Q4_MODEL: &str = "shakespeare-hadamard-q4";
 /// The browsers of the test, in order.
 const BROWSERS: &str = "chromium,firefox";
 
@@ -101,8 +104,10 @@ pub(crate) fn node(args: &[&str]) -> Command {
 /// so) elsewhere.
 pub fn test() -> Result<Outcome> {
     let (walsh, size) = prepare(false)?;
-    let expected = reference_tokens(&walsh, PROMPT, TOKENS)?;
-    let long_expected = reference_tokens(&walsh, LONG_PROMPT, LONG_TOKENS)?;
+    let expected = reference_tokens(&walsh, None, PROMPT, TOKENS)?;
+    let long_expected = reference_tokens(&walsh, None, LONG_PROMPT, LONG_TOKENS)?;
+    let q4_model = format!("models/{Q4_MODEL}");
+    let q4_expected = reference_tokens(&walsh, Some(&q4_model), PROMPT, TOKENS)?;
     let server = Server::start(&walsh, &[])?;
     let artifacts = web::target_dir(&root()).join("e2e");
     let mut cmd = node(&["test", &server.url, &artifacts.to_string_lossy(), BROWSERS]);
@@ -113,6 +118,8 @@ pub fn test() -> Result<Outcome> {
             "WALSH_LONG_EXPECTED",
             serde_json::to_string(&long_expected)?,
         )
+        .env("WALSH_Q4_MODEL", &q4_model)
+        .env("WALSH_Q4_EXPECTED", serde_json::to_string(&q4_expected)?)
         .stdout(Stdio::piped());
     private_runtime_dir(&mut cmd)?;
     eprintln!("xtask: $ {cmd:?}");
@@ -149,11 +156,22 @@ pub fn test() -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// The native CPU reference's greedy tokens for `prompt` from the default model.
-fn reference_tokens(walsh: &PathBuf, prompt: &str, tokens: usize) -> Result<Vec<u32>> {
-    let out = Command::new(walsh)
+/// The native CPU reference's greedy tokens for `prompt` from `model` (a model folder
+/// relative to the repository; the default model when `None`).
+fn reference_tokens(
+    walsh: &PathBuf,
+    model: Option<&str>,
+    prompt: &str,
+    tokens: usize,
+) -> Result<Vec<u32>> {
+    let mut cmd = Command::new(walsh);
+    cmd.arg("generate");
+    if let Some(m) = model {
+        cmd.args(["--model", m]);
+    }
+    let out = cmd
         .current_dir(root())
-        .args(["generate", "--device", "cpu", "--json", "--prompt", prompt])
+        .args(["--device", "cpu", "--json", "--prompt", prompt])
         .args(["--max-tokens", &tokens.to_string()])
         .args([
             "--temperature",
