@@ -23,7 +23,8 @@ use bytemuck::{Pod, Zeroable};
 use super::Cols;
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
-/// Largest head_dim the kernels support: a prefill tile holds at least 4 query rows.
+/// Largest head_dim the kernels support: a prefill tile holds at least 4 query rows; also
+/// the size of kv_quant's private copy of a head (`MAX_HD` in attention.wgsl).
 pub const MAX_HEAD_DIM: usize = 256;
 /// Largest row width d = heads * head_dim.
 pub const MAX_WIDTH: usize = 32768;
@@ -67,7 +68,9 @@ struct AttnParams {
     src_stride: u32,
     src_off: u32,
     src_off2: u32,
+    /// [`rotation_norm`] of head_dim: the rotated formats' 1/sqrt(head_dim).
     rot_norm: f32,
+    /// kv_quant: amax x level_inv is the scale ([`level_inv`]; 0 for f32 and f16).
     level_inv: f32,
     pad0: u32,
     pad1: u32,
