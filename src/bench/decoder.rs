@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::measure::Stats;
 use super::{BenchError, BenchOptions};
 use crate::gpu::{Gpu, GpuError};
-use crate::model::fit::{BufferLimits, ROPE_TABLE, TooLarge, decoder_buffers};
+use crate::model::fit::{BufferLimits, ROPE_TABLE, TooLarge, check_buffers_fit, decoder_buffers};
 use crate::model::generate::{GenerateOptions, generate_async};
 use crate::model::gpu::GpuDecoder;
 use crate::model::init::random_model;
@@ -62,25 +62,7 @@ impl DecoderCase {
             context,
             self.kv_cache,
         );
-        for (what, bytes) in buffers {
-            for (limit_name, limit) in [
-                (
-                    "maxStorageBufferBindingSize",
-                    limits.max_storage_buffer_binding_size,
-                ),
-                ("maxBufferSize", limits.max_buffer_size),
-            ] {
-                if bytes > limit {
-                    return Err(TooLarge {
-                        what,
-                        bytes,
-                        limit_name,
-                        limit,
-                    });
-                }
-            }
-        }
-        Ok(())
+        check_buffers_fit(buffers, limits)
     }
 
     /// The model: heads of 64 (fewer when d is small), FFN 3 d, byte vocabulary; its

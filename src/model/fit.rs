@@ -176,7 +176,16 @@ pub fn check_decoder_fits(
     kv: KvFormat,
     limits: BufferLimits,
 ) -> Result<(), TooLarge> {
-    for (what, bytes) in decoder_buffers(model, max_seqs, max_positions, kv) {
+    check_buffers_fit(decoder_buffers(model, max_seqs, max_positions, kv), limits)
+}
+
+/// Checks `(what, bytes)` buffers against `limits`; the error names the first buffer too
+/// large and the limit it exceeds.
+pub fn check_buffers_fit(
+    buffers: impl IntoIterator<Item = (String, u64)>,
+    limits: BufferLimits,
+) -> Result<(), TooLarge> {
+    for (what, bytes) in buffers {
         for (limit_name, limit) in [
             (
                 "maxStorageBufferBindingSize",

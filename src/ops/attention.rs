@@ -1151,6 +1151,45 @@ mod tests {
         }
     }
 
+    /// Writes the k and v columns of `fused` ([rows, q | k | v], d wide each) into the
+    /// caches for `rows`, then attends their q columns: prefill when `prefill`, else
+    /// decode. Returns the attention output, [rows, d].
+    #[allow(clippy::too_many_arguments)]
+    fn fused_write_and_attend(
+        gpu: &Gpu,
+        attn: &Attention,
+        fused: &[f32],
+        rows: &[(u32, u32)],
+        kcb: &GpuBuffer,
+        vcb: &GpuBuffer,
+        shape: AttnShape,
+        prefill: bool,
+    ) -> Vec<f32> {
+        let d = shape.heads * shape.head_dim;
+        let fb = upload(gpu, "qkv", fused);
+        let tb = table(gpu, rows);
+        let out = upload(gpu, "out", &vec![0f32; rows.len() * d]);
+        let mut enc = gpu.encoder("fused rows test");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let (qc, kc, vc) = (
+                Cols::new(&fb, 3 * d, 0),
+                Cols::new(&fb, 3 * d, d),
+                Cols::new(&fb, 3 * d, 2 * d),
+            );
+            attn.encode_kv_write(&mut pass, kc, vc, &tb, rows, kcb, vcb, shape)
+                .unwrap();
+            if prefill {
+                attn.encode_prefill(&mut pass, qc, kcb, vcb, &tb, rows, &out, shape)
+            } else {
+                attn.encode_decode(&mut pass, qc, kcb, vcb, &tb, rows, &out, shape)
+            }
+            .unwrap();
+        }
+        gpu.submit_and_wait(enc).unwrap();
+        gpu.read(&out, rows.len() * d).unwrap()
+    }
+
     /// Writes the `k`, `v` rows into the caches and runs prefill over `rows`, in one pass;
     /// returns the output.
     #[allow(clippy::too_many_arguments)]
@@ -1404,28 +1443,8 @@ mod tests {
                         .collect()
                 };
                 let (q, k, v) = (col(0), col(1), col(2));
-                let fb = upload(&gpu, "qkv", &fused);
-                let tb = table(&gpu, rows);
-                let out = upload(&gpu, "out", &vec![0f32; rows.len() * d]);
-                let mut enc = gpu.encoder("fused rows test");
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    let (qc, kc_, vc_) = (
-                        Cols::new(&fb, 3 * d, 0),
-                        Cols::new(&fb, 3 * d, d),
-                        Cols::new(&fb, 3 * d, 2 * d),
-                    );
-                    attn.encode_kv_write(&mut pass, kc_, vc_, &tb, rows, &kcb, &vcb, shape)
-                        .unwrap();
-                    if i == 0 {
-                        attn.encode_prefill(&mut pass, qc, &kcb, &vcb, &tb, rows, &out, shape)
-                    } else {
-                        attn.encode_decode(&mut pass, qc, &kcb, &vcb, &tb, rows, &out, shape)
-                    }
-                    .unwrap();
-                }
-                gpu.submit_and_wait(enc).unwrap();
-                let got: Vec<f32> = gpu.read(&out, rows.len() * d).unwrap();
+                let got =
+                    fused_write_and_attend(&gpu, &attn, &fused, rows, &kcb, &vcb, shape, i == 0);
                 kv_write_reference(&k, &v, rows, &mut kc, &mut vc, shape);
                 KvFormat::F16.store(&mut kc, shape.head_dim);
                 KvFormat::F16.store(&mut vc, shape.head_dim);
@@ -1881,28 +1900,16 @@ mod tests {
                             .collect()
                     };
                     let (q, k, v) = (col(0), col(1), col(2));
-                    let fb = upload(&gpu, "qkv", &fused);
-                    let tb = table(&gpu, rows);
-                    let out = upload(&gpu, "out", &vec![0f32; rows.len() * d]);
-                    let mut enc = gpu.encoder("quantized cache test");
-                    {
-                        let mut pass = enc.begin_compute_pass(&Default::default());
-                        let (qc, kc, vc) = (
-                            Cols::new(&fb, 3 * d, 0),
-                            Cols::new(&fb, 3 * d, d),
-                            Cols::new(&fb, 3 * d, 2 * d),
-                        );
-                        attn.encode_kv_write(&mut pass, kc, vc, &tb, rows, &kcb, &vcb, shape)
-                            .unwrap();
-                        if i == 0 {
-                            attn.encode_prefill(&mut pass, qc, &kcb, &vcb, &tb, rows, &out, shape)
-                        } else {
-                            attn.encode_decode(&mut pass, qc, &kcb, &vcb, &tb, rows, &out, shape)
-                        }
-                        .unwrap();
-                    }
-                    gpu.submit_and_wait(enc).unwrap();
-                    let got: Vec<f32> = gpu.read(&out, rows.len() * d).unwrap();
+                    let got = fused_write_and_attend(
+                        &gpu,
+                        &attn,
+                        &fused,
+                        rows,
+                        &kcb,
+                        &vcb,
+                        shape,
+                        i == 0,
+                    );
                     let got_k: Vec<u32> = gpu.read(&kcb, words).unwrap();
                     let got_v: Vec<u32> = gpu.read(&vcb, words).unwrap();
                     let what = if i == 0 { "prefill" } else { "decode" };
