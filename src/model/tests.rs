@@ -73,6 +73,23 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 /// (about 1e-6) and far below the gaps between the top logits of these models.
 const LOGIT_TOLERANCE: f64 = 1e-4;
 
+/// Feeds `steps` to both decoders (a prefill, then decode steps) and checks each step's
+/// logits within [`LOGIT_TOLERANCE`]; `what` names the case in failures.
+fn assert_logits_match(cpu: &mut CpuBatch, dec: &mut GpuDecoder, steps: &[Vec<u32>], what: &str) {
+    for (k, tokens) in steps.iter().enumerate() {
+        let want = pollster::block_on(cpu.logits(&[(0, tokens)]))
+            .unwrap()
+            .remove(0);
+        let got = dec.forward_logits(&[(0, tokens)]).unwrap().remove(0);
+        let err = relative_error(&got, &want);
+        assert!(
+            err <= LOGIT_TOLERANCE,
+            "{what} step {k} on {}: relative error {err:e}",
+            dec.gpu().describe()
+        );
+    }
+}
+
 #[test]
 fn gpu_logits_match_cpu_reference_for_every_variant() {
     for gpu in test_gpus() {
@@ -86,18 +103,12 @@ fn gpu_logits_match_cpu_reference_for_every_variant() {
             let p = prompt(11, i as u32);
             let mut steps: Vec<Vec<u32>> = vec![p];
             steps.extend((0..3).map(|k| vec![(k * 50 + 7) as u32]));
-            for (k, tokens) in steps.iter().enumerate() {
-                let want = pollster::block_on(cpu.logits(&[(0, tokens)]))
-                    .unwrap()
-                    .remove(0);
-                let got = dec.forward_logits(&[(0, tokens)]).unwrap().remove(0);
-                let err = relative_error(&got, &want);
-                assert!(
-                    err <= LOGIT_TOLERANCE,
-                    "{attn:?}/{query:?} d={d} step {k} on {}: relative error {err:e}",
-                    gpu.describe()
-                );
-            }
+            assert_logits_match(
+                &mut cpu,
+                &mut dec,
+                &steps,
+                &format!("{attn:?}/{query:?} d={d}"),
+            );
         }
     }
 }
@@ -486,18 +497,7 @@ fn quantized_caches_match_the_cpu_reference_and_take_their_bytes() {
             let mut cpu = CpuBatch::new(&m, 1, 48, kv).unwrap();
             let mut steps: Vec<Vec<u32>> = vec![prompt(11, 2)];
             steps.extend((0..3).map(|k| vec![(k * 50 + 7) as u32]));
-            for (k, tokens) in steps.iter().enumerate() {
-                let want = pollster::block_on(cpu.logits(&[(0, tokens)]))
-                    .unwrap()
-                    .remove(0);
-                let got = dec.forward_logits(&[(0, tokens)]).unwrap().remove(0);
-                let err = relative_error(&got, &want);
-                assert!(
-                    err <= LOGIT_TOLERANCE,
-                    "{kv} step {k} on {}: relative error {err:e}",
-                    gpu.describe()
-                );
-            }
+            assert_logits_match(&mut cpu, &mut dec, &steps, &format!("{kv}"));
             // A whole evaluation: the CPU's loss. Quantizing is discontinuous: keys that
             // differ in their last bit (the GPU's products sum in other orders) can land
             // on either side of a rounding boundary, so now and then a level differs by
@@ -551,18 +551,12 @@ fn quantized_models_give_the_cpu_logits_on_gpu() {
             let m = quantized(&f32_model, format).unwrap().0;
             let mut cpu = CpuBatch::new(&m, 1, 32, KvFormat::F32).unwrap();
             let mut dec = GpuDecoder::new(&gpu, &m, 1, 32, KvFormat::F32).unwrap();
-            for (k, tokens) in [prompt(13, 2), vec![7], vec![200]].iter().enumerate() {
-                let want = pollster::block_on(cpu.logits(&[(0, tokens)]))
-                    .unwrap()
-                    .remove(0);
-                let got = dec.forward_logits(&[(0, tokens)]).unwrap().remove(0);
-                let err = relative_error(&got, &want);
-                assert!(
-                    err <= LOGIT_TOLERANCE,
-                    "{format} step {k} on {}: relative error {err:e}",
-                    gpu.describe()
-                );
-            }
+            assert_logits_match(
+                &mut cpu,
+                &mut dec,
+                &[prompt(13, 2), vec![7], vec![200]],
+                &format!("{format}"),
+            );
         }
     }
 }
