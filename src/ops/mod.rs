@@ -34,14 +34,13 @@ pub enum WeightFormat {
 impl WeightFormat {
     /// Bytes a `[rows, cols]` matrix of this format takes on the GPU.
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> usize {
-        match self {
-            WeightFormat::F32 => rows * cols * 4,
-            WeightFormat::F16 => (rows * cols).div_ceil(2) * 4,
-            WeightFormat::Q8 | WeightFormat::Q4 => {
-                let q = self.quant().expect("a quantized format");
+        match (self, self.quant()) {
+            (_, Some(q)) => {
                 let scales = rows * blocks_per_row(cols);
                 (scales * q.words_per_block() + scales.div_ceil(2)) * 4
             }
+            (WeightFormat::F16, None) => (rows * cols).div_ceil(2) * 4,
+            (_, None) => rows * cols * 4,
         }
     }
 
