@@ -76,19 +76,42 @@ impl Drop for Server {
 /// Debian's browsers the page is tested in.
 pub const BROWSER_PACKAGES: &[&str] = &["chromium", "firefox-esr"];
 
-/// Installs the browsers and the npm tools when missing and builds the page and the
-/// binary (`release` for measurements).
-pub(crate) fn prepare(release: bool) -> Result<(PathBuf, web::WasmSize)> {
+/// Which `walsh` binary serves the page and computes the reference tokens.
+pub(crate) enum Walsh {
+    /// `cargo build --bin walsh`, with `--release` for measurements.
+    Build { release: bool },
+    /// The debug binary `cargo test --workspace --all-targets` just left in target/debug
+    /// (the integration tests run it). `cargo build` would resolve features without the
+    /// dev-dependencies and compile wgpu and its dependencies a second time: minutes, and
+    /// gigabytes of disk a CI machine may not have.
+    FromTests,
+}
+
+/// Installs the browsers and the npm tools when missing, builds the page and returns the
+/// binary `walsh` names, building it if asked to.
+pub(crate) fn prepare(walsh: Walsh) -> Result<(PathBuf, web::WasmSize)> {
     install::ensure_apt_packages(BROWSER_PACKAGES)?;
     let size = web::build()?;
-    let mut build = cargo();
-    build.args(["build", "--bin", "walsh"]);
-    if release {
-        build.arg("--release");
-    }
-    run(&mut build)?;
+    let release = match walsh {
+        Walsh::Build { release } => {
+            let mut build = cargo();
+            build.args(["build", "--bin", "walsh"]);
+            if release {
+                build.arg("--release");
+            }
+            run(&mut build)?;
+            release
+        }
+        Walsh::FromTests => false,
+    };
     let profile = if release { "release" } else { "debug" };
     let walsh = web::target_dir(&root()).join(profile).join("walsh");
+    if !walsh.is_file() {
+        bail!(
+            "{} is missing: `cargo test --workspace --all-targets` builds it",
+            walsh.display()
+        );
+    }
     Ok((walsh, size))
 }
 
@@ -102,8 +125,8 @@ pub(crate) fn node(args: &[&str]) -> Command {
 /// Runs the browser checks in Chromium and Firefox. xtask installs both; a browser that
 /// still cannot start fails the test under `CI=true` and is skipped (with a line saying
 /// so) elsewhere.
-pub fn test() -> Result<Outcome> {
-    let (walsh, size) = prepare(false)?;
+pub fn test(walsh: Walsh) -> Result<Outcome> {
+    let (walsh, size) = prepare(walsh)?;
     let expected = reference_tokens(&walsh, None, PROMPT, TOKENS)?;
     let long_expected = reference_tokens(&walsh, None, LONG_PROMPT, LONG_TOKENS)?;
     let q4_model = format!("models/{Q4_MODEL}");
@@ -215,7 +238,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             other => bail!("web-bench: unknown argument {other}"),
         }
     }
-    let (walsh, _) = prepare(false)?;
+    let (walsh, _) = prepare(Walsh::Build { release: false })?;
     let server = Server::start(&walsh, &[])?;
     let mut args = vec!["bench", &server.url];
     let out = out.to_string_lossy().to_string();

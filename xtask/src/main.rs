@@ -50,7 +50,7 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("page-vs-native") => ratio::page_vs_native(&args[1..]),
         Some("e2e") => {
-            let outcome = e2e::test()?;
+            let outcome = e2e::test(e2e::Walsh::Build { release: false })?;
             println!(
                 "xtask: {} passed, {} failed",
                 outcome.passed, outcome.failed
@@ -127,6 +127,11 @@ pub(crate) fn private_runtime_dir(cmd: &mut Command) -> Result<()> {
 pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    // A CI run builds once from a clean checkout: incremental caches would only take
+    // disk (about 1.4 GB of target/debug/incremental).
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
     c
 }
 
@@ -166,7 +171,8 @@ fn test() -> Result<()> {
     let (passed, failed) = run_counting(&mut tests)?;
 
     // The page in Chromium and Firefox; under CI=true a browser that cannot start fails.
-    let browser = e2e::test()?;
+    // It serves the page with the walsh binary the test run above built.
+    let browser = e2e::test(e2e::Walsh::FromTests)?;
     let (passed, failed) = (passed + browser.passed, failed + browser.failed);
     println!("xtask: {passed} passed, {failed} failed");
     if browser.failed > 0 {

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::e2e::{Server, node, prepare};
+use crate::e2e::{Server, Walsh, node, prepare};
 use crate::{private_runtime_dir, root};
 
 const PROMPT: &str = "ROMEO.";
@@ -179,7 +179,7 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
         bail!("--runs and --tokens must be at least 1");
     }
     let icd = swiftshader_icd()?;
-    let (walsh, _) = prepare(true)?;
+    let (walsh, _) = prepare(Walsh::Build { release: true })?;
     let server = Server::start(&walsh, &[])?;
     // With a baseline this build is the "after" of a before/after pair.
     let this = if baseline.is_some() { "after" } else { "this" };
