@@ -37,14 +37,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use safetensors::Dtype;
-use safetensors::tensor::TensorView;
 use walsh::bench::Report;
 use walsh::gpu::AdapterSelector;
 use walsh::model::cpu::CpuDecoder;
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{CpuBatch, GenerateOptions, Utf8Stream, encode_text, generate};
-use walsh::model::init::random_tensors;
+use walsh::model::init::{FileTensor, random_tensors, safetensors_bytes};
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::attention::KvFormat;
@@ -535,31 +533,16 @@ fn root() -> &'static Path {
 
 /// (config.json, model.safetensors) of a small random model.
 fn small_model(config: &Config, f16: bool, seed: u64) -> (Vec<u8>, Vec<u8>) {
-    let tensors = random_tensors(config, seed);
-    let dtype = if f16 { Dtype::F16 } else { Dtype::F32 };
-    let data: Vec<Vec<u8>> = tensors
+    let encode = if f16 {
+        FileTensor::f16
+    } else {
+        FileTensor::f32
+    };
+    let files: Vec<FileTensor> = random_tensors(config, seed)
         .iter()
-        .map(|(_, _, v)| {
-            if f16 {
-                v.iter()
-                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                    .collect()
-            } else {
-                v.iter().flat_map(|x| x.to_le_bytes()).collect()
-            }
-        })
+        .map(|(name, shape, values)| encode(name, shape, values))
         .collect();
-    let views: Vec<(&str, TensorView)> = tensors
-        .iter()
-        .zip(&data)
-        .map(|((name, shape, _), bytes)| {
-            (
-                name.as_str(),
-                TensorView::new(dtype, shape.clone(), bytes).unwrap(),
-            )
-        })
-        .collect();
-    let file = safetensors::serialize(views, None).unwrap();
+    let file = safetensors_bytes(&files).unwrap();
     (serde_json::to_vec_pretty(config).unwrap(), file)
 }
 

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
-use safetensors::tensor::TensorView;
 use walsh::model::cpu::CpuDecoder;
-use walsh::model::init::{random_tensors, write_model, write_random_model};
+use walsh::model::init::{
+    FileTensor, random_tensors, safetensors_bytes, write_model, write_random_model,
+};
 use walsh::model::weights::{Model, TensorData, expected_tensors};
 use walsh::model::{AttnOutput, Config, ModelError, Query};
 use walsh::ops::WeightFormat;
@@ -400,29 +401,23 @@ fn wrong_dtype_is_named() {
     let tensors = random_tensors(&c, 1);
     let name = "model.norm.weight";
     for (dtype, width) in [(Dtype::BF16, 2), (Dtype::I32, 4), (Dtype::F64, 8)] {
-        // Every tensor F32 but one, written with safetensors directly.
-        let data: Vec<Vec<u8>> = tensors
+        // Every tensor F32 but one, of `dtype`, written with safetensors directly.
+        let files: Vec<FileTensor> = tensors
             .iter()
-            .map(|(n, _, v)| {
+            .map(|(n, shape, v)| {
                 if n == name {
-                    vec![0u8; v.len() * width]
+                    FileTensor {
+                        name: n.clone(),
+                        dtype,
+                        shape: shape.clone(),
+                        bytes: vec![0u8; v.len() * width],
+                    }
                 } else {
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+                    FileTensor::f32(n, shape, v)
                 }
             })
             .collect();
-        let views: Vec<(&str, TensorView)> = tensors
-            .iter()
-            .zip(&data)
-            .map(|((n, shape, _), bytes)| {
-                let dt = if n == name { dtype } else { Dtype::F32 };
-                (
-                    n.as_str(),
-                    TensorView::new(dt, shape.clone(), bytes).unwrap(),
-                )
-            })
-            .collect();
-        let file = safetensors::serialize(views, None).unwrap();
+        let file = safetensors_bytes(&files).unwrap();
         let dir = dir_with(&c, &tensors);
         std::fs::write(weights_path(dir.path()), file).unwrap();
         let e = load_err(dir.path());
@@ -618,7 +613,7 @@ fn files_longer_than_their_config_allows_are_refused_unread() {
 mod quantized {
     use super::*;
     use walsh::model::config::Quantization;
-    use walsh::model::init::{FileTensor, write_files};
+    use walsh::model::init::write_files;
     use walsh::model::quant::{QuantFormat, QuantMatrix, quantize_model, quantized_by_default};
 
     /// d 64, FFN 72 (two full blocks of 32 and a tail of 8), so every block path is hit.
@@ -689,15 +684,7 @@ mod quantized {
     fn broken_quantized_tensors_are_named() {
         let (config, good) = parts(QuantFormat::Q4);
         let edit = |f: &dyn Fn(&mut Vec<FileTensor>)| {
-            let mut t: Vec<FileTensor> = good
-                .iter()
-                .map(|t| FileTensor {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    bytes: t.bytes.clone(),
-                })
-                .collect();
+            let mut t = good.clone();
             f(&mut t);
             t
         };

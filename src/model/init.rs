@@ -96,42 +96,71 @@ pub fn write_model(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     format: WeightFormat,
 ) -> Result<(), ModelError> {
+    let encode = match format {
+        WeightFormat::F32 => FileTensor::f32,
+        WeightFormat::F16 => FileTensor::f16,
+        WeightFormat::Q8 | WeightFormat::Q4 => {
+            return Err(ModelError::Input(format!(
+                "write_model writes f32 or f16 values, not {}: quantize the model \
+                 (quant::write_quantized)",
+                format.name()
+            )));
+        }
+    };
     let files: Vec<FileTensor> = tensors
         .iter()
-        .map(|(name, shape, v)| {
-            let (dtype, bytes) = match format {
-                WeightFormat::F32 => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                WeightFormat::F16 => (
-                    Dtype::F16,
-                    v.iter()
-                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                        .collect(),
-                ),
-                WeightFormat::Q8 | WeightFormat::Q4 => {
-                    return Err(ModelError::Input(format!(
-                        "write_model writes f32 or f16 values, not {}: quantize the model \
-                         (quant::write_quantized)",
-                        format.name()
-                    )));
-                }
-            };
-            Ok(FileTensor {
-                name: name.clone(),
-                dtype,
-                shape: shape.clone(),
-                bytes,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+        .map(|(name, shape, values)| encode(name, shape, values))
+        .collect();
     write_files(dir, config, &files)
 }
 
 /// One tensor as it goes into a safetensors file: little-endian bytes of `dtype`.
+#[derive(Clone, Debug)]
 pub struct FileTensor {
     pub name: String,
     pub dtype: Dtype,
     pub shape: Vec<usize>,
     pub bytes: Vec<u8>,
+}
+
+impl FileTensor {
+    /// `values` as little-endian f32.
+    pub fn f32(name: &str, shape: &[usize], values: &[f32]) -> Self {
+        Self {
+            name: name.to_string(),
+            dtype: Dtype::F32,
+            shape: shape.to_vec(),
+            bytes: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+
+    /// `values` rounded to nearest f16, little-endian.
+    pub fn f16(name: &str, shape: &[usize], values: &[f32]) -> Self {
+        Self {
+            name: name.to_string(),
+            dtype: Dtype::F16,
+            shape: shape.to_vec(),
+            bytes: values
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
+/// The bytes of a safetensors file holding `tensors` in order. Fails when a tensor's byte
+/// count does not match its dtype and shape.
+pub fn safetensors_bytes(tensors: &[FileTensor]) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            Ok((
+                t.name.as_str(),
+                TensorView::new(t.dtype, t.shape.clone(), &t.bytes)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    safetensors::serialize(views, None)
 }
 
 /// Writes `dir/config.json` and `dir/model.safetensors` with `tensors` as given (not
@@ -147,14 +176,7 @@ pub fn write_files(dir: &Path, config: &Config, tensors: &[FileTensor]) -> Resul
         path: weights_path.clone(),
         message: e.to_string(),
     };
-    let mut views = Vec::with_capacity(tensors.len());
-    for t in tensors {
-        // TensorView::new rejects a byte count that does not match dtype and shape.
-        let view =
-            TensorView::new(t.dtype, t.shape.clone(), &t.bytes).map_err(safetensors_error)?;
-        views.push((t.name.as_str(), view));
-    }
-    let file = safetensors::serialize(views, None).map_err(safetensors_error)?;
+    let file = safetensors_bytes(tensors).map_err(safetensors_error)?;
     let json = serde_json::to_string_pretty(config).map_err(|e| ModelError::Config {
         path: config_path.clone(),
         message: e.to_string(),
