@@ -614,6 +614,10 @@ pub fn merge(reports: &[Report]) -> (String, String) {
             }
             None => md.push_str(" - | - |\n"),
         }
+        if fractions.iter().all(|f| !f.is_finite()) {
+            // A report without the kernel suite (decoder only): no bars, so no legend entry.
+            continue;
+        }
         let weights = match r.options.weights {
             WeightFormat::F16 => String::new(),
             w => format!(", {} weights", w.name()),

@@ -75,17 +75,24 @@ fn schema_round_trip_and_version_check() {
 
 #[test]
 fn merge_puts_every_adapter_in_one_table_and_chart() {
+    let mut decoder_only = synthetic("GPU C", "dx12", 0.75);
+    decoder_only.kernels.clear();
     let reports = [
         synthetic("GPU A", "vulkan", 0.25),
         synthetic("GPU B", "metal", 0.5),
+        decoder_only,
     ];
     let (md, svg) = merge(&reports);
     assert!(
-        md.contains("| GPU A | vulkan |") && md.contains("| GPU B | metal |"),
+        md.contains("| GPU A | vulkan |")
+            && md.contains("| GPU B | metal |")
+            && md.contains("| GPU C | dx12 |"),
         "{md}"
     );
     assert!(md.contains("25.0%") && md.contains("50.0%"), "{md}");
     assert!(svg.contains("GPU A (vulkan)") && svg.contains("GPU B (metal)"));
+    // No kernel rows, no bars: the chart's legend leaves it out.
+    assert!(!svg.contains("GPU C"), "{svg}");
 }
 
 #[test]
