@@ -227,7 +227,7 @@ fn workloads(gpu: &Gpu) {
     pollster::block_on(bench::run(
         gpu,
         &options,
-        Environment::native(None),
+        Environment::native(),
         &mut |_, _, _| {},
     ))
     .unwrap();

@@ -18,7 +18,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     pub walsh_version: String,
-    /// `git rev-parse HEAD` of the build, where known.
+    /// The commit the build came from (`git rev-parse --short=12 HEAD` at compile time,
+    /// by build.rs), where known.
     pub git_commit: Option<String>,
     pub os: String,
     pub arch: String,
@@ -27,19 +28,18 @@ pub struct Environment {
 }
 
 impl Environment {
-    /// This build on this machine; the commit is the caller's to find.
-    pub fn native(git_commit: Option<String>) -> Self {
+    /// This build on this machine.
+    pub fn native() -> Self {
         Self {
             walsh_version: env!("CARGO_PKG_VERSION").into(),
-            git_commit,
+            git_commit: option_env!("WALSH_GIT_COMMIT").map(str::to_string),
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
             runtime: "native".into(),
         }
     }
 
-    /// This build in a browser described by its user agent. The commit is the one
-    /// `cargo xtask web` built from (`WALSH_GIT_COMMIT` at compile time).
+    /// This build in a browser described by its user agent.
     pub fn browser(user_agent: &str) -> Self {
         Self {
             walsh_version: env!("CARGO_PKG_VERSION").into(),

@@ -27,7 +27,7 @@ fn synthetic(name: &str, backend: &str, fraction: f64) -> Report {
     }];
     Report {
         schema_version: SCHEMA_VERSION,
-        environment: Environment::native(Some("abc".into())),
+        environment: Environment::native(),
         adapter: AdapterSummary {
             index: 0,
             name: name.into(),
@@ -71,6 +71,25 @@ fn schema_round_trip_and_version_check() {
             .contains("b.json")
     );
     assert_eq!(r.slug(), "gpu-a-vulkan");
+}
+
+#[test]
+fn native_reports_name_the_commit_they_were_built_from() {
+    // build.rs records HEAD at compile time and reruns when HEAD moves, so in a checkout
+    // the two agree; a copy of the binary run elsewhere keeps its own commit.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let Some(head) = head else {
+        // A source tarball: nothing to name.
+        assert_eq!(Environment::native().git_commit, None);
+        return;
+    };
+    assert_eq!(Environment::native().git_commit, Some(head));
 }
 
 #[test]

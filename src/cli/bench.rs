@@ -110,16 +110,6 @@ fn suites(args: &[SuiteArg]) -> Vec<Suite> {
     .collect()
 }
 
-fn git_commit() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
     match &args.action {
         Some(BenchAction::Merge { dirs, out }) => return merge_cmd(dirs, out),
@@ -176,12 +166,7 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
             bar.set_position(done as u64);
             bar.set_message(what.to_string());
         };
-        let report = pollster::block_on(run(
-            gpu,
-            &options,
-            Environment::native(git_commit()),
-            &mut progress,
-        ))?;
+        let report = pollster::block_on(run(gpu, &options, Environment::native(), &mut progress))?;
         bar.finish_and_clear();
         for (name, text) in files(&report) {
             let path = args.out.join(&name);

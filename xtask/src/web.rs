@@ -42,10 +42,7 @@ pub fn build() -> Result<WasmSize> {
         "--target",
         TARGET,
     ]);
-    if let Some(commit) = git_commit() {
-        // Read by walsh at compile time (option_env!) and put into browser bench reports.
-        build.env("WALSH_GIT_COMMIT", commit);
-    }
+    // walsh's build.rs puts the commit into the module (bench reports, version line).
     run(&mut build)?;
 
     let pkg = root.join("web").join("pkg");
