@@ -38,6 +38,7 @@ use crate::model::generate::{
 use crate::model::gpu::GpuDecoder;
 use crate::model::weights::{CONFIG_FILE, Model, WEIGHTS_FILE};
 use crate::model::{Config, ModelError};
+use crate::ops::WeightFormat;
 use crate::ops::attention::KvFormat;
 use crate::ops::hadamard::WhtError;
 use crate::ops::sample::SamplingParams;
@@ -518,12 +519,14 @@ impl Engine {
     }
 
     /// Runs benchmark suites (comma-separated: `kernels`, `decoder`, `paper`), `quick` for
-    /// small sizes, calling `progress(what, done, total)` between cases. Resolves to the
-    /// report (JSON, the schema of `walsh bench --out`). Needs WebGPU.
+    /// small sizes, with the decoders' layer matrices in `weights` (`f16`, `q8` or `q4`, as
+    /// `walsh bench --weights`), calling `progress(what, done, total)` between cases.
+    /// Resolves to the report (JSON, the schema of `walsh bench --out`). Needs WebGPU.
     pub async fn bench(
         &self,
         suites: String,
         quick: bool,
+        weights: String,
         progress: Function,
     ) -> Result<String, JsError> {
         let gpu = self.gpu()?;
@@ -539,7 +542,18 @@ impl Engine {
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let weights = match weights.trim() {
+            "f16" => WeightFormat::F16,
+            "q8" => WeightFormat::Q8,
+            "q4" => WeightFormat::Q4,
+            other => {
+                return Err(error(format!(
+                    "unknown weight format `{other}`: use f16, q8 or q4"
+                )));
+            }
+        };
         let mut options = BenchOptions::new(suites, quick);
+        options.weights = weights;
         // Software WebGPU (SwiftShader) and phones: keep the sizes within a few minutes
         // (a 16384-wide GEMM alone is 137 GFLOP).
         options.max_d_model = options.max_d_model.min(1024);

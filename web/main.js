@@ -542,7 +542,7 @@ async function runBench() {
   setState('benchmarking');
   try {
     const json = await state.engine.bench(suites.join(','), $('bench-quick').checked,
-      (what, done, total) => {
+      $('bench-weights').value, (what, done, total) => {
         bar.value = total ? done / total : 0;
         label.textContent = `${done}/${total} ${what}`;
       });

@@ -251,11 +251,16 @@ async function webgpuChecks(check, b, url, env, shots, summary) {
     await tab.checked('#suite-paper', false);
     await tab.checked('#suite-kernels', true);
     await tab.checked('#bench-quick', true);
+    // The weight format reaches the report's options (the kernels ignore it: cheap).
+    await tab.select('#bench-weights', 'q4');
     await tab.click('#bench-run');
     const st = await tab.state(['done', 'error'], RUN_TIMEOUT);
     if (st !== 'done') throw new Error(`page state ${st}: ${await tab.failure()}`);
     const report = await tab.eval(() => window.walsh.lastReport);
     if (report.schema_version !== 1) throw new Error(`schema ${report.schema_version}`);
+    if (report.options.weights !== 'q4') {
+      throw new Error(`weights ${JSON.stringify(report.options.weights)} in the report, not q4`);
+    }
     if (report.kernels.length === 0) throw new Error('no kernel measured');
     for (const k of report.kernels) {
       for (const f of ['gb_per_s', 'gflop_per_s', 'fraction_of_copy']) {
