@@ -50,6 +50,10 @@ override OUTS: u32 = select(1u, 2u, EPI == EPI_SWIGLU);
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
+// The same w and x, 16 bytes at a time: read only by `gemv_wide` (no entry point uses
+// both views of one binding).
+@group(0) @binding(1) var<storage, read> w4: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;
 
 // Quantized formats: bits per level, levels per word, words per block.
 override QBITS: u32 = select(4u, 8u, W_FMT == W_Q8);
@@ -139,7 +143,8 @@ fn store(r: u32, u: u32, z: f32, z2: f32) {
 // GEMV_WG partials of its row: a single barrier instead of a log2(GEMV_WG)-step tree,
 // which matters where barriers are costly.
 
-// Invocations per workgroup; must match GEMV_WORKGROUP on the host (<= 256, see `partial`).
+// Invocations per workgroup: GEMV_WORKGROUP on the host, GEMV_WIDE_WORKGROUP for
+// gemv_wide (<= 256, see `partial` and `wide_partial`).
 override GEMV_WG: u32 = 64u;
 // Rows per workgroup, 1 to MAX_GEMV_ROWS / OUTS; the host sizes it to the batch.
 override GEMV_ROWS: u32 = 8u;
@@ -279,6 +284,117 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
     }
     for (var r = 0u; r < nr; r++) {
         store(r0 + r, u, acc[r], acc[min(GEMV_ROWS + r, MAX_GEMV_ROWS - 1u)]);
+    }
+}
+
+// ---- GEMV, wide: 16-byte loads, a lane group per output unit -------------------------
+// For GPUs. A workgroup of GEMV_WG invocations is WIDE_UNITS lane groups of WIDE_LANES;
+// lane group g takes output unit u = WIDE_UNITS * (workgroup's unit block) + g for one
+// block of GEMV_ROWS rows. Each lane reads a vec4<u32> of w per step (8 f16 weights, 16 q8
+// or 32 q4 levels, 4 f32) and the inputs under it as vec4<f32>, striding by the group's
+// WIDE_LANES x 16 bytes, so a group streams its row in 512-byte runs with several loads in
+// flight per lane. Then one barrier and WIDE_UNITS x GEMV_ROWS lanes each add
+// WIDE_LANES partials. Needs n_in % 32 == 0 (whole quantized blocks, rows of whole
+// vec4s); the host checks.
+// Must match GEMV_WIDE_LANES on the host; WIDE_UNITS = GEMV_WG / WIDE_LANES.
+const WIDE_LANES: u32 = 32u;
+override WIDE_UNITS: u32 = GEMV_WG / WIDE_LANES;
+
+var<workgroup> wide_partial: array<array<f32, MAX_GEMV_ROWS>, 256>;
+
+// Input vec4 k (inputs 4k .. 4k + 3) of row r of x.
+fn x_at(r: u32, k: u32) -> vec4<f32> {
+    return x4[r * (params.n_in / 4u) + k];
+}
+
+// Scale s (row o's block b is s = o * blocks + b) of a quantized w, read through w4.
+fn wide_scale(s: u32) -> f32 {
+    let word = params.n_out * row_words() + (s >> 1u);
+    let pair = unpack2x16float(w4[word >> 2u][word & 3u]);
+    return select(pair.x, pair.y, (s & 1u) == 1u);
+}
+
+// Adds row o of w times rows r0 .. r0 + GEMV_ROWS of x into acc[a0 ..], lane `lane` of its
+// group taking vec4s lane, lane + WIDE_LANES, ...
+fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: u32,
+                 nr: u32, lane: u32) {
+    // vec4<u32>s per row, and inputs each covers.
+    var per_vec = 4u;
+    if (W_FMT == W_F16) {
+        per_vec = 8u;
+    } else if (quantized()) {
+        per_vec = 4u * VPW;
+    }
+    let vecs = params.n_in / per_vec;
+    let blocks = params.n_in / QBLOCK;
+    for (var j = lane; j < vecs; j += WIDE_LANES) {
+        let wv = w4[o * vecs + j];
+        var scale = 1.0;
+        if (quantized()) {
+            scale = wide_scale(o * blocks + j * per_vec / QBLOCK);
+        }
+        let k = j * (per_vec / 4u);  // first input vec4 under wv
+        for (var r = 0u; r < GEMV_ROWS; r++) {
+            let row = r0 + min(r, nr - 1u);
+            var z = 0.0;
+            if (W_FMT == W_F32) {
+                z = dot(bitcast<vec4<f32>>(wv), x_at(row, k));
+            } else if (W_FMT == W_F16) {
+                let a = vec4<f32>(unpack2x16float(wv.x), unpack2x16float(wv.y));
+                let b = vec4<f32>(unpack2x16float(wv.z), unpack2x16float(wv.w));
+                z = dot(a, x_at(row, k)) + dot(b, x_at(row, k + 1u));
+            } else if (W_FMT == W_Q8) {
+                for (var c = 0u; c < 4u; c++) {
+                    z += dot(levels_lo(wv[c]), x_at(row, k + c));
+                }
+            } else {
+                for (var c = 0u; c < 4u; c++) {
+                    z += dot(levels_lo(wv[c]), x_at(row, k + 2u * c))
+                        + dot(levels_hi(wv[c]), x_at(row, k + 2u * c + 1u));
+                }
+            }
+            (*acc)[a0 + r] += scale * z;
+        }
+    }
+}
+
+@compute @workgroup_size(GEMV_WG)
+fn gemv_wide(@builtin(local_invocation_index) t: u32,
+             @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = wid.y * params.tiles_x + wid.x;
+    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
+    let units = params.n_out / OUTS;
+    let groups = (units + WIDE_UNITS - 1u) / WIDE_UNITS;
+    if (id >= groups * blocks) {
+        return;  // whole workgroup: uniform
+    }
+    let g = t / WIDE_LANES;
+    let lane = t % WIDE_LANES;
+    let u = (id / blocks) * WIDE_UNITS + g;
+    let r0 = (id % blocks) * GEMV_ROWS;
+    let nr = min(GEMV_ROWS, params.rows - r0);
+    var acc: array<f32, MAX_GEMV_ROWS>;
+    if (u < units) {
+        for (var k = 0u; k < OUTS; k++) {
+            dot_rows_wide(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, lane);
+        }
+    }
+    for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
+        wide_partial[t][a] = acc[a];
+    }
+    workgroupBarrier();
+    // Lane r < nr of each group adds its unit's row r.
+    if (u < units && lane < nr) {
+        let first = g * WIDE_LANES;
+        var z = 0.0;
+        var z2 = 0.0;
+        for (var k = 0u; k < WIDE_LANES; k++) {
+            z += wide_partial[first + k][lane];
+            if (OUTS == 2u) {
+                z2 += wide_partial[first + k][GEMV_ROWS + lane];
+            }
+        }
+        store(r0 + lane, u, z, z2);
     }
 }
 

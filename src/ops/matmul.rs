@@ -14,6 +14,14 @@ use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader}
 /// Invocations per GEMV workgroup; passed to the shader as `GEMV_WG` (at most 256, the
 /// length of its `partial` rows).
 const GEMV_WORKGROUP: u32 = 64;
+/// Invocations per workgroup of the wide GEMV (`GEMV_WG` there, at most 256, the length
+/// of its `wide_partial`): GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES output units per
+/// workgroup.
+const GEMV_WIDE_WORKGROUP: u32 = 256;
+/// Lanes per output unit in the wide GEMV; must match `WIDE_LANES` in matmul.wgsl.
+const GEMV_WIDE_LANES: u32 = 32;
+/// The wide GEMV reads rows in whole quantized blocks and 16-byte vectors.
+const GEMV_WIDE_ALIGN: usize = 32;
 /// Accumulators per GEMV invocation (rows per workgroup x outputs per unit) at most;
 /// must match `MAX_GEMV_ROWS` in matmul.wgsl.
 const MAX_GEMV_ROWS: usize = 8;
@@ -77,8 +85,11 @@ pub fn interleave_rows<T: Copy>(a: &[T], b: &[T], cols: usize) -> Vec<T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     Auto,
-    /// A workgroup per output, reduced through workgroup memory (GPUs).
+    /// A workgroup per output, reduced through workgroup memory.
     Gemv,
+    /// A group of 32 lanes per output reading 16 bytes each per step, eight outputs per
+    /// workgroup (GPUs; needs `n_in % 32 == 0`).
+    GemvWide,
     /// An invocation per output, no barrier (CPU adapters).
     GemvOutputs,
     Gemm,
@@ -133,10 +144,18 @@ pub fn encode_with(
     let kernel = match kernel {
         // On a CPU adapter a barrier is a thread switch: one invocation per output wins.
         Kernel::Auto if rows <= GEMV_MAX_ROWS && gpu.is_cpu_adapter() => Kernel::GemvOutputs,
+        Kernel::Auto if rows <= GEMV_MAX_ROWS && n_in.is_multiple_of(GEMV_WIDE_ALIGN) => {
+            Kernel::GemvWide
+        }
         Kernel::Auto if rows <= GEMV_MAX_ROWS => Kernel::Gemv,
         Kernel::Auto => Kernel::Gemm,
         k => k,
     };
+    if kernel == Kernel::GemvWide && !n_in.is_multiple_of(GEMV_WIDE_ALIGN) {
+        return Err(GpuError::Validation(format!(
+            "the wide GEMV needs n_in to be a multiple of {GEMV_WIDE_ALIGN}, not {n_in}"
+        )));
+    }
     let gemv = kernel != Kernel::Gemm;
     // A workgroup takes up to MAX_GEMV_ROWS / outs rows; sized to the batch so no
     // invocation loops over rows that are not there.
@@ -149,14 +168,23 @@ pub fn encode_with(
             "gemv_outputs",
             units.div_ceil(GEMV_WORKGROUP as usize) * blocks,
         ),
+        Kernel::GemvWide => (
+            "gemv_wide",
+            units.div_ceil((GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES) as usize) * blocks,
+        ),
         _ => ("gemm", n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE)),
     };
     let mut key = PipelineKey::new(Shader::Matmul, entry)
         .with("W_FMT", w.format.shader_code())
         .with("EPI", epilogue as u32);
     if gemv {
+        let workgroup = if kernel == Kernel::GemvWide {
+            GEMV_WIDE_WORKGROUP
+        } else {
+            GEMV_WORKGROUP
+        };
         key = key
-            .with("GEMV_WG", GEMV_WORKGROUP)
+            .with("GEMV_WG", workgroup)
             .with("GEMV_ROWS", gemv_rows as u32)
             .with_flag("PAIRED", n_in.is_multiple_of(2));
     }
@@ -377,6 +405,33 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn wide_gemv_matches_cpu_on_whole_blocks() {
+        for gpu in test_gpus() {
+            let k = Kernel::GemvWide;
+            for format in FORMATS {
+                // One block; rows past one GEMV block; units not filling a workgroup (8).
+                for (rows, n_in, n_out) in [(1, 32, 1), (3, 64, 9), (9, 96, 17), (16, 256, 33)] {
+                    check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
+                }
+                check(&gpu, k, format, 5, 160, 18, Epilogue::SwiGlu);
+                check(&gpu, k, format, 2, 64, 11, Epilogue::Accumulate);
+            }
+            check(&gpu, k, WeightFormat::Q4, 6, 128, 38, Epilogue::SwiGlu);
+            check(&gpu, k, WeightFormat::F16, 4, 96, 7, Epilogue::Silu);
+            // Rows of partial blocks are refused, not misread.
+            let w = Matrix::from_f32(&gpu, "w", &[0f32; 33 * 2], 2, 33).unwrap();
+            let x = gpu
+                .upload(MemoryCategory::Activations, "x", &[0f32; 33])
+                .unwrap();
+            let y = gpu.storage(MemoryCategory::Activations, "y", 8).unwrap();
+            let mut enc = gpu.encoder("matmul test");
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let err = encode_with(&gpu, &mut pass, &w, &x, &y, 1, Epilogue::Store, k).unwrap_err();
+            assert!(err.to_string().contains("multiple of 32, not 33"), "{err}");
         }
     }
 
