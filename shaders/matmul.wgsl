@@ -14,9 +14,10 @@
 // block-quantized rows: QBLOCK values along the input per block, WPB words of levels per
 // block (q8: a two's-complement byte per value, little end first; q4: level + 8 per nibble,
 // low nibble first), every row's blocks one after another, then the f16 block scales
-// ([n_out, blocks], two per word) after the last row. A weight is scale x level (exact
-// in f32, the CPU's dequantized value); the GEMV sums levels x inputs over a word and
-// then scales, so it rounds in another order than the CPU, like any other GEMV.
+// ([n_out, blocks], two per word) after the last row, then zero words up to a whole vec4
+// (gemv_wide reads the scales through w4; Matrix::from_quant pads). A weight is scale x
+// level (exact in f32, the CPU's dequantized value); the GEMV sums levels x inputs over a
+// word and then scales, so it rounds in another order than the CPU, like any other GEMV.
 
 // Must match `MatmulParams` in src/ops/matmul.rs.
 struct Params {

@@ -436,6 +436,29 @@ mod tests {
     }
 
     #[test]
+    fn quantized_matrices_fill_whole_vec4s() {
+        // gemv_wide reads a quantized buffer, its last scales included, as vec4<u32>s: an
+        // odd number of scale words must still end on a whole vector.
+        for gpu in test_gpus().into_iter().take(1) {
+            for format in [WeightFormat::Q8, WeightFormat::Q4] {
+                for (rows, cols) in [(1, 32), (3, 64), (5, 96), (7, 33)] {
+                    let w = test_values(rows * cols, 4);
+                    let q = QuantMatrix::quantize(format.quant().unwrap(), rows, cols, &w).unwrap();
+                    let m = Matrix::from_quant(&gpu, "w", &q).unwrap();
+                    let bytes = format.matrix_bytes(rows, cols);
+                    assert_eq!(m.buffer.size(), bytes as u64, "{format:?} [{rows}, {cols}]");
+                    assert_eq!(bytes % 16, 0, "{format:?} [{rows}, {cols}]: {bytes} bytes");
+                    let exact = (q.data.len() + q.scales.len().div_ceil(2)) * 4;
+                    assert!(
+                        bytes - exact < 16,
+                        "{format:?} [{rows}, {cols}]: {bytes} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn interleaved_rows_alternate() {
         let a = [1, 2, 3, 4];
         let b = [5, 6, 7, 8];

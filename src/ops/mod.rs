@@ -18,8 +18,10 @@ use crate::model::quant::{QuantFormat, QuantMatrix, blocks_per_row};
 /// `F32` holds the bit patterns (`bitcast<f32>(w[i])`), `F16` two halves per u32, element
 /// `i` in half `i & 1` of word `i >> 1`, low half first (`unpack2x16float(w[i >> 1])`).
 /// `Q8` and `Q4` hold a [`QuantMatrix`]'s packed levels, row after row, then its f16 block
-/// scales two per word (low half first; an odd count is padded with a zero half): the
-/// layout of `src/model/quant.rs`, read by `weight_at` and `dot_rows` in matmul.wgsl.
+/// scales two per word (low half first; an odd count is padded with a zero half), then
+/// zero words up to a whole 16 bytes (the wide GEMV reads the buffer as `vec4<u32>`s, its
+/// last scales included): the layout of `src/model/quant.rs`, read by `weight_at`,
+/// `dot_rows` and `dot_rows_wide` in matmul.wgsl.
 /// None of them needs SHADER_F16 or 8-bit storage, so all work on every adapter and in
 /// browsers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -37,7 +39,7 @@ impl WeightFormat {
         match (self, self.quant()) {
             (_, Some(q)) => {
                 let scales = rows * blocks_per_row(cols);
-                (scales * q.words_per_block() + scales.div_ceil(2)) * 4
+                quant_words(scales * q.words_per_block() + scales.div_ceil(2)) * 4
             }
             (WeightFormat::F16, None) => (rows * cols).div_ceil(2) * 4,
             (_, None) => rows * cols * 4,
@@ -129,9 +131,10 @@ impl Matrix {
     /// Uploads a block-quantized matrix as it is stored: its packed levels, then its scales
     /// two per word (see [`WeightFormat`]).
     pub fn from_quant(gpu: &Gpu, label: &str, q: &QuantMatrix) -> Result<Self, GpuError> {
-        let mut words = Vec::with_capacity(q.data.len() + q.scales.len().div_ceil(2));
+        let mut words = Vec::with_capacity(quant_words(q.data.len() + q.scales.len().div_ceil(2)));
         words.extend_from_slice(&q.data);
         words.extend(pack_halves(&q.scales));
+        words.resize(quant_words(words.len()), 0);
         let buffer = gpu.upload(MemoryCategory::Weights, label, &words)?;
         Ok(Self {
             buffer,
@@ -140,6 +143,12 @@ impl Matrix {
             format: q.format.into(),
         })
     }
+}
+
+/// Words of a quantized matrix on the GPU: `words` of levels and scales, padded to whole
+/// vec4<u32>s for `gemv_wide`.
+fn quant_words(words: usize) -> usize {
+    words.next_multiple_of(4)
 }
 
 /// f16 bit patterns two per u32, low half first, an odd count padded with a zero half.
