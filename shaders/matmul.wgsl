@@ -293,8 +293,7 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
 // lane group g takes output unit u = WIDE_UNITS * (workgroup's unit block) + g for one
 // block of GEMV_ROWS rows. Each lane reads a vec4<u32> of w per step (8 f16 weights, 16 q8
 // or 32 q4 levels, 4 f32) and the inputs under it as vec4<f32>, striding by the group's
-// WIDE_LANES x 16 bytes, so a group streams its row in 512-byte runs with several loads in
-// flight per lane. Then one barrier and WIDE_UNITS x GEMV_ROWS lanes each add
+// WIDE_LANES x 16 bytes, so a group streams its row in 512-byte runs. Then one barrier and WIDE_UNITS x GEMV_ROWS lanes each add
 // WIDE_LANES partials. Needs n_in % 32 == 0 (whole quantized blocks, rows of whole
 // vec4s); the host checks.
 // Must match GEMV_WIDE_LANES on the host; WIDE_UNITS = GEMV_WG / WIDE_LANES.
