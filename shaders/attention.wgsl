@@ -23,6 +23,12 @@
 //             out = softmax(q k^T * scale) v, or with PARTIAL its chunk's unnormalized
 //             state (m, l, acc) to `parts` for `reduce`.
 //   reduce    combines the partial states of a row's chunks into out.
+// With FUSE (decode: one row per tile) attend also does the work of rope and kv_write /
+// kv_quant for its row and head: q and k are rotated by RoPE (cos_sin, as rope.wgsl) as
+// they are read from the decoder's fused [rows, q | k | v] buffer (bound as q, k at pair
+// k_off, v at src_off2), and the one workgroup whose key chunk holds the row's position
+// writes the head's key and value to the cache, in the cache's format and bit for bit as
+// the separate kernels would, before it reads the chunk's keys.
 // With KV_ROT the cache holds heads rotated by R = H / sqrt(HD) (H the Walsh-Hadamard
 // matrix): attend rotates each query head by R in workgroup memory, so scores are
 // unchanged (R orthogonal), and rotates its output (or its chunk's partial acc: reduce is
@@ -43,9 +49,9 @@ struct Params {
     src_off: u32,    // kv_write: pair of k in row 0 of k_rows; attend: of q in row 0 of q
     src_off2: u32,   // kv_write: pair of v in row 0 of v_rows
     rot_norm: f32,   // KV_ROT: 1/sqrt(HD) rounded to f32 on the host
-    level_inv: f32,  // kv_quant: 1/127 (q8) or 1/7 (q4) rounded to f32 on the host
-    pad0: u32,
-    pad1: u32,
+    level_inv: f32,  // kv_quant, FUSE: 1/127 (q8) or 1/7 (q4) rounded to f32 on the host
+    k_off: u32,      // FUSE: pair of k in row 0 of q
+    rope_half: u32,  // FUSE: pairs per position in cos_sin (head_dim / 2)
 }
 
 // Workgroup memory in f32s: 16 KiB, the WebGPU default limit. Must match TILE_ELEMS on the
@@ -66,26 +72,29 @@ override PARTIAL: bool = false;  // attend: write chunk states to `parts`, not `
 override EW_WG: u32 = 256u;      // kv_write, reduce: invocations per workgroup
 override KV: u32 = 0u;           // cache format: 0 f32, 1 f16, 2 q8, 3 q4 (KvFormat::code)
 override KV_ROT: bool = false;   // q8 / q4 of heads rotated by H / sqrt(HD); HD a power of 2
+override FUSE: bool = false;     // attend: RoPE and the KV write of its row (decode)
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> row_table: array<u32>;
+
+// The caches, in every entry point (attend writes them only with FUSE).
+@group(0) @binding(4) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(5) var<storage, read_write> v_cache: array<u32>;
 
 // kv_write's bindings. Entry points may reuse binding numbers: wgpu compiles each pipeline
 // from its entry point alone.
 @group(0) @binding(2) var<storage, read> k_rows: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read> v_rows: array<vec2<f32>>;
-@group(0) @binding(4) var<storage, read_write> k_cache_out: array<u32>;
-@group(0) @binding(5) var<storage, read_write> v_cache_out: array<u32>;
 
 // attend's and reduce's bindings.
 @group(0) @binding(2) var<storage, read> plan: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<vec2<f32>>;
-@group(0) @binding(4) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(5) var<storage, read> v_cache: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec2<f32>>;
 // Split decode: acc of part p at [p * HD/2, (p + 1) * HD/2), then (m, l) of part p at
 // rows * heads * chunks * HD/2 + p, with p = (row * heads + head) * chunks + chunk.
 @group(0) @binding(7) var<storage, read_write> parts: array<vec2<f32>>;
+// FUSE: (cos, sin) of pair i at position p at index p * rope_half + i (rope.wgsl's table).
+@group(0) @binding(8) var<storage, read> cos_sin: array<vec2<f32>>;
 
 // kv_quant's private copy of a head: MAX_HEAD_DIM on the host.
 const MAX_HD: u32 = 256u;
@@ -195,20 +204,20 @@ fn pack_pair(v: vec2<f32>) -> vec2<u32> {
 fn store_k(p: u32, v: vec2<f32>) {
     let w = pack_pair(v);
     if (KV == 1u) {
-        k_cache_out[p] = w.x;
+        k_cache[p] = w.x;
     } else {
-        k_cache_out[2u * p] = w.x;
-        k_cache_out[2u * p + 1u] = w.y;
+        k_cache[2u * p] = w.x;
+        k_cache[2u * p + 1u] = w.y;
     }
 }
 
 fn store_v(p: u32, v: vec2<f32>) {
     let w = pack_pair(v);
     if (KV == 1u) {
-        v_cache_out[p] = w.x;
+        v_cache[p] = w.x;
     } else {
-        v_cache_out[2u * p] = w.x;
-        v_cache_out[2u * p + 1u] = w.y;
+        v_cache[2u * p] = w.x;
+        v_cache[2u * p + 1u] = w.y;
     }
 }
 
@@ -260,6 +269,48 @@ fn quantize(v: f32, scale: f32, max_level: i32) -> i32 {
     return 0;
 }
 
+// Quantizes head x (rotated first with KV_ROT) and writes its block at word `base` of the
+// k or v cache: the scale word, then the packed levels.
+fn pack_head(x: ptr<function, array<f32, MAX_HD>>, is_v: bool, base: u32) {
+    if (KV_ROT) {
+        fwht(x);
+        for (var i = 0u; i < HD; i++) {
+            (*x)[i] *= params.rot_norm;
+        }
+    }
+    var amax = 0.0;
+    for (var i = 0u; i < HD; i++) {
+        amax = max(amax, abs((*x)[i]));
+    }
+    let scale = amax * params.level_inv;
+    let max_level = select(7, 127, KV == 2u);
+    let b = kv_bits();
+    let per_word = 32u / b;
+    let n = head_words() - 1u;
+    for (var j = 0u; j <= n; j++) {
+        var w = bitcast<u32>(scale);
+        if (j > 0u) {
+            w = 0u;
+            for (var i = 0u; i < per_word; i++) {
+                let at = (j - 1u) * per_word + i;
+                var l = 0;
+                if (at < HD) {
+                    l = quantize((*x)[at], scale, max_level);
+                }
+                // q8: the two's-complement byte; q4: level + 8.
+                let bits = select(u32(l + 8), bitcast<u32>(l) & 0xffu, KV == 2u);
+                w |= bits << (i * b);
+            }
+        }
+        if (is_v) {
+            v_cache[base + j] = w;
+        } else {
+            k_cache[base + j] = w;
+        }
+    }
+}
+
+
 @compute @workgroup_size(EW_WG)
 fn kv_quant(@builtin(local_invocation_index) t: u32,
             @builtin(workgroup_id) wid: vec3<u32>) {
@@ -288,43 +339,7 @@ fn kv_quant(@builtin(local_invocation_index) t: u32,
         x[2u * c] = p.x;
         x[2u * c + 1u] = p.y;
     }
-    if (KV_ROT) {
-        fwht(&x);
-        for (var i = 0u; i < HD; i++) {
-            x[i] *= params.rot_norm;
-        }
-    }
-    var amax = 0.0;
-    for (var i = 0u; i < HD; i++) {
-        amax = max(amax, abs(x[i]));
-    }
-    let scale = amax * params.level_inv;
-    let max_level = select(7, 127, KV == 2u);
-    let b = kv_bits();
-    let per_word = 32u / b;
-    let base = ((seq * params.max_pos + pos) * params.heads + head) * head_words();
-    let n = head_words() - 1u;
-    for (var j = 0u; j <= n; j++) {
-        var w = bitcast<u32>(scale);
-        if (j > 0u) {
-            w = 0u;
-            for (var i = 0u; i < per_word; i++) {
-                let at = (j - 1u) * per_word + i;
-                var l = 0;
-                if (at < HD) {
-                    l = quantize(x[at], scale, max_level);
-                }
-                // q8: the two's-complement byte; q4: level + 8.
-                let bits = select(u32(l + 8), bitcast<u32>(l) & 0xffu, KV == 2u);
-                w |= bits << (i * b);
-            }
-        }
-        if (is_v) {
-            v_cache_out[base + j] = w;
-        } else {
-            k_cache_out[base + j] = w;
-        }
-    }
+    pack_head(&x, is_v, ((seq * params.max_pos + pos) * params.heads + head) * head_words());
 }
 
 // ---- attend ------------------------------------------------------------------------------
@@ -361,6 +376,69 @@ fn rotate_tile_rows(t: u32) {
 // Positions past the cache are clamped: a bad table yields wrong rows, never a runaway loop.
 fn row_pos(row: u32) -> u32 {
     return min(row_table[2u * row + 1u], params.max_pos - 1u);
+}
+
+// FUSE: value j of the head at pair `off` of row `row` of q (the fused q | k | v rows).
+fn head_value(row: u32, off: u32, j: u32) -> f32 {
+    let p = q[row * params.src_stride + off + j / 2u];
+    return select(p.x, p.y, (j & 1u) == 1u);
+}
+
+// FUSE: the rotation pair (i, i + HD/2) of that head after RoPE at the row's position, in
+// rope.wgsl's arithmetic.
+fn roped(row: u32, off: u32, i: u32) -> vec2<f32> {
+    let a = head_value(row, off, i);
+    let b = head_value(row, off, i + HD / 2u);
+    let cs = cos_sin[row_pos(row) * params.rope_half + i];
+    return vec2<f32>(a * cs.x - b * cs.y, b * cs.x + a * cs.y);
+}
+
+// FUSE: writes the key (after RoPE) and value of head `head` of each row of the tile whose
+// position lies in the chunk starting at k_begin, staged in the tile's K and V blocks (free
+// until the key loop). Called from uniform control flow; ends with a storage barrier, so
+// the key loop reads what was written.
+fn fused_kv_write(t: u32, first: u32, count: u32, head: u32, k_begin: u32) {
+    let h2 = HD / 2u;
+    let kb = 2u * TQ * h2;       // f32 offsets of the K and V blocks
+    let vb = kb + 2u * TK * h2;
+    for (var qi = 0u; qi < count; qi++) {
+        let row = first + qi;
+        let seq = row_table[2u * row];
+        let pos = row_table[2u * row + 1u];
+        // As kv_write: a table that disagrees with the cache writes nothing.
+        if (seq >= params.max_seqs || pos >= params.max_pos || pos < k_begin
+            || pos - k_begin >= params.chunk_len) {
+            continue;
+        }
+        workgroupBarrier();  // an earlier row's block has been written out
+        for (var c = t; c < h2; c += WG) {
+            let k = roped(row, params.k_off + head * h2, c);
+            tile[kb + c] = k.x;
+            tile[kb + c + h2] = k.y;
+            let v = q[row * params.src_stride + params.src_off2 + head * h2 + c];
+            tile[vb + 2u * c] = v.x;
+            tile[vb + 2u * c + 1u] = v.y;
+        }
+        workgroupBarrier();
+        let blk = (seq * params.max_pos + pos) * params.heads + head;
+        if (KV >= 2u) {
+            // One invocation per head, as kv_quant.
+            if (t < 2u) {
+                var x: array<f32, MAX_HD>;
+                let src = select(kb, vb, t == 1u);
+                for (var j = 0u; j < HD; j++) {
+                    x[j] = tile[src + j];
+                }
+                pack_head(&x, t == 1u, blk * head_words());
+            }
+        } else {
+            for (var c = t; c < h2; c += WG) {
+                store_k(blk * h2 + c, vec2<f32>(tile[kb + 2u * c], tile[kb + 2u * c + 1u]));
+                store_v(blk * h2 + c, vec2<f32>(tile[vb + 2u * c], tile[vb + 2u * c + 1u]));
+            }
+        }
+    }
+    storageBarrier();
 }
 
 @compute @workgroup_size(WG)
@@ -409,14 +487,29 @@ fn attend(@builtin(local_invocation_index) t: u32,
 
     // With KV_ROT the rotation's normalization goes with the softmax scale.
     let q_scale = select(params.scale, params.scale * params.rot_norm, KV_ROT);
-    for (var x = t; x < TQ * h2; x += WG) {
-        let qi = x / h2;
-        var v = vec2<f32>(0.0);
-        if (qi < count) {
-            v = q[(first + qi) * params.src_stride + params.src_off + head * h2 + x % h2]
-                * q_scale;
+    if (FUSE) {
+        // Invocation x takes the rotation pair (i, i + HD/2) of query row qi.
+        for (var x = t; x < TQ * h2; x += WG) {
+            let qi = x / h2;
+            let c = x % h2;
+            var v = vec2<f32>(0.0);
+            if (qi < count) {
+                v = roped(first + qi, params.src_off + head * h2, c) * q_scale;
+            }
+            tile[qi * HD + c] = v.x;
+            tile[qi * HD + c + h2] = v.y;
         }
-        set_tile2(x, v);
+        fused_kv_write(t, first, count, head, k_begin);
+    } else {
+        for (var x = t; x < TQ * h2; x += WG) {
+            let qi = x / h2;
+            var v = vec2<f32>(0.0);
+            if (qi < count) {
+                v = q[(first + qi) * params.src_stride + params.src_off + head * h2 + x % h2]
+                    * q_scale;
+            }
+            set_tile2(x, v);
+        }
     }
     if (KV_ROT) {
         rotate_tile_rows(t);  // the key loop's first barrier follows

@@ -39,7 +39,8 @@ fn element(t: u32, wid: vec3<u32>) -> u32 {
 }
 
 // silu(v) = v * sigmoid(v), with exp only of -|v| so nothing overflows: for v = -100,
-// exp(100) would be inf, and WGSL does not promise inf arithmetic.
+// exp(100) would be inf, and WGSL does not promise inf arithmetic. Must stay the same
+// function as `silu` in matmul.wgsl (the products' SiLU and SwiGLU epilogues).
 fn silu(v: f32) -> f32 {
     let e = exp(-abs(v));
     let sigmoid = select(e, 1.0, v >= 0.0) / (1.0 + e);

@@ -24,7 +24,11 @@ struct Params {
     rows: u32,
     n_in: u32,
     n_out: u32,
-    tiles_x: u32,  // workgroups along x of the (possibly 2-D) grid
+    tiles_x: u32,    // workgroups along x of the (possibly 2-D) grid
+    eps: f32,        // PRO_NORM, PRO_WHT: the RMSNorm epsilon
+    wht_scale: f32,  // PRO_WHT: 1 / sqrt(n_in)
+    pad0: u32,
+    pad1: u32,
 }
 
 // Must match `Epilogue` in src/ops/matmul.rs.
@@ -55,6 +59,12 @@ override OUTS: u32 = select(1u, 2u, EPI == EPI_SWIGLU);
 // both views of one binding).
 @group(0) @binding(1) var<storage, read> w4: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;
+// The prologues' bindings (PRO != PRO_NONE; `Prologue` on the host binds all five).
+@group(0) @binding(4) var<storage, read> norm_w: array<f32>;
+@group(0) @binding(5) var<storage, read> resid: array<f32>;
+@group(0) @binding(6) var<storage, read> gamma: array<f32>;
+@group(0) @binding(7) var<storage, read> beta: array<f32>;
+@group(0) @binding(8) var<storage, read_write> xout: array<f32>;
 
 // Quantized formats: bits per level, levels per word, words per block.
 override QBITS: u32 = select(4u, 8u, W_FMT == W_Q8);
@@ -120,8 +130,13 @@ fn weight_at(o: u32, i: u32) -> f32 {
     return block_scale(o, b) * level;
 }
 
+// silu(v) = v * sigmoid(v), with exp only of -|v| so nothing overflows (exp(-v) is inf
+// for v below about -88, and WGSL does not promise inf arithmetic). Must stay the same
+// function as `silu` in elementwise.wgsl.
 fn silu(v: f32) -> f32 {
-    return v / (1.0 + exp(-v));
+    let e = exp(-abs(v));
+    let sigmoid = select(e, 1.0, v >= 0.0) / (1.0 + e);
+    return v * sigmoid;
 }
 
 // Writes output unit u of row r: z = the unit's first output of w, z2 its second
@@ -136,6 +151,134 @@ fn store(r: u32, u: u32, z: f32, z2: f32) {
     }
 }
 
+// ---- prologues: a decode GEMV's inputs made in workgroup memory -----------------------
+// The decoder folds the step before a product into the product's dispatch: each workgroup
+// stages its GEMV_ROWS input rows in `stage` and computes them there, then the dot loops
+// read `stage` instead of x. The work is repeated per workgroup (a row is n_in values,
+// against a weight row of n_in per output), which is what saves a dependent dispatch.
+//   PRO_NORM  inputs = rmsnorm(x[r]) * norm_w; with WRITE_X, the first unit group of
+//             workgroups also writes them to xout (the identity query reads them).
+//   PRO_WHT   v = resid[r] + gamma * H(x[r]) * wht_scale + beta (the Hadamard attention
+//             output, H in Sylvester order, n_in a power of two), written to xout by the
+//             first unit group (the new residual stream), then inputs = rmsnorm(v) *
+//             norm_w: the post-attention norm of the layer.
+// The host (`Prologue` in src/ops/matmul.rs) checks GEMV_ROWS * n_in <= STAGE.
+const PRO_NONE: u32 = 0u;
+const PRO_NORM: u32 = 1u;
+const PRO_WHT: u32 = 2u;
+override PRO: u32 = PRO_NONE;
+override WRITE_X: bool = false;
+
+// f32s of staged inputs; must match PROLOGUE_STAGE on the host. The GEMVs' partial sums
+// reuse it after their dot loops (2048 values), so every GEMV declares just this array.
+const STAGE: u32 = 4096u;
+// Partial sums each invocation of the norm's first reduction round adds up (norm.wgsl).
+const FAN: u32 = 16u;
+var<workgroup> stage: array<f32, STAGE>;
+var<workgroup> sums: array<f32, 256>;
+var<workgroup> sums2: array<f32, 16>;
+// The first row staged by this workgroup.
+var<private> stage_r0: u32;
+
+fn staged() -> bool {
+    return PRO != PRO_NONE;
+}
+
+// Input i of row r of the product (r a row of the whole batch).
+fn xin(r: u32, i: u32) -> f32 {
+    if (staged()) {
+        return stage[(r - stage_r0) * params.n_in + i];
+    }
+    return x[r * params.n_in + i];
+}
+
+// Copies rows r0 .. r0 + nr of x into `stage` (gemv, gemv_outputs).
+fn stage_load(t: u32, wg: u32, r0: u32, nr: u32) {
+    let n = params.n_in;
+    for (var e = t; e < nr * n; e += wg) {
+        stage[e] = x[r0 * n + e];
+    }
+}
+
+// The same through the vec4 view of x (gemv_wide, which may not use both views; n_in is a
+// multiple of 4 there).
+fn stage_load4(t: u32, wg: u32, r0: u32, nr: u32) {
+    let n4 = params.n_in / 4u;
+    for (var e = t; e < nr * n4; e += wg) {
+        let v = x4[r0 * n4 + e];
+        stage[4u * e] = v.x;
+        stage[4u * e + 1u] = v.y;
+        stage[4u * e + 2u] = v.z;
+        stage[4u * e + 3u] = v.w;
+    }
+}
+
+// Makes the inputs of rows r0 .. r0 + nr from the rows a stage_load put in `stage`; `wg`
+// invocations, index t; `writer`: this workgroup writes xout. Called by every invocation
+// in uniform control flow; ends with a barrier.
+fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
+    stage_r0 = r0;
+    let n = params.n_in;
+    if (PRO == PRO_WHT) {
+        // Butterflies of half-width h = 1, 2, 4, ...: the order of the CPU reference.
+        let half = n / 2u;
+        for (var h = 1u; h < n; h *= 2u) {
+            workgroupBarrier();
+            for (var b = t; b < nr * half; b += wg) {
+                let k = b % half;
+                let i = (b / half) * n + (k / h) * 2u * h + k % h;
+                let a = stage[i];
+                let c = stage[i + h];
+                stage[i] = a + c;
+                stage[i + h] = a - c;
+            }
+        }
+        workgroupBarrier();
+        for (var e = t; e < nr * n; e += wg) {
+            let i = e % n;
+            let v = resid[r0 * n + e] + gamma[i] * stage[e] * params.wht_scale + beta[i];
+            stage[e] = v;
+            if (writer) {
+                xout[r0 * n + e] = v;
+            }
+        }
+    }
+    // RMSNorm of each row, reduced in two rounds as norm.wgsl does. Each invocation
+    // rescales the values it summed, so only `sums` is shared between rounds.
+    let groups = (wg + FAN - 1u) / FAN;
+    for (var r = 0u; r < nr; r++) {
+        workgroupBarrier();
+        var acc = 0.0;
+        for (var i = t; i < n; i += wg) {
+            let v = stage[r * n + i];
+            acc += v * v;
+        }
+        sums[t] = acc;
+        workgroupBarrier();
+        if (t < groups) {
+            var s = 0.0;
+            for (var j = t * FAN; j < min((t + 1u) * FAN, wg); j++) {
+                s += sums[j];
+            }
+            sums2[t] = s;
+        }
+        workgroupBarrier();
+        var total = 0.0;
+        for (var g = 0u; g < groups; g++) {
+            total += sums2[g];
+        }
+        let inv_rms = inverseSqrt(total / f32(n) + params.eps);
+        for (var i = t; i < n; i += wg) {
+            let v = stage[r * n + i] * inv_rms * norm_w[i];
+            stage[r * n + i] = v;
+            if (WRITE_X && writer) {
+                xout[(r0 + r) * n + i] = v;
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
 // ---- GEMV: decode-sized batches ------------------------------------------------------
 // One workgroup per (output unit u, block of GEMV_ROWS rows). Invocations stride over n_in
 // so a weight row is read once per block, coalesced; each keeps OUTS x GEMV_ROWS partial
@@ -145,7 +288,7 @@ fn store(r: u32, u: u32, z: f32, z2: f32) {
 // which matters where barriers are costly.
 
 // Invocations per workgroup: GEMV_WORKGROUP on the host, GEMV_WIDE_WORKGROUP for
-// gemv_wide (<= 256, see `partial` and `wide_partial`).
+// gemv_wide (<= 256: the partial sums' layout in `stage`).
 override GEMV_WG: u32 = 64u;
 // Rows per workgroup, 1 to MAX_GEMV_ROWS / OUTS; the host sizes it to the batch.
 override GEMV_ROWS: u32 = 8u;
@@ -153,8 +296,6 @@ override GEMV_ROWS: u32 = 8u;
 override PAIRED: bool = false;
 // Must match MAX_GEMV_ROWS on the host; OUTS * GEMV_ROWS accumulators at most.
 const MAX_GEMV_ROWS: u32 = 8u;
-
-var<workgroup> partial: array<array<f32, 256>, MAX_GEMV_ROWS>;
 
 // Weights n and n + 1 (n even), as two f32.
 fn weight_pair(n: u32) -> vec2<f32> {
@@ -184,21 +325,22 @@ fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: 
             let hi = levels_hi(word);
             let full = c + VPW <= params.n_in;
             for (var r = 0u; r < GEMV_ROWS; r++) {
-                let at = (r0 + min(r, nr - 1u)) * params.n_in;
+                let row = r0 + min(r, nr - 1u);
                 var x0: vec4<f32>;
                 var x1: vec4<f32>;
                 if (full) {
-                    x0 = vec4<f32>(x[at + c], x[at + c + 1u], x[at + c + 2u], x[at + c + 3u]);
+                    x0 = vec4<f32>(xin(row, c), xin(row, c + 1u), xin(row, c + 2u),
+                                   xin(row, c + 3u));
                     if (VPW == 8u) {
-                        x1 = vec4<f32>(x[at + c + 4u], x[at + c + 5u], x[at + c + 6u],
-                                       x[at + c + 7u]);
+                        x1 = vec4<f32>(xin(row, c + 4u), xin(row, c + 5u), xin(row, c + 6u),
+                                       xin(row, c + 7u));
                     }
                 } else {
-                    x0 = vec4<f32>(x[at + min(c, last)], x[at + min(c + 1u, last)],
-                                   x[at + min(c + 2u, last)], x[at + min(c + 3u, last)]);
+                    x0 = vec4<f32>(xin(row, min(c, last)), xin(row, min(c + 1u, last)),
+                                   xin(row, min(c + 2u, last)), xin(row, min(c + 3u, last)));
                     if (VPW == 8u) {
-                        x1 = vec4<f32>(x[at + min(c + 4u, last)], x[at + min(c + 5u, last)],
-                                       x[at + min(c + 6u, last)], x[at + min(c + 7u, last)]);
+                        x1 = vec4<f32>(xin(row, min(c + 4u, last)), xin(row, min(c + 5u, last)),
+                                       xin(row, min(c + 6u, last)), xin(row, min(c + 7u, last)));
                     }
                 }
                 var z = dot(lo, x0);
@@ -212,15 +354,15 @@ fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: 
         for (var j = i0; j < params.n_in / 2u; j += step) {
             let wv = weight_pair(o * params.n_in + 2u * j);
             for (var r = 0u; r < GEMV_ROWS; r++) {
-                let at = (r0 + min(r, nr - 1u)) * params.n_in + 2u * j;
-                (*acc)[a0 + r] += wv.x * x[at] + wv.y * x[at + 1u];
+                let row = r0 + min(r, nr - 1u);
+                (*acc)[a0 + r] += wv.x * xin(row, 2u * j) + wv.y * xin(row, 2u * j + 1u);
             }
         }
     } else {
         for (var i = i0; i < params.n_in; i += step) {
             let wv = weight(o * params.n_in + i);
             for (var r = 0u; r < GEMV_ROWS; r++) {
-                (*acc)[a0 + r] += wv * x[(r0 + min(r, nr - 1u)) * params.n_in + i];
+                (*acc)[a0 + r] += wv * xin(r0 + min(r, nr - 1u), i);
             }
         }
     }
@@ -238,23 +380,31 @@ fn gemv(@builtin(local_invocation_index) t: u32,
     let u = id / blocks;
     let r0 = (id % blocks) * GEMV_ROWS;
     let nr = min(GEMV_ROWS, params.rows - r0);
+    if (staged()) {
+        stage_load(t, GEMV_WG, r0, nr);
+        stage_inputs(t, GEMV_WG, r0, nr, u == 0u);
+    }
     var acc: array<f32, MAX_GEMV_ROWS>;
     for (var k = 0u; k < OUTS; k++) {
         dot_rows(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, t, GEMV_WG);
     }
+    if (staged()) {
+        workgroupBarrier();  // the partial sums below overwrite the staged inputs
+    }
+    // Accumulator a of invocation t at stage[a * 256 + t].
     for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
-        partial[a][t] = acc[a];
+        stage[a * 256u + t] = acc[a];
     }
     workgroupBarrier();
     if (t < nr) {
         var z = 0.0;
         var z2 = 0.0;
         for (var k = 0u; k < GEMV_WG; k++) {
-            z += partial[t][k];
+            z += stage[t * 256u + k];
         }
         if (OUTS == 2u) {
             for (var k = 0u; k < GEMV_WG; k++) {
-                z2 += partial[GEMV_ROWS + t][k];
+                z2 += stage[(GEMV_ROWS + t) * 256u + k];
             }
         }
         store(r0 + t, u, z, z2);
@@ -273,12 +423,19 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
     let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
     let units = params.n_out / OUTS;
     let groups = (units + GEMV_WG - 1u) / GEMV_WG;
-    let u = (id / blocks) * GEMV_WG + t;
-    if (id >= groups * blocks || u >= units) {
-        return;  // no barrier below: invocations may leave on their own
+    if (id >= groups * blocks) {
+        return;  // whole workgroup: uniform
     }
+    let u = (id / blocks) * GEMV_WG + t;
     let r0 = (id % blocks) * GEMV_ROWS;
     let nr = min(GEMV_ROWS, params.rows - r0);
+    if (staged()) {
+        stage_load(t, GEMV_WG, r0, nr);
+        stage_inputs(t, GEMV_WG, r0, nr, id < blocks);
+    }
+    if (u >= units) {
+        return;  // no barrier below: invocations may leave on their own
+    }
     var acc: array<f32, MAX_GEMV_ROWS>;
     for (var k = 0u; k < OUTS; k++) {
         dot_rows(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, 0u, 1u);
@@ -300,10 +457,12 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
 const WIDE_LANES: u32 = 32u;
 override WIDE_UNITS: u32 = GEMV_WG / WIDE_LANES;
 
-var<workgroup> wide_partial: array<array<f32, MAX_GEMV_ROWS>, 256>;
-
 // Input vec4 k (inputs 4k .. 4k + 3) of row r of x.
 fn x_at(r: u32, k: u32) -> vec4<f32> {
+    if (staged()) {
+        let at = (r - stage_r0) * params.n_in + 4u * k;
+        return vec4<f32>(stage[at], stage[at + 1u], stage[at + 2u], stage[at + 3u]);
+    }
     return x4[r * (params.n_in / 4u) + k];
 }
 
@@ -373,14 +532,22 @@ fn gemv_wide(@builtin(local_invocation_index) t: u32,
     let u = (id / blocks) * WIDE_UNITS + g;
     let r0 = (id % blocks) * GEMV_ROWS;
     let nr = min(GEMV_ROWS, params.rows - r0);
+    if (staged()) {
+        stage_load4(t, GEMV_WG, r0, nr);
+        stage_inputs(t, GEMV_WG, r0, nr, id < blocks);
+    }
     var acc: array<f32, MAX_GEMV_ROWS>;
     if (u < units) {
         for (var k = 0u; k < OUTS; k++) {
             dot_rows_wide(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, lane);
         }
     }
+    if (staged()) {
+        workgroupBarrier();  // the partial sums below overwrite the staged inputs
+    }
+    // Accumulator a of invocation t at stage[t * MAX_GEMV_ROWS + a].
     for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
-        wide_partial[t][a] = acc[a];
+        stage[t * MAX_GEMV_ROWS + a] = acc[a];
     }
     workgroupBarrier();
     // Lane r < nr of each group adds its unit's row r.
@@ -389,9 +556,9 @@ fn gemv_wide(@builtin(local_invocation_index) t: u32,
         var z = 0.0;
         var z2 = 0.0;
         for (var k = 0u; k < WIDE_LANES; k++) {
-            z += wide_partial[first + k][lane];
+            z += stage[(first + k) * MAX_GEMV_ROWS + lane];
             if (OUTS == 2u) {
-                z2 += wide_partial[first + k][GEMV_ROWS + lane];
+                z2 += stage[(first + k) * MAX_GEMV_ROWS + GEMV_ROWS + lane];
             }
         }
         store(r0 + lane, u, z, z2);

@@ -16,10 +16,10 @@ use super::quant::{QuantMatrix, blocks_per_row};
 use super::weights::{Model, Tensor, TensorData, stacked_format};
 use super::{AttnOutput, Config, ModelError, Query};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory, PendingRead, Recording};
-use crate::ops::attention::{Attention, AttnShape, KvFormat};
+use crate::ops::attention::{Attention, AttnShape, DecodeFusion, KvFormat};
 use crate::ops::feedback::{self, FeedbackBuffers};
 use crate::ops::hadamard::{Epilogue as WhtEpilogue, Hadamard, WhtOptions, WhtPath};
-use crate::ops::matmul::{self, Epilogue};
+use crate::ops::matmul::{self, Epilogue, Prologue};
 use crate::ops::rope::{self, RopeTable};
 use crate::ops::sample::{self, SamplingParams};
 use crate::ops::{Cols, Matrix, WeightFormat, elementwise, norm};
@@ -500,71 +500,145 @@ impl<'g> GpuDecoder<'g> {
         let v = Cols::new(&acts.qkv, width, width - d);
         let p = rec;
         let (mut x, mut x_alt) = (&acts.x, &acts.x_alt);
+        let hadamard = c.attn_output == AttnOutput::Hadamard;
+        // Decode steps fold each norm into the product that reads it, RoPE and the KV
+        // write into attention, and the Hadamard W_O with its residual add into the
+        // feed-forward product (docs/architecture.md, "One decode step"); prefill, and
+        // batches or widths the prologues cannot take, run each step on its own.
+        let fuse_norm = decode && matmul::prologue_fits(gpu, rows, d, false);
+        let fuse_wht = fuse_norm && hadamard && matmul::prologue_fits(gpu, rows, d, true);
+        let fuse_attn = decode && c.query == Query::Dense;
+        let auto = matmul::Kernel::Auto;
         elementwise::encode_embed(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&self.kv) {
             // attention block: one product gives q (dense query), k and v
-            norm::encode_rmsnorm(gpu, p, x, &layer.input_layernorm, &acts.xn, rows, d, eps)?;
             let store = Epilogue::Store;
-            matmul::encode_matmul(gpu, p, &layer.qkv, &acts.xn, &acts.qkv, rows, store)?;
-            match c.query {
-                // q and k are neighbours in each row: one rotation covers both
-                Query::Dense => {
-                    rope::encode_rope(gpu, p, q, &acts.row_table, &self.rope, rows, 2 * h)?
-                }
-                Query::Identity | Query::ResidualMlp => {
-                    if let (Some(down), Some(up)) = (&layer.q_down, &layer.q_up) {
-                        // q = xn + q_up(silu(q_down(xn)))
-                        let silu = Epilogue::Silu;
-                        matmul::encode_matmul(gpu, p, down, &acts.xn, &acts.qh, rows, silu)?;
-                        let acc = Epilogue::Accumulate;
-                        matmul::encode_matmul(gpu, p, up, &acts.qh, &acts.xn, rows, acc)?;
-                    }
-                    rope::encode_rope(gpu, p, q, &acts.row_table, &self.rope, rows, h)?;
-                    rope::encode_rope(gpu, p, k, &acts.row_table, &self.rope, rows, h)?;
-                }
+            if fuse_norm {
+                // The identity and MLP queries read the normalized rows: written to xn.
+                let prologue = Prologue::Norm {
+                    weight: &layer.input_layernorm,
+                    eps,
+                    out: (c.query != Query::Dense).then_some(&acts.xn),
+                };
+                let qkv = &acts.qkv;
+                matmul::encode_with_prologue(
+                    gpu, p, &layer.qkv, x, qkv, rows, store, auto, prologue,
+                )?;
+            } else {
+                norm::encode_rmsnorm(gpu, p, x, &layer.input_layernorm, &acts.xn, rows, d, eps)?;
+                matmul::encode_matmul(gpu, p, &layer.qkv, &acts.xn, &acts.qkv, rows, store)?;
+            }
+            if let (Some(down), Some(up)) = (&layer.q_down, &layer.q_up) {
+                // q = xn + q_up(silu(q_down(xn)))
+                let silu = Epilogue::Silu;
+                matmul::encode_matmul(gpu, p, down, &acts.xn, &acts.qh, rows, silu)?;
+                let acc = Epilogue::Accumulate;
+                matmul::encode_matmul(gpu, p, up, &acts.qh, &acts.xn, rows, acc)?;
             }
             let att = &self.attention;
             let rt = &acts.row_table;
-            att.encode_kv_write(p, k, v, rt, table, k_cache, v_cache, self.shape)?;
-            // Same function, work split for one query per sequence or for many.
-            if decode {
-                att.encode_decode(p, q, k_cache, v_cache, rt, table, &acts.att, self.shape)?;
+            if fuse_attn {
+                // RoPE of q and k and the KV write happen inside attention.
+                let fusion = DecodeFusion {
+                    k,
+                    v,
+                    rope: &self.rope,
+                };
+                let (kc, vc, out) = (k_cache, v_cache, &acts.att);
+                att.encode_decode_fused(p, q, fusion, kc, vc, rt, table, out, self.shape)?;
             } else {
-                att.encode_prefill(p, q, k_cache, v_cache, rt, table, &acts.att, self.shape)?;
-            }
-            match c.attn_output {
-                AttnOutput::Dense => {
-                    let wo = layer.o_proj.as_ref().expect("validated by the loader");
-                    let acc = Epilogue::Accumulate;
-                    matmul::encode_matmul(gpu, p, wo, &acts.att, x, rows, acc)?;
+                match c.query {
+                    // q and k are neighbours in each row: one rotation covers both
+                    Query::Dense => rope::encode_rope(gpu, p, q, rt, &self.rope, rows, 2 * h)?,
+                    Query::Identity | Query::ResidualMlp => {
+                        rope::encode_rope(gpu, p, q, rt, &self.rope, rows, h)?;
+                        rope::encode_rope(gpu, p, k, rt, &self.rope, rows, h)?;
+                    }
                 }
-                AttnOutput::Hadamard => {
-                    // x_alt = x + o_scale * H(att) / sqrt(d) + o_bias, in one dispatch.
-                    let epilogue = WhtEpilogue {
-                        gamma: layer.o_scale.as_ref(),
-                        beta: layer.o_bias.as_ref(),
-                        resid: Some(x),
-                    };
-                    let options = WhtOptions {
-                        epilogue,
-                        path: WhtPath::Auto,
-                    };
-                    self.hadamard
-                        .encode(p, &acts.att, x_alt, rows, d, options)?;
-                    std::mem::swap(&mut x, &mut x_alt);
+                att.encode_kv_write(p, k, v, rt, table, k_cache, v_cache, self.shape)?;
+                // Same function, work split for one query per sequence or for many.
+                if decode {
+                    att.encode_decode(p, q, k_cache, v_cache, rt, table, &acts.att, self.shape)?;
+                } else {
+                    att.encode_prefill(p, q, k_cache, v_cache, rt, table, &acts.att, self.shape)?;
                 }
             }
-            // feed-forward block: gate and up in one product, SwiGLU in its epilogue
             let post = &layer.post_attention_layernorm;
-            norm::encode_rmsnorm(gpu, p, x, post, &acts.xn, rows, d, eps)?;
             let swiglu = Epilogue::SwiGlu;
-            matmul::encode_matmul(gpu, p, &layer.gate_up, &acts.xn, &acts.hb, rows, swiglu)?;
+            let gate_up = &layer.gate_up;
+            if fuse_wht {
+                // x_alt = x + o_scale * H(att) / sqrt(d) + o_bias and its post-attention
+                // norm, made by every workgroup of the gate/up product: a fusion a dense
+                // W_O cannot have, its product spanning many workgroups.
+                let prologue = Prologue::HadamardNorm {
+                    resid: x,
+                    gamma: layer.o_scale.as_ref().expect("validated by the loader"),
+                    beta: layer.o_bias.as_ref().expect("validated by the loader"),
+                    out: x_alt,
+                    weight: post,
+                    eps,
+                };
+                let (att, hb) = (&acts.att, &acts.hb);
+                matmul::encode_with_prologue(
+                    gpu, p, gate_up, att, hb, rows, swiglu, auto, prologue,
+                )?;
+                std::mem::swap(&mut x, &mut x_alt);
+            } else {
+                match c.attn_output {
+                    AttnOutput::Dense => {
+                        let wo = layer.o_proj.as_ref().expect("validated by the loader");
+                        let acc = Epilogue::Accumulate;
+                        matmul::encode_matmul(gpu, p, wo, &acts.att, x, rows, acc)?;
+                    }
+                    AttnOutput::Hadamard => {
+                        // x_alt = x + o_scale * H(att) / sqrt(d) + o_bias, in one dispatch.
+                        let epilogue = WhtEpilogue {
+                            gamma: layer.o_scale.as_ref(),
+                            beta: layer.o_bias.as_ref(),
+                            resid: Some(x),
+                        };
+                        let options = WhtOptions {
+                            epilogue,
+                            path: WhtPath::Auto,
+                        };
+                        self.hadamard
+                            .encode(p, &acts.att, x_alt, rows, d, options)?;
+                        std::mem::swap(&mut x, &mut x_alt);
+                    }
+                }
+                // feed-forward block: gate and up in one product, SwiGLU in its epilogue
+                if fuse_norm {
+                    let prologue = Prologue::Norm {
+                        weight: post,
+                        eps,
+                        out: None,
+                    };
+                    let hb = &acts.hb;
+                    matmul::encode_with_prologue(
+                        gpu, p, gate_up, x, hb, rows, swiglu, auto, prologue,
+                    )?;
+                } else {
+                    norm::encode_rmsnorm(gpu, p, x, post, &acts.xn, rows, d, eps)?;
+                    matmul::encode_matmul(gpu, p, gate_up, &acts.xn, &acts.hb, rows, swiglu)?;
+                }
+            }
             let acc = Epilogue::Accumulate;
             matmul::encode_matmul(gpu, p, &layer.down_proj, &acts.hb, x, rows, acc)?;
         }
-        norm::encode_rmsnorm(gpu, p, x, &self.norm, &acts.xn, rows, d, eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        matmul::encode_matmul(gpu, p, head, &acts.xn, &acts.logits, rows, Epilogue::Store)?;
+        let store = Epilogue::Store;
+        if fuse_norm {
+            let prologue = Prologue::Norm {
+                weight: &self.norm,
+                eps,
+                out: None,
+            };
+            let logits = &acts.logits;
+            matmul::encode_with_prologue(gpu, p, head, x, logits, rows, store, auto, prologue)?;
+        } else {
+            norm::encode_rmsnorm(gpu, p, x, &self.norm, &acts.xn, rows, d, eps)?;
+            matmul::encode_matmul(gpu, p, head, &acts.xn, &acts.logits, rows, store)?;
+        }
         Ok(())
     }
 

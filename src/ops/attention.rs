@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use bytemuck::{Pod, Zeroable};
 
 use super::Cols;
+use super::rope::RopeTable;
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
 /// Largest head_dim the kernels support: a prefill tile holds at least 4 query rows; also
@@ -72,11 +73,13 @@ struct AttnParams {
     rot_norm: f32,
     /// kv_quant: amax x level_inv is the scale ([`level_inv`]; 0 for f32 and f16).
     level_inv: f32,
-    pad0: u32,
-    pad1: u32,
+    /// Fused decode: pair of k in row 0 of the q binding.
+    k_off: u32,
+    /// Fused decode: pairs per position of the RoPE table (head_dim / 2).
+    rope_half: u32,
 }
 
-/// kv_write's bindings: params, row_table, k_rows, v_rows, k_cache_out, v_cache_out.
+/// kv_write's bindings: params, row_table, k_rows, v_rows, k_cache, v_cache.
 const KV_BINDINGS: [Binding; 6] = [
     Binding::Uniform,
     Binding::ReadOnly,
@@ -86,16 +89,18 @@ const KV_BINDINGS: [Binding; 6] = [
     Binding::ReadWrite,
 ];
 
-/// attend's and reduce's bindings: params, row_table, plan, q, k_cache, v_cache, out, parts.
-const ATTN_BINDINGS: [Binding; 8] = [
+/// attend's and reduce's bindings: params, row_table, plan, q, k_cache, v_cache, out,
+/// parts, cos_sin. The caches are writable for the fused decode (attention.wgsl, FUSE).
+const ATTN_BINDINGS: [Binding; 9] = [
     Binding::Uniform,
     Binding::ReadOnly,
     Binding::ReadOnly,
     Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
     Binding::ReadWrite,
     Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadOnly,
 ];
 
 /// How the KV cache stores its values. Layout: `docs/kv-cache.md`.
@@ -526,7 +531,7 @@ impl AttnTile {
         Self::new(1, head_dim)
     }
 
-    fn key(&self, shape: AttnShape, partial: bool) -> PipelineKey {
+    fn key(&self, shape: AttnShape, partial: bool, fused: bool) -> PipelineKey {
         PipelineKey::new(Shader::Attention, "attend")
             .with("HD", shape.head_dim as u32)
             .with("KV", shape.kv.code())
@@ -536,6 +541,7 @@ impl AttnTile {
             .with("TK", self.keys as u32)
             .with("ACC", self.acc as u32)
             .with_flag("PARTIAL", partial)
+            .with_flag("FUSE", fused)
     }
 }
 
@@ -592,6 +598,15 @@ struct AttendBuffers<'a> {
     v_cache: &'a GpuBuffer,
     row_table: &'a GpuBuffer,
     out: &'a GpuBuffer,
+}
+
+/// The work of rope and the KV write that the fused decode ([`Attention::encode_decode_fused`])
+/// does inside attend: where k and v are (the same buffer as q) and the RoPE table.
+#[derive(Clone, Copy)]
+pub struct DecodeFusion<'a> {
+    pub k: Cols<'a>,
+    pub v: Cols<'a>,
+    pub rope: &'a RopeTable,
 }
 
 /// How one attend dispatch splits the keys: `chunks` chunks of `chunk_len` keys.
@@ -773,7 +788,7 @@ impl<'g> Attention<'g> {
         let tile = AttnTile::prefill(shape.head_dim);
         let plan = plan_tiles(rows, tile.rows);
         let whole = Split::whole(shape);
-        self.dispatch_attend(pass, &buffers, rows, shape, tile, &plan, whole, None)
+        self.dispatch_attend(pass, &buffers, rows, shape, tile, &plan, whole, None, None)
     }
 
     /// Records the same function as [`Self::encode_prefill`] for a batch of single query
@@ -799,7 +814,73 @@ impl<'g> Attention<'g> {
             row_table,
             out,
         };
-        self.check_attend(&buffers, rows, shape)?;
+        self.decode(pass, &buffers, rows, shape, None)
+    }
+
+    /// [`Self::encode_decode`] with RoPE of q and k and the KV write of every row done in
+    /// the same dispatch (the work of [`crate::ops::rope::encode_rope`] on q and k, then
+    /// [`Self::encode_kv_write`], in the same arithmetic): `q`, `fusion.k` and `fusion.v`
+    /// are column windows of one buffer (the decoder's fused q | k | v rows), unrotated.
+    /// Every row must be the only one of its sequence in the call.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_decode_fused<'a>(
+        &self,
+        pass: &mut dyn Record,
+        q: Cols<'a>,
+        fusion: DecodeFusion<'a>,
+        k_cache: &GpuBuffer,
+        v_cache: &GpuBuffer,
+        row_table: &GpuBuffer,
+        rows: &[(u32, u32)],
+        out: &GpuBuffer,
+        shape: AttnShape,
+    ) -> Result<(), GpuError> {
+        if fusion.k.buffer.buffer() != q.buffer.buffer()
+            || fusion.v.buffer.buffer() != q.buffer.buffer()
+        {
+            return Err(GpuError::Validation(
+                "fused decode attention: q, k and v must be columns of one buffer".into(),
+            ));
+        }
+        if fusion.rope.head_dim() != shape.head_dim || fusion.rope.max_positions() < shape.max_pos {
+            return Err(GpuError::Validation(format!(
+                "fused decode attention: the RoPE table ({} positions of head_dim {}) does not \
+                 cover the cache ({} positions of head_dim {})",
+                fusion.rope.max_positions(),
+                fusion.rope.head_dim(),
+                shape.max_pos,
+                shape.head_dim
+            )));
+        }
+        let mut seqs: Vec<u32> = rows.iter().map(|r| r.0).collect();
+        seqs.sort_unstable();
+        if seqs.windows(2).any(|w| w[0] == w[1]) {
+            return Err(GpuError::Validation(
+                "fused decode attention takes one row per sequence".into(),
+            ));
+        }
+        let buffers = AttendBuffers {
+            q,
+            k_cache,
+            v_cache,
+            row_table,
+            out,
+        };
+        let inputs = [("q, k and v rows", q.buffer), ("row table", row_table)];
+        distinct(("k cache", k_cache), &inputs)?;
+        distinct(("v cache", v_cache), &inputs)?;
+        self.decode(pass, &buffers, rows, shape, Some(fusion))
+    }
+
+    fn decode(
+        &self,
+        pass: &mut dyn Record,
+        buffers: &AttendBuffers<'_>,
+        rows: &[(u32, u32)],
+        shape: AttnShape,
+        fusion: Option<DecodeFusion<'_>>,
+    ) -> Result<(), GpuError> {
+        self.check_attend(buffers, rows, shape)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -808,7 +889,8 @@ impl<'g> Attention<'g> {
         let chunks = self.decode_chunks(rows);
         if chunks == 1 {
             let whole = Split::whole(shape);
-            return self.dispatch_attend(pass, &buffers, rows, shape, tile, &plan, whole, None);
+            return self
+                .dispatch_attend(pass, buffers, rows, shape, tile, &plan, whole, None, fusion);
         }
         let split = Split {
             chunks,
@@ -834,13 +916,14 @@ impl<'g> Attention<'g> {
         };
         let result = self.dispatch_attend(
             pass,
-            &buffers,
+            buffers,
             rows,
             shape,
             tile,
             &plan,
             split,
             Some(&scratch),
+            fusion,
         );
         *partials = Some(scratch);
         result
@@ -897,8 +980,8 @@ impl<'g> Attention<'g> {
             src_off2: 0,
             rot_norm: rotation_norm(shape.head_dim),
             level_inv: shape.kv.max_level().map_or(0.0, level_inv),
-            pad0: 0,
-            pad1: 0,
+            k_off: 0,
+            rope_half: 0,
         }
     }
 
@@ -914,15 +997,32 @@ impl<'g> Attention<'g> {
         plan: &[u32],
         split: Split,
         partials: Option<&GpuBuffer>,
+        fusion: Option<DecodeFusion<'_>>,
     ) -> Result<(), GpuError> {
         let tiles = plan.len() / 2;
         let plan = self
             .gpu
             .upload(MemoryCategory::Uniforms, "attention plan", plan)?;
-        let pipeline = self
-            .gpu
-            .pipeline(&tile.key(shape, partials.is_some()), &ATTN_BINDINGS)?;
+        let pipeline = self.gpu.pipeline(
+            &tile.key(shape, partials.is_some(), fusion.is_some()),
+            &ATTN_BINDINGS,
+        )?;
         let (q_stride, q_off) = pairs(&b.q, "attention q", rows.len(), shape.d())?;
+        let (mut k_off, mut v_off, mut rope_half) = (0, 0, 0);
+        // Unread without FUSE: a read-only buffer already bound stands in (the dummy is
+        // bound writable when it stands for out or parts).
+        let mut cos_sin = b.row_table;
+        if let Some(f) = &fusion {
+            let (k_stride, k) = pairs(&f.k, "attention k rows", rows.len(), shape.d())?;
+            let (v_stride, v) = pairs(&f.v, "attention v rows", rows.len(), shape.d())?;
+            if k_stride != q_stride || v_stride != q_stride {
+                return Err(GpuError::Validation(
+                    "fused decode attention: q, k and v rows must share one stride".into(),
+                ));
+            }
+            (k_off, v_off, rope_half) = (k, v, (shape.head_dim / 2) as u32);
+            cos_sin = f.rope.table();
+        }
         let groups = tiles as u64 * split.chunks as u64 * shape.heads as u64;
         let groups = u32::try_from(groups)
             .map_err(|_| GpuError::Validation(format!("attention needs {groups} workgroups")))?;
@@ -932,6 +1032,9 @@ impl<'g> Attention<'g> {
             &AttnParams {
                 src_stride: q_stride,
                 src_off: q_off,
+                src_off2: v_off,
+                k_off,
+                rope_half,
                 ..Self::params(shape, rows.len(), grid.x, tiles, split)
             },
         );
@@ -948,6 +1051,7 @@ impl<'g> Attention<'g> {
             b.v_cache.buffer(),
             out.buffer(),
             parts.buffer(),
+            cos_sin.buffer(),
         ];
         self.gpu.dispatch(pass, &pipeline, &bound, grid);
         if partials.is_none() {
@@ -977,6 +1081,7 @@ impl<'g> Attention<'g> {
             b.v_cache.buffer(),
             b.out.buffer(),
             parts.buffer(),
+            b.row_table.buffer(),
         ];
         self.gpu.dispatch(pass, &pipeline, &bound, grid);
         Ok(())
@@ -1580,6 +1685,131 @@ mod tests {
                     got[n..].iter().all(|&x| x == 7.0),
                     "decode wrote past its rows"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_decode_equals_rope_kv_write_and_decode() {
+        // (heads, head_dim, decode chunk, positions of the rows): one chunk, and the split
+        // with the row's position in a middle and in the last chunk.
+        let cases: [(usize, usize, usize, &[u32]); 3] = [
+            (2, 8, DECODE_CHUNK, &[0, 5, 20]),
+            (3, 16, 4, &[3, 9, 17]),
+            (1, 64, 8, &[8, 30]),
+        ];
+        for gpu in test_gpus() {
+            for &(heads, head_dim, chunk, positions) in &cases {
+                for kv in KvFormat::ALL {
+                    let attn = Attention::new(&gpu)
+                        .unwrap()
+                        .with_decode_chunk(chunk)
+                        .unwrap();
+                    let shape = AttnShape {
+                        heads,
+                        head_dim,
+                        max_seqs: positions.len(),
+                        max_pos: 32,
+                        kv,
+                    };
+                    let d = shape.d();
+                    let rope = RopeTable::new(&gpu, shape.max_pos, head_dim, 10000.0).unwrap();
+                    // Rows in reverse sequence order; earlier positions hold random heads.
+                    let rows: Vec<(u32, u32)> = positions
+                        .iter()
+                        .enumerate()
+                        .map(|(r, &p)| ((positions.len() - 1 - r) as u32, p))
+                        .collect();
+                    let seed = (heads * 100 + head_dim) as u64;
+                    let words = (shape.cache_bytes() / 4) as usize;
+                    // Every position of every sequence holds a head written by kv_write.
+                    let all: Vec<(u32, u32)> = (0..shape.max_seqs as u32)
+                        .flat_map(|s| (0..shape.max_pos as u32).map(move |p| (s, p)))
+                        .collect();
+                    let kb = upload(&gpu, "k", &test_values(all.len() * d, seed));
+                    let vb = upload(&gpu, "v", &test_values(all.len() * d, seed + 1));
+                    let kcb0 = gpu
+                        .storage(MemoryCategory::KvCache, "k", shape.cache_bytes())
+                        .unwrap();
+                    let vcb0 = gpu
+                        .storage(MemoryCategory::KvCache, "v", shape.cache_bytes())
+                        .unwrap();
+                    let mut enc = gpu.encoder("fill caches");
+                    {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        let t = table(&gpu, &all);
+                        attn.encode_kv_write(&mut pass, &kb, &vb, &t, &all, &kcb0, &vcb0, shape)
+                            .unwrap();
+                    }
+                    gpu.submit_and_wait(enc).unwrap();
+                    let kc0: Vec<u32> = gpu.read(&kcb0, words).unwrap();
+                    let vc0: Vec<u32> = gpu.read(&vcb0, words).unwrap();
+                    let qkv = test_values(rows.len() * 3 * d, seed + 2);
+                    let tb = table(&gpu, &rows);
+                    let run = |fused: bool| {
+                        let fb = upload(&gpu, "qkv", &qkv);
+                        let up = |label: &str, w: &[u32]| {
+                            gpu.upload(MemoryCategory::KvCache, label, w).unwrap()
+                        };
+                        let (kcb, vcb) = (up("k cache", &kc0), up("v cache", &vc0));
+                        let out = upload(&gpu, "out", &vec![0f32; rows.len() * d]);
+                        let (qc, kc, vc) = (
+                            Cols::new(&fb, 3 * d, 0),
+                            Cols::new(&fb, 3 * d, d),
+                            Cols::new(&fb, 3 * d, 2 * d),
+                        );
+                        let mut enc = gpu.encoder("fused decode test");
+                        {
+                            let mut pass = enc.begin_compute_pass(&Default::default());
+                            let p = &mut pass;
+                            if fused {
+                                let fusion = DecodeFusion {
+                                    k: kc,
+                                    v: vc,
+                                    rope: &rope,
+                                };
+                                attn.encode_decode_fused(
+                                    p, qc, fusion, &kcb, &vcb, &tb, &rows, &out, shape,
+                                )
+                                .unwrap();
+                            } else {
+                                let n = rows.len();
+                                crate::ops::rope::encode_rope(
+                                    &gpu,
+                                    p,
+                                    qc,
+                                    &tb,
+                                    &rope,
+                                    n,
+                                    2 * heads,
+                                )
+                                .unwrap();
+                                attn.encode_kv_write(p, kc, vc, &tb, &rows, &kcb, &vcb, shape)
+                                    .unwrap();
+                                attn.encode_decode(p, qc, &kcb, &vcb, &tb, &rows, &out, shape)
+                                    .unwrap();
+                            }
+                        }
+                        gpu.submit_and_wait(enc).unwrap();
+                        let read = |b: &GpuBuffer| -> Vec<u32> { gpu.read(b, words).unwrap() };
+                        (
+                            read(&kcb),
+                            read(&vcb),
+                            gpu.read::<f32>(&out, rows.len() * d).unwrap(),
+                        )
+                    };
+                    let (k_a, v_a, out_a) = run(false);
+                    let (k_b, v_b, out_b) = run(true);
+                    let what = format!("{shape:?} chunk {chunk} on {}", gpu.describe());
+                    assert!(k_a == k_b, "{what}: the fused decode wrote other keys");
+                    assert!(v_a == v_b, "{what}: the fused decode wrote other values");
+                    for (i, (a, b)) in out_a.iter().zip(&out_b).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-6 * (1.0 + a.abs()),
+                            "{what}: out[{i}] {b} vs {a} unfused"
+                        );
+                    }
+                }
             }
         }
     }

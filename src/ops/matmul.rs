@@ -40,11 +40,76 @@ struct MatmulParams {
     n_in: u32,
     n_out: u32,
     tiles_x: u32,
+    eps: f32,
+    wht_scale: f32,
+    pad0: u32,
+    pad1: u32,
 }
 
-/// Bindings of both entry points: params, w, x, y.
-const BINDINGS: [Binding; 4] = [
+/// f32s of workgroup memory a GEMV prologue stages its rows in; must match `STAGE` in
+/// matmul.wgsl. A workgroup stages GEMV_ROWS rows of n_in inputs.
+pub const PROLOGUE_STAGE: usize = 4096;
+/// Workgroup memory of a GEMV with a prologue, in bytes: `stage`, `sums` and `sums2` in
+/// matmul.wgsl.
+const PROLOGUE_WORKGROUP_BYTES: u32 = (PROLOGUE_STAGE as u32 + 256 + 16) * 4;
+
+/// What a decode GEMV computes from `x` before its product, in the same dispatch (see
+/// the prologues in matmul.wgsl). Each saves the decoder the dispatch that would
+/// otherwise make the product's input.
+#[derive(Clone, Copy, Debug)]
+pub enum Prologue<'a> {
+    /// The inputs are `x` itself.
+    None,
+    /// The inputs are `rmsnorm(x) * weight`; with `out`, they are also written there.
+    Norm {
+        weight: &'a GpuBuffer,
+        eps: f32,
+        out: Option<&'a GpuBuffer>,
+    },
+    /// `x` is the attention output: `out = resid + gamma * H(x) / sqrt(n) + beta` (the
+    /// Hadamard W_O with its residual add; n = n_in a power of two), and the inputs are
+    /// `rmsnorm(out) * weight`.
+    HadamardNorm {
+        resid: &'a GpuBuffer,
+        gamma: &'a GpuBuffer,
+        beta: &'a GpuBuffer,
+        out: &'a GpuBuffer,
+        weight: &'a GpuBuffer,
+        eps: f32,
+    },
+}
+
+impl Prologue<'_> {
+    /// The shader's `PRO` code.
+    fn code(&self) -> u32 {
+        match self {
+            Prologue::None => 0,
+            Prologue::Norm { .. } => 1,
+            Prologue::HadamardNorm { .. } => 2,
+        }
+    }
+}
+
+/// Whether [`encode_with_prologue`] can fold a prologue of kind `hadamard` (else the
+/// norm) into a product of `rows` rows of `n_in` inputs on `gpu`: a GEMV-sized batch
+/// whose rows fit the stage a row at a time, a power-of-two width for the transform, and
+/// workgroup memory for the stage.
+pub fn prologue_fits(gpu: &Gpu, rows: usize, n_in: usize, hadamard: bool) -> bool {
+    (1..=GEMV_MAX_ROWS).contains(&rows)
+        && (1..=PROLOGUE_STAGE).contains(&n_in)
+        && (!hadamard || (n_in >= 2 && n_in.is_power_of_two()))
+        && gpu.limits().max_compute_workgroup_storage_size >= PROLOGUE_WORKGROUP_BYTES
+}
+
+/// Bindings of every entry point: params, w, x, y; with a prologue also norm_w, resid,
+/// gamma, beta, xout (matmul.wgsl).
+const BINDINGS: [Binding; 9] = [
     Binding::Uniform,
+    Binding::ReadOnly,
+    Binding::ReadOnly,
+    Binding::ReadWrite,
+    Binding::ReadOnly,
+    Binding::ReadOnly,
     Binding::ReadOnly,
     Binding::ReadOnly,
     Binding::ReadWrite,
@@ -122,6 +187,102 @@ pub fn encode_with(
     epilogue: Epilogue,
     kernel: Kernel,
 ) -> Result<(), GpuError> {
+    encode_full(gpu, pass, w, x, y, rows, epilogue, kernel, Prologue::None)
+}
+
+/// [`encode_matmul`] with a [`Prologue`] made in the same dispatch: a GEMV-sized batch
+/// only ([`prologue_fits`]); `y` and the prologue's `out` must differ from every input.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_with_prologue(
+    gpu: &Gpu,
+    pass: &mut dyn Record,
+    w: &Matrix,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+    rows: usize,
+    epilogue: Epilogue,
+    kernel: Kernel,
+    prologue: Prologue<'_>,
+) -> Result<(), GpuError> {
+    encode_full(gpu, pass, w, x, y, rows, epilogue, kernel, prologue)
+}
+
+/// Checks a prologue's buffers and returns (norm weight, resid, gamma, beta, out, eps,
+/// transform scale), unused slots bound to `x` and `y`'s neighbours as the layout needs.
+#[allow(clippy::type_complexity)]
+fn prologue_bindings<'a>(
+    gpu: &Gpu,
+    prologue: &Prologue<'a>,
+    x: &'a GpuBuffer,
+    y: &'a GpuBuffer,
+    w: &'a GpuBuffer,
+    rows: usize,
+    n_in: usize,
+) -> Result<([&'a GpuBuffer; 5], f32, f32), GpuError> {
+    let fits = |hadamard: bool| {
+        if prologue_fits(gpu, rows, n_in, hadamard) {
+            return Ok(());
+        }
+        Err(GpuError::Validation(format!(
+            "a product of {rows} rows x {n_in} inputs cannot make its inputs in a prologue \
+             (at most {GEMV_MAX_ROWS} rows of at most {PROLOGUE_STAGE} inputs{}, and \
+             {PROLOGUE_WORKGROUP_BYTES} bytes of workgroup memory)",
+            if hadamard { ", a power of two" } else { "" }
+        )))
+    };
+    let row = (rows * n_in * 4) as u64;
+    let vec = (n_in * 4) as u64;
+    let written = |name: &str, b: &GpuBuffer, read: &[&GpuBuffer]| {
+        if read.iter().any(|r| r.buffer() == b.buffer()) || b.buffer() == y.buffer() {
+            return Err(GpuError::Validation(format!(
+                "matmul prologue: `{name}` must be a buffer of its own"
+            )));
+        }
+        b.require(name, row)
+    };
+    Ok(match *prologue {
+        Prologue::None => ([x, x, x, x, y], 0.0, 0.0),
+        Prologue::Norm { weight, eps, out } => {
+            fits(false)?;
+            weight.require("norm weight", vec)?;
+            if let Some(o) = out {
+                written("norm out", o, &[x, weight, w])?;
+            }
+            // xout is bound read-write: without `out`, the (unwritten) y stands in.
+            ([weight, x, x, x, out.unwrap_or(y)], eps, 0.0)
+        }
+        Prologue::HadamardNorm {
+            resid,
+            gamma,
+            beta,
+            out,
+            weight,
+            eps,
+        } => {
+            fits(true)?;
+            weight.require("norm weight", vec)?;
+            gamma.require("gamma", vec)?;
+            beta.require("beta", vec)?;
+            resid.require("resid", row)?;
+            written("out", out, &[x, resid, gamma, beta, weight, w])?;
+            let scale = (1.0 / (n_in as f64).sqrt()) as f32;
+            ([weight, resid, gamma, beta, out], eps, scale)
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_full(
+    gpu: &Gpu,
+    pass: &mut dyn Record,
+    w: &Matrix,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+    rows: usize,
+    epilogue: Epilogue,
+    kernel: Kernel,
+    prologue: Prologue<'_>,
+) -> Result<(), GpuError> {
     let (n_out, n_in) = (w.rows, w.cols);
     let outs = epilogue.outputs_per_unit();
     if !n_out.is_multiple_of(outs) {
@@ -138,6 +299,7 @@ pub fn encode_with(
     w.buffer.require("weight", w_bytes)?;
     x.require("x", (rows * n_in * 4) as u64)?;
     y.require("y", (rows * n_out / outs * 4) as u64)?;
+    let (extra, eps, wht_scale) = prologue_bindings(gpu, &prologue, x, y, &w.buffer, rows, n_in)?;
     if rows == 0 || n_out == 0 {
         return Ok(());
     }
@@ -157,9 +319,18 @@ pub fn encode_with(
         )));
     }
     let gemv = kernel != Kernel::Gemm;
+    if !gemv && prologue.code() != 0 {
+        return Err(GpuError::Validation(
+            "matmul prologues run in the GEMV kernels only".into(),
+        ));
+    }
     // A workgroup takes up to MAX_GEMV_ROWS / outs rows; sized to the batch so no
-    // invocation loops over rows that are not there.
-    let gemv_rows = rows.min(MAX_GEMV_ROWS / outs);
+    // invocation loops over rows that are not there; with a prologue, as many as its
+    // stage holds.
+    let mut gemv_rows = rows.min(MAX_GEMV_ROWS / outs);
+    if prologue.code() != 0 {
+        gemv_rows = gemv_rows.min(PROLOGUE_STAGE / n_in);
+    }
     let blocks = rows.div_ceil(gemv_rows);
     let units = n_out / outs;
     let (entry, groups) = match kernel {
@@ -187,8 +358,17 @@ pub fn encode_with(
             .with("GEMV_WG", workgroup)
             .with("GEMV_ROWS", gemv_rows as u32)
             .with_flag("PAIRED", n_in.is_multiple_of(2));
+        if prologue.code() != 0 {
+            let write_x = matches!(prologue, Prologue::Norm { out: Some(_), .. });
+            key = key
+                .with("PRO", prologue.code())
+                .with_flag("WRITE_X", write_x);
+        }
     }
-    let pipeline = gpu.pipeline(&key, &BINDINGS)?;
+    // The GEMVs reach the prologue's slots in their code (unused without one: x and y
+    // stand in); the GEMM binds the first four only.
+    let slots = if gemv { BINDINGS.len() } else { 4 };
+    let pipeline = gpu.pipeline(&key, &BINDINGS[..slots])?;
     let grid = gpu.grid(entry, groups as u32)?;
     let params = gpu.uniform(
         "matmul params",
@@ -197,10 +377,25 @@ pub fn encode_with(
             n_in: n_in as u32,
             n_out: n_out as u32,
             tiles_x: grid.x,
+            eps,
+            wht_scale,
+            pad0: 0,
+            pad1: 0,
         },
     );
-    let buffers = [params.buffer(), w.buffer.buffer(), x.buffer(), y.buffer()];
-    gpu.dispatch(pass, &pipeline, &buffers, grid);
+    let [norm_w, resid, gamma, beta, xout] = extra;
+    let buffers = [
+        params.buffer(),
+        w.buffer.buffer(),
+        x.buffer(),
+        y.buffer(),
+        norm_w.buffer(),
+        resid.buffer(),
+        gamma.buffer(),
+        beta.buffer(),
+        xout.buffer(),
+    ];
+    gpu.dispatch(pass, &pipeline, &buffers[..slots], grid);
     Ok(())
 }
 
@@ -381,6 +576,276 @@ mod tests {
                 9,
                 Epilogue::Accumulate,
             );
+        }
+    }
+
+    /// The prologue kinds a test runs: the norm alone, the norm writing its rows out, and
+    /// the Hadamard W_O with the norm.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Pro {
+        Norm,
+        NormOut,
+        Hadamard,
+    }
+
+    /// Runs one product with a prologue and checks the product and what the prologue
+    /// writes against the f64 references (rmsnorm_reference, the fused WHT reference).
+    #[allow(clippy::too_many_arguments)]
+    fn check_prologue(
+        gpu: &Gpu,
+        kernel: Kernel,
+        format: WeightFormat,
+        rows: usize,
+        n_in: usize,
+        n_out: usize,
+        epilogue: Epilogue,
+        pro: Pro,
+    ) {
+        use crate::ops::hadamard::{WhtSize, cpu};
+        use crate::ops::norm::rmsnorm_reference;
+        let w = test_values(n_out * n_in, 11);
+        let q;
+        let (matrix, w) = match format {
+            WeightFormat::Q8 | WeightFormat::Q4 => {
+                q = QuantMatrix::quantize(format.quant().unwrap(), n_out, n_in, &w).unwrap();
+                (Matrix::from_quant(gpu, "w", &q).unwrap(), q.dequantize())
+            }
+            _ => (Matrix::from_f32(gpu, "w", &w, n_out, n_in).unwrap(), w),
+        };
+        let x = test_values(rows * n_in, 12);
+        let resid = test_values(rows * n_in, 13);
+        let gamma: Vec<f32> = test_values(n_in, 14).iter().map(|v| 1.0 + v).collect();
+        let beta = test_values(n_in, 15);
+        let norm_w: Vec<f32> = test_values(n_in, 16).iter().map(|v| 1.0 + v).collect();
+        let eps = 1e-5f32;
+        // What the prologue writes out (f64), and the product's inputs.
+        let (written, inputs) = if pro == Pro::Hadamard {
+            let size = WhtSize::new(n_in).unwrap();
+            let epi = cpu::EpilogueRef {
+                gamma: Some(&gamma),
+                beta: Some(&beta),
+                resid: Some(&resid),
+            };
+            let v = cpu::fused_reference(&x, size, epi);
+            let v32: Vec<f32> = v.iter().map(|&a| a as f32).collect();
+            (v, rmsnorm_reference(&v32, &norm_w, rows, n_in, eps as f64))
+        } else {
+            let xn = rmsnorm_reference(&x, &norm_w, rows, n_in, eps as f64);
+            (xn.clone(), xn)
+        };
+        let width = n_out / epilogue.outputs_per_unit();
+        let y0 = test_values(rows * width, 17);
+        let up =
+            |label: &str, v: &[f32]| gpu.upload(MemoryCategory::Activations, label, v).unwrap();
+        let (xb, yb, rb) = (up("x", &x), up("y", &y0), up("resid", &resid));
+        let (gb, bb, nb) = (up("gamma", &gamma), up("beta", &beta), up("norm", &norm_w));
+        let ob = gpu
+            .storage(MemoryCategory::Activations, "out", (rows * n_in * 4) as u64)
+            .unwrap();
+        let prologue = match pro {
+            Pro::Norm => Prologue::Norm {
+                weight: &nb,
+                eps,
+                out: None,
+            },
+            Pro::NormOut => Prologue::Norm {
+                weight: &nb,
+                eps,
+                out: Some(&ob),
+            },
+            Pro::Hadamard => Prologue::HadamardNorm {
+                resid: &rb,
+                gamma: &gb,
+                beta: &bb,
+                out: &ob,
+                weight: &nb,
+                eps,
+            },
+        };
+        let mut enc = gpu.encoder("matmul prologue test");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            encode_with_prologue(
+                gpu, &mut pass, &matrix, &xb, &yb, rows, epilogue, kernel, prologue,
+            )
+            .unwrap();
+        }
+        gpu.submit_and_wait(enc).unwrap();
+        let what = format!(
+            "{kernel:?} {format:?} {rows}x{n_in}->{n_out} {epilogue:?} {pro:?} on {}",
+            gpu.describe()
+        );
+        // The prologue's values carry a few rounding errors each (log2 n butterfly stages,
+        // the affine, the norm's sum and scale).
+        let stages = n_in.ilog2() as f64 + 8.0;
+        if pro != Pro::Norm {
+            let got: Vec<f32> = gpu.read(&ob, rows * n_in).unwrap();
+            for (i, (&g, &want)) in got.iter().zip(&written).enumerate() {
+                let tol = (stages + n_in as f64) * f32::EPSILON as f64 * (want.abs() + 1.0);
+                assert!(
+                    (g as f64 - want).abs() <= tol,
+                    "{what}: out[{i}] {g} vs {want}"
+                );
+            }
+        }
+        let inputs32: Vec<f32> = inputs.iter().map(|&v| v as f32).collect();
+        let z = matmul_reference(&w, &inputs32, rows, n_in, n_out);
+        let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+        let abs_x: Vec<f32> = inputs32.iter().map(|v| v.abs()).collect();
+        let scale = matmul_reference(&abs_w, &abs_x, rows, n_in, n_out);
+        let tol_z =
+            |k: usize| (2.0 * n_in as f64 + stages) * f32::EPSILON as f64 * (scale[k] + 1.0);
+        let got: Vec<f32> = gpu.read(&yb, rows * width).unwrap();
+        for r in 0..rows {
+            for u in 0..width {
+                let k = r * n_out + u * epilogue.outputs_per_unit();
+                let (want, tol) = match epilogue {
+                    Epilogue::Store => (z[k], tol_z(k)),
+                    Epilogue::Accumulate => (z[k] + y0[r * width + u] as f64, tol_z(k)),
+                    Epilogue::Silu => (silu(z[k]), 1.1 * tol_z(k)),
+                    Epilogue::SwiGlu => (
+                        silu(z[k]) * z[k + 1],
+                        1.1 * z[k + 1].abs() * tol_z(k) + silu(z[k]).abs() * tol_z(k + 1),
+                    ),
+                };
+                let g = got[r * width + u] as f64;
+                assert!(
+                    (g - want).abs() <= tol + 1e-7 * want.abs(),
+                    "{what} [{r}][{u}]: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn prologues_match_cpu_on_every_gemv() {
+        for gpu in test_gpus() {
+            for kernel in [Kernel::Gemv, Kernel::GemvOutputs, Kernel::GemvWide] {
+                // Widths of whole 32-blocks for the wide GEMV; rows past a block of rows
+                // (8, or 4 with two outputs per unit), units not filling a workgroup.
+                for (rows, n_in, n_out) in [(1, 32, 3), (3, 64, 70), (9, 256, 17), (16, 128, 9)] {
+                    check_prologue(
+                        &gpu,
+                        kernel,
+                        WeightFormat::F16,
+                        rows,
+                        n_in,
+                        n_out,
+                        Epilogue::Store,
+                        Pro::NormOut,
+                    );
+                    check_prologue(
+                        &gpu,
+                        kernel,
+                        WeightFormat::Q4,
+                        rows,
+                        n_in,
+                        2 * n_out,
+                        Epilogue::SwiGlu,
+                        Pro::Hadamard,
+                    );
+                }
+                check_prologue(
+                    &gpu,
+                    kernel,
+                    WeightFormat::Q8,
+                    2,
+                    512,
+                    5,
+                    Epilogue::Accumulate,
+                    Pro::Norm,
+                );
+                check_prologue(
+                    &gpu,
+                    kernel,
+                    WeightFormat::F32,
+                    1,
+                    4096,
+                    6,
+                    Epilogue::SwiGlu,
+                    Pro::Hadamard,
+                );
+            }
+            // Odd widths, and the largest a stage holds with 3 rows.
+            for kernel in [Kernel::Gemv, Kernel::GemvOutputs] {
+                check_prologue(
+                    &gpu,
+                    kernel,
+                    WeightFormat::F16,
+                    5,
+                    37,
+                    9,
+                    Epilogue::Store,
+                    Pro::NormOut,
+                );
+                check_prologue(
+                    &gpu,
+                    kernel,
+                    WeightFormat::Q4,
+                    3,
+                    1365,
+                    4,
+                    Epilogue::Silu,
+                    Pro::Norm,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn prologues_refuse_what_they_cannot_stage() {
+        for gpu in test_gpus().into_iter().take(1) {
+            assert!(prologue_fits(&gpu, 16, 256, true));
+            assert!(!prologue_fits(&gpu, 17, 256, false), "a GEMM-sized batch");
+            assert!(!prologue_fits(&gpu, 1, 4097, false), "a row past the stage");
+            assert!(!prologue_fits(&gpu, 1, 96, true), "not a power of two");
+            let w = Matrix::from_f32(&gpu, "w", &[0f32; 96 * 2], 2, 96).unwrap();
+            let b = |n: usize| {
+                gpu.storage(MemoryCategory::Activations, "b", (n * 4) as u64)
+                    .unwrap()
+            };
+            let (x, y, v, out) = (b(96), b(2), b(96), b(96));
+            let prologue = Prologue::HadamardNorm {
+                resid: &v,
+                gamma: &v,
+                beta: &v,
+                out: &out,
+                weight: &v,
+                eps: 1e-5,
+            };
+            let mut enc = gpu.encoder("matmul test");
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let err = encode_with_prologue(
+                &gpu,
+                &mut pass,
+                &w,
+                &x,
+                &y,
+                1,
+                Epilogue::Store,
+                Kernel::Auto,
+                prologue,
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("a power of two"), "{err}");
+            let prologue = Prologue::Norm {
+                weight: &v,
+                eps: 1e-5,
+                out: Some(&x),
+            };
+            let err = encode_with_prologue(
+                &gpu,
+                &mut pass,
+                &w,
+                &x,
+                &y,
+                1,
+                Epilogue::Store,
+                Kernel::Auto,
+                prologue,
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("a buffer of its own"), "{err}");
         }
     }
 

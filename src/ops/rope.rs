@@ -106,6 +106,11 @@ impl RopeTable {
         self.head_dim
     }
 
+    /// The (cos, sin) pairs, `[max_positions, head_dim / 2]` vec2 (rope.wgsl's `cos_sin`).
+    pub fn table(&self) -> &GpuBuffer {
+        &self.cos_sin
+    }
+
     /// Errors if `pos` is past the table. The shader leaves such rows unrotated (it cannot
     /// report an error), so callers that write the row table check positions here first.
     pub fn check_position(&self, pos: usize) -> Result<(), GpuError> {
