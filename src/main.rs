@@ -49,6 +49,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Score a text file: mean loss in nats/byte, bits/byte and perplexity.
     Eval(EvalArgs),
+    /// Time every dispatch of one decode step and one prefill (timestamp queries where
+    /// the adapter has them) against the copy shader.
+    Profile(cli::run::ProfileArgs),
     /// Write a model with random weights (for tests and benchmarks).
     InitModel(InitArgs),
     /// Write a copy of a model with its layer matrices block-quantized (q8 or q4).
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Wht { n, rows, kernel }) => cli::wht(&cli.adapter, n, rows, kernel),
         Some(Command::Generate(args)) => cli::run::generate_cmd(&args, &cli.adapter),
         Some(Command::Eval(args)) => cli::run::eval_cmd(&args, &cli.adapter),
+        Some(Command::Profile(args)) => cli::run::profile_cmd(&args, &cli.adapter),
         Some(Command::InitModel(args)) => cli::run::init_cmd(&args),
         Some(Command::Quantize(args)) => cli::run::quantize_cmd(&args),
         Some(Command::Bench(args)) => cli::bench::bench_cmd(&args, &cli.adapter),

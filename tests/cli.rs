@@ -773,3 +773,63 @@ fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
     ];
     walsh(&eval_odd);
 }
+
+#[test]
+fn decode_layers_are_fused_and_profile_times_them_on_every_adapter() {
+    // The fused decode layer: 5 dispatches with a dense W_O, 4 with the Hadamard one,
+    // plus embedding, LM head, sampling and the chunk's feedback per token.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for (name, per_layer) in [("shakespeare-dense", 5.0), ("shakespeare-hadamard", 4.0)] {
+        let model = root.join(name);
+        let model = model.to_str().unwrap();
+        for b in backends() {
+            let generate = [
+                "--adapter",
+                &b,
+                "generate",
+                "--model",
+                model,
+                "--max-tokens",
+                "40",
+                "--temperature",
+                "0",
+                "--json",
+            ];
+            let v: serde_json::Value =
+                serde_json::from_str(stdout(&walsh(&generate)).lines().next().unwrap()).unwrap();
+            let per_token = v["stats"]["dispatches_per_token"].as_f64().unwrap();
+            // 4 layers; a chunk's first step also replays one more feedback.
+            let want = 4.0 * per_layer + 4.0;
+            assert!(
+                per_token >= want && per_token < want + 0.5,
+                "{name} on {b}: {per_token}"
+            );
+            let prof = [
+                "--adapter",
+                &b,
+                "profile",
+                "--model",
+                model,
+                "--repeats",
+                "2",
+                "--json",
+            ];
+            let p: serde_json::Value = serde_json::from_str(&stdout(&walsh(&prof))).unwrap();
+            assert_eq!(
+                p["decode_dispatches_per_layer"].as_f64(),
+                Some(per_layer),
+                "{name} on {b}"
+            );
+            let rows = p["decode"]["rows"].as_array().unwrap();
+            assert_eq!(rows.len(), 4 * per_layer as usize + 3, "{name} on {b}");
+            assert!(
+                rows.iter()
+                    .all(|r| r["us"].as_f64().unwrap() >= 0.0 && r["bytes"].as_u64().unwrap() > 0)
+            );
+            assert!(p["prefill"]["dispatches"].as_u64().unwrap() > rows.len() as u64);
+            assert!(p["copy_gb_per_s"].as_f64().unwrap() > 0.0);
+            let table = stdout(&walsh(&prof[..prof.len() - 1]));
+            assert!(table.contains("decode dispatches per layer: "), "{table}");
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! `walsh generate`, `walsh eval` and `walsh init-model`.
+//! `walsh generate`, `walsh eval`, `walsh profile` and `walsh init-model`.
 
 use std::io::Write as _;
 use std::ops::ControlFlow;
@@ -282,6 +282,57 @@ pub struct EvalArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProfileArgs {
+    /// Model directory (config.json + model.safetensors). Default: models/shakespeare-hadamard.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The prompt prefilled before the profiled decode step.
+    #[arg(long, default_value = "ROMEO.")]
+    pub prompt: String,
+    /// KV cache format (see `walsh generate --help`).
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: KvFormat,
+    /// Times each step is replayed; the report gives medians.
+    #[arg(long, default_value_t = 20)]
+    pub repeats: usize,
+    /// Print the profile as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `walsh profile`: every dispatch of a decode step and a prefill, timed.
+pub fn profile_cmd(args: &ProfileArgs, adapter: &str) -> Result<()> {
+    let model = load_model(args.model.as_deref())?;
+    let prompt = encode_text(&args.prompt);
+    if prompt.is_empty() {
+        bail!("the prompt is empty: the profile prefills it, then decodes one token");
+    }
+    let context = model.config.max_position_embeddings;
+    if prompt.len() >= context {
+        bail!(
+            "a prompt of {} tokens leaves no room to decode in the model's context of {context}",
+            prompt.len()
+        );
+    }
+    limits::decoder_memory(
+        &model.config,
+        1,
+        context,
+        Device::Gpu.placement(args.kv_cache),
+    )?;
+    let selector: AdapterSelector = adapter.parse()?;
+    let gpu = Gpu::new(&selector)?;
+    let mut decoder = GpuDecoder::new(&gpu, &model, 1, context, args.kv_cache)?;
+    let profile = pollster::block_on(decoder.profile(&prompt, args.repeats))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&profile)?);
+    } else {
+        print!("{}", profile.table());
+    }
+    Ok(())
 }
 
 pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {

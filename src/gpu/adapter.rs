@@ -15,7 +15,10 @@ pub fn native_backends() -> wgpu::Backends {
 /// Optional features walsh uses when an adapter offers them; kernels pick their path from
 /// what was enabled (see [`super::Gpu::features`]).
 pub fn wanted_features() -> wgpu::Features {
-    wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
 }
 
 /// How the user names an adapter.

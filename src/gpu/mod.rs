@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod error;
 pub mod memory;
 pub mod pipeline;
+pub mod profile;
 pub mod record;
 mod signal;
 #[cfg(test)]
@@ -36,6 +37,9 @@ pub struct GpuFeatures {
     pub subgroup: bool,
     pub shader_f16: bool,
     pub timestamp_query: bool,
+    /// Timestamps between the dispatches of one pass (what `walsh profile` uses first).
+    #[serde(default)]
+    pub timestamp_inside_passes: bool,
 }
 
 impl GpuFeatures {
@@ -44,6 +48,7 @@ impl GpuFeatures {
             subgroup: f.contains(wgpu::Features::SUBGROUP),
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
             timestamp_query: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamp_inside_passes: f.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
         }
     }
 }
@@ -404,7 +409,15 @@ impl Gpu {
         grid: glam::UVec3,
     ) {
         let bind_group = self.bind_group(pipeline, buffers);
-        pass.record(pipeline, bind_group, grid);
+        // Storage bytes bound, each buffer once (stand-ins are bound at several slots).
+        let mut storage: Vec<&wgpu::Buffer> = Vec::new();
+        for b in buffers {
+            if !b.usage().contains(wgpu::BufferUsages::UNIFORM) && !storage.contains(b) {
+                storage.push(b);
+            }
+        }
+        let bytes = storage.iter().map(|b| b.size()).sum();
+        pass.record(pipeline, bind_group, grid, bytes);
     }
 
     /// Submits command buffers, counting the submission.

@@ -14,12 +14,15 @@ use super::CachedPipeline;
 
 /// A sink for dispatches.
 pub trait Record {
-    /// Dispatches `grid` workgroups of `pipeline` over `bind_group` (bound at group 0).
+    /// Dispatches `grid` workgroups of `pipeline` over `bind_group` (bound at group 0),
+    /// which binds `bytes` of storage buffers (what a profile reports the dispatch moves,
+    /// at most).
     fn record(
         &mut self,
         pipeline: &Arc<CachedPipeline>,
         bind_group: wgpu::BindGroup,
         grid: glam::UVec3,
+        bytes: u64,
     );
 }
 
@@ -30,6 +33,7 @@ impl Record for wgpu::ComputePass<'_> {
         pipeline: &Arc<CachedPipeline>,
         bind_group: wgpu::BindGroup,
         grid: glam::UVec3,
+        _bytes: u64,
     ) {
         self.set_pipeline(&pipeline.pipeline);
         self.set_bind_group(0, &bind_group, &[]);
@@ -40,16 +44,26 @@ impl Record for wgpu::ComputePass<'_> {
 /// One recorded dispatch. The bind group keeps every buffer it binds alive (the uniform
 /// parameters too), so a recording stays valid as long as it lives.
 #[derive(Debug)]
-struct Dispatch {
-    pipeline: Arc<CachedPipeline>,
-    bind_group: wgpu::BindGroup,
-    grid: glam::UVec3,
+pub(super) struct Dispatch {
+    pub(super) pipeline: Arc<CachedPipeline>,
+    pub(super) bind_group: wgpu::BindGroup,
+    pub(super) grid: glam::UVec3,
+    /// Storage bytes bound.
+    pub(super) bytes: u64,
+}
+
+impl Dispatch {
+    pub(super) fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.grid.x, self.grid.y, self.grid.z);
+    }
 }
 
 /// Dispatches kept for replay, in order.
 #[derive(Debug, Default)]
 pub struct Recording {
-    dispatches: Vec<Dispatch>,
+    pub(super) dispatches: Vec<Dispatch>,
 }
 
 impl Recording {
@@ -69,9 +83,7 @@ impl Recording {
     /// Records every dispatch into `pass`, in order, and counts them in `counters`.
     pub fn replay(&self, pass: &mut wgpu::ComputePass<'_>, counters: &Counters) {
         for d in &self.dispatches {
-            pass.set_pipeline(&d.pipeline.pipeline);
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.grid.x, d.grid.y, d.grid.z);
+            d.encode(pass);
         }
         counters
             .dispatches
@@ -85,11 +97,13 @@ impl Record for Recording {
         pipeline: &Arc<CachedPipeline>,
         bind_group: wgpu::BindGroup,
         grid: glam::UVec3,
+        bytes: u64,
     ) {
         self.dispatches.push(Dispatch {
             pipeline: pipeline.clone(),
             bind_group,
             grid,
+            bytes,
         });
     }
 }

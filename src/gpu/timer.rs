@@ -55,6 +55,31 @@ impl GpuTimer {
         })
     }
 
+    /// Writes timestamp `index` (0 .. 2 x capacity) at this point of `pass` (needs
+    /// TIMESTAMP_QUERY_INSIDE_PASSES; read with [`GpuTimer::read_stamps`]).
+    pub fn write_inside(&self, pass: &mut wgpu::ComputePass<'_>, index: u32) -> Result<()> {
+        if index >= 2 * self.capacity {
+            return Err(GpuError::Validation(format!(
+                "timestamp {index} out of {}",
+                2 * self.capacity
+            )));
+        }
+        pass.write_timestamp(&self.queries, index);
+        Ok(())
+    }
+
+    /// Every timestamp in seconds (from an arbitrary origin), after the encoder with
+    /// `resolve` was submitted.
+    pub async fn read_stamps(&self, gpu: &Gpu) -> Result<Vec<f64>> {
+        let raw: Vec<u64> = gpu
+            .read_async(&self.resolve, self.capacity as usize * 2)
+            .await?;
+        Ok(raw
+            .iter()
+            .map(|&t| t as f64 * self.period_ns * 1e-9)
+            .collect())
+    }
+
     /// Records the resolve of every slot; call after the timed passes, before `finish`.
     pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.resolve_query_set(

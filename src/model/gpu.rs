@@ -673,6 +673,30 @@ impl<'g> GpuDecoder<'g> {
         layout: &StepLayout,
         sample: Option<(&SamplingParams, &[f32])>,
     ) -> Result<wgpu::CommandEncoder, ModelError> {
+        let rec = self.prepare_step(batch, layout, sample)?;
+        let decode = layout.spans.iter().all(|&(_, _, n)| n == 1);
+        let mut encoder = self.gpu.encoder("step");
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(if decode { "decode step" } else { "prefill" }),
+                timestamp_writes: None,
+            });
+            rec.replay(&mut pass, self.gpu.counters());
+        }
+        for &(seq, toks) in batch {
+            self.lengths[seq] += toks.len();
+        }
+        Ok(encoder)
+    }
+
+    /// Records the forward pass of a host-fed step (with sampling when asked) and uploads
+    /// its tokens and rows; the sequences' lengths are left as they are.
+    fn prepare_step(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        layout: &StepLayout,
+        sample: Option<(&SamplingParams, &[f32])>,
+    ) -> Result<Recording, ModelError> {
         self.reserve(layout.rows)?;
         let mut rec = Recording::new();
         let decode = layout.spans.iter().all(|&(_, _, n)| n == 1);
@@ -699,18 +723,50 @@ impl<'g> GpuDecoder<'g> {
             );
             queue.write_buffer(acts.draws.buffer(), 0, bytemuck::cast_slice(draws));
         }
-        let mut encoder = self.gpu.encoder("step");
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(if decode { "decode step" } else { "prefill" }),
-                timestamp_writes: None,
-            });
-            rec.replay(&mut pass, self.gpu.counters());
-        }
-        for &(seq, toks) in batch {
-            self.lengths[seq] += toks.len();
-        }
-        Ok(encoder)
+        Ok(rec)
+    }
+
+    /// Times every dispatch of a prefill of `prompt` (as sequence 0, from an empty cache)
+    /// and of the decode step after it, each replayed `repeats` times (see
+    /// [`crate::gpu::profile::time_recording`]), and the copy shader over the model's
+    /// weight bytes for reference. Greedy sampling; forgets every sequence first and
+    /// leaves sequence 0 holding the prompt and one decoded token.
+    pub async fn profile(
+        &mut self,
+        prompt: &[u32],
+        repeats: usize,
+    ) -> Result<super::profile::DecoderProfile, ModelError> {
+        use crate::gpu::profile::time_recording;
+        self.reset();
+        let greedy = SamplingParams::greedy();
+        let batch = [(0, prompt)];
+        let layout = self.layout(&batch)?;
+        let rec = self.prepare_step(&batch, &layout, Some((&greedy, &[0.0])))?;
+        let prefill = time_recording(self.gpu, &rec, repeats).await?;
+        self.lengths[0] = prompt.len();
+        let next = [*prompt.last().unwrap_or(&0)];
+        let batch = [(0, &next[..])];
+        let layout = self.layout(&batch)?;
+        let rec = self.prepare_step(&batch, &layout, Some((&greedy, &[0.0])))?;
+        let decode = time_recording(self.gpu, &rec, repeats).await?;
+        self.lengths[0] += 1;
+        let weight_bytes = self
+            .gpu
+            .memory()
+            .report()
+            .by_category
+            .iter()
+            .find(|c| c.0 == MemoryCategory::Weights)
+            .map_or(0, |c| c.1);
+        let copy = super::profile::copy_bandwidth(self.gpu, weight_bytes, repeats).await?;
+        Ok(super::profile::DecoderProfile::new(
+            self.gpu,
+            &self.config,
+            prompt.len(),
+            prefill,
+            decode,
+            copy,
+        ))
     }
 
     /// Appends each sequence's tokens and returns the logits of every appended row, per

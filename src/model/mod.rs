@@ -10,6 +10,7 @@ pub mod generate;
 pub mod gpu;
 
 pub mod init;
+pub mod profile;
 pub mod quant;
 pub mod weights;
 
