@@ -12,6 +12,7 @@ use crate::model::fit::{BufferLimits, ROPE_TABLE, TooLarge, check_buffers_fit, d
 use crate::model::generate::{GenerateOptions, generate_async};
 use crate::model::gpu::GpuDecoder;
 use crate::model::init::random_model;
+use crate::model::profile::DecoderProfile;
 use crate::model::quant::quantized_by_default;
 use crate::model::weights::{Model, expected_tensors};
 use crate::model::{AttnOutput, Config, ModelError, Query};
@@ -120,6 +121,10 @@ pub struct DecoderResult {
     /// [`decode_bytes_per_token`]; 0 in reports before this field).
     #[serde(default)]
     pub bytes_per_token: f64,
+    /// One sequence's decode step and prefill, dispatch by dispatch (`walsh profile`);
+    /// batch-1 cases only (absent in reports before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<DecoderProfile>,
 }
 
 /// The decoder suite: the two output projections and the query variants.
@@ -343,6 +348,7 @@ impl<'g> Runner<'g> {
                     case.new_tokens,
                     case.kv_cache,
                 ),
+                profile: None,
             },
             dec,
             prompts,
@@ -389,12 +395,18 @@ impl<'g> Runner<'g> {
 /// Timed generations per measurement: the median of three. Software adapters share the
 /// CPU with everything else on the machine.
 const ROUNDS: usize = 3;
+/// Replays of each profiled step (the profile gives medians).
+const PROFILE_REPEATS: usize = 5;
 
 /// Builds the case's random model, warms it up, and times [`ROUNDS`] generations.
 pub async fn measure(gpu: &Gpu, case: &DecoderCase) -> Result<DecoderResult, BenchError> {
     let mut runner = Runner::new(gpu, case).await?;
     for _ in 0..ROUNDS {
         runner.time().await?;
+    }
+    if case.batch == 1 {
+        let prompt = runner.prompts[0].clone();
+        runner.result.profile = Some(runner.dec.profile(&prompt, PROFILE_REPEATS).await?);
     }
     Ok(runner.finish())
 }

@@ -219,6 +219,7 @@ impl Report {
                 );
             }
             s.push('\n');
+            s.push_str(&profile_table(&self.decoder));
             s.push_str(&weight_formats_table(&self.decoder));
         }
         if !self.paper.is_empty() {
@@ -262,6 +263,48 @@ impl Report {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
+}
+
+/// The profiled decode steps of the batch-1 decoder rows: dispatches, where the time
+/// goes (the three costliest kernel families) and the gap between the step's wall time
+/// and its dispatches' sum.
+fn profile_table(decoders: &[DecoderResult]) -> String {
+    let mut s = String::new();
+    for d in decoders {
+        let Some(p) = &d.profile else { continue };
+        if s.is_empty() {
+            let _ = write!(
+                s,
+                "## Decode step profile\n\nOne sequence's decode step after its prompt, every dispatch timed ({}; `walsh profile` prints one in full). Wall: the step in one pass, submitted and waited for.\n\n| variant | weights | d_model | layers | dispatches | per layer | sum us | wall us | wall us / dispatch | top kernels (share of the sum) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+                p.method.describe()
+            );
+        }
+        let top: Vec<String> = p
+            .decode
+            .kernels
+            .iter()
+            .take(3)
+            .map(|k| format!("{} x{} {:.0}%", k.kernel, k.dispatches, 100.0 * k.share))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {:.2} | {} |",
+            d.variant,
+            d.weights.name(),
+            d.d_model,
+            d.layers,
+            p.decode.dispatches,
+            p.decode_dispatches_per_layer,
+            p.decode.sum_us,
+            p.decode.wall_us,
+            p.decode.wall_us_per_dispatch,
+            top.join(", ")
+        );
+    }
+    if !s.is_empty() {
+        s.push('\n');
+    }
+    s
 }
 
 /// The decoder rows of one model in several weight formats, each against its f16 row:
