@@ -15,7 +15,8 @@
 #   ADAPTER      [vulkan]               walsh's --adapter; llama.cpp uses Vulkan device
 #   VK_DEVICE    [0]                    GGML_VK_VISIBLE_DEVICES for llama.cpp
 #   PROMPT       ["ROMEO:"]             prompt (6 bytes = 6 tokens; llama-bench -p matches its length)
-#   GEN_TOKENS   [128]  CHECK_TOKENS [64]
+#   GEN_TOKENS   [128]  CHECK_TOKENS [64] (both capped at the context minus the prompt)
+#   LLAMA_REPS   [1]                    llama-bench -r: one repetition per round, as walsh runs once
 #   OUT_DIR      [bench-results]
 # --cpu also times llama.cpp's CPU backend (-ngl 0) for reference.
 set -euo pipefail
@@ -95,6 +96,7 @@ PROMPT=${PROMPT:-ROMEO:}
 GEN_TOKENS=${GEN_TOKENS:-128}
 CHECK_TOKENS=${CHECK_TOKENS:-64}
 OUT_DIR=${OUT_DIR:-bench-results}
+LLAMA_REPS=${LLAMA_REPS:-1}
 export GGML_VK_VISIBLE_DEVICES=$VK_DEVICE
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 [ -x "$WALSH" ] || cargo build --release --bin walsh
@@ -104,7 +106,10 @@ ROWS=$TMP/rows.jsonl
 : > "$ROWS"
 PLEN=$(printf '%s' "$PROMPT" | wc -c)
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src shaders benches || echo "-dirty")
-LLAMA_COMMIT=$(grep -o 'LLAMA_BUILD_COMMIT "[^"]*"\|set(BUILD_COMMIT [^)]*' "$BUILD/common/build-info.cpp" "$SRC/cmake/build-info.cmake" 2>/dev/null | head -1 || true)
+# Others' work on the machine slows both engines alike; the report records the load.
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# A command as the report shows it: temporary paths as $TMP.
+cmdline() { python3 -c 'import json,sys; print(json.dumps(sys.argv[2].replace(sys.argv[1], "$TMP")))' "$TMP" "$*"; }
 json_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))'"$2"')' "$1"; }
 # Appends one JSON object (the key=value pairs given, values as JSON) to the results.
 row() { python3 -c 'import json,sys; print(json.dumps({k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[1:])}))' "$@" >> "$ROWS"; }
@@ -117,8 +122,10 @@ model_dir() {  # the walsh model directory for a MODELS entry, written if random
       local d=${1#random-}; local layers=${d#*x}; d=${d%x*}
       local dir=$TMP/$1
       if [ ! -d "$dir" ]; then
-        "$WALSH" init-model --out "$dir" --hidden-size "$d" --layers "$layers" \
-          --heads $((d / 64)) --context 512 --attn-output dense --query dense --dtype f16 > /dev/null
+        local init=(init-model --out "$dir" --hidden-size "$d" --layers "$layers"
+          --heads $((d / 64)) --context 512 --attn-output dense --query dense --dtype f16)
+        "$WALSH" "${init[@]}" > /dev/null
+        row kind='"prepare"' cmd="$(cmdline walsh "${init[@]}")"
       fi
       echo "$dir" ;;
     *) echo "unknown model $1 (shipped or random-DxL)" >&2; return 1 ;;
@@ -138,11 +145,16 @@ for m in $MODELS; do
   for w in $WEIGHTS; do
     dir=$base
     case $w in
-      q8_0) dir=$TMP/$m-q8; [ -d "$dir" ] || "$WALSH" quantize --model "$base" --out "$dir" --weights q8 > /dev/null ;;
-      q4_0) dir=$TMP/$m-q4; [ -d "$dir" ] || "$WALSH" quantize --model "$base" --out "$dir" --weights q4 > /dev/null ;;
+      q8_0|q4_0)
+        dir=$TMP/$m-${w%_0}
+        quantize=(quantize --model "$base" --out "$dir" --weights "${w%_0}")
+        "$WALSH" "${quantize[@]}" > /dev/null
+        row kind='"prepare"' cmd="$(cmdline walsh "${quantize[@]}")" ;;
     esac
     gguf=$TMP/$m-$w.gguf
-    "$WALSH" export --gguf "$gguf" --model "$dir" --weights "$w" --name "walsh-$m" >&2
+    export_args=(export --gguf "$gguf" --model "$dir" --weights "$w" --name "walsh-$m")
+    "$WALSH" "${export_args[@]}" >&2
+    row kind='"prepare"' cmd="$(cmdline walsh "${export_args[@]}")"
     walsh_gen=("$WALSH" --adapter "$ADAPTER" generate --model "$dir" --json --temperature 0 --prompt "$PROMPT")
     # The greedy check: the same tokens, or no speed figure counts.
     "${walsh_gen[@]}" --max-tokens "$check" > "$TMP/w.json"
@@ -154,14 +166,14 @@ for m in $MODELS; do
     same=false; [ "$wt" = "$lt" ] && same=true
     row kind='"greedy"' model="$(str "$m")" weights="$(str "$w")" tokens="$check" same=$same \
       walsh_text="$(text "$wt")" llama_text="$(text "$lt")" walsh_device="$(str "$device")" \
-      walsh_cmd="$(str "walsh --adapter $ADAPTER generate --model $dir --json --temperature 0 --prompt '$PROMPT' --max-tokens $check")" \
-      llama_cmd="$(str "GGML_VK_VISIBLE_DEVICES=$VK_DEVICE peer-greedy $m-$w.gguf $check 99 '$PROMPT'")"
+      walsh_cmd="$(cmdline "walsh --adapter $ADAPTER generate --model $dir --json --temperature 0 --prompt '$PROMPT' --max-tokens $check")" \
+      llama_cmd="$(cmdline "GGML_VK_VISIBLE_DEVICES=$VK_DEVICE peer-greedy $gguf $check 99 '$PROMPT'")"
     echo "$m $w greedy $check tokens: walsh = llama.cpp: $same" >&2
     if [ "$same" != true ]; then
       echo "  walsh:     $(text "$wt")" >&2; echo "  llama.cpp: $(text "$lt")" >&2
       continue
     fi
-    bench=("$BUILD/bin/llama-bench" -m "$gguf" -p "$PLEN" -n "$n" -ngl 99 -o json)
+    bench=("$BUILD/bin/llama-bench" -m "$gguf" -p "$PLEN" -n "$n" -ngl 99 -r "$LLAMA_REPS" -o json)
     engines="walsh llama"; [ "$WITH_CPU" = 1 ] && engines="$engines llama-cpu"
     for r in $(seq "$ROUNDS"); do
       for e in $engines; do
@@ -171,15 +183,15 @@ for m in $MODELS; do
                  cmd="walsh --adapter $ADAPTER generate --model $dir --json --temperature 0 --prompt '$PROMPT' --max-tokens $n" ;;
           llama) "${bench[@]}" > "$TMP/b.json" 2> "$TMP/b.err" || { cat "$TMP/b.err" >&2; exit 1; }
                  tps=$(python3 -c 'import json,sys; print([t["avg_ts"] for t in json.load(open(sys.argv[1])) if t["n_gen"] > 0][0])' "$TMP/b.json")
-                 llama_device=$(python3 -c 'import json,sys; b=json.load(open(sys.argv[1]))[0]; print(b.get("gpu_info","") + " / " + b.get("backends",""))' "$TMP/b.json")
-                 cmd="GGML_VK_VISIBLE_DEVICES=$VK_DEVICE llama-bench -m $m-$w.gguf -p $PLEN -n $n -ngl 99" ;;
-          llama-cpu) "$BUILD/bin/llama-bench" -m "$gguf" -p "$PLEN" -n "$n" -ngl 0 -dev none -o json > "$TMP/c.json" 2> "$TMP/c.err" || { cat "$TMP/c.err" >&2; exit 1; }
+                 llama_device=$(python3 -c 'import json,sys; b=json.load(open(sys.argv[1]))[0]; print(b["gpu_info"] + " / " + b["backends"] + ", llama.cpp build " + b["build_commit"])' "$TMP/b.json")
+                 cmd="GGML_VK_VISIBLE_DEVICES=$VK_DEVICE llama-bench -m $gguf -p $PLEN -n $n -ngl 99 -r $LLAMA_REPS" ;;
+          llama-cpu) "$BUILD/bin/llama-bench" -m "$gguf" -p "$PLEN" -n "$n" -ngl 0 -dev none -r "$LLAMA_REPS" -o json > "$TMP/c.json" 2> "$TMP/c.err" || { cat "$TMP/c.err" >&2; exit 1; }
                  tps=$(python3 -c 'import json,sys; print([t["avg_ts"] for t in json.load(open(sys.argv[1])) if t["n_gen"] > 0][0])' "$TMP/c.json")
-                 cmd="llama-bench -m $m-$w.gguf -p $PLEN -n $n -ngl 0 -dev none" ;;
+                 cmd="llama-bench -m $gguf -p $PLEN -n $n -ngl 0 -dev none -r $LLAMA_REPS" ;;
         esac
         echo "$m $w round $r $e: $tps tok/s" >&2
         row kind='"decode"' model="$(str "$m")" weights="$(str "$w")" engine="$(str "$e")" round="$r" \
-          tokens="$n" tok_s="$tps" cmd="$(str "$cmd")"
+          tokens="$n" tok_s="$tps" cmd="$(cmdline "$cmd")"
       done
     done
     row kind='"llama_device"' model="$(str "$m")" weights="$(str "$w")" device="$(str "${llama_device:-}")"
@@ -187,9 +199,12 @@ for m in $MODELS; do
 done
 
 mkdir -p "$OUT_DIR"
-python3 - "$ROWS" "$OUT_DIR" "$COMMIT" "$LLAMA_CPP_PYTHON" "$ADAPTER" "$PROMPT" "$ROUNDS" <<'PY'
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 - "$ROWS" "$OUT_DIR" "$COMMIT" "$LLAMA_CPP_PYTHON" "$ADAPTER" "$PROMPT" "$ROUNDS" \
+  "$LOAD_START" "$LOAD_END" "$(nproc)" "$LLAMA_REPS" <<'PY'
 import json, re, statistics, sys
-rows_path, out_dir, commit, llama_version, adapter, prompt, rounds = sys.argv[1:]
+rows_path, out_dir, commit, llama_version, adapter, prompt, rounds, load0, load1, cpus, reps = sys.argv[1:]
+prepare = [r["cmd"] for r in json.loads("[" + ",".join(open(rows_path)) + "]") if r["kind"] == "prepare"]
 rows = [json.loads(l) for l in open(rows_path)]
 greedy = [r for r in rows if r["kind"] == "greedy"]
 device = next((r["walsh_device"] for r in greedy), adapter)
@@ -209,6 +224,7 @@ for (model, weights), by in runs.items():
                     "walsh_over_llama": med["walsh"] / med["llama"] if med.get("llama") else None})
 report = {"walsh_commit": commit, "llama_cpp": f"llama-cpp-python {llama_version} sdist, vendor/llama.cpp, Vulkan backend (Release)",
           "walsh_device": device, "llama_device": llama_device, "prompt": prompt,
+          "cpus": int(cpus), "load_average_start": load0, "load_average_end": load1, "prepare": prepare,
           "greedy": greedy, "decode": summary}
 with open(f"{out_dir}/peer-llamacpp-{slug}.json", "w") as f:
     json.dump(report, f, indent=1)
@@ -216,7 +232,8 @@ with open(f"{out_dir}/peer-llamacpp-{slug}.json", "w") as f:
 L = [f"# walsh beside llama.cpp: {device}", "",
      f"walsh {commit}; llama.cpp from the llama-cpp-python {llama_version} sdist (vendor/llama.cpp), "
      f"Vulkan backend, Release; llama.cpp device: {llama_device or 'n/a'}. "
-     f"Written by `benches/peer-llamacpp.sh`; models exported with `walsh export --gguf`.", "",
+     f"Written by `benches/peer-llamacpp.sh`; models exported with `walsh export --gguf`. "
+     f"{cpus} CPUs; load average (1, 5, 15 min) {load0} at the start, {load1} at the end.", "",
      "## Greedy check", "",
      "Greedy tokens from the same prompt, walsh on its adapter against llama.cpp "
      "(`benches/peer-greedy.cpp`: the prompt's bytes as token ids, argmax of the logits). "
@@ -229,14 +246,17 @@ for g in greedy:
 L += ["", "## Decode", "",
       f"Decode tok/s, {rounds} rounds alternating walsh and llama.cpp; walsh: `decode_tokens_per_s` "
       "of `walsh generate --json` (after a prompt of the same length); llama.cpp: `avg_ts` of "
-      "llama-bench's tg test (its default 5 repetitions after a warm-up).", "",
+      f"llama-bench's tg test ({reps} repetition(s) after its one-token warm-up; "
+      "its prompt test runs separately, so it decodes from an empty cache).", "",
       "| model | weights | tokens | engine | rounds (tok/s) | median | walsh / llama.cpp |", "|---|---|---|---|---|---|---|"]
 for s in summary:
     for e, v in s["rounds"].items():
         ratio = f"{s['walsh_over_llama']:.2f}x" if e == "walsh" and s["walsh_over_llama"] else ""
         name = {"walsh": "walsh", "llama": "llama.cpp Vulkan", "llama-cpu": "llama.cpp CPU"}[e]
         L.append(f"| {s['model']} | {s['weights']} | {s['tokens']} | {name} | {', '.join(f'{x:.1f}' for x in v)} | {s['median_tok_s'][e]:.1f} | {ratio} |")
-L += ["", "## Commands", "", "```"]
+L += ["", "## Commands", "", "`$TMP` is the run's temporary directory.", "", "```"]
+L += ["# prepare"] + prepare + ["# greedy check"]
+L += [c for g in greedy for c in (g["walsh_cmd"], g["llama_cmd"])] + ["# timed, alternating"]
 L += [c for s in summary for c in s["commands"].values()]
 L += ["```", ""]
 open(f"{out_dir}/peer-llamacpp-{slug}.md", "w").write("\n".join(L))
