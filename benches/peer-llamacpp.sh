@@ -4,7 +4,7 @@
 # dense models as GGUF (`walsh export --gguf`), checks that llama.cpp's greedy tokens equal
 # `walsh generate`'s on the same Vulkan adapter, then times decode alternately. From the
 # project root:
-#   bash benches/peer-llamacpp.sh [--cpu] [--build-only]
+#   bash benches/peer-llamacpp.sh [--cpu] [--build-only] [--render REPORT.json]
 # Environment (defaults in brackets):
 #   PEER_CACHE   [~/.cache/walsh-peer]  sdist, llama.cpp source, build
 #   WALSH        [target/release/walsh] walsh binary (built if missing)
@@ -26,14 +26,65 @@ PEER_CACHE=${PEER_CACHE:-$HOME/.cache/walsh-peer}
 SRC=$PEER_CACHE/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp
 BUILD=$PEER_CACHE/build-vulkan
 GREEDY=$PEER_CACHE/peer-greedy
+
+# Writes the Markdown report next to its JSON (also: --render FILE.json, to redo it).
+render() {
+  python3 - "$1" <<'PY'
+import json, sys
+path = sys.argv[1]
+r = json.load(open(path))
+def fmt(x):
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 1 else f"{x:.3f}"
+L = [f"# walsh beside llama.cpp: {r['walsh_device']}", "",
+     f"walsh {r['walsh_commit']}; llama.cpp from the {r['llama_cpp']}; llama.cpp device: "
+     f"{r['llama_device'] or 'n/a'}. Written by `benches/peer-llamacpp.sh`; models exported "
+     f"with `walsh export --gguf`. {r['cpus']} CPUs; load average (1, 5, 15 min) "
+     f"{r['load_average_start']} at the start, {r['load_average_end']} at the end (other "
+     "work on the machine slows both engines; the rounds alternate so both see it).", "",
+     "## Greedy check", "",
+     "Greedy tokens from the same prompt, walsh on its adapter against llama.cpp "
+     "(`benches/peer-greedy.cpp`: the prompt's bytes as token ids, argmax of the logits). "
+     "Speed is measured only where they match.", "",
+     "| model | weights | tokens | same | text (walsh) |", "|---|---|---|---|---|"]
+for g in r["greedy"]:
+    L.append(f"| {g['model']} | {g['weights']} | {g['tokens']} | {'yes' if g['same'] else '**no**'} | `{json.dumps(g['walsh_text'])[1:-1][:160]}` |")
+    if not g["same"]:
+        L.append(f"| | | | llama.cpp: | `{json.dumps(g['llama_text'])[1:-1][:160]}` |")
+L += ["", "## Decode", "",
+      f"Decode tok/s, {r['rounds']} rounds alternating walsh and llama.cpp; walsh: "
+      "`decode_tokens_per_s` of `walsh generate --json` (after the prompt); llama.cpp: "
+      f"`avg_ts` of llama-bench's tg test ({r['llama_bench_repetitions']} repetition(s) after "
+      "its one-token warm-up; its prompt test runs separately, so it decodes from an empty "
+      "cache).", "",
+      "| model | weights | tokens | engine | rounds (tok/s) | median | walsh / llama.cpp |",
+      "|---|---|---|---|---|---|---|"]
+names = {"walsh": "walsh", "llama": "llama.cpp Vulkan", "llama-cpu": "llama.cpp CPU"}
+for s in r["decode"]:
+    for e, v in s["rounds"].items():
+        ratio = f"{s['walsh_over_llama']:.2f}x" if e == "walsh" and s["walsh_over_llama"] else ""
+        L.append(f"| {s['model']} | {s['weights']} | {s['tokens']} | {names[e]} | "
+                 f"{', '.join(fmt(x) for x in v)} | {fmt(s['median_tok_s'][e])} | {ratio} |")
+L += ["", "## Commands", "", "`$TMP` is the run's temporary directory.", "", "```", "# prepare"]
+L += r["prepare"] + ["# greedy check"]
+L += [c for g in r["greedy"] for c in (g["walsh_cmd"], g["llama_cmd"])] + ["# timed, alternating"]
+L += [c for s in r["decode"] for c in s["commands"].values()]
+L += ["```", ""]
+md = path[: -len(".json")] + ".md"
+open(md, "w").write("\n".join(L))
+print(f"wrote {md} and {path}")
+PY
+}
+
 WITH_CPU=0
 BUILD_ONLY=0
-for arg in "$@"; do
-  case $arg in
+while [ $# -gt 0 ]; do
+  case $1 in
     --cpu) WITH_CPU=1 ;;
     --build-only) BUILD_ONLY=1 ;;
-    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    --render) render "$2"; exit ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
+  shift
 done
 
 need_apt() {
@@ -200,11 +251,10 @@ done
 
 mkdir -p "$OUT_DIR"
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-python3 - "$ROWS" "$OUT_DIR" "$COMMIT" "$LLAMA_CPP_PYTHON" "$ADAPTER" "$PROMPT" "$ROUNDS" \
+report=$(python3 - "$ROWS" "$OUT_DIR" "$COMMIT" "$LLAMA_CPP_PYTHON" "$ADAPTER" "$PROMPT" "$ROUNDS" \
   "$LOAD_START" "$LOAD_END" "$(nproc)" "$LLAMA_REPS" <<'PY'
 import json, re, statistics, sys
 rows_path, out_dir, commit, llama_version, adapter, prompt, rounds, load0, load1, cpus, reps = sys.argv[1:]
-prepare = [r["cmd"] for r in json.loads("[" + ",".join(open(rows_path)) + "]") if r["kind"] == "prepare"]
 rows = [json.loads(l) for l in open(rows_path)]
 greedy = [r for r in rows if r["kind"] == "greedy"]
 device = next((r["walsh_device"] for r in greedy), adapter)
@@ -222,43 +272,18 @@ for (model, weights), by in runs.items():
                     "rounds": {e: [x["tok_s"] for x in v] for e, v in by.items()},
                     "commands": {e: v[0]["cmd"] for e, v in by.items()},
                     "walsh_over_llama": med["walsh"] / med["llama"] if med.get("llama") else None})
-report = {"walsh_commit": commit, "llama_cpp": f"llama-cpp-python {llama_version} sdist, vendor/llama.cpp, Vulkan backend (Release)",
+report = {"walsh_commit": commit,
+          "llama_cpp": f"llama-cpp-python {llama_version} sdist, vendor/llama.cpp, Vulkan backend (Release)",
           "walsh_device": device, "llama_device": llama_device, "prompt": prompt,
-          "cpus": int(cpus), "load_average_start": load0, "load_average_end": load1, "prepare": prepare,
+          "rounds": int(rounds), "llama_bench_repetitions": int(reps),
+          "cpus": int(cpus), "load_average_start": load0, "load_average_end": load1,
+          "prepare": [r["cmd"] for r in rows if r["kind"] == "prepare"],
           "greedy": greedy, "decode": summary}
-with open(f"{out_dir}/peer-llamacpp-{slug}.json", "w") as f:
+path = f"{out_dir}/peer-llamacpp-{slug}.json"
+with open(path, "w") as f:
     json.dump(report, f, indent=1)
     f.write("\n")
-L = [f"# walsh beside llama.cpp: {device}", "",
-     f"walsh {commit}; llama.cpp from the llama-cpp-python {llama_version} sdist (vendor/llama.cpp), "
-     f"Vulkan backend, Release; llama.cpp device: {llama_device or 'n/a'}. "
-     f"Written by `benches/peer-llamacpp.sh`; models exported with `walsh export --gguf`. "
-     f"{cpus} CPUs; load average (1, 5, 15 min) {load0} at the start, {load1} at the end.", "",
-     "## Greedy check", "",
-     "Greedy tokens from the same prompt, walsh on its adapter against llama.cpp "
-     "(`benches/peer-greedy.cpp`: the prompt's bytes as token ids, argmax of the logits). "
-     "Speed is measured only where they match.", "",
-     "| model | weights | tokens | same | text (walsh) |", "|---|---|---|---|---|"]
-for g in greedy:
-    L.append(f"| {g['model']} | {g['weights']} | {g['tokens']} | {'yes' if g['same'] else '**no**'} | `{json.dumps(g['walsh_text'])[1:-1][:160]}` |")
-    if not g["same"]:
-        L.append(f"| | | | llama.cpp: | `{json.dumps(g['llama_text'])[1:-1][:160]}` |")
-L += ["", "## Decode", "",
-      f"Decode tok/s, {rounds} rounds alternating walsh and llama.cpp; walsh: `decode_tokens_per_s` "
-      "of `walsh generate --json` (after a prompt of the same length); llama.cpp: `avg_ts` of "
-      f"llama-bench's tg test ({reps} repetition(s) after its one-token warm-up; "
-      "its prompt test runs separately, so it decodes from an empty cache).", "",
-      "| model | weights | tokens | engine | rounds (tok/s) | median | walsh / llama.cpp |", "|---|---|---|---|---|---|---|"]
-for s in summary:
-    for e, v in s["rounds"].items():
-        ratio = f"{s['walsh_over_llama']:.2f}x" if e == "walsh" and s["walsh_over_llama"] else ""
-        name = {"walsh": "walsh", "llama": "llama.cpp Vulkan", "llama-cpu": "llama.cpp CPU"}[e]
-        L.append(f"| {s['model']} | {s['weights']} | {s['tokens']} | {name} | {', '.join(f'{x:.1f}' for x in v)} | {s['median_tok_s'][e]:.1f} | {ratio} |")
-L += ["", "## Commands", "", "`$TMP` is the run's temporary directory.", "", "```"]
-L += ["# prepare"] + prepare + ["# greedy check"]
-L += [c for g in greedy for c in (g["walsh_cmd"], g["llama_cmd"])] + ["# timed, alternating"]
-L += [c for s in summary for c in s["commands"].values()]
-L += ["```", ""]
-open(f"{out_dir}/peer-llamacpp-{slug}.md", "w").write("\n".join(L))
-print(f"wrote {out_dir}/peer-llamacpp-{slug}.md and .json")
+print(path)
 PY
+)
+render "$report"
