@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use cli::Kernel;
-use cli::run::{EvalArgs, GenerateArgs, InitArgs, QuantizeArgs};
+use cli::run::{EvalArgs, ExportArgs, GenerateArgs, InitArgs, QuantizeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,8 @@ enum Command {
     InitModel(InitArgs),
     /// Write a copy of a model with its layer matrices block-quantized (q8 or q4).
     Quantize(QuantizeArgs),
+    /// Write a dense model as a llama-architecture GGUF file for llama.cpp.
+    Export(ExportArgs),
     /// Benchmark kernels and decoders on one or every adapter; `bench merge` combines
     /// reports.
     Bench(cli::bench::BenchArgs),
@@ -101,6 +103,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Profile(args)) => cli::run::profile_cmd(&args, &cli.adapter),
         Some(Command::InitModel(args)) => cli::run::init_cmd(&args),
         Some(Command::Quantize(args)) => cli::run::quantize_cmd(&args),
+        Some(Command::Export(args)) => cli::run::export_cmd(&args),
         Some(Command::Bench(args)) => cli::bench::bench_cmd(&args, &cli.adapter),
         Some(Command::Serve(args)) => cli::serve::serve_cmd(&args),
         None => cli::run::generate_cmd(&GenerateArgs::default(), &cli.adapter),

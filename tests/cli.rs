@@ -833,3 +833,41 @@ fn decode_layers_are_fused_and_profile_times_them_on_every_adapter() {
         }
     }
 }
+
+#[test]
+fn export_writes_the_dense_model_as_gguf_and_refuses_hadamard_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dense.gguf");
+    let out = out.to_str().unwrap();
+    let text = stdout(&walsh(&[
+        "export",
+        "--gguf",
+        out,
+        "--model",
+        "models/shakespeare-dense",
+        "--weights",
+        "q4_0",
+    ]));
+    assert!(text.contains("Q4_0"), "{text}");
+    let bytes = std::fs::read(out).unwrap();
+    assert_eq!(&bytes[..8], b"GGUF\x03\0\0\0");
+    let e = walsh_fails(&[
+        "export",
+        "--gguf",
+        out,
+        "--model",
+        "models/shakespeare-hadamard",
+    ]);
+    assert_names(
+        &e,
+        &["shakespeare-hadamard", "hadamard/dense", "no Hadamard W_O"],
+    );
+    let e = walsh_fails(&[
+        "export",
+        "--gguf",
+        "/nonexistent-dir/m.gguf",
+        "--model",
+        "models/shakespeare-dense",
+    ]);
+    assert_names(&e, &["cannot write /nonexistent-dir/m.gguf"]);
+}

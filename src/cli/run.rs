@@ -15,6 +15,7 @@ use walsh::model::generate::{
     CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text,
     generate,
 };
+use walsh::model::gguf::{GgmlType, GgufWeights, write_gguf};
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::init::{random_model, write_random_model};
 use walsh::model::quant::QuantFormat;
@@ -436,6 +437,56 @@ pub struct QuantizeArgs {
     /// f16 scale. The embedding and lm_head stay as stored.
     #[arg(long)]
     pub weights: QuantFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The GGUF file to write (replaced if it exists).
+    #[arg(long, value_name = "OUT.gguf")]
+    pub gguf: PathBuf,
+    /// Model directory to read: attn_output and query "dense" (llama.cpp has no Hadamard
+    /// W_O).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Matrix type: f16, q8_0 or q4_0 (the layer matrices as `walsh quantize` makes them,
+    /// in GGML blocks), or f32. The norms are F32; with q8_0/q4_0 the embedding and
+    /// lm_head stay as stored.
+    #[arg(long, default_value = "f16")]
+    pub weights: GgufWeights,
+    /// general.name; default: the model directory's name.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+pub fn export_cmd(args: &ExportArgs) -> Result<()> {
+    let model = load_model(Some(&args.model))?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.model
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "walsh".into())
+    });
+    let s = write_gguf(&model, &name, args.weights, &args.gguf)?;
+    let blocks = s
+        .tensors
+        .iter()
+        .filter(|(_, t)| matches!(t, GgmlType::Q8_0 | GgmlType::Q4_0))
+        .count();
+    let blocks = match s.weights {
+        GgufWeights::Q8_0 | GgufWeights::Q4_0 => {
+            format!(" ({blocks} in {} blocks)", s.weights.name().to_uppercase())
+        }
+        GgufWeights::F32 | GgufWeights::F16 => String::new(),
+    };
+    println!(
+        "wrote {} (llama, {}): {} tensors{blocks}, {}",
+        args.gguf.display(),
+        s.weights,
+        s.tensors.len(),
+        limits::human_bytes(s.bytes as u128)
+    );
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

@@ -7,6 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod fit;
 pub mod generate;
+pub mod gguf;
 pub mod gpu;
 
 pub mod init;
