@@ -46,6 +46,9 @@ const W_Q4: u32 = 3u;
 const QBLOCK: u32 = 32u;
 
 override W_FMT: u32 = W_F32;
+// w is stored transposed (f16 only: Matrix::from_f16_bits_transposed): element (o, i) at
+// half i * n_out + o, so a word holds outputs o, o + 1 (o even) of input i.
+override W_T: bool = false;
 override EPI: u32 = EPI_STORE;
 // Outputs of w one unit of work (a GEMV invocation or workgroup) computes: a gate row and
 // its up row together with EPI_SWIGLU, else one row.
@@ -114,6 +117,9 @@ fn levels_hi(word: u32) -> vec4<f32> {
 
 // Element (o, i) of w in any format.
 fn weight_at(o: u32, i: u32) -> f32 {
+    if (W_T) {
+        return weight(i * params.n_out + o);
+    }
     if (!quantized()) {
         return weight(o * params.n_in + i);
     }
@@ -168,6 +174,10 @@ const PRO_NORM: u32 = 1u;
 const PRO_WHT: u32 = 2u;
 override PRO: u32 = PRO_NONE;
 override WRITE_X: bool = false;
+// Each row's transform and sum of squares by one invocation, no barrier inside (CPU
+// adapters, where a barrier costs more than the work; as hadamard.wgsl's wht_rows):
+// three barriers per workgroup whatever the width, against log2(n_in) + 3 per row.
+override SERIAL: bool = false;
 
 // f32s of staged inputs; must match PROLOGUE_STAGE on the host. The GEMVs' partial sums
 // reuse it after their dot loops (2048 values), so every GEMV declares just this array.
@@ -218,6 +228,10 @@ fn stage_load4(t: u32, wg: u32, r0: u32, nr: u32) {
 // in uniform control flow; ends with a barrier.
 fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
     stage_r0 = r0;
+    if (SERIAL) {
+        stage_rows_serial(t, wg, r0, nr, writer);
+        return;
+    }
     let n = params.n_in;
     if (PRO == PRO_WHT) {
         // Butterflies of half-width h = 1, 2, 4, ...: the order of the CPU reference.
@@ -268,6 +282,56 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
             total += sums2[g];
         }
         let inv_rms = inverseSqrt(total / f32(n) + params.eps);
+        for (var i = t; i < n; i += wg) {
+            let v = stage[r * n + i] * inv_rms * norm_w[i];
+            stage[r * n + i] = v;
+            if (WRITE_X && writer) {
+                xout[(r0 + r) * n + i] = v;
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
+// stage_inputs with SERIAL: invocation r makes row r's transform, affine and sum of
+// squares alone (the same butterflies in the same order as the parallel path), then all
+// scale the rows.
+fn stage_rows_serial(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
+    let n = params.n_in;
+    workgroupBarrier();  // the loaded rows
+    if (t < nr) {
+        let base = t * n;
+        if (PRO == PRO_WHT) {
+            // Blocks of 2h, butterflies (i, i + h) in each: no division in the loop.
+            for (var h = 1u; h < n; h *= 2u) {
+                for (var j = base; j < base + n; j += 2u * h) {
+                    for (var i = j; i < j + h; i++) {
+                        let a = stage[i];
+                        let c = stage[i + h];
+                        stage[i] = a + c;
+                        stage[i + h] = a - c;
+                    }
+                }
+            }
+            for (var i = 0u; i < n; i++) {
+                let v = resid[(r0 + t) * n + i] + gamma[i] * stage[base + i] * params.wht_scale
+                    + beta[i];
+                stage[base + i] = v;
+                if (writer) {
+                    xout[(r0 + t) * n + i] = v;
+                }
+            }
+        }
+        var acc = 0.0;
+        for (var i = 0u; i < n; i++) {
+            let v = stage[base + i];
+            acc += v * v;
+        }
+        sums[t] = inverseSqrt(acc / f32(n) + params.eps);
+    }
+    workgroupBarrier();
+    for (var r = 0u; r < nr; r++) {
+        let inv_rms = sums[r];
         for (var i = t; i < n; i += wg) {
             let v = stage[r * n + i] * inv_rms * norm_w[i];
             stage[r * n + i] = v;
@@ -445,6 +509,88 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
     }
 }
 
+// ---- GEMV by outputs, wide: gemv_outputs reading 16 bytes per step ----------------------
+// The same work split as gemv_outputs (an invocation per output unit, no barrier), each
+// invocation walking its row a vec4<u32> at a time (8 f16 weights, 16 q8 or 32 q4 levels)
+// with the inputs under them as vec4s, as gemv_wide's lanes do: a quarter of the loop
+// iterations of gemv_outputs per weight, which is what a CPU adapter pays for. Needs
+// n_in % 32 == 0, like gemv_wide (the host checks).
+@compute @workgroup_size(GEMV_WG)
+fn gemv_outputs_wide(@builtin(local_invocation_index) t: u32,
+                     @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = wid.y * params.tiles_x + wid.x;
+    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
+    let units = params.n_out / OUTS;
+    let groups = (units + GEMV_WG - 1u) / GEMV_WG;
+    if (id >= groups * blocks) {
+        return;  // whole workgroup: uniform
+    }
+    let u = (id / blocks) * GEMV_WG + t;
+    let r0 = (id % blocks) * GEMV_ROWS;
+    let nr = min(GEMV_ROWS, params.rows - r0);
+    if (staged()) {
+        stage_load4(t, GEMV_WG, r0, nr);
+        stage_inputs(t, GEMV_WG, r0, nr, id < blocks);
+    }
+    if (u >= units) {
+        return;  // no barrier below: invocations may leave on their own
+    }
+    var acc: array<f32, MAX_GEMV_ROWS>;
+    for (var k = 0u; k < OUTS; k++) {
+        dot_rows_wide(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, 0u, 1u);
+    }
+    for (var r = 0u; r < nr; r++) {
+        store(r0 + r, u, acc[r], acc[min(GEMV_ROWS + r, MAX_GEMV_ROWS - 1u)]);
+    }
+}
+
+// ---- GEMV by columns: a transposed f16 w (W_T) on CPU adapters -------------------------
+// One invocation per word column: outputs 2c and 2c + 1 (with EPI_SWIGLU, gate and up of
+// unit c: interleaved rows are neighbours), walking the inputs; neighbouring invocations
+// read neighbouring words of each input's run (one vector load where the adapter runs
+// invocations as SIMD lanes, instead of a gather across rows) and share the input value.
+// No workgroup memory or barrier but a prologue's. Workgroup = GEMV_WG word columns.
+@compute @workgroup_size(GEMV_WG)
+fn gemv_cols(@builtin(local_invocation_index) t: u32,
+             @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = wid.y * params.tiles_x + wid.x;
+    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
+    let pairs = params.n_out / 2u;
+    let groups = (pairs + GEMV_WG - 1u) / GEMV_WG;
+    if (id >= groups * blocks) {
+        return;  // whole workgroup: uniform
+    }
+    let c = (id / blocks) * GEMV_WG + t;
+    let r0 = (id % blocks) * GEMV_ROWS;
+    let nr = min(GEMV_ROWS, params.rows - r0);
+    if (staged()) {
+        stage_load(t, GEMV_WG, r0, nr);
+        stage_inputs(t, GEMV_WG, r0, nr, id < blocks);
+    }
+    if (c >= pairs) {
+        return;  // no barrier below
+    }
+    // acc[r] and acc2[r]: outputs 2c and 2c + 1 of row r0 + r.
+    var acc: array<f32, MAX_GEMV_ROWS>;
+    var acc2: array<f32, MAX_GEMV_ROWS>;
+    for (var i = 0u; i < params.n_in; i++) {
+        let wv = unpack2x16float(w[i * pairs + c]);
+        for (var r = 0u; r < GEMV_ROWS; r++) {
+            let v = xin(r0 + min(r, nr - 1u), i);
+            acc[r] += wv.x * v;
+            acc2[r] += wv.y * v;
+        }
+    }
+    for (var r = 0u; r < nr; r++) {
+        if (OUTS == 2u) {
+            store(r0 + r, c, acc[r], acc2[r]);
+        } else {
+            store(r0 + r, 2u * c, acc[r], 0.0);
+            store(r0 + r, 2u * c + 1u, acc2[r], 0.0);
+        }
+    }
+}
+
 // ---- GEMV, wide: 16-byte loads, a lane group per output unit -------------------------
 // For GPUs. A workgroup of GEMV_WG invocations is WIDE_UNITS lane groups of WIDE_LANES;
 // lane group g takes output unit u = WIDE_UNITS * (workgroup's unit block) + g for one
@@ -473,10 +619,11 @@ fn wide_scale(s: u32) -> f32 {
     return select(pair.x, pair.y, (s & 1u) == 1u);
 }
 
-// Adds row o of w times rows r0 .. r0 + GEMV_ROWS of x into acc[a0 ..], lane `lane` of its
-// group taking vec4s lane, lane + WIDE_LANES, ...
+// Adds row o of w times rows r0 .. r0 + GEMV_ROWS of x into acc[a0 ..], taking the row's
+// vec4s lane, lane + step, ... (gemv_wide: a lane of its group, step WIDE_LANES;
+// gemv_outputs_wide: the whole row, 0 and 1).
 fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: u32,
-                 nr: u32, lane: u32) {
+                 nr: u32, lane: u32, step: u32) {
     // vec4<u32>s per row, and inputs each covers.
     var per_vec = 4u;
     if (W_FMT == W_F16) {
@@ -486,7 +633,7 @@ fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32,
     }
     let vecs = params.n_in / per_vec;
     let blocks = params.n_in / QBLOCK;
-    for (var j = lane; j < vecs; j += WIDE_LANES) {
+    for (var j = lane; j < vecs; j += step) {
         let wv = w4[o * vecs + j];
         var scale = 1.0;
         if (quantized()) {
@@ -539,7 +686,7 @@ fn gemv_wide(@builtin(local_invocation_index) t: u32,
     var acc: array<f32, MAX_GEMV_ROWS>;
     if (u < units) {
         for (var k = 0u; k < OUTS; k++) {
-            dot_rows_wide(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, lane);
+            dot_rows_wide(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, lane, WIDE_LANES);
         }
     }
     if (staged()) {

@@ -60,6 +60,33 @@ fn matrix(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
     stacked(gpu, &t.name, &[t], false)
 }
 
+/// The embedding table: row-major whatever the adapter (the embedding reads its rows).
+fn table(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
+    let (rows, cols) = dims(t)?;
+    Ok(match &t.data {
+        TensorData::F32(v) => Matrix::from_f32(gpu, &t.name, v, rows, cols)?,
+        TensorData::F16(bits) => Matrix::from_f16_bits(gpu, &t.name, bits, rows, cols)?,
+        TensorData::Quant(q) => Matrix::from_quant(gpu, &t.name, q)?,
+    })
+}
+
+/// f16 `bits` of a [rows, cols] product matrix: transposed on CPU adapters, whose GEMV
+/// reads neighbouring outputs' weights as one vector ([`Matrix`], `gemv_cols`), when the
+/// rows pair up; else row-major.
+fn f16_matrix(
+    gpu: &Gpu,
+    label: &str,
+    bits: &[u16],
+    rows: usize,
+    cols: usize,
+) -> Result<Matrix, ModelError> {
+    Ok(if gpu.is_cpu_adapter() && rows.is_multiple_of(2) {
+        Matrix::from_f16_bits_transposed(gpu, label, bits, rows, cols)?
+    } else {
+        Matrix::from_f16_bits(gpu, label, bits, rows, cols)?
+    })
+}
+
 /// One matrix from `parts` (matrices of equal width), their rows one after another, or
 /// with `interleave` (two parts) alternating, as [`Epilogue::SwiGlu`] reads them. Packed
 /// f16, q8 or q4 when every part shares that format, else f32.
@@ -88,7 +115,7 @@ fn stacked(
         // One matrix: uploaded as stored, no host copy.
         return Ok(match &t.data {
             TensorData::F32(v) => Matrix::from_f32(gpu, label, v, rows, cols)?,
-            TensorData::F16(bits) => Matrix::from_f16_bits(gpu, label, bits, rows, cols)?,
+            TensorData::F16(bits) => f16_matrix(gpu, label, bits, rows, cols)?,
             TensorData::Quant(q) => Matrix::from_quant(gpu, label, q)?,
         });
     }
@@ -102,7 +129,7 @@ fn stacked(
                 })
                 .collect();
             let joined = join(&bits, interleave, cols);
-            Matrix::from_f16_bits(gpu, label, &joined, rows, cols)?
+            f16_matrix(gpu, label, &joined, rows, cols)?
         }
         WeightFormat::Q8 | WeightFormat::Q4 => {
             let qs: Vec<&QuantMatrix> = parts
@@ -356,7 +383,7 @@ impl<'g> GpuDecoder<'g> {
         }
         Ok(Self {
             gpu,
-            embed_tokens: matrix(gpu, &w.embed_tokens)?,
+            embed_tokens: table(gpu, &w.embed_tokens)?,
             layers,
             norm: vector(gpu, &w.norm)?,
             lm_head: opt(&w.lm_head, |t| matrix(gpu, t))?,

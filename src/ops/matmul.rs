@@ -12,8 +12,11 @@ use super::Matrix;
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per GEMV workgroup; passed to the shader as `GEMV_WG` (at most 256, the
-/// length of its `partial` rows).
+/// partial sums' layout in its `stage`).
 const GEMV_WORKGROUP: u32 = 64;
+/// `GEMV_WG` of the CPU adapters' GEMVs with the Hadamard prologue (at most 256, as
+/// above): fewer workgroups, so fewer repeats of the row's transform.
+const PROLOGUE_CPU_WORKGROUP: u32 = 128;
 /// Invocations per workgroup of the wide GEMV (`GEMV_WG` there, at most 256, the length
 /// of its `wide_partial`): GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES output units per
 /// workgroup.
@@ -157,6 +160,11 @@ pub enum Kernel {
     GemvWide,
     /// An invocation per output, no barrier (CPU adapters).
     GemvOutputs,
+    /// The same, reading 16 bytes of the row per step (CPU adapters, `n_in % 32 == 0`).
+    GemvOutputsWide,
+    /// An invocation per two neighbouring outputs of a transposed f16 matrix (what
+    /// `Auto` takes for one; the other GEMVs read row-major matrices only).
+    GemvCols,
     Gemm,
 }
 
@@ -304,7 +312,15 @@ fn encode_full(
         return Ok(());
     }
     let kernel = match kernel {
+        Kernel::Auto if w.transposed && rows <= GEMV_MAX_ROWS => Kernel::GemvCols,
         // On a CPU adapter a barrier is a thread switch: one invocation per output wins.
+        Kernel::Auto
+            if rows <= GEMV_MAX_ROWS
+                && gpu.is_cpu_adapter()
+                && n_in.is_multiple_of(GEMV_WIDE_ALIGN) =>
+        {
+            Kernel::GemvOutputsWide
+        }
         Kernel::Auto if rows <= GEMV_MAX_ROWS && gpu.is_cpu_adapter() => Kernel::GemvOutputs,
         Kernel::Auto if rows <= GEMV_MAX_ROWS && n_in.is_multiple_of(GEMV_WIDE_ALIGN) => {
             Kernel::GemvWide
@@ -313,9 +329,21 @@ fn encode_full(
         Kernel::Auto => Kernel::Gemm,
         k => k,
     };
-    if kernel == Kernel::GemvWide && !n_in.is_multiple_of(GEMV_WIDE_ALIGN) {
+    // The GEMM reads either layout; each GEMV one.
+    if kernel != Kernel::Gemm && w.transposed != (kernel == Kernel::GemvCols) {
         return Err(GpuError::Validation(format!(
-            "the wide GEMV needs n_in to be a multiple of {GEMV_WIDE_ALIGN}, not {n_in}"
+            "{kernel:?} reads {} matrices only",
+            if w.transposed {
+                "row-major"
+            } else {
+                "transposed"
+            }
+        )));
+    }
+    let wide = matches!(kernel, Kernel::GemvWide | Kernel::GemvOutputsWide);
+    if wide && !n_in.is_multiple_of(GEMV_WIDE_ALIGN) {
+        return Err(GpuError::Validation(format!(
+            "the wide GEMVs need n_in to be a multiple of {GEMV_WIDE_ALIGN}, not {n_in}"
         )));
     }
     let gemv = kernel != Kernel::Gemm;
@@ -333,12 +361,22 @@ fn encode_full(
     }
     let blocks = rows.div_ceil(gemv_rows);
     let units = n_out / outs;
+    // Invocations per workgroup. Each workgroup of a product with a prologue redoes it,
+    // so the CPU adapters' GEMVs (an output or two per invocation) take the largest
+    // workgroup there: fewer repeats of the same row work.
+    let workgroup = match kernel {
+        Kernel::GemvWide => GEMV_WIDE_WORKGROUP,
+        _ if matches!(prologue, Prologue::HadamardNorm { .. }) && gpu.is_cpu_adapter() => {
+            PROLOGUE_CPU_WORKGROUP
+        }
+        _ => GEMV_WORKGROUP,
+    };
+    let per_group = workgroup as usize;
     let (entry, groups) = match kernel {
         Kernel::Gemv => ("gemv", units * blocks),
-        Kernel::GemvOutputs => (
-            "gemv_outputs",
-            units.div_ceil(GEMV_WORKGROUP as usize) * blocks,
-        ),
+        Kernel::GemvOutputs => ("gemv_outputs", units.div_ceil(per_group) * blocks),
+        Kernel::GemvOutputsWide => ("gemv_outputs_wide", units.div_ceil(per_group) * blocks),
+        Kernel::GemvCols => ("gemv_cols", (n_out / 2).div_ceil(per_group) * blocks),
         Kernel::GemvWide => (
             "gemv_wide",
             units.div_ceil((GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES) as usize) * blocks,
@@ -348,12 +386,10 @@ fn encode_full(
     let mut key = PipelineKey::new(Shader::Matmul, entry)
         .with("W_FMT", w.format.shader_code())
         .with("EPI", epilogue as u32);
+    if w.transposed {
+        key = key.with_flag("W_T", true);
+    }
     if gemv {
-        let workgroup = if kernel == Kernel::GemvWide {
-            GEMV_WIDE_WORKGROUP
-        } else {
-            GEMV_WORKGROUP
-        };
         key = key
             .with("GEMV_WG", workgroup)
             .with("GEMV_ROWS", gemv_rows as u32)
@@ -362,7 +398,8 @@ fn encode_full(
             let write_x = matches!(prologue, Prologue::Norm { out: Some(_), .. });
             key = key
                 .with("PRO", prologue.code())
-                .with_flag("WRITE_X", write_x);
+                .with_flag("WRITE_X", write_x)
+                .with_flag("SERIAL", gpu.is_cpu_adapter());
         }
     }
     // The GEMVs reach the prologue's slots in their code (unused without one: x and y
@@ -442,6 +479,22 @@ mod tests {
         n_out: usize,
         epilogue: Epilogue,
     ) {
+        let transposed = kernel == Kernel::GemvCols;
+        check_layout(gpu, kernel, format, rows, n_in, n_out, epilogue, transposed);
+    }
+
+    /// [`check`] with the matrix transposed or not (f16 only).
+    #[allow(clippy::too_many_arguments)]
+    fn check_layout(
+        gpu: &Gpu,
+        kernel: Kernel,
+        format: WeightFormat,
+        rows: usize,
+        n_in: usize,
+        n_out: usize,
+        epilogue: Epilogue,
+        transposed: bool,
+    ) {
         let mut w = test_values(n_out * n_in, 1);
         let matrix = match format {
             WeightFormat::F32 => Matrix::from_f32(gpu, "w", &w, n_out, n_in).unwrap(),
@@ -455,7 +508,11 @@ mod tests {
                     .iter()
                     .map(|&b| half::f16::from_bits(b).to_f32())
                     .collect();
-                Matrix::from_f16_bits(gpu, "w", &bits, n_out, n_in).unwrap()
+                if transposed {
+                    Matrix::from_f16_bits_transposed(gpu, "w", &bits, n_out, n_in).unwrap()
+                } else {
+                    Matrix::from_f16_bits(gpu, "w", &bits, n_out, n_in).unwrap()
+                }
             }
             WeightFormat::Q8 | WeightFormat::Q4 => {
                 let q = QuantMatrix::quantize(format.quant().unwrap(), n_out, n_in, &w).unwrap();
@@ -609,6 +666,18 @@ mod tests {
             WeightFormat::Q8 | WeightFormat::Q4 => {
                 q = QuantMatrix::quantize(format.quant().unwrap(), n_out, n_in, &w).unwrap();
                 (Matrix::from_quant(gpu, "w", &q).unwrap(), q.dequantize())
+            }
+            WeightFormat::F16 if kernel == Kernel::GemvCols => {
+                let bits: Vec<u16> = w
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_bits())
+                    .collect();
+                let w = bits
+                    .iter()
+                    .map(|&b| half::f16::from_bits(b).to_f32())
+                    .collect();
+                let m = Matrix::from_f16_bits_transposed(gpu, "w", &bits, n_out, n_in).unwrap();
+                (m, w)
             }
             _ => (Matrix::from_f32(gpu, "w", &w, n_out, n_in).unwrap(), w),
         };
@@ -789,6 +858,70 @@ mod tests {
                     Pro::Norm,
                 );
             }
+        }
+    }
+
+    #[test]
+    fn cpu_adapter_gemvs_match_cpu() {
+        for gpu in test_gpus() {
+            let f16 = WeightFormat::F16;
+            // gemv_cols: transposed f16, an even n_out; rows past a row block; every
+            // epilogue; and the prologues (the decoder's CPU-adapter path).
+            for (rows, n_in, n_out) in [(1, 1, 2), (3, 37, 6), (9, 130, 68), (16, 64, 130)] {
+                for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
+                    check(&gpu, Kernel::GemvCols, f16, rows, n_in, n_out, epi);
+                }
+            }
+            check(&gpu, Kernel::GemvCols, f16, 2, 33, 10, Epilogue::Silu);
+            let k = Kernel::GemvCols;
+            check_prologue(&gpu, k, f16, 3, 64, 70, Epilogue::Store, Pro::NormOut);
+            check_prologue(&gpu, k, f16, 9, 256, 34, Epilogue::SwiGlu, Pro::Hadamard);
+            check_prologue(&gpu, k, f16, 1, 4096, 6, Epilogue::SwiGlu, Pro::Hadamard);
+            check_prologue(&gpu, k, f16, 2, 37, 4, Epilogue::Accumulate, Pro::Norm);
+            // The GEMM reads the transposed layout too (prefill on CPU adapters).
+            for (rows, n_in, n_out) in [(37, 19, 70), (65, 33, 130)] {
+                check_layout(
+                    &gpu,
+                    Kernel::Gemm,
+                    f16,
+                    rows,
+                    n_in,
+                    n_out,
+                    Epilogue::Store,
+                    true,
+                );
+                check_layout(
+                    &gpu,
+                    Kernel::Gemm,
+                    f16,
+                    rows,
+                    n_in,
+                    n_out,
+                    Epilogue::SwiGlu,
+                    true,
+                );
+            }
+            // gemv_outputs_wide: whole 32-blocks in every format.
+            for format in FORMATS {
+                for (rows, n_in, n_out) in [(1, 32, 1), (3, 64, 9), (9, 96, 67)] {
+                    let k = Kernel::GemvOutputsWide;
+                    check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
+                    check(&gpu, k, format, rows, n_in, 2 * n_out, Epilogue::SwiGlu);
+                }
+            }
+            // Each GEMV reads one layout, and says so.
+            let w = Matrix::from_f16_bits_transposed(&gpu, "w", &[0; 64], 2, 32).unwrap();
+            let x = gpu
+                .upload(MemoryCategory::Activations, "x", &[0f32; 32])
+                .unwrap();
+            let y = gpu.storage(MemoryCategory::Activations, "y", 8).unwrap();
+            let mut enc = gpu.encoder("matmul test");
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let k = Kernel::GemvOutputs;
+            let err = encode_with(&gpu, &mut pass, &w, &x, &y, 1, Epilogue::Store, k).unwrap_err();
+            assert!(err.to_string().contains("row-major matrices only"), "{err}");
+            let odd = Matrix::from_f16_bits_transposed(&gpu, "w", &[0; 96], 3, 32).unwrap_err();
+            assert!(odd.to_string().contains("even number of rows"), "{odd}");
         }
     }
 

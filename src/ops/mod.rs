@@ -80,13 +80,17 @@ impl From<QuantFormat> for WeightFormat {
     }
 }
 
-/// A row-major [rows, cols] weight matrix on the GPU (HF layout: `weight[out][in]`).
+/// A [rows, cols] weight matrix on the GPU (HF layout: `weight[out][in]`), row-major, or
+/// with `transposed` (f16 only) stored as its transpose: for each input, the `rows`
+/// outputs' halves one after another, two per word, so neighbouring outputs are
+/// neighbouring words (what `gemv_cols` reads on CPU adapters: vector loads, no gathers).
 #[derive(Debug)]
 pub struct Matrix {
     pub buffer: GpuBuffer,
     pub rows: usize,
     pub cols: usize,
     pub format: WeightFormat,
+    pub transposed: bool,
 }
 
 impl Matrix {
@@ -105,6 +109,7 @@ impl Matrix {
             rows,
             cols,
             format: WeightFormat::F32,
+            transposed: false,
         })
     }
 
@@ -125,6 +130,40 @@ impl Matrix {
             rows,
             cols,
             format: WeightFormat::F16,
+            transposed: false,
+        })
+    }
+
+    /// [`Matrix::from_f16_bits`] stored transposed (see [`Matrix`]); `rows` must be even,
+    /// so every word holds two outputs of one input and the bytes are those of the
+    /// row-major matrix.
+    pub fn from_f16_bits_transposed(
+        gpu: &Gpu,
+        label: &str,
+        bits: &[u16],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, GpuError> {
+        check_len(label, bits.len(), rows, cols)?;
+        if !rows.is_multiple_of(2) {
+            return Err(GpuError::Validation(format!(
+                "matrix `{label}`: a transposed f16 matrix needs an even number of rows, not {rows}"
+            )));
+        }
+        let mut t = vec![0u16; bits.len()];
+        for (o, row) in bits.chunks_exact(cols.max(1)).enumerate() {
+            for (i, &b) in row.iter().enumerate() {
+                t[i * rows + o] = b;
+            }
+        }
+        let words: Vec<u32> = pack_halves(&t).collect();
+        let buffer = gpu.upload(MemoryCategory::Weights, label, &words)?;
+        Ok(Self {
+            buffer,
+            rows,
+            cols,
+            format: WeightFormat::F16,
+            transposed: true,
         })
     }
 
@@ -141,6 +180,7 @@ impl Matrix {
             rows: q.rows,
             cols: q.cols,
             format: q.format.into(),
+            transposed: false,
         })
     }
 }
