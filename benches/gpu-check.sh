@@ -7,8 +7,17 @@
 #                                on the CPU reference and on every adapter (must be equal)
 #   roofline.txt                 decode of random d_model 4096 models (f16, q8, q4 weights)
 #                                against the device's copy bandwidth (needs python3 + torch)
-#   bench-decoder/, bench-paper/ the decoder and paper suites on the first adapter, bounded
-# Used for bench-results/<device>/ (see bench-results/README.md).
+#   profile-*.txt/.json          `walsh profile` of the shipped dense and Hadamard models and
+#                                of the f16 grid models: every dispatch of a decode step timed
+#   grid.txt, grid-*.json        decode of random 2-layer models at d_model GRID_D x f16/q8/q4
+#                                x dense/hadamard against the copy roofline, and Hadamard
+#                                against dense at each width
+#   peer.txt                     llama.cpp beside walsh on the same adapter and weights
+#                                (benches/peer-llamacpp.sh, when its build is in PEER_CACHE)
+#   bench-kernels/, bench-decoder/, bench-paper/  the suites on the first adapter, bounded
+# Used for bench-results/<device>/ (see bench-results/README.md). Every size is an
+# environment variable, so the same script runs end to end on a software adapter:
+#   GRID_D="256 512" BIG_D=512 PAPER_D=512 BENCH_SECONDS=60 bash benches/gpu-check.sh
 set -u
 FINAL=${OUT:-gpu-out}
 mkdir -p "$FINAL"
@@ -90,14 +99,76 @@ for a in range(n):
 EOF
 cat "$OUT/roofline.txt"
 
-# The decoder suite, then the paper grid, on the first adapter, each bounded (a suite
-# killed at its bound writes no report).
-for suite in ${SUITES:-decoder paper}; do
+# Where a decode step's time goes: the shipped models, then every grid model below.
+for m in dense hadamard; do
+  $W --adapter 0 profile --model models/shakespeare-$m --repeats 20 > "$OUT/profile-$m.txt" 2>&1
+  $W --adapter 0 profile --model models/shakespeare-$m --repeats 20 --json > "$OUT/profile-$m.json" 2>/dev/null
+  log "profile $m: $(grep -E '^decode:|per layer' "$OUT/profile-$m.txt" | tr '\n' ' ')"
+done
+
+# Decode against the roofline at each width, weights and output projection: random 2-layer
+# models (heads of 128), 256 greedy tokens, then Hadamard against dense per width.
+for d in ${GRID_D:-1024 2048 4096}; do
+  for q in f16 q8 q4; do
+    for o in dense hadamard; do
+      m=$TMP/grid-$d-$q-$o
+      $W init-model --out "$m" --hidden-size "$d" --layers 2 --heads $((d >= 256 ? d / 128 : 2)) \
+        --context 512 --attn-output "$o" --dtype "$q" > /dev/null 2> "$OUT/grid-$d-$q-$o.err" \
+        || { log "grid $d $q $o: init-model failed ($(tail -1 "$OUT/grid-$d-$q-$o.err"))"; continue; }
+      $W --adapter 0 generate --model "$m" --json --max-tokens 256 --temperature 0 --prompt "The" \
+        2>> "$OUT/grid-$d-$q-$o.err" | head -1 > "$OUT/grid-$d-$q-$o.json"
+      if [ "$q" = f16 ]; then
+        $W --adapter 0 profile --model "$m" --repeats 10 > "$OUT/profile-grid-$d-$o.txt" 2>&1
+      fi
+    done
+  done
+done
+python3 - "$OUT" ${GRID_D:-1024 2048 4096} > "$OUT/grid.txt" 2>&1 <<'EOF'
+import json, re, sys
+out, widths = sys.argv[1], sys.argv[2:]
+try:
+    bw = open(f"{out}/copy-bandwidth.txt").read()
+    read_gbs = float(re.search(r"read (\d+) GB/s", bw).group(1))
+except Exception:
+    read_gbs = float("nan")
+print(f"copy roofline (bytes read per second): {read_gbs:.0f} GB/s")
+print("d_model | weights | output | decode tok/s | dispatches/token | bytes read/token | GB/s | of roofline | hadamard/dense")
+for d in widths:
+    for q in ("f16", "q8", "q4"):
+        tps = {}
+        for o in ("dense", "hadamard"):
+            try:
+                j = json.load(open(f"{out}/grid-{d}-{q}-{o}.json"))
+            except Exception as e:
+                print(f"{d} | {q} | {o} | failed: {e}")
+                continue
+            s = j["stats"]
+            b = j.get("bytes_read_per_token", 0.0)
+            tps[o] = s["decode_tokens_per_s"]
+            gbs = b * tps[o] / 1e9
+            ratio = f"{tps['hadamard'] / tps['dense']:.3f}" if len(tps) == 2 else ""
+            print(f"{d} | {q} | {o} | {tps[o]:.1f} | {s['dispatches_per_token']:.1f} | {b:.0f} | {gbs:.1f} | {gbs / read_gbs:.0%} | {ratio}")
+EOF
+cat "$OUT/grid.txt"
+
+# llama.cpp beside walsh, when benches/peer-llamacpp.sh's build is there (build it for this
+# machine first, `bash benches/peer-llamacpp.sh --build-only`, and carry PEER_CACHE).
+if [ -x "${PEER_CACHE:-$HOME/.cache/walsh-peer}/build-vulkan/bin/llama-bench" ]; then
+  WALSH=$W OUT_DIR=$OUT MODELS="${PEER_MODELS:-random-2048x4}" WEIGHTS="${PEER_WEIGHTS:-f16 q4_0}" \
+    ROUNDS=${PEER_ROUNDS:-2} timeout "${PEER_SECONDS:-180}" bash benches/peer-llamacpp.sh > "$OUT/peer.txt" 2>&1
+  tail -5 "$OUT/peer.txt"
+else
+  log "peer: no llama.cpp build in ${PEER_CACHE:-$HOME/.cache/walsh-peer} (skipped)"
+fi
+
+# The kernel, decoder and paper suites on the first adapter, each bounded (a suite killed
+# at its bound writes no report).
+for suite in ${SUITES:-kernels decoder paper}; do
   timeout "${BENCH_SECONDS:-120}" $W --adapter 0 bench --suite $suite --max-context 512 \
-    --out "$OUT/bench-$suite" > "$OUT/bench-$suite.log" 2>&1
+    --max-d-model "${PAPER_D:-8192}" --out "$OUT/bench-$suite" > "$OUT/bench-$suite.log" 2>&1
   tail -2 "$OUT/bench-$suite.log"
 done
 # Everything in one archive, the summaries beside it.
 tar czf "$FINAL/gpu-check.tar.gz" -C "$OUT" .
-cp "$OUT/summary.txt" "$OUT/roofline.txt" "$OUT/adapters.txt" "$FINAL/" 2>/dev/null
+cp "$OUT/summary.txt" "$OUT/roofline.txt" "$OUT/adapters.txt" "$OUT/grid.txt" "$FINAL/" 2>/dev/null
 ls -la "$OUT" "$FINAL"

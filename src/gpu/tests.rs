@@ -8,21 +8,16 @@ use crate::ops::hadamard::{WhtOptions, WhtPath};
 #[test]
 fn pipeline_cache_returns_the_same_pipeline_per_key() {
     for gpu in test_gpus() {
-        let key = PipelineKey::new(Shader::Matmul, "gemv").with("GEMV_WG", 64);
-        let bindings = [
-            Binding::Uniform,
-            Binding::ReadOnly,
-            Binding::ReadOnly,
-            Binding::ReadWrite,
-        ];
+        let key = PipelineKey::new(Shader::Copy, "copy_vec4").with("COPY_WG", 64);
+        let bindings = [Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite];
         let a = gpu.pipeline(&key, &bindings).unwrap();
         let b = gpu.pipeline(&key, &bindings).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         let c = gpu
-            .pipeline(&key.clone().with("GEMV_WG", 128), &bindings)
+            .pipeline(&key.clone().with("COPY_WG", 128), &bindings)
             .unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
-        assert_eq!(a.label, "matmul:gemv{GEMV_WG=64}");
+        assert_eq!(a.label, "copy:copy_vec4{COPY_WG=64}");
     }
 }
 
@@ -30,18 +25,13 @@ fn pipeline_cache_returns_the_same_pipeline_per_key() {
 fn bad_pipeline_is_a_typed_error_not_a_panic() {
     for gpu in test_gpus() {
         // A workgroup size of 0 is invalid: pipeline creation must fail cleanly.
-        let key = PipelineKey::new(Shader::Matmul, "gemv").with("GEMV_WG", 0);
-        let bindings = [
-            Binding::Uniform,
-            Binding::ReadOnly,
-            Binding::ReadOnly,
-            Binding::ReadWrite,
-        ];
+        let key = PipelineKey::new(Shader::Copy, "copy_vec4").with("COPY_WG", 0);
+        let bindings = [Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite];
         let err = gpu.pipeline(&key, &bindings).unwrap_err();
         assert!(matches!(err, GpuError::ShaderCompile { .. }), "{err}");
-        assert!(err.to_string().contains("gemv"), "{err}");
+        assert!(err.to_string().contains("copy_vec4"), "{err}");
         // The device is still usable afterwards.
-        let ok = PipelineKey::new(Shader::Matmul, "gemv").with("GEMV_WG", 64);
+        let ok = PipelineKey::new(Shader::Copy, "copy_vec4").with("COPY_WG", 64);
         gpu.pipeline(&ok, &bindings).unwrap();
         gpu.check().unwrap();
     }

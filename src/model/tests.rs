@@ -409,15 +409,20 @@ fn chunked_decoding_equals_one_step_per_readback_and_counts_its_work() {
             }
         }
         // One sequence: the dispatches of one step per token, and one more per chunk (the
-        // feedback that logs its last tokens). Per layer: norm, stacked q/k/v product,
-        // rope (q and k together; identity queries rotate xn and k apart), kv write,
-        // attention, output projection or WHT, norm, gate/up product with SwiGLU, down
-        // product; per step: embedding, final norm, lm_head, sampling, feedback.
-        let per_layer = if query == Query::Dense { 9 } else { 10 };
+        // feedback that logs its last tokens). Per layer of the fused decode step: the
+        // stacked q/k/v product (its norm inside), attention (RoPE and the KV write
+        // inside with a dense query; an identity query rotates xn and k and writes the
+        // cache apart: 3 more), the dense W_O product (the Hadamard W_O is inside the
+        // next product), the gate/up product (norm and SwiGLU inside), down; per step:
+        // embedding, lm_head (the final norm inside), sampling, feedback.
+        let mut per_layer = if attn == AttnOutput::Dense { 5 } else { 4 };
+        if query != Query::Dense {
+            per_layer += 3;
+        }
         for gpu in &gpus {
             let mut dec = GpuDecoder::new(gpu, &m, 1, 48, KV).unwrap();
             let g = run_chunked(&mut dec, &prompts[..1], 20, SamplingParams::greedy(), 32);
-            let want = (5 + 2 * per_layer) as f64 + g.stats.decode_chunks as f64 / 19.0;
+            let want = (4 + 2 * per_layer) as f64 + g.stats.decode_chunks as f64 / 19.0;
             assert!(
                 (g.stats.dispatches_per_token - want).abs() < 1e-9,
                 "{attn:?}/{query:?}: {} dispatches per token, want {want}",
