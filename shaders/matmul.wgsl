@@ -756,11 +756,20 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
                 xv = x[(row0 + rr) * params.n_in + k];
             }
             xs[rr][kk] = xv;
-            var wv = 0.0;
-            if (out0 + rr < params.n_out && k < params.n_in) {
-                wv = weight_at(out0 + rr, k);
+            // A transposed w is read with neighbouring invocations on neighbouring
+            // outputs, which are neighbouring halves there (no gather on CPU adapters).
+            var ro = rr;
+            var ko = kk;
+            if (W_T) {
+                let f = e * 256u + t;
+                ro = f % TILE_O;
+                ko = f / TILE_O;
             }
-            ws[rr][kk] = wv;
+            var wv = 0.0;
+            if (out0 + ro < params.n_out && k0 + ko < params.n_in) {
+                wv = weight_at(out0 + ro, k0 + ko);
+            }
+            ws[ro][ko] = wv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {

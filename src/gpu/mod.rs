@@ -74,6 +74,9 @@ pub struct Gpu {
     counters: Counters,
     /// First error wgpu reported outside an error scope, or the device-lost reason.
     failure: Arc<Mutex<Option<GpuError>>>,
+    /// 16 bytes of storage for a writable slot a dispatch leaves unused: WebGPU refuses
+    /// one buffer in two writable slots of a dispatch, so a real buffer cannot stand in.
+    spare: GpuBuffer,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -148,6 +151,17 @@ impl Gpu {
             }
         });
 
+        let memory: Arc<MemoryTracker> = Arc::default();
+        let spare = GpuBuffer::new(
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("spare writable slot"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
+            MemoryCategory::Scratch,
+            memory.clone(),
+        );
         Ok(Self {
             features: GpuFeatures::from_wgpu(device.features()),
             limits: device.limits(),
@@ -156,10 +170,16 @@ impl Gpu {
             info,
             summary,
             cache: PipelineCache::default(),
-            memory: Arc::default(),
+            memory,
             counters: Counters::default(),
             failure,
+            spare,
         })
+    }
+
+    /// A 16-byte storage buffer to bind at a writable slot a dispatch does not write.
+    pub fn spare_storage(&self) -> &GpuBuffer {
+        &self.spare
     }
 
     pub fn info(&self) -> &wgpu::AdapterInfo {

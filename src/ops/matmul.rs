@@ -216,10 +216,11 @@ pub fn encode_with_prologue(
 }
 
 /// Checks a prologue's buffers and returns (norm weight, resid, gamma, beta, out, eps,
-/// transform scale), unused slots bound to `x` and `y`'s neighbours as the layout needs.
+/// transform scale), unused read-only slots bound to `x`, an unused `out` to the device's
+/// spare buffer (no buffer may fill two writable slots).
 #[allow(clippy::type_complexity)]
 fn prologue_bindings<'a>(
-    gpu: &Gpu,
+    gpu: &'a Gpu,
     prologue: &Prologue<'a>,
     x: &'a GpuBuffer,
     y: &'a GpuBuffer,
@@ -249,15 +250,16 @@ fn prologue_bindings<'a>(
         b.require(name, row)
     };
     Ok(match *prologue {
-        Prologue::None => ([x, x, x, x, y], 0.0, 0.0),
+        Prologue::None => ([x, x, x, x, gpu.spare_storage()], 0.0, 0.0),
         Prologue::Norm { weight, eps, out } => {
             fits(false)?;
             weight.require("norm weight", vec)?;
             if let Some(o) = out {
                 written("norm out", o, &[x, weight, w])?;
             }
-            // xout is bound read-write: without `out`, the (unwritten) y stands in.
-            ([weight, x, x, x, out.unwrap_or(y)], eps, 0.0)
+            // xout is bound read-write: without `out`, the spare buffer stands in.
+            let out = out.unwrap_or(gpu.spare_storage());
+            ([weight, x, x, x, out], eps, 0.0)
         }
         Prologue::HadamardNorm {
             resid,
@@ -483,6 +485,45 @@ mod tests {
         check_layout(gpu, kernel, format, rows, n_in, n_out, epilogue, transposed);
     }
 
+    /// Asserts `got` ([rows, n_out / outputs per unit]) is `epilogue` of the reference
+    /// products `z` over `y0`, within `slack` rounding errors of `scale` (the products of
+    /// the magnitudes) per output.
+    #[allow(clippy::too_many_arguments)]
+    fn assert_product(
+        got: &[f32],
+        z: &[f64],
+        scale: &[f64],
+        y0: &[f32],
+        rows: usize,
+        n_out: usize,
+        epilogue: Epilogue,
+        slack: f64,
+        what: &str,
+    ) {
+        let width = n_out / epilogue.outputs_per_unit();
+        let tol_z = |k: usize| slack * f32::EPSILON as f64 * (scale[k] + 1.0);
+        for r in 0..rows {
+            for u in 0..width {
+                let k = r * n_out + u * epilogue.outputs_per_unit();
+                // |silu'| <= 1.1, so SiLU passes an error on at most 1.1 times.
+                let (want, tol) = match epilogue {
+                    Epilogue::Store => (z[k], tol_z(k)),
+                    Epilogue::Accumulate => (z[k] + y0[r * width + u] as f64, tol_z(k)),
+                    Epilogue::Silu => (silu(z[k]), 1.1 * tol_z(k)),
+                    Epilogue::SwiGlu => (
+                        silu(z[k]) * z[k + 1],
+                        1.1 * z[k + 1].abs() * tol_z(k) + silu(z[k]).abs() * tol_z(k + 1),
+                    ),
+                };
+                let g = got[r * width + u] as f64;
+                assert!(
+                    (g - want).abs() <= tol + 1e-7 * want.abs(),
+                    "{what} [{r}][{u}]: {g} vs {want}"
+                );
+            }
+        }
+    }
+
     /// [`check`] with the matrix transposed or not (f16 only).
     #[allow(clippy::too_many_arguments)]
     fn check_layout(
@@ -539,28 +580,12 @@ mod tests {
         let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
         let abs_x: Vec<f32> = x.iter().map(|v| v.abs()).collect();
         let scale = matmul_reference(&abs_w, &abs_x, rows, n_in, n_out);
-        let tol_z = |k: usize| (n_in as f64 + 2.0) * f32::EPSILON as f64 * (scale[k] + 1.0);
-        for r in 0..rows {
-            for u in 0..width {
-                let k = r * n_out + u * epilogue.outputs_per_unit();
-                // |silu'| <= 1.1, so SiLU passes an error on at most 1.1 times.
-                let (want, tol) = match epilogue {
-                    Epilogue::Store => (z[k], tol_z(k)),
-                    Epilogue::Accumulate => (z[k] + y0[r * width + u] as f64, tol_z(k)),
-                    Epilogue::Silu => (silu(z[k]), 1.1 * tol_z(k)),
-                    Epilogue::SwiGlu => (
-                        silu(z[k]) * z[k + 1],
-                        1.1 * z[k + 1].abs() * tol_z(k) + silu(z[k]).abs() * tol_z(k + 1),
-                    ),
-                };
-                let g = got[r * width + u] as f64;
-                assert!(
-                    (g - want).abs() <= tol + 1e-7 * want.abs(),
-                    "{kernel:?} {format:?} {rows}x{n_in}->{n_out} {epilogue:?} [{r}][{u}] on {}: {g} vs {want}",
-                    gpu.describe()
-                );
-            }
-        }
+        let what = format!(
+            "{kernel:?} {format:?} {rows}x{n_in}->{n_out} {epilogue:?} on {}",
+            gpu.describe()
+        );
+        let slack = n_in as f64 + 2.0;
+        assert_product(&got, &z, &scale, &y0, rows, n_out, epilogue, slack, &what);
     }
 
     #[test]
@@ -762,28 +787,9 @@ mod tests {
         let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
         let abs_x: Vec<f32> = inputs32.iter().map(|v| v.abs()).collect();
         let scale = matmul_reference(&abs_w, &abs_x, rows, n_in, n_out);
-        let tol_z =
-            |k: usize| (2.0 * n_in as f64 + stages) * f32::EPSILON as f64 * (scale[k] + 1.0);
         let got: Vec<f32> = gpu.read(&yb, rows * width).unwrap();
-        for r in 0..rows {
-            for u in 0..width {
-                let k = r * n_out + u * epilogue.outputs_per_unit();
-                let (want, tol) = match epilogue {
-                    Epilogue::Store => (z[k], tol_z(k)),
-                    Epilogue::Accumulate => (z[k] + y0[r * width + u] as f64, tol_z(k)),
-                    Epilogue::Silu => (silu(z[k]), 1.1 * tol_z(k)),
-                    Epilogue::SwiGlu => (
-                        silu(z[k]) * z[k + 1],
-                        1.1 * z[k + 1].abs() * tol_z(k) + silu(z[k]).abs() * tol_z(k + 1),
-                    ),
-                };
-                let g = got[r * width + u] as f64;
-                assert!(
-                    (g - want).abs() <= tol + 1e-7 * want.abs(),
-                    "{what} [{r}][{u}]: {g} vs {want}"
-                );
-            }
-        }
+        let slack = 2.0 * n_in as f64 + stages;
+        assert_product(&got, &z, &scale, &y0, rows, n_out, epilogue, slack, &what);
     }
 
     #[test]
