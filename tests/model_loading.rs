@@ -310,6 +310,23 @@ fn header_length_beyond_the_file_is_rejected_without_allocating_it() {
 }
 
 #[test]
+fn a_config_with_more_layers_than_the_file_names_the_first_missing_tensor() {
+    // Found by the loader fuzz test: a config claiming 768 layers over a 2-layer file made
+    // the loader list 768 layers' tensor names (1.2 MB at once for a 34 KB input) before
+    // finding one missing; the count is now checked first.
+    let mut c = hadamard();
+    let tensors = random_tensors(&c, 1);
+    c.num_hidden_layers = 768;
+    let dir = dir_with(&c, &tensors);
+    let e = load_err(dir.path());
+    let name = "model.layers.2.input_layernorm.weight";
+    assert!(
+        matches!(&e, ModelError::MissingTensor { name: n, .. } if n == name),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn missing_tensor_is_named() {
     let c = dense();
     let name = "model.layers.1.mlp.up_proj.weight";

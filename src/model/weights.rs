@@ -195,39 +195,88 @@ pub struct Model {
     pub weights: Weights,
 }
 
+/// The names and shapes of layer `l`'s tensors, in [`expected_tensors`] order.
+fn layer_tensors(config: &Config, l: usize) -> Vec<(String, Vec<usize>)> {
+    let d = config.hidden_size;
+    let inter = config.intermediate_size;
+    let p = format!("model.layers.{l}");
+    let mut out = vec![(format!("{p}.input_layernorm.weight"), vec![d])];
+    match config.query {
+        Query::Dense => out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d])),
+        Query::Identity => {}
+        Query::ResidualMlp => {
+            let h = config.query_mlp_hidden();
+            out.push((format!("{p}.self_attn.q_down.weight"), vec![h, d]));
+            out.push((format!("{p}.self_attn.q_up.weight"), vec![d, h]));
+        }
+    }
+    out.push((format!("{p}.self_attn.k_proj.weight"), vec![d, d]));
+    out.push((format!("{p}.self_attn.v_proj.weight"), vec![d, d]));
+    match config.attn_output {
+        AttnOutput::Dense => out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d])),
+        AttnOutput::Hadamard => {
+            out.push((format!("{p}.self_attn.o_scale"), vec![d]));
+            out.push((format!("{p}.self_attn.o_bias"), vec![d]));
+        }
+    }
+    out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+    out.push((format!("{p}.mlp.gate_proj.weight"), vec![inter, d]));
+    out.push((format!("{p}.mlp.up_proj.weight"), vec![inter, d]));
+    out.push((format!("{p}.mlp.down_proj.weight"), vec![d, inter]));
+    out
+}
+
+/// How many tensors [`expected_tensors`] lists, without listing them.
+fn expected_tensor_count(config: &Config) -> usize {
+    let per_layer = layer_tensors(config, 0).len();
+    let head = usize::from(!config.tie_word_embeddings);
+    2 + head + config.num_hidden_layers.saturating_mul(per_layer)
+}
+
+/// Before a config's tensor list is built (its size follows `num_hidden_layers`, not the
+/// file): a file with fewer tensors than the config needs misses one, named here by
+/// walking the layers until it turns up.
+fn check_tensor_count(
+    path: &Path,
+    config: &Config,
+    found: usize,
+    has: impl Fn(&str) -> bool,
+) -> Result<(), ModelError> {
+    if found >= expected_tensor_count(config) {
+        return Ok(());
+    }
+    let missing = |name: String| ModelError::MissingTensor {
+        path: path.to_path_buf(),
+        name,
+    };
+    for name in ["model.embed_tokens.weight"] {
+        if !has(name) {
+            return Err(missing(name.into()));
+        }
+    }
+    for l in 0..config.num_hidden_layers {
+        if let Some((name, _)) = layer_tensors(config, l).into_iter().find(|(n, _)| !has(n)) {
+            return Err(missing(name));
+        }
+    }
+    let head = (!config.tie_word_embeddings).then_some("lm_head.weight");
+    let tail = std::iter::once("model.norm.weight").chain(head);
+    let name = tail
+        .into_iter()
+        .find(|n| !has(n))
+        .unwrap_or("model.norm.weight");
+    Err(missing(name.into()))
+}
+
 /// The names and shapes of every tensor a model with `config` has, in a stable order:
 /// embedding, then per layer input norm, query, key, value, output, post-attention norm,
 /// MLP; then the final norm and the untied lm_head.
 pub fn expected_tensors(config: &Config) -> Vec<(String, Vec<usize>)> {
     let d = config.hidden_size;
-    let inter = config.intermediate_size;
     let vocab = config.vocab_size;
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![vocab, d])];
     for l in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
-        match config.query {
-            Query::Dense => out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d])),
-            Query::Identity => {}
-            Query::ResidualMlp => {
-                let h = config.query_mlp_hidden();
-                out.push((format!("{p}.self_attn.q_down.weight"), vec![h, d]));
-                out.push((format!("{p}.self_attn.q_up.weight"), vec![d, h]));
-            }
-        }
-        out.push((format!("{p}.self_attn.k_proj.weight"), vec![d, d]));
-        out.push((format!("{p}.self_attn.v_proj.weight"), vec![d, d]));
-        match config.attn_output {
-            AttnOutput::Dense => out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d])),
-            AttnOutput::Hadamard => {
-                out.push((format!("{p}.self_attn.o_scale"), vec![d]));
-                out.push((format!("{p}.self_attn.o_bias"), vec![d]));
-            }
-        }
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![inter, d]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![inter, d]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, inter]));
+        out.extend(layer_tensors(config, l));
     }
     out.push(("model.norm.weight".to_string(), vec![d]));
     if !config.tie_word_embeddings {
@@ -281,9 +330,14 @@ impl Model {
             .iter()
             .map(|n| &n[..n.len() - QWEIGHT_SUFFIX.len()])
             .collect();
+        if config.quantization.is_some() {
+            check_no_orphan_scales(&path, &file, &bases)?;
+        }
+        let found = names.len() + bases.len();
+        let has = |n: &str| names.contains(&n) || bases.contains(&n);
+        check_tensor_count(&path, &config, found, has)?;
         check_no_unexpected(&path, &config, names.iter().chain(&bases).copied())?;
         if let Some(q) = config.quantization {
-            check_no_orphan_scales(&path, &file, &bases)?;
             let shapes: HashMap<String, Vec<usize>> =
                 expected_tensors(&config).into_iter().collect();
             let mut tensors = Vec::with_capacity(names.len() + bases.len());
