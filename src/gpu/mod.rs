@@ -76,7 +76,8 @@ pub struct Gpu {
     failure: Arc<Mutex<Option<GpuError>>>,
     /// 16 bytes of storage for a writable slot a dispatch leaves unused: WebGPU refuses
     /// one buffer in two writable slots of a dispatch, so a real buffer cannot stand in.
-    spare: GpuBuffer,
+    /// Made on first use, so a device that runs nothing holds nothing.
+    spare: std::sync::OnceLock<GpuBuffer>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -151,17 +152,6 @@ impl Gpu {
             }
         });
 
-        let memory: Arc<MemoryTracker> = Arc::default();
-        let spare = GpuBuffer::new(
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("spare writable slot"),
-                size: 16,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            }),
-            MemoryCategory::Scratch,
-            memory.clone(),
-        );
         Ok(Self {
             features: GpuFeatures::from_wgpu(device.features()),
             limits: device.limits(),
@@ -170,16 +160,24 @@ impl Gpu {
             info,
             summary,
             cache: PipelineCache::default(),
-            memory,
+            memory: Arc::default(),
             counters: Counters::default(),
             failure,
-            spare,
+            spare: std::sync::OnceLock::new(),
         })
     }
 
     /// A 16-byte storage buffer to bind at a writable slot a dispatch does not write.
     pub fn spare_storage(&self) -> &GpuBuffer {
-        &self.spare
+        self.spare.get_or_init(|| {
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("spare writable slot"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            self.track(buffer, MemoryCategory::Scratch)
+        })
     }
 
     pub fn info(&self) -> &wgpu::AdapterInfo {
