@@ -954,37 +954,20 @@ mod tests {
             };
             let mut enc = gpu.encoder("matmul test");
             let mut pass = enc.begin_compute_pass(&Default::default());
-            let err = encode_with_prologue(
-                &gpu,
-                &mut pass,
-                &w,
-                &x,
-                &y,
-                1,
-                Epilogue::Store,
-                Kernel::Auto,
-                prologue,
-            )
-            .unwrap_err();
-            assert!(err.to_string().contains("a power of two"), "{err}");
-            let prologue = Prologue::Norm {
+            let mut refused = |prologue: Prologue<'_>| {
+                let (store, auto) = (Epilogue::Store, Kernel::Auto);
+                encode_with_prologue(&gpu, &mut pass, &w, &x, &y, 1, store, auto, prologue)
+                    .unwrap_err()
+                    .to_string()
+            };
+            let err = refused(prologue);
+            assert!(err.contains("a power of two"), "{err}");
+            let err = refused(Prologue::Norm {
                 weight: &v,
                 eps: 1e-5,
                 out: Some(&x),
-            };
-            let err = encode_with_prologue(
-                &gpu,
-                &mut pass,
-                &w,
-                &x,
-                &y,
-                1,
-                Epilogue::Store,
-                Kernel::Auto,
-                prologue,
-            )
-            .unwrap_err();
-            assert!(err.to_string().contains("a buffer of its own"), "{err}");
+            });
+            assert!(err.contains("a buffer of its own"), "{err}");
         }
     }
 
