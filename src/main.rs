@@ -52,6 +52,9 @@ enum Command {
     /// Time every dispatch of one decode step and one prefill (timestamp queries where
     /// the adapter has them) against the copy shader.
     Profile(cli::run::ProfileArgs),
+    /// Time every decode GEMV on a model's products and cache the fastest per weight
+    /// format for this adapter (GPU commands do this once on their own).
+    Tune(cli::tune::TuneArgs),
     /// Write a model with random weights (for tests and benchmarks).
     InitModel(InitArgs),
     /// Write a copy of a model with its layer matrices block-quantized (q8 or q4).
@@ -101,6 +104,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Generate(args)) => cli::run::generate_cmd(&args, &cli.adapter),
         Some(Command::Eval(args)) => cli::run::eval_cmd(&args, &cli.adapter),
         Some(Command::Profile(args)) => cli::run::profile_cmd(&args, &cli.adapter),
+        Some(Command::Tune(args)) => cli::tune::tune_cmd(&args, &cli.adapter),
         Some(Command::InitModel(args)) => cli::run::init_cmd(&args),
         Some(Command::Quantize(args)) => cli::run::quantize_cmd(&args),
         Some(Command::Export(args)) => cli::run::export_cmd(&args),

@@ -83,7 +83,15 @@ struct ModelInfo {
     bytes: usize,
     /// `webgpu` or `cpu`.
     device: &'static str,
+    /// The decode GEMV by weight format, measured on this adapter (empty on the CPU).
+    gemv: std::collections::BTreeMap<String, String>,
+    /// The tuning cache with this load's measurements added, when it measured: the page
+    /// keeps it in localStorage and passes it to the next load.
+    tuning_cache: Option<String>,
 }
+
+/// Alternating rounds of the decode GEMVs' measurement on a model's first load.
+const TUNE_ROUNDS: usize = 3;
 
 /// Generation settings as the page sends them (JSON).
 #[derive(Clone, Debug, Deserialize)]
@@ -357,12 +365,16 @@ impl Engine {
     /// Checks `config` (config.json's text) and `weights` (model.safetensors' bytes) from
     /// `url` like the native loader, checks that every buffer fits the adapter's limits,
     /// and uploads the weights (on the GPU). Resolves to the model's description (JSON).
-    /// The previous model is released first.
+    /// The previous model is released first. `tuning` is the page's tuning cache (the
+    /// text of a `bench::tune::TuningCache`): the decode GEMVs are chosen from it, or
+    /// measured once when it has no entry for this adapter and model shape, and then the
+    /// description carries the new cache in `tuning_cache`.
     pub async fn load_model(
         &self,
         url: String,
         config: String,
         weights: Uint8Array,
+        tuning: Option<String>,
     ) -> Result<String, JsError> {
         let _busy = self.start()?;
         let base = url.trim_end_matches('/');
@@ -386,7 +398,10 @@ impl Engine {
             context,
             bytes: bytes.len() + config.len(),
             device: if self.on_gpu() { "webgpu" } else { "cpu" },
+            gemv: Default::default(),
+            tuning_cache: None,
         };
+        let mut info = info;
         let runner = match self.backend {
             Backend::Gpu(gpu) => {
                 // Refuse before uploading anything, naming the tensor and the limit.
@@ -398,6 +413,17 @@ impl Engine {
                 }
                 check_decoder_fits(&model, 1, context, KvFormat::default(), limits)
                     .map_err(error)?;
+                let mut cache = bench::tune::TuningCache::parse(tuning.as_deref().unwrap_or(""));
+                let (mut chosen, complete) = cache.tuning(gpu, &model);
+                if !complete {
+                    chosen = bench::tune::tune_model(gpu, &model, TUNE_ROUNDS, &mut cache)
+                        .await
+                        .map_err(error)?
+                        .0;
+                    info.tuning_cache = Some(cache.to_json());
+                }
+                info.gemv = chosen.gemv.clone();
+                gpu.set_tuning(chosen);
                 let decoder = GpuDecoder::new(gpu, &model, 1, context, KvFormat::default())
                     .map_err(|e| self.fail(&e, gpu_error(&e)))?;
                 Runner::Gpu(Box::new(decoder))

@@ -871,3 +871,86 @@ fn export_writes_the_dense_model_as_gguf_and_refuses_hadamard_naming_why() {
     ]);
     assert_names(&e, &["cannot write /nonexistent-dir/m.gguf"]);
 }
+
+#[test]
+fn tune_times_every_gemv_and_caches_the_fastest_for_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("tuning.json");
+    let model = "models/shakespeare-hadamard-q4";
+    let run = |args: &[&str], tune: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_walsh"));
+        c.args(args).env("WALSH_TUNE_CACHE", &cache);
+        match tune {
+            Some(v) => c.env("WALSH_TUNE", v),
+            None => c.env_remove("WALSH_TUNE"),
+        };
+        let out = c.output().expect("run walsh");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "walsh {args:?}: {err}");
+        (stdout(&out), err)
+    };
+    let cached = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap()
+    };
+    for b in backends() {
+        let _ = std::fs::remove_file(&cache);
+        let (json, err) = run(
+            &[
+                "--adapter",
+                &b,
+                "tune",
+                "--model",
+                model,
+                "--json",
+                "--rounds",
+                "1",
+            ],
+            None,
+        );
+        assert!(err.contains(&cache.display().to_string()), "{b}: {err}");
+        let tunes: serde_json::Value = serde_json::from_str(&json).unwrap();
+        // The q4 layer matrices and the f16 head, each with its candidates' step times.
+        let formats: Vec<&str> = tunes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["format"].as_str().unwrap())
+            .collect();
+        assert_eq!(formats, ["f16", "q4"], "{b}");
+        for t in tunes.as_array().unwrap() {
+            let candidates = t["candidates"].as_array().unwrap();
+            let best = candidates
+                .iter()
+                .min_by(|x, y| x[1].as_f64().unwrap().total_cmp(&y[1].as_f64().unwrap()))
+                .unwrap();
+            assert_eq!(t["chosen"], best[0], "{b}: {t}");
+        }
+        let entries = |v: &serde_json::Value| -> usize {
+            v["adapters"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|e| e.as_object().unwrap().len())
+                .sum()
+        };
+        assert_eq!(entries(&cached()), 2, "{b}");
+        // A cache that is not JSON is measured again and rewritten by generate; with
+        // WALSH_TUNE=off generate neither reads nor writes it.
+        std::fs::write(&cache, "{torn").unwrap();
+        let generate = [
+            "--adapter",
+            b.as_str(),
+            "generate",
+            "--model",
+            model,
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+        ];
+        run(&generate, Some("off"));
+        assert_eq!(std::fs::read_to_string(&cache).unwrap(), "{torn", "{b}");
+        run(&generate, None);
+        assert_eq!(entries(&cached()), 2, "{b}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The shipped checkpoints in `models/`: walsh's eval agrees with the trainer's own loss
 //! on held-out text, on the CPU and on every software adapter, and the greedy text of the
-//! default model and of the residual-MLP query model is pinned (golden) on all of them.
+//! default model and of the residual-MLP query model is pinned (golden) on all of them,
+//! whichever decode GEMV the adapter's tuning picks.
 //!
 //! `shakespeare-hadamard-q4` is the default model quantized: checked byte for byte against
 //! quantizing it again (its held-out loss and greedy text then follow from the quantizer's
@@ -13,7 +14,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use walsh::gpu::{AdapterSelector, Gpu};
+use walsh::gpu::{AdapterSelector, Gpu, Tuning};
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{CpuBatch, Decoder, GenerateOptions, generate};
 use walsh::model::gpu::GpuDecoder;
@@ -21,6 +22,7 @@ use walsh::model::init::write_files;
 use walsh::model::quant::{QuantFormat, quantize_model};
 use walsh::model::weights::Model;
 use walsh::ops::attention::KvFormat;
+use walsh::ops::matmul::Kernel;
 use walsh::ops::sample::SamplingParams;
 
 const MODELS: [&str; 4] = [
@@ -148,8 +150,35 @@ fn greedy_text_is_golden(name: &str, gpus: &[Gpu]) {
         golden_path.display()
     );
     for gpu in gpus {
-        let got = text(&mut GpuDecoder::new(gpu, &model, 1, context, KvFormat::default()).unwrap());
-        assert_eq!(got, golden, "{name}: greedy text on {}", gpu.describe());
+        // The kernels' own choice, then each decode GEMV the tuner may pick (`walsh tune`
+        // times them and keeps the fastest, which differs by adapter and run): the text
+        // must not depend on which wins.
+        let mut choices = vec![None];
+        choices.extend(
+            Kernel::GEMVS
+                .into_iter()
+                .filter(|k| *k != Kernel::GemvSubgroup || gpu.features().subgroup)
+                .map(Some),
+        );
+        for choice in choices {
+            let mut tuning = Tuning::default();
+            if let Some(k) = choice {
+                for format in ["f32", "f16", "q8", "q4"] {
+                    tuning.gemv.insert(format.into(), k.name().into());
+                }
+            }
+            gpu.set_tuning(tuning);
+            let decoder = GpuDecoder::new(gpu, &model, 1, context, KvFormat::default());
+            let got = text(&mut decoder.unwrap());
+            let kernel = choice.map_or("untuned", Kernel::name);
+            assert_eq!(
+                got,
+                golden,
+                "{name}: greedy text on {} ({kernel})",
+                gpu.describe()
+            );
+        }
+        gpu.set_tuning(Tuning::default());
     }
 }
 

@@ -12,6 +12,9 @@ const $ = (id) => document.getElementById(id);
 // Model files are cached under URLs keyed by their sha256 (web/models.json): a new
 // version of a model is a new key, and a second visit loads without the network.
 const MODEL_CACHE = 'walsh-models-v1';
+// localStorage key of the decode-GEMV timings (bench::tune::TuningCache, keyed inside by
+// adapter and kernels, so one entry serves every adapter and build).
+const TUNING_KEY = 'walsh-tuning-v1';
 
 const state = {
   wasm: null,
@@ -28,6 +31,10 @@ window.walsh = {
   reportFiles: (json) => JSON.parse(state.wasm.Engine.report_files(json)),
   // Where the last model came from (`network` or `cache`) and any notice about caching.
   lastLoad: null,
+  // The decode GEMV the engine measured fastest, by weight format (empty on the CPU), and
+  // whether the last load measured it (false: from localStorage).
+  gemv: null,
+  gemvMeasured: null,
   // Destroys the GPU device, as a driver reset would lose it (the recovery test).
   loseDevice: () => state.engine.lose_device(),
   cachedModels: () => cachedModels(),
@@ -336,7 +343,19 @@ async function loadModel(url, retry = true) {
       }
     });
     window.walsh.lastLoad = { source: files.source, note: files.note };
-    const info = JSON.parse(await state.engine.load_model(url, files.config, files.weights));
+    // The decode GEMVs are measured once per adapter and model shape; the choice lives in
+    // localStorage (see bench::tune in the crate). Storage may be off: then it measures
+    // on every load.
+    let tuning = null;
+    try { tuning = localStorage.getItem(TUNING_KEY); } catch (_) { /* storage disabled */ }
+    if (state.engine.on_gpu()) label.textContent = 'uploading (timing the decode kernels on a first load)…';
+    const info = JSON.parse(
+      await state.engine.load_model(url, files.config, files.weights, tuning));
+    if (info.tuning_cache) {
+      try { localStorage.setItem(TUNING_KEY, info.tuning_cache); } catch (_) { /* full or off */ }
+    }
+    window.walsh.gemv = info.gemv;
+    window.walsh.gemvMeasured = Boolean(info.tuning_cache);
     bar.value = 1;
     label.textContent = `${info.variant}: ${info.params.toLocaleString()} parameters ` +
       `(attention ${info.attention_params.toLocaleString()}), d=${info.hidden_size}, ` +

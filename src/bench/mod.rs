@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod measure;
 pub mod page;
 pub mod report;
+pub mod tune;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +97,8 @@ pub enum BenchError {
     Gpu(#[from] crate::gpu::GpuError),
     #[error(transparent)]
     Wht(#[from] crate::ops::hadamard::WhtError),
+    #[error(transparent)]
+    Quant(#[from] crate::model::quant::QuantError),
     #[error("report {path}: {message}")]
     Report { path: String, message: String },
 }

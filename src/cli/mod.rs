@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod run;
 pub mod serve;
+pub mod tune;
 
 use std::time::Instant;
 

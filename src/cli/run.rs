@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use walsh::gpu::{AdapterSelector, Gpu};
 use walsh::limits::{self, Placement};
 use walsh::model::eval::evaluate;
 use walsh::model::fit::{fit_prompt, prompt_notice};
@@ -86,8 +85,7 @@ fn with_decoder<T>(
     match device {
         Device::Cpu => f(&mut CpuBatch::new(model, seqs, context, kv)?),
         Device::Gpu => {
-            let selector: AdapterSelector = adapter.parse()?;
-            let gpu = Gpu::new(&selector)?;
+            let gpu = super::tune::open_gpu(adapter, model)?;
             f(&mut GpuDecoder::new(&gpu, model, seqs, context, kv)?)
         }
     }
@@ -324,8 +322,7 @@ pub fn profile_cmd(args: &ProfileArgs, adapter: &str) -> Result<()> {
         context,
         Device::Gpu.placement(args.kv_cache),
     )?;
-    let selector: AdapterSelector = adapter.parse()?;
-    let gpu = Gpu::new(&selector)?;
+    let gpu = super::tune::open_gpu(adapter, &model)?;
     let mut decoder = GpuDecoder::new(&gpu, &model, 1, context, args.kv_cache)?;
     let profile = pollster::block_on(decoder.profile(&prompt, args.repeats))?;
     if args.json {

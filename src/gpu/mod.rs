@@ -53,6 +53,16 @@ impl GpuFeatures {
     }
 }
 
+/// Kernel choices measured on one adapter (`walsh tune`, the CLI's first run on an
+/// adapter, the page's first load): for each weight format (`f16`, `q8`, ...) the name of
+/// the decode GEMV that ran the model's products fastest (`ops::matmul::Kernel::name`).
+/// Empty, the kernels choose by adapter type. Set on a [`Gpu`] before the model's matrices
+/// are uploaded: the choice also decides their layout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tuning {
+    pub gemv: std::collections::BTreeMap<String, String>,
+}
+
 /// A readback submitted by [`Gpu::submit_read`], collected by [`Gpu::wait_read`].
 pub struct PendingRead {
     staging: GpuBuffer,
@@ -78,6 +88,7 @@ pub struct Gpu {
     /// one buffer in two writable slots of a dispatch, so a real buffer cannot stand in.
     /// Made on first use, so a device that runs nothing holds nothing.
     spare: std::sync::OnceLock<GpuBuffer>,
+    tuning: Mutex<Tuning>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -164,6 +175,7 @@ impl Gpu {
             counters: Counters::default(),
             failure,
             spare: std::sync::OnceLock::new(),
+            tuning: Mutex::default(),
         })
     }
 
@@ -178,6 +190,45 @@ impl Gpu {
             });
             self.track(buffer, MemoryCategory::Scratch)
         })
+    }
+
+    /// Replaces the measured kernel choices (see [`Tuning`]).
+    pub fn set_tuning(&self, tuning: Tuning) {
+        *self.tuning.lock().unwrap_or_else(|p| p.into_inner()) = tuning;
+    }
+
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The measured decode GEMV for weights of `format`, if any.
+    pub fn tuned_gemv(&self, format: &str) -> Option<String> {
+        let tuning = self.tuning.lock().unwrap_or_else(|p| p.into_inner());
+        tuning.gemv.get(format).cloned()
+    }
+
+    /// What identifies this adapter's kernel timings: name, backend, driver and driver
+    /// version, and walsh's kernels (a hash of every shader's source: timings of other
+    /// kernels say nothing of these).
+    pub fn fingerprint(&self) -> String {
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for shader in Shader::ALL {
+            for b in shader.source().bytes() {
+                hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!(
+            "{} | {:?} | {} {} | walsh {} kernels {hash:016x}",
+            self.info.name,
+            self.info.backend,
+            self.info.driver,
+            self.info.driver_info,
+            env!("CARGO_PKG_VERSION")
+        )
     }
 
     pub fn info(&self) -> &wgpu::AdapterInfo {

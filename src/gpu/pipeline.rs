@@ -21,6 +21,8 @@ pub enum Shader {
     HadamardSubgroup,
     /// Dense matrix products.
     Matmul,
+    /// Dense matrix products plus the GEMV reduced by subgroupAdd.
+    MatmulSubgroup,
     /// A plain copy: the bandwidth roof of compute kernels.
     Copy,
     /// RMSNorm.
@@ -38,10 +40,11 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 10] = [
+    pub const ALL: [Shader; 11] = [
         Shader::Hadamard,
         Shader::HadamardSubgroup,
         Shader::Matmul,
+        Shader::MatmulSubgroup,
         Shader::Copy,
         Shader::Norm,
         Shader::Rope,
@@ -62,6 +65,10 @@ impl Shader {
                 include_str!("../../shaders/hadamard_subgroup.wgsl")
             ),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::MatmulSubgroup => concat!(
+                include_str!("../../shaders/matmul.wgsl"),
+                include_str!("../../shaders/matmul_subgroup.wgsl")
+            ),
             Shader::Copy => include_str!("../../shaders/copy.wgsl"),
             Shader::Norm => include_str!("../../shaders/norm.wgsl"),
             Shader::Rope => include_str!("../../shaders/rope.wgsl"),
@@ -75,7 +82,7 @@ impl Shader {
     /// Device features the module needs to compile.
     pub fn required_features(self) -> wgpu::Features {
         match self {
-            Shader::HadamardSubgroup => wgpu::Features::SUBGROUP,
+            Shader::HadamardSubgroup | Shader::MatmulSubgroup => wgpu::Features::SUBGROUP,
             _ => wgpu::Features::empty(),
         }
     }
@@ -85,6 +92,7 @@ impl Shader {
             Shader::Hadamard => "hadamard",
             Shader::HadamardSubgroup => "hadamard+subgroup",
             Shader::Matmul => "matmul",
+            Shader::MatmulSubgroup => "matmul+subgroup",
             Shader::Copy => "copy",
             Shader::Norm => "norm",
             Shader::Rope => "rope",

@@ -70,9 +70,9 @@ fn table(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
     })
 }
 
-/// f16 `bits` of a [rows, cols] product matrix: transposed on CPU adapters, whose GEMV
-/// reads neighbouring outputs' weights as one vector ([`Matrix`], `gemv_cols`), when the
-/// rows pair up; else row-major.
+/// f16 `bits` of a [rows, cols] product matrix: transposed where `gemv_cols` is the
+/// decode GEMV (CPU adapters unless measured otherwise: it reads neighbouring outputs'
+/// weights as one vector, [`Matrix`]) and the rows pair up; else row-major.
 fn f16_matrix(
     gpu: &Gpu,
     label: &str,
@@ -80,7 +80,7 @@ fn f16_matrix(
     rows: usize,
     cols: usize,
 ) -> Result<Matrix, ModelError> {
-    Ok(if gpu.is_cpu_adapter() && rows.is_multiple_of(2) {
+    Ok(if matmul::wants_transposed(gpu, WeightFormat::F16, rows) {
         Matrix::from_f16_bits_transposed(gpu, label, bits, rows, cols)?
     } else {
         Matrix::from_f16_bits(gpu, label, bits, rows, cols)?

@@ -21,6 +21,9 @@ const PROLOGUE_CPU_WORKGROUP: u32 = 128;
 /// of its `wide_partial`): GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES output units per
 /// workgroup.
 const GEMV_WIDE_WORKGROUP: u32 = 256;
+/// Invocations per workgroup of the subgroup GEMV (`GEMV_WG` there): GEMV_WG / the
+/// adapter's largest subgroup size output units (`SG_UNITS`), a subgroup each.
+const GEMV_SUBGROUP_WORKGROUP: u32 = 128;
 /// Lanes per output unit in the wide GEMV; must match `WIDE_LANES` in matmul.wgsl.
 const GEMV_WIDE_LANES: u32 = 32;
 /// The wide GEMV reads rows in whole quantized blocks and 16-byte vectors.
@@ -165,7 +168,90 @@ pub enum Kernel {
     /// An invocation per two neighbouring outputs of a transposed f16 matrix (what
     /// `Auto` takes for one; the other GEMVs read row-major matrices only).
     GemvCols,
+    /// A subgroup per output reading 16 bytes per lane per step, reduced by subgroupAdd
+    /// with no barrier (llama.cpp's `mul_mat_vec`; needs SUBGROUP and `n_in % 32 == 0`).
+    GemvSubgroup,
     Gemm,
+}
+
+impl Kernel {
+    /// Every decode GEMV, in the order [`Kernel::name`] lists them.
+    pub const GEMVS: [Kernel; 6] = [
+        Kernel::Gemv,
+        Kernel::GemvWide,
+        Kernel::GemvOutputs,
+        Kernel::GemvOutputsWide,
+        Kernel::GemvCols,
+        Kernel::GemvSubgroup,
+    ];
+
+    /// The entry point's name (also the name in a [`crate::gpu::Tuning`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Auto => "auto",
+            Kernel::Gemv => "gemv",
+            Kernel::GemvWide => "gemv_wide",
+            Kernel::GemvOutputs => "gemv_outputs",
+            Kernel::GemvOutputsWide => "gemv_outputs_wide",
+            Kernel::GemvCols => "gemv_cols",
+            Kernel::GemvSubgroup => "gemv_subgroup",
+            Kernel::Gemm => "gemm",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        Self::GEMVS.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether this GEMV can run a product of `n_in` inputs of a matrix stored
+    /// `transposed` on `gpu` (the GEMM and `Auto` always can).
+    pub fn runs(self, gpu: &Gpu, n_in: usize, transposed: bool) -> bool {
+        match self {
+            Kernel::Auto | Kernel::Gemm => true,
+            Kernel::GemvCols => transposed,
+            _ if transposed => false,
+            Kernel::GemvWide | Kernel::GemvOutputsWide => n_in.is_multiple_of(GEMV_WIDE_ALIGN),
+            Kernel::GemvSubgroup => gpu.features().subgroup && n_in.is_multiple_of(GEMV_WIDE_ALIGN),
+            Kernel::Gemv | Kernel::GemvOutputs => true,
+        }
+    }
+
+    /// The GEMV `Auto` takes for a decode-sized product on `gpu`: the measured choice
+    /// where one was made for the format and it can run the product, else
+    /// [`Kernel::untuned_gemv`].
+    fn auto_gemv(gpu: &Gpu, w: &Matrix) -> Kernel {
+        gpu.tuned_gemv(w.format.name())
+            .and_then(|name| Kernel::from_name(&name))
+            .filter(|k| k.runs(gpu, w.cols, w.transposed))
+            .unwrap_or_else(|| Kernel::untuned_gemv(gpu, w.cols, w.transposed))
+    }
+
+    /// The decode GEMV by adapter type, for a product of `n_in` inputs of a matrix stored
+    /// `transposed`.
+    pub fn untuned_gemv(gpu: &Gpu, n_in: usize, transposed: bool) -> Kernel {
+        let wide = n_in.is_multiple_of(GEMV_WIDE_ALIGN);
+        match (transposed, gpu.is_cpu_adapter(), wide) {
+            (true, _, _) => Kernel::GemvCols,
+            // On a CPU adapter a barrier is a thread switch: one invocation per output wins.
+            (false, true, true) => Kernel::GemvOutputsWide,
+            (false, true, false) => Kernel::GemvOutputs,
+            (false, false, true) => Kernel::GemvWide,
+            (false, false, false) => Kernel::Gemv,
+        }
+    }
+}
+
+/// Whether a product matrix of `format` with `rows` rows should be stored transposed on
+/// `gpu`: where `gemv_cols` is its decode GEMV (measured, or by default on CPU adapters
+/// for f16), since no other GEMV reads that layout.
+pub fn wants_transposed(gpu: &Gpu, format: crate::ops::WeightFormat, rows: usize) -> bool {
+    if format != crate::ops::WeightFormat::F16 || !rows.is_multiple_of(2) {
+        return false;
+    }
+    match gpu.tuned_gemv(format.name()) {
+        Some(name) => name == Kernel::GemvCols.name(),
+        None => gpu.is_cpu_adapter(),
+    }
 }
 
 /// Records `z = x W^T` for `rows` rows, written to `y` by `epilogue`: `x` is
@@ -314,20 +400,7 @@ fn encode_full(
         return Ok(());
     }
     let kernel = match kernel {
-        Kernel::Auto if w.transposed && rows <= GEMV_MAX_ROWS => Kernel::GemvCols,
-        // On a CPU adapter a barrier is a thread switch: one invocation per output wins.
-        Kernel::Auto
-            if rows <= GEMV_MAX_ROWS
-                && gpu.is_cpu_adapter()
-                && n_in.is_multiple_of(GEMV_WIDE_ALIGN) =>
-        {
-            Kernel::GemvOutputsWide
-        }
-        Kernel::Auto if rows <= GEMV_MAX_ROWS && gpu.is_cpu_adapter() => Kernel::GemvOutputs,
-        Kernel::Auto if rows <= GEMV_MAX_ROWS && n_in.is_multiple_of(GEMV_WIDE_ALIGN) => {
-            Kernel::GemvWide
-        }
-        Kernel::Auto if rows <= GEMV_MAX_ROWS => Kernel::Gemv,
+        Kernel::Auto if rows <= GEMV_MAX_ROWS => Kernel::auto_gemv(gpu, w),
         Kernel::Auto => Kernel::Gemm,
         k => k,
     };
@@ -342,7 +415,15 @@ fn encode_full(
             }
         )));
     }
-    let wide = matches!(kernel, Kernel::GemvWide | Kernel::GemvOutputsWide);
+    if kernel == Kernel::GemvSubgroup && !gpu.features().subgroup {
+        return Err(GpuError::Validation(
+            "the subgroup GEMV needs an adapter with SUBGROUP".into(),
+        ));
+    }
+    let wide = matches!(
+        kernel,
+        Kernel::GemvWide | Kernel::GemvOutputsWide | Kernel::GemvSubgroup
+    );
     if wide && !n_in.is_multiple_of(GEMV_WIDE_ALIGN) {
         return Err(GpuError::Validation(format!(
             "the wide GEMVs need n_in to be a multiple of {GEMV_WIDE_ALIGN}, not {n_in}"
@@ -368,24 +449,33 @@ fn encode_full(
     // workgroup there: fewer repeats of the same row work.
     let workgroup = match kernel {
         Kernel::GemvWide => GEMV_WIDE_WORKGROUP,
+        Kernel::GemvSubgroup => GEMV_SUBGROUP_WORKGROUP,
         _ if matches!(prologue, Prologue::HadamardNorm { .. }) && gpu.is_cpu_adapter() => {
             PROLOGUE_CPU_WORKGROUP
         }
         _ => GEMV_WORKGROUP,
     };
     let per_group = workgroup as usize;
+    // The subgroup GEMV's units per workgroup: a subgroup each at the largest size.
+    let sg_units = (GEMV_SUBGROUP_WORKGROUP / gpu.info().subgroup_max_size.clamp(1, 128)).max(1);
     let (entry, groups) = match kernel {
         Kernel::Gemv => ("gemv", units * blocks),
         Kernel::GemvOutputs => ("gemv_outputs", units.div_ceil(per_group) * blocks),
         Kernel::GemvOutputsWide => ("gemv_outputs_wide", units.div_ceil(per_group) * blocks),
         Kernel::GemvCols => ("gemv_cols", (n_out / 2).div_ceil(per_group) * blocks),
+        Kernel::GemvSubgroup => ("gemv_subgroup", units.div_ceil(sg_units as usize) * blocks),
         Kernel::GemvWide => (
             "gemv_wide",
             units.div_ceil((GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES) as usize) * blocks,
         ),
         _ => ("gemm", n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE)),
     };
-    let mut key = PipelineKey::new(Shader::Matmul, entry)
+    let shader = if kernel == Kernel::GemvSubgroup {
+        Shader::MatmulSubgroup
+    } else {
+        Shader::Matmul
+    };
+    let mut key = PipelineKey::new(shader, entry)
         .with("W_FMT", w.format.shader_code())
         .with("EPI", epilogue as u32);
     if w.transposed {
@@ -396,6 +486,9 @@ fn encode_full(
             .with("GEMV_WG", workgroup)
             .with("GEMV_ROWS", gemv_rows as u32)
             .with_flag("PAIRED", n_in.is_multiple_of(2));
+        if kernel == Kernel::GemvSubgroup {
+            key = key.with("SG_UNITS", sg_units);
+        }
         if prologue.code() != 0 {
             let write_x = matches!(prologue, Prologue::Norm { out: Some(_), .. });
             key = key
@@ -795,7 +888,11 @@ mod tests {
     #[test]
     fn prologues_match_cpu_on_every_gemv() {
         for gpu in test_gpus() {
-            for kernel in [Kernel::Gemv, Kernel::GemvOutputs, Kernel::GemvWide] {
+            let mut kernels = vec![Kernel::Gemv, Kernel::GemvOutputs, Kernel::GemvWide];
+            if gpu.features().subgroup {
+                kernels.push(Kernel::GemvSubgroup);
+            }
+            for kernel in kernels {
                 // Widths of whole 32-blocks for the wide GEMV; rows past a block of rows
                 // (8, or 4 with two outputs per unit), units not filling a workgroup.
                 for (rows, n_in, n_out) in [(1, 32, 3), (3, 64, 70), (9, 256, 17), (16, 128, 9)] {
@@ -998,27 +1095,34 @@ mod tests {
     #[test]
     fn wide_gemv_matches_cpu_on_whole_blocks() {
         for gpu in test_gpus() {
-            let k = Kernel::GemvWide;
-            for format in FORMATS {
-                // One block; rows past one GEMV block; units not filling a workgroup (8).
-                for (rows, n_in, n_out) in [(1, 32, 1), (3, 64, 9), (9, 96, 17), (16, 256, 33)] {
-                    check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
-                }
-                check(&gpu, k, format, 5, 160, 18, Epilogue::SwiGlu);
-                check(&gpu, k, format, 2, 64, 11, Epilogue::Accumulate);
+            let mut kernels = vec![Kernel::GemvWide];
+            if gpu.features().subgroup {
+                kernels.push(Kernel::GemvSubgroup);
             }
-            check(&gpu, k, WeightFormat::Q4, 6, 128, 38, Epilogue::SwiGlu);
-            check(&gpu, k, WeightFormat::F16, 4, 96, 7, Epilogue::Silu);
-            // Rows of partial blocks are refused, not misread.
-            let w = Matrix::from_f32(&gpu, "w", &[0f32; 33 * 2], 2, 33).unwrap();
-            let x = gpu
-                .upload(MemoryCategory::Activations, "x", &[0f32; 33])
-                .unwrap();
-            let y = gpu.storage(MemoryCategory::Activations, "y", 8).unwrap();
-            let mut enc = gpu.encoder("matmul test");
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            let err = encode_with(&gpu, &mut pass, &w, &x, &y, 1, Epilogue::Store, k).unwrap_err();
-            assert!(err.to_string().contains("multiple of 32, not 33"), "{err}");
+            for k in kernels {
+                for format in FORMATS {
+                    // One block; rows past one GEMV block; units not filling a workgroup (8).
+                    for (rows, n_in, n_out) in [(1, 32, 1), (3, 64, 9), (9, 96, 17), (16, 256, 33)]
+                    {
+                        check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
+                    }
+                    check(&gpu, k, format, 5, 160, 18, Epilogue::SwiGlu);
+                    check(&gpu, k, format, 2, 64, 11, Epilogue::Accumulate);
+                }
+                check(&gpu, k, WeightFormat::Q4, 6, 128, 38, Epilogue::SwiGlu);
+                check(&gpu, k, WeightFormat::F16, 4, 96, 7, Epilogue::Silu);
+                // Rows of partial blocks are refused, not misread.
+                let w = Matrix::from_f32(&gpu, "w", &[0f32; 33 * 2], 2, 33).unwrap();
+                let x = gpu
+                    .upload(MemoryCategory::Activations, "x", &[0f32; 33])
+                    .unwrap();
+                let y = gpu.storage(MemoryCategory::Activations, "y", 8).unwrap();
+                let mut enc = gpu.encoder("matmul test");
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                let err =
+                    encode_with(&gpu, &mut pass, &w, &x, &y, 1, Epilogue::Store, k).unwrap_err();
+                assert!(err.to_string().contains("multiple of 32, not 33"), "{err}");
+            }
         }
     }
 

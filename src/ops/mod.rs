@@ -24,7 +24,9 @@ use crate::model::quant::{QuantFormat, QuantMatrix, blocks_per_row};
 /// `dot_rows` and `dot_rows_wide` in matmul.wgsl.
 /// None of them needs SHADER_F16 or 8-bit storage, so all work on every adapter and in
 /// browsers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightFormat {
     F32,

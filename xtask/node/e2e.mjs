@@ -225,6 +225,12 @@ async function webgpuChecks(check, b, url, env, shots, summary) {
     }
     summary.model = await tab.text('#download-label');
     if (tab.modelRequests !== 1) throw new Error(`${tab.modelRequests} model downloads, not 1`);
+    // The first load on a fresh profile times the decode GEMVs and names one for f16.
+    const gemv = await tab.eval(() => [window.walsh.gemv, window.walsh.gemvMeasured]);
+    if (!/^gemv/.test(gemv[0]?.f16 ?? '') || gemv[1] !== true) {
+      throw new Error(`no measured GEMV choice: ${JSON.stringify(gemv)}`);
+    }
+    summary.gemv = gemv[0];
   });
   await check(`${label}: ${env.expected.length} greedy tokens equal the native CPU reference`, async () => {
     const last = await generateIn(tab, env.prompt, env.expected.length);
@@ -283,6 +289,11 @@ async function webgpuChecks(check, b, url, env, shots, summary) {
       throw new Error(`${tab.modelRequests - before} model request(s) on the second visit`);
     }
     if (load?.source !== 'cache') throw new Error(`the model came from ${load?.source}`);
+    // ... and the GEMV choice from localStorage, not measured again.
+    const gemv = await tab.eval(() => [window.walsh.gemv, window.walsh.gemvMeasured]);
+    if (gemv[1] !== false || JSON.stringify(gemv[0]) !== JSON.stringify(summary.gemv)) {
+      throw new Error(`the second visit's GEMV choice: ${JSON.stringify(gemv)}`);
+    }
   });
   await q4Check(check, b, label, env, summary);
 }
