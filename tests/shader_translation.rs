@@ -26,7 +26,7 @@ use naga::back::PipelineConstants;
 use naga::back::pipeline_constants::process_overrides;
 use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
 use walsh::bench::{self, BenchOptions, Suite, report::Environment};
-use walsh::gpu::{Gpu, MemoryCategory, PipelineKey, Shader};
+use walsh::gpu::{Gpu, MemoryCategory, PipelineKey, Shader, Tuning};
 use walsh::model::generate::{GenerateOptions, encode_text, generate};
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::init::random_model;
@@ -35,6 +35,7 @@ use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
 use walsh::ops::attention::KvFormat;
 use walsh::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath, cpu::WhtSize};
+use walsh::ops::matmul::Kernel;
 use walsh::ops::sample::SamplingParams;
 
 /// A kind of adapter, as the no-op backend poses it.
@@ -207,6 +208,30 @@ fn workloads(gpu: &Gpu) {
                 run_decoder(gpu, &model, &[prompt.clone(), vec![7, 8]], 16, kv);
             }
         }
+    }
+    // Each decode GEMV a measured tuning may pick (walsh::bench::tune), with the
+    // decoder's prologues and epilogues: dense and Hadamard W_O, f16 (gemv_cols then
+    // stores it transposed) and q4, one sequence and a batch.
+    for kernel in Kernel::GEMVS {
+        if kernel == Kernel::GemvSubgroup && !gpu.features().subgroup {
+            continue;
+        }
+        let mut tuning = Tuning::default();
+        for format in ["f32", "f16", "q8", "q4"] {
+            tuning.gemv.insert(format.into(), kernel.name().into());
+        }
+        gpu.set_tuning(tuning);
+        for attn_output in [AttnOutput::Dense, AttnOutput::Hadamard] {
+            for format in [WeightFormat::F16, WeightFormat::Q4] {
+                let c = Config {
+                    attn_output,
+                    ..config(128, 2, 1, 32)
+                };
+                let model = random_model(&c, 1, format).unwrap();
+                run_decoder(gpu, &model, &[vec![1, 2, 3], vec![4]], 3, KvFormat::F16);
+            }
+        }
+        gpu.set_tuning(Tuning::default());
     }
     // Head sizes, and batches of 1 to 16 sequences (the GEMV's row counts).
     for heads in [1, 2, 4, 8, 16] {

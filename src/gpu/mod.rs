@@ -268,6 +268,21 @@ impl Gpu {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
+    /// Workgroups that keep this adapter busy, the stand-in for its size (wgpu reports no
+    /// compute-unit count): a CPU adapter runs a workgroup per thread (lavapipe and
+    /// llvmpipe one per core; the page's SwiftShader is taken to have 4), a GPU is taken
+    /// to want 256 (two per unit of a 128-unit part such as the H100's 132 SMs). Kernels
+    /// split work that would leave it idle (the decode attention's key chunks).
+    pub fn parallelism(&self) -> usize {
+        if !self.is_cpu_adapter() {
+            return 256;
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        return std::thread::available_parallelism().map_or(4, |n| n.get());
+        #[cfg(target_arch = "wasm32")]
+        4
+    }
+
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }

@@ -16,7 +16,7 @@ use super::quant::{QuantMatrix, blocks_per_row};
 use super::weights::{Model, Tensor, TensorData, stacked_format};
 use super::{AttnOutput, Config, ModelError, Query};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory, PendingRead, Recording};
-use crate::ops::attention::{Attention, AttnShape, DecodeFusion, KvFormat};
+use crate::ops::attention::{self, Attention, AttnShape, DecodeFusion, KvFormat};
 use crate::ops::feedback::{self, FeedbackBuffers};
 use crate::ops::hadamard::{Epilogue as WhtEpilogue, Hadamard, WhtOptions, WhtPath};
 use crate::ops::matmul::{self, Epilogue, Prologue};
@@ -391,7 +391,11 @@ impl<'g> GpuDecoder<'g> {
             shape,
             rope: RopeTable::new(gpu, max_positions, config.head_dim(), config.rope_theta)?,
             hadamard: Hadamard::new(gpu)?,
-            attention: Attention::new(gpu)?,
+            attention: Attention::new(gpu)?.with_decode_chunk(attention::decode_chunk_for(
+                gpu,
+                shape.heads,
+                max_positions,
+            ))?,
             acts: None,
             plan: None,
             lengths: vec![0; max_seqs],
@@ -751,6 +755,15 @@ impl<'g> GpuDecoder<'g> {
             queue.write_buffer(acts.draws.buffer(), 0, bytemuck::cast_slice(draws));
         }
         Ok(rec)
+    }
+
+    /// Sets the keys per chunk of the split decode (by default sized to the adapter,
+    /// [`attention::decode_chunk_for`]): lets tests take the split path with short
+    /// contexts on adapters that would not split them.
+    pub fn set_decode_chunk(&mut self, keys: usize) -> Result<(), ModelError> {
+        self.attention = Attention::new(self.gpu)?.with_decode_chunk(keys)?;
+        self.plan = None;
+        Ok(())
     }
 
     /// Times every dispatch of a prefill of `prompt` (as sequence 0, from an empty cache)

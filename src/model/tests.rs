@@ -142,6 +142,16 @@ fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
                 "{attn:?}/{query:?} greedy tokens on {}",
                 gpu.describe()
             );
+            // Attention split in key chunks of 8 (up to 5 per step), as a GPU splits
+            // long contexts.
+            dec.set_decode_chunk(8).unwrap();
+            let got = run(&mut dec, &prompts, 24, SamplingParams::greedy());
+            assert_eq!(
+                got,
+                want,
+                "{attn:?}/{query:?} split decode on {}",
+                gpu.describe()
+            );
         }
     }
 }

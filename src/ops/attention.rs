@@ -29,13 +29,41 @@ use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey,
 pub const MAX_HEAD_DIM: usize = 256;
 /// Largest row width d = heads * head_dim.
 pub const MAX_WIDTH: usize = 32768;
-/// Keys per chunk of the split decode: a row whose context is longer is split into
-/// chunks of this many keys, each run by its own workgroups.
+/// Keys per chunk of the split decode by default: a row whose context is longer is split
+/// into chunks of this many keys, each run by its own workgroups. The decoder sizes its
+/// chunks by the adapter instead ([`decode_chunk_for`]).
 pub const DECODE_CHUNK: usize = 256;
+/// Fewest keys per chunk [`decode_chunk_for`] gives: shorter chunks cost more in partial
+/// states and their reduction than their parallelism gains.
+pub const MIN_DECODE_CHUNK: usize = 64;
 
-/// f32s of workgroup memory an attend tile may use (16 KiB, the WebGPU default); must
-/// match `TILE` in attention.wgsl.
-const TILE_ELEMS: usize = 4096;
+/// Keys per chunk of the split decode for `heads` heads and caches of `max_pos` positions
+/// on `gpu`: a full context splits into as many chunks as fill [`Gpu::parallelism`]
+/// workgroups per row, none shorter than [`MIN_DECODE_CHUNK`]. A CPU adapter's handful of
+/// threads is filled by the heads alone, so it never splits (no reduce dispatch); a GPU
+/// splits a long context over its compute units.
+pub fn decode_chunk_for(gpu: &Gpu, heads: usize, max_pos: usize) -> usize {
+    chunk_for(gpu.parallelism(), heads, max_pos)
+}
+
+fn chunk_for(parallelism: usize, heads: usize, max_pos: usize) -> usize {
+    let parts = parallelism.div_ceil(heads.max(1)).max(1);
+    max_pos.div_ceil(parts).max(MIN_DECODE_CHUNK)
+}
+
+/// f32s of workgroup memory an attend tile may use at most (`TILE` in attention.wgsl, an
+/// override): the device's limit up to this (64 KiB); past it no tile grows, since a block
+/// holds at most MAX_BLOCK_KEYS keys. See [`tile_elems`].
+const MAX_TILE_ELEMS: usize = 16384;
+/// The WebGPU default limit (16 KiB), which every tile test also runs at.
+#[cfg(test)]
+const DEFAULT_TILE_ELEMS: usize = 4096;
+
+/// The attend tile's workgroup memory on `gpu`, in f32s: its whole limit (lavapipe's 32
+/// KiB doubles a decode block from 31 to 63 keys at head_dim 64), up to MAX_TILE_ELEMS.
+fn tile_elems(gpu: &Gpu) -> usize {
+    (gpu.limits().max_compute_workgroup_storage_size as usize / 4).min(MAX_TILE_ELEMS)
+}
 /// Output pairs one attend invocation accumulates at most; must match `MAX_ACC` in
 /// attention.wgsl.
 const MAX_ACC: usize = 8;
@@ -496,39 +524,42 @@ pub fn row_table(rows: &[(u32, u32)]) -> Vec<u32> {
 }
 
 /// The tile of one attend pipeline: `rows` queries (TQ) against blocks of `keys` keys
-/// (TK); each invocation accumulates `acc` output pairs (ACC).
+/// (TK) in `elems` f32s of workgroup memory (TILE); each invocation accumulates `acc`
+/// output pairs (ACC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct AttnTile {
     rows: usize,
     keys: usize,
     acc: usize,
+    elems: usize,
 }
 
 impl AttnTile {
     /// A tile of `rows` queries (a power of two dividing the workgroup) for `head_dim`:
     /// the largest key block that fits workgroup memory next to Q [rows, head_dim]:
-    /// (rows + 2 * keys) * head_dim + rows * keys <= TILE_ELEMS (Q, K, V, scores).
-    fn new(rows: usize, head_dim: usize) -> Self {
-        let keys = ((TILE_ELEMS - rows * head_dim) / (2 * head_dim + rows)).min(MAX_BLOCK_KEYS);
+    /// (rows + 2 * keys) * head_dim + rows * keys <= elems (Q, K, V, scores).
+    fn new(rows: usize, head_dim: usize, elems: usize) -> Self {
+        let keys = ((elems - rows * head_dim) / (2 * head_dim + rows)).min(MAX_BLOCK_KEYS);
         let lanes_per_row = ATTEND_WORKGROUP / rows;
         Self {
             rows,
             keys,
             acc: (head_dim / 2).div_ceil(lanes_per_row),
+            elems,
         }
     }
 
     /// Prefill: as many rows as the accumulators allow (rows * head_dim / 2 pairs over the
     /// workgroup, at most MAX_ACC per invocation), which also keeps Q within a quarter of
     /// workgroup memory. head_dim 64: 16 rows x 21 keys; 256: 4 x 5.
-    fn prefill(head_dim: usize) -> Self {
+    fn prefill(head_dim: usize, elems: usize) -> Self {
         let fit = (2 * MAX_ACC * ATTEND_WORKGROUP / head_dim).min(MAX_TILE_ROWS);
-        Self::new(1 << fit.ilog2(), head_dim)
+        Self::new(1 << fit.ilog2(), head_dim, elems)
     }
 
-    /// Decode: one row per tile. head_dim 64: 31 keys per block; 256: 7.
-    fn decode(head_dim: usize) -> Self {
-        Self::new(1, head_dim)
+    /// Decode: one row per tile. In 16 KiB, head_dim 64: 31 keys per block; 256: 7.
+    fn decode(head_dim: usize, elems: usize) -> Self {
+        Self::new(1, head_dim, elems)
     }
 
     fn key(&self, shape: AttnShape, partial: bool, fused: bool) -> PipelineKey {
@@ -540,6 +571,7 @@ impl AttnTile {
             .with("TQ", self.rows as u32)
             .with("TK", self.keys as u32)
             .with("ACC", self.acc as u32)
+            .with("TILE", self.elems as u32)
             .with_flag("PARTIAL", partial)
             .with_flag("FUSE", fused)
     }
@@ -785,7 +817,7 @@ impl<'g> Attention<'g> {
         if rows.is_empty() {
             return Ok(());
         }
-        let tile = AttnTile::prefill(shape.head_dim);
+        let tile = AttnTile::prefill(shape.head_dim, tile_elems(self.gpu));
         let plan = plan_tiles(rows, tile.rows);
         let whole = Split::whole(shape);
         self.dispatch_attend(pass, &buffers, rows, shape, tile, &plan, whole, None, None)
@@ -884,7 +916,7 @@ impl<'g> Attention<'g> {
         if rows.is_empty() {
             return Ok(());
         }
-        let tile = AttnTile::decode(shape.head_dim);
+        let tile = AttnTile::decode(shape.head_dim, tile_elems(self.gpu));
         let plan = plan_tiles(rows, 1);
         let chunks = self.decode_chunks(rows);
         if chunks == 1 {
@@ -1331,32 +1363,63 @@ mod tests {
 
     #[test]
     fn tiles_fit_workgroup_memory_for_every_supported_head_dim() {
-        for hd in (2..=MAX_HEAD_DIM).step_by(2) {
-            for tile in [AttnTile::prefill(hd), AttnTile::decode(hd)] {
-                let floats = (tile.rows + 2 * tile.keys) * hd + tile.rows * tile.keys;
-                assert!(
-                    floats <= TILE_ELEMS,
-                    "head_dim {hd}: {tile:?} uses {floats}"
-                );
-                assert!(
-                    tile.keys >= 1 && tile.keys <= MAX_BLOCK_KEYS,
-                    "{hd}: {tile:?}"
-                );
-                assert!(tile.rows.is_power_of_two() && ATTEND_WORKGROUP.is_multiple_of(tile.rows));
-                // The lanes of a row cover its head_dim / 2 pairs within MAX_ACC each.
-                let lanes = ATTEND_WORKGROUP / tile.rows;
-                assert!(
-                    tile.acc <= MAX_ACC && tile.acc * lanes >= hd / 2,
-                    "{hd}: {tile:?}"
-                );
+        for elems in [DEFAULT_TILE_ELEMS, 8192, MAX_TILE_ELEMS] {
+            for hd in (2..=MAX_HEAD_DIM).step_by(2) {
+                for tile in [AttnTile::prefill(hd, elems), AttnTile::decode(hd, elems)] {
+                    let floats = (tile.rows + 2 * tile.keys) * hd + tile.rows * tile.keys;
+                    assert!(floats <= elems, "head_dim {hd}: {tile:?} uses {floats}");
+                    assert!(
+                        tile.keys >= 1 && tile.keys <= MAX_BLOCK_KEYS,
+                        "{hd}: {tile:?}"
+                    );
+                    assert!(
+                        tile.rows.is_power_of_two() && ATTEND_WORKGROUP.is_multiple_of(tile.rows)
+                    );
+                    // The lanes of a row cover its head_dim / 2 pairs within MAX_ACC each.
+                    let lanes = ATTEND_WORKGROUP / tile.rows;
+                    assert!(
+                        tile.acc <= MAX_ACC && tile.acc * lanes >= hd / 2,
+                        "{hd}: {tile:?}"
+                    );
+                }
             }
         }
-        let t = |rows, keys, acc| AttnTile { rows, keys, acc };
-        assert_eq!(AttnTile::prefill(64), t(16, 21, 8));
-        assert_eq!(AttnTile::prefill(256), t(4, 5, 8));
-        assert_eq!(AttnTile::prefill(24), t(32, 41, 6));
-        assert_eq!(AttnTile::decode(64), t(1, 31, 1));
-        assert_eq!(AttnTile::decode(256), t(1, 7, 2));
+        let e = DEFAULT_TILE_ELEMS;
+        let t = |rows, keys, acc| AttnTile {
+            rows,
+            keys,
+            acc,
+            elems: e,
+        };
+        assert_eq!(AttnTile::prefill(64, e), t(16, 21, 8));
+        assert_eq!(AttnTile::prefill(256, e), t(4, 5, 8));
+        assert_eq!(AttnTile::prefill(24, e), t(32, 41, 6));
+        assert_eq!(AttnTile::decode(64, e), t(1, 31, 1));
+        assert_eq!(AttnTile::decode(256, e), t(1, 7, 2));
+        // Twice the memory (lavapipe's 32 KiB): twice the keys per decode block.
+        assert_eq!(AttnTile::decode(64, 8192).keys, 63);
+        assert_eq!(AttnTile::decode(256, 8192).keys, 15);
+    }
+
+    #[test]
+    fn decode_chunks_follow_the_adapters_size() {
+        // A GPU's 256 workgroups: 32 heads split a full 2048 context in 8, 8 heads in 32.
+        assert_eq!(chunk_for(256, 32, 2048), 256);
+        assert_eq!(chunk_for(256, 8, 2048), 64);
+        assert_eq!(chunk_for(256, 8, 4096), 128);
+        // Never under MIN_DECODE_CHUNK; a CPU adapter's threads are filled by the heads.
+        assert_eq!(chunk_for(256, 1, 100), MIN_DECODE_CHUNK);
+        assert_eq!(chunk_for(2, 8, 2048), 2048);
+        assert_eq!(chunk_for(16, 8, 2048), 1024);
+        for gpu in test_gpus() {
+            let chunk = decode_chunk_for(&gpu, 8, 1024);
+            assert_eq!(
+                chunk,
+                chunk_for(gpu.parallelism(), 8, 1024),
+                "{}",
+                gpu.describe()
+            );
+        }
     }
 
     #[test]
