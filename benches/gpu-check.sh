@@ -9,6 +9,8 @@
 #                                against the device's copy bandwidth (needs python3 + torch)
 #   profile-*.txt/.json          `walsh profile` of the shipped dense and Hadamard models and
 #                                of the f16 grid models: every dispatch of a decode step timed
+#   tune-*.txt                   `walsh tune`: every decode GEMV timed on the shipped models'
+#                                and the grid models' products, and which one the adapter chose
 #   grid.txt, grid-*.json        decode of random 2-layer models at d_model GRID_D x f16/q8/q4
 #                                x dense/hadamard against the copy roofline, and Hadamard
 #                                against dense at each width
@@ -104,6 +106,8 @@ for m in dense hadamard; do
   $W --adapter 0 profile --model models/shakespeare-$m --repeats 20 > "$OUT/profile-$m.txt" 2>&1
   $W --adapter 0 profile --model models/shakespeare-$m --repeats 20 --json > "$OUT/profile-$m.json" 2>/dev/null
   log "profile $m: $(grep -E '^decode:|per layer' "$OUT/profile-$m.txt" | tr '\n' ' ')"
+  $W --adapter 0 tune --model models/shakespeare-$m > "$OUT/tune-$m.txt" 2>&1
+  log "tune $m: $(grep -F -- '<- chosen' "$OUT/tune-$m.txt" | tr -s ' ' | tr '\n' ';')"
 done
 
 # Decode against the roofline at each width, weights and output projection: random 2-layer
@@ -119,6 +123,9 @@ for d in ${GRID_D:-1024 2048 4096}; do
         2>> "$OUT/grid-$d-$q-$o.err" | head -1 > "$OUT/grid-$d-$q-$o.json"
       if [ "$q" = f16 ]; then
         $W --adapter 0 profile --model "$m" --repeats 10 > "$OUT/profile-grid-$d-$o.txt" 2>&1
+      fi
+      if [ "$o" = hadamard ]; then
+        $W --adapter 0 tune --model "$m" --rounds 3 > "$OUT/tune-grid-$d-$q.txt" 2>&1
       fi
     done
   done

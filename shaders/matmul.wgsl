@@ -353,6 +353,45 @@ fn stage_rows_serial(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
 
 // Invocations per workgroup: GEMV_WORKGROUP on the host, GEMV_WIDE_WORKGROUP for
 // gemv_wide (<= 256: the partial sums' layout in `stage`).
+// Which rows and outputs a GEMV workgroup takes. The grid is (groups of `per` items, of
+// `items` in all) x (blocks of GEMV_ROWS rows), blocks fastest: `first` is the group's
+// first item, its rows r0 .. r0 + nr. `valid` is false for the grid's spare workgroups
+// (the same for the whole workgroup, so returning on it keeps barriers uniform); `writer`
+// is true for the first group of each block (the one that writes a prologue's outputs).
+struct GemvBlock {
+    valid: bool,
+    first: u32,
+    r0: u32,
+    nr: u32,
+    writer: bool,
+}
+
+fn gemv_block(wid: vec3<u32>, items: u32, per: u32) -> GemvBlock {
+    let id = wid.y * params.tiles_x + wid.x;
+    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
+    let groups = (items + per - 1u) / per;
+    let r0 = (id % blocks) * GEMV_ROWS;
+    return GemvBlock(id < groups * blocks, (id / blocks) * per, r0,
+                     min(GEMV_ROWS, params.rows - r0), id < blocks);
+}
+
+// A prologue's inputs for block b, loaded from x and made in `stage`; stage_block4 loads
+// through x's vec4 view (an entry point may use one view only: they alias one binding).
+// Every invocation calls them, in uniform control flow.
+fn stage_block(t: u32, b: GemvBlock) {
+    if (staged()) {
+        stage_load(t, GEMV_WG, b.r0, b.nr);
+        stage_inputs(t, GEMV_WG, b.r0, b.nr, b.writer);
+    }
+}
+
+fn stage_block4(t: u32, b: GemvBlock) {
+    if (staged()) {
+        stage_load4(t, GEMV_WG, b.r0, b.nr);
+        stage_inputs(t, GEMV_WG, b.r0, b.nr, b.writer);
+    }
+}
+
 override GEMV_WG: u32 = 64u;
 // Rows per workgroup, 1 to MAX_GEMV_ROWS / OUTS; the host sizes it to the batch.
 override GEMV_ROWS: u32 = 8u;
@@ -435,19 +474,14 @@ fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: 
 @compute @workgroup_size(GEMV_WG)
 fn gemv(@builtin(local_invocation_index) t: u32,
         @builtin(workgroup_id) wid: vec3<u32>) {
-    let id = wid.y * params.tiles_x + wid.x;
-    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
-    let units = params.n_out / OUTS;
-    if (id >= units * blocks) {
-        return;  // whole workgroup: uniform
+    let b = gemv_block(wid, params.n_out / OUTS, 1u);
+    if (!b.valid) {
+        return;
     }
-    let u = id / blocks;
-    let r0 = (id % blocks) * GEMV_ROWS;
-    let nr = min(GEMV_ROWS, params.rows - r0);
-    if (staged()) {
-        stage_load(t, GEMV_WG, r0, nr);
-        stage_inputs(t, GEMV_WG, r0, nr, u == 0u);
-    }
+    let u = b.first;
+    let r0 = b.r0;
+    let nr = b.nr;
+    stage_block(t, b);
     var acc: array<f32, MAX_GEMV_ROWS>;
     for (var k = 0u; k < OUTS; k++) {
         dot_rows(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, t, GEMV_WG);
@@ -483,20 +517,15 @@ fn gemv(@builtin(local_invocation_index) t: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_outputs(@builtin(local_invocation_index) t: u32,
                 @builtin(workgroup_id) wid: vec3<u32>) {
-    let id = wid.y * params.tiles_x + wid.x;
-    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
     let units = params.n_out / OUTS;
-    let groups = (units + GEMV_WG - 1u) / GEMV_WG;
-    if (id >= groups * blocks) {
-        return;  // whole workgroup: uniform
+    let b = gemv_block(wid, units, GEMV_WG);
+    if (!b.valid) {
+        return;
     }
-    let u = (id / blocks) * GEMV_WG + t;
-    let r0 = (id % blocks) * GEMV_ROWS;
-    let nr = min(GEMV_ROWS, params.rows - r0);
-    if (staged()) {
-        stage_load(t, GEMV_WG, r0, nr);
-        stage_inputs(t, GEMV_WG, r0, nr, id < blocks);
-    }
+    let u = b.first + t;
+    let r0 = b.r0;
+    let nr = b.nr;
+    stage_block(t, b);
     if (u >= units) {
         return;  // no barrier below: invocations may leave on their own
     }
@@ -518,20 +547,15 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_outputs_wide(@builtin(local_invocation_index) t: u32,
                      @builtin(workgroup_id) wid: vec3<u32>) {
-    let id = wid.y * params.tiles_x + wid.x;
-    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
     let units = params.n_out / OUTS;
-    let groups = (units + GEMV_WG - 1u) / GEMV_WG;
-    if (id >= groups * blocks) {
-        return;  // whole workgroup: uniform
+    let b = gemv_block(wid, units, GEMV_WG);
+    if (!b.valid) {
+        return;
     }
-    let u = (id / blocks) * GEMV_WG + t;
-    let r0 = (id % blocks) * GEMV_ROWS;
-    let nr = min(GEMV_ROWS, params.rows - r0);
-    if (staged()) {
-        stage_load4(t, GEMV_WG, r0, nr);
-        stage_inputs(t, GEMV_WG, r0, nr, id < blocks);
-    }
+    let u = b.first + t;
+    let r0 = b.r0;
+    let nr = b.nr;
+    stage_block4(t, b);
     if (u >= units) {
         return;  // no barrier below: invocations may leave on their own
     }
@@ -553,20 +577,15 @@ fn gemv_outputs_wide(@builtin(local_invocation_index) t: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_cols(@builtin(local_invocation_index) t: u32,
              @builtin(workgroup_id) wid: vec3<u32>) {
-    let id = wid.y * params.tiles_x + wid.x;
-    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
     let pairs = params.n_out / 2u;
-    let groups = (pairs + GEMV_WG - 1u) / GEMV_WG;
-    if (id >= groups * blocks) {
-        return;  // whole workgroup: uniform
+    let b = gemv_block(wid, pairs, GEMV_WG);
+    if (!b.valid) {
+        return;
     }
-    let c = (id / blocks) * GEMV_WG + t;
-    let r0 = (id % blocks) * GEMV_ROWS;
-    let nr = min(GEMV_ROWS, params.rows - r0);
-    if (staged()) {
-        stage_load(t, GEMV_WG, r0, nr);
-        stage_inputs(t, GEMV_WG, r0, nr, id < blocks);
-    }
+    let c = b.first + t;
+    let r0 = b.r0;
+    let nr = b.nr;
+    stage_block(t, b);
     if (c >= pairs) {
         return;  // no barrier below
     }
@@ -667,22 +686,17 @@ fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_wide(@builtin(local_invocation_index) t: u32,
              @builtin(workgroup_id) wid: vec3<u32>) {
-    let id = wid.y * params.tiles_x + wid.x;
-    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
     let units = params.n_out / OUTS;
-    let groups = (units + WIDE_UNITS - 1u) / WIDE_UNITS;
-    if (id >= groups * blocks) {
-        return;  // whole workgroup: uniform
+    let b = gemv_block(wid, units, WIDE_UNITS);
+    if (!b.valid) {
+        return;
     }
     let g = t / WIDE_LANES;
     let lane = t % WIDE_LANES;
-    let u = (id / blocks) * WIDE_UNITS + g;
-    let r0 = (id % blocks) * GEMV_ROWS;
-    let nr = min(GEMV_ROWS, params.rows - r0);
-    if (staged()) {
-        stage_load4(t, GEMV_WG, r0, nr);
-        stage_inputs(t, GEMV_WG, r0, nr, id < blocks);
-    }
+    let u = b.first + g;
+    let r0 = b.r0;
+    let nr = b.nr;
+    stage_block4(t, b);
     var acc: array<f32, MAX_GEMV_ROWS>;
     if (u < units) {
         for (var k = 0u; k < OUTS; k++) {

@@ -21,23 +21,18 @@ fn gemv_subgroup(@builtin(local_invocation_index) t: u32,
                  @builtin(num_subgroups) sgs: u32,
                  @builtin(subgroup_invocation_id) lane: u32,
                  @builtin(subgroup_size) sg_size: u32) {
-    let id = wid.y * params.tiles_x + wid.x;
-    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
     let units = params.n_out / OUTS;
-    let groups = (units + SG_UNITS - 1u) / SG_UNITS;
-    if (id >= groups * blocks) {
-        return;  // whole workgroup: uniform
+    let b = gemv_block(wid, units, SG_UNITS);
+    if (!b.valid) {
+        return;
     }
-    let r0 = (id % blocks) * GEMV_ROWS;
-    let nr = min(GEMV_ROWS, params.rows - r0);
-    if (staged()) {
-        stage_load4(t, GEMV_WG, r0, nr);
-        stage_inputs(t, GEMV_WG, r0, nr, id < blocks);
-    }
+    let r0 = b.r0;
+    let nr = b.nr;
+    stage_block4(t, b);
     // The bounds are the same for every lane of a subgroup: subgroupAdd runs in
     // subgroup-uniform control flow.
     for (var j = sg; j < SG_UNITS; j += sgs) {
-        let u = (id / blocks) * SG_UNITS + j;
+        let u = b.first + j;
         if (u >= units) {
             break;
         }

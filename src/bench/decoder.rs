@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::measure::Stats;
 use super::{BenchError, BenchOptions};
-use crate::gpu::{Gpu, GpuError};
+use crate::gpu::{Gpu, GpuError, Tuning};
 use crate::model::fit::{BufferLimits, ROPE_TABLE, TooLarge, check_buffers_fit, decoder_buffers};
 use crate::model::generate::{GenerateOptions, generate_async};
 use crate::model::gpu::GpuDecoder;
@@ -125,6 +125,10 @@ pub struct DecoderResult {
     /// batch-1 cases only (absent in reports before this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<DecoderProfile>,
+    /// The decode GEMV by weight format, measured on the adapter for this model
+    /// (`bench::tune`; absent in reports before this field).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub gemv: std::collections::BTreeMap<String, String>,
 }
 
 /// The decoder suite: the two output projections and the query variants.
@@ -288,6 +292,10 @@ pub fn planned_buffers(
 
 /// A decoder of one case, built and warmed up, ready to be timed.
 struct Runner<'g> {
+    gpu: &'g Gpu,
+    /// The decode GEMVs measured for this model; set on the device before each run, as
+    /// a paper cell alternates two models of other shapes.
+    tuning: Tuning,
     case: DecoderCase,
     result: DecoderResult,
     dec: GpuDecoder<'g>,
@@ -312,6 +320,8 @@ impl<'g> Runner<'g> {
                 adapter: gpu.info().name.clone(),
             })?;
         let model = random_model(&config, 1, case.weights)?;
+        let tuning = super::tune::tuning_for(gpu, &model).await?;
+        gpu.set_tuning(tuning.clone());
         let baseline = gpu.memory().report().current_bytes;
         gpu.memory().reset_peak();
         let dec = GpuDecoder::new(gpu, &model, case.batch, context, case.kv_cache)?;
@@ -349,7 +359,10 @@ impl<'g> Runner<'g> {
                     case.kv_cache,
                 ),
                 profile: None,
+                gemv: tuning.gemv.clone(),
             },
+            gpu,
+            tuning,
             dec,
             prompts,
             prefill: Vec::new(),
@@ -364,6 +377,7 @@ impl<'g> Runner<'g> {
         &mut self,
         tokens: usize,
     ) -> Result<crate::model::generate::Generation, BenchError> {
+        self.gpu.set_tuning(self.tuning.clone());
         let options = GenerateOptions::new(tokens, SamplingParams::greedy());
         Ok(generate_async(&mut self.dec, &self.prompts, &options, |_| {
             ControlFlow::Continue(())
@@ -406,6 +420,7 @@ pub async fn measure(gpu: &Gpu, case: &DecoderCase) -> Result<DecoderResult, Ben
     }
     if case.batch == 1 {
         let prompt = runner.prompts[0].clone();
+        gpu.set_tuning(runner.tuning.clone());
         runner.result.profile = Some(runner.dec.profile(&prompt, PROFILE_REPEATS).await?);
     }
     Ok(runner.finish())

@@ -126,6 +126,21 @@ pub async fn run_until(
     progress: Progress<'_>,
     stop: &dyn Fn() -> bool,
 ) -> Result<Report, BenchError> {
+    // The decoders set the device's kernel choices for their models; the caller's come
+    // back afterwards (the page's loaded model records its steps with them).
+    let saved = gpu.tuning();
+    let result = run_jobs(gpu, options, environment, progress, stop).await;
+    gpu.set_tuning(saved);
+    result
+}
+
+async fn run_jobs(
+    gpu: &Gpu,
+    options: &BenchOptions,
+    environment: report::Environment,
+    progress: Progress<'_>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Report, BenchError> {
     let timing = if gpu.features().timestamp_query {
         "gpu-timestamps"
     } else {

@@ -287,6 +287,24 @@ impl TuningCache {
     }
 }
 
+/// Alternating rounds of the benchmarks' measurement of their models' GEMVs.
+const BENCH_ROUNDS: usize = 3;
+
+/// The [`Tuning`] for `model` on `gpu` as the benchmarks use it: measured once per model
+/// shape and adapter in this process (the random models of a run share few shapes).
+pub async fn tuning_for(gpu: &Gpu, model: &Model) -> Result<Tuning, BenchError> {
+    static MEMO: std::sync::Mutex<Option<TuningCache>> = std::sync::Mutex::new(None);
+    let lock = || MEMO.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = lock().clone().unwrap_or_default();
+    let (tuning, complete) = cache.tuning(gpu, model);
+    if complete {
+        return Ok(tuning);
+    }
+    let (tuning, _) = tune_model(gpu, model, BENCH_ROUNDS, &mut cache).await?;
+    *lock() = Some(cache);
+    Ok(tuning)
+}
+
 /// Measures the GEMVs of every weight format of `model` on `gpu` (`rounds` alternating
 /// rounds), records them in `cache`, and returns the [`Tuning`] they give.
 pub async fn tune_model(
