@@ -123,17 +123,19 @@ fn weight_at(o: u32, i: u32) -> f32 {
     if (!quantized()) {
         return weight(o * params.n_in + i);
     }
+    return block_scale(o, i / QBLOCK) * level_at(o, i);
+}
+
+// The level of element (o, i) of a quantized, row-major w (its value over the scale).
+fn level_at(o: u32, i: u32) -> f32 {
     let b = i / QBLOCK;
     let e = i % QBLOCK;
     let word = w[o * row_words() + b * WPB + e / VPW];
     let slot = e % VPW;
-    var level: f32;
     if (W_FMT == W_Q8) {
-        level = f32(bitcast<i32>(word << (24u - 8u * slot)) >> 24u);
-    } else {
-        level = f32(i32((word >> (4u * slot)) & 15u) - 8);
+        return f32(bitcast<i32>(word << (24u - 8u * slot)) >> 24u);
     }
-    return block_scale(o, b) * level;
+    return f32(i32((word >> (4u * slot)) & 15u) - 8);
 }
 
 // silu(v) = v * sigmoid(v), with exp only of -|v| so nothing overflows (exp(-v) is inf
@@ -729,14 +731,19 @@ fn gemv_wide(@builtin(local_invocation_index) t: u32,
 // ---- GEMM: prefill-sized batches -----------------------------------------------------
 // A workgroup computes a TILE_R x TILE_O block of y with 16 x 16 invocations, each owning
 // a 4 x 4 sub-block; K is walked in steps of TILE_K through workgroup memory:
-// xs[TILE_R][TILE_K] and ws[TILE_O][TILE_K] (8 KiB together).
+// xs[TILE_R][TILE_K] and ws[TILE_K][TILE_O] (8 KiB together). ws is k-major so the
+// inner loop reads each invocation's 4 outputs as one run of 4 floats: neighbouring
+// invocations (lid.x) read neighbouring runs, where an output-major ws put all 16 of a
+// row of invocations on one bank (a 16-way conflict). A quantized w's block scale is read
+// once per invocation and slab: TILE_K divides QBLOCK, so an invocation's 4 values of a
+// row (one run of 4 along k) share a block.
 // Must match GEMM_TILE on the host (rows and outputs per tile).
 const TILE_R: u32 = 64u;
 const TILE_O: u32 = 64u;
 const TILE_K: u32 = 16u;
 
 var<workgroup> xs: array<array<f32, TILE_K>, TILE_R>;
-var<workgroup> ws: array<array<f32, TILE_K>, TILE_O>;
+var<workgroup> ws: array<array<f32, TILE_O>, TILE_K>;
 
 @compute @workgroup_size(16, 16)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
@@ -760,6 +767,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     let ox = lid.x * 4u;
     for (var k0 = 0u; k0 < params.n_in; k0 += TILE_K) {
         // 256 invocations load 64 x 16 values of each operand: 4 each, zero past the edges.
+        var scale = 0.0;
         for (var e = 0u; e < 4u; e++) {
             let flat = t * 4u + e;
             let rr = flat / TILE_K;
@@ -781,14 +789,21 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
             }
             var wv = 0.0;
             if (out0 + ro < params.n_out && k0 + ko < params.n_in) {
-                wv = weight_at(out0 + ro, k0 + ko);
+                if (quantized()) {
+                    if (e == 0u) {  // ro and the block are the same for e = 0 .. 3
+                        scale = block_scale(out0 + ro, (k0 + ko) / QBLOCK);
+                    }
+                    wv = scale * level_at(out0 + ro, k0 + ko);
+                } else {
+                    wv = weight_at(out0 + ro, k0 + ko);
+                }
             }
-            ws[ro][ko] = wv;
+            ws[ko][ro] = wv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
             let a = vec4<f32>(xs[ry][kk], xs[ry + 1u][kk], xs[ry + 2u][kk], xs[ry + 3u][kk]);
-            let b = vec4<f32>(ws[ox][kk], ws[ox + 1u][kk], ws[ox + 2u][kk], ws[ox + 3u][kk]);
+            let b = vec4<f32>(ws[kk][ox], ws[kk][ox + 1u], ws[kk][ox + 2u], ws[kk][ox + 3u]);
             acc0 += a.x * b;
             acc1 += a.y * b;
             acc2 += a.z * b;
