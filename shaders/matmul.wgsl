@@ -176,10 +176,6 @@ const PRO_NORM: u32 = 1u;
 const PRO_WHT: u32 = 2u;
 override PRO: u32 = PRO_NONE;
 override WRITE_X: bool = false;
-// Each row's transform and sum of squares by one invocation, no barrier inside (CPU
-// adapters, where a barrier costs more than the work; as hadamard.wgsl's wht_rows):
-// three barriers per workgroup whatever the width, against log2(n_in) + 3 per row.
-override SERIAL: bool = false;
 
 // f32s of staged inputs; must match PROLOGUE_STAGE on the host. The GEMVs' partial sums
 // reuse it after their dot loops (2048 values), so every GEMV declares just this array.
@@ -230,10 +226,6 @@ fn stage_load4(t: u32, wg: u32, r0: u32, nr: u32) {
 // in uniform control flow; ends with a barrier.
 fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
     stage_r0 = r0;
-    if (SERIAL) {
-        stage_rows_serial(t, wg, r0, nr, writer);
-        return;
-    }
     let n = params.n_in;
     if (PRO == PRO_WHT) {
         // Butterflies of half-width h = 1, 2, 4, ...: the order of the CPU reference.
@@ -284,56 +276,6 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
             total += sums2[g];
         }
         let inv_rms = inverseSqrt(total / f32(n) + params.eps);
-        for (var i = t; i < n; i += wg) {
-            let v = stage[r * n + i] * inv_rms * norm_w[i];
-            stage[r * n + i] = v;
-            if (WRITE_X && writer) {
-                xout[(r0 + r) * n + i] = v;
-            }
-        }
-    }
-    workgroupBarrier();
-}
-
-// stage_inputs with SERIAL: invocation r makes row r's transform, affine and sum of
-// squares alone (the same butterflies in the same order as the parallel path), then all
-// scale the rows.
-fn stage_rows_serial(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
-    let n = params.n_in;
-    workgroupBarrier();  // the loaded rows
-    if (t < nr) {
-        let base = t * n;
-        if (PRO == PRO_WHT) {
-            // Blocks of 2h, butterflies (i, i + h) in each: no division in the loop.
-            for (var h = 1u; h < n; h *= 2u) {
-                for (var j = base; j < base + n; j += 2u * h) {
-                    for (var i = j; i < j + h; i++) {
-                        let a = stage[i];
-                        let c = stage[i + h];
-                        stage[i] = a + c;
-                        stage[i + h] = a - c;
-                    }
-                }
-            }
-            for (var i = 0u; i < n; i++) {
-                let v = resid[(r0 + t) * n + i] + gamma[i] * stage[base + i] * params.wht_scale
-                    + beta[i];
-                stage[base + i] = v;
-                if (writer) {
-                    xout[(r0 + t) * n + i] = v;
-                }
-            }
-        }
-        var acc = 0.0;
-        for (var i = 0u; i < n; i++) {
-            let v = stage[base + i];
-            acc += v * v;
-        }
-        sums[t] = inverseSqrt(acc / f32(n) + params.eps);
-    }
-    workgroupBarrier();
-    for (var r = 0u; r < nr; r++) {
-        let inv_rms = sums[r];
         for (var i = t; i < n; i += wg) {
             let v = stage[r * n + i] * inv_rms * norm_w[i];
             stage[r * n + i] = v;

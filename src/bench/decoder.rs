@@ -409,6 +409,8 @@ impl<'g> Runner<'g> {
 /// Timed generations per measurement: the median of three. Software adapters share the
 /// CPU with everything else on the machine.
 const ROUNDS: usize = 3;
+/// Timed generations of each model in a paper cell, the two alternating.
+pub const PAPER_ROUNDS: usize = ROUNDS;
 /// Replays of each profiled step (the profile gives medians).
 const PROFILE_REPEATS: usize = 5;
 
@@ -493,7 +495,10 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
                 &[256, 512, 1024, 2048, 4096],
                 &[1, 4, 16],
                 &[128, 512, 2048],
-                8,
+                // Decode is timed over new_tokens - 1 steps: at 8 (7 steps, a few ms at
+                // the small widths) lavapipe's gains at batch 1 swung by +-40% between
+                // cells; prefill still dominates the big cells' time.
+                32,
             )
         };
     let mut out = Vec::new();
@@ -549,7 +554,7 @@ pub async fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, Be
         }
     };
     // Alternate the two so a slow spell of the machine hits both alike.
-    for _ in 0..ROUNDS {
+    for _ in 0..PAPER_ROUNDS {
         dense.time().await?;
         hadamard.time().await?;
     }

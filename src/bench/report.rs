@@ -223,10 +223,15 @@ impl Report {
             s.push_str(&weight_formats_table(&self.decoder));
         }
         if !self.paper.is_empty() {
+            let new_tokens = (self.paper.iter())
+                .find_map(|p| p.dense.as_ref().map(|d| d.new_tokens))
+                .unwrap_or(0);
             let _ = write!(
                 s,
-                "## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, {} weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput.\n\n| d_model | batch | context | params | peak memory | prefill | decode |\n|---:|---:|---:|---:|---:|---:|---:|\n",
-                self.options.weights.name()
+                "## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, {} weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput. Throughputs are medians of {} generations of each model, the two alternating, each prefilling the context less the new tokens, then generating {} new tokens per sequence.\n\n| d_model | batch | context | params | peak memory | prefill | decode |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+                self.options.weights.name(),
+                super::decoder::PAPER_ROUNDS,
+                new_tokens,
             );
             for p in &self.paper {
                 match &p.skipped {

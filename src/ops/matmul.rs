@@ -15,8 +15,11 @@ use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader}
 /// partial sums' layout in its `stage`).
 const GEMV_WORKGROUP: u32 = 64;
 /// `GEMV_WG` of the CPU adapters' GEMVs with the Hadamard prologue (at most 256, as
-/// above): fewer workgroups, so fewer repeats of the row's transform.
-const PROLOGUE_CPU_WORKGROUP: u32 = 128;
+/// above): fewer workgroups, so fewer repeats of the row's transform. 256 against 128
+/// (each with the butterflies spread over the workgroup, log2(n_in) barriers): the
+/// Hadamard d_model 1024 x 8 gate/up products 1.65-1.73x the q/k/v ones' time against
+/// 1.84-1.90x, lavapipe (`walsh profile --json`).
+const PROLOGUE_CPU_WORKGROUP: u32 = 256;
 /// Invocations per workgroup of the wide GEMV (`GEMV_WG` there, at most 256, the length
 /// of its `wide_partial`): GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES output units per
 /// workgroup.
@@ -493,8 +496,7 @@ fn encode_full(
             let write_x = matches!(prologue, Prologue::Norm { out: Some(_), .. });
             key = key
                 .with("PRO", prologue.code())
-                .with_flag("WRITE_X", write_x)
-                .with_flag("SERIAL", gpu.is_cpu_adapter());
+                .with_flag("WRITE_X", write_x);
         }
     }
     // The GEMVs reach the prologue's slots in their code (unused without one: x and y
