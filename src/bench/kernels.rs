@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::measure::{Stats, time_encoder, time_pass};
 use super::{BenchError, BenchOptions};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
+use crate::model::quant::{QuantFormat, QuantMatrix};
 use crate::ops::attention::{Attention, AttnShape, row_table};
 use crate::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath};
 use crate::ops::{Matrix, copy, matmul};
@@ -54,45 +55,57 @@ impl KernelCase {
     }
 }
 
-/// The widths of the WHT cases `options` selects.
+/// The widths of the WHT cases `options` selects: every power of two from 256 to 16384.
 pub fn widths(options: &BenchOptions) -> Vec<usize> {
-    let all: &[usize] = if options.quick {
-        &[256, 1024]
+    let all: Vec<usize> = if options.quick {
+        vec![256, 1024]
     } else {
-        &[256, 1024, 4096, 16384]
+        (8..=14).map(|k| 1 << k).collect()
     };
-    all.iter()
-        .copied()
+    all.into_iter()
         .filter(|&n| n <= options.max_kernel_n)
         .collect()
 }
 
-/// Rows so each buffer holds `elems` values: enough to fill a GPU.
-fn elems(options: &BenchOptions) -> usize {
-    if options.quick { 1 << 16 } else { 1 << 22 }
+/// Rows of the batched WHT cases: 4096, enough to fill a GPU (16 in a quick run).
+fn batch_rows(options: &BenchOptions) -> usize {
+    if options.quick { 16 } else { 4096 }
 }
+
+/// `rows` halved until a buffer of `rows` rows of `n` f32s fits the adapter's bindings.
+fn fitting_rows(gpu: &Gpu, n: usize, rows: usize) -> usize {
+    let mut rows = rows.max(1);
+    while rows > 1 && gpu.check_binding_size("x", (rows * n * 4) as u64).is_err() {
+        rows /= 2;
+    }
+    rows
+}
+
+/// The weight formats of the decode-sized GEMV cases.
+const GEMV_KERNELS: [&str; 3] = ["dense_gemv_f16", "dense_gemv_q8", "dense_gemv_q4"];
 
 /// Every kernel case this adapter can hold.
 pub fn cases(gpu: &Gpu, options: &BenchOptions) -> Vec<KernelCase> {
     let mut out = Vec::new();
     for n in widths(options) {
-        let rows = (elems(options) / n).max(1);
-        for kernel in ["wht_fast", "wht_naive", "wht_fused"] {
+        let rows = fitting_rows(gpu, n, batch_rows(options));
+        // The transform of one decode row and of a batch, against the copy shader.
+        for (kernel, one_row) in [
+            ("wht_fast", true),
+            ("wht_naive", false),
+            ("wht_fused", true),
+        ] {
+            if one_row {
+                out.push(KernelCase { kernel, n, rows: 1 });
+            }
             out.push(KernelCase { kernel, n, rows });
         }
-        // Decode-sized output projection: the fused WHT against a dense GEMV, one row.
-        out.push(KernelCase {
-            kernel: "wht_fused",
-            n,
-            rows: 1,
-        });
-        let fits = gpu.check_binding_size("W", n as u64 * n as u64 * 2).is_ok();
-        if fits {
-            out.push(KernelCase {
-                kernel: "dense_gemv_f16",
-                n,
-                rows: 1,
-            });
+        // Decode-sized output projections: the fused WHT above against a dense GEMV in
+        // each weight format, one row.
+        if gpu.check_binding_size("W", n as u64 * n as u64 * 2).is_ok() {
+            for kernel in GEMV_KERNELS {
+                out.push(KernelCase { kernel, n, rows: 1 });
+            }
             out.push(KernelCase {
                 kernel: "dense_gemm_f16",
                 n,
@@ -125,9 +138,9 @@ fn activations(gpu: &Gpu, label: &str, count: usize) -> Result<GpuBuffer, BenchE
     Ok(gpu.upload(MemoryCategory::Activations, label, &values(count))?)
 }
 
-/// Copy bandwidth over 16 MiB (1 MiB quick) buffers.
+/// Copy bandwidth over 64 MiB (1 MiB quick) buffers.
 pub async fn roofline(gpu: &Gpu, options: &BenchOptions) -> Result<Roofline, BenchError> {
-    let count = elems(options) * 4;
+    let count = if options.quick { 1 << 18 } else { 1 << 24 };
     let bytes = (count * 4) as u64;
     let src = activations(gpu, "roofline src", count)?;
     let dst = gpu.storage(MemoryCategory::Activations, "roofline dst", bytes)?;
@@ -206,12 +219,25 @@ pub async fn measure(
             let flops = rows as f64 * n as f64 * (log2n + if fused { 3.0 } else { 1.0 });
             (time, 4 * moved as u64, flops as u64)
         }
-        "dense_gemv_f16" | "dense_gemm_f16" => {
-            let bits: Vec<u16> = values(n * n)
-                .iter()
-                .map(|&v| half::f16::from_f32(v * 0.05).to_bits())
-                .collect();
-            let w = Matrix::from_f16_bits(gpu, "W", &bits, n, n)?;
+        "dense_gemv_f16" | "dense_gemv_q8" | "dense_gemv_q4" | "dense_gemm_f16" => {
+            let values: Vec<f32> = values(n * n).iter().map(|&v| v * 0.05).collect();
+            let quant = match case.kernel {
+                "dense_gemv_q8" => Some(QuantFormat::Q8),
+                "dense_gemv_q4" => Some(QuantFormat::Q4),
+                _ => None,
+            };
+            let w = match quant {
+                Some(format) => {
+                    let q = QuantMatrix::quantize(format, n, n, &values)?;
+                    Matrix::from_quant(gpu, "W", &q)?
+                }
+                None => {
+                    let bits: Vec<u16> = (values.iter())
+                        .map(|&v| half::f16::from_f32(v).to_bits())
+                        .collect();
+                    Matrix::from_f16_bits(gpu, "W", &bits, n, n)?
+                }
+            };
             let x = activations(gpu, "x", rows * n)?;
             let y = gpu.storage(MemoryCategory::Activations, "y", (rows * n * 4) as u64)?;
             let time = time_pass(gpu, repeats, |pass| {
@@ -227,8 +253,9 @@ pub async fn measure(
             })
             .await?;
             // In u64: on wasm32 usize is 32 bits, and 2 * 256 * 4096^2 is 2^33.
+            let weight_bytes = w.format.matrix_bytes(n, n) as u64;
             let (n, rows) = (n as u64, rows as u64);
-            (time, 2 * n * n + 8 * rows * n, 2 * rows * n * n)
+            (time, weight_bytes + 8 * rows * n, 2 * rows * n * n)
         }
         "attention_decode" | "attention_prefill" => {
             let head_dim = 64.min(n);
