@@ -168,10 +168,12 @@ else
   log "peer: no llama.cpp build in ${PEER_CACHE:-$HOME/.cache/walsh-peer} (skipped)"
 fi
 
-# The kernel, decoder and paper suites on the first adapter, each bounded (a suite killed
-# at its bound writes no report).
+# The kernel, decoder and paper suites on the first adapter, each bounded: after
+# BENCH_SECONDS a suite starts no new case and writes what it measured (the timeout only
+# catches a case that hangs).
 for suite in ${SUITES:-kernels decoder paper}; do
-  timeout "${BENCH_SECONDS:-120}" $W --adapter 0 bench --suite $suite --max-context 512 \
+  timeout $((${BENCH_SECONDS:-120} * 3 + 60)) $W --adapter 0 bench --suite $suite --max-context 512 \
+    --seconds "${BENCH_SECONDS:-120}" \
     --max-d-model "${PAPER_D:-8192}" --out "$OUT/bench-$suite" > "$OUT/bench-$suite.log" 2>&1
   tail -2 "$OUT/bench-$suite.log"
 done

@@ -145,6 +145,34 @@ fn greedy_text_is_the_same_on_cpu_and_every_adapter() {
 }
 
 #[test]
+fn bench_seconds_stops_starting_cases_and_writes_what_it_measured() {
+    // --seconds 0: the roofline only, every case left unstarted, the report still sound.
+    let dir = tempfile::tempdir().unwrap();
+    let backend = backends()[0].clone();
+    let out = walsh(&[
+        "--adapter",
+        &backend,
+        "bench",
+        "--suite",
+        "kernels,paper",
+        "--quick",
+        "--seconds",
+        "0",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped after"));
+    let json = (std::fs::read_dir(dir.path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a report");
+    let text = std::fs::read_to_string(&json).unwrap();
+    let report = Report::from_json(&json.display().to_string(), &text).unwrap();
+    assert!(report.kernels.is_empty() && report.paper.is_empty());
+    assert!(report.roofline.copy_shader_gb_per_s > 0.0);
+}
+
+#[test]
 fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();

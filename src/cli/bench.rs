@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use walsh::bench::page::PageVsNative;
 use walsh::bench::report::{Environment, files, merge};
-use walsh::bench::{BenchOptions, Report, Suite, run};
+use walsh::bench::{BenchOptions, Report, Suite, run_until};
 use walsh::gpu::adapter::{enumerate, native_instance};
 use walsh::gpu::{AdapterSelector, Gpu};
 use walsh::ops::WeightFormat;
@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Largest width of the kernel suite (default 16384).
     #[arg(long)]
     pub max_kernel_n: Option<usize>,
+    /// Stop starting new cases after this many seconds and write the report of those
+    /// measured (a case under way finishes first). Default: no bound.
+    #[arg(long)]
+    pub seconds: Option<f64>,
     /// KV cache format of the attention kernels and the decoders: f16, f32, q8, q4, q8r or
     /// q4r (as `walsh generate --kv-cache`).
     #[arg(long, default_value = "f16")]
@@ -161,13 +165,32 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
             ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
                 .expect("valid template"),
         );
+        let stopped = std::cell::Cell::new(false);
         let mut progress = |what: &str, done: usize, total: usize| {
+            stopped.set(what == "stopped");
             bar.set_length(total as u64);
             bar.set_position(done as u64);
             bar.set_message(what.to_string());
         };
-        let report = pollster::block_on(run(gpu, &options, Environment::native(), &mut progress))?;
+        let start = std::time::Instant::now();
+        let over = || {
+            args.seconds
+                .is_some_and(|s| start.elapsed().as_secs_f64() >= s)
+        };
+        let report = pollster::block_on(run_until(
+            gpu,
+            &options,
+            Environment::native(),
+            &mut progress,
+            &over,
+        ))?;
         bar.finish_and_clear();
+        if stopped.get() {
+            eprintln!(
+                "stopped after {:.0} s (--seconds): the report holds the cases measured by then",
+                start.elapsed().as_secs_f64()
+            );
+        }
         for (name, text) in files(&report) {
             let path = args.out.join(&name);
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -303,6 +326,7 @@ fn contribute(adapter: &str, weights: WeightsArg) -> Result<()> {
         max_d_model: None,
         max_context: None,
         max_kernel_n: None,
+        seconds: None,
         kv_cache: KvFormat::default(),
         weights,
         contribute: false,
