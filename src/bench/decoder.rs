@@ -406,11 +406,10 @@ impl<'g> Runner<'g> {
     }
 }
 
-/// Timed generations per measurement: the median of three. Software adapters share the
-/// CPU with everything else on the machine.
-const ROUNDS: usize = 3;
-/// Timed generations of each model in a paper cell, the two alternating.
-pub const PAPER_ROUNDS: usize = ROUNDS;
+/// Timed generations per measurement (in a paper cell, of each model, the two
+/// alternating): the median of three. Software adapters share the CPU with everything
+/// else on the machine.
+pub const ROUNDS: usize = 3;
 /// Replays of each profiled step (the profile gives medians).
 const PROFILE_REPEATS: usize = 5;
 
@@ -554,7 +553,7 @@ pub async fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, Be
         }
     };
     // Alternate the two so a slow spell of the machine hits both alike.
-    for _ in 0..PAPER_ROUNDS {
+    for _ in 0..ROUNDS {
         dense.time().await?;
         hadamard.time().await?;
     }

@@ -230,7 +230,7 @@ impl Report {
                 s,
                 "## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, {} weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput. Throughputs are medians of {} generations of each model, the two alternating, each prefilling the context less the new tokens, then generating {} new tokens per sequence.\n\n| d_model | batch | context | params | peak memory | prefill | decode |\n|---:|---:|---:|---:|---:|---:|---:|\n",
                 self.options.weights.name(),
-                super::decoder::PAPER_ROUNDS,
+                super::decoder::ROUNDS,
                 new_tokens,
             );
             for p in &self.paper {

@@ -165,9 +165,10 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
             ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
                 .expect("valid template"),
         );
-        let stopped = std::cell::Cell::new(false);
+        // Cases left unmeasured when the run ended (the bound stopped it).
+        let left = std::cell::Cell::new(0);
         let mut progress = |what: &str, done: usize, total: usize| {
-            stopped.set(what == "stopped");
+            left.set(total - done);
             bar.set_length(total as u64);
             bar.set_position(done as u64);
             bar.set_message(what.to_string());
@@ -185,7 +186,7 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
             &over,
         ))?;
         bar.finish_and_clear();
-        if stopped.get() {
+        if left.get() > 0 {
             eprintln!(
                 "stopped after {:.0} s (--seconds): the report holds the cases measured by then",
                 start.elapsed().as_secs_f64()

@@ -18,7 +18,7 @@ const GEMV_WORKGROUP: u32 = 64;
 /// above): fewer workgroups, so fewer repeats of the row's transform. 256 against 128
 /// (each with the butterflies spread over the workgroup, log2(n_in) barriers): the
 /// Hadamard d_model 1024 x 8 gate/up products 1.65-1.73x the q/k/v ones' time against
-/// 1.84-1.90x, lavapipe (`walsh profile --json`).
+/// 1.86-1.91x, lavapipe (`walsh profile --json`).
 const PROLOGUE_CPU_WORKGROUP: u32 = 256;
 /// Invocations per workgroup of the wide GEMV (`GEMV_WG` there, at most 256, the length
 /// of its `wide_partial`): GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES output units per
