@@ -14,8 +14,9 @@
 // transform runs as butterflies: each invocation holds V values of one chunk in registers
 // and does LOG_V stages there; the remaining stages go through workgroup memory (or
 // subgroup shuffles) in rounds of LOG_V stages, one barrier per round. The M x M mix
-// across chunks (M in 12, 20, 28) reads the sign of H_M from `hm_signs`. The scale and the
-// epilogue `out = resid + gamma * y * scale + beta` are applied on store.
+// across chunks (M = 1 or a core order 12, 20, ..., 180: src/ops/hadamard/construct.rs)
+// reads the signs of H_M from `hm_signs`. The scale and the epilogue
+// `out = resid + gamma * y * scale + beta` are applied on store.
 
 // Must match `WhtParams` in src/ops/hadamard/mod.rs.
 struct Params {
@@ -30,11 +31,11 @@ struct Params {
 const TILE: u32 = 4096u;
 // Register values per invocation at most; must match MAX_VALUES_PER_INVOCATION on the host.
 const MAX_V: u32 = 16u;
-// Largest small Hadamard order.
-const MAX_M: u32 = 28u;
+// Largest core Hadamard order; must match construct::MAX_CORE on the host.
+const MAX_M: u32 = 180u;
 
 // Pipeline constants, all set by the host (src/ops/hadamard/mod.rs, `fast_key`/`naive_key`).
-override M: u32 = 1u;        // small Hadamard factor: 1, 12, 20 or 28
+override M: u32 = 1u;        // core Hadamard factor: 1 or one of 12, 20, ..., 180
 override P: u32 = 2u;        // power-of-two factor
 override LOG_P: u32 = 1u;
 override V: u32 = 2u;        // values per invocation (power of two, <= P, <= MAX_V)
@@ -53,8 +54,10 @@ override EPI_BETA: bool = false;
 @group(0) @binding(3) var<storage, read> resid: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> beta: array<f32>;
-// Row c of H_M as a bit mask: bit c' set means H_M[c][c'] = -1 (H_M is symmetric).
+// H_M as bit masks, SIGN_WORDS words per row (cpu::sign_masks on the host): bit c' % 32
+// of word c' / 32 of row c set means H_M[c][c'] = -1 (H_M is symmetric).
 @group(0) @binding(6) var<storage, read> hm_signs: array<u32>;
+override SIGN_WORDS: u32 = (M + 31u) / 32u;
 
 var<workgroup> tile: array<f32, TILE>;
 var<private> reg: array<f32, MAX_V>;
@@ -149,6 +152,42 @@ fn subgroup_stage_count(sg_size: u32) -> u32 {
     return min(firstTrailingBit(sg_size), LOG_P - LOG_V);
 }
 
+// Row r of the M x M mix: sum_c H_M[r][c] u[c], u[c] = tile[base + c * stride], in the
+// order c = 0, 1, ... (as every mix here and `fwht` on the CPU). The sign words are the
+// same for every lane that mixes row r: one broadcast load per 32 columns.
+fn mix_tile(r: u32, base: u32, stride: u32) -> f32 {
+    var acc = 0.0;
+    for (var w = 0u; w < SIGN_WORDS; w++) {
+        let signs = hm_signs[r * SIGN_WORDS + w];
+        for (var b = 0u; b < 32u; b++) {  // constant trip count: see mix_private
+            let c = 32u * w + b;
+            if (c < M) {
+                let u = tile[base + c * stride];
+                acc += select(u, -u, ((signs >> b) & 1u) == 1u);
+            }
+        }
+    }
+    return acc;
+}
+
+// The same over a column held in a private array (the naive and by-rows kernels). The
+// inner loop has a constant trip count, so it unrolls: llvmpipe bounds the iterations a
+// loop may run in one invocation, and a by-rows mix of 36 x 64 ran past that (wrong
+// results) when this loop's bounds depended on w.
+fn mix_private(r: u32, u: ptr<function, array<f32, MAX_M>>) -> f32 {
+    var acc = 0.0;
+    for (var w = 0u; w < SIGN_WORDS; w++) {
+        let signs = hm_signs[r * SIGN_WORDS + w];
+        for (var b = 0u; b < 32u; b++) {
+            let c = 32u * w + b;
+            if (c < M) {
+                acc += select((*u)[c], -(*u)[c], ((signs >> b) & 1u) == 1u);
+            }
+        }
+    }
+    return acc;
+}
+
 // The fast kernel for one workgroup. `t` is local_invocation_index, `wid` the workgroup
 // id, `sg_size` the subgroup size (1 when subgroups are not used).
 fn wht_tile(t: u32, wid: vec3<u32>, sg_size: u32) {
@@ -199,33 +238,28 @@ fn wht_tile(t: u32, wid: vec3<u32>, sg_size: u32) {
         return;
     }
 
-    // Mix the M chunks: y[c'] = sum_c H_M[c'][c] u[c] for every (line, position, column).
+    // Mix the M chunks: y[r] = sum_c H_M[r][c] u[c] for every (line, position, column),
+    // one output per item, its M inputs read from workgroup memory (M up to 180 values
+    // would not stay in registers). Items run r-major: neighbouring lanes share r (the
+    // sign words) and store neighbouring addresses.
     for (var j = 0u; j < V; j++) {
         tile[tile_index(l, l.c * P + position(l.g, lo, j))] = reg[j];
     }
     workgroupBarrier();
-    var u: array<f32, MAX_M>;
-    for (var item = t; item < LB * P * LS; item += WG) {
+    let per_r = LB * P * LS;
+    for (var item = t; item < M * per_r; item += WG) {
+        let r = item / per_r;
+        let rest = item % per_r;
         var k: Lane = l;
-        k.sl = item % LS;
-        k.bl = item / (LS * P);
+        k.sl = rest % LS;
+        k.bl = rest / (LS * P);
         k.b = (tile_id / (S / LS)) * LB + k.bl;
         k.s = (tile_id % (S / LS)) * LS + k.sl;
         if (k.b >= params.lines) {
             continue;
         }
-        let ip = (item / LS) % P;
-        for (var c = 0u; c < M; c++) {
-            u[c] = tile[tile_index(k, c * P + ip)];
-        }
-        for (var r = 0u; r < M; r++) {
-            let signs = hm_signs[r];
-            var acc = 0.0;
-            for (var c = 0u; c < M; c++) {
-                acc += select(u[c], -u[c], ((signs >> c) & 1u) == 1u);
-            }
-            store(k, r * P + ip, acc);
-        }
+        let ip = (rest / LS) % P;
+        store(k, r * P + ip, mix_tile(r, tile_index(k, ip), P * LS));
     }
 }
 
@@ -269,12 +303,7 @@ fn wht_naive_mix(@builtin(global_invocation_id) gid: vec3<u32>,
         u[c] = dst[base + c * P];
     }
     for (var r = 0u; r < M; r++) {
-        let signs = hm_signs[r];
-        var acc = 0.0;
-        for (var c = 0u; c < M; c++) {
-            acc += select(u[c], -u[c], ((signs >> c) & 1u) == 1u);
-        }
-        dst[base + r * P] = acc * params.scale;
+        dst[base + r * P] = mix_private(r, &u) * params.scale;
     }
 }
 
@@ -318,12 +347,7 @@ fn wht_rows(@builtin(global_invocation_id) gid: vec3<u32>,
                 u[c] = dst[base + c * P + ip];
             }
             for (var r = 0u; r < M; r++) {
-                let signs = hm_signs[r];
-                var acc = 0.0;
-                for (var c = 0u; c < M; c++) {
-                    acc += select(u[c], -u[c], ((signs >> c) & 1u) == 1u);
-                }
-                dst[base + r * P + ip] = acc;
+                dst[base + r * P + ip] = mix_private(r, &u);
             }
         }
     }

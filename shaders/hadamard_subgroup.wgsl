@@ -1,8 +1,12 @@
 
 // ---- hadamard_subgroup.wgsl: appended to hadamard.wgsl on adapters with SUBGROUP ----
 //
-// Assumes lane = local_invocation_index % subgroup_size (true of 1-D workgroups on the
-// drivers walsh runs on; the tests compare this path with the shared-memory one).
+// An invocation's slot in the tile is subgroup_id * subgroup_size + subgroup_invocation_id,
+// not local_invocation_index: neither WGSL nor Vulkan says how a driver lays subgroups out
+// over a workgroup, and a shuffle partner (lane ^ mask) must hold group g ^ mask. That
+// numbering covers 0 .. WG exactly when every subgroup is full, which the host ensures by
+// taking this path only for workgroups a multiple of the adapter's largest subgroup size
+// (`dispatch_fast` in src/ops/hadamard/mod.rs).
 
 // Butterfly stages on bits 0 .. count of ip, which in round 0 are the low bits of the
 // group g, i.e. across lanes: partner values come from subgroupShuffleXor. The lower lane
@@ -20,8 +24,9 @@ fn subgroup_stages(g: u32, count: u32) {
 }
 
 @compute @workgroup_size(WG)
-fn wht_fast(@builtin(local_invocation_index) t: u32,
+fn wht_fast(@builtin(subgroup_id) sg: u32,
+            @builtin(subgroup_invocation_id) lane: u32,
             @builtin(workgroup_id) wid: vec3<u32>,
             @builtin(subgroup_size) sg_size: u32) {
-    wht_tile(t, wid, sg_size);
+    wht_tile(sg * sg_size + lane, wid, sg_size);
 }

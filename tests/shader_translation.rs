@@ -34,6 +34,7 @@ use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
 use walsh::ops::attention::KvFormat;
+use walsh::ops::hadamard::construct::CORE_ORDERS;
 use walsh::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath, cpu::WhtSize};
 use walsh::ops::matmul::Kernel;
 use walsh::ops::sample::SamplingParams;
@@ -267,6 +268,17 @@ fn wht_sweep(gpu: &Gpu) {
     for m in [12, 20, 28] {
         widths.extend((0..12).map(|k| m << k));
     }
+    // Every other core order at the sizes that change a kernel's shape: m x 1, m x 2,
+    // the largest single pass (n <= 4096) and the largest.
+    for m in CORE_ORDERS
+        .into_iter()
+        .filter(|m| ![12, 20, 28].contains(m))
+    {
+        let top = |limit: usize| m << (limit / m).ilog2();
+        widths.extend([m, 2 * m, top(4096), top(32768)]);
+    }
+    widths.sort_unstable();
+    widths.dedup();
     widths.retain(|&n| WhtSize::new(n).is_ok());
     let rows = 2;
     let mut paths = vec![WhtPath::Auto, WhtPath::Shared];

@@ -156,6 +156,31 @@ fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
     }
 }
 
+/// Hadamard W_O at real models' widths that are not powers of two (576 = 36 x 16 as
+/// SmolLM2-135M, 960 = 60 x 16 as SmolLM2-360M; head size 64): greedy tokens identical on
+/// the CPU and every adapter (the GPU takes the tiled WHT with the fused epilogue there,
+/// not the power-of-two GEMV prologue).
+#[test]
+fn hadamard_at_paley_widths_decodes_greedy_identical_on_every_device() {
+    let gpus = test_gpus();
+    for (d, seed) in [(576, 21), (960, 22)] {
+        let config = Config {
+            num_attention_heads: d / 64,
+            intermediate_size: 256,
+            ..config(d, AttnOutput::Hadamard, Query::Dense)
+        };
+        let m = model(config, seed, true);
+        let prompts = vec![prompt(7, seed as u32)];
+        let mut cpu = CpuBatch::new(&m, 1, 48, KV).unwrap();
+        let want = run(&mut cpu, &prompts, 16, SamplingParams::greedy());
+        for gpu in &gpus {
+            let mut dec = GpuDecoder::new(gpu, &m, 1, 48, KV).unwrap();
+            let got = run(&mut dec, &prompts, 16, SamplingParams::greedy());
+            assert_eq!(got, want, "d={d} greedy tokens on {}", gpu.describe());
+        }
+    }
+}
+
 #[test]
 fn batched_generation_equals_one_at_a_time() {
     let m = model(

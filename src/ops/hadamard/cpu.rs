@@ -2,27 +2,79 @@
 //! scalar FWHT and the dense matrix. The GPU kernels, the trainer and the tests all take
 //! their definition of H from here.
 
+use std::sync::OnceLock;
+
 use thiserror::Error;
 
 /// Largest supported transform length.
 pub const MAX_N: usize = 32768;
 
-/// Orders of the non-power-of-two Hadamard factors walsh supports.
-pub const SMALL_ORDERS: [usize; 3] = [12, 20, 28];
+use super::construct::{CORE_ORDERS, MISSING_ORDERS, construction};
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error(
-    "unsupported Walsh–Hadamard size {n}: supported sizes are powers of two from 2 to 32768, \
-     and 12, 20 or 28 times a power of two up to 32768 (e.g. 768, 1536, 2560, 3584)"
+    "unsupported Walsh–Hadamard size {n}: {reason}. Supported: n = m * 2^k up to 32768 with \
+     m = 1 or one of {cores} (e.g. 576, 768, 960, 1536, 2304); nearest supported: {near}"
 )]
 pub struct UnsupportedSize {
     pub n: usize,
+    /// Why this n has no transform.
+    pub reason: String,
+    /// The nearest supported sizes below and above, as text.
+    pub near: String,
+    cores: String,
 }
 
-/// A supported length n = m * p, with m in {1, 12, 20, 28} and p a power of two.
+impl UnsupportedSize {
+    fn new(n: usize) -> Self {
+        let odd = if n == 0 { 0 } else { n >> n.trailing_zeros() };
+        let reason = if !(2..=MAX_N).contains(&n) {
+            format!("lengths run from 2 to {MAX_N}")
+        } else if !n.is_multiple_of(4) {
+            "a Hadamard matrix has order 1, 2 or a multiple of 4".to_string()
+        } else if let Some(m) = MISSING_ORDERS
+            .iter()
+            .copied()
+            .find(|&m| n.is_multiple_of(m) && (n / m).is_power_of_two())
+        {
+            format!(
+                "it needs a Hadamard matrix of order {m} = {odd} x {}, which Paley's \
+                 constructions and doubling do not give (orders 92, 116, 156 and 172 need \
+                 others, not implemented)",
+                m / odd
+            )
+        } else {
+            format!(
+                "its odd part {odd} needs a Hadamard matrix of order {odd} x 4 or more, \
+                 beyond the largest order built ({})",
+                super::construct::MAX_CORE
+            )
+        };
+        let below = (2..n.min(MAX_N + 1))
+            .rev()
+            .find(|&k| core_order(k).is_some());
+        let above = (n.max(2)..=MAX_N).find(|&k| core_order(k).is_some());
+        let near = match (below, above) {
+            (Some(b), Some(a)) => format!("{b} and {a}"),
+            (Some(x), None) | (None, Some(x)) => x.to_string(),
+            (None, None) => "none".to_string(),
+        };
+        let cores = CORE_ORDERS.map(|m| m.to_string()).join(", ");
+        Self {
+            n,
+            reason,
+            near,
+            cores,
+        }
+    }
+}
+
+/// A supported length n = m * p: p a power of two and m = 1 or the smallest core order
+/// ([`CORE_ORDERS`]: 12, 20, 28, 36, ..., 180) with n / m a power of two.
 ///
 /// H_n = H_m (x) H_p (Kronecker product): index i = c * p + j (chunk c, position j) and
-/// H_n[c p + j][c' p + j'] = H_m[c][c'] * H_p[j][j'].
+/// H_n[c p + j][c' p + j'] = H_m[c][c'] * H_p[j][j']. Every factor is symmetric, so H_n
+/// is too: the normalized transform is orthogonal and its own inverse at every size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WhtSize {
     pub n: usize,
@@ -32,15 +84,8 @@ pub struct WhtSize {
 
 impl WhtSize {
     pub fn new(n: usize) -> Result<Self, UnsupportedSize> {
-        if !(2..=MAX_N).contains(&n) {
-            return Err(UnsupportedSize { n });
-        }
-        for m in [1, 12, 20, 28] {
-            if n.is_multiple_of(m) && (n / m).is_power_of_two() {
-                return Ok(Self { n, m, p: n / m });
-            }
-        }
-        Err(UnsupportedSize { n })
+        let m = core_order(n).ok_or_else(|| UnsupportedSize::new(n))?;
+        Ok(Self { n, m, p: n / m })
     }
 
     pub fn log2_p(&self) -> u32 {
@@ -48,113 +93,61 @@ impl WhtSize {
     }
 }
 
-/// The symmetric m x m Hadamard matrix walsh uses for m in {12, 20, 28} (and [1] for m = 1),
-/// entries +1 / -1, row major.
+/// The m of a supported length n, if n is one.
+fn core_order(n: usize) -> Option<usize> {
+    if !(2..=MAX_N).contains(&n) {
+        return None;
+    }
+    std::iter::once(1)
+        .chain(CORE_ORDERS)
+        .find(|&m| n.is_multiple_of(m) && (n / m).is_power_of_two())
+}
+
+/// Every supported length in `range`, ascending.
+pub fn supported_sizes(range: std::ops::RangeInclusive<usize>) -> Vec<usize> {
+    range.filter(|&n| core_order(n).is_some()).collect()
+}
+
+/// The symmetric m x m Hadamard matrix of core order m (a [`WhtSize::m`]: 1 or one of
+/// [`CORE_ORDERS`]), entries +1 / -1, row major. Built by `construct` (Paley II where it
+/// applies, else Paley I made symmetric).
 ///
-/// Paley's second construction from a prime power q = 1 (mod 4), with m = 2 (q + 1):
-/// q = 5 gives 12, q = 9 gives 20, q = 13 gives 28. The result is symmetric, so the
-/// normalized transform is its own inverse for every supported size.
-pub fn small_hadamard(m: usize) -> Vec<i8> {
-    let q = match m {
-        1 => return vec![1],
-        12 => 5,
-        20 => 9,
-        28 => 13,
-        _ => panic!("small_hadamard: order {m} is not one of 1, 12, 20, 28"),
-    };
-    let field = Field::new(q);
-    // Symmetric conference matrix C of order q + 1: C[0][0] = 0, C[0][k] = C[k][0] = 1,
-    // C[1 + a][1 + b] = chi(a - b) over GF(q).
-    let o = q + 1;
-    let mut c = vec![0i8; o * o];
-    for k in 1..o {
-        c[k] = 1;
-        c[k * o] = 1;
+/// Built once per order and kept: the CPU decoder transforms every row of every layer.
+pub fn small_hadamard(m: usize) -> &'static [i8] {
+    static BUILT: [OnceLock<Vec<i8>>; CORE_ORDERS.len()] = [const { OnceLock::new() }; _];
+    if m == 1 {
+        return &[1];
     }
-    for a in 0..q {
-        for b in 0..q {
-            c[(1 + a) * o + 1 + b] = field.chi(field.sub(a, b));
-        }
-    }
-    // Replace 0 by [[1, -1], [-1, -1]] and +-1 by +-[[1, 1], [1, -1]].
-    let mut h = vec![0i8; m * m];
-    for r in 0..o {
-        for s in 0..o {
-            let block: [[i8; 2]; 2] = match c[r * o + s] {
-                0 => [[1, -1], [-1, -1]],
-                v => [[v, v], [v, -v]],
-            };
-            for (dr, row) in block.iter().enumerate() {
-                for (ds, &x) in row.iter().enumerate() {
-                    h[(2 * r + dr) * m + 2 * s + ds] = x;
-                }
+    let k = CORE_ORDERS
+        .iter()
+        .position(|&c| c == m)
+        .unwrap_or_else(|| panic!("small_hadamard: {m} is not a core order (take m from WhtSize)"));
+    BUILT[k].get_or_init(|| {
+        construction(m)
+            .expect("every core order has a construction (tested)")
+            .matrix()
+    })
+}
+
+/// 32-bit words per row of [`sign_masks`] for order m.
+pub fn sign_words(m: usize) -> usize {
+    m.div_ceil(32)
+}
+
+/// H_m as bit masks, [`sign_words`] words per row: bit c' % 32 of word c' / 32 of row c
+/// set means H_m[c][c'] = -1. This is how the shaders receive the matrix.
+pub fn sign_masks(m: usize) -> Vec<u32> {
+    let h = small_hadamard(m);
+    let w = sign_words(m);
+    let mut masks = vec![0u32; m * w];
+    for r in 0..m {
+        for c in 0..m {
+            if h[r * m + c] < 0 {
+                masks[r * w + c / 32] |= 1 << (c % 32);
             }
         }
     }
-    h
-}
-
-/// Row c of H_m as a bit mask: bit c' set means H_m[c][c'] = -1. This is how the shader
-/// receives the matrix (m <= 32 bits fit one u32).
-pub fn sign_masks(m: usize) -> Vec<u32> {
-    let h = small_hadamard(m);
-    (0..m)
-        .map(|r| (0..m).fold(0u32, |acc, c| acc | (((h[r * m + c] < 0) as u32) << c)))
-        .collect()
-}
-
-/// GF(q) for q = 5, 9 or 13: integers mod q, or GF(3)[x] / (x^2 + 1) for q = 9.
-/// Elements are numbered 0..q; for q = 9, element a + 3 b stands for a + b x.
-struct Field {
-    q: usize,
-    squares: Vec<bool>,
-}
-
-impl Field {
-    fn new(q: usize) -> Self {
-        let mut f = Self {
-            q,
-            squares: vec![false; q],
-        };
-        for a in 1..q {
-            let s = f.mul(a, a);
-            f.squares[s] = true;
-        }
-        f
-    }
-
-    fn mul(&self, a: usize, b: usize) -> usize {
-        if self.q == 9 {
-            let (a0, a1, b0, b1) = (a % 3, a / 3, b % 3, b / 3);
-            // (a0 + a1 x)(b0 + b1 x) with x^2 = -1
-            let r0 = (a0 * b0 + 2 * a1 * b1) % 3;
-            let r1 = (a0 * b1 + a1 * b0) % 3;
-            r0 + 3 * r1
-        } else {
-            a * b % self.q
-        }
-    }
-
-    fn sub(&self, a: usize, b: usize) -> usize {
-        if self.q == 9 {
-            let r0 = (a % 3 + 3 - b % 3) % 3;
-            let r1 = (a / 3 + 3 - b / 3) % 3;
-            r0 + 3 * r1
-        } else {
-            (a + self.q - b) % self.q
-        }
-    }
-
-    /// Quadratic character: 0 for 0, 1 for a nonzero square, -1 otherwise.
-    fn chi(&self, a: usize) -> i8 {
-        if a == 0 {
-            0
-        } else if self.squares[a] {
-            1
-        } else {
-            -1
-        }
-    }
+    masks
 }
 
 /// Numbers the CPU transform works in.
@@ -282,35 +275,59 @@ mod tests {
 
     fn all_small_sizes() -> Vec<usize> {
         let mut v: Vec<usize> = (1..=10).map(|k| 1 << k).collect();
-        v.extend([12, 24, 20, 40, 28, 56, 96]);
+        v.extend([12, 24, 20, 40, 28, 56, 96, 36, 72, 60, 180, 360]);
         v
     }
 
     #[test]
     fn sizes_accepted_and_rejected() {
-        for n in [
-            2, 4, 1024, 4096, 8192, 32768, 12, 768, 1536, 2560, 3584, 28672,
+        for (n, m) in [
+            (2, 1),
+            (4, 1),
+            (32768, 1),
+            (12, 12),
+            (24, 12),
+            (768, 12),
+            (3584, 28),
+            (28672, 28),
+            (576, 36),
+            (960, 60),
+            (1152, 36),
+            (2304, 36),
+            (2880, 180),
+            (3840, 60),
+            (5376, 84),
+            (180, 180),
+            (23040, 180),
         ] {
             let s = WhtSize::new(n).unwrap();
-            assert_eq!(s.m * s.p, n);
+            assert_eq!((s.m, s.m * s.p), (m, n), "n = {n}");
         }
-        for n in [0, 1, 3, 6, 100, 36, 65536, 40000, 44] {
-            let e = WhtSize::new(n).unwrap_err();
-            assert!(e.to_string().contains("768, 1536"), "{e}");
+        for (n, why, near) in [
+            (0, "from 2 to 32768", "2"),
+            (1, "from 2 to 32768", "2"),
+            (6, "order 1, 2 or a multiple of 4", "4 and 8"),
+            (50, "order 1, 2 or a multiple of 4", "48 and 52"),
+            (92, "order 92 = 23 x 4", "88 and 96"),
+            (184, "order 92 = 23 x 4", "180 and 192"),
+            (172 * 8, "order 172 = 43 x 4", "1344 and 1408"),
+            (47 * 4, "odd part 47", "180 and 192"),
+            (65536, "from 2 to 32768", "32768"),
+            (46080, "from 2 to 32768", "32768"),
+        ] {
+            let e = WhtSize::new(n).unwrap_err().to_string();
+            assert!(e.contains(why), "{n}: {e}");
+            assert!(
+                e.contains(&format!("nearest supported: {near}")),
+                "{n}: {e}"
+            );
+            assert!(e.contains("12, 20, 28, 36"), "{e}");
         }
-        assert_eq!(
-            WhtSize::new(768).unwrap(),
-            WhtSize {
-                n: 768,
-                m: 12,
-                p: 64
-            }
-        );
     }
 
     #[test]
     fn small_matrices_are_symmetric_hadamard() {
-        for m in SMALL_ORDERS {
+        for m in CORE_ORDERS {
             let h = small_hadamard(m);
             for r in 0..m {
                 for c in 0..m {
@@ -319,12 +336,14 @@ mod tests {
                     assert_eq!(dot, if r == c { m as i32 } else { 0 }, "H_{m} orthogonal");
                 }
             }
-            let masks = sign_masks(m);
-            assert_eq!(masks.len(), m);
-            assert_eq!(
-                masks[0].count_ones() as usize,
-                (0..m).filter(|&c| h[c] < 0).count()
-            );
+            let (masks, w) = (sign_masks(m), sign_words(m));
+            assert_eq!(masks.len(), m * w);
+            for r in [0, m / 2, m - 1] {
+                for c in 0..m {
+                    let bit = (masks[r * w + c / 32] >> (c % 32)) & 1;
+                    assert_eq!(bit == 1, h[r * m + c] < 0, "H_{m} mask [{r}][{c}]");
+                }
+            }
         }
     }
 
@@ -345,7 +364,7 @@ mod tests {
 
     #[test]
     fn dense_matrix_is_orthogonal_and_involutive() {
-        for n in [8, 12, 20, 56] {
+        for n in [8, 12, 20, 56, 36, 120, 180] {
             let size = WhtSize::new(n).unwrap();
             let h = dense_matrix(size);
             for r in 0..n {

@@ -8,6 +8,7 @@
 //!   benchmarks and an independent check of the fast kernel.
 //! - [`cpu`]: the scalar reference, the dense matrix and the size rules.
 
+pub mod construct;
 pub mod cpu;
 #[cfg(test)]
 mod tests;
@@ -83,7 +84,8 @@ pub enum WhtPath {
     Auto,
     /// Workgroup memory only (what the browser and GL get).
     Shared,
-    /// Subgroup shuffles; an error on a device without SUBGROUP.
+    /// Subgroup shuffles (on passes whose workgroup is whole subgroups and one column
+    /// wide; workgroup memory on the others); an error on a device without SUBGROUP.
     Subgroup,
     /// One invocation per row, no workgroup memory or barrier (`wht_rows`): what `Auto`
     /// picks on CPU adapters for decode-sized batches. Rows of at most 4096 values.
@@ -153,9 +155,18 @@ fn plan(size: WhtSize, rows: usize) -> Vec<FastPass> {
     let (n, m, p) = (size.n, size.m, size.p);
     let values = |p: usize| p.min(MAX_VALUES_PER_INVOCATION);
     if n <= TILE_ELEMS {
-        let v = values(p);
-        let per_line = n / v;
-        let lb = (MAX_WORKGROUP / per_line).min(TILE_ELEMS / n).max(1);
+        let mut v = values(p);
+        let mut lb = (MAX_WORKGROUP / (n / v)).min(TILE_ELEMS / n).max(1);
+        // Fewer rows than a tile holds (decode): one tile of them, with fewer values per
+        // invocation so that its lanes all work (n = 1024, one row: 256 invocations of 4
+        // values rather than 64 of 16 in a workgroup sized for 4 rows). At least 2 values:
+        // the exchange rounds advance LOG_V stages each.
+        if rows < lb {
+            lb = rows;
+            while v > 2 && lb * n / (v / 2) <= MAX_WORKGROUP {
+                v /= 2;
+            }
+        }
         return vec![FastPass {
             m,
             p,
@@ -205,7 +216,7 @@ pub struct Hadamard<'g> {
     gpu: &'g Gpu,
     /// Bound to the epilogue slots a dispatch does not use.
     dummy: GpuBuffer,
-    /// Sign masks of H_m for m = 1, 12, 20, 28.
+    /// Sign masks of H_m for m = 1 and every core order.
     signs: Vec<(usize, GpuBuffer)>,
     /// Intermediate of the two-pass transform, grown on demand.
     scratch: Mutex<Option<GpuBuffer>>,
@@ -215,7 +226,7 @@ impl<'g> Hadamard<'g> {
     pub fn new(gpu: &'g Gpu) -> Result<Self, WhtError> {
         let dummy = gpu.upload(MemoryCategory::Uniforms, "wht dummy", &[0f32; 4])?;
         let mut signs = Vec::new();
-        for m in [1, 12, 20, 28] {
+        for m in std::iter::once(1).chain(construct::CORE_ORDERS) {
             let masks = cpu::sign_masks(m);
             signs.push((
                 m,
@@ -373,8 +384,16 @@ impl<'g> Hadamard<'g> {
         // Where barriers dominate (software rasterizers, and a barrier is never free),
         // shuffles pay off only when they save a round of workgroup-memory exchange; the
         // subgroup size is taken at its minimum, which the shader never exceeds in count.
-        let shuffle_bits = self.gpu.info().subgroup_min_size.max(1).trailing_zeros();
+        // The subgroup kernel numbers its invocations by subgroup and lane, which covers the
+        // workgroup only if every subgroup is full: a workgroup a multiple of the largest
+        // subgroup size (hadamard_subgroup.wgsl).
+        let info = self.gpu.info();
+        let shuffle_bits = info.subgroup_min_size.max(1).trailing_zeros();
+        let whole_subgroups = fp
+            .workgroup()
+            .is_multiple_of(info.subgroup_max_size.max(1) as usize);
         let subgroups = fp.ls == 1
+            && whole_subgroups
             && match path {
                 WhtPath::Subgroup => true,
                 WhtPath::Shared | WhtPath::Rows => false,

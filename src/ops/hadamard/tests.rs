@@ -110,11 +110,92 @@ fn fast_and_naive_match_f64_reference_for_every_size_class() {
     }
 }
 
+/// The sizes of core order m that change a kernel's shape: m x 1, m x 2, the largest
+/// single pass (n <= 4096) and the largest.
+fn core_sizes(m: usize) -> Vec<usize> {
+    let top = |limit: usize| m << (limit / m).ilog2();
+    let mut v = vec![m, 2 * m, top(TILE_ELEMS), top(cpu::MAX_N)];
+    v.dedup();
+    v
+}
+
+/// Every core order (12, 20, ..., 180) at the sizes that break kernels, on every path (the
+/// tiled kernel with workgroup memory and with subgroup shuffles, by rows, naive, and the
+/// decoder's fused epilogue), against the f64 CPU reference; 37 rows (a partial last tile)
+/// at m x 1.
+#[test]
+fn every_core_order_on_every_path_matches_f64_reference() {
+    for gpu in test_gpus() {
+        let h = Hadamard::new(&gpu).unwrap();
+        let mut paths = vec![WhtPath::Shared, WhtPath::Rows];
+        if gpu.features().subgroup {
+            paths.push(WhtPath::Subgroup);
+        }
+        for m in super::construct::CORE_ORDERS {
+            for n in core_sizes(m) {
+                let size = WhtSize::new(n).unwrap();
+                assert_eq!(size.m, m);
+                let rows = if n == m { 37 } else { 2 };
+                let x = input(rows, n, (n + m) as u64);
+                for &path in &paths {
+                    if path == WhtPath::Rows && n > TILE_ELEMS {
+                        continue;
+                    }
+                    let got = h.run(&x, n, path).unwrap();
+                    check(&gpu, &got, &x, size, rows, &format!("{path:?}"));
+                }
+                check(&gpu, &naive(&h, &gpu, &x, n), &x, size, rows, "naive");
+            }
+            // The epilogue the decoder fuses, at m x 2 on the path Auto picks.
+            let n = 2 * m;
+            let size = WhtSize::new(n).unwrap();
+            let rows = 3;
+            let (x, resid) = (input(rows, n, 8), input(rows, n, 9));
+            let gamma: Vec<f32> = input(1, n, 10).iter().map(|v| 1.0 + 0.5 * v).collect();
+            let beta = input(1, n, 11);
+            let up = |v: &[f32]| gpu.upload(MemoryCategory::Activations, "t", v).unwrap();
+            let (xb, rb, gb, bb) = (up(&x), up(&resid), up(&gamma), up(&beta));
+            let out = gpu
+                .storage(MemoryCategory::Activations, "out", (x.len() * 4) as u64)
+                .unwrap();
+            let mut enc = gpu.encoder("core epilogue");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                let epilogue = Epilogue {
+                    gamma: Some(&gb),
+                    beta: Some(&bb),
+                    resid: Some(&rb),
+                };
+                let options = WhtOptions {
+                    epilogue,
+                    path: WhtPath::Auto,
+                };
+                h.encode(&mut pass, &xb, &out, rows, n, options).unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            let got: Vec<f32> = gpu.read(&out, x.len()).unwrap();
+            let epi = EpilogueRef {
+                gamma: Some(&gamma),
+                beta: Some(&beta),
+                resid: Some(&resid),
+            };
+            let want = cpu::fused_reference(&x, size, epi);
+            let tol = 1.5 * tolerance(&x, size, &reference(&x, size)) + 12.0 * f32::EPSILON as f64;
+            let err = max_err(&got, &want);
+            assert!(
+                err <= tol,
+                "fused n={n} on {}: {err:e} > {tol:e}",
+                gpu.describe()
+            );
+        }
+    }
+}
+
 #[test]
 fn fast_matches_dense_hadamard_matrix() {
     for gpu in test_gpus() {
         let h = Hadamard::new(&gpu).unwrap();
-        for n in [2, 16, 12, 20, 28, 128, 40, 768] {
+        for n in [2, 16, 12, 20, 28, 128, 40, 768, 36, 120, 180] {
             let size = WhtSize::new(n).unwrap();
             let rows = 3;
             let x = input(rows, n, n as u64);
@@ -315,9 +396,17 @@ fn bad_sizes_and_buffers_are_errors() {
         return;
     };
     let h = Hadamard::new(&gpu).unwrap();
-    for n in [1, 3, 100, 65536] {
+    for (n, why) in [
+        (1, "from 2"),
+        (3, "multiple of 4"),
+        (92, "order 92"),
+        (65536, "from 2"),
+    ] {
         let err = h.run(&vec![0.0; n], n, WhtPath::Auto).unwrap_err();
-        assert!(err.to_string().contains("supported sizes"), "{err}");
+        assert!(
+            err.to_string().contains(why) && err.to_string().contains("nearest supported"),
+            "{err}"
+        );
     }
     let err = h.run(&[0.0; 10], 4, WhtPath::Auto).unwrap_err();
     assert!(matches!(err, WhtError::Shape { .. }), "{err}");
@@ -368,11 +457,13 @@ fn bad_sizes_and_buffers_are_errors() {
 
 #[test]
 fn plans_respect_workgroup_and_tile_limits() {
-    for n in (1..=15).map(|k| 1usize << k).chain([
-        12, 24, 768, 1536, 2560, 3584, 5120, 6144, 7168, 28672, 20480,
-    ]) {
+    let sizes = cpu::supported_sizes(2..=cpu::MAX_N);
+    for (n, rows) in sizes
+        .into_iter()
+        .flat_map(|n| [1, 2, 3, 37].map(|r| (n, r)))
+    {
         let size = WhtSize::new(n).unwrap();
-        let passes = plan(size, 37);
+        let passes = plan(size, rows);
         assert!(!passes.is_empty() && passes.len() <= 2);
         let mut stages_done = 1usize;
         for fp in &passes {
@@ -388,9 +479,16 @@ fn plans_respect_workgroup_and_tile_limits() {
                 fp.v <= fp.p && fp.v <= MAX_VALUES_PER_INVOCATION && fp.s % fp.ls == 0,
                 "n={n} {fp:?}"
             );
+            // The exchange rounds advance LOG_V stages each: V = 1 only when P = 1.
+            assert!(fp.v >= 2 || fp.p == 1, "n={n} {fp:?}");
             stages_done *= fp.transform_len();
         }
         assert_eq!(stages_done, n, "passes must factor n={n}");
+        if rows == 1 && (512..=TILE_ELEMS).contains(&n) {
+            // One decode row keeps most of its workgroup busy.
+            let w = passes[0].workgroup();
+            assert!(w > MAX_WORKGROUP / 2, "n={n}: one row on {w} invocations");
+        }
         assert!(passes.last().unwrap().last);
     }
 }
