@@ -34,9 +34,15 @@ enum Command {
     },
     /// Run the Walsh–Hadamard kernels on a batch of rows and check them against the CPU.
     Wht {
-        /// Transform length: a power of two up to 32768, or 12/20/28 times one.
+        /// Transform length: m x 2^k up to 32768, m = 1 or a Hadamard order 12, 20, 28, 36,
+        /// 44, 52, 60, 68, 76, 84, 100, 108, 124, 132, 140, 148, 164 or 180 (576, 768,
+        /// 960, 2304, ...); `--list` prints them all.
         #[arg(long, default_value_t = 1024)]
         n: usize,
+        /// Print every supported length with the construction of its Hadamard factor, and
+        /// run nothing.
+        #[arg(long)]
+        list: bool,
         /// Number of rows.
         #[arg(long, default_value_t = 4096)]
         rows: usize,
@@ -100,7 +106,13 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Adapters { json }) => cli::adapters(json),
-        Some(Command::Wht { n, rows, kernel }) => cli::wht(&cli.adapter, n, rows, kernel),
+        Some(Command::Wht { list: true, .. }) => {
+            cli::wht_list();
+            Ok(())
+        }
+        Some(Command::Wht {
+            n, rows, kernel, ..
+        }) => cli::wht(&cli.adapter, n, rows, kernel),
         Some(Command::Generate(args)) => cli::run::generate_cmd(&args, &cli.adapter),
         Some(Command::Eval(args)) => cli::run::eval_cmd(&args, &cli.adapter),
         Some(Command::Profile(args)) => cli::run::profile_cmd(&args, &cli.adapter),

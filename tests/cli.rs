@@ -365,6 +365,39 @@ fn wht_rows_are_checked_before_allocation() {
     assert_names(&walsh_fails(&["wht", "--rows", "0"]), &["--rows"]);
 }
 
+/// `walsh wht` at real models' widths (SmolLM2's 576 and 960, Gemma 3's 2304 and 5376)
+/// runs and checks itself against the CPU on every adapter (it exits 1 past 1e-4); 92 is
+/// refused naming the Hadamard order it lacks; `--list` shows every core order's
+/// construction.
+#[test]
+fn wht_runs_at_paley_widths_and_names_what_it_cannot_build() {
+    for b in backends() {
+        for n in ["576", "960", "2304", "5376"] {
+            let out = stdout(&walsh(&["--adapter", &b, "wht", "--n", n, "--rows", "3"]));
+            assert!(out.contains(&format!("WHT n={n} rows=3")), "{b}: {out}");
+        }
+    }
+    let e = walsh_fails(&["wht", "--n", "92"]);
+    assert_names(
+        &e,
+        &[
+            "size 92",
+            "order 92 = 23 x 4",
+            "nearest supported: 88 and 96",
+        ],
+    );
+    let list = stdout(&walsh(&["wht", "--list"]));
+    for line in [
+        "36    Paley II over GF(17)     36 72 144 288 576 ",
+        "44    Paley I over GF(43)",
+        "164   Paley II over GF(3^4)",
+        "180   Paley II over GF(89)     180 360 720 1440 2880 5760 11520 23040\n",
+        "not built: orders 92, 116, 156, 172",
+    ] {
+        assert!(list.contains(line), "`{line}` not in\n{list}");
+    }
+}
+
 #[test]
 fn init_model_sizes_are_checked_before_allocation() {
     let dir = tempfile::tempdir().unwrap();

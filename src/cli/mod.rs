@@ -94,6 +94,34 @@ fn print_table(list: &[AdapterSummary]) {
     }
 }
 
+/// `walsh wht --list`: every supported length, grouped by its Hadamard factor m.
+pub fn wht_list() {
+    use walsh::ops::hadamard::construct::{CORE_ORDERS, MISSING_ORDERS, construction};
+    println!(
+        "n = m x 2^k <= {}; H_n = H_m (x) H_(2^k), symmetric",
+        cpu::MAX_N
+    );
+    println!("{:<5} {:<24} lengths", "m", "H_m");
+    for m in std::iter::once(1).chain(CORE_ORDERS) {
+        let how = match construction(m) {
+            Some(c) => c.to_string(),
+            None => "Sylvester (butterflies)".to_string(),
+        };
+        let sizes: Vec<String> = (0..)
+            .map(|k| m << k)
+            .take_while(|&n| n <= cpu::MAX_N)
+            .filter(|&n| n >= 2 && WhtSize::new(n).is_ok_and(|s| s.m == m))
+            .map(|n| n.to_string())
+            .collect();
+        println!("{m:<5} {how:<24} {}", sizes.join(" "));
+    }
+    let missing: Vec<String> = MISSING_ORDERS.iter().map(|m| m.to_string()).collect();
+    println!(
+        "not built: orders {} (they need other constructions), and odd parts above 45",
+        missing.join(", ")
+    );
+}
+
 pub fn wht(adapter: &str, n: usize, rows: usize, kernel: Kernel) -> Result<()> {
     let size = WhtSize::new(n)?;
     if rows == 0 {

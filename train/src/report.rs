@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use walsh::model::weights::expected_tensors;
 use walsh::model::{AttnOutput, Config, Query};
+use walsh::ops::hadamard::WhtSize;
 
 use crate::chart::{Line, LineChart};
 use crate::error::TrainError;
@@ -203,8 +204,9 @@ pub fn param_counts(config: &Config) -> ParamCounts {
 ///   0): 2 per weight forward, 4 backward (input and weight gradients).
 /// - `attention`: the scores Q K^T and their use A V over the training window, which the
 ///   trainer computes whole (masked): 2 x 2 x context x d per layer forward, times 3.
-/// - `hadamard`: the output transform at the cost of a fast WHT, d log2 d additions plus
-///   2d for the per-channel affine per layer forward, times 3. (walsh-train multiplies by
+/// - `hadamard`: the output transform at the cost of a fast WHT, d log2 d additions for a
+///   power of two (d (log2 p + m - 1) for d = m p, m a Paley order) plus 2d for the
+///   per-channel affine per layer forward, times 3. (walsh-train multiplies by
 ///   the dense d x d matrix H instead, so its wall time does not show this saving; walsh's
 ///   GPU kernels do the fast transform.)
 ///
@@ -232,7 +234,13 @@ pub fn train_flops_per_token(config: &Config) -> Flops {
     let attention = 3.0 * layers * 4.0 * context * d;
     let hadamard = match config.attn_output {
         AttnOutput::Dense => 0.0,
-        AttnOutput::Hadamard => 3.0 * layers * (d * d.log2() + 2.0 * d),
+        AttnOutput::Hadamard => {
+            // d = m p: log2 p butterfly stages, then an m-term sum per output for the m x m
+            // mix across chunks (m = 1 for a power of two: d log2 d).
+            let (m, p) =
+                WhtSize::new(config.hidden_size).map_or((1.0, d), |s| (s.m as f64, s.p as f64));
+            3.0 * layers * (d * (p.log2() + m - 1.0) + 2.0 * d)
+        }
     };
     Flops {
         matmul_weights,

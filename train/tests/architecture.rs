@@ -75,6 +75,10 @@ fn hadamard_of_a_non_power_of_two_width_and_tied_embeddings_match() {
     let config = tiny(48, 2, 16, AttnOutput::Hadamard, Query::ResidualMlp);
     let diff = max_logit_difference(&config, random_tensors(&config, 3));
     assert!(diff < LOGIT_TOLERANCE, "d 48: {diff}");
+    // d = 144 = 36 x 4: Paley II over GF(17), a core order with two sign words per row.
+    let config = tiny(144, 1, 16, AttnOutput::Hadamard, Query::Dense);
+    let diff = max_logit_difference(&config, random_tensors(&config, 4));
+    assert!(diff < LOGIT_TOLERANCE, "d 144: {diff}");
 
     let mut tied = tiny(32, 1, 16, AttnOutput::Hadamard, Query::Dense);
     tied.tie_word_embeddings = true;

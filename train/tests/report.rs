@@ -56,6 +56,17 @@ fn training_flops_per_token_by_hand() {
     assert_eq!(mlp.per_token, had.per_token);
     let id = train_flops_per_token(&shipped(AttnOutput::Hadamard, Query::Identity));
     assert_eq!(had.per_token - id.per_token, 6.0 * 4.0 * 65_536.0);
+    // d 576 = 36 x 16: 4 butterfly stages and a 36-term sum per output, and the affine
+    let wide = Config {
+        hidden_size: 576,
+        num_attention_heads: 9,
+        ..shipped(AttnOutput::Hadamard, Query::Dense)
+    };
+    let wide = train_flops_per_token(&wide);
+    assert_eq!(
+        wide.hadamard,
+        3.0 * 4.0 * (576.0 * (4.0 + 35.0) + 2.0 * 576.0)
+    );
 }
 
 #[test]
