@@ -152,18 +152,25 @@ fn subgroup_stage_count(sg_size: u32) -> u32 {
     return min(firstTrailingBit(sg_size), LOG_P - LOG_V);
 }
 
-// Row r of the M x M mix: sum_c H_M[r][c] u[c], u[c] = tile[base + c * stride], in the
-// order c = 0, 1, ... (as every mix here and `fwht` on the CPU). The sign words are the
-// same for every lane that mixes row r: one broadcast load per 32 columns.
-fn mix_tile(r: u32, base: u32, stride: u32) -> f32 {
-    var acc = 0.0;
+// Rows r0 .. r0 + 3 of the M x M mix of one column (M is a multiple of 4):
+// sum_c H_M[r][c] u[c], u[c] = tile[base + c * stride], each in the order c = 0, 1, ...
+// (as every mix here and `fwht` on the CPU). One read of u[c] serves four outputs; the
+// sign words are the same for every lane that mixes these rows (one broadcast load per 32
+// columns and row).
+fn mix_tile4(r0: u32, base: u32, stride: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
     for (var w = 0u; w < SIGN_WORDS; w++) {
-        let signs = hm_signs[r * SIGN_WORDS + w];
+        let signs = vec4<u32>(
+            hm_signs[r0 * SIGN_WORDS + w],
+            hm_signs[(r0 + 1u) * SIGN_WORDS + w],
+            hm_signs[(r0 + 2u) * SIGN_WORDS + w],
+            hm_signs[(r0 + 3u) * SIGN_WORDS + w],
+        );
         for (var b = 0u; b < 32u; b++) {  // constant trip count: see mix_private
             let c = 32u * w + b;
             if (c < M) {
-                let u = tile[base + c * stride];
-                acc += select(u, -u, ((signs >> b) & 1u) == 1u);
+                let u = vec4<f32>(tile[base + c * stride]);
+                acc += select(u, -u, ((signs >> vec4<u32>(b)) & vec4<u32>(1u)) == vec4<u32>(1u));
             }
         }
     }
@@ -238,17 +245,48 @@ fn wht_tile(t: u32, wid: vec3<u32>, sg_size: u32) {
         return;
     }
 
-    // Mix the M chunks: y[r] = sum_c H_M[r][c] u[c] for every (line, position, column),
-    // one output per item, its M inputs read from workgroup memory (M up to 180 values
-    // would not stay in registers). Items run r-major: neighbouring lanes share r (the
-    // sign words) and store neighbouring addresses.
+    // Mix the M chunks: y[r] = sum_c H_M[r][c] u[c] for every (line, position, column).
     for (var j = 0u; j < V; j++) {
         tile[tile_index(l, l.c * P + position(l.g, lo, j))] = reg[j];
     }
     workgroupBarrier();
     let per_r = LB * P * LS;
-    for (var item = t; item < M * per_r; item += WG) {
-        let r = item / per_r;
+    if (M <= 32u) {
+        // One sign word per row: an item takes a whole column into registers and makes
+        // its M outputs, as before M went past 28 (four rows per item, below, measured
+        // 1.14x slower at 12 x 64 on lavapipe in one noisy run; this path matches the old).
+        for (var item = t; item < per_r; item += WG) {
+            var k: Lane = l;
+            k.sl = item % LS;
+            k.bl = item / (LS * P);
+            k.b = (tile_id / (S / LS)) * LB + k.bl;
+            k.s = (tile_id % (S / LS)) * LS + k.sl;
+            if (k.b >= params.lines) {
+                continue;
+            }
+            let ip = (item / LS) % P;
+            var u: array<f32, 32>;
+            for (var c = 0u; c < M; c++) {
+                u[c] = tile[tile_index(k, c * P + ip)];
+            }
+            for (var r = 0u; r < M; r++) {
+                let signs = hm_signs[r];
+                var acc = 0.0;
+                for (var c = 0u; c < M; c++) {
+                    acc += select(u[c], -u[c], ((signs >> c) & 1u) == 1u);
+                }
+                store(k, r * P + ip, acc);
+            }
+        }
+        return;
+    }
+    // Longer rows of H_M: four outputs per item, their M inputs read from workgroup
+    // memory (up to 180 values would not stay in registers). Items run r-major:
+    // neighbouring lanes share the rows (the sign words) and store neighbouring addresses.
+    // (One output per item, each reading all M inputs, was 3.6-4x slower on lavapipe at
+    // 36 x 16 and 60 x 16.)
+    for (var item = t; item < (M / 4u) * per_r; item += WG) {
+        let r = 4u * (item / per_r);
         let rest = item % per_r;
         var k: Lane = l;
         k.sl = rest % LS;
@@ -259,7 +297,10 @@ fn wht_tile(t: u32, wid: vec3<u32>, sg_size: u32) {
             continue;
         }
         let ip = (rest / LS) % P;
-        store(k, r * P + ip, mix_tile(r, tile_index(k, ip), P * LS));
+        let y = mix_tile4(r, tile_index(k, ip), P * LS);
+        for (var j = 0u; j < 4u; j++) {
+            store(k, (r + j) * P + ip, y[j]);
+        }
     }
 }
 

@@ -214,7 +214,7 @@ fn invalid_config_is_a_config_error_with_the_reason() {
     let mut heads = dense();
     heads.num_attention_heads = 5;
     let mut width = hadamard();
-    width.hidden_size = 36; // 36 = 9 * 4: no Hadamard matrix of that order
+    width.hidden_size = 92; // 92 = 23 * 4: no Hadamard matrix walsh builds has that order
     width.num_attention_heads = 2;
     for (bad, reason) in [(heads, "does not divide"), (width, "unsupported Walsh")] {
         let dir = model_dir(&dense(), WeightFormat::F32);

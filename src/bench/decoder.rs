@@ -491,7 +491,8 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
             (&[128, 256], &[1, 4], &[64, 128], 4)
         } else {
             (
-                &[256, 512, 1024, 2048, 4096],
+                // With the Paley widths 576, 960 and 2304 (kernels::PAPER_WIDTHS).
+                &[256, 512, 576, 960, 1024, 2048, 2304, 4096],
                 &[1, 4, 16],
                 &[128, 512, 2048],
                 // Decode is timed over new_tokens - 1 steps: at 8 (7 steps, a few ms at

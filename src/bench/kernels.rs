@@ -55,17 +55,26 @@ impl KernelCase {
     }
 }
 
-/// The widths of the WHT cases `options` selects: every power of two from 256 to 16384.
+/// The widths of the WHT cases `options` selects: every power of two from 256 to 16384,
+/// and real models' widths that are not: 576 = 36 x 16 and 960 = 60 x 16 (SmolLM2), 2304 =
+/// 36 x 64 (Gemma 3), whose transforms mix 36 or 60 chunks.
 pub fn widths(options: &BenchOptions) -> Vec<usize> {
     let all: Vec<usize> = if options.quick {
         vec![256, 1024]
     } else {
-        (8..=14).map(|k| 1 << k).collect()
+        let mut v: Vec<usize> = (8..=14).map(|k| 1 << k).collect();
+        v.extend(PAPER_WIDTHS);
+        v.sort_unstable();
+        v
     };
     all.into_iter()
         .filter(|&n| n <= options.max_kernel_n)
         .collect()
 }
+
+/// The widths of real models that take a Paley factor, in the kernel suite and the paper
+/// grid.
+pub const PAPER_WIDTHS: [usize; 3] = [576, 960, 2304];
 
 /// Rows of the batched WHT cases: 4096, enough to fill a GPU (16 in a quick run).
 fn batch_rows(options: &BenchOptions) -> usize {
@@ -172,7 +181,6 @@ pub async fn measure(
 ) -> Result<KernelResult, BenchError> {
     let (n, rows) = (case.n, case.rows);
     let repeats = options.repeats();
-    let log2n = (n as f64).log2();
     let (time, bytes, flops) = match case.kernel {
         "wht_fast" | "wht_naive" | "wht_fused" => {
             let h = Hadamard::new(gpu)?;
@@ -197,9 +205,9 @@ pub async fn measure(
                 epilogue,
                 path: WhtPath::Auto,
             };
+            let size = crate::ops::hadamard::WhtSize::new(n)
+                .map_err(crate::ops::hadamard::WhtError::from)?;
             let time = if case.kernel == "wht_naive" {
-                let size = crate::ops::hadamard::WhtSize::new(n)
-                    .map_err(crate::ops::hadamard::WhtError::from)?;
                 // The naive kernel is in place: time its stages on `y`.
                 time_pass(gpu, repeats, |pass| {
                     Ok(h.record_naive(pass, &y, rows, size)?)
@@ -216,7 +224,10 @@ pub async fn measure(
             } else {
                 2 * rows * n
             };
-            let flops = rows as f64 * n as f64 * (log2n + if fused { 3.0 } else { 1.0 });
+            // Adds per value: log2 p butterfly stages, m - 1 for the m x m mix (n = m p),
+            // then 1 (the scale) or 3 (the fused epilogue, as counted since the first reports).
+            let per_value = size.log2_p() as f64 + (size.m - 1) as f64;
+            let flops = rows as f64 * n as f64 * (per_value + if fused { 3.0 } else { 1.0 });
             (time, 4 * moved as u64, flops as u64)
         }
         "dense_gemv_f16" | "dense_gemv_q8" | "dense_gemv_q4" | "dense_gemm_f16" => {

@@ -288,9 +288,15 @@ mod tests {
         c.validate().unwrap();
         c.hidden_size = 80; // 80 = 20 * 4: supported too
         c.validate().unwrap();
-        c.hidden_size = 36; // 36 = 9 * 4: no Hadamard matrix of that size in walsh
+        c.hidden_size = 36; // 36 = 36 * 1: Paley II over GF(17)
         c.num_attention_heads = 2;
-        assert!(c.validate().unwrap_err().contains("unsupported Walsh"));
+        c.validate().unwrap();
+        c.hidden_size = 92; // 92 = 23 * 4: no construction walsh has gives order 92
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("unsupported Walsh") && e.contains("order 92"),
+            "{e}"
+        );
         let mut c = base();
         c.vocab_size = 0;
         assert!(c.validate().unwrap_err().contains("vocab_size"));

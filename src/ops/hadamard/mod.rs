@@ -88,7 +88,8 @@ pub enum WhtPath {
     /// wide; workgroup memory on the others); an error on a device without SUBGROUP.
     Subgroup,
     /// One invocation per row, no workgroup memory or barrier (`wht_rows`): what `Auto`
-    /// picks on CPU adapters for decode-sized batches. Rows of at most 4096 values.
+    /// picks on CPU adapters for decode-sized batches of powers of two. Rows of at most
+    /// 4096 values.
     Rows,
 }
 
@@ -312,10 +313,17 @@ impl<'g> Hadamard<'g> {
             return Ok(());
         }
         // A decode-sized batch on a CPU adapter: a barrier costs more there than a whole
-        // row's butterflies (SwiftShader's WebGPU: 3.1 ms against 0.14 ms for one 256-value row).
+        // row's butterflies (SwiftShader's WebGPU: 3.1 ms against 0.14 ms for one 256-value
+        // row). Not with an m x m mix (n = m 2^k, m > 1): one invocation then does n m adds,
+        // and the tiled kernel spreads them (lavapipe, one row: 0.13 against 0.62 ms at
+        // 576 = 36 x 16, 0.23 against 0.43 ms at 768 = 12 x 64; 16 rows: 0.35 against 1.36
+        // ms at 576).
         let path = match path {
             WhtPath::Auto
-                if self.gpu.is_cpu_adapter() && rows <= ROWS_PATH_MAX_ROWS && n <= TILE_ELEMS =>
+                if self.gpu.is_cpu_adapter()
+                    && rows <= ROWS_PATH_MAX_ROWS
+                    && n <= TILE_ELEMS
+                    && size.m == 1 =>
             {
                 WhtPath::Rows
             }
