@@ -30,9 +30,10 @@
 // writes the head's key and value to the cache, in the cache's format and bit for bit as
 // the separate kernels would, before it reads the chunk's keys.
 // With KV_ROT the cache holds heads rotated by R = H / sqrt(HD) (H the Walsh-Hadamard
-// matrix): attend rotates each query head by R in workgroup memory, so scores are
-// unchanged (R orthogonal), and rotates its output (or its chunk's partial acc: reduce is
-// linear) back by R (R symmetric, its own inverse) before writing it.
+// matrix of order HD = HM * HP: H_HM (x) H_HP, src/ops/hadamard/cpu.rs): attend rotates
+// each query head by R in workgroup memory, so scores are unchanged (R orthogonal), and
+// rotates its output (or its chunk's partial acc: reduce is linear) back by R (R
+// symmetric, its own inverse) before writing it.
 
 // Must match `AttnParams` in src/ops/attention.rs.
 struct Params {
@@ -72,7 +73,8 @@ override ACC: u32 = 8u;          // attend: output pairs per invocation, ceil(HD
 override PARTIAL: bool = false;  // attend: write chunk states to `parts`, not `out`
 override EW_WG: u32 = 256u;      // kv_write, reduce: invocations per workgroup
 override KV: u32 = 0u;           // cache format: 0 f32, 1 f16, 2 q8, 3 q4 (KvFormat::code)
-override KV_ROT: bool = false;   // q8 / q4 of heads rotated by H / sqrt(HD); HD a power of 2
+override KV_ROT: bool = false;   // q8 / q4 of heads rotated by H / sqrt(HD)
+override HM: u32 = 1u;           // KV_ROT: HD = HM * 2^k, HM 1 or a core Hadamard order
 override FUSE: bool = false;     // attend: RoPE and the KV write of its row (decode)
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -97,8 +99,16 @@ override FUSE: bool = false;     // attend: RoPE and the KV write of its row (de
 // FUSE: (cos, sin) of pair i at position p at index p * rope_half + i (rope.wgsl's table).
 @group(0) @binding(8) var<storage, read> cos_sin: array<vec2<f32>>;
 
+// KV_ROT with HM > 1: the signs of H_HM as the WHT kernels take them (cpu::sign_masks:
+// bit c % 32 of word r * ceil(HM / 32) + c / 32 set means H_HM[r][c] = -1), four words per
+// vec4 (a uniform array's stride); every entry point binds it (ROT_SIGN_WORDS on the host
+// sizes the buffer: HM <= 180 takes at most 180 * 6 words).
+@group(0) @binding(9) var<uniform> rot_signs: array<vec4<u32>, 270>;
+
 // kv_quant's private copy of a head: MAX_HEAD_DIM on the host.
 const MAX_HD: u32 = 256u;
+// Largest core Hadamard order (construct::MAX_CORE on the host).
+const MAX_HM: u32 = 180u;
 
 // attend's tile, in f32s: Q [TQ, HD] (pre-scaled), K [TK, HD], V [TK, HD], scores [TQ, TK].
 var<workgroup> tile: array<f32, TILE>;
@@ -246,17 +256,41 @@ fn kv_write(@builtin(local_invocation_index) t: u32,
 
 // ---- kv_quant ----------------------------------------------------------------------------
 
-// In-place unnormalized Walsh-Hadamard transform of x[0..HD] (HD a power of two): stages
-// of half-width h = 1, 2, 4, ..., butterfly b of a stage on i = (b / h) 2h + b % h and
-// i + h. The order of `fwht` in src/ops/attention.rs, so both produce the same bits.
+// Whether H_HM[r][c] = -1.
+fn rot_negative(r: u32, c: u32) -> bool {
+    let w = r * ((HM + 31u) / 32u) + c / 32u;
+    return ((rot_signs[w / 4u][w % 4u] >> (c % 32u)) & 1u) == 1u;
+}
+
+// In-place unnormalized Walsh-Hadamard transform of x[0..HD], HD = HM * HP: stages of
+// half-width h = 1, 2, 4, ... < HP, butterfly b of a stage on i = (b / h) 2h + b % h and
+// i + h (pairs stay inside chunks of HP), then with HM > 1 the HM x HM mix of each
+// position across chunks, summed in the order c = 0, 1, ... The order of `fwht` in
+// src/ops/attention.rs, so both produce the same bits.
 fn fwht(x: ptr<function, array<f32, MAX_HD>>) {
-    for (var h = 1u; h < HD; h *= 2u) {
+    for (var h = 1u; h < HD / HM; h *= 2u) {
         for (var b = 0u; b < HD / 2u; b++) {
             let i = (b / h) * 2u * h + b % h;
             let a = (*x)[i];
             let c = (*x)[i + h];
             (*x)[i] = a + c;
             (*x)[i + h] = a - c;
+        }
+    }
+    if (HM > 1u) {
+        let hp = HD / HM;
+        var u: array<f32, MAX_HM>;
+        for (var ip = 0u; ip < hp; ip++) {
+            for (var c = 0u; c < HM; c++) {
+                u[c] = (*x)[c * hp + ip];
+            }
+            for (var r = 0u; r < HM; r++) {
+                var acc = 0.0;
+                for (var c = 0u; c < HM; c++) {
+                    acc += select(u[c], -u[c], rot_negative(r, c));
+                }
+                (*x)[r * hp + ip] = acc;
+            }
         }
     }
 }
@@ -355,12 +389,14 @@ fn set_tile2(pair: u32, v: vec2<f32>) {
 }
 
 // Rotates the TQ rows of HD values at the start of `tile` by H (unnormalized; the caller
-// applies rot_norm), every invocation taking a share of each stage's butterflies, in the
-// order of `fwht`. Called from uniform control flow; it starts with a barrier, so writes
-// to the rows before it are visible, and ends with one.
+// applies rot_norm), every invocation taking a share of each stage's butterflies, then
+// with HM > 1 whole columns (row, position) of the mix, in the order of `fwht`. Called
+// from uniform control flow; it starts with a barrier, so writes to the rows before it
+// are visible, and ends with one.
 fn rotate_tile_rows(t: u32) {
     let h2 = HD / 2u;
-    for (var h = 1u; h < HD; h *= 2u) {
+    let hp = HD / HM;
+    for (var h = 1u; h < hp; h *= 2u) {
         workgroupBarrier();
         for (var x = t; x < TQ * h2; x += WG) {
             let b = x % h2;
@@ -372,6 +408,24 @@ fn rotate_tile_rows(t: u32) {
         }
     }
     workgroupBarrier();
+    if (HM > 1u) {
+        // Each column is read and written by one invocation: in place.
+        for (var x = t; x < TQ * hp; x += WG) {
+            let base = (x / hp) * HD + x % hp;
+            var u: array<f32, MAX_HM>;
+            for (var c = 0u; c < HM; c++) {
+                u[c] = tile[base + c * hp];
+            }
+            for (var r = 0u; r < HM; r++) {
+                var acc = 0.0;
+                for (var c = 0u; c < HM; c++) {
+                    acc += select(u[c], -u[c], rot_negative(r, c));
+                }
+                tile[base + r * hp] = acc;
+            }
+        }
+        workgroupBarrier();
+    }
 }
 
 // Positions past the cache are clamped: a bad table yields wrong rows, never a runaway loop.

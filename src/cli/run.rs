@@ -117,7 +117,7 @@ pub struct GenerateArgs {
     pub device: Device,
     /// KV cache format: f16 (half of f32's memory), f32, q8 or q4 (8- or 4-bit levels with
     /// a scale per position and head), q8r or q4r (q8 or q4 of Hadamard-rotated heads,
-    /// head_dim a power of two). Layout: docs/kv-cache.md.
+    /// head_dim a Walsh–Hadamard size: 2^k or m x 2^k). Layout: docs/kv-cache.md.
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvFormat,
     /// Most decode steps the GPU runs per submission before the host reads their tokens
@@ -149,7 +149,7 @@ impl Default for GenerateArgs {
 
 pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
-    // A rotated cache needs a power-of-two head_dim: said before any work.
+    // A rotated cache needs a Walsh–Hadamard head_dim: said before any work.
     args.kv_cache.check_head_dim(model.config.head_dim())?;
     let context = model.config.max_position_embeddings;
     // A prompt longer than the context keeps its last bytes that fit, as generation does
@@ -275,7 +275,7 @@ pub struct EvalArgs {
     pub device: Device,
     /// KV cache format: f16 (half of f32's memory), f32, q8 or q4 (8- or 4-bit levels with
     /// a scale per position and head), q8r or q4r (q8 or q4 of Hadamard-rotated heads,
-    /// head_dim a power of two). Layout: docs/kv-cache.md.
+    /// head_dim a Walsh–Hadamard size: 2^k or m x 2^k). Layout: docs/kv-cache.md.
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvFormat,
     /// Print JSON instead of text.
@@ -335,7 +335,7 @@ pub fn profile_cmd(args: &ProfileArgs, adapter: &str) -> Result<()> {
 
 pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
-    // A rotated cache needs a power-of-two head_dim: said before any work.
+    // A rotated cache needs a Walsh–Hadamard head_dim: said before any work.
     args.kv_cache.check_head_dim(model.config.head_dim())?;
     let context = model.config.max_position_embeddings;
     limits::decoder_memory(

@@ -556,19 +556,19 @@ fn quantized_caches_match_the_cpu_reference_and_take_their_bytes() {
 }
 
 #[test]
-fn rotated_caches_need_a_power_of_two_head_dim() {
-    // d 48 over 4 heads: head_dim 12.
-    let m = model(config(48, AttnOutput::Hadamard, Query::Dense), 9, false);
+fn rotated_caches_need_a_walsh_hadamard_head_dim() {
+    // d 184 over 4 heads: head_dim 46 = 23 x 2, no Hadamard matrix.
+    let m = model(config(184, AttnOutput::Dense, Query::Dense), 9, false);
     for kv in [KvFormat::Q8Rot, KvFormat::Q4Rot] {
         let e = CpuBatch::new(&m, 1, 16, kv).err().unwrap();
         assert!(
             matches!(
                 e,
-                ModelError::Kv(KvError::RotationHeadDim { head_dim: 12, .. })
+                ModelError::Kv(KvError::RotationHeadDim { head_dim: 46, .. })
             ),
             "{e}"
         );
-        assert!(e.to_string().contains("power-of-two head_dim"), "{e}");
+        assert!(e.to_string().contains("head_dim 46 has none"), "{e}");
         for gpu in test_gpus() {
             let e = GpuDecoder::new(&gpu, &m, 1, 16, kv).err().unwrap();
             assert!(matches!(e, ModelError::Kv(_)), "{e}");
@@ -576,6 +576,20 @@ fn rotated_caches_need_a_power_of_two_head_dim() {
     }
     // Unrotated, any head_dim works.
     assert!(CpuBatch::new(&m, 1, 16, KvFormat::Q4).is_ok());
+    // head_dim 48 = 12 x 4 and 72 = 36 x 2 rotate by H_12 (x) H_4 and H_36 (x) H_2:
+    // greedy tokens agree on the CPU and every adapter.
+    let gpus = test_gpus();
+    for (d, kv) in [(192, KvFormat::Q8Rot), (288, KvFormat::Q4Rot)] {
+        let m = model(config(d, AttnOutput::Hadamard, Query::Dense), 10, true);
+        let prompts = vec![prompt(6, 3)];
+        let mut cpu = CpuBatch::new(&m, 1, 32, kv).unwrap();
+        let want = run(&mut cpu, &prompts, 12, SamplingParams::greedy());
+        for gpu in &gpus {
+            let mut dec = GpuDecoder::new(gpu, &m, 1, 32, kv).unwrap();
+            let got = run(&mut dec, &prompts, 12, SamplingParams::greedy());
+            assert_eq!(got, want, "{kv} at d {d} on {}", gpu.describe());
+        }
+    }
 }
 
 /// q8 and q4 models: the GPU reads the packed blocks, the CPU the dequantized values, and

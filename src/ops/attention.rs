@@ -16,13 +16,14 @@
 //!
 //! Both attention paths compute the same function; they differ only in how work is split.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytemuck::{Pod, Zeroable};
 
 use super::Cols;
 use super::rope::RopeTable;
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
+use crate::ops::hadamard::cpu::{WhtSize, sign_masks, small_hadamard};
 
 /// Largest head_dim the kernels support: a prefill tile holds at least 4 query rows; also
 /// the size of kv_quant's private copy of a head (`MAX_HD` in attention.wgsl).
@@ -107,29 +108,26 @@ struct AttnParams {
     rope_half: u32,
 }
 
-/// kv_write's bindings: params, row_table, k_rows, v_rows, k_cache, v_cache.
-const KV_BINDINGS: [Binding; 6] = [
+/// Every attention entry point's bindings: params, row_table, plan | k_rows, q | v_rows,
+/// k_cache, v_cache, out, parts, cos_sin, rot_signs. The caches are writable for the
+/// fused decode (attention.wgsl, FUSE); kv_write and kv_quant bind stand-ins at 6-8 so
+/// that `rot_signs`, which the shared `fwht` reads, has one binding number everywhere.
+const BINDINGS: [Binding; 10] = [
     Binding::Uniform,
     Binding::ReadOnly,
     Binding::ReadOnly,
     Binding::ReadOnly,
     Binding::ReadWrite,
     Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadOnly,
+    Binding::Uniform,
 ];
 
-/// attend's and reduce's bindings: params, row_table, plan, q, k_cache, v_cache, out,
-/// parts, cos_sin. The caches are writable for the fused decode (attention.wgsl, FUSE).
-const ATTN_BINDINGS: [Binding; 9] = [
-    Binding::Uniform,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadOnly,
-];
+/// u32 words of the `rot_signs` uniform (`array<vec4<u32>, 270>` in attention.wgsl): the
+/// sign masks of the largest core order, 180 rows of 6 words.
+const ROT_SIGN_WORDS: usize = 1080;
 
 /// How the KV cache stores its values. Layout: `docs/kv-cache.md`.
 ///
@@ -179,9 +177,14 @@ pub enum KvError {
     )]
     UnknownFormat(String),
     #[error(
-        "KV cache format {format} rotates each head by a Walsh-Hadamard matrix, which needs a power-of-two head_dim; this model's head_dim is {head_dim} (use q8 or q4)"
+        "KV cache format {format} rotates each head by a Walsh-Hadamard matrix of order head_dim, and this model's head_dim {head_dim} has none: {reason} (use q8 or q4)"
     )]
-    RotationHeadDim { format: KvFormat, head_dim: usize },
+    RotationHeadDim {
+        format: KvFormat,
+        head_dim: usize,
+        /// Why the transform has no such size ([`UnsupportedSize`]).
+        reason: String,
+    },
 }
 
 /// The f32 multiplier of the largest magnitude that gives a scale, 1/127 or 1/7 rounded to
@@ -196,13 +199,15 @@ pub fn rotation_norm(head_dim: usize) -> f32 {
     (1.0 / (head_dim as f64).sqrt()) as f32
 }
 
-/// In-place unnormalized Walsh–Hadamard transform of a power-of-two length, in the order
-/// the shader's `fwht` uses (stages of half-width 1, 2, 4, ...; butterfly b of a stage on
-/// i = (b / h) 2h + b % h and i + h), so both produce the same bits.
-fn fwht(x: &mut [f32]) {
-    let n = x.len();
+/// In-place unnormalized Walsh–Hadamard transform of a supported length n = m p (p a
+/// power of two), in the order the shader's `fwht` uses (stages of half-width 1, 2, 4, ...
+/// < p; butterfly b of a stage on i = (b / h) 2h + b % h and i + h; then the m x m mix of
+/// each position across the chunks of p, summed in the order c = 0, 1, ...), so both
+/// produce the same bits.
+fn fwht(x: &mut [f32], size: WhtSize) {
+    let (n, m, p) = (x.len(), size.m, size.p);
     let mut h = 1;
-    while h < n {
+    while h < p {
         for b in 0..n / 2 {
             let i = (b / h) * 2 * h + b % h;
             let (a, c) = (x[i], x[i + h]);
@@ -211,6 +216,31 @@ fn fwht(x: &mut [f32]) {
         }
         h *= 2;
     }
+    if m > 1 {
+        let hm = small_hadamard(m);
+        let mut u = vec![0f32; m];
+        for ip in 0..p {
+            for (c, v) in u.iter_mut().enumerate() {
+                *v = x[c * p + ip];
+            }
+            for r in 0..m {
+                let mut acc = 0f32;
+                for (c, &v) in u.iter().enumerate() {
+                    acc += if hm[r * m + c] < 0 { -v } else { v };
+                }
+                x[r * p + ip] = acc;
+            }
+        }
+    }
+}
+
+/// The transform size of a rotated head: head_dim as a [`WhtSize`], or why it is none.
+fn rotation_size(format: KvFormat, head_dim: usize) -> Result<WhtSize, KvError> {
+    WhtSize::new(head_dim).map_err(|e| KvError::RotationHeadDim {
+        format,
+        head_dim,
+        reason: e.to_string(),
+    })
 }
 
 /// The level of `x` against `scale` (0 when the scale is 0), as `quantize` in the shader.
@@ -279,23 +309,31 @@ impl KvFormat {
         }
     }
 
-    /// Checks that heads of `head_dim` can be stored: the rotated formats need a power of
-    /// two.
+    /// Checks that heads of `head_dim` can be stored: the rotated formats need a
+    /// Walsh–Hadamard size (m x 2^k, `WhtSize`).
     pub fn check_head_dim(self, head_dim: usize) -> Result<(), KvError> {
-        if self.rotated() && !head_dim.is_power_of_two() {
-            return Err(KvError::RotationHeadDim {
-                format: self,
-                head_dim,
-            });
+        if self.rotated() {
+            rotation_size(self, head_dim)?;
         }
         Ok(())
+    }
+
+    /// The shader's `HM` override: the core Hadamard order of a rotated head (1 for a
+    /// power of two, and for the formats that do not rotate).
+    fn rotation_order(self, head_dim: usize) -> u32 {
+        let size = self
+            .rotated()
+            .then(|| WhtSize::new(head_dim).ok())
+            .flatten();
+        size.map_or(1, |s| s.m as u32)
     }
 
     /// The words the cache holds for one head `x` (`head_words(x.len())` of them), as
     /// kv_write stores them.
     ///
     /// # Panics
-    /// If the format is rotated and `x.len()` is not a power of two.
+    /// If the format is rotated and `x.len()` is not a Walsh–Hadamard size
+    /// ([`Self::check_head_dim`] says so as an error).
     pub fn encode_head(self, x: &[f32]) -> Vec<u32> {
         let hd = x.len();
         let mut words = vec![0u32; self.head_words(hd)];
@@ -313,8 +351,8 @@ impl KvFormat {
         };
         let mut y = x.to_vec();
         if self.rotated() {
-            assert!(hd.is_power_of_two(), "rotation of head_dim {hd}");
-            fwht(&mut y);
+            let size = rotation_size(self, hd).unwrap_or_else(|e| panic!("{e}"));
+            fwht(&mut y, size);
             let norm = rotation_norm(hd);
             y.iter_mut().for_each(|v| *v *= norm);
         }
@@ -366,7 +404,8 @@ impl KvFormat {
             })
             .collect();
         if self.rotated() {
-            fwht(&mut y);
+            let size = rotation_size(self, head_dim).unwrap_or_else(|e| panic!("{e}"));
+            fwht(&mut y, size);
             let norm = rotation_norm(head_dim);
             y.iter_mut().for_each(|v| *v *= norm);
         }
@@ -567,6 +606,7 @@ impl AttnTile {
             .with("HD", shape.head_dim as u32)
             .with("KV", shape.kv.code())
             .with_flag("KV_ROT", shape.kv.rotated())
+            .with("HM", shape.kv.rotation_order(shape.head_dim))
             .with("WG", ATTEND_WORKGROUP as u32)
             .with("TQ", self.rows as u32)
             .with("TK", self.keys as u32)
@@ -663,6 +703,10 @@ pub struct Attention<'g> {
     gpu: &'g Gpu,
     /// Bound to the `out` or `parts` slot a dispatch does not use.
     dummy: GpuBuffer,
+    /// kv_write's second writable stand-in (6 and 7 must not alias).
+    dummy2: GpuBuffer,
+    /// `rot_signs` per core order of a rotated head (1: zeros, bound where unread).
+    rot_signs: Mutex<Vec<(u32, Arc<GpuBuffer>)>>,
     /// Partial states of the split decode, per part p = (row, head, chunk): acc
     /// [parts, head_dim], then (m, l) [parts, 2]; grown on demand.
     partials: Mutex<Option<GpuBuffer>>,
@@ -675,9 +719,29 @@ impl<'g> Attention<'g> {
         Ok(Self {
             gpu,
             dummy: gpu.upload(MemoryCategory::Uniforms, "attention dummy", &[0f32; 4])?,
+            dummy2: gpu.upload(MemoryCategory::Uniforms, "attention dummy 2", &[0f32; 4])?,
+            rot_signs: Mutex::new(Vec::new()),
             partials: Mutex::new(None),
             decode_chunk: DECODE_CHUNK,
         })
+    }
+
+    /// The `rot_signs` uniform for `shape`: H_m's sign masks for a rotated head of m x 2^k
+    /// values, zeros otherwise (every entry point binds it). Made once per order.
+    fn rot_signs(&self, shape: AttnShape) -> Result<Arc<GpuBuffer>, GpuError> {
+        let m = shape.kv.rotation_order(shape.head_dim);
+        let mut built = self.rot_signs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, b)) = built.iter().find(|(k, _)| *k == m) {
+            return Ok(b.clone());
+        }
+        let mut words = [0u32; ROT_SIGN_WORDS];
+        if m > 1 {
+            let masks = sign_masks(m as usize);
+            words[..masks.len()].copy_from_slice(&masks);
+        }
+        let buffer = Arc::new(self.gpu.uniform("attention rot_signs", &words));
+        built.push((m, buffer.clone()));
+        Ok(buffer)
     }
 
     /// Sets the keys per chunk of the split decode (default [`DECODE_CHUNK`]): contexts
@@ -763,8 +827,9 @@ impl<'g> Attention<'g> {
             .with("HD", shape.head_dim as u32)
             .with("EW_WG", wg)
             .with("KV", shape.kv.code())
-            .with_flag("KV_ROT", shape.kv.rotated());
-        let pipeline = self.gpu.pipeline(&key, &KV_BINDINGS)?;
+            .with_flag("KV_ROT", shape.kv.rotated())
+            .with("HM", shape.kv.rotation_order(shape.head_dim));
+        let pipeline = self.gpu.pipeline(&key, &BINDINGS)?;
         let grid = self.gpu.grid(
             "attention kv_write",
             invocations.div_ceil(wg as usize) as u32,
@@ -778,6 +843,7 @@ impl<'g> Attention<'g> {
                 ..Self::params(shape, rows.len(), grid.x, 0, Split::whole(shape))
             },
         );
+        let signs = self.rot_signs(shape)?;
         let buffers = [
             params.buffer(),
             row_table.buffer(),
@@ -785,6 +851,10 @@ impl<'g> Attention<'g> {
             v.buffer(),
             k_cache.buffer(),
             v_cache.buffer(),
+            self.dummy.buffer(),
+            self.dummy2.buffer(),
+            row_table.buffer(),
+            signs.buffer(),
         ];
         self.gpu.dispatch(pass, &pipeline, &buffers, grid);
         Ok(())
@@ -1035,9 +1105,10 @@ impl<'g> Attention<'g> {
         let plan = self
             .gpu
             .upload(MemoryCategory::Uniforms, "attention plan", plan)?;
+        let signs = self.rot_signs(shape)?;
         let pipeline = self.gpu.pipeline(
             &tile.key(shape, partials.is_some(), fusion.is_some()),
-            &ATTN_BINDINGS,
+            &BINDINGS,
         )?;
         let (q_stride, q_off) = pairs(&b.q, "attention q", rows.len(), shape.d())?;
         let (mut k_off, mut v_off, mut rope_half) = (0, 0, 0);
@@ -1084,6 +1155,7 @@ impl<'g> Attention<'g> {
             out.buffer(),
             parts.buffer(),
             cos_sin.buffer(),
+            signs.buffer(),
         ];
         self.gpu.dispatch(pass, &pipeline, &bound, grid);
         if partials.is_none() {
@@ -1093,7 +1165,7 @@ impl<'g> Attention<'g> {
         let key = PipelineKey::new(Shader::Attention, "reduce")
             .with("HD", shape.head_dim as u32)
             .with("EW_WG", ELEMENTWISE_WORKGROUP);
-        let pipeline = self.gpu.pipeline(&key, &ATTN_BINDINGS)?;
+        let pipeline = self.gpu.pipeline(&key, &BINDINGS)?;
         let pairs = rows.len() * shape.d() / 2;
         let grid = self.gpu.grid(
             "attention reduce",
@@ -1114,6 +1186,7 @@ impl<'g> Attention<'g> {
             b.out.buffer(),
             parts.buffer(),
             b.row_table.buffer(),
+            signs.buffer(),
         ];
         self.gpu.dispatch(pass, &pipeline, &bound, grid);
         Ok(())
@@ -2066,25 +2139,31 @@ mod tests {
         }
         let e = "f16r".parse::<KvFormat>().unwrap_err().to_string();
         assert!(e.contains("`f16r`") && e.contains("no rotated form"), "{e}");
-        assert_eq!(
-            KvFormat::Q4Rot.check_head_dim(12),
-            Err(KvError::RotationHeadDim {
-                format: KvFormat::Q4Rot,
-                head_dim: 12
-            })
-        );
-        assert!(
-            KvFormat::Q4.check_head_dim(12).is_ok() && KvFormat::Q8Rot.check_head_dim(64).is_ok()
-        );
+        // 46 = 23 x 2 and 92 = 23 x 4 have no Hadamard matrix walsh builds; 12, 72 = 36 x 2
+        // and 64 do.
+        for (hd, why) in [(46, "multiple of 4"), (92, "order 92")] {
+            match KvFormat::Q4Rot.check_head_dim(hd) {
+                Err(KvError::RotationHeadDim {
+                    format: KvFormat::Q4Rot,
+                    head_dim,
+                    reason,
+                }) => assert!(head_dim == hd && reason.contains(why), "{reason}"),
+                other => panic!("head_dim {hd}: {other:?}"),
+            }
+        }
+        for hd in [12, 72, 64] {
+            assert!(KvFormat::Q8Rot.check_head_dim(hd).is_ok(), "{hd}");
+        }
+        assert!(KvFormat::Q4.check_head_dim(46).is_ok());
         let shape = AttnShape {
             heads: 2,
-            head_dim: 12,
+            head_dim: 46,
             max_seqs: 1,
             max_pos: 4,
             kv: KvFormat::Q8Rot,
         };
         let e = shape.validate().unwrap_err().to_string();
-        assert!(e.contains("power-of-two head_dim"), "{e}");
+        assert!(e.contains("head_dim 46 has none"), "{e}");
         // Bytes per position and head: f32 4 hd, f16 2 hd, q8 hd + 4, q4 hd / 2 + 4.
         let bytes: Vec<u64> = KvFormat::ALL
             .iter()
@@ -2101,7 +2180,7 @@ mod tests {
         assert_eq!(got[0], want[0], "{what} {kv} scale on {}", gpu.describe());
         let mut y = x.to_vec();
         if kv.rotated() {
-            fwht(&mut y);
+            fwht(&mut y, WhtSize::new(x.len()).unwrap());
             let norm = rotation_norm(x.len());
             y.iter_mut().for_each(|v| *v *= norm);
         }
@@ -2147,12 +2226,15 @@ mod tests {
     #[test]
     fn quantized_caches_store_like_the_cpu_and_attend_like_the_reference() {
         // (format, heads, head_dim): odd head sizes without rotation (q8 of 10 pads its
-        // last word, q4 of 24 its last nibbles), powers of two with it.
+        // last word, q4 of 24 its last nibbles), powers of two with it, and m x 2^k: 48 =
+        // 12 x 4 (one sign word per row of H_12), 72 = 36 x 2 (two words per row of H_36).
         let cases = [
             (KvFormat::Q8, 3, 10),
             (KvFormat::Q4, 3, 24),
             (KvFormat::Q8Rot, 3, 16),
             (KvFormat::Q4Rot, 2, 32),
+            (KvFormat::Q8Rot, 2, 48),
+            (KvFormat::Q4Rot, 2, 72),
         ];
         // A prompt per sequence (prefill), then one row each (decode, split in 3 chunks).
         let first = runs(&[(1, 0, 9), (0, 0, 4)]);
