@@ -68,6 +68,10 @@ override OUTS: u32 = select(1u, 2u, EPI == EPI_SWIGLU);
 @group(0) @binding(6) var<storage, read> gamma: array<f32>;
 @group(0) @binding(7) var<storage, read> beta: array<f32>;
 @group(0) @binding(8) var<storage, read_write> xout: array<f32>;
+// PRO_WHT with PRO_M > 1: H_PRO_M's sign masks (hadamard::cpu::sign_uniform: bit c % 32 of
+// word r * ceil(PRO_M / 32) + c / 32 set means H[r][c] = -1), four words per vec4; every
+// GEMV binds it (zeros where unread; the size is SIGN_UNIFORM_WORDS on the host).
+@group(0) @binding(9) var<uniform> pro_signs: array<vec4<u32>, 270>;
 
 // Quantized formats: bits per level, levels per word, words per block.
 override QBITS: u32 = select(4u, 8u, W_FMT == W_Q8);
@@ -167,15 +171,19 @@ fn store(r: u32, u: u32, z: f32, z2: f32) {
 //   PRO_NORM  inputs = rmsnorm(x[r]) * norm_w; with WRITE_X, the first unit group of
 //             workgroups also writes them to xout (the identity query reads them).
 //   PRO_WHT   v = resid[r] + gamma * H(x[r]) * wht_scale + beta (the Hadamard attention
-//             output, H in Sylvester order, n_in a power of two), written to xout by the
-//             first unit group (the new residual stream), then inputs = rmsnorm(v) *
-//             norm_w: the post-attention norm of the layer.
+//             output, H = H_PRO_M (x) H_P for n_in = PRO_M * P, H_P in Sylvester order),
+//             written to xout by the first unit group (the new residual stream), then
+//             inputs = rmsnorm(v) * norm_w: the post-attention norm of the layer.
 // The host (`Prologue` in src/ops/matmul.rs) checks GEMV_ROWS * n_in <= STAGE.
 const PRO_NONE: u32 = 0u;
 const PRO_NORM: u32 = 1u;
 const PRO_WHT: u32 = 2u;
 override PRO: u32 = PRO_NONE;
 override WRITE_X: bool = false;
+override PRO_M: u32 = 1u;  // PRO_WHT: the core Hadamard order of n_in (1: a power of two)
+// PRO_WHT mix items per invocation at most: STAGE / 4 outputs per item / the smallest
+// GEMV workgroup (64); MIX_ITEMS on the host checks the workgroups.
+const MIX_ITEMS: u32 = 16u;
 
 // f32s of staged inputs; must match PROLOGUE_STAGE on the host. The GEMVs' partial sums
 // reuse it after their dot loops (2048 values), so every GEMV declares just this array.
@@ -228,9 +236,12 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
     stage_r0 = r0;
     let n = params.n_in;
     if (PRO == PRO_WHT) {
-        // Butterflies of half-width h = 1, 2, 4, ...: the order of the CPU reference.
+        // Butterflies of half-width h = 1, 2, 4, ... < P (inside the chunks of P), then
+        // the PRO_M x PRO_M mix of each position across chunks summed in the order c = 0,
+        // 1, ...: the order of the CPU reference.
         let half = n / 2u;
-        for (var h = 1u; h < n; h *= 2u) {
+        let p = n / PRO_M;
+        for (var h = 1u; h < p; h *= 2u) {
             workgroupBarrier();
             for (var b = t; b < nr * half; b += wg) {
                 let k = b % half;
@@ -239,6 +250,44 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
                 let c = stage[i + h];
                 stage[i] = a + c;
                 stage[i + h] = a - c;
+            }
+        }
+        if (PRO_M > 1u) {
+            workgroupBarrier();
+            // Items of four outputs (rows r .. r + 3 of H_PRO_M) of one column (row,
+            // position), each summing its column's PRO_M values: the workgroup's lanes
+            // share the n x PRO_M adds (a column per item kept 16 of 256 lanes busy at
+            // 576 = 36 x 16). The outputs wait in registers until every item has read
+            // its inputs, then go back in place.
+            var mixed: array<vec4<f32>, MIX_ITEMS>;
+            let cols = nr * p;
+            let words = (PRO_M + 31u) / 32u;
+            var j = 0u;
+            for (var it = t; it < cols * (PRO_M / 4u); it += wg) {
+                let r = 4u * (it / cols);
+                let base = ((it % cols) / p) * n + (it % cols) % p;
+                var acc = vec4<f32>(0.0);
+                for (var c = 0u; c < PRO_M; c++) {
+                    let u = vec4<f32>(stage[base + c * p]);
+                    var neg: vec4<bool>;
+                    for (var k = 0u; k < 4u; k++) {
+                        let w = (r + k) * words + c / 32u;
+                        neg[k] = ((pro_signs[w / 4u][w % 4u] >> (c % 32u)) & 1u) == 1u;
+                    }
+                    acc += select(u, -u, neg);
+                }
+                mixed[j] = acc;
+                j++;
+            }
+            workgroupBarrier();
+            j = 0u;
+            for (var it = t; it < cols * (PRO_M / 4u); it += wg) {
+                let r = 4u * (it / cols);
+                let base = ((it % cols) / p) * n + (it % cols) % p;
+                for (var k = 0u; k < 4u; k++) {
+                    stage[base + (r + k) * p] = mixed[j][k];
+                }
+                j++;
             }
         }
         workgroupBarrier();

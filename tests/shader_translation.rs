@@ -234,6 +234,20 @@ fn workloads(gpu: &Gpu) {
         }
         gpu.set_tuning(Tuning::default());
     }
+    // Hadamard W_O at widths m x 2^k (the GEMVs' Hadamard prologue with an m x m mix on
+    // GPUs, the tiled WHT on CPU adapters) and rotated caches of head sizes m x 2^k.
+    for (d, heads, kv) in [
+        (96, 2, KvFormat::Q8Rot),
+        (576, 8, KvFormat::Q4Rot),
+        (576, 12, KvFormat::Q8Rot),
+    ] {
+        let c = Config {
+            attn_output: AttnOutput::Hadamard,
+            ..config(d, heads, 1, 32)
+        };
+        let model = random_model(&c, 4, WeightFormat::F16).unwrap();
+        run_decoder(gpu, &model, &[vec![1, 2, 3], vec![4]], 3, kv);
+    }
     // Head sizes, and batches of 1 to 16 sequences (the GEMV's row counts).
     for heads in [1, 2, 4, 8, 16] {
         let model = random_model(&config(256, heads, 1, 64), 2, WeightFormat::F16).unwrap();

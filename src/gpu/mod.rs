@@ -31,6 +31,11 @@ pub use timer::GpuTimer;
 
 use pipeline::PipelineCache;
 
+/// Bytes of [`Gpu::spare_uniform`]: the largest uniform array a shader declares, the
+/// Hadamard sign masks (`array<vec4<u32>, 270>` in attention.wgsl and matmul.wgsl;
+/// `hadamard::cpu::SIGN_UNIFORM_WORDS` words, a test checks).
+pub const SPARE_UNIFORM_BYTES: usize = 4320;
+
 /// Which optional features this device has enabled; kernels choose their path from these.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GpuFeatures {
@@ -88,6 +93,7 @@ pub struct Gpu {
     /// one buffer in two writable slots of a dispatch, so a real buffer cannot stand in.
     /// Made on first use, so a device that runs nothing holds nothing.
     spare: std::sync::OnceLock<GpuBuffer>,
+    spare_uniform: std::sync::OnceLock<GpuBuffer>,
     tuning: Mutex<Tuning>,
 }
 
@@ -175,6 +181,7 @@ impl Gpu {
             counters: Counters::default(),
             failure,
             spare: std::sync::OnceLock::new(),
+            spare_uniform: std::sync::OnceLock::new(),
             tuning: Mutex::default(),
         })
     }
@@ -190,6 +197,13 @@ impl Gpu {
             });
             self.track(buffer, MemoryCategory::Scratch)
         })
+    }
+
+    /// A zeroed uniform of [`SPARE_UNIFORM_BYTES`] to bind at a uniform slot a dispatch
+    /// does not read (a shader's uniform array must be bound whole).
+    pub fn spare_uniform(&self) -> &GpuBuffer {
+        self.spare_uniform
+            .get_or_init(|| self.uniform("spare uniform slot", &[0u32; SPARE_UNIFORM_BYTES / 4]))
     }
 
     /// Replaces the measured kernel choices (see [`Tuning`]).

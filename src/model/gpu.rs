@@ -18,7 +18,8 @@ use super::{AttnOutput, Config, ModelError, Query};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory, PendingRead, Recording};
 use crate::ops::attention::{self, Attention, AttnShape, DecodeFusion, KvFormat};
 use crate::ops::feedback::{self, FeedbackBuffers};
-use crate::ops::hadamard::{Epilogue as WhtEpilogue, Hadamard, WhtOptions, WhtPath};
+use crate::ops::hadamard::cpu::sign_uniform;
+use crate::ops::hadamard::{Epilogue as WhtEpilogue, Hadamard, WhtOptions, WhtPath, WhtSize};
 use crate::ops::matmul::{self, Epilogue, Prologue};
 use crate::ops::rope::{self, RopeTable};
 use crate::ops::sample::{self, SamplingParams};
@@ -297,6 +298,8 @@ pub struct GpuDecoder<'g> {
     shape: AttnShape,
     rope: RopeTable,
     hadamard: Hadamard<'g>,
+    /// H_m's signs for the fused Hadamard prologue when d = m x 2^k, m > 1.
+    wht_signs: Option<GpuBuffer>,
     attention: Attention<'g>,
     acts: Option<Activations>,
     plan: Option<DecodePlan>,
@@ -391,6 +394,12 @@ impl<'g> GpuDecoder<'g> {
             shape,
             rope: RopeTable::new(gpu, max_positions, config.head_dim(), config.rope_theta)?,
             hadamard: Hadamard::new(gpu)?,
+            wht_signs: match WhtSize::new(config.hidden_size) {
+                Ok(s) if s.m > 1 && config.attn_output == AttnOutput::Hadamard => {
+                    Some(gpu.uniform("wht signs", &sign_uniform(s.m)))
+                }
+                _ => None,
+            },
             attention: Attention::new(gpu)?.with_decode_chunk(attention::decode_chunk_for(
                 gpu,
                 shape.heads,
@@ -537,7 +546,17 @@ impl<'g> GpuDecoder<'g> {
         // feed-forward product (docs/architecture.md, "One decode step"); prefill, and
         // batches or widths the prologues cannot take, run each step on its own.
         let fuse_norm = decode && matmul::prologue_fits(gpu, rows, d, false);
-        let fuse_wht = fuse_norm && hadamard && matmul::prologue_fits(gpu, rows, d, true);
+        // d = m x 2^k (m > 1) adds an m x m mix every workgroup of the product would redo:
+        // on CPU adapters that cost more than the dispatch it saves (lavapipe, d 576 = 36 x
+        // 16, `walsh profile` alternating 5 runs each: the fused gate/up product took a
+        // median 4117 us against 3721 for the separate WHT and the product), so there the
+        // transform stays a dispatch of its own; GPUs, where the dispatch is the cost and
+        // the mix spreads over the lanes, fuse it.
+        let wht_m = WhtSize::new(d).map_or(1, |s| s.m);
+        let fuse_wht = fuse_norm
+            && hadamard
+            && matmul::prologue_fits(gpu, rows, d, true)
+            && (wht_m == 1 || !gpu.is_cpu_adapter());
         let fuse_attn = decode && c.query == Query::Dense;
         let auto = matmul::Kernel::Auto;
         elementwise::encode_embed(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
@@ -608,6 +627,7 @@ impl<'g> GpuDecoder<'g> {
                     out: x_alt,
                     weight: post,
                     eps,
+                    signs: self.wht_signs.as_ref(),
                 };
                 let (att, hb) = (&acts.att, &acts.hb);
                 matmul::encode_with_prologue(

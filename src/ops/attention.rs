@@ -23,7 +23,7 @@ use bytemuck::{Pod, Zeroable};
 use super::Cols;
 use super::rope::RopeTable;
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
-use crate::ops::hadamard::cpu::{WhtSize, sign_masks, small_hadamard};
+use crate::ops::hadamard::cpu::{WhtSize, sign_uniform, small_hadamard};
 
 /// Largest head_dim the kernels support: a prefill tile holds at least 4 query rows; also
 /// the size of kv_quant's private copy of a head (`MAX_HD` in attention.wgsl).
@@ -124,10 +124,6 @@ const BINDINGS: [Binding; 10] = [
     Binding::ReadOnly,
     Binding::Uniform,
 ];
-
-/// u32 words of the `rot_signs` uniform (`array<vec4<u32>, 270>` in attention.wgsl): the
-/// sign masks of the largest core order, 180 rows of 6 words.
-const ROT_SIGN_WORDS: usize = 1080;
 
 /// How the KV cache stores its values. Layout: `docs/kv-cache.md`.
 ///
@@ -734,11 +730,7 @@ impl<'g> Attention<'g> {
         if let Some((_, b)) = built.iter().find(|(k, _)| *k == m) {
             return Ok(b.clone());
         }
-        let mut words = [0u32; ROT_SIGN_WORDS];
-        if m > 1 {
-            let masks = sign_masks(m as usize);
-            words[..masks.len()].copy_from_slice(&masks);
-        }
+        let words = sign_uniform(m as usize);
         let buffer = Arc::new(self.gpu.uniform("attention rot_signs", &words));
         built.push((m, buffer.clone()));
         Ok(buffer)

@@ -10,6 +10,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::Matrix;
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
+use crate::ops::hadamard::cpu::{SIGN_UNIFORM_WORDS, WhtSize};
 
 /// Invocations per GEMV workgroup; passed to the shader as `GEMV_WG` (at most 256, the
 /// partial sums' layout in its `stage`).
@@ -27,6 +28,17 @@ const GEMV_WIDE_WORKGROUP: u32 = 256;
 /// Invocations per workgroup of the subgroup GEMV (`GEMV_WG` there): GEMV_WG / the
 /// adapter's largest subgroup size output units (`SG_UNITS`), a subgroup each.
 const GEMV_SUBGROUP_WORKGROUP: u32 = 128;
+/// The Hadamard prologue's mix items per invocation at most (`MIX_ITEMS` in matmul.wgsl):
+/// a stage of [`PROLOGUE_STAGE`] values in items of four, over the smallest GEMV workgroup.
+const MIX_ITEMS: usize = 16;
+const _: () = {
+    let smallest = [GEMV_WORKGROUP, GEMV_WIDE_WORKGROUP, GEMV_SUBGROUP_WORKGROUP];
+    let mut i = 0;
+    while i < smallest.len() {
+        assert!(PROLOGUE_STAGE / 4 / smallest[i] as usize <= MIX_ITEMS);
+        i += 1;
+    }
+};
 /// Lanes per output unit in the wide GEMV; must match `WIDE_LANES` in matmul.wgsl.
 const GEMV_WIDE_LANES: u32 = 32;
 /// The wide GEMV reads rows in whole quantized blocks and 16-byte vectors.
@@ -85,6 +97,9 @@ pub enum Prologue<'a> {
         out: &'a GpuBuffer,
         weight: &'a GpuBuffer,
         eps: f32,
+        /// H_m's signs for n_in = m x 2^k, m > 1 (`hadamard::cpu::sign_uniform(m)` in a
+        /// uniform); unread for a power of two (None: the spare uniform stands in).
+        signs: Option<&'a GpuBuffer>,
     },
 }
 
@@ -101,18 +116,18 @@ impl Prologue<'_> {
 
 /// Whether [`encode_with_prologue`] can fold a prologue of kind `hadamard` (else the
 /// norm) into a product of `rows` rows of `n_in` inputs on `gpu`: a GEMV-sized batch
-/// whose rows fit the stage a row at a time, a power-of-two width for the transform, and
-/// workgroup memory for the stage.
+/// whose rows fit the stage a row at a time, a Walsh–Hadamard width for the transform
+/// (2^k or m x 2^k), and workgroup memory for the stage.
 pub fn prologue_fits(gpu: &Gpu, rows: usize, n_in: usize, hadamard: bool) -> bool {
     (1..=GEMV_MAX_ROWS).contains(&rows)
         && (1..=PROLOGUE_STAGE).contains(&n_in)
-        && (!hadamard || (n_in >= 2 && n_in.is_power_of_two()))
+        && (!hadamard || WhtSize::new(n_in).is_ok())
         && gpu.limits().max_compute_workgroup_storage_size >= PROLOGUE_WORKGROUP_BYTES
 }
 
 /// Bindings of every entry point: params, w, x, y; with a prologue also norm_w, resid,
-/// gamma, beta, xout (matmul.wgsl).
-const BINDINGS: [Binding; 9] = [
+/// gamma, beta, xout, pro_signs (matmul.wgsl).
+const BINDINGS: [Binding; 10] = [
     Binding::Uniform,
     Binding::ReadOnly,
     Binding::ReadOnly,
@@ -122,6 +137,7 @@ const BINDINGS: [Binding; 9] = [
     Binding::ReadOnly,
     Binding::ReadOnly,
     Binding::ReadWrite,
+    Binding::Uniform,
 ];
 
 /// What a product does with z = x W^T; must match the `EPI_*` constants in matmul.wgsl.
@@ -325,7 +341,11 @@ fn prologue_bindings<'a>(
             "a product of {rows} rows x {n_in} inputs cannot make its inputs in a prologue \
              (at most {GEMV_MAX_ROWS} rows of at most {PROLOGUE_STAGE} inputs{}, and \
              {PROLOGUE_WORKGROUP_BYTES} bytes of workgroup memory)",
-            if hadamard { ", a power of two" } else { "" }
+            if hadamard {
+                ", a Walsh-Hadamard size"
+            } else {
+                ""
+            }
         )))
     };
     let row = (rows * n_in * 4) as u64;
@@ -357,8 +377,22 @@ fn prologue_bindings<'a>(
             out,
             weight,
             eps,
+            signs,
         } => {
             fits(true)?;
+            let m = WhtSize::new(n_in).map_or(1, |s| s.m);
+            if m > 1 {
+                let words = (SIGN_UNIFORM_WORDS * 4) as u64;
+                signs
+                    .ok_or_else(|| {
+                        GpuError::Validation(format!(
+                            "matmul prologue: a transform of {n_in} = {m} x {} needs H_{m}'s \
+                             signs",
+                            n_in / m
+                        ))
+                    })?
+                    .require("signs", words)?;
+            }
             weight.require("norm weight", vec)?;
             gamma.require("gamma", vec)?;
             beta.require("beta", vec)?;
@@ -497,6 +531,12 @@ fn encode_full(
             key = key
                 .with("PRO", prologue.code())
                 .with_flag("WRITE_X", write_x);
+            if let Prologue::HadamardNorm { .. } = prologue {
+                let m = WhtSize::new(n_in).map_or(1, |s| s.m);
+                if m > 1 {
+                    key = key.with("PRO_M", m as u32);
+                }
+            }
         }
     }
     // The GEMVs reach the prologue's slots in their code (unused without one: x and y
@@ -518,6 +558,10 @@ fn encode_full(
         },
     );
     let [norm_w, resid, gamma, beta, xout] = extra;
+    let signs = match prologue {
+        Prologue::HadamardNorm { signs: Some(s), .. } => s,
+        _ => gpu.spare_uniform(),
+    };
     let buffers = [
         params.buffer(),
         w.buffer.buffer(),
@@ -528,6 +572,7 @@ fn encode_full(
         gamma.buffer(),
         beta.buffer(),
         xout.buffer(),
+        signs.buffer(),
     ];
     gpu.dispatch(pass, &pipeline, &buffers[..slots], grid);
     Ok(())
@@ -831,6 +876,8 @@ mod tests {
         let ob = gpu
             .storage(MemoryCategory::Activations, "out", (rows * n_in * 4) as u64)
             .unwrap();
+        let m = WhtSize::new(n_in).map_or(1, |s| s.m);
+        let signs = gpu.uniform("signs", &cpu::sign_uniform(m));
         let prologue = match pro {
             Pro::Norm => Prologue::Norm {
                 weight: &nb,
@@ -849,6 +896,7 @@ mod tests {
                 out: &ob,
                 weight: &nb,
                 eps,
+                signs: Some(&signs),
             },
         };
         let mut enc = gpu.encoder("matmul prologue test");
@@ -939,7 +987,16 @@ mod tests {
                     Epilogue::SwiGlu,
                     Pro::Hadamard,
                 );
+                // m x 2^k: 96 = 12 x 8 (one sign word per row), 576 = 36 x 16 (two).
+                for (rows, n_in, n_out) in [(3, 96, 10), (1, 576, 6)] {
+                    let f16 = WeightFormat::F16;
+                    let swiglu = Epilogue::SwiGlu;
+                    check_prologue(&gpu, kernel, f16, rows, n_in, n_out, swiglu, Pro::Hadamard);
+                }
             }
+            // The largest core order, 2880 = 180 x 16 (six sign words per row).
+            let (k, f16) = (Kernel::GemvOutputs, WeightFormat::F16);
+            check_prologue(&gpu, k, f16, 1, 2880, 4, Epilogue::Store, Pro::Hadamard);
             // Odd widths, and the largest a stage holds with 3 rows.
             for kernel in [Kernel::Gemv, Kernel::GemvOutputs] {
                 check_prologue(
@@ -1036,13 +1093,17 @@ mod tests {
             assert!(prologue_fits(&gpu, 16, 256, true));
             assert!(!prologue_fits(&gpu, 17, 256, false), "a GEMM-sized batch");
             assert!(!prologue_fits(&gpu, 1, 4097, false), "a row past the stage");
-            assert!(!prologue_fits(&gpu, 1, 96, true), "not a power of two");
-            let w = Matrix::from_f32(&gpu, "w", &[0f32; 96 * 2], 2, 96).unwrap();
+            assert!(
+                !prologue_fits(&gpu, 1, 92, true),
+                "no Hadamard matrix of order 92"
+            );
+            assert!(prologue_fits(&gpu, 1, 96, true), "96 = 12 x 8");
+            let w = Matrix::from_f32(&gpu, "w", &[0f32; 92 * 2], 2, 92).unwrap();
             let b = |n: usize| {
                 gpu.storage(MemoryCategory::Activations, "b", (n * 4) as u64)
                     .unwrap()
             };
-            let (x, y, v, out) = (b(96), b(2), b(96), b(96));
+            let (x, y, v, out) = (b(92), b(2), b(92), b(92));
             let prologue = Prologue::HadamardNorm {
                 resid: &v,
                 gamma: &v,
@@ -1050,6 +1111,7 @@ mod tests {
                 out: &out,
                 weight: &v,
                 eps: 1e-5,
+                signs: None,
             };
             let mut enc = gpu.encoder("matmul test");
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -1060,13 +1122,34 @@ mod tests {
                     .to_string()
             };
             let err = refused(prologue);
-            assert!(err.contains("a power of two"), "{err}");
+            assert!(err.contains("a Walsh-Hadamard size"), "{err}");
             let err = refused(Prologue::Norm {
                 weight: &v,
                 eps: 1e-5,
                 out: Some(&x),
             });
             assert!(err.contains("a buffer of its own"), "{err}");
+            // 96 = 12 x 8 fits, but not without H_12's signs.
+            let (w96, v96, out96) = (
+                Matrix::from_f32(&gpu, "w", &[0f32; 192], 2, 96).unwrap(),
+                b(96),
+                b(96),
+            );
+            let no_signs = Prologue::HadamardNorm {
+                resid: &v96,
+                gamma: &v96,
+                beta: &v96,
+                out: &out96,
+                weight: &v96,
+                eps: 1e-5,
+                signs: None,
+            };
+            let (store, auto) = (Epilogue::Store, Kernel::Auto);
+            let err =
+                encode_with_prologue(&gpu, &mut pass, &w96, &v96, &y, 1, store, auto, no_signs)
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("96 = 12 x 8 needs H_12's signs"), "{err}");
         }
     }
 

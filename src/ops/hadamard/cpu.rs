@@ -134,6 +134,22 @@ pub fn sign_words(m: usize) -> usize {
     m.div_ceil(32)
 }
 
+/// u32 words of [`sign_uniform`]: the sign masks of the largest core order, 180 rows of
+/// 6 words (`array<vec4<u32>, 270>` in attention.wgsl and matmul.wgsl).
+pub const SIGN_UNIFORM_WORDS: usize = 1080;
+
+/// [`sign_masks`] of m padded with zeros to a whole uniform array of
+/// [`SIGN_UNIFORM_WORDS`] (zeros only for m = 1): how the attention kernels' rotation and
+/// the GEMVs' Hadamard prologue receive H_m.
+pub fn sign_uniform(m: usize) -> [u32; SIGN_UNIFORM_WORDS] {
+    let mut words = [0u32; SIGN_UNIFORM_WORDS];
+    if m > 1 {
+        let masks = sign_masks(m);
+        words[..masks.len()].copy_from_slice(&masks);
+    }
+    words
+}
+
 /// H_m as bit masks, [`sign_words`] words per row: bit c' % 32 of word c' / 32 of row c
 /// set means H_m[c][c'] = -1. This is how the shaders receive the matrix.
 pub fn sign_masks(m: usize) -> Vec<u32> {
@@ -323,6 +339,15 @@ mod tests {
             );
             assert!(e.contains("12, 20, 28, 36"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_sign_uniform_holds_the_largest_order_and_is_bound_whole() {
+        assert_eq!(SIGN_UNIFORM_WORDS * 4, crate::gpu::SPARE_UNIFORM_BYTES);
+        let top = super::super::construct::MAX_CORE;
+        assert_eq!(sign_masks(top).len(), SIGN_UNIFORM_WORDS);
+        assert!(sign_uniform(1).iter().all(|&w| w == 0));
+        assert_eq!(sign_uniform(36)[..72], sign_masks(36)[..]);
     }
 
     #[test]
