@@ -195,6 +195,18 @@ fn mix_private(r: u32, u: ptr<function, array<f32, MAX_M>>) -> f32 {
     return acc;
 }
 
+// The line and column of mix item `rest` (< LB * P * LS: column fastest, then position,
+// then line) in tile `tile_id`.
+fn mix_lane(l: Lane, tile_id: u32, rest: u32) -> Lane {
+    var k: Lane = l;
+    k.sl = rest % LS;
+    k.bl = rest / (LS * P);
+    k.b = (tile_id / (S / LS)) * LB + k.bl;
+    k.s = (tile_id % (S / LS)) * LS + k.sl;
+    k.valid = k.b < params.lines;
+    return k;
+}
+
 // The fast kernel for one workgroup. `t` is local_invocation_index, `wid` the workgroup
 // id, `sg_size` the subgroup size (1 when subgroups are not used).
 fn wht_tile(t: u32, wid: vec3<u32>, sg_size: u32) {
@@ -256,12 +268,8 @@ fn wht_tile(t: u32, wid: vec3<u32>, sg_size: u32) {
         // its M outputs, as before M went past 28 (four rows per item, below, measured
         // 1.14x slower at 12 x 64 on lavapipe in one noisy run; this path matches the old).
         for (var item = t; item < per_r; item += WG) {
-            var k: Lane = l;
-            k.sl = item % LS;
-            k.bl = item / (LS * P);
-            k.b = (tile_id / (S / LS)) * LB + k.bl;
-            k.s = (tile_id % (S / LS)) * LS + k.sl;
-            if (k.b >= params.lines) {
+            let k = mix_lane(l, tile_id, item);
+            if (!k.valid) {
                 continue;
             }
             let ip = (item / LS) % P;
@@ -288,12 +296,8 @@ fn wht_tile(t: u32, wid: vec3<u32>, sg_size: u32) {
     for (var item = t; item < (M / 4u) * per_r; item += WG) {
         let r = 4u * (item / per_r);
         let rest = item % per_r;
-        var k: Lane = l;
-        k.sl = rest % LS;
-        k.bl = rest / (LS * P);
-        k.b = (tile_id / (S / LS)) * LB + k.bl;
-        k.s = (tile_id % (S / LS)) * LS + k.sl;
-        if (k.b >= params.lines) {
+        let k = mix_lane(l, tile_id, rest);
+        if (!k.valid) {
             continue;
         }
         let ip = (rest / LS) % P;

@@ -156,10 +156,29 @@ fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
     }
 }
 
+/// Greedy tokens of one sequence from `prompt` on the CPU, then on each of `gpus`: equal.
+fn assert_greedy_everywhere(
+    gpus: &[crate::gpu::Gpu],
+    m: &Model,
+    prompt: &[u32],
+    tokens: usize,
+    kv: KvFormat,
+    what: &str,
+) {
+    let prompts = vec![prompt.to_vec()];
+    let mut cpu = CpuBatch::new(m, 1, 48, kv).unwrap();
+    let want = run(&mut cpu, &prompts, tokens, SamplingParams::greedy());
+    for gpu in gpus {
+        let mut dec = GpuDecoder::new(gpu, m, 1, 48, kv).unwrap();
+        let got = run(&mut dec, &prompts, tokens, SamplingParams::greedy());
+        assert_eq!(got, want, "{what}: greedy tokens on {}", gpu.describe());
+    }
+}
+
 /// Hadamard W_O at real models' widths that are not powers of two (576 = 36 x 16 as
 /// SmolLM2-135M, 960 = 60 x 16 as SmolLM2-360M; head size 64): greedy tokens identical on
-/// the CPU and every adapter (the GPU takes the tiled WHT with the fused epilogue there,
-/// not the power-of-two GEMV prologue).
+/// the CPU and every adapter (the CPU adapters take the tiled WHT with its fused epilogue
+/// there; GPUs would fold it into the GEMV prologue, tested in ops::matmul).
 #[test]
 fn hadamard_at_paley_widths_decodes_greedy_identical_on_every_device() {
     let gpus = test_gpus();
@@ -170,14 +189,14 @@ fn hadamard_at_paley_widths_decodes_greedy_identical_on_every_device() {
             ..config(d, AttnOutput::Hadamard, Query::Dense)
         };
         let m = model(config, seed, true);
-        let prompts = vec![prompt(7, seed as u32)];
-        let mut cpu = CpuBatch::new(&m, 1, 48, KV).unwrap();
-        let want = run(&mut cpu, &prompts, 16, SamplingParams::greedy());
-        for gpu in &gpus {
-            let mut dec = GpuDecoder::new(gpu, &m, 1, 48, KV).unwrap();
-            let got = run(&mut dec, &prompts, 16, SamplingParams::greedy());
-            assert_eq!(got, want, "d={d} greedy tokens on {}", gpu.describe());
-        }
+        assert_greedy_everywhere(
+            &gpus,
+            &m,
+            &prompt(7, seed as u32),
+            16,
+            KV,
+            &format!("d={d}"),
+        );
     }
 }
 
@@ -581,14 +600,7 @@ fn rotated_caches_need_a_walsh_hadamard_head_dim() {
     let gpus = test_gpus();
     for (d, kv) in [(192, KvFormat::Q8Rot), (288, KvFormat::Q4Rot)] {
         let m = model(config(d, AttnOutput::Hadamard, Query::Dense), 10, true);
-        let prompts = vec![prompt(6, 3)];
-        let mut cpu = CpuBatch::new(&m, 1, 32, kv).unwrap();
-        let want = run(&mut cpu, &prompts, 12, SamplingParams::greedy());
-        for gpu in &gpus {
-            let mut dec = GpuDecoder::new(gpu, &m, 1, 32, kv).unwrap();
-            let got = run(&mut dec, &prompts, 12, SamplingParams::greedy());
-            assert_eq!(got, want, "{kv} at d {d} on {}", gpu.describe());
-        }
+        assert_greedy_everywhere(&gpus, &m, &prompt(6, 3), 12, kv, &format!("{kv} at d {d}"));
     }
 }
 

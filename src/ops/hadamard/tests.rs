@@ -110,6 +110,29 @@ fn fast_and_naive_match_f64_reference_for_every_size_class() {
     }
 }
 
+/// The fast transform of `rows` rows of `x` with `epilogue` on `path`, read back.
+fn run_fused(
+    gpu: &Gpu,
+    h: &Hadamard,
+    x: &GpuBuffer,
+    rows: usize,
+    n: usize,
+    epilogue: Epilogue<'_>,
+    path: WhtPath,
+) -> Vec<f32> {
+    let out = gpu
+        .storage(MemoryCategory::Activations, "out", (rows * n * 4) as u64)
+        .unwrap();
+    let mut enc = gpu.encoder("fused test");
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        let options = WhtOptions { epilogue, path };
+        h.encode(&mut pass, x, &out, rows, n, options).unwrap();
+    }
+    gpu.submit_and_wait(enc).unwrap();
+    gpu.read(&out, rows * n).unwrap()
+}
+
 /// The sizes of core order m that change a kernel's shape: m x 1, m x 2, the largest
 /// single pass (n <= 4096) and the largest.
 fn core_sizes(m: usize) -> Vec<usize> {
@@ -155,25 +178,12 @@ fn every_core_order_on_every_path_matches_f64_reference() {
             let beta = input(1, n, 11);
             let up = |v: &[f32]| gpu.upload(MemoryCategory::Activations, "t", v).unwrap();
             let (xb, rb, gb, bb) = (up(&x), up(&resid), up(&gamma), up(&beta));
-            let out = gpu
-                .storage(MemoryCategory::Activations, "out", (x.len() * 4) as u64)
-                .unwrap();
-            let mut enc = gpu.encoder("core epilogue");
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                let epilogue = Epilogue {
-                    gamma: Some(&gb),
-                    beta: Some(&bb),
-                    resid: Some(&rb),
-                };
-                let options = WhtOptions {
-                    epilogue,
-                    path: WhtPath::Auto,
-                };
-                h.encode(&mut pass, &xb, &out, rows, n, options).unwrap();
-            }
-            gpu.submit_and_wait(enc).unwrap();
-            let got: Vec<f32> = gpu.read(&out, x.len()).unwrap();
+            let epilogue = Epilogue {
+                gamma: Some(&gb),
+                beta: Some(&bb),
+                resid: Some(&rb),
+            };
+            let got = run_fused(&gpu, &h, &xb, rows, n, epilogue, WhtPath::Auto);
             let epi = EpilogueRef {
                 gamma: Some(&gamma),
                 beta: Some(&beta),
@@ -301,32 +311,12 @@ fn fused_epilogue_matches_cpu_formula() {
                 (Some(&gb), Some(&bb), Some(&rb)),
             ];
             for (g, b, r) in cases {
-                let out = gpu
-                    .storage(MemoryCategory::Activations, "out", (x.len() * 4) as u64)
-                    .unwrap();
-                let mut enc = gpu.encoder("fused test");
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    let epi = Epilogue {
-                        gamma: g,
-                        beta: b,
-                        resid: r,
-                    };
-                    h.encode(
-                        &mut pass,
-                        &xb,
-                        &out,
-                        rows,
-                        n,
-                        WhtOptions {
-                            epilogue: epi,
-                            path,
-                        },
-                    )
-                    .unwrap();
-                }
-                gpu.submit_and_wait(enc).unwrap();
-                let got: Vec<f32> = gpu.read(&out, x.len()).unwrap();
+                let epi = Epilogue {
+                    gamma: g,
+                    beta: b,
+                    resid: r,
+                };
+                let got = run_fused(&gpu, &h, &xb, rows, n, epi, path);
                 let epi = EpilogueRef {
                     gamma: g.map(|_| &gamma[..]),
                     beta: b.map(|_| &beta[..]),
