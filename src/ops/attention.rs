@@ -16,7 +16,7 @@
 //!
 //! Both attention paths compute the same function; they differ only in how work is split.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
@@ -701,8 +701,6 @@ pub struct Attention<'g> {
     dummy: GpuBuffer,
     /// kv_write's second writable stand-in (6 and 7 must not alias).
     dummy2: GpuBuffer,
-    /// `rot_signs` per core order of a rotated head (1: zeros, bound where unread).
-    rot_signs: Mutex<Vec<(u32, Arc<GpuBuffer>)>>,
     /// Partial states of the split decode, per part p = (row, head, chunk): acc
     /// [parts, head_dim], then (m, l) [parts, 2]; grown on demand.
     partials: Mutex<Option<GpuBuffer>>,
@@ -716,24 +714,17 @@ impl<'g> Attention<'g> {
             gpu,
             dummy: gpu.upload(MemoryCategory::Uniforms, "attention dummy", &[0f32; 4])?,
             dummy2: gpu.upload(MemoryCategory::Uniforms, "attention dummy 2", &[0f32; 4])?,
-            rot_signs: Mutex::new(Vec::new()),
             partials: Mutex::new(None),
             decode_chunk: DECODE_CHUNK,
         })
     }
 
-    /// The `rot_signs` uniform for `shape`: H_m's sign masks for a rotated head of m x 2^k
-    /// values, zeros otherwise (every entry point binds it). Made once per order.
-    fn rot_signs(&self, shape: AttnShape) -> Result<Arc<GpuBuffer>, GpuError> {
-        let m = shape.kv.rotation_order(shape.head_dim);
-        let mut built = self.rot_signs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, b)) = built.iter().find(|(k, _)| *k == m) {
-            return Ok(b.clone());
-        }
-        let words = sign_uniform(m as usize);
-        let buffer = Arc::new(self.gpu.uniform("attention rot_signs", &words));
-        built.push((m, buffer.clone()));
-        Ok(buffer)
+    /// The `rot_signs` uniform for a rotated head of m x 2^k values, m > 1: H_m's sign
+    /// masks, uploaded with the dispatch as its params are; None where the spare uniform
+    /// stands in (every entry point binds the slot).
+    fn rot_signs(&self, shape: AttnShape) -> Option<GpuBuffer> {
+        let m = shape.kv.rotation_order(shape.head_dim) as usize;
+        (m > 1).then(|| self.gpu.uniform("attention rot_signs", &sign_uniform(m)))
     }
 
     /// Sets the keys per chunk of the split decode (default [`DECODE_CHUNK`]): contexts
@@ -835,7 +826,8 @@ impl<'g> Attention<'g> {
                 ..Self::params(shape, rows.len(), grid.x, 0, Split::whole(shape))
             },
         );
-        let signs = self.rot_signs(shape)?;
+        let rot_signs = self.rot_signs(shape);
+        let signs = rot_signs.as_ref().unwrap_or(self.gpu.spare_uniform());
         let buffers = [
             params.buffer(),
             row_table.buffer(),
@@ -1097,7 +1089,8 @@ impl<'g> Attention<'g> {
         let plan = self
             .gpu
             .upload(MemoryCategory::Uniforms, "attention plan", plan)?;
-        let signs = self.rot_signs(shape)?;
+        let rot_signs = self.rot_signs(shape);
+        let signs = rot_signs.as_ref().unwrap_or(self.gpu.spare_uniform());
         let pipeline = self.gpu.pipeline(
             &tile.key(shape, partials.is_some(), fusion.is_some()),
             &BINDINGS,
