@@ -717,7 +717,7 @@ fn init_model_q8_is_the_f16_model_of_the_same_seed_quantized() {
 #[test]
 fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let init = |name: &str, hidden: &str| -> String {
+    let init = |name: &str, hidden: &str, attn_output: &str| -> String {
         let model = dir.path().join(name);
         let model = model.to_str().unwrap().to_string();
         walsh(&[
@@ -732,11 +732,13 @@ fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
             "4",
             "--context",
             "32",
+            "--attn-output",
+            attn_output,
         ]);
         model
     };
     // head_dim 16: every format applies.
-    let model = init("m", "64");
+    let model = init("m", "64", "hadamard");
     let text = dir.path().join("text.txt");
     std::fs::write(&text, "To be, or not to be, that is the question.").unwrap();
     let text = text.to_str().unwrap();
@@ -805,8 +807,9 @@ fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_names(&stderr, &["`f16r`", "q8r", "no rotated form"]);
-    // head_dim 12: rotation needs a power of two, said before any work.
-    let odd = init("odd", "48");
+    // head_dim 46 = 23 x 2: no Hadamard matrix of that order, said before any work (a
+    // dense W_O: 184 is no transform size either).
+    let odd = init("odd", "184", "dense");
     for device in ["cpu", "gpu"] {
         let e = walsh_fails(&[
             "eval",
@@ -819,7 +822,7 @@ fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
             "--device",
             device,
         ]);
-        assert_names(&e, &["q4r", "power-of-two head_dim", "head_dim is 12"]);
+        assert_names(&e, &["q4r", "head_dim 46 has none", "multiple of 4"]);
     }
     let eval_odd = [
         "eval",

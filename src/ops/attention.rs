@@ -139,7 +139,7 @@ const BINDINGS: [Binding; 10] = [
 ///   to even) of x / scale, the value is level x scale (the conventions of
 ///   `model::quant`'s weight blocks, with an f32 scale per (position, head)).
 /// - `q8r`, `q4r` first rotate the head's vector by the normalized Walsh–Hadamard matrix
-///   H / sqrt(head_dim) (head_dim a power of two), spreading outliers over the head before
+///   H / sqrt(head_dim) (head_dim 2^k or m x 2^k), spreading outliers over the head before
 ///   quantizing; attention rotates q the same way (scores are unchanged, H being
 ///   orthogonal) and rotates its output back (H / sqrt(head_dim) is its own inverse).
 #[derive(
