@@ -101,8 +101,8 @@ override FUSE: bool = false;     // attend: RoPE and the KV write of its row (de
 
 // KV_ROT with HM > 1: the signs of H_HM as the WHT kernels take them (cpu::sign_masks:
 // bit c % 32 of word r * ceil(HM / 32) + c / 32 set means H_HM[r][c] = -1), four words per
-// vec4 (a uniform array's stride); every entry point binds it (ROT_SIGN_WORDS on the host
-// sizes the buffer: HM <= 180 takes at most 180 * 6 words).
+// vec4 (a uniform array's stride); every entry point binds it (cpu::SIGN_UNIFORM_WORDS on
+// the host sizes the buffer: HM <= 180 takes at most 180 * 6 words).
 @group(0) @binding(9) var<uniform> rot_signs: array<vec4<u32>, 270>;
 
 // kv_quant's private copy of a head: MAX_HEAD_DIM on the host.
@@ -256,17 +256,23 @@ fn kv_write(@builtin(local_invocation_index) t: u32,
 
 // ---- kv_quant ----------------------------------------------------------------------------
 
-// Whether H_HM[r][c] = -1.
-fn rot_negative(r: u32, c: u32) -> bool {
-    let w = r * ((HM + 31u) / 32u) + c / 32u;
-    return ((rot_signs[w / 4u][w % 4u] >> (c % 32u)) & 1u) == 1u;
+// Row r of the HM x HM mix of a column u: sum_c H_HM[r][c] u[c] in the order c = 0, 1, ...
+fn rot_mix(u: ptr<function, array<f32, MAX_HM>>, r: u32) -> f32 {
+    var acc = 0.0;
+    for (var c = 0u; c < HM; c++) {
+        let w = r * ((HM + 31u) / 32u) + c / 32u;
+        let negative = ((rot_signs[w / 4u][w % 4u] >> (c % 32u)) & 1u) == 1u;
+        acc += select((*u)[c], -(*u)[c], negative);
+    }
+    return acc;
 }
 
 // In-place unnormalized Walsh-Hadamard transform of x[0..HD], HD = HM * HP: stages of
 // half-width h = 1, 2, 4, ... < HP, butterfly b of a stage on i = (b / h) 2h + b % h and
 // i + h (pairs stay inside chunks of HP), then with HM > 1 the HM x HM mix of each
-// position across chunks, summed in the order c = 0, 1, ... The order of `fwht` in
-// src/ops/attention.rs, so both produce the same bits.
+// position across chunks, summed in the order c = 0, 1, ... The arithmetic of
+// hadamard::cpu::fwht (which the host's KvFormat::encode_head uses), so both produce the
+// same bits.
 fn fwht(x: ptr<function, array<f32, MAX_HD>>) {
     for (var h = 1u; h < HD / HM; h *= 2u) {
         for (var b = 0u; b < HD / 2u; b++) {
@@ -285,11 +291,7 @@ fn fwht(x: ptr<function, array<f32, MAX_HD>>) {
                 u[c] = (*x)[c * hp + ip];
             }
             for (var r = 0u; r < HM; r++) {
-                var acc = 0.0;
-                for (var c = 0u; c < HM; c++) {
-                    acc += select(u[c], -u[c], rot_negative(r, c));
-                }
-                (*x)[r * hp + ip] = acc;
+                (*x)[r * hp + ip] = rot_mix(&u, r);
             }
         }
     }
@@ -417,11 +419,7 @@ fn rotate_tile_rows(t: u32) {
                 u[c] = tile[base + c * hp];
             }
             for (var r = 0u; r < HM; r++) {
-                var acc = 0.0;
-                for (var c = 0u; c < HM; c++) {
-                    acc += select(u[c], -u[c], rot_negative(r, c));
-                }
-                tile[base + r * hp] = acc;
+                tile[base + r * hp] = rot_mix(&u, r);
             }
         }
         workgroupBarrier();

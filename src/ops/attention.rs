@@ -23,7 +23,11 @@ use bytemuck::{Pod, Zeroable};
 use super::Cols;
 use super::rope::RopeTable;
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
-use crate::ops::hadamard::cpu::{WhtSize, sign_uniform, small_hadamard};
+// The rotation is the engine's normalized WHT: butterflies of half-width 1, 2, 4, ... in
+// chunks of p, then the m x m mix summed in the order c = 0, 1, ..., then the f32 scale
+// 1/sqrt(n) (rotation_norm): the arithmetic of attention.wgsl's `fwht` and `rot_norm`, so
+// both produce the same bits.
+use crate::ops::hadamard::cpu::{WhtSize, fwht, sign_uniform};
 
 /// Largest head_dim the kernels support: a prefill tile holds at least 4 query rows; also
 /// the size of kv_quant's private copy of a head (`MAX_HD` in attention.wgsl).
@@ -195,41 +199,6 @@ pub fn rotation_norm(head_dim: usize) -> f32 {
     (1.0 / (head_dim as f64).sqrt()) as f32
 }
 
-/// In-place unnormalized Walsh–Hadamard transform of a supported length n = m p (p a
-/// power of two), in the order the shader's `fwht` uses (stages of half-width 1, 2, 4, ...
-/// < p; butterfly b of a stage on i = (b / h) 2h + b % h and i + h; then the m x m mix of
-/// each position across the chunks of p, summed in the order c = 0, 1, ...), so both
-/// produce the same bits.
-fn fwht(x: &mut [f32], size: WhtSize) {
-    let (n, m, p) = (x.len(), size.m, size.p);
-    let mut h = 1;
-    while h < p {
-        for b in 0..n / 2 {
-            let i = (b / h) * 2 * h + b % h;
-            let (a, c) = (x[i], x[i + h]);
-            x[i] = a + c;
-            x[i + h] = a - c;
-        }
-        h *= 2;
-    }
-    if m > 1 {
-        let hm = small_hadamard(m);
-        let mut u = vec![0f32; m];
-        for ip in 0..p {
-            for (c, v) in u.iter_mut().enumerate() {
-                *v = x[c * p + ip];
-            }
-            for r in 0..m {
-                let mut acc = 0f32;
-                for (c, &v) in u.iter().enumerate() {
-                    acc += if hm[r * m + c] < 0 { -v } else { v };
-                }
-                x[r * p + ip] = acc;
-            }
-        }
-    }
-}
-
 /// The transform size of a rotated head: head_dim as a [`WhtSize`], or why it is none.
 fn rotation_size(format: KvFormat, head_dim: usize) -> Result<WhtSize, KvError> {
     WhtSize::new(head_dim).map_err(|e| KvError::RotationHeadDim {
@@ -317,11 +286,10 @@ impl KvFormat {
     /// The shader's `HM` override: the core Hadamard order of a rotated head (1 for a
     /// power of two, and for the formats that do not rotate).
     fn rotation_order(self, head_dim: usize) -> u32 {
-        let size = self
-            .rotated()
-            .then(|| WhtSize::new(head_dim).ok())
-            .flatten();
-        size.map_or(1, |s| s.m as u32)
+        match self.rotated() {
+            true => rotation_size(self, head_dim).map_or(1, |s| s.m as u32),
+            false => 1,
+        }
     }
 
     /// The words the cache holds for one head `x` (`head_words(x.len())` of them), as
@@ -349,8 +317,6 @@ impl KvFormat {
         if self.rotated() {
             let size = rotation_size(self, hd).unwrap_or_else(|e| panic!("{e}"));
             fwht(&mut y, size);
-            let norm = rotation_norm(hd);
-            y.iter_mut().for_each(|v| *v *= norm);
         }
         let amax = y.iter().fold(0f32, |m, v| m.max(v.abs()));
         let scale = amax * level_inv(max_level);
@@ -402,8 +368,6 @@ impl KvFormat {
         if self.rotated() {
             let size = rotation_size(self, head_dim).unwrap_or_else(|e| panic!("{e}"));
             fwht(&mut y, size);
-            let norm = rotation_norm(head_dim);
-            y.iter_mut().for_each(|v| *v *= norm);
         }
         y
     }
@@ -2166,8 +2130,6 @@ mod tests {
         let mut y = x.to_vec();
         if kv.rotated() {
             fwht(&mut y, WhtSize::new(x.len()).unwrap());
-            let norm = rotation_norm(x.len());
-            y.iter_mut().for_each(|v| *v *= norm);
         }
         let scale = f32::from_bits(want[0]);
         let unpack = |w: &[u32]| -> Vec<i32> {
