@@ -42,7 +42,7 @@ const W_F32: u32 = 0u;
 const W_F16: u32 = 1u;
 const W_Q8: u32 = 2u;
 const W_Q4: u32 = 3u;
-// Values per quantized block; must match BLOCK in src/model/quant.rs.
+// Values per quantized block; must match BLOCK in src/blocks.rs.
 const QBLOCK: u32 = 32u;
 
 override W_FMT: u32 = W_F32;

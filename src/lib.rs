@@ -13,6 +13,7 @@
 //! - `web` (wasm32 only): the API the browser page in `web/` drives.
 
 pub mod bench;
+pub mod blocks;
 pub mod gpu;
 pub mod limits;
 pub mod model;

@@ -678,7 +678,8 @@ fn broken_model_directories_fail_cleanly_naming_the_file() {
 
 #[test]
 fn init_model_q8_is_the_f16_model_of_the_same_seed_quantized() {
-    use walsh::model::quant::{QuantFormat, QuantMatrix, quantized_by_default};
+    use walsh::blocks::{QuantFormat, QuantMatrix};
+    use walsh::model::quant::quantized_by_default;
     let dir = tempfile::tempdir().unwrap();
     let init = |dtype: &str| {
         let out = dir.path().join(dtype);

@@ -9,9 +9,10 @@ use std::path::Path;
 
 use half::f16;
 
+use walsh::blocks::QuantFormat;
 use walsh::model::gguf::{GgufError, GgufWeights, gguf_bytes, write_gguf};
 use walsh::model::init::random_model;
-use walsh::model::quant::{QuantFormat, quantized};
+use walsh::model::quant::quantized;
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;

@@ -629,9 +629,10 @@ fn files_longer_than_their_config_allows_are_refused_unread() {
 
 mod quantized {
     use super::*;
+    use walsh::blocks::{QuantFormat, QuantMatrix};
     use walsh::model::config::Quantization;
     use walsh::model::init::write_files;
-    use walsh::model::quant::{QuantFormat, QuantMatrix, quantize_model, quantized_by_default};
+    use walsh::model::quant::{quantize_model, quantized_by_default};
 
     /// d 64, FFN 72 (two full blocks of 32 and a tail of 8), so every block path is hit.
     fn odd_config(query: Query) -> Config {

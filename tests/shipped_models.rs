@@ -14,12 +14,13 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+use walsh::blocks::QuantFormat;
 use walsh::gpu::{AdapterSelector, Gpu, Tuning};
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{CpuBatch, Decoder, GenerateOptions, generate};
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::init::write_files;
-use walsh::model::quant::{QuantFormat, quantize_model};
+use walsh::model::quant::quantize_model;
 use walsh::model::weights::Model;
 use walsh::ops::attention::KvFormat;
 use walsh::ops::matmul::Kernel;

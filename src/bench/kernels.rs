@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::measure::{Stats, time_encoder, time_pass};
 use super::{BenchError, BenchOptions};
+use crate::blocks::{QuantFormat, QuantMatrix};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
-use crate::model::quant::{QuantFormat, QuantMatrix};
 use crate::ops::attention::{Attention, AttnShape, row_table};
 use crate::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath};
 use crate::ops::{Matrix, copy, matmul};

@@ -98,7 +98,7 @@ pub enum BenchError {
     #[error(transparent)]
     Wht(#[from] crate::ops::hadamard::WhtError),
     #[error(transparent)]
-    Quant(#[from] crate::model::quant::QuantError),
+    Quant(#[from] crate::blocks::QuantError),
     #[error("report {path}: {message}")]
     Report { path: String, message: String },
 }

@@ -121,7 +121,7 @@ fn matrix(
         }
         WeightFormat::Q8 | WeightFormat::Q4 => {
             let quant = format.quant().expect("q8 and q4 are quantized");
-            let q = crate::model::quant::QuantMatrix::quantize(quant, n_out, n_in, &w)?;
+            let q = crate::blocks::QuantMatrix::quantize(quant, n_out, n_in, &w)?;
             Matrix::from_quant(gpu, "tune w", &q)?
         }
     })

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use walsh::blocks::QuantFormat;
 use walsh::limits::{self, Placement};
 use walsh::model::eval::evaluate;
 use walsh::model::fit::{fit_prompt, prompt_notice};
@@ -17,7 +18,6 @@ use walsh::model::generate::{
 use walsh::model::gguf::{GgmlType, GgufWeights, write_gguf};
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::init::{random_model, write_random_model};
-use walsh::model::quant::QuantFormat;
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;

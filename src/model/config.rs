@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
-use super::quant::{self, QuantFormat};
+use crate::blocks::{self, QuantFormat};
 use crate::ops::hadamard::WhtSize;
 
 /// How attention heads are mixed back into the residual stream.
@@ -38,7 +38,7 @@ pub enum Query {
 pub struct Quantization {
     /// `q8` or `q4`.
     pub weights: QuantFormat,
-    /// Values per block along a row: walsh reads [`quant::BLOCK`].
+    /// Values per block along a row: walsh reads [`blocks::BLOCK`].
     pub block_size: usize,
 }
 
@@ -46,7 +46,7 @@ impl Quantization {
     pub fn new(weights: QuantFormat) -> Self {
         Quantization {
             weights,
-            block_size: quant::BLOCK,
+            block_size: blocks::BLOCK,
         }
     }
 }
@@ -239,12 +239,12 @@ impl Config {
             return Err(format!("rope_theta = {} must be positive", self.rope_theta));
         }
         if let Some(q) = self.quantization
-            && q.block_size != quant::BLOCK
+            && q.block_size != blocks::BLOCK
         {
             return Err(format!(
                 "quantization.block_size = {} is not supported (walsh reads blocks of {})",
                 q.block_size,
-                quant::BLOCK
+                blocks::BLOCK
             ));
         }
         Ok(())

@@ -31,9 +31,10 @@ use std::str::FromStr;
 use half::f16;
 use thiserror::Error;
 
-use super::quant::{self, BLOCK, QuantError, QuantFormat, QuantMatrix};
+use super::quant;
 use super::weights::{Model, Tensor, TensorData};
 use super::{AttnOutput, ModelError, Query};
+use crate::blocks::{BLOCK, QuantError, QuantFormat, QuantMatrix, blocks_per_row};
 
 /// The GGUF version written.
 pub const GGUF_VERSION: u32 = 3;
@@ -536,7 +537,7 @@ pub fn permute_rope_rows(data: &[u8], rows: usize, heads: usize) -> Vec<u8> {
 /// GGML Q8_0 / Q4_0 blocks of a walsh q8 / q4 matrix whose width is whole blocks: the same
 /// f16 scale and levels, re-packed (module docs).
 fn ggml_blocks(q: &QuantMatrix) -> Result<Vec<u8>, QuantError> {
-    let blocks = q.rows * quant::blocks_per_row(q.cols);
+    let blocks = q.rows * blocks_per_row(q.cols);
     let words = q.format.words_per_block();
     if q.data.len() != blocks * words || q.scales.len() != blocks {
         return Err(QuantError::DataLength {

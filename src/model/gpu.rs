@@ -12,9 +12,9 @@
 //! input on the GPU, then one readback of the N tokens of each sequence. Replaying creates
 //! no buffers or bind groups, so the host's work per token is a few dozen calls.
 
-use super::quant::{QuantMatrix, blocks_per_row};
 use super::weights::{Model, Tensor, TensorData, stacked_format};
 use super::{AttnOutput, Config, ModelError, Query};
+use crate::blocks::{QuantMatrix, blocks_per_row};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory, PendingRead, Recording};
 use crate::ops::attention::{self, Attention, AttnShape, DecodeFusion, KvFormat};
 use crate::ops::feedback::{self, FeedbackBuffers};

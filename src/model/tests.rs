@@ -608,7 +608,8 @@ fn rotated_caches_need_a_walsh_hadamard_head_dim() {
 /// their logits agree as closely as with f32 weights (both see scale x level exactly).
 #[test]
 fn quantized_models_give_the_cpu_logits_on_gpu() {
-    use super::quant::{QuantFormat, quantized};
+    use super::quant::quantized;
+    use crate::blocks::QuantFormat;
     for gpu in test_gpus() {
         for (i, format) in [QuantFormat::Q8, QuantFormat::Q4].into_iter().enumerate() {
             // d = 48: rows of one full block and one tail of 16, like the shipped 688.
@@ -634,7 +635,8 @@ fn quantized_models_give_the_cpu_logits_on_gpu() {
 #[test]
 fn quantized_weights_stay_packed_in_gpu_memory() {
     use super::fit::decoder_buffers;
-    use super::quant::{QuantFormat, quantized};
+    use super::quant::quantized;
+    use crate::blocks::QuantFormat;
     use crate::gpu::MemoryCategory;
     let f16 = model(config(64, AttnOutput::Hadamard, Query::Dense), 4, true);
     let q4 = quantized(&f16, QuantFormat::Q4).unwrap().0;

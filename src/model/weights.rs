@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::quant::QuantMatrix;
 use super::{AttnOutput, Config, ModelError, Query};
+use crate::blocks::QuantMatrix;
 use crate::ops::WeightFormat;
 
 /// File name of the config inside a model directory.
@@ -633,7 +633,7 @@ fn quantized_tensor(
     shape: &[usize],
     q: super::config::Quantization,
 ) -> Result<Tensor, ModelError> {
-    use super::quant::{QuantMatrix, blocks_per_row};
+    use crate::blocks::{QuantMatrix, blocks_per_row};
     let fail = |message: String| ModelError::Quantized {
         path: path.to_path_buf(),
         name: base.to_string(),

@@ -141,7 +141,7 @@ const BINDINGS: [Binding; 10] = [
 ///   nibble first) as level + 8 (-7..=7); a head_dim not a multiple of 4 (8) pads the last
 ///   word with level 0. scale = amax x (1/127 or 1/7 as f32), levels round to nearest (ties
 ///   to even) of x / scale, the value is level x scale (the conventions of
-///   `model::quant`'s weight blocks, with an f32 scale per (position, head)).
+///   `blocks`' weight blocks, with an f32 scale per (position, head)).
 /// - `q8r`, `q4r` first rotate the head's vector by the normalized Walsh–Hadamard matrix
 ///   H / sqrt(head_dim) (head_dim 2^k or m x 2^k), spreading outliers over the head before
 ///   quantizing; attention rotates q the same way (scores are unchanged, H being

@@ -59,7 +59,8 @@ pub fn encode_copy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::{MemoryCategory, testing::test_gpus};
+    use crate::gpu::profile::{TimingMethod, time_recording};
+    use crate::gpu::{GpuTimer, MemoryCategory, Recording, testing::test_gpus};
 
     #[test]
     fn copies_exactly_and_only_what_is_asked() {
@@ -82,6 +83,69 @@ mod tests {
             let out: Vec<f32> = gpu.read(&d, 160).unwrap();
             assert_eq!(&out[..148], &src[..148], "{}", gpu.describe());
             assert!(out[148..].iter().all(|&v| v == -1.0), "{}", gpu.describe());
+        }
+    }
+
+    /// The gpu floor's timing, tested here with the copy kernel (the gpu floor has none).
+    #[test]
+    fn timestamps_time_a_compute_pass() {
+        for gpu in test_gpus() {
+            let Some(timer) = GpuTimer::new(&gpu, 2).unwrap() else {
+                assert!(!gpu.features().timestamp_query);
+                continue;
+            };
+            let n = 1024;
+            let x = gpu
+                .upload(MemoryCategory::Activations, "x", &vec![1f32; 64 * n])
+                .unwrap();
+            let y = gpu
+                .storage(MemoryCategory::Activations, "y", (64 * n * 4) as u64)
+                .unwrap();
+            let mut enc = gpu.encoder("timed");
+            for slot in 0..2 {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("timed copy"),
+                    timestamp_writes: Some(timer.pass_writes(slot).unwrap()),
+                });
+                encode_copy(&gpu, &mut pass, &x, &y, (64 * n * 4) as u64).unwrap();
+            }
+            timer.resolve(&mut enc);
+            gpu.submit_and_wait(enc).unwrap();
+            let secs = pollster::block_on(timer.read_seconds(&gpu)).unwrap();
+            assert_eq!(secs.len(), 2);
+            for s in secs {
+                assert!(s > 0.0 && s < 60.0, "{} pass took {s} s?", gpu.describe());
+            }
+            assert!(timer.pass_writes(2).is_err());
+        }
+    }
+
+    #[test]
+    fn every_dispatch_of_a_recording_is_timed_with_its_kernel_and_bytes() {
+        for gpu in test_gpus() {
+            let a = gpu.storage(MemoryCategory::Scratch, "a", 1 << 16).unwrap();
+            let b = gpu.storage(MemoryCategory::Scratch, "b", 1 << 16).unwrap();
+            let mut rec = Recording::new();
+            encode_copy(&gpu, &mut rec, &a, &b, 1 << 16).unwrap();
+            encode_copy(&gpu, &mut rec, &b, &a, 1 << 12).unwrap();
+            let t = pollster::block_on(time_recording(&gpu, &rec, 3)).unwrap();
+            assert_eq!(t.dispatches.len(), 2, "{}", gpu.describe());
+            for d in &t.dispatches {
+                assert!(d.kernel.starts_with("copy:copy_vec4"), "{}", d.kernel);
+                // Both buffers are bound whole, the uniform not counted.
+                assert_eq!(d.bytes, 2 << 16);
+                assert!(d.seconds.is_finite() && d.seconds >= 0.0, "{d:?}");
+            }
+            assert_eq!(t.dispatches[0].grid, [16, 1, 1]);
+            assert!(t.wall_seconds > 0.0);
+            let expected = if gpu.features().timestamp_inside_passes {
+                TimingMethod::InsidePass
+            } else if gpu.features().timestamp_query {
+                TimingMethod::PassPerDispatch
+            } else {
+                TimingMethod::WallClock
+            };
+            assert_eq!(t.method, expected, "{}", gpu.describe());
         }
     }
 }

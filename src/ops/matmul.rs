@@ -594,9 +594,9 @@ pub fn matmul_reference(w: &[f32], x: &[f32], rows: usize, n_in: usize, n_out: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocks::QuantMatrix;
     use crate::gpu::MemoryCategory;
     use crate::gpu::testing::{test_gpus, test_values};
-    use crate::model::quant::QuantMatrix;
     use crate::ops::WeightFormat;
 
     const FORMATS: [WeightFormat; 4] = [

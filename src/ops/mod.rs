@@ -11,8 +11,8 @@ pub mod norm;
 pub mod rope;
 pub mod sample;
 
+use crate::blocks::{QuantFormat, QuantMatrix, blocks_per_row};
 use crate::gpu::{Gpu, GpuBuffer, GpuError, MemoryCategory};
-use crate::model::quant::{QuantFormat, QuantMatrix, blocks_per_row};
 
 /// How a weight matrix is stored on the GPU. Every format binds as `array<u32>` in WGSL:
 /// `F32` holds the bit patterns (`bitcast<f32>(w[i])`), `F16` two halves per u32, element
@@ -20,7 +20,7 @@ use crate::model::quant::{QuantFormat, QuantMatrix, blocks_per_row};
 /// `Q8` and `Q4` hold a [`QuantMatrix`]'s packed levels, row after row, then its f16 block
 /// scales two per word (low half first; an odd count is padded with a zero half), then
 /// zero words up to a whole 16 bytes (the wide GEMV reads the buffer as `vec4<u32>`s, its
-/// last scales included): the layout of `src/model/quant.rs`, read by `weight_at`,
+/// last scales included): the layout of `src/blocks.rs`, read by `weight_at`,
 /// `dot_rows` and `dot_rows_wide` in matmul.wgsl.
 /// None of them needs SHADER_F16 or 8-bit storage, so all work on every adapter and in
 /// browsers.
