@@ -30,12 +30,13 @@ use wasm_bindgen_futures::JsFuture;
 
 use crate::bench::{self, BenchError, BenchOptions, Report, Suite, report::Environment};
 use crate::gpu::{Gpu, GpuError};
-use crate::model::fit::{BufferLimits, check_decoder_fits, fit_prompt, prompt_notice};
+use crate::model::fit::{fit_prompt, prompt_notice};
 use crate::model::generate::{
     Chunk, CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, StepFuture, Utf8Stream,
     encode_text, generate_async,
 };
 use crate::model::gpu::GpuDecoder;
+use crate::model::sizes::{BufferLimits, check_decoder_fits};
 use crate::model::weights::{CONFIG_FILE, Model, WEIGHTS_FILE};
 use crate::model::{Config, ModelError};
 use crate::ops::WeightFormat;

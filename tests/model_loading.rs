@@ -588,7 +588,7 @@ fn offsets_past_the_end_are_rejected() {
 fn files_longer_than_their_config_allows_are_refused_unread() {
     let c = dense();
     let dir = model_dir(&c, WeightFormat::F32);
-    let limit = walsh::limits::max_weights_file_bytes(&c);
+    let limit = walsh::model::sizes::max_weights_file_bytes(&c);
     // Sparse: no disk used, and walsh must not read it.
     std::fs::File::options()
         .write(true)

@@ -8,13 +8,14 @@ use serde::{Deserialize, Serialize};
 use super::measure::Stats;
 use super::{BenchError, BenchOptions};
 use crate::gpu::{Gpu, GpuError, Tuning};
-use crate::model::fit::{BufferLimits, ROPE_TABLE, TooLarge, check_buffers_fit, decoder_buffers};
 use crate::model::generate::{GenerateOptions, generate_async};
 use crate::model::gpu::GpuDecoder;
 use crate::model::init::random_model;
 use crate::model::profile::DecoderProfile;
-use crate::model::quant::quantized_by_default;
-use crate::model::weights::{Model, expected_tensors};
+use crate::model::sizes::{
+    BufferLimits, TooLarge, check_buffers_fit, decode_bytes_per_token, planned_buffers,
+    weight_bytes,
+};
 use crate::model::{AttnOutput, Config, ModelError, Query};
 use crate::ops::WeightFormat;
 use crate::ops::attention::KvFormat;
@@ -174,122 +175,6 @@ pub fn decoder_cases(options: &BenchOptions) -> Vec<DecoderCase> {
 pub const WEIGHT_FORMATS: [WeightFormat; 3] =
     [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4];
 
-/// Bytes one decode step reads per decoded token, averaged over the decode steps of a
-/// generation of `new_tokens` tokens after a `prompt`-token prompt in each of `batch`
-/// sequences, counted from the buffers the GPU decoder holds ([`decoder_buffers`]):
-///
-/// - every weight buffer once per step, shared by the batch (each matrix is read whole
-///   by the step's matrix products; norms and the Hadamard affine are small vectors),
-///   except the embedding table, of which a step reads one row per sequence (a tied
-///   lm_head reads it whole, as the head);
-/// - per sequence, the keys and values of every position up to the fed token, in each
-///   layer: `2 x layers x (p + 1) x d x` the cache's bytes per value at position `p`.
-///   The decode steps feed positions `prompt .. prompt + new_tokens - 1` (the prefill
-///   samples the first token), so `p + 1` averages `prompt + new_tokens / 2`.
-///
-/// Activations (a few vectors of d per token) and writes are left out: at decode the
-/// weights and the cache are what the step streams from memory.
-pub fn decode_bytes_per_token(
-    model: &Model,
-    batch: usize,
-    prompt: usize,
-    new_tokens: usize,
-    kv: KvFormat,
-) -> f64 {
-    let c = &model.config;
-    let w = &model.weights;
-    let weights = weight_bytes(model);
-    let embed = decoder_buffers(model, 1, 1, kv)[0].1;
-    let embed_row = (w.embed_tokens.stored_bytes() / c.vocab_size) as u64;
-    // A step reads the rope table at each sequence's position only.
-    let rope_row = (c.head_dim() / 2 * 8) as u64;
-    let tied = w.lm_head.is_none();
-    let per_step =
-        weights - embed + batch as u64 * (embed_row + rope_row) + if tied { embed } else { 0 };
-    let positions = prompt as f64 + new_tokens as f64 / 2.0;
-    let kv_per_token = 2.0
-        * c.num_hidden_layers as f64
-        * positions
-        * kv.position_bytes(c.num_attention_heads, c.head_dim()) as f64;
-    per_step as f64 / batch as f64 + kv_per_token
-}
-
-/// The matrices the GPU decoder stacks into one buffer: (name suffix, the stack's).
-const STACKS: [(&str, &str); 5] = [
-    (".self_attn.q_proj.weight", ".self_attn.qkv"),
-    (".self_attn.k_proj.weight", ".self_attn.qkv"),
-    (".self_attn.v_proj.weight", ".self_attn.qkv"),
-    (".mlp.gate_proj.weight", ".mlp.gate_up"),
-    (".mlp.up_proj.weight", ".mlp.gate_up"),
-];
-
-/// Bytes of the model's weight buffers in [`decoder_buffers`] (all but the rope table and
-/// the KV cache).
-pub fn weight_bytes(model: &Model) -> u64 {
-    let buffers = decoder_buffers(model, 1, 1, KvFormat::F16);
-    buffers[..buffers.len() - 1]
-        .iter()
-        .filter(|b| !b.0.starts_with(ROPE_TABLE))
-        .map(|b| b.1)
-        .sum()
-}
-
-/// The buffers [`decoder_buffers`] lists for a [`random_model`] of `config` in `format`
-/// with a cache of `seqs` x `positions`, from the config alone: a grid cell beyond the
-/// adapter's limits is skipped before its random model (up to gigabytes at d_model 4096)
-/// is built. Matrices take `format` where `walsh quantize` would quantize them, f16 (f32
-/// for an f32 model) elsewhere; vectors are f32; q, k, v and gate, up are stacked.
-pub fn planned_buffers(
-    config: &Config,
-    format: WeightFormat,
-    seqs: usize,
-    positions: usize,
-    kv: KvFormat,
-) -> Vec<(String, u64)> {
-    let matrix_format = |name: &str, shape: &[usize]| match format {
-        WeightFormat::Q8 | WeightFormat::Q4 if !quantized_by_default(name, shape) => {
-            WeightFormat::F16
-        }
-        f => f,
-    };
-    let mut out = Vec::new();
-    let mut stacks: Vec<(String, WeightFormat, usize, usize)> = Vec::new();
-    for (name, shape) in expected_tensors(config) {
-        if shape.len() != 2 {
-            out.push((name, shape.iter().product::<usize>() as u64 * 4));
-            continue;
-        }
-        let f = matrix_format(&name, &shape);
-        let (rows, cols) = (shape[0], shape[1]);
-        let stack = STACKS.iter().find_map(|(suffix, stack)| {
-            name.strip_suffix(suffix)
-                .map(|layer| format!("{layer}{stack}"))
-        });
-        match stack {
-            Some(key) => match stacks.iter_mut().find(|s| s.0 == key) {
-                Some(s) => s.2 += rows,
-                None => stacks.push((key, f, rows, cols)),
-            },
-            None => out.push((name, f.matrix_bytes(rows, cols) as u64)),
-        }
-    }
-    out.extend(
-        stacks
-            .into_iter()
-            .map(|(name, f, rows, cols)| (name, f.matrix_bytes(rows, cols) as u64)),
-    );
-    out.push((
-        ROPE_TABLE.into(),
-        (positions * (config.head_dim() / 2) * 8) as u64,
-    ));
-    out.push((
-        "each layer's key and value cache".into(),
-        (seqs * positions) as u64
-            * kv.position_bytes(config.num_attention_heads, config.head_dim()),
-    ));
-    out
-}
-
 /// A decoder of one case, built and warmed up, ready to be timed.
 struct Runner<'g> {
     gpu: &'g Gpu,
@@ -313,12 +198,7 @@ impl<'g> Runner<'g> {
         let context = case.prompt + case.new_tokens;
         // A model too big for the adapter is refused before it is built.
         case.check_fits(BufferLimits::from(gpu.limits()))
-            .map_err(|e| GpuError::LimitExceeded {
-                what: e.what,
-                requested: e.bytes,
-                limit: e.limit,
-                adapter: gpu.info().name.clone(),
-            })?;
+            .map_err(|e| e.on(gpu))?;
         let model = random_model(&config, 1, case.weights)?;
         let tuning = super::tune::tuning_for(gpu, &model).await?;
         gpu.set_tuning(tuning.clone());

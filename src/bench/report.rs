@@ -195,7 +195,7 @@ impl Report {
             s.push('\n');
         }
         if !self.decoder.is_empty() {
-            s.push_str("## Decoder\n\nDispatches and readbacks per decoded token of the decode steps (GPU-resident chunks: one readback per chunk). Weight MiB: every weight buffer on the GPU; read / token: the weight and KV-cache bytes a decode step reads per decoded token, from the buffer sizes (`decode_bytes_per_token` in src/bench/decoder.rs).\n\n| variant | weights | d_model | layers | batch | prompt | params | attention params | prefill tok/s | decode tok/s | peak MiB | weight MiB | read / token KiB | KV cache | dispatches / token | readbacks / token |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
+            s.push_str("## Decoder\n\nDispatches and readbacks per decoded token of the decode steps (GPU-resident chunks: one readback per chunk). Weight MiB: every weight buffer on the GPU; read / token: the weight and KV-cache bytes a decode step reads per decoded token, from the buffer sizes (`decode_bytes_per_token` in src/model/sizes.rs).\n\n| variant | weights | d_model | layers | batch | prompt | params | attention params | prefill tok/s | decode tok/s | peak MiB | weight MiB | read / token KiB | KV cache | dispatches / token | readbacks / token |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
             for d in &self.decoder {
                 let _ = writeln!(
                     s,

@@ -126,109 +126,15 @@ fn check_rejects_impossible_figures() {
 }
 
 mod weight_formats {
-    use super::super::decoder::{
-        WEIGHT_FORMATS, decode_bytes_per_token, decoder_cases, planned_buffers, weight_bytes,
-    };
+    use super::super::decoder::{WEIGHT_FORMATS, decoder_cases};
     use super::*;
-    use crate::model::fit::decoder_buffers;
-    use crate::model::init::random_model;
-    use crate::model::{AttnOutput, Config, Query};
+    use crate::model::{AttnOutput, Query};
     use crate::ops::WeightFormat;
-
-    fn small(attn_output: AttnOutput, query: Query) -> Config {
-        Config {
-            hidden_size: 64,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            intermediate_size: 192,
-            vocab_size: 256,
-            max_position_embeddings: 32,
-            attn_output,
-            query,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn bytes_per_decoded_token_match_a_hand_count() {
-        // d 64, 2 layers, FFN 192, vocabulary 256, Hadamard output, dense query, untied.
-        let config = small(AttnOutput::Hadamard, Query::Dense);
-        // Per layer: q, k, v [64, 64] and gate, up [192, 64], down [64, 192]:
-        // 3 x 4096 + 3 x 12288 = 49152 weights; four f32 vectors of 64 (two norms, the
-        // Hadamard scale and bias) = 1024 bytes. Final norm 256 bytes; lm_head and the
-        // embedding [256, 64] f16 = 32768 bytes each, of which a step reads one 128-byte
-        // row per sequence.
-        let layer_weights = 3 * 64 * 64 + 3 * 192 * 64;
-        let vectors = 2 * 4 * 64 * 4 + 64 * 4;
-        let head = 256 * 64 * 2;
-        // f16: 2 bytes a weight. q4: a 32-value block is 16 bytes of levels + a 2-byte
-        // scale, 18 / 32 bytes a weight.
-        for (format, matrices) in [
-            (WeightFormat::F16, 2 * layer_weights * 2),
-            (WeightFormat::Q4, 2 * layer_weights * 18 / 32),
-        ] {
-            let model = random_model(&config, 1, format).unwrap();
-            let all_weights = (matrices + vectors + 2 * head) as u64;
-            assert_eq!(weight_bytes(&model), all_weights, "{format:?}");
-            // Batch 2, prompt 10, 4 new tokens: decode steps feed positions 10..=12, so
-            // each reads the keys and values of 11, 12, 13 positions: 12 on average.
-            // ... and one rope row (8 pairs of f32 cos and sin) per sequence.
-            let step = (matrices + vectors + head + 2 * 128 + 2 * 64) as f64;
-            let kv = 2.0 * 2.0 * 12.0 * 64.0 * 2.0; // K and V, 2 layers, 12 positions, f16
-            let got = decode_bytes_per_token(&model, 2, 10, 4, KvFormat::F16);
-            assert_eq!(got, step / 2.0 + kv, "{format:?}");
-            // An f32 cache reads twice the cache bytes.
-            let got32 = decode_bytes_per_token(&model, 2, 10, 4, KvFormat::F32);
-            assert_eq!(got32, step / 2.0 + 2.0 * kv, "{format:?}");
-        }
-        // Written out: (2 x 49152 x 18/32 + 2 x 1024 + 256 + 32768 + 2 x 128 + 2 x 64) / 2
-        // + 6144 = 51,520 bytes per token for q4, against 122,176 for f16, at batch 2.
-        let q4 = random_model(&config, 1, WeightFormat::Q4).unwrap();
-        assert_eq!(
-            decode_bytes_per_token(&q4, 2, 10, 4, KvFormat::F16),
-            51_520.0
-        );
-        let f16 = random_model(&config, 1, WeightFormat::F16).unwrap();
-        assert_eq!(
-            decode_bytes_per_token(&f16, 2, 10, 4, KvFormat::F16),
-            122_176.0
-        );
-    }
-
-    #[test]
-    fn planned_buffers_are_the_decoders_buffers_before_the_model_exists() {
-        for (attn_output, query) in [
-            (AttnOutput::Dense, Query::Dense),
-            (AttnOutput::Hadamard, Query::Identity),
-            (AttnOutput::Hadamard, Query::ResidualMlp),
-        ] {
-            for format in [
-                WeightFormat::F32,
-                WeightFormat::F16,
-                WeightFormat::Q8,
-                WeightFormat::Q4,
-            ] {
-                let mut config = small(attn_output, query);
-                config.tie_word_embeddings = format == WeightFormat::Q8;
-                let model = random_model(&config, 1, format).unwrap();
-                let sizes = |mut b: Vec<(String, u64)>| {
-                    let mut v: Vec<u64> = b.drain(..).map(|(_, n)| n).collect();
-                    v.sort_unstable();
-                    v
-                };
-                assert_eq!(
-                    sizes(planned_buffers(&config, format, 3, 32, KvFormat::F16)),
-                    sizes(decoder_buffers(&model, 3, 32, KvFormat::F16)),
-                    "{attn_output:?} {query:?} {format:?}"
-                );
-            }
-        }
-    }
 
     #[test]
     fn q4_fits_d_model_4096_in_a_128_mib_binding_where_f16_does_not() {
         use super::super::decoder::paper_cells;
-        use crate::model::fit::BufferLimits;
+        use crate::model::sizes::BufferLimits;
         let webgpu_default = BufferLimits {
             max_storage_buffer_binding_size: 128 << 20,
             max_buffer_size: 256 << 20,

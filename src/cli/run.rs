@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use walsh::blocks::QuantFormat;
-use walsh::limits::{self, Placement};
+use walsh::limits;
 use walsh::model::eval::evaluate;
 use walsh::model::fit::{fit_prompt, prompt_notice};
 use walsh::model::generate::{
@@ -18,6 +18,7 @@ use walsh::model::generate::{
 use walsh::model::gguf::{GgmlType, GgufWeights, write_gguf};
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::init::{random_model, write_random_model};
+use walsh::model::sizes::{self, Placement};
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
@@ -167,7 +168,7 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
         })
         .collect();
     // The decoder holds a KV cache per sequence over the whole context.
-    limits::decoder_memory(
+    sizes::decoder_memory(
         &model.config,
         prompts.len(),
         context,
@@ -208,10 +209,10 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
                 let g = generate(dec, &prompts, &options, |_| ControlFlow::Continue(()))?;
                 if args.json {
                     // Weights and KV cache a decode step reads per token (a model of the
-                    // traffic, see bench::decoder::decode_bytes_per_token).
+                    // traffic, see model::sizes::decode_bytes_per_token).
                     let seqs = prompts.len().max(1);
                     let prompt_len = prompts.iter().map(Vec::len).sum::<usize>() / seqs;
-                    let bytes_read_per_token = walsh::bench::decoder::decode_bytes_per_token(
+                    let bytes_read_per_token = sizes::decode_bytes_per_token(
                         &model,
                         seqs,
                         prompt_len,
@@ -316,7 +317,7 @@ pub fn profile_cmd(args: &ProfileArgs, adapter: &str) -> Result<()> {
             prompt.len()
         );
     }
-    limits::decoder_memory(
+    sizes::decoder_memory(
         &model.config,
         1,
         context,
@@ -338,13 +339,13 @@ pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
     // A rotated cache needs a Walsh–Hadamard head_dim: said before any work.
     args.kv_cache.check_head_dim(model.config.head_dim())?;
     let context = model.config.max_position_embeddings;
-    limits::decoder_memory(
+    sizes::decoder_memory(
         &model.config,
         1,
         context,
         args.device.placement(args.kv_cache),
     )?;
-    limits::eval_window(&model.config)?;
+    sizes::eval_window(&model.config)?;
     let bytes = limits::read_at_most(&args.text, limits::MAX_TEXT_BYTES, "a text to score")
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.text.display()))?;
     let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
@@ -553,7 +554,7 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
     config
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid model shape: {m}"))?;
-    limits::random_model(&config)?;
+    sizes::random_model_parameters(&config)?;
     let (format, quantize) = match args.dtype {
         DtypeArg::F32 => (WeightFormat::F32, None),
         DtypeArg::F16 => (WeightFormat::F16, None),

@@ -12,6 +12,7 @@
 //! input on the GPU, then one readback of the N tokens of each sequence. Replaying creates
 //! no buffers or bind groups, so the host's work per token is a few dozen calls.
 
+use super::sizes::{BufferLimits, check_decoder_fits};
 use super::weights::{Model, Tensor, TensorData, stacked_format};
 use super::{AttnOutput, Config, ModelError, Query};
 use crate::blocks::{QuantMatrix, blocks_per_row};
@@ -336,6 +337,10 @@ impl<'g> GpuDecoder<'g> {
             )));
         }
         kv.check_head_dim(config.head_dim())?;
+        // Every buffer against the adapter's limits before any upload (the first too
+        // large is named).
+        let limits = BufferLimits::from(gpu.limits());
+        check_decoder_fits(model, max_seqs, max_positions, kv, limits).map_err(|e| e.on(gpu))?;
         let w = &model.weights;
         let mut layers = Vec::with_capacity(w.layers.len());
         for (i, l) in w.layers.iter().enumerate() {

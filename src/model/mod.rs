@@ -13,6 +13,7 @@ pub mod gpu;
 pub mod init;
 pub mod profile;
 pub mod quant;
+pub mod sizes;
 pub mod weights;
 
 pub use config::{AttnOutput, Config, Query};

@@ -629,13 +629,13 @@ fn quantized_models_give_the_cpu_logits_on_gpu() {
 }
 
 /// Quantized matrices stay packed on the GPU: the memory report's weights are the bytes
-/// `fit::decoder_buffers` counts (levels and scales), and q4 layer matrices take at most
+/// `sizes::decoder_buffers` counts (levels and scales), and q4 layer matrices take at most
 /// 0.35x their f16 bytes (hand count for this shape: 18 bytes per 32 values against 64,
 /// 0.28x).
 #[test]
 fn quantized_weights_stay_packed_in_gpu_memory() {
-    use super::fit::decoder_buffers;
     use super::quant::quantized;
+    use super::sizes::decoder_buffers;
     use crate::blocks::QuantFormat;
     use crate::gpu::MemoryCategory;
     let f16 = model(config(64, AttnOutput::Hadamard, Query::Dense), 4, true);

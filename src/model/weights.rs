@@ -293,7 +293,7 @@ impl Model {
         // Reading the whole file bounds every allocation by its real length: safetensors
         // checks the header's offsets against the buffer before any tensor is touched. A
         // file longer than any valid one for this config is refused unread.
-        let limit = crate::limits::max_weights_file_bytes(&config);
+        let limit = super::sizes::max_weights_file_bytes(&config);
         let bytes = crate::limits::read_at_most(&path, limit, "the weights of this config")
             .map_err(|source| ModelError::Io { path, source })?;
         Self::from_safetensors(dir, config, &bytes)
