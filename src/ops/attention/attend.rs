@@ -1,0 +1,328 @@
+//! What both attention paths share: the query tiles, the plan, and the attend (and
+//! split-reduce) dispatch.
+
+use super::cache::{level_inv, rotation_norm};
+use super::decode::DecodeFusion;
+use super::{
+    ATTEND_WORKGROUP, Attention, AttnParams, AttnShape, BINDINGS, Cols, ELEMENTWISE_WORKGROUP,
+    MAX_ACC, MAX_BLOCK_KEYS, MAX_TILE_ROWS, distinct, pairs,
+};
+use crate::gpu::{GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
+
+/// The tile of one attend pipeline: `rows` queries (TQ) against blocks of `keys` keys
+/// (TK) in `elems` f32s of workgroup memory (TILE); each invocation accumulates `acc`
+/// output pairs (ACC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct AttnTile {
+    pub(super) rows: usize,
+    pub(super) keys: usize,
+    pub(super) acc: usize,
+    pub(super) elems: usize,
+}
+
+impl AttnTile {
+    /// A tile of `rows` queries (a power of two dividing the workgroup) for `head_dim`:
+    /// the largest key block that fits workgroup memory next to Q [rows, head_dim]:
+    /// (rows + 2 * keys) * head_dim + rows * keys <= elems (Q, K, V, scores).
+    pub(super) fn new(rows: usize, head_dim: usize, elems: usize) -> Self {
+        let keys = ((elems - rows * head_dim) / (2 * head_dim + rows)).min(MAX_BLOCK_KEYS);
+        let lanes_per_row = ATTEND_WORKGROUP / rows;
+        Self {
+            rows,
+            keys,
+            acc: (head_dim / 2).div_ceil(lanes_per_row),
+            elems,
+        }
+    }
+
+    /// Prefill: as many rows as the accumulators allow (rows * head_dim / 2 pairs over the
+    /// workgroup, at most MAX_ACC per invocation), which also keeps Q within a quarter of
+    /// workgroup memory. head_dim 64: 16 rows x 21 keys; 256: 4 x 5.
+    pub(super) fn prefill(head_dim: usize, elems: usize) -> Self {
+        let fit = (2 * MAX_ACC * ATTEND_WORKGROUP / head_dim).min(MAX_TILE_ROWS);
+        Self::new(1 << fit.ilog2(), head_dim, elems)
+    }
+
+    /// Decode: one row per tile. In 16 KiB, head_dim 64: 31 keys per block; 256: 7.
+    pub(super) fn decode(head_dim: usize, elems: usize) -> Self {
+        Self::new(1, head_dim, elems)
+    }
+
+    pub(super) fn key(&self, shape: AttnShape, partial: bool, fused: bool) -> PipelineKey {
+        PipelineKey::new(Shader::Attention, "attend")
+            .with("HD", shape.head_dim as u32)
+            .with("KV", shape.kv.code())
+            .with_flag("KV_ROT", shape.kv.rotated())
+            .with("HM", shape.kv.rotation_order(shape.head_dim))
+            .with("WG", ATTEND_WORKGROUP as u32)
+            .with("TQ", self.rows as u32)
+            .with("TK", self.keys as u32)
+            .with("ACC", self.acc as u32)
+            .with("TILE", self.elems as u32)
+            .with_flag("PARTIAL", partial)
+            .with_flag("FUSE", fused)
+    }
+}
+
+/// Groups rows into query tiles of at most `tile_rows` consecutive rows of one sequence;
+/// returns the plan the kernel reads, `[tiles, 2]`: (first row, row count) per tile.
+pub(super) fn plan_tiles(rows: &[(u32, u32)], tile_rows: usize) -> Vec<u32> {
+    let mut plan = Vec::new();
+    let mut first = 0;
+    while first < rows.len() {
+        let seq = rows[first].0;
+        let count = rows[first..]
+            .iter()
+            .take(tile_rows)
+            .take_while(|r| r.0 == seq)
+            .count();
+        plan.extend([first as u32, count as u32]);
+        first += count;
+    }
+    plan
+}
+
+/// The buffers of one attention call.
+pub(super) struct AttendBuffers<'a> {
+    pub(super) q: Cols<'a>,
+    pub(super) k_cache: &'a GpuBuffer,
+    pub(super) v_cache: &'a GpuBuffer,
+    pub(super) row_table: &'a GpuBuffer,
+    pub(super) out: &'a GpuBuffer,
+}
+
+/// How one attend dispatch splits the keys: `chunks` chunks of `chunk_len` keys.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Split {
+    pub(super) chunks: usize,
+    pub(super) chunk_len: usize,
+}
+
+impl Split {
+    /// One chunk holding every position of the cache.
+    pub(super) fn whole(shape: AttnShape) -> Self {
+        Self {
+            chunks: 1,
+            chunk_len: shape.max_pos,
+        }
+    }
+}
+
+impl Attention<'_> {
+    /// Validates an attention call.
+    pub(super) fn check_attend(
+        &self,
+        b: &AttendBuffers<'_>,
+        rows: &[(u32, u32)],
+        shape: AttnShape,
+    ) -> Result<(), GpuError> {
+        shape.validate()?;
+        shape.check_rows(rows)?;
+        pairs(&b.q, "attention q", rows.len(), shape.d())?;
+        b.out
+            .require("attention out", shape.row_bytes(rows.len()))?;
+        b.row_table
+            .require("attention row table", rows.len() as u64 * 8)?;
+        b.k_cache
+            .require("attention k cache", shape.cache_bytes())?;
+        b.v_cache
+            .require("attention v cache", shape.cache_bytes())?;
+        self.gpu
+            .check_binding_size("attention KV cache", shape.cache_bytes())?;
+        let inputs = [
+            ("q", b.q.buffer),
+            ("k cache", b.k_cache),
+            ("v cache", b.v_cache),
+            ("row table", b.row_table),
+        ];
+        distinct(("out", b.out), &inputs)
+    }
+
+    pub(super) fn params(
+        shape: AttnShape,
+        rows: usize,
+        tiles_x: u32,
+        tiles: usize,
+        split: Split,
+    ) -> AttnParams {
+        AttnParams {
+            tiles: tiles as u32,
+            tiles_x,
+            rows: rows as u32,
+            heads: shape.heads as u32,
+            chunks: split.chunks as u32,
+            chunk_len: split.chunk_len as u32,
+            max_seqs: shape.max_seqs as u32,
+            max_pos: shape.max_pos as u32,
+            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            src_stride: shape.d() as u32 / 2,
+            src_off: 0,
+            src_off2: 0,
+            rot_norm: rotation_norm(shape.head_dim),
+            level_inv: shape.kv.max_level().map_or(0.0, level_inv),
+            k_off: 0,
+            rope_half: 0,
+        }
+    }
+
+    /// Records attend over `plan` and, with `partials`, the reduce that finishes it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn dispatch_attend(
+        &self,
+        pass: &mut dyn Record,
+        b: &AttendBuffers<'_>,
+        rows: &[(u32, u32)],
+        shape: AttnShape,
+        tile: AttnTile,
+        plan: &[u32],
+        split: Split,
+        partials: Option<&GpuBuffer>,
+        fusion: Option<DecodeFusion<'_>>,
+    ) -> Result<(), GpuError> {
+        let tiles = plan.len() / 2;
+        let plan = self
+            .gpu
+            .upload(MemoryCategory::Uniforms, "attention plan", plan)?;
+        let rot_signs = self.rot_signs(shape);
+        let signs = rot_signs.as_ref().unwrap_or(self.gpu.spare_uniform());
+        let pipeline = self.gpu.pipeline(
+            &tile.key(shape, partials.is_some(), fusion.is_some()),
+            &BINDINGS,
+        )?;
+        let (q_stride, q_off) = pairs(&b.q, "attention q", rows.len(), shape.d())?;
+        let (mut k_off, mut v_off, mut rope_half) = (0, 0, 0);
+        // Unread without FUSE: a read-only buffer already bound stands in (the dummy is
+        // bound writable when it stands for out or parts).
+        let mut cos_sin = b.row_table;
+        if let Some(f) = &fusion {
+            let (k_stride, k) = pairs(&f.k, "attention k rows", rows.len(), shape.d())?;
+            let (v_stride, v) = pairs(&f.v, "attention v rows", rows.len(), shape.d())?;
+            if k_stride != q_stride || v_stride != q_stride {
+                return Err(GpuError::Validation(
+                    "fused decode attention: q, k and v rows must share one stride".into(),
+                ));
+            }
+            (k_off, v_off, rope_half) = (k, v, (shape.head_dim / 2) as u32);
+            cos_sin = f.rope.table();
+        }
+        let groups = tiles as u64 * split.chunks as u64 * shape.heads as u64;
+        let groups = u32::try_from(groups)
+            .map_err(|_| GpuError::Validation(format!("attention needs {groups} workgroups")))?;
+        let grid = self.gpu.grid("attention", groups)?;
+        let params = self.gpu.uniform(
+            "attention params",
+            &AttnParams {
+                src_stride: q_stride,
+                src_off: q_off,
+                src_off2: v_off,
+                k_off,
+                rope_half,
+                ..Self::params(shape, rows.len(), grid.x, tiles, split)
+            },
+        );
+        let (out, parts) = match partials {
+            Some(p) => (&self.dummy, p),
+            None => (b.out, &self.dummy),
+        };
+        let bound = [
+            params.buffer(),
+            b.row_table.buffer(),
+            plan.buffer(),
+            b.q.buffer.buffer(),
+            b.k_cache.buffer(),
+            b.v_cache.buffer(),
+            out.buffer(),
+            parts.buffer(),
+            cos_sin.buffer(),
+            signs.buffer(),
+        ];
+        self.gpu.dispatch(pass, &pipeline, &bound, grid);
+        if partials.is_none() {
+            return Ok(());
+        }
+
+        let key = PipelineKey::new(Shader::Attention, "reduce")
+            .with("HD", shape.head_dim as u32)
+            .with("EW_WG", ELEMENTWISE_WORKGROUP);
+        let pipeline = self.gpu.pipeline(&key, &BINDINGS)?;
+        let pairs = rows.len() * shape.d() / 2;
+        let grid = self.gpu.grid(
+            "attention reduce",
+            pairs.div_ceil(ELEMENTWISE_WORKGROUP as usize) as u32,
+        )?;
+        let params = self.gpu.uniform(
+            "attention reduce params",
+            &Self::params(shape, rows.len(), grid.x, tiles, split),
+        );
+        // The attend bindings with the real output: reduce reads `parts` and writes `out`.
+        let bound = [
+            params.buffer(),
+            b.row_table.buffer(),
+            plan.buffer(),
+            b.q.buffer.buffer(),
+            b.k_cache.buffer(),
+            b.v_cache.buffer(),
+            b.out.buffer(),
+            parts.buffer(),
+            b.row_table.buffer(),
+            signs.buffer(),
+        ];
+        self.gpu.dispatch(pass, &pipeline, &bound, grid);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use super::*;
+
+    #[test]
+    fn tiles_fit_workgroup_memory_for_every_supported_head_dim() {
+        for elems in [DEFAULT_TILE_ELEMS, 8192, MAX_TILE_ELEMS] {
+            for hd in (2..=MAX_HEAD_DIM).step_by(2) {
+                for tile in [AttnTile::prefill(hd, elems), AttnTile::decode(hd, elems)] {
+                    let floats = (tile.rows + 2 * tile.keys) * hd + tile.rows * tile.keys;
+                    assert!(floats <= elems, "head_dim {hd}: {tile:?} uses {floats}");
+                    assert!(
+                        tile.keys >= 1 && tile.keys <= MAX_BLOCK_KEYS,
+                        "{hd}: {tile:?}"
+                    );
+                    assert!(
+                        tile.rows.is_power_of_two() && ATTEND_WORKGROUP.is_multiple_of(tile.rows)
+                    );
+                    // The lanes of a row cover its head_dim / 2 pairs within MAX_ACC each.
+                    let lanes = ATTEND_WORKGROUP / tile.rows;
+                    assert!(
+                        tile.acc <= MAX_ACC && tile.acc * lanes >= hd / 2,
+                        "{hd}: {tile:?}"
+                    );
+                }
+            }
+        }
+        let e = DEFAULT_TILE_ELEMS;
+        let t = |rows, keys, acc| AttnTile {
+            rows,
+            keys,
+            acc,
+            elems: e,
+        };
+        assert_eq!(AttnTile::prefill(64, e), t(16, 21, 8));
+        assert_eq!(AttnTile::prefill(256, e), t(4, 5, 8));
+        assert_eq!(AttnTile::prefill(24, e), t(32, 41, 6));
+        assert_eq!(AttnTile::decode(64, e), t(1, 31, 1));
+        assert_eq!(AttnTile::decode(256, e), t(1, 7, 2));
+        // Twice the memory (lavapipe's 32 KiB): twice the keys per decode block.
+        assert_eq!(AttnTile::decode(64, 8192).keys, 63);
+        assert_eq!(AttnTile::decode(256, 8192).keys, 15);
+    }
+
+    #[test]
+    fn plan_groups_consecutive_rows_of_one_sequence() {
+        let rows = [(0, 0), (0, 1), (0, 2), (1, 0), (0, 3), (0, 4), (2, 9)];
+        assert_eq!(plan_tiles(&rows, 2), [0, 2, 2, 1, 3, 1, 4, 2, 6, 1]);
+        assert_eq!(plan_tiles(&rows, 32), [0, 3, 3, 1, 4, 2, 6, 1]);
+        assert_eq!(plan_tiles(&rows, 1).len(), 2 * rows.len());
+        assert!(plan_tiles(&[], 4).is_empty());
+    }
+}

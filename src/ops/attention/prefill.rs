@@ -1,0 +1,109 @@
+//! Prefill: tiles of consecutive rows of one sequence share each block of keys.
+
+use super::attend::{AttendBuffers, AttnTile, Split, plan_tiles};
+use super::{Attention, AttnShape, Cols, tile_elems};
+use crate::gpu::{GpuBuffer, GpuError, Record};
+
+impl Attention<'_> {
+    /// Records `out[r] = softmax(q[r] K^T / sqrt(head_dim)) V` per head for every row r =
+    /// (seq, pos), over keys 0..=pos of seq (already in the cache). `q` and `out` are
+    /// [rows, d] (distinct buffers). Rows of several sequences may share a call; runs of
+    /// consecutive rows of one sequence share tiles, so keep a sequence's rows together.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_prefill<'a>(
+        &self,
+        pass: &mut dyn Record,
+        q: impl Into<Cols<'a>>,
+        k_cache: &GpuBuffer,
+        v_cache: &GpuBuffer,
+        row_table: &GpuBuffer,
+        rows: &[(u32, u32)],
+        out: &GpuBuffer,
+        shape: AttnShape,
+    ) -> Result<(), GpuError> {
+        let buffers = AttendBuffers {
+            q: q.into(),
+            k_cache,
+            v_cache,
+            row_table,
+            out,
+        };
+        self.check_attend(&buffers, rows, shape)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tile = AttnTile::prefill(shape.head_dim, tile_elems(self.gpu));
+        let plan = plan_tiles(rows, tile.rows);
+        let whole = Split::whole(shape);
+        self.dispatch_attend(pass, &buffers, rows, shape, tile, &plan, whole, None, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::*;
+    use crate::gpu::testing::{test_gpus, test_values};
+
+    #[test]
+    fn prefill_matches_reference_for_sequences_of_1_7_and_37_tokens() {
+        let rows = runs(&[(2, 0, 37), (0, 0, 1), (1, 0, 7)]);
+        for gpu in test_gpus() {
+            let attn = Attention::new(&gpu).unwrap();
+            for heads in [1, 3] {
+                for head_dim in [16, 24, 64, 128, MAX_HEAD_DIM] {
+                    let shape = AttnShape {
+                        heads,
+                        head_dim,
+                        max_seqs: 3,
+                        max_pos: 40,
+                        kv: KvFormat::F32,
+                    };
+                    let n = rows.len() * shape.d();
+                    let seed = (heads * 1000 + head_dim) as u64;
+                    let q: Vec<f32> = test_values(n, seed).iter().map(|v| 3.0 * v).collect();
+                    let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
+                    // Entries no row writes stay NaN: a kernel that reads one shows it.
+                    let cache_len = shape.max_seqs * shape.max_pos * shape.d();
+                    let (mut kc, mut vc) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
+                    let kcb = upload(&gpu, "k cache", &kc);
+                    let vcb = upload(&gpu, "v cache", &vc);
+                    let got = write_and_prefill(&gpu, &attn, &q, &k, &v, &rows, &kcb, &vcb, shape);
+                    kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
+                    check(&gpu, "prefill", &got, &q, &kc, &vc, &rows, shape);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_continues_cached_prefixes_with_rows_out_of_order() {
+        let shape = AttnShape {
+            heads: 3,
+            head_dim: 64,
+            max_seqs: 2,
+            max_pos: 48,
+            kv: KvFormat::F32,
+        };
+        // A first chunk of each sequence, then the next chunks with sequence 1 in two runs
+        // around sequence 0, whose rows start at position 20.
+        let first = runs(&[(0, 0, 20), (1, 0, 5)]);
+        let second = runs(&[(1, 5, 4), (0, 20, 10), (1, 9, 6)]);
+        let cache_len = shape.max_seqs * shape.max_pos * shape.d();
+        for gpu in test_gpus() {
+            let attn = Attention::new(&gpu).unwrap();
+            let (mut kc, mut vc) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
+            let kcb = upload(&gpu, "k cache", &kc);
+            let vcb = upload(&gpu, "v cache", &vc);
+            for (i, rows) in [&first, &second].into_iter().enumerate() {
+                let n = rows.len() * shape.d();
+                let seed = 77 + 3 * i as u64;
+                let q: Vec<f32> = test_values(n, seed).iter().map(|v| 3.0 * v).collect();
+                let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
+                let got = write_and_prefill(&gpu, &attn, &q, &k, &v, rows, &kcb, &vcb, shape);
+                kv_write_reference(&k, &v, rows, &mut kc, &mut vc, shape);
+                check(&gpu, "chunked prefill", &got, &q, &kc, &vc, rows, shape);
+            }
+        }
+    }
+}
