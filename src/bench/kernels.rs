@@ -7,7 +7,7 @@ use super::measure::{Stats, time_encoder, time_pass};
 use super::{BenchError, BenchOptions};
 use crate::blocks::{QuantFormat, QuantMatrix};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
-use crate::ops::attention::{Attention, AttnShape, row_table};
+use crate::ops::attention::{AttendBuffers, Attention, AttnShape, row_table};
 use crate::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath};
 use crate::ops::{Matrix, copy, matmul};
 
@@ -295,11 +295,12 @@ pub async fn measure(
                 "out",
                 (table.len() * n * 4) as u64,
             )?;
+            let io = AttendBuffers::new(&q, &k, &v, &rt, &out);
             let time = time_pass(gpu, repeats, |pass| {
                 if decode {
-                    Ok(att.encode_decode(pass, &q, &k, &v, &rt, &table, &out, shape)?)
+                    Ok(att.encode_decode(pass, &io, &table, shape)?)
                 } else {
-                    Ok(att.encode_prefill(pass, &q, &k, &v, &rt, &table, &out, shape)?)
+                    Ok(att.encode_prefill(pass, &io, &table, shape)?)
                 }
             })
             .await?;

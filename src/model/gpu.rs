@@ -17,7 +17,7 @@ use super::weights::{Model, Tensor, TensorData, stacked_format};
 use super::{AttnOutput, Config, ModelError, Query};
 use crate::blocks::{QuantMatrix, blocks_per_row};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory, PendingRead, Recording};
-use crate::ops::attention::{self, Attention, AttnShape, DecodeFusion, KvFormat};
+use crate::ops::attention::{self, AttendBuffers, Attention, AttnShape, DecodeFusion, KvFormat};
 use crate::ops::feedback::{self, FeedbackBuffers};
 use crate::ops::hadamard::cpu::sign_uniform;
 use crate::ops::hadamard::{Epilogue as WhtEpilogue, Hadamard, WhtOptions, WhtPath, WhtSize};
@@ -592,6 +592,7 @@ impl<'g> GpuDecoder<'g> {
             }
             let att = &self.attention;
             let rt = &acts.row_table;
+            let io = AttendBuffers::new(q, k_cache, v_cache, rt, &acts.att);
             if fuse_attn {
                 // RoPE of q and k and the KV write happen inside attention.
                 let fusion = DecodeFusion {
@@ -599,8 +600,7 @@ impl<'g> GpuDecoder<'g> {
                     v,
                     rope: &self.rope,
                 };
-                let (kc, vc, out) = (k_cache, v_cache, &acts.att);
-                att.encode_decode_fused(p, q, fusion, kc, vc, rt, table, out, self.shape)?;
+                att.encode_decode_fused(p, &io, fusion, table, self.shape)?;
             } else {
                 match c.query {
                     // q and k are neighbours in each row: one rotation covers both
@@ -613,9 +613,9 @@ impl<'g> GpuDecoder<'g> {
                 att.encode_kv_write(p, k, v, rt, table, k_cache, v_cache, self.shape)?;
                 // Same function, work split for one query per sequence or for many.
                 if decode {
-                    att.encode_decode(p, q, k_cache, v_cache, rt, table, &acts.att, self.shape)?;
+                    att.encode_decode(p, &io, table, self.shape)?;
                 } else {
-                    att.encode_prefill(p, q, k_cache, v_cache, rt, table, &acts.att, self.shape)?;
+                    att.encode_prefill(p, &io, table, self.shape)?;
                 }
             }
             let post = &layer.post_attention_layernorm;

@@ -82,13 +82,34 @@ pub(super) fn plan_tiles(rows: &[(u32, u32)], tile_rows: usize) -> Vec<u32> {
     plan
 }
 
-/// The buffers of one attention call.
-pub(super) struct AttendBuffers<'a> {
-    pub(super) q: Cols<'a>,
-    pub(super) k_cache: &'a GpuBuffer,
-    pub(super) v_cache: &'a GpuBuffer,
-    pub(super) row_table: &'a GpuBuffer,
-    pub(super) out: &'a GpuBuffer,
+/// The buffers of one attention call: the query rows (`[rows, d]`, a column window of a
+/// wider buffer allowed), the two caches they attend to, the row table, and the output
+/// (`[rows, d]`, a buffer of its own).
+#[derive(Clone, Copy)]
+pub struct AttendBuffers<'a> {
+    pub q: Cols<'a>,
+    pub k_cache: &'a GpuBuffer,
+    pub v_cache: &'a GpuBuffer,
+    pub row_table: &'a GpuBuffer,
+    pub out: &'a GpuBuffer,
+}
+
+impl<'a> AttendBuffers<'a> {
+    pub fn new(
+        q: impl Into<Cols<'a>>,
+        k_cache: &'a GpuBuffer,
+        v_cache: &'a GpuBuffer,
+        row_table: &'a GpuBuffer,
+        out: &'a GpuBuffer,
+    ) -> Self {
+        Self {
+            q: q.into(),
+            k_cache,
+            v_cache,
+            row_table,
+            out,
+        }
+    }
 }
 
 /// How one attend dispatch splits the keys: `chunks` chunks of `chunk_len` keys.

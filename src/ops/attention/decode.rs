@@ -3,7 +3,7 @@
 
 use super::attend::{AttendBuffers, AttnTile, Split, plan_tiles};
 use super::{Attention, AttnShape, Cols, distinct, tile_elems};
-use crate::gpu::{GpuBuffer, GpuError, MemoryCategory, Record};
+use crate::gpu::{GpuError, MemoryCategory, Record};
 use crate::ops::rope::RopeTable;
 
 /// The work of rope and the KV write that the fused decode ([`Attention::encode_decode_fused`])
@@ -49,46 +49,36 @@ impl Attention<'_> {
     /// rows (typically one per sequence, each at its own position). One workgroup per
     /// (row, head), or per (row, head, chunk) with a reduce dispatch after when the longest
     /// context exceeds the decode chunk (see [`Self::decode_chunks`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn encode_decode<'a>(
+    pub fn encode_decode(
         &self,
         pass: &mut dyn Record,
-        q: impl Into<Cols<'a>>,
-        k_cache: &GpuBuffer,
-        v_cache: &GpuBuffer,
-        row_table: &GpuBuffer,
+        buffers: &AttendBuffers<'_>,
         rows: &[(u32, u32)],
-        out: &GpuBuffer,
         shape: AttnShape,
     ) -> Result<(), GpuError> {
-        let buffers = AttendBuffers {
-            q: q.into(),
-            k_cache,
-            v_cache,
-            row_table,
-            out,
-        };
-        self.decode(pass, &buffers, rows, shape, None)
+        self.decode(pass, buffers, rows, shape, None)
     }
 
     /// [`Self::encode_decode`] with RoPE of q and k and the KV write of every row done in
     /// the same dispatch (the work of [`crate::ops::rope::encode_rope`] on q and k, then
-    /// [`Self::encode_kv_write`], in the same arithmetic): `q`, `fusion.k` and `fusion.v`
-    /// are column windows of one buffer (the decoder's fused q | k | v rows), unrotated.
-    /// Every row must be the only one of its sequence in the call.
-    #[allow(clippy::too_many_arguments)]
-    pub fn encode_decode_fused<'a>(
+    /// [`Self::encode_kv_write`], in the same arithmetic): `buffers.q`, `fusion.k` and
+    /// `fusion.v` are column windows of one buffer (the decoder's fused q | k | v rows),
+    /// unrotated. Every row must be the only one of its sequence in the call.
+    pub fn encode_decode_fused(
         &self,
         pass: &mut dyn Record,
-        q: Cols<'a>,
-        fusion: DecodeFusion<'a>,
-        k_cache: &GpuBuffer,
-        v_cache: &GpuBuffer,
-        row_table: &GpuBuffer,
+        buffers: &AttendBuffers<'_>,
+        fusion: DecodeFusion<'_>,
         rows: &[(u32, u32)],
-        out: &GpuBuffer,
         shape: AttnShape,
     ) -> Result<(), GpuError> {
+        let AttendBuffers {
+            q,
+            k_cache,
+            v_cache,
+            row_table,
+            ..
+        } = *buffers;
         if fusion.k.buffer.buffer() != q.buffer.buffer()
             || fusion.v.buffer.buffer() != q.buffer.buffer()
         {
@@ -113,17 +103,10 @@ impl Attention<'_> {
                 "fused decode attention takes one row per sequence".into(),
             ));
         }
-        let buffers = AttendBuffers {
-            q,
-            k_cache,
-            v_cache,
-            row_table,
-            out,
-        };
         let inputs = [("q, k and v rows", q.buffer), ("row table", row_table)];
         distinct(("k cache", k_cache), &inputs)?;
         distinct(("v cache", v_cache), &inputs)?;
-        self.decode(pass, &buffers, rows, shape, Some(fusion))
+        self.decode(pass, buffers, rows, shape, Some(fusion))
     }
 
     fn decode(
@@ -281,8 +264,13 @@ mod tests {
                 let mut enc = gpu.encoder("decode test");
                 {
                     let mut pass = enc.begin_compute_pass(&Default::default());
-                    attn.encode_decode(&mut pass, &qb, &kcb, &vcb, &tb, &rows, &out, shape)
-                        .unwrap();
+                    attn.encode_decode(
+                        &mut pass,
+                        &AttendBuffers::new(&qb, &kcb, &vcb, &tb, &out),
+                        &rows,
+                        shape,
+                    )
+                    .unwrap();
                 }
                 gpu.submit_and_wait(enc).unwrap();
                 let got: Vec<f32> = gpu.read(&out, n + d).unwrap();
@@ -375,7 +363,11 @@ mod tests {
                                     rope: &rope,
                                 };
                                 attn.encode_decode_fused(
-                                    p, qc, fusion, &kcb, &vcb, &tb, &rows, &out, shape,
+                                    p,
+                                    &AttendBuffers::new(qc, &kcb, &vcb, &tb, &out),
+                                    fusion,
+                                    &rows,
+                                    shape,
                                 )
                                 .unwrap();
                             } else {
@@ -392,8 +384,13 @@ mod tests {
                                 .unwrap();
                                 attn.encode_kv_write(p, kc, vc, &tb, &rows, &kcb, &vcb, shape)
                                     .unwrap();
-                                attn.encode_decode(p, qc, &kcb, &vcb, &tb, &rows, &out, shape)
-                                    .unwrap();
+                                attn.encode_decode(
+                                    p,
+                                    &AttendBuffers::new(qc, &kcb, &vcb, &tb, &out),
+                                    &rows,
+                                    shape,
+                                )
+                                .unwrap();
                             }
                         }
                         gpu.submit_and_wait(enc).unwrap();

@@ -28,6 +28,7 @@ mod prefill;
 mod testing;
 mod write;
 
+pub use attend::AttendBuffers;
 pub use cache::{KvError, KvFormat, rotation_norm};
 pub use decode::DecodeFusion;
 pub use write::kv_write_reference;
@@ -409,8 +410,13 @@ mod tests {
             let mut enc = gpu.encoder("widest decode");
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                attn.encode_decode(&mut pass, &qb, &kcb, &vcb, &tb, last, &out, shape)
-                    .unwrap();
+                attn.encode_decode(
+                    &mut pass,
+                    &AttendBuffers::new(&qb, &kcb, &vcb, &tb, &out),
+                    last,
+                    shape,
+                )
+                .unwrap();
             }
             gpu.submit_and_wait(enc).unwrap();
             let got: Vec<f32> = gpu.read(&out, d).unwrap();
@@ -469,8 +475,18 @@ mod tests {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 let r = match which {
                     0 => attn.encode_kv_write(&mut pass, a, b, t, rows, c, &cache, s),
-                    1 => attn.encode_prefill(&mut pass, a, c, &cache, t, rows, b, s),
-                    _ => attn.encode_decode(&mut pass, a, c, &cache, t, rows, b, s),
+                    1 => attn.encode_prefill(
+                        &mut pass,
+                        &AttendBuffers::new(a, c, &cache, t, b),
+                        rows,
+                        s,
+                    ),
+                    _ => attn.encode_decode(
+                        &mut pass,
+                        &AttendBuffers::new(a, c, &cache, t, b),
+                        rows,
+                        s,
+                    ),
                 };
                 r.unwrap_err().to_string()
             };

@@ -1,41 +1,28 @@
 //! Prefill: tiles of consecutive rows of one sequence share each block of keys.
 
 use super::attend::{AttendBuffers, AttnTile, Split, plan_tiles};
-use super::{Attention, AttnShape, Cols, tile_elems};
-use crate::gpu::{GpuBuffer, GpuError, Record};
+use super::{Attention, AttnShape, tile_elems};
+use crate::gpu::{GpuError, Record};
 
 impl Attention<'_> {
     /// Records `out[r] = softmax(q[r] K^T / sqrt(head_dim)) V` per head for every row r =
-    /// (seq, pos), over keys 0..=pos of seq (already in the cache). `q` and `out` are
-    /// [rows, d] (distinct buffers). Rows of several sequences may share a call; runs of
+    /// (seq, pos), over keys 0..=pos of seq (already in the cache). Rows of several sequences may share a call; runs of
     /// consecutive rows of one sequence share tiles, so keep a sequence's rows together.
-    #[allow(clippy::too_many_arguments)]
-    pub fn encode_prefill<'a>(
+    pub fn encode_prefill(
         &self,
         pass: &mut dyn Record,
-        q: impl Into<Cols<'a>>,
-        k_cache: &GpuBuffer,
-        v_cache: &GpuBuffer,
-        row_table: &GpuBuffer,
+        buffers: &AttendBuffers<'_>,
         rows: &[(u32, u32)],
-        out: &GpuBuffer,
         shape: AttnShape,
     ) -> Result<(), GpuError> {
-        let buffers = AttendBuffers {
-            q: q.into(),
-            k_cache,
-            v_cache,
-            row_table,
-            out,
-        };
-        self.check_attend(&buffers, rows, shape)?;
+        self.check_attend(buffers, rows, shape)?;
         if rows.is_empty() {
             return Ok(());
         }
         let tile = AttnTile::prefill(shape.head_dim, tile_elems(self.gpu));
         let plan = plan_tiles(rows, tile.rows);
         let whole = Split::whole(shape);
-        self.dispatch_attend(pass, &buffers, rows, shape, tile, &plan, whole, None, None)
+        self.dispatch_attend(pass, buffers, rows, shape, tile, &plan, whole, None, None)
     }
 }
 

@@ -129,9 +129,19 @@ pub(super) fn fused_write_and_attend(
         attn.encode_kv_write(&mut pass, kc, vc, &tb, rows, kcb, vcb, shape)
             .unwrap();
         if prefill {
-            attn.encode_prefill(&mut pass, qc, kcb, vcb, &tb, rows, &out, shape)
+            attn.encode_prefill(
+                &mut pass,
+                &AttendBuffers::new(qc, kcb, vcb, &tb, &out),
+                rows,
+                shape,
+            )
         } else {
-            attn.encode_decode(&mut pass, qc, kcb, vcb, &tb, rows, &out, shape)
+            attn.encode_decode(
+                &mut pass,
+                &AttendBuffers::new(qc, kcb, vcb, &tb, &out),
+                rows,
+                shape,
+            )
         }
         .unwrap();
     }
@@ -166,8 +176,13 @@ pub(super) fn write_and_prefill(
         let mut pass = enc.begin_compute_pass(&Default::default());
         attn.encode_kv_write(&mut pass, &kb, &vb, &tb, rows, k_cache, v_cache, shape)
             .unwrap();
-        attn.encode_prefill(&mut pass, &qb, k_cache, v_cache, &tb, rows, &out, shape)
-            .unwrap();
+        attn.encode_prefill(
+            &mut pass,
+            &AttendBuffers::new(&qb, k_cache, v_cache, &tb, &out),
+            rows,
+            shape,
+        )
+        .unwrap();
     }
     gpu.submit_and_wait(enc).unwrap();
     gpu.read(&out, n).unwrap()
