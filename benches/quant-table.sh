@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's quantization table: every shipped model x weight format (f16, q8, q4) x KV
+# The quantization table of docs/quantization.md: every shipped model x weight format (f16, q8, q4) x KV
 # cache format (f16, q8, q8r, q4, q4r). From the project root after `cargo build
 # --release`; takes about an hour on a 2-core machine (60 whole-slice CPU evals, 180 short
 # lavapipe decodes). Prints the markdown table; intermediate results go to $WORK.

@@ -1,5 +1,5 @@
-//! The `walsh` binary end to end: the commands the README shows, on the software adapters
-//! (lavapipe Vulkan and llvmpipe GL; with CI set, a missing adapter fails).
+//! The `walsh` binary end to end: the commands README.md and docs/ show, on the software
+//! adapters (lavapipe Vulkan and llvmpipe GL; with CI set, a missing adapter fails).
 
 use std::path::Path;
 use std::process::{Command, Output};

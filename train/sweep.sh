@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed sweep behind the README's variant table: the four attention variants
+# The seed sweep behind docs/seeds.md's variant table: the four attention variants
 # (output projection x query) at the shipped size and budget, seeds 1-3, three runs side by
 # side (one thread each, at low priority so builds and tests on the same machine go first).
 #

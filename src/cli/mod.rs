@@ -1,6 +1,8 @@
 //! The subcommands of the `walsh` binary.
 
 pub mod bench;
+#[cfg(test)]
+mod readme_tests;
 pub mod run;
 pub mod serve;
 pub mod tune;

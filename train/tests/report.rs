@@ -22,7 +22,7 @@ fn shipped(attn_output: AttnOutput, query: Query) -> Config {
 
 #[test]
 fn parameter_counts_of_the_shipped_variants() {
-    // (total, attention) as in the README's table; non-embedding = total - 2 * 256 * 256
+    // (total, attention) as in docs/models.md's table; non-embedding = total - 2 * 256 * 256
     let want = [
         (AttnOutput::Dense, Query::Dense, 3_295_488, 1_048_576),
         (AttnOutput::Hadamard, Query::Dense, 3_035_392, 788_480),
