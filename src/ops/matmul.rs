@@ -300,24 +300,7 @@ pub fn encode_with(
     epilogue: Epilogue,
     kernel: Kernel,
 ) -> Result<(), GpuError> {
-    encode_full(gpu, pass, w, x, y, rows, epilogue, kernel, Prologue::None)
-}
-
-/// [`encode_matmul`] with a [`Prologue`] made in the same dispatch: a GEMV-sized batch
-/// only ([`prologue_fits`]); `y` and the prologue's `out` must differ from every input.
-#[allow(clippy::too_many_arguments)]
-pub fn encode_with_prologue(
-    gpu: &Gpu,
-    pass: &mut dyn Record,
-    w: &Matrix,
-    x: &GpuBuffer,
-    y: &GpuBuffer,
-    rows: usize,
-    epilogue: Epilogue,
-    kernel: Kernel,
-    prologue: Prologue<'_>,
-) -> Result<(), GpuError> {
-    encode_full(gpu, pass, w, x, y, rows, epilogue, kernel, prologue)
+    encode_with_prologue(gpu, pass, w, x, y, rows, epilogue, kernel, Prologue::None)
 }
 
 /// Checks a prologue's buffers and returns (norm weight, resid, gamma, beta, out, eps,
@@ -404,8 +387,10 @@ fn prologue_bindings<'a>(
     })
 }
 
+/// [`encode_matmul`] with a [`Prologue`] made in the same dispatch: a GEMV-sized batch
+/// only ([`prologue_fits`]); `y` and the prologue's `out` must differ from every input.
 #[allow(clippy::too_many_arguments)]
-fn encode_full(
+pub fn encode_with_prologue(
     gpu: &Gpu,
     pass: &mut dyn Record,
     w: &Matrix,
@@ -730,21 +715,23 @@ mod tests {
 
     #[test]
     fn gemv_and_gemm_match_cpu_on_awkward_sizes() {
+        use WeightFormat::{F16, F32, Q4, Q8};
+        // Then accumulating into y: (kernel, format, rows, n_in, n_out).
+        let accumulate = [
+            (Kernel::Gemv, F16, 5, 41, 9),
+            (Kernel::GemvOutputs, F16, 11, 70, 130),
+            (Kernel::Gemm, F32, 37, 41, 9),
+            (Kernel::Gemv, Q4, 5, 41, 9),
+            (Kernel::GemvOutputs, Q4, 3, 688, 7),
+            (Kernel::Gemm, Q8, 37, 41, 9),
+        ];
         for gpu in test_gpus() {
             for format in FORMATS {
                 // Inputs below, at and past a quantized block of 32, with short tail blocks.
                 for (rows, n_in, n_out) in [(1, 1, 1), (3, 37, 5), (9, 130, 67), (16, 64, 3)] {
-                    check(
-                        &gpu,
-                        Kernel::Gemv,
-                        format,
-                        rows,
-                        n_in,
-                        n_out,
-                        Epilogue::Store,
-                    );
-                    let k = Kernel::GemvOutputs;
-                    check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
+                    for k in [Kernel::Gemv, Kernel::GemvOutputs] {
+                        check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
+                    }
                 }
                 for (rows, n_in, n_out) in [(1, 1, 1), (37, 19, 70), (65, 33, 129), (17, 64, 64)] {
                     check(
@@ -758,46 +745,9 @@ mod tests {
                     );
                 }
             }
-            let f16 = WeightFormat::F16;
-            check(&gpu, Kernel::Gemv, f16, 5, 41, 9, Epilogue::Accumulate);
-            check(
-                &gpu,
-                Kernel::GemvOutputs,
-                f16,
-                11,
-                70,
-                130,
-                Epilogue::Accumulate,
-            );
-            check(
-                &gpu,
-                Kernel::Gemm,
-                WeightFormat::F32,
-                37,
-                41,
-                9,
-                Epilogue::Accumulate,
-            );
-            let q4 = WeightFormat::Q4;
-            check(&gpu, Kernel::Gemv, q4, 5, 41, 9, Epilogue::Accumulate);
-            check(
-                &gpu,
-                Kernel::GemvOutputs,
-                q4,
-                3,
-                688,
-                7,
-                Epilogue::Accumulate,
-            );
-            check(
-                &gpu,
-                Kernel::Gemm,
-                WeightFormat::Q8,
-                37,
-                41,
-                9,
-                Epilogue::Accumulate,
-            );
+            for (k, format, rows, n_in, n_out) in accumulate {
+                check(&gpu, k, format, rows, n_in, n_out, Epilogue::Accumulate);
+            }
         }
     }
 
