@@ -102,7 +102,7 @@ fn timestamps_time_a_compute_pass() {
                 label: Some("timed wht"),
                 timestamp_writes: Some(timer.pass_writes(slot).unwrap()),
             });
-            let epi = crate::ops::hadamard::Epilogue::default();
+            let epi = crate::ops::hadamard::WhtEpilogue::default();
             h.encode(
                 &mut pass,
                 &x,
