@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use walsh::gpu::{AdapterSelector, Gpu, GpuBuffer, MemoryCategory};
-use walsh::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath};
+use walsh::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath};
 use walsh::ops::{Matrix, copy, matmul};
 
 fn smoke() -> bool {
@@ -122,7 +122,7 @@ fn bench_hadamard(c: &mut Criterion) {
                         rows,
                         n,
                         WhtOptions {
-                            epilogue: Epilogue::default(),
+                            epilogue: WhtEpilogue::default(),
                             path: WhtPath::Auto,
                         },
                     )
@@ -141,7 +141,7 @@ fn bench_hadamard(c: &mut Criterion) {
         let gamma = data(&gpu, "gamma", n);
         let beta = data(&gpu, "beta", n);
         let resid = data(&gpu, "resid", elems);
-        let epi = Epilogue {
+        let epi = WhtEpilogue {
             gamma: Some(&gamma),
             beta: Some(&beta),
             resid: Some(&resid),

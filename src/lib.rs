@@ -8,7 +8,7 @@
 //! - [`gpu`]: adapters, devices, the pipeline cache, buffers with memory accounting.
 //! - [`ops`]: the kernels, each with its CPU reference.
 //! - [`model`]: loading, the CPU and GPU decoders, generation and evaluation.
-//! - [`bench`]: the cross-vendor benchmark suites and their reports.
+//! - [`bench`](mod@bench): the cross-vendor benchmark suites and their reports.
 //! - [`limits`]: the sizes checked before memory is allocated for them.
 //! - `web` (wasm32 only): the API the browser page in `web/` drives.
 

@@ -35,7 +35,7 @@ use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
 use walsh::ops::attention::KvFormat;
 use walsh::ops::hadamard::construct::CORE_ORDERS;
-use walsh::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath, cpu::WhtSize};
+use walsh::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath, cpu::WhtSize};
 use walsh::ops::matmul::Kernel;
 use walsh::ops::sample::SamplingParams;
 
@@ -315,8 +315,8 @@ fn wht_sweep(gpu: &Gpu) {
             }
             for &path in &all {
                 for epilogue in [
-                    Epilogue::default(),
-                    Epilogue {
+                    WhtEpilogue::default(),
+                    WhtEpilogue {
                         gamma: Some(&gamma),
                         beta: Some(&beta),
                         resid: Some(&resid),

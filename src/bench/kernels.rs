@@ -8,7 +8,7 @@ use super::{BenchError, BenchOptions};
 use crate::blocks::{QuantFormat, QuantMatrix};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
 use crate::ops::attention::{AttendBuffers, Attention, AttnShape, row_table};
-use crate::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath};
+use crate::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath};
 use crate::ops::{Matrix, copy, matmul};
 
 /// The adapter's copy bandwidth: the roof of every kernel.
@@ -193,13 +193,13 @@ pub async fn measure(
                 activations(gpu, "resid", rows * n)?,
             );
             let epilogue = if fused {
-                Epilogue {
+                WhtEpilogue {
                     gamma: Some(&gamma),
                     beta: Some(&beta),
                     resid: Some(&resid),
                 }
             } else {
-                Epilogue::default()
+                WhtEpilogue::default()
             };
             let options = WhtOptions {
                 epilogue,

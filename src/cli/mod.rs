@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 
 use walsh::gpu::{AdapterSelector, AdapterSummary, Gpu, MemoryCategory, list_adapters};
-use walsh::ops::hadamard::{Epilogue, Hadamard, WhtOptions, WhtPath, WhtSize, cpu};
+use walsh::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath, WhtSize, cpu};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Kernel {
@@ -165,7 +165,7 @@ pub fn wht(adapter: &str, n: usize, rows: usize, kernel: Kernel) -> Result<()> {
                 rows,
                 n,
                 WhtOptions {
-                    epilogue: Epilogue::default(),
+                    epilogue: WhtEpilogue::default(),
                     path,
                 },
             )?;

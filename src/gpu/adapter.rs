@@ -21,7 +21,22 @@ pub fn wanted_features() -> wgpu::Features {
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
 }
 
-/// How the user names an adapter.
+/// How the user names an adapter: parsed from the text of `--adapter` / `WALSH_ADAPTER`
+/// (an index in the `walsh adapters` list, a backend, or part of a name; empty or
+/// `default` for [`AdapterSelector::Default`]), then resolved by [`select`].
+///
+/// ```
+/// use walsh::gpu::AdapterSelector;
+///
+/// assert_eq!("gl".parse::<AdapterSelector>()?, AdapterSelector::Backend(wgpu::Backend::Gl));
+/// assert_eq!("1".parse::<AdapterSelector>()?, AdapterSelector::Index(1));
+/// assert_eq!("".parse::<AdapterSelector>()?, AdapterSelector::Default);
+/// assert_eq!(
+///     "llvmpipe".parse::<AdapterSelector>()?,
+///     AdapterSelector::Name("llvmpipe".into())
+/// );
+/// # Ok::<(), walsh::gpu::GpuError>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum AdapterSelector {
     /// The high-performance adapter: discrete GPU first, then integrated, virtual, CPU;
@@ -188,7 +203,10 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
         .collect()
 }
 
-/// Picks one adapter out of `adapters` (as returned by [`enumerate`]).
+/// Picks one adapter out of `adapters` (as returned by [`enumerate`], whose order the
+/// indices and "first on a backend / with a name" refer to). Errors with
+/// [`GpuError::NoAdapter`] when the list is empty, [`GpuError::AdapterNotFound`] (listing
+/// them) when none matches.
 pub fn select(adapters: Vec<wgpu::Adapter>, selector: &AdapterSelector) -> Result<wgpu::Adapter> {
     if adapters.is_empty() {
         return Err(GpuError::NoAdapter);

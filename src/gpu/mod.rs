@@ -108,7 +108,18 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Opens a device on the adapter chosen by `selector` among every native adapter.
+    /// Opens a device on the adapter chosen by `selector` among every native adapter
+    /// ([`adapter::enumerate`], [`adapter::select`]), as [`Gpu::from_adapter`] does.
+    /// Errors with [`GpuError::NoAdapter`] where there is none, and
+    /// [`GpuError::AdapterNotFound`] where none matches.
+    ///
+    /// ```no_run
+    /// use walsh::gpu::{AdapterSelector, Gpu};
+    ///
+    /// let gpu = Gpu::new(&"vulkan".parse::<AdapterSelector>()?)?;
+    /// println!("running on {}", gpu.describe());
+    /// # Ok::<(), walsh::gpu::GpuError>(())
+    /// ```
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new(selector: &AdapterSelector) -> Result<Self> {
         let instance = adapter::native_instance();
@@ -133,7 +144,9 @@ impl Gpu {
     }
 
     /// Opens a device on `adapter`, enabling the optional features it offers and its full
-    /// limits. `index` is only used to describe the adapter.
+    /// limits. `index` is only used to describe the adapter. Errors that escape wgpu's
+    /// error scopes are recorded and returned by the next readback ([`Gpu::check`]).
+    /// To use a device you opened yourself, see [`Gpu::from_device`].
     pub async fn from_adapter(adapter: wgpu::Adapter, index: usize) -> Result<Self> {
         let info = adapter.get_info();
         let summary = AdapterSummary::new(index, &adapter);
@@ -152,24 +165,69 @@ impl Gpu {
                     adapter: info.name.clone(),
                     source,
                 })?;
+        let gpu = Self::wrap(info, summary, device, queue);
 
         // wgpu's default handler panics on any error that escapes an error scope; record it
         // instead so the next readback or submit returns it as a typed error.
-        let failure: Arc<Mutex<Option<GpuError>>> = Arc::default();
-        let sink = failure.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert(GpuError::from_wgpu(&e));
-        }));
-        let sink = failure.clone();
-        device.set_device_lost_callback(move |reason, message| {
+        let sink = gpu.failure.clone();
+        gpu.device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(GpuError::from_wgpu(&e));
+            }));
+        let sink = gpu.failure.clone();
+        gpu.device.set_device_lost_callback(move |reason, message| {
             let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
             if reason != wgpu::DeviceLostReason::Destroyed {
                 slot.get_or_insert(GpuError::DeviceLost(format!("{reason:?}: {message}")));
             }
         });
+        Ok(gpu)
+    }
 
-        Ok(Self {
+    /// Wraps a device and queue the caller opened on `adapter` themselves, so walsh's
+    /// kernels can record into the caller's own command encoders, next to their own work,
+    /// on their own buffers ([`Gpu::track`] wraps a `wgpu::Buffer` for the kernels).
+    /// `device` and `queue` are handles: pass clones and keep using yours.
+    ///
+    /// walsh uses what the device has: kernels pick their path from its enabled features
+    /// (`SUBGROUP`, `SHADER_F16`; see [`adapter::wanted_features`]) and size their work to
+    /// its limits. A kernel that needs more than the device allows fails with a typed
+    /// error when its pipeline is built ([`GpuError::ShaderCompile`]); the WHT runs within
+    /// wgpu's default limits. [`Gpu::from_adapter`] opens a device with everything the
+    /// adapter offers instead.
+    ///
+    /// Unlike [`Gpu::from_adapter`], this leaves the device's uncaptured-error and
+    /// device-lost callbacks to the caller: errors outside walsh's own error scopes go to
+    /// the caller's handler (wgpu's default one panics), not to [`Gpu::check`].
+    /// [`Gpu::summary`] gives the adapter index 0.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    /// let adapter = pollster::block_on(instance.request_adapter(&Default::default()))?;
+    /// let (device, queue) = pollster::block_on(adapter.request_device(&Default::default()))?;
+    /// let gpu = walsh::gpu::Gpu::from_device(&adapter, device.clone(), queue.clone());
+    /// let wht = walsh::ops::hadamard::Hadamard::new(&gpu)?;
+    /// // ... wht.encode(&mut your_pass, ...) between your own dispatches.
+    /// # Ok(()) }
+    /// ```
+    pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::wrap(
+            adapter.get_info(),
+            AdapterSummary::new(0, adapter),
+            device,
+            queue,
+        )
+    }
+
+    fn wrap(
+        info: wgpu::AdapterInfo,
+        summary: AdapterSummary,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Self {
+        Self {
             features: GpuFeatures::from_wgpu(device.features()),
             limits: device.limits(),
             device,
@@ -179,11 +237,11 @@ impl Gpu {
             cache: PipelineCache::default(),
             memory: Arc::default(),
             counters: Counters::default(),
-            failure,
+            failure: Arc::default(),
             spare: std::sync::OnceLock::new(),
             spare_uniform: std::sync::OnceLock::new(),
             tuning: Mutex::default(),
-        })
+        }
     }
 
     /// A 16-byte storage buffer to bind at a writable slot a dispatch does not write.
@@ -527,7 +585,10 @@ impl Gpu {
         self.queue.submit(buffers)
     }
 
-    /// Counts a buffer made directly with wgpu under `category` while it lives.
+    /// Counts a buffer made directly with wgpu under `category` while it lives, and wraps
+    /// it for the kernels, which take [`GpuBuffer`]s: how a caller's own buffers (a clone
+    /// of the handle: the caller keeps theirs) are handed to walsh. The buffer must
+    /// belong to this device and have the usages a kernel binds it with (`STORAGE`).
     pub fn track(&self, buffer: wgpu::Buffer, category: MemoryCategory) -> GpuBuffer {
         GpuBuffer::new(buffer, category, self.memory.clone())
     }
@@ -610,6 +671,7 @@ impl Gpu {
         Ok(())
     }
 
+    /// A command encoder on this device, named `label` in wgpu's messages.
     pub fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
         self.device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })

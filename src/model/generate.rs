@@ -149,7 +149,8 @@ pub(crate) fn check_step(
     Ok(())
 }
 
-/// The CPU reference decoder, one per sequence.
+/// The CPU reference decoder ([`CpuDecoder`], f32, one token at a time), one per
+/// sequence: what the GPU decoder is held to (its greedy tokens are identical).
 pub struct CpuBatch<'m> {
     decoders: Vec<CpuDecoder<'m>>,
     vocab: usize,
@@ -160,6 +161,8 @@ pub struct CpuBatch<'m> {
 }
 
 impl<'m> CpuBatch<'m> {
+    /// Decoders for `max_seqs` sequences of up to `max_positions` tokens each, with a KV
+    /// cache in `kv` format (rounded as the GPU's is).
     pub fn new(
         model: &'m Model,
         max_seqs: usize,
@@ -322,6 +325,8 @@ const CHUNK_TARGET: Duration = Duration::from_millis(250);
 const CHUNKS_IN_FLIGHT: usize = 2;
 
 impl GenerateOptions {
+    /// `max_tokens` new tokens per prompt, drawn with `sampling`, in chunks of up to
+    /// [`DEFAULT_MAX_CHUNK`] decode steps.
     pub fn new(max_tokens: usize, sampling: SamplingParams) -> Self {
         Self {
             max_tokens,
@@ -386,6 +391,36 @@ fn rate(count: usize, time: Duration) -> f64 {
 /// `on_token` for each token as it arrives; `ControlFlow::Break` stops the run (tokens so
 /// far are returned). The random draws come from `options.sampling.seed`, one per
 /// sequence per step in prompt order, so every device draws the same numbers.
+///
+/// Any [`Decoder`] will do: a [`GpuDecoder`] (see `examples/generate.rs`), or the CPU
+/// reference, as here with a small random-weight model:
+///
+/// ```
+/// use std::ops::ControlFlow;
+/// use walsh::model::generate::{CpuBatch, GenerateOptions, encode_text, generate};
+/// use walsh::model::{AttnOutput, Config, init::random_model};
+/// use walsh::ops::{WeightFormat, attention::KvFormat, sample::SamplingParams};
+///
+/// let config = Config {
+///     hidden_size: 64,
+///     num_hidden_layers: 2,
+///     num_attention_heads: 4,
+///     intermediate_size: 128,
+///     max_position_embeddings: 32,
+///     attn_output: AttnOutput::Hadamard,
+///     ..Default::default()
+/// };
+/// let model = random_model(&config, 0, WeightFormat::F32)?;
+/// let mut decoder = CpuBatch::new(&model, 1, 32, KvFormat::F16)?;
+/// let options = GenerateOptions::new(8, SamplingParams::greedy());
+/// let mut streamed = Vec::new();
+/// let g = generate(&mut decoder, &[encode_text("ROMEO.")], &options, |event| {
+///     streamed.push(event.token);
+///     ControlFlow::Continue(())
+/// })?;
+/// assert_eq!(g.tokens, [streamed]);
+/// # Ok::<(), walsh::model::ModelError>(())
+/// ```
 #[cfg(not(target_arch = "wasm32"))]
 pub fn generate(
     decoder: &mut dyn Decoder,

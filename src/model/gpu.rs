@@ -20,7 +20,7 @@ use crate::gpu::{Gpu, GpuBuffer, MemoryCategory, PendingRead, Recording};
 use crate::ops::attention::{self, AttendBuffers, Attention, AttnShape, DecodeFusion, KvFormat};
 use crate::ops::feedback::{self, FeedbackBuffers};
 use crate::ops::hadamard::cpu::sign_uniform;
-use crate::ops::hadamard::{Epilogue as WhtEpilogue, Hadamard, WhtOptions, WhtPath, WhtSize};
+use crate::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath, WhtSize};
 use crate::ops::matmul::{self, Epilogue, Prologue};
 use crate::ops::rope::{self, RopeTable};
 use crate::ops::sample::{self, SamplingParams};

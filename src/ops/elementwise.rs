@@ -93,8 +93,8 @@ fn dispatch(
     Ok(())
 }
 
-/// Records `out[r] = table[tokens[r]]` for `rows` rows: `tokens` is u32 [rows], `out` f32
-/// [rows, table.cols]; `table` is f32 or packed f16. A token >= `table.rows` gives a row
+/// Records `out[r] = table[tokens[r]]` for `rows` rows: `tokens` is u32 `[rows]`, `out` f32
+/// `[rows, table.cols]`; `table` is f32 or packed f16. A token >= `table.rows` gives a row
 /// of zeros.
 pub fn encode_embed(
     gpu: &Gpu,

@@ -35,16 +35,16 @@ const BINDINGS: [Binding; 7] = [
 /// `steps` steps.
 #[derive(Clone, Copy, Debug)]
 pub struct FeedbackBuffers<'a> {
-    /// u32 [seqs]: what the last step sampled.
+    /// u32 `[seqs]`: what the last step sampled.
     pub sampled: &'a GpuBuffer,
     /// u32 [seqs + steps * seqs]: the chunk's first position of each sequence, then the
     /// draws of every step (f32 bits), see [`chunk_table`].
     pub chunk: &'a GpuBuffer,
-    /// u32 [seqs]: the next step's input tokens.
+    /// u32 `[seqs]`: the next step's input tokens.
     pub tokens: &'a GpuBuffer,
     /// u32 [seqs, 2]: the next step's (sequence, position) rows.
     pub row_table: &'a GpuBuffer,
-    /// f32 [seqs]: the next step's draws.
+    /// f32 `[seqs]`: the next step's draws.
     pub draws: &'a GpuBuffer,
     /// u32 [steps, seqs]: the chunk's sampled tokens.
     pub log: &'a GpuBuffer,

@@ -150,7 +150,7 @@ pub enum Epilogue {
     /// y = silu(z).
     Silu = 2,
     /// W interleaves two matrices by rows (row 2j of the first, then row j of the second,
-    /// see [`interleave_rows`]); y = silu(z[2j]) * z[2j + 1], [rows, n_out / 2].
+    /// see [`interleave_rows`]); `y = silu(z[2j]) * z[2j + 1]`, [rows, n_out / 2].
     SwiGlu = 3,
 }
 
@@ -805,7 +805,7 @@ mod tests {
         // What the prologue writes out (f64), and the product's inputs.
         let (written, inputs) = if pro == Pro::Hadamard {
             let size = WhtSize::new(n_in).unwrap();
-            let epi = cpu::EpilogueRef {
+            let epi = cpu::WhtEpilogueRef {
                 gamma: Some(&gamma),
                 beta: Some(&beta),
                 resid: Some(&resid),

@@ -34,7 +34,7 @@ const BINDINGS: [Binding; 4] = [
 
 /// Records `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight` for `rows` rows of width `d`
 /// (1 <= d <= [`MAX_NORM_WIDTH`]): `x` and `out` are f32 [rows, d] and must be distinct
-/// buffers, `weight` is f32 [d]. With `eps` = 0 an all-zero row gives NaN.
+/// buffers, `weight` is f32 `[d]`. With `eps` = 0 an all-zero row gives NaN.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_rmsnorm(
     gpu: &Gpu,
@@ -96,7 +96,7 @@ pub fn encode_rmsnorm(
     Ok(())
 }
 
-/// CPU reference in f64: `x` is [rows, d], `weight` [d]; returns [rows, d] (fewer rows if
+/// CPU reference in f64: `x` is [rows, d], `weight` `[d]`; returns [rows, d] (fewer rows if
 /// `x` holds fewer).
 pub fn rmsnorm_reference(x: &[f32], weight: &[f32], rows: usize, d: usize, eps: f64) -> Vec<f64> {
     let mut out = Vec::with_capacity(rows * d);

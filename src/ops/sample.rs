@@ -44,6 +44,8 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Always the most likely token (temperature 0): the setting under which every
+    /// device generates the same tokens.
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,

@@ -4,12 +4,14 @@
 //!   drivers, rustfmt, clippy, and for the browser test the wasm32 target,
 //!   wasm-bindgen-cli, Chromium, Firefox ESR and the npm tools; the SPIR-V and GLSL
 //!   validators for the shader translation test), then runs `cargo fmt --check`,
-//!   `cargo clippy -D warnings`, every test (unit, integration, and the benches once each
-//!   in smoke mode) and the end-to-end test of the web page in headless Chromium and
+//!   `cargo clippy -D warnings`, every test (unit, integration, documentation, and the
+//!   benches once each in smoke mode), every example in `examples/` on lavapipe (see
+//!   [`examples`]) and the end-to-end test of the web page in headless Chromium and
 //!   Firefox.
 //!   Idempotent: a second run installs nothing.
 //!   The test run includes a bounded, seeded run of the loader fuzz test
 //!   (`tests/fuzz_loader.rs`).
+//! - `examples`: only the examples, on lavapipe (see [`examples`]).
 //! - `web`: builds the browser module into `web/pkg/` (see [`web`]).
 //! - `fuzz --minutes N [--seed S]`: the loader fuzz test for N minutes (see [`fuzz`]).
 //! - `e2e`, `web-bench`, `page-vs-native`: the browser test alone, the benchmark suites in
@@ -45,6 +47,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("examples") => examples(),
         Some("web") => web::build().map(drop),
         Some("web-bench") => e2e::bench(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
@@ -71,8 +74,11 @@ fn main() -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  test    install what is missing, then fmt check, clippy -D warnings, every test and
-          the browser end-to-end test
+  test    install what is missing, then fmt check, clippy -D warnings, every test, the
+          examples and the browser end-to-end test
+  examples
+          run every example (examples/) on lavapipe; under CI=true one that finds no
+          adapter fails
   web     build the browser module into web/pkg/ (then: cargo run --release -- serve)
   e2e     only the browser end-to-end test (builds the page, serves it, drives Chromium
           and Firefox)
@@ -129,10 +135,47 @@ pub(crate) fn cargo() -> Command {
     c.current_dir(root());
     // A CI run builds once from a clean checkout: incremental caches would only take
     // disk (about 1.4 GB of target/debug/incremental).
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") {
+    if in_ci() {
         c.env("CARGO_INCREMENTAL", "0");
     }
     c
+}
+
+/// Whether `CI` is set (and not to 0 or false): missing adapters and browsers then fail
+/// instead of being skipped.
+pub(crate) fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// The examples in `examples/`, each a check that exits non-zero when it fails.
+const EXAMPLES: &[&str] = &["hello_wht", "generate", "wht_in_your_pipeline"];
+
+/// What an example exits with when it finds no adapter (automake's and meson's "skipped").
+const EXAMPLE_SKIPPED: i32 = 77;
+
+/// `cargo run --example NAME -- --adapter llvmpipe` for every example: lavapipe, since
+/// walsh lists Vulkan adapters before GL ones and the name also matches llvmpipe GL. An
+/// example that finds no adapter is skipped, as the GPU tests skip a missing backend,
+/// unless `CI` is set: then it fails.
+fn examples() -> Result<()> {
+    for name in EXAMPLES {
+        let mut cmd = cargo();
+        cmd.args(["run", "--example", name, "--", "--adapter", "llvmpipe"]);
+        private_runtime_dir(&mut cmd)?;
+        eprintln!("xtask: $ {cmd:?}");
+        let status = cmd
+            .status()
+            .with_context(|| format!("could not start {cmd:?}"))?;
+        match status.code() {
+            Some(0) => {}
+            Some(EXAMPLE_SKIPPED) if !in_ci() => {
+                eprintln!("xtask: example {name} skipped: no lavapipe adapter");
+            }
+            Some(EXAMPLE_SKIPPED) => bail!("CI: example {name} found no lavapipe adapter"),
+            _ => bail!("example {name} failed with {status}"),
+        }
+    }
+    Ok(())
 }
 
 fn test() -> Result<()> {
@@ -169,6 +212,15 @@ fn test() -> Result<()> {
         .env("WALSH_BENCH_SMOKE", "1");
     private_runtime_dir(&mut tests)?;
     let (passed, failed) = run_counting(&mut tests)?;
+    // `--all-targets` leaves out the documentation's examples: run them too (on the CPU,
+    // or compiled only where they need a GPU).
+    let mut docs = cargo();
+    docs.args(["test", "-p", "walsh", "--doc"]);
+    let (doc_passed, doc_failed) = run_counting(&mut docs)?;
+    let (passed, failed) = (passed + doc_passed, failed + doc_failed);
+
+    // The examples, each checking its result; under CI=true one without an adapter fails.
+    examples()?;
 
     // The page in Chromium and Firefox; under CI=true a browser that cannot start fails.
     // It serves the page with the walsh binary the test run above built.
@@ -178,7 +230,7 @@ fn test() -> Result<()> {
     if browser.failed > 0 {
         bail!("{} browser check(s) failed", browser.failed);
     }
-    eprintln!("xtask: fmt, clippy, every test and the browser checks passed");
+    eprintln!("xtask: fmt, clippy, every test, the examples and the browser checks passed");
     Ok(())
 }
 

@@ -60,7 +60,7 @@ pub enum KvError {
     RotationHeadDim {
         format: KvFormat,
         head_dim: usize,
-        /// Why the transform has no such size ([`UnsupportedSize`]).
+        /// Why the transform has no such size ([`UnsupportedSize`](crate::ops::hadamard::UnsupportedSize)).
         reason: String,
     },
 }

@@ -73,7 +73,7 @@ impl UnsupportedSize {
 /// ([`CORE_ORDERS`]: 12, 20, 28, 36, ..., 180) with n / m a power of two.
 ///
 /// H_n = H_m (x) H_p (Kronecker product): index i = c * p + j (chunk c, position j) and
-/// H_n[c p + j][c' p + j'] = H_m[c][c'] * H_p[j][j']. Every factor is symmetric, so H_n
+/// `H_n[c p + j][c' p + j'] = H_m[c][c'] * H_p[j][j']`. Every factor is symmetric, so H_n
 /// is too: the normalized transform is orthogonal and its own inverse at every size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WhtSize {
@@ -83,6 +83,17 @@ pub struct WhtSize {
 }
 
 impl WhtSize {
+    /// The factors of `n`, or why it has no transform (with the nearest sizes that do).
+    ///
+    /// ```
+    /// use walsh::ops::hadamard::WhtSize;
+    ///
+    /// let size = WhtSize::new(576)?; // 36 x 16: a Paley matrix of order 36 times H_16
+    /// assert_eq!((size.m, size.p), (36, 16));
+    /// assert!(WhtSize::new(100 * 16).is_ok()); // 1600 = 100 x 16
+    /// assert!(WhtSize::new(92 * 16).is_err()); // order 92 is not built
+    /// # Ok::<(), walsh::ops::hadamard::UnsupportedSize>(())
+    /// ```
     pub fn new(n: usize) -> Result<Self, UnsupportedSize> {
         let m = core_order(n).ok_or_else(|| UnsupportedSize::new(n))?;
         Ok(Self { n, m, p: n / m })
@@ -151,7 +162,7 @@ pub fn sign_uniform(m: usize) -> [u32; SIGN_UNIFORM_WORDS] {
 }
 
 /// H_m as bit masks, [`sign_words`] words per row: bit c' % 32 of word c' / 32 of row c
-/// set means H_m[c][c'] = -1. This is how the shaders receive the matrix.
+/// set means `H_m[c][c'] = -1`. This is how the shaders receive the matrix.
 pub fn sign_masks(m: usize) -> Vec<u32> {
     let h = small_hadamard(m);
     let w = sign_words(m);
@@ -191,7 +202,28 @@ impl Real for f64 {
 
 /// Normalized WHT of one row in place: `x <- H_n x / sqrt(n)`. Scalar butterflies over the
 /// power-of-two part, then the m x m mix across chunks; the scale is applied at the end,
-/// as the GPU kernel does.
+/// as the GPU kernel does. In f64 it is the reference the GPU kernels are tested against;
+/// in f32 it computes what they compute.
+///
+/// Panics unless `x.len() == size.n`.
+///
+/// ```
+/// use walsh::ops::hadamard::{WhtSize, cpu};
+///
+/// // H_4 / 2 maps a unit vector to a column of H_4, scaled.
+/// let mut x = [1.0f64, 0.0, 0.0, 0.0];
+/// cpu::fwht(&mut x, WhtSize::new(4)?);
+/// assert_eq!(x, [0.5, 0.5, 0.5, 0.5]);
+///
+/// // Orthogonal and symmetric, so its own inverse, at every size (here 12 = 12 x 1).
+/// let size = WhtSize::new(12)?;
+/// let v: Vec<f64> = (0..12).map(|i| i as f64 - 5.5).collect();
+/// let mut y = v.clone();
+/// cpu::fwht(&mut y, size);
+/// cpu::fwht(&mut y, size);
+/// assert!(y.iter().zip(&v).all(|(a, b)| (a - b).abs() < 1e-12));
+/// # Ok::<(), walsh::ops::hadamard::UnsupportedSize>(())
+/// ```
 pub fn fwht<T: Real>(x: &mut [T], size: WhtSize) {
     assert_eq!(
         x.len(),
@@ -254,16 +286,17 @@ pub fn dense_matrix(size: WhtSize) -> Vec<f64> {
     h
 }
 
-/// The optional parts of `out = resid + gamma * H(x) / sqrt(n) + beta`.
+/// The optional parts of `out = resid + gamma * H(x) / sqrt(n) + beta` on the CPU: host
+/// slices in place of [`super::WhtEpilogue`]'s GPU buffers, for [`fused_reference`].
 #[derive(Clone, Copy, Debug, Default)]
-pub struct EpilogueRef<'a> {
+pub struct WhtEpilogueRef<'a> {
     pub gamma: Option<&'a [f32]>,
     pub beta: Option<&'a [f32]>,
     pub resid: Option<&'a [f32]>,
 }
 
 /// CPU reference of the fused kernel over `rows` rows of `x` (row major), in f64.
-pub fn fused_reference(x: &[f32], size: WhtSize, epi: EpilogueRef<'_>) -> Vec<f64> {
+pub fn fused_reference(x: &[f32], size: WhtSize, epi: WhtEpilogueRef<'_>) -> Vec<f64> {
     let n = size.n;
     let mut out = Vec::with_capacity(x.len());
     for (r, row) in x.chunks_exact(n).enumerate() {

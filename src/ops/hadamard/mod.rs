@@ -70,6 +70,11 @@ pub enum WhtError {
         expected: usize,
         found: usize,
     },
+    /// The output is also bound as one of the buffers the transform reads: wgpu refuses a
+    /// buffer bound both read-only and read-write in one dispatch (and the naive kernel's
+    /// copy from itself), so the whole submission would fail validation.
+    #[error("the WHT output must be a buffer of its own, not also the {what}")]
+    Aliased { what: &'static str },
 }
 
 /// Batches up to this many rows take [`WhtPath::Rows`] under `Auto` on CPU adapters
@@ -93,9 +98,15 @@ pub enum WhtPath {
     Rows,
 }
 
-/// The optional fused epilogue `out = resid + gamma * H(x) / sqrt(n) + beta`.
+/// The optional epilogue the fast kernel fuses into its store:
+/// `out = resid + gamma * H(x) / sqrt(n) + beta`, each part optional (the default is the
+/// plain transform). The buffers are f32, and each must differ from the output
+/// ([`WhtError::Aliased`]); its CPU counterpart is [`cpu::WhtEpilogueRef`].
+///
+/// With `gamma` and `beta` this is the learnable affine rescale that replaces W_O in a
+/// Hadamard-projection layer; the decoder also fuses the residual add.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Epilogue<'a> {
+pub struct WhtEpilogue<'a> {
     /// Per-channel scale, length n.
     pub gamma: Option<&'a GpuBuffer>,
     /// Per-channel bias, length n.
@@ -104,10 +115,11 @@ pub struct Epilogue<'a> {
     pub resid: Option<&'a GpuBuffer>,
 }
 
-/// How the fast kernel runs: the fused epilogue and the path of its exchanges.
+/// How the fast kernel runs: the fused epilogue and the path of its exchanges. The
+/// default is the plain transform on [`WhtPath::Auto`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WhtOptions<'a> {
-    pub epilogue: Epilogue<'a>,
+    pub epilogue: WhtEpilogue<'a>,
     pub path: WhtPath,
 }
 
@@ -212,7 +224,32 @@ fn plan(size: WhtSize, rows: usize) -> Vec<FastPass> {
     vec![a, b]
 }
 
-/// The WHT kernels on one device.
+/// The WHT kernels on one device: their sign tables and scratch, made once and reused by
+/// every call.
+///
+/// [`Hadamard::run`] transforms host data; [`Hadamard::encode`] records the transform of
+/// buffers already on the GPU into a compute pass (the caller's own, or a
+/// [`crate::gpu::Recording`]), with the optional [`WhtEpilogue`]. Lengths are any
+/// [`WhtSize`]: `n = m * 2^k` up to [`cpu::MAX_N`].
+///
+/// ```no_run
+/// use walsh::gpu::{AdapterSelector, Gpu};
+/// use walsh::ops::hadamard::{Hadamard, WhtPath, WhtSize, cpu};
+///
+/// let gpu = Gpu::new(&AdapterSelector::Default)?;
+/// let wht = Hadamard::new(&gpu)?;
+/// let n = 576; // 36 x 16
+/// let x: Vec<f32> = (0..2 * n).map(|i| (i % 7) as f32 - 3.0).collect();
+/// let y = wht.run(&x, n, WhtPath::Auto)?;
+///
+/// let mut want = x.clone();
+/// for row in want.chunks_exact_mut(n) {
+///     cpu::fwht(row, WhtSize::new(n)?);
+/// }
+/// let err = y.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+/// assert!(err < 1e-4);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Hadamard<'g> {
     gpu: &'g Gpu,
     /// Bound to the epilogue slots a dispatch does not use.
@@ -224,6 +261,8 @@ pub struct Hadamard<'g> {
 }
 
 impl<'g> Hadamard<'g> {
+    /// Uploads the sign tables of every core order (a few KiB) to `gpu`. Pipelines are
+    /// compiled on first use, per shape.
     pub fn new(gpu: &'g Gpu) -> Result<Self, WhtError> {
         let dummy = gpu.upload(MemoryCategory::Uniforms, "wht dummy", &[0f32; 4])?;
         let mut signs = Vec::new();
@@ -272,6 +311,19 @@ impl<'g> Hadamard<'g> {
             })
     }
 
+    /// Errors with [`WhtError::Aliased`] if `output` is also one of `read`.
+    fn check_distinct(
+        output: &GpuBuffer,
+        read: &[(&'static str, Option<&GpuBuffer>)],
+    ) -> Result<(), WhtError> {
+        for &(what, buf) in read {
+            if buf.is_some_and(|b| b.buffer() == output.buffer()) {
+                return Err(WhtError::Aliased { what });
+            }
+        }
+        Ok(())
+    }
+
     /// Validates sizes and buffers shared by both kernels.
     fn check(
         &self,
@@ -281,6 +333,7 @@ impl<'g> Hadamard<'g> {
         n: usize,
     ) -> Result<WhtSize, WhtError> {
         let size = WhtSize::new(n)?;
+        Self::check_distinct(output, &[("input", Some(input))])?;
         Self::check_len("input", input, rows * n)?;
         Self::check_len("output", output, rows * n)?;
         self.gpu
@@ -288,8 +341,14 @@ impl<'g> Hadamard<'g> {
         Ok(size)
     }
 
-    /// Records the fast transform of `rows` rows of length `n` from `input` into `output`
-    /// (distinct buffers), with the optional epilogue.
+    /// Records the fast transform of `rows` rows of length `n` (row major f32) from `input`
+    /// into `output`, with `options`' epilogue, into `pass`: one dispatch, or two for
+    /// rows longer than [`TILE_ELEMS`]. Nothing runs until the caller submits the pass's
+    /// encoder, so the transform can sit between the caller's own passes and copies.
+    ///
+    /// `output` must be a buffer of its own, not also the input or one of the epilogue's
+    /// buffers ([`WhtError::Aliased`]); sizes and lengths are checked before anything is
+    /// recorded ([`WhtError::Size`], [`WhtError::Shape`]).
     pub fn encode(
         &self,
         pass: &mut dyn Record,
@@ -301,6 +360,14 @@ impl<'g> Hadamard<'g> {
     ) -> Result<(), WhtError> {
         let WhtOptions { epilogue, path } = options;
         let size = self.check(input, output, rows, n)?;
+        Self::check_distinct(
+            output,
+            &[
+                ("resid", epilogue.resid),
+                ("gamma", epilogue.gamma),
+                ("beta", epilogue.beta),
+            ],
+        )?;
         for (what, buf) in [("gamma", epilogue.gamma), ("beta", epilogue.beta)] {
             if let Some(b) = buf {
                 Self::check_len(what, b, n)?;
@@ -362,7 +429,7 @@ impl<'g> Hadamard<'g> {
             let epi = if fp.last {
                 epilogue
             } else {
-                Epilogue::default()
+                WhtEpilogue::default()
             };
             self.dispatch_fast(
                 pass,
@@ -384,7 +451,7 @@ impl<'g> Hadamard<'g> {
         fp: &FastPass,
         src: &GpuBuffer,
         dst: &GpuBuffer,
-        epi: Epilogue<'a>,
+        epi: WhtEpilogue<'a>,
         path: WhtPath,
         scale: f32,
     ) -> Result<(), WhtError> {
@@ -443,7 +510,7 @@ impl<'g> Hadamard<'g> {
         params: WhtParams,
         src: &'a GpuBuffer,
         dst: &'a GpuBuffer,
-        epi: Epilogue<'a>,
+        epi: WhtEpilogue<'a>,
         m: usize,
     ) -> Result<(), WhtError> {
         let key = key
@@ -476,7 +543,7 @@ impl<'g> Hadamard<'g> {
         output: &'a GpuBuffer,
         rows: usize,
         size: WhtSize,
-        epi: Epilogue<'a>,
+        epi: WhtEpilogue<'a>,
     ) -> Result<(), WhtError> {
         let key = PipelineKey::new(Shader::Hadamard, "wht_rows")
             .with("M", size.m as u32)
@@ -609,7 +676,7 @@ impl<'g> Hadamard<'g> {
                 rows,
                 n,
                 WhtOptions {
-                    epilogue: Epilogue::default(),
+                    epilogue: WhtEpilogue::default(),
                     path,
                 },
             )?;

@@ -1,7 +1,7 @@
 //! GPU tests of the WHT kernels against the f64 CPU reference and the dense matrix, run on
 //! every test adapter (lavapipe Vulkan and llvmpipe GL).
 
-use super::cpu::{self, EpilogueRef, WhtSize};
+use super::cpu::{self, WhtEpilogueRef, WhtSize};
 use super::*;
 use crate::gpu::testing::{test_gpus, test_values};
 
@@ -15,7 +15,7 @@ fn input(rows: usize, n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn reference(x: &[f32], size: WhtSize) -> Vec<f64> {
-    cpu::fused_reference(x, size, EpilogueRef::default())
+    cpu::fused_reference(x, size, WhtEpilogueRef::default())
 }
 
 /// Max abs error of `got` against `want`.
@@ -117,7 +117,7 @@ fn run_fused(
     x: &GpuBuffer,
     rows: usize,
     n: usize,
-    epilogue: Epilogue<'_>,
+    epilogue: WhtEpilogue<'_>,
     path: WhtPath,
 ) -> Vec<f32> {
     let out = gpu
@@ -178,13 +178,13 @@ fn every_core_order_on_every_path_matches_f64_reference() {
             let beta = input(1, n, 11);
             let up = |v: &[f32]| gpu.upload(MemoryCategory::Activations, "t", v).unwrap();
             let (xb, rb, gb, bb) = (up(&x), up(&resid), up(&gamma), up(&beta));
-            let epilogue = Epilogue {
+            let epilogue = WhtEpilogue {
                 gamma: Some(&gb),
                 beta: Some(&bb),
                 resid: Some(&rb),
             };
             let got = run_fused(&gpu, &h, &xb, rows, n, epilogue, WhtPath::Auto);
-            let epi = EpilogueRef {
+            let epi = WhtEpilogueRef {
                 gamma: Some(&gamma),
                 beta: Some(&beta),
                 resid: Some(&resid),
@@ -312,13 +312,13 @@ fn fused_epilogue_matches_cpu_formula() {
                 (Some(&gb), Some(&bb), Some(&rb)),
             ];
             for (g, b, r) in cases {
-                let epi = Epilogue {
+                let epi = WhtEpilogue {
                     gamma: g,
                     beta: b,
                     resid: r,
                 };
                 let got = run_fused(&gpu, &h, &xb, rows, n, epi, path);
-                let epi = EpilogueRef {
+                let epi = WhtEpilogueRef {
                     gamma: g.map(|_| &gamma[..]),
                     beta: b.map(|_| &beta[..]),
                     resid: r.map(|_| &resid[..]),
@@ -412,7 +412,7 @@ fn bad_sizes_and_buffers_are_errors() {
         .unwrap();
     let mut enc = gpu.encoder("bad");
     let mut pass = enc.begin_compute_pass(&Default::default());
-    let epi = Epilogue {
+    let epi = WhtEpilogue {
         gamma: Some(&g),
         ..Default::default()
     };
@@ -438,7 +438,7 @@ fn bad_sizes_and_buffers_are_errors() {
             3,
             32,
             WhtOptions {
-                epilogue: Epilogue::default(),
+                epilogue: WhtEpilogue::default(),
                 path: WhtPath::Auto,
             },
         )
@@ -481,5 +481,67 @@ fn plans_respect_workgroup_and_tile_limits() {
             assert!(w > MAX_WORKGROUP / 2, "n={n}: one row on {w} invocations");
         }
         assert!(passes.last().unwrap().last);
+    }
+}
+
+#[test]
+fn aliased_output_is_refused_before_anything_is_recorded() {
+    for gpu in test_gpus() {
+        let h = Hadamard::new(&gpu).unwrap();
+        let x = gpu
+            .upload(MemoryCategory::Activations, "x", &[0f32; 64])
+            .unwrap();
+        let y = gpu
+            .storage(MemoryCategory::Activations, "y", 64 * 4)
+            .unwrap();
+        let with = |epilogue| WhtOptions {
+            epilogue,
+            path: WhtPath::Auto,
+        };
+        let aliased = |r: Result<(), WhtError>| match r {
+            Err(WhtError::Aliased { what }) => what,
+            other => panic!("expected WhtError::Aliased, got {other:?}"),
+        };
+        let mut enc = gpu.encoder("aliased");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let r = h.encode(&mut pass, &x, &x, 2, 32, WhtOptions::default());
+            assert_eq!(aliased(r), "input");
+            let epi = WhtEpilogue {
+                resid: Some(&y),
+                ..Default::default()
+            };
+            assert_eq!(
+                aliased(h.encode(&mut pass, &x, &y, 2, 32, with(epi))),
+                "resid"
+            );
+            let epi = WhtEpilogue {
+                gamma: Some(&y),
+                ..Default::default()
+            };
+            assert_eq!(
+                aliased(h.encode(&mut pass, &x, &y, 2, 32, with(epi))),
+                "gamma"
+            );
+            let epi = WhtEpilogue {
+                beta: Some(&y),
+                ..Default::default()
+            };
+            assert_eq!(
+                aliased(h.encode(&mut pass, &x, &y, 2, 32, with(epi))),
+                "beta"
+            );
+            // Reading one buffer in several read-only slots is fine.
+            let epi = WhtEpilogue {
+                resid: Some(&x),
+                gamma: Some(&x),
+                beta: Some(&x),
+            };
+            h.encode(&mut pass, &x, &y, 2, 32, with(epi)).unwrap();
+        }
+        let r = h.encode_naive(&mut enc, &y, &y, 2, 32);
+        assert_eq!(aliased(r), "input");
+        // The refused calls recorded nothing: the encoder submits without a validation error.
+        gpu.submit_and_wait(enc).unwrap();
     }
 }
