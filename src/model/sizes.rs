@@ -401,7 +401,7 @@ pub fn weight_bytes(model: &Model) -> u64 {
         .sum()
 }
 
-/// The buffers [`decoder_buffers`] lists for a [`random_model`] of `config` in `format`
+/// The buffers [`decoder_buffers`] lists for a [`random_model`](super::init::random_model) of `config` in `format`
 /// with a cache of `seqs` x `positions`, from the config alone: a grid cell beyond the
 /// adapter's limits is skipped before its random model (up to gigabytes at d_model 4096)
 /// is built. Matrices take `format` where `walsh quantize` would quantize them, f16 (f32

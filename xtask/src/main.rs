@@ -205,6 +205,11 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
 
+    // The library's documentation builds without warnings (broken links, stray brackets).
+    run(cargo()
+        .args(["doc", "--no-deps", "-p", "walsh"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+
     let mut tests = cargo();
     tests
         .args(["test", "--workspace", "--all-targets"])

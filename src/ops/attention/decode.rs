@@ -16,7 +16,7 @@ pub struct DecodeFusion<'a> {
 }
 
 impl Attention<'_> {
-    /// Sets the keys per chunk of the split decode (default [`DECODE_CHUNK`]): contexts
+    /// Sets the keys per chunk of the split decode (default [`DECODE_CHUNK`](super::DECODE_CHUNK)): contexts
     /// longer than this are split. Small values let tests and benchmarks take the split
     /// path with short contexts.
     pub fn with_decode_chunk(mut self, keys: usize) -> Result<Self, GpuError> {

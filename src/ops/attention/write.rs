@@ -12,7 +12,7 @@ impl Attention<'_> {
     /// Records `k_cache[seq][pos] = k[r]` and `v_cache[seq][pos] = v[r]` for every row r
     /// = (seq, pos) of `rows`; `k`, `v` are [rows, d], the caches hold `shape.kv`
     /// ([`AttnShape::cache_bytes`]; the quantized formats rotate, scale and pack each head
-    /// as [`KvFormat::encode_head`]). Two rows with the same (seq, pos) race.
+    /// as [`KvFormat::encode_head`](super::KvFormat::encode_head)). Two rows with the same (seq, pos) race.
     #[allow(clippy::too_many_arguments)]
     pub fn encode_kv_write<'a>(
         &self,
