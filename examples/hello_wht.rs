@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example hello_wht                     # the high-performance adapter
-//! cargo run --example hello_wht -- --adapter gl     # or vulkan, an index, part of a name
+//! WALSH_ADAPTER=gl cargo run --example hello_wht  # or vulkan, an index, part of a name
 //! WALSH_ADAPTER=vulkan cargo run --example hello_wht
 //! ```
 //!
@@ -22,8 +22,9 @@ const ROWS: usize = 8;
 const TOLERANCE: f32 = 1e-5;
 
 fn main() -> ExitCode {
-    // `--adapter X`, else `WALSH_ADAPTER`, else the default (what the walsh CLI reads).
-    let selector: AdapterSelector = match adapter_arg().parse() {
+    // `WALSH_ADAPTER` (as the walsh CLI reads it), else the default.
+    let wanted = std::env::var("WALSH_ADAPTER").unwrap_or_default();
+    let selector: AdapterSelector = match wanted.parse() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hello_wht: {e}");
@@ -90,18 +91,4 @@ fn main() -> ExitCode {
         eprintln!("hello_wht: error above {TOLERANCE:e}");
         ExitCode::FAILURE
     }
-}
-
-/// The value of `--adapter X` (or `--adapter=X`), else of `WALSH_ADAPTER`, else "".
-fn adapter_arg() -> String {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--adapter" {
-            return args.next().unwrap_or_default();
-        }
-        if let Some(v) = a.strip_prefix("--adapter=") {
-            return v.to_string();
-        }
-    }
-    std::env::var("WALSH_ADAPTER").unwrap_or_default()
 }

@@ -5,7 +5,7 @@
 //! your own shader, and you submit and read back as usual. Checked against the CPU.
 //!
 //! ```text
-//! cargo run --example wht_in_your_pipeline [-- --adapter vulkan|gl|INDEX|NAME]
+//! [WALSH_ADAPTER=vulkan|gl|INDEX|NAME] cargo run --example wht_in_your_pipeline
 //! ```
 //!
 //! Exits 0 when every output matches, 1 when one does not, 77 (the "skipped" code of
@@ -67,8 +67,9 @@ fn run() -> Result<(), Failure> {
     // --- Your setup: instance, adapter, device, queue, with wgpu's default limits. ------
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env());
-    // Any adapter will do; walsh's listing and choice honour `--adapter` as its CLI does.
-    let selector: AdapterSelector = adapter_arg().parse().map_err(check)?;
+    // Any adapter will do; walsh's listing and choice honour `WALSH_ADAPTER` as its CLI does.
+    let wanted = std::env::var("WALSH_ADAPTER").unwrap_or_default();
+    let selector: AdapterSelector = wanted.parse().map_err(check)?;
     let adapter = adapter::select(adapter::enumerate(&instance), &selector).map_err(no_adapter)?;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("your device"),
@@ -205,18 +206,4 @@ fn run() -> Result<(), Failure> {
         return Err(check(format!("error above {TOLERANCE:e}")));
     }
     Ok(())
-}
-
-/// The value of `--adapter X` (or `--adapter=X`), else of `WALSH_ADAPTER`, else "".
-fn adapter_arg() -> String {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--adapter" {
-            return args.next().unwrap_or_default();
-        }
-        if let Some(v) = a.strip_prefix("--adapter=") {
-            return v.to_string();
-        }
-    }
-    std::env::var("WALSH_ADAPTER").unwrap_or_default()
 }

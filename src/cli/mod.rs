@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 
 use walsh::gpu::{AdapterSelector, AdapterSummary, Gpu, MemoryCategory, list_adapters};
-use walsh::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath, WhtSize, cpu};
+use walsh::ops::hadamard::{Hadamard, WhtOptions, WhtPath, WhtSize, cpu};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Kernel {
@@ -158,17 +158,7 @@ pub fn wht(adapter: &str, n: usize, rows: usize, kernel: Kernel) -> Result<()> {
         };
         if !matches!(kernel, Kernel::Naive) {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            h.encode(
-                &mut pass,
-                &input,
-                &output,
-                rows,
-                n,
-                WhtOptions {
-                    epilogue: WhtEpilogue::default(),
-                    path,
-                },
-            )?;
+            h.encode(&mut pass, &input, &output, rows, n, WhtOptions::on(path))?;
         }
         gpu.submit_and_wait(encoder)?;
         times.push(start.elapsed().as_secs_f64());

@@ -153,14 +153,15 @@ const EXAMPLES: &[&str] = &["hello_wht", "generate", "wht_in_your_pipeline"];
 /// What an example exits with when it finds no adapter (automake's and meson's "skipped").
 const EXAMPLE_SKIPPED: i32 = 77;
 
-/// `cargo run --example NAME -- --adapter llvmpipe` for every example: lavapipe, since
+/// `WALSH_ADAPTER=llvmpipe cargo run --example NAME` for every example: lavapipe, since
 /// walsh lists Vulkan adapters before GL ones and the name also matches llvmpipe GL. An
 /// example that finds no adapter is skipped, as the GPU tests skip a missing backend,
 /// unless `CI` is set: then it fails.
 fn examples() -> Result<()> {
     for name in EXAMPLES {
         let mut cmd = cargo();
-        cmd.args(["run", "--example", name, "--", "--adapter", "llvmpipe"]);
+        cmd.args(["run", "--example", name])
+            .env("WALSH_ADAPTER", "llvmpipe");
         private_runtime_dir(&mut cmd)?;
         eprintln!("xtask: $ {cmd:?}");
         let status = cmd

@@ -123,6 +123,16 @@ pub struct WhtOptions<'a> {
     pub path: WhtPath,
 }
 
+impl WhtOptions<'_> {
+    /// The plain transform on `path`.
+    pub fn on(path: WhtPath) -> Self {
+        Self {
+            path,
+            ..Default::default()
+        }
+    }
+}
+
 /// One dispatch of the fast kernel: the layout of the 3-D view X[b][i][s] (see the
 /// shader header) and how it is tiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -669,17 +679,7 @@ impl<'g> Hadamard<'g> {
                 label: Some("wht fast"),
                 timestamp_writes: None,
             });
-            self.encode(
-                &mut pass,
-                &input,
-                &output,
-                rows,
-                n,
-                WhtOptions {
-                    epilogue: WhtEpilogue::default(),
-                    path,
-                },
-            )?;
+            self.encode(&mut pass, &input, &output, rows, n, WhtOptions::on(path))?;
         }
         let bytes = self
             .gpu

@@ -431,17 +431,7 @@ fn bad_sizes_and_buffers_are_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("gamma"), "{err}");
     let err = h
-        .encode(
-            &mut pass,
-            &x,
-            &y,
-            3,
-            32,
-            WhtOptions {
-                epilogue: WhtEpilogue::default(),
-                path: WhtPath::Auto,
-            },
-        )
+        .encode(&mut pass, &x, &y, 3, 32, WhtOptions::on(WhtPath::Auto))
         .unwrap_err();
     assert!(err.to_string().contains("input"), "{err}");
 }
@@ -507,30 +497,16 @@ fn aliased_output_is_refused_before_anything_is_recorded() {
             let mut pass = enc.begin_compute_pass(&Default::default());
             let r = h.encode(&mut pass, &x, &x, 2, 32, WhtOptions::default());
             assert_eq!(aliased(r), "input");
-            let epi = WhtEpilogue {
-                resid: Some(&y),
-                ..Default::default()
-            };
-            assert_eq!(
-                aliased(h.encode(&mut pass, &x, &y, 2, 32, with(epi))),
-                "resid"
-            );
-            let epi = WhtEpilogue {
-                gamma: Some(&y),
-                ..Default::default()
-            };
-            assert_eq!(
-                aliased(h.encode(&mut pass, &x, &y, 2, 32, with(epi))),
-                "gamma"
-            );
-            let epi = WhtEpilogue {
-                beta: Some(&y),
-                ..Default::default()
-            };
-            assert_eq!(
-                aliased(h.encode(&mut pass, &x, &y, 2, 32, with(epi))),
-                "beta"
-            );
+            for what in ["resid", "gamma", "beta"] {
+                // The epilogue with `y`, the output, in the slot `what` only.
+                let mut epi = WhtEpilogue::default();
+                *match what {
+                    "resid" => &mut epi.resid,
+                    "gamma" => &mut epi.gamma,
+                    _ => &mut epi.beta,
+                } = Some(&y);
+                assert_eq!(aliased(h.encode(&mut pass, &x, &y, 2, 32, with(epi))), what);
+            }
             // Reading one buffer in several read-only slots is fine.
             let epi = WhtEpilogue {
                 resid: Some(&x),
