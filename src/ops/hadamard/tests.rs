@@ -40,16 +40,21 @@ fn tolerance(x: &[f32], size: WhtSize, want: &[f64]) -> f64 {
     4.0 * cpu_err + 4.0 * f32::EPSILON as f64 * peak
 }
 
-fn check(gpu: &Gpu, got: &[f32], x: &[f32], size: WhtSize, rows: usize, what: &str) {
-    let want = reference(x, size);
-    let err = max_err(got, &want);
-    let tol = tolerance(x, size, &want);
+/// Asserts max |got - want| <= tol, naming `what` and the adapter.
+fn assert_close(gpu: &Gpu, got: &[f32], want: &[f64], tol: f64, what: &str) {
+    let err = max_err(got, want);
     assert!(
         err <= tol,
-        "{what} n={} rows={rows} on {}: max error {err:e} > tolerance {tol:e}",
-        size.n,
+        "{what} on {}: max error {err:e} > tolerance {tol:e}",
         gpu.describe()
     );
+}
+
+fn check(gpu: &Gpu, got: &[f32], x: &[f32], size: WhtSize, rows: usize, what: &str) {
+    let want = reference(x, size);
+    let tol = tolerance(x, size, &want);
+    let what = format!("{what} n={} rows={rows}", size.n);
+    assert_close(gpu, got, &want, tol, &what);
 }
 
 fn naive(h: &Hadamard, gpu: &Gpu, x: &[f32], n: usize) -> Vec<f32> {
@@ -191,12 +196,7 @@ fn every_core_order_on_every_path_matches_f64_reference() {
             };
             let want = cpu::fused_reference(&x, size, epi);
             let tol = 1.5 * tolerance(&x, size, &reference(&x, size)) + 12.0 * f32::EPSILON as f64;
-            let err = max_err(&got, &want);
-            assert!(
-                err <= tol,
-                "fused n={n} on {}: {err:e} > {tol:e}",
-                gpu.describe()
-            );
+            assert_close(&gpu, &got, &want, tol, &format!("fused n={n}"));
         }
     }
 }
@@ -224,12 +224,7 @@ fn fast_matches_dense_hadamard_matrix() {
                 })
                 .collect();
             let tol = tolerance(&x, size, &want);
-            let err = max_err(&got, &want);
-            assert!(
-                err <= tol,
-                "dense n={n} on {}: {err:e} > {tol:e}",
-                gpu.describe()
-            );
+            assert_close(&gpu, &got, &want, tol, &format!("dense n={n}"));
         }
     }
 }
@@ -327,12 +322,15 @@ fn fused_epilogue_matches_cpu_formula() {
                 // The transform's error times |gamma| <= 1.5, plus rounding of the adds.
                 let tol = 1.5 * tolerance(&x, size, &reference(&x, size))
                     + 4.0 * f32::EPSILON as f64 * 3.0;
-                let err = max_err(&got, &want);
-                assert!(
-                    err <= tol,
-                    "fused n={n} {path:?} {:?} on {}: {err:e} > {tol:e}",
-                    (g.is_some(), b.is_some(), r.is_some()),
-                    gpu.describe()
+                assert_close(
+                    &gpu,
+                    &got,
+                    &want,
+                    tol,
+                    &format!(
+                        "fused n={n} {path:?} {:?}",
+                        (g.is_some(), b.is_some(), r.is_some())
+                    ),
                 );
             }
         }
