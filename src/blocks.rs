@@ -214,13 +214,8 @@ impl QuantMatrix {
                 }
             }
         }
-        Ok(QuantMatrix {
-            format,
-            rows,
-            cols,
-            data,
-            scales,
-        })
+        // Checked as a file's parts are (lengths, finite non-negative scales).
+        Self::from_parts(format, rows, cols, data, scales)
     }
 
     /// Quantized parts as read from a file, checked: lengths match the shape and every

@@ -473,16 +473,7 @@ mod tests {
     }
 
     fn model(format: WeightFormat) -> Model {
-        let config = Config {
-            hidden_size: 64,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            intermediate_size: 192,
-            vocab_size: 256,
-            max_position_embeddings: 32,
-            attn_output: AttnOutput::Hadamard,
-            ..Default::default()
-        };
+        let config = small(AttnOutput::Hadamard, Query::Dense);
         random_model(&config, 0, format).unwrap()
     }
 

@@ -3,6 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `COPY_WG`.
@@ -16,7 +17,7 @@ struct CopyParams {
     tiles_x: u32,
 }
 
-const BINDINGS: [Binding; 3] = [Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite];
+const BINDINGS: [Binding; 3] = [Uniform, ReadOnly, ReadWrite];
 
 /// Records `dst[..bytes] = src[..bytes]`; `bytes` must be a multiple of 16.
 pub fn encode_copy(

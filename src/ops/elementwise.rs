@@ -5,6 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{Matrix, WeightFormat};
+use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `ELEMENTWISE_WG`.
@@ -21,23 +22,13 @@ struct ElementwiseParams {
 }
 
 /// Bindings of `embed`: params, table, tokens, out.
-const EMBED_BINDINGS: [Binding; 4] = [
-    Binding::Uniform,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-];
+const EMBED_BINDINGS: [Binding; 4] = [Uniform, ReadOnly, ReadOnly, ReadWrite];
 /// Bindings of `swiglu`: params, gate, up, out.
-const SWIGLU_BINDINGS: [Binding; 4] = [
-    Binding::Uniform,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-];
+const SWIGLU_BINDINGS: [Binding; 4] = [Uniform, ReadOnly, ReadOnly, ReadWrite];
 /// Bindings of `silu_inplace`: params, x.
-const SILU_BINDINGS: [Binding; 2] = [Binding::Uniform, Binding::ReadWrite];
+const SILU_BINDINGS: [Binding; 2] = [Uniform, ReadWrite];
 /// Bindings of `add_inplace`: params, x, y.
-const ADD_BINDINGS: [Binding; 3] = [Binding::Uniform, Binding::ReadWrite, Binding::ReadOnly];
+const ADD_BINDINGS: [Binding; 3] = [Uniform, ReadWrite, ReadOnly];
 
 /// Errors if the written buffer `out` is also bound as `input`: wgpu rejects a buffer
 /// bound both read-only and read-write in one dispatch.

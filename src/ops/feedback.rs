@@ -5,6 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `FEEDBACK_WG`.
@@ -22,13 +23,7 @@ struct FeedbackParams {
 
 /// Bindings: params, sampled, chunk, tokens, row_table, draws, log.
 const BINDINGS: [Binding; 7] = [
-    Binding::Uniform,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
+    Uniform, ReadOnly, ReadOnly, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
 ];
 
 /// The buffers the step boundary reads and writes, for `seqs` sequences and chunks of up to

@@ -9,6 +9,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::Matrix;
+use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 use crate::ops::hadamard::cpu::{SIGN_UNIFORM_WORDS, WhtSize};
 
@@ -128,16 +129,8 @@ pub fn prologue_fits(gpu: &Gpu, rows: usize, n_in: usize, hadamard: bool) -> boo
 /// Bindings of every entry point: params, w, x, y; with a prologue also norm_w, resid,
 /// gamma, beta, xout, pro_signs (matmul.wgsl).
 const BINDINGS: [Binding; 10] = [
-    Binding::Uniform,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-    Binding::Uniform,
+    Uniform, ReadOnly, ReadOnly, ReadWrite, ReadOnly, ReadOnly, ReadOnly, ReadOnly, ReadWrite,
+    Uniform,
 ];
 
 /// What a product does with z = x W^T; must match the `EPI_*` constants in matmul.wgsl.

@@ -3,6 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `NORM_WG`.
@@ -25,12 +26,7 @@ struct NormParams {
 }
 
 /// Bindings of `rmsnorm`: params, x, weight, out.
-const BINDINGS: [Binding; 4] = [
-    Binding::Uniform,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-];
+const BINDINGS: [Binding; 4] = [Uniform, ReadOnly, ReadOnly, ReadWrite];
 
 /// Records `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight` for `rows` rows of width `d`
 /// (1 <= d <= [`MAX_NORM_WIDTH`]): `x` and `out` are f32 [rows, d] and must be distinct
@@ -233,36 +229,18 @@ mod tests {
         let out = gpu.storage(MemoryCategory::Activations, "out", 48).unwrap();
         let mut enc = gpu.encoder("rmsnorm test");
         let mut pass = enc.begin_compute_pass(&Default::default());
-        let err = |r: Result<(), GpuError>| r.unwrap_err().to_string();
-        let e = err(encode_rmsnorm(&gpu, &mut pass, &x, &w, &out, 4, 4, 1e-5));
-        assert!(e.contains("rmsnorm x"), "{e}");
-        let e = err(encode_rmsnorm(&gpu, &mut pass, &x, &w, &out, 2, 6, 1e-5));
-        assert!(e.contains("rmsnorm weight"), "{e}");
-        let e = err(encode_rmsnorm(&gpu, &mut pass, &x, &w, &x, 3, 4, 1e-5));
-        assert!(e.contains("different buffer"), "{e}");
-        let e = err(encode_rmsnorm(&gpu, &mut pass, &x, &w, &out, 1, 0, 1e-5));
-        assert!(e.contains("width 0"), "{e}");
-        let e = err(encode_rmsnorm(
-            &gpu,
-            &mut pass,
-            &x,
-            &w,
-            &out,
-            1,
-            MAX_NORM_WIDTH + 1,
-            1e-5,
-        ));
-        assert!(e.contains("outside"), "{e}");
-        let e = err(encode_rmsnorm(
-            &gpu,
-            &mut pass,
-            &x,
-            &w,
-            &out,
-            3,
-            4,
-            f32::NAN,
-        ));
-        assert!(e.contains("eps"), "{e}");
+        // (output, rows, width, eps) and what the error names.
+        let cases = [
+            (&out, 4, 4, 1e-5, "rmsnorm x"),
+            (&out, 2, 6, 1e-5, "rmsnorm weight"),
+            (&x, 3, 4, 1e-5, "different buffer"),
+            (&out, 1, 0, 1e-5, "width 0"),
+            (&out, 1, MAX_NORM_WIDTH + 1, 1e-5, "outside"),
+            (&out, 3, 4, f32::NAN, "eps"),
+        ];
+        for (y, rows, n, eps, names) in cases {
+            let e = encode_rmsnorm(&gpu, &mut pass, &x, &w, y, rows, n, eps).unwrap_err();
+            assert!(e.to_string().contains(names), "{e}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::Cols;
+use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
 /// cos and sin of the rotation of pair `i` (0 <= i < head_dim / 2) at position `pos`:
@@ -33,12 +34,7 @@ struct RopeParams {
 }
 
 /// Bindings of `rope`: params, x, row_table, cos_sin.
-const BINDINGS: [Binding; 4] = [
-    Binding::Uniform,
-    Binding::ReadWrite,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-];
+const BINDINGS: [Binding; 4] = [Uniform, ReadWrite, ReadOnly, ReadOnly];
 
 /// The (cos, sin) table of every position below `max_positions` for one head size, on
 /// the GPU: [max_positions, head_dim / 2] pairs of f32, values from [`rope_cos_sin`].

@@ -14,6 +14,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `SAMPLE_WG` (at most 256, the size
@@ -185,13 +186,7 @@ struct SampleParams {
 }
 
 /// Bindings of `sample`: params, logits, rows, draws, tokens.
-const BINDINGS: [Binding; 5] = [
-    Binding::Uniform,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-];
+const BINDINGS: [Binding; 5] = [Uniform, ReadOnly, ReadOnly, ReadOnly, ReadWrite];
 
 /// Records sampling of `count` sequences: sequence s picks from logits row `rows[s]`
 /// (u32) of `logits` ([.., vocab] f32) with the uniform number `draws[s]` (f32), writing

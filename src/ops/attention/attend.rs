@@ -245,19 +245,21 @@ impl Attention<'_> {
             Some(p) => (&self.dummy, p),
             None => (b.out, &self.dummy),
         };
-        let bound = [
-            params.buffer(),
-            b.row_table.buffer(),
-            plan.buffer(),
-            b.q.buffer.buffer(),
-            b.k_cache.buffer(),
-            b.v_cache.buffer(),
-            out.buffer(),
-            parts.buffer(),
-            cos_sin.buffer(),
-            signs.buffer(),
+        // BINDINGS' slots; the reduce changes params, out and cos_sin only.
+        let mut slots = [
+            &params,
+            b.row_table,
+            &plan,
+            b.q.buffer,
+            b.k_cache,
+            b.v_cache,
+            out,
+            parts,
+            cos_sin,
+            signs,
         ];
-        self.gpu.dispatch(pass, &pipeline, &bound, grid);
+        self.gpu
+            .dispatch(pass, &pipeline, &slots.map(GpuBuffer::buffer), grid);
         if partials.is_none() {
             return Ok(());
         }
@@ -276,19 +278,9 @@ impl Attention<'_> {
             &Self::params(shape, rows.len(), grid.x, tiles, split),
         );
         // The attend bindings with the real output: reduce reads `parts` and writes `out`.
-        let bound = [
-            params.buffer(),
-            b.row_table.buffer(),
-            plan.buffer(),
-            b.q.buffer.buffer(),
-            b.k_cache.buffer(),
-            b.v_cache.buffer(),
-            b.out.buffer(),
-            parts.buffer(),
-            b.row_table.buffer(),
-            signs.buffer(),
-        ];
-        self.gpu.dispatch(pass, &pipeline, &bound, grid);
+        (slots[0], slots[6], slots[8]) = (&params, b.out, b.row_table);
+        self.gpu
+            .dispatch(pass, &pipeline, &slots.map(GpuBuffer::buffer), grid);
         Ok(())
     }
 }

@@ -222,10 +222,7 @@ mod tests {
         ];
         for gpu in test_gpus() {
             for &(heads, head_dim, chunk, positions, chunks) in &cases {
-                let attn = Attention::new(&gpu)
-                    .unwrap()
-                    .with_decode_chunk(chunk)
-                    .unwrap();
+                let attn = with_chunk(&gpu, chunk);
                 let shape = AttnShape {
                     heads,
                     head_dim,
@@ -295,10 +292,7 @@ mod tests {
         for gpu in test_gpus() {
             for &(heads, head_dim, chunk, positions) in &cases {
                 for kv in KvFormat::ALL {
-                    let attn = Attention::new(&gpu)
-                        .unwrap()
-                        .with_decode_chunk(chunk)
-                        .unwrap();
+                    let attn = with_chunk(&gpu, chunk);
                     let shape = AttnShape {
                         heads,
                         head_dim,

@@ -38,6 +38,7 @@ use std::sync::Mutex;
 use bytemuck::{Pod, Zeroable};
 
 use super::Cols;
+use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory};
 use crate::ops::hadamard::cpu::sign_uniform;
 
@@ -129,16 +130,8 @@ struct AttnParams {
 /// fused decode (attention.wgsl, FUSE); kv_write and kv_quant bind stand-ins at 6-8 so
 /// that `rot_signs`, which the shared `fwht` reads, has one binding number everywhere.
 const BINDINGS: [Binding; 10] = [
-    Binding::Uniform,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadWrite,
-    Binding::ReadOnly,
-    Binding::Uniform,
+    Uniform, ReadOnly, ReadOnly, ReadOnly, ReadWrite, ReadWrite, ReadWrite, ReadWrite, ReadOnly,
+    Uniform,
 ];
 
 /// The attention problem: `heads` heads of `head_dim`, and a KV cache of `max_seqs`
@@ -395,7 +388,7 @@ mod tests {
         let (k, v) = (test_values(n, 6), test_values(n, 7));
         let cache_len = shape.max_seqs * shape.max_pos * shape.d();
         for gpu in test_gpus() {
-            let attn = Attention::new(&gpu).unwrap().with_decode_chunk(2).unwrap();
+            let attn = with_chunk(&gpu, 2);
             let (mut kc, mut vc) = (vec![0f32; cache_len], vec![0f32; cache_len]);
             let kcb = upload(&gpu, "k cache", &kc);
             let vcb = upload(&gpu, "v cache", &vc);

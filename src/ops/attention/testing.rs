@@ -187,3 +187,11 @@ pub(super) fn write_and_prefill(
     gpu.submit_and_wait(enc).unwrap();
     gpu.read(&out, n).unwrap()
 }
+
+/// An [`Attention`] whose split decode takes `chunk` keys per chunk.
+pub(super) fn with_chunk(gpu: &Gpu, chunk: usize) -> Attention<'_> {
+    Attention::new(gpu)
+        .unwrap()
+        .with_decode_chunk(chunk)
+        .unwrap()
+}

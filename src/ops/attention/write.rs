@@ -303,7 +303,7 @@ mod tests {
         let first = runs(&[(1, 0, 9), (0, 0, 4)]);
         let next = [(1u32, 9u32), (0, 4)];
         for gpu in test_gpus() {
-            let attn = Attention::new(&gpu).unwrap().with_decode_chunk(4).unwrap();
+            let attn = with_chunk(&gpu, 4);
             for (c, &(kv, heads, head_dim)) in cases.iter().enumerate() {
                 let shape = AttnShape {
                     heads,

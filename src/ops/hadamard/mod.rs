@@ -19,6 +19,7 @@ use bytemuck::{Pod, Zeroable};
 
 pub use cpu::{UnsupportedSize, WhtSize};
 
+use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
 /// f32s of workgroup memory a tile may use; must match `TILE` in hadamard.wgsl.
@@ -33,13 +34,7 @@ const NAIVE_WORKGROUP: u32 = 64;
 /// The binding slots of every hadamard.wgsl entry point, in order:
 /// params, src, dst, resid, gamma, beta, hm_signs.
 const BINDINGS: [Binding; 7] = [
-    Binding::Uniform,
-    Binding::ReadOnly,
-    Binding::ReadWrite,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
-    Binding::ReadOnly,
+    Uniform, ReadOnly, ReadWrite, ReadOnly, ReadOnly, ReadOnly, ReadOnly,
 ];
 
 /// Uniform parameters; must match `Params` in hadamard.wgsl.
