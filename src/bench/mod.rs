@@ -117,6 +117,15 @@ pub async fn run(
     run_until(gpu, options, environment, progress, &|| false).await
 }
 
+/// Puts a device's kernel choices back when dropped.
+struct RestoreTuning<'g>(&'g Gpu, crate::gpu::Tuning);
+
+impl Drop for RestoreTuning<'_> {
+    fn drop(&mut self) {
+        self.0.set_tuning(std::mem::take(&mut self.1));
+    }
+}
+
 /// [`run`], checking `stop` between cases: when it returns true the report holds the
 /// cases measured so far.
 pub async fn run_until(
@@ -127,20 +136,9 @@ pub async fn run_until(
     stop: &dyn Fn() -> bool,
 ) -> Result<Report, BenchError> {
     // The decoders set the device's kernel choices for their models; the caller's come
-    // back afterwards (the page's loaded model records its steps with them).
-    let saved = gpu.tuning();
-    let result = run_jobs(gpu, options, environment, progress, stop).await;
-    gpu.set_tuning(saved);
-    result
-}
-
-async fn run_jobs(
-    gpu: &Gpu,
-    options: &BenchOptions,
-    environment: report::Environment,
-    progress: Progress<'_>,
-    stop: &dyn Fn() -> bool,
-) -> Result<Report, BenchError> {
+    // back afterwards, however the run ends (the page's loaded model records its steps
+    // with them).
+    let _restore = RestoreTuning(gpu, gpu.tuning());
     let timing = if gpu.features().timestamp_query {
         "gpu-timestamps"
     } else {

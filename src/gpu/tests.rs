@@ -4,11 +4,14 @@
 use super::testing::test_gpus;
 use super::*;
 
+/// copy.wgsl's bindings.
+const COPY_BINDINGS: [Binding; 3] = [Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite];
+
 #[test]
 fn pipeline_cache_returns_the_same_pipeline_per_key() {
     for gpu in test_gpus() {
         let key = PipelineKey::new(Shader::Copy, "copy_vec4").with("COPY_WG", 64);
-        let bindings = [Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite];
+        let bindings = COPY_BINDINGS;
         let a = gpu.pipeline(&key, &bindings).unwrap();
         let b = gpu.pipeline(&key, &bindings).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
@@ -25,7 +28,7 @@ fn bad_pipeline_is_a_typed_error_not_a_panic() {
     for gpu in test_gpus() {
         // A workgroup size of 0 is invalid: pipeline creation must fail cleanly.
         let key = PipelineKey::new(Shader::Copy, "copy_vec4").with("COPY_WG", 0);
-        let bindings = [Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite];
+        let bindings = COPY_BINDINGS;
         let err = gpu.pipeline(&key, &bindings).unwrap_err();
         assert!(matches!(err, GpuError::ShaderCompile { .. }), "{err}");
         assert!(err.to_string().contains("copy_vec4"), "{err}");

@@ -96,6 +96,22 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    fn new(
+        buffer: GpuBuffer,
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+        transposed: bool,
+    ) -> Self {
+        Self {
+            buffer,
+            rows,
+            cols,
+            format,
+            transposed,
+        }
+    }
+
     /// Uploads f32 values (`data.len() == rows * cols`).
     pub fn from_f32(
         gpu: &Gpu,
@@ -106,13 +122,7 @@ impl Matrix {
     ) -> Result<Self, GpuError> {
         check_len(label, data.len(), rows, cols)?;
         let buffer = gpu.upload(MemoryCategory::Weights, label, data)?;
-        Ok(Self {
-            buffer,
-            rows,
-            cols,
-            format: WeightFormat::F32,
-            transposed: false,
-        })
+        Ok(Self::new(buffer, rows, cols, WeightFormat::F32, false))
     }
 
     /// Uploads IEEE half-precision bit patterns (`bits.len() == rows * cols`), packed two
@@ -127,13 +137,7 @@ impl Matrix {
         check_len(label, bits.len(), rows, cols)?;
         let words: Vec<u32> = pack_halves(bits).collect();
         let buffer = gpu.upload(MemoryCategory::Weights, label, &words)?;
-        Ok(Self {
-            buffer,
-            rows,
-            cols,
-            format: WeightFormat::F16,
-            transposed: false,
-        })
+        Ok(Self::new(buffer, rows, cols, WeightFormat::F16, false))
     }
 
     /// [`Matrix::from_f16_bits`] stored transposed (see [`Matrix`]); `rows` must be even,
@@ -160,13 +164,7 @@ impl Matrix {
         }
         let words: Vec<u32> = pack_halves(&t).collect();
         let buffer = gpu.upload(MemoryCategory::Weights, label, &words)?;
-        Ok(Self {
-            buffer,
-            rows,
-            cols,
-            format: WeightFormat::F16,
-            transposed: true,
-        })
+        Ok(Self::new(buffer, rows, cols, WeightFormat::F16, true))
     }
 
     /// Uploads a block-quantized matrix as it is stored: its packed levels, then its scales
@@ -177,13 +175,7 @@ impl Matrix {
         words.extend(pack_halves(&q.scales));
         words.resize(quant_words(words.len()), 0);
         let buffer = gpu.upload(MemoryCategory::Weights, label, &words)?;
-        Ok(Self {
-            buffer,
-            rows: q.rows,
-            cols: q.cols,
-            format: q.format.into(),
-            transposed: false,
-        })
+        Ok(Self::new(buffer, q.rows, q.cols, q.format.into(), false))
     }
 }
 

@@ -40,6 +40,13 @@ fn tolerance(x: &[f32], size: WhtSize, want: &[f64]) -> f64 {
     4.0 * cpu_err + 4.0 * f32::EPSILON as f64 * peak
 }
 
+/// An input of 64 zeros and an output of 64 values: two rows of 32, or four of 16.
+fn x_and_y(gpu: &Gpu) -> (GpuBuffer, GpuBuffer) {
+    let x = gpu.upload(MemoryCategory::Activations, "x", &[0f32; 64]);
+    let y = gpu.storage(MemoryCategory::Activations, "y", 64 * 4);
+    (x.unwrap(), y.unwrap())
+}
+
 /// Asserts max |got - want| <= tol, naming `what` and the adapter.
 fn assert_close(gpu: &Gpu, got: &[f32], want: &[f64], tol: f64, what: &str) {
     let err = max_err(got, want);
@@ -399,12 +406,7 @@ fn bad_sizes_and_buffers_are_errors() {
     }
     let err = h.run(&[0.0; 10], 4, WhtPath::Auto).unwrap_err();
     assert!(matches!(err, WhtError::Shape { .. }), "{err}");
-    let x = gpu
-        .upload(MemoryCategory::Activations, "x", &[0f32; 64])
-        .unwrap();
-    let y = gpu
-        .storage(MemoryCategory::Activations, "y", 64 * 4)
-        .unwrap();
+    let (x, y) = x_and_y(&gpu);
     let g = gpu
         .upload(MemoryCategory::Weights, "gamma", &[1f32; 16])
         .unwrap();
@@ -476,12 +478,7 @@ fn plans_respect_workgroup_and_tile_limits() {
 fn aliased_output_is_refused_before_anything_is_recorded() {
     for gpu in test_gpus() {
         let h = Hadamard::new(&gpu).unwrap();
-        let x = gpu
-            .upload(MemoryCategory::Activations, "x", &[0f32; 64])
-            .unwrap();
-        let y = gpu
-            .storage(MemoryCategory::Activations, "y", 64 * 4)
-            .unwrap();
+        let (x, y) = x_and_y(&gpu);
         let with = |epilogue| WhtOptions {
             epilogue,
             path: WhtPath::Auto,
