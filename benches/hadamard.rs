@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Bencher, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use walsh::gpu::{AdapterSelector, Gpu, GpuBuffer, MemoryCategory};
 use walsh::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath};
 use walsh::ops::{Matrix, copy, matmul};
@@ -70,6 +70,11 @@ fn time(gpu: &Gpu, iters: u64, mut record: impl FnMut(&mut wgpu::CommandEncoder)
     start.elapsed()
 }
 
+/// Benchmarks `record`: each sample times `iters` repetitions of it in one submission.
+fn bench_gpu(gpu: &Gpu, b: &mut Bencher, mut record: impl FnMut(&mut wgpu::CommandEncoder)) {
+    b.iter_custom(|iters| time(gpu, iters, &mut record));
+}
+
 fn compute_pass(encoder: &mut wgpu::CommandEncoder) -> wgpu::ComputePass<'_> {
     encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("bench"),
@@ -96,45 +101,32 @@ fn bench_hadamard(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((2 * elems * 4) as u64));
 
         group.bench_function(id("copy"), |b| {
-            b.iter_custom(|iters| {
-                time(&gpu, iters, |e| {
-                    e.copy_buffer_to_buffer(x.buffer(), 0, y.buffer(), 0, (elems * 4) as u64)
-                })
+            bench_gpu(&gpu, b, |e| {
+                e.copy_buffer_to_buffer(x.buffer(), 0, y.buffer(), 0, (elems * 4) as u64)
             })
         });
         group.bench_function(id("copy_shader"), |b| {
-            b.iter_custom(|iters| {
-                time(&gpu, iters, |e| {
-                    let mut pass = compute_pass(e);
-                    copy::encode_copy(&gpu, &mut pass, &x, &y, (elems * 4) as u64)
-                        .expect("copy shader");
-                })
+            bench_gpu(&gpu, b, |e| {
+                let mut pass = compute_pass(e);
+                copy::encode_copy(&gpu, &mut pass, &x, &y, (elems * 4) as u64)
+                    .expect("copy shader");
             })
         });
+        // The fast kernel, with `epilogue` fused on store.
+        let wht = |e: &mut wgpu::CommandEncoder, epilogue: WhtEpilogue<'_>, what: &str| {
+            let mut pass = compute_pass(e);
+            let options = WhtOptions {
+                epilogue,
+                path: WhtPath::Auto,
+            };
+            h.encode(&mut pass, &x, &y, rows, n, options).expect(what);
+        };
         group.bench_function(id("wht_fast"), |b| {
-            b.iter_custom(|iters| {
-                time(&gpu, iters, |e| {
-                    let mut pass = compute_pass(e);
-                    h.encode(
-                        &mut pass,
-                        &x,
-                        &y,
-                        rows,
-                        n,
-                        WhtOptions {
-                            epilogue: WhtEpilogue::default(),
-                            path: WhtPath::Auto,
-                        },
-                    )
-                    .expect("fast WHT");
-                })
-            })
+            bench_gpu(&gpu, b, |e| wht(e, WhtEpilogue::default(), "fast WHT"))
         });
         group.bench_function(id("wht_naive"), |b| {
-            b.iter_custom(|iters| {
-                time(&gpu, iters, |e| {
-                    h.encode_naive(e, &x, &y, rows, n).expect("naive WHT")
-                })
+            bench_gpu(&gpu, b, |e| {
+                h.encode_naive(e, &x, &y, rows, n).expect("naive WHT")
             })
         });
 
@@ -148,23 +140,7 @@ fn bench_hadamard(c: &mut Criterion) {
         };
         group.throughput(Throughput::Bytes((3 * elems * 4 + 2 * n * 4) as u64));
         group.bench_function(id("wht_fused"), |b| {
-            b.iter_custom(|iters| {
-                time(&gpu, iters, |e| {
-                    let mut pass = compute_pass(e);
-                    h.encode(
-                        &mut pass,
-                        &x,
-                        &y,
-                        rows,
-                        n,
-                        WhtOptions {
-                            epilogue: epi,
-                            path: WhtPath::Auto,
-                        },
-                    )
-                    .expect("fused WHT");
-                })
-            })
+            bench_gpu(&gpu, b, |e| wht(e, epi, "fused WHT"))
         });
 
         let w_bytes = (n * n * 4) as u64;
@@ -183,20 +159,10 @@ fn bench_hadamard(c: &mut Criterion) {
         group.bench_function(
             BenchmarkId::new("dense_gemv", format!("n={n}/rows=1")),
             |b| {
-                b.iter_custom(|iters| {
-                    time(&gpu, iters, |e| {
-                        let mut pass = compute_pass(e);
-                        matmul::encode_matmul(
-                            &gpu,
-                            &mut pass,
-                            &w,
-                            &x,
-                            &y,
-                            1,
-                            matmul::Epilogue::Store,
-                        )
+                bench_gpu(&gpu, b, |e| {
+                    let mut pass = compute_pass(e);
+                    matmul::encode_matmul(&gpu, &mut pass, &w, &x, &y, 1, matmul::Epilogue::Store)
                         .expect("GEMV");
-                    })
                 })
             },
         );

@@ -19,8 +19,71 @@ fn walsh(args: &[&str]) -> Output {
     out
 }
 
+/// `walsh init-model --out <dir>/<name> --hidden-size <hidden> --layers <layers> --heads
+/// <heads>` and then `extra`; returns the model's path.
+fn init_model(
+    dir: &Path,
+    name: &str,
+    hidden: &str,
+    layers: &str,
+    heads: &str,
+    extra: &[&str],
+) -> String {
+    let out = dir.join(name);
+    let out = out.to_str().unwrap().to_string();
+    let args = [
+        "init-model",
+        "--out",
+        &out,
+        "--hidden-size",
+        hidden,
+        "--layers",
+        layers,
+        "--heads",
+        heads,
+    ];
+    walsh(&[&args[..], extra].concat());
+    out
+}
+
+/// The arguments of a greedy `walsh generate` of `max_tokens` tokens, then `extra`.
+fn greedy<'a>(model: &'a str, max_tokens: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let args = [
+        "generate",
+        "--model",
+        model,
+        "--max-tokens",
+        max_tokens,
+        "--temperature",
+        "0",
+    ];
+    [&args[..], extra].concat()
+}
+
+/// The arguments of `walsh eval` scoring `text` with `model`, then `extra`.
+fn eval_args<'a>(model: &'a str, text: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    [&["eval", "--model", model, "--text", text][..], extra].concat()
+}
+
+/// Runs `args` with `--device cpu`, then with `--adapter` each of the backends: the CPU's
+/// output and each backend's.
+fn cpu_then_adapters(args: &[&str]) -> (Output, Vec<(String, Output)>) {
+    let cpu = walsh(&[args, &["--device", "cpu"]].concat());
+    let gpus = backends().into_iter().map(|b| {
+        let out = walsh(&[&["--adapter", b.as_str()], args].concat());
+        (b, out)
+    });
+    (cpu, gpus.collect())
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `key` of every object in the JSON array `list`, as strings.
+fn strings<'a>(list: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    let items = list.as_array().unwrap().iter();
+    items.map(|a| a[key].as_str().unwrap()).collect()
 }
 
 fn backends() -> Vec<String> {
@@ -36,12 +99,7 @@ fn backends() -> Vec<String> {
 fn adapters_lists_the_software_adapters() {
     let json = stdout(&walsh(&["adapters", "--json"]));
     let list: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let found: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["backend"].as_str().unwrap())
-        .collect();
+    let found = strings(&list, "backend");
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         for b in backends() {
             assert!(found.contains(&b.as_str()), "no {b} adapter in {found:?}");
@@ -52,59 +110,8 @@ fn adapters_lists_the_software_adapters() {
 #[test]
 fn greedy_text_is_the_same_on_cpu_and_every_adapter() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m");
-    let model = model.to_str().unwrap();
-    walsh(&[
-        "init-model",
-        "--out",
-        model,
-        "--hidden-size",
-        "64",
-        "--layers",
-        "2",
-        "--heads",
-        "4",
-        "--context",
-        "64",
-    ]);
-    let args = [
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "To be",
-        "--max-tokens",
-        "24",
-        "--temperature",
-        "0",
-    ];
-    let cpu = stdout(&walsh(&[&args[..], &["--device", "cpu"]].concat()));
-    assert!(cpu.starts_with("To be"), "{cpu}");
-    for b in backends() {
-        let gpu = stdout(&walsh(&[&["--adapter", b.as_str()], &args[..]].concat()));
-        assert_eq!(gpu, cpu, "greedy text on {b}");
-    }
-    // eval agrees across devices (JSON figures to 1e-4 nats/byte).
-    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
-    let eval = [
-        "eval",
-        "--model",
-        model,
-        "--text",
-        text.to_str().unwrap(),
-        "--json",
-    ];
-    let score = |out: Output| -> f64 {
-        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-        v["nats_per_byte"].as_f64().unwrap()
-    };
-    let want = score(walsh(&[&eval[..], &["--device", "cpu"]].concat()));
-    for b in backends() {
-        let got = score(walsh(&[&["--adapter", b.as_str()], &eval[..]].concat()));
-        assert!((got - want).abs() < 1e-4, "{b}: {got} vs cpu {want}");
-    }
-    // The same model with 4-bit layer matrices: at most 0.35x their f16 bytes, and the
-    // same greedy text on every device.
+    let model: &str = &init_model(dir.path(), "m", "64", "2", "4", &["--context", "64"]);
+    // The same model with 4-bit layer matrices: at most 0.35x their f16 bytes.
     let q4 = dir.path().join("q4");
     let q4 = q4.to_str().unwrap();
     let out = stdout(&walsh(&[
@@ -122,25 +129,27 @@ fn greedy_text_is_the_same_on_cpu_and_every_adapter() {
         .and_then(|r| r.parse().ok())
         .unwrap_or_else(|| panic!("no ratio in `{out}`"));
     assert!(ratio <= 0.35, "{out}");
-    let args_q4: Vec<&str> = args
-        .iter()
-        .map(|&a| if a == model { q4 } else { a })
-        .collect();
-    let cpu_q4 = stdout(&walsh(&[&args_q4[..], &["--device", "cpu"]].concat()));
-    assert!(cpu_q4.starts_with("To be"), "{cpu_q4}");
-    for b in backends() {
-        let gpu = stdout(&walsh(&[&["--adapter", b.as_str()], &args_q4[..]].concat()));
-        assert_eq!(gpu, cpu_q4, "q4 greedy text on {b}");
-    }
-    // and the same eval: the GPUs read the packed blocks, the CPU the dequantized values.
-    let eval_q4: Vec<&str> = eval
-        .iter()
-        .map(|&a| if a == model { q4 } else { a })
-        .collect();
-    let want = score(walsh(&[&eval_q4[..], &["--device", "cpu"]].concat()));
-    for b in backends() {
-        let got = score(walsh(&[&["--adapter", b.as_str()], &eval_q4[..]].concat()));
-        assert!((got - want).abs() < 1e-4, "q4 {b}: {got} vs cpu {want}");
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let text = text.to_str().unwrap();
+    let score = |out: Output| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        v["nats_per_byte"].as_f64().unwrap()
+    };
+    // Each has the same greedy text on every device, and eval agrees (JSON figures to 1e-4
+    // nats/byte): for q4 the GPUs read the packed blocks, the CPU the dequantized values.
+    for (m, tag) in [(model, ""), (q4, "q4 ")] {
+        let (cpu, gpus) = cpu_then_adapters(&greedy(m, "24", &["--prompt", "To be"]));
+        let cpu = stdout(&cpu);
+        assert!(cpu.starts_with("To be"), "{cpu}");
+        for (b, gpu) in gpus {
+            assert_eq!(stdout(&gpu), cpu, "{tag}greedy text on {b}");
+        }
+        let (cpu, gpus) = cpu_then_adapters(&eval_args(m, text, &["--json"]));
+        let want = score(cpu);
+        for (b, gpu) in gpus {
+            let got = score(gpu);
+            assert!((got - want).abs() < 1e-4, "{tag}{b}: {got} vs cpu {want}");
+        }
     }
 }
 
@@ -272,37 +281,12 @@ fn contribute_takes_no_size_bounds() {
 #[test]
 fn a_prompt_longer_than_the_context_keeps_its_last_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m");
-    let model = model.to_str().unwrap();
-    walsh(&[
-        "init-model",
-        "--out",
-        model,
-        "--hidden-size",
-        "32",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--context",
-        "16",
-    ]);
+    let model: &str = &init_model(dir.path(), "m", "32", "1", "2", &["--context", "16"]);
     let long = "To be, or not to be, that is the question";
     let tail = &long[long.len() - 16..];
     // `--adapter` goes before the subcommand, `--device` after it.
     let run = |prompt: &str, before: &[&str], after: &[&str]| -> (Vec<u32>, String) {
-        let args = [
-            "generate",
-            "--model",
-            model,
-            "--prompt",
-            prompt,
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "0",
-            "--json",
-        ];
+        let args = greedy(model, "8", &["--prompt", prompt, "--json"]);
         let out = walsh(&[before, &args[..], after].concat());
         let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
         let tokens = serde_json::from_value(json["tokens"][0].clone()).unwrap();
@@ -425,22 +409,7 @@ fn bench_sizes_are_checked_before_any_gpu_work() {
 
 /// A small model with the longest context walsh allows: 512 MiB of KV cache per sequence.
 fn long_context_model(dir: &Path) -> String {
-    let model = dir.join("long");
-    let model = model.to_str().unwrap().to_string();
-    walsh(&[
-        "init-model",
-        "--out",
-        &model,
-        "--hidden-size",
-        "64",
-        "--layers",
-        "1",
-        "--heads",
-        "4",
-        "--context",
-        "1048576",
-    ]);
-    model
+    init_model(dir, "long", "64", "1", "4", &["--context", "1048576"])
 }
 
 #[test]
@@ -469,15 +438,11 @@ fn eval_text_and_window_sizes_are_checked_before_allocation() {
         .unwrap()
         .set_len(300 << 20)
         .unwrap();
-    let e = walsh_fails(&[
-        "eval",
-        "--model",
+    let e = walsh_fails(&eval_args(
         &model,
-        "--text",
         text.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+        &["--device", "cpu"],
+    ));
     assert_names(&e, &["300.0 MiB", "limit of 256.0 MiB for a text to score"]);
 
     // The logits of one evaluation window: 2^20 positions x 4096 tokens.
@@ -496,15 +461,11 @@ fn eval_text_and_window_sizes_are_checked_before_allocation() {
     walsh::model::init::write_random_model(&wide, &config, walsh::ops::WeightFormat::F16, 0)
         .unwrap();
     let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
-    let e = walsh_fails(&[
-        "eval",
-        "--model",
+    let e = walsh_fails(&eval_args(
         wide.to_str().unwrap(),
-        "--text",
         readme.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+        &["--device", "cpu"],
+    ));
     assert_names(&e, &["logits of one window", "16.0 GiB", "8.0 GiB per run"]);
 }
 
@@ -581,78 +542,48 @@ fn broken_model_directories_fail_cleanly_naming_the_file() {
         h["model.layers.0.mlp.gate_proj.weight"]["shape"] = serde_json::json!([32, 64]);
     });
     let bf16 = with_header(&|h| h[norm]["dtype"] = "BF16".into());
-    // (what, config.json or none, model.safetensors or none, what the error names)
-    type Case<'a> = (&'a str, Option<String>, Option<Vec<u8>>, &'a str);
-    let cases: Vec<Case> = vec![
-        ("missing config", None, Some(weights.clone()), "config.json"),
+    // (what, config.json or none, what the error names), beside the intact weights
+    let configs: [(&str, Option<String>, &str); 4] = [
+        ("missing config", None, "config.json"),
         (
             "broken config",
             Some("{\"hidden_size\": 32,".into()),
-            Some(weights.clone()),
             "config.json",
         ),
         (
             "zero size",
             Some(with_config("hidden_size", 0.into())),
-            Some(weights.clone()),
             "hidden_size must be positive",
         ),
         (
             "huge size",
             Some(with_config("num_hidden_layers", (1u64 << 40).into())),
-            Some(weights.clone()),
             "larger than walsh supports",
         ),
-        (
-            "missing weights",
-            Some(config_text.clone()),
-            None,
-            "model.safetensors",
-        ),
-        (
-            "empty weights",
-            Some(config_text.clone()),
-            Some(Vec::new()),
-            "model.safetensors",
-        ),
+    ];
+    // (what, model.safetensors or none, what the error names), beside the intact config
+    let safetensors = "model.safetensors";
+    let weights_files: [(&str, Option<Vec<u8>>, &str); 9] = [
+        ("missing weights", None, safetensors),
+        ("empty weights", Some(Vec::new()), safetensors),
         (
             "truncated weights",
-            Some(config_text.clone()),
             Some(weights[..weights.len() / 2].to_vec()),
-            "model.safetensors",
+            safetensors,
         ),
-        (
-            "corrupt weights",
-            Some(config_text.clone()),
-            Some(noise),
-            "model.safetensors",
-        ),
-        (
-            "huge header length",
-            Some(config_text.clone()),
-            Some(huge_header),
-            "model.safetensors",
-        ),
-        (
-            "offset past the end",
-            Some(config_text.clone()),
-            Some(past_end),
-            "model.safetensors",
-        ),
-        (
-            "transposed matrix",
-            Some(config_text.clone()),
-            Some(transposed),
-            "[32, 64]",
-        ),
-        ("wrong dtype", Some(config_text.clone()), Some(bf16), "BF16"),
-        (
-            "NaN weight",
-            Some(config_text.clone()),
-            Some(nan),
-            "non-finite",
-        ),
+        ("corrupt weights", Some(noise), safetensors),
+        ("huge header length", Some(huge_header), safetensors),
+        ("offset past the end", Some(past_end), safetensors),
+        ("transposed matrix", Some(transposed), "[32, 64]"),
+        ("wrong dtype", Some(bf16), "BF16"),
+        ("NaN weight", Some(nan), "non-finite"),
     ];
+    let cases = (configs.into_iter())
+        .map(|(what, c, names)| (what, c, Some(weights.clone()), names))
+        .chain(
+            (weights_files.into_iter())
+                .map(|(what, w, names)| (what, Some(config_text.clone()), w, names)),
+        );
     for (what, config, weights, names) in cases {
         let model = dir.path().join(what.replace(' ', "-"));
         std::fs::create_dir_all(&model).unwrap();
@@ -682,21 +613,8 @@ fn init_model_q8_is_the_f16_model_of_the_same_seed_quantized() {
     use walsh::model::quant::quantized_by_default;
     let dir = tempfile::tempdir().unwrap();
     let init = |dtype: &str| {
-        let out = dir.path().join(dtype);
-        walsh(&[
-            "init-model",
-            "--out",
-            out.to_str().unwrap(),
-            "--hidden-size",
-            "64",
-            "--layers",
-            "1",
-            "--heads",
-            "4",
-            "--dtype",
-            dtype,
-        ]);
-        walsh::model::weights::Model::load(&out).unwrap()
+        let out = init_model(dir.path(), dtype, "64", "1", "4", &["--dtype", dtype]);
+        walsh::model::weights::Model::load(Path::new(&out)).unwrap()
     };
     let (f16, q8) = (init("f16"), init("q8"));
     assert_eq!(
@@ -719,24 +637,8 @@ fn init_model_q8_is_the_f16_model_of_the_same_seed_quantized() {
 fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let init = |name: &str, hidden: &str, attn_output: &str| -> String {
-        let model = dir.path().join(name);
-        let model = model.to_str().unwrap().to_string();
-        walsh(&[
-            "init-model",
-            "--out",
-            &model,
-            "--hidden-size",
-            hidden,
-            "--layers",
-            "1",
-            "--heads",
-            "4",
-            "--context",
-            "32",
-            "--attn-output",
-            attn_output,
-        ]);
-        model
+        let extra = ["--context", "32", "--attn-output", attn_output];
+        init_model(dir.path(), name, hidden, "1", "4", &extra)
     };
     // head_dim 16: every format applies.
     let model = init("m", "64", "hadamard");
@@ -744,46 +646,32 @@ fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
     std::fs::write(&text, "To be, or not to be, that is the question.").unwrap();
     let text = text.to_str().unwrap();
     for kv in ["q8", "q4", "q8r", "q4r"] {
-        let generate = [
-            "generate",
-            "--model",
+        let generate = greedy(
             &model,
-            "--prompt",
-            "To be",
-            "--max-tokens",
             "4",
-            "--temperature",
-            "0",
-            "--kv-cache",
-            kv,
-            "--json",
-        ];
+            &["--prompt", "To be", "--kv-cache", kv, "--json"],
+        );
         let stats = |out: Output| -> serde_json::Value {
             let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
             v["stats"].clone()
         };
-        let s = stats(walsh(&[&generate[..], &["--device", "cpu"]].concat()));
+        let (cpu, gpus) = cpu_then_adapters(&generate);
+        let s = stats(cpu);
         assert_eq!(s["kv_cache"], kv, "{s}");
-        let eval = [
-            "eval",
-            "--model",
-            &model,
-            "--text",
-            text,
-            "--kv-cache",
-            kv,
-            "--json",
-        ];
+        for (b, gpu) in gpus {
+            let s = stats(gpu);
+            assert_eq!(s["kv_cache"], kv, "{b}: {s}");
+        }
+        let eval = eval_args(&model, text, &["--kv-cache", kv, "--json"]);
         let score = |out: Output| -> f64 {
             let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
             assert_eq!(v["kv_cache"], kv, "{v}");
             v["nats_per_byte"].as_f64().unwrap()
         };
-        let want = score(walsh(&[&eval[..], &["--device", "cpu"]].concat()));
-        for b in backends() {
-            let s = stats(walsh(&[&["--adapter", b.as_str()], &generate[..]].concat()));
-            assert_eq!(s["kv_cache"], kv, "{b}: {s}");
-            let got = score(walsh(&[&["--adapter", b.as_str()], &eval[..]].concat()));
+        let (cpu, gpus) = cpu_then_adapters(&eval);
+        let want = score(cpu);
+        for (b, gpu) in gpus {
+            let got = score(gpu);
             // Quantizing is discontinuous: a key differing in its last bit may store a
             // level one step away, so not the 1e-4 of the f16 cache.
             assert!(
@@ -794,15 +682,7 @@ fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
     }
     // f32 and f16 have no rotated form: clap rejects the value, naming the formats.
     let out = Command::new(env!("CARGO_BIN_EXE_walsh"))
-        .args([
-            "eval",
-            "--model",
-            &model,
-            "--text",
-            text,
-            "--kv-cache",
-            "f16r",
-        ])
+        .args(eval_args(&model, text, &["--kv-cache", "f16r"]))
         .output()
         .expect("run walsh");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -812,31 +692,18 @@ fn quantized_kv_caches_run_on_every_device_and_bad_ones_fail_clearly() {
     // dense W_O: 184 is no transform size either).
     let odd = init("odd", "184", "dense");
     for device in ["cpu", "gpu"] {
-        let e = walsh_fails(&[
-            "eval",
-            "--model",
+        let e = walsh_fails(&eval_args(
             &odd,
-            "--text",
             text,
-            "--kv-cache",
-            "q4r",
-            "--device",
-            device,
-        ]);
+            &["--kv-cache", "q4r", "--device", device],
+        ));
         assert_names(&e, &["q4r", "head_dim 46 has none", "multiple of 4"]);
     }
-    let eval_odd = [
-        "eval",
-        "--model",
+    walsh(&eval_args(
         &odd,
-        "--text",
         text,
-        "--kv-cache",
-        "q4",
-        "--device",
-        "cpu",
-    ];
-    walsh(&eval_odd);
+        &["--kv-cache", "q4", "--device", "cpu"],
+    ));
 }
 
 #[test]
@@ -848,18 +715,7 @@ fn decode_layers_are_fused_and_profile_times_them_on_every_adapter() {
         let model = root.join(name);
         let model = model.to_str().unwrap();
         for b in backends() {
-            let generate = [
-                "--adapter",
-                &b,
-                "generate",
-                "--model",
-                model,
-                "--max-tokens",
-                "40",
-                "--temperature",
-                "0",
-                "--json",
-            ];
+            let generate = [&["--adapter", &b][..], &greedy(model, "40", &["--json"])].concat();
             let v: serde_json::Value =
                 serde_json::from_str(stdout(&walsh(&generate)).lines().next().unwrap()).unwrap();
             let per_token = v["stats"]["dispatches_per_token"].as_f64().unwrap();
@@ -904,36 +760,21 @@ fn export_writes_the_dense_model_as_gguf_and_refuses_hadamard_naming_why() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("dense.gguf");
     let out = out.to_str().unwrap();
-    let text = stdout(&walsh(&[
-        "export",
-        "--gguf",
-        out,
-        "--model",
-        "models/shakespeare-dense",
-        "--weights",
-        "q4_0",
-    ]));
+    // `walsh export --gguf <gguf> --model <model>`, then `extra`.
+    let export = |gguf, model, extra: &[&'static str]| {
+        [&["export", "--gguf", gguf, "--model", model][..], extra].concat()
+    };
+    let dense = "models/shakespeare-dense";
+    let text = stdout(&walsh(&export(out, dense, &["--weights", "q4_0"])));
     assert!(text.contains("Q4_0"), "{text}");
     let bytes = std::fs::read(out).unwrap();
     assert_eq!(&bytes[..8], b"GGUF\x03\0\0\0");
-    let e = walsh_fails(&[
-        "export",
-        "--gguf",
-        out,
-        "--model",
-        "models/shakespeare-hadamard",
-    ]);
+    let e = walsh_fails(&export(out, "models/shakespeare-hadamard", &[]));
     assert_names(
         &e,
         &["shakespeare-hadamard", "hadamard/dense", "no Hadamard W_O"],
     );
-    let e = walsh_fails(&[
-        "export",
-        "--gguf",
-        "/nonexistent-dir/m.gguf",
-        "--model",
-        "models/shakespeare-dense",
-    ]);
+    let e = walsh_fails(&export("/nonexistent-dir/m.gguf", dense, &[]));
     assert_names(&e, &["cannot write /nonexistent-dir/m.gguf"]);
 }
 
@@ -975,12 +816,7 @@ fn tune_times_every_gemv_and_caches_the_fastest_for_generate() {
         assert!(err.contains(&cache.display().to_string()), "{b}: {err}");
         let tunes: serde_json::Value = serde_json::from_str(&json).unwrap();
         // The q4 layer matrices and the f16 head, each with its candidates' step times.
-        let formats: Vec<&str> = tunes
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["format"].as_str().unwrap())
-            .collect();
+        let formats = strings(&tunes, "format");
         assert_eq!(formats, ["f16", "q4"], "{b}");
         for t in tunes.as_array().unwrap() {
             let candidates = t["candidates"].as_array().unwrap();
@@ -1002,17 +838,7 @@ fn tune_times_every_gemv_and_caches_the_fastest_for_generate() {
         // A cache that is not JSON is measured again and rewritten by generate; with
         // WALSH_TUNE=off generate neither reads nor writes it.
         std::fs::write(&cache, "{torn").unwrap();
-        let generate = [
-            "--adapter",
-            b.as_str(),
-            "generate",
-            "--model",
-            model,
-            "--max-tokens",
-            "4",
-            "--temperature",
-            "0",
-        ];
+        let generate = [&["--adapter", b.as_str()][..], &greedy(model, "4", &[])].concat();
         run(&generate, Some("off"));
         assert_eq!(std::fs::read_to_string(&cache).unwrap(), "{torn", "{b}");
         run(&generate, None);

@@ -28,6 +28,8 @@
 //! (what `cargo xtask fuzz --minutes N` does); `WALSH_FUZZ_SEED=S` picks the seed;
 //! `WALSH_FUZZ_OUTCOMES=1` lists the distinct outcomes reached (a view of coverage).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -546,27 +548,6 @@ fn small_model(config: &Config, f16: bool, seed: u64) -> (Vec<u8>, Vec<u8>) {
     (serde_json::to_vec_pretty(config).unwrap(), file)
 }
 
-fn small_config(
-    d: usize,
-    heads: usize,
-    attn_output: AttnOutput,
-    query: Query,
-    tied: bool,
-) -> Config {
-    Config {
-        hidden_size: d,
-        num_hidden_layers: 1,
-        num_attention_heads: heads,
-        intermediate_size: 2 * d,
-        vocab_size: 256,
-        max_position_embeddings: 16,
-        tie_word_embeddings: tied,
-        attn_output,
-        query,
-        ..Default::default()
-    }
-}
-
 struct Seeds {
     /// Small random models: most executions start here (fast to parse).
     small: Vec<(Vec<u8>, Vec<u8>)>,
@@ -595,11 +576,13 @@ fn seeds() -> Seeds {
         (16, 2, AttnOutput::Dense, Query::ResidualMlp, true, true),
     ];
     for (i, &(d, heads, o, q, tied, f16)) in variants.iter().enumerate() {
-        small.push(small_model(
-            &small_config(d, heads, o, q, tied),
-            f16,
-            i as u64,
-        ));
+        let config = Config {
+            tie_word_embeddings: tied,
+            attn_output: o,
+            query: q,
+            ..common::small_config(d, 1, heads, 16)
+        };
+        small.push(small_model(&config, f16, i as u64));
     }
     let mut shipped = Vec::new();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join("models"))

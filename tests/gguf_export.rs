@@ -270,6 +270,15 @@ fn check_export(
     g
 }
 
+/// The types of an F16 export: the norms F32, the rest F16.
+fn f16_types(name: &str) -> &'static str {
+    if name.ends_with("norm.weight") {
+        "F32"
+    } else {
+        "F16"
+    }
+}
+
 fn kv_u32(g: &Gguf, key: &str) -> u32 {
     match g.kv.get(key) {
         Some(Kv::U32(v)) => *v,
@@ -280,13 +289,7 @@ fn kv_u32(g: &Gguf, key: &str) -> u32 {
 #[test]
 fn metadata_describes_a_llama_model_with_a_byte_vocabulary() {
     let model = random_model(&config(false), 3, WeightFormat::F16).unwrap();
-    let g = check_export(&model, GgufWeights::F16, &model, |n| {
-        if n.ends_with("norm.weight") {
-            "F32"
-        } else {
-            "F16"
-        }
-    });
+    let g = check_export(&model, GgufWeights::F16, &model, f16_types);
     let s = |k: &str| g.kv.get(k).cloned();
     assert_eq!(s("general.architecture"), Some(Kv::Str("llama".into())));
     assert_eq!(s("general.name"), Some(Kv::Str("test-model".into())));
@@ -345,9 +348,7 @@ fn every_weight_type_decodes_to_walshs_own_weights() {
     check_export(&f32_model, GgufWeights::F32, &f32_model, |_| "F32");
     // f16 of an f32 model: the matrices rounded to nearest, as walsh's f16 model has them.
     let f16_of_f32 = random_model(&cfg, 5, WeightFormat::F16).unwrap();
-    check_export(&f32_model, GgufWeights::F16, &f16_of_f32, |n| {
-        if norm(n) { "F32" } else { "F16" }
-    });
+    check_export(&f32_model, GgufWeights::F16, &f16_of_f32, f16_types);
     for (weights, format, block) in [
         (GgufWeights::Q8_0, QuantFormat::Q8, "Q8_0"),
         (GgufWeights::Q4_0, QuantFormat::Q4, "Q4_0"),
@@ -415,13 +416,7 @@ fn q4_0_keeps_level_minus_seven_and_the_nibble_order() {
 #[test]
 fn a_tied_model_has_no_output_tensor() {
     let model = random_model(&config(true), 2, WeightFormat::F16).unwrap();
-    let g = check_export(&model, GgufWeights::F16, &model, |n| {
-        if n.ends_with("norm.weight") {
-            "F32"
-        } else {
-            "F16"
-        }
-    });
+    let g = check_export(&model, GgufWeights::F16, &model, f16_types);
     assert!(g.tensors.iter().all(|(n, _)| n != "output.weight"));
 }
 

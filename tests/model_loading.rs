@@ -1,6 +1,8 @@
 //! Loading a model directory: a valid random model round-trips in f32 and f16, and every
 //! kind of broken directory gives its typed error naming the file (and the tensor).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
@@ -17,16 +19,10 @@ type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
 
 fn config(attn_output: AttnOutput, query: Query, tied: bool) -> Config {
     Config {
-        hidden_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        intermediate_size: 128,
-        vocab_size: 256,
-        max_position_embeddings: 16,
         tie_word_embeddings: tied,
         attn_output,
         query,
-        ..Default::default()
+        ..common::small_config(64, 2, 4, 16)
     }
 }
 
@@ -188,16 +184,22 @@ fn parameter_counts_match_hand_computation() {
     assert_eq!(m.attention_parameter_count(), 2 * 16384);
 }
 
-#[test]
-fn missing_config_json_is_an_io_error_naming_it() {
+/// Removing the file at `file(dir)` from a valid model: loading fails with an I/O error
+/// naming it.
+fn assert_missing_file_is_an_io_error_naming_it(file: fn(&Path) -> PathBuf) {
     let dir = model_dir(&dense(), WeightFormat::F32);
-    std::fs::remove_file(config_path(dir.path())).unwrap();
+    std::fs::remove_file(file(dir.path())).unwrap();
     let e = load_err(dir.path());
     assert!(
-        matches!(&e, ModelError::Io { path, .. } if *path == config_path(dir.path())),
+        matches!(&e, ModelError::Io { path, .. } if *path == file(dir.path())),
         "{e:?}"
     );
-    assert_mentions(&e, &[&config_path(dir.path()).display().to_string()]);
+    assert_mentions(&e, &[&file(dir.path()).display().to_string()]);
+}
+
+#[test]
+fn missing_config_json_is_an_io_error_naming_it() {
+    assert_missing_file_is_an_io_error_naming_it(config_path);
 }
 
 #[test]
@@ -237,14 +239,7 @@ fn invalid_config_is_a_config_error_with_the_reason() {
 
 #[test]
 fn missing_weights_file_is_an_io_error_naming_it() {
-    let dir = model_dir(&dense(), WeightFormat::F32);
-    std::fs::remove_file(weights_path(dir.path())).unwrap();
-    let e = load_err(dir.path());
-    assert!(
-        matches!(&e, ModelError::Io { path, .. } if *path == weights_path(dir.path())),
-        "{e:?}"
-    );
-    assert_mentions(&e, &[&weights_path(dir.path()).display().to_string()]);
+    assert_missing_file_is_an_io_error_naming_it(weights_path);
 }
 
 #[test]

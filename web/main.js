@@ -223,6 +223,13 @@ function setBusy(busy) {
   $('cache-clear').disabled = busy;
 }
 
+// A run (generate or bench) ended: its stop button goes off, and the page is free again
+// unless it is recovering from a failed GPU (reloading the model frees it then).
+function endRun(stopId) {
+  $(stopId).disabled = true;
+  if (document.body.dataset.state !== 'recovering') setBusy(false);
+}
+
 // ---- models -----------------------------------------------------------------------------
 
 function cacheKey(url, sha256) {
@@ -503,8 +510,7 @@ async function generate() {
   } catch (e) {
     await failed(e);
   } finally {
-    $('stop').disabled = true;
-    if (document.body.dataset.state !== 'recovering') setBusy(false);
+    endRun('stop');
   }
 }
 
@@ -571,8 +577,7 @@ async function runBench() {
   } catch (e) {
     await failed(e);
   } finally {
-    $('bench-stop').disabled = true;
-    if (document.body.dataset.state !== 'recovering') setBusy(false);
+    endRun('bench-stop');
   }
 }
 

@@ -15,7 +15,7 @@ use walsh::ops::WeightFormat;
 use crate::checkpoint::{self, CHECKPOINT_DIR, FORMAT_VERSION, State};
 use crate::data::{Batch, Corpus};
 use crate::error::TrainError;
-use crate::model::{TrainModel, init_tensors};
+use crate::model::{NamedTensors, TrainModel, init_tensors};
 use crate::optim::{AdamW, AdamWSettings, Schedule};
 use crate::rng::{SplitMix64, fnv1a};
 
@@ -124,11 +124,9 @@ impl<'c> Trainer<'c> {
     pub fn new(settings: Settings, corpus: &'c Corpus) -> Result<Self, TrainError> {
         settings.validate()?;
         let tensors = init_tensors(&settings.model, settings.seed);
-        let model = TrainModel::from_tensors(&settings.model, tensors, DType::F32)?;
-        let opt = AdamW::new(settings.adamw.clone(), model.params())?;
         // A stream of its own: no tensor name hashes to this one.
         let rng = SplitMix64(settings.seed ^ fnv1a("walsh-train batches"));
-        Self::assemble(settings, corpus, model, opt, 0, rng)
+        Self::assemble(settings, corpus, tensors, 0, rng, |_| Ok(()))
     }
 
     /// Continues the run checkpointed in `dir`, which must have been made with `settings`.
@@ -158,24 +156,30 @@ impl<'c> Trainer<'c> {
             .zip(loaded.params)
             .map(|((n, s), v)| (n, s, v))
             .collect();
-        let model = TrainModel::from_tensors(&settings.model, tensors, DType::F32)?;
-        let mut opt = AdamW::new(settings.adamw.clone(), model.params())?;
-        opt.t = loaded.state.adam_t;
-        opt.m = checkpoint::tensors(loaded.m, &shapes, DType::F32)?;
-        opt.v = checkpoint::tensors(loaded.v, &shapes, DType::F32)?;
         let rng = SplitMix64(loaded.state.rng);
-        let trainer = Self::assemble(settings, corpus, model, opt, loaded.state.step, rng)?;
+        let step = loaded.state.step;
+        let trainer = Self::assemble(settings, corpus, tensors, step, rng, |opt| {
+            opt.t = loaded.state.adam_t;
+            opt.m = checkpoint::tensors(loaded.m, &shapes, DType::F32)?;
+            opt.v = checkpoint::tensors(loaded.v, &shapes, DType::F32)?;
+            Ok(())
+        })?;
         Ok((trainer, loaded.state.elapsed_s))
     }
 
+    /// The trainer at `step` with weights `tensors`; `restore` sets the fresh optimizer's
+    /// state.
     fn assemble(
         settings: Settings,
         corpus: &'c Corpus,
-        model: TrainModel,
-        opt: AdamW,
+        tensors: NamedTensors,
         step: u64,
         rng: SplitMix64,
+        restore: impl FnOnce(&mut AdamW) -> Result<(), TrainError>,
     ) -> Result<Self, TrainError> {
+        let model = TrainModel::from_tensors(&settings.model, tensors, DType::F32)?;
+        let mut opt = AdamW::new(settings.adamw.clone(), model.params())?;
+        restore(&mut opt)?;
         corpus.check(settings.context())?;
         let val = corpus.validation(settings.val_windows, settings.batch, settings.context())?;
         Ok(Self {

@@ -242,6 +242,12 @@ fn a_synthetic_sweep_gives_means_spreads_and_paired_differences() {
     assert_eq!(json["runs"].as_array().unwrap().len(), 9);
 }
 
+/// Asserts that discovering the runs under `root` fails with an error saying `what`.
+fn assert_discover_fails(root: &Path, what: &str) {
+    let err = discover(root).unwrap_err().to_string();
+    assert!(err.contains(what), "{err}");
+}
+
 #[test]
 fn a_directory_holding_another_variant_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -254,10 +260,9 @@ fn a_directory_holding_another_variant_is_an_error() {
         serde_json::to_string(&config).unwrap(),
     )
     .unwrap();
-    let err = discover(tmp.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("train/runs/dense-seed2: config.json is variant hadamard/dense"),
-        "{err}"
+    assert_discover_fails(
+        tmp.path(),
+        "train/runs/dense-seed2: config.json is variant hadamard/dense",
     );
 }
 
@@ -276,11 +281,7 @@ fn held_out_figures_on_different_texts_are_an_error() {
     assert!(err.contains("were scored on different texts"), "{err}");
     // walsh and the trainer on different lengths: caught when the run is read
     std::fs::write(&path, text.replacen("65501", "2047", 1)).unwrap();
-    let err = discover(tmp.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("walsh scored 2047 bytes, the trainer 65501"),
-        "{err}"
-    );
+    assert_discover_fails(tmp.path(), "walsh scored 2047 bytes, the trainer 65501");
 }
 
 /// `walsh-train report --check`, as a test: train/results/ must be regenerated whenever a

@@ -17,10 +17,11 @@ use walsh::ops::WeightFormat;
 use walsh::ops::attention::KvFormat;
 use walsh_train::checkpoint::{self, CHECKPOINT_DIR};
 use walsh_train::data::Corpus;
+use walsh_train::error::TrainError;
 use walsh_train::eval::text_loss;
 use walsh_train::model::TrainModel;
 use walsh_train::optim::{AdamWSettings, Schedule};
-use walsh_train::run::{LOG_FILE, RunOptions, Settings, Stop, Trainer, run};
+use walsh_train::run::{LOG_FILE, RunOptions, Settings, Stop, Summary, Trainer, run};
 
 fn corpus() -> Corpus {
     let text = synthetic_text(24_000);
@@ -55,6 +56,11 @@ fn options(out: &Path, resume: bool) -> RunOptions {
         budget: None,
         checkpoint_every: Duration::from_secs(3600),
     }
+}
+
+/// A run that nothing stops early.
+fn run_through(s: &Settings, corpus: &Corpus, opts: &RunOptions) -> Result<Summary, TrainError> {
+    run(s, corpus, opts, |_| ControlFlow::Continue(()))
 }
 
 #[test]
@@ -101,10 +107,7 @@ fn resuming_gives_exactly_the_uninterrupted_run() {
     let s = settings(AttnOutput::Hadamard, Query::ResidualMlp, 9);
 
     let whole = tempfile::tempdir().unwrap();
-    let summary = run(&s, &corpus, &options(whole.path(), false), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap();
+    let summary = run_through(&s, &corpus, &options(whole.path(), false)).unwrap();
     assert_eq!((summary.step, summary.stop), (9, Stop::Finished));
 
     // Stop after step 4, as the time budget would; then resume in a fresh trainer.
@@ -123,10 +126,7 @@ fn resuming_gives_exactly_the_uninterrupted_run() {
     let mut text = std::fs::read_to_string(&log).unwrap();
     text.push_str("5,9.9,,1e-3,1.0\n");
     std::fs::write(&log, text).unwrap();
-    let summary = run(&s, &corpus, &options(split.path(), true), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap();
+    let summary = run_through(&s, &corpus, &options(split.path(), true)).unwrap();
     assert_eq!((summary.step, summary.stop), (9, Stop::Finished));
 
     let names: Vec<String> = random_tensors(&s.model, 0)
@@ -163,32 +163,18 @@ fn resume_refuses_other_settings_and_a_fresh_run_refuses_a_checkpoint() {
     let corpus = corpus();
     let s = settings(AttnOutput::Dense, Query::Identity, 2);
     let dir = tempfile::tempdir().unwrap();
-    run(&s, &corpus, &options(dir.path(), false), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap();
+    run_through(&s, &corpus, &options(dir.path(), false)).unwrap();
 
-    let e = run(&s, &corpus, &options(dir.path(), false), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap_err();
+    let e = run_through(&s, &corpus, &options(dir.path(), false)).unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
 
     let mut other = s.clone();
     other.schedule.peak = 5e-3;
-    let e = run(&other, &corpus, &options(dir.path(), true), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap_err();
+    let e = run_through(&other, &corpus, &options(dir.path(), true)).unwrap_err();
     assert!(e.to_string().contains("schedule"), "{e}");
 
     let empty = tempfile::tempdir().unwrap();
-    assert!(
-        run(&s, &corpus, &options(empty.path(), true), |_| {
-            ControlFlow::Continue(())
-        })
-        .is_err()
-    );
+    assert!(run_through(&s, &corpus, &options(empty.path(), true)).is_err());
 }
 
 #[test]
@@ -198,13 +184,13 @@ fn a_spent_budget_checkpoints_and_exports_what_it_has() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(dir.path(), false);
     opts.budget = Some(Duration::ZERO);
-    let summary = run(&s, &corpus, &opts, |_| ControlFlow::Continue(())).unwrap();
+    let summary = run_through(&s, &corpus, &opts).unwrap();
     assert_eq!((summary.step, summary.stop), (0, Stop::Budget));
     // The initial weights are exported and checkpointed, and the run goes on from there.
     assert_eq!(Model::load(dir.path()).unwrap().config, s.model);
     opts.budget = None;
     opts.resume = true;
-    let summary = run(&s, &corpus, &opts, |_| ControlFlow::Continue(())).unwrap();
+    let summary = run_through(&s, &corpus, &opts).unwrap();
     assert_eq!((summary.step, summary.stop), (3, Stop::Finished));
     assert!(summary.val_loss.is_some());
 }

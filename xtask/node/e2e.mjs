@@ -88,21 +88,22 @@ class Tab {
     return this.page.click(selector);
   }
 
-  value(selector, value) {
-    return this.eval(([s, v]) => {
+  // Sets the value of the element at `selector` and fires `event` on it, as a visitor does.
+  setValue(selector, value, event) {
+    return this.eval(([s, v, e]) => {
       const el = document.querySelector(s);
       el.value = v;
-      el.dispatchEvent(new Event('input', { bubbles: true }));
-    }, [selector, value]);
+      el.dispatchEvent(new Event(e, { bubbles: true }));
+    }, [selector, value, event]);
+  }
+
+  value(selector, value) {
+    return this.setValue(selector, value, 'input');
   }
 
   // Chooses `value` in a <select>, as a visitor does (its change event).
   select(selector, value) {
-    return this.eval(([s, v]) => {
-      const el = document.querySelector(s);
-      el.value = v;
-      el.dispatchEvent(new Event('change', { bubbles: true }));
-    }, [selector, value]);
+    return this.setValue(selector, value, 'change');
   }
 
   checked(selector, on) {

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
 
@@ -179,6 +179,16 @@ pub fn test(walsh: Walsh) -> Result<Outcome> {
     Ok(outcome)
 }
 
+/// Runs `cmd` to its end and returns its output; an error naming `what` when it cannot
+/// start or fails, with its stderr.
+pub(crate) fn output_of(cmd: &mut Command, what: &str) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out)
+}
+
 /// The native CPU reference's greedy tokens for `prompt` from `model` (a model folder
 /// relative to the repository; the default model when `None`).
 fn reference_tokens(
@@ -192,8 +202,7 @@ fn reference_tokens(
     if let Some(m) = model {
         cmd.args(["--model", m]);
     }
-    let out = cmd
-        .current_dir(root())
+    cmd.current_dir(root())
         .args(["--device", "cpu", "--json", "--prompt", prompt])
         .args(["--max-tokens", &tokens.to_string()])
         .args([
@@ -205,15 +214,8 @@ fn reference_tokens(
             "1",
             "--seed",
             "0",
-        ])
-        .output()
-        .context("running walsh generate --device cpu")?;
-    if !out.status.success() {
-        bail!(
-            "walsh generate --device cpu failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+        ]);
+    let out = output_of(&mut cmd, "walsh generate --device cpu")?;
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("reading walsh generate --json output")?;
     let got: Vec<u32> = serde_json::from_value(json["tokens"][0].clone())?;

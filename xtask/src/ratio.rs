@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::e2e::{Server, Walsh, node, prepare};
+use crate::e2e::{Server, Walsh, node, output_of, prepare};
 use crate::{private_runtime_dir, root};
 
 const PROMPT: &str = "ROMEO.";
@@ -304,17 +304,9 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
     let json_path = out.join("page-vs-native.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
     // The Markdown is walsh's, so `walsh bench merge` and this file agree.
-    let md = Command::new(&walsh)
-        .args(["bench", "page-table"])
-        .arg(&json_path)
-        .output()
-        .context("running walsh bench page-table")?;
-    if !md.status.success() {
-        bail!(
-            "walsh bench page-table failed: {}",
-            String::from_utf8_lossy(&md.stderr)
-        );
-    }
+    let mut md = Command::new(&walsh);
+    md.args(["bench", "page-table"]).arg(&json_path);
+    let md = output_of(&mut md, "walsh bench page-table")?;
     let md_path = out.join("page-vs-native.md");
     std::fs::write(&md_path, &md.stdout)?;
     print!("{}", String::from_utf8_lossy(&md.stdout));
