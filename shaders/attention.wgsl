@@ -1,4 +1,4 @@
-// Causal multi-head attention over a KV cache. Host side: src/ops/attention.rs.
+// Causal multi-head attention over a KV cache. Host side: src/ops/attention/ (mod.rs, attend.rs, write.rs, ...).
 //
 // With d = heads * HD (HD = head_dim, even), every f32 tensor is bound as vec2 pairs:
 //     out                      [rows, d]                 row r of the batch
@@ -35,7 +35,7 @@
 // rotates its output (or its chunk's partial acc: reduce is linear) back by R (R
 // symmetric, its own inverse) before writing it.
 
-// Must match `AttnParams` in src/ops/attention.rs.
+// Must match `AttnParams` in src/ops/attention/mod.rs.
 struct Params {
     tiles: u32,      // attend: query tiles in `plan`
     tiles_x: u32,    // workgroups along x of the (possibly 2-D) grid
@@ -56,7 +56,7 @@ struct Params {
 }
 
 // Workgroup memory in f32s: the device's limit (at least the WebGPU default, 16 KiB) up
-// to 64 KiB, set by the host (tile_elems in src/ops/attention.rs), which sizes tiles so
+// to 64 KiB, set by the host (tile_elems in src/ops/attention/mod.rs), which sizes tiles so
 // that (TQ + 2 * TK) * HD + TQ * TK <= TILE.
 override TILE: u32 = 4096u;
 // Output pairs one attend invocation holds at most; must match MAX_ACC on the host.
@@ -64,7 +64,7 @@ const MAX_ACC: u32 = 8u;
 // The running max before the first key: finite, so exp(NEG_BIG - s) is 0 rather than NaN.
 const NEG_BIG: f32 = -3.0e38;
 
-// Pipeline constants, all set by the host (src/ops/attention.rs, `AttnTile` and the keys).
+// Pipeline constants, all set by the host (src/ops/attention/attend.rs, `AttnTile` and the keys).
 override HD: u32 = 64u;          // head_dim
 override WG: u32 = 64u;          // attend: invocations per workgroup
 override TQ: u32 = 16u;          // attend: query rows per tile; divides WG
@@ -298,7 +298,7 @@ fn fwht(x: ptr<function, array<f32, MAX_HD>>) {
 }
 
 // The level of v against scale: round to nearest, ties to even (WGSL's round), 0 when the
-// scale is 0 (an all-zero head); as `level` in src/ops/attention.rs.
+// scale is 0 (an all-zero head); as `level` in src/ops/attention/cache.rs.
 fn quantize(v: f32, scale: f32, max_level: i32) -> i32 {
     if (scale > 0.0) {
         return clamp(i32(round(v / scale)), -max_level, max_level);
