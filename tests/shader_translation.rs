@@ -17,6 +17,8 @@
 //! and `walsh wht` at every supported width with every kernel, plain and with the
 //! decoder's fused epilogue.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -125,14 +127,8 @@ fn noop_gpu(p: &Profile) -> Gpu {
 
 fn config(d: usize, heads: usize, layers: usize, context: usize) -> Config {
     Config {
-        hidden_size: d,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        intermediate_size: 2 * d,
-        vocab_size: 256,
-        max_position_embeddings: context,
         attn_output: AttnOutput::Hadamard,
-        ..Default::default()
+        ..common::small_config(d, layers, heads, context)
     }
 }
 
