@@ -59,7 +59,7 @@ struct Params {
 // to 64 KiB, set by the host (tile_elems in src/ops/attention/mod.rs), which sizes tiles so
 // that (TQ + 2 * TK) * HD + TQ * TK <= TILE.
 override TILE: u32 = 4096u;
-// Output pairs one attend invocation holds at most; must match MAX_ACC on the host.
+// Output pairs one attend invocation holds at most; must match MAX_ACC in src/ops/attention/attend.rs.
 const MAX_ACC: u32 = 8u;
 // The running max before the first key: finite, so exp(NEG_BIG - s) is 0 rather than NaN.
 const NEG_BIG: f32 = -3.0e38;

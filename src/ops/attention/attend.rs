@@ -4,10 +4,19 @@
 use super::cache::{level_inv, rotation_norm};
 use super::decode::DecodeFusion;
 use super::{
-    ATTEND_WORKGROUP, Attention, AttnParams, AttnShape, BINDINGS, Cols, ELEMENTWISE_WORKGROUP,
-    MAX_ACC, MAX_BLOCK_KEYS, MAX_TILE_ROWS, distinct, pairs,
+    Attention, AttnParams, AttnShape, BINDINGS, Cols, ELEMENTWISE_WORKGROUP, distinct, pairs,
 };
 use crate::gpu::{GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
+
+/// Output pairs one attend invocation accumulates at most; must match `MAX_ACC` in
+/// attention.wgsl.
+const MAX_ACC: usize = 8;
+/// Invocations per attend workgroup; passed as `WG`.
+const ATTEND_WORKGROUP: usize = 64;
+/// Query rows per prefill tile at most; passed as `TQ`.
+const MAX_TILE_ROWS: usize = 32;
+/// Keys per block at most; passed as `TK`.
+const MAX_BLOCK_KEYS: usize = 64;
 
 /// The tile of one attend pipeline: `rows` queries (TQ) against blocks of `keys` keys
 /// (TK) in `elems` f32s of workgroup memory (TILE); each invocation accumulates `acc`

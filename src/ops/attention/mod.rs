@@ -71,7 +71,7 @@ fn chunk_for(parallelism: usize, heads: usize, max_pos: usize) -> usize {
 
 /// f32s of workgroup memory an attend tile may use at most (`TILE` in attention.wgsl, an
 /// override): the device's limit up to this (64 KiB); past it no tile grows, since a block
-/// holds at most MAX_BLOCK_KEYS keys. See [`tile_elems`].
+/// holds at most MAX_BLOCK_KEYS (attend.rs) keys. See [`tile_elems`].
 const MAX_TILE_ELEMS: usize = 16384;
 /// The WebGPU default limit (16 KiB), which every tile test also runs at.
 #[cfg(test)]
@@ -82,21 +82,9 @@ const DEFAULT_TILE_ELEMS: usize = 4096;
 fn tile_elems(gpu: &Gpu) -> usize {
     (gpu.limits().max_compute_workgroup_storage_size as usize / 4).min(MAX_TILE_ELEMS)
 }
-/// Output pairs one attend invocation accumulates at most; must match `MAX_ACC` in
-/// attention.wgsl.
-const MAX_ACC: usize = 8;
-/// Invocations per attend workgroup; passed as `WG`.
-const ATTEND_WORKGROUP: usize = 64;
-/// Query rows per prefill tile at most; passed as `TQ`.
-const MAX_TILE_ROWS: usize = 32;
-/// Keys per block at most; passed as `TK`.
-const MAX_BLOCK_KEYS: usize = 64;
 /// Invocations per workgroup of the elementwise entry points (kv_write, reduce); passed as
 /// `EW_WG`.
 const ELEMENTWISE_WORKGROUP: u32 = 256;
-/// Invocations per workgroup of kv_quant (one per (row, head, k or v), each holding its
-/// head in private memory); passed as `EW_WG`.
-const QUANT_WORKGROUP: u32 = 64;
 
 /// Uniform parameters of every attention.wgsl entry point; must match `Params` in
 /// attention.wgsl.

@@ -3,10 +3,13 @@
 
 use super::attend::Split;
 use super::{
-    Attention, AttnParams, AttnShape, BINDINGS, Cols, ELEMENTWISE_WORKGROUP, QUANT_WORKGROUP,
-    distinct, pairs,
+    Attention, AttnParams, AttnShape, BINDINGS, Cols, ELEMENTWISE_WORKGROUP, distinct, pairs,
 };
 use crate::gpu::{GpuBuffer, GpuError, PipelineKey, Record, Shader};
+
+/// Invocations per workgroup of kv_quant (one per (row, head, k or v), each holding its
+/// head in private memory); passed as `EW_WG`.
+const QUANT_WORKGROUP: u32 = 64;
 
 impl Attention<'_> {
     /// Records `k_cache[seq][pos] = k[r]` and `v_cache[seq][pos] = v[r]` for every row r
