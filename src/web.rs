@@ -207,7 +207,7 @@ impl Decoder for YieldingCpu<'_> {
     }
     fn start_decode(
         &mut self,
-        seqs: usize,
+        seqs: &[usize],
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<Chunk, ModelError> {

@@ -47,13 +47,14 @@ pub trait Decoder {
     ) -> StepFuture<'a, Vec<u32>>;
     /// Appends tokens and returns the logits of every appended row, per entry.
     fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>>;
-    /// Starts `draws.len() / seqs` decode steps of sequences `0..seqs` (all of the last
-    /// step's batch, in order): step s feeds each sequence the token it sampled the step
-    /// before and samples with draw `draws[s * seqs + r]`. Returns without waiting where the
-    /// device can run ahead; [`Decoder::finish_decode`] collects the tokens.
+    /// Starts `draws.len() / seqs.len()` decode steps of the distinct sequences `seqs`, each
+    /// of which the last sampling step (or chunk) drew a token for: step s feeds row r,
+    /// sequence `seqs[r]`, the token sampled for it the step before and samples with draw
+    /// `draws[s * seqs.len() + r]`. Returns without waiting where the device can run ahead;
+    /// [`Decoder::finish_decode`] collects the tokens.
     fn start_decode(
         &mut self,
-        seqs: usize,
+        seqs: &[usize],
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<Chunk, ModelError>;
@@ -107,7 +108,7 @@ impl Decoder for GpuDecoder<'_> {
     }
     fn start_decode(
         &mut self,
-        seqs: usize,
+        seqs: &[usize],
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<Chunk, ModelError> {
@@ -251,21 +252,28 @@ impl Decoder for CpuBatch<'_> {
     }
     fn start_decode(
         &mut self,
-        seqs: usize,
+        seqs: &[usize],
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<Chunk, ModelError> {
         sampling.validate().map_err(ModelError::Input)?;
-        if seqs == 0 || seqs > self.decoders.len() || !draws.len().is_multiple_of(seqs) {
+        let n = seqs.len();
+        let distinct = seqs.iter().enumerate().all(|(r, s)| !seqs[..r].contains(s));
+        if n == 0
+            || !distinct
+            || seqs.iter().any(|&s| s >= self.decoders.len())
+            || !draws.len().is_multiple_of(n)
+        {
             return Err(ModelError::Input(format!(
-                "a decode chunk of {} draws for {seqs} sequences (the decoder holds {})",
+                "a decode chunk of {} draws for sequences {seqs:?} (the decoder holds {}; \
+                 sequences distinct)",
                 draws.len(),
                 self.decoders.len()
             )));
         }
         let mut out = Vec::with_capacity(draws.len());
-        for step in draws.chunks(seqs) {
-            for (seq, &u) in step.iter().enumerate() {
+        for step in draws.chunks(n) {
+            for (&seq, &u) in seqs.iter().zip(step) {
                 let token = self.last[seq].ok_or_else(|| {
                     ModelError::Input(format!(
                         "sequence {seq} has no token to continue from: prefill it first"
@@ -290,7 +298,11 @@ impl Decoder for CpuBatch<'_> {
     fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>> {
         let all = batch
             .iter()
-            .map(|&(seq, tokens)| self.run(seq, tokens, true))
+            .map(|&(seq, tokens)| {
+                // The sequence moves on without a sample: its last draw is not its next token.
+                self.last[seq] = None;
+                self.run(seq, tokens, true)
+            })
             .collect();
         Box::pin(std::future::ready(all))
     }
@@ -498,6 +510,8 @@ pub async fn generate_async(
     let mut decode_submitted = 0;
     // Steps (tokens per sequence) submitted so far; the prefill makes the first.
     let mut submitted = 0;
+    // Every chunk decodes all the sequences, row r being sequence r.
+    let rows: Vec<usize> = (0..seqs).collect();
     let mut in_flight: VecDeque<(Chunk, usize)> = VecDeque::new();
     let mut chunk_steps = FIRST_CHUNK.min(options.max_chunk);
     while submitted < options.max_tokens || !in_flight.is_empty() {
@@ -519,7 +533,7 @@ pub async fn generate_async(
             // The draws of every step, in the order the step-by-step loop takes them.
             let draws: Vec<f32> = (0..steps * seqs).map(|_| rng.next_unit()).collect();
             in_flight.push_back((
-                decoder.start_decode(seqs, &options.sampling, &draws)?,
+                decoder.start_decode(&rows, &options.sampling, &draws)?,
                 steps,
             ));
             submitted += steps;

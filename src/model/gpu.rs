@@ -198,7 +198,7 @@ struct Activations {
     sample_rows: GpuBuffer, // u32 [max_seqs]: logits row sampled for each sequence
     draws: GpuBuffer,       // f32 [max_seqs]
     sampled: GpuBuffer,     // u32 [max_seqs]
-    chunk: GpuBuffer,       // u32 [max_seqs + MAX_CHUNK_STEPS * max_seqs]: see ops::feedback
+    chunk: GpuBuffer,       // u32 [(CHUNK_COLUMNS + MAX_CHUNK_STEPS) * max_seqs]: ops::feedback
     log: GpuBuffer,         // u32 [MAX_CHUNK_STEPS, max_seqs]: a chunk's tokens
 }
 
@@ -239,7 +239,7 @@ impl Activations {
             sample_rows: seqs("sample rows", 1)?,
             draws: seqs("draws", 1)?,
             sampled: seqs("sampled", 1)?,
-            chunk: seqs("decode chunk", 1 + MAX_CHUNK_STEPS)?,
+            chunk: seqs("decode chunk", feedback::CHUNK_COLUMNS + MAX_CHUNK_STEPS)?,
             log: seqs("decode log", MAX_CHUNK_STEPS)?,
         })
     }
@@ -283,7 +283,8 @@ struct DecodePlan {
 /// A decode chunk submitted by [`GpuDecoder::start_decode`].
 pub struct PendingChunk {
     read: PendingRead,
-    seqs: usize,
+    /// Each row's sequence and that sequence's version after the chunk.
+    rows: Vec<(usize, u64)>,
 }
 
 /// The decoder on one device: weights, KV cache for `max_seqs` sequences of up to
@@ -305,6 +306,15 @@ pub struct GpuDecoder<'g> {
     acts: Option<Activations>,
     plan: Option<DecodePlan>,
     lengths: Vec<usize>, // tokens in the cache, per sequence
+    /// The sequence whose next token each slot of `acts.sampled` holds, as the last
+    /// sampling step left it (None: stale, the sequence moved on or was reset).
+    sampled_seqs: Vec<Option<usize>>,
+    /// Per sequence, a count of its changes (tokens appended, resets): what a token read
+    /// back is checked against before it is taken for the sequence's next.
+    versions: Vec<u64>,
+    /// Per sequence, its next token as read back by the host, with the version it belongs
+    /// to: a decode chunk can continue a sequence whose slot in `sampled` was reused.
+    read_back: Vec<Option<(u64, u32)>>,
 }
 
 /// Where each sequence's rows sit in a step's packed batch.
@@ -413,6 +423,9 @@ impl<'g> GpuDecoder<'g> {
             acts: None,
             plan: None,
             lengths: vec![0; max_seqs],
+            sampled_seqs: Vec::new(),
+            versions: vec![0; max_seqs],
+            read_back: vec![None; max_seqs],
             config,
         })
     }
@@ -436,13 +449,35 @@ impl<'g> GpuDecoder<'g> {
 
     /// Forgets every sequence (the cache is overwritten as positions are reused).
     pub fn reset(&mut self) {
-        self.lengths.iter_mut().for_each(|l| *l = 0);
+        for seq in 0..self.lengths.len() {
+            self.reset_sequence(seq);
+        }
+        self.sampled_seqs.clear();
     }
 
     /// Forgets sequence `seq` only.
     pub fn reset_sequence(&mut self, seq: usize) {
         if let Some(l) = self.lengths.get_mut(seq) {
             *l = 0;
+            self.versions[seq] += 1;
+        }
+        self.forget_sampled(seq);
+    }
+
+    /// Takes `token`, read back for `seq` at version `version`, as its next token if the
+    /// sequence has not changed since.
+    fn note_read_back(&mut self, seq: usize, version: u64, token: u32) {
+        if self.versions.get(seq) == Some(&version) {
+            self.read_back[seq] = Some((version, token));
+        }
+    }
+
+    /// Marks `seq`'s sampled token (if a slot holds one) as no longer its next token.
+    fn forget_sampled(&mut self, seq: usize) {
+        for s in &mut self.sampled_seqs {
+            if *s == Some(seq) {
+                *s = None;
+            }
         }
     }
 
@@ -509,6 +544,8 @@ impl<'g> GpuDecoder<'g> {
     fn reserve(&mut self, rows: usize) -> Result<(), ModelError> {
         if self.acts.as_ref().is_none_or(|a| a.capacity < rows) {
             self.plan = None;
+            // `sampled` goes with the old buffers: what the host read back remains.
+            self.sampled_seqs.clear();
             self.acts = None; // free the old buffers first
             self.acts = Some(Activations::new(
                 self.gpu,
@@ -741,6 +778,15 @@ impl<'g> GpuDecoder<'g> {
         }
         for &(seq, toks) in batch {
             self.lengths[seq] += toks.len();
+            self.versions[seq] += 1;
+        }
+        if sample.is_some() {
+            // Slot i of `sampled` holds the next token of the batch's i-th sequence.
+            self.sampled_seqs = layout.spans.iter().map(|s| Some(s.0)).collect();
+        } else {
+            for &(seq, _) in batch {
+                self.forget_sampled(seq);
+            }
         }
         Ok(encoder)
     }
@@ -897,51 +943,84 @@ impl<'g> GpuDecoder<'g> {
             .gpu
             .finish_and_read(encoder, acts.sampled.buffer(), 4 * batch.len() as u64)
             .await?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        let tokens: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+        for (&(seq, _), &t) in batch.iter().zip(&tokens) {
+            self.note_read_back(seq, self.versions[seq], t);
+        }
+        Ok(tokens)
     }
 
-    /// Submits `draws.len() / seqs` decode steps of sequences `0..seqs` as one chunk and
-    /// returns without waiting. Step s feeds each sequence the token sampled the step
-    /// before (step 0: the token the last step or chunk sampled, which must have covered
-    /// exactly these sequences in order) and samples with `draws[s * seqs + r]`. Collect
-    /// the tokens with [`GpuDecoder::finish_decode`]; later chunks may be started first,
-    /// so the GPU never waits for the host.
+    /// Submits `draws.len() / seqs.len()` decode steps of the sequences `seqs` (any
+    /// distinct sequences, in any order) as one chunk and returns without waiting. Row r
+    /// of every step is sequence `seqs[r]`: step s feeds it the token sampled for it the
+    /// step before (step 0: the token the last sampling step or chunk drew for it, which
+    /// must be its next token) and samples with `draws[s * seqs.len() + r]`. Collect the
+    /// tokens with [`GpuDecoder::finish_decode`]; later chunks may be started first, so the
+    /// GPU never waits for the host.
     pub fn start_decode(
         &mut self,
-        seqs: usize,
+        seqs: &[usize],
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<PendingChunk, ModelError> {
         sampling.validate().map_err(ModelError::Input)?;
-        if seqs == 0 || seqs > self.shape.max_seqs {
+        let n = seqs.len();
+        if n == 0 || n > self.shape.max_seqs {
             return Err(ModelError::Input(format!(
-                "a decode chunk of {seqs} sequences: the decoder holds 1 to {}",
+                "a decode chunk of {n} sequences: the decoder holds 1 to {}",
                 self.shape.max_seqs
             )));
         }
-        let steps = draws.len() / seqs;
-        if steps == 0 || steps > MAX_CHUNK_STEPS || steps * seqs != draws.len() {
+        let steps = draws.len() / n;
+        if steps == 0 || steps > MAX_CHUNK_STEPS || steps * n != draws.len() {
             return Err(ModelError::Input(format!(
-                "a decode chunk needs 1 to {MAX_CHUNK_STEPS} draws per sequence, got {} for {seqs}",
+                "a decode chunk needs 1 to {MAX_CHUNK_STEPS} draws per sequence, got {} for {n}",
                 draws.len()
             )));
         }
-        if let Some(s) = (0..seqs).find(|&s| self.lengths[s] == 0) {
-            return Err(ModelError::Input(format!(
-                "sequence {s} has no token to continue from: prefill it first"
-            )));
-        }
-        if let Some(s) = (0..seqs).find(|&s| self.lengths[s] + steps > self.shape.max_pos) {
-            return Err(ModelError::ContextOverflow {
-                tokens: self.lengths[s],
-                new: steps,
-                context: self.shape.max_pos,
+        // Before the rows' sources are looked up: growing the activations drops `sampled`.
+        self.reserve(n)?;
+        let mut rows = Vec::with_capacity(n);
+        for (r, &s) in seqs.iter().enumerate() {
+            if s >= self.shape.max_seqs || seqs[..r].contains(&s) {
+                return Err(ModelError::Input(format!(
+                    "a decode chunk's sequences must be distinct and below {}: {seqs:?}",
+                    self.shape.max_seqs
+                )));
+            }
+            if self.lengths[s] + steps > self.shape.max_pos {
+                return Err(ModelError::ContextOverflow {
+                    tokens: self.lengths[s],
+                    new: steps,
+                    context: self.shape.max_pos,
+                });
+            }
+            // Its next token: in a slot of `sampled` (on the GPU, possibly still to be
+            // computed by a chunk in flight), else as read back by the host.
+            let slot = self.sampled_seqs.iter().position(|&x| x == Some(s));
+            let known = self.read_back[s].filter(|&(v, _)| v == self.versions[s]);
+            let (src, token) = match (slot, known) {
+                (Some(slot), _) => (slot as u32, 0),
+                (None, Some((_, token))) => (feedback::FROM_HOST, token),
+                (None, None) => {
+                    return Err(ModelError::Input(format!(
+                        "sequence {s} has no sampled token to continue from: prefill it, or \
+                         end its last step with sampling, first"
+                    )));
+                }
+            };
+            rows.push(feedback::ChunkRow {
+                seq: s as u32,
+                first_pos: self.lengths[s] as u32,
+                src,
+                token,
             });
         }
-        self.reserve(seqs)?;
+        let seqs = n;
         // The last step's rows decide how many key chunks attention needs.
-        let last: Vec<(u32, u32)> = (0..seqs)
-            .map(|s| (s as u32, (self.lengths[s] + steps - 1) as u32))
+        let last: Vec<(u32, u32)> = rows
+            .iter()
+            .map(|r| (r.seq, r.first_pos + steps as u32 - 1))
             .collect();
         let attn_chunks = self.attention.decode_chunks(&last);
         let reuse = self.plan.as_ref().is_some_and(|p| {
@@ -973,13 +1052,12 @@ impl<'g> GpuDecoder<'g> {
                 .collect::<Result<_, _>>()?;
             plan.steps = steps;
         }
-        let first_pos: Vec<u32> = (0..seqs).map(|s| self.lengths[s] as u32).collect();
         let identity: Vec<u32> = (0..seqs as u32).collect();
         let queue = &self.gpu.queue;
         queue.write_buffer(
             acts.chunk.buffer(),
             0,
-            bytemuck::cast_slice(&feedback::chunk_table(&first_pos, draws)),
+            bytemuck::cast_slice(&feedback::chunk_table(&rows, draws)),
         );
         queue.write_buffer(
             acts.sample_rows.buffer(),
@@ -1002,19 +1080,32 @@ impl<'g> GpuDecoder<'g> {
         let read = self
             .gpu
             .submit_read(encoder, acts.log.buffer(), (steps * seqs * 4) as u64)?;
-        for l in &mut self.lengths[..seqs] {
-            *l += steps;
-        }
-        Ok(PendingChunk { read, seqs })
+        let rows: Vec<(usize, u64)> = rows
+            .iter()
+            .map(|r| {
+                let s = r.seq as usize;
+                self.lengths[s] += steps;
+                self.versions[s] += 1;
+                (s, self.versions[s])
+            })
+            .collect();
+        // After the chunk, slot r of `sampled` holds row r's sequence's next token.
+        self.sampled_seqs = rows.iter().map(|&(s, _)| Some(s)).collect();
+        Ok(PendingChunk { read, rows })
     }
 
     /// Waits for a chunk from [`GpuDecoder::start_decode`] and returns its tokens, step by
     /// step (`[steps, seqs]` flattened).
-    pub async fn finish_decode(&self, chunk: PendingChunk) -> Result<Vec<u32>, ModelError> {
-        let seqs = chunk.seqs;
+    pub async fn finish_decode(&mut self, chunk: PendingChunk) -> Result<Vec<u32>, ModelError> {
+        let seqs = chunk.rows.len();
         let bytes = self.gpu.wait_read(chunk.read).await?;
         let tokens: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
         debug_assert!(tokens.len().is_multiple_of(seqs));
+        // The last step's tokens are the rows' next ones, unless they moved on since.
+        let last = &tokens[tokens.len() - seqs..];
+        for (&(seq, version), &t) in chunk.rows.iter().zip(last) {
+            self.note_read_back(seq, version, t);
+        }
         Ok(tokens)
     }
 }

@@ -671,3 +671,68 @@ fn quantized_weights_stay_packed_in_gpu_memory() {
         }
     }
 }
+
+/// One decoder through a schedule a server makes: sequences sampled alone, decoded in
+/// chunks of a subset, in another order than their last step sampled them, two chunks in
+/// flight at once, and a sequence fed without sampling. Returns every step's tokens or
+/// refusal, in order.
+fn subset_schedule(dec: &mut dyn Decoder) -> Vec<Result<Vec<u32>, String>> {
+    let greedy = SamplingParams::greedy();
+    let step = |dec: &mut dyn Decoder, batch: &[(usize, &[u32])]| {
+        let draws = vec![0.5; batch.len()];
+        pollster::block_on(dec.step(batch, &greedy, &draws)).map_err(|e| e.to_string())
+    };
+    let start = |dec: &mut dyn Decoder, seqs: &[usize], steps: usize| {
+        dec.start_decode(seqs, &greedy, &vec![0.5; seqs.len() * steps])
+    };
+    let finish = |dec: &mut dyn Decoder, c| pollster::block_on(dec.finish_decode(c)).unwrap();
+    let chunk = |dec: &mut dyn Decoder, seqs: &[usize], steps: usize| {
+        start(dec, seqs, steps)
+            .map(|c| finish(dec, c))
+            .map_err(|e| e.to_string())
+    };
+    let last = |r: &Result<Vec<u32>, String>| *r.as_ref().unwrap().last().unwrap();
+    let (p0, p1) = (prompt(5, 1), prompt(7, 2));
+    let mut out = vec![step(dec, &[(0, &p0), (1, &p1)])];
+    let a = out[0].clone().unwrap();
+    // Sequence 1 alone: the slot that held sequence 0's next token now holds 1's.
+    out.push(step(dec, &[(1, &a[1..])]));
+    // Sequence 0 continues from its token as read back, then 1 from its own.
+    out.push(chunk(dec, &[0], 2));
+    out.push(chunk(dec, &[1], 3));
+    // Sampled as (1, 0), decoded as (0, 1).
+    let (c0, d1) = (last(&out[2]), last(&out[3]));
+    out.push(step(dec, &[(1, &[d1]), (0, &[c0])]));
+    out.push(chunk(dec, &[0, 1], 2));
+    // Two chunks in flight: the second continues sequence 1 from the first's last step.
+    let first = start(dec, &[0, 1], 2).unwrap();
+    let second = start(dec, &[1], 2).unwrap();
+    out.push(Ok(finish(dec, first)));
+    out.push(Ok(finish(dec, second)));
+    // Sequence 0 fed without sampling: it has no next token to decode from.
+    pollster::block_on(dec.logits(&[(0, &[7])])).unwrap();
+    out.push(chunk(dec, &[0], 1));
+    out.push(chunk(dec, &[1], 1));
+    out
+}
+
+#[test]
+fn decode_chunks_of_any_sequences_continue_what_was_sampled_for_them() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 41, true);
+    let mut cpu = CpuBatch::new(&m, 2, 48, KV).unwrap();
+    let want = subset_schedule(&mut cpu);
+    let refused = want[8].as_ref().unwrap_err();
+    assert!(refused.contains("sequence 0"), "{refused}");
+    assert_eq!(want.iter().filter(|r| r.is_ok()).count(), want.len() - 1);
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 48, KV).unwrap();
+        let got = subset_schedule(&mut dec);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            match (g, w) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w, "step {i} on {}", gpu.describe()),
+                (Err(g), Err(_)) => assert!(g.contains("sequence 0"), "{g}"),
+                _ => panic!("step {i} on {}: {g:?}, the CPU {w:?}", gpu.describe()),
+            }
+        }
+    }
+}

@@ -32,8 +32,8 @@ const BINDINGS: [Binding; 7] = [
 pub struct FeedbackBuffers<'a> {
     /// u32 `[seqs]`: what the last step sampled.
     pub sampled: &'a GpuBuffer,
-    /// u32 [seqs + steps * seqs]: the chunk's first position of each sequence, then the
-    /// draws of every step (f32 bits), see [`chunk_table`].
+    /// u32 [(4 + steps) * seqs]: each row's first position, sequence, source slot and
+    /// token, then the draws of every step (f32 bits), see [`chunk_table`].
     pub chunk: &'a GpuBuffer,
     /// u32 `[seqs]`: the next step's input tokens.
     pub tokens: &'a GpuBuffer,
@@ -45,12 +45,32 @@ pub struct FeedbackBuffers<'a> {
     pub log: &'a GpuBuffer,
 }
 
-/// The `chunk` buffer's contents: `first_pos[r]` for each sequence, then `draws[s][r]` (as
-/// f32 bits) for each step s of the chunk.
-pub fn chunk_table(first_pos: &[u32], draws: &[f32]) -> Vec<u32> {
-    first_pos
-        .iter()
-        .copied()
+/// One row of a decode chunk: its sequence, the sequence's position at the chunk's first
+/// step, and where its first input token is: the slot `src` of `sampled` (what the step
+/// before the chunk drew for it), or `token` when `src` is [`FROM_HOST`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRow {
+    pub seq: u32,
+    pub first_pos: u32,
+    pub src: u32,
+    pub token: u32,
+}
+
+/// [`ChunkRow::src`] of a row whose first token the host gives; must match `FROM_HOST` in
+/// feedback.wgsl.
+pub const FROM_HOST: u32 = u32::MAX;
+
+/// Columns of the `chunk` buffer before the draws (first_pos, seq, src, token).
+pub const CHUNK_COLUMNS: usize = 4;
+
+/// The `chunk` buffer's contents: for the rows, `first_pos[r]`, then `seq[r]`, `src[r]`,
+/// `token[r]`; then `draws[s][r]` (as f32 bits) for each step s of the chunk.
+pub fn chunk_table(rows: &[ChunkRow], draws: &[f32]) -> Vec<u32> {
+    let column = |f: fn(&ChunkRow) -> u32| rows.iter().map(f);
+    column(|r| r.first_pos)
+        .chain(column(|r| r.seq))
+        .chain(column(|r| r.src))
+        .chain(column(|r| r.token))
         .chain(draws.iter().map(|d| d.to_bits()))
         .collect()
 }
@@ -73,7 +93,7 @@ pub fn encode_feedback(
     let words = |n: usize| (n * 4) as u64;
     b.sampled.require("feedback sampled", words(seqs))?;
     b.chunk
-        .require("feedback chunk", words(seqs + steps * seqs))?;
+        .require("feedback chunk", words((CHUNK_COLUMNS + steps) * seqs))?;
     b.tokens.require("feedback tokens", words(seqs))?;
     b.row_table.require("feedback row table", words(2 * seqs))?;
     b.draws.require("feedback draws", words(seqs))?;
@@ -124,7 +144,16 @@ mod tests {
     #[test]
     fn feedback_moves_tokens_positions_and_draws_between_steps() {
         let (seqs, steps) = (3usize, 4usize);
-        let first_pos = [5u32, 0, 9];
+        // Rows of sequences 4, 0 and 2, whose tokens before the chunk are in slots 2 and 0
+        // of `sampled`, and from the host (6).
+        let rows = [(4, 5, 2, 0), (0, 0, 0, 0), (2, 9, FROM_HOST, 6)].map(
+            |(seq, first_pos, src, token)| ChunkRow {
+                seq,
+                first_pos,
+                src,
+                token,
+            },
+        );
         let draws: Vec<f32> = (0..steps * seqs).map(|i| i as f32 / 16.0).collect();
         for gpu in test_gpus() {
             let up = |label: &str, data: &[u32]| {
@@ -132,7 +161,7 @@ mod tests {
                     .unwrap()
             };
             let sampled = up("sampled", &[7, 8, 9]);
-            let chunk = up("chunk", &chunk_table(&first_pos, &draws));
+            let chunk = up("chunk", &chunk_table(&rows, &draws));
             let (tokens, row_table) = (up("tokens", &[0; 3]), up("rows", &[0; 6]));
             let draws_now = up("draws", &[0; 3]);
             let log = up("log", &[u32::MAX; 12]);
@@ -144,7 +173,23 @@ mod tests {
                 draws: &draws_now,
                 log: &log,
             };
-            // Before step 2: the step-1 tokens (in `sampled`) are logged and fed.
+            // Before step 0: each row gets its sequence's token from its source slot.
+            let mut enc = gpu.encoder("feedback test");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                encode_feedback(&gpu, &mut pass, &b, seqs, 0, steps).unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            assert_eq!(gpu.read::<u32>(&tokens, 3).unwrap(), [9, 7, 6]);
+            assert_eq!(gpu.read::<u32>(&row_table, 6).unwrap(), [4, 5, 0, 0, 2, 9]);
+            assert_eq!(gpu.read::<f32>(&draws_now, 3).unwrap(), draws[..3]);
+            assert!(
+                gpu.read::<u32>(&log, 12)
+                    .unwrap()
+                    .iter()
+                    .all(|&t| t == u32::MAX)
+            );
+            // Before step 2: the step-1 tokens (in `sampled`, row by row) are logged and fed.
             let mut enc = gpu.encoder("feedback test");
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
@@ -152,7 +197,7 @@ mod tests {
             }
             gpu.submit_and_wait(enc).unwrap();
             assert_eq!(gpu.read::<u32>(&tokens, 3).unwrap(), [7, 8, 9]);
-            assert_eq!(gpu.read::<u32>(&row_table, 6).unwrap(), [0, 7, 1, 2, 2, 11]);
+            assert_eq!(gpu.read::<u32>(&row_table, 6).unwrap(), [4, 7, 0, 2, 2, 11]);
             assert_eq!(gpu.read::<f32>(&draws_now, 3).unwrap(), draws[6..9]);
             let log_now: Vec<u32> = gpu.read(&log, 12).unwrap();
             assert_eq!(log_now[3..6], [7, 8, 9], "{}", gpu.describe());
@@ -170,7 +215,7 @@ mod tests {
             }
             gpu.submit_and_wait(enc).unwrap();
             assert_eq!(gpu.read::<u32>(&log, 12).unwrap()[9..], [7, 8, 9]);
-            assert_eq!(gpu.read::<u32>(&row_table, 6).unwrap(), [0, 7, 1, 2, 2, 11]);
+            assert_eq!(gpu.read::<u32>(&row_table, 6).unwrap(), [4, 7, 0, 2, 2, 11]);
             let mut enc = gpu.encoder("feedback test");
             let mut pass = enc.begin_compute_pass(&Default::default());
             let e = encode_feedback(&gpu, &mut pass, &b, seqs, steps + 1, steps);
