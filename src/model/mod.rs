@@ -1,6 +1,7 @@
 //! The decoder: config and weights (`config.json` + `model.safetensors`), the CPU reference
 //! decoder, the GPU decoder, sampling and generation.
 
+pub mod batch;
 pub mod config;
 pub mod cpu;
 pub mod error;

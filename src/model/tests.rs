@@ -1,8 +1,10 @@
 //! The GPU decoder against the CPU reference decoder, for every variant, on both software
 //! adapters; batched generation against one sequence at a time; eval on both devices.
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
+use super::batch::{Batcher, Event, Finish, Request, RequestId};
 use super::eval::evaluate;
 use super::generate::{CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, generate};
 use super::gpu::GpuDecoder;
@@ -734,5 +736,110 @@ fn decode_chunks_of_any_sequences_continue_what_was_sampled_for_them() {
                 _ => panic!("step {i} on {}: {g:?}, the CPU {w:?}", gpu.describe()),
             }
         }
+    }
+}
+
+/// Runs `batcher` until it is idle, submitting `late` after the first round and
+/// cancelling `cancel` once it has produced a few tokens; returns each request's tokens
+/// and how it ended.
+fn drain(
+    batcher: &mut Batcher,
+    dec: &mut dyn Decoder,
+    late: &[Request],
+    cancel: RequestId,
+) -> BTreeMap<RequestId, (Vec<u32>, Option<Finish>)> {
+    let mut out: BTreeMap<RequestId, (Vec<u32>, Option<Finish>)> = BTreeMap::new();
+    let (mut round, mut cancelled) = (0, false);
+    while !batcher.is_idle() {
+        for event in pollster::block_on(batcher.round(dec)).unwrap() {
+            match event {
+                Event::Token { id, token } => out.entry(id).or_default().0.push(token),
+                Event::Finished { id, finish } => out.entry(id).or_default().1 = Some(finish),
+                Event::Failed { id, error } => panic!("request {id}: {error}"),
+            }
+        }
+        round += 1;
+        if round == 1 {
+            for r in late {
+                batcher.submit(r.clone()).unwrap();
+            }
+        }
+        if !cancelled && out.get(&cancel).is_some_and(|o| o.0.len() >= 3) {
+            assert!(batcher.cancel(cancel), "request {cancel} is not running");
+            cancelled = true;
+        }
+        assert!(round < 200, "the batcher does not finish");
+    }
+    assert!(cancelled, "request {cancel} never ran");
+    out
+}
+
+#[test]
+fn continuous_batching_gives_each_request_its_solo_tokens() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 43, true);
+    let request = |i: usize| Request {
+        prompt: prompt(2 + i % 4, 30 + i as u32),
+        max_tokens: 3 + 4 * i,
+        sampling: if i.is_multiple_of(2) {
+            SamplingParams::greedy()
+        } else {
+            SamplingParams {
+                temperature: 0.9,
+                top_k: 30,
+                top_p: 0.95,
+                seed: i as u64,
+            }
+        },
+    };
+    // Four start; after the first round two join, and two that would run past the
+    // context (prompt 5 + 100 tokens > 48): the first fills it, the second is cancelled.
+    let first: Vec<Request> = (0..4).map(request).collect();
+    let mut late: Vec<Request> = (4..6).map(request).collect();
+    let long = Request {
+        max_tokens: 100,
+        ..request(3)
+    };
+    late.extend([long.clone(), long]);
+    let cancelled = 7;
+    let all: Vec<&Request> = first.iter().chain(&late).collect();
+    let mut cpu = CpuBatch::new(&m, 1, 48, KV).unwrap();
+    let solo: Vec<Vec<u32>> = all
+        .iter()
+        .map(|r| {
+            let n = r.max_tokens.min(48 - r.prompt.len() + 1);
+            run(&mut cpu, std::slice::from_ref(&r.prompt), n, r.sampling)[0].clone()
+        })
+        .collect();
+    let check = |got: BTreeMap<RequestId, (Vec<u32>, Option<Finish>)>, on: &str| {
+        assert_eq!(got.len(), all.len(), "{on}: every request produced tokens");
+        for (id, (tokens, finish)) in got {
+            let want = &solo[id as usize];
+            if id == cancelled {
+                assert!(
+                    finish.is_none() && want.starts_with(&tokens),
+                    "{on}: {tokens:?}"
+                );
+                continue;
+            }
+            assert_eq!(&tokens, want, "request {id} on {on}");
+            let end = if id == 6 {
+                Finish::Context
+            } else {
+                Finish::Length
+            };
+            assert_eq!(finish, Some(end), "request {id} on {on}");
+        }
+    };
+    let batched = |dec: &mut dyn Decoder| {
+        let mut batcher = Batcher::new(4, 48, 8).unwrap();
+        for r in &first {
+            batcher.submit(r.clone()).unwrap();
+        }
+        drain(&mut batcher, dec, &late, cancelled)
+    };
+    check(batched(&mut CpuBatch::new(&m, 4, 48, KV).unwrap()), "cpu");
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 4, 48, KV).unwrap();
+        check(batched(&mut dec), &gpu.describe());
     }
 }

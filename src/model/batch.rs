@@ -1,0 +1,282 @@
+//! Continuous batching: requests join and leave one decoder between decode chunks, the
+//! engine behind `walsh serve`'s completions (issue #22).
+//!
+//! A [`Batcher`] holds a queue of waiting requests and up to `max_seqs` running ones, each
+//! in a sequence slot of the decoder. Each [`Batcher::round`]:
+//! 1. admits waiting requests into free slots, prefilling each alone (one host step that
+//!    samples its first token), so a joining request delays the running ones by about one
+//!    prefill;
+//! 2. runs one decode chunk per group of running requests that share sampling settings
+//!    (the kernels sample a chunk with one temperature, top-k and top-p), of as many steps
+//!    as the group's nearest end allows, up to `max_chunk`.
+//!
+//! Each request draws its random numbers from its own [`SampleRng`] seeded with its
+//! `seed`, one for its prefill and one per step, as [`super::generate::generate`] draws
+//! them for a prompt run alone: a request's tokens do not depend on which others share its
+//! chunks, as long as the kernels compute each row alike in every batch (they do for up to
+//! [`crate::ops::matmul::GEMV_MAX_ROWS`] rows a step; see `docs/serving.md`).
+
+use std::collections::VecDeque;
+
+use super::ModelError;
+use super::generate::Decoder;
+use crate::ops::sample::{SampleRng, SamplingParams};
+
+/// A completion to run: `max_tokens` tokens after `prompt`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+}
+
+/// Names a submitted request.
+pub type RequestId = u64;
+
+/// Why a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// It produced its `max_tokens`.
+    Length,
+    /// Its sequence filled the model's context first.
+    Context,
+}
+
+/// What a round did for one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Token {
+        id: RequestId,
+        token: u32,
+    },
+    Finished {
+        id: RequestId,
+        finish: Finish,
+    },
+    /// The decoder refused the request (a token outside the vocabulary, ...); it is gone.
+    Failed {
+        id: RequestId,
+        error: String,
+    },
+}
+
+/// A request in a sequence slot.
+struct Running {
+    id: RequestId,
+    seq: usize,
+    sampling: SamplingParams,
+    rng: SampleRng,
+    /// Tokens in the sequence's cache (its last sampled token not yet among them).
+    cached: usize,
+    /// Tokens still to produce.
+    left: usize,
+}
+
+/// The queue and the running requests of one decoder (module docs).
+pub struct Batcher {
+    max_seqs: usize,
+    context: usize,
+    max_chunk: usize,
+    next_id: RequestId,
+    waiting: VecDeque<(RequestId, Request)>,
+    running: Vec<Running>,
+}
+
+/// Whether two requests may share a decode chunk: the same sampling but for the seed.
+fn same_sampling(a: &SamplingParams, b: &SamplingParams) -> bool {
+    (a.temperature, a.top_k, a.top_p) == (b.temperature, b.top_k, b.top_p)
+}
+
+impl Batcher {
+    /// A batcher for a decoder of `max_seqs` sequences of `context` positions; decode
+    /// chunks take at most `max_chunk` steps.
+    pub fn new(max_seqs: usize, context: usize, max_chunk: usize) -> Result<Self, ModelError> {
+        if max_seqs == 0 || context == 0 || max_chunk == 0 {
+            return Err(ModelError::Input(format!(
+                "a batcher needs sequences, room to generate and chunk steps: {max_seqs} \
+                 sequences, context {context}, chunks of {max_chunk}"
+            )));
+        }
+        Ok(Self {
+            max_seqs,
+            context,
+            max_chunk,
+            next_id: 0,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        })
+    }
+
+    /// Checks `request` against the decoder's context; what [`Batcher::submit`] refuses.
+    pub fn check(&self, request: &Request) -> Result<(), ModelError> {
+        request.sampling.validate().map_err(ModelError::Input)?;
+        if request.prompt.is_empty() {
+            return Err(ModelError::Input(
+                "the prompt is empty: give at least one token".into(),
+            ));
+        }
+        if request.max_tokens == 0 {
+            return Err(ModelError::Input("max_tokens must be at least 1".into()));
+        }
+        if request.prompt.len() > self.context {
+            return Err(ModelError::ContextOverflow {
+                tokens: request.prompt.len(),
+                new: 0,
+                context: self.context,
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues `request`; it starts in a later round.
+    pub fn submit(&mut self, request: Request) -> Result<RequestId, ModelError> {
+        self.check(&request)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back((id, request));
+        Ok(id)
+    }
+
+    /// Drops a request, waiting or running (its slot is free for the next round). False
+    /// if there is no such request (it finished already).
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        let before = self.waiting.len() + self.running.len();
+        self.waiting.retain(|(w, _)| *w != id);
+        self.running.retain(|r| r.id != id);
+        before != self.waiting.len() + self.running.len()
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Requests in a slot.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Admits what fits, then runs one decode chunk per sampling group (module docs).
+    /// An error is the decoder's failure, not a request's: the caller should fail every
+    /// request.
+    pub async fn round(&mut self, dec: &mut dyn Decoder) -> Result<Vec<Event>, ModelError> {
+        let mut events = Vec::new();
+        self.admit(dec, &mut events).await;
+        let mut grouped: Vec<usize> = Vec::new();
+        while let Some(lead) = (0..self.running.len()).find(|i| !grouped.contains(i)) {
+            let group: Vec<usize> = (lead..self.running.len())
+                .filter(|&i| {
+                    !grouped.contains(&i)
+                        && same_sampling(&self.running[i].sampling, &self.running[lead].sampling)
+                })
+                .collect();
+            grouped.extend(&group);
+            self.chunk(dec, &group, &mut events).await?;
+        }
+        self.running
+            .retain(|r| r.left > 0 && r.cached < self.context);
+        Ok(events)
+    }
+
+    /// Prefills waiting requests into free slots, one host step each.
+    async fn admit(&mut self, dec: &mut dyn Decoder, events: &mut Vec<Event>) {
+        while self.running.len() < self.max_seqs.min(dec.max_seqs()) {
+            let Some((id, request)) = self.waiting.pop_front() else {
+                break;
+            };
+            let seq = (0..self.max_seqs)
+                .find(|s| self.running.iter().all(|r| r.seq != *s))
+                .expect("a slot is free");
+            dec.reset_sequence(seq);
+            let mut rng = SampleRng::new(request.sampling.seed);
+            let draw = [rng.next_unit()];
+            let batch = [(seq, &request.prompt[..])];
+            match dec.step(&batch, &request.sampling, &draw).await {
+                Ok(tokens) => {
+                    events.push(Event::Token {
+                        id,
+                        token: tokens[0],
+                    });
+                    let mut r = Running {
+                        id,
+                        seq,
+                        sampling: request.sampling,
+                        rng,
+                        cached: request.prompt.len(),
+                        left: request.max_tokens - 1,
+                    };
+                    Self::end_if_done(&mut r, self.context, events);
+                    self.running.push(r);
+                }
+                Err(e) => events.push(Event::Failed {
+                    id,
+                    error: e.to_string(),
+                }),
+            }
+        }
+    }
+
+    /// One decode chunk of the running requests `group` (indices into `running`).
+    async fn chunk(
+        &mut self,
+        dec: &mut dyn Decoder,
+        group: &[usize],
+        events: &mut Vec<Event>,
+    ) -> Result<(), ModelError> {
+        let live: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|&i| self.running[i].left > 0 && self.running[i].cached < self.context)
+            .collect();
+        let Some(steps) = live
+            .iter()
+            .map(|&i| {
+                let r = &self.running[i];
+                r.left.min(self.context - r.cached)
+            })
+            .min()
+            .map(|s| s.min(self.max_chunk))
+        else {
+            return Ok(());
+        };
+        let seqs: Vec<usize> = live.iter().map(|&i| self.running[i].seq).collect();
+        // Step by step, row by row: each request draws from its own stream.
+        let mut draws = vec![0.0; steps * live.len()];
+        for (r, &i) in live.iter().enumerate() {
+            for s in 0..steps {
+                draws[s * live.len() + r] = self.running[i].rng.next_unit();
+            }
+        }
+        let sampling = self.running[live[0]].sampling;
+        let chunk = dec.start_decode(&seqs, &sampling, &draws)?;
+        let tokens = dec.finish_decode(chunk).await?;
+        for step in tokens.chunks(live.len()) {
+            for (&i, &token) in live.iter().zip(step) {
+                let r = &mut self.running[i];
+                events.push(Event::Token { id: r.id, token });
+                r.cached += 1;
+                r.left -= 1;
+            }
+        }
+        for &i in &live {
+            Self::end_if_done(&mut self.running[i], self.context, events);
+        }
+        Ok(())
+    }
+
+    /// Reports the end of a request that produced its tokens or filled the context.
+    fn end_if_done(r: &mut Running, context: usize, events: &mut Vec<Event>) {
+        let finish = if r.left == 0 {
+            Finish::Length
+        } else if r.cached >= context {
+            Finish::Context
+        } else {
+            return;
+        };
+        events.push(Event::Finished { id: r.id, finish });
+    }
+}
