@@ -121,7 +121,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Quantize(args)) => cli::run::quantize_cmd(&args),
         Some(Command::Export(args)) => cli::run::export_cmd(&args),
         Some(Command::Bench(args)) => cli::bench::bench_cmd(&args, &cli.adapter),
-        Some(Command::Serve(args)) => cli::serve::serve_cmd(&args),
+        Some(Command::Serve(args)) => cli::serve::serve_cmd(&args, &cli.adapter),
         None => cli::run::generate_cmd(&GenerateArgs::default(), &cli.adapter),
     }
 }

@@ -140,16 +140,41 @@ impl Server {
 
     /// One request with exactly these header lines (`Connection: close` added).
     fn raw(&self, method: &str, path: &str, headers: &[&str]) -> Reply {
+        let mut s = self.send(method, path, headers, b"");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        Reply::parse(&raw, method == "HEAD")
+    }
+
+    /// Writes one request (with a body when it is not empty); returns the connection.
+    fn send(&self, method: &str, path: &str, headers: &[&str], body: &[u8]) -> TcpStream {
         let mut s = self.connect();
         let mut request = format!("{method} {path} HTTP/1.1\r\n");
         for h in headers {
             request += &format!("{h}\r\n");
         }
+        if !body.is_empty() {
+            request += &format!("Content-Length: {}\r\n", body.len());
+        }
         request += "Connection: close\r\n\r\n";
         s.write_all(request.as_bytes()).unwrap();
+        // A refused body may close the connection before all of it is read.
+        let _ = s.write_all(body);
+        s
+    }
+
+    /// `POST path` with a JSON body and extra header lines.
+    fn post(&self, path: &str, body: &str, headers: &[&str]) -> Reply {
+        let host = format!("Host: 127.0.0.1:{}", self.port);
+        let mut s = self.send(
+            "POST",
+            path,
+            &[&[host.as_str()], headers].concat(),
+            body.as_bytes(),
+        );
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        Reply::parse(&raw, method == "HEAD")
+        let _ = s.read_to_end(&mut raw);
+        Reply::parse(&raw, false)
     }
 
     /// Resident memory of the server process, in KiB (Linux).
@@ -659,4 +684,202 @@ fn serve_answers_200_concurrent_gets() {
         }
     });
     assert_eq!(ok.into_inner(), 200);
+}
+
+/// The JSON of a reply's body.
+fn json(reply: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&reply.body)))
+}
+
+/// A completion's text: the choice's, or the streamed chunks' in order (checking the
+/// stream's shape: `data:` events, one finish reason, `[DONE]` last).
+fn completion_text(reply: &Reply) -> (String, String) {
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    if reply.header("content-type") == Some("application/json") {
+        let v = json(reply);
+        let choice = &v["choices"][0];
+        return (
+            choice["text"].as_str().unwrap().to_string(),
+            choice["finish_reason"].as_str().unwrap().to_string(),
+        );
+    }
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    let body = String::from_utf8(reply.body.clone()).unwrap();
+    let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"), "{body}");
+    let (mut text, mut finish) = (String::new(), String::new());
+    for e in &events[..events.len() - 1] {
+        let v: serde_json::Value = serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
+        text += v["choices"][0]["text"].as_str().unwrap();
+        if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+            assert!(finish.is_empty(), "two finish reasons in {body}");
+            finish = f.to_string();
+        }
+    }
+    (text, finish)
+}
+
+/// What `walsh generate --device cpu` prints after the prompt, greedy.
+fn generated(prompt: &str, tokens: usize) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_walsh"))
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--temperature",
+            "0",
+            "--prompt",
+            prompt,
+        ])
+        .args(["--max-tokens", &tokens.to_string()])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.strip_prefix(prompt)
+        .and_then(|t| t.strip_suffix('\n'))
+        .unwrap()
+        .to_string()
+}
+
+/// `walsh serve --model`: the models list, and completions (plain, streamed, with a stop
+/// string, several at once) that are the text `walsh generate` writes, on the CPU and each
+/// software adapter (`WALSH_TEST_BACKENDS`, default vulkan,gl).
+#[test]
+fn completions_api_answers_as_generate_does() {
+    let want = generated("ROMEO.", 40);
+    let juliet = generated("JULIET.", 40);
+    let backends = std::env::var("WALSH_TEST_BACKENDS").unwrap_or_else(|_| "vulkan,gl".into());
+    let mut devices = vec![vec!["--device", "cpu"]];
+    devices.extend(backends.split(',').map(|b| vec!["--adapter", b.trim()]));
+    for device in devices {
+        let model = ["--model", "models/shakespeare-hadamard", "--max-batch", "4"];
+        let server = Server::start(&[&model[..], &device].concat());
+        let on = device.join(" ");
+        let models = json(&server.get("GET", "/v1/models", &[]));
+        assert_eq!(models["data"][0]["id"], "shakespeare-hadamard");
+        let ask = |prompt: &str, extra: &str| {
+            let body = format!(
+                r#"{{"model": "shakespeare-hadamard", "prompt": {prompt:?}, "max_tokens": 40, "temperature": 0{extra}}}"#
+            );
+            completion_text(&server.post("/v1/completions", &body, &[]))
+        };
+        assert_eq!(ask("ROMEO.", ""), (want.clone(), "length".into()), "{on}");
+        let streamed = ask("ROMEO.", r#", "stream": true"#);
+        assert_eq!(streamed, (want.clone(), "length".into()), "{on}");
+        // A stop string ends the text before it, streamed or not.
+        let cut = want.find(" so").expect("the shipped model's greedy text");
+        for stream in ["false", "true"] {
+            let extra = format!(r#", "stop": [" so", "zzz"], "stream": {stream}"#);
+            let stopped = (want[..cut].to_string(), "stop".into());
+            assert_eq!(ask("ROMEO.", &extra), stopped, "{on}");
+        }
+        // Four at once share the decoder's chunks and each gets its solo text.
+        let prompts = ["JULIET.", "KING.", "First Citizen:", "O, "];
+        let solo: Vec<(String, String)> = prompts.iter().map(|p| ask(p, "")).collect();
+        let together: Vec<(String, String)> = std::thread::scope(|s| {
+            let runs: Vec<_> = prompts.iter().map(|p| s.spawn(|| ask(p, ""))).collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert_eq!(together, solo, "{on}");
+        assert_eq!(solo[0].0, juliet, "{on}");
+    }
+}
+
+/// The API's refusals: OpenAI's error shape with the status a client expects.
+#[test]
+fn completions_api_refuses_clearly() {
+    let server = Server::start(&[
+        "--model",
+        "models/shakespeare-hadamard",
+        "--device",
+        "cpu",
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "0",
+        "--api-key",
+        "sesame",
+    ]);
+    let key = "Authorization: Bearer sesame";
+    let refused = |reply: Reply, status: u16, says: &str| {
+        assert_eq!(
+            reply.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let message = json(&reply)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains(says), "{message}");
+    };
+    let ok = r#"{"prompt": "ROMEO.", "max_tokens": 4}"#;
+    refused(server.post("/v1/completions", ok, &[]), 401, "API key");
+    let wrong = server.post("/v1/completions", ok, &["Authorization: Bearer sesamf"]);
+    refused(wrong, 401, "API key");
+    assert_eq!(server.post("/v1/completions", ok, &[key]).status, 200);
+    for (body, says) in [
+        ("{bad", "not valid JSON"),
+        ("[1]", "JSON object"),
+        (r#"{"prompt": 7}"#, "`prompt`"),
+        (r#"{"prompt": ""}"#, "empty"),
+        (r#"{"prompt": "a", "max_tokens": 500}"#, "context is 128"),
+        (r#"{"prompt": "a", "temperature": "hot"}"#, "`temperature`"),
+        (r#"{"prompt": "a", "n": 2}"#, "`n`"),
+        (
+            r#"{"prompt": "a", "frequency_penalty": 1}"#,
+            "not supported",
+        ),
+    ] {
+        refused(server.post("/v1/completions", body, &[key]), 400, says);
+    }
+    let other = r#"{"prompt": "a", "model": "gpt-4"}"#;
+    refused(
+        server.post("/v1/completions", other, &[key]),
+        404,
+        "not served",
+    );
+    let huge = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(2 << 20));
+    refused(server.post("/v1/completions", &huge, &[key]), 413, "limit");
+    refused(
+        server.get("GET", "/v1/completions", &[key]),
+        405,
+        "does not take",
+    );
+    // One slot and no queue: a second request while a stream runs gets 429; a client that
+    // goes away frees the slot.
+    let host = format!("Host: 127.0.0.1:{}", server.port);
+    let long = r#"{"prompt": "ROMEO.", "max_tokens": 120, "stream": true}"#;
+    let mut stream = server.send("POST", "/v1/completions", &[&host, key], long.as_bytes());
+    let mut first = [0u8; 64];
+    stream.read_exact(&mut first).unwrap();
+    let busy = server.post("/v1/completions", ok, &[key]);
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    refused(busy, 429, "--max-batch");
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = server.post("/v1/completions", ok, &[key]);
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.status, 429);
+        assert!(
+            Instant::now() < deadline,
+            "the gone client's slot was never freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Without --model there is no API, said in the same shape.
+    let plain = Server::start(&[]);
+    refused(plain.post("/v1/completions", ok, &[]), 404, "--model");
 }

@@ -1,5 +1,6 @@
 //! The subcommands of the `walsh` binary.
 
+pub mod api;
 pub mod bench;
 #[cfg(test)]
 mod readme_tests;

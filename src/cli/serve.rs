@@ -42,6 +42,9 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::services::ServeFile;
+use walsh::ops::attention::KvFormat;
+
+use super::api::{self, Api, ApiOptions};
 
 /// Largest request head (request line and headers) accepted; a longer one gets 431 and
 /// the connection is closed, so a client cannot make the server buffer more than this.
@@ -74,17 +77,40 @@ pub struct ServeArgs {
     /// progress reading or writing, before it is closed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout: u64,
+    /// Serve OpenAI's completions API for this model under /v1/ (`/v1/models`,
+    /// `/v1/completions`); without it only the page and the models are served.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Where the API's decoder runs.
+    #[arg(long, value_enum, default_value_t = super::run::Device::Gpu)]
+    pub device: super::run::Device,
+    /// The API decoder's KV cache format.
+    #[arg(long, default_value_t = KvFormat::default())]
+    pub kv_cache: KvFormat,
+    /// Requests decoded together at most (sequence slots of the decoder). Up to 16, every
+    /// row of a step takes the same kernels, so a completion is the same alone or beside
+    /// others (docs/serving.md).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_batch: u32,
+    /// Requests waiting for a slot at most; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    pub max_queue: u32,
+    /// Require `Authorization: Bearer KEY` on /v1/ (401 otherwise).
+    #[arg(long, env = "WALSH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
-/// What every connection shares: the canonical roots and the Host policy.
+/// What every connection shares: the canonical roots, the Host policy and the API.
 struct Site {
     web: PathBuf,
     /// None when the models directory does not exist: /models/ is then all 404.
     models: Option<PathBuf>,
     allowed_hosts: Vec<String>,
+    /// With `--model`: the completions API.
+    api: Option<Api>,
 }
 
-pub fn serve_cmd(args: &ServeArgs) -> Result<()> {
+pub fn serve_cmd(args: &ServeArgs, adapter: &str) -> Result<()> {
     if !args.web.join("index.html").is_file() {
         bail!(
             "{} has no index.html: run walsh serve from the repository root, or pass --web DIR",
@@ -111,9 +137,28 @@ pub fn serve_cmd(args: &ServeArgs) -> Result<()> {
     if let Some(warning) = exposure_warning(args.host) {
         eprintln!("walsh: {warning}");
     }
+    let api = match &args.model {
+        None => None,
+        Some(dir) => {
+            let model = super::run::load_model(Some(dir))?;
+            let name = dir
+                .file_name()
+                .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+            let options = ApiOptions {
+                device: args.device,
+                adapter: adapter.to_string(),
+                kv: args.kv_cache,
+                max_batch: args.max_batch as usize,
+                max_queue: args.max_queue as usize,
+                api_key: args.api_key.clone(),
+            };
+            Some(Api::start(model, name, options)?)
+        }
+    };
     let site = Arc::new(Site {
         web,
         models,
+        api,
         allowed_hosts: args
             .allow_host
             .iter()
@@ -206,7 +251,7 @@ async fn accept_loop(
     }
 }
 
-type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 fn text(status: StatusCode, message: &str) -> Response<Body> {
     let mut response = Response::new(
@@ -224,6 +269,17 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
 
 async fn respond(site: Arc<Site>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let mut req = req;
+    if api::is_api_path(req.uri().path()) {
+        let mut response = match (check_host(&site, &req), &site.api) {
+            (Err(refusal), _) => refusal,
+            (Ok(()), None) => api::no_model(),
+            (Ok(()), Some(api)) => api.handle(req).await,
+        };
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
     let mut response = match check_request(&site, &req) {
         Err(refusal) => refusal,
         Ok(path) => {
@@ -275,6 +331,21 @@ async fn if_range_holds(path: &Path, if_range: &HeaderValue) -> bool {
 /// The file a request may read, or the response refusing it.
 #[allow(clippy::result_large_err)]
 fn check_request(site: &Site, req: &Request<Incoming>) -> Result<PathBuf, Response<Body>> {
+    check_host(site, req)?;
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Err(response);
+    }
+    resolve(req.uri().path(), site).ok_or_else(|| text(StatusCode::NOT_FOUND, "not found"))
+}
+
+/// Refuses a request without a Host header, or naming a host this server does not answer
+/// to (what stops DNS rebinding).
+#[allow(clippy::result_large_err)] // a response to send back, built once per request
+fn check_host(site: &Site, req: &Request<Incoming>) -> Result<(), Response<Body>> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -292,14 +363,7 @@ fn check_request(site: &Site, req: &Request<Incoming>) -> Result<PathBuf, Respon
             ),
         ));
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return Err(response);
-    }
-    resolve(req.uri().path(), site).ok_or_else(|| text(StatusCode::NOT_FOUND, "not found"))
+    Ok(())
 }
 
 /// Whether a Host header value names this server: `localhost` (and `*.localhost`, which
@@ -409,7 +473,9 @@ fn compressible(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Server-sent events are not compressed: a compressor holds them back.
     status == StatusCode::OK
+        && !kind.starts_with("text/event-stream")
         && (kind.starts_with("text/")
             || kind.starts_with("application/wasm")
             || kind.starts_with("application/json")
@@ -571,6 +637,7 @@ mod tests {
             web: root.join("web").canonicalize().unwrap(),
             models: Some(root.join("models").canonicalize().unwrap()),
             allowed_hosts: vec!["walsh.test".into()],
+            api: None,
         };
         (dir, site)
     }

@@ -843,3 +843,51 @@ fn continuous_batching_gives_each_request_its_solo_tokens() {
         check(batched(&mut dec), &gpu.describe());
     }
 }
+
+/// A sequence's logits are the same bits whatever else shares its step, up to
+/// GEMV_MAX_ROWS rows (what `walsh serve` promises with its default --max-batch): a
+/// prefill of three prompts (9 rows) and a decode step of 16 sequences against each
+/// sequence alone. (Past 16 rows the products take the tiled GEMM, which sums in another
+/// order: six of these prompts prefilled together, 18 rows, differ from alone.)
+#[test]
+fn logits_do_not_depend_on_the_batch_up_to_sixteen_rows() {
+    use crate::ops::matmul::GEMV_MAX_ROWS;
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 9, true);
+    let prompts: Vec<Vec<u32>> = (0..GEMV_MAX_ROWS)
+        .map(|i| prompt(2 + i % 3, i as u32))
+        .collect();
+    for gpu in test_gpus() {
+        let mut alone = GpuDecoder::new(&gpu, &m, 1, 48, KV).unwrap();
+        let mut solo = |p: &[u32], next: u32| {
+            alone.reset();
+            let prefill = alone.forward_logits(&[(0, p)]).unwrap().remove(0);
+            let step = alone.forward_logits(&[(0, &[next])]).unwrap().remove(0);
+            (prefill, step)
+        };
+        let mut batched = GpuDecoder::new(&gpu, &m, GEMV_MAX_ROWS, 48, KV).unwrap();
+        let three: Vec<(usize, &[u32])> = (0..3).map(|i| (i, &prompts[i][..])).collect();
+        let prefill = batched.forward_logits(&three).unwrap();
+        batched.reset();
+        // Prefilled one by one (as walsh serve does), then one step of all sixteen.
+        for (i, p) in prompts.iter().enumerate() {
+            batched.forward_logits(&[(i, &p[..])]).unwrap();
+        }
+        let step: Vec<(usize, &[u32])> = (0..GEMV_MAX_ROWS).map(|i| (i, &[7u32][..])).collect();
+        let decoded = batched.forward_logits(&step).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let (want_prefill, want_step) = solo(p, 7);
+            if i < 3 {
+                assert!(
+                    prefill[i] == want_prefill,
+                    "prefill of {i} on {}",
+                    gpu.describe()
+                );
+            }
+            assert!(
+                decoded[i] == want_step,
+                "decode step of {i} on {}",
+                gpu.describe()
+            );
+        }
+    }
+}

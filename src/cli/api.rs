@@ -1,0 +1,750 @@
+//! `walsh serve --model DIR`: OpenAI's completions API on the page's server.
+//!
+//! `GET /v1/models`, `POST /v1/completions` (prompt a string or a list of strings, each a
+//! choice; `max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `stop`, `stream` as
+//! server-sent events ending with `data: [DONE]`, `echo`), `GET /health`. Errors have
+//! OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
+//!
+//! One engine thread owns the decoder (the GPU's, or the CPU's with `--device cpu`) and a
+//! [`Batcher`]: requests join and leave it between decode chunks, so concurrent requests
+//! share each chunk. Handlers talk to the thread through channels; a client that goes
+//! away cancels its request at the next round.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+use walsh::model::batch::{Batcher, Event, Finish, RequestId};
+use walsh::model::generate::{CpuBatch, Decoder, Utf8Stream, encode_text};
+use walsh::model::gpu::GpuDecoder;
+use walsh::model::weights::Model;
+use walsh::ops::attention::KvFormat;
+use walsh::ops::sample::SamplingParams;
+
+use super::run::Device;
+use super::serve::Body;
+
+/// Largest request body: 1 MiB (a prompt of the shipped models' context is 128 bytes).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Decode steps per chunk at most: a joining request waits about this many steps.
+const MAX_CHUNK: usize = 16;
+
+/// How the API is served.
+pub struct ApiOptions {
+    pub device: Device,
+    pub adapter: String,
+    pub kv: KvFormat,
+    pub max_batch: usize,
+    pub max_queue: usize,
+    pub api_key: Option<String>,
+}
+
+/// What the engine thread reports for one request.
+enum Update {
+    Token(u32),
+    Finished(Finish),
+    Failed(String),
+}
+
+enum Command {
+    Submit {
+        request: walsh::model::batch::Request,
+        updates: tokio_mpsc::UnboundedSender<Update>,
+        reply: oneshot::Sender<Result<RequestId, ApiError>>,
+    },
+    Cancel(RequestId),
+}
+
+/// The handlers' side of the engine thread.
+pub struct Api {
+    commands: std::sync::Mutex<mpsc::Sender<Command>>,
+    model: String,
+    context: usize,
+    api_key: Option<String>,
+}
+
+/// An error response: status, OpenAI error type and message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+        }
+    }
+
+    fn response(&self) -> Response<Body> {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": Value::Null,
+            "code": Value::Null,
+        }});
+        let mut response = json_response(self.status, &body);
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+impl Api {
+    /// Loads nothing itself: starts the engine thread on `model` and waits until its
+    /// decoder is ready (or failed, which is returned).
+    pub fn start(model: Model, name: String, options: ApiOptions) -> Result<Self> {
+        let context = model.config.max_position_embeddings;
+        let (commands, inbox) = mpsc::channel();
+        let (ready, started) = mpsc::channel();
+        let max_batch = options.max_batch;
+        let max_queue = options.max_queue;
+        std::thread::Builder::new()
+            .name("walsh engine".into())
+            .spawn(move || {
+                // The decoder borrows the device: both live on this thread's stack.
+                let (mut cpu, mut on_gpu) = (None, None);
+                let gpu = match options.device {
+                    Device::Gpu => match super::tune::open_gpu(&options.adapter, &model) {
+                        Ok(gpu) => Some(gpu),
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    },
+                    Device::Cpu => None,
+                };
+                let decoder: Result<&mut dyn Decoder> = match &gpu {
+                    None => CpuBatch::new(&model, max_batch, context, options.kv)
+                        .map(|d| cpu.insert(d) as &mut dyn Decoder)
+                        .map_err(Into::into),
+                    Some(gpu) => GpuDecoder::new(gpu, &model, max_batch, context, options.kv)
+                        .map(|d| on_gpu.insert(d) as &mut dyn Decoder)
+                        .map_err(Into::into),
+                };
+                let decoder = match decoder {
+                    Ok(d) => {
+                        let _ = ready.send(Ok(d.device()));
+                        d
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                engine(decoder, inbox, max_batch, context, max_queue);
+            })
+            .context("starting the engine thread")?;
+        let device = started
+            .recv()
+            .context("the engine thread stopped while starting")??;
+        eprintln!("walsh: serving the completions API for {name} on {device}");
+        Ok(Self {
+            commands: std::sync::Mutex::new(commands),
+            model: name,
+            context,
+            api_key: options.api_key,
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<(), ApiError> {
+        let commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+        commands.send(command).map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            message: "the engine has stopped".into(),
+        })
+    }
+
+    /// Answers a request under /v1/ (or /health).
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        match self.route(req).await {
+            Ok(response) => response,
+            Err(e) => e.response(),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().to_string();
+        if path == "/health" {
+            return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
+        }
+        self.authorize(&req)?;
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/v1/models") => Ok(json_response(
+                StatusCode::OK,
+                &json!({"object": "list", "data": [{
+                    "id": self.model, "object": "model", "created": 0, "owned_by": "walsh",
+                }]}),
+            )),
+            (&Method::POST, "/v1/completions") => {
+                let body = read_json(req).await?;
+                self.completions(&body).await
+            }
+            (_, "/v1/models" | "/v1/completions") => Err(ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                kind: "invalid_request_error",
+                message: format!("{} does not take {}", path, req.method()),
+            }),
+            _ => Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                message: format!("no endpoint {path}: walsh serves /v1/models and /v1/completions"),
+            }),
+        }
+    }
+
+    /// With `--api-key`, requires `Authorization: Bearer KEY` (compared in constant time).
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let same = given.len() == key.len()
+            && given
+                .bytes()
+                .zip(key.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                kind: "invalid_request_error",
+                message: "a valid API key is needed: Authorization: Bearer KEY".into(),
+            })
+        }
+    }
+
+    async fn completions(&self, body: &Value) -> Result<Response<Body>, ApiError> {
+        let c = CompletionRequest::parse(body, self.context)?;
+        if let Some(model) = body.get("model").and_then(Value::as_str)
+            && model != self.model
+        {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                message: format!("model {model:?} is not served here: {:?} is", self.model),
+            });
+        }
+        let id = format!("cmpl-{}", unix_time_nanos());
+        let mut runs = Vec::new();
+        for prompt in &c.prompts {
+            runs.push(self.submit(&c, prompt).await?);
+        }
+        if c.stream {
+            return Ok(self.stream(c, id, runs));
+        }
+        let mut choices = Vec::new();
+        let mut completion_tokens = 0;
+        for (index, (rid, mut updates)) in runs.into_iter().enumerate() {
+            let mut out = Output::new(&c, index);
+            while let Some(u) = updates.recv().await {
+                if out.push(u).is_some() && out.finish.is_some() {
+                    break;
+                }
+            }
+            if out.finish.as_deref() == Some("stop") {
+                let _ = self.send(Command::Cancel(rid));
+            }
+            if let Some(e) = out.error {
+                return Err(ApiError::invalid(e));
+            }
+            completion_tokens += out.tokens;
+            choices.push(json!({
+                "text": out.text, "index": index, "logprobs": Value::Null,
+                "finish_reason": out.finish.unwrap_or_else(|| "length".into()),
+            }));
+        }
+        let prompt_tokens: usize = c.prompts.iter().map(Vec::len).sum();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "id": id, "object": "text_completion", "created": unix_time(),
+                "model": self.model, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens},
+            }),
+        ))
+    }
+
+    async fn submit(
+        &self,
+        c: &CompletionRequest,
+        prompt: &[u32],
+    ) -> Result<(RequestId, tokio_mpsc::UnboundedReceiver<Update>), ApiError> {
+        let (updates, receiver) = tokio_mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Submit {
+            request: walsh::model::batch::Request {
+                prompt: prompt.to_vec(),
+                max_tokens: c.max_tokens,
+                sampling: c.sampling,
+            },
+            updates,
+            reply,
+        })?;
+        let id = answer.await.map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            message: "the engine has stopped".into(),
+        })??;
+        Ok((id, receiver))
+    }
+
+    /// Server-sent events: one `text_completion` chunk per piece of text, then a last one
+    /// per choice with its finish reason, then `data: [DONE]`.
+    fn stream(
+        &self,
+        c: CompletionRequest,
+        id: String,
+        runs: Vec<(RequestId, tokio_mpsc::UnboundedReceiver<Update>)>,
+    ) -> Response<Body> {
+        let (events, body) = tokio_mpsc::unbounded_channel::<Bytes>();
+        let commands = self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let model = self.model.clone();
+        tokio::spawn(async move {
+            let created = unix_time();
+            let event = |index: usize, text: &str, finish: Option<&str>| {
+                let chunk = json!({
+                    "id": id, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"text": text, "index": index, "logprobs": Value::Null,
+                                 "finish_reason": finish}],
+                });
+                Bytes::from(format!("data: {chunk}\n\n"))
+            };
+            for (index, (rid, mut updates)) in runs.into_iter().enumerate() {
+                let mut out = Output::new(&c, index);
+                if c.echo && events.send(event(index, &out.text, None)).is_err() {
+                    let _ = commands.send(Command::Cancel(rid));
+                    return;
+                }
+                out.text.clear();
+                while let Some(u) = updates.recv().await {
+                    let piece = out.push(u);
+                    let done = out.finish.clone();
+                    let text = piece.unwrap_or_default();
+                    let sent = if done.is_some() || !text.is_empty() {
+                        events.send(event(index, &text, done.as_deref()))
+                    } else {
+                        Ok(())
+                    };
+                    if sent.is_err() || done.is_some() {
+                        // Gone, or stopped at a stop string: the engine frees the slot.
+                        if sent.is_err() || done.as_deref() == Some("stop") {
+                            let _ = commands.send(Command::Cancel(rid));
+                        }
+                        if sent.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            let _ = events.send(Bytes::from_static(b"data: [DONE]\n\n"));
+        });
+        let mut response = Response::new(EventBody(body).boxed_unsync());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
+}
+
+/// A streaming body fed by a channel; the client going away drops it, which the sender
+/// sees.
+struct EventBody(tokio_mpsc::UnboundedReceiver<Bytes>);
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`].
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    kind: "invalid_request_error",
+                    message: format!(
+                        "the request body is over walsh's limit of {MAX_BODY_BYTES} bytes"
+                    ),
+                }
+            } else {
+                ApiError::invalid(format!("reading the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))
+}
+
+/// A parsed `/v1/completions` body.
+struct CompletionRequest {
+    prompts: Vec<Vec<u32>>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+    stream: bool,
+    echo: bool,
+}
+
+impl CompletionRequest {
+    fn parse(body: &Value, context: usize) -> Result<Self, ApiError> {
+        let Some(fields) = body.as_object() else {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        };
+        const KNOWN: [&str; 13] = [
+            "model",
+            "prompt",
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "seed",
+            "stop",
+            "stream",
+            "echo",
+            "n",
+            "user",
+            "logprobs",
+        ];
+        if let Some(k) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(ApiError::invalid(format!(
+                "`{k}` is not supported (walsh takes {})",
+                KNOWN.join(", ")
+            )));
+        }
+        let strings = |v: &Value, what: &str| -> Result<Vec<String>, ApiError> {
+            match v {
+                Value::String(s) => Ok(vec![s.clone()]),
+                Value::Array(a) if !a.is_empty() => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| ApiError::invalid(format!("`{what}` must hold strings"))),
+                _ => Err(ApiError::invalid(format!(
+                    "`{what}` must be a string or a list of strings"
+                ))),
+            }
+        };
+        let prompts = strings(fields.get("prompt").unwrap_or(&Value::Null), "prompt")?;
+        let number = |key: &str| fields.get(key).filter(|v| !v.is_null());
+        let uint = |key: &str, default: u64| -> Result<u64, ApiError> {
+            number(key).map_or(Ok(default), |v| {
+                v.as_u64()
+                    .ok_or_else(|| ApiError::invalid(format!("`{key}` must be a whole number")))
+            })
+        };
+        let float = |key: &str, default: f64| -> Result<f32, ApiError> {
+            number(key)
+                .map_or(Some(default), Value::as_f64)
+                .map(|v| v as f32)
+                .ok_or_else(|| ApiError::invalid(format!("`{key}` must be a number")))
+        };
+        let flag = |key: &str| -> Result<bool, ApiError> {
+            number(key).map_or(Ok(false), |v| {
+                v.as_bool()
+                    .ok_or_else(|| ApiError::invalid(format!("`{key}` must be true or false")))
+            })
+        };
+        if uint("n", 1)? != 1 {
+            return Err(ApiError::invalid(
+                "`n` must be 1 (give a list of prompts instead)",
+            ));
+        }
+        if number("logprobs").is_some() {
+            return Err(ApiError::invalid("`logprobs` is not supported"));
+        }
+        let max_tokens = uint("max_tokens", 16)? as usize;
+        let sampling = SamplingParams {
+            temperature: float("temperature", 1.0)?,
+            top_k: uint("top_k", 0)? as usize,
+            top_p: float("top_p", 1.0)?,
+            seed: uint("seed", 0)?,
+        };
+        sampling.validate().map_err(ApiError::invalid)?;
+        let stop = match number("stop") {
+            None => Vec::new(),
+            Some(v) => strings(v, "stop")?,
+        };
+        if stop.len() > 4 || stop.iter().any(String::is_empty) {
+            return Err(ApiError::invalid("`stop` takes up to 4 non-empty strings"));
+        }
+        let prompts: Vec<Vec<u32>> = prompts.iter().map(|p| encode_text(p)).collect();
+        for p in &prompts {
+            if p.is_empty() {
+                return Err(ApiError::invalid("a prompt is empty"));
+            }
+            if max_tokens == 0 || p.len() + max_tokens > context {
+                return Err(ApiError::invalid(format!(
+                    "a prompt of {} tokens and max_tokens {max_tokens} need {} positions: \
+                     the model's context is {context} (max_tokens must be 1 to {})",
+                    p.len(),
+                    p.len() + max_tokens,
+                    context.saturating_sub(p.len())
+                )));
+            }
+        }
+        if prompts.len() > 16 {
+            return Err(ApiError::invalid("at most 16 prompts per request"));
+        }
+        Ok(Self {
+            prompts,
+            max_tokens,
+            sampling,
+            stop,
+            stream: flag("stream")?,
+            echo: flag("echo")?,
+        })
+    }
+}
+
+/// One choice's text as its tokens arrive: UTF-8 reassembled across tokens, stop strings
+/// found (and cut) even when split across tokens; streamed text holds back what could
+/// still become a stop string.
+struct Output {
+    text: String,
+    /// Bytes of `text` already handed out by [`Output::push`].
+    sent: usize,
+    utf8: Utf8Stream,
+    stop: Vec<String>,
+    tokens: usize,
+    finish: Option<String>,
+    error: Option<String>,
+}
+
+impl Output {
+    fn new(c: &CompletionRequest, index: usize) -> Self {
+        let text = if c.echo {
+            let bytes: Vec<u8> = c.prompts[index].iter().map(|&t| t as u8).collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            String::new()
+        };
+        Self {
+            sent: text.len(),
+            text,
+            utf8: Utf8Stream::default(),
+            stop: c.stop.clone(),
+            tokens: 0,
+            finish: None,
+            error: None,
+        }
+    }
+
+    /// Takes an update; returns the text that is now final (None when nothing is).
+    fn push(&mut self, update: Update) -> Option<String> {
+        if self.finish.is_some() {
+            return None;
+        }
+        match update {
+            Update::Token(t) => {
+                self.tokens += 1;
+                self.text.push_str(&self.utf8.push(t));
+                if let Some(at) = self.stop.iter().filter_map(|s| self.text.find(s)).min() {
+                    self.text.truncate(at);
+                    self.finish = Some("stop".into());
+                }
+            }
+            Update::Finished(f) => {
+                self.text.push_str(&self.utf8.finish());
+                self.finish = Some(
+                    match f {
+                        Finish::Length | Finish::Context => "length",
+                    }
+                    .into(),
+                );
+            }
+            Update::Failed(e) => {
+                self.error = Some(e);
+                self.finish = Some("error".into());
+            }
+        }
+        // Hold back the longest tail that could begin a stop string.
+        let hold = if self.finish.is_some() {
+            0
+        } else {
+            self.stop
+                .iter()
+                .flat_map(|s| (1..s.len()).rev().map(move |n| &s[..n]))
+                .filter(|prefix| self.text.ends_with(prefix))
+                .map(str::len)
+                .max()
+                .unwrap_or(0)
+        };
+        let end = self.text.len().saturating_sub(hold).max(self.sent);
+        let end = (end..=self.text.len())
+            .find(|&e| self.text.is_char_boundary(e))
+            .unwrap_or(self.text.len());
+        let piece = self.text[self.sent..end].to_string();
+        self.sent = end;
+        Some(piece)
+    }
+}
+
+/// The engine thread: takes commands, runs rounds while there is work, routes events.
+fn engine(
+    decoder: &mut dyn Decoder,
+    inbox: mpsc::Receiver<Command>,
+    max_batch: usize,
+    context: usize,
+    max_queue: usize,
+) {
+    let mut batcher = Batcher::new(max_batch, context, MAX_CHUNK).expect("checked sizes");
+    let mut sinks: HashMap<RequestId, tokio_mpsc::UnboundedSender<Update>> = HashMap::new();
+    loop {
+        let first = if batcher.is_idle() {
+            match inbox.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return, // the server is gone
+            }
+        } else {
+            None
+        };
+        for command in first.into_iter().chain(inbox.try_iter()) {
+            match command {
+                Command::Submit {
+                    request,
+                    updates,
+                    reply,
+                } => {
+                    let result = if batcher.waiting() + batcher.running() >= max_batch + max_queue {
+                        Err(ApiError {
+                            status: StatusCode::TOO_MANY_REQUESTS,
+                            kind: "rate_limit_error",
+                            message: format!(
+                                "{max_batch} requests are running and {max_queue} waiting \
+                                 (--max-batch, --max-queue): try again shortly"
+                            ),
+                        })
+                    } else {
+                        batcher
+                            .submit(request)
+                            .map_err(|e| ApiError::invalid(e.to_string()))
+                    };
+                    if let Ok(id) = result {
+                        sinks.insert(id, updates);
+                    }
+                    let _ = reply.send(result);
+                }
+                Command::Cancel(id) => {
+                    batcher.cancel(id);
+                    sinks.remove(&id);
+                }
+            }
+        }
+        if batcher.is_idle() {
+            continue;
+        }
+        let events = match pollster::block_on(batcher.round(decoder)) {
+            Ok(events) => events,
+            Err(e) => {
+                // The decoder failed: every request fails with it.
+                for (id, sink) in sinks.drain() {
+                    let _ = sink.send(Update::Failed(e.to_string()));
+                    batcher.cancel(id);
+                }
+                continue;
+            }
+        };
+        for event in events {
+            let (id, update, last) = match event {
+                Event::Token { id, token } => (id, Update::Token(token), false),
+                Event::Finished { id, finish } => (id, Update::Finished(finish), true),
+                Event::Failed { id, error } => (id, Update::Failed(error), true),
+            };
+            let gone = sinks.get(&id).is_none_or(|s| s.send(update).is_err());
+            if gone || last {
+                sinks.remove(&id);
+                if gone {
+                    batcher.cancel(id);
+                }
+            }
+        }
+    }
+}
+
+fn unix_time() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn unix_time_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Whether a path belongs to the API rather than the static files.
+pub fn is_api_path(path: &str) -> bool {
+    path == "/health" || path == "/v1" || path.starts_with("/v1/")
+}
+
+/// The response when no model is served.
+pub fn no_model() -> Response<Body> {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        kind: "invalid_request_error",
+        message: "no model is served: start walsh serve with --model DIR for the API".into(),
+    }
+    .response()
+}
