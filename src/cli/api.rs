@@ -291,7 +291,7 @@ impl Api {
             }
             completion_tokens += out.tokens;
             choices.push(json!({
-                "text": out.text, "index": index, "logprobs": Value::Null,
+                "text": out.prefix + &out.text, "index": index, "logprobs": Value::Null,
                 "finish_reason": out.finish.unwrap_or_else(|| "length".into()),
             }));
         }
@@ -358,11 +358,10 @@ impl Api {
             };
             for (index, (rid, mut updates)) in runs.into_iter().enumerate() {
                 let mut out = Output::new(&c, index);
-                if c.echo && events.send(event(index, &out.text, None)).is_err() {
+                if c.echo && events.send(event(index, &out.prefix, None)).is_err() {
                     let _ = commands.send(Command::Cancel(rid));
                     return;
                 }
-                out.text.clear();
                 while let Some(u) = updates.recv().await {
                     let piece = out.push(u);
                     let done = out.finish.clone();
@@ -561,6 +560,9 @@ impl CompletionRequest {
 /// found (and cut) even when split across tokens; streamed text holds back what could
 /// still become a stop string.
 struct Output {
+    /// The prompt, with `echo` (stop strings are not looked for in it).
+    prefix: String,
+    /// The generated text.
     text: String,
     /// Bytes of `text` already handed out by [`Output::push`].
     sent: usize,
@@ -573,15 +575,16 @@ struct Output {
 
 impl Output {
     fn new(c: &CompletionRequest, index: usize) -> Self {
-        let text = if c.echo {
+        let prefix = if c.echo {
             let bytes: Vec<u8> = c.prompts[index].iter().map(|&t| t as u8).collect();
             String::from_utf8_lossy(&bytes).into_owned()
         } else {
             String::new()
         };
         Self {
-            sent: text.len(),
-            text,
+            prefix,
+            sent: 0,
+            text: String::new(),
             utf8: Utf8Stream::default(),
             stop: c.stop.clone(),
             tokens: 0,
@@ -624,7 +627,11 @@ impl Output {
         } else {
             self.stop
                 .iter()
-                .flat_map(|s| (1..s.len()).rev().map(move |n| &s[..n]))
+                .flat_map(|s| {
+                    (1..s.len())
+                        .filter(|&n| s.is_char_boundary(n))
+                        .map(move |n| &s[..n])
+                })
                 .filter(|prefix| self.text.ends_with(prefix))
                 .map(str::len)
                 .max()
@@ -747,4 +754,52 @@ pub fn no_model() -> Response<Body> {
         message: "no model is served: start walsh serve with --model DIR for the API".into(),
     }
     .response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `text`'s bytes as tokens; returns the streamed pieces joined, the final text
+    /// (prefix + generated) and the finish reason.
+    fn run(body: Value, text: &str) -> (String, String, Option<String>) {
+        let c = CompletionRequest::parse(&body, 128).unwrap();
+        let mut out = Output::new(&c, 0);
+        let mut streamed = out.prefix.clone();
+        for &b in text.as_bytes() {
+            streamed += &out.push(Update::Token(b as u32)).unwrap_or_default();
+            if out.finish.is_some() {
+                break;
+            }
+        }
+        if out.finish.is_none() {
+            streamed += &out.push(Update::Finished(Finish::Length)).unwrap();
+        }
+        (streamed, out.prefix.clone() + &out.text, out.finish)
+    }
+
+    #[test]
+    fn stop_strings_cut_the_generated_text_streamed_or_not() {
+        let stop = json!({"prompt": "a stop here", "stop": ["stop", "ZZ"]});
+        // Found across tokens; what streamed before it is exactly the text kept.
+        let (streamed, text, finish) = run(stop.clone(), "so it stops there");
+        assert_eq!((streamed.as_str(), text.as_str()), ("so it ", "so it "));
+        assert_eq!(finish.as_deref(), Some("stop"));
+        // A tail that only looked like a stop string's start is sent at the end.
+        let (streamed, text, finish) = run(stop, "no st");
+        assert_eq!((streamed.as_str(), text.as_str()), ("no st", "no st"));
+        assert_eq!(finish.as_deref(), Some("length"));
+        // With echo the prompt comes first and its own "stop" does not end anything.
+        let echo = json!({"prompt": "a stop here", "stop": "stop", "echo": true});
+        let (streamed, text, _) = run(echo, " and on");
+        assert_eq!(
+            (streamed.as_str(), text.as_str()),
+            ("a stop here and on", "a stop here and on")
+        );
+        // Multi-byte stop strings and characters split across tokens.
+        let accents = json!({"prompt": "x", "stop": ["é!"]});
+        let (streamed, text, finish) = run(accents, "café!");
+        assert_eq!((streamed.as_str(), text.as_str()), ("caf", "caf"));
+        assert_eq!(finish.as_deref(), Some("stop"));
+    }
 }
