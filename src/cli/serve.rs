@@ -24,6 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -222,6 +223,8 @@ async fn accept_loop(
             }
         };
         let site = site.clone();
+        let counter = Arc::new(AtomicUsize::new(0));
+        let working = counter.clone();
         tokio::spawn(async move {
             let service = ServiceBuilder::new()
                 .map_response(weaken_etag_when_encoded)
@@ -236,8 +239,17 @@ async fn accept_loop(
                             ) -> bool,
                     )),
                 )
-                .service_fn(move |req| respond(site.clone(), req));
-            let io = TokioIo::new(Stalling::new(stream, idle));
+                .service_fn(move |req| {
+                    // The idle timeout waits while the response is being made.
+                    let busy = Busy::enter(&working);
+                    let site = site.clone();
+                    async move {
+                        let response = respond(site, req).await;
+                        drop(busy);
+                        response
+                    }
+                });
+            let io = TokioIo::new(Stalling::new(stream, idle, counter));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(idle)
@@ -506,14 +518,34 @@ struct Stalling<S> {
     inner: S,
     limit: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// Requests of this connection whose response is still being made (a completion):
+    /// the server, not the client, is slow then, and the limit does not run.
+    busy: Arc<AtomicUsize>,
+}
+
+/// A request in progress on its connection, while alive (see [`Stalling`]).
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<S> Stalling<S> {
-    fn new(inner: S, limit: Duration) -> Self {
+    fn new(inner: S, limit: Duration, busy: Arc<AtomicUsize>) -> Self {
         Self {
             inner,
             limit,
             deadline: Box::pin(tokio::time::sleep(limit)),
+            busy,
         }
     }
 
@@ -524,6 +556,9 @@ impl<S> Stalling<S> {
 
     /// Pending while within the limit; the error once past it.
     fn waiting<T>(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<T>> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            self.progressed();
+        }
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
             Poll::Pending => Poll::Pending,
@@ -773,5 +808,32 @@ mod tests {
             weaken_etag_when_encoded(r).headers()[header::ETAG],
             "W/\"abc\""
         );
+    }
+
+    /// The idle limit runs while the client is silent, and not while a response is being
+    /// made (a completion can take longer than the limit).
+    #[test]
+    fn idle_connections_time_out_unless_a_response_is_being_made() {
+        use tokio::io::AsyncReadExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let limit = Duration::from_millis(100);
+            let count = Arc::new(AtomicUsize::new(0));
+            // A peer that never sends: every read waits.
+            let (_peer, quiet) = tokio::io::duplex(64);
+            let mut conn = Stalling::new(quiet, limit, count.clone());
+            let busy = Busy::enter(&count);
+            let mut buf = [0u8; 8];
+            let waited = tokio::time::timeout(4 * limit, conn.read(&mut buf)).await;
+            assert!(waited.is_err(), "timed out while busy: {waited:?}");
+            drop(busy);
+            let started = Instant::now();
+            let err = conn.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+            assert!(started.elapsed() <= 2 * limit, "{:?}", started.elapsed());
+        });
     }
 }
