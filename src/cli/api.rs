@@ -17,7 +17,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -31,7 +31,7 @@ use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
 
 use super::run::Device;
-use super::serve::Body;
+use super::serve::{Body, full_body};
 
 /// Largest request body: 1 MiB (a prompt of the shipped models' context is 128 bytes).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -67,7 +67,7 @@ enum Command {
 
 /// The handlers' side of the engine thread.
 pub struct Api {
-    commands: std::sync::Mutex<mpsc::Sender<Command>>,
+    commands: mpsc::Sender<Command>,
     model: String,
     context: usize,
     api_key: Option<String>,
@@ -108,19 +108,13 @@ impl ApiError {
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut response = Response::new(full(value.to_string()));
+    let mut response = Response::new(full_body(value.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 impl Api {
@@ -173,7 +167,7 @@ impl Api {
             .context("the engine thread stopped while starting")??;
         eprintln!("walsh: serving the completions API for {name} on {device}");
         Ok(Self {
-            commands: std::sync::Mutex::new(commands),
+            commands,
             model: name,
             context,
             api_key: options.api_key,
@@ -181,8 +175,7 @@ impl Api {
     }
 
     fn send(&self, command: Command) -> Result<(), ApiError> {
-        let commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
-        commands.send(command).map_err(|_| ApiError {
+        self.commands.send(command).map_err(|_| ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             kind: "server_error",
             message: "the engine has stopped".into(),
@@ -279,7 +272,8 @@ impl Api {
         for (index, (rid, mut updates)) in runs.into_iter().enumerate() {
             let mut out = Output::new(&c, index);
             while let Some(u) = updates.recv().await {
-                if out.push(u).is_some() && out.finish.is_some() {
+                out.push(u);
+                if out.finish.is_some() {
                     break;
                 }
             }
@@ -340,11 +334,7 @@ impl Api {
         runs: Vec<(RequestId, tokio_mpsc::UnboundedReceiver<Update>)>,
     ) -> Response<Body> {
         let (events, body) = tokio_mpsc::unbounded_channel::<Bytes>();
-        let commands = self
-            .commands
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let commands = self.commands.clone();
         let model = self.model.clone();
         tokio::spawn(async move {
             let created = unix_time();
@@ -363,22 +353,21 @@ impl Api {
                     return;
                 }
                 while let Some(u) = updates.recv().await {
-                    let piece = out.push(u);
-                    let done = out.finish.clone();
-                    let text = piece.unwrap_or_default();
+                    let text = out.push(u).unwrap_or_default();
+                    let done = out.finish.as_deref();
                     let sent = if done.is_some() || !text.is_empty() {
-                        events.send(event(index, &text, done.as_deref()))
+                        events.send(event(index, &text, done))
                     } else {
                         Ok(())
                     };
-                    if sent.is_err() || done.is_some() {
-                        // Gone, or stopped at a stop string: the engine frees the slot.
-                        if sent.is_err() || done.as_deref() == Some("stop") {
-                            let _ = commands.send(Command::Cancel(rid));
-                        }
-                        if sent.is_err() {
-                            return;
-                        }
+                    // A client gone, or a stop string met: the engine frees the slot now.
+                    if sent.is_err() || done == Some("stop") {
+                        let _ = commands.send(Command::Cancel(rid));
+                    }
+                    if sent.is_err() {
+                        return;
+                    }
+                    if done.is_some() {
                         break;
                     }
                 }

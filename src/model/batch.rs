@@ -72,6 +72,13 @@ struct Running {
     left: usize,
 }
 
+impl Running {
+    /// Whether it has tokens left to produce and room in a `context`-position cache.
+    fn goes_on(&self, context: usize) -> bool {
+        self.left > 0 && self.cached < context
+    }
+}
+
 /// The queue and the running requests of one decoder (module docs).
 pub struct Batcher {
     max_seqs: usize,
@@ -177,8 +184,7 @@ impl Batcher {
             grouped.extend(&group);
             self.chunk(dec, &group, &mut events).await?;
         }
-        self.running
-            .retain(|r| r.left > 0 && r.cached < self.context);
+        self.running.retain(|r| r.goes_on(self.context));
         Ok(events)
     }
 
@@ -201,7 +207,7 @@ impl Batcher {
                         id,
                         token: tokens[0],
                     });
-                    let mut r = Running {
+                    let r = Running {
                         id,
                         seq,
                         sampling: request.sampling,
@@ -209,7 +215,7 @@ impl Batcher {
                         cached: request.prompt.len(),
                         left: request.max_tokens - 1,
                     };
-                    Self::end_if_done(&mut r, self.context, events);
+                    Self::end_if_done(&r, self.context, events);
                     self.running.push(r);
                 }
                 Err(e) => events.push(Event::Failed {
@@ -230,7 +236,7 @@ impl Batcher {
         let live: Vec<usize> = group
             .iter()
             .copied()
-            .filter(|&i| self.running[i].left > 0 && self.running[i].cached < self.context)
+            .filter(|&i| self.running[i].goes_on(self.context))
             .collect();
         let Some(steps) = live
             .iter()
@@ -263,13 +269,13 @@ impl Batcher {
             }
         }
         for &i in &live {
-            Self::end_if_done(&mut self.running[i], self.context, events);
+            Self::end_if_done(&self.running[i], self.context, events);
         }
         Ok(())
     }
 
     /// Reports the end of a request that produced its tokens or filled the context.
-    fn end_if_done(r: &mut Running, context: usize, events: &mut Vec<Event>) {
+    fn end_if_done(r: &Running, context: usize, events: &mut Vec<Event>) {
         let finish = if r.left == 0 {
             Finish::Length
         } else if r.cached >= context {
