@@ -97,6 +97,8 @@ fn every_element_the_script_uses_is_in_the_page() {
 struct Server {
     child: Child,
     port: u16,
+    /// Where its stderr goes.
+    log: tempfile::NamedTempFile,
 }
 
 /// A client socket can wait this long at most: a test that fails does not hang.
@@ -104,12 +106,13 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Server {
     fn start(args: &[&str]) -> Self {
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_walsh"))
             .args(["serve", "--port", "0"])
             .args(args)
             .current_dir(root())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -122,7 +125,12 @@ impl Server {
             .and_then(|r| r.split('/').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Server { child, port }
+        Server { child, port, log }
+    }
+
+    /// What it wrote to stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
     }
 
     fn connect(&self) -> TcpStream {
@@ -879,6 +887,38 @@ fn completions_api_refuses_clearly() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Every answer above is counted by status in /metrics (which needs no key) and
+    // logged in one line on stderr.
+    let metrics = server.get("GET", "/metrics", &[]);
+    assert_eq!(metrics.status, 200);
+    assert_eq!(
+        metrics.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let metrics = String::from_utf8(metrics.body).unwrap();
+    let count = |status: u16| -> u64 {
+        let name = format!("walsh_requests_total{{path=\"/v1/completions\",status=\"{status}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name)?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        [401, 400, 404, 413, 405].map(count),
+        [2, 8, 1, 1, 1],
+        "{metrics}"
+    );
+    assert!(count(200) >= 3 && count(429) >= 1, "{metrics}");
+    assert!(metrics.contains("walsh_time_to_first_token_seconds_count "));
+    let log = server.log();
+    let line = |says: &str| log.lines().filter(|l| l.contains(says)).count();
+    assert_eq!(line("walsh: POST /v1/completions 401 "), 2, "{log}");
+    assert_eq!(line("walsh: POST /v1/completions 400 "), 8, "{log}");
+    assert!(
+        line("walsh: POST /v1/completions 200 prompt_tokens=6 completion_tokens=4 ") >= 2,
+        "{log}"
+    );
+    assert_eq!(line("(client gone)"), 1, "{log}");
     // Without --model there is no API, said in the same shape.
     let plain = Server::start(&[]);
     refused(plain.post("/v1/completions", ok, &[]), 404, "--model");

@@ -2,8 +2,10 @@
 //!
 //! `GET /v1/models`, `POST /v1/completions` (prompt a string or a list of strings, each a
 //! choice; `max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `stop`, `stream` as
-//! server-sent events ending with `data: [DONE]`, `echo`), `GET /health`. Errors have
-//! OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
+//! server-sent events ending with `data: [DONE]`, `echo`), `GET /health`, and `GET /metrics`
+//! in Prometheus's format ([`super::metrics`]). Errors have OpenAI's shape,
+//! `{"error": {"message", "type", "param", "code"}}`. Each request is logged on stderr in
+//! one line when its response is complete.
 //!
 //! One engine thread owns the decoder (the GPU's, or the CPU's with `--device cpu`) and a
 //! [`Batcher`]: requests join and leave it between decode chunks, so concurrent requests
@@ -12,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +33,7 @@ use walsh::model::weights::Model;
 use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
 
+use super::metrics::{Metrics, RequestLog};
 use super::run::Device;
 use super::serve::{Body, full_body};
 
@@ -71,6 +75,15 @@ pub struct Api {
     model: String,
     context: usize,
     api_key: Option<String>,
+    metrics: Arc<Metrics>,
+}
+
+/// Who logs a response: the handler when it returns, or the task that streams it.
+enum Logged {
+    /// Complete now, with (prompt, completion) tokens where it made any.
+    Now(Option<(usize, usize)>),
+    /// A stream, which logs itself when it ends.
+    ByStream,
 }
 
 /// An error response: status, OpenAI error type and message.
@@ -86,6 +99,15 @@ impl ApiError {
         Self {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
+            message: message.into(),
+        }
+    }
+
+    /// The decoder failed: the server's fault, not the request's.
+    fn server(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
             message: message.into(),
         }
     }
@@ -126,6 +148,8 @@ impl Api {
         let (ready, started) = mpsc::channel();
         let max_batch = options.max_batch;
         let max_queue = options.max_queue;
+        let metrics = Arc::new(Metrics::new(max_batch));
+        let engine_metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("walsh engine".into())
             .spawn(move || {
@@ -159,7 +183,14 @@ impl Api {
                         return;
                     }
                 };
-                engine(decoder, inbox, max_batch, context, max_queue);
+                engine(
+                    decoder,
+                    inbox,
+                    max_batch,
+                    context,
+                    max_queue,
+                    &engine_metrics,
+                );
             })
             .context("starting the engine thread")?;
         let device = started
@@ -171,6 +202,7 @@ impl Api {
             model: name,
             context,
             api_key: options.api_key,
+            metrics,
         })
     }
 
@@ -182,22 +214,44 @@ impl Api {
         })
     }
 
-    /// Answers a request under /v1/ (or /health).
+    /// Answers a request under /v1/ (or /health, /metrics), and logs it.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        match self.route(req).await {
-            Ok(response) => response,
-            Err(e) => e.response(),
+        let mut log = RequestLog::new(req.method().as_str(), req.uri().path());
+        let (response, logged) = match self.route(req, &mut log).await {
+            Ok(answer) => answer,
+            Err(e) => (e.response(), Logged::Now(None)),
+        };
+        if let Logged::Now(tokens) = logged {
+            log.finish(&self.metrics, response.status().as_u16(), tokens, "");
         }
+        response
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<(Response<Body>, Logged), ApiError> {
         let path = req.uri().path().to_string();
-        if path == "/health" {
-            return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
+        let now = |response| Ok((response, Logged::Now(None)));
+        // Unauthenticated, as load balancers and scrapers expect.
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/health") => {
+                return now(json_response(StatusCode::OK, &json!({"status": "ok"})));
+            }
+            (&Method::GET, "/metrics") => {
+                let mut response = Response::new(full_body(self.metrics.render()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                return now(response);
+            }
+            _ => {}
         }
         self.authorize(&req)?;
         match (req.method(), path.as_str()) {
-            (&Method::GET, "/v1/models") => Ok(json_response(
+            (&Method::GET, "/v1/models") => now(json_response(
                 StatusCode::OK,
                 &json!({"object": "list", "data": [{
                     "id": self.model, "object": "model", "created": 0, "owned_by": "walsh",
@@ -205,9 +259,9 @@ impl Api {
             )),
             (&Method::POST, "/v1/completions") => {
                 let body = read_json(req).await?;
-                self.completions(&body).await
+                self.completions(&body, log).await
             }
-            (_, "/v1/models" | "/v1/completions") => Err(ApiError {
+            (_, "/v1/models" | "/v1/completions" | "/health" | "/metrics") => Err(ApiError {
                 status: StatusCode::METHOD_NOT_ALLOWED,
                 kind: "invalid_request_error",
                 message: format!("{} does not take {}", path, req.method()),
@@ -215,7 +269,10 @@ impl Api {
             _ => Err(ApiError {
                 status: StatusCode::NOT_FOUND,
                 kind: "invalid_request_error",
-                message: format!("no endpoint {path}: walsh serves /v1/models and /v1/completions"),
+                message: format!(
+                    "no endpoint {path}: walsh serves /v1/models, /v1/completions, /health \
+                     and /metrics"
+                ),
             }),
         }
     }
@@ -248,7 +305,11 @@ impl Api {
         }
     }
 
-    async fn completions(&self, body: &Value) -> Result<Response<Body>, ApiError> {
+    async fn completions(
+        &self,
+        body: &Value,
+        log: &mut RequestLog,
+    ) -> Result<(Response<Body>, Logged), ApiError> {
         let c = CompletionRequest::parse(body, self.context)?;
         if let Some(model) = body.get("model").and_then(Value::as_str)
             && model != self.model
@@ -264,14 +325,19 @@ impl Api {
         for prompt in &c.prompts {
             runs.push(self.submit(&c, prompt).await?);
         }
+        let prompt_tokens: usize = c.prompts.iter().map(Vec::len).sum();
         if c.stream {
-            return Ok(self.stream(c, id, runs));
+            // The stream logs the request when it ends.
+            return Ok((self.stream(c, id, runs, log.clone()), Logged::ByStream));
         }
         let mut choices = Vec::new();
         let mut completion_tokens = 0;
         for (index, (rid, mut updates)) in runs.into_iter().enumerate() {
             let mut out = Output::new(&c, index);
             while let Some(u) = updates.recv().await {
+                if matches!(u, Update::Token(_)) {
+                    log.token(&self.metrics);
+                }
                 out.push(u);
                 if out.finish.is_some() {
                     break;
@@ -281,7 +347,7 @@ impl Api {
                 let _ = self.send(Command::Cancel(rid));
             }
             if let Some(e) = out.error {
-                return Err(ApiError::invalid(e));
+                return Err(ApiError::server(e));
             }
             completion_tokens += out.tokens;
             choices.push(json!({
@@ -289,8 +355,7 @@ impl Api {
                 "finish_reason": out.finish.unwrap_or_else(|| "length".into()),
             }));
         }
-        let prompt_tokens: usize = c.prompts.iter().map(Vec::len).sum();
-        Ok(json_response(
+        let response = json_response(
             StatusCode::OK,
             &json!({
                 "id": id, "object": "text_completion", "created": unix_time(),
@@ -298,6 +363,10 @@ impl Api {
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens},
             }),
+        );
+        Ok((
+            response,
+            Logged::Now(Some((prompt_tokens, completion_tokens))),
         ))
     }
 
@@ -332,11 +401,18 @@ impl Api {
         c: CompletionRequest,
         id: String,
         runs: Vec<(RequestId, tokio_mpsc::UnboundedReceiver<Update>)>,
+        mut log: RequestLog,
     ) -> Response<Body> {
         let (events, body) = tokio_mpsc::unbounded_channel::<Bytes>();
         let commands = self.commands.clone();
         let model = self.model.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let prompt_tokens: usize = c.prompts.iter().map(Vec::len).sum();
         tokio::spawn(async move {
+            let mut completion_tokens = 0;
+            let finish = |log: &RequestLog, tokens: usize, note: &str| {
+                log.finish(&metrics, 200, Some((prompt_tokens, tokens)), note);
+            };
             let created = unix_time();
             let event = |index: usize, text: &str, finish: Option<&str>| {
                 let chunk = json!({
@@ -350,9 +426,12 @@ impl Api {
                 let mut out = Output::new(&c, index);
                 if c.echo && events.send(event(index, &out.prefix, None)).is_err() {
                     let _ = commands.send(Command::Cancel(rid));
-                    return;
+                    return finish(&log, completion_tokens, "client gone");
                 }
                 while let Some(u) = updates.recv().await {
+                    if matches!(u, Update::Token(_)) {
+                        log.token(&metrics);
+                    }
                     let text = out.push(u).unwrap_or_default();
                     let done = out.finish.as_deref();
                     let sent = if done.is_some() || !text.is_empty() {
@@ -365,14 +444,24 @@ impl Api {
                         let _ = commands.send(Command::Cancel(rid));
                     }
                     if sent.is_err() {
-                        return;
+                        return finish(&log, completion_tokens + out.tokens, "client gone");
                     }
                     if done.is_some() {
                         break;
                     }
                 }
+                completion_tokens += out.tokens;
+                if let Some(e) = &out.error {
+                    let _ = events.send(Bytes::from(format!(
+                        "data: {}\n\n",
+                        json!({"error": {"message": e, "type": "server_error",
+                                         "param": Value::Null, "code": Value::Null}})
+                    )));
+                    return finish(&log, completion_tokens, "decoder failed");
+                }
             }
             let _ = events.send(Bytes::from_static(b"data: [DONE]\n\n"));
+            finish(&log, completion_tokens, "");
         });
         let mut response = Response::new(EventBody(body).boxed_unsync());
         let headers = response.headers_mut();
@@ -643,6 +732,7 @@ fn engine(
     max_batch: usize,
     context: usize,
     max_queue: usize,
+    metrics: &Metrics,
 ) {
     let mut batcher = Batcher::new(max_batch, context, MAX_CHUNK).expect("checked sizes");
     let mut sinks: HashMap<RequestId, tokio_mpsc::UnboundedSender<Update>> = HashMap::new();
@@ -662,6 +752,7 @@ fn engine(
                     updates,
                     reply,
                 } => {
+                    let prompt_len = request.prompt.len();
                     let result = if batcher.waiting() + batcher.running() >= max_batch + max_queue {
                         Err(ApiError {
                             status: StatusCode::TOO_MANY_REQUESTS,
@@ -678,6 +769,7 @@ fn engine(
                     };
                     if let Ok(id) = result {
                         sinks.insert(id, updates);
+                        metrics.admitted(prompt_len);
                     }
                     let _ = reply.send(result);
                 }
@@ -687,6 +779,7 @@ fn engine(
                 }
             }
         }
+        metrics.occupancy(batcher.waiting(), batcher.running());
         if batcher.is_idle() {
             continue;
         }
@@ -701,6 +794,13 @@ fn engine(
                 continue;
             }
         };
+        metrics.generated(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Token { .. }))
+                .count(),
+        );
+        metrics.occupancy(batcher.waiting(), batcher.running());
         for event in events {
             let (id, update, last) = match event {
                 Event::Token { id, token } => (id, Update::Token(token), false),
@@ -732,7 +832,7 @@ fn unix_time_nanos() -> u128 {
 
 /// Whether a path belongs to the API rather than the static files.
 pub fn is_api_path(path: &str) -> bool {
-    path == "/health" || path == "/v1" || path.starts_with("/v1/")
+    matches!(path, "/health" | "/metrics" | "/v1") || path.starts_with("/v1/")
 }
 
 /// The response when no model is served.

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod metrics;
 #[cfg(test)]
 mod readme_tests;
 pub mod run;

@@ -6,8 +6,8 @@
 //!   validators for the shader translation test), then runs `cargo fmt --check`,
 //!   `cargo clippy -D warnings`, every test (unit, integration, documentation, and the
 //!   benches once each in smoke mode), every example in `examples/` on lavapipe (see
-//!   [`examples`]) and the end-to-end test of the web page in headless Chromium and
-//!   Firefox.
+//!   [`examples`]), OpenAI's Python client against `walsh serve` (see [`clients`]) and
+//!   the end-to-end test of the web page in headless Chromium and Firefox.
 //!   Idempotent: a second run installs nothing.
 //!   The test run includes a bounded, seeded run of the loader fuzz test
 //!   (`tests/fuzz_loader.rs`).
@@ -23,6 +23,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod clients;
 mod e2e;
 mod fuzz;
 mod install;
@@ -48,6 +49,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("examples") => examples(),
+        Some("openai") => {
+            run(cargo().args(["build", "--bin", "walsh"]))?;
+            clients::openai(&web::target_dir(&root()).join("debug").join("walsh"))
+        }
         Some("web") => web::build().map(drop),
         Some("web-bench") => e2e::bench(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
@@ -75,7 +80,10 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   test    install what is missing, then fmt check, clippy -D warnings, every test, the
-          examples and the browser end-to-end test
+          examples, OpenAI's Python client against walsh serve and the browser end-to-end
+          test
+  openai  only OpenAI's Python client (pinned, in target/xtask/openai-venv) against
+          walsh serve --model models/shakespeare-hadamard
   examples
           run every example (examples/) on lavapipe; under CI=true one that finds no
           adapter fails
@@ -228,6 +236,10 @@ fn test() -> Result<()> {
     // The examples, each checking its result; under CI=true one without an adapter fails.
     examples()?;
 
+    // OpenAI's own client against the completions API, with the binary the tests built.
+    let walsh = web::target_dir(&root()).join("debug").join("walsh");
+    clients::openai(&walsh)?;
+
     // The page in Chromium and Firefox; under CI=true a browser that cannot start fails.
     // It serves the page with the walsh binary the test run above built.
     let browser = e2e::test(e2e::Walsh::FromTests)?;
@@ -236,7 +248,9 @@ fn test() -> Result<()> {
     if browser.failed > 0 {
         bail!("{} browser check(s) failed", browser.failed);
     }
-    eprintln!("xtask: fmt, clippy, every test, the examples and the browser checks passed");
+    eprintln!(
+        "xtask: fmt, clippy, every test, the examples, the API client and the browser checks passed"
+    );
     Ok(())
 }
 
