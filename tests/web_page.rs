@@ -923,3 +923,104 @@ fn completions_api_refuses_clearly() {
     let plain = Server::start(&[]);
     refused(plain.post("/v1/completions", ok, &[]), 404, "--model");
 }
+
+/// A streamed completion read as it arrives: the reply, and when each server-sent event
+/// was complete. Each event is one HTTP chunk and ends with a blank line, which chunk
+/// framing (`\r\n`) never makes, so counting "\n\n" counts the events received.
+fn stream_timed(server: &Server, body: &str) -> (Reply, Vec<Instant>) {
+    let host = format!("Host: 127.0.0.1:{}", server.port);
+    let mut s = server.send("POST", "/v1/completions", &[&host], body.as_bytes());
+    let (mut raw, mut at) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let now = Instant::now();
+        let events = raw.windows(2).filter(|w| w == b"\n\n").count();
+        at.resize(events, now);
+    }
+    (Reply::parse(&raw, false), at)
+}
+
+/// The value at quantile q of sorted durations, in ms.
+fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// 32 concurrent streaming clients x 64 greedy tokens on `walsh serve --max-batch 32`:
+/// every stream completes and is its solo run's text, on the CPU decoder and lavapipe
+/// (`WALSH_TEST_BACKENDS`' first, default vulkan). Prints time to first token and the gap
+/// between events (p50, p99) and the aggregate rate: figures, not assertions.
+#[test]
+fn thirty_two_streams_each_equal_their_solo_run() {
+    let backends = std::env::var("WALSH_TEST_BACKENDS").unwrap_or_else(|_| "vulkan".into());
+    let gpu = backends
+        .split(',')
+        .next()
+        .unwrap_or("vulkan")
+        .trim()
+        .to_string();
+    let names = ["ROMEO", "JULIET", "KING", "QUEEN"];
+    let prompts: Vec<String> = (0..32)
+        .map(|i| format!("{}{}", names[i % 4], ".".repeat(1 + i / 4)))
+        .collect();
+    let body = |prompt: &str| {
+        format!(r#"{{"prompt": {prompt:?}, "max_tokens": 64, "temperature": 0, "stream": true}}"#)
+    };
+    for device in [vec!["--device", "cpu"], vec!["--adapter", gpu.as_str()]] {
+        let on = device.join(" ");
+        let args = [
+            "--model",
+            "models/shakespeare-hadamard",
+            "--max-batch",
+            "32",
+        ];
+        let server = Server::start(&[&args[..], &device].concat());
+        let solo: Vec<(String, String)> = prompts
+            .iter()
+            .map(|p| completion_text(&stream_timed(&server, &body(p)).0))
+            .collect();
+        let start = std::sync::Barrier::new(prompts.len());
+        let began = Instant::now();
+        let runs: Vec<(Reply, Vec<Instant>, Instant)> = std::thread::scope(|scope| {
+            let threads: Vec<_> = prompts
+                .iter()
+                .map(|p| {
+                    let (server, start, body) = (&server, &start, body(p));
+                    scope.spawn(move || {
+                        start.wait();
+                        let sent = Instant::now();
+                        let (reply, at) = stream_timed(server, &body);
+                        (reply, at, sent)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let wall = began.elapsed();
+        let (mut first, mut gaps) = (Vec::new(), Vec::new());
+        for (i, (reply, at, sent)) in runs.iter().enumerate() {
+            let got = completion_text(reply);
+            assert_eq!(got, solo[i], "stream {i} ({:?}) on {on}", prompts[i]);
+            assert_eq!(got.1, "length", "{on}");
+            // Events: the text pieces, the finish, [DONE].
+            first.push(at[0].duration_since(*sent));
+            gaps.extend(at.windows(2).map(|w| w[1].duration_since(w[0])));
+        }
+        first.sort();
+        gaps.sort();
+        eprintln!(
+            "32 streams x 64 tokens on {on}: time to first token p50 {:.0} ms, p99 {:.0} ms; \
+             between events p50 {:.1} ms, p99 {:.0} ms; {:.1} tok/s in all",
+            quantile_ms(&first, 0.5),
+            quantile_ms(&first, 0.99),
+            quantile_ms(&gaps, 0.5),
+            quantile_ms(&gaps, 0.99),
+            (32 * 64) as f64 / wall.as_secs_f64()
+        );
+    }
+}

@@ -783,38 +783,37 @@ fn engine(
         if batcher.is_idle() {
             continue;
         }
-        let events = match pollster::block_on(batcher.round(decoder)) {
-            Ok(events) => events,
-            Err(e) => {
-                // The decoder failed: every request fails with it.
-                for (id, sink) in sinks.drain() {
-                    let _ = sink.send(Update::Failed(e.to_string()));
-                    batcher.cancel(id);
-                }
-                continue;
-            }
-        };
-        metrics.generated(
-            events
-                .iter()
-                .filter(|e| matches!(e, Event::Token { .. }))
-                .count(),
-        );
-        metrics.occupancy(batcher.waiting(), batcher.running());
-        for event in events {
+        // Each event goes to its handler as soon as the batcher has it.
+        let mut gone = Vec::new();
+        let mut route = |event: Event| {
             let (id, update, last) = match event {
-                Event::Token { id, token } => (id, Update::Token(token), false),
+                Event::Token { id, token } => {
+                    metrics.generated(1);
+                    (id, Update::Token(token), false)
+                }
                 Event::Finished { id, finish } => (id, Update::Finished(finish), true),
                 Event::Failed { id, error } => (id, Update::Failed(error), true),
             };
-            let gone = sinks.get(&id).is_none_or(|s| s.send(update).is_err());
-            if gone || last {
+            let lost = sinks.get(&id).is_none_or(|s| s.send(update).is_err());
+            if lost || last {
                 sinks.remove(&id);
-                if gone {
-                    batcher.cancel(id);
+                if lost {
+                    gone.push(id);
                 }
             }
+        };
+        let result = pollster::block_on(batcher.round_into(decoder, &mut route));
+        for id in gone {
+            batcher.cancel(id);
         }
+        if let Err(e) = result {
+            // The decoder failed: every request fails with it.
+            for (id, sink) in sinks.drain() {
+                let _ = sink.send(Update::Failed(e.to_string()));
+                batcher.cancel(id);
+            }
+        }
+        metrics.occupancy(batcher.waiting(), batcher.running());
     }
 }
 

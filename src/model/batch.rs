@@ -7,20 +7,29 @@
 //!    samples its first token), so a joining request delays the running ones by about one
 //!    prefill;
 //! 2. runs one decode chunk per group of running requests that share sampling settings
-//!    (the kernels sample a chunk with one temperature, top-k and top-p), of as many steps
-//!    as the group's nearest end allows, up to `max_chunk`.
+//!    (the kernels sample a chunk with one temperature, top-k and top-p) and per
+//!    [`CHUNK_ROWS`] of them, of as many steps as the group's nearest end allows, up to
+//!    `max_chunk`.
 //!
 //! Each request draws its random numbers from its own [`SampleRng`] seeded with its
 //! `seed`, one for its prefill and one per step, as [`super::generate::generate`] draws
 //! them for a prompt run alone: a request's tokens do not depend on which others share its
-//! chunks, as long as the kernels compute each row alike in every batch (they do for up to
-//! [`crate::ops::matmul::GEMV_MAX_ROWS`] rows a step; see `docs/serving.md`).
+//! chunks, since the kernels compute each row alike in every batch of up to
+//! [`CHUNK_ROWS`] rows a step (see `docs/serving.md`).
 
 use std::collections::VecDeque;
 
 use super::ModelError;
 use super::generate::Decoder;
+use crate::ops::matmul::GEMV_MAX_ROWS;
 use crate::ops::sample::{SampleRng, SamplingParams};
+
+/// Rows of one decode chunk at most: the GPU's products take the GEMV kernel, and its
+/// fused norm prologues, only up to [`GEMV_MAX_ROWS`] rows; a larger batch switches to
+/// kernels that sum in another order (the tiled GEMM, a separate norm), and a row's
+/// logits would then differ in their low bits from the same row run alone. More running
+/// requests than this decode in several chunks a round.
+pub const CHUNK_ROWS: usize = GEMV_MAX_ROWS;
 
 /// A completion to run: `max_tokens` tokens after `prompt`.
 #[derive(Clone, Debug, PartialEq)]
@@ -172,7 +181,19 @@ impl Batcher {
     /// request.
     pub async fn round(&mut self, dec: &mut dyn Decoder) -> Result<Vec<Event>, ModelError> {
         let mut events = Vec::new();
-        self.admit(dec, &mut events).await;
+        self.round_into(dec, &mut |e| events.push(e)).await?;
+        Ok(events)
+    }
+
+    /// [`Batcher::round`], handing each event to `events` as soon as it is known: a
+    /// request's first token right after its prefill, a chunk's tokens when the chunk is
+    /// read back, so a server streams them without waiting for the whole round.
+    pub async fn round_into(
+        &mut self,
+        dec: &mut dyn Decoder,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<(), ModelError> {
+        self.admit(dec, events).await;
         let mut grouped: Vec<usize> = Vec::new();
         while let Some(lead) = (0..self.running.len()).find(|i| !grouped.contains(i)) {
             let group: Vec<usize> = (lead..self.running.len())
@@ -182,14 +203,16 @@ impl Batcher {
                 })
                 .collect();
             grouped.extend(&group);
-            self.chunk(dec, &group, &mut events).await?;
+            for rows in group.chunks(CHUNK_ROWS) {
+                self.chunk(dec, rows, events).await?;
+            }
         }
         self.running.retain(|r| r.goes_on(self.context));
-        Ok(events)
+        Ok(())
     }
 
     /// Prefills waiting requests into free slots, one host step each.
-    async fn admit(&mut self, dec: &mut dyn Decoder, events: &mut Vec<Event>) {
+    async fn admit(&mut self, dec: &mut dyn Decoder, events: &mut dyn FnMut(Event)) {
         while self.running.len() < self.max_seqs.min(dec.max_seqs()) {
             let Some((id, request)) = self.waiting.pop_front() else {
                 break;
@@ -203,7 +226,7 @@ impl Batcher {
             let batch = [(seq, &request.prompt[..])];
             match dec.step(&batch, &request.sampling, &draw).await {
                 Ok(tokens) => {
-                    events.push(Event::Token {
+                    events(Event::Token {
                         id,
                         token: tokens[0],
                     });
@@ -218,7 +241,7 @@ impl Batcher {
                     Self::end_if_done(&r, self.context, events);
                     self.running.push(r);
                 }
-                Err(e) => events.push(Event::Failed {
+                Err(e) => events(Event::Failed {
                     id,
                     error: e.to_string(),
                 }),
@@ -231,7 +254,7 @@ impl Batcher {
         &mut self,
         dec: &mut dyn Decoder,
         group: &[usize],
-        events: &mut Vec<Event>,
+        events: &mut dyn FnMut(Event),
     ) -> Result<(), ModelError> {
         let live: Vec<usize> = group
             .iter()
@@ -263,7 +286,7 @@ impl Batcher {
         for step in tokens.chunks(live.len()) {
             for (&i, &token) in live.iter().zip(step) {
                 let r = &mut self.running[i];
-                events.push(Event::Token { id: r.id, token });
+                events(Event::Token { id: r.id, token });
                 r.cached += 1;
                 r.left -= 1;
             }
@@ -275,7 +298,7 @@ impl Batcher {
     }
 
     /// Reports the end of a request that produced its tokens or filled the context.
-    fn end_if_done(r: &Running, context: usize, events: &mut Vec<Event>) {
+    fn end_if_done(r: &Running, context: usize, events: &mut dyn FnMut(Event)) {
         let finish = if r.left == 0 {
             Finish::Length
         } else if r.cached >= context {
@@ -283,6 +306,6 @@ impl Batcher {
         } else {
             return;
         };
-        events.push(Event::Finished { id: r.id, finish });
+        events(Event::Finished { id: r.id, finish });
     }
 }

@@ -6,7 +6,9 @@ use std::ops::ControlFlow;
 
 use super::batch::{Batcher, Event, Finish, Request, RequestId};
 use super::eval::evaluate;
-use super::generate::{CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, generate};
+use super::generate::{
+    Chunk, CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, StepFuture, generate,
+};
 use super::gpu::GpuDecoder;
 use super::init::random_model;
 use super::weights::Model;
@@ -889,5 +891,127 @@ fn logits_do_not_depend_on_the_batch_up_to_sixteen_rows() {
                 gpu.describe()
             );
         }
+    }
+}
+
+/// A decoder that records how many sequences each decode chunk it is given has.
+struct ChunkRows<'d> {
+    inner: &'d mut dyn Decoder,
+    rows: Vec<usize>,
+}
+
+impl Decoder for ChunkRows<'_> {
+    fn max_seqs(&self) -> usize {
+        self.inner.max_seqs()
+    }
+    fn max_positions(&self) -> usize {
+        self.inner.max_positions()
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+    fn reset_sequence(&mut self, seq: usize) {
+        self.inner.reset_sequence(seq)
+    }
+    fn step<'a>(
+        &'a mut self,
+        batch: &'a [(usize, &'a [u32])],
+        sampling: &'a SamplingParams,
+        draws: &'a [f32],
+    ) -> StepFuture<'a, Vec<u32>> {
+        self.inner.step(batch, sampling, draws)
+    }
+    fn logits<'a>(&'a mut self, batch: &'a [(usize, &'a [u32])]) -> StepFuture<'a, Vec<Vec<f32>>> {
+        self.inner.logits(batch)
+    }
+    fn start_decode(
+        &mut self,
+        seqs: &[usize],
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Result<Chunk, ModelError> {
+        self.rows.push(seqs.len());
+        self.inner.start_decode(seqs, sampling, draws)
+    }
+    fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>> {
+        self.inner.finish_decode(chunk)
+    }
+    fn device(&self) -> String {
+        self.inner.device()
+    }
+    fn kv_format(&self) -> KvFormat {
+        self.inner.kv_format()
+    }
+}
+
+/// 32 requests at once (what `walsh serve --max-batch 32` runs): each gets the tokens it
+/// gets alone on the same device, greedy and seeded, and no decode chunk has more than
+/// CHUNK_ROWS rows, the batch up to which the logits test above pins every row's bits.
+#[test]
+fn thirty_two_requests_at_once_each_get_their_solo_tokens() {
+    use crate::model::batch::CHUNK_ROWS;
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 11, true);
+    let requests: Vec<Request> = (0..32)
+        .map(|i| Request {
+            prompt: prompt(2 + i % 5, 100 + i as u32),
+            max_tokens: 4 + i % 3,
+            sampling: if i % 4 == 3 {
+                SamplingParams {
+                    temperature: 0.9,
+                    top_k: 0,
+                    top_p: 1.0,
+                    seed: i as u64,
+                }
+            } else {
+                SamplingParams::greedy()
+            },
+        })
+        .collect();
+    let check = |dec: &mut dyn Decoder, on: &str| {
+        let solo: Vec<Vec<u32>> = requests
+            .iter()
+            .map(|r| {
+                let mut batcher = Batcher::new(1, 48, 8).unwrap();
+                batcher.submit(r.clone()).unwrap();
+                let mut tokens = Vec::new();
+                while !batcher.is_idle() {
+                    for event in pollster::block_on(batcher.round(dec)).unwrap() {
+                        if let Event::Token { token, .. } = event {
+                            tokens.push(token);
+                        }
+                    }
+                }
+                tokens
+            })
+            .collect();
+        let mut recorded = ChunkRows {
+            inner: dec,
+            rows: Vec::new(),
+        };
+        let mut batcher = Batcher::new(32, 48, 8).unwrap();
+        for r in &requests {
+            batcher.submit(r.clone()).unwrap();
+        }
+        let mut together: BTreeMap<RequestId, Vec<u32>> = BTreeMap::new();
+        while !batcher.is_idle() {
+            for event in pollster::block_on(batcher.round(&mut recorded)).unwrap() {
+                match event {
+                    Event::Token { id, token } => together.entry(id).or_default().push(token),
+                    Event::Finished { .. } => {}
+                    Event::Failed { id, error } => panic!("request {id} on {on}: {error}"),
+                }
+            }
+        }
+        for (id, tokens) in &together {
+            assert_eq!(tokens, &solo[*id as usize], "request {id} on {on}");
+        }
+        assert_eq!(together.len(), 32, "{on}");
+        // 24 greedy and 8 seeded: chunks of 16, 8 and 8 rows.
+        assert_eq!(recorded.rows.iter().max(), Some(&CHUNK_ROWS), "{on}");
+    };
+    check(&mut CpuBatch::new(&m, 32, 48, KV).unwrap(), "cpu");
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 32, 48, KV).unwrap();
+        check(&mut dec, &gpu.describe());
     }
 }
