@@ -7,10 +7,14 @@
 //! - **report**: benchmark reports through [`Report::from_json`] (`walsh bench merge`);
 //! - **text**: prompts and texts through `encode_text`, [`Utf8Stream`], `generate` and
 //!   `evaluate` on a tiny CPU model, with sampling settings taken from the input; and
-//!   `--adapter` selectors.
+//!   `--adapter` selectors;
+//! - **request**: `walsh serve`'s `POST /v1/completions` bodies through
+//!   [`CompletionRequest::parse`] and, where one parses, each choice's [`Output`] fed the
+//!   input's bytes as tokens (the streamed pieces must add up to the final text, which must
+//!   hold no stop string).
 //!
 //! Seeds: the shipped models (`models/*/`), small random models of every variant in f32
-//! and f16, and the committed reports (`bench-results/*.json`). Mutations: bit flips,
+//! and f16, the committed reports (`bench-results/*.json`) and completions bodies. Mutations: bit flips,
 //! interesting bytes and integers, inserts, deletes, duplicated ranges, truncations;
 //! safetensors-aware edits of the header length, of the header JSON (dtypes, shapes,
 //! offsets, names, metadata) and of the data (NaN and infinity patterns); JSON-aware edits
@@ -26,7 +30,8 @@
 //! `cargo test --test fuzz_loader` runs a fixed budget from a fixed seed (part of
 //! `cargo xtask test`); `WALSH_FUZZ_MINUTES=N` runs for N minutes with a progress line
 //! (what `cargo xtask fuzz --minutes N` does); `WALSH_FUZZ_SEED=S` picks the seed;
-//! `WALSH_FUZZ_OUTCOMES=1` lists the distinct outcomes reached (a view of coverage).
+//! `WALSH_FUZZ_OUTCOMES=1` lists the distinct outcomes reached (a view of coverage);
+//! `WALSH_FUZZ_TARGETS=request,text` runs only those targets.
 
 mod common;
 
@@ -41,6 +46,8 @@ use std::time::{Duration, Instant};
 
 use walsh::bench::Report;
 use walsh::gpu::AdapterSelector;
+use walsh::model::batch::Finish;
+use walsh::model::completion::{CompletionRequest, Output, Update};
 use walsh::model::cpu::CpuDecoder;
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{CpuBatch, GenerateOptions, Utf8Stream, encode_text, generate};
@@ -555,6 +562,7 @@ struct Seeds {
     shipped: Vec<(Vec<u8>, Vec<u8>)>,
     reports: Vec<Vec<u8>>,
     texts: Vec<Vec<u8>>,
+    requests: Vec<Vec<u8>>,
     /// The model the text target decodes with.
     tiny: Model,
 }
@@ -611,6 +619,14 @@ fn seeds() -> Seeds {
         b"\xff\xfe\x00 to be\n\n".to_vec(),
         b"vulkan".to_vec(),
     ];
+    let requests = [
+        r#"{"model": "m", "prompt": "ROMEO.", "max_tokens": 40, "temperature": 0}"#,
+        r#"{"prompt": ["a", "bé", "😀"], "stream": true, "stop": ["\n", "é"], "echo": true}"#,
+        r#"{"prompt": "x", "temperature": 0.8, "top_p": 0.9, "top_k": 5, "seed": 7, "n": 1}"#,
+        r#"{"prompt": "stop here", "stop": "st", "max_tokens": 100, "logprobs": null}"#,
+    ]
+    .map(|r| r.as_bytes().to_vec())
+    .to_vec();
     let (config, weights) = &small[0];
     let tiny = Model::from_bytes(Path::new("<tiny>"), config, weights).unwrap();
     Seeds {
@@ -618,6 +634,7 @@ fn seeds() -> Seeds {
         shipped,
         reports,
         texts,
+        requests,
         tiny,
     }
 }
@@ -629,21 +646,39 @@ enum Target {
     Model,
     Report,
     Text,
+    Request,
 }
 
 impl Target {
+    const ALL: [Target; 4] = [Target::Model, Target::Report, Target::Text, Target::Request];
+
     fn name(self) -> &'static str {
         match self {
             Target::Model => "model",
             Target::Report => "report",
             Target::Text => "text",
+            Target::Request => "request",
         }
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        [Target::Model, Target::Report, Target::Text]
-            .into_iter()
-            .find(|t| name.starts_with(t.name()))
+        Target::ALL.into_iter().find(|t| name.starts_with(t.name()))
+    }
+
+    /// The targets `WALSH_FUZZ_TARGETS` names (a comma-separated list), or all of them.
+    fn enabled() -> Vec<Target> {
+        match std::env::var("WALSH_FUZZ_TARGETS") {
+            Err(_) => Target::ALL.to_vec(),
+            Ok(list) => list
+                .split(',')
+                .map(|n| {
+                    Target::ALL
+                        .into_iter()
+                        .find(|t| t.name() == n.trim())
+                        .unwrap_or_else(|| panic!("WALSH_FUZZ_TARGETS: no target {n:?}"))
+                })
+                .collect(),
+        }
     }
 }
 
@@ -695,7 +730,55 @@ fn execute(target: Target, input: &[u8], tiny: &Model) -> String {
             }
         }
         Target::Text => run_text(input, tiny),
+        Target::Request => run_request(input),
     }
+}
+
+/// A completions body as `walsh serve` reads it (a model of 128 positions), and where it
+/// parses, each choice's output fed the input's first bytes as tokens.
+fn run_request(input: &[u8]) -> String {
+    let body: serde_json::Value = match serde_json::from_slice(input) {
+        Ok(v) => v,
+        Err(_) => return "not json".into(),
+    };
+    let c = match CompletionRequest::parse(&body, 128) {
+        Ok(c) => c,
+        Err(e) => {
+            // The field a message names comes from the input (and may hold backticks):
+            // what is outside the outermost pair tells the kind of error.
+            let m = e.to_string();
+            let (head, tail) = match (m.find('`'), m.rfind('`')) {
+                (Some(a), Some(b)) => (&m[..a], &m[b + 1..]),
+                _ => (m.as_str(), ""),
+            };
+            return outcome(&format!("{head}{tail}"));
+        }
+    };
+    assert!(!c.prompts.is_empty() && c.prompts.len() <= 16);
+    for p in &c.prompts {
+        assert!(!p.is_empty() && p.len() + c.max_tokens <= 128, "{c:?}");
+    }
+    for index in 0..c.prompts.len() {
+        let mut out = Output::new(&c, index);
+        let mut streamed = out.prefix.clone();
+        for &b in input.iter().take(64) {
+            streamed += &out.push(Update::Token(b as u32)).unwrap_or_default();
+            if out.finish.is_some() {
+                break;
+            }
+        }
+        if out.finish.is_none() {
+            streamed += &out
+                .push(Update::Finished(Finish::Length))
+                .unwrap_or_default();
+        }
+        assert_eq!(streamed, out.prefix.clone() + &out.text, "{c:?}");
+        assert!(
+            c.stop.iter().all(|s| !out.text.contains(s.as_str())),
+            "{c:?}"
+        );
+    }
+    format!("ok {} {}", c.stream, c.echo)
 }
 
 /// Prompts, sampling settings and a text to score from one input, through the CPU
@@ -834,6 +917,7 @@ struct Fuzzer {
     /// Inputs that produced a new outcome, per target (bounded).
     pool: Vec<(Target, Vec<u8>)>,
     tally: Tally,
+    targets: Vec<Target>,
 }
 
 const POOL_MAX: usize = 512;
@@ -845,16 +929,23 @@ impl Fuzzer {
             seeds: seeds(),
             pool: Vec::new(),
             tally: Tally::default(),
+            targets: Target::enabled(),
         }
     }
 
     fn next_input(&mut self) -> (Target, Vec<u8>) {
         let rng = &mut self.rng;
         // Mostly the loader, the main attack surface.
-        let target = match rng.below(10) {
-            0 => Target::Report,
-            1 => Target::Text,
-            _ => Target::Model,
+        let target = loop {
+            let t = match rng.below(10) {
+                0 => Target::Report,
+                1 => Target::Text,
+                2 => Target::Request,
+                _ => Target::Model,
+            };
+            if self.targets.contains(&t) {
+                break t;
+            }
         };
         let from_pool: Vec<&Vec<u8>> = self
             .pool
@@ -891,6 +982,10 @@ impl Fuzzer {
             Target::Report => {
                 let base: &Vec<u8> = rng.pick(&self.seeds.reports);
                 mutate_json_text(rng, base)
+            }
+            Target::Request => {
+                let base: &Vec<u8> = rng.pick(&self.seeds.requests);
+                mutate_any(rng, target, base)
             }
             Target::Text => {
                 let mut text = rng.pick(&self.seeds.texts).clone();
@@ -948,6 +1043,14 @@ fn mutate_any(rng: &mut Rng, target: Target, base: &[u8]) -> Vec<u8> {
             }
         }
         Target::Report => mutate_json_text(rng, base),
+        Target::Request => {
+            let mut input = mutate_json_text(rng, base);
+            if rng.chance(4) {
+                let len = input.len();
+                mutate_bytes(rng, &mut input, 0..len);
+            }
+            input
+        }
         Target::Text => {
             let mut input = base.to_vec();
             let len = input.len();
@@ -1053,8 +1156,14 @@ fn loader_and_text_inputs_survive_mutation() {
         tally.failures
     );
     // The mutations reach past the first checks: many kinds of error, and loads.
-    assert!(tally.outcomes.len() >= 40, "{:?}", tally.outcomes);
-    for kind in ["model:ok", "report:ok"] {
+    let targets = Target::enabled();
+    if targets.len() == Target::ALL.len() {
+        assert!(tally.outcomes.len() >= 40, "{:?}", tally.outcomes);
+    }
+    for kind in ["model:ok", "report:ok", "request:ok false false"] {
+        if !targets.iter().any(|t| kind.starts_with(t.name())) {
+            continue;
+        }
         assert!(
             tally.outcomes.contains(kind),
             "never {kind}: {:?}",

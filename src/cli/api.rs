@@ -26,12 +26,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
-use walsh::model::batch::{Batcher, Event, Finish, RequestId};
-use walsh::model::generate::{CpuBatch, Decoder, Utf8Stream, encode_text};
+use walsh::model::batch::{Batcher, Event, RequestId};
+use walsh::model::completion::{CompletionRequest, Output, RequestError, Update};
+use walsh::model::generate::{CpuBatch, Decoder};
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::weights::Model;
 use walsh::ops::attention::KvFormat;
-use walsh::ops::sample::SamplingParams;
 
 use super::metrics::{Metrics, RequestLog};
 use super::run::Device;
@@ -51,13 +51,6 @@ pub struct ApiOptions {
     pub max_batch: usize,
     pub max_queue: usize,
     pub api_key: Option<String>,
-}
-
-/// What the engine thread reports for one request.
-enum Update {
-    Token(u32),
-    Finished(Finish),
-    Failed(String),
 }
 
 enum Command {
@@ -126,6 +119,12 @@ impl ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        ApiError::invalid(e.0)
     }
 }
 
@@ -513,218 +512,6 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))
 }
 
-/// A parsed `/v1/completions` body.
-struct CompletionRequest {
-    prompts: Vec<Vec<u32>>,
-    max_tokens: usize,
-    sampling: SamplingParams,
-    stop: Vec<String>,
-    stream: bool,
-    echo: bool,
-}
-
-impl CompletionRequest {
-    fn parse(body: &Value, context: usize) -> Result<Self, ApiError> {
-        let Some(fields) = body.as_object() else {
-            return Err(ApiError::invalid("the body must be a JSON object"));
-        };
-        const KNOWN: [&str; 13] = [
-            "model",
-            "prompt",
-            "max_tokens",
-            "temperature",
-            "top_p",
-            "top_k",
-            "seed",
-            "stop",
-            "stream",
-            "echo",
-            "n",
-            "user",
-            "logprobs",
-        ];
-        if let Some(k) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(ApiError::invalid(format!(
-                "`{k}` is not supported (walsh takes {})",
-                KNOWN.join(", ")
-            )));
-        }
-        let strings = |v: &Value, what: &str| -> Result<Vec<String>, ApiError> {
-            match v {
-                Value::String(s) => Ok(vec![s.clone()]),
-                Value::Array(a) if !a.is_empty() => a
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_string))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| ApiError::invalid(format!("`{what}` must hold strings"))),
-                _ => Err(ApiError::invalid(format!(
-                    "`{what}` must be a string or a list of strings"
-                ))),
-            }
-        };
-        let prompts = strings(fields.get("prompt").unwrap_or(&Value::Null), "prompt")?;
-        let number = |key: &str| fields.get(key).filter(|v| !v.is_null());
-        let uint = |key: &str, default: u64| -> Result<u64, ApiError> {
-            number(key).map_or(Ok(default), |v| {
-                v.as_u64()
-                    .ok_or_else(|| ApiError::invalid(format!("`{key}` must be a whole number")))
-            })
-        };
-        let float = |key: &str, default: f64| -> Result<f32, ApiError> {
-            number(key)
-                .map_or(Some(default), Value::as_f64)
-                .map(|v| v as f32)
-                .ok_or_else(|| ApiError::invalid(format!("`{key}` must be a number")))
-        };
-        let flag = |key: &str| -> Result<bool, ApiError> {
-            number(key).map_or(Ok(false), |v| {
-                v.as_bool()
-                    .ok_or_else(|| ApiError::invalid(format!("`{key}` must be true or false")))
-            })
-        };
-        if uint("n", 1)? != 1 {
-            return Err(ApiError::invalid(
-                "`n` must be 1 (give a list of prompts instead)",
-            ));
-        }
-        if number("logprobs").is_some() {
-            return Err(ApiError::invalid("`logprobs` is not supported"));
-        }
-        let max_tokens = uint("max_tokens", 16)? as usize;
-        let sampling = SamplingParams {
-            temperature: float("temperature", 1.0)?,
-            top_k: uint("top_k", 0)? as usize,
-            top_p: float("top_p", 1.0)?,
-            seed: uint("seed", 0)?,
-        };
-        sampling.validate().map_err(ApiError::invalid)?;
-        let stop = match number("stop") {
-            None => Vec::new(),
-            Some(v) => strings(v, "stop")?,
-        };
-        if stop.len() > 4 || stop.iter().any(String::is_empty) {
-            return Err(ApiError::invalid("`stop` takes up to 4 non-empty strings"));
-        }
-        let prompts: Vec<Vec<u32>> = prompts.iter().map(|p| encode_text(p)).collect();
-        for p in &prompts {
-            if p.is_empty() {
-                return Err(ApiError::invalid("a prompt is empty"));
-            }
-            if max_tokens == 0 || p.len() + max_tokens > context {
-                return Err(ApiError::invalid(format!(
-                    "a prompt of {} tokens and max_tokens {max_tokens} need {} positions: \
-                     the model's context is {context} (max_tokens must be 1 to {})",
-                    p.len(),
-                    p.len() + max_tokens,
-                    context.saturating_sub(p.len())
-                )));
-            }
-        }
-        if prompts.len() > 16 {
-            return Err(ApiError::invalid("at most 16 prompts per request"));
-        }
-        Ok(Self {
-            prompts,
-            max_tokens,
-            sampling,
-            stop,
-            stream: flag("stream")?,
-            echo: flag("echo")?,
-        })
-    }
-}
-
-/// One choice's text as its tokens arrive: UTF-8 reassembled across tokens, stop strings
-/// found (and cut) even when split across tokens; streamed text holds back what could
-/// still become a stop string.
-struct Output {
-    /// The prompt, with `echo` (stop strings are not looked for in it).
-    prefix: String,
-    /// The generated text.
-    text: String,
-    /// Bytes of `text` already handed out by [`Output::push`].
-    sent: usize,
-    utf8: Utf8Stream,
-    stop: Vec<String>,
-    tokens: usize,
-    finish: Option<String>,
-    error: Option<String>,
-}
-
-impl Output {
-    fn new(c: &CompletionRequest, index: usize) -> Self {
-        let prefix = if c.echo {
-            let bytes: Vec<u8> = c.prompts[index].iter().map(|&t| t as u8).collect();
-            String::from_utf8_lossy(&bytes).into_owned()
-        } else {
-            String::new()
-        };
-        Self {
-            prefix,
-            sent: 0,
-            text: String::new(),
-            utf8: Utf8Stream::default(),
-            stop: c.stop.clone(),
-            tokens: 0,
-            finish: None,
-            error: None,
-        }
-    }
-
-    /// Takes an update; returns the text that is now final (None when nothing is).
-    fn push(&mut self, update: Update) -> Option<String> {
-        if self.finish.is_some() {
-            return None;
-        }
-        match update {
-            Update::Token(t) => {
-                self.tokens += 1;
-                self.text.push_str(&self.utf8.push(t));
-                if let Some(at) = self.stop.iter().filter_map(|s| self.text.find(s)).min() {
-                    self.text.truncate(at);
-                    self.finish = Some("stop".into());
-                }
-            }
-            Update::Finished(f) => {
-                self.text.push_str(&self.utf8.finish());
-                self.finish = Some(
-                    match f {
-                        Finish::Length | Finish::Context => "length",
-                    }
-                    .into(),
-                );
-            }
-            Update::Failed(e) => {
-                self.error = Some(e);
-                self.finish = Some("error".into());
-            }
-        }
-        // Hold back the longest tail that could begin a stop string.
-        let hold = if self.finish.is_some() {
-            0
-        } else {
-            self.stop
-                .iter()
-                .flat_map(|s| {
-                    (1..s.len())
-                        .filter(|&n| s.is_char_boundary(n))
-                        .map(move |n| &s[..n])
-                })
-                .filter(|prefix| self.text.ends_with(prefix))
-                .map(str::len)
-                .max()
-                .unwrap_or(0)
-        };
-        let end = self.text.len().saturating_sub(hold).max(self.sent);
-        let end = (end..=self.text.len())
-            .find(|&e| self.text.is_char_boundary(e))
-            .unwrap_or(self.text.len());
-        let piece = self.text[self.sent..end].to_string();
-        self.sent = end;
-        Some(piece)
-    }
-}
-
 /// The engine thread: takes commands, runs rounds while there is work, routes events.
 fn engine(
     decoder: &mut dyn Decoder,
@@ -842,52 +629,4 @@ pub fn no_model() -> Response<Body> {
         message: "no model is served: start walsh serve with --model DIR for the API".into(),
     }
     .response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Feeds `text`'s bytes as tokens; returns the streamed pieces joined, the final text
-    /// (prefix + generated) and the finish reason.
-    fn run(body: Value, text: &str) -> (String, String, Option<String>) {
-        let c = CompletionRequest::parse(&body, 128).unwrap();
-        let mut out = Output::new(&c, 0);
-        let mut streamed = out.prefix.clone();
-        for &b in text.as_bytes() {
-            streamed += &out.push(Update::Token(b as u32)).unwrap_or_default();
-            if out.finish.is_some() {
-                break;
-            }
-        }
-        if out.finish.is_none() {
-            streamed += &out.push(Update::Finished(Finish::Length)).unwrap();
-        }
-        (streamed, out.prefix.clone() + &out.text, out.finish)
-    }
-
-    #[test]
-    fn stop_strings_cut_the_generated_text_streamed_or_not() {
-        let stop = json!({"prompt": "a stop here", "stop": ["stop", "ZZ"]});
-        // Found across tokens; what streamed before it is exactly the text kept.
-        let (streamed, text, finish) = run(stop.clone(), "so it stops there");
-        assert_eq!((streamed.as_str(), text.as_str()), ("so it ", "so it "));
-        assert_eq!(finish.as_deref(), Some("stop"));
-        // A tail that only looked like a stop string's start is sent at the end.
-        let (streamed, text, finish) = run(stop, "no st");
-        assert_eq!((streamed.as_str(), text.as_str()), ("no st", "no st"));
-        assert_eq!(finish.as_deref(), Some("length"));
-        // With echo the prompt comes first and its own "stop" does not end anything.
-        let echo = json!({"prompt": "a stop here", "stop": "stop", "echo": true});
-        let (streamed, text, _) = run(echo, " and on");
-        assert_eq!(
-            (streamed.as_str(), text.as_str()),
-            ("a stop here and on", "a stop here and on")
-        );
-        // Multi-byte stop strings and characters split across tokens.
-        let accents = json!({"prompt": "x", "stop": ["é!"]});
-        let (streamed, text, finish) = run(accents, "café!");
-        assert_eq!((streamed.as_str(), text.as_str()), ("caf", "caf"));
-        assert_eq!(finish.as_deref(), Some("stop"));
-    }
 }

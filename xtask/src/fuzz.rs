@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz --minutes N [--seed S]`: the long run of the loader fuzz test
+//! `cargo xtask fuzz --minutes N [--seed S] [--targets T,..]`: the long run of the fuzz test
 //! (`tests/fuzz_loader.rs`, which `cargo test` runs for a fixed, short budget). It prints
 //! a progress line every 30 seconds and ends with `N executions in M minutes, F failures`.
 
@@ -9,6 +9,7 @@ use crate::{cargo, run};
 pub fn fuzz(args: &[String]) -> Result<()> {
     let mut minutes = "10".to_string();
     let mut seed = None;
+    let mut targets = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| match it.next() {
@@ -18,7 +19,11 @@ pub fn fuzz(args: &[String]) -> Result<()> {
         match arg.as_str() {
             "--minutes" => minutes = value("--minutes")?,
             "--seed" => seed = Some(value("--seed")?),
-            other => bail!("unknown fuzz option `{other}` (--minutes N, --seed S)"),
+            "--targets" => targets = Some(value("--targets")?),
+            other => bail!(
+                "unknown fuzz option `{other}` (--minutes N, --seed S, \
+                 --targets model,report,text,request)"
+            ),
         }
     }
     match minutes.parse::<f64>() {
@@ -40,6 +45,9 @@ pub fn fuzz(args: &[String]) -> Result<()> {
     .env("WALSH_FUZZ_MINUTES", &minutes);
     if let Some(seed) = seed {
         cmd.env("WALSH_FUZZ_SEED", seed);
+    }
+    if let Some(targets) = targets {
+        cmd.env("WALSH_FUZZ_TARGETS", targets);
     }
     run(&mut cmd)
 }

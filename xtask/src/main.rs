@@ -13,7 +13,8 @@
 //!   (`tests/fuzz_loader.rs`).
 //! - `examples`: only the examples, on lavapipe (see [`examples`]).
 //! - `web`: builds the browser module into `web/pkg/` (see [`web`]).
-//! - `fuzz --minutes N [--seed S]`: the loader fuzz test for N minutes (see [`fuzz`]).
+//! - `fuzz --minutes N [--seed S] [--targets ..]`: the fuzz test for N minutes (see
+//!   [`fuzz`]).
 //! - `e2e`, `web-bench`, `page-vs-native`: the browser test alone, the benchmark suites in
 //!   the browser, and the page's decode rate against native walsh on the same adapters
 //!   (see [`e2e`] and [`ratio`]).
@@ -93,9 +94,10 @@ tasks:
   web-bench [--quick] [--suites kernels,decoder,paper] [--out DIR]
           run the benchmark suites in headless Chromium's WebGPU and write the reports
           (default: bench-results/)
-  fuzz --minutes N [--seed S]
-          mutation-fuzz the model loader, reports and text inputs for N minutes (default
-          10); failing inputs are saved under target/tmp/fuzz-failures/
+  fuzz --minutes N [--seed S] [--targets model,report,text,request]
+          mutation-fuzz the model loader, reports, text inputs and the completions API's
+          request bodies for N minutes (default 10); failing inputs are saved under
+          target/tmp/fuzz-failures/
 
   page-vs-native [--runs N] [--tokens N] [--browsers chromium,firefox] [--out DIR]
                  [--baseline DIR]
