@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Aggregate decode rate of `walsh serve --model` under 1, 4 and 16 concurrent clients (and
-# any counts given), each asking for one greedy completion of TOKENS tokens; then the same
-# for a second model, so Hadamard and dense W_O compare under load on one adapter.
+# Aggregate decode rate of `walsh serve --model` under 1, 4, 16 and 32 concurrent clients
+# (or the counts given), each asking for one greedy completion of TOKENS tokens; then the
+# same for a second model, so Hadamard and dense W_O compare under load on one adapter.
 #
 #   benches/serve-load.sh                          # release build, the default adapter
-#   WALSH_ADAPTER=vulkan benches/serve-load.sh 1 4 16
+#   WALSH_ADAPTER=vulkan benches/serve-load.sh 1 4 16 32
 #   MODELS="models/shakespeare-hadamard models/shakespeare-dense" TOKENS=96 benches/serve-load.sh
 #
 # Prints one line per (model, clients): completion tokens over the wall time from the
-# first request sent to the last answer, and the ratio to one client. Needs curl.
+# first request sent to the last answer, and the ratio to one client; then, per count, the
+# first model's rate against the second's (the Hadamard gain with the default MODELS).
+# The server runs with --max-batch MAX_BATCH (default 32). Needs curl and bc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-counts=("${@:-1 4 16}")
+counts=("${@:-1 4 16 32}")
 read -r -a counts <<<"${counts[*]}"
 tokens=${TOKENS:-96}
+max_batch=${MAX_BATCH:-32}
+declare -A rates
 models=${MODELS:-"models/shakespeare-hadamard models/shakespeare-dense"}
 cargo build --release --quiet
 walsh=target/release/walsh
@@ -21,7 +25,7 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 
 for model in $models; do
     out=$(mktemp)
-    "$walsh" serve --port 0 --model "$model" --max-batch 16 >"$out" 2>/dev/null &
+    "$walsh" serve --port 0 --model "$model" --max-batch "$max_batch" >"$out" 2>/dev/null &
     server=$!
     trap 'kill $server 2>/dev/null || true' EXIT
     for _ in $(seq 100); do grep -q serving "$out" && break; sleep 0.1; done
@@ -47,6 +51,7 @@ for model in $models; do
         rm -rf "$counts_dir"
         rate=$(echo "$total / ($(date +%s.%N) - $start)" | bc -l)
         one=${one:-$rate}
+        rates[$model,$n]=$rate
         printf '%-32s %3d clients: %6d tokens, %8.1f tok/s in all (%.2fx one client)\n' \
             "$model" "$n" "$total" "$rate" "$(echo "$rate / $one" | bc -l)"
     done
@@ -54,3 +59,13 @@ for model in $models; do
     wait $server 2>/dev/null || true
     rm -f "$out"
 done
+
+read -r -a listed <<<"$models"
+if [ "${#listed[@]}" -ge 2 ]; then
+    for n in "${counts[@]}"; do
+        a=${rates[${listed[0]},$n]} b=${rates[${listed[1]},$n]}
+        printf '%3d clients: %s %.1f tok/s, %s %.1f tok/s: %+.1f%%\n' "$n" \
+            "$(basename "${listed[0]}")" "$a" "$(basename "${listed[1]}")" "$b" \
+            "$(echo "($a / $b - 1) * 100" | bc -l)"
+    done
+fi

@@ -114,10 +114,12 @@ impl CompletionRequest {
         if number("logprobs").is_some() {
             return Err(RequestError::new("`logprobs` is not supported"));
         }
-        let max_tokens = uint("max_tokens", 16)? as usize;
+        // Past usize (a 32-bit target) is as far past the context as usize::MAX.
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let max_tokens = size(uint("max_tokens", 16)?);
         let sampling = SamplingParams {
             temperature: float("temperature", 1.0)?,
-            top_k: uint("top_k", 0)? as usize,
+            top_k: size(uint("top_k", 0)?),
             top_p: float("top_p", 1.0)?,
             seed: uint("seed", 0)?,
         };
@@ -134,12 +136,12 @@ impl CompletionRequest {
             if p.is_empty() {
                 return Err(RequestError::new("a prompt is empty"));
             }
-            if max_tokens == 0 || p.len() + max_tokens > context {
+            if max_tokens == 0 || p.len().saturating_add(max_tokens) > context {
                 return Err(RequestError::new(format!(
                     "a prompt of {} tokens and max_tokens {max_tokens} need {} positions: \
                      the model's context is {context} (max_tokens must be 1 to {})",
                     p.len(),
-                    p.len() + max_tokens,
+                    p.len().saturating_add(max_tokens),
                     context.saturating_sub(p.len())
                 )));
             }
@@ -275,6 +277,28 @@ mod tests {
             streamed += &out.push(Update::Finished(Finish::Length)).unwrap();
         }
         (streamed, out.prefix.clone() + &out.text, out.finish)
+    }
+
+    /// Found by the fuzz test's request target: max_tokens near u64::MAX overflowed the
+    /// context check.
+    #[test]
+    fn huge_numbers_are_refused_not_overflowed() {
+        for body in [
+            json!({"prompt": "ROMEO.", "max_tokens": u64::MAX}),
+            json!({"prompt": "ROMEO.", "max_tokens": 18446744073709551615u64 - 3}),
+            json!({"prompt": "ROMEO.", "max_tokens": 4294967297u64}),
+        ] {
+            let e = CompletionRequest::parse(&body, 128).unwrap_err();
+            assert!(e.0.contains("the model's context is 128"), "{e}");
+        }
+        let huge_k = json!({"prompt": "a", "top_k": u64::MAX});
+        assert_eq!(
+            CompletionRequest::parse(&huge_k, 128)
+                .unwrap()
+                .sampling
+                .top_k,
+            usize::MAX
+        );
     }
 
     #[test]
