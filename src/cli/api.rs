@@ -26,10 +26,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+use walsh::gpu::Gpu;
 use walsh::model::batch::{Batcher, Event, RequestId};
 use walsh::model::completion::{CompletionRequest, Output, RequestError, Update};
 use walsh::model::generate::{CpuBatch, Decoder};
 use walsh::model::gpu::GpuDecoder;
+use walsh::model::sizes::{BufferLimits, check_decoder_fits};
 use walsh::model::weights::Model;
 use walsh::ops::attention::KvFormat;
 
@@ -48,7 +50,8 @@ pub struct ApiOptions {
     pub device: Device,
     pub adapter: String,
     pub kv: KvFormat,
-    pub max_batch: usize,
+    /// None: [`default_max_batch`].
+    pub max_batch: Option<usize>,
     pub max_queue: usize,
     pub api_key: Option<String>,
 }
@@ -145,10 +148,7 @@ impl Api {
         let context = model.config.max_position_embeddings;
         let (commands, inbox) = mpsc::channel();
         let (ready, started) = mpsc::channel();
-        let max_batch = options.max_batch;
         let max_queue = options.max_queue;
-        let metrics = Arc::new(Metrics::new(max_batch));
-        let engine_metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("walsh engine".into())
             .spawn(move || {
@@ -164,6 +164,9 @@ impl Api {
                     },
                     Device::Cpu => None,
                 };
+                let max_batch = options
+                    .max_batch
+                    .unwrap_or_else(|| default_max_batch(gpu.as_ref(), &model, options.kv));
                 let decoder: Result<&mut dyn Decoder> = match &gpu {
                     None => CpuBatch::new(&model, max_batch, context, options.kv)
                         .map(|d| cpu.insert(d) as &mut dyn Decoder)
@@ -172,9 +175,10 @@ impl Api {
                         .map(|d| on_gpu.insert(d) as &mut dyn Decoder)
                         .map_err(Into::into),
                 };
+                let metrics = Arc::new(Metrics::new(max_batch));
                 let decoder = match decoder {
                     Ok(d) => {
-                        let _ = ready.send(Ok(d.device()));
+                        let _ = ready.send(Ok((d.device(), max_batch, Arc::clone(&metrics))));
                         d
                     }
                     Err(e) => {
@@ -182,20 +186,16 @@ impl Api {
                         return;
                     }
                 };
-                engine(
-                    decoder,
-                    inbox,
-                    max_batch,
-                    context,
-                    max_queue,
-                    &engine_metrics,
-                );
+                engine(decoder, inbox, max_batch, context, max_queue, &metrics);
             })
             .context("starting the engine thread")?;
-        let device = started
+        let (device, max_batch, metrics) = started
             .recv()
             .context("the engine thread stopped while starting")??;
-        eprintln!("walsh: serving the completions API for {name} on {device}");
+        eprintln!(
+            "walsh: serving the completions API for {name} on {device}, {max_batch} \
+             requests at once"
+        );
         Ok(Self {
             commands,
             model: name,
@@ -510,6 +510,27 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
         .to_bytes();
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))
+}
+
+/// Most requests decoded at once without `--max-batch`.
+const DEFAULT_MAX_BATCH: usize = 64;
+/// Without `--max-batch` on the CPU decoder.
+const DEFAULT_CPU_MAX_BATCH: usize = 16;
+
+/// `--max-batch` by default: on a GPU the most sequences, up to [`DEFAULT_MAX_BATCH`],
+/// whose decoder buffers (KV caches at the model's full context above all) fit the
+/// adapter's buffer limits; [`DEFAULT_CPU_MAX_BATCH`] on the CPU. (wgpu does not say how
+/// much memory an adapter has; its buffer limits are what a decoder must fit.)
+fn default_max_batch(gpu: Option<&Gpu>, model: &Model, kv: KvFormat) -> usize {
+    let Some(gpu) = gpu else {
+        return DEFAULT_CPU_MAX_BATCH;
+    };
+    let context = model.config.max_position_embeddings;
+    let limits = BufferLimits::from(gpu.limits());
+    (1..=DEFAULT_MAX_BATCH)
+        .rev()
+        .find(|&n| check_decoder_fits(model, n, context, kv, limits).is_ok())
+        .unwrap_or(1)
 }
 
 /// The engine thread: takes commands, runs rounds while there is work, routes events.

@@ -88,11 +88,12 @@ pub struct ServeArgs {
     /// The API decoder's KV cache format.
     #[arg(long, default_value_t = KvFormat::default())]
     pub kv_cache: KvFormat,
-    /// Requests decoded together at most (sequence slots of the decoder). Up to 16, every
-    /// row of a step takes the same kernels, so a completion is the same alone or beside
-    /// others (docs/serving.md).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub max_batch: u32,
+    /// Requests decoded together at most (sequence slots of the decoder). Default: on a
+    /// GPU the most, up to 64, whose KV caches fit the adapter's buffer limits at the
+    /// model's context; 16 on the CPU. Any value keeps a completion the same alone or
+    /// beside others (docs/serving.md).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_batch: Option<u32>,
     /// Requests waiting for a slot at most; more get 429 with Retry-After.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=65536))]
     pub max_queue: u32,
@@ -149,7 +150,7 @@ pub fn serve_cmd(args: &ServeArgs, adapter: &str) -> Result<()> {
                 device: args.device,
                 adapter: adapter.to_string(),
                 kv: args.kv_cache,
-                max_batch: args.max_batch as usize,
+                max_batch: args.max_batch.map(|n| n as usize),
                 max_queue: args.max_queue as usize,
                 api_key: args.api_key.clone(),
             };
