@@ -26,9 +26,9 @@
 //! further requires tensors to follow each other in order with only alignment padding
 //! between them; walsh reads a file laid out otherwise too.)
 
-mod types;
 #[cfg(test)]
 mod tests;
+mod types;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -113,7 +113,9 @@ pub enum GgufReadError {
         why: String,
     },
 
-    #[error("GGUF tensor `{name}` has offset {offset}, not a multiple of the alignment {alignment}")]
+    #[error(
+        "GGUF tensor `{name}` has offset {offset}, not a multiple of the alignment {alignment}"
+    )]
     MisalignedOffset {
         name: String,
         offset: u64,
@@ -307,7 +309,9 @@ impl<'a> Gguf<'a> {
             if key.is_empty() {
                 return Err(GgufReadError::EmptyKey { index: i });
             }
-            let code = c.u32().map_err(|e| e.at(format!("the type of key `{key}`")))?;
+            let code = c
+                .u32()
+                .map_err(|e| e.at(format!("the type of key `{key}`")))?;
             let value = c.value(key, code)?;
             if index.insert(key, metadata.len()).is_some() {
                 return Err(GgufReadError::DuplicateKey {
@@ -445,10 +449,9 @@ impl<'a> Gguf<'a> {
     /// `key` as `T`: [`GgufReadError::MissingKey`] when absent, [`GgufReadError::WrongType`]
     /// when of another type.
     pub fn get_as<T: FromValue<'a>>(&self, key: &str) -> Result<T> {
-        self.get_opt(key)?
-            .ok_or_else(|| GgufReadError::MissingKey {
-                key: key.to_string(),
-            })
+        self.get_opt(key)?.ok_or_else(|| GgufReadError::MissingKey {
+            key: key.to_string(),
+        })
     }
 
     /// `key` as `T` when present; [`GgufReadError::WrongType`] when of another type.

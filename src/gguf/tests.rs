@@ -75,13 +75,18 @@ impl Builder {
 }
 
 fn every_type() -> Vec<u8> {
-    let f32s: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let f32s: Vec<u8> = [1.5f32, -2.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
     let mut arr = 6u32.to_le_bytes().to_vec();
     arr.extend(2u64.to_le_bytes());
     arr.extend(&f32s);
     let mut i32s = 5u32.to_le_bytes().to_vec();
     i32s.extend(3u64.to_le_bytes());
-    [7i32, -1, 0].iter().for_each(|x| i32s.extend(x.to_le_bytes()));
+    [7i32, -1, 0]
+        .iter()
+        .for_each(|x| i32s.extend(x.to_le_bytes()));
     let data: Vec<u8> = (0..16u8).collect();
     Builder::new()
         .raw("u8", 0, &[200])
@@ -127,7 +132,10 @@ fn reads_every_value_type_and_a_tensor() {
     assert_eq!(g.metadata().len(), 15);
     assert_eq!(g.metadata()[0].0, "u8");
     let t = g.require_tensor("t").unwrap();
-    assert_eq!((t.ty, t.dims.as_slice(), t.elements()), (GgmlType::F32, &[4u64, 1][..], 4));
+    assert_eq!(
+        (t.ty, t.dims.as_slice(), t.elements()),
+        (GgmlType::F32, &[4u64, 1][..], 4)
+    );
     assert_eq!(t.data, &(0..16u8).collect::<Vec<_>>()[..]);
     assert_eq!(g.data_start % 32, 0);
     // Version 2 has the same layout.
@@ -147,11 +155,17 @@ fn getters_name_the_key_that_is_missing_or_of_another_type() {
             key: "tokenizer.ggml.model".into()
         }
     );
-    assert!(e.to_string().contains("`tokenizer.ggml.model` is missing"), "{e}");
+    assert!(
+        e.to_string().contains("`tokenizer.ggml.model` is missing"),
+        "{e}"
+    );
     let e = g.get_u32("str").unwrap_err();
     assert_eq!(e.to_string(), "GGUF key `str` is str, expected u32");
     let e = g.get_str_array("f32s").unwrap_err();
-    assert_eq!(e.to_string(), "GGUF key `f32s` is array of f32, expected array of str");
+    assert_eq!(
+        e.to_string(),
+        "GGUF key `f32s` is array of f32, expected array of str"
+    );
     assert_eq!(g.get_opt::<u32>("absent").unwrap(), None);
     assert!(g.get_opt::<u32>("u8").is_err());
     assert!(g.tensor("nope").is_none());
@@ -168,7 +182,10 @@ fn err(bytes: &[u8]) -> GgufReadError {
 #[test]
 fn refuses_bad_headers() {
     assert!(matches!(err(b"GGU"), GgufReadError::Truncated { .. }));
-    assert!(matches!(err(b"GGML\x03\0\0\0"), GgufReadError::BadMagic { .. }));
+    assert!(matches!(
+        err(b"GGML\x03\0\0\0"),
+        GgufReadError::BadMagic { .. }
+    ));
     let mut b = Builder::new();
     b.version = 1;
     assert_eq!(err(&b.build()), GgufReadError::UnsupportedVersion(1));
@@ -177,7 +194,11 @@ fn refuses_bad_headers() {
     // A count far beyond the file fails on the bytes, not on an allocation.
     let mut b = Builder::new().u32("a", 1).build_aligned(1);
     b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(matches!(err(&b), GgufReadError::Truncated { .. }), "{}", err(&b));
+    assert!(
+        matches!(err(&b), GgufReadError::Truncated { .. }),
+        "{}",
+        err(&b)
+    );
     let mut b = Builder::new().build_aligned(1);
     b[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
     assert!(matches!(err(&b), GgufReadError::Truncated { .. }));
@@ -187,15 +208,27 @@ fn refuses_bad_headers() {
 fn refuses_bad_metadata() {
     let e = err(&Builder::new().u32("a", 1).u32("a", 2).build());
     assert_eq!(e, GgufReadError::DuplicateKey { key: "a".into() });
-    assert!(matches!(err(&Builder::new().u32("", 1).build()), GgufReadError::EmptyKey { .. }));
+    assert!(matches!(
+        err(&Builder::new().u32("", 1).build()),
+        GgufReadError::EmptyKey { .. }
+    ));
     let e = err(&Builder::new().raw("k", 13, &[]).build());
     assert_eq!(e.to_string(), "GGUF key `k` has an unknown value type 13");
     let e = err(&Builder::new().raw("k", 7, &[2]).build());
-    assert_eq!(e, GgufReadError::BadBool { key: "k".into(), byte: 2 });
+    assert_eq!(
+        e,
+        GgufReadError::BadBool {
+            key: "k".into(),
+            byte: 2
+        }
+    );
     // An array of arrays.
     let mut v = 9u32.to_le_bytes().to_vec();
     v.extend(0u64.to_le_bytes());
-    assert_eq!(err(&Builder::new().raw("k", 9, &v).build()), GgufReadError::NestedArray { key: "k".into() });
+    assert_eq!(
+        err(&Builder::new().raw("k", 9, &v).build()),
+        GgufReadError::NestedArray { key: "k".into() }
+    );
     // An array whose count runs past the end, and a huge string count.
     let mut v = 6u32.to_le_bytes().to_vec();
     v.extend((u64::MAX / 2).to_le_bytes());
@@ -203,7 +236,10 @@ fn refuses_bad_metadata() {
     assert!(e.to_string().contains("the value of `k`"), "{e}");
     let mut v = 8u32.to_le_bytes().to_vec();
     v.extend(u64::MAX.to_le_bytes());
-    assert!(matches!(err(&Builder::new().raw("k", 9, &v).build()), GgufReadError::Truncated { .. }));
+    assert!(matches!(
+        err(&Builder::new().raw("k", 9, &v).build()),
+        GgufReadError::Truncated { .. }
+    ));
     // Not UTF-8.
     let mut v = Vec::new();
     s(&mut v, b"\xff");
@@ -212,33 +248,83 @@ fn refuses_bad_metadata() {
     // The alignment: a u32 power of two.
     let e = err(&Builder::new().raw(ALIGNMENT_KEY, 10, &[0; 8]).build());
     assert!(matches!(e, GgufReadError::WrongType { .. }), "{e}");
-    assert_eq!(err(&Builder::new().u32(ALIGNMENT_KEY, 24).build()), GgufReadError::BadAlignment(24));
-    assert_eq!(err(&Builder::new().u32(ALIGNMENT_KEY, 0).build()), GgufReadError::BadAlignment(0));
+    assert_eq!(
+        err(&Builder::new().u32(ALIGNMENT_KEY, 24).build()),
+        GgufReadError::BadAlignment(24)
+    );
+    assert_eq!(
+        err(&Builder::new().u32(ALIGNMENT_KEY, 0).build()),
+        GgufReadError::BadAlignment(0)
+    );
 }
 
 #[test]
 fn refuses_bad_tensors() {
     let data = [0u8; 64];
     let one = |dims: &[u64], ty: u32, offset: u64| {
-        Builder::new().tensor("w", dims, ty, offset).data(&data).build()
+        Builder::new()
+            .tensor("w", dims, ty, offset)
+            .data(&data)
+            .build()
     };
     assert!(Gguf::parse(&one(&[16], 0, 0)).is_ok());
     assert!(Gguf::parse(&one(&[32], 8, 0)).is_ok()); // one Q8_0 block, 34 bytes
-    assert!(matches!(err(&one(&[1, 1, 1, 1, 1], 0, 0)), GgufReadError::TooManyDims { dims: 5, .. }));
-    assert!(matches!(err(&one(&[4], 4, 0)), GgufReadError::UnknownTensorType { code: 4, .. }));
+    assert!(matches!(
+        err(&one(&[1, 1, 1, 1, 1], 0, 0)),
+        GgufReadError::TooManyDims { dims: 5, .. }
+    ));
+    assert!(matches!(
+        err(&one(&[4], 4, 0)),
+        GgufReadError::UnknownTensorType { code: 4, .. }
+    ));
     let e = err(&one(&[16], 8, 0));
     assert!(e.to_string().contains("not whole Q8_0 blocks of 32"), "{e}");
-    assert!(matches!(err(&one(&[u64::MAX], 0, 0)), GgufReadError::BadShape { .. }));
-    assert!(matches!(err(&one(&[1 << 40, 1 << 40], 0, 0)), GgufReadError::BadShape { .. }));
-    assert!(matches!(err(&one(&[4], 0, 8)), GgufReadError::MisalignedOffset { offset: 8, .. }));
+    assert!(matches!(
+        err(&one(&[u64::MAX], 0, 0)),
+        GgufReadError::BadShape { .. }
+    ));
+    assert!(matches!(
+        err(&one(&[1 << 40, 1 << 40], 0, 0)),
+        GgufReadError::BadShape { .. }
+    ));
+    assert!(matches!(
+        err(&one(&[4], 0, 8)),
+        GgufReadError::MisalignedOffset { offset: 8, .. }
+    ));
     let e = err(&one(&[17], 0, 0));
-    assert!(matches!(e, GgufReadError::TensorOutOfBounds { bytes: 68, available: 64, .. }), "{e}");
-    assert!(matches!(err(&one(&[4], 0, 64)), GgufReadError::TensorOutOfBounds { .. }));
-    assert!(matches!(err(&one(&[4], 0, u64::MAX - 31)), GgufReadError::TensorOutOfBounds { .. }));
-    let two = Builder::new().tensor("w", &[4], 0, 0).tensor("w", &[4], 0, 32).data(&data).build();
-    assert_eq!(err(&two), GgufReadError::DuplicateTensor { name: "w".into() });
+    assert!(
+        matches!(
+            e,
+            GgufReadError::TensorOutOfBounds {
+                bytes: 68,
+                available: 64,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        err(&one(&[4], 0, 64)),
+        GgufReadError::TensorOutOfBounds { .. }
+    ));
+    assert!(matches!(
+        err(&one(&[4], 0, u64::MAX - 31)),
+        GgufReadError::TensorOutOfBounds { .. }
+    ));
+    let two = Builder::new()
+        .tensor("w", &[4], 0, 0)
+        .tensor("w", &[4], 0, 32)
+        .data(&data)
+        .build();
+    assert_eq!(
+        err(&two),
+        GgufReadError::DuplicateTensor { name: "w".into() }
+    );
     // A larger alignment moves the data section.
-    let b = Builder::new().u32(ALIGNMENT_KEY, 64).tensor("w", &[4], 0, 0).data(&data);
+    let b = Builder::new()
+        .u32(ALIGNMENT_KEY, 64)
+        .tensor("w", &[4], 0, 0)
+        .data(&data);
     let bytes = b.build_aligned(64);
     let g = Gguf::parse(&bytes).unwrap();
     assert_eq!((g.alignment, g.data_start % 64), (64, 0));
@@ -274,5 +360,8 @@ fn type_codes_match_ggml() {
         }
     }
     assert_eq!(GgmlType::Q4K.name(), "Q4_K");
-    assert_eq!((GgmlType::Q6K.block_size(), GgmlType::Q6K.block_bytes()), (256, 210));
+    assert_eq!(
+        (GgmlType::Q6K.block_size(), GgmlType::Q6K.block_bytes()),
+        (256, 210)
+    );
 }
