@@ -108,3 +108,60 @@ fn gpt2_matches_llama_cpp() {
 fn qwen2_matches_llama_cpp() {
     check_vocab("qwen2", TokenizerKind::Bpe);
 }
+
+// ---- Hugging Face tokenizer.json -------------------------------------------------------
+
+/// The ids Hugging Face's `tokenizers` gives (tests/data/hf/make_fixtures.py made the files
+/// and cases.json with it): walsh must give the same, with and without the template's
+/// specials, and decode to the library's text (specials skipped).
+fn check_hf(name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hf");
+    let json = std::fs::read(dir.join(format!("{name}.json"))).unwrap();
+    let tok = Tokenizer::from_hf_json(&json, None).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = cases["cases"][name].as_array().unwrap();
+    assert!(cases.len() > 40);
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let mut failures = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        // The library parses added tokens in any text.
+        let with = tok.encode_with(text, true, true);
+        let without = tok.encode_with(text, false, true);
+        if with != ids(&case["ids"]) || without != ids(&case["ids_no_special"]) {
+            failures.push(format!(
+                "{text:?}\n  walsh: {with:?}\n  hf:    {:?}",
+                ids(&case["ids"])
+            ));
+            continue;
+        }
+        let decoded = tok.decode_lossy(&with, false).unwrap();
+        if decoded != case["decoded"].as_str().unwrap() {
+            failures.push(format!("{text:?} decodes to {decoded:?}, hf {:?}", case["decoded"]));
+        }
+    }
+    assert!(failures.is_empty(), "{name}: {} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+#[test]
+fn hf_bytelevel_llama3_matches_tokenizers() {
+    check_hf("bytelevel-llama3");
+}
+
+#[test]
+fn hf_bytelevel_gpt2_matches_tokenizers() {
+    check_hf("bytelevel-gpt2");
+}
+
+#[test]
+fn hf_llama2_prepend_matches_tokenizers() {
+    check_hf("llama2-prepend");
+}
+
+#[test]
+fn hf_llama2_metaspace_matches_tokenizers() {
+    check_hf("llama2-metaspace");
+}

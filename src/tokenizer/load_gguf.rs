@@ -117,6 +117,7 @@ impl Tokenizer {
                     SpacePrefix::None
                 };
                 tok.escape_whitespace = true;
+                tok.decode_strip = tok.space_prefix != SpacePrefix::None;
                 (tok, true)
             }
             "gpt2" => {

@@ -269,6 +269,9 @@ pub struct Tokenizer {
     space_prefix: SpacePrefix,
     /// Spaces become `▁` before the model and back when decoding.
     escape_whitespace: bool,
+    /// Decoding a text drops one space in front of its first token (the one the space
+    /// prefix put there).
+    decode_strip: bool,
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
@@ -292,6 +295,7 @@ impl Tokenizer {
             specials: Vec::new(),
             space_prefix: SpacePrefix::None,
             escape_whitespace: false,
+            decode_strip: false,
             bos: None,
             eos: None,
             add_bos: false,
@@ -545,16 +549,11 @@ impl Tokenizer {
         })
     }
 
-    /// Whether decoding drops one space in front of the first text (the one encoding put
-    /// there).
-    fn strips_leading_space(&self) -> bool {
-        self.space_prefix != SpacePrefix::None
-    }
-
     /// The bytes of `ids` (not necessarily UTF-8: a token may hold part of a character).
     /// Control tokens are rendered as their text when `special`, else as nothing. When the
-    /// tokenizer puts a space in front of text, the first token after an optional BOS
-    /// loses one leading space, so `decode(encode(text, true)) == text`.
+    /// tokenizer puts a space in front of text, the first token that renders to anything
+    /// loses one leading space (SentencePiece; Hugging Face's `Strip` decoder), so
+    /// `decode(encode(text, true), false) == text`.
     pub fn decode(&self, ids: &[u32], special: bool) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         let mut d = self.detokenizer(special);
@@ -569,10 +568,10 @@ impl Tokenizer {
         Ok(String::from_utf8_lossy(&self.decode(ids, special)?).into_owned())
     }
 
-    /// A streaming detokenizer for a text that starts here (the first token after an
-    /// optional BOS loses the space the encoder put in front).
+    /// A streaming detokenizer for a text that starts here (the first token that renders
+    /// to anything loses the space the encoder put in front, as in [`Tokenizer::decode`]).
     pub fn detokenizer(&self, special: bool) -> Detokenizer<'_> {
-        Detokenizer::new(self, special, self.strips_leading_space())
+        Detokenizer::new(self, special, self.decode_strip)
     }
 
     /// A streaming detokenizer for tokens that continue a text (generated after a prompt):

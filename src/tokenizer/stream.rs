@@ -16,7 +16,9 @@ pub struct Detokenizer<'t> {
     tokenizer: &'t Tokenizer,
     /// Render control tokens as their text.
     special: bool,
-    /// Drop one leading space of the next token that is not BOS.
+    /// Drop one leading space of the next token that renders to something (Hugging Face's
+    /// `Strip` decoder on the joined text; llama.cpp strips the first token's only, so
+    /// keeps the space after a BOS).
     strip_space: bool,
     /// The start of an unfinished character.
     pending: Vec<u8>,
@@ -35,7 +37,7 @@ impl<'t> Detokenizer<'t> {
     /// The bytes of `id` in this stream (after the leading-space rule).
     pub(super) fn piece(&mut self, id: u32) -> Result<Cow<'t, [u8]>> {
         let piece = self.tokenizer.piece(id, self.special)?;
-        if !self.strip_space || self.tokenizer.bos == Some(id) {
+        if !self.strip_space || piece.is_empty() {
             return Ok(piece);
         }
         self.strip_space = false;
