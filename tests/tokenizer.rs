@@ -123,7 +123,11 @@ fn check_hf(name: &str) {
     let cases = cases["cases"][name].as_array().unwrap();
     assert!(cases.len() > 40);
     let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
     };
     let mut failures = Vec::new();
     for case in cases {
@@ -140,10 +144,19 @@ fn check_hf(name: &str) {
         }
         let decoded = tok.decode_lossy(&with, false).unwrap();
         if decoded != case["decoded"].as_str().unwrap() {
-            failures.push(format!("{text:?} decodes to {decoded:?}, hf {:?}", case["decoded"]));
+            failures.push(format!(
+                "{text:?} decodes to {decoded:?}, hf {:?}",
+                case["decoded"]
+            ));
         }
     }
-    assert!(failures.is_empty(), "{name}: {} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {} differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -58,7 +58,10 @@ fn shape(json: &Value) -> Result<Shape> {
         space_prefix: SpacePrefix::None,
         escape_whitespace: false,
     };
-    let normalizers = flatten(json.get("normalizer").unwrap_or(&Value::Null), "normalizers");
+    let normalizers = flatten(
+        json.get("normalizer").unwrap_or(&Value::Null),
+        "normalizers",
+    );
     for n in normalizers {
         let str_field = |key: &str| n.get(key).and_then(Value::as_str);
         match type_of(n) {
@@ -75,14 +78,17 @@ fn shape(json: &Value) -> Result<Shape> {
         }
     }
     if s.space_prefix == SpacePrefix::Every && !s.escape_whitespace {
-        return Err(unsupported("a Prepend normalizer without Replace(\" \", \"▁\")"));
+        return Err(unsupported(
+            "a Prepend normalizer without Replace(\" \", \"▁\")",
+        ));
     }
     let pres = flatten(
         json.get("pre_tokenizer").unwrap_or(&Value::Null),
         "pretokenizers",
     );
     for p in pres {
-        let flag = |key: &str, default: bool| p.get(key).and_then(Value::as_bool).unwrap_or(default);
+        let flag =
+            |key: &str, default: bool| p.get(key).and_then(Value::as_bool).unwrap_or(default);
         match type_of(p) {
             "ByteLevel" => {
                 if s.byte_level {
@@ -171,7 +177,11 @@ impl Tokenizer {
                 return Err(unsupported(format!("BPE `{key}`")));
             }
         }
-        if model.get("dropout").and_then(Value::as_f64).is_some_and(|d| d > 0.0) {
+        if model
+            .get("dropout")
+            .and_then(Value::as_f64)
+            .is_some_and(|d| d > 0.0)
+        {
             return Err(unsupported("BPE dropout"));
         }
         let flag = |key: &str| model.get(key).and_then(Value::as_bool).unwrap_or(false);
@@ -344,7 +354,10 @@ impl Tokenizer {
         let (bos, eos) = (lookup("bos_token")?, lookup("eos_token")?);
         tok.bos = bos.or(tok.bos);
         tok.eos = eos.or(tok.eos);
-        for (key, slot) in [("add_bos_token", &mut tok.add_bos), ("add_eos_token", &mut tok.add_eos)] {
+        for (key, slot) in [
+            ("add_bos_token", &mut tok.add_bos),
+            ("add_eos_token", &mut tok.add_eos),
+        ] {
             if let Some(b) = config.get(key).and_then(Value::as_bool) {
                 *slot = b;
             }
