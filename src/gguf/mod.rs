@@ -72,7 +72,7 @@ pub enum GgufReadError {
     #[error("GGUF key `{key}` appears twice")]
     DuplicateKey { key: String },
 
-    #[error("GGUF {what} is not UTF-8")]
+    #[error("GGUF: {what} is not UTF-8")]
     NotUtf8 { what: String },
 
     #[error("GGUF key `{key}` has an unknown value type {code}")]
