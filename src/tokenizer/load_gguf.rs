@@ -107,7 +107,7 @@ impl Tokenizer {
             "llama" => {
                 let unk = unk.or((n > 0).then_some(0));
                 let spm = Spm::new(&vocab, unk);
-                let mut tok = Tokenizer::with_vocab(Model::Spm(spm), vocab);
+                let mut tok = Tokenizer::with_vocab(Model::Spm(Box::new(spm)), vocab);
                 // llama.cpp's SentencePiece defaults.
                 tok.bos = (n > 1).then_some(1);
                 tok.eos = (n > 2).then_some(2);
@@ -137,7 +137,7 @@ impl Tokenizer {
                     Fallback::RawBytes,
                     unk,
                 );
-                let tok = Tokenizer::with_vocab(Model::Bpe(bpe), vocab);
+                let tok = Tokenizer::with_vocab(Model::Bpe(Box::new(bpe)), vocab);
                 (tok, pre == PreTokenizer::Llama3)
             }
             other => return Err(TokenizerError::UnsupportedModel(other.to_string())),

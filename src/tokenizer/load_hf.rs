@@ -298,7 +298,7 @@ impl Tokenizer {
             fallback,
             unk,
         );
-        let mut tok = Tokenizer::with_vocab(Model::Bpe(bpe), vocab);
+        let mut tok = Tokenizer::with_vocab(Model::Bpe(Box::new(bpe)), vocab);
         tok.space_prefix = shape.space_prefix;
         tok.escape_whitespace = shape.escape_whitespace;
         // Decoding drops the space encoding added when the decoder strips one.

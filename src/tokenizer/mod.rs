@@ -254,8 +254,8 @@ const EOG_TEXTS: [&str; 22] = [
 #[derive(Clone, Debug)]
 enum Model {
     Byte,
-    Bpe(bpe::Bpe),
-    Spm(spm::Spm),
+    Bpe(Box<bpe::Bpe>),
+    Spm(Box<spm::Spm>),
 }
 
 /// A tokenizer (module docs). Cheap to share by reference; encoding and decoding take

@@ -82,7 +82,7 @@ impl Spm {
             symbols.push(Symbol {
                 start,
                 len: c.len_utf8(),
-                prev: i.wrapping_sub(1).min(NONE),
+                prev: if i == 0 { NONE } else { i - 1 },
                 next: i + 1,
             });
         }

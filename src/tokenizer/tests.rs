@@ -197,7 +197,7 @@ fn load(entries: &[(&str, u32, Vec<u8>)]) -> Result<Tokenizer> {
 #[test]
 fn gguf_errors_name_what_is_wrong() {
     let tokens = ("tokenizer.ggml.tokens", 9, str_array(&["a", "b", "ab"]));
-    let e = load(&[tokens.clone()]).unwrap_err();
+    let e = load(std::slice::from_ref(&tokens)).unwrap_err();
     assert_eq!(e.to_string(), "GGUF key `tokenizer.ggml.model` is missing");
     let model = |m: &str| ("tokenizer.ggml.model", 8, str_value(m));
     let e = load(&[model("t5"), tokens.clone()]).unwrap_err();

@@ -36,7 +36,7 @@ print("/// (first code point, category flags) of each run of code points with th
 print("/// category; a run ends where the next begins. The flags are llama.cpp's")
 print("/// `unicode_cpt_flags` low byte (see `super::unicode`).")
 print("#[rustfmt::skip]")
-print(f"pub(super) const CATEGORY_RUNS: [(u32, u8); {len(merged)}] = [")
+print(f"pub(super) static CATEGORY_RUNS: [(u32, u8); {len(merged)}] = [")
 line = "   "
 for start, flags in merged:
     item = f" (0x{start:X}, 0x{flags:02X}),"
