@@ -7,6 +7,9 @@
 //!
 //! - [`gpu`]: adapters, devices, the pipeline cache, buffers with memory accounting.
 //! - [`ops`]: the kernels, each with its CPU reference.
+//! - [`gguf`]: a bounded reader of GGUF files (metadata, tensor infos, tensor bytes).
+//! - [`tokenizer`]: byte-level, GPT-2-style BPE and SentencePiece tokenizers, loaded from
+//!   GGUF metadata or a Hugging Face `tokenizer.json`.
 //! - [`model`]: loading, the CPU and GPU decoders, generation and evaluation.
 //! - [`bench`](mod@bench): the cross-vendor benchmark suites and their reports.
 //! - [`limits`]: the sizes checked before memory is allocated for them.
@@ -14,9 +17,11 @@
 
 pub mod bench;
 pub mod blocks;
+pub mod gguf;
 pub mod gpu;
 pub mod limits;
 pub mod model;
 pub mod ops;
+pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -5,6 +5,9 @@
 //!   [`Model::load`] runs once it has read the two files; a model that loads decodes a
 //!   token on the CPU;
 //! - **report**: benchmark reports through [`Report::from_json`] (`walsh bench merge`);
+//! - **gguf**: GGUF files through walsh's reader ([`Gguf::parse`]) and, when one parses,
+//!   the tokenizer it describes ([`Tokenizer::from_gguf`]) encoding, decoding and streaming
+//!   a text;
 //! - **text**: prompts and texts through `encode_text`, [`Utf8Stream`], `generate` and
 //!   `evaluate` on a tiny CPU model, with sampling settings taken from the input; and
 //!   `--adapter` selectors;
@@ -14,11 +17,15 @@
 //!   hold no stop string).
 //!
 //! Seeds: the shipped models (`models/*/`), small random models of every variant in f32
-//! and f16, the committed reports (`bench-results/*.json`) and completions bodies. Mutations: bit flips,
+//! and f16, the committed reports (`bench-results/*.json`), completions bodies, and GGUF
+//! files: small models as `walsh export --gguf` writes them, a tiny hand-made BPE
+//! vocabulary, and llama.cpp's Llama 2 vocabulary (`tests/data/llama.cpp/`). Mutations: bit flips,
 //! interesting bytes and integers, inserts, deletes, duplicated ranges, truncations;
 //! safetensors-aware edits of the header length, of the header JSON (dtypes, shapes,
 //! offsets, names, metadata) and of the data (NaN and infinity patterns); JSON-aware edits
-//! of configs and reports (extreme numbers, wrong types, missing and unknown keys).
+//! of configs and reports (extreme numbers, wrong types, missing and unknown keys);
+//! GGUF-aware edits of counts, lengths and type codes (interesting integers at the fields'
+//! places, found by walking the file).
 //! Inputs whose outcome (error kind and message shape) is new join the pool, a crude
 //! stand-in for coverage feedback.
 //!
@@ -45,17 +52,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use walsh::bench::Report;
+use walsh::gguf::Gguf;
 use walsh::gpu::AdapterSelector;
 use walsh::model::batch::Finish;
 use walsh::model::completion::{CompletionRequest, Output, Update};
 use walsh::model::cpu::CpuDecoder;
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{CpuBatch, GenerateOptions, Utf8Stream, encode_text, generate};
+use walsh::model::gguf::{GgufWeights, gguf_bytes};
 use walsh::model::init::{FileTensor, random_tensors, safetensors_bytes};
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
+use walsh::tokenizer::Tokenizer;
 
 // ---- The allocation guard -------------------------------------------------------------
 
@@ -68,6 +78,13 @@ const ABORT_BYTES: usize = 1 << 30;
 /// as its bytes in the file) plus 1 MiB for fixed-size tables.
 fn allowance(input_len: usize) -> usize {
     2 * input_len + (1 << 20)
+}
+
+/// A GGUF input's allowance: a vocabulary's lookup table holds each token's string and id
+/// in a hash map of up to twice the entries, some 10 bytes of table per byte of a file of
+/// one-byte tokens, so 16 times the input (plus the same 1 MiB).
+fn gguf_allowance(input_len: usize) -> usize {
+    16 * input_len + (1 << 20)
 }
 
 thread_local! {
@@ -534,6 +551,121 @@ fn mutate_header(rng: &mut Rng, header: &mut serde_json::Value) {
     }
 }
 
+// ---- GGUF-aware mutations -----------------------------------------------------------------
+
+/// The byte offsets of a GGUF file's count, length and type fields (u64 counts and
+/// lengths, u32 type codes and dimension counts), found by walking it as far as it parses.
+fn gguf_fields(file: &[u8]) -> Vec<(usize, usize)> {
+    let mut fields = vec![(4, 4), (8, 8), (16, 8)];
+    let u32_at = |at: usize| {
+        file.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |at: usize| {
+        file.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    let (Some(n_tensors), Some(n_kv)) = (u64_at(8), u64_at(16)) else {
+        fields.retain(|&(at, w)| at + w <= file.len());
+        return fields;
+    };
+    let mut at = 24;
+    let string = |at: &mut usize, fields: &mut Vec<(usize, usize)>| -> Option<()> {
+        let n = u64_at(*at)? as usize;
+        fields.push((*at, 8));
+        *at = n
+            .checked_add(8)
+            .and_then(|m| at.checked_add(m))
+            .filter(|&e| e <= file.len())?;
+        Some(())
+    };
+    let mut walk = || -> Option<()> {
+        for _ in 0..n_kv.min(4096) {
+            string(&mut at, &mut fields)?;
+            let ty = u32_at(at)?;
+            fields.push((at, 4));
+            at += 4;
+            let (elem, count) = if ty == 9 {
+                fields.push((at, 4));
+                fields.push((at + 4, 8));
+                let r = (u32_at(at)?, u64_at(at + 4)?);
+                at += 12;
+                r
+            } else {
+                (ty, 1)
+            };
+            let size = match elem {
+                0 | 1 | 7 => 1,
+                2 | 3 => 2,
+                4..=6 => 4,
+                10..=12 => 8,
+                8 => 0,
+                _ => return None,
+            };
+            if size == 0 {
+                for _ in 0..count.min(1 << 20) {
+                    string(&mut at, &mut fields)?;
+                }
+            } else {
+                at = (count as usize)
+                    .checked_mul(size)
+                    .and_then(|m| at.checked_add(m))
+                    .filter(|&e| e <= file.len())?;
+            }
+        }
+        for _ in 0..n_tensors.min(4096) {
+            string(&mut at, &mut fields)?;
+            let dims = u32_at(at)? as usize;
+            fields.push((at, 4));
+            at += 4;
+            for _ in 0..dims.min(8) {
+                fields.push((at, 8));
+                at += 8;
+            }
+            fields.push((at, 4));
+            fields.push((at + 4, 8));
+            at += 12;
+        }
+        Some(())
+    };
+    walk();
+    fields.retain(|&(at, w)| at + w <= file.len());
+    fields
+}
+
+fn mutate_gguf(rng: &mut Rng, file: &[u8]) -> Vec<u8> {
+    let mut out = file.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        let fields = gguf_fields(&out);
+        match rng.below(4) {
+            // A count, length or type code: off by a little, or extreme.
+            0 | 1 if !fields.is_empty() => {
+                let (at, width) = *rng.pick(&fields);
+                let old = out[at..at + width]
+                    .iter()
+                    .rev()
+                    .fold(0u64, |v, &b| (v << 8) | b as u64);
+                let new = match rng.below(3) {
+                    0 => old.wrapping_add(rng.below(5) as u64).wrapping_sub(2),
+                    1 => rng.below(16) as u64,
+                    _ => *rng.pick(INTERESTING_U64),
+                };
+                out[at..at + width].copy_from_slice(&new.to_le_bytes()[..width]);
+            }
+            // Bytes of the metadata (strings: token texts, keys, values).
+            2 => {
+                let end = fields.last().map_or(out.len(), |&(at, w)| at + w);
+                mutate_bytes(rng, &mut out, 0..end);
+            }
+            _ => {
+                let len = out.len();
+                mutate_bytes(rng, &mut out, 0..len);
+            }
+        }
+    }
+    out
+}
+
 // ---- Seeds ----------------------------------------------------------------------------
 
 fn root() -> &'static Path {
@@ -565,6 +697,10 @@ struct Seeds {
     requests: Vec<Vec<u8>>,
     /// The model the text target decodes with.
     tiny: Model,
+    /// Small GGUF files: exported models and a hand-made BPE vocabulary.
+    ggufs: Vec<Vec<u8>>,
+    /// llama.cpp's Llama 2 vocabulary (700 KiB): one GGUF execution in sixteen.
+    llama_vocab: Vec<u8>,
 }
 
 fn seeds() -> Seeds {
@@ -629,6 +765,16 @@ fn seeds() -> Seeds {
     .to_vec();
     let (config, weights) = &small[0];
     let tiny = Model::from_bytes(Path::new("<tiny>"), config, weights).unwrap();
+    // The dense/dense small model, exported.
+    let (config, weights) = &small[1];
+    let dense = Model::from_bytes(Path::new("<dense>"), config, weights).unwrap();
+    let mut ggufs: Vec<Vec<u8>> = [GgufWeights::F32, GgufWeights::Q8_0]
+        .into_iter()
+        .map(|w| gguf_bytes(&dense, "fuzz", w).unwrap())
+        .collect();
+    ggufs.push(bpe_vocab_gguf());
+    let llama_vocab =
+        std::fs::read(root().join("tests/data/llama.cpp/ggml-vocab-llama-spm.gguf")).unwrap();
     Seeds {
         small,
         shipped,
@@ -636,7 +782,64 @@ fn seeds() -> Seeds {
         texts,
         requests,
         tiny,
+        ggufs,
+        llama_vocab,
     }
+}
+
+/// A GGUF of a tiny byte-level BPE vocabulary (llama3 pre-tokenizer, merges, a control and
+/// a user-defined token, a chat template).
+fn bpe_vocab_gguf() -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, text: &str) {
+        out.extend((text.len() as u64).to_le_bytes());
+        out.extend(text.as_bytes());
+    }
+    fn strs(items: &[&str]) -> (u32, Vec<u8>) {
+        let mut v = 8u32.to_le_bytes().to_vec();
+        v.extend((items.len() as u64).to_le_bytes());
+        items.iter().for_each(|x| s(&mut v, x));
+        (9, v)
+    }
+    let tokens = [
+        "R", "O", "M", "E", ".", "Ġ", "Ċ", "a", "b", "RO", "ME", "ROME", "<|eot|>", "<u>", "Ã", "±",
+    ];
+    let mut types = 5u32.to_le_bytes().to_vec();
+    types.extend((tokens.len() as u64).to_le_bytes());
+    for (i, _) in tokens.iter().enumerate() {
+        let ty: i32 = match i {
+            12 => 3,
+            13 => 4,
+            _ => 1,
+        };
+        types.extend(ty.to_le_bytes());
+    }
+    let text = |v: &str| {
+        let mut out = Vec::new();
+        s(&mut out, v);
+        (8u32, out)
+    };
+    let entries: Vec<(&str, (u32, Vec<u8>))> = vec![
+        ("tokenizer.ggml.model", text("gpt2")),
+        ("tokenizer.ggml.pre", text("llama-bpe")),
+        ("tokenizer.ggml.tokens", strs(&tokens)),
+        ("tokenizer.ggml.token_type", (9, types)),
+        ("tokenizer.ggml.merges", strs(&["R O", "M E", "RO ME"])),
+        (
+            "tokenizer.ggml.eos_token_id",
+            (4, 12u32.to_le_bytes().to_vec()),
+        ),
+        ("tokenizer.chat_template", text("{{ messages }}")),
+    ];
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    out.extend((entries.len() as u64).to_le_bytes());
+    for (key, (code, value)) in entries {
+        s(&mut out, key);
+        out.extend(code.to_le_bytes());
+        out.extend(value);
+    }
+    out
 }
 
 // ---- Targets --------------------------------------------------------------------------
@@ -647,10 +850,17 @@ enum Target {
     Report,
     Text,
     Request,
+    Gguf,
 }
 
 impl Target {
-    const ALL: [Target; 4] = [Target::Model, Target::Report, Target::Text, Target::Request];
+    const ALL: [Target; 5] = [
+        Target::Model,
+        Target::Report,
+        Target::Text,
+        Target::Request,
+        Target::Gguf,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -658,6 +868,7 @@ impl Target {
             Target::Report => "report",
             Target::Text => "text",
             Target::Request => "request",
+            Target::Gguf => "gguf",
         }
     }
 
@@ -731,6 +942,7 @@ fn execute(target: Target, input: &[u8], tiny: &Model) -> String {
         }
         Target::Text => run_text(input, tiny),
         Target::Request => run_request(input),
+        Target::Gguf => run_gguf(input),
     }
 }
 
@@ -779,6 +991,42 @@ fn run_request(input: &[u8]) -> String {
         );
     }
     format!("ok {} {}", c.stream, c.echo)
+}
+
+/// A GGUF file through the reader and, when it parses, its tokenizer.
+fn run_gguf(input: &[u8]) -> String {
+    let gguf = match Gguf::parse(input) {
+        Ok(g) => g,
+        Err(e) => return outcome(&e.to_string()),
+    };
+    for t in gguf.tensors() {
+        assert!(t.data.len() as u64 <= input.len() as u64, "{}", t.name);
+    }
+    let tok = match Tokenizer::from_gguf(&gguf) {
+        Ok(t) => t,
+        Err(e) => return format!("parsed|{}", outcome(&e.to_string())),
+    };
+    let text = "ROMEO.\n<|eot|> añ😀 <u>\u{2581}<s>  x";
+    for parse_special in [false, true] {
+        let ids = tok.encode_with(text, true, parse_special);
+        assert!(
+            ids.iter().all(|&id| (id as usize) < tok.vocab_size()),
+            "{ids:?}"
+        );
+        let bytes = tok.decode(&ids, parse_special).expect("ids it made decode");
+        let mut d = tok.detokenizer(parse_special);
+        let mut streamed = String::new();
+        for &id in &ids {
+            streamed.push_str(&d.push(id).expect("ids it made decode"));
+        }
+        streamed.push_str(&d.finish());
+        assert_eq!(
+            streamed,
+            String::from_utf8_lossy(&bytes),
+            "stream and decode differ"
+        );
+    }
+    "tokenizer".into()
 }
 
 /// Prompts, sampling settings and a text to score from one input, through the CPU
@@ -891,7 +1139,11 @@ thread_local! {
 fn guarded(target: Target, input: &[u8], tiny: &Model) -> Result<String, String> {
     OVER.with(|o| o.set(0));
     INPUT.with(|i| i.set((input.as_ptr() as usize, input.len())));
-    BOUND.with(|b| b.set(allowance(input.len())));
+    let allowed = match target {
+        Target::Gguf => gguf_allowance(input.len()),
+        _ => allowance(input.len()),
+    };
+    BOUND.with(|b| b.set(allowed));
     IN_EXECUTION.with(|e| e.set(true));
     let result = catch_unwind(AssertUnwindSafe(|| execute(target, input, tiny)));
     IN_EXECUTION.with(|e| e.set(false));
@@ -903,9 +1155,8 @@ fn guarded(target: Target, input: &[u8], tiny: &Model) -> Result<String, String>
             PANIC.with(|p| std::mem::take(&mut *p.borrow_mut()))
         )),
         Ok(_) if over > 0 => Err(format!(
-            "allocated {over} bytes at once for an input of {} bytes (allowance {})",
+            "allocated {over} bytes at once for an input of {} bytes (allowance {allowed})",
             input.len(),
-            allowance(input.len())
         )),
         Ok(outcome) => Ok(outcome),
     }
@@ -937,10 +1188,11 @@ impl Fuzzer {
         let rng = &mut self.rng;
         // Mostly the loader, the main attack surface.
         let target = loop {
-            let t = match rng.below(10) {
+            let t = match rng.below(12) {
                 0 => Target::Report,
                 1 => Target::Text,
                 2 => Target::Request,
+                3 | 4 => Target::Gguf,
                 _ => Target::Model,
             };
             if self.targets.contains(&t) {
@@ -1002,6 +1254,14 @@ impl Fuzzer {
                 head.extend(text);
                 head
             }
+            Target::Gguf => {
+                let base = if rng.chance(16) {
+                    &self.seeds.llama_vocab
+                } else {
+                    rng.pick(&self.seeds.ggufs)
+                };
+                mutate_gguf(rng, base)
+            }
         };
         (target, input)
     }
@@ -1057,6 +1317,7 @@ fn mutate_any(rng: &mut Rng, target: Target, base: &[u8]) -> Vec<u8> {
             mutate_bytes(rng, &mut input, 0..len);
             input
         }
+        Target::Gguf => mutate_gguf(rng, base),
     }
 }
 
@@ -1160,7 +1421,12 @@ fn loader_and_text_inputs_survive_mutation() {
     if targets.len() == Target::ALL.len() {
         assert!(tally.outcomes.len() >= 40, "{:?}", tally.outcomes);
     }
-    for kind in ["model:ok", "report:ok", "request:ok false false"] {
+    for kind in [
+        "model:ok",
+        "report:ok",
+        "request:ok false false",
+        "gguf:tokenizer",
+    ] {
         if !targets.iter().any(|t| kind.starts_with(t.name())) {
             continue;
         }
@@ -1233,4 +1499,37 @@ fn replay() {
     let input = std::fs::read(&path).unwrap();
     let seeds = seeds();
     println!("{name}: {}", execute(target, &input, &seeds.tiny));
+}
+
+/// Every truncation of a small exported GGUF that cuts into its tensors' bytes fails, and
+/// flipping any byte of its header (each bit pattern inverted) never panics, in the reader
+/// or in the tokenizer of what still parses.
+#[test]
+fn gguf_truncations_fail_and_header_flips_never_panic() {
+    let seeds = seeds();
+    for file in &seeds.ggufs {
+        let g = Gguf::parse(file).unwrap();
+        let end = g
+            .tensors()
+            .iter()
+            .map(|t| g.data_start + t.offset as usize + t.data.len())
+            .max()
+            .unwrap_or(0);
+        let header = gguf_fields(file)
+            .last()
+            .map_or(file.len(), |&(at, w)| at + w);
+        // Every cut up to the last header field, then a sample of cuts into the data.
+        let cuts = (0..header.min(end.max(header))).chain((header..end).step_by(97));
+        for n in cuts {
+            assert!(
+                Gguf::parse(&file[..n]).is_err(),
+                "truncated at {n} of {end}"
+            );
+        }
+        for i in 0..header.min(file.len()) {
+            let mut b = file.clone();
+            b[i] ^= 0xff;
+            let _ = run_gguf(&b);
+        }
+    }
 }

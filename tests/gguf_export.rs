@@ -471,3 +471,74 @@ fn a_bad_output_path_is_an_error_naming_it() {
     let s = write_gguf(&model, "m", GgufWeights::F16, &path).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, s.bytes);
 }
+
+/// The test reader's value of one of walsh's reader's values.
+fn kv_of(v: walsh::gguf::Value) -> Kv {
+    use walsh::gguf::Value;
+    match v {
+        Value::U32(x) => Kv::U32(x),
+        Value::I32(x) => Kv::I32(x),
+        Value::F32(x) => Kv::F32(x),
+        Value::Bool(x) => Kv::Bool(x),
+        Value::Str(s) => Kv::Str(s.to_string()),
+        Value::Array(a) => Kv::Arr(a.iter().map(kv_of).collect()),
+        other => panic!("the writer writes no {other:?}"),
+    }
+}
+
+/// walsh's own GGUF reader (`walsh::gguf`) reads every export as this file's reader does:
+/// the same keys and values, tensor names, shapes, types, offsets and bytes; and the
+/// tokenizer it describes gives walsh's byte ids, except that llama.cpp's SentencePiece
+/// tokenizer turns each space into U+2581 first (docs/model-format.md#gguf-export).
+#[test]
+fn walshs_reader_reads_the_export_back() {
+    use walsh::gguf::Gguf as Reader;
+    use walsh::tokenizer::Tokenizer;
+    let model = random_model(&config(false), 9, WeightFormat::F32).unwrap();
+    for weights in [
+        GgufWeights::F32,
+        GgufWeights::F16,
+        GgufWeights::Q8_0,
+        GgufWeights::Q4_0,
+    ] {
+        let bytes = gguf_bytes(&model, "round-trip", weights).unwrap();
+        let mine = Reader::parse(&bytes).unwrap();
+        let theirs = parse(bytes.clone());
+        assert_eq!(mine.version, 3);
+        assert_eq!(mine.data_start, theirs.data_start);
+        assert_eq!(mine.metadata().len(), theirs.kv.len(), "{weights}");
+        for (key, value) in mine.metadata() {
+            assert_eq!(Some(&kv_of(*value)), theirs.kv.get(*key), "{weights} {key}");
+        }
+        assert_eq!(mine.tensors().len(), theirs.tensors.len());
+        let sizes: HashMap<u32, (u64, u64)> =
+            [(0, (1, 4)), (1, (1, 2)), (8, (32, 34)), (2, (32, 18))].into();
+        for (t, (name, info)) in mine.tensors().iter().zip(&theirs.tensors) {
+            assert_eq!(t.name, name);
+            assert_eq!(
+                t.dims,
+                info.ne.iter().map(|&d| d as u64).collect::<Vec<_>>()
+            );
+            assert_eq!((t.ty.id(), t.offset as usize), (info.ty, info.offset));
+            let (block, block_bytes) = sizes[&info.ty];
+            let len = (t.elements() / block * block_bytes) as usize;
+            let at = theirs.data_start + info.offset;
+            assert_eq!(t.data, &bytes[at..at + len], "{weights} {name}");
+        }
+        let tok = Tokenizer::from_gguf(&mine).unwrap();
+        let text = "ROMEO.\nBut soft — añ😀";
+        let ids = tok.encode(text, true);
+        let escaped = text.replace(' ', "\u{2581}");
+        assert_eq!(
+            ids,
+            escaped.bytes().map(u32::from).collect::<Vec<_>>(),
+            "{weights}"
+        );
+        assert_eq!(tok.decode(&ids, false).unwrap(), escaped.as_bytes());
+        let no_space = "ROMEO.\nañ😀";
+        assert_eq!(
+            tok.encode(no_space, true),
+            no_space.bytes().map(u32::from).collect::<Vec<_>>()
+        );
+    }
+}

@@ -6,9 +6,11 @@
 //! 2. `gpu`: adapters, devices, pipelines, buffers, recordings and their timing;
 //! 3. `blocks`: the q8/q4 block format of weight matrices;
 //! 4. `ops`: the kernels, each with its CPU reference;
-//! 5. `model`: configs, weights, sizes, the CPU and GPU decoders, generation;
-//! 6. `bench`: the benchmark suites and their reports;
-//! 7. `web`: the browser API (wasm32); the `walsh` binary (`src/main.rs`, `src/cli/`)
+//! 5. `gguf`: the GGUF container reader;
+//! 6. `tokenizer`: byte-level, BPE and SentencePiece tokenizers;
+//! 7. `model`: configs, weights, sizes, the CPU and GPU decoders, generation;
+//! 8. `bench`: the benchmark suites and their reports;
+//! 9. `web`: the browser API (wasm32); the `walsh` binary (`src/main.rs`, `src/cli/`)
 //!    stands above everything.
 //!
 //! The check reads every `.rs` file under `src/` as text (comments left out): each
@@ -19,7 +21,17 @@
 use std::path::{Path, PathBuf};
 
 /// The floors, bottom first.
-const FLOORS: [&str; 7] = ["limits", "gpu", "blocks", "ops", "model", "bench", "web"];
+const FLOORS: [&str; 9] = [
+    "limits",
+    "gpu",
+    "blocks",
+    "ops",
+    "gguf",
+    "tokenizer",
+    "model",
+    "bench",
+    "web",
+];
 
 fn floor(module: &str) -> Option<usize> {
     FLOORS.iter().position(|f| *f == module)

@@ -35,6 +35,9 @@ use super::quant;
 use super::weights::{Model, Tensor, TensorData};
 use super::{AttnOutput, ModelError, Query};
 use crate::blocks::{BLOCK, QuantError, QuantFormat, QuantMatrix, blocks_per_row};
+/// The tensor types written here (F32, F16, Q4_0, Q8_0) are the reader's.
+pub use crate::gguf::GgmlType;
+use crate::gguf::ValueType;
 
 /// The GGUF version written.
 pub const GGUF_VERSION: u32 = 3;
@@ -113,36 +116,6 @@ impl FromStr for GgufWeights {
     }
 }
 
-/// A GGML tensor type written here, with its `ggml_type` id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GgmlType {
-    F32,
-    F16,
-    Q4_0,
-    Q8_0,
-}
-
-impl GgmlType {
-    /// The `ggml_type` enum value stored in a tensor info.
-    pub fn id(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q4_0 => 2,
-            GgmlType::Q8_0 => 8,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::Q4_0 => "Q4_0",
-            GgmlType::Q8_0 => "Q8_0",
-        }
-    }
-}
-
 /// Why a model cannot be exported, or the file not written.
 #[derive(Debug, Error)]
 pub enum GgufError {
@@ -214,14 +187,6 @@ enum Value {
     I32s(Vec<i32>),
 }
 
-// GGUF metadata value types (gguf_type).
-const GGUF_UINT32: u32 = 4;
-const GGUF_INT32: u32 = 5;
-const GGUF_FLOAT32: u32 = 6;
-const GGUF_BOOL: u32 = 7;
-const GGUF_STRING: u32 = 8;
-const GGUF_ARRAY: u32 = 9;
-
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
@@ -239,37 +204,37 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 fn put_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::U32(v) => {
-            put_u32(out, GGUF_UINT32);
+            put_u32(out, ValueType::U32.code());
             put_u32(out, *v);
         }
         Value::F32(v) => {
-            put_u32(out, GGUF_FLOAT32);
+            put_u32(out, ValueType::F32.code());
             out.extend_from_slice(&v.to_le_bytes());
         }
         Value::Bool(v) => {
-            put_u32(out, GGUF_BOOL);
+            put_u32(out, ValueType::Bool.code());
             out.push(u8::from(*v));
         }
         Value::Str(s) => {
-            put_u32(out, GGUF_STRING);
+            put_u32(out, ValueType::String.code());
             put_str(out, s);
         }
         Value::Strs(v) => {
-            put_u32(out, GGUF_ARRAY);
-            put_u32(out, GGUF_STRING);
+            put_u32(out, ValueType::Array.code());
+            put_u32(out, ValueType::String.code());
             put_u64(out, v.len() as u64);
             v.iter().for_each(|s| put_str(out, s));
         }
         Value::F32s(v) => {
-            put_u32(out, GGUF_ARRAY);
-            put_u32(out, GGUF_FLOAT32);
+            put_u32(out, ValueType::Array.code());
+            put_u32(out, ValueType::F32.code());
             put_u64(out, v.len() as u64);
             v.iter()
                 .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
         }
         Value::I32s(v) => {
-            put_u32(out, GGUF_ARRAY);
-            put_u32(out, GGUF_INT32);
+            put_u32(out, ValueType::Array.code());
+            put_u32(out, ValueType::I32.code());
             put_u64(out, v.len() as u64);
             v.iter()
                 .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
@@ -426,7 +391,7 @@ fn build(model: &Model, name: &str, weights: GgufWeights) -> Result<Built, GgufE
     ];
 
     let mut out = Vec::new();
-    out.extend_from_slice(b"GGUF");
+    out.extend_from_slice(&crate::gguf::MAGIC);
     put_u32(&mut out, GGUF_VERSION);
     put_u64(&mut out, tensors.len() as u64);
     put_u64(&mut out, metadata.len() as u64);
