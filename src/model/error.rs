@@ -21,6 +21,20 @@ pub enum ModelError {
     #[error("{path} is not a valid model config: {message}")]
     Config { path: PathBuf, message: String },
 
+    #[error("{path}: {source}")]
+    Tokenizer {
+        path: PathBuf,
+        #[source]
+        source: crate::tokenizer::TokenizerError,
+    },
+
+    #[error("{path}: the tokenizer has {tokens} tokens, more than the model's vocab_size {vocab}")]
+    TokenizerTooLarge {
+        path: PathBuf,
+        tokens: usize,
+        vocab: usize,
+    },
+
     #[error("{path} is not a valid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
 

@@ -16,6 +16,7 @@ pub mod init;
 pub mod profile;
 pub mod quant;
 pub mod sizes;
+pub mod tokens;
 pub mod weights;
 
 pub use config::{AttnOutput, Config, Query};
