@@ -72,6 +72,10 @@ pub struct Config {
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention): query head h reads KV head
+    /// h / (num_attention_heads / num_key_value_heads). Absent: num_attention_heads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<usize>,
     pub intermediate_size: usize,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
@@ -104,6 +108,7 @@ impl Default for Config {
             hidden_size: 256,
             num_hidden_layers: 4,
             num_attention_heads: 8,
+            num_key_value_heads: None,
             intermediate_size: 688,
             vocab_size: 256,
             max_position_embeddings: 128,
@@ -119,8 +124,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// hidden_size / num_attention_heads (0 for a config with no heads, which
+    /// [`Config::validate`] refuses).
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.hidden_size
+            .checked_div(self.num_attention_heads)
+            .unwrap_or(0)
+    }
+
+    /// Key/value heads: `num_key_value_heads`, or every query head when absent.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Width of a key (or value) row: kv_heads * head_dim.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads() * self.head_dim()
     }
 
     pub fn query_mlp_hidden(&self) -> usize {
@@ -162,15 +181,73 @@ impl Config {
 
     /// Parses and validates the text of a config file; `path` names it in messages.
     pub fn from_json(path: &Path, text: &str) -> Result<Self, ModelError> {
-        let config: Config = serde_json::from_str(text).map_err(|e| ModelError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config.validate().map_err(|message| ModelError::Config {
+        let error = |message: String| ModelError::Config {
             path: path.to_path_buf(),
             message,
-        })?;
+        };
+        let config: Config = serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
+        // The keys the struct ignores: refused where they would change the computation.
+        let keys: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
+        config.check_unsupported_keys(&keys).map_err(error)?;
+        config.validate().map_err(error)?;
         Ok(config)
+    }
+
+    /// Refuses Hugging Face keys that change the computation in a way walsh does not
+    /// implement, unless they hold the value that changes nothing (`head_dim` equal to
+    /// hidden_size / num_attention_heads, `rope_scaling` null, no biases, ...). Every other
+    /// key walsh does not read (`architectures`, `torch_dtype`, `bos_token_id`, ...) is
+    /// ignored: real config.json files carry many.
+    fn check_unsupported_keys(
+        &self,
+        keys: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        use serde_json::Value;
+        let head_dim = self.hidden_size.checked_div(self.num_attention_heads);
+        let is_null = |v: &Value| v.is_null();
+        let is_false = |v: &Value| v == &Value::Bool(false) || v.is_null();
+        let is_one = |v: &Value| v.as_f64() == Some(1.0);
+        let not_set = |v: &Value| v.is_null() || v.as_f64() == Some(0.0);
+        // (key, whether its value is the one walsh computes, what walsh computes)
+        let rules: [(&str, &dyn Fn(&Value) -> bool, &str); 10] = [
+            (
+                "head_dim",
+                &|v: &Value| head_dim.is_some_and(|h| v.as_u64() == Some(h as u64)),
+                "head_dim = hidden_size / num_attention_heads",
+            ),
+            ("rope_scaling", &is_null, "unscaled RoPE (null)"),
+            ("attention_bias", &is_false, "no attention biases (false)"),
+            ("mlp_bias", &is_false, "no MLP biases (false)"),
+            ("sliding_window", &is_null, "full causal attention (null)"),
+            (
+                "use_sliding_window",
+                &is_false,
+                "full causal attention (false)",
+            ),
+            (
+                "partial_rotary_factor",
+                &is_one,
+                "RoPE on every dimension (1)",
+            ),
+            (
+                "hidden_act",
+                &|v: &Value| v.as_str() == Some("silu"),
+                "a SiLU MLP (\"silu\")",
+            ),
+            ("attn_logit_softcapping", &not_set, "no softcapping (null)"),
+            ("final_logit_softcapping", &not_set, "no softcapping (null)"),
+        ];
+        for (key, supported, walsh) in rules {
+            if let Some(v) = keys.get(key)
+                && !supported(v)
+            {
+                return Err(format!(
+                    "{key} = {v} is not supported: walsh computes only {walsh}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks every rule the engine relies on; the message says which one failed.
@@ -216,6 +293,17 @@ impl Config {
                 "num_attention_heads = {} does not divide hidden_size = {}",
                 self.num_attention_heads, self.hidden_size
             ));
+        }
+        if let Some(kv) = self.num_key_value_heads {
+            if kv == 0 {
+                return Err("num_key_value_heads must be positive".into());
+            }
+            if !self.num_attention_heads.is_multiple_of(kv) {
+                return Err(format!(
+                    "num_key_value_heads = {kv} does not divide num_attention_heads = {}",
+                    self.num_attention_heads
+                ));
+            }
         }
         if !self.head_dim().is_multiple_of(2) {
             return Err(format!(

@@ -36,8 +36,8 @@ enum OutputWeights<'m> {
 struct LayerF32<'m> {
     input_layernorm: Cow<'m, [f32]>, // [d]
     query: QueryWeights<'m>,
-    k_proj: Cow<'m, [f32]>, // [d, d]
-    v_proj: Cow<'m, [f32]>, // [d, d]
+    k_proj: Cow<'m, [f32]>, // [kv_dim, d], kv_dim = kv_heads * head_dim
+    v_proj: Cow<'m, [f32]>, // [kv_dim, d]
     output: OutputWeights<'m>,
     post_attention_layernorm: Cow<'m, [f32]>, // [d]
     gate_proj: Cow<'m, [f32]>,                // [intermediate, d]
@@ -68,8 +68,8 @@ pub struct CpuDecoder<'m> {
     rope_cos: Vec<f32>,    // [head_dim / 2] at this position
     rope_sin: Vec<f32>,    // [head_dim / 2]
     logits: Vec<f32>,      // [vocab]
-    key_cache: Vec<f32>,   // [layers, max_positions, d], keys after rope
-    value_cache: Vec<f32>, // [layers, max_positions, d]
+    key_cache: Vec<f32>,   // [layers, max_positions, kv_dim], keys after rope
+    value_cache: Vec<f32>, // [layers, max_positions, kv_dim]
     len: usize,            // positions filled
 }
 
@@ -143,7 +143,7 @@ impl<'m> CpuDecoder<'m> {
                 down_proj: f32_data(&w.down_proj),
             });
         }
-        let cache_len = c.num_hidden_layers * max_positions * d;
+        let cache_len = c.num_hidden_layers * max_positions * c.kv_dim();
         Ok(Self {
             model,
             max_positions,
@@ -194,6 +194,9 @@ impl<'m> CpuDecoder<'m> {
         }
         let d = c.hidden_size;
         let head_dim = c.head_dim();
+        let kv_dim = c.kv_dim();
+        // Grouped-query attention: query heads per KV head (1 without grouping).
+        let group = c.num_attention_heads / c.kv_heads();
         let half = head_dim / 2;
         let eps = c.rms_norm_eps as f32;
         let att_scale = 1.0 / (head_dim as f32).sqrt();
@@ -206,11 +209,12 @@ impl<'m> CpuDecoder<'m> {
         }
 
         for (l, layer) in self.layers.iter().enumerate() {
-            // this layer's cache, [max_positions, d], and this position's row in it
-            let cache = l * self.max_positions * d..(l + 1) * self.max_positions * d;
+            // this layer's cache, [max_positions, kv_dim], and this position's row in it
+            let layer_len = self.max_positions * kv_dim;
+            let cache = l * layer_len..(l + 1) * layer_len;
             let key_cache = &mut self.key_cache[cache.clone()];
             let value_cache = &mut self.value_cache[cache];
-            let row = pos * d..(pos + 1) * d;
+            let row = pos * kv_dim..(pos + 1) * kv_dim;
 
             // attention: q, k, v of this position; k and v go straight into the cache
             rmsnorm(&mut self.xn, &self.x, &layer.input_layernorm, eps);
@@ -242,20 +246,22 @@ impl<'m> CpuDecoder<'m> {
             self.kv.store(&mut key_cache[row.clone()], head_dim);
             self.kv.store(&mut value_cache[row], head_dim);
 
-            // causal attention per head over positions 0..=pos
+            // causal attention per query head over positions 0..=pos; query head h reads
+            // KV head h / group
             for h in 0..c.num_attention_heads {
                 let head = h * head_dim..(h + 1) * head_dim;
+                let kv_head = (h / group) * head_dim..(h / group + 1) * head_dim;
                 let q = &self.q[head.clone()];
                 let att = &mut self.att[..=pos];
                 for (s, score) in att.iter_mut().enumerate() {
-                    let k = &key_cache[s * d..(s + 1) * d][head.clone()];
+                    let k = &key_cache[s * kv_dim..(s + 1) * kv_dim][kv_head.clone()];
                     *score = dot(q, k) * att_scale;
                 }
                 softmax(att);
-                let a = &mut self.a[head.clone()];
+                let a = &mut self.a[head];
                 a.fill(0.0);
                 for (s, &w) in att.iter().enumerate() {
-                    let v = &value_cache[s * d..(s + 1) * d][head.clone()];
+                    let v = &value_cache[s * kv_dim..(s + 1) * kv_dim][kv_head.clone()];
                     for (a, v) in a.iter_mut().zip(v) {
                         *a += w * v;
                     }

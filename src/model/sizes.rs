@@ -49,11 +49,13 @@ pub fn random_model_parameters(config: &Config) -> Result<u64, LimitError> {
     Ok(needed as u64)
 }
 
-/// Bytes of one position of one layer's key (or value) cache on the GPU: every head's
-/// values as `kv` stores them, with the quantized formats' scale word per head.
+/// Bytes of one position of one layer's key (or value) cache on the GPU: every KV head's
+/// values as `kv` stores them, with the quantized formats' scale word per head. With
+/// grouped-query attention the cache holds `num_key_value_heads` heads, not one per query
+/// head.
 pub fn kv_position_bytes(config: &Config, kv: KvFormat) -> u64 {
     let heads = config.num_attention_heads.max(1);
-    kv.position_bytes(heads, config.hidden_size / heads)
+    kv.position_bytes(config.kv_heads(), config.hidden_size / heads)
 }
 
 /// Bytes of one layer's key (or value) cache buffer: `seqs x positions` positions.
@@ -79,7 +81,8 @@ pub enum Placement {
 }
 
 /// Bytes a decoder of `seqs` sequences of `context` positions sets aside: the KV cache
-/// (`2 x layers x seqs x context x d_model` values, 4 bytes each on the CPU; on the GPU
+/// (`2 x layers x seqs x context x kv_dim` values, kv_dim = KV heads x head_dim (d_model
+/// without grouping), 4 bytes each on the CPU; on the GPU
 /// as the format stores them, [`KvFormat::position_bytes`] per position) and, on the CPU,
 /// each sequence's f32 weights; at most [`MAX_RUN_BYTES`].
 pub fn decoder_memory(
@@ -89,7 +92,7 @@ pub fn decoder_memory(
     placement: Placement,
 ) -> Result<u64, LimitError> {
     let one_cache = match placement {
-        Placement::Cpu => product(&[seqs, context, config.hidden_size, 4]),
+        Placement::Cpu => product(&[seqs, context, config.kv_dim(), 4]),
         Placement::Gpu(kv) => kv_cache_bytes(config, seqs, context, kv),
     };
     let cache = product(&[2, config.num_hidden_layers]).saturating_mul(one_cache);
@@ -296,7 +299,7 @@ pub fn decoder_buffers(
         format!(
             "each layer's key and value cache ({max_seqs} sequence(s) x {max_positions} \
              positions x {} values, {})",
-            c.hidden_size,
+            c.kv_dim(),
             kv.name()
         ),
         cache,
@@ -352,7 +355,8 @@ pub fn check_buffers_fit(
 ///   except the embedding table, of which a step reads one row per sequence (a tied
 ///   lm_head reads it whole, as the head);
 /// - per sequence, the keys and values of every position up to the fed token, in each
-///   layer: `2 x layers x (p + 1) x d x` the cache's bytes per value at position `p`.
+///   layer: `2 x layers x (p + 1) x kv_dim x` the cache's bytes per value at position
+///   `p` (kv_dim = KV heads x head_dim: d without grouping).
 ///   The decode steps feed positions `prompt .. prompt + new_tokens - 1` (the prefill
 ///   samples the first token), so `p + 1` averages `prompt + new_tokens / 2`.
 ///
