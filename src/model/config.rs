@@ -210,7 +210,7 @@ impl Config {
         let is_one = |v: &Value| v.as_f64() == Some(1.0);
         let not_set = |v: &Value| v.is_null() || v.as_f64() == Some(0.0);
         // (key, whether its value is the one walsh computes, what walsh computes)
-        let rules: [(&str, &dyn Fn(&Value) -> bool, &str); 10] = [
+        let rules: [(&str, &dyn Fn(&Value) -> bool, &str); 11] = [
             (
                 "head_dim",
                 &|v: &Value| head_dim.is_some_and(|h| v.as_u64() == Some(h as u64)),
@@ -229,6 +229,11 @@ impl Config {
                 "partial_rotary_factor",
                 &is_one,
                 "RoPE on every dimension (1)",
+            ),
+            (
+                "rope_interleaved",
+                &is_false,
+                "rotate_half RoPE pairs (i, i + head_dim/2) (false)",
             ),
             (
                 "hidden_act",
@@ -396,5 +401,122 @@ mod tests {
             "intermediate_size": 688, "vocab_size": 256, "max_position_embeddings": 128}"#;
         let parsed = Config::from_json(Path::new("config.json"), text).unwrap();
         assert_eq!(parsed, Config::default());
+    }
+    #[test]
+    fn kv_heads_default_to_the_heads_and_must_divide_them() {
+        let c = base();
+        assert_eq!((c.kv_heads(), c.kv_dim()), (4, 64));
+        let g = Config {
+            num_key_value_heads: Some(2),
+            ..base()
+        };
+        g.validate().unwrap();
+        assert_eq!((g.kv_heads(), g.kv_dim(), g.head_dim()), (2, 32, 16));
+        let with = |kv| {
+            Config {
+                num_key_value_heads: Some(kv),
+                ..base()
+            }
+            .validate()
+            .unwrap_err()
+        };
+        assert_eq!(with(0), "num_key_value_heads must be positive");
+        assert_eq!(
+            with(3),
+            "num_key_value_heads = 3 does not divide num_attention_heads = 4"
+        );
+        assert!(with(8).contains("num_key_value_heads = 8 does not divide"));
+        // Absent from the file: not written back either, so configs round-trip unchanged.
+        let json = serde_json::to_string(&base()).unwrap();
+        assert!(!json.contains("num_key_value_heads"), "{json}");
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(json.contains(r#""num_key_value_heads":2"#), "{json}");
+    }
+
+    /// SmolLM2-135M's config.json as Hugging Face ships it (vocabulary and all): every key
+    /// walsh does not read is harmless here.
+    const SMOLLM2: &str = r#"{
+        "architectures": ["LlamaForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 0,
+        "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
+        "intermediate_size": 1536, "is_llama_config": true, "max_position_embeddings": 8192,
+        "mlp_bias": false, "model_type": "llama", "num_attention_heads": 9,
+        "num_hidden_layers": 30, "num_key_value_heads": 3, "pad_token_id": null,
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": false,
+        "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true,
+        "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": true,
+        "vocab_size": 49152}"#;
+
+    /// TinyLlama-1.1B's, with head_dim (as newer transformers write it), sliding_window
+    /// and partial_rotary_factor at their no-op values added.
+    const TINYLLAMA: &str = r#"{
+        "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+        "intermediate_size": 5632, "max_position_embeddings": 2048, "model_type": "llama",
+        "num_attention_heads": 32, "num_hidden_layers": 22, "num_key_value_heads": 4,
+        "head_dim": 64, "sliding_window": null, "partial_rotary_factor": 1.0,
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null,
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+        "transformers_version": "4.31.0.dev0", "use_cache": true, "vocab_size": 32000}"#;
+
+    #[test]
+    fn real_hf_configs_load_with_their_harmless_keys() {
+        let path = Path::new("config.json");
+        let s = Config::from_json(path, SMOLLM2).unwrap();
+        assert_eq!((s.hidden_size, s.num_attention_heads), (576, 9));
+        assert_eq!((s.kv_heads(), s.head_dim(), s.kv_dim()), (3, 64, 192));
+        assert!(s.tie_word_embeddings);
+        assert_eq!(s.rope_theta, 100000.0);
+        let t = Config::from_json(path, TINYLLAMA).unwrap();
+        assert_eq!((t.kv_heads(), t.head_dim(), t.kv_dim()), (4, 64, 256));
+    }
+
+    #[test]
+    fn keys_that_change_the_computation_are_refused_by_name() {
+        // Each sets one key of SmolLM2's config to a value walsh does not compute; the
+        // error names the key and its value.
+        let cases = [
+            ("head_dim", "128", "head_dim = 128"),
+            (
+                "rope_scaling",
+                r#"{"rope_type": "llama3", "factor": 32.0}"#,
+                "rope_scaling = {",
+            ),
+            ("attention_bias", "true", "attention_bias = true"),
+            ("mlp_bias", "true", "mlp_bias = true"),
+            ("sliding_window", "4096", "sliding_window = 4096"),
+            ("use_sliding_window", "true", "use_sliding_window = true"),
+            (
+                "partial_rotary_factor",
+                "0.5",
+                "partial_rotary_factor = 0.5",
+            ),
+            ("hidden_act", r#""gelu""#, r#"hidden_act = "gelu""#),
+            ("rope_interleaved", "true", "rope_interleaved = true"),
+            (
+                "final_logit_softcapping",
+                "30.0",
+                "final_logit_softcapping = 30.0",
+            ),
+        ];
+        for (key, value, named) in cases {
+            let mut v: serde_json::Value = serde_json::from_str(SMOLLM2).unwrap();
+            v[key] = serde_json::from_str(value).unwrap();
+            let e = Config::from_json(Path::new("m/config.json"), &v.to_string()).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(named)
+                    && msg.contains("not supported")
+                    && msg.contains("m/config.json"),
+                "{key}: {msg}"
+            );
+        }
+        // The values that change nothing pass: head_dim = d / heads, no window, full RoPE.
+        let mut v: serde_json::Value = serde_json::from_str(SMOLLM2).unwrap();
+        v["head_dim"] = 64.into();
+        v["sliding_window"] = serde_json::Value::Null;
+        v["use_sliding_window"] = false.into();
+        v["partial_rotary_factor"] = 1.into();
+        Config::from_json(Path::new("config.json"), &v.to_string()).unwrap();
     }
 }

@@ -464,8 +464,9 @@ mod tests {
             x.iter().zip(g).map(|(v, g)| v * inv * g).collect()
         };
         let silu = |v: f64| v / (1.0 + (-v).exp());
+        // Rotates every head of v (q's nh heads, or k's kv heads).
         let rot = |v: &mut [f64], pos: usize| {
-            for h in 0..nh {
+            for h in 0..v.len() / hd {
                 for i in 0..hd / 2 {
                     let angle = pos as f64 / c.rope_theta.powf((2 * i) as f64 / hd as f64);
                     let (a, b) = (v[h * hd + i], v[h * hd + i + hd / 2]);
@@ -510,11 +511,14 @@ mod tests {
                 let mut a = vec![0.0; d];
                 for h in 0..nh {
                     let r = h * hd..(h + 1) * hd;
+                    // grouped-query attention: KV head h * kv_heads / nh
+                    let g = h * c.kv_heads() / nh;
+                    let kr = g * hd..(g + 1) * hd;
                     let scores: Vec<f64> = (0..=t)
                         .map(|s| {
                             let dot: f64 = qs[t][r.clone()]
                                 .iter()
-                                .zip(&ks[s][r.clone()])
+                                .zip(&ks[s][kr.clone()])
                                 .map(|(a, b)| a * b)
                                 .sum();
                             dot / (hd as f64).sqrt()
@@ -524,8 +528,8 @@ mod tests {
                     let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let sum: f64 = e.iter().sum();
                     for (s, e) in e.iter().enumerate() {
-                        for i in r.clone() {
-                            a[i] += e / sum * vs[s][i];
+                        for (i, j) in r.clone().zip(kr.clone()) {
+                            a[i] += e / sum * vs[s][j];
                         }
                     }
                 }
@@ -596,6 +600,98 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_query_attention_matches_full_recomputation() {
+        // 8 heads of 4 (d 32) or 6 (d 48) on 2 KV heads (4:1) and on 1 (8:1).
+        for (d, kv_heads) in [(32, 2), (48, 1)] {
+            for attn_output in [AttnOutput::Dense, AttnOutput::Hadamard] {
+                for query in [Query::Dense, Query::Identity] {
+                    let c = Config {
+                        num_attention_heads: 8,
+                        num_key_value_heads: Some(kv_heads),
+                        ..config(d, attn_output, query, false)
+                    };
+                    let m = model(&c, random_tensors(&c, 13));
+                    assert_eq!(m.weights.layers[0].k_proj.shape, [c.kv_dim(), d]);
+                    let logits = decode(&m, &TOKENS);
+                    for t in [1, 7, TOKENS.len()] {
+                        let want = reference_last_logits(&m, &TOKENS[..t]);
+                        let spread = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+                        let tol = 4e-6 * spread.max(1.0);
+                        for (g, w) in logits[t - 1].iter().zip(&want) {
+                            assert!(
+                                (*g as f64 - w).abs() <= tol,
+                                "d {d} kv {kv_heads} {}: position {}: {g} vs {w}",
+                                c.variant(),
+                                t - 1
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The model with its k and v projections' heads repeated for every query head of
+    /// their group: the same function without grouping.
+    fn ungrouped(c: &Config, tensors: &Named) -> (Config, Named) {
+        let (hd, group) = (c.head_dim(), c.num_attention_heads / c.kv_heads());
+        let d = c.hidden_size;
+        let tensors = tensors
+            .iter()
+            .map(|(name, shape, v)| {
+                if name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight") {
+                    // rows of KV head g become the rows of query heads g*group..(g+1)*group
+                    let rows: Vec<f32> = v
+                        .chunks(hd * d)
+                        .flat_map(|head| std::iter::repeat_n(head, group).flatten().copied())
+                        .collect();
+                    (name.clone(), vec![d, d], rows)
+                } else {
+                    (name.clone(), shape.clone(), v.clone())
+                }
+            })
+            .collect();
+        let full = Config {
+            num_key_value_heads: None,
+            ..c.clone()
+        };
+        (full, tensors)
+    }
+
+    #[test]
+    fn grouped_heads_equal_the_model_with_kv_heads_repeated() {
+        // Exact: each query head's scores and weighted values are the same f32 sums over
+        // the same keys and values, whether its KV head is shared or a copy.
+        for (heads, kv_heads) in [(8, 2), (8, 1), (4, 2)] {
+            for kv in [KvFormat::F32, KvFormat::F16, KvFormat::Q8Rot] {
+                for query in [Query::Dense, Query::ResidualMlp] {
+                    let c = Config {
+                        num_attention_heads: heads,
+                        num_key_value_heads: Some(kv_heads),
+                        ..config(64, AttnOutput::Hadamard, query, false)
+                    };
+                    let tensors = random_tensors(&c, 17);
+                    let (fc, ft) = ungrouped(&c, &tensors);
+                    let (gm, fm) = (model(&c, tensors), model(&fc, ft));
+                    let run = |m: &Model| {
+                        let mut dec = CpuDecoder::new(m, 16, kv).unwrap();
+                        TOKENS
+                            .iter()
+                            .enumerate()
+                            .map(|(pos, &t)| dec.forward(t, pos).unwrap().to_vec())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        run(&gm),
+                        run(&fm),
+                        "{heads}:{kv_heads} {kv} {query:?}: grouped logits differ"
+                    );
                 }
             }
         }

@@ -517,6 +517,67 @@ mod tests {
     }
 
     #[test]
+    fn grouped_query_attention_sizes_the_cache_by_kv_heads() {
+        // d 64, 8 heads of 8 on 2 KV heads: k and v are [16, 64]; a position of one
+        // layer's key cache holds 2 heads of 8 values.
+        let c = Config {
+            num_attention_heads: 8,
+            num_key_value_heads: Some(2),
+            ..config(64, 1, 16, 256)
+        };
+        assert_eq!(
+            parameters(&c),
+            2 * 256 * 64 + 3 * 64 + 64 * 64 + 2 * 16 * 64 + 2 * 64 + 3 * 64 * 192
+        );
+        // Per position and KV head: f32 8 words, f16 4; q8 2 level words + a scale, q4 1 + 1.
+        for (kv, bytes) in [
+            (KvFormat::F32, 2 * 8 * 4),
+            (KvFormat::F16, 2 * 4 * 4),
+            (KvFormat::Q8, 2 * 3 * 4),
+            (KvFormat::Q4, 2 * 2 * 4),
+            (KvFormat::Q8Rot, 2 * 3 * 4),
+            (KvFormat::Q4Rot, 2 * 2 * 4),
+        ] {
+            assert_eq!(kv_position_bytes(&c, kv), bytes, "{kv}");
+            assert_eq!(kv_cache_bytes(&c, 3, 10, kv), 30 * bytes as u128, "{kv}");
+            // K and V of 1 layer, 3 sequences of 10 positions.
+            let gpu = decoder_memory(&c, 3, 10, Placement::Gpu(kv));
+            assert_eq!(gpu, Ok(2 * 30 * bytes), "{kv}");
+        }
+        // A quarter of the ungrouped cache.
+        let full = Config {
+            num_key_value_heads: None,
+            ..c.clone()
+        };
+        assert_eq!(kv_position_bytes(&full, KvFormat::F16), 4 * 2 * 4 * 4);
+        let cpu_cache = 2 * 3 * 10 * 16 * 4;
+        assert_eq!(
+            decoder_memory(&c, 3, 10, Placement::Cpu),
+            Ok(cpu_cache + 3 * 4 * parameters(&c) as u64)
+        );
+        // The decoder's buffers: q, k and v stacked [64 + 2 x 16, 64], and the caches.
+        let m = random_model(&c, 2, WeightFormat::F16).unwrap();
+        let buffers = decoder_buffers(&m, 3, 10, KvFormat::Q8);
+        let qkv = buffers.iter().find(|b| b.0.contains("qkv")).unwrap();
+        assert_eq!(qkv.1, 96 * 64 * 2);
+        let cache = buffers.last().unwrap();
+        assert_eq!(cache.1, 30 * 24);
+        assert!(cache.0.contains("x 16 values"), "{}", cache.0);
+        assert_eq!(
+            planned_buffers(&c, WeightFormat::F16, 3, 10, KvFormat::Q8)
+                .last()
+                .unwrap()
+                .1,
+            30 * 24
+        );
+        // Bytes per decoded token: 1 sequence, prompt 10, 4 new tokens (12 positions on
+        // average), K and V of 1 layer in f16: 2 x 12 x 32 bytes of cache.
+        let kv = decode_bytes_per_token(&m, 1, 10, 4, KvFormat::F16)
+            - decode_bytes_per_token(&m, 1, 0, 0, KvFormat::F16);
+        assert_eq!(kv, 2.0 * 12.0 * 32.0);
+    }
+
+    #[test]
     fn decoder_memory_counts_cache_and_cpu_weights() {
         let c = config(64, 2, 1024, 256);
         let cache = 2 * 2 * 3 * 1024 * 64 * 4;
