@@ -210,7 +210,8 @@ impl Config {
         let is_one = |v: &Value| v.as_f64() == Some(1.0);
         let not_set = |v: &Value| v.is_null() || v.as_f64() == Some(0.0);
         // (key, whether its value is the one walsh computes, what walsh computes)
-        let rules: [(&str, &dyn Fn(&Value) -> bool, &str); 11] = [
+        type Rule<'a> = (&'a str, &'a dyn Fn(&Value) -> bool, &'a str);
+        let rules: [Rule; 11] = [
             (
                 "head_dim",
                 &|v: &Value| head_dim.is_some_and(|h| v.as_u64() == Some(h as u64)),

@@ -403,7 +403,9 @@ mod tests {
         // format: a prompt per sequence (prefill), then a decode row each split in 3 key
         // chunks, then one more without the split.
         let first = runs(&[(1, 0, 9), (0, 0, 4)]);
-        let steps: [(&[(u32, u32)], Option<usize>); 3] = [
+        // (rows, keys per decode chunk: None for prefill or the default chunk)
+        type Step<'a> = (&'a [(u32, u32)], Option<usize>);
+        let steps: [Step; 3] = [
             (&first, None),
             (&[(1, 9), (0, 4)], Some(4)),
             (&[(0, 5), (1, 10)], None),
