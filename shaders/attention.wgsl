@@ -1,17 +1,21 @@
 // Causal multi-head attention over a KV cache. Host side: src/ops/attention/ (mod.rs, attend.rs, write.rs, ...).
 //
-// With d = heads * HD (HD = head_dim, even), every f32 tensor is bound as vec2 pairs:
+// With d = heads * HD (HD = head_dim, even) and kv_d = kv_heads * HD (grouped-query
+// attention: query head h reads KV head h / (heads / kv_heads); kv_d = d without
+// grouping), every f32 tensor is bound as vec2 pairs:
 //     out                      [rows, d]                 row r of the batch
-//     k_rows, v_rows, q        row r at pair r * src_stride + src_off (k_rows) or
-//                              src_off2 (v_rows), d / 2 pairs: column windows of the
-//                              decoder's fused [rows, q | k | v] buffer, or whole [rows, d]
-//     k_cache, v_cache         [max_seqs, max_pos, heads] head blocks of head_words() u32
+//     q                        row r at pair r * src_stride + src_off, d / 2 pairs
+//     k_rows, v_rows           row r at pair r * src_stride + src_off (k_rows) or
+//                              src_off2 (v_rows), kv_d / 2 pairs: column windows of the
+//                              decoder's fused [rows, q | k | v] buffer, or whole rows
+//     k_cache, v_cache         [max_seqs, max_pos, kv_heads] head blocks of head_words() u32
 //                              words: the key / value of (seq, pos) in format KV (f32 bit
 //                              patterns, two halves per word, or a q8 / q4 block: an f32
 //                              scale word then the packed levels), docs/kv-cache.md
 //     row_table                [rows, 2] u32             (seq, pos) of row r
 //     plan                     [tiles, 2] u32            (first row, row count) of a tile
-// Row r attends to keys 0..=pos of its sequence; head h is columns h*HD..(h+1)*HD.
+// Row r attends to keys 0..=pos of its sequence; head h is columns h*HD..(h+1)*HD of q
+// and out, and reads KV head h / (heads / kv_heads) of the cache.
 //
 // Entry points:
 //   kv_write  k_cache[seq][pos] = k_rows[r] and v_cache[seq][pos] = v_rows[r] (f32, f16).
@@ -28,7 +32,9 @@
 // they are read from the decoder's fused [rows, q | k | v] buffer (bound as q, k at pair
 // k_off, v at src_off2), and the one workgroup whose key chunk holds the row's position
 // writes the head's key and value to the cache, in the cache's format and bit for bit as
-// the separate kernels would, before it reads the chunk's keys.
+// the separate kernels would, before it reads the chunk's keys. The host fuses only
+// ungrouped shapes (kv_heads = heads): with grouping, every query head of a group would
+// write the same cache block from its own workgroup while the others read it.
 // With KV_ROT the cache holds heads rotated by R = H / sqrt(HD) (H the Walsh-Hadamard
 // matrix of order HD = HM * HP: H_HM (x) H_HP, src/ops/hadamard/cpu.rs): attend rotates
 // each query head by R in workgroup memory, so scores are unchanged (R orthogonal), and
@@ -53,6 +59,7 @@ struct Params {
     level_inv: f32,  // kv_quant, FUSE: 1/127 (q8) or 1/7 (q4) rounded to f32 on the host
     k_off: u32,      // FUSE: pair of k in row 0 of q
     rope_half: u32,  // FUSE: pairs per position in cos_sin (head_dim / 2)
+    kv_heads: u32,   // KV heads of the cache; divides heads
 }
 
 // Workgroup memory in f32s: the device's limit (at least the WebGPU default, 16 KiB) up
@@ -235,7 +242,7 @@ fn store_v(p: u32, v: vec2<f32>) {
 @compute @workgroup_size(EW_WG)
 fn kv_write(@builtin(local_invocation_index) t: u32,
             @builtin(workgroup_id) wid: vec3<u32>) {
-    let d2 = params.heads * (HD / 2u);                      // pairs per row
+    let d2 = params.kv_heads * (HD / 2u);                   // pairs per k or v row
     let e = (wid.y * params.tiles_x + wid.x) * EW_WG + t;   // pair of the [rows, d/2] batch
     if (e >= params.rows * d2) {
         return;
@@ -351,13 +358,13 @@ fn pack_head(x: ptr<function, array<f32, MAX_HD>>, is_v: bool, base: u32) {
 @compute @workgroup_size(EW_WG)
 fn kv_quant(@builtin(local_invocation_index) t: u32,
             @builtin(workgroup_id) wid: vec3<u32>) {
-    let e = (wid.y * params.tiles_x + wid.x) * EW_WG + t;   // (row, head, k or v)
-    if (e >= params.rows * params.heads * 2u) {
+    let e = (wid.y * params.tiles_x + wid.x) * EW_WG + t;   // (row, KV head, k or v)
+    if (e >= params.rows * params.kv_heads * 2u) {
         return;
     }
     let is_v = e % 2u == 1u;
-    let head = (e / 2u) % params.heads;
-    let r = e / (2u * params.heads);
+    let head = (e / 2u) % params.kv_heads;
+    let r = e / (2u * params.kv_heads);
     let seq = row_table[2u * r];
     let pos = row_table[2u * r + 1u];
     if (seq >= params.max_seqs || pos >= params.max_pos) {
@@ -376,7 +383,7 @@ fn kv_quant(@builtin(local_invocation_index) t: u32,
         x[2u * c] = p.x;
         x[2u * c + 1u] = p.y;
     }
-    pack_head(&x, is_v, ((seq * params.max_pos + pos) * params.heads + head) * head_words());
+    pack_head(&x, is_v, ((seq * params.max_pos + pos) * params.kv_heads + head) * head_words());
 }
 
 // ---- attend ------------------------------------------------------------------------------
@@ -446,7 +453,7 @@ fn roped(row: u32, off: u32, i: u32) -> vec2<f32> {
     return vec2<f32>(a * cs.x - b * cs.y, b * cs.x + a * cs.y);
 }
 
-// FUSE: writes the key (after RoPE) and value of head `head` of each row of the tile whose
+// FUSE: writes the key (after RoPE) and value of KV head `head` of each row of the tile whose
 // position lies in the chunk starting at k_begin, staged in the tile's K and V blocks (free
 // until the key loop). Called from uniform control flow; ends with a storage barrier, so
 // the key loop reads what was written.
@@ -473,7 +480,7 @@ fn fused_kv_write(t: u32, first: u32, count: u32, head: u32, k_begin: u32) {
             tile[vb + 2u * c + 1u] = v.y;
         }
         workgroupBarrier();
-        let blk = (seq * params.max_pos + pos) * params.heads + head;
+        let blk = (seq * params.max_pos + pos) * params.kv_heads + head;
         if (KV >= 2u) {
             // One invocation per head, as kv_quant.
             if (t < 2u) {
@@ -507,6 +514,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
     // read-only storage, so it is uniform: the early returns keep barriers uniform.
     let wg = wid.y * params.tiles_x + wid.x;
     let head = wg % params.heads;
+    let kv_head = head / (params.heads / params.kv_heads);  // its group's KV head
     let chunk = (wg / params.heads) % params.chunks;
     let tile_id = wg / (params.heads * params.chunks);
     if (tile_id >= params.tiles) {
@@ -552,7 +560,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
             tile[qi * HD + c] = v.x;
             tile[qi * HD + c + h2] = v.y;
         }
-        fused_kv_write(t, first, count, head, k_begin);
+        fused_kv_write(t, first, count, kv_head, k_begin);
     } else {
         for (var x = t; x < TQ * h2; x += WG) {
             let qi = x / h2;
@@ -579,7 +587,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
         // The previous block has been consumed (on the first pass: Q is stored).
         workgroupBarrier();
         for (var x = t; x < nb * h2; x += WG) {
-            let blk = (cache_row0 + k0 + x / h2) * params.heads + head;
+            let blk = (cache_row0 + k0 + x / h2) * params.kv_heads + kv_head;
             set_tile2(k_at + x, load_k(blk, x % h2));
             set_tile2(v_at + x, load_v(blk, x % h2));
         }

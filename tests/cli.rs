@@ -608,6 +608,53 @@ fn broken_model_directories_fail_cleanly_naming_the_file() {
 }
 
 #[test]
+fn init_model_kv_heads_makes_a_grouped_model_that_decodes_alike_everywhere() {
+    // d 128, 8 heads of 16 on 2 KV heads, dense and Hadamard W_O: greedy text identical on
+    // the CPU and every adapter; config.json says num_key_value_heads, k_proj is [32, 128].
+    let dir = tempfile::tempdir().unwrap();
+    for attn_output in ["dense", "hadamard"] {
+        let extra = [
+            "--kv-heads",
+            "2",
+            "--attn-output",
+            attn_output,
+            "--context",
+            "64",
+        ];
+        let model = init_model(dir.path(), attn_output, "128", "2", "8", &extra);
+        let m = walsh::model::weights::Model::load(Path::new(&model)).unwrap();
+        assert_eq!(m.config.num_key_value_heads, Some(2));
+        assert_eq!(m.weights.layers[0].k_proj.shape, [32, 128]);
+        let (cpu, gpus) = cpu_then_adapters(&greedy(&model, "24", &["--prompt", "To be"]));
+        let cpu = stdout(&cpu);
+        assert!(cpu.starts_with("To be"), "{cpu}");
+        for (b, gpu) in gpus {
+            assert_eq!(stdout(&gpu), cpu, "{attn_output} greedy text on {b}");
+        }
+    }
+    // Without --kv-heads (or with it equal to --heads) the config has no such key.
+    let plain = init_model(dir.path(), "plain", "64", "1", "4", &["--kv-heads", "4"]);
+    let config = std::fs::read_to_string(Path::new(&plain).join("config.json")).unwrap();
+    assert!(!config.contains("num_key_value_heads"), "{config}");
+    let bad = dir.path().join("bad");
+    let e = walsh_fails(&[
+        "init-model",
+        "--out",
+        bad.to_str().unwrap(),
+        "--hidden-size",
+        "64",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "3",
+    ]);
+    assert_names(
+        &e,
+        &["num_key_value_heads = 3 does not divide num_attention_heads = 4"],
+    );
+}
+
+#[test]
 fn init_model_q8_is_the_f16_model_of_the_same_seed_quantized() {
     use walsh::blocks::{QuantFormat, QuantMatrix};
     use walsh::model::quant::quantized_by_default;

@@ -257,8 +257,11 @@ fn check_export(
         };
         assert!(info.offset >= end, "{name} overlaps the tensor before it");
         end = info.offset + bytes;
-        if name.contains("attn_q") || name.contains("attn_k") {
+        // q has the query heads, k (grouped-query attention) the KV heads.
+        if name.contains("attn_q") {
             got = unpermute(&got, shape[0], shape[1], expect.config.num_attention_heads);
+        } else if name.contains("attn_k") {
+            got = unpermute(&got, shape[0], shape[1], expect.config.kv_heads());
         }
         let same = got
             .iter()
@@ -336,6 +339,32 @@ fn metadata_describes_a_llama_model_with_a_byte_vocabulary() {
         names[names.len() - 2..],
         ["output_norm.weight", "output.weight"]
     );
+}
+
+#[test]
+fn grouped_query_attention_exports_kv_heads_and_permutes_k_by_them() {
+    // 4 query heads, 2 KV heads of 16: k and v are [32, 64], k's rows permuted within each
+    // of its 2 heads (check_export un-permutes by kv_heads and compares bit for bit).
+    let cfg = Config {
+        num_key_value_heads: Some(2),
+        ..config(false)
+    };
+    let model = random_model(&cfg, 7, WeightFormat::F16).unwrap();
+    let g = check_export(&model, GgufWeights::F16, &model, f16_types);
+    assert_eq!(kv_u32(&g, "llama.attention.head_count"), 4);
+    assert_eq!(kv_u32(&g, "llama.attention.head_count_kv"), 2);
+    let k = &g
+        .tensors
+        .iter()
+        .find(|(n, _)| n == "blk.1.attn_k.weight")
+        .unwrap()
+        .1;
+    assert_eq!(k.ne, [64, 32]);
+    // Permuted by 4 heads of 8 rows instead, the rows would differ.
+    let hf = model.weights.layers[1].k_proj.to_f32();
+    let (_, got) = decode(&g, k);
+    assert_ne!(unpermute(&got, 32, 64, 4), hf);
+    assert_eq!(unpermute(&got, 32, 64, 2), hf);
 }
 
 #[test]

@@ -36,13 +36,15 @@ pub struct DecoderCase {
     /// The layer matrices' format (f16, or q8 / q4 blocks); the embedding and lm_head stay
     /// f16, as `walsh quantize` leaves them.
     pub weights: WeightFormat,
+    /// Query heads per KV head (grouped-query attention); 1: none.
+    pub kv_group: usize,
 }
 
 impl DecoderCase {
     pub fn label(&self) -> String {
         format!(
             "{} {} d={} L={} batch={} prompt={}",
-            self.config().variant(),
+            self.variant(),
             self.weights.name(),
             self.d_model,
             self.layers,
@@ -67,14 +69,37 @@ impl DecoderCase {
         check_buffers_fit(buffers, limits)
     }
 
+    fn heads(&self) -> usize {
+        (self.d_model / 64).max(self.kv_group).max(1)
+    }
+
+    /// Whether `kv_group` divides the heads (not d_model 576's 9 heads by 4, say:
+    /// [`paper_cells`] leaves such cells out).
+    pub fn groups_evenly(&self) -> bool {
+        self.heads().is_multiple_of(self.kv_group.max(1))
+    }
+
+    /// The config's variant, with the grouping of a grouped case (`hadamard/dense gqa
+    /// 8:2`): what reports name the row.
+    pub fn variant(&self) -> String {
+        let c = self.config();
+        match c.num_key_value_heads {
+            Some(kv) => format!("{} gqa {}:{kv}", c.variant(), c.num_attention_heads),
+            None => c.variant(),
+        }
+    }
+
     /// The model: heads of 64 (fewer when d is small), FFN 3 d, byte vocabulary; its
-    /// matrices in [`DecoderCase::weights`].
+    /// matrices in [`DecoderCase::weights`]. Grouped, at least `kv_group` heads, and
+    /// `heads / kv_group` KV heads, for a case that [`Self::groups_evenly`].
     pub fn config(&self) -> Config {
         let d = self.d_model;
+        let heads = self.heads();
         Config {
             hidden_size: d,
             num_hidden_layers: self.layers,
-            num_attention_heads: (d / 64).max(1),
+            num_attention_heads: heads,
+            num_key_value_heads: (self.kv_group > 1).then(|| heads / self.kv_group),
             intermediate_size: 3 * d,
             vocab_size: 256,
             max_position_embeddings: self.prompt + self.new_tokens,
@@ -149,6 +174,7 @@ pub fn decoder_cases(options: &BenchOptions) -> Vec<DecoderCase> {
         new_tokens,
         kv_cache: options.kv_cache,
         weights,
+        kv_group: 1,
     };
     let mut cases: Vec<DecoderCase> = [
         (AttnOutput::Dense, Query::Dense),
@@ -168,6 +194,16 @@ pub fn decoder_cases(options: &BenchOptions) -> Vec<DecoderCase> {
             .filter(|&w| w != options.weights)
             .map(|w| case(AttnOutput::Hadamard, Query::Dense, w)),
     );
+    // Grouped-query attention when asked (`--kv-groups`): the dense and Hadamard models
+    // again with each grouping.
+    for &kv_group in &options.kv_groups {
+        cases.extend(
+            [AttnOutput::Dense, AttnOutput::Hadamard].map(|attn_output| DecoderCase {
+                kv_group,
+                ..case(attn_output, Query::Dense, options.weights)
+            }),
+        );
+    }
     cases
 }
 
@@ -215,7 +251,7 @@ impl<'g> Runner<'g> {
         let mut runner = Self {
             case: case.clone(),
             result: DecoderResult {
-                variant: config.variant(),
+                variant: case.variant(),
                 d_model: case.d_model,
                 layers: case.layers,
                 batch: case.batch,
@@ -317,12 +353,18 @@ pub struct PaperCell {
     pub new_tokens: usize,
     pub kv_cache: KvFormat,
     pub weights: WeightFormat,
+    /// Query heads per KV head of both models; 1: no grouping.
+    pub kv_group: usize,
 }
 
 impl PaperCell {
     pub fn label(&self) -> String {
+        let gqa = match self.kv_group {
+            1 => String::new(),
+            g => format!(" gqa {g}:1"),
+        };
         format!(
-            "paper d={} batch={} context={}",
+            "paper d={} batch={} context={}{gqa}",
             self.d_model, self.batch, self.context
         )
     }
@@ -339,6 +381,7 @@ impl PaperCell {
             new_tokens: self.new_tokens,
             kv_cache: self.kv_cache,
             weights: self.weights,
+            kv_group: self.kv_group,
         }
     }
 }
@@ -363,8 +406,9 @@ pub struct PaperResult {
     pub skipped: Option<String>,
 }
 
-/// d_model x batch x context, within the options' bounds. Two layers: the gains are per
-/// layer, and two keep big widths affordable.
+/// d_model x batch x context, within the options' bounds, and again for each of the
+/// options' `kv_groups` at the widths whose heads it divides. Two layers: the gains are
+/// per layer, and two keep big widths affordable.
 pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
     let (widths, batches, contexts, new_tokens): (&[usize], &[usize], &[usize], usize) =
         if options.quick {
@@ -382,18 +426,24 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
             )
         };
     let mut out = Vec::new();
-    for &d_model in widths.iter().filter(|&&d| d <= options.max_d_model) {
-        for &batch in batches {
-            for &context in contexts.iter().filter(|&&c| c <= options.max_context) {
-                out.push(PaperCell {
-                    d_model,
-                    batch,
-                    context,
-                    layers: 2,
-                    new_tokens,
-                    kv_cache: options.kv_cache,
-                    weights: options.weights,
-                });
+    for kv_group in std::iter::once(1).chain(options.kv_groups.iter().copied()) {
+        for &d_model in widths.iter().filter(|&&d| d <= options.max_d_model) {
+            for &batch in batches {
+                for &context in contexts.iter().filter(|&&c| c <= options.max_context) {
+                    let cell = PaperCell {
+                        d_model,
+                        batch,
+                        context,
+                        layers: 2,
+                        new_tokens,
+                        kv_cache: options.kv_cache,
+                        weights: options.weights,
+                        kv_group,
+                    };
+                    if cell.case(AttnOutput::Dense).groups_evenly() {
+                        out.push(cell);
+                    }
+                }
             }
         }
     }

@@ -275,6 +275,7 @@ pub async fn measure(
             let (seqs, max_pos) = if decode { (rows, context) } else { (1, rows) };
             let shape = AttnShape {
                 heads: n / head_dim,
+                kv_heads: n / head_dim,
                 head_dim,
                 max_seqs: seqs,
                 max_pos,

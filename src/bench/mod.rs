@@ -56,6 +56,11 @@ pub struct BenchOptions {
     /// this field ran f16). The decoder suite compares f16, q8 and q4 whatever this is.
     #[serde(default = "f16_weights")]
     pub weights: WeightFormat,
+    /// Groupings (query heads per KV head) of grouped-query attention to run besides the
+    /// ungrouped models: extra dense and Hadamard rows in the decoder suite and extra
+    /// cells in the paper grid. Empty by default (and in reports before this field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv_groups: Vec<usize>,
 }
 
 pub(crate) fn f32_cache() -> KvFormat {
@@ -80,6 +85,7 @@ impl BenchOptions {
             max_kernel_n: all_kernel_widths(),
             kv_cache: KvFormat::default(),
             weights: WeightFormat::F16,
+            kv_groups: Vec::new(),
         }
     }
 

@@ -202,6 +202,88 @@ mod weight_formats {
     }
 
     #[test]
+    fn kv_groups_add_grouped_rows_and_cells_only_when_asked() {
+        use super::super::decoder::paper_cells;
+        let full = BenchOptions::new(vec![Suite::Decoder, Suite::Paper], false);
+        let grouped = BenchOptions {
+            kv_groups: vec![4, 8],
+            ..full.clone()
+        };
+        // By default nothing is grouped: the suites' rows and runtimes stay as they were.
+        let plain = decoder_cases(&full);
+        assert_eq!(plain.len(), 7);
+        assert!(
+            plain
+                .iter()
+                .all(|c| c.config().num_key_value_heads.is_none())
+        );
+        assert_eq!(paper_cells(&full).len(), 8 * 3 * 3);
+        assert!(paper_cells(&full).iter().all(|c| c.kv_group == 1));
+        // d 512: 8 heads of 64 on 2 KV heads (4:1) and on 1 (8:1), dense and Hadamard.
+        let cases = decoder_cases(&grouped);
+        assert_eq!(cases.len(), 7 + 4);
+        let kv: Vec<(AttnOutput, usize, Option<usize>, String)> = cases[7..]
+            .iter()
+            .map(|c| {
+                let config = c.config();
+                assert!(c.groups_evenly());
+                config.validate().unwrap();
+                (
+                    c.attn_output,
+                    config.num_attention_heads,
+                    config.num_key_value_heads,
+                    c.variant(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kv,
+            [
+                (AttnOutput::Dense, 8, Some(2), "dense/dense gqa 8:2".into()),
+                (
+                    AttnOutput::Hadamard,
+                    8,
+                    Some(2),
+                    "hadamard/dense gqa 8:2".into()
+                ),
+                (AttnOutput::Dense, 8, Some(1), "dense/dense gqa 8:1".into()),
+                (
+                    AttnOutput::Hadamard,
+                    8,
+                    Some(1),
+                    "hadamard/dense gqa 8:1".into()
+                ),
+            ]
+        );
+        // Quick, d 128: at least as many heads as the grouping (4 of 32, 8 of 16), one KV head.
+        let quick = BenchOptions {
+            kv_groups: vec![4, 8],
+            ..quick_options()
+        };
+        let heads: Vec<(usize, usize)> = decoder_cases(&quick)[7..]
+            .iter()
+            .map(|c| (c.config().num_attention_heads, c.config().kv_heads()))
+            .collect();
+        assert_eq!(heads, [(4, 1), (4, 1), (8, 1), (8, 1)]);
+        // The paper grid again per grouping, at the widths whose heads it divides: 4:1
+        // leaves out 576 (9 heads) and 960 (15), 8:1 also 2304 (36).
+        let cells = paper_cells(&grouped);
+        let widths = |g: usize| -> Vec<usize> {
+            let mut w: Vec<usize> = cells
+                .iter()
+                .filter(|c| c.kv_group == g)
+                .map(|c| c.d_model)
+                .collect();
+            w.dedup();
+            w
+        };
+        assert_eq!(widths(1), [256, 512, 576, 960, 1024, 2048, 2304, 4096]);
+        assert_eq!(widths(4), [256, 512, 1024, 2048, 2304, 4096]);
+        assert_eq!(widths(8), [256, 512, 1024, 2048, 4096]);
+        assert!(cells.iter().any(|c| c.label().ends_with("gqa 8:1")));
+    }
+
+    #[test]
     fn reports_before_weight_formats_read_as_f16_and_q4_reports_have_their_own_files() {
         let r = synthetic("GPU A", "vulkan", 0.25);
         let mut value: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();

@@ -53,12 +53,18 @@ pub struct BenchArgs {
     /// `<adapter>-q8.*` / `<adapter>-q4.*`.
     #[arg(long, value_enum, default_value = "f16")]
     pub weights: WeightsArg,
+    /// Grouped-query attention besides the ungrouped models: query heads per KV head, a
+    /// comma-separated list (`4,8` for 4:1 and 8:1). Adds a dense and a Hadamard row per
+    /// grouping to the decoder suite and a grid per grouping to the paper suite (at the
+    /// widths whose heads it divides). Default: none.
+    #[arg(long, value_delimiter = ',')]
+    pub kv_groups: Vec<usize>,
     /// For GPU owners: every suite at full size on the chosen adapter (default: the best
     /// one), written into bench-results/ and merged with the reports there, then what to
     /// send. Takes no size bounds.
     #[arg(
         long,
-        conflicts_with_all = ["quick", "max_d_model", "max_context", "max_kernel_n", "all_adapters", "suite"]
+        conflicts_with_all = ["quick", "max_d_model", "max_context", "max_kernel_n", "all_adapters", "suite", "kv_groups"]
     )]
     pub contribute: bool,
 }
@@ -143,6 +149,13 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
     }
     options.kv_cache = args.kv_cache;
     options.weights = args.weights.into();
+    if let Some(g) = args.kv_groups.iter().find(|&&g| g < 2) {
+        bail!(
+            "--kv-groups {g}: give 2 or more query heads per KV head (the ungrouped models \
+             run anyway)"
+        );
+    }
+    options.kv_groups = args.kv_groups.clone();
     check_sizes(&options)?;
     let gpus: Vec<Gpu> = if args.all_adapters {
         let adapters = enumerate(&native_instance());
@@ -330,6 +343,7 @@ fn contribute(adapter: &str, weights: WeightsArg) -> Result<()> {
         seconds: None,
         kv_cache: KvFormat::default(),
         weights,
+        kv_groups: Vec::new(),
         contribute: false,
     };
     eprintln!(

@@ -408,6 +408,10 @@ pub struct InitArgs {
     pub layers: usize,
     #[arg(long, default_value_t = 8)]
     pub heads: usize,
+    /// Key/value heads (grouped-query attention, `num_key_value_heads`): must divide
+    /// --heads; default --heads (no grouping).
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
     /// Feed-forward width; default 3 x hidden size.
     #[arg(long)]
     pub intermediate_size: Option<usize>,
@@ -537,6 +541,9 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
         hidden_size: args.hidden_size,
         num_hidden_layers: args.layers,
         num_attention_heads: args.heads,
+        // Written to config.json only when it groups heads: without --kv-heads (or with
+        // --kv-heads equal to --heads) the file is what it always was.
+        num_key_value_heads: args.kv_heads.filter(|&k| k != args.heads),
         intermediate_size: args.intermediate_size.unwrap_or(3 * args.hidden_size),
         vocab_size: 256,
         max_position_embeddings: args.context,

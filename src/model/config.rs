@@ -72,6 +72,10 @@ pub struct Config {
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention): query head h reads KV head
+    /// h / (num_attention_heads / num_key_value_heads). Absent: num_attention_heads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<usize>,
     pub intermediate_size: usize,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
@@ -104,6 +108,7 @@ impl Default for Config {
             hidden_size: 256,
             num_hidden_layers: 4,
             num_attention_heads: 8,
+            num_key_value_heads: None,
             intermediate_size: 688,
             vocab_size: 256,
             max_position_embeddings: 128,
@@ -119,8 +124,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// hidden_size / num_attention_heads (0 for a config with no heads, which
+    /// [`Config::validate`] refuses).
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.hidden_size
+            .checked_div(self.num_attention_heads)
+            .unwrap_or(0)
+    }
+
+    /// Key/value heads: `num_key_value_heads`, or every query head when absent.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Width of a key (or value) row: kv_heads * head_dim.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads() * self.head_dim()
     }
 
     pub fn query_mlp_hidden(&self) -> usize {
@@ -162,15 +181,79 @@ impl Config {
 
     /// Parses and validates the text of a config file; `path` names it in messages.
     pub fn from_json(path: &Path, text: &str) -> Result<Self, ModelError> {
-        let config: Config = serde_json::from_str(text).map_err(|e| ModelError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config.validate().map_err(|message| ModelError::Config {
+        let error = |message: String| ModelError::Config {
             path: path.to_path_buf(),
             message,
-        })?;
+        };
+        let config: Config = serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
+        // The keys the struct ignores: refused where they would change the computation.
+        let keys: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
+        config.check_unsupported_keys(&keys).map_err(error)?;
+        config.validate().map_err(error)?;
         Ok(config)
+    }
+
+    /// Refuses Hugging Face keys that change the computation in a way walsh does not
+    /// implement, unless they hold the value that changes nothing (`head_dim` equal to
+    /// hidden_size / num_attention_heads, `rope_scaling` null, no biases, ...). Every other
+    /// key walsh does not read (`architectures`, `torch_dtype`, `bos_token_id`, ...) is
+    /// ignored: real config.json files carry many.
+    fn check_unsupported_keys(
+        &self,
+        keys: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        use serde_json::Value;
+        let head_dim = self.hidden_size.checked_div(self.num_attention_heads);
+        let is_null = |v: &Value| v.is_null();
+        let is_false = |v: &Value| v == &Value::Bool(false) || v.is_null();
+        let is_one = |v: &Value| v.as_f64() == Some(1.0);
+        let not_set = |v: &Value| v.is_null() || v.as_f64() == Some(0.0);
+        // (key, whether its value is the one walsh computes, what walsh computes)
+        type Rule<'a> = (&'a str, &'a dyn Fn(&Value) -> bool, &'a str);
+        let rules: [Rule; 11] = [
+            (
+                "head_dim",
+                &|v: &Value| head_dim.is_some_and(|h| v.as_u64() == Some(h as u64)),
+                "head_dim = hidden_size / num_attention_heads",
+            ),
+            ("rope_scaling", &is_null, "unscaled RoPE (null)"),
+            ("attention_bias", &is_false, "no attention biases (false)"),
+            ("mlp_bias", &is_false, "no MLP biases (false)"),
+            ("sliding_window", &is_null, "full causal attention (null)"),
+            (
+                "use_sliding_window",
+                &is_false,
+                "full causal attention (false)",
+            ),
+            (
+                "partial_rotary_factor",
+                &is_one,
+                "RoPE on every dimension (1)",
+            ),
+            (
+                "rope_interleaved",
+                &is_false,
+                "rotate_half RoPE pairs (i, i + head_dim/2) (false)",
+            ),
+            (
+                "hidden_act",
+                &|v: &Value| v.as_str() == Some("silu"),
+                "a SiLU MLP (\"silu\")",
+            ),
+            ("attn_logit_softcapping", &not_set, "no softcapping (null)"),
+            ("final_logit_softcapping", &not_set, "no softcapping (null)"),
+        ];
+        for (key, supported, walsh) in rules {
+            if let Some(v) = keys.get(key)
+                && !supported(v)
+            {
+                return Err(format!(
+                    "{key} = {v} is not supported: walsh computes only {walsh}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks every rule the engine relies on; the message says which one failed.
@@ -216,6 +299,17 @@ impl Config {
                 "num_attention_heads = {} does not divide hidden_size = {}",
                 self.num_attention_heads, self.hidden_size
             ));
+        }
+        if let Some(kv) = self.num_key_value_heads {
+            if kv == 0 {
+                return Err("num_key_value_heads must be positive".into());
+            }
+            if !self.num_attention_heads.is_multiple_of(kv) {
+                return Err(format!(
+                    "num_key_value_heads = {kv} does not divide num_attention_heads = {}",
+                    self.num_attention_heads
+                ));
+            }
         }
         if !self.head_dim().is_multiple_of(2) {
             return Err(format!(
@@ -308,5 +402,122 @@ mod tests {
             "intermediate_size": 688, "vocab_size": 256, "max_position_embeddings": 128}"#;
         let parsed = Config::from_json(Path::new("config.json"), text).unwrap();
         assert_eq!(parsed, Config::default());
+    }
+    #[test]
+    fn kv_heads_default_to_the_heads_and_must_divide_them() {
+        let c = base();
+        assert_eq!((c.kv_heads(), c.kv_dim()), (4, 64));
+        let g = Config {
+            num_key_value_heads: Some(2),
+            ..base()
+        };
+        g.validate().unwrap();
+        assert_eq!((g.kv_heads(), g.kv_dim(), g.head_dim()), (2, 32, 16));
+        let with = |kv| {
+            Config {
+                num_key_value_heads: Some(kv),
+                ..base()
+            }
+            .validate()
+            .unwrap_err()
+        };
+        assert_eq!(with(0), "num_key_value_heads must be positive");
+        assert_eq!(
+            with(3),
+            "num_key_value_heads = 3 does not divide num_attention_heads = 4"
+        );
+        assert!(with(8).contains("num_key_value_heads = 8 does not divide"));
+        // Absent from the file: not written back either, so configs round-trip unchanged.
+        let json = serde_json::to_string(&base()).unwrap();
+        assert!(!json.contains("num_key_value_heads"), "{json}");
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(json.contains(r#""num_key_value_heads":2"#), "{json}");
+    }
+
+    /// SmolLM2-135M's config.json as Hugging Face ships it (vocabulary and all): every key
+    /// walsh does not read is harmless here.
+    const SMOLLM2: &str = r#"{
+        "architectures": ["LlamaForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 0,
+        "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
+        "intermediate_size": 1536, "is_llama_config": true, "max_position_embeddings": 8192,
+        "mlp_bias": false, "model_type": "llama", "num_attention_heads": 9,
+        "num_hidden_layers": 30, "num_key_value_heads": 3, "pad_token_id": null,
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": false,
+        "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true,
+        "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": true,
+        "vocab_size": 49152}"#;
+
+    /// TinyLlama-1.1B's, with head_dim (as newer transformers write it), sliding_window
+    /// and partial_rotary_factor at their no-op values added.
+    const TINYLLAMA: &str = r#"{
+        "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+        "intermediate_size": 5632, "max_position_embeddings": 2048, "model_type": "llama",
+        "num_attention_heads": 32, "num_hidden_layers": 22, "num_key_value_heads": 4,
+        "head_dim": 64, "sliding_window": null, "partial_rotary_factor": 1.0,
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null,
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+        "transformers_version": "4.31.0.dev0", "use_cache": true, "vocab_size": 32000}"#;
+
+    #[test]
+    fn real_hf_configs_load_with_their_harmless_keys() {
+        let path = Path::new("config.json");
+        let s = Config::from_json(path, SMOLLM2).unwrap();
+        assert_eq!((s.hidden_size, s.num_attention_heads), (576, 9));
+        assert_eq!((s.kv_heads(), s.head_dim(), s.kv_dim()), (3, 64, 192));
+        assert!(s.tie_word_embeddings);
+        assert_eq!(s.rope_theta, 100000.0);
+        let t = Config::from_json(path, TINYLLAMA).unwrap();
+        assert_eq!((t.kv_heads(), t.head_dim(), t.kv_dim()), (4, 64, 256));
+    }
+
+    #[test]
+    fn keys_that_change_the_computation_are_refused_by_name() {
+        // Each sets one key of SmolLM2's config to a value walsh does not compute; the
+        // error names the key and its value.
+        let cases = [
+            ("head_dim", "128", "head_dim = 128"),
+            (
+                "rope_scaling",
+                r#"{"rope_type": "llama3", "factor": 32.0}"#,
+                "rope_scaling = {",
+            ),
+            ("attention_bias", "true", "attention_bias = true"),
+            ("mlp_bias", "true", "mlp_bias = true"),
+            ("sliding_window", "4096", "sliding_window = 4096"),
+            ("use_sliding_window", "true", "use_sliding_window = true"),
+            (
+                "partial_rotary_factor",
+                "0.5",
+                "partial_rotary_factor = 0.5",
+            ),
+            ("hidden_act", r#""gelu""#, r#"hidden_act = "gelu""#),
+            ("rope_interleaved", "true", "rope_interleaved = true"),
+            (
+                "final_logit_softcapping",
+                "30.0",
+                "final_logit_softcapping = 30.0",
+            ),
+        ];
+        for (key, value, named) in cases {
+            let mut v: serde_json::Value = serde_json::from_str(SMOLLM2).unwrap();
+            v[key] = serde_json::from_str(value).unwrap();
+            let e = Config::from_json(Path::new("m/config.json"), &v.to_string()).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(named)
+                    && msg.contains("not supported")
+                    && msg.contains("m/config.json"),
+                "{key}: {msg}"
+            );
+        }
+        // The values that change nothing pass: head_dim = d / heads, no window, full RoPE.
+        let mut v: serde_json::Value = serde_json::from_str(SMOLLM2).unwrap();
+        v["head_dim"] = 64.into();
+        v["sliding_window"] = serde_json::Value::Null;
+        v["use_sliding_window"] = false.into();
+        v["partial_rotary_factor"] = 1.into();
+        Config::from_json(Path::new("config.json"), &v.to_string()).unwrap();
     }
 }

@@ -36,8 +36,8 @@ enum OutputWeights<'m> {
 struct LayerF32<'m> {
     input_layernorm: Cow<'m, [f32]>, // [d]
     query: QueryWeights<'m>,
-    k_proj: Cow<'m, [f32]>, // [d, d]
-    v_proj: Cow<'m, [f32]>, // [d, d]
+    k_proj: Cow<'m, [f32]>, // [kv_dim, d], kv_dim = kv_heads * head_dim
+    v_proj: Cow<'m, [f32]>, // [kv_dim, d]
     output: OutputWeights<'m>,
     post_attention_layernorm: Cow<'m, [f32]>, // [d]
     gate_proj: Cow<'m, [f32]>,                // [intermediate, d]
@@ -68,8 +68,8 @@ pub struct CpuDecoder<'m> {
     rope_cos: Vec<f32>,    // [head_dim / 2] at this position
     rope_sin: Vec<f32>,    // [head_dim / 2]
     logits: Vec<f32>,      // [vocab]
-    key_cache: Vec<f32>,   // [layers, max_positions, d], keys after rope
-    value_cache: Vec<f32>, // [layers, max_positions, d]
+    key_cache: Vec<f32>,   // [layers, max_positions, kv_dim], keys after rope
+    value_cache: Vec<f32>, // [layers, max_positions, kv_dim]
     len: usize,            // positions filled
 }
 
@@ -143,7 +143,7 @@ impl<'m> CpuDecoder<'m> {
                 down_proj: f32_data(&w.down_proj),
             });
         }
-        let cache_len = c.num_hidden_layers * max_positions * d;
+        let cache_len = c.num_hidden_layers * max_positions * c.kv_dim();
         Ok(Self {
             model,
             max_positions,
@@ -194,6 +194,9 @@ impl<'m> CpuDecoder<'m> {
         }
         let d = c.hidden_size;
         let head_dim = c.head_dim();
+        let kv_dim = c.kv_dim();
+        // Grouped-query attention: query heads per KV head (1 without grouping).
+        let group = c.num_attention_heads / c.kv_heads();
         let half = head_dim / 2;
         let eps = c.rms_norm_eps as f32;
         let att_scale = 1.0 / (head_dim as f32).sqrt();
@@ -206,11 +209,12 @@ impl<'m> CpuDecoder<'m> {
         }
 
         for (l, layer) in self.layers.iter().enumerate() {
-            // this layer's cache, [max_positions, d], and this position's row in it
-            let cache = l * self.max_positions * d..(l + 1) * self.max_positions * d;
+            // this layer's cache, [max_positions, kv_dim], and this position's row in it
+            let layer_len = self.max_positions * kv_dim;
+            let cache = l * layer_len..(l + 1) * layer_len;
             let key_cache = &mut self.key_cache[cache.clone()];
             let value_cache = &mut self.value_cache[cache];
-            let row = pos * d..(pos + 1) * d;
+            let row = pos * kv_dim..(pos + 1) * kv_dim;
 
             // attention: q, k, v of this position; k and v go straight into the cache
             rmsnorm(&mut self.xn, &self.x, &layer.input_layernorm, eps);
@@ -242,20 +246,22 @@ impl<'m> CpuDecoder<'m> {
             self.kv.store(&mut key_cache[row.clone()], head_dim);
             self.kv.store(&mut value_cache[row], head_dim);
 
-            // causal attention per head over positions 0..=pos
+            // causal attention per query head over positions 0..=pos; query head h reads
+            // KV head h / group
             for h in 0..c.num_attention_heads {
                 let head = h * head_dim..(h + 1) * head_dim;
+                let kv_head = (h / group) * head_dim..(h / group + 1) * head_dim;
                 let q = &self.q[head.clone()];
                 let att = &mut self.att[..=pos];
                 for (s, score) in att.iter_mut().enumerate() {
-                    let k = &key_cache[s * d..(s + 1) * d][head.clone()];
+                    let k = &key_cache[s * kv_dim..(s + 1) * kv_dim][kv_head.clone()];
                     *score = dot(q, k) * att_scale;
                 }
                 softmax(att);
-                let a = &mut self.a[head.clone()];
+                let a = &mut self.a[head];
                 a.fill(0.0);
                 for (s, &w) in att.iter().enumerate() {
-                    let v = &value_cache[s * d..(s + 1) * d][head.clone()];
+                    let v = &value_cache[s * kv_dim..(s + 1) * kv_dim][kv_head.clone()];
                     for (a, v) in a.iter_mut().zip(v) {
                         *a += w * v;
                     }
@@ -458,8 +464,9 @@ mod tests {
             x.iter().zip(g).map(|(v, g)| v * inv * g).collect()
         };
         let silu = |v: f64| v / (1.0 + (-v).exp());
+        // Rotates every head of v (q's nh heads, or k's kv heads).
         let rot = |v: &mut [f64], pos: usize| {
-            for h in 0..nh {
+            for h in 0..v.len() / hd {
                 for i in 0..hd / 2 {
                     let angle = pos as f64 / c.rope_theta.powf((2 * i) as f64 / hd as f64);
                     let (a, b) = (v[h * hd + i], v[h * hd + i + hd / 2]);
@@ -504,11 +511,14 @@ mod tests {
                 let mut a = vec![0.0; d];
                 for h in 0..nh {
                     let r = h * hd..(h + 1) * hd;
+                    // grouped-query attention: KV head h * kv_heads / nh
+                    let g = h * c.kv_heads() / nh;
+                    let kr = g * hd..(g + 1) * hd;
                     let scores: Vec<f64> = (0..=t)
                         .map(|s| {
                             let dot: f64 = qs[t][r.clone()]
                                 .iter()
-                                .zip(&ks[s][r.clone()])
+                                .zip(&ks[s][kr.clone()])
                                 .map(|(a, b)| a * b)
                                 .sum();
                             dot / (hd as f64).sqrt()
@@ -518,8 +528,8 @@ mod tests {
                     let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let sum: f64 = e.iter().sum();
                     for (s, e) in e.iter().enumerate() {
-                        for i in r.clone() {
-                            a[i] += e / sum * vs[s][i];
+                        for (i, j) in r.clone().zip(kr.clone()) {
+                            a[i] += e / sum * vs[s][j];
                         }
                     }
                 }
@@ -590,6 +600,98 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_query_attention_matches_full_recomputation() {
+        // 8 heads of 4 (d 32) or 6 (d 48) on 2 KV heads (4:1) and on 1 (8:1).
+        for (d, kv_heads) in [(32, 2), (48, 1)] {
+            for attn_output in [AttnOutput::Dense, AttnOutput::Hadamard] {
+                for query in [Query::Dense, Query::Identity] {
+                    let c = Config {
+                        num_attention_heads: 8,
+                        num_key_value_heads: Some(kv_heads),
+                        ..config(d, attn_output, query, false)
+                    };
+                    let m = model(&c, random_tensors(&c, 13));
+                    assert_eq!(m.weights.layers[0].k_proj.shape, [c.kv_dim(), d]);
+                    let logits = decode(&m, &TOKENS);
+                    for t in [1, 7, TOKENS.len()] {
+                        let want = reference_last_logits(&m, &TOKENS[..t]);
+                        let spread = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+                        let tol = 4e-6 * spread.max(1.0);
+                        for (g, w) in logits[t - 1].iter().zip(&want) {
+                            assert!(
+                                (*g as f64 - w).abs() <= tol,
+                                "d {d} kv {kv_heads} {}: position {}: {g} vs {w}",
+                                c.variant(),
+                                t - 1
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The model with its k and v projections' heads repeated for every query head of
+    /// their group: the same function without grouping.
+    fn ungrouped(c: &Config, tensors: &Named) -> (Config, Named) {
+        let (hd, group) = (c.head_dim(), c.num_attention_heads / c.kv_heads());
+        let d = c.hidden_size;
+        let tensors = tensors
+            .iter()
+            .map(|(name, shape, v)| {
+                if name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight") {
+                    // rows of KV head g become the rows of query heads g*group..(g+1)*group
+                    let rows: Vec<f32> = v
+                        .chunks(hd * d)
+                        .flat_map(|head| std::iter::repeat_n(head, group).flatten().copied())
+                        .collect();
+                    (name.clone(), vec![d, d], rows)
+                } else {
+                    (name.clone(), shape.clone(), v.clone())
+                }
+            })
+            .collect();
+        let full = Config {
+            num_key_value_heads: None,
+            ..c.clone()
+        };
+        (full, tensors)
+    }
+
+    #[test]
+    fn grouped_heads_equal_the_model_with_kv_heads_repeated() {
+        // Exact: each query head's scores and weighted values are the same f32 sums over
+        // the same keys and values, whether its KV head is shared or a copy.
+        for (heads, kv_heads) in [(8, 2), (8, 1), (4, 2)] {
+            for kv in [KvFormat::F32, KvFormat::F16, KvFormat::Q8Rot] {
+                for query in [Query::Dense, Query::ResidualMlp] {
+                    let c = Config {
+                        num_attention_heads: heads,
+                        num_key_value_heads: Some(kv_heads),
+                        ..config(64, AttnOutput::Hadamard, query, false)
+                    };
+                    let tensors = random_tensors(&c, 17);
+                    let (fc, ft) = ungrouped(&c, &tensors);
+                    let (gm, fm) = (model(&c, tensors), model(&fc, ft));
+                    let run = |m: &Model| {
+                        let mut dec = CpuDecoder::new(m, 16, kv).unwrap();
+                        TOKENS
+                            .iter()
+                            .enumerate()
+                            .map(|(pos, &t)| dec.forward(t, pos).unwrap().to_vec())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        run(&gm),
+                        run(&fm),
+                        "{heads}:{kv_heads} {kv} {query:?}: grouped logits differ"
+                    );
                 }
             }
         }

@@ -330,6 +330,8 @@ fn build(model: &Model, name: &str, weights: GgufWeights) -> Result<Built, GgufE
     let c = &model.config;
     let w = &model.weights;
     let heads = c.num_attention_heads;
+    // Grouped-query attention: k_proj has kv_heads heads, permuted as such.
+    let kv_heads = c.kv_heads();
 
     let mut tensors = vec![matrix("token_embd.weight", &w.embed_tokens, weights, None)?];
     for (l, layer) in w.layers.iter().enumerate() {
@@ -343,7 +345,12 @@ fn build(model: &Model, name: &str, weights: GgufWeights) -> Result<Built, GgufE
         let o = layer.o_proj.as_ref().ok_or_else(|| missing("o_proj"))?;
         tensors.push(vector(&n("attn_norm"), &layer.input_layernorm));
         tensors.push(matrix(&n("attn_q"), q, weights, Some(heads))?);
-        tensors.push(matrix(&n("attn_k"), &layer.k_proj, weights, Some(heads))?);
+        tensors.push(matrix(
+            &n("attn_k"),
+            &layer.k_proj,
+            weights,
+            Some(kv_heads),
+        )?);
         tensors.push(matrix(&n("attn_v"), &layer.v_proj, weights, None)?);
         tensors.push(matrix(&n("attn_output"), o, weights, None)?);
         tensors.push(vector(&n("ffn_norm"), &layer.post_attention_layernorm));
@@ -368,7 +375,7 @@ fn build(model: &Model, name: &str, weights: GgufWeights) -> Result<Built, GgufE
         ("llama.block_count", u32_of(c.num_hidden_layers)),
         ("llama.feed_forward_length", u32_of(c.intermediate_size)),
         ("llama.attention.head_count", u32_of(heads)),
-        ("llama.attention.head_count_kv", u32_of(heads)),
+        ("llama.attention.head_count_kv", u32_of(kv_heads)),
         (
             "llama.attention.layer_norm_rms_epsilon",
             Value::F32(c.rms_norm_eps as f32),

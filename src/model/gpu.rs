@@ -34,7 +34,8 @@ pub const MAX_CHUNK_STEPS: usize = 64;
 /// input are stacked into one matrix at load time (the file keeps the HF tensors).
 struct GpuLayer {
     input_layernorm: GpuBuffer, // [d]
-    /// `[q | k | v]` rows stacked: [3d, d] with a dense query, else k and v, [2d, d].
+    /// `[q | k | v]` rows stacked: [d + 2 kv_dim, d] with a dense query, else k and v,
+    /// [2 kv_dim, d] (kv_dim = kv_heads * head_dim: d without grouping).
     qkv: Matrix,
     q_down: Option<Matrix>,     // [qh, d]         query = residual_mlp
     q_up: Option<Matrix>,       // [d, qh]
@@ -188,18 +189,18 @@ struct Activations {
     x: GpuBuffer,           // [rows, d] residual stream
     x_alt: GpuBuffer,       // [rows, d] the other half of the Hadamard ping-pong
     xn: GpuBuffer,          // [rows, d] normalized x (and q for identity queries)
-    qkv: GpuBuffer,         // [rows, q | k | v] (dense query) or [rows, k | v]
-    att: GpuBuffer,         // [rows, d] attention output, heads concatenated
-    qh: GpuBuffer,          // [rows, qh] residual query MLP hidden
-    hb: GpuBuffer,          // [rows, inter] silu(gate) * up
-    logits: GpuBuffer,      // [rows, vocab]
-    tokens: GpuBuffer,      // u32 [rows]
-    row_table: GpuBuffer,   // u32 [rows, 2]: (sequence, position)
+    qkv: GpuBuffer, // [rows, q | k | v] (dense query) or [rows, k | v]; q d wide, k and v kv_dim
+    att: GpuBuffer, // [rows, d] attention output, heads concatenated
+    qh: GpuBuffer,  // [rows, qh] residual query MLP hidden
+    hb: GpuBuffer,  // [rows, inter] silu(gate) * up
+    logits: GpuBuffer, // [rows, vocab]
+    tokens: GpuBuffer, // u32 [rows]
+    row_table: GpuBuffer, // u32 [rows, 2]: (sequence, position)
     sample_rows: GpuBuffer, // u32 [max_seqs]: logits row sampled for each sequence
-    draws: GpuBuffer,       // f32 [max_seqs]
-    sampled: GpuBuffer,     // u32 [max_seqs]
-    chunk: GpuBuffer,       // u32 [(CHUNK_COLUMNS + MAX_CHUNK_STEPS) * max_seqs]: ops::feedback
-    log: GpuBuffer,         // u32 [MAX_CHUNK_STEPS, max_seqs]: a chunk's tokens
+    draws: GpuBuffer, // f32 [max_seqs]
+    sampled: GpuBuffer, // u32 [max_seqs]
+    chunk: GpuBuffer, // u32 [(CHUNK_COLUMNS + MAX_CHUNK_STEPS) * max_seqs]: ops::feedback
+    log: GpuBuffer, // u32 [MAX_CHUNK_STEPS, max_seqs]: a chunk's tokens
 }
 
 impl Activations {
@@ -256,13 +257,14 @@ impl Activations {
     }
 }
 
-/// Width of the stacked q/k/v projection's output.
+/// Width of the stacked q/k/v projection's output: q (d wide, dense query only), k and v
+/// (kv_dim wide each).
 fn qkv_width(config: &Config) -> usize {
-    let d = config.hidden_size;
+    let kv = 2 * config.kv_dim();
     if config.query == Query::Dense {
-        3 * d
+        config.hidden_size + kv
     } else {
-        2 * d
+        kv
     }
 }
 
@@ -296,7 +298,7 @@ pub struct GpuDecoder<'g> {
     layers: Vec<GpuLayer>,
     norm: GpuBuffer,                 // [d]
     lm_head: Option<Matrix>,         // [vocab, d]; None: tied to embed_tokens
-    kv: Vec<(GpuBuffer, GpuBuffer)>, // per layer: k and v caches, [max_seqs, max_positions, heads] blocks of shape.kv
+    kv: Vec<(GpuBuffer, GpuBuffer)>, // per layer: k and v caches, [max_seqs, max_positions, kv_heads] blocks of shape.kv
     shape: AttnShape,
     rope: RopeTable,
     hadamard: Hadamard<'g>,
@@ -379,6 +381,7 @@ impl<'g> GpuDecoder<'g> {
         }
         let shape = AttnShape {
             heads: config.num_attention_heads,
+            kv_heads: config.kv_heads(),
             head_dim: config.head_dim(),
             max_seqs,
             max_pos: max_positions,
@@ -572,14 +575,15 @@ impl<'g> GpuDecoder<'g> {
         let rows = table.len();
         let c = &self.config;
         let (d, h, eps) = (c.hidden_size, c.num_attention_heads, c.rms_norm_eps as f32);
+        let (kv_d, kv_h) = (c.kv_dim(), c.kv_heads());
         let width = qkv_width(c);
         // q, k and v inside the stacked projection's output (q in xn for the other queries).
         let q = match c.query {
             Query::Dense => Cols::new(&acts.qkv, width, 0),
             Query::Identity | Query::ResidualMlp => Cols::from(&acts.xn),
         };
-        let k = Cols::new(&acts.qkv, width, width - 2 * d);
-        let v = Cols::new(&acts.qkv, width, width - d);
+        let k = Cols::new(&acts.qkv, width, width - 2 * kv_d);
+        let v = Cols::new(&acts.qkv, width, width - kv_d);
         let p = rec;
         let (mut x, mut x_alt) = (&acts.x, &acts.x_alt);
         let hadamard = c.attn_output == AttnOutput::Hadamard;
@@ -599,7 +603,9 @@ impl<'g> GpuDecoder<'g> {
             && hadamard
             && matmul::prologue_fits(gpu, rows, d, true)
             && (wht_m == 1 || !gpu.is_cpu_adapter());
-        let fuse_attn = decode && c.query == Query::Dense;
+        // Grouped heads take the separate RoPE and KV write: fused, the query heads of a
+        // group would write one cache block from several workgroups (attention.wgsl).
+        let fuse_attn = decode && c.query == Query::Dense && kv_h == h;
         let auto = matmul::Kernel::Auto;
         elementwise::encode_embed(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&self.kv) {
@@ -640,11 +646,12 @@ impl<'g> GpuDecoder<'g> {
                 att.encode_decode_fused(p, &io, fusion, table, self.shape)?;
             } else {
                 match c.query {
-                    // q and k are neighbours in each row: one rotation covers both
-                    Query::Dense => rope::encode_rope(gpu, p, q, rt, &self.rope, rows, 2 * h)?,
+                    // q and k are neighbours in each row: one rotation covers q's h heads
+                    // and k's kv_h
+                    Query::Dense => rope::encode_rope(gpu, p, q, rt, &self.rope, rows, h + kv_h)?,
                     Query::Identity | Query::ResidualMlp => {
                         rope::encode_rope(gpu, p, q, rt, &self.rope, rows, h)?;
-                        rope::encode_rope(gpu, p, k, rt, &self.rope, rows, h)?;
+                        rope::encode_rope(gpu, p, k, rt, &self.rope, rows, kv_h)?;
                     }
                 }
                 att.encode_kv_write(p, k, v, rt, table, k_cache, v_cache, self.shape)?;

@@ -49,11 +49,13 @@ pub fn random_model_parameters(config: &Config) -> Result<u64, LimitError> {
     Ok(needed as u64)
 }
 
-/// Bytes of one position of one layer's key (or value) cache on the GPU: every head's
-/// values as `kv` stores them, with the quantized formats' scale word per head.
+/// Bytes of one position of one layer's key (or value) cache on the GPU: every KV head's
+/// values as `kv` stores them, with the quantized formats' scale word per head. With
+/// grouped-query attention the cache holds `num_key_value_heads` heads, not one per query
+/// head.
 pub fn kv_position_bytes(config: &Config, kv: KvFormat) -> u64 {
     let heads = config.num_attention_heads.max(1);
-    kv.position_bytes(heads, config.hidden_size / heads)
+    kv.position_bytes(config.kv_heads(), config.hidden_size / heads)
 }
 
 /// Bytes of one layer's key (or value) cache buffer: `seqs x positions` positions.
@@ -79,7 +81,8 @@ pub enum Placement {
 }
 
 /// Bytes a decoder of `seqs` sequences of `context` positions sets aside: the KV cache
-/// (`2 x layers x seqs x context x d_model` values, 4 bytes each on the CPU; on the GPU
+/// (`2 x layers x seqs x context x kv_dim` values, kv_dim = KV heads x head_dim (d_model
+/// without grouping), 4 bytes each on the CPU; on the GPU
 /// as the format stores them, [`KvFormat::position_bytes`] per position) and, on the CPU,
 /// each sequence's f32 weights; at most [`MAX_RUN_BYTES`].
 pub fn decoder_memory(
@@ -89,7 +92,7 @@ pub fn decoder_memory(
     placement: Placement,
 ) -> Result<u64, LimitError> {
     let one_cache = match placement {
-        Placement::Cpu => product(&[seqs, context, config.hidden_size, 4]),
+        Placement::Cpu => product(&[seqs, context, config.kv_dim(), 4]),
         Placement::Gpu(kv) => kv_cache_bytes(config, seqs, context, kv),
     };
     let cache = product(&[2, config.num_hidden_layers]).saturating_mul(one_cache);
@@ -296,7 +299,7 @@ pub fn decoder_buffers(
         format!(
             "each layer's key and value cache ({max_seqs} sequence(s) x {max_positions} \
              positions x {} values, {})",
-            c.hidden_size,
+            c.kv_dim(),
             kv.name()
         ),
         cache,
@@ -352,7 +355,8 @@ pub fn check_buffers_fit(
 ///   except the embedding table, of which a step reads one row per sequence (a tied
 ///   lm_head reads it whole, as the head);
 /// - per sequence, the keys and values of every position up to the fed token, in each
-///   layer: `2 x layers x (p + 1) x d x` the cache's bytes per value at position `p`.
+///   layer: `2 x layers x (p + 1) x kv_dim x` the cache's bytes per value at position
+///   `p` (kv_dim = KV heads x head_dim: d without grouping).
 ///   The decode steps feed positions `prompt .. prompt + new_tokens - 1` (the prefill
 ///   samples the first token), so `p + 1` averages `prompt + new_tokens / 2`.
 ///
@@ -510,6 +514,67 @@ mod tests {
                 .contains("536870912 parameters for a random model"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn grouped_query_attention_sizes_the_cache_by_kv_heads() {
+        // d 64, 8 heads of 8 on 2 KV heads: k and v are [16, 64]; a position of one
+        // layer's key cache holds 2 heads of 8 values.
+        let c = Config {
+            num_attention_heads: 8,
+            num_key_value_heads: Some(2),
+            ..config(64, 1, 16, 256)
+        };
+        assert_eq!(
+            parameters(&c),
+            2 * 256 * 64 + 3 * 64 + 64 * 64 + 2 * 16 * 64 + 2 * 64 + 3 * 64 * 192
+        );
+        // Per position and KV head: f32 8 words, f16 4; q8 2 level words + a scale, q4 1 + 1.
+        for (kv, bytes) in [
+            (KvFormat::F32, 2 * 8 * 4),
+            (KvFormat::F16, 2 * 4 * 4),
+            (KvFormat::Q8, 2 * 3 * 4),
+            (KvFormat::Q4, 2 * 2 * 4),
+            (KvFormat::Q8Rot, 2 * 3 * 4),
+            (KvFormat::Q4Rot, 2 * 2 * 4),
+        ] {
+            assert_eq!(kv_position_bytes(&c, kv), bytes, "{kv}");
+            assert_eq!(kv_cache_bytes(&c, 3, 10, kv), 30 * bytes as u128, "{kv}");
+            // K and V of 1 layer, 3 sequences of 10 positions.
+            let gpu = decoder_memory(&c, 3, 10, Placement::Gpu(kv));
+            assert_eq!(gpu, Ok(2 * 30 * bytes), "{kv}");
+        }
+        // A quarter of the ungrouped cache.
+        let full = Config {
+            num_key_value_heads: None,
+            ..c.clone()
+        };
+        assert_eq!(kv_position_bytes(&full, KvFormat::F16), 4 * 2 * 4 * 4);
+        let cpu_cache = 2 * 3 * 10 * 16 * 4;
+        assert_eq!(
+            decoder_memory(&c, 3, 10, Placement::Cpu),
+            Ok(cpu_cache + 3 * 4 * parameters(&c) as u64)
+        );
+        // The decoder's buffers: q, k and v stacked [64 + 2 x 16, 64], and the caches.
+        let m = random_model(&c, 2, WeightFormat::F16).unwrap();
+        let buffers = decoder_buffers(&m, 3, 10, KvFormat::Q8);
+        let qkv = buffers.iter().find(|b| b.0.contains("qkv")).unwrap();
+        assert_eq!(qkv.1, 96 * 64 * 2);
+        let cache = buffers.last().unwrap();
+        assert_eq!(cache.1, 30 * 24);
+        assert!(cache.0.contains("x 16 values"), "{}", cache.0);
+        assert_eq!(
+            planned_buffers(&c, WeightFormat::F16, 3, 10, KvFormat::Q8)
+                .last()
+                .unwrap()
+                .1,
+            30 * 24
+        );
+        // Bytes per decoded token: 1 sequence, prompt 10, 4 new tokens (12 positions on
+        // average), K and V of 1 layer in f16: 2 x 12 x 32 bytes of cache.
+        let kv = decode_bytes_per_token(&m, 1, 10, 4, KvFormat::F16)
+            - decode_bytes_per_token(&m, 1, 0, 0, KvFormat::F16);
+        assert_eq!(kv, 2.0 * 12.0 * 32.0);
     }
 
     #[test]

@@ -114,8 +114,8 @@ pub struct LayerWeights {
     pub q_proj: Option<Tensor>,           // [d, d]
     pub q_down: Option<Tensor>,           // [query_mlp_hidden, d]
     pub q_up: Option<Tensor>,             // [d, query_mlp_hidden]
-    pub k_proj: Tensor,                   // [d, d]
-    pub v_proj: Tensor,                   // [d, d]
+    pub k_proj: Tensor,                   // [kv_dim, d], kv_dim = kv_heads * head_dim
+    pub v_proj: Tensor,                   // [kv_dim, d]
     pub o_proj: Option<Tensor>,           // [d, d]
     pub o_scale: Option<Tensor>,          // [d]
     pub o_bias: Option<Tensor>,           // [d]
@@ -210,8 +210,10 @@ fn layer_tensors(config: &Config, l: usize) -> Vec<(String, Vec<usize>)> {
             out.push((format!("{p}.self_attn.q_up.weight"), vec![d, h]));
         }
     }
-    out.push((format!("{p}.self_attn.k_proj.weight"), vec![d, d]));
-    out.push((format!("{p}.self_attn.v_proj.weight"), vec![d, d]));
+    // Grouped-query attention: kv_heads heads of head_dim, kv_dim = d without grouping.
+    let kv = config.kv_dim();
+    out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
+    out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
     match config.attn_output {
         AttnOutput::Dense => out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d])),
         AttnOutput::Hadamard => {

@@ -73,6 +73,9 @@ struct TrainArgs {
     layers: usize,
     #[arg(long, default_value_t = 8)]
     heads: usize,
+    /// Key/value heads (grouped-query attention): must divide --heads; default --heads.
+    #[arg(long)]
+    kv_heads: Option<usize>,
     /// MLP width; default 8/3 of hidden_size rounded up to a multiple of 16 (688 at 256),
     /// the usual llama ratio.
     #[arg(long)]
@@ -180,6 +183,7 @@ fn settings(args: &TrainArgs) -> Settings {
             hidden_size: d,
             num_hidden_layers: args.layers,
             num_attention_heads: args.heads,
+            num_key_value_heads: args.kv_heads.filter(|&k| k != args.heads),
             intermediate_size: args
                 .intermediate_size
                 .unwrap_or_else(|| (8 * d).div_ceil(3).div_ceil(16) * 16),

@@ -63,8 +63,8 @@ enum OutputParams {
 struct Layer {
     input_layernorm: Var, // [d]
     query: QueryParams,
-    k_proj: Var, // [d, d]
-    v_proj: Var, // [d, d]
+    k_proj: Var, // [kv_dim, d], kv_dim = kv_heads * head_dim (d without grouping)
+    v_proj: Var, // [kv_dim, d]
     output: OutputParams,
     post_attention_layernorm: Var, // [d]
     gate_proj: Var,                // [intermediate, d]
@@ -284,18 +284,31 @@ impl TrainModel {
                 c.max_position_embeddings
             )));
         }
-        let (d, h) = (c.hidden_size, c.num_attention_heads);
+        let (d, h, kv_h) = (c.hidden_size, c.num_attention_heads, c.kv_heads());
         let head_dim = c.head_dim();
         let eps = c.rms_norm_eps;
         let n = b * t; // rows: every position of every sequence
         let cos = self.rope_cos.narrow(0, 0, t)?; // [t, half]
         let sin = self.rope_sin.narrow(0, 0, t)?;
         let mask = self.mask.narrow(0, 0, t)?.narrow(1, 0, t)?; // [t, t]
-        // [n, d] -> [b, h, t, head_dim]
-        let heads = |x: &Tensor| -> candle_core::Result<Tensor> {
-            x.reshape((b, t, h, head_dim))?
+        // [n, heads * head_dim] -> [b, heads, t, head_dim]
+        let heads = |x: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
+            x.reshape((b, t, heads, head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
+        };
+        // Grouped-query attention: [b, kv_h, t, head_dim] -> [b, h, t, head_dim], KV head g
+        // repeated for query heads g * group .. (g + 1) * group (HF's repeat_kv; walsh's
+        // query head h reads KV head h / group).
+        let group = h / kv_h;
+        let repeat_kv = |x: Tensor| -> candle_core::Result<Tensor> {
+            if group == 1 {
+                return Ok(x);
+            }
+            x.unsqueeze(2)?
+                .broadcast_as((b, kv_h, group, t, head_dim))?
+                .contiguous()?
+                .reshape((b, h, t, head_dim))
         };
 
         let mut x = self
@@ -312,9 +325,9 @@ impl TrainModel {
                 }
             };
             let k = linear(&xn, &layer.k_proj)?;
-            let v = heads(&linear(&xn, &layer.v_proj)?)?;
-            let q = rope(&heads(&q)?, &cos, &sin)?;
-            let k = rope(&heads(&k)?, &cos, &sin)?;
+            let v = repeat_kv(heads(&linear(&xn, &layer.v_proj)?, kv_h)?)?;
+            let q = rope(&heads(&q, h)?, &cos, &sin)?;
+            let k = repeat_kv(rope(&heads(&k, kv_h)?, &cos, &sin)?)?;
 
             // causal attention per head: [b, h, t, t] scores, [b, h, t, head_dim] output
             let scores =

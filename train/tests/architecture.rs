@@ -87,6 +87,30 @@ fn hadamard_of_a_non_power_of_two_width_and_tied_embeddings_match() {
 }
 
 #[test]
+fn grouped_query_attention_matches_the_cpu_decoder() {
+    // 8 heads of 4 (d 32) on 2 KV heads (4:1) and on 1 (8:1), dense and Hadamard W_O.
+    for kv_heads in [2, 1] {
+        for (attn_output, query) in [
+            (AttnOutput::Dense, Query::Dense),
+            (AttnOutput::Hadamard, Query::Dense),
+            (AttnOutput::Hadamard, Query::Identity),
+        ] {
+            let config = Config {
+                num_attention_heads: 8,
+                num_key_value_heads: Some(kv_heads),
+                ..tiny(32, 2, 16, attn_output, query)
+            };
+            let diff = max_logit_difference(&config, random_tensors(&config, 9));
+            assert!(
+                diff < LOGIT_TOLERANCE,
+                "{} 8:{kv_heads}: {diff}",
+                config.variant()
+            );
+        }
+    }
+}
+
+#[test]
 fn export_round_trips_exactly_in_f32() {
     let config = tiny(32, 1, 8, AttnOutput::Hadamard, Query::Identity);
     let model = TrainModel::from_tensors(&config, init_tensors(&config, 1), DType::F32).unwrap();
@@ -139,9 +163,16 @@ fn gradients_are_complete_and_match_finite_differences() {
     let dev = Device::Cpu;
     let inputs = Tensor::new(&tokens, &dev).unwrap();
     let targets = Tensor::new(&targets, &dev).unwrap();
-    for (attn_output, query) in VARIANTS {
+    // Every variant with 2 heads, and grouped: 4 heads of 2 on 2 KV heads.
+    let grouped = (AttnOutput::Hadamard, Query::Dense, Some(2));
+    let cases = VARIANTS
+        .map(|(a, q)| (a, q, None))
+        .into_iter()
+        .chain([grouped]);
+    for (attn_output, query, kv_heads) in cases {
         let mut config = tiny(8, 2, 6, attn_output, query);
-        config.num_attention_heads = 2;
+        config.num_attention_heads = if kv_heads.is_some() { 4 } else { 2 };
+        config.num_key_value_heads = kv_heads;
         let model =
             TrainModel::from_tensors(&config, random_tensors(&config, 5), DType::F64).unwrap();
         let loss = |m: &TrainModel| {

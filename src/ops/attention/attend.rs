@@ -180,6 +180,7 @@ impl Attention<'_> {
             tiles_x,
             rows: rows as u32,
             heads: shape.heads as u32,
+            kv_heads: shape.kv_heads as u32,
             chunks: split.chunks as u32,
             chunk_len: split.chunk_len as u32,
             max_seqs: shape.max_seqs as u32,
@@ -225,8 +226,8 @@ impl Attention<'_> {
         // bound writable when it stands for out or parts).
         let mut cos_sin = b.row_table;
         if let Some(f) = &fusion {
-            let (k_stride, k) = pairs(&f.k, "attention k rows", rows.len(), shape.d())?;
-            let (v_stride, v) = pairs(&f.v, "attention v rows", rows.len(), shape.d())?;
+            let (k_stride, k) = pairs(&f.k, "attention k rows", rows.len(), shape.kv_d())?;
+            let (v_stride, v) = pairs(&f.v, "attention v rows", rows.len(), shape.kv_d())?;
             if k_stride != q_stride || v_stride != q_stride {
                 return Err(GpuError::Validation(
                     "fused decode attention: q, k and v rows must share one stride".into(),

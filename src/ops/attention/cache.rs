@@ -382,6 +382,7 @@ mod tests {
         assert!(KvFormat::Q4.check_head_dim(46).is_ok());
         let shape = AttnShape {
             heads: 2,
+            kv_heads: 2,
             head_dim: 46,
             max_seqs: 1,
             max_pos: 4,

@@ -63,7 +63,8 @@ impl Attention<'_> {
     /// the same dispatch (the work of [`crate::ops::rope::encode_rope`] on q and k, then
     /// [`Self::encode_kv_write`], in the same arithmetic): `buffers.q`, `fusion.k` and
     /// `fusion.v` are column windows of one buffer (the decoder's fused q | k | v rows),
-    /// unrotated. Every row must be the only one of its sequence in the call.
+    /// unrotated. Every row must be the only one of its sequence in the call, and the
+    /// shape ungrouped (`kv_heads == heads`).
     pub fn encode_decode_fused(
         &self,
         pass: &mut dyn Record,
@@ -85,6 +86,15 @@ impl Attention<'_> {
             return Err(GpuError::Validation(
                 "fused decode attention: q, k and v must be columns of one buffer".into(),
             ));
+        }
+        if shape.kv_heads != shape.heads {
+            // Each query head's workgroup writes its KV head: with grouping, the heads of
+            // a group would write one block from several workgroups while others read it.
+            return Err(GpuError::Validation(format!(
+                "fused decode attention needs one KV head per query head ({} KV heads for {} \
+                 heads): write the cache with encode_kv_write and attend with encode_decode",
+                shape.kv_heads, shape.heads
+            )));
         }
         if fusion.rope.head_dim() != shape.head_dim || fusion.rope.max_positions() < shape.max_pos {
             return Err(GpuError::Validation(format!(
@@ -225,6 +235,7 @@ mod tests {
                 let attn = with_chunk(&gpu, chunk);
                 let shape = AttnShape {
                     heads,
+                    kv_heads: heads,
                     head_dim,
                     max_seqs: positions.len(),
                     max_pos: 300,
@@ -295,6 +306,7 @@ mod tests {
                     let attn = with_chunk(&gpu, chunk);
                     let shape = AttnShape {
                         heads,
+                        kv_heads: heads,
                         head_dim,
                         max_seqs: positions.len(),
                         max_pos: 32,
@@ -412,11 +424,46 @@ mod tests {
     }
 
     #[test]
+    fn fused_decode_refuses_grouped_heads() {
+        let shape = AttnShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            max_seqs: 1,
+            max_pos: 4,
+            kv: KvFormat::F16,
+        };
+        let rows = [(0, 1)];
+        for gpu in test_gpus() {
+            let attn = Attention::new(&gpu).unwrap();
+            let rope = RopeTable::new(&gpu, 4, 8, 10000.0).unwrap();
+            let w = shape.d() + 2 * shape.kv_d();
+            let fb = upload(&gpu, "qkv", &vec![0f32; w]);
+            let cache = upload(&gpu, "cache", &vec![0f32; 64]);
+            let (tb, out) = (table(&gpu, &rows), upload(&gpu, "out", &[0f32; 32]));
+            let fusion = DecodeFusion {
+                k: Cols::new(&fb, w, 32),
+                v: Cols::new(&fb, w, 48),
+                rope: &rope,
+            };
+            let mut enc = gpu.encoder("grouped fused decode");
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let io = AttendBuffers::new(Cols::new(&fb, w, 0), &cache, &cache, &tb, &out);
+            let e = attn
+                .encode_decode_fused(&mut pass, &io, fusion, &rows, shape)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("one KV head per query head"), "{e}");
+        }
+    }
+
+    #[test]
     fn f16_cache_and_fused_rows_attend_like_the_reference() {
         // q, k and v side by side in one [rows, q | k | v] buffer (as the decoder's fused
         // projection writes them), an f16 cache; prefill a prompt, then decode one row.
         let shape = AttnShape {
             heads: 3,
+            kv_heads: 3,
             head_dim: 16,
             max_seqs: 2,
             max_pos: 24,

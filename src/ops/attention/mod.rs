@@ -111,6 +111,9 @@ struct AttnParams {
     k_off: u32,
     /// Fused decode: pairs per position of the RoPE table (head_dim / 2).
     rope_half: u32,
+    /// KV heads: the cache's heads per position; query head h reads KV head
+    /// h / (heads / kv_heads).
+    kv_heads: u32,
 }
 
 /// Every attention entry point's bindings: params, row_table, plan | k_rows, q | v_rows,
@@ -122,12 +125,15 @@ const BINDINGS: [Binding; 10] = [
     Uniform,
 ];
 
-/// The attention problem: `heads` heads of `head_dim`, and a KV cache of `max_seqs`
-/// sequences by `max_pos` positions, each buffer [max_seqs, max_pos, heads] head blocks
-/// of `kv` ([`KvFormat::head_words`] u32 words each).
+/// The attention problem: `heads` query heads of `head_dim`, `kv_heads` key/value heads
+/// (grouped-query attention: query head h reads KV head h / (heads / kv_heads); equal
+/// to `heads` without grouping), and a KV cache of `max_seqs` sequences by `max_pos`
+/// positions, each buffer [max_seqs, max_pos, kv_heads] head blocks of `kv`
+/// ([`KvFormat::head_words`] u32 words each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {
     pub heads: usize,
+    pub kv_heads: usize,
     pub head_dim: usize,
     pub max_seqs: usize,
     pub max_pos: usize,
@@ -140,11 +146,21 @@ impl AttnShape {
         self.heads * self.head_dim
     }
 
+    /// Key (or value) row width kv_heads * head_dim: d without grouping.
+    pub fn kv_d(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Query heads per KV head.
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads.max(1)
+    }
+
     /// Bytes of one cache buffer (k or v).
     pub fn cache_bytes(&self) -> u64 {
         self.max_seqs as u64
             * self.max_pos as u64
-            * self.kv.position_bytes(self.heads, self.head_dim)
+            * self.kv.position_bytes(self.kv_heads, self.head_dim)
     }
 
     /// Bytes of `rows` activation rows ([rows, d]).
@@ -157,6 +173,12 @@ impl AttnShape {
         let bad = |m: String| Err(GpuError::Validation(format!("attention shape: {m}")));
         if self.heads == 0 {
             return bad("heads must be at least 1".into());
+        }
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(format!(
+                "kv_heads {} must be at least 1 and divide heads {}",
+                self.kv_heads, self.heads
+            ));
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > MAX_HEAD_DIM {
             return bad(format!(
@@ -183,13 +205,13 @@ impl AttnShape {
         let elems = self
             .max_seqs
             .checked_mul(self.max_pos)
-            .and_then(|n| n.checked_mul(self.d()));
+            .and_then(|n| n.checked_mul(self.kv_d()));
         if elems.is_none_or(|n| n > u32::MAX as usize) || self.cache_bytes() / 4 > u32::MAX as u64 {
             return bad(format!(
                 "a cache of {} x {} x {} values exceeds 32-bit indexing",
                 self.max_seqs,
                 self.max_pos,
-                self.d()
+                self.kv_d()
             ));
         }
         Ok(())
@@ -290,8 +312,8 @@ impl<'g> Attention<'g> {
 }
 
 /// The f64 reference of the attention kernels: `[rows, d]`, row r = (seq, pos) attending
-/// per head to keys 0..=pos of seq with scale 1/sqrt(head_dim); `q` is [rows, d], the
-/// caches [max_seqs, max_pos, d].
+/// per query head h to keys 0..=pos of seq in KV head h / (heads / kv_heads), with scale
+/// 1/sqrt(head_dim); `q` is [rows, d], the caches [max_seqs, max_pos, kv_d].
 ///
 /// # Panics
 /// If a slice is shorter than `shape` and `rows` say, or a row lies outside the cache.
@@ -302,16 +324,17 @@ pub fn attention_reference(
     rows: &[(u32, u32)],
     shape: AttnShape,
 ) -> Vec<f64> {
-    let (d, hd) = (shape.d(), shape.head_dim);
+    let (d, kv_d, hd) = (shape.d(), shape.kv_d(), shape.head_dim);
     let scale = 1.0 / (hd as f64).sqrt();
     let mut out = vec![0f64; rows.len() * d];
     for (r, &(seq, pos)) in rows.iter().enumerate() {
-        let entry = |j: usize| (seq as usize * shape.max_pos + j) * d;
+        let entry = |j: usize| (seq as usize * shape.max_pos + j) * kv_d;
         for h in 0..shape.heads {
             let qh = &q[r * d + h * hd..][..hd];
+            let kvh = h / shape.group();
             let scores: Vec<f64> = (0..=pos as usize)
                 .map(|j| {
-                    let kh = &k_cache[entry(j) + h * hd..][..hd];
+                    let kh = &k_cache[entry(j) + kvh * hd..][..hd];
                     scale
                         * qh.iter()
                             .zip(kh)
@@ -324,7 +347,7 @@ pub fn attention_reference(
             let sum: f64 = weights.iter().sum();
             let oh = &mut out[r * d + h * hd..][..hd];
             for (j, w) in weights.iter().enumerate() {
-                let vh = &v_cache[entry(j) + h * hd..][..hd];
+                let vh = &v_cache[entry(j) + kvh * hd..][..hd];
                 for (o, &v) in oh.iter_mut().zip(vh) {
                     *o += w / sum * v as f64;
                 }
@@ -344,6 +367,7 @@ mod tests {
     fn reference_weights_keys_by_softmax() {
         let shape = AttnShape {
             heads: 1,
+            kv_heads: 1,
             head_dim: 2,
             max_seqs: 1,
             max_pos: 3,
@@ -365,6 +389,7 @@ mod tests {
     fn widest_rows_attend_correctly() {
         let shape = AttnShape {
             heads: MAX_WIDTH / MAX_HEAD_DIM,
+            kv_heads: MAX_WIDTH / MAX_HEAD_DIM,
             head_dim: MAX_HEAD_DIM,
             max_seqs: 1,
             max_pos: 3,
@@ -418,6 +443,7 @@ mod tests {
     fn invalid_calls_are_rejected_naming_the_problem() {
         let shape = AttnShape {
             heads: 2,
+            kv_heads: 2,
             head_dim: 8,
             max_seqs: 2,
             max_pos: 4,

@@ -41,6 +41,7 @@ mod tests {
                 for head_dim in [16, 24, 64, 128, MAX_HEAD_DIM] {
                     let shape = AttnShape {
                         heads,
+                        kv_heads: heads,
                         head_dim,
                         max_seqs: 3,
                         max_pos: 40,
@@ -67,6 +68,7 @@ mod tests {
     fn prefill_continues_cached_prefixes_with_rows_out_of_order() {
         let shape = AttnShape {
             heads: 3,
+            kv_heads: 3,
             head_dim: 64,
             max_seqs: 2,
             max_pos: 48,

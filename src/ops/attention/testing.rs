@@ -36,7 +36,7 @@ pub(super) fn tolerance(
     rows: &[(u32, u32)],
     shape: AttnShape,
 ) -> Vec<f64> {
-    let (d, hd) = (shape.d(), shape.head_dim);
+    let (d, kv_d, hd) = (shape.d(), shape.kv_d(), shape.head_dim);
     let eps = f32::EPSILON as f64;
     let scale = 1.0 / (hd as f64).sqrt();
     let mut tol = Vec::new();
@@ -44,7 +44,7 @@ pub(super) fn tolerance(
         for h in 0..shape.heads {
             let (mut a, mut v) = (0f64, 0f64);
             for j in 0..=pos as usize {
-                let at = (seq as usize * shape.max_pos + j) * d + h * hd;
+                let at = (seq as usize * shape.max_pos + j) * kv_d + h / shape.group() * hd;
                 let qk: f64 = (0..hd)
                     .map(|c| (q[r * d + h * hd + c] as f64 * k_cache[at + c] as f64).abs())
                     .sum();
@@ -100,8 +100,8 @@ pub(super) fn check(
     }
 }
 
-/// Writes the k and v columns of `fused` ([rows, q | k | v], d wide each) into the
-/// caches for `rows`, then attends their q columns: prefill when `prefill`, else
+/// Writes the k and v columns of `fused` ([rows, q | k | v], q d wide, k and v kv_d) into
+/// the caches for `rows`, then attends their q columns: prefill when `prefill`, else
 /// decode. Returns the attention output, [rows, d].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fused_write_and_attend(
@@ -114,7 +114,8 @@ pub(super) fn fused_write_and_attend(
     shape: AttnShape,
     prefill: bool,
 ) -> Vec<f32> {
-    let d = shape.heads * shape.head_dim;
+    let (d, kv_d) = (shape.d(), shape.kv_d());
+    let w = d + 2 * kv_d;
     let fb = upload(gpu, "qkv", fused);
     let tb = table(gpu, rows);
     let out = upload(gpu, "out", &vec![0f32; rows.len() * d]);
@@ -122,9 +123,9 @@ pub(super) fn fused_write_and_attend(
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
         let (qc, kc, vc) = (
-            Cols::new(&fb, 3 * d, 0),
-            Cols::new(&fb, 3 * d, d),
-            Cols::new(&fb, 3 * d, 2 * d),
+            Cols::new(&fb, w, 0),
+            Cols::new(&fb, w, d),
+            Cols::new(&fb, w, d + kv_d),
         );
         attn.encode_kv_write(&mut pass, kc, vc, &tb, rows, kcb, vcb, shape)
             .unwrap();

@@ -13,7 +13,7 @@ const QUANT_WORKGROUP: u32 = 64;
 
 impl Attention<'_> {
     /// Records `k_cache[seq][pos] = k[r]` and `v_cache[seq][pos] = v[r]` for every row r
-    /// = (seq, pos) of `rows`; `k`, `v` are [rows, d], the caches hold `shape.kv`
+    /// = (seq, pos) of `rows`; `k`, `v` are [rows, kv_d] (kv_heads heads), the caches hold `shape.kv`
     /// ([`AttnShape::cache_bytes`]; the quantized formats rotate, scale and pack each head
     /// as [`KvFormat::encode_head`](super::KvFormat::encode_head)). Two rows with the same (seq, pos) race.
     #[allow(clippy::too_many_arguments)]
@@ -31,8 +31,8 @@ impl Attention<'_> {
         shape.validate()?;
         shape.check_rows(rows)?;
         let (k, v) = (k.into(), v.into());
-        let (k_stride, k_off) = pairs(&k, "attention k rows", rows.len(), shape.d())?;
-        let (v_stride, v_off) = pairs(&v, "attention v rows", rows.len(), shape.d())?;
+        let (k_stride, k_off) = pairs(&k, "attention k rows", rows.len(), shape.kv_d())?;
+        let (v_stride, v_off) = pairs(&v, "attention v rows", rows.len(), shape.kv_d())?;
         if k_stride != v_stride {
             return Err(GpuError::Validation(format!(
                 "attention k and v rows must be equally wide ({} and {} values)",
@@ -58,9 +58,9 @@ impl Attention<'_> {
             None => (
                 "kv_write",
                 ELEMENTWISE_WORKGROUP,
-                rows.len() * shape.d() / 2,
+                rows.len() * shape.kv_d() / 2,
             ),
-            Some(_) => ("kv_quant", QUANT_WORKGROUP, rows.len() * shape.heads * 2),
+            Some(_) => ("kv_quant", QUANT_WORKGROUP, rows.len() * shape.kv_heads * 2),
         };
         let key = PipelineKey::new(Shader::Attention, entry)
             .with("HD", shape.head_dim as u32)
@@ -101,8 +101,8 @@ impl Attention<'_> {
     }
 }
 
-/// The reference of [`Attention::encode_kv_write`]: copies row r of `k` and `v` ([rows, d])
-/// to entry (seq, pos) of the caches ([max_seqs, max_pos, d]).
+/// The reference of [`Attention::encode_kv_write`]: copies row r of `k` and `v` ([rows,
+/// kv_d]) to entry (seq, pos) of the caches ([max_seqs, max_pos, kv_d]).
 ///
 /// # Panics
 /// If a slice is shorter than `shape` and `rows` say, or a row lies outside the cache.
@@ -114,7 +114,7 @@ pub fn kv_write_reference(
     v_cache: &mut [f32],
     shape: AttnShape,
 ) {
-    let d = shape.d();
+    let d = shape.kv_d();
     for (r, &(seq, pos)) in rows.iter().enumerate() {
         let at = (seq as usize * shape.max_pos + pos as usize) * d;
         k_cache[at..at + d].copy_from_slice(&k[r * d..][..d]);
@@ -134,6 +134,7 @@ mod tests {
     fn kv_write_puts_rows_in_their_slots_and_nowhere_else() {
         let shape = AttnShape {
             heads: 3,
+            kv_heads: 3,
             head_dim: 24,
             max_seqs: 3,
             max_pos: 8,
@@ -194,6 +195,7 @@ mod tests {
         ];
         let shape = AttnShape {
             heads: 2,
+            kv_heads: 2,
             head_dim: 8,
             max_seqs: 1,
             max_pos: 2,
@@ -310,6 +312,7 @@ mod tests {
             for (c, &(kv, heads, head_dim)) in cases.iter().enumerate() {
                 let shape = AttnShape {
                     heads,
+                    kv_heads: heads,
                     head_dim,
                     max_seqs: 2,
                     max_pos: 12,
@@ -380,6 +383,119 @@ mod tests {
                         rows,
                         shape,
                     );
+                }
+            }
+        }
+    }
+
+    /// `cache` ([positions, kv_heads, head_dim] values) with every KV head repeated for
+    /// the `group` query heads that read it: the ungrouped cache of the same attention.
+    fn repeat_heads(cache: &[f32], head_dim: usize, group: usize) -> Vec<f32> {
+        cache
+            .chunks(head_dim)
+            .flat_map(|head| std::iter::repeat_n(head, group).flatten().copied())
+            .collect()
+    }
+
+    #[test]
+    fn grouped_heads_store_kv_heads_and_attend_like_repeated_heads() {
+        // 8 query heads on 2 KV heads (4:1) and on 1 (8:1), head_dim 16, every cache
+        // format: a prompt per sequence (prefill), then a decode row each split in 3 key
+        // chunks, then one more without the split.
+        let first = runs(&[(1, 0, 9), (0, 0, 4)]);
+        // (rows, keys per decode chunk: None for prefill or the default chunk)
+        type Step<'a> = (&'a [(u32, u32)], Option<usize>);
+        let steps: [Step; 3] = [
+            (&first, None),
+            (&[(1, 9), (0, 4)], Some(4)),
+            (&[(0, 5), (1, 10)], None),
+        ];
+        for gpu in test_gpus() {
+            for kv_heads in [2, 1] {
+                for kv in KvFormat::ALL {
+                    let (heads, head_dim) = (8, 16);
+                    let shape = AttnShape {
+                        heads,
+                        kv_heads,
+                        head_dim,
+                        max_seqs: 2,
+                        max_pos: 12,
+                        kv,
+                    };
+                    let (d, kv_d, hw) = (shape.d(), shape.kv_d(), kv.head_words(head_dim));
+                    let words = (shape.cache_bytes() / 4) as usize;
+                    // The cache holds KV heads only.
+                    assert_eq!(words, 2 * 12 * kv_heads * hw);
+                    let zeros = vec![0u32; words];
+                    let up = |label| {
+                        gpu.upload(MemoryCategory::Activations, label, &zeros)
+                            .unwrap()
+                    };
+                    let (kcb, vcb) = (up("k cache"), up("v cache"));
+                    for (i, &(rows, chunk)) in steps.iter().enumerate() {
+                        let attn = match chunk {
+                            Some(keys) => with_chunk(&gpu, keys),
+                            None => Attention::new(&gpu).unwrap(),
+                        };
+                        // [rows, q | k | v]: q d wide, k and v kv_d, as the decoder's fused
+                        // projection writes them.
+                        let w = d + 2 * kv_d;
+                        let seed = 500 + 10 * kv_heads as u64 + i as u64;
+                        let fused = test_values(rows.len() * w, seed);
+                        let col = |from: usize, width: usize| -> Vec<f32> {
+                            fused
+                                .chunks(w)
+                                .flat_map(|r| r[from..from + width].to_vec())
+                                .collect()
+                        };
+                        let (q, k, v) = (col(0, d), col(d, kv_d), col(d + kv_d, kv_d));
+                        let got = fused_write_and_attend(
+                            &gpu,
+                            &attn,
+                            &fused,
+                            rows,
+                            &kcb,
+                            &vcb,
+                            shape,
+                            i == 0,
+                        );
+                        let got_k: Vec<u32> = gpu.read(&kcb, words).unwrap();
+                        let got_v: Vec<u32> = gpu.read(&vcb, words).unwrap();
+                        let what = format!("{kv} {heads}:{kv_heads} step {i}");
+                        // Each row's KV heads in their blocks, as the CPU encodes them.
+                        for (r, &(seq, pos)) in rows.iter().enumerate() {
+                            for h in 0..kv_heads {
+                                let blk = ((seq as usize * 12 + pos as usize) * kv_heads + h) * hw;
+                                let x = |src: &[f32]| {
+                                    src[r * kv_d + h * head_dim..][..head_dim].to_vec()
+                                };
+                                for (src, got) in [(&k, &got_k), (&v, &got_v)] {
+                                    let got = &got[blk..blk + hw];
+                                    if kv.max_level().is_some() {
+                                        assert_head_words(&gpu, kv, &x(src), got, &what);
+                                    } else {
+                                        // f32 and f16: bit for bit.
+                                        assert_eq!(got, kv.encode_head(&x(src)), "{what}");
+                                    }
+                                }
+                            }
+                        }
+                        // The attention over what the GPU stored against the ungrouped
+                        // reference over the same cache with each KV head repeated.
+                        let decode = |w: &[u32]| -> Vec<f32> {
+                            let c: Vec<f32> = w
+                                .chunks(hw)
+                                .flat_map(|b| kv.decode_head(b, head_dim))
+                                .collect();
+                            repeat_heads(&c, head_dim, heads / kv_heads)
+                        };
+                        let full = AttnShape {
+                            kv_heads: heads,
+                            ..shape
+                        };
+                        let (kc, vc) = (decode(&got_k), decode(&got_v));
+                        check(&gpu, &what, &got, &q, &kc, &vc, rows, full);
+                    }
                 }
             }
         }
