@@ -55,7 +55,8 @@ use walsh::bench::Report;
 use walsh::gguf::Gguf;
 use walsh::gpu::AdapterSelector;
 use walsh::model::batch::Finish;
-use walsh::model::completion::{CompletionRequest, Output, Update};
+use walsh::model::chat;
+use walsh::model::completion::{CompletionRequest, Endpoint, Output, Update};
 use walsh::model::cpu::CpuDecoder;
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{CpuBatch, GenerateOptions, Utf8Stream, encode_text, generate};
@@ -760,6 +761,7 @@ fn seeds() -> Seeds {
         r#"{"prompt": ["a", "bé", "😀"], "stream": true, "stop": ["\n", "é"], "echo": true}"#,
         r#"{"prompt": "x", "temperature": 0.8, "top_p": 0.9, "top_k": 5, "seed": 7, "n": 1}"#,
         r#"{"prompt": "stop here", "stop": "st", "max_tokens": 100, "logprobs": null}"#,
+        r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_completion_tokens": 5}"#,
     ]
     .map(|r| r.as_bytes().to_vec())
     .to_vec();
@@ -953,7 +955,21 @@ fn run_request(input: &[u8]) -> String {
         Ok(v) => v,
         Err(_) => return "not json".into(),
     };
-    let c = match CompletionRequest::parse(&body, 128) {
+    // A chat's messages through a ChatML template (what Qwen2 and SmolLM2 ship).
+    if let Some(m) = body.get("messages") {
+        let chatml = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+        if let Ok(messages) = chat::messages(m) {
+            let text = chat::apply(chatml, &messages, "", "").expect("ChatML renders any messages");
+            assert!(text.ends_with("<|im_start|>assistant\n"));
+        }
+    }
+    let bytes = Tokenizer::byte_level();
+    let endpoint = if body.get("messages").is_some() {
+        Endpoint::Chat
+    } else {
+        Endpoint::Completions
+    };
+    let c = match CompletionRequest::parse(&body, endpoint, 128, &bytes) {
         Ok(c) => c,
         Err(e) => {
             // The field a message names comes from the input (and may hold backticks):
@@ -971,7 +987,7 @@ fn run_request(input: &[u8]) -> String {
         assert!(!p.is_empty() && p.len() + c.max_tokens <= 128, "{c:?}");
     }
     for index in 0..c.prompts.len() {
-        let mut out = Output::new(&c, index);
+        let mut out = Output::new(&c, index, &bytes);
         let mut streamed = out.prefix.clone();
         for &b in input.iter().take(64) {
             streamed += &out.push(Update::Token(b as u32)).unwrap_or_default();

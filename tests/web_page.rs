@@ -1024,3 +1024,150 @@ fn thirty_two_streams_each_equal_their_solo_run() {
         );
     }
 }
+
+/// `POST /v1/chat/completions` on a model that carries a tokenizer and a chat template
+/// (`tests/data/chat`): the reply, streamed or not, is what the library gives for the
+/// conversation rendered by that template (checked against Jinja2 in `model::chat`),
+/// encoded with its special tokens and decoded greedily on the CPU decoder up to an
+/// end-of-turn token; a model without a template answers 400.
+#[test]
+fn chat_completions_follow_the_models_template() {
+    use walsh::model::chat;
+    use walsh::model::generate::{CpuBatch, GenerateOptions, generate};
+    use walsh::model::tokens::load_tokenizer;
+    use walsh::model::weights::Model;
+    use walsh::ops::attention::KvFormat;
+    use walsh::ops::sample::SamplingParams;
+
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("chatty");
+    let init = Command::new(env!("CARGO_BIN_EXE_walsh"))
+        .args(["init-model", "--out", model_dir.to_str().unwrap()])
+        .args([
+            "--hidden-size",
+            "64",
+            "--layers",
+            "2",
+            "--heads",
+            "4",
+            "--context",
+            "128",
+        ])
+        .args([
+            "--tokenizer",
+            "tests/data/chat/tokenizer.json",
+            "--seed",
+            "5",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    // What the library makes of the conversation.
+    let model = Model::load(&model_dir).unwrap();
+    let tokenizer = load_tokenizer(&model_dir, &model.config).unwrap();
+    let conversation = serde_json::json!([
+        {"role": "system", "content": "Answer in verse."},
+        {"role": "user", "content": "Who is there?"},
+    ]);
+    let prompt = chat::render(&tokenizer, &conversation).unwrap();
+    assert!(
+        prompt.starts_with("<|begin_of_text|><|start_header_id|>system"),
+        "{prompt}"
+    );
+    let tokens = tokenizer.encode_with(&prompt, false, true);
+    assert_eq!(
+        tokens[0],
+        tokenizer.bos().unwrap(),
+        "the template's BOS is the token"
+    );
+    let mut cpu = CpuBatch::new(&model, 1, 128, KvFormat::F16).unwrap();
+    let options = GenerateOptions {
+        max_tokens: 24,
+        sampling: SamplingParams::greedy(),
+        max_chunk: 8,
+    };
+    let g = generate(&mut cpu, std::slice::from_ref(&tokens), &options, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let generated = &g.tokens[0];
+    let end = generated.iter().position(|&t| tokenizer.is_eog(t));
+    let mut detok = tokenizer.continuation(false);
+    let mut want = String::new();
+    for &t in &generated[..end.unwrap_or(generated.len())] {
+        want += &detok.push(t).unwrap();
+    }
+    want += &detok.finish();
+    let want_finish = if end.is_some() { "stop" } else { "length" };
+
+    let server = Server::start(&["--model", model_dir.to_str().unwrap(), "--device", "cpu"]);
+    for stream in [false, true] {
+        let body = serde_json::json!({
+            "model": "chatty", "messages": conversation, "max_tokens": 24,
+            "temperature": 0, "stream": stream,
+        });
+        let reply = server.post("/v1/chat/completions", &body.to_string(), &[]);
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let (text, finish) = if stream {
+            let body = String::from_utf8(reply.body.clone()).unwrap();
+            let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
+            assert_eq!(events.last(), Some(&"data: [DONE]"), "{body}");
+            let (mut text, mut finish) = (String::new(), String::new());
+            for (i, e) in events[..events.len() - 1].iter().enumerate() {
+                let v: serde_json::Value =
+                    serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
+                assert_eq!(v["object"], "chat.completion.chunk", "{e}");
+                let delta = &v["choices"][0]["delta"];
+                if i == 0 {
+                    assert_eq!(delta["role"], "assistant", "{e}");
+                }
+                text += delta["content"].as_str().unwrap_or("");
+                if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+                    finish = f.to_string();
+                }
+            }
+            (text, finish)
+        } else {
+            let v = json(&reply);
+            assert_eq!(v["object"], "chat.completion");
+            assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+            assert_eq!(v["usage"]["prompt_tokens"], tokens.len());
+            (
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                v["choices"][0]["finish_reason"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        };
+        assert_eq!(
+            (text.as_str(), finish.as_str()),
+            (want.as_str(), want_finish),
+            "stream {stream}"
+        );
+    }
+    // The shipped models carry no template: a 400 that says so.
+    let plain = Server::start(&["--model", "models/shakespeare-hadamard", "--device", "cpu"]);
+    let body = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
+    let reply = plain.post("/v1/chat/completions", body, &[]);
+    assert_eq!(reply.status, 400);
+    let message = json(&reply)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("no chat template"), "{message}");
+}

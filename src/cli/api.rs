@@ -28,12 +28,13 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use walsh::gpu::Gpu;
 use walsh::model::batch::{Batcher, Event, RequestId};
-use walsh::model::completion::{CompletionRequest, Output, RequestError, Update};
+use walsh::model::completion::{CompletionRequest, Endpoint, Output, RequestError, Update};
 use walsh::model::generate::{CpuBatch, Decoder};
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::sizes::{BufferLimits, check_decoder_fits};
 use walsh::model::weights::Model;
 use walsh::ops::attention::KvFormat;
+use walsh::tokenizer::Tokenizer;
 
 use super::metrics::{Metrics, RequestLog};
 use super::run::Device;
@@ -72,6 +73,7 @@ pub struct Api {
     context: usize,
     api_key: Option<String>,
     metrics: Arc<Metrics>,
+    tokenizer: Arc<Tokenizer>,
 }
 
 /// Who logs a response: the handler when it returns, or the task that streams it.
@@ -144,7 +146,12 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
 impl Api {
     /// Loads nothing itself: starts the engine thread on `model` and waits until its
     /// decoder is ready (or failed, which is returned).
-    pub fn start(model: Model, name: String, options: ApiOptions) -> Result<Self> {
+    pub fn start(
+        model: Model,
+        tokenizer: Tokenizer,
+        name: String,
+        options: ApiOptions,
+    ) -> Result<Self> {
         let context = model.config.max_position_embeddings;
         let (commands, inbox) = mpsc::channel();
         let (ready, started) = mpsc::channel();
@@ -202,6 +209,7 @@ impl Api {
             context,
             api_key: options.api_key,
             metrics,
+            tokenizer: Arc::new(tokenizer),
         })
     }
 
@@ -258,9 +266,16 @@ impl Api {
             )),
             (&Method::POST, "/v1/completions") => {
                 let body = read_json(req).await?;
-                self.completions(&body, log).await
+                self.completions(&body, Endpoint::Completions, log).await
             }
-            (_, "/v1/models" | "/v1/completions" | "/health" | "/metrics") => Err(ApiError {
+            (&Method::POST, "/v1/chat/completions") => {
+                let body = read_json(req).await?;
+                self.completions(&body, Endpoint::Chat, log).await
+            }
+            (
+                _,
+                "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/health" | "/metrics",
+            ) => Err(ApiError {
                 status: StatusCode::METHOD_NOT_ALLOWED,
                 kind: "invalid_request_error",
                 message: format!("{} does not take {}", path, req.method()),
@@ -269,8 +284,8 @@ impl Api {
                 status: StatusCode::NOT_FOUND,
                 kind: "invalid_request_error",
                 message: format!(
-                    "no endpoint {path}: walsh serves /v1/models, /v1/completions, /health \
-                     and /metrics"
+                    "no endpoint {path}: walsh serves /v1/models, /v1/completions, \
+                     /v1/chat/completions, /health and /metrics"
                 ),
             }),
         }
@@ -307,9 +322,10 @@ impl Api {
     async fn completions(
         &self,
         body: &Value,
+        endpoint: Endpoint,
         log: &mut RequestLog,
     ) -> Result<(Response<Body>, Logged), ApiError> {
-        let c = CompletionRequest::parse(body, self.context)?;
+        let c = CompletionRequest::parse(body, endpoint, self.context, &self.tokenizer)?;
         if let Some(model) = body.get("model").and_then(Value::as_str)
             && model != self.model
         {
@@ -319,7 +335,10 @@ impl Api {
                 message: format!("model {model:?} is not served here: {:?} is", self.model),
             });
         }
-        let id = format!("cmpl-{}", unix_time_nanos());
+        let id = match endpoint {
+            Endpoint::Completions => format!("cmpl-{}", unix_time_nanos()),
+            Endpoint::Chat => format!("chatcmpl-{}", unix_time_nanos()),
+        };
         let mut runs = Vec::new();
         for prompt in &c.prompts {
             runs.push(self.submit(&c, prompt).await?);
@@ -332,7 +351,7 @@ impl Api {
         let mut choices = Vec::new();
         let mut completion_tokens = 0;
         for (index, (rid, mut updates)) in runs.into_iter().enumerate() {
-            let mut out = Output::new(&c, index);
+            let mut out = Output::new(&c, index, &self.tokenizer);
             while let Some(u) = updates.recv().await {
                 if matches!(u, Update::Token(_)) {
                     log.token(&self.metrics);
@@ -349,15 +368,26 @@ impl Api {
                 return Err(ApiError::server(e));
             }
             completion_tokens += out.tokens;
-            choices.push(json!({
-                "text": out.prefix + &out.text, "index": index, "logprobs": Value::Null,
-                "finish_reason": out.finish.unwrap_or_else(|| "length".into()),
-            }));
+            let finish = out.finish.unwrap_or_else(|| "length".into());
+            let text = out.prefix + &out.text;
+            choices.push(match endpoint {
+                Endpoint::Completions => json!({
+                    "text": text, "index": index, "logprobs": Value::Null, "finish_reason": finish,
+                }),
+                Endpoint::Chat => json!({
+                    "index": index, "message": {"role": "assistant", "content": text},
+                    "logprobs": Value::Null, "finish_reason": finish,
+                }),
+            });
         }
+        let object = match endpoint {
+            Endpoint::Completions => "text_completion",
+            Endpoint::Chat => "chat.completion",
+        };
         let response = json_response(
             StatusCode::OK,
             &json!({
-                "id": id, "object": "text_completion", "created": unix_time(),
+                "id": id, "object": object, "created": unix_time(),
                 "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens},
@@ -393,8 +423,8 @@ impl Api {
         Ok((id, receiver))
     }
 
-    /// Server-sent events: one `text_completion` chunk per piece of text, then a last one
-    /// per choice with its finish reason, then `data: [DONE]`.
+    /// Server-sent events: one `text_completion` (`chat.completion.chunk`) chunk per piece
+    /// of text, then a last one per choice with its finish reason, then `data: [DONE]`.
     fn stream(
         &self,
         c: CompletionRequest,
@@ -406,6 +436,7 @@ impl Api {
         let commands = self.commands.clone();
         let model = self.model.clone();
         let metrics = Arc::clone(&self.metrics);
+        let tokenizer = Arc::clone(&self.tokenizer);
         let prompt_tokens: usize = c.prompts.iter().map(Vec::len).sum();
         tokio::spawn(async move {
             let mut completion_tokens = 0;
@@ -413,17 +444,43 @@ impl Api {
                 log.finish(&metrics, 200, Some((prompt_tokens, tokens)), note);
             };
             let created = unix_time();
-            let event = |index: usize, text: &str, finish: Option<&str>| {
+            let endpoint = c.endpoint;
+            let event = |index: usize, text: &str, finish: Option<&str>, first: bool| {
+                let (object, choice) = match endpoint {
+                    Endpoint::Completions => (
+                        "text_completion",
+                        json!({"text": text, "index": index, "logprobs": Value::Null,
+                               "finish_reason": finish}),
+                    ),
+                    Endpoint::Chat => {
+                        let mut delta = serde_json::Map::new();
+                        if first {
+                            delta.insert("role".into(), "assistant".into());
+                        }
+                        if first || !text.is_empty() {
+                            delta.insert("content".into(), text.into());
+                        }
+                        (
+                            "chat.completion.chunk",
+                            json!({"index": index, "delta": delta, "logprobs": Value::Null,
+                                   "finish_reason": finish}),
+                        )
+                    }
+                };
                 let chunk = json!({
-                    "id": id, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"text": text, "index": index, "logprobs": Value::Null,
-                                 "finish_reason": finish}],
+                    "id": id, "object": object, "created": created, "model": model,
+                    "choices": [choice],
                 });
                 Bytes::from(format!("data: {chunk}\n\n"))
             };
             for (index, (rid, mut updates)) in runs.into_iter().enumerate() {
-                let mut out = Output::new(&c, index);
-                if c.echo && events.send(event(index, &out.prefix, None)).is_err() {
+                let mut out = Output::new(&c, index, &tokenizer);
+                // A chat stream opens with the assistant's role; echo opens with the prompt.
+                let opening = (endpoint == Endpoint::Chat || c.echo)
+                    .then(|| event(index, &out.prefix, None, true));
+                if let Some(e) = opening
+                    && events.send(e).is_err()
+                {
                     let _ = commands.send(Command::Cancel(rid));
                     return finish(&log, completion_tokens, "client gone");
                 }
@@ -434,7 +491,7 @@ impl Api {
                     let text = out.push(u).unwrap_or_default();
                     let done = out.finish.as_deref();
                     let sent = if done.is_some() || !text.is_empty() {
-                        events.send(event(index, &text, done))
+                        events.send(event(index, &text, done, false))
                     } else {
                         Ok(())
                     };

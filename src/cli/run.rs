@@ -12,18 +12,19 @@ use walsh::limits;
 use walsh::model::eval::evaluate;
 use walsh::model::fit::{fit_prompt, prompt_notice};
 use walsh::model::generate::{
-    CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, Generation, Utf8Stream, encode_text,
-    generate,
+    CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, Generation, encode_text, generate,
 };
 use walsh::model::gguf::{GgmlType, GgufWeights, write_gguf};
 use walsh::model::gpu::GpuDecoder;
 use walsh::model::init::{random_model, write_random_model};
 use walsh::model::sizes::{self, Placement};
+use walsh::model::tokens;
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
 use walsh::ops::WeightFormat;
 use walsh::ops::attention::KvFormat;
 use walsh::ops::sample::SamplingParams;
+use walsh::tokenizer::{Tokenizer, TokenizerKind};
 
 /// The model `walsh` runs when none is named.
 pub const DEFAULT_MODEL: &str = "models/shakespeare-hadamard";
@@ -58,6 +59,11 @@ pub fn load_model(dir: Option<&Path>) -> Result<Model> {
          (its text is noise; pass --model DIR for a trained one)"
     );
     Ok(random_model(&demo_config(), 0, WeightFormat::F32)?)
+}
+
+/// The tokenizer of a loaded model: its directory's `tokenizer.json`, or byte-level.
+pub fn load_tokenizer(model: &Model) -> Result<Tokenizer> {
+    Ok(tokens::load_tokenizer(&model.dir, &model.config)?)
 }
 
 fn demo_config() -> Config {
@@ -150,6 +156,7 @@ impl Default for GenerateArgs {
 
 pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
+    let tokenizer = load_tokenizer(&model)?;
     // A rotated cache needs a Walsh–Hadamard head_dim: said before any work.
     args.kv_cache.check_head_dim(model.config.head_dim())?;
     let context = model.config.max_position_embeddings;
@@ -159,7 +166,7 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
         .prompt
         .iter()
         .map(|p| {
-            let tokens = encode_text(p);
+            let tokens = tokenizer.encode(p, true);
             let (kept, dropped) = fit_prompt(&tokens, context);
             if dropped > 0 {
                 eprintln!("walsh: {}", prompt_notice(tokens.len(), context));
@@ -196,10 +203,14 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
             if single {
                 // Stream the one sequence as it is generated.
                 print!("{}", args.prompt[0]);
-                let mut text = Utf8Stream::default();
+                let mut text = tokenizer.continuation(false);
                 let mut out = std::io::stdout().lock();
+                // An end-of-generation token (EOS, EOT) ends the text.
                 let g = generate(dec, &prompts, &options, |ev| {
-                    let _ = write!(out, "{}", text.push(ev.token));
+                    if tokenizer.is_eog(ev.token) {
+                        return ControlFlow::Break(());
+                    }
+                    let _ = write!(out, "{}", text.push(ev.token).unwrap_or_default());
                     let _ = out.flush();
                     ControlFlow::Continue(())
                 })?;
@@ -228,11 +239,17 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
                     return Ok(g);
                 }
                 for (prompt, tokens) in args.prompt.iter().zip(&g.tokens) {
-                    let bytes: Vec<u8> = tokens.iter().map(|&t| t as u8).collect();
-                    println!(
-                        "--- {prompt:?}\n{prompt}{}",
-                        String::from_utf8_lossy(&bytes)
-                    );
+                    let end = tokens
+                        .iter()
+                        .position(|&t| tokenizer.is_eog(t))
+                        .unwrap_or(tokens.len());
+                    let mut text = tokenizer.continuation(false);
+                    let mut out = String::new();
+                    for &t in &tokens[..end] {
+                        out += &text.push(t).unwrap_or_default();
+                    }
+                    out += &text.finish();
+                    println!("--- {prompt:?}\n{prompt}{out}");
                 }
                 Ok(g)
             }
@@ -346,6 +363,12 @@ pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
         args.device.placement(args.kv_cache),
     )?;
     sizes::eval_window(&model.config)?;
+    if load_tokenizer(&model)?.kind() != TokenizerKind::Byte {
+        bail!(
+            "walsh eval scores byte-level models (nats per byte); {} carries a tokenizer",
+            model.dir.display()
+        );
+    }
     let bytes = limits::read_at_most(&args.text, limits::MAX_TEXT_BYTES, "a text to score")
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.text.display()))?;
     let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
@@ -425,6 +448,15 @@ pub struct InitArgs {
     pub dtype: DtypeArg,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Rows of the embedding and the LM head (token ids 0..N). Default: the --tokenizer's
+    /// size, or 256 (bytes).
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// A Hugging Face tokenizer.json for the model, copied into --out (with the
+    /// tokenizer_config.json beside it, if there is one: BOS/EOS, chat template). Without
+    /// it the model is byte-level.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -537,6 +569,34 @@ pub fn quantize_cmd(args: &QuantizeArgs) -> Result<()> {
 }
 
 pub fn init_cmd(args: &InitArgs) -> Result<()> {
+    // The tokenizer first: its size is the default vocabulary.
+    let tokenizer = match &args.tokenizer {
+        None => None,
+        Some(path) => {
+            let json = limits::read_at_most(path, tokens::MAX_TOKENIZER_BYTES, "a tokenizer")
+                .with_context(|| format!("reading {}", path.display()))?;
+            let companion = path.with_file_name(tokens::TOKENIZER_CONFIG_FILE);
+            let companion = companion.is_file().then_some(companion);
+            let config_json = match &companion {
+                Some(c) => {
+                    Some(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?)
+                }
+                None => None,
+            };
+            let t = Tokenizer::from_hf_json(&json, config_json.as_deref())
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some((t.vocab_size(), json, config_json))
+        }
+    };
+    let vocab_size = args
+        .vocab
+        .or(tokenizer.as_ref().map(|t| t.0))
+        .unwrap_or(256);
+    if let Some((n, ..)) = &tokenizer
+        && *n > vocab_size
+    {
+        bail!("--vocab {vocab_size} is smaller than the tokenizer's {n} tokens");
+    }
     let config = Config {
         hidden_size: args.hidden_size,
         num_hidden_layers: args.layers,
@@ -545,7 +605,7 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
         // --kv-heads equal to --heads) the file is what it always was.
         num_key_value_heads: args.kv_heads.filter(|&k| k != args.heads),
         intermediate_size: args.intermediate_size.unwrap_or(3 * args.hidden_size),
-        vocab_size: 256,
+        vocab_size,
         max_position_embeddings: args.context,
         attn_output: match args.attn_output {
             AttnOutputArg::Dense => AttnOutput::Dense,
@@ -569,6 +629,12 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
         DtypeArg::Q4 => (WeightFormat::F16, Some(QuantFormat::Q4)),
     };
     write_random_model(&args.out, &config, format, args.seed)?;
+    if let Some((_, json, config_json)) = &tokenizer {
+        std::fs::write(args.out.join(tokens::TOKENIZER_FILE), json)?;
+        if let Some(c) = config_json {
+            std::fs::write(args.out.join(tokens::TOKENIZER_CONFIG_FILE), c)?;
+        }
+    }
     if let Some(q) = quantize {
         // The f16 file as written (rounded), then its matrices quantized in its place.
         let model = Model::load(&args.out)?;

@@ -143,6 +143,7 @@ pub fn serve_cmd(args: &ServeArgs, adapter: &str) -> Result<()> {
         None => None,
         Some(dir) => {
             let model = super::run::load_model(Some(dir))?;
+            let tokenizer = super::run::load_tokenizer(&model)?;
             let name = dir
                 .file_name()
                 .map_or("model".into(), |n| n.to_string_lossy().into_owned());
@@ -154,7 +155,7 @@ pub fn serve_cmd(args: &ServeArgs, adapter: &str) -> Result<()> {
                 max_queue: args.max_queue as usize,
                 api_key: args.api_key.clone(),
             };
-            Some(Api::start(model, name, options)?)
+            Some(Api::start(model, tokenizer, name, options)?)
         }
     };
     let site = Arc::new(Site {

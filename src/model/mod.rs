@@ -2,6 +2,7 @@
 //! decoder, the GPU decoder, sampling and generation.
 
 pub mod batch;
+pub mod chat;
 pub mod completion;
 pub mod config;
 pub mod cpu;

@@ -23,11 +23,9 @@ pub fn load_tokenizer(dir: &Path, config: &Config) -> Result<Tokenizer, ModelErr
         return Ok(Tokenizer::byte_level());
     }
     let read = |path: &Path| {
-        read_at_most(path, MAX_TOKENIZER_BYTES, "a tokenizer").map_err(|source| {
-            ModelError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
+        read_at_most(path, MAX_TOKENIZER_BYTES, "a tokenizer").map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
         })
     };
     let json = read(&path)?;
@@ -37,8 +35,12 @@ pub fn load_tokenizer(dir: &Path, config: &Config) -> Result<Tokenizer, ModelErr
     } else {
         None
     };
-    let tokenizer = Tokenizer::from_hf_json(&json, companion.as_deref())
-        .map_err(|source| ModelError::Tokenizer { path: path.clone(), source })?;
+    let tokenizer = Tokenizer::from_hf_json(&json, companion.as_deref()).map_err(|source| {
+        ModelError::Tokenizer {
+            path: path.clone(),
+            source,
+        }
+    })?;
     fits(&path, &tokenizer, config)?;
     Ok(tokenizer)
 }

@@ -5,12 +5,16 @@ Usage: python openai_client.py WALSH_BINARY   (from the repository root)
 Starts the server on a free port with the shipped Hadamard model on the CPU decoder, then
 through the `openai` package: lists the models, asks for completions plain and streamed,
 greedy and seeded, and checks each text equals what `walsh generate` prints for the same
-prompt and settings; checks a wrong key and a bad request raise the client's own errors.
+prompt and settings; checks a wrong key, a bad request and a chat with a model that has
+no chat template raise the client's own errors. Then serves a random model that carries a
+tokenizer and a chat template (`walsh init-model --tokenizer tests/data/chat/...`) and
+asks it for chat completions, streamed and not.
 Exits non-zero on the first mismatch.
 """
 
 import subprocess
 import sys
+import tempfile
 
 import openai
 
@@ -30,17 +34,52 @@ def generated(prompt, tokens, *settings):
     return out[len(prompt):-1]
 
 
-def main():
+def serve(model_dir):
+    """`walsh serve --model model_dir` on a free port; returns (process, client)."""
     server = subprocess.Popen(
-        [WALSH, "serve", "--port", "0", "--model", f"models/{MODEL}", "--device", "cpu",
+        [WALSH, "serve", "--port", "0", "--model", model_dir, "--device", "cpu",
          "--api-key", KEY],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
+    line = server.stdout.readline()
+    port = int(line.split("127.0.0.1:")[1].split("/")[0])
+    return server, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
+
+
+def chat_checks():
+    """Chat completions on a random model that carries a tokenizer and a chat template
+    (tests/data/chat): streamed and not, the same reply."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [WALSH, "init-model", "--out", f"{tmp}/chatty", "--hidden-size", "64",
+             "--layers", "2", "--heads", "4", "--context", "128", "--seed", "5",
+             "--tokenizer", "tests/data/chat/tokenizer.json"],
+            check=True, capture_output=True,
+        )
+        server, client = serve(f"{tmp}/chatty")
+        try:
+            messages = [{"role": "system", "content": "Answer in verse."},
+                        {"role": "user", "content": "Who is there?"}]
+            c = client.chat.completions.create(model="chatty", messages=messages,
+                                               max_tokens=24, temperature=0)
+            reply = c.choices[0].message
+            assert reply.role == "assistant" and reply.content, c
+            assert c.choices[0].finish_reason in ("stop", "length"), c
+            pieces = [chunk.choices[0].delta.content or ""
+                      for chunk in client.chat.completions.create(
+                          model="chatty", messages=messages, max_tokens=24,
+                          temperature=0, stream=True)]
+            assert "".join(pieces) == reply.content, (pieces, reply.content)
+        finally:
+            server.kill()
+            server.wait()
+    return 2
+
+
+def main():
+    server, client = serve(f"models/{MODEL}")
     try:
-        line = server.stdout.readline()
-        port = int(line.split("127.0.0.1:")[1].split("/")[0])
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
-        checks = 0
+        checks = chat_checks()
 
         ids = [m.id for m in client.models.list()]
         assert ids == [MODEL], ids
@@ -93,6 +132,15 @@ def main():
             raise AssertionError("max_tokens past the context was accepted")
         except openai.BadRequestError as e:
             assert e.status_code == 400 and "context is 128" in e.message, e
+        checks += 1
+
+        # The shipped models carry no chat template: the client's own BadRequestError.
+        try:
+            client.chat.completions.create(model=MODEL, max_tokens=5,
+                                           messages=[{"role": "user", "content": "hi"}])
+            raise AssertionError("a chat without a template was accepted")
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and "no chat template" in e.message, e
         checks += 1
 
         print(f"openai {openai.__version__}: {checks} checks passed against walsh serve")
