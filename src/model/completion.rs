@@ -368,7 +368,9 @@ mod tests {
     fn an_end_of_turn_token_stops_the_text() {
         let tokenizer = Tokenizer::from_hf_json(
             include_bytes!("../../tests/data/chat/tokenizer.json"),
-            Some(include_bytes!("../../tests/data/chat/tokenizer_config.json")),
+            Some(include_bytes!(
+                "../../tests/data/chat/tokenizer_config.json"
+            )),
         )
         .unwrap();
         let eot = tokenizer.token_id("<|eot_id|>").unwrap();
@@ -382,9 +384,16 @@ mod tests {
         for &t in words.iter().chain([eot, words[0]].iter()) {
             streamed += &out.push(Update::Token(t)).unwrap_or_default();
         }
-        assert_eq!((streamed.as_str(), out.text.as_str()), (" or not", " or not"));
+        assert_eq!(
+            (streamed.as_str(), out.text.as_str()),
+            (" or not", " or not")
+        );
         assert_eq!(out.finish.as_deref(), Some("stop"));
-        assert_eq!(out.tokens, words.len() + 1, "the end token counts, what follows not");
+        assert_eq!(
+            out.tokens,
+            words.len() + 1,
+            "the end token counts, what follows not"
+        );
     }
 
     /// Found by the fuzz test's request target: max_tokens near u64::MAX overflowed the

@@ -21,6 +21,7 @@ use super::weights::Model;
 use crate::gpu::{CountersSnapshot, MemoryReport};
 use crate::ops::attention::KvFormat;
 use crate::ops::sample::{SampleRng, SamplingParams, sample_reference};
+use crate::tokenizer::Utf8Buffer;
 
 /// The result of a decoder step, once the device has it. The GPU decoder's step waits
 /// for its readback (blocking natively, yielding to the event loop in the browser); the
@@ -640,48 +641,21 @@ pub fn encode_text(text: &str) -> Vec<u32> {
 
 /// Turns a stream of byte tokens into text pieces that are always valid UTF-8: a
 /// multi-byte character is held back until its last byte arrives; bytes that can never
-/// form a character come out as U+FFFD.
+/// form a character come out as U+FFFD (the byte-level tokenizer's streaming, without a
+/// tokenizer to borrow).
 #[derive(Default, Debug)]
-pub struct Utf8Stream {
-    pending: Vec<u8>,
-}
+pub struct Utf8Stream(Utf8Buffer);
 
 impl Utf8Stream {
     /// Adds one token (a byte; values above 255 are replaced) and returns the text it
     /// completes, possibly empty.
     pub fn push(&mut self, token: u32) -> String {
-        self.pending.push(u8::try_from(token).unwrap_or(b'?'));
-        let mut out = String::new();
-        // The same replacements as String::from_utf8_lossy of the whole stream: an invalid
-        // sequence becomes one U+FFFD, and decoding resumes right after it (the byte that
-        // ended it may begin a character).
-        loop {
-            match std::str::from_utf8(&self.pending) {
-                Ok(s) => {
-                    out.push_str(s);
-                    self.pending.clear();
-                    return out;
-                }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
-                    let Some(invalid) = e.error_len() else {
-                        // An incomplete character at the end: hold it back.
-                        self.pending.drain(..valid);
-                        return out;
-                    };
-                    out.push(char::REPLACEMENT_CHARACTER);
-                    self.pending.drain(..valid + invalid);
-                }
-            }
-        }
+        self.0.push(&[u8::try_from(token).unwrap_or(b'?')])
     }
 
     /// Whatever is still held back, lossily.
     pub fn finish(&mut self) -> String {
-        let s = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        s
+        self.0.finish()
     }
 }
 

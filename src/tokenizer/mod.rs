@@ -45,7 +45,7 @@ use thiserror::Error;
 
 use crate::gguf::GgufReadError;
 pub use pretokenize::PreTokenizer;
-pub use stream::Detokenizer;
+pub use stream::{Detokenizer, Utf8Buffer};
 
 /// Why a tokenizer cannot be built, or ids cannot be decoded.
 #[derive(Debug, Error, Clone, PartialEq)]

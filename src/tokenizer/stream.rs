@@ -21,7 +21,57 @@ pub struct Detokenizer<'t> {
     /// keeps the space after a BOS).
     strip_space: bool,
     /// The start of an unfinished character.
+    utf8: Utf8Buffer,
+}
+
+/// Bytes to text as they arrive: complete characters out, an unfinished one held back,
+/// invalid sequences as `String::from_utf8_lossy` of all the bytes would replace them.
+#[derive(Clone, Debug, Default)]
+pub struct Utf8Buffer {
     pending: Vec<u8>,
+}
+
+impl Utf8Buffer {
+    /// Adds `bytes`; returns the complete characters now known.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // Valid up to here by the error's own account.
+                    out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
+                    let Some(invalid) = e.error_len() else {
+                        // An unfinished character at the end: hold it back.
+                        self.pending.drain(..valid);
+                        return out;
+                    };
+                    // As from_utf8_lossy: one U+FFFD, then decoding resumes after it (the
+                    // byte that ended the sequence may begin a character).
+                    out.push(char::REPLACEMENT_CHARACTER);
+                    self.pending.drain(..valid + invalid);
+                }
+            }
+        }
+    }
+
+    /// Whatever is still held back (an unfinished character becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+
+    /// Bytes held back, waiting for the rest of a character.
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
 }
 
 impl<'t> Detokenizer<'t> {
@@ -30,7 +80,7 @@ impl<'t> Detokenizer<'t> {
             tokenizer,
             special,
             strip_space,
-            pending: Vec::new(),
+            utf8: Utf8Buffer::default(),
         }
     }
 
@@ -55,46 +105,16 @@ impl<'t> Detokenizer<'t> {
     /// Adds token `id` and returns the text it completes (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
         let piece = self.piece(id)?;
-        self.pending.extend_from_slice(&piece);
-        Ok(self.drain())
-    }
-
-    /// The complete characters of `pending`, leaving an unfinished one.
-    fn drain(&mut self) -> String {
-        let mut out = String::new();
-        loop {
-            match std::str::from_utf8(&self.pending) {
-                Ok(s) => {
-                    out.push_str(s);
-                    self.pending.clear();
-                    return out;
-                }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    // Valid up to here by the error's own account.
-                    out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
-                    let Some(invalid) = e.error_len() else {
-                        // An unfinished character at the end: hold it back.
-                        self.pending.drain(..valid);
-                        return out;
-                    };
-                    // As from_utf8_lossy: one U+FFFD, then decoding resumes after it.
-                    out.push(char::REPLACEMENT_CHARACTER);
-                    self.pending.drain(..valid + invalid);
-                }
-            }
-        }
+        Ok(self.utf8.push(&piece))
     }
 
     /// Whatever is still held back (an unfinished character becomes U+FFFD).
     pub fn finish(&mut self) -> String {
-        let s = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        s
+        self.utf8.finish()
     }
 
     /// Bytes held back, waiting for the rest of a character.
     pub fn pending(&self) -> &[u8] {
-        &self.pending
+        self.utf8.pending()
     }
 }
