@@ -676,3 +676,64 @@ fn a_bad_tokenizer_is_a_tokenizer_error() {
         "{e:?}"
     );
 }
+
+// ---- On the GPU --------------------------------------------------------------------------
+
+/// One device per test backend (`WALSH_TEST_BACKENDS`, default vulkan,gl); in CI a
+/// missing one fails.
+fn gpus() -> Vec<walsh::gpu::Gpu> {
+    let wanted = std::env::var("WALSH_TEST_BACKENDS").unwrap_or_else(|_| "vulkan,gl".into());
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let mut out = Vec::new();
+    for name in wanted.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let selector: walsh::gpu::AdapterSelector = name.parse().unwrap();
+        match walsh::gpu::Gpu::new(&selector) {
+            Ok(g) => out.push(g),
+            Err(e) if in_ci => panic!("CI: no {name} adapter: {e}"),
+            Err(e) => eprintln!("skipping {name}: {e}"),
+        }
+    }
+    out
+}
+
+/// The files by llama.cpp's Python writer, Q4_0 embedding and head included (the gather
+/// reads the quantized table's exact f32 values), give the CPU decoder's greedy tokens on
+/// every software adapter, two prompts in one batch.
+#[test]
+fn gguf_models_decode_as_on_the_cpu_on_every_software_adapter() {
+    use std::ops::ControlFlow;
+    use walsh::model::generate::{CpuBatch, Decoder, GenerateOptions, generate};
+    use walsh::model::gpu::GpuDecoder;
+    use walsh::ops::sample::SamplingParams;
+    let gpus = gpus();
+    let prompts = vec![vec![272, 258, 100, 3], vec![272, 77, 270]];
+    let options = GenerateOptions::new(
+        8,
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        },
+    );
+    for file in [
+        "tiny-gqa-f16.gguf",
+        "tiny-gqa-q4_0.gguf",
+        "tiny-gqa-q8_0.gguf",
+    ] {
+        let (model, _) = load_gguf(&data_dir().join(file)).unwrap();
+        let context = model.config.max_position_embeddings;
+        let mut cpu = CpuBatch::new(&model, 2, context, KvFormat::F32).unwrap();
+        let want = generate(&mut cpu, &prompts, &options, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .tokens;
+        for gpu in &gpus {
+            let mut dec = GpuDecoder::new(gpu, &model, 2, context, KvFormat::F32).unwrap();
+            let d: &mut dyn Decoder = &mut dec;
+            let got = generate(d, &prompts, &options, |_| ControlFlow::Continue(()))
+                .unwrap()
+                .tokens;
+            assert_eq!(got, want, "{file} on {}", gpu.describe());
+        }
+    }
+}
