@@ -564,6 +564,19 @@ fn an_unsupported_tensor_type_is_named_with_the_type() {
         "mixed",
         |e| matches!(e, ModelError::Quantized { name, .. } if name == "blk.0.ffn_up.weight"),
     );
+    // The embedding may be another block format than the layers (llama.cpp's files).
+    let mut f = exported(GgufWeights::Q8_0);
+    let block: Vec<u8> = [0u8, 0].into_iter().chain([0x88; 16]).collect();
+    let t = f.tensor("token_embd.weight");
+    (t.2, t.3) = (GgmlType::Q4_0.id(), block.repeat(256 * 2));
+    let m = f.load().unwrap();
+    assert!(
+        matches!(&m.weights.embed_tokens.data, TensorData::Quant(q) if q.format == QuantFormat::Q4)
+    );
+    assert_eq!(
+        m.config.quantization.map(|q| q.weights),
+        Some(QuantFormat::Q8)
+    );
 }
 
 #[test]

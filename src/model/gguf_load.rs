@@ -116,7 +116,12 @@ pub fn model_from_gguf(path: &Path, gguf: &Gguf) -> Result<Model, ModelError> {
             name: g.clone(),
         })?;
         let t = load_tensor(path, info, walsh, shape, rope_heads(&config, walsh))?;
-        if let TensorData::Quant(q) = &t.data {
+        // The layer matrices share one block format (`config.quantization`, what
+        // `walsh quantize` makes); the embedding and head may be stored otherwise, as
+        // llama.cpp's quantizer often keeps them.
+        if let TensorData::Quant(q) = &t.data
+            && super::quant::quantized_by_default(walsh, shape)
+        {
             match format {
                 None => format = Some((q.format, info.name)),
                 Some((f, first)) if f != q.format => {
@@ -124,7 +129,7 @@ pub fn model_from_gguf(path: &Path, gguf: &Gguf) -> Result<Model, ModelError> {
                         path: path.to_path_buf(),
                         name: g.clone(),
                         message: format!(
-                            "is {} but `{first}` is {}: a walsh model holds one block format",
+                            "is {} but `{first}` is {}: a walsh model's layer matrices share one block format",
                             info.ty,
                             ggml_type(f)
                         ),
