@@ -750,3 +750,115 @@ fn gguf_models_decode_as_on_the_cpu_on_every_software_adapter() {
         }
     }
 }
+
+// ---- llama.cpp as the reference ----------------------------------------------------------
+
+/// One of the llama-bpe files llama.cpp ran (`tests/data/gguf/llama-bpe/make_reference.py`),
+/// joined back from its committed parts: the type's weights file, the shared Q4_0
+/// embedding, and the tokenizer metadata of llama.cpp's llama-bpe vocabulary file.
+fn llama_bpe_file(tag: &str) -> Vec<u8> {
+    let dir = data_dir().join("llama-bpe");
+    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut f = File::of(&read(dir.join(format!("{tag}.weights.gguf"))));
+    let embd = File::of(&read(dir.join("embd.gguf")));
+    let vocab_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/llama.cpp/ggml-vocab-llama-bpe.gguf");
+    let vocab_bytes = read(vocab_path);
+    let vocab = Gguf::parse(&vocab_bytes).unwrap();
+    for (k, v) in vocab.metadata() {
+        if k.starts_with("tokenizer.") {
+            f.kv.push((k.to_string(), Kv::of(*v)));
+        }
+    }
+    f.tensors.insert(0, embd.tensors[0].clone());
+    f.bytes()
+}
+
+/// Greedy decoding of the llama-bpe model (d_model 32, 8 heads, 2 KV heads, Llama 3's
+/// 128256-token vocabulary) as llama.cpp 0c1e570 ran it on the CPU (f32 KV cache), in
+/// F16, Q8_0 and Q4_0 (`llama_cpp.json`): walsh's tokenizer gives llama.cpp's prompt ids,
+/// and walsh's CPU decoder llama.cpp's greedy tokens, with each step's 8 largest logits
+/// within llama.cpp's own rounding (its CPU products round the activations to f16 for
+/// F16 weights and to 8-bit blocks for Q8_0 / Q4_0); every software adapter gives the
+/// same tokens.
+#[test]
+fn llama_cpp_greedy_tokens_and_logits_on_the_llama_bpe_vocabulary() {
+    use std::ops::ControlFlow;
+    use walsh::model::generate::{Decoder, GenerateOptions, generate};
+    use walsh::model::gpu::GpuDecoder;
+    use walsh::ops::sample::SamplingParams;
+    let json = std::fs::read_to_string(data_dir().join("llama-bpe/llama_cpp.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let gpus = gpus();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    // Largest |walsh - llama.cpp| of a top-8 logit, as a fraction of the step's largest
+    // logit: measured 4.0e-3 (f16), 4.0e-3 (q8_0), 5.4e-3 (q4_0). llama.cpp's CPU rounds
+    // each product's activations to f16 (F16 weights) or 8-bit Q8_0 blocks (Q8_0 / Q4_0
+    // weights, the tied Q4_0 head in every file); walsh computes in f32. A wrong RoPE pair
+    // or head order would be off by far more (and change the tokens).
+    let tolerance = 1e-2;
+    for tag in ["f16", "q8_0", "q4_0"] {
+        let path = PathBuf::from(format!("llama-bpe-{tag}.gguf"));
+        let (model, tok) = from_gguf_bytes(&path, &llama_bpe_file(tag)).unwrap();
+        assert_eq!(model.config.vocab_size, 128256);
+        assert_eq!((model.config.kv_heads(), model.config.head_dim()), (2, 4));
+        assert!(model.config.tie_word_embeddings);
+        let mut worst = 0f64;
+        for case in reference[tag].as_array().unwrap() {
+            let prompt_text = case["prompt"].as_str().unwrap();
+            let prompt = ids(&case["prompt_ids"]);
+            let want = ids(&case["tokens"]);
+            assert_eq!(
+                tok.encode(prompt_text, true),
+                prompt,
+                "{tag} {prompt_text:?}"
+            );
+            let (got, logits) = greedy(&model, &prompt, want.len());
+            assert_eq!(got, want, "{tag} {prompt_text:?}");
+            for (step, top) in case["top"].as_array().unwrap().iter().enumerate() {
+                let top = top.as_array().unwrap();
+                let scale = top[0][1].as_f64().unwrap().abs();
+                for pair in top {
+                    let (id, l) = (pair[0].as_u64().unwrap(), pair[1].as_f64().unwrap());
+                    let diff = (logits[step][id as usize] as f64 - l).abs() / scale;
+                    worst = worst.max(diff);
+                    assert!(
+                        diff <= tolerance,
+                        "{tag} {prompt_text:?} step {step} id {id}: walsh {} vs llama.cpp {l}",
+                        logits[step][id as usize]
+                    );
+                }
+            }
+            let options = GenerateOptions::new(
+                want.len(),
+                SamplingParams {
+                    temperature: 0.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                    seed: 0,
+                },
+            );
+            let context = prompt.len() + want.len();
+            for gpu in &gpus {
+                let mut dec = GpuDecoder::new(gpu, &model, 1, context, KvFormat::F32).unwrap();
+                let d: &mut dyn Decoder = &mut dec;
+                let got = generate(
+                    d,
+                    &[prompt.clone()],
+                    &options,
+                    |_| ControlFlow::Continue(()),
+                )
+                .unwrap()
+                .tokens;
+                assert_eq!(got[0], want, "{tag} {prompt_text:?} on {}", gpu.describe());
+            }
+        }
+        eprintln!("{tag}: largest top-8 logit difference {worst:.2e} of the step's largest");
+    }
+}
