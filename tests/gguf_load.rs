@@ -848,12 +848,9 @@ fn llama_cpp_greedy_tokens_and_logits_on_the_llama_bpe_vocabulary() {
             for gpu in &gpus {
                 let mut dec = GpuDecoder::new(gpu, &model, 1, context, KvFormat::F32).unwrap();
                 let d: &mut dyn Decoder = &mut dec;
-                let got = generate(
-                    d,
-                    &[prompt.clone()],
-                    &options,
-                    |_| ControlFlow::Continue(()),
-                )
+                let got = generate(d, std::slice::from_ref(&prompt), &options, |_| {
+                    ControlFlow::Continue(())
+                })
                 .unwrap()
                 .tokens;
                 assert_eq!(got[0], want, "{tag} {prompt_text:?} on {}", gpu.describe());
