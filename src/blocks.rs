@@ -12,7 +12,11 @@
 //!   first) of word `j`, a two's-complement level in -127..=127;
 //! - `q4`: 4 u32 words per block, value `8j + i` in nibble `i` (low nibble first) of word
 //!   `j`, stored as level + 8 for a level in -7..=7 (so 8 is zero);
-//! - scales: `[rows, blocks]` f16 bits; value = scale x level.
+//! - scales: `[rows, blocks]` f16 bits; value = scale x level. walsh's quantizer writes
+//!   non-negative scales and levels within -max..=max, but any finite scale and every
+//!   stored bit pattern is read as written: GGML's Q4_0 (`d = max / -8`) has negative
+//!   scales and level -8 (nibble 0), its Q8_0 may hold -128, and GGUF files load into
+//!   these blocks bit for bit.
 
 use std::fmt;
 use std::str::FromStr;
@@ -132,7 +136,7 @@ pub enum QuantError {
         expected: usize,
         found: usize,
     },
-    #[error("row {row}, block {block}: the scale is not a finite, non-negative f16")]
+    #[error("row {row}, block {block}: the scale is not a finite f16")]
     BadScale { row: usize, block: usize },
 }
 
@@ -214,12 +218,13 @@ impl QuantMatrix {
                 }
             }
         }
-        // Checked as a file's parts are (lengths, finite non-negative scales).
+        // Checked as a file's parts are (lengths, finite scales).
         Self::from_parts(format, rows, cols, data, scales)
     }
 
     /// Quantized parts as read from a file, checked: lengths match the shape and every
-    /// scale is a finite, non-negative f16. Every bit pattern of the data is a level.
+    /// scale is a finite f16 (of either sign: GGML's Q4_0 scales are often negative).
+    /// Every bit pattern of the data is a level (q4's nibble 0 is -8, q8's 0x80 -128).
     pub fn from_parts(
         format: QuantFormat,
         rows: usize,
@@ -247,10 +252,7 @@ impl QuantMatrix {
             });
         }
         let blocks = blocks_per_row(cols);
-        if let Some(b) = scales.iter().position(|&s| {
-            let s = f16::from_bits(s);
-            !s.is_finite() || s.is_sign_negative()
-        }) {
+        if let Some(b) = scales.iter().position(|&s| !f16::from_bits(s).is_finite()) {
             return Err(QuantError::BadScale {
                 row: b / blocks,
                 block: b % blocks,
@@ -499,6 +501,44 @@ mod tests {
             Err(QuantError::UnknownFormat("q5".into()))
         );
         assert_eq!("q4".parse::<QuantFormat>(), Ok(QuantFormat::Q4));
+    }
+
+    #[test]
+    fn ggml_levels_and_negative_scales_read_as_stored() {
+        // q4 nibble 0 is level -8 and q8 byte 0x80 is -128 (GGML writes both); a negative
+        // scale (GGML's Q4_0 d = max / -8) multiplies as it is.
+        let neg = f16::from_f32(-0.5).to_bits();
+        let q4 = QuantMatrix::from_parts(
+            QuantFormat::Q4,
+            1,
+            32,
+            vec![0x0000_00F0, 0x8888_8888, 0x8888_8888, 0x8888_8888],
+            vec![neg],
+        )
+        .unwrap();
+        assert_eq!(
+            (q4.level(0, 0), q4.level(0, 1), q4.level(0, 2)),
+            (-8, 7, -8)
+        );
+        let v = q4.dequantize();
+        assert_eq!((v[0], v[1], v[8]), (4.0, -3.5, -0.0));
+        let q8 = QuantMatrix::from_parts(QuantFormat::Q8, 1, 32, vec![0x0000_7F80; 8], vec![neg])
+            .unwrap();
+        assert_eq!((q8.level(0, 0), q8.level(0, 1)), (-128, 127));
+        assert_eq!(&q8.dequantize()[..3], &[64.0, -63.5, -0.0]);
+        // -0 is a finite scale too; infinity is not.
+        let minus_zero = f16::NEG_ZERO.to_bits();
+        QuantMatrix::from_parts(QuantFormat::Q8, 1, 32, vec![0; 8], vec![minus_zero]).unwrap();
+        assert_eq!(
+            QuantMatrix::from_parts(
+                QuantFormat::Q8,
+                1,
+                32,
+                vec![0; 8],
+                vec![f16::NEG_INFINITY.to_bits()]
+            ),
+            Err(QuantError::BadScale { row: 0, block: 0 })
+        );
     }
 
     #[test]

@@ -65,7 +65,8 @@ enum Command {
     InitModel(InitArgs),
     /// Write a copy of a model with its layer matrices block-quantized (q8 or q4).
     Quantize(QuantizeArgs),
-    /// Write a dense model as a llama-architecture GGUF file for llama.cpp.
+    /// Write a model as a llama-architecture GGUF file (llama.cpp runs the dense ones;
+    /// walsh loads every variant back: `--model FILE.gguf`).
     Export(ExportArgs),
     /// Benchmark kernels and decoders on one or every adapter; `bench merge` combines
     /// reports.

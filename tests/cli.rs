@@ -803,7 +803,7 @@ fn decode_layers_are_fused_and_profile_times_them_on_every_adapter() {
 }
 
 #[test]
-fn export_writes_the_dense_model_as_gguf_and_refuses_hadamard_naming_why() {
+fn export_writes_every_variant_as_gguf_and_generate_runs_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("dense.gguf");
     let out = out.to_str().unwrap();
@@ -816,13 +816,27 @@ fn export_writes_the_dense_model_as_gguf_and_refuses_hadamard_naming_why() {
     assert!(text.contains("Q4_0"), "{text}");
     let bytes = std::fs::read(out).unwrap();
     assert_eq!(&bytes[..8], b"GGUF\x03\0\0\0");
-    let e = walsh_fails(&export(out, "models/shakespeare-hadamard", &[]));
-    assert_names(
-        &e,
-        &["shakespeare-hadamard", "hadamard/dense", "no Hadamard W_O"],
-    );
     let e = walsh_fails(&export("/nonexistent-dir/m.gguf", dense, &[]));
     assert_names(&e, &["cannot write /nonexistent-dir/m.gguf"]);
+    // Hadamard W_O and the residual-MLP query go out with walsh's keys, and
+    // `generate --model FILE.gguf` reads them back: the directory's greedy text.
+    let generate = |model: &str| {
+        let args = [
+            "generate", "--model", model, "--device", "cpu", "--prompt", "ROMEO.",
+        ];
+        stdout(&walsh(
+            &[&args[..], &["--max-tokens", "24", "--temperature", "0"]].concat(),
+        ))
+    };
+    let file = dir.path().join("variant.gguf");
+    let file = file.to_str().unwrap();
+    for model in [
+        "models/shakespeare-hadamard",
+        "models/shakespeare-hadamard-qmlp",
+    ] {
+        walsh(&export(file, model, &[]));
+        assert_eq!(generate(file), generate(model), "{model}");
+    }
 }
 
 #[test]

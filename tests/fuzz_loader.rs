@@ -6,8 +6,9 @@
 //!   token on the CPU;
 //! - **report**: benchmark reports through [`Report::from_json`] (`walsh bench merge`);
 //! - **gguf**: GGUF files through walsh's reader ([`Gguf::parse`]) and, when one parses,
-//!   the tokenizer it describes ([`Tokenizer::from_gguf`]) encoding, decoding and streaming
-//!   a text;
+//!   the model loader (`gguf_load::model_from_gguf`; a model that loads decodes a token on
+//!   the CPU, and its tokenizer is checked against its vocabulary) and the tokenizer it
+//!   describes ([`Tokenizer::from_gguf`]) encoding, decoding and streaming a text;
 //! - **text**: prompts and texts through `encode_text`, [`Utf8Stream`], `generate` and
 //!   `evaluate` on a tiny CPU model, with sampling settings taken from the input; and
 //!   `--adapter` selectors;
@@ -18,7 +19,8 @@
 //!
 //! Seeds: the shipped models (`models/*/`), small random models of every variant in f32
 //! and f16, the committed reports (`bench-results/*.json`), completions bodies, and GGUF
-//! files: small models as `walsh export --gguf` writes them, a tiny hand-made BPE
+//! files: small models of several variants as `walsh export --gguf` writes them, a GQA
+//! model by llama.cpp's Python writer (`tests/data/gguf/`), a tiny hand-made BPE
 //! vocabulary, and llama.cpp's Llama 2 vocabulary (`tests/data/llama.cpp/`). Mutations: bit flips,
 //! interesting bytes and integers, inserts, deletes, duplicated ranges, truncations;
 //! safetensors-aware edits of the header length, of the header JSON (dtypes, shapes,
@@ -61,6 +63,7 @@ use walsh::model::cpu::CpuDecoder;
 use walsh::model::eval::evaluate;
 use walsh::model::generate::{CpuBatch, GenerateOptions, Utf8Stream, encode_text, generate};
 use walsh::model::gguf::{GgufWeights, gguf_bytes};
+use walsh::model::gguf_load;
 use walsh::model::init::{FileTensor, random_tensors, safetensors_bytes};
 use walsh::model::weights::Model;
 use walsh::model::{AttnOutput, Config, Query};
@@ -774,6 +777,14 @@ fn seeds() -> Seeds {
         .into_iter()
         .map(|w| gguf_bytes(&dense, "fuzz", w).unwrap())
         .collect();
+    // walsh's variants (Hadamard W_O with a dense query; residual-MLP query), q4_0 and f16.
+    for (i, w) in [(0, GgufWeights::Q4_0), (3, GgufWeights::F16)] {
+        let (config, weights) = &small[i];
+        let m = Model::from_bytes(Path::new("<variant>"), config, weights).unwrap();
+        ggufs.push(gguf_bytes(&m, "fuzz", w).unwrap());
+    }
+    // A GQA model with a BPE vocabulary by llama.cpp's Python writer (27 KiB).
+    ggufs.push(std::fs::read(root().join("tests/data/gguf/tiny-gqa-q4_0.gguf")).unwrap());
     ggufs.push(bpe_vocab_gguf());
     let llama_vocab =
         std::fs::read(root().join("tests/data/llama.cpp/ggml-vocab-llama-spm.gguf")).unwrap();
@@ -1009,7 +1020,8 @@ fn run_request(input: &[u8]) -> String {
     format!("ok {} {}", c.stream, c.echo)
 }
 
-/// A GGUF file through the reader and, when it parses, its tokenizer.
+/// A GGUF file through the reader and, when it parses, the model loader (a model that
+/// loads decodes a token on the CPU) and its tokenizer.
 fn run_gguf(input: &[u8]) -> String {
     let gguf = match Gguf::parse(input) {
         Ok(g) => g,
@@ -1018,9 +1030,27 @@ fn run_gguf(input: &[u8]) -> String {
     for t in gguf.tensors() {
         assert!(t.data.len() as u64 <= input.len() as u64, "{}", t.name);
     }
+    let path = Path::new("fuzz.gguf");
+    let model = match gguf_load::model_from_gguf(path, &gguf) {
+        Ok(model) => {
+            if input.len() < (1 << 20) {
+                let positions = model.config.max_position_embeddings.min(2);
+                let mut dec = CpuDecoder::new(&model, positions, KvFormat::F16)
+                    .expect("a loaded GGUF model decodes");
+                let logits = dec.forward(1, 0).expect("one token");
+                assert_eq!(logits.len(), model.config.vocab_size);
+            }
+            // The tokenizer as the model loader checks it (ids within the vocabulary).
+            match gguf_load::tokenizer_from_gguf(path, &gguf, &model.config) {
+                Ok(_) => "model".to_string(),
+                Err(e) => format!("model|{}", outcome(&e.to_string())),
+            }
+        }
+        Err(e) => format!("no model|{}", outcome(&e.to_string())),
+    };
     let tok = match Tokenizer::from_gguf(&gguf) {
         Ok(t) => t,
-        Err(e) => return format!("parsed|{}", outcome(&e.to_string())),
+        Err(e) => return format!("{model}|parsed|{}", outcome(&e.to_string())),
     };
     let text = "ROMEO.\n<|eot|> añ😀 <u>\u{2581}<s>  x";
     for parse_special in [false, true] {
@@ -1042,7 +1072,7 @@ fn run_gguf(input: &[u8]) -> String {
             "stream and decode differ"
         );
     }
-    "tokenizer".into()
+    format!("{model}|tokenizer")
 }
 
 /// Prompts, sampling settings and a text to score from one input, through the CPU
@@ -1441,7 +1471,7 @@ fn loader_and_text_inputs_survive_mutation() {
         "model:ok",
         "report:ok",
         "request:ok false false",
-        "gguf:tokenizer",
+        "gguf:model|tokenizer",
     ] {
         if !targets.iter().any(|t| kind.starts_with(t.name())) {
             continue;

@@ -450,22 +450,77 @@ fn a_tied_model_has_no_output_tensor() {
 }
 
 #[test]
-fn models_llama_cpp_cannot_express_are_refused_naming_why() {
+fn walsh_variants_export_with_walshs_keys_and_tensors() {
+    // llama.cpp cannot run these (no attn_output.weight / attn_q.weight); walsh loads them
+    // back (tests/gguf_load.rs).
+    use walsh::gguf::Gguf as Reader;
+    let cases = [
+        (
+            AttnOutput::Hadamard,
+            Query::Dense,
+            "attn_output_scale",
+            "attn_output.weight",
+        ),
+        (
+            AttnOutput::Dense,
+            Query::Identity,
+            "attn_output.weight",
+            "attn_q.weight",
+        ),
+        (
+            AttnOutput::Hadamard,
+            Query::ResidualMlp,
+            "attn_q_down.weight",
+            "attn_q.weight",
+        ),
+    ];
+    for (o, q, has, lacks) in cases {
+        let cfg = Config {
+            attn_output: o,
+            query: q,
+            ..config(false)
+        };
+        let model = random_model(&cfg, 1, WeightFormat::F16).unwrap();
+        let bytes = gguf_bytes(&model, "m", GgufWeights::F16).unwrap();
+        let g = Reader::parse(&bytes).unwrap();
+        assert!(g.tensor(&format!("blk.0.{has}")).is_some(), "{o:?} {q:?}");
+        assert!(g.tensor(&format!("blk.0.{lacks}")).is_none(), "{o:?} {q:?}");
+        let hadamard = o == AttnOutput::Hadamard;
+        assert_eq!(
+            g.get_str("walsh.attn_output").ok(),
+            hadamard.then_some("hadamard")
+        );
+        let query = g.get_str("walsh.query").ok();
+        assert_eq!(
+            query,
+            (q != Query::Dense).then(|| if q == Query::Identity {
+                "identity"
+            } else {
+                "residual_mlp"
+            })
+        );
+        // As in config.json, only when set (absent: d / 2).
+        assert!(g.get_u32("walsh.query_mlp_hidden").is_err());
+    }
     let cfg = Config {
-        attn_output: AttnOutput::Hadamard,
+        query: Query::ResidualMlp,
+        query_mlp_hidden: Some(24),
         ..config(false)
     };
     let model = random_model(&cfg, 1, WeightFormat::F16).unwrap();
-    let e = gguf_bytes(&model, "m", GgufWeights::F16).unwrap_err();
-    assert!(matches!(e, GgufError::Variant { .. }), "{e:?}");
-    assert!(e.to_string().contains("no Hadamard W_O"), "{e}");
-    let cfg = Config {
-        query: Query::Identity,
-        ..config(false)
-    };
-    let model = random_model(&cfg, 1, WeightFormat::F16).unwrap();
-    let e = gguf_bytes(&model, "m", GgufWeights::F16).unwrap_err();
-    assert!(e.to_string().contains("identity"), "{e}");
+    let bytes = gguf_bytes(&model, "m", GgufWeights::F16).unwrap();
+    let g = Reader::parse(&bytes).unwrap();
+    assert_eq!(g.get_u32("walsh.query_mlp_hidden").unwrap(), 24);
+    {}
+    // A dense/dense file carries none of walsh's keys.
+    let model = random_model(&config(false), 1, WeightFormat::F16).unwrap();
+    let bytes = gguf_bytes(&model, "m", GgufWeights::F16).unwrap();
+    let g = Reader::parse(&bytes).unwrap();
+    assert!(g.metadata().iter().all(|(k, _)| !k.starts_with("walsh.")));
+}
+
+#[test]
+fn models_the_export_cannot_write_are_refused_naming_why() {
     let cfg = Config {
         vocab_size: 300,
         ..config(false)

@@ -35,6 +35,28 @@ pub enum ModelError {
         vocab: usize,
     },
 
+    #[error("{path}: {source}")]
+    Gguf {
+        path: PathBuf,
+        #[source]
+        source: crate::gguf::GgufReadError,
+    },
+
+    #[error("{path}: GGUF key `{key}` {message}")]
+    GgufMetadata {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+
+    #[error("{path}: tensor `{name}` is {found}: walsh reads {expected}")]
+    GgufType {
+        path: PathBuf,
+        name: String,
+        found: crate::gguf::GgmlType,
+        expected: &'static str,
+    },
+
     #[error("{path} is not a valid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
 

@@ -1,6 +1,13 @@
-//! `walsh export --gguf`: a dense walsh model as a llama-architecture GGUF v3 file, so
-//! llama.cpp runs the same weights (docs/model-format.md#gguf-export).
+//! `walsh export --gguf`: a walsh model as a llama-architecture GGUF v3 file, so llama.cpp
+//! runs the same weights (docs/model-format.md#gguf-export); [`super::gguf_load`] reads
+//! these files (and llama.cpp's) back.
 //!
+//! - Variants: a dense/dense model is a plain llama file. walsh's Hadamard W_O and
+//!   identity / residual-MLP query are written too, with walsh's keys (`walsh.attn_output`,
+//!   `walsh.query`, `walsh.query_mlp_hidden`) and tensors (`blk.N.attn_output_scale`,
+//!   `attn_output_bias`, `attn_q_down.weight`, `attn_q_up.weight`): walsh loads them,
+//!   llama.cpp cannot run them (its llama architecture needs the missing
+//!   `attn_output.weight` / `attn_q.weight`).
 //! - Names: HF llama tensors become GGML's (`model.layers.N.self_attn.q_proj.weight` ->
 //!   `blk.N.attn_q.weight`, ...); a tied head has no `output.weight` (llama.cpp then reads
 //!   `token_embd.weight`).
@@ -33,7 +40,7 @@ use thiserror::Error;
 
 use super::quant;
 use super::weights::{Model, Tensor, TensorData};
-use super::{AttnOutput, ModelError, Query};
+use super::{AttnOutput, Config, ModelError, Query};
 use crate::blocks::{BLOCK, QuantError, QuantFormat, QuantMatrix, blocks_per_row};
 /// The tensor types written here (F32, F16, Q4_0, Q8_0) are the reader's.
 pub use crate::gguf::GgmlType;
@@ -121,16 +128,6 @@ impl FromStr for GgufWeights {
 pub enum GgufError {
     #[error("unknown GGUF weight type `{0}` (expected f32, f16, q8_0 or q4_0)")]
     UnknownWeights(String),
-
-    #[error(
-        "{dir} is a {variant} model: llama.cpp's llama architecture has {why}, so only \
-         dense/dense models (attn_output and query \"dense\") can be exported"
-    )]
-    Variant {
-        dir: PathBuf,
-        variant: String,
-        why: &'static str,
-    },
 
     #[error(
         "{dir} has a vocabulary of {vocab}: the GGUF byte tokenizer lists exactly {BYTE_VOCAB} byte tokens"
@@ -257,20 +254,6 @@ fn prepared(model: &Model, weights: GgufWeights) -> Result<Cow<'_, Model>, GgufE
     // The fields are public: check the shapes the rows are cut by.
     model.validate()?;
     let c = &model.config;
-    let why = match (c.attn_output, c.query) {
-        (AttnOutput::Hadamard, _) => Some("no Hadamard W_O (its attn_output is a dense matrix)"),
-        (_, Query::Identity | Query::ResidualMlp) => {
-            Some("no identity or residual-MLP query (its attn_q is a dense matrix)")
-        }
-        (AttnOutput::Dense, Query::Dense) => None,
-    };
-    if let Some(why) = why {
-        return Err(GgufError::Variant {
-            dir: model.dir.clone(),
-            variant: c.variant(),
-            why,
-        });
-    }
     if c.vocab_size != BYTE_VOCAB {
         return Err(GgufError::Vocab {
             dir: model.dir.clone(),
@@ -329,43 +312,24 @@ fn build(model: &Model, name: &str, weights: GgufWeights) -> Result<Built, GgufE
     let model = prepared(model, weights)?;
     let c = &model.config;
     let w = &model.weights;
-    let heads = c.num_attention_heads;
-    // Grouped-query attention: k_proj has kv_heads heads, permuted as such.
-    let kv_heads = c.kv_heads();
 
-    let mut tensors = vec![matrix("token_embd.weight", &w.embed_tokens, weights, None)?];
-    for (l, layer) in w.layers.iter().enumerate() {
-        let n = |t: &str| format!("blk.{l}.{t}.weight");
-        // prepared() validated a dense/dense model, which has q_proj and o_proj.
-        let missing = |t: &str| ModelError::MissingTensor {
+    let mut tensors = Vec::new();
+    for t in w.tensors() {
+        // validate() put every tensor in its slot, so every name has a GGUF name.
+        let name = gguf_name(&t.name).ok_or_else(|| ModelError::UnexpectedTensor {
             path: model.dir.join(super::weights::WEIGHTS_FILE),
-            name: format!("model.layers.{l}.self_attn.{t}.weight"),
-        };
-        let q = layer.q_proj.as_ref().ok_or_else(|| missing("q_proj"))?;
-        let o = layer.o_proj.as_ref().ok_or_else(|| missing("o_proj"))?;
-        tensors.push(vector(&n("attn_norm"), &layer.input_layernorm));
-        tensors.push(matrix(&n("attn_q"), q, weights, Some(heads))?);
-        tensors.push(matrix(
-            &n("attn_k"),
-            &layer.k_proj,
-            weights,
-            Some(kv_heads),
-        )?);
-        tensors.push(matrix(&n("attn_v"), &layer.v_proj, weights, None)?);
-        tensors.push(matrix(&n("attn_output"), o, weights, None)?);
-        tensors.push(vector(&n("ffn_norm"), &layer.post_attention_layernorm));
-        tensors.push(matrix(&n("ffn_gate"), &layer.gate_proj, weights, None)?);
-        tensors.push(matrix(&n("ffn_up"), &layer.up_proj, weights, None)?);
-        tensors.push(matrix(&n("ffn_down"), &layer.down_proj, weights, None)?);
-    }
-    tensors.push(vector("output_norm.weight", &w.norm));
-    if let Some(head) = &w.lm_head {
-        tensors.push(matrix("output.weight", head, weights, None)?);
+            name: t.name.clone(),
+            variant: c.variant(),
+        })?;
+        tensors.push(match t.shape.len() {
+            1 => vector(&name, t),
+            _ => matrix(&name, t, weights, rope_heads(c, &t.name))?,
+        });
     }
 
     let tokens: Vec<String> = (0..BYTE_VOCAB).map(|b| format!("<0x{b:02X}>")).collect();
     let u32_of = |v: usize| Value::U32(u32::try_from(v).unwrap_or(u32::MAX));
-    let metadata: Vec<(&str, Value)> = vec![
+    let mut metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::Str("llama".into())),
         ("general.name", Value::Str(name.to_string())),
         ("general.file_type", Value::U32(weights.file_type())),
@@ -374,8 +338,8 @@ fn build(model: &Model, name: &str, weights: GgufWeights) -> Result<Built, GgufE
         ("llama.embedding_length", u32_of(c.hidden_size)),
         ("llama.block_count", u32_of(c.num_hidden_layers)),
         ("llama.feed_forward_length", u32_of(c.intermediate_size)),
-        ("llama.attention.head_count", u32_of(heads)),
-        ("llama.attention.head_count_kv", u32_of(kv_heads)),
+        ("llama.attention.head_count", u32_of(c.num_attention_heads)),
+        ("llama.attention.head_count_kv", u32_of(c.kv_heads())),
         (
             "llama.attention.layer_norm_rms_epsilon",
             Value::F32(c.rms_norm_eps as f32),
@@ -396,6 +360,21 @@ fn build(model: &Model, name: &str, weights: GgufWeights) -> Result<Built, GgufE
         ("tokenizer.ggml.add_eos_token", Value::Bool(false)),
         ("tokenizer.ggml.add_space_prefix", Value::Bool(false)),
     ];
+
+    // walsh's variants (absent for dense/dense, so those files are llama.cpp's as before).
+    if c.attn_output != AttnOutput::Dense {
+        metadata.push((
+            ATTN_OUTPUT_KEY,
+            Value::Str(attn_output_name(c.attn_output).into()),
+        ));
+    }
+    if c.query != Query::Dense {
+        metadata.push((QUERY_KEY, Value::Str(query_name(c.query).into())));
+    }
+    // As config.json: absent means d / 2.
+    if let (Query::ResidualMlp, Some(h)) = (c.query, c.query_mlp_hidden) {
+        metadata.push((QUERY_MLP_HIDDEN_KEY, u32_of(h)));
+    }
 
     let mut out = Vec::new();
     out.extend_from_slice(&crate::gguf::MAGIC);
@@ -486,6 +465,102 @@ fn matrix(
         ty,
         data,
     })
+}
+
+/// `walsh.attn_output`: `"hadamard"` for a Hadamard W_O (absent: dense).
+pub const ATTN_OUTPUT_KEY: &str = "walsh.attn_output";
+/// `walsh.query`: `"identity"` or `"residual_mlp"` (absent: dense).
+pub const QUERY_KEY: &str = "walsh.query";
+/// `walsh.query_mlp_hidden`: the residual query MLP's width (u32; absent: d / 2).
+pub const QUERY_MLP_HIDDEN_KEY: &str = "walsh.query_mlp_hidden";
+
+/// The value of [`ATTN_OUTPUT_KEY`] (and of `attn_output` in config.json).
+pub fn attn_output_name(a: AttnOutput) -> &'static str {
+    match a {
+        AttnOutput::Dense => "dense",
+        AttnOutput::Hadamard => "hadamard",
+    }
+}
+
+/// The value of [`QUERY_KEY`] (and of `query` in config.json).
+pub fn query_name(q: Query) -> &'static str {
+    match q {
+        Query::Dense => "dense",
+        Query::Identity => "identity",
+        Query::ResidualMlp => "residual_mlp",
+    }
+}
+
+/// The GGUF name of a walsh (Hugging Face) tensor name, `None` for a name no walsh model
+/// has: llama.cpp's names (`blk.N.attn_q.weight`, ...) and, for walsh's variants,
+/// `blk.N.attn_q_down.weight` / `attn_q_up.weight` (residual-MLP query) and
+/// `blk.N.attn_output_scale` / `attn_output_bias` (Hadamard W_O). The one table the
+/// export writes by and the loader ([`super::gguf_load`]) reads by.
+pub fn gguf_name(walsh: &str) -> Option<String> {
+    match walsh {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = walsh.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    // Digits only, no sign or leading zero: one spelling per layer.
+    if layer.is_empty()
+        || !layer.bytes().all(|b| b.is_ascii_digit())
+        || (layer.len() > 1 && layer.starts_with('0'))
+    {
+        return None;
+    }
+    let gguf = match part {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.q_down.weight" => "attn_q_down.weight",
+        "self_attn.q_up.weight" => "attn_q_up.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.o_scale" => "attn_output_scale",
+        "self_attn.o_bias" => "attn_output_bias",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}"))
+}
+
+/// The heads whose rows a tensor's GGUF form permutes for llama.cpp's interleaved RoPE:
+/// the query heads for `q_proj`, the KV heads for `k_proj` (grouped-query attention);
+/// `None` for every other tensor. A residual-MLP query's `q_up` is stored as walsh holds
+/// it (its rows add to the unpermuted input), as no llama.cpp runs it anyway.
+pub fn rope_heads(config: &Config, walsh: &str) -> Option<usize> {
+    if walsh.ends_with(".self_attn.q_proj.weight") {
+        Some(config.num_attention_heads)
+    } else if walsh.ends_with(".self_attn.k_proj.weight") {
+        Some(config.kv_heads())
+    } else {
+        None
+    }
+}
+
+/// The inverse of [`permute_rope_rows`]: rows in GGML's interleaved order back to HF
+/// rotate_half order (row `h*hd + t*hd/2 + i` of the result is row `h*hd + 2i + t` of
+/// `data`). `rows` must be `heads` x an even head size (the config's rules).
+pub fn unpermute_rope_rows(data: &[u8], rows: usize, heads: usize) -> Vec<u8> {
+    let row_bytes = data.len() / rows.max(1);
+    let hd = rows / heads.max(1);
+    let mut out = Vec::with_capacity(data.len());
+    for h in 0..heads {
+        for t in 0..2 {
+            for i in 0..hd / 2 {
+                let src = h * hd + 2 * i + t;
+                out.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    out
 }
 
 /// Rows of `data` (`rows` of equal length) reordered per head from HF rotate_half pairs

@@ -64,12 +64,15 @@ fn matrix(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
 }
 
 /// The embedding table: row-major whatever the adapter (the embedding reads its rows).
+/// The gather reads f32 or f16 tables, so a block-quantized one (GGUF files often
+/// quantize `token_embd`) is uploaded as its exact f32 values, scale x level (a tied head
+/// then multiplies by those same values).
 fn table(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
     let (rows, cols) = dims(t)?;
     Ok(match &t.data {
         TensorData::F32(v) => Matrix::from_f32(gpu, &t.name, v, rows, cols)?,
         TensorData::F16(bits) => Matrix::from_f16_bits(gpu, &t.name, bits, rows, cols)?,
-        TensorData::Quant(q) => Matrix::from_quant(gpu, &t.name, q)?,
+        TensorData::Quant(q) => Matrix::from_f32(gpu, &t.name, &q.dequantize(), rows, cols)?,
     })
 }
 

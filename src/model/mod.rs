@@ -11,6 +11,7 @@ pub mod eval;
 pub mod fit;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_load;
 pub mod gpu;
 
 pub mod init;

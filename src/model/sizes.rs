@@ -223,6 +223,15 @@ fn device_bytes(t: &Tensor) -> u64 {
     stacked_bytes(&[t])
 }
 
+/// Bytes of the embedding table on the GPU: as stored, or f32 when block-quantized (the
+/// gather reads f32 or f16 rows; `GpuDecoder` uploads scale x level).
+fn table_bytes(t: &Tensor) -> u64 {
+    match t.format().quant() {
+        Some(_) => t.len() as u64 * 4,
+        None => device_bytes(t),
+    }
+}
+
 /// Bytes of tensors stacked into one matrix, in the format [`stacked_format`] picks.
 fn stacked_bytes(parts: &[&Tensor]) -> u64 {
     let cols = parts
@@ -249,7 +258,7 @@ pub fn decoder_buffers(
     kv: KvFormat,
 ) -> Vec<(String, u64)> {
     let w = &model.weights;
-    let mut out = vec![(w.embed_tokens.name.clone(), device_bytes(&w.embed_tokens))];
+    let mut out = vec![(w.embed_tokens.name.clone(), table_bytes(&w.embed_tokens))];
     for (i, l) in w.layers.iter().enumerate() {
         let mut qkv: Vec<&Tensor> = l.q_proj.iter().collect();
         qkv.extend([&l.k_proj, &l.v_proj]);
@@ -373,7 +382,11 @@ pub fn decode_bytes_per_token(
     let w = &model.weights;
     let weights = weight_bytes(model);
     let embed = decoder_buffers(model, 1, 1, kv)[0].1;
-    let embed_row = (w.embed_tokens.stored_bytes() / c.vocab_size) as u64;
+    // One row as the gather reads it: f32 for a block-quantized table.
+    let embed_row = match w.embed_tokens.format().quant() {
+        Some(_) => c.hidden_size as u64 * 4,
+        None => (w.embed_tokens.stored_bytes() / c.vocab_size) as u64,
+    };
     // A step reads the rope table at each sequence's position only.
     let rope_row = rope_row_bytes(c);
     let tied = w.lm_head.is_none();

@@ -16,8 +16,15 @@ pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 
 /// The tokenizer of the model in `dir` (byte-level without a `tokenizer.json`), checked
-/// against its config: every token id must have a row of the embedding.
+/// against its config: every token id must have a row of the embedding. When `dir` is a
+/// GGUF file ([`Model::load`](super::weights::Model::load) loads those too), the
+/// tokenizer its metadata describes ([`super::gguf_load::tokenizer_from_gguf`]).
 pub fn load_tokenizer(dir: &Path, config: &Config) -> Result<Tokenizer, ModelError> {
+    if super::gguf_load::is_gguf_file(dir) {
+        let bytes = super::gguf_load::read_gguf(dir)?;
+        let gguf = super::gguf_load::parse(dir, &bytes)?;
+        return super::gguf_load::tokenizer_from_gguf(dir, &gguf, config);
+    }
     let path = dir.join(TOKENIZER_FILE);
     if !path.is_file() {
         return Ok(Tokenizer::byte_level());

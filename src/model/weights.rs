@@ -288,8 +288,15 @@ pub fn expected_tensors(config: &Config) -> Vec<(String, Vec<usize>)> {
 }
 
 impl Model {
-    /// Loads `dir/config.json` and `dir/model.safetensors`.
+    /// Loads `dir/config.json` and `dir/model.safetensors`; or, when `dir` is a GGUF file
+    /// (a file starting with `GGUF`), the llama-architecture model in it
+    /// ([`super::gguf_load`]), with `dir` the file's path.
     pub fn load(dir: &Path) -> Result<Model, ModelError> {
+        if super::gguf_load::is_gguf_file(dir) {
+            let bytes = super::gguf_load::read_gguf(dir)?;
+            let gguf = super::gguf_load::parse(dir, &bytes)?;
+            return super::gguf_load::model_from_gguf(dir, &gguf);
+        }
         let config = Config::load(&dir.join(CONFIG_FILE))?;
         let path = dir.join(WEIGHTS_FILE);
         // Reading the whole file bounds every allocation by its real length: safetensors

@@ -680,6 +680,22 @@ mod tests {
                 Matrix::from_quant(gpu, "w", &q).unwrap()
             }
         };
+        let what = format!("{kernel:?} {format:?}");
+        check_matrix(gpu, kernel, &matrix, &w, rows, epilogue, &what);
+    }
+
+    /// Runs `matrix` (holding the values `w`, row-major) through `kernel` and checks the
+    /// product against the f64 reference.
+    fn check_matrix(
+        gpu: &Gpu,
+        kernel: Kernel,
+        matrix: &Matrix,
+        w: &[f32],
+        rows: usize,
+        epilogue: Epilogue,
+        what: &str,
+    ) {
+        let (n_out, n_in) = (matrix.rows, matrix.cols);
         let width = n_out / epilogue.outputs_per_unit();
         let x = test_values(rows * n_in, 2);
         let y0 = test_values(rows * width, 3);
@@ -688,18 +704,18 @@ mod tests {
         let mut enc = gpu.encoder("matmul test");
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            encode_with(gpu, &mut pass, &matrix, &xb, &yb, rows, epilogue, kernel).unwrap();
+            encode_with(gpu, &mut pass, matrix, &xb, &yb, rows, epilogue, kernel).unwrap();
         }
         gpu.submit_and_wait(enc).unwrap();
         let got: Vec<f32> = gpu.read(&yb, rows * width).unwrap();
-        let z = matmul_reference(&w, &x, rows, n_in, n_out);
+        let z = matmul_reference(w, &x, rows, n_in, n_out);
         // The classic bound for a sum of n_in products in f32: n_in ulps of sum |w_i x_i|
         // (plus the accumulated y, which is at most 1).
         let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
         let abs_x: Vec<f32> = x.iter().map(|v| v.abs()).collect();
         let scale = matmul_reference(&abs_w, &abs_x, rows, n_in, n_out);
         let what = format!(
-            "{kernel:?} {format:?} {rows}x{n_in}->{n_out} {epilogue:?} on {}",
+            "{what} {rows}x{n_in}->{n_out} {epilogue:?} on {}",
             gpu.describe()
         );
         let slack = n_in as f64 + 2.0;
@@ -740,6 +756,72 @@ mod tests {
             }
             for (k, format, rows, n_in, n_out) in accumulate {
                 check(&gpu, k, format, rows, n_in, n_out, Epilogue::Accumulate);
+            }
+        }
+    }
+
+    /// GGUF's blocks as stored (docs/model-format.md#loading-gguf): q4 levels -8..=7 (nibble
+    /// 0, GGML's -8, included) and q8 -128..=127 under f16 scales of both signs (GGML's
+    /// Q4_0 scale is `max / -8`), through every GEMV and the GEMM, against the f64
+    /// reference of scale x level as the CPU decoder dequantizes them.
+    #[test]
+    fn ggml_levels_and_negative_scales_match_cpu_on_every_kernel() {
+        use crate::blocks::{QuantFormat, blocks_per_row};
+        let ggml_like = |format: QuantFormat, n_out: usize, n_in: usize, seed: u64| {
+            let blocks = n_out * blocks_per_row(n_in);
+            let mut s = seed;
+            let mut next = || {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 32) as u32
+            };
+            let mut data: Vec<u32> = (0..blocks * format.words_per_block())
+                .map(|_| next())
+                .collect();
+            // Every row's first words: all -8 (q4) / 0 (q8), then q8's -128 in each byte.
+            let row_words = blocks_per_row(n_in) * format.words_per_block();
+            for r in 0..n_out {
+                data[r * row_words] = 0;
+                data[r * row_words + 1] = 0x8080_8080;
+            }
+            let scales = (0..blocks)
+                .map(|_| {
+                    let u = next();
+                    let mag = 0.01 + (u % 1000) as f32 * 1e-4;
+                    half::f16::from_f32(if u & 1 << 31 != 0 { -mag } else { mag }).to_bits()
+                })
+                .collect();
+            QuantMatrix::from_parts(format, n_out, n_in, data, scales).unwrap()
+        };
+        for gpu in test_gpus() {
+            let mut gemvs = vec![
+                Kernel::Gemv,
+                Kernel::GemvWide,
+                Kernel::GemvOutputs,
+                Kernel::GemvOutputsWide,
+            ];
+            if gpu.features().subgroup {
+                gemvs.push(Kernel::GemvSubgroup);
+            }
+            for format in [QuantFormat::Q4, QuantFormat::Q8] {
+                for (i, (n_in, n_out)) in [(64, 9), (96, 16), (256, 33)].into_iter().enumerate() {
+                    let q = ggml_like(format, n_out, n_in, 40 + i as u64);
+                    let w = q.dequantize();
+                    assert!((0..n_in).any(|c| q.level(0, c) == -format.max_level() - 1));
+                    let matrix = Matrix::from_quant(&gpu, "w", &q).unwrap();
+                    let what = format!("GGML-like {format}");
+                    for &kernel in &gemvs {
+                        for rows in [1, 5, 16] {
+                            let epi = Epilogue::Store;
+                            check_matrix(&gpu, kernel, &matrix, &w, rows, epi, &what);
+                        }
+                    }
+                    for rows in [1, 37, 70] {
+                        let epi = Epilogue::Store;
+                        check_matrix(&gpu, Kernel::Gemm, &matrix, &w, rows, epi, &what);
+                    }
+                }
             }
         }
     }
