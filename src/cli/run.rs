@@ -478,8 +478,9 @@ pub struct ExportArgs {
     /// The GGUF file to write (replaced if it exists).
     #[arg(long, value_name = "OUT.gguf")]
     pub gguf: PathBuf,
-    /// Model directory to read: attn_output and query "dense" (llama.cpp has no Hadamard
-    /// W_O).
+    /// Model directory to read. Every variant is written; llama.cpp runs the dense/dense
+    /// ones (a Hadamard W_O or another query is in walsh's own keys and tensors, which
+    /// walsh reads back and llama.cpp does not).
     #[arg(long)]
     pub model: PathBuf,
     /// Matrix type: f16, q8_0 or q4_0 (the layer matrices as `walsh quantize` makes them,
