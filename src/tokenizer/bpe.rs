@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use super::unicode::byte_to_char_table;
-use super::{PreTokenizer, Vocab};
+use super::{NONE, PreTokenizer, Symbol, Vocab};
 
 /// What a symbol left outside the vocabulary becomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,18 +41,6 @@ pub(super) struct Bpe {
     hex_bytes: [Option<u32>; 256],
     unk: Option<u32>,
 }
-
-/// One symbol of a word: `len` bytes from `start`, linked to its neighbours (usize::MAX:
-/// none); `len` 0 once merged into its left neighbour.
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: usize,
-    next: usize,
-}
-
-const NONE: usize = usize::MAX;
 
 impl Bpe {
     /// `merges` as GGUF and tokenizer.json (old style) store them: `"left right"`, split

@@ -250,6 +250,19 @@ const EOG_TEXTS: [&str; 22] = [
     "[e~[",
 ];
 
+/// One symbol of a word in the merge engines (`bpe`, `spm`): `len` bytes from `start`,
+/// linked to its neighbours ([`NONE`]: none); `len` 0 once merged into its left neighbour.
+#[derive(Clone, Copy)]
+struct Symbol {
+    start: usize,
+    len: usize,
+    prev: usize,
+    next: usize,
+}
+
+/// No neighbour.
+const NONE: usize = usize::MAX;
+
 /// How the merge engine runs (module docs).
 #[derive(Clone, Debug)]
 enum Model {

@@ -11,7 +11,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use super::Vocab;
+use super::{NONE, Symbol, Vocab};
 
 #[derive(Clone, Debug)]
 pub(super) struct Spm {
@@ -19,16 +19,6 @@ pub(super) struct Spm {
     /// the unknown token (llama.cpp's `byte_to_token`, which throws instead).
     byte_tokens: [Option<u32>; 256],
 }
-
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: usize,
-    next: usize,
-}
-
-const NONE: usize = usize::MAX;
 
 /// A candidate merge, ordered as llama.cpp's queue pops them: highest score, then
 /// leftmost.
