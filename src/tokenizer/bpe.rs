@@ -137,19 +137,7 @@ impl Bpe {
             out.push(id);
             return;
         }
-        let mut symbols: Vec<Symbol> = Vec::with_capacity(word.len());
-        for (start, c) in word.char_indices() {
-            let i = symbols.len();
-            symbols.push(Symbol {
-                start,
-                len: c.len_utf8(),
-                prev: if i == 0 { NONE } else { i - 1 },
-                next: i + 1,
-            });
-        }
-        if let Some(last) = symbols.last_mut() {
-            last.next = NONE;
-        }
+        let mut symbols = Symbol::chain(word);
         let text = |s: &Symbol| &word[s.start..s.start + s.len];
         // Min-heap on (rank, left index); each entry remembers the two lengths it was made
         // for, so an entry made stale by an earlier merge is skipped (llama.cpp compares

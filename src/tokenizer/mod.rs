@@ -263,6 +263,26 @@ struct Symbol {
 /// No neighbour.
 const NONE: usize = usize::MAX;
 
+impl Symbol {
+    /// One symbol per character of `text`, each linked to its neighbours.
+    fn chain(text: &str) -> Vec<Symbol> {
+        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
+        for (start, c) in text.char_indices() {
+            let i = symbols.len();
+            symbols.push(Symbol {
+                start,
+                len: c.len_utf8(),
+                prev: if i == 0 { NONE } else { i - 1 },
+                next: i + 1,
+            });
+        }
+        if let Some(last) = symbols.last_mut() {
+            last.next = NONE;
+        }
+        symbols
+    }
+}
+
 /// How the merge engine runs (module docs).
 #[derive(Clone, Debug)]
 enum Model {

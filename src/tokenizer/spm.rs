@@ -66,20 +66,10 @@ impl Spm {
     }
 
     pub(super) fn encode(&self, vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
-        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
-        for (start, c) in text.char_indices() {
-            let i = symbols.len();
-            symbols.push(Symbol {
-                start,
-                len: c.len_utf8(),
-                prev: if i == 0 { NONE } else { i - 1 },
-                next: i + 1,
-            });
-        }
-        let Some(last) = symbols.last_mut() else {
+        let mut symbols = Symbol::chain(text);
+        if symbols.is_empty() {
             return;
-        };
-        last.next = NONE;
+        }
         let mut queue = BinaryHeap::new();
         let push =
             |queue: &mut BinaryHeap<Bigram>, symbols: &[Symbol], left: usize, right: usize| {
