@@ -12,10 +12,9 @@
 //! instead ([`Engine::open_cpu`]): the CPU reference decoder, compiled to WASM, runs the
 //! same model through the same generation loop and gives the same tokens.
 //!
-//! One [`Engine`] per device: its GPU lives as long as the page (it is leaked, so the
-//! decoder can borrow it for `'static`; a page replaces its engine only when the device is
-//! lost, which leaves a few handles behind), and one generation or benchmark runs at a
-//! time. The page downloads (and caches) the model files; the engine checks and uploads
+//! One [`Engine`] per device (the decoder keeps its own handle on the device, so a page
+//! that replaces its engine after a lost device drops the old one whole), and one
+//! generation or benchmark runs at a time. The page downloads (and caches) the model files; the engine checks and uploads
 //! them.
 
 use std::cell::{Cell, RefCell};
@@ -51,7 +50,7 @@ const CPU_MAX_CHUNK: usize = 8;
 /// Where the engine runs.
 enum Backend {
     /// The browser's WebGPU adapter.
-    Gpu(&'static Gpu),
+    Gpu(Gpu),
     /// The CPU reference decoder, compiled to WASM.
     Cpu,
 }
@@ -59,7 +58,7 @@ enum Backend {
 /// A loaded model, ready to generate.
 enum Runner {
     /// Boxed: the decoder is large and moves in and out of the engine on every run.
-    Gpu(Box<GpuDecoder<'static>>),
+    Gpu(Box<GpuDecoder>),
     /// The CPU decoder is built per generation (its KV cache is a few hundred KiB).
     Cpu(Box<Model>),
 }
@@ -260,7 +259,7 @@ impl Engine {
         if let Some(label) = label.filter(|l| !l.trim().is_empty()) {
             gpu.set_label(label.trim());
         }
-        Ok(Engine::new(Backend::Gpu(Box::leak(Box::new(gpu)))))
+        Ok(Engine::new(Backend::Gpu(gpu)))
     }
 
     /// Opens the engine on the CPU: the reference decoder compiled to WASM, for browsers
@@ -275,8 +274,8 @@ impl Engine {
         matches!(self.backend, Backend::Gpu(_))
     }
 
-    fn gpu(&self) -> Result<&'static Gpu, JsError> {
-        match self.backend {
+    fn gpu(&self) -> Result<&Gpu, JsError> {
+        match &self.backend {
             Backend::Gpu(gpu) => Ok(gpu),
             Backend::Cpu => Err(error(
                 "this needs WebGPU: walsh runs on the CPU in this browser",
@@ -287,7 +286,7 @@ impl Engine {
     /// The adapter (name, backend, features, limits), as JSON: the same summary as
     /// `walsh adapters --json`; null on the CPU.
     pub fn adapter(&self) -> Result<Option<String>, JsError> {
-        match self.backend {
+        match &self.backend {
             Backend::Gpu(gpu) => to_json(gpu.summary()).map(Some),
             Backend::Cpu => Ok(None),
         }
@@ -324,7 +323,7 @@ impl Engine {
     /// Records why the device is unusable when `e` says it is (lost, out of memory, a
     /// failed readback), so the page reopens the engine; returns `e` as a JsError.
     fn fail(&self, e: &dyn std::fmt::Display, gpu_error: Option<&GpuError>) -> JsError {
-        if let Backend::Gpu(gpu) = self.backend {
+        if let Backend::Gpu(gpu) = &self.backend {
             let why = if self.destroyed.get() {
                 Some("the page destroyed the device".to_string())
             } else if let Err(lost @ GpuError::DeviceLost(_)) = gpu.check() {
@@ -357,7 +356,7 @@ impl Engine {
     /// Destroys the GPU device, as a driver reset or an unplugged GPU would lose it: the
     /// running generation fails, and the page shows how it recovers (its recovery test).
     pub fn lose_device(&self) {
-        if let Backend::Gpu(gpu) = self.backend {
+        if let Backend::Gpu(gpu) = &self.backend {
             self.destroyed.set(true);
             gpu.device.destroy();
         }
@@ -403,7 +402,7 @@ impl Engine {
             tuning_cache: None,
         };
         let mut info = info;
-        let runner = match self.backend {
+        let runner = match &self.backend {
             Backend::Gpu(gpu) => {
                 // Refuse before uploading anything, naming the tensor and the limit.
                 let mut limits = BufferLimits::from(gpu.limits());
@@ -539,7 +538,7 @@ impl Engine {
 
     /// GPU memory held now and at peak, by category (JSON); null on the CPU.
     pub fn memory(&self) -> Result<Option<String>, JsError> {
-        match self.backend {
+        match &self.backend {
             Backend::Gpu(gpu) => to_json(&gpu.memory().report()).map(Some),
             Backend::Cpu => Ok(None),
         }

@@ -796,8 +796,12 @@ fn decode_layers_are_fused_and_profile_times_them_on_every_adapter() {
             );
             assert!(p["prefill"]["dispatches"].as_u64().unwrap() > rows.len() as u64);
             assert!(p["copy_gb_per_s"].as_f64().unwrap() > 0.0);
-            let table = stdout(&walsh(&prof[..prof.len() - 1]));
+            let table = stdout(&walsh(
+                &[&prof[..prof.len() - 1], &["--rows", "1,3"]].concat(),
+            ));
             assert!(table.contains("decode dispatches per layer: "), "{table}");
+            assert!(table.contains("decode step (3 sequences"), "{table}");
+            assert!(table.contains("decode step by rows"), "{table}");
         }
     }
 }

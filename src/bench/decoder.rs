@@ -219,7 +219,7 @@ struct Runner<'g> {
     tuning: Tuning,
     case: DecoderCase,
     result: DecoderResult,
-    dec: GpuDecoder<'g>,
+    dec: GpuDecoder,
     prompts: Vec<Vec<u32>>,
     prefill: Vec<f64>,
     decode: Vec<f64>,
@@ -338,7 +338,7 @@ pub async fn measure(gpu: &Gpu, case: &DecoderCase) -> Result<DecoderResult, Ben
     if case.batch == 1 {
         let prompt = runner.prompts[0].clone();
         gpu.set_tuning(runner.tuning.clone());
-        runner.result.profile = Some(runner.dec.profile(&prompt, PROFILE_REPEATS).await?);
+        runner.result.profile = Some(runner.dec.profile(&prompt, 1, PROFILE_REPEATS).await?);
     }
     Ok(runner.finish())
 }

@@ -159,8 +159,7 @@ impl Api {
         std::thread::Builder::new()
             .name("walsh engine".into())
             .spawn(move || {
-                // The decoder borrows the device: both live on this thread's stack.
-                let (mut cpu, mut on_gpu) = (None, None);
+                // The decoder owns its device handle and lives on this thread.
                 let gpu = match options.device {
                     Device::Gpu => match super::tune::open_gpu(&options.adapter, &model) {
                         Ok(gpu) => Some(gpu),
@@ -174,16 +173,16 @@ impl Api {
                 let max_batch = options
                     .max_batch
                     .unwrap_or_else(|| default_max_batch(gpu.as_ref(), &model, options.kv));
-                let decoder: Result<&mut dyn Decoder> = match &gpu {
+                let decoder: Result<Box<dyn Decoder>> = match &gpu {
                     None => CpuBatch::new(&model, max_batch, context, options.kv)
-                        .map(|d| cpu.insert(d) as &mut dyn Decoder)
+                        .map(|d| Box::new(d) as Box<dyn Decoder>)
                         .map_err(Into::into),
                     Some(gpu) => GpuDecoder::new(gpu, &model, max_batch, context, options.kv)
-                        .map(|d| on_gpu.insert(d) as &mut dyn Decoder)
+                        .map(|d| Box::new(d) as Box<dyn Decoder>)
                         .map_err(Into::into),
                 };
                 let metrics = Arc::new(Metrics::new(max_batch));
-                let decoder = match decoder {
+                let mut decoder = match decoder {
                     Ok(d) => {
                         let _ = ready.send(Ok((d.device(), max_batch, Arc::clone(&metrics))));
                         d
@@ -193,7 +192,14 @@ impl Api {
                         return;
                     }
                 };
-                engine(decoder, inbox, max_batch, context, max_queue, &metrics);
+                engine(
+                    decoder.as_mut(),
+                    inbox,
+                    max_batch,
+                    context,
+                    max_queue,
+                    &metrics,
+                );
             })
             .context("starting the engine thread")?;
         let (device, max_batch, metrics) = started

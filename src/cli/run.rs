@@ -12,7 +12,7 @@ use walsh::limits;
 use walsh::model::eval::evaluate;
 use walsh::model::fit::{fit_prompt, prompt_notice};
 use walsh::model::generate::{
-    CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, Generation, encode_text, generate,
+    CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, Generation, generate,
 };
 use walsh::model::gguf::{GgmlType, GgufWeights, write_gguf};
 use walsh::model::gpu::GpuDecoder;
@@ -315,7 +315,11 @@ pub struct ProfileArgs {
     /// Times each step is replayed; the report gives medians.
     #[arg(long, default_value_t = 20)]
     pub repeats: usize,
-    /// Print the profile as JSON instead of a table.
+    /// Sequences in the decode step, one row each: a comma-separated list profiles each
+    /// and adds a table of how the step grows with its rows (what batching can gain).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub rows: Vec<usize>,
+    /// Print the profile as JSON instead of a table (an array with several `--rows`).
     #[arg(long)]
     pub json: bool,
 }
@@ -323,7 +327,7 @@ pub struct ProfileArgs {
 /// `walsh profile`: every dispatch of a decode step and a prefill, timed.
 pub fn profile_cmd(args: &ProfileArgs, adapter: &str) -> Result<()> {
     let model = load_model(args.model.as_deref())?;
-    let prompt = encode_text(&args.prompt);
+    let prompt = load_tokenizer(&model)?.encode(&args.prompt, true);
     if prompt.is_empty() {
         bail!("the prompt is empty: the profile prefills it, then decodes one token");
     }
@@ -334,19 +338,37 @@ pub fn profile_cmd(args: &ProfileArgs, adapter: &str) -> Result<()> {
             prompt.len()
         );
     }
+    let most = args.rows.iter().copied().max().unwrap_or(1);
+    if args.rows.contains(&0) {
+        bail!("--rows takes sequence counts of at least 1");
+    }
     sizes::decoder_memory(
         &model.config,
-        1,
+        most,
         context,
         Device::Gpu.placement(args.kv_cache),
     )?;
     let gpu = super::tune::open_gpu(adapter, &model)?;
-    let mut decoder = GpuDecoder::new(&gpu, &model, 1, context, args.kv_cache)?;
-    let profile = pollster::block_on(decoder.profile(&prompt, args.repeats))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&profile)?);
-    } else {
-        print!("{}", profile.table());
+    let mut decoder = GpuDecoder::new(&gpu, &model, most, context, args.kv_cache)?;
+    let mut profiles = Vec::new();
+    for &rows in &args.rows {
+        profiles.push(pollster::block_on(decoder.profile(
+            &prompt,
+            rows,
+            args.repeats,
+        ))?);
+    }
+    match (args.json, profiles.as_slice()) {
+        (true, [one]) => println!("{}", serde_json::to_string_pretty(one)?),
+        (true, all) => println!("{}", serde_json::to_string_pretty(all)?),
+        (false, all) => {
+            for p in all {
+                println!("{}", p.table());
+            }
+            if all.len() > 1 {
+                print!("{}", walsh::model::profile::scaling_table(all));
+            }
+        }
     }
     Ok(())
 }

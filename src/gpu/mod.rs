@@ -77,9 +77,20 @@ pub struct PendingRead {
 }
 
 /// A device and queue on one adapter, plus walsh's per-device state.
+///
+/// A shared handle, as `wgpu::Device` is: cloning it is cheap, and every clone is the same
+/// device with the same pipeline cache, memory account, counters and tuning. The decoders
+/// and kernels keep a clone, so they own their device and live as long as a server's task
+/// or a page wants, without borrowing it.
+#[derive(Clone)]
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
+    state: Arc<DeviceState>,
+}
+
+/// What every clone of one [`Gpu`] shares.
+struct DeviceState {
     info: wgpu::AdapterInfo,
     summary: AdapterSummary,
     features: GpuFeatures,
@@ -100,9 +111,9 @@ pub struct Gpu {
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gpu")
-            .field("adapter", &self.info.name)
-            .field("backend", &self.info.backend)
-            .field("features", &self.features)
+            .field("adapter", &self.state.info.name)
+            .field("backend", &self.state.info.backend)
+            .field("features", &self.state.features)
             .finish()
     }
 }
@@ -169,13 +180,13 @@ impl Gpu {
 
         // wgpu's default handler panics on any error that escapes an error scope; record it
         // instead so the next readback or submit returns it as a typed error.
-        let sink = gpu.failure.clone();
+        let sink = gpu.state.failure.clone();
         gpu.device
             .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
                 let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
                 slot.get_or_insert(GpuError::from_wgpu(&e));
             }));
-        let sink = gpu.failure.clone();
+        let sink = gpu.state.failure.clone();
         gpu.device.set_device_lost_callback(move |reason, message| {
             let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
             if reason != wgpu::DeviceLostReason::Destroyed {
@@ -227,11 +238,9 @@ impl Gpu {
         device: wgpu::Device,
         queue: wgpu::Queue,
     ) -> Self {
-        Self {
+        let state = DeviceState {
             features: GpuFeatures::from_wgpu(device.features()),
             limits: device.limits(),
-            device,
-            queue,
             info,
             summary,
             cache: PipelineCache::default(),
@@ -241,12 +250,21 @@ impl Gpu {
             spare: std::sync::OnceLock::new(),
             spare_uniform: std::sync::OnceLock::new(),
             tuning: Mutex::default(),
+        };
+        // In the browser wgpu's handles are neither Send nor Sync, so neither is the state;
+        // the page runs on one thread, and one `Arc` keeps one type on every target.
+        #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+        let state = Arc::new(state);
+        Self {
+            device,
+            queue,
+            state,
         }
     }
 
     /// A 16-byte storage buffer to bind at a writable slot a dispatch does not write.
     pub fn spare_storage(&self) -> &GpuBuffer {
-        self.spare.get_or_init(|| {
+        self.state.spare.get_or_init(|| {
             let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("spare writable slot"),
                 size: 16,
@@ -260,17 +278,19 @@ impl Gpu {
     /// A zeroed uniform of [`SPARE_UNIFORM_BYTES`] to bind at a uniform slot a dispatch
     /// does not read (a shader's uniform array must be bound whole).
     pub fn spare_uniform(&self) -> &GpuBuffer {
-        self.spare_uniform
+        self.state
+            .spare_uniform
             .get_or_init(|| self.uniform("spare uniform slot", &[0u32; SPARE_UNIFORM_BYTES / 4]))
     }
 
     /// Replaces the measured kernel choices (see [`Tuning`]).
     pub fn set_tuning(&self, tuning: Tuning) {
-        *self.tuning.lock().unwrap_or_else(|p| p.into_inner()) = tuning;
+        *self.state.tuning.lock().unwrap_or_else(|p| p.into_inner()) = tuning;
     }
 
     pub fn tuning(&self) -> Tuning {
-        self.tuning
+        self.state
+            .tuning
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -278,7 +298,7 @@ impl Gpu {
 
     /// The measured decode GEMV for weights of `format`, if any.
     pub fn tuned_gemv(&self, format: &str) -> Option<String> {
-        let tuning = self.tuning.lock().unwrap_or_else(|p| p.into_inner());
+        let tuning = self.state.tuning.lock().unwrap_or_else(|p| p.into_inner());
         tuning.gemv.get(format).cloned()
     }
 
@@ -295,28 +315,31 @@ impl Gpu {
         }
         format!(
             "{} | {:?} | {} {} | walsh {} kernels {hash:016x}",
-            self.info.name,
-            self.info.backend,
-            self.info.driver,
-            self.info.driver_info,
+            self.state.info.name,
+            self.state.info.backend,
+            self.state.info.driver,
+            self.state.info.driver_info,
             env!("CARGO_PKG_VERSION")
         )
     }
 
     pub fn info(&self) -> &wgpu::AdapterInfo {
-        &self.info
+        &self.state.info
     }
 
     pub fn summary(&self) -> &AdapterSummary {
-        &self.summary
+        &self.state.summary
     }
 
     /// Names the adapter where wgpu could not (the browser hides adapter names from
-    /// wgpu; the page reads them from `GPUAdapter.info`).
+    /// wgpu; the page reads them from `GPUAdapter.info`). Before the handle is cloned:
+    /// a clone keeps the name it was made with.
     pub fn set_label(&mut self, name: &str) {
-        if self.info.name.is_empty() {
-            self.info.name = name.to_string();
-            self.summary.name = name.to_string();
+        if self.state.info.name.is_empty()
+            && let Some(state) = Arc::get_mut(&mut self.state)
+        {
+            state.info.name = name.to_string();
+            state.summary.name = name.to_string();
         }
     }
 
@@ -324,20 +347,20 @@ impl Gpu {
     pub fn describe(&self) -> String {
         format!(
             "{} ({})",
-            self.info.name,
-            adapter::backend_name(self.info.backend)
+            self.state.info.name,
+            adapter::backend_name(self.state.info.backend)
         )
     }
 
     pub fn features(&self) -> GpuFeatures {
-        self.features
+        self.state.features
     }
 
     /// A CPU adapter (lavapipe, llvmpipe, SwiftShader): there a workgroup barrier is a
     /// switch between threads, so kernels prefer one invocation per output for
     /// decode-sized batches (matmul's `gemv_outputs`, the WHT's `wht_rows`).
     pub fn is_cpu_adapter(&self) -> bool {
-        self.info.device_type == wgpu::DeviceType::Cpu
+        self.state.info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// Workgroups that keep this adapter busy, the stand-in for its size (wgpu reports no
@@ -356,21 +379,21 @@ impl Gpu {
     }
 
     pub fn limits(&self) -> &wgpu::Limits {
-        &self.limits
+        &self.state.limits
     }
 
     pub fn memory(&self) -> &MemoryTracker {
-        &self.memory
+        &self.state.memory
     }
 
     /// Dispatches replayed, readbacks and submissions so far on this device.
     pub fn counters(&self) -> &Counters {
-        &self.counters
+        &self.state.counters
     }
 
     /// Returns (and clears) the first error wgpu reported asynchronously.
     pub fn check(&self) -> Result<()> {
-        let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.state.failure.lock().unwrap_or_else(|p| p.into_inner());
         match slot.take() {
             Some(GpuError::DeviceLost(m)) => {
                 // A lost device stays lost: keep reporting it.
@@ -385,15 +408,16 @@ impl Gpu {
     /// Errors if a binding of `bytes` exceeds the adapter's storage binding limit.
     pub fn check_binding_size(&self, what: &str, bytes: u64) -> Result<()> {
         let limit = self
+            .state
             .limits
             .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size);
+            .min(self.state.limits.max_buffer_size);
         if bytes > limit {
             return Err(GpuError::LimitExceeded {
                 what: what.to_string(),
                 requested: bytes,
                 limit,
-                adapter: self.info.name.clone(),
+                adapter: self.state.info.name.clone(),
             });
         }
         Ok(())
@@ -403,7 +427,11 @@ impl Gpu {
     /// Kernels rebuild the linear index as `wid.y * grid.x + wid.x` and skip indices past
     /// the count they are given.
     pub fn grid(&self, what: &str, workgroups: u32) -> Result<glam::UVec3> {
-        let max = self.limits.max_compute_workgroups_per_dimension.max(1);
+        let max = self
+            .state
+            .limits
+            .max_compute_workgroups_per_dimension
+            .max(1);
         let x = workgroups.clamp(1, max);
         let y = workgroups.div_ceil(x);
         if y > max {
@@ -411,7 +439,7 @@ impl Gpu {
                 what: format!("{what} (workgroups)"),
                 requested: workgroups as u64,
                 limit: max as u64 * max as u64,
-                adapter: self.info.name.clone(),
+                adapter: self.state.info.name.clone(),
             });
         }
         Ok(glam::UVec3::new(x, y, 1))
@@ -426,7 +454,7 @@ impl Gpu {
         if !self.device.features().contains(needed) {
             return Err(GpuError::MissingFeature {
                 feature: "SUBGROUP",
-                adapter: self.info.name.clone(),
+                adapter: self.state.info.name.clone(),
             });
         }
         let label = key.label();
@@ -463,7 +491,8 @@ impl Gpu {
             });
         if let Some(e) = self.pop_scope(scope) {
             // Forget the module too: its error may be the cause.
-            self.cache
+            self.state
+                .cache
                 .modules
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -493,7 +522,7 @@ impl Gpu {
         }
         #[cfg(target_arch = "wasm32")]
         {
-            let sink = self.failure.clone();
+            let sink = self.state.failure.clone();
             let popped = scope.pop();
             wasm_bindgen_futures::spawn_local(async move {
                 if let Some(e) = popped.await {
@@ -515,14 +544,20 @@ impl Gpu {
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PipelineKey, Arc<CachedPipeline>>>
     {
-        self.cache
+        self.state
+            .cache
             .pipelines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
     fn module(&self, shader: Shader) -> wgpu::ShaderModule {
-        let mut modules = self.cache.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut modules = self
+            .state
+            .cache
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         modules
             .entry(shader)
             .or_insert_with(|| {
@@ -581,7 +616,7 @@ impl Gpu {
         &self,
         buffers: impl IntoIterator<Item = wgpu::CommandBuffer>,
     ) -> wgpu::SubmissionIndex {
-        self.counters.submission();
+        self.state.counters.submission();
         self.queue.submit(buffers)
     }
 
@@ -590,7 +625,7 @@ impl Gpu {
     /// of the handle: the caller keeps theirs) are handed to walsh. The buffer must
     /// belong to this device and have the usages a kernel binds it with (`STORAGE`).
     pub fn track(&self, buffer: wgpu::Buffer, category: MemoryCategory) -> GpuBuffer {
-        GpuBuffer::new(buffer, category, self.memory.clone())
+        GpuBuffer::new(buffer, category, self.state.memory.clone())
     }
 
     /// A storage buffer holding `data`, counted under `category`.
@@ -718,7 +753,7 @@ impl Gpu {
         );
         encoder.copy_buffer_to_buffer(buffer, 0, staging.buffer(), 0, size.min(buffer.size()));
         let submission = self.submit(Some(encoder.finish()));
-        self.counters.readback();
+        self.state.counters.readback();
         let (tx, mapped) = signal::channel();
         staging
             .buffer()

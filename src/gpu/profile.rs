@@ -72,6 +72,23 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Runs `rec` once, in one pass, and waits for it.
+pub async fn run_recording(gpu: &Gpu, rec: &Recording) -> Result<()> {
+    gpu.finish(whole_pass(gpu, rec, "recording")).await
+}
+
+/// `rec`'s dispatches encoded in one compute pass.
+fn whole_pass(gpu: &Gpu, rec: &Recording, label: &str) -> wgpu::CommandEncoder {
+    let mut encoder = gpu.encoder(label);
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for d in &rec.dispatches {
+            d.encode(&mut pass);
+        }
+    }
+    encoder
+}
+
 /// Times `rec` on `gpu`, `repeats` times (at least one), after one untimed run that
 /// compiles and warms what it needs. Replaying a recording repeats its writes, so it
 /// must be idempotent (a decode step writes the same KV-cache slot each time).
@@ -86,16 +103,7 @@ pub async fn time_recording(gpu: &Gpu, rec: &Recording, repeats: usize) -> Resul
     } else {
         TimingMethod::WallClock
     };
-    let whole = |label: &str| {
-        let mut encoder = gpu.encoder(label);
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for d in &rec.dispatches {
-                d.encode(&mut pass);
-            }
-        }
-        encoder
-    };
+    let whole = |label: &str| whole_pass(gpu, rec, label);
     gpu.finish(whole("profile warm-up")).await?;
     let mut walls = Vec::with_capacity(repeats);
     for _ in 0..repeats {

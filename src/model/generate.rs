@@ -83,7 +83,7 @@ pub enum Chunk {
     Gpu(PendingChunk),
 }
 
-impl Decoder for GpuDecoder<'_> {
+impl Decoder for GpuDecoder {
     fn max_seqs(&self) -> usize {
         GpuDecoder::max_seqs(self)
     }

@@ -294,8 +294,8 @@ pub struct PendingChunk {
 
 /// The decoder on one device: weights, KV cache for `max_seqs` sequences of up to
 /// `max_positions` tokens, and the per-step activations.
-pub struct GpuDecoder<'g> {
-    gpu: &'g Gpu,
+pub struct GpuDecoder {
+    gpu: Gpu,
     config: Config,
     embed_tokens: Matrix, // [vocab, d]
     layers: Vec<GpuLayer>,
@@ -304,10 +304,10 @@ pub struct GpuDecoder<'g> {
     kv: Vec<(GpuBuffer, GpuBuffer)>, // per layer: k and v caches, [max_seqs, max_positions, kv_heads] blocks of shape.kv
     shape: AttnShape,
     rope: RopeTable,
-    hadamard: Hadamard<'g>,
+    hadamard: Hadamard,
     /// H_m's signs for the fused Hadamard prologue when d = m x 2^k, m > 1.
     wht_signs: Option<GpuBuffer>,
-    attention: Attention<'g>,
+    attention: Attention,
     acts: Option<Activations>,
     plan: Option<DecodePlan>,
     lengths: Vec<usize>, // tokens in the cache, per sequence
@@ -331,11 +331,11 @@ struct StepLayout {
     table: Vec<(u32, u32)>,
 }
 
-impl<'g> GpuDecoder<'g> {
+impl GpuDecoder {
     /// Uploads `model` and allocates the KV cache in `kv` format. Fails with a clear error
     /// when the cache or a weight exceeds the adapter's limits.
     pub fn new(
-        gpu: &'g Gpu,
+        gpu: &Gpu,
         model: &Model,
         max_seqs: usize,
         max_positions: usize,
@@ -406,7 +406,7 @@ impl<'g> GpuDecoder<'g> {
             caches.push((k, v));
         }
         Ok(Self {
-            gpu,
+            gpu: gpu.clone(),
             embed_tokens: table(gpu, &w.embed_tokens)?,
             layers,
             norm: vector(gpu, &w.norm)?,
@@ -487,8 +487,8 @@ impl<'g> GpuDecoder<'g> {
         }
     }
 
-    pub fn gpu(&self) -> &'g Gpu {
-        self.gpu
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
     }
 
     /// The KV cache's element format.
@@ -554,7 +554,7 @@ impl<'g> GpuDecoder<'g> {
             self.sampled_seqs.clear();
             self.acts = None; // free the old buffers first
             self.acts = Some(Activations::new(
-                self.gpu,
+                &self.gpu,
                 &self.config,
                 rows.max(16),
                 self.shape.max_seqs,
@@ -573,7 +573,7 @@ impl<'g> GpuDecoder<'g> {
         table: &[(u32, u32)],
         decode: bool,
     ) -> Result<(), ModelError> {
-        let gpu = self.gpu;
+        let gpu = &self.gpu;
         let acts = self.acts.as_ref().expect("reserved by the caller");
         let rows = table.len();
         let c = &self.config;
@@ -755,7 +755,7 @@ impl<'g> GpuDecoder<'g> {
     ) -> Result<(), ModelError> {
         let acts = self.acts.as_ref().expect("reserved by the caller");
         sample::encode_sample(
-            self.gpu,
+            &self.gpu,
             rec,
             &acts.logits,
             &acts.sample_rows,
@@ -842,7 +842,7 @@ impl<'g> GpuDecoder<'g> {
     /// [`attention::decode_chunk_for`]): lets tests take the split path with short
     /// contexts on adapters that would not split them.
     pub fn set_decode_chunk(&mut self, keys: usize) -> Result<(), ModelError> {
-        self.attention = Attention::new(self.gpu)?.with_decode_chunk(keys)?;
+        self.attention = Attention::new(&self.gpu)?.with_decode_chunk(keys)?;
         self.plan = None;
         Ok(())
     }
@@ -850,27 +850,47 @@ impl<'g> GpuDecoder<'g> {
     /// Times every dispatch of a prefill of `prompt` (as sequence 0, from an empty cache)
     /// and of the decode step after it, each replayed `repeats` times (see
     /// [`crate::gpu::profile::time_recording`]), and the copy shader over the model's
-    /// weight bytes for reference. Greedy sampling; forgets every sequence first and
-    /// leaves sequence 0 holding the prompt and one decoded token.
+    /// weight bytes for reference. With `rows` > 1 the decode step decodes that many
+    /// sequences at once (the others prefilled with the same prompt, untimed), as a
+    /// server's batch does. Greedy sampling; forgets every sequence first and leaves
+    /// sequences `0..rows` holding the prompt and one decoded token.
     pub async fn profile(
         &mut self,
         prompt: &[u32],
+        rows: usize,
         repeats: usize,
     ) -> Result<super::profile::DecoderProfile, ModelError> {
-        use crate::gpu::profile::time_recording;
+        use crate::gpu::profile::{run_recording, time_recording};
+        if rows == 0 || rows > self.shape.max_seqs {
+            return Err(ModelError::Input(format!(
+                "a decode step of {rows} rows: this decoder holds 1 to {} sequences",
+                self.shape.max_seqs
+            )));
+        }
         self.reset();
         let greedy = SamplingParams::greedy();
         let batch = [(0, prompt)];
         let layout = self.layout(&batch)?;
         let rec = self.prepare_step(&batch, &layout, Some((&greedy, &[0.0])))?;
-        let prefill = time_recording(self.gpu, &rec, repeats).await?;
-        self.lengths[0] = prompt.len();
+        let prefill = time_recording(&self.gpu, &rec, repeats).await?;
+        for seq in 1..rows {
+            let batch = [(seq, prompt)];
+            let layout = self.layout(&batch)?;
+            let rec = self.prepare_step(&batch, &layout, Some((&greedy, &[0.0])))?;
+            run_recording(&self.gpu, &rec).await?;
+        }
+        for len in &mut self.lengths[..rows] {
+            *len = prompt.len();
+        }
         let next = [*prompt.last().unwrap_or(&0)];
-        let batch = [(0, &next[..])];
+        let batch: Vec<(usize, &[u32])> = (0..rows).map(|s| (s, &next[..])).collect();
         let layout = self.layout(&batch)?;
-        let rec = self.prepare_step(&batch, &layout, Some((&greedy, &[0.0])))?;
-        let decode = time_recording(self.gpu, &rec, repeats).await?;
-        self.lengths[0] += 1;
+        let draws = vec![0.0; rows];
+        let rec = self.prepare_step(&batch, &layout, Some((&greedy, &draws)))?;
+        let decode = time_recording(&self.gpu, &rec, repeats).await?;
+        for len in &mut self.lengths[..rows] {
+            *len += 1;
+        }
         let weight_bytes = self
             .gpu
             .memory()
@@ -879,11 +899,12 @@ impl<'g> GpuDecoder<'g> {
             .iter()
             .find(|c| c.0 == MemoryCategory::Weights)
             .map_or(0, |c| c.1);
-        let copy = super::profile::copy_bandwidth(self.gpu, weight_bytes, repeats).await?;
+        let copy = super::profile::copy_bandwidth(&self.gpu, weight_bytes, repeats).await?;
         Ok(super::profile::DecoderProfile::new(
-            self.gpu,
+            &self.gpu,
             &self.config,
             prompt.len(),
+            rows,
             prefill,
             decode,
             copy,
@@ -1056,7 +1077,7 @@ impl<'g> GpuDecoder<'g> {
             plan.feedback = (0..=steps)
                 .map(|s| {
                     let mut rec = Recording::new();
-                    feedback::encode_feedback(self.gpu, &mut rec, &acts.feedback(), seqs, s, steps)
+                    feedback::encode_feedback(&self.gpu, &mut rec, &acts.feedback(), seqs, s, steps)
                         .map(|()| rec)
                 })
                 .collect::<Result<_, _>>()?;

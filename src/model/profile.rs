@@ -144,6 +144,8 @@ pub struct DecoderProfile {
     pub attn_output: String,
     pub query: String,
     pub prompt_tokens: usize,
+    /// Sequences decoded in the decode step (one row each).
+    pub decode_rows: usize,
     pub method: TimingMethod,
     pub copy: CopyRate,
     pub copy_gb_per_s: f64,
@@ -159,6 +161,7 @@ impl DecoderProfile {
         gpu: &Gpu,
         config: &Config,
         prompt_tokens: usize,
+        decode_rows: usize,
         prefill: RecordingTime,
         decode: RecordingTime,
         copy: CopyRate,
@@ -174,6 +177,7 @@ impl DecoderProfile {
             attn_output: format!("{:?}", config.attn_output).to_lowercase(),
             query: format!("{:?}", config.query).to_lowercase(),
             prompt_tokens,
+            decode_rows,
             method: decode.method,
             copy,
             copy_gb_per_s: copy.gb_per_s(),
@@ -197,7 +201,10 @@ impl DecoderProfile {
             self.copy_gb_per_s,
             self.copy.bytes >> 21,
         );
-        out += "decode step (one token after the prompt):\n";
+        out += &match self.decode_rows {
+            1 => "decode step (one token after the prompt):\n".to_string(),
+            n => format!("decode step ({n} sequences, one token each after the prompt):\n"),
+        };
         out += &format!(
             "{:>3}  {:<64} {:>10} {:>10} {:>8} {:>7} {:>6}\n",
             "#", "kernel", "us", "KiB bound", "GB/s", "% copy", "share"
@@ -241,6 +248,51 @@ impl DecoderProfile {
     }
 }
 
+/// How a decode step's time grows with its rows: per kernel family, the time of each
+/// profile's step (ordered as given, the first the baseline) and its ratio to the first;
+/// then the whole step's wall time and the aggregate rate it allows, tokens per second
+/// over all rows (`rows / wall`), against the first profile's. Where a step of n rows
+/// costs n times one row's, batching gains nothing; where it costs one row's, n times.
+pub fn scaling_table(profiles: &[DecoderProfile]) -> String {
+    let Some(base) = profiles.first() else {
+        return String::new();
+    };
+    let mut out = String::from("decode step by rows (us; x the first column):\n");
+    out += &format!("  {:<28}", "kernel");
+    for p in profiles {
+        out += &format!(" {:>18}", format!("{} rows", p.decode_rows));
+    }
+    out += "\n";
+    let time = |p: &DecoderProfile, kernel: &str| {
+        p.decode
+            .kernels
+            .iter()
+            .find(|k| k.kernel == kernel)
+            .map_or(0.0, |k| k.us)
+    };
+    for k in &base.decode.kernels {
+        out += &format!("  {:<28}", k.kernel);
+        for p in profiles {
+            let us = time(p, &k.kernel);
+            out += &format!(" {:>10.1} {:>6.2}x", us, us / k.us.max(1e-9));
+        }
+        out += "\n";
+    }
+    let row = |name: &str, f: &dyn Fn(&DecoderProfile) -> f64| {
+        let mut line = format!("  {name:<28}");
+        for p in profiles {
+            line += &format!(" {:>10.1} {:>6.2}x", f(p), f(p) / f(base).max(1e-9));
+        }
+        line + "\n"
+    };
+    out += &row("sum of dispatches", &|p| p.decode.sum_us);
+    out += &row("step wall", &|p| p.decode.wall_us);
+    out += &row("tok/s over all rows", &|p| {
+        p.decode_rows as f64 / (p.decode.wall_us.max(1e-9) * 1e-6)
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,8 +318,8 @@ mod tests {
                     ..Default::default()
                 };
                 let model = random_model(&config, 7, WeightFormat::F16).unwrap();
-                let mut dec = GpuDecoder::new(&gpu, &model, 1, 32, KvFormat::F16).unwrap();
-                let p = pollster::block_on(dec.profile(&[10, 20, 30], 2)).unwrap();
+                let mut dec = GpuDecoder::new(&gpu, &model, 3, 32, KvFormat::F16).unwrap();
+                let p = pollster::block_on(dec.profile(&[10, 20, 30], 1, 2)).unwrap();
                 // Fused layers: 5 dispatches with a dense W_O, 4 with the Hadamard one,
                 // plus embedding, LM head and sampling.
                 let per_layer = if attn_output == AttnOutput::Dense {
@@ -285,6 +337,18 @@ mod tests {
                 let text = p.table();
                 assert!(text.contains("matmul:gemv") && text.contains("attention:attend"));
                 assert_eq!(dec.len(0), 4, "the prompt and one decoded token");
+                // Three sequences in the step: the same dispatches over three rows, each
+                // sequence left with the prompt and one token; 0 or 4 rows are refused.
+                let three = pollster::block_on(dec.profile(&[10, 20, 30], 3, 1)).unwrap();
+                assert_eq!(three.decode_rows, 3);
+                assert_eq!(three.decode.dispatches, p.decode.dispatches);
+                assert_eq!((0..3).map(|s| dec.len(s)).collect::<Vec<_>>(), [4, 4, 4]);
+                let table = scaling_table(&[p, three]);
+                assert!(table.contains("3 rows") && table.contains("tok/s over all rows"));
+                for rows in [0, 4] {
+                    let e = pollster::block_on(dec.profile(&[10, 20, 30], rows, 1));
+                    assert!(e.unwrap_err().to_string().contains("1 to 3 sequences"));
+                }
             }
         }
     }

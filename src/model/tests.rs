@@ -160,6 +160,27 @@ fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
     }
 }
 
+#[test]
+fn a_decoder_owns_its_device_and_runs_on_another_thread() {
+    // A server's engine task keeps its decoder for as long as it runs: the decoder holds
+    // its own handle on the device, so it outlives the `Gpu` it was made from and moves
+    // to another thread (`thread::spawn` asks for `Send + 'static`).
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 11, false);
+    let prompts = vec![prompt(7, 3)];
+    let mut cpu = CpuBatch::new(&m, 1, 32, KV).unwrap();
+    let want = run(&mut cpu, &prompts, 12, SamplingParams::greedy());
+    for gpu in test_gpus() {
+        let name = gpu.describe();
+        let mut dec = GpuDecoder::new(&gpu, &m, 1, 32, KV).unwrap();
+        drop(gpu);
+        let prompts = prompts.clone();
+        let got = std::thread::spawn(move || run(&mut dec, &prompts, 12, SamplingParams::greedy()))
+            .join()
+            .unwrap();
+        assert_eq!(got, want, "greedy tokens on {name} from another thread");
+    }
+}
+
 /// Greedy tokens of one sequence from `prompt` on the CPU, then on each of `gpus`: equal.
 fn assert_greedy_everywhere(
     gpus: &[crate::gpu::Gpu],

@@ -138,7 +138,7 @@ impl Split {
     }
 }
 
-impl Attention<'_> {
+impl Attention {
     /// Validates an attention call.
     pub(super) fn check_attend(
         &self,

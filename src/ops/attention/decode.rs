@@ -15,7 +15,7 @@ pub struct DecodeFusion<'a> {
     pub rope: &'a RopeTable,
 }
 
-impl Attention<'_> {
+impl Attention {
     /// Sets the keys per chunk of the split decode (default [`DECODE_CHUNK`](super::DECODE_CHUNK)): contexts
     /// longer than this are split. Small values let tests and benchmarks take the split
     /// path with short contexts.
@@ -131,7 +131,7 @@ impl Attention<'_> {
         if rows.is_empty() {
             return Ok(());
         }
-        let tile = AttnTile::decode(shape.head_dim, tile_elems(self.gpu));
+        let tile = AttnTile::decode(shape.head_dim, tile_elems(&self.gpu));
         let plan = plan_tiles(rows, 1);
         let chunks = self.decode_chunks(rows);
         if chunks == 1 {

@@ -278,8 +278,8 @@ fn distinct(written: (&str, &GpuBuffer), read: &[(&str, &GpuBuffer)]) -> Result<
 }
 
 /// The attention kernels on one device.
-pub struct Attention<'g> {
-    gpu: &'g Gpu,
+pub struct Attention {
+    gpu: Gpu,
     /// Bound to the `out` or `parts` slot a dispatch does not use.
     dummy: GpuBuffer,
     /// kv_write's second writable stand-in (6 and 7 must not alias).
@@ -291,10 +291,10 @@ pub struct Attention<'g> {
     decode_chunk: usize,
 }
 
-impl<'g> Attention<'g> {
-    pub fn new(gpu: &'g Gpu) -> Result<Self, GpuError> {
+impl Attention {
+    pub fn new(gpu: &Gpu) -> Result<Self, GpuError> {
         Ok(Self {
-            gpu,
+            gpu: gpu.clone(),
             dummy: gpu.upload(MemoryCategory::Uniforms, "attention dummy", &[0f32; 4])?,
             dummy2: gpu.upload(MemoryCategory::Uniforms, "attention dummy 2", &[0f32; 4])?,
             partials: Mutex::new(None),

@@ -4,7 +4,7 @@ use super::attend::{AttendBuffers, AttnTile, Split, plan_tiles};
 use super::{Attention, AttnShape, tile_elems};
 use crate::gpu::{GpuError, Record};
 
-impl Attention<'_> {
+impl Attention {
     /// Records `out[r] = softmax(q[r] K^T / sqrt(head_dim)) V` per head for every row r =
     /// (seq, pos), over keys 0..=pos of seq (already in the cache). Rows of several sequences may share a call; runs of
     /// consecutive rows of one sequence share tiles, so keep a sequence's rows together.
@@ -19,7 +19,7 @@ impl Attention<'_> {
         if rows.is_empty() {
             return Ok(());
         }
-        let tile = AttnTile::prefill(shape.head_dim, tile_elems(self.gpu));
+        let tile = AttnTile::prefill(shape.head_dim, tile_elems(&self.gpu));
         let plan = plan_tiles(rows, tile.rows);
         let whole = Split::whole(shape);
         self.dispatch_attend(pass, buffers, rows, shape, tile, &plan, whole, None, None)

@@ -190,7 +190,7 @@ pub(super) fn write_and_prefill(
 }
 
 /// An [`Attention`] whose split decode takes `chunk` keys per chunk.
-pub(super) fn with_chunk(gpu: &Gpu, chunk: usize) -> Attention<'_> {
+pub(super) fn with_chunk(gpu: &Gpu, chunk: usize) -> Attention {
     Attention::new(gpu)
         .unwrap()
         .with_decode_chunk(chunk)

@@ -11,7 +11,7 @@ use crate::gpu::{GpuBuffer, GpuError, PipelineKey, Record, Shader};
 /// head in private memory); passed as `EW_WG`.
 const QUANT_WORKGROUP: u32 = 64;
 
-impl Attention<'_> {
+impl Attention {
     /// Records `k_cache[seq][pos] = k[r]` and `v_cache[seq][pos] = v[r]` for every row r
     /// = (seq, pos) of `rows`; `k`, `v` are [rows, kv_d] (kv_heads heads), the caches hold `shape.kv`
     /// ([`AttnShape::cache_bytes`]; the quantized formats rotate, scale and pack each head

@@ -255,8 +255,8 @@ fn plan(size: WhtSize, rows: usize) -> Vec<FastPass> {
 /// assert!(err < 1e-4);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct Hadamard<'g> {
-    gpu: &'g Gpu,
+pub struct Hadamard {
+    gpu: Gpu,
     /// Bound to the epilogue slots a dispatch does not use.
     dummy: GpuBuffer,
     /// Sign masks of H_m for m = 1 and every core order.
@@ -265,10 +265,10 @@ pub struct Hadamard<'g> {
     scratch: Mutex<Option<GpuBuffer>>,
 }
 
-impl<'g> Hadamard<'g> {
+impl Hadamard {
     /// Uploads the sign tables of every core order (a few KiB) to `gpu`. Pipelines are
     /// compiled on first use, per shape.
-    pub fn new(gpu: &'g Gpu) -> Result<Self, WhtError> {
+    pub fn new(gpu: &Gpu) -> Result<Self, WhtError> {
         let dummy = gpu.upload(MemoryCategory::Uniforms, "wht dummy", &[0f32; 4])?;
         let mut signs = Vec::new();
         for m in std::iter::once(1).chain(construct::CORE_ORDERS) {
@@ -279,7 +279,7 @@ impl<'g> Hadamard<'g> {
             ));
         }
         Ok(Self {
-            gpu,
+            gpu: gpu.clone(),
             dummy,
             signs,
             scratch: Mutex::new(None),
