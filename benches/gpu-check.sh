@@ -57,7 +57,7 @@ for q in ${PARITY:-f16 q8 q4}; do
 done | tee "$OUT/parity.txt"
 
 # Decode against the copy roofline: random 2-layer d_model 4096 models (BIG_D, BIG_LAYERS;
-# init-model makes at most 2^29 parameters).
+# init-model's limit follows the memory free: d_model 8192 x 2 layers needs about 20 GiB).
 python3 - > "$OUT/copy-bandwidth.txt" 2>&1 <<'EOF'
 import torch
 n = 1 << 30  # 1 GiB

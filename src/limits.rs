@@ -17,10 +17,37 @@ use thiserror::Error;
 pub const MAX_RUN_BYTES: u64 = 8 << 30;
 /// The most bytes one buffer of `walsh wht` may hold: 1 GiB (2^28 f32 values).
 pub const MAX_WHT_BUFFER_BYTES: u64 = 1 << 30;
-/// The most parameters `walsh init-model` writes: 2^29 (the paper grid's largest model,
-/// d_model 4096 with two layers, has 436M), 2 GiB of f32 values, which it holds a few
-/// times over while writing and checking the file.
-pub const MAX_RANDOM_PARAMETERS: u64 = 1 << 29;
+/// The fewest parameters `walsh init-model` may write whatever the memory: 2^29 (d_model
+/// 4096 with two layers has 436M).
+pub const MIN_RANDOM_PARAMETER_LIMIT: u64 = 1 << 29;
+/// Bytes `walsh init-model` holds per parameter while it writes a model: the f32 values,
+/// their encoded bytes and the serialized file (4 + 4 + 4 with f32 weights).
+pub const RANDOM_MODEL_BYTES_PER_PARAMETER: u64 = 12;
+
+/// The most parameters `walsh init-model` writes on a machine with `available` bytes of
+/// memory free ([`available_memory`]): what fits at [`RANDOM_MODEL_BYTES_PER_PARAMETER`],
+/// and never fewer than [`MIN_RANDOM_PARAMETER_LIMIT`] (the limit where the memory is
+/// unknown). The models of a big GPU's benchmarks (d_model 8192 with two layers, 1.6e9
+/// parameters) follow the machine that makes them, not a fixed bound.
+pub fn random_parameter_limit(available: Option<u64>) -> u64 {
+    available.map_or(MIN_RANDOM_PARAMETER_LIMIT, |bytes| {
+        (bytes / RANDOM_MODEL_BYTES_PER_PARAMETER).max(MIN_RANDOM_PARAMETER_LIMIT)
+    })
+}
+
+/// The memory the system could give this process now (`MemAvailable` of /proc/meminfo on
+/// Linux); None where it is not known.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&text)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let kib: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then(|| kib.saturating_mul(1024))
+}
 /// The largest text `walsh eval` scores: 256 MiB (each byte becomes a 4-byte token).
 pub const MAX_TEXT_BYTES: u64 = 256 << 20;
 /// The largest `config.json`: 1 MiB (a real one is under 1 KiB).
@@ -160,6 +187,24 @@ mod tests {
         assert_eq!(human_bytes(8 << 30), "8.0 GiB");
         assert_eq!(human_bytes(1_638_400_000_000), "1.5 TiB");
         assert_eq!(human_bytes(u128::MAX), "288230376151711744.0 ZiB");
+    }
+
+    #[test]
+    fn random_models_are_bounded_by_the_memory_available() {
+        let meminfo =
+            "MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   20971520 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(20 << 30));
+        assert_eq!(parse_mem_available("MemAvailable: 12 MB\n"), None);
+        assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+        // 20 GiB at 12 bytes a parameter: d_model 8192 x 2 layers (1.6e9) fits.
+        assert_eq!(random_parameter_limit(Some(20 << 30)), (20 << 30) / 12);
+        assert!(random_parameter_limit(Some(20 << 30)) > 1_600_000_000);
+        // Unknown or small memory: the floor.
+        assert_eq!(random_parameter_limit(None), MIN_RANDOM_PARAMETER_LIMIT);
+        assert_eq!(
+            random_parameter_limit(Some(1 << 30)),
+            MIN_RANDOM_PARAMETER_LIMIT
+        );
     }
 
     #[test]

@@ -644,7 +644,8 @@ pub fn init_cmd(args: &InitArgs) -> Result<()> {
     config
         .validate()
         .map_err(|m| anyhow::anyhow!("invalid model shape: {m}"))?;
-    sizes::random_model_parameters(&config)?;
+    let limit = walsh::limits::random_parameter_limit(walsh::limits::available_memory());
+    sizes::random_model_parameters(&config, limit)?;
     let (format, quantize) = match args.dtype {
         DtypeArg::F32 => (WeightFormat::F32, None),
         DtypeArg::F16 => (WeightFormat::F16, None),

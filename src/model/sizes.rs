@@ -12,8 +12,7 @@ use super::quant::quantized_by_default;
 use super::weights::{Model, Tensor, expected_tensors, stacked_format};
 use crate::gpu::{Gpu, GpuError};
 use crate::limits::{
-    LimitError, MAX_RANDOM_PARAMETERS, MAX_RUN_BYTES, MAX_SAFETENSORS_HEADER_BYTES, Unit,
-    human_bytes, product,
+    LimitError, MAX_RUN_BYTES, MAX_SAFETENSORS_HEADER_BYTES, Unit, human_bytes, product,
 };
 use crate::ops::WeightFormat;
 use crate::ops::attention::KvFormat;
@@ -26,10 +25,11 @@ pub fn parameters(config: &Config) -> u128 {
         .fold(0u128, |sum, (_, shape)| sum.saturating_add(product(shape)))
 }
 
-/// The parameters of a random model of `config`, at most [`MAX_RANDOM_PARAMETERS`].
-pub fn random_model_parameters(config: &Config) -> Result<u64, LimitError> {
+/// The parameters of a random model of `config`, at most `limit`
+/// ([`crate::limits::random_parameter_limit`]).
+pub fn random_model_parameters(config: &Config, limit: u64) -> Result<u64, LimitError> {
     let needed = parameters(config);
-    if needed > MAX_RANDOM_PARAMETERS as u128 {
+    if needed > limit as u128 {
         return Err(LimitError {
             what: format!(
                 "a random model of d_model {}, {} layers, FFN {} and context {}",
@@ -40,10 +40,14 @@ pub fn random_model_parameters(config: &Config) -> Result<u64, LimitError> {
             ),
             needs: "has",
             needed,
-            limit: MAX_RANDOM_PARAMETERS,
+            limit,
             limit_name: "for a random model",
             unit: Unit::Parameters,
-            hint: ": choose fewer layers or a smaller width".into(),
+            hint: format!(
+                " (the memory free here at {} bytes a parameter): choose fewer layers or a \
+                 smaller width",
+                crate::limits::RANDOM_MODEL_BYTES_PER_PARAMETER
+            ),
         });
     }
     Ok(needed as u64)
@@ -518,13 +522,16 @@ mod tests {
             parameters(&c),
             2 * 256 * 64 + 3 * 64 + 3 * 64 * 64 + 2 * 64 + 3 * 64 * 192
         );
-        assert_eq!(random_model_parameters(&c), Ok(parameters(&c) as u64));
+        assert_eq!(
+            random_model_parameters(&c, 1 << 29),
+            Ok(parameters(&c) as u64)
+        );
         let big = config(32768, 1024, 16, 1 << 20);
-        let e = random_model_parameters(&big).unwrap_err();
+        let e = random_model_parameters(&big, 1 << 29).unwrap_err();
         assert!(e.needed > 1 << 40, "{e}");
         assert!(
             e.to_string()
-                .contains("536870912 parameters for a random model"),
+                .contains("536870912 parameters for a random model (the memory free here"),
             "{e}"
         );
     }
