@@ -9,6 +9,10 @@
 #                                against the device's copy bandwidth (needs python3 + torch)
 #   profile-*.txt/.json          `walsh profile` of the shipped dense and Hadamard models and
 #                                of the f16 grid models: every dispatch of a decode step timed
+#   profile-rows-*.txt           `walsh profile --rows 1,4,16,32`: how a decode step of the
+#                                shipped models grows with its sequences (what serving gains)
+#   serve-load.txt               benches/serve-load.sh: the completions API's aggregate tok/s
+#                                under 1, 4, 16 and 32 clients, Hadamard against dense
 #   tune-*.txt                   `walsh tune`: every decode GEMV timed on the shipped models'
 #                                and the grid models' products, and which one the adapter chose
 #   grid.txt, grid-*.json        decode of random 2-layer models at d_model GRID_D x f16/q8/q4
@@ -109,6 +113,16 @@ for m in dense hadamard; do
   $W --adapter 0 tune --model models/shakespeare-$m > "$OUT/tune-$m.txt" 2>&1
   log "tune $m: $(grep -F -- '<- chosen' "$OUT/tune-$m.txt" | tr -s ' ' | tr '\n' ';')"
 done
+
+# Serving: a decode step of 1 to 32 sequences, then `walsh serve` under 1 to 32 clients.
+for m in dense hadamard; do
+  $W --adapter 0 profile --model models/shakespeare-$m --rows 1,4,16,32 --repeats 10 \
+    > "$OUT/profile-rows-$m.txt" 2>&1
+  log "rows $m: $(grep -F 'tok/s over all rows' "$OUT/profile-rows-$m.txt" | tr -s ' ')"
+done
+WALSH=$W WALSH_ADAPTER=0 timeout "${SERVE_SECONDS:-150}" bash benches/serve-load.sh 1 4 16 32 \
+  > "$OUT/serve-load.txt" 2>&1
+tail -4 "$OUT/serve-load.txt" | tee -a "$OUT/summary.txt"
 
 # Decode against the roofline at each width, weights and output projection: random 2-layer
 # models (heads of 128), 256 greedy tokens, then Hadamard against dense per width.

@@ -10,7 +10,8 @@
 # Prints one line per (model, clients): completion tokens over the wall time from the
 # first request sent to the last answer, and the ratio to one client; then, per count, the
 # first model's rate against the second's (the Hadamard gain with the default MODELS).
-# The server runs with --max-batch MAX_BATCH (default 32). Needs curl and bc.
+# The server runs with --max-batch MAX_BATCH (default 32). Needs curl and bc. WALSH names a
+# release binary to use instead of building one (a machine without cargo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("${@:-1 4 16 32}")
@@ -19,8 +20,10 @@ tokens=${TOKENS:-96}
 max_batch=${MAX_BATCH:-32}
 declare -A rates
 models=${MODELS:-"models/shakespeare-hadamard models/shakespeare-dense"}
-cargo build --release --quiet
-walsh=target/release/walsh
+if [ -z "${WALSH:-}" ]; then
+    cargo build --release --quiet
+fi
+walsh=${WALSH:-target/release/walsh}
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 
 for model in $models; do
