@@ -71,8 +71,8 @@ enum Command {
     /// Benchmark kernels and decoders on one or every adapter; `bench merge` combines
     /// reports.
     Bench(cli::bench::BenchArgs),
-    /// Serve the browser page (web/, built by `cargo xtask web`) and models/ on 127.0.0.1
-    /// (`--host` to listen elsewhere).
+    /// Serve the browser page (web/, built by `cargo xtask web`), models/ and the OpenAI
+    /// completions API (`--model`) on 127.0.0.1 (`--host` to listen elsewhere).
     Serve(cli::serve::ServeArgs),
 }
 
