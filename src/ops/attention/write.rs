@@ -130,6 +130,26 @@ mod tests {
     use crate::gpu::testing::{test_gpus, test_values};
     use crate::ops::hadamard::cpu::{WhtSize, fwht};
 
+    /// Uploads `k` and `v` ([rows, kv_d] each) and the row table, and runs kv_write of
+    /// `rows` into the caches.
+    fn write_rows(
+        gpu: &Gpu,
+        attn: &Attention,
+        (k, v): (&[f32], &[f32]),
+        rows: &[(u32, u32)],
+        (k_cache, v_cache): (&GpuBuffer, &GpuBuffer),
+        shape: AttnShape,
+    ) {
+        let (kb, vb, tb) = (upload(gpu, "k", k), upload(gpu, "v", v), table(gpu, rows));
+        let mut enc = gpu.encoder("kv_write test");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            attn.encode_kv_write(&mut pass, &kb, &vb, &tb, rows, k_cache, v_cache, shape)
+                .unwrap();
+        }
+        gpu.submit_and_wait(enc).unwrap();
+    }
+
     #[test]
     fn kv_write_puts_rows_in_their_slots_and_nowhere_else() {
         let shape = AttnShape {
@@ -150,18 +170,7 @@ mod tests {
             let mut kc: Vec<f32> = (0..cache_len).map(|i| -(i as f32)).collect();
             let mut vc: Vec<f32> = (0..cache_len).map(|i| i as f32 + 0.5).collect();
             let (kcb, vcb) = (upload(&gpu, "k cache", &kc), upload(&gpu, "v cache", &vc));
-            let (kb, vb, tb) = (
-                upload(&gpu, "k", &k),
-                upload(&gpu, "v", &v),
-                table(&gpu, &rows),
-            );
-            let mut enc = gpu.encoder("kv_write test");
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                attn.encode_kv_write(&mut pass, &kb, &vb, &tb, &rows, &kcb, &vcb, shape)
-                    .unwrap();
-            }
-            gpu.submit_and_wait(enc).unwrap();
+            write_rows(&gpu, &attn, (&k, &v), &rows, (&kcb, &vcb), shape);
             kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
             let got_k: Vec<f32> = gpu.read(&kcb, cache_len).unwrap();
             let got_v: Vec<f32> = gpu.read(&vcb, cache_len).unwrap();
@@ -212,18 +221,7 @@ mod tests {
                 .upload(MemoryCategory::Activations, "v cache", &vec![7u32; words])
                 .unwrap();
             let v: Vec<f32> = vals.iter().map(|x| -x).collect();
-            let (kb, vb, tb) = (
-                upload(&gpu, "k", &vals),
-                upload(&gpu, "v", &v),
-                table(&gpu, &rows),
-            );
-            let mut enc = gpu.encoder("f16 cache test");
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                attn.encode_kv_write(&mut pass, &kb, &vb, &tb, &rows, &kcb, &vcb, shape)
-                    .unwrap();
-            }
-            gpu.submit_and_wait(enc).unwrap();
+            write_rows(&gpu, &attn, (&vals, &v), &rows, (&kcb, &vcb), shape);
             for (cache, src) in [(&kcb, &vals[..]), (&vcb, &v[..])] {
                 let got: Vec<u32> = gpu.read(cache, words).unwrap();
                 // Position 0 untouched; position 1 holds the 16 halves, two per word.
