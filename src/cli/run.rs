@@ -61,9 +61,16 @@ pub fn load_model(dir: Option<&Path>) -> Result<Model> {
     Ok(random_model(&demo_config(), 0, WeightFormat::F32)?)
 }
 
-/// The tokenizer of a loaded model: its directory's `tokenizer.json`, or byte-level.
-pub fn load_tokenizer(model: &Model) -> Result<Tokenizer> {
-    Ok(tokens::load_tokenizer(&model.dir, &model.config)?)
+/// [`load_model`] and its tokenizer (the directory's `tokenizer.json`, or byte-level);
+/// a GGUF file is read once for both (a real model's file is gigabytes).
+pub fn load_model_and_tokenizer(path: Option<&Path>) -> Result<(Model, Tokenizer)> {
+    if let Some(path) = path.filter(|p| walsh::model::gguf_load::is_gguf_file(p)) {
+        return walsh::model::gguf_load::load_gguf(path)
+            .with_context(|| format!("loading model {}", path.display()));
+    }
+    let model = load_model(path)?;
+    let tokenizer = tokens::load_tokenizer(&model.dir, &model.config)?;
+    Ok((model, tokenizer))
 }
 
 fn demo_config() -> Config {
@@ -155,8 +162,7 @@ impl Default for GenerateArgs {
 }
 
 pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
-    let model = load_model(args.model.as_deref())?;
-    let tokenizer = load_tokenizer(&model)?;
+    let (model, tokenizer) = load_model_and_tokenizer(args.model.as_deref())?;
     // A rotated cache needs a Walsh–Hadamard head_dim: said before any work.
     args.kv_cache.check_head_dim(model.config.head_dim())?;
     let context = model.config.max_position_embeddings;
@@ -326,8 +332,8 @@ pub struct ProfileArgs {
 
 /// `walsh profile`: every dispatch of a decode step and a prefill, timed.
 pub fn profile_cmd(args: &ProfileArgs, adapter: &str) -> Result<()> {
-    let model = load_model(args.model.as_deref())?;
-    let prompt = load_tokenizer(&model)?.encode(&args.prompt, true);
+    let (model, tokenizer) = load_model_and_tokenizer(args.model.as_deref())?;
+    let prompt = tokenizer.encode(&args.prompt, true);
     if prompt.is_empty() {
         bail!("the prompt is empty: the profile prefills it, then decodes one token");
     }
@@ -374,7 +380,7 @@ pub fn profile_cmd(args: &ProfileArgs, adapter: &str) -> Result<()> {
 }
 
 pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
-    let model = load_model(args.model.as_deref())?;
+    let (model, tokenizer) = load_model_and_tokenizer(args.model.as_deref())?;
     // A rotated cache needs a Walsh–Hadamard head_dim: said before any work.
     args.kv_cache.check_head_dim(model.config.head_dim())?;
     let context = model.config.max_position_embeddings;
@@ -385,7 +391,7 @@ pub fn eval_cmd(args: &EvalArgs, adapter: &str) -> Result<()> {
         args.device.placement(args.kv_cache),
     )?;
     sizes::eval_window(&model.config)?;
-    if load_tokenizer(&model)?.kind() != TokenizerKind::Byte {
+    if tokenizer.kind() != TokenizerKind::Byte {
         bail!(
             "walsh eval scores byte-level models (nats per byte); {} carries a tokenizer",
             model.dir.display()

@@ -142,8 +142,7 @@ pub fn serve_cmd(args: &ServeArgs, adapter: &str) -> Result<()> {
     let api = match &args.model {
         None => None,
         Some(dir) => {
-            let model = super::run::load_model(Some(dir))?;
-            let tokenizer = super::run::load_tokenizer(&model)?;
+            let (model, tokenizer) = super::run::load_model_and_tokenizer(Some(dir))?;
             let name = dir
                 .file_name()
                 .map_or("model".into(), |n| n.to_string_lossy().into_owned());
