@@ -29,6 +29,22 @@ use crate::ops::{Cols, Matrix, WeightFormat, elementwise, norm};
 /// Steps one decode chunk may hold at most (the size of its token log and draws).
 pub const MAX_CHUNK_STEPS: usize = 64;
 
+/// Bytes the logits buffer may take beyond one row per sequence. Sampling computes the
+/// LM head for the sampled rows only (one per sequence); [`GpuDecoder::forward_logits`]
+/// reads a longer step's logits back in chunks of as many rows as fit this.
+const LOGITS_CHUNK_BYTES: usize = 8 << 20;
+
+/// Rows of the logits buffer: one per sequence (what sampling needs), or as many as fit
+/// [`LOGITS_CHUNK_BYTES`], at most `capacity` (the activations' rows). At a vocabulary of
+/// 128,256 that is 16 rows (8.2 MB) where `[rows, vocab]` for a 2,048-row prefill took
+/// 1.05 GB.
+fn logit_rows(vocab: usize, capacity: usize, max_seqs: usize) -> usize {
+    (LOGITS_CHUNK_BYTES / (vocab.max(1) * 4))
+        .max(max_seqs)
+        .min(capacity)
+        .max(1)
+}
+
 /// One layer's weights on the device. Norm weights and the Hadamard affine are f32;
 /// matrices keep the file's format (f32 or packed f16). Projections that read the same
 /// input are stacked into one matrix at load time (the file keeps the HF tensors).
@@ -189,21 +205,25 @@ fn opt<T>(
 /// more rows). Shapes in rows x width.
 struct Activations {
     capacity: usize,
-    x: GpuBuffer,           // [rows, d] residual stream
-    x_alt: GpuBuffer,       // [rows, d] the other half of the Hadamard ping-pong
-    xn: GpuBuffer,          // [rows, d] normalized x (and q for identity queries)
-    qkv: GpuBuffer, // [rows, q | k | v] (dense query) or [rows, k | v]; q d wide, k and v kv_dim
-    att: GpuBuffer, // [rows, d] attention output, heads concatenated
-    qh: GpuBuffer,  // [rows, qh] residual query MLP hidden
-    hb: GpuBuffer,  // [rows, inter] silu(gate) * up
-    logits: GpuBuffer, // [rows, vocab]
-    tokens: GpuBuffer, // u32 [rows]
-    row_table: GpuBuffer, // u32 [rows, 2]: (sequence, position)
-    sample_rows: GpuBuffer, // u32 [max_seqs]: logits row sampled for each sequence
-    draws: GpuBuffer, // f32 [max_seqs]
-    sampled: GpuBuffer, // u32 [max_seqs]
-    chunk: GpuBuffer, // u32 [(CHUNK_COLUMNS + MAX_CHUNK_STEPS) * max_seqs]: ops::feedback
-    log: GpuBuffer, // u32 [MAX_CHUNK_STEPS, max_seqs]: a chunk's tokens
+    x: GpuBuffer,     // [rows, d] residual stream
+    x_alt: GpuBuffer, // [rows, d] the other half of the Hadamard ping-pong
+    xn: GpuBuffer,    // [rows, d] normalized x (and q for identity queries)
+    qkv: GpuBuffer,   // [rows, q | k | v] (dense query) or [rows, k | v]; q d wide, k and v kv_dim
+    att: GpuBuffer,   // [rows, d] attention output, heads concatenated
+    qh: GpuBuffer,    // [rows, qh] residual query MLP hidden
+    hb: GpuBuffer,    // [rows, inter] silu(gate) * up
+    /// Rows of `logits`, `head_x` and `head_rows`: [`logit_rows`].
+    logit_rows: usize,
+    logits: GpuBuffer,      // [logit_rows, vocab]
+    head_x: GpuBuffer,      // [logit_rows, d] the residual rows the LM head reads, gathered
+    head_rows: GpuBuffer,   // u32 [logit_rows]: the row of x gathered into each row of head_x
+    tokens: GpuBuffer,      // u32 [rows]
+    row_table: GpuBuffer,   // u32 [rows, 2]: (sequence, position)
+    sample_rows: GpuBuffer, // u32 [max_seqs]: logits row sampled for each sequence (0, 1, ..)
+    draws: GpuBuffer,       // f32 [max_seqs]
+    sampled: GpuBuffer,     // u32 [max_seqs]
+    chunk: GpuBuffer,       // u32 [(CHUNK_COLUMNS + MAX_CHUNK_STEPS) * max_seqs]: ops::feedback
+    log: GpuBuffer,         // u32 [MAX_CHUNK_STEPS, max_seqs]: a chunk's tokens
 }
 
 impl Activations {
@@ -228,6 +248,15 @@ impl Activations {
             )
         };
         let d = config.hidden_size;
+        let vocab = config.vocab_size;
+        let logit_rows = logit_rows(vocab, capacity, max_seqs);
+        let head = |label: &str, width: usize| {
+            gpu.storage(
+                MemoryCategory::Activations,
+                label,
+                (logit_rows * width * 4) as u64,
+            )
+        };
         Ok(Self {
             capacity,
             x: f("x", d)?,
@@ -237,7 +266,10 @@ impl Activations {
             att: f("att", d)?,
             qh: f("qh", config.query_mlp_hidden())?,
             hb: f("hb", config.intermediate_size)?,
-            logits: f("logits", config.vocab_size)?,
+            logit_rows,
+            logits: head("logits", vocab)?,
+            head_x: head("head x", d)?,
+            head_rows: head("head rows", 1)?,
             tokens: f("tokens", 1)?,
             row_table: f("row table", 2)?,
             sample_rows: seqs("sample rows", 1)?,
@@ -564,9 +596,11 @@ impl<'g> GpuDecoder<'g> {
     }
 
     /// Records one forward pass over `table.len()` packed rows (row r is (sequence,
-    /// position) `table[r]`, its token in `acts.tokens`, its row in `acts.row_table`),
-    /// leaving the logits of every row in `acts.logits`. `decode`: every row is the only
-    /// one of its sequence (one query per sequence in attention).
+    /// position) `table[r]`, its token in `acts.tokens`, its row in `acts.row_table`)
+    /// through the last layer, leaving the residual stream in
+    /// [`GpuDecoder::final_residual`]; [`GpuDecoder::record_head`] makes logits from it.
+    /// `decode`: every row is the only one of its sequence (one query per sequence in
+    /// attention).
     fn record_forward(
         &self,
         rec: &mut Recording,
@@ -728,19 +762,65 @@ impl<'g> GpuDecoder<'g> {
             let acc = Epilogue::Accumulate;
             matmul::encode_matmul(gpu, p, &layer.down_proj, &acts.hb, x, rows, acc)?;
         }
+        debug_assert!(std::ptr::eq(x, self.final_residual(acts)));
+        Ok(())
+    }
+
+    /// The buffer holding the residual stream after [`GpuDecoder::record_forward`]: each
+    /// layer with the Hadamard W_O writes `x + W_O(att)` to the other buffer and swaps
+    /// the two (the fused and the separate path alike).
+    fn final_residual<'a>(&self, acts: &'a Activations) -> &'a GpuBuffer {
+        let hadamard = self.config.attn_output == AttnOutput::Hadamard;
+        if hadamard && self.layers.len() % 2 == 1 {
+            &acts.x_alt
+        } else {
+            &acts.x
+        }
+    }
+
+    /// Records the final norm and the LM head of `rows` rows into `acts.logits` (at most
+    /// `acts.logit_rows`): the residual's first `rows` rows, or with `gather = Some(n)`
+    /// the rows `acts.head_rows` lists out of the residual's `n`, gathered into
+    /// `acts.head_x` first. The norm is the product's prologue where it fits a decode
+    /// step (`decode`) or gathered rows (each the last of its sequence, as in decode);
+    /// otherwise a dispatch of its own, as prefill ran it.
+    fn record_head(
+        &self,
+        rec: &mut Recording,
+        rows: usize,
+        gather: Option<usize>,
+        decode: bool,
+    ) -> Result<(), ModelError> {
+        let gpu = self.gpu;
+        let acts = self.acts.as_ref().expect("reserved by the caller");
+        if rows > acts.logit_rows {
+            return Err(ModelError::Input(format!(
+                "the LM head of {rows} rows: the logits buffer holds {}",
+                acts.logit_rows
+            )));
+        }
+        let c = &self.config;
+        let (d, eps) = (c.hidden_size, c.rms_norm_eps as f32);
+        let mut x = self.final_residual(acts);
+        if let Some(src_rows) = gather {
+            let (idx, out) = (&acts.head_rows, &acts.head_x);
+            elementwise::encode_gather_rows(gpu, rec, x, src_rows, d, idx, out, rows)?;
+            x = &acts.head_x;
+        }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let store = Epilogue::Store;
-        if fuse_norm {
+        let logits = &acts.logits;
+        if (decode || gather.is_some()) && matmul::prologue_fits(gpu, rows, d, false) {
             let prologue = Prologue::Norm {
                 weight: &self.norm,
                 eps,
                 out: None,
             };
-            let logits = &acts.logits;
-            matmul::encode_with_prologue(gpu, p, head, x, logits, rows, store, auto, prologue)?;
+            let auto = matmul::Kernel::Auto;
+            matmul::encode_with_prologue(gpu, rec, head, x, logits, rows, store, auto, prologue)?;
         } else {
-            norm::encode_rmsnorm(gpu, p, x, &self.norm, &acts.xn, rows, d, eps)?;
-            matmul::encode_matmul(gpu, p, head, &acts.xn, &acts.logits, rows, store)?;
+            norm::encode_rmsnorm(gpu, rec, x, &self.norm, &acts.xn, rows, d, eps)?;
+            matmul::encode_matmul(gpu, rec, head, &acts.xn, logits, rows, store)?;
         }
         Ok(())
     }
@@ -813,10 +893,22 @@ impl<'g> GpuDecoder<'g> {
         let mut rec = Recording::new();
         let decode = layout.spans.iter().all(|&(_, _, n)| n == 1);
         self.record_forward(&mut rec, &layout.table, decode)?;
-        if let Some((sampling, _)) = sample {
-            self.record_sample(&mut rec, batch.len(), sampling)?;
-        }
         let acts = self.acts.as_ref().expect("reserved above");
+        let count = batch.len();
+        match sample {
+            // Logits of the sampled rows only, each sequence's last: in a decode step
+            // every row, else gathered out of the step's rows (acts.head_rows, below).
+            Some((sampling, _)) => {
+                let gather = (!decode).then_some(layout.rows);
+                self.record_head(&mut rec, count, gather, decode)?;
+                self.record_sample(&mut rec, count, sampling)?;
+            }
+            None if layout.rows <= acts.logit_rows => {
+                self.record_head(&mut rec, layout.rows, None, decode)?;
+            }
+            // More rows than the logits buffer: forward_logits reads them in chunks.
+            None => {}
+        }
         let queue = &self.gpu.queue;
         let tokens: Vec<u32> = batch.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let flat: Vec<u32> = layout.table.iter().flat_map(|&(s, p)| [s, p]).collect();
@@ -828,10 +920,13 @@ impl<'g> GpuDecoder<'g> {
                 .iter()
                 .map(|&(_, first, n)| (first + n - 1) as u32)
                 .collect();
+            // Logits row i is batch entry i's last row.
+            let identity: Vec<u32> = (0..count as u32).collect();
+            queue.write_buffer(acts.head_rows.buffer(), 0, bytemuck::cast_slice(&last_rows));
             queue.write_buffer(
                 acts.sample_rows.buffer(),
                 0,
-                bytemuck::cast_slice(&last_rows),
+                bytemuck::cast_slice(&identity),
             );
             queue.write_buffer(acts.draws.buffer(), 0, bytemuck::cast_slice(draws));
         }
@@ -922,15 +1017,45 @@ impl<'g> GpuDecoder<'g> {
         let encoder = self.host_step(batch, &layout, None)?;
         let vocab = self.config.vocab_size;
         let acts = self.acts.as_ref().expect("reserved by host_step");
-        let bytes = self
-            .gpu
-            .finish_and_read(
-                encoder,
-                acts.logits.buffer(),
-                (layout.rows * vocab * 4) as u64,
-            )
-            .await?;
-        let all: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        let rows = layout.rows;
+        let all: Vec<f32> = if rows <= acts.logit_rows {
+            // host_step recorded the head of every row.
+            let bytes = (rows * vocab * 4) as u64;
+            let read = self
+                .gpu
+                .finish_and_read(encoder, acts.logits.buffer(), bytes);
+            bytemuck::pod_collect_to_vec(&read.await?)
+        } else {
+            // The head in chunks of logit_rows rows, each gathered from the residual and
+            // read back before the next overwrites the logits; the first rides with the
+            // step's own submission.
+            let mut all = Vec::with_capacity(rows * vocab);
+            let mut encoder = Some(encoder);
+            let mut first = 0;
+            while first < rows {
+                let n = acts.logit_rows.min(rows - first);
+                let idx: Vec<u32> = (first as u32..(first + n) as u32).collect();
+                let queue = &self.gpu.queue;
+                queue.write_buffer(acts.head_rows.buffer(), 0, bytemuck::cast_slice(&idx));
+                let mut rec = Recording::new();
+                self.record_head(&mut rec, n, Some(rows), false)?;
+                let mut enc = encoder
+                    .take()
+                    .unwrap_or_else(|| self.gpu.encoder("logits chunk"));
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("logits chunk"),
+                        timestamp_writes: None,
+                    });
+                    rec.replay(&mut pass, self.gpu.counters());
+                }
+                let bytes = (n * vocab * 4) as u64;
+                let read = self.gpu.finish_and_read(enc, acts.logits.buffer(), bytes);
+                all.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&read.await?));
+                first += n;
+            }
+            all
+        };
         Ok(layout
             .spans
             .iter()
@@ -1040,6 +1165,7 @@ impl<'g> GpuDecoder<'g> {
             self.plan = None;
             let mut step = Recording::new();
             self.record_forward(&mut step, &last, true)?;
+            self.record_head(&mut step, seqs, None, true)?;
             self.record_sample(&mut step, seqs, sampling)?;
             self.plan = Some(DecodePlan {
                 seqs,
@@ -1117,5 +1243,24 @@ impl<'g> GpuDecoder<'g> {
             self.note_read_back(seq, version, t);
         }
         Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logit_rows;
+
+    #[test]
+    fn the_logits_buffer_holds_the_sampled_rows_not_the_step() {
+        // A 2,048-row prefill at Llama 3's vocabulary, one sequence: [rows, vocab] f32 was
+        // 1,050,673,152 bytes; now 16 rows, 8,208,384 bytes.
+        let (vocab, rows) = (128_256, 2048);
+        assert_eq!(rows * vocab * 4, 1_050_673_152);
+        assert_eq!(logit_rows(vocab, rows, 1) * vocab * 4, 8_208_384);
+        // Never fewer rows than sequences (each samples one), never more than the step.
+        assert_eq!(logit_rows(vocab, rows, 32), 32);
+        assert_eq!(logit_rows(256, 100, 1), 100);
+        assert_eq!(logit_rows(256, 1 << 20, 1), 8192);
+        assert_eq!(logit_rows(usize::MAX / 8, 16, 1), 1);
     }
 }

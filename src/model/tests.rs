@@ -426,6 +426,79 @@ fn eval_agrees_on_every_device_and_with_a_direct_computation() {
     assert!(evaluate(&mut cpu, &text[..1], |_, _| {}).is_err());
 }
 
+/// A 40,000-token vocabulary: the logits buffer holds 52 rows (8 MiB), so a 70-row step's
+/// logits come back in chunks of the gathered residual, and a prefill samples from the
+/// LM head of its sequences' last rows only; both against the CPU reference.
+#[test]
+fn lm_head_runs_for_the_sampled_rows_and_long_steps_read_logits_in_chunks() {
+    let vocab = 40_000;
+    let cfg = Config {
+        vocab_size: vocab,
+        max_position_embeddings: 96,
+        ..config(64, AttnOutput::Hadamard, Query::Dense)
+    };
+    let m = model(cfg, 12, true);
+    let long = prompt(70, 3);
+    let peak_gap = |row: &[f32], token: u32| {
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let peak = row.iter().fold(0f32, |p, v| p.max(v.abs()));
+        (max - row[token as usize]) as f64 / peak as f64
+    };
+    let mut cpu = CpuBatch::new(&m, 2, 96, KvFormat::F32).unwrap();
+    let want = pollster::block_on(cpu.logits(&[(0, &long[..])]))
+        .unwrap()
+        .remove(0);
+    let (a, b) = (&long[..30], &long[..41]);
+    cpu.reset();
+    let want_a = pollster::block_on(cpu.logits(&[(0, a)])).unwrap().remove(0);
+    let want_b = pollster::block_on(cpu.logits(&[(1, b)])).unwrap().remove(0);
+    let last = |l: &[f32]| l[l.len() - vocab..].to_vec();
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 96, KvFormat::F32).unwrap();
+        let got = dec.forward_logits(&[(0, &long[..])]).unwrap().remove(0);
+        assert_eq!(got.len(), 70 * vocab);
+        for r in 0..70 {
+            let row = |l: &[f32]| l[r * vocab..(r + 1) * vocab].to_vec();
+            let err = relative_error(&row(&got), &row(&want));
+            assert!(
+                err <= LOGIT_TOLERANCE,
+                "row {r} on {}: relative error {err:e}",
+                gpu.describe()
+            );
+        }
+        // Two prompts, 71 rows: the head runs for rows 29 and 70 only.
+        dec.reset();
+        let greedy = SamplingParams::greedy();
+        let tokens = dec
+            .forward_sample(&[(0, a), (1, b)], &greedy, &[0.0, 0.0])
+            .unwrap();
+        for (t, want) in tokens.iter().zip([last(&want_a), last(&want_b)]) {
+            // The CPU's argmax, or a token within rounding of it.
+            assert!(
+                peak_gap(&want, *t) <= LOGIT_TOLERANCE,
+                "token {t} on {}",
+                gpu.describe()
+            );
+        }
+        // A decode step after the gathered prefill continues both sequences.
+        let next = dec
+            .forward_logits(&[(0, &[tokens[0]]), (1, &[tokens[1]])])
+            .unwrap();
+        cpu.reset();
+        pollster::block_on(cpu.logits(&[(0, a), (1, b)])).unwrap();
+        let want_next =
+            pollster::block_on(cpu.logits(&[(0, &[tokens[0]]), (1, &[tokens[1]])])).unwrap();
+        for (g, w) in next.iter().zip(&want_next) {
+            let err = relative_error(g, w);
+            assert!(
+                err <= LOGIT_TOLERANCE,
+                "decode step on {}: {err:e}",
+                gpu.describe()
+            );
+        }
+    }
+}
+
 #[test]
 fn generation_past_the_context_slides_the_same_way_on_every_device() {
     let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 3, false);

@@ -135,6 +135,50 @@ pub fn encode_embed(
     )
 }
 
+/// Records `out[r] = src[rows[r]]` for `rows` rows of `cols` f32 values: `src` is f32
+/// `[src_rows, cols]`, `rows` u32 `[rows]`, `out` f32 `[rows, cols]`; an index >= `src_rows`
+/// gives a row of zeros. The embedding gather's kernel (`embed` in elementwise.wgsl) over
+/// an f32 table: how the decoder picks the rows its LM head reads.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_gather_rows(
+    gpu: &Gpu,
+    pass: &mut dyn Record,
+    src: &GpuBuffer,
+    src_rows: usize,
+    cols: usize,
+    indices: &GpuBuffer,
+    out: &GpuBuffer,
+    rows: usize,
+) -> Result<(), GpuError> {
+    let count = index_count(
+        &format!("gather of {rows} rows x {cols}"),
+        rows.checked_mul(cols),
+    )? as usize;
+    let src_len = index_count(
+        &format!("gather source [{src_rows}, {cols}]"),
+        src_rows.checked_mul(cols),
+    )? as usize;
+    src.require("gather source", (src_len * 4) as u64)?;
+    indices.require("gather rows", (rows * 4) as u64)?;
+    out.require("gather out", (count * 4) as u64)?;
+    check_distinct("gather", out, src, "source")?;
+    check_distinct("gather", out, indices, "rows")?;
+    if count == 0 {
+        return Ok(());
+    }
+    let key = PipelineKey::new(Shader::Elementwise, "embed").with_flag("EMBED_F16", false);
+    dispatch(
+        gpu,
+        pass,
+        key,
+        &EMBED_BINDINGS,
+        &[src, indices, out],
+        count as u32,
+        cols as u32,
+        src_rows as u32,
+    )
+}
+
 /// Records `out = silu(gate) * up` over `count` f32 elements; `out` must differ from both
 /// inputs.
 pub fn encode_swiglu(
@@ -343,6 +387,51 @@ mod tests {
                         gpu.describe()
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn gather_rows_copies_the_listed_rows_bit_for_bit() {
+        for gpu in test_gpus() {
+            let (src_rows, cols) = (7, 37);
+            let src: Vec<f32> = test_values(src_rows * cols, 3);
+            // Any order, repeats, and an index past the source (a row of zeros).
+            let idx: Vec<u32> = vec![6, 0, 3, 3, 9];
+            let up = |label: &str, data: &[u32]| {
+                gpu.upload(MemoryCategory::Activations, label, data)
+                    .unwrap()
+            };
+            let s = gpu
+                .upload(MemoryCategory::Activations, "src", &src)
+                .unwrap();
+            let ib = up("rows", &idx);
+            let out = gpu
+                .storage(
+                    MemoryCategory::Activations,
+                    "out",
+                    (idx.len() * cols * 4) as u64,
+                )
+                .unwrap();
+            let mut enc = gpu.encoder("gather test");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                encode_gather_rows(&gpu, &mut pass, &s, src_rows, cols, &ib, &out, idx.len())
+                    .unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            let got: Vec<f32> = gpu.read(&out, idx.len() * cols).unwrap();
+            for (r, &i) in idx.iter().enumerate() {
+                let row = &got[r * cols..][..cols];
+                let want: Vec<f32> = match src.get(i as usize * cols..(i as usize + 1) * cols) {
+                    Some(w) => w.to_vec(),
+                    None => vec![0.0; cols],
+                };
+                let same = row
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "row {r} (source {i}) on {}", gpu.describe());
             }
         }
     }
