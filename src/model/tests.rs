@@ -904,6 +904,7 @@ fn continuous_batching_gives_each_request_its_solo_tokens() {
     let request = |i: usize| Request {
         prompt: prompt(2 + i % 4, 30 + i as u32),
         max_tokens: 3 + 4 * i,
+        stop: Vec::new(),
         sampling: if i.is_multiple_of(2) {
             SamplingParams::greedy()
         } else {
@@ -965,6 +966,118 @@ fn continuous_batching_gives_each_request_its_solo_tokens() {
     for gpu in test_gpus() {
         let mut dec = GpuDecoder::new(&gpu, &m, 4, 48, KV).unwrap();
         check(batched(&mut dec), &gpu.describe());
+    }
+}
+
+/// A stop token sampled in the middle of a decode chunk ends its request right there
+/// (the stop token is its last token, then `Finish::Stop`; nothing the chunk computed
+/// after it is reported), while the other row of its chunks (the same settings, so the
+/// same chunks) goes on to its solo tokens.
+#[test]
+fn stop_tokens_end_a_request_inside_a_decode_chunk() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 43, true);
+    let greedy = SamplingParams::greedy();
+    let (pa, pb) = (prompt(3, 1), prompt(4, 2));
+    let mut cpu = CpuBatch::new(&m, 1, 48, KV).unwrap();
+    let solo_a = run(&mut cpu, std::slice::from_ref(&pa), 20, greedy)[0].clone();
+    let solo_b = run(&mut cpu, std::slice::from_ref(&pb), 20, greedy)[0].clone();
+    // Chunks of 8 steps: the prefill makes token 0, the first chunk tokens 1 to 8. Stop A
+    // at the first token of 3..8 not seen before it: inside that chunk.
+    let k = (3..8)
+        .find(|&k| !solo_a[..k].contains(&solo_a[k]))
+        .expect("a fresh token inside the first chunk");
+    let stop_a = vec![solo_a[k], 1000]; // 1000: past the vocabulary, never sampled
+    // B's stop tokens never come up: it runs to its length.
+    let stop_b: Vec<u32> = (0..256).filter(|t| !solo_b.contains(t)).take(3).collect();
+    let requests = [
+        Request {
+            prompt: pa.clone(),
+            max_tokens: 20,
+            sampling: greedy,
+            stop: stop_a,
+        },
+        Request {
+            prompt: pb.clone(),
+            max_tokens: 20,
+            sampling: greedy,
+            stop: stop_b,
+        },
+    ];
+    let events = |dec: &mut dyn Decoder| {
+        let mut batcher = Batcher::new(2, 48, 8).unwrap();
+        for r in &requests {
+            batcher.submit(r.clone()).unwrap();
+        }
+        let mut all = Vec::new();
+        while !batcher.is_idle() {
+            all.extend(pollster::block_on(batcher.round(dec)).unwrap());
+            assert!(all.len() < 1000, "the batcher does not finish");
+        }
+        all
+    };
+    let check = |all: Vec<Event>, on: &str| {
+        let mut tokens: [Vec<u32>; 2] = Default::default();
+        let mut finish: [Option<Finish>; 2] = [None, None];
+        for e in all {
+            match e {
+                Event::Token { id, token } => {
+                    assert!(
+                        finish[id as usize].is_none(),
+                        "{on}: request {id} after its end"
+                    );
+                    tokens[id as usize].push(token);
+                }
+                Event::Finished { id, finish: f } => finish[id as usize] = Some(f),
+                Event::Failed { id, error } => panic!("{on}: request {id}: {error}"),
+            }
+        }
+        assert_eq!(
+            tokens[0],
+            solo_a[..=k],
+            "{on}: A ends at its stop token {k}"
+        );
+        assert_eq!(finish[0], Some(Finish::Stop), "{on}");
+        assert_eq!(tokens[1], solo_b, "{on}: B is untouched");
+        assert_eq!(finish[1], Some(Finish::Length), "{on}");
+    };
+    check(events(&mut CpuBatch::new(&m, 2, 48, KV).unwrap()), "cpu");
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 48, KV).unwrap();
+        check(events(&mut dec), &gpu.describe());
+    }
+}
+
+/// A callback that stops `generate` in the middle of a decode chunk ends the run at that
+/// step: every sequence's tokens up to it, none after, the same as the unstopped run's.
+#[test]
+fn a_stop_inside_a_decode_chunk_ends_generation_at_that_step() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 44, true);
+    let prompts = vec![prompt(3, 7), prompt(5, 8)];
+    let mut cpu = CpuBatch::new(&m, 2, 48, KV).unwrap();
+    let full = run(&mut cpu, &prompts, 16, SamplingParams::greedy());
+    // Chunks of 4 then 8 steps: token 6 is inside the second chunk.
+    let stop_at = 6;
+    let stopped = |dec: &mut dyn Decoder| {
+        let options = GenerateOptions::new(16, SamplingParams::greedy());
+        let mut streamed = vec![Vec::new(); 2];
+        let g = generate(dec, &prompts, &options, |ev| {
+            streamed[ev.seq].push(ev.token);
+            if ev.seq == 0 && ev.index == stop_at {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert!(g.stats.stopped);
+        assert_eq!(g.tokens, streamed);
+        g.tokens
+    };
+    let want: Vec<Vec<u32>> = full.iter().map(|t| t[..=stop_at].to_vec()).collect();
+    assert_eq!(stopped(&mut cpu), want, "cpu");
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 48, KV).unwrap();
+        assert_eq!(stopped(&mut dec), want, "{}", gpu.describe());
     }
 }
 
@@ -1077,6 +1190,7 @@ fn thirty_two_requests_at_once_each_get_their_solo_tokens() {
         .map(|i| Request {
             prompt: prompt(2 + i % 5, 100 + i as u32),
             max_tokens: 4 + i % 3,
+            stop: Vec::new(),
             sampling: if i % 4 == 3 {
                 SamplingParams {
                     temperature: 0.9,
