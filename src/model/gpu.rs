@@ -24,7 +24,7 @@ use crate::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath, WhtSize};
 use crate::ops::matmul::{self, Epilogue, Prologue};
 use crate::ops::rope::{self, RopeTable};
 use crate::ops::sample::{self, SamplingParams};
-use crate::ops::{Cols, Matrix, WeightFormat, elementwise, norm};
+use crate::ops::{Cols, Matrix, RowSplit, WeightFormat, elementwise, norm};
 
 /// Steps one decode chunk may hold at most (the size of its token log and draws).
 pub const MAX_CHUNK_STEPS: usize = 64;
@@ -35,11 +35,12 @@ pub const MAX_CHUNK_STEPS: usize = 64;
 const LOGITS_CHUNK_BYTES: usize = 8 << 20;
 
 /// Rows of the logits buffer: one per sequence (what sampling needs), or as many as fit
-/// [`LOGITS_CHUNK_BYTES`], at most `capacity` (the activations' rows). At a vocabulary of
-/// 128,256 that is 16 rows (8.2 MB) where `[rows, vocab]` for a 2,048-row prefill took
-/// 1.05 GB.
-fn logit_rows(vocab: usize, capacity: usize, max_seqs: usize) -> usize {
-    (LOGITS_CHUNK_BYTES / (vocab.max(1) * 4))
+/// [`LOGITS_CHUNK_BYTES`] and a binding of `binding` bytes, at most `capacity` (the
+/// activations' rows). At a vocabulary of 128,256 that is 16 rows (8.2 MB) where `[rows,
+/// vocab]` for a 2,048-row prefill took 1.05 GB.
+fn logit_rows(vocab: usize, capacity: usize, max_seqs: usize, binding: u64) -> usize {
+    let budget = LOGITS_CHUNK_BYTES.min(usize::try_from(binding).unwrap_or(usize::MAX));
+    (budget / (vocab.max(1) * 4))
         .max(max_seqs)
         .min(capacity)
         .max(1)
@@ -79,17 +80,66 @@ fn matrix(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
     stacked(gpu, &t.name, &[t], false)
 }
 
-/// The embedding table: row-major whatever the adapter (the embedding reads its rows).
-/// The gather reads f32 or f16 tables, so a block-quantized one (GGUF files often
-/// quantize `token_embd`) is uploaded as its exact f32 values, scale x level (a tied head
-/// then multiplies by those same values).
-fn table(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
+/// The embedding table, row-major whatever the adapter (the gather reads its rows), split
+/// by rows across bindings when it exceeds one ([`RowSplit`]). The gather reads f32, f16
+/// and q8 / q4 tables (GGUF files often quantize `token_embd`); a block-quantized table
+/// that is also the LM head (`tied`) is uploaded as its exact f32 values, scale x level, so
+/// the head multiplies by those values as before (the q8 / q4 products sum in another
+/// order).
+fn table(gpu: &Gpu, t: &Tensor, tied: bool) -> Result<RowSplit, ModelError> {
     let (rows, cols) = dims(t)?;
-    Ok(match &t.data {
-        TensorData::F32(v) => Matrix::from_f32(gpu, &t.name, v, rows, cols)?,
-        TensorData::F16(bits) => Matrix::from_f16_bits(gpu, &t.name, bits, rows, cols)?,
-        TensorData::Quant(q) => Matrix::from_f32(gpu, &t.name, &q.dequantize(), rows, cols)?,
-    })
+    if tied && let TensorData::Quant(q) = &t.data {
+        let values = q.dequantize();
+        let per = RowSplit::part_rows(WeightFormat::F32, rows, cols, binding_bytes(gpu))?;
+        return Ok(RowSplit::upload(rows, cols, per, |first, n| {
+            let label = part_label(&t.name, rows, first, n);
+            Matrix::from_f32(
+                gpu,
+                &label,
+                &values[first * cols..(first + n) * cols],
+                n,
+                cols,
+            )
+        })?);
+    }
+    split(gpu, t, false)
+}
+
+/// The largest buffer one storage binding of `gpu` takes.
+fn binding_bytes(gpu: &Gpu) -> u64 {
+    let l = gpu.limits();
+    l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+}
+
+/// A part's label: the tensor's name, with its rows when it is one of several.
+fn part_label(name: &str, rows: usize, first: usize, n: usize) -> String {
+    if n == rows {
+        name.to_string()
+    } else {
+        format!("{name} rows {first}..{}", first + n)
+    }
+}
+
+/// Matrix `t` split by rows across bindings ([`RowSplit`]; one part when it fits), each
+/// part as stored: f32, packed f16 (with `transposable`, transposed where [`f16_matrix`]
+/// would transpose the whole, so every part takes the whole's kernel) or q8 / q4 blocks.
+fn split(gpu: &Gpu, t: &Tensor, transposable: bool) -> Result<RowSplit, ModelError> {
+    let (rows, cols) = dims(t)?;
+    let format = t.format();
+    let per = RowSplit::part_rows(format, rows, cols, binding_bytes(gpu))?;
+    let transposed = transposable && matmul::wants_transposed(gpu, format, rows);
+    Ok(RowSplit::upload(rows, cols, per, |first, n| {
+        let label = part_label(&t.name, rows, first, n);
+        let range = first * cols..(first + n) * cols;
+        match &t.data {
+            TensorData::F32(v) => Matrix::from_f32(gpu, &label, &v[range], n, cols),
+            TensorData::F16(bits) if transposed => {
+                Matrix::from_f16_bits_transposed(gpu, &label, &bits[range], n, cols)
+            }
+            TensorData::F16(bits) => Matrix::from_f16_bits(gpu, &label, &bits[range], n, cols),
+            TensorData::Quant(q) => Matrix::from_quant(gpu, &label, &q.rows_slice(first, n)),
+        }
+    })?)
 }
 
 /// f16 `bits` of a [rows, cols] product matrix: transposed where `gemv_cols` is the
@@ -249,7 +299,7 @@ impl Activations {
         };
         let d = config.hidden_size;
         let vocab = config.vocab_size;
-        let logit_rows = logit_rows(vocab, capacity, max_seqs);
+        let logit_rows = logit_rows(vocab, capacity, max_seqs, binding_bytes(gpu));
         let head = |label: &str, width: usize| {
             gpu.storage(
                 MemoryCategory::Activations,
@@ -329,10 +379,10 @@ pub struct PendingChunk {
 pub struct GpuDecoder<'g> {
     gpu: &'g Gpu,
     config: Config,
-    embed_tokens: Matrix, // [vocab, d]
+    embed_tokens: RowSplit, // [vocab, d]
     layers: Vec<GpuLayer>,
     norm: GpuBuffer,                 // [d]
-    lm_head: Option<Matrix>,         // [vocab, d]; None: tied to embed_tokens
+    lm_head: Option<RowSplit>,       // [vocab, d]; None: tied to embed_tokens
     kv: Vec<(GpuBuffer, GpuBuffer)>, // per layer: k and v caches, [max_seqs, max_positions, kv_heads] blocks of shape.kv
     shape: AttnShape,
     rope: RopeTable,
@@ -439,10 +489,10 @@ impl<'g> GpuDecoder<'g> {
         }
         Ok(Self {
             gpu,
-            embed_tokens: table(gpu, &w.embed_tokens)?,
+            embed_tokens: table(gpu, &w.embed_tokens, w.lm_head.is_none())?,
             layers,
             norm: vector(gpu, &w.norm)?,
-            lm_head: opt(&w.lm_head, |t| matrix(gpu, t))?,
+            lm_head: opt(&w.lm_head, |t| split(gpu, t, true))?,
             kv: caches,
             shape,
             rope: RopeTable::new(gpu, max_positions, config.head_dim(), config.rope_theta)?,
@@ -521,6 +571,13 @@ impl<'g> GpuDecoder<'g> {
 
     pub fn gpu(&self) -> &'g Gpu {
         self.gpu
+    }
+
+    /// The bindings the embedding and the LM head (None: tied) are split across
+    /// ([`RowSplit`]; 1: not split).
+    pub fn vocab_parts(&self) -> (usize, Option<usize>) {
+        let head = self.lm_head.as_ref().map(|h| h.parts.len());
+        (self.embed_tokens.parts.len(), head)
     }
 
     /// The KV cache's element format.
@@ -644,7 +701,7 @@ impl<'g> GpuDecoder<'g> {
         // group would write one cache block from several workgroups (attention.wgsl).
         let fuse_attn = decode && c.query == Query::Dense && kv_h == h;
         let auto = matmul::Kernel::Auto;
-        elementwise::encode_embed(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
+        elementwise::encode_embed_split(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&self.kv) {
             // attention block: one product gives q (dense query), k and v
             let store = Epilogue::Store;
@@ -816,11 +873,11 @@ impl<'g> GpuDecoder<'g> {
                 eps,
                 out: None,
             };
-            let auto = matmul::Kernel::Auto;
-            matmul::encode_with_prologue(gpu, rec, head, x, logits, rows, store, auto, prologue)?;
+            matmul::encode_split(gpu, rec, head, x, logits, rows, store, prologue)?;
         } else {
             norm::encode_rmsnorm(gpu, rec, x, &self.norm, &acts.xn, rows, d, eps)?;
-            matmul::encode_matmul(gpu, rec, head, &acts.xn, logits, rows, store)?;
+            let none = Prologue::None;
+            matmul::encode_split(gpu, rec, head, &acts.xn, logits, rows, store, none)?;
         }
         Ok(())
     }
@@ -1256,11 +1313,13 @@ mod tests {
         // 1,050,673,152 bytes; now 16 rows, 8,208,384 bytes.
         let (vocab, rows) = (128_256, 2048);
         assert_eq!(rows * vocab * 4, 1_050_673_152);
-        assert_eq!(logit_rows(vocab, rows, 1) * vocab * 4, 8_208_384);
+        let binding = 128 << 20; // a browser's
+        assert_eq!(logit_rows(vocab, rows, 1, binding) * vocab * 4, 8_208_384);
         // Never fewer rows than sequences (each samples one), never more than the step.
-        assert_eq!(logit_rows(vocab, rows, 32), 32);
-        assert_eq!(logit_rows(256, 100, 1), 100);
-        assert_eq!(logit_rows(256, 1 << 20, 1), 8192);
-        assert_eq!(logit_rows(usize::MAX / 8, 16, 1), 1);
+        assert_eq!(logit_rows(vocab, rows, 32, binding), 32);
+        assert_eq!(logit_rows(256, 100, 1, binding), 100);
+        assert_eq!(logit_rows(256, 1 << 20, 1, binding), 8192);
+        assert_eq!(logit_rows(256, 1 << 20, 1, 1 << 16), 64);
+        assert_eq!(logit_rows(usize::MAX / 8, 16, 1, binding), 1);
     }
 }

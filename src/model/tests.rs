@@ -499,6 +499,82 @@ fn lm_head_runs_for_the_sampled_rows_and_long_steps_read_logits_in_chunks() {
     }
 }
 
+/// With `max_storage_buffer_binding_size` at 64 KiB, a 2,000 x 64 embedding and head
+/// (250 KiB in f16, 70 KiB in q4) split by rows across bindings; every logit is the bits
+/// of the same model on the same adapter with its usual limits, and greedy decoding the
+/// same tokens, for f16 and for q8 / q4 embedding and head.
+#[test]
+fn embedding_and_head_split_across_bindings_give_the_unsplit_bits() {
+    use crate::blocks::{QuantFormat, QuantMatrix};
+    use crate::gpu::testing::test_gpus_with_binding_limit;
+    use crate::model::weights::TensorData;
+    let limit = 64 << 10;
+    let cfg = Config {
+        vocab_size: 2000,
+        ..config(64, AttnOutput::Hadamard, Query::Dense)
+    };
+    let f16 = model(cfg, 21, true);
+    // The same model with its embedding and head block-quantized (q8 and q4).
+    let quantized = |m: &Model, e: QuantFormat, h: QuantFormat| {
+        let mut m = m.clone();
+        let w = &mut m.weights;
+        for (t, f) in [(&mut w.embed_tokens, e)]
+            .into_iter()
+            .chain(w.lm_head.as_mut().map(|t| (t, h)))
+        {
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            t.data = TensorData::Quant(QuantMatrix::quantize(f, rows, cols, &t.to_f32()).unwrap());
+        }
+        m
+    };
+    let models = [
+        ("f16", f16.clone()),
+        ("q8", quantized(&f16, QuantFormat::Q8, QuantFormat::Q8)),
+        (
+            "q4 embedding, q8 head",
+            quantized(&f16, QuantFormat::Q4, QuantFormat::Q8),
+        ),
+    ];
+    // At most 8 rows a step: the logits buffer's rows under the limit (64 KiB of 2,000
+    // f32), so both decoders take the same path.
+    let steps: Vec<Vec<u32>> = vec![prompt(8, 5), vec![1999], vec![3]];
+    let prompts = vec![prompt(6, 1), prompt(9, 2)];
+    let small = test_gpus_with_binding_limit(limit);
+    let usual = test_gpus();
+    assert_eq!(small.len(), usual.len());
+    for (name, m) in &models {
+        let mut cpu = CpuBatch::new(m, 1, 48, KvFormat::F32).unwrap();
+        let mut cpu_logits = Vec::new();
+        for s in &steps {
+            cpu_logits.push(pollster::block_on(cpu.logits(&[(0, s)])).unwrap().remove(0));
+        }
+        for (split_gpu, gpu) in small.iter().zip(&usual) {
+            let on = format!("{name} on {}", gpu.describe());
+            let mut split = GpuDecoder::new(split_gpu, m, 2, 48, KvFormat::F32).unwrap();
+            // 250 KiB (f16), 133 KiB (q8) or 70 KiB (q4) each: in parts, one at the usual
+            // limits.
+            let (embed, head) = split.vocab_parts();
+            assert!(
+                embed > 1 && head > Some(1),
+                "{on}: {embed} and {head:?} parts"
+            );
+            let mut whole = GpuDecoder::new(gpu, m, 2, 48, KvFormat::F32).unwrap();
+            assert_eq!(whole.vocab_parts(), (1, Some(1)), "{on}");
+            for (k, s) in steps.iter().enumerate() {
+                let a = split.forward_logits(&[(0, s)]).unwrap().remove(0);
+                let b = whole.forward_logits(&[(0, s)]).unwrap().remove(0);
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same && a.len() == b.len(), "{on}: step {k} differs");
+                let err = relative_error(&a, &cpu_logits[k]);
+                assert!(err <= LOGIT_TOLERANCE, "{on}: step {k} vs CPU {err:e}");
+            }
+            let greedy = SamplingParams::greedy();
+            let a = run(&mut split, &prompts, 10, greedy);
+            assert_eq!(a, run(&mut whole, &prompts, 10, greedy), "{on}");
+        }
+    }
+}
+
 #[test]
 fn generation_past_the_context_slides_the_same_way_on_every_device() {
     let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 3, false);
