@@ -7,7 +7,7 @@
 //   EPI_SWIGLU   y[r][j] = silu(z[r][2j]) * z[r][2j + 1]: w interleaves the rows of two
 //                matrices (gate row j at 2j, up row j at 2j + 1), y is [rows, n_out / 2]
 // w is [n_out, n_in] row major (the HF `weight` layout), x is [rows, n_in], y [rows, n_out]
-// (EPI_SWIGLU: [rows, n_out / 2]).
+// (EPI_SWIGLU: [rows, n_out / 2]), or those columns of a wider y (y_stride, y_offset).
 // w binds as u32 words in the format W_FMT (src/ops/mod.rs, WeightFormat; layouts in
 // docs/model-format.md#quantized-blocks): f32 bit patterns; two halves per word, low half
 // first, read with unpack2x16float so no SHADER_F16 feature is needed; or (W_Q8, W_Q4)
@@ -27,8 +27,8 @@ struct Params {
     tiles_x: u32,    // workgroups along x of the (possibly 2-D) grid
     eps: f32,        // PRO_NORM, PRO_WHT: the RMSNorm epsilon
     wht_scale: f32,  // PRO_WHT: 1 / sqrt(n_in)
-    pad0: u32,
-    pad1: u32,
+    y_stride: u32,   // values from one row of y to the next (n_out / OUTS for a whole y)
+    y_offset: u32,   // y's column 0: a product writing some columns of a wider y
 }
 
 // Must match `Epilogue` in src/ops/matmul.rs.
@@ -154,7 +154,7 @@ fn silu(v: f32) -> f32 {
 // Writes output unit u of row r: z = the unit's first output of w, z2 its second
 // (EPI_SWIGLU only).
 fn store(r: u32, u: u32, z: f32, z2: f32) {
-    let at = r * (params.n_out / OUTS) + u;
+    let at = r * params.y_stride + params.y_offset + u;
     switch EPI {
         case EPI_ACCUM: { y[at] = y[at] + z; }
         case EPI_SILU: { y[at] = silu(z); }

@@ -417,6 +417,8 @@ impl Api {
                 prompt: prompt.to_vec(),
                 max_tokens: c.max_tokens,
                 sampling: c.sampling,
+                // End of generation ends the request in the engine, mid-chunk included.
+                stop: self.tokenizer.eog_ids().to_vec(),
             },
             updates,
             reply,

@@ -27,6 +27,32 @@ pub(crate) fn test_gpus() -> Vec<Gpu> {
     gpus
 }
 
+/// [`test_gpus`] with `max_storage_buffer_binding_size` lowered to `bytes` (the adapter's
+/// features otherwise, so kernels choose as on [`test_gpus`]'s devices): what a browser's
+/// 128 MiB binding limit does to a large model, at the scale of a test model.
+pub(crate) fn test_gpus_with_binding_limit(bytes: u64) -> Vec<Gpu> {
+    let wanted = std::env::var("WALSH_TEST_BACKENDS").unwrap_or_else(|_| "vulkan,gl".into());
+    let mut gpus = Vec::new();
+    for name in wanted.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let selector: AdapterSelector = name.parse().expect("WALSH_TEST_BACKENDS entry");
+        let instance = adapter::native_instance();
+        let Ok(a) = adapter::select(adapter::enumerate(&instance), &selector) else {
+            continue; // test_gpus reports (or fails on) a missing adapter
+        };
+        let mut limits = a.limits();
+        limits.max_storage_buffer_binding_size = bytes.min(limits.max_storage_buffer_binding_size);
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("walsh, small bindings"),
+            required_features: a.features() & adapter::wanted_features(),
+            required_limits: limits,
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(a.request_device(&desc)).expect("a device");
+        gpus.push(Gpu::from_device(&a, device, queue));
+    }
+    gpus
+}
+
 /// `n` deterministic pseudo-random values, uniform in [-1, 1) (24 random bits each), the
 /// same for the same `seed` on every platform; callers scale them to the range they want.
 pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {

@@ -11,6 +11,10 @@
 //!    [`CHUNK_ROWS`] of them, of as many steps as the group's nearest end allows, up to
 //!    `max_chunk`.
 //!
+//! A request that samples one of its stop tokens ends there, even in the middle of a
+//! chunk: that token is its last [`Event::Token`], followed by [`Finish::Stop`]; what the
+//! chunk computed for it after that is dropped, and the other rows of the chunk go on.
+//!
 //! Each request draws its random numbers from its own [`SampleRng`] seeded with its
 //! `seed`, one for its prefill and one per step, as [`super::generate::generate`] draws
 //! them for a prompt run alone: a request's tokens do not depend on which others share its
@@ -37,6 +41,9 @@ pub struct Request {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// Tokens that end the request when sampled (EOS, EOT, ...); the stop token itself is
+    /// reported.
+    pub stop: Vec<u32>,
 }
 
 /// Names a submitted request.
@@ -49,6 +56,8 @@ pub enum Finish {
     Length,
     /// Its sequence filled the model's context first.
     Context,
+    /// It sampled one of its stop tokens (its last token).
+    Stop,
 }
 
 /// What a round did for one request.
@@ -79,12 +88,29 @@ struct Running {
     cached: usize,
     /// Tokens still to produce.
     left: usize,
+    stop: Vec<u32>,
+    /// It sampled a stop token: nothing more is reported for it.
+    stopped: bool,
 }
 
 impl Running {
-    /// Whether it has tokens left to produce and room in a `context`-position cache.
+    /// Whether it has not stopped, has tokens left to produce and room in a
+    /// `context`-position cache.
     fn goes_on(&self, context: usize) -> bool {
-        self.left > 0 && self.cached < context
+        !self.stopped && self.left > 0 && self.cached < context
+    }
+
+    /// Reports `token` as its next; a stop token ends it ([`Finish::Stop`]).
+    fn take(&mut self, token: u32, events: &mut dyn FnMut(Event)) {
+        events(Event::Token { id: self.id, token });
+        self.left -= 1;
+        if self.stop.contains(&token) {
+            self.stopped = true;
+            events(Event::Finished {
+                id: self.id,
+                finish: Finish::Stop,
+            });
+        }
     }
 }
 
@@ -226,18 +252,17 @@ impl Batcher {
             let batch = [(seq, &request.prompt[..])];
             match dec.step(&batch, &request.sampling, &draw).await {
                 Ok(tokens) => {
-                    events(Event::Token {
-                        id,
-                        token: tokens[0],
-                    });
-                    let r = Running {
+                    let mut r = Running {
                         id,
                         seq,
                         sampling: request.sampling,
                         rng,
                         cached: request.prompt.len(),
-                        left: request.max_tokens - 1,
+                        left: request.max_tokens,
+                        stop: request.stop,
+                        stopped: false,
                     };
+                    r.take(tokens[0], events);
                     Self::end_if_done(&r, self.context, events);
                     self.running.push(r);
                 }
@@ -286,9 +311,10 @@ impl Batcher {
         for step in tokens.chunks(live.len()) {
             for (&i, &token) in live.iter().zip(step) {
                 let r = &mut self.running[i];
-                events(Event::Token { id: r.id, token });
-                r.cached += 1;
-                r.left -= 1;
+                if !r.stopped {
+                    r.cached += 1;
+                    r.take(token, events);
+                }
             }
         }
         for &i in &live {
@@ -297,9 +323,12 @@ impl Batcher {
         Ok(())
     }
 
-    /// Reports the end of a request that produced its tokens or filled the context.
+    /// Reports the end of a request that produced its tokens or filled the context (one
+    /// that stopped was reported when it did).
     fn end_if_done(r: &Running, context: usize, events: &mut dyn FnMut(Event)) {
-        let finish = if r.left == 0 {
+        let finish = if r.stopped {
+            return;
+        } else if r.left == 0 {
             Finish::Length
         } else if r.cached >= context {
             Finish::Context

@@ -299,6 +299,7 @@ impl<'t> Output<'t> {
                 self.finish = Some(
                     match f {
                         Finish::Length | Finish::Context => "length",
+                        Finish::Stop => "stop",
                     }
                     .into(),
                 );

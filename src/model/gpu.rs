@@ -24,10 +24,27 @@ use crate::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath, WhtSize};
 use crate::ops::matmul::{self, Epilogue, Prologue};
 use crate::ops::rope::{self, RopeTable};
 use crate::ops::sample::{self, SamplingParams};
-use crate::ops::{Cols, Matrix, WeightFormat, elementwise, norm};
+use crate::ops::{Cols, Matrix, RowSplit, WeightFormat, elementwise, norm};
 
 /// Steps one decode chunk may hold at most (the size of its token log and draws).
 pub const MAX_CHUNK_STEPS: usize = 64;
+
+/// Bytes the logits buffer may take beyond one row per sequence. Sampling computes the
+/// LM head for the sampled rows only (one per sequence); [`GpuDecoder::forward_logits`]
+/// reads a longer step's logits back in chunks of as many rows as fit this.
+const LOGITS_CHUNK_BYTES: usize = 8 << 20;
+
+/// Rows of the logits buffer: one per sequence (what sampling needs), or as many as fit
+/// [`LOGITS_CHUNK_BYTES`] and a binding of `binding` bytes, at most `capacity` (the
+/// activations' rows). At a vocabulary of 128,256 that is 16 rows (8.2 MB) where `[rows,
+/// vocab]` for a 2,048-row prefill took 1.05 GB.
+fn logit_rows(vocab: usize, capacity: usize, max_seqs: usize, binding: u64) -> usize {
+    let budget = LOGITS_CHUNK_BYTES.min(usize::try_from(binding).unwrap_or(usize::MAX));
+    (budget / (vocab.max(1) * 4))
+        .max(max_seqs)
+        .min(capacity)
+        .max(1)
+}
 
 /// One layer's weights on the device. Norm weights and the Hadamard affine are f32;
 /// matrices keep the file's format (f32 or packed f16). Projections that read the same
@@ -63,17 +80,66 @@ fn matrix(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
     stacked(gpu, &t.name, &[t], false)
 }
 
-/// The embedding table: row-major whatever the adapter (the embedding reads its rows).
-/// The gather reads f32 or f16 tables, so a block-quantized one (GGUF files often
-/// quantize `token_embd`) is uploaded as its exact f32 values, scale x level (a tied head
-/// then multiplies by those same values).
-fn table(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
+/// The embedding table, row-major whatever the adapter (the gather reads its rows), split
+/// by rows across bindings when it exceeds one ([`RowSplit`]). The gather reads f32, f16
+/// and q8 / q4 tables (GGUF files often quantize `token_embd`); a block-quantized table
+/// that is also the LM head (`tied`) is uploaded as its exact f32 values, scale x level, so
+/// the head multiplies by those values as before (the q8 / q4 products sum in another
+/// order).
+fn table(gpu: &Gpu, t: &Tensor, tied: bool) -> Result<RowSplit, ModelError> {
     let (rows, cols) = dims(t)?;
-    Ok(match &t.data {
-        TensorData::F32(v) => Matrix::from_f32(gpu, &t.name, v, rows, cols)?,
-        TensorData::F16(bits) => Matrix::from_f16_bits(gpu, &t.name, bits, rows, cols)?,
-        TensorData::Quant(q) => Matrix::from_f32(gpu, &t.name, &q.dequantize(), rows, cols)?,
-    })
+    if tied && let TensorData::Quant(q) = &t.data {
+        let values = q.dequantize();
+        let per = RowSplit::part_rows(WeightFormat::F32, rows, cols, binding_bytes(gpu))?;
+        return Ok(RowSplit::upload(rows, cols, per, |first, n| {
+            let label = part_label(&t.name, rows, first, n);
+            Matrix::from_f32(
+                gpu,
+                &label,
+                &values[first * cols..(first + n) * cols],
+                n,
+                cols,
+            )
+        })?);
+    }
+    split(gpu, t, false)
+}
+
+/// The largest buffer one storage binding of `gpu` takes.
+fn binding_bytes(gpu: &Gpu) -> u64 {
+    let l = gpu.limits();
+    l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+}
+
+/// A part's label: the tensor's name, with its rows when it is one of several.
+fn part_label(name: &str, rows: usize, first: usize, n: usize) -> String {
+    if n == rows {
+        name.to_string()
+    } else {
+        format!("{name} rows {first}..{}", first + n)
+    }
+}
+
+/// Matrix `t` split by rows across bindings ([`RowSplit`]; one part when it fits), each
+/// part as stored: f32, packed f16 (with `transposable`, transposed where [`f16_matrix`]
+/// would transpose the whole, so every part takes the whole's kernel) or q8 / q4 blocks.
+fn split(gpu: &Gpu, t: &Tensor, transposable: bool) -> Result<RowSplit, ModelError> {
+    let (rows, cols) = dims(t)?;
+    let format = t.format();
+    let per = RowSplit::part_rows(format, rows, cols, binding_bytes(gpu))?;
+    let transposed = transposable && matmul::wants_transposed(gpu, format, rows);
+    Ok(RowSplit::upload(rows, cols, per, |first, n| {
+        let label = part_label(&t.name, rows, first, n);
+        let range = first * cols..(first + n) * cols;
+        match &t.data {
+            TensorData::F32(v) => Matrix::from_f32(gpu, &label, &v[range], n, cols),
+            TensorData::F16(bits) if transposed => {
+                Matrix::from_f16_bits_transposed(gpu, &label, &bits[range], n, cols)
+            }
+            TensorData::F16(bits) => Matrix::from_f16_bits(gpu, &label, &bits[range], n, cols),
+            TensorData::Quant(q) => Matrix::from_quant(gpu, &label, &q.rows_slice(first, n)),
+        }
+    })?)
 }
 
 /// f16 `bits` of a [rows, cols] product matrix: transposed where `gemv_cols` is the
@@ -189,21 +255,25 @@ fn opt<T>(
 /// more rows). Shapes in rows x width.
 struct Activations {
     capacity: usize,
-    x: GpuBuffer,           // [rows, d] residual stream
-    x_alt: GpuBuffer,       // [rows, d] the other half of the Hadamard ping-pong
-    xn: GpuBuffer,          // [rows, d] normalized x (and q for identity queries)
-    qkv: GpuBuffer, // [rows, q | k | v] (dense query) or [rows, k | v]; q d wide, k and v kv_dim
-    att: GpuBuffer, // [rows, d] attention output, heads concatenated
-    qh: GpuBuffer,  // [rows, qh] residual query MLP hidden
-    hb: GpuBuffer,  // [rows, inter] silu(gate) * up
-    logits: GpuBuffer, // [rows, vocab]
-    tokens: GpuBuffer, // u32 [rows]
-    row_table: GpuBuffer, // u32 [rows, 2]: (sequence, position)
-    sample_rows: GpuBuffer, // u32 [max_seqs]: logits row sampled for each sequence
-    draws: GpuBuffer, // f32 [max_seqs]
-    sampled: GpuBuffer, // u32 [max_seqs]
-    chunk: GpuBuffer, // u32 [(CHUNK_COLUMNS + MAX_CHUNK_STEPS) * max_seqs]: ops::feedback
-    log: GpuBuffer, // u32 [MAX_CHUNK_STEPS, max_seqs]: a chunk's tokens
+    x: GpuBuffer,     // [rows, d] residual stream
+    x_alt: GpuBuffer, // [rows, d] the other half of the Hadamard ping-pong
+    xn: GpuBuffer,    // [rows, d] normalized x (and q for identity queries)
+    qkv: GpuBuffer,   // [rows, q | k | v] (dense query) or [rows, k | v]; q d wide, k and v kv_dim
+    att: GpuBuffer,   // [rows, d] attention output, heads concatenated
+    qh: GpuBuffer,    // [rows, qh] residual query MLP hidden
+    hb: GpuBuffer,    // [rows, inter] silu(gate) * up
+    /// Rows of `logits`, `head_x` and `head_rows`: [`logit_rows`].
+    logit_rows: usize,
+    logits: GpuBuffer,      // [logit_rows, vocab]
+    head_x: GpuBuffer,      // [logit_rows, d] the residual rows the LM head reads, gathered
+    head_rows: GpuBuffer,   // u32 [logit_rows]: the row of x gathered into each row of head_x
+    tokens: GpuBuffer,      // u32 [rows]
+    row_table: GpuBuffer,   // u32 [rows, 2]: (sequence, position)
+    sample_rows: GpuBuffer, // u32 [max_seqs]: logits row sampled for each sequence (0, 1, ..)
+    draws: GpuBuffer,       // f32 [max_seqs]
+    sampled: GpuBuffer,     // u32 [max_seqs]
+    chunk: GpuBuffer,       // u32 [(CHUNK_COLUMNS + MAX_CHUNK_STEPS) * max_seqs]: ops::feedback
+    log: GpuBuffer,         // u32 [MAX_CHUNK_STEPS, max_seqs]: a chunk's tokens
 }
 
 impl Activations {
@@ -228,6 +298,15 @@ impl Activations {
             )
         };
         let d = config.hidden_size;
+        let vocab = config.vocab_size;
+        let logit_rows = logit_rows(vocab, capacity, max_seqs, binding_bytes(gpu));
+        let head = |label: &str, width: usize| {
+            gpu.storage(
+                MemoryCategory::Activations,
+                label,
+                (logit_rows * width * 4) as u64,
+            )
+        };
         Ok(Self {
             capacity,
             x: f("x", d)?,
@@ -237,7 +316,10 @@ impl Activations {
             att: f("att", d)?,
             qh: f("qh", config.query_mlp_hidden())?,
             hb: f("hb", config.intermediate_size)?,
-            logits: f("logits", config.vocab_size)?,
+            logit_rows,
+            logits: head("logits", vocab)?,
+            head_x: head("head x", d)?,
+            head_rows: head("head rows", 1)?,
             tokens: f("tokens", 1)?,
             row_table: f("row table", 2)?,
             sample_rows: seqs("sample rows", 1)?,
@@ -297,10 +379,10 @@ pub struct PendingChunk {
 pub struct GpuDecoder {
     gpu: Gpu,
     config: Config,
-    embed_tokens: Matrix, // [vocab, d]
+    embed_tokens: RowSplit, // [vocab, d]
     layers: Vec<GpuLayer>,
     norm: GpuBuffer,                 // [d]
-    lm_head: Option<Matrix>,         // [vocab, d]; None: tied to embed_tokens
+    lm_head: Option<RowSplit>,       // [vocab, d]; None: tied to embed_tokens
     kv: Vec<(GpuBuffer, GpuBuffer)>, // per layer: k and v caches, [max_seqs, max_positions, kv_heads] blocks of shape.kv
     shape: AttnShape,
     rope: RopeTable,
@@ -407,10 +489,10 @@ impl GpuDecoder {
         }
         Ok(Self {
             gpu: gpu.clone(),
-            embed_tokens: table(gpu, &w.embed_tokens)?,
+            embed_tokens: table(gpu, &w.embed_tokens, w.lm_head.is_none())?,
             layers,
             norm: vector(gpu, &w.norm)?,
-            lm_head: opt(&w.lm_head, |t| matrix(gpu, t))?,
+            lm_head: opt(&w.lm_head, |t| split(gpu, t, true))?,
             kv: caches,
             shape,
             rope: RopeTable::new(gpu, max_positions, config.head_dim(), config.rope_theta)?,
@@ -491,6 +573,13 @@ impl GpuDecoder {
         &self.gpu
     }
 
+    /// The bindings the embedding and the LM head (None: tied) are split across
+    /// ([`RowSplit`]; 1: not split).
+    pub fn vocab_parts(&self) -> (usize, Option<usize>) {
+        let head = self.lm_head.as_ref().map(|h| h.parts.len());
+        (self.embed_tokens.parts.len(), head)
+    }
+
     /// The KV cache's element format.
     pub fn kv_format(&self) -> KvFormat {
         self.shape.kv
@@ -564,9 +653,11 @@ impl GpuDecoder {
     }
 
     /// Records one forward pass over `table.len()` packed rows (row r is (sequence,
-    /// position) `table[r]`, its token in `acts.tokens`, its row in `acts.row_table`),
-    /// leaving the logits of every row in `acts.logits`. `decode`: every row is the only
-    /// one of its sequence (one query per sequence in attention).
+    /// position) `table[r]`, its token in `acts.tokens`, its row in `acts.row_table`)
+    /// through the last layer, leaving the residual stream in
+    /// [`GpuDecoder::final_residual`]; [`GpuDecoder::record_head`] makes logits from it.
+    /// `decode`: every row is the only one of its sequence (one query per sequence in
+    /// attention).
     fn record_forward(
         &self,
         rec: &mut Recording,
@@ -610,7 +701,7 @@ impl GpuDecoder {
         // group would write one cache block from several workgroups (attention.wgsl).
         let fuse_attn = decode && c.query == Query::Dense && kv_h == h;
         let auto = matmul::Kernel::Auto;
-        elementwise::encode_embed(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
+        elementwise::encode_embed_split(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&self.kv) {
             // attention block: one product gives q (dense query), k and v
             let store = Epilogue::Store;
@@ -728,19 +819,65 @@ impl GpuDecoder {
             let acc = Epilogue::Accumulate;
             matmul::encode_matmul(gpu, p, &layer.down_proj, &acts.hb, x, rows, acc)?;
         }
+        debug_assert!(std::ptr::eq(x, self.final_residual(acts)));
+        Ok(())
+    }
+
+    /// The buffer holding the residual stream after [`GpuDecoder::record_forward`]: each
+    /// layer with the Hadamard W_O writes `x + W_O(att)` to the other buffer and swaps
+    /// the two (the fused and the separate path alike).
+    fn final_residual<'a>(&self, acts: &'a Activations) -> &'a GpuBuffer {
+        let hadamard = self.config.attn_output == AttnOutput::Hadamard;
+        if hadamard && self.layers.len() % 2 == 1 {
+            &acts.x_alt
+        } else {
+            &acts.x
+        }
+    }
+
+    /// Records the final norm and the LM head of `rows` rows into `acts.logits` (at most
+    /// `acts.logit_rows`): the residual's first `rows` rows, or with `gather = Some(n)`
+    /// the rows `acts.head_rows` lists out of the residual's `n`, gathered into
+    /// `acts.head_x` first. The norm is the product's prologue where it fits a decode
+    /// step (`decode`) or gathered rows (each the last of its sequence, as in decode);
+    /// otherwise a dispatch of its own, as prefill ran it.
+    fn record_head(
+        &self,
+        rec: &mut Recording,
+        rows: usize,
+        gather: Option<usize>,
+        decode: bool,
+    ) -> Result<(), ModelError> {
+        let gpu = &self.gpu;
+        let acts = self.acts.as_ref().expect("reserved by the caller");
+        if rows > acts.logit_rows {
+            return Err(ModelError::Input(format!(
+                "the LM head of {rows} rows: the logits buffer holds {}",
+                acts.logit_rows
+            )));
+        }
+        let c = &self.config;
+        let (d, eps) = (c.hidden_size, c.rms_norm_eps as f32);
+        let mut x = self.final_residual(acts);
+        if let Some(src_rows) = gather {
+            let (idx, out) = (&acts.head_rows, &acts.head_x);
+            elementwise::encode_gather_rows(gpu, rec, x, src_rows, d, idx, out, rows)?;
+            x = &acts.head_x;
+        }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let store = Epilogue::Store;
-        if fuse_norm {
+        let logits = &acts.logits;
+        if (decode || gather.is_some()) && matmul::prologue_fits(gpu, rows, d, false) {
             let prologue = Prologue::Norm {
                 weight: &self.norm,
                 eps,
                 out: None,
             };
-            let logits = &acts.logits;
-            matmul::encode_with_prologue(gpu, p, head, x, logits, rows, store, auto, prologue)?;
+            matmul::encode_split(gpu, rec, head, x, logits, rows, store, prologue)?;
         } else {
-            norm::encode_rmsnorm(gpu, p, x, &self.norm, &acts.xn, rows, d, eps)?;
-            matmul::encode_matmul(gpu, p, head, &acts.xn, &acts.logits, rows, store)?;
+            norm::encode_rmsnorm(gpu, rec, x, &self.norm, &acts.xn, rows, d, eps)?;
+            let none = Prologue::None;
+            matmul::encode_split(gpu, rec, head, &acts.xn, logits, rows, store, none)?;
         }
         Ok(())
     }
@@ -813,10 +950,22 @@ impl GpuDecoder {
         let mut rec = Recording::new();
         let decode = layout.spans.iter().all(|&(_, _, n)| n == 1);
         self.record_forward(&mut rec, &layout.table, decode)?;
-        if let Some((sampling, _)) = sample {
-            self.record_sample(&mut rec, batch.len(), sampling)?;
-        }
         let acts = self.acts.as_ref().expect("reserved above");
+        let count = batch.len();
+        match sample {
+            // Logits of the sampled rows only, each sequence's last: in a decode step
+            // every row, else gathered out of the step's rows (acts.head_rows, below).
+            Some((sampling, _)) => {
+                let gather = (!decode).then_some(layout.rows);
+                self.record_head(&mut rec, count, gather, decode)?;
+                self.record_sample(&mut rec, count, sampling)?;
+            }
+            None if layout.rows <= acts.logit_rows => {
+                self.record_head(&mut rec, layout.rows, None, decode)?;
+            }
+            // More rows than the logits buffer: forward_logits reads them in chunks.
+            None => {}
+        }
         let queue = &self.gpu.queue;
         let tokens: Vec<u32> = batch.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let flat: Vec<u32> = layout.table.iter().flat_map(|&(s, p)| [s, p]).collect();
@@ -828,10 +977,13 @@ impl GpuDecoder {
                 .iter()
                 .map(|&(_, first, n)| (first + n - 1) as u32)
                 .collect();
+            // Logits row i is batch entry i's last row.
+            let identity: Vec<u32> = (0..count as u32).collect();
+            queue.write_buffer(acts.head_rows.buffer(), 0, bytemuck::cast_slice(&last_rows));
             queue.write_buffer(
                 acts.sample_rows.buffer(),
                 0,
-                bytemuck::cast_slice(&last_rows),
+                bytemuck::cast_slice(&identity),
             );
             queue.write_buffer(acts.draws.buffer(), 0, bytemuck::cast_slice(draws));
         }
@@ -943,15 +1095,45 @@ impl GpuDecoder {
         let encoder = self.host_step(batch, &layout, None)?;
         let vocab = self.config.vocab_size;
         let acts = self.acts.as_ref().expect("reserved by host_step");
-        let bytes = self
-            .gpu
-            .finish_and_read(
-                encoder,
-                acts.logits.buffer(),
-                (layout.rows * vocab * 4) as u64,
-            )
-            .await?;
-        let all: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        let rows = layout.rows;
+        let all: Vec<f32> = if rows <= acts.logit_rows {
+            // host_step recorded the head of every row.
+            let bytes = (rows * vocab * 4) as u64;
+            let read = self
+                .gpu
+                .finish_and_read(encoder, acts.logits.buffer(), bytes);
+            bytemuck::pod_collect_to_vec(&read.await?)
+        } else {
+            // The head in chunks of logit_rows rows, each gathered from the residual and
+            // read back before the next overwrites the logits; the first rides with the
+            // step's own submission.
+            let mut all = Vec::with_capacity(rows * vocab);
+            let mut encoder = Some(encoder);
+            let mut first = 0;
+            while first < rows {
+                let n = acts.logit_rows.min(rows - first);
+                let idx: Vec<u32> = (first as u32..(first + n) as u32).collect();
+                let queue = &self.gpu.queue;
+                queue.write_buffer(acts.head_rows.buffer(), 0, bytemuck::cast_slice(&idx));
+                let mut rec = Recording::new();
+                self.record_head(&mut rec, n, Some(rows), false)?;
+                let mut enc = encoder
+                    .take()
+                    .unwrap_or_else(|| self.gpu.encoder("logits chunk"));
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("logits chunk"),
+                        timestamp_writes: None,
+                    });
+                    rec.replay(&mut pass, self.gpu.counters());
+                }
+                let bytes = (n * vocab * 4) as u64;
+                let read = self.gpu.finish_and_read(enc, acts.logits.buffer(), bytes);
+                all.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&read.await?));
+                first += n;
+            }
+            all
+        };
         Ok(layout
             .spans
             .iter()
@@ -1061,6 +1243,7 @@ impl GpuDecoder {
             self.plan = None;
             let mut step = Recording::new();
             self.record_forward(&mut step, &last, true)?;
+            self.record_head(&mut step, seqs, None, true)?;
             self.record_sample(&mut step, seqs, sampling)?;
             self.plan = Some(DecodePlan {
                 seqs,
@@ -1138,5 +1321,26 @@ impl GpuDecoder {
             self.note_read_back(seq, version, t);
         }
         Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logit_rows;
+
+    #[test]
+    fn the_logits_buffer_holds_the_sampled_rows_not_the_step() {
+        // A 2,048-row prefill at Llama 3's vocabulary, one sequence: [rows, vocab] f32 was
+        // 1,050,673,152 bytes; now 16 rows, 8,208,384 bytes.
+        let (vocab, rows) = (128_256, 2048);
+        assert_eq!(rows * vocab * 4, 1_050_673_152);
+        let binding = 128 << 20; // a browser's
+        assert_eq!(logit_rows(vocab, rows, 1, binding) * vocab * 4, 8_208_384);
+        // Never fewer rows than sequences (each samples one), never more than the step.
+        assert_eq!(logit_rows(vocab, rows, 32, binding), 32);
+        assert_eq!(logit_rows(256, 100, 1, binding), 100);
+        assert_eq!(logit_rows(256, 1 << 20, 1, binding), 8192);
+        assert_eq!(logit_rows(256, 1 << 20, 1, 1 << 16), 64);
+        assert_eq!(logit_rows(usize::MAX / 8, 16, 1, binding), 1);
     }
 }

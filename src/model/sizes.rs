@@ -227,13 +227,25 @@ fn device_bytes(t: &Tensor) -> u64 {
     stacked_bytes(&[t])
 }
 
-/// Bytes of the embedding table on the GPU: as stored, or f32 when block-quantized (the
-/// gather reads f32 or f16 rows; `GpuDecoder` uploads scale x level).
-fn table_bytes(t: &Tensor) -> u64 {
+/// The format of the embedding table on the GPU: as stored, or f32 when block-quantized
+/// and tied to the LM head (`GpuDecoder` uploads scale x level, so the head multiplies by
+/// those values).
+fn table_format(w: &super::weights::Weights) -> WeightFormat {
+    let t = &w.embed_tokens;
     match t.format().quant() {
-        Some(_) => t.len() as u64 * 4,
-        None => device_bytes(t),
+        Some(_) if w.lm_head.is_none() => WeightFormat::F32,
+        _ => t.format(),
     }
+}
+
+/// Bytes of the embedding table on the GPU, in [`table_format`].
+fn table_bytes(w: &super::weights::Weights) -> u64 {
+    let t = &w.embed_tokens;
+    let (rows, cols) = (
+        t.shape.first().copied().unwrap_or(0),
+        t.shape.last().copied().unwrap_or(0),
+    );
+    table_format(w).matrix_bytes(rows, cols) as u64
 }
 
 /// Bytes of tensors stacked into one matrix, in the format [`stacked_format`] picks.
@@ -262,7 +274,7 @@ pub fn decoder_buffers(
     kv: KvFormat,
 ) -> Vec<(String, u64)> {
     let w = &model.weights;
-    let mut out = vec![(w.embed_tokens.name.clone(), table_bytes(&w.embed_tokens))];
+    let mut out = vec![(w.embed_tokens.name.clone(), table_bytes(w))];
     for (i, l) in w.layers.iter().enumerate() {
         let mut qkv: Vec<&Tensor> = l.q_proj.iter().collect();
         qkv.extend([&l.k_proj, &l.v_proj]);
@@ -321,7 +333,9 @@ pub fn decoder_buffers(
 }
 
 /// Checks every buffer of [`decoder_buffers`] against `limits` before any upload; the
-/// error names the first buffer too large and the limit it exceeds.
+/// error names the first buffer too large and the limit it exceeds. The embedding and
+/// the LM head are split by rows across bindings (`ops::RowSplit`), so of them two rows
+/// must fit.
 pub fn check_decoder_fits(
     model: &Model,
     max_seqs: usize,
@@ -329,7 +343,24 @@ pub fn check_decoder_fits(
     kv: KvFormat,
     limits: BufferLimits,
 ) -> Result<(), TooLarge> {
-    check_buffers_fit(decoder_buffers(model, max_seqs, max_positions, kv), limits)
+    let w = &model.weights;
+    let two_rows = |t: &Tensor, format: WeightFormat| {
+        let cols = t.shape.last().copied().unwrap_or(0);
+        (
+            format!("two rows of {} (split by rows across bindings)", t.name),
+            format.matrix_bytes(2, cols) as u64,
+        )
+    };
+    let mut split = vec![two_rows(&w.embed_tokens, table_format(w))];
+    split.extend(w.lm_head.iter().map(|t| two_rows(t, t.format())));
+    let names: Vec<&str> = std::iter::once(&w.embed_tokens)
+        .chain(&w.lm_head)
+        .map(|t| t.name.as_str())
+        .collect();
+    let rest = decoder_buffers(model, max_seqs, max_positions, kv)
+        .into_iter()
+        .filter(|(what, _)| !names.contains(&what.as_str()));
+    check_buffers_fit(split.into_iter().chain(rest), limits)
 }
 
 /// Checks `(what, bytes)` buffers against `limits`; the error names the first buffer too
@@ -386,11 +417,8 @@ pub fn decode_bytes_per_token(
     let w = &model.weights;
     let weights = weight_bytes(model);
     let embed = decoder_buffers(model, 1, 1, kv)[0].1;
-    // One row as the gather reads it: f32 for a block-quantized table.
-    let embed_row = match w.embed_tokens.format().quant() {
-        Some(_) => c.hidden_size as u64 * 4,
-        None => (w.embed_tokens.stored_bytes() / c.vocab_size) as u64,
-    };
+    // One row as the gather reads it (the table's bytes over its rows).
+    let embed_row = embed / c.vocab_size.max(1) as u64;
     // A step reads the rope table at each sequence's position only.
     let rope_row = rope_row_bytes(c);
     let tied = w.lm_head.is_none();
@@ -675,7 +703,20 @@ mod tests {
         };
         let err = check_decoder_fits(&m, 1, 32, KvFormat::F16, small_buffers).unwrap_err();
         assert_eq!(err.limit_name, "maxBufferSize");
-        assert_eq!(err.what, "model.embed_tokens.weight");
+        // The embedding (32768 bytes) splits by rows: the first buffer that cannot is.
+        assert!(
+            err.what.starts_with("model.layers.0.self_attn.qkv"),
+            "{err}"
+        );
+        let no_row = BufferLimits {
+            max_buffer_size: 255,
+            ..roomy
+        };
+        let err = check_decoder_fits(&m, 1, 32, KvFormat::F16, no_row).unwrap_err();
+        assert_eq!(
+            err.what,
+            "two rows of model.embed_tokens.weight (split by rows across bindings)"
+        );
     }
 
     #[test]

@@ -447,6 +447,155 @@ fn eval_agrees_on_every_device_and_with_a_direct_computation() {
     assert!(evaluate(&mut cpu, &text[..1], |_, _| {}).is_err());
 }
 
+/// A 40,000-token vocabulary: the logits buffer holds 52 rows (8 MiB), so a 70-row step's
+/// logits come back in chunks of the gathered residual, and a prefill samples from the
+/// LM head of its sequences' last rows only; both against the CPU reference.
+#[test]
+fn lm_head_runs_for_the_sampled_rows_and_long_steps_read_logits_in_chunks() {
+    let vocab = 40_000;
+    let cfg = Config {
+        vocab_size: vocab,
+        max_position_embeddings: 96,
+        ..config(64, AttnOutput::Hadamard, Query::Dense)
+    };
+    let m = model(cfg, 12, true);
+    let long = prompt(70, 3);
+    let peak_gap = |row: &[f32], token: u32| {
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let peak = row.iter().fold(0f32, |p, v| p.max(v.abs()));
+        (max - row[token as usize]) as f64 / peak as f64
+    };
+    let mut cpu = CpuBatch::new(&m, 2, 96, KvFormat::F32).unwrap();
+    let want = pollster::block_on(cpu.logits(&[(0, &long[..])]))
+        .unwrap()
+        .remove(0);
+    let (a, b) = (&long[..30], &long[..41]);
+    cpu.reset();
+    let want_a = pollster::block_on(cpu.logits(&[(0, a)])).unwrap().remove(0);
+    let want_b = pollster::block_on(cpu.logits(&[(1, b)])).unwrap().remove(0);
+    let last = |l: &[f32]| l[l.len() - vocab..].to_vec();
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 96, KvFormat::F32).unwrap();
+        let got = dec.forward_logits(&[(0, &long[..])]).unwrap().remove(0);
+        assert_eq!(got.len(), 70 * vocab);
+        for r in 0..70 {
+            let row = |l: &[f32]| l[r * vocab..(r + 1) * vocab].to_vec();
+            let err = relative_error(&row(&got), &row(&want));
+            assert!(
+                err <= LOGIT_TOLERANCE,
+                "row {r} on {}: relative error {err:e}",
+                gpu.describe()
+            );
+        }
+        // Two prompts, 71 rows: the head runs for rows 29 and 70 only.
+        dec.reset();
+        let greedy = SamplingParams::greedy();
+        let tokens = dec
+            .forward_sample(&[(0, a), (1, b)], &greedy, &[0.0, 0.0])
+            .unwrap();
+        for (t, want) in tokens.iter().zip([last(&want_a), last(&want_b)]) {
+            // The CPU's argmax, or a token within rounding of it.
+            assert!(
+                peak_gap(&want, *t) <= LOGIT_TOLERANCE,
+                "token {t} on {}",
+                gpu.describe()
+            );
+        }
+        // A decode step after the gathered prefill continues both sequences.
+        let next = dec
+            .forward_logits(&[(0, &[tokens[0]]), (1, &[tokens[1]])])
+            .unwrap();
+        cpu.reset();
+        pollster::block_on(cpu.logits(&[(0, a), (1, b)])).unwrap();
+        let want_next =
+            pollster::block_on(cpu.logits(&[(0, &[tokens[0]]), (1, &[tokens[1]])])).unwrap();
+        for (g, w) in next.iter().zip(&want_next) {
+            let err = relative_error(g, w);
+            assert!(
+                err <= LOGIT_TOLERANCE,
+                "decode step on {}: {err:e}",
+                gpu.describe()
+            );
+        }
+    }
+}
+
+/// With `max_storage_buffer_binding_size` at 64 KiB, a 2,000 x 64 embedding and head
+/// (250 KiB in f16, 70 KiB in q4) split by rows across bindings; every logit is the bits
+/// of the same model on the same adapter with its usual limits, and greedy decoding the
+/// same tokens, for f16 and for q8 / q4 embedding and head.
+#[test]
+fn embedding_and_head_split_across_bindings_give_the_unsplit_bits() {
+    use crate::blocks::{QuantFormat, QuantMatrix};
+    use crate::gpu::testing::test_gpus_with_binding_limit;
+    use crate::model::weights::TensorData;
+    let limit = 64 << 10;
+    let cfg = Config {
+        vocab_size: 2000,
+        ..config(64, AttnOutput::Hadamard, Query::Dense)
+    };
+    let f16 = model(cfg, 21, true);
+    // The same model with its embedding and head block-quantized (q8 and q4).
+    let quantized = |m: &Model, e: QuantFormat, h: QuantFormat| {
+        let mut m = m.clone();
+        let w = &mut m.weights;
+        for (t, f) in [(&mut w.embed_tokens, e)]
+            .into_iter()
+            .chain(w.lm_head.as_mut().map(|t| (t, h)))
+        {
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            t.data = TensorData::Quant(QuantMatrix::quantize(f, rows, cols, &t.to_f32()).unwrap());
+        }
+        m
+    };
+    let models = [
+        ("f16", f16.clone()),
+        ("q8", quantized(&f16, QuantFormat::Q8, QuantFormat::Q8)),
+        (
+            "q4 embedding, q8 head",
+            quantized(&f16, QuantFormat::Q4, QuantFormat::Q8),
+        ),
+    ];
+    // At most 8 rows a step: the logits buffer's rows under the limit (64 KiB of 2,000
+    // f32), so both decoders take the same path.
+    let steps: Vec<Vec<u32>> = vec![prompt(8, 5), vec![1999], vec![3]];
+    let prompts = vec![prompt(6, 1), prompt(9, 2)];
+    let small = test_gpus_with_binding_limit(limit);
+    let usual = test_gpus();
+    assert_eq!(small.len(), usual.len());
+    for (name, m) in &models {
+        let mut cpu = CpuBatch::new(m, 1, 48, KvFormat::F32).unwrap();
+        let mut cpu_logits = Vec::new();
+        for s in &steps {
+            cpu_logits.push(pollster::block_on(cpu.logits(&[(0, s)])).unwrap().remove(0));
+        }
+        for (split_gpu, gpu) in small.iter().zip(&usual) {
+            let on = format!("{name} on {}", gpu.describe());
+            let mut split = GpuDecoder::new(split_gpu, m, 2, 48, KvFormat::F32).unwrap();
+            // 250 KiB (f16), 133 KiB (q8) or 70 KiB (q4) each: in parts, one at the usual
+            // limits.
+            let (embed, head) = split.vocab_parts();
+            assert!(
+                embed > 1 && head > Some(1),
+                "{on}: {embed} and {head:?} parts"
+            );
+            let mut whole = GpuDecoder::new(gpu, m, 2, 48, KvFormat::F32).unwrap();
+            assert_eq!(whole.vocab_parts(), (1, Some(1)), "{on}");
+            for (k, s) in steps.iter().enumerate() {
+                let a = split.forward_logits(&[(0, s)]).unwrap().remove(0);
+                let b = whole.forward_logits(&[(0, s)]).unwrap().remove(0);
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same && a.len() == b.len(), "{on}: step {k} differs");
+                let err = relative_error(&a, &cpu_logits[k]);
+                assert!(err <= LOGIT_TOLERANCE, "{on}: step {k} vs CPU {err:e}");
+            }
+            let greedy = SamplingParams::greedy();
+            let a = run(&mut split, &prompts, 10, greedy);
+            assert_eq!(a, run(&mut whole, &prompts, 10, greedy), "{on}");
+        }
+    }
+}
+
 #[test]
 fn generation_past_the_context_slides_the_same_way_on_every_device() {
     let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 3, false);
@@ -852,6 +1001,7 @@ fn continuous_batching_gives_each_request_its_solo_tokens() {
     let request = |i: usize| Request {
         prompt: prompt(2 + i % 4, 30 + i as u32),
         max_tokens: 3 + 4 * i,
+        stop: Vec::new(),
         sampling: if i.is_multiple_of(2) {
             SamplingParams::greedy()
         } else {
@@ -913,6 +1063,118 @@ fn continuous_batching_gives_each_request_its_solo_tokens() {
     for gpu in test_gpus() {
         let mut dec = GpuDecoder::new(&gpu, &m, 4, 48, KV).unwrap();
         check(batched(&mut dec), &gpu.describe());
+    }
+}
+
+/// A stop token sampled in the middle of a decode chunk ends its request right there
+/// (the stop token is its last token, then `Finish::Stop`; nothing the chunk computed
+/// after it is reported), while the other row of its chunks (the same settings, so the
+/// same chunks) goes on to its solo tokens.
+#[test]
+fn stop_tokens_end_a_request_inside_a_decode_chunk() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 43, true);
+    let greedy = SamplingParams::greedy();
+    let (pa, pb) = (prompt(3, 1), prompt(4, 2));
+    let mut cpu = CpuBatch::new(&m, 1, 48, KV).unwrap();
+    let solo_a = run(&mut cpu, std::slice::from_ref(&pa), 20, greedy)[0].clone();
+    let solo_b = run(&mut cpu, std::slice::from_ref(&pb), 20, greedy)[0].clone();
+    // Chunks of 8 steps: the prefill makes token 0, the first chunk tokens 1 to 8. Stop A
+    // at the first token of 3..8 not seen before it: inside that chunk.
+    let k = (3..8)
+        .find(|&k| !solo_a[..k].contains(&solo_a[k]))
+        .expect("a fresh token inside the first chunk");
+    let stop_a = vec![solo_a[k], 1000]; // 1000: past the vocabulary, never sampled
+    // B's stop tokens never come up: it runs to its length.
+    let stop_b: Vec<u32> = (0..256).filter(|t| !solo_b.contains(t)).take(3).collect();
+    let requests = [
+        Request {
+            prompt: pa.clone(),
+            max_tokens: 20,
+            sampling: greedy,
+            stop: stop_a,
+        },
+        Request {
+            prompt: pb.clone(),
+            max_tokens: 20,
+            sampling: greedy,
+            stop: stop_b,
+        },
+    ];
+    let events = |dec: &mut dyn Decoder| {
+        let mut batcher = Batcher::new(2, 48, 8).unwrap();
+        for r in &requests {
+            batcher.submit(r.clone()).unwrap();
+        }
+        let mut all = Vec::new();
+        while !batcher.is_idle() {
+            all.extend(pollster::block_on(batcher.round(dec)).unwrap());
+            assert!(all.len() < 1000, "the batcher does not finish");
+        }
+        all
+    };
+    let check = |all: Vec<Event>, on: &str| {
+        let mut tokens: [Vec<u32>; 2] = Default::default();
+        let mut finish: [Option<Finish>; 2] = [None, None];
+        for e in all {
+            match e {
+                Event::Token { id, token } => {
+                    assert!(
+                        finish[id as usize].is_none(),
+                        "{on}: request {id} after its end"
+                    );
+                    tokens[id as usize].push(token);
+                }
+                Event::Finished { id, finish: f } => finish[id as usize] = Some(f),
+                Event::Failed { id, error } => panic!("{on}: request {id}: {error}"),
+            }
+        }
+        assert_eq!(
+            tokens[0],
+            solo_a[..=k],
+            "{on}: A ends at its stop token {k}"
+        );
+        assert_eq!(finish[0], Some(Finish::Stop), "{on}");
+        assert_eq!(tokens[1], solo_b, "{on}: B is untouched");
+        assert_eq!(finish[1], Some(Finish::Length), "{on}");
+    };
+    check(events(&mut CpuBatch::new(&m, 2, 48, KV).unwrap()), "cpu");
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 48, KV).unwrap();
+        check(events(&mut dec), &gpu.describe());
+    }
+}
+
+/// A callback that stops `generate` in the middle of a decode chunk ends the run at that
+/// step: every sequence's tokens up to it, none after, the same as the unstopped run's.
+#[test]
+fn a_stop_inside_a_decode_chunk_ends_generation_at_that_step() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 44, true);
+    let prompts = vec![prompt(3, 7), prompt(5, 8)];
+    let mut cpu = CpuBatch::new(&m, 2, 48, KV).unwrap();
+    let full = run(&mut cpu, &prompts, 16, SamplingParams::greedy());
+    // Chunks of 4 then 8 steps: token 6 is inside the second chunk.
+    let stop_at = 6;
+    let stopped = |dec: &mut dyn Decoder| {
+        let options = GenerateOptions::new(16, SamplingParams::greedy());
+        let mut streamed = vec![Vec::new(); 2];
+        let g = generate(dec, &prompts, &options, |ev| {
+            streamed[ev.seq].push(ev.token);
+            if ev.seq == 0 && ev.index == stop_at {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert!(g.stats.stopped);
+        assert_eq!(g.tokens, streamed);
+        g.tokens
+    };
+    let want: Vec<Vec<u32>> = full.iter().map(|t| t[..=stop_at].to_vec()).collect();
+    assert_eq!(stopped(&mut cpu), want, "cpu");
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 48, KV).unwrap();
+        assert_eq!(stopped(&mut dec), want, "{}", gpu.describe());
     }
 }
 
@@ -1025,6 +1287,7 @@ fn thirty_two_requests_at_once_each_get_their_solo_tokens() {
         .map(|i| Request {
             prompt: prompt(2 + i % 5, 100 + i as u32),
             max_tokens: 4 + i % 3,
+            stop: Vec::new(),
             sampling: if i % 4 == 3 {
                 SamplingParams {
                     temperature: 0.9,

@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Matrix, WeightFormat};
+use super::{Matrix, RowSplit};
 use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 
@@ -19,6 +19,20 @@ struct ElementwiseParams {
     tiles_x: u32,
     cols: u32,
     vocab: u32,
+    first: u32,
+    last: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// What `embed` reads of its table besides the row width: the part's rows, the token of
+/// its row 0, and whether it is the last part (`Params` in elementwise.wgsl).
+#[derive(Clone, Copy, Default)]
+struct TablePart {
+    cols: u32,
+    rows: u32,
+    first: u32,
+    last: bool,
 }
 
 /// Bindings of `embed`: params, table, tokens, out.
@@ -54,8 +68,7 @@ fn index_count(op: &str, count: Option<usize>) -> Result<u32, GpuError> {
 }
 
 /// Records one dispatch of `key`'s entry point over `count` elements (count > 0), one
-/// invocation each; `cols` and `vocab` are only read by `embed`.
-#[allow(clippy::too_many_arguments)]
+/// invocation each; `table` is only read by `embed`.
 fn dispatch(
     gpu: &Gpu,
     pass: &mut dyn Record,
@@ -63,8 +76,7 @@ fn dispatch(
     bindings: &[Binding],
     buffers: &[&GpuBuffer],
     count: u32,
-    cols: u32,
-    vocab: u32,
+    table: TablePart,
 ) -> Result<(), GpuError> {
     let key = key.with("ELEMENTWISE_WG", ELEMENTWISE_WORKGROUP);
     let pipeline = gpu.pipeline(&key, bindings)?;
@@ -74,8 +86,12 @@ fn dispatch(
         &ElementwiseParams {
             count,
             tiles_x: grid.x,
-            cols,
-            vocab,
+            cols: table.cols,
+            vocab: table.rows,
+            first: table.first,
+            last: u32::from(table.last),
+            _pad0: 0,
+            _pad1: 0,
         },
     );
     let mut all = vec![params.buffer()];
@@ -85,12 +101,44 @@ fn dispatch(
 }
 
 /// Records `out[r] = table[tokens[r]]` for `rows` rows: `tokens` is u32 `[rows]`, `out` f32
-/// `[rows, table.cols]`; `table` is f32 or packed f16. A token >= `table.rows` gives a row
-/// of zeros.
+/// `[rows, table.cols]`; `table` is f32, packed f16 or q8 / q4 blocks (scale x level, the
+/// CPU's dequantized values), row-major. A token >= `table.rows` gives a row of zeros.
 pub fn encode_embed(
     gpu: &Gpu,
     pass: &mut dyn Record,
     table: &Matrix,
+    tokens: &GpuBuffer,
+    out: &GpuBuffer,
+    rows: usize,
+) -> Result<(), GpuError> {
+    embed_part(gpu, pass, table, 0, true, tokens, out, rows)
+}
+
+/// [`encode_embed`] from a table split by rows: one dispatch per part, each writing the
+/// rows of its own tokens (the last part also the zeros of tokens past the table).
+pub fn encode_embed_split(
+    gpu: &Gpu,
+    pass: &mut dyn Record,
+    table: &RowSplit,
+    tokens: &GpuBuffer,
+    out: &GpuBuffer,
+    rows: usize,
+) -> Result<(), GpuError> {
+    let last = table.parts.len().saturating_sub(1);
+    for (i, (first, part)) in table.parts.iter().enumerate() {
+        embed_part(gpu, pass, part, *first, i == last, tokens, out, rows)?;
+    }
+    Ok(())
+}
+
+/// The embedding gather from `table`, the rows of tokens `first ..` of a larger table.
+#[allow(clippy::too_many_arguments)]
+fn embed_part(
+    gpu: &Gpu,
+    pass: &mut dyn Record,
+    table: &Matrix,
+    first: usize,
+    last: bool,
     tokens: &GpuBuffer,
     out: &GpuBuffer,
     rows: usize,
@@ -102,13 +150,18 @@ pub fn encode_embed(
     )? as usize;
     index_count(
         &format!("embedding table [{}, {cols}]", table.rows),
-        table.rows.checked_mul(cols),
+        table
+            .rows
+            .checked_mul(cols.next_multiple_of(crate::blocks::BLOCK)),
     )?;
-    if table.format.quant().is_some() {
-        return Err(GpuError::Validation(format!(
-            "the embedding table is {}: the gather reads f32 or f16 tables",
-            table.format.name()
-        )));
+    index_count(
+        &format!("embedding table rows {first}.."),
+        first.checked_add(table.rows),
+    )?;
+    if table.transposed {
+        return Err(GpuError::Validation(
+            "the embedding table must be stored row-major, not transposed".into(),
+        ));
     }
     let table_bytes = table.format.matrix_bytes(table.rows, cols);
     table
@@ -122,16 +175,73 @@ pub fn encode_embed(
         return Ok(());
     }
     let key = PipelineKey::new(Shader::Elementwise, "embed")
-        .with_flag("EMBED_F16", table.format == WeightFormat::F16);
+        .with("EMBED_FMT", table.format.shader_code());
+    let part = TablePart {
+        cols: cols as u32,
+        rows: table.rows as u32,
+        first: first as u32,
+        last,
+    };
+    let buffers = [&table.buffer, tokens, out];
     dispatch(
         gpu,
         pass,
         key,
         &EMBED_BINDINGS,
-        &[&table.buffer, tokens, out],
+        &buffers,
         count as u32,
-        cols as u32,
-        table.rows as u32,
+        part,
+    )
+}
+
+/// Records `out[r] = src[rows[r]]` for `rows` rows of `cols` f32 values: `src` is f32
+/// `[src_rows, cols]`, `rows` u32 `[rows]`, `out` f32 `[rows, cols]`; an index >= `src_rows`
+/// gives a row of zeros. The embedding gather's kernel (`embed` in elementwise.wgsl) over
+/// an f32 table: how the decoder picks the rows its LM head reads.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_gather_rows(
+    gpu: &Gpu,
+    pass: &mut dyn Record,
+    src: &GpuBuffer,
+    src_rows: usize,
+    cols: usize,
+    indices: &GpuBuffer,
+    out: &GpuBuffer,
+    rows: usize,
+) -> Result<(), GpuError> {
+    let count = index_count(
+        &format!("gather of {rows} rows x {cols}"),
+        rows.checked_mul(cols),
+    )? as usize;
+    let src_len = index_count(
+        &format!("gather source [{src_rows}, {cols}]"),
+        src_rows.checked_mul(cols),
+    )? as usize;
+    src.require("gather source", (src_len * 4) as u64)?;
+    indices.require("gather rows", (rows * 4) as u64)?;
+    out.require("gather out", (count * 4) as u64)?;
+    check_distinct("gather", out, src, "source")?;
+    check_distinct("gather", out, indices, "rows")?;
+    if count == 0 {
+        return Ok(());
+    }
+    let key = PipelineKey::new(Shader::Elementwise, "embed")
+        .with("EMBED_FMT", super::WeightFormat::F32.shader_code());
+    let table = TablePart {
+        cols: cols as u32,
+        rows: src_rows as u32,
+        first: 0,
+        last: true,
+    };
+    let buffers = [src, indices, out];
+    dispatch(
+        gpu,
+        pass,
+        key,
+        &EMBED_BINDINGS,
+        &buffers,
+        count as u32,
+        table,
     )
 }
 
@@ -155,7 +265,15 @@ pub fn encode_swiglu(
         return Ok(());
     }
     let key = PipelineKey::new(Shader::Elementwise, "swiglu");
-    dispatch(gpu, pass, key, &SWIGLU_BINDINGS, &[gate, up, out], n, 0, 0)
+    dispatch(
+        gpu,
+        pass,
+        key,
+        &SWIGLU_BINDINGS,
+        &[gate, up, out],
+        n,
+        TablePart::default(),
+    )
 }
 
 /// Records `x = silu(x)` in place over `count` f32 elements.
@@ -171,7 +289,15 @@ pub fn encode_silu(
         return Ok(());
     }
     let key = PipelineKey::new(Shader::Elementwise, "silu_inplace");
-    dispatch(gpu, pass, key, &SILU_BINDINGS, &[x], n, 0, 0)
+    dispatch(
+        gpu,
+        pass,
+        key,
+        &SILU_BINDINGS,
+        &[x],
+        n,
+        TablePart::default(),
+    )
 }
 
 /// Records `x += y` in place over `count` f32 elements; `y` must be a different buffer.
@@ -190,7 +316,15 @@ pub fn encode_add(
         return Ok(());
     }
     let key = PipelineKey::new(Shader::Elementwise, "add_inplace");
-    dispatch(gpu, pass, key, &ADD_BINDINGS, &[x, y], n, 0, 0)
+    dispatch(
+        gpu,
+        pass,
+        key,
+        &ADD_BINDINGS,
+        &[x, y],
+        n,
+        TablePart::default(),
+    )
 }
 
 /// CPU reference of the gather: `table` is [vocab, cols] (f16 tables converted to f32,
@@ -343,6 +477,115 @@ mod tests {
                         gpu.describe()
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn embed_gathers_q8_and_q4_rows_and_split_tables_bit_for_bit() {
+        use crate::blocks::{QuantFormat, QuantMatrix};
+        for gpu in test_gpus() {
+            // 70 columns: a partial last block; 9 rows split 4 + 4 + 1.
+            let (vocab, cols) = (9, 70);
+            let values: Vec<f32> = test_values(vocab * cols, 8)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            let tokens: Vec<u32> = vec![8, 0, 4, 3, 9, 5, 100];
+            let tb = gpu
+                .upload(MemoryCategory::Activations, "tokens", &tokens)
+                .unwrap();
+            for format in [QuantFormat::Q8, QuantFormat::Q4] {
+                let q = QuantMatrix::quantize(format, vocab, cols, &values).unwrap();
+                let want = q.dequantize();
+                let whole = Matrix::from_quant(&gpu, "table", &q).unwrap();
+                let split = RowSplit::upload(vocab, cols, 4, |first, n| {
+                    Matrix::from_quant(&gpu, "part", &q.rows_slice(first, n))
+                })
+                .unwrap();
+                assert_eq!(split.parts.len(), 3);
+                for parts in [false, true] {
+                    let out = gpu
+                        .storage(
+                            MemoryCategory::Activations,
+                            "out",
+                            (tokens.len() * cols * 4) as u64,
+                        )
+                        .unwrap();
+                    let mut enc = gpu.encoder("embed test");
+                    {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        let n = tokens.len();
+                        if parts {
+                            encode_embed_split(&gpu, &mut pass, &split, &tb, &out, n).unwrap();
+                        } else {
+                            encode_embed(&gpu, &mut pass, &whole, &tb, &out, n).unwrap();
+                        }
+                    }
+                    gpu.submit_and_wait(enc).unwrap();
+                    let got: Vec<f32> = gpu.read(&out, tokens.len() * cols).unwrap();
+                    for (r, &t) in tokens.iter().enumerate() {
+                        let row = &got[r * cols..][..cols];
+                        let want = match want.get(t as usize * cols..(t as usize + 1) * cols) {
+                            Some(w) => w.to_vec(),
+                            None => vec![0.0; cols],
+                        };
+                        let same = row
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{format:?} split {parts}: token {t} on {}",
+                            gpu.describe()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gather_rows_copies_the_listed_rows_bit_for_bit() {
+        for gpu in test_gpus() {
+            let (src_rows, cols) = (7, 37);
+            let src: Vec<f32> = test_values(src_rows * cols, 3);
+            // Any order, repeats, and an index past the source (a row of zeros).
+            let idx: Vec<u32> = vec![6, 0, 3, 3, 9];
+            let up = |label: &str, data: &[u32]| {
+                gpu.upload(MemoryCategory::Activations, label, data)
+                    .unwrap()
+            };
+            let s = gpu
+                .upload(MemoryCategory::Activations, "src", &src)
+                .unwrap();
+            let ib = up("rows", &idx);
+            let out = gpu
+                .storage(
+                    MemoryCategory::Activations,
+                    "out",
+                    (idx.len() * cols * 4) as u64,
+                )
+                .unwrap();
+            let mut enc = gpu.encoder("gather test");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                encode_gather_rows(&gpu, &mut pass, &s, src_rows, cols, &ib, &out, idx.len())
+                    .unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            let got: Vec<f32> = gpu.read(&out, idx.len() * cols).unwrap();
+            for (r, &i) in idx.iter().enumerate() {
+                let row = &got[r * cols..][..cols];
+                let want: Vec<f32> = match src.get(i as usize * cols..(i as usize + 1) * cols) {
+                    Some(w) => w.to_vec(),
+                    None => vec![0.0; cols],
+                };
+                let same = row
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "row {r} (source {i}) on {}", gpu.describe());
             }
         }
     }

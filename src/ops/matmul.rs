@@ -8,7 +8,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::Matrix;
+use super::{Cols, Matrix};
 use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 use crate::ops::hadamard::cpu::{SIGN_UNIFORM_WORDS, WhtSize};
@@ -64,8 +64,10 @@ struct MatmulParams {
     tiles_x: u32,
     eps: f32,
     wht_scale: f32,
-    pad0: u32,
-    pad1: u32,
+    /// Values from one row of y to the next, and y's column 0 (a product writing some
+    /// columns of a wider y: a part of a split LM head).
+    y_stride: u32,
+    y_offset: u32,
 }
 
 /// f32s of workgroup memory a GEMV prologue stages its rows in; must match `STAGE` in
@@ -394,6 +396,27 @@ pub fn encode_with_prologue(
     kernel: Kernel,
     prologue: Prologue<'_>,
 ) -> Result<(), GpuError> {
+    let y = Cols::from(y);
+    encode_cols(gpu, pass, w, x, y, rows, epilogue, kernel, prologue)
+}
+
+/// [`encode_with_prologue`] writing columns of a wider `y`: row r's outputs go to values
+/// `r * stride + offset ..` of `y.buffer` ([`Cols`]), so the parts of a matrix split by
+/// rows (`ops::RowSplit`) write one `[rows, n_out]` result between them.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_cols(
+    gpu: &Gpu,
+    pass: &mut dyn Record,
+    w: &Matrix,
+    x: &GpuBuffer,
+    y: Cols<'_>,
+    rows: usize,
+    epilogue: Epilogue,
+    kernel: Kernel,
+    prologue: Prologue<'_>,
+) -> Result<(), GpuError> {
+    let y_cols = y;
+    let y = y_cols.buffer;
     let (n_out, n_in) = (w.rows, w.cols);
     let outs = epilogue.outputs_per_unit();
     if !n_out.is_multiple_of(outs) {
@@ -409,7 +432,7 @@ pub fn encode_with_prologue(
     let w_bytes = w.format.matrix_bytes(n_out, n_in) as u64;
     w.buffer.require("weight", w_bytes)?;
     x.require("x", (rows * n_in * 4) as u64)?;
-    y.require("y", (rows * n_out / outs * 4) as u64)?;
+    let (y_stride, y_offset) = y_cols.layout("y", rows, n_out / outs)?;
     let (extra, eps, wht_scale) = prologue_bindings(gpu, &prologue, x, y, &w.buffer, rows, n_in)?;
     if rows == 0 || n_out == 0 {
         return Ok(());
@@ -531,8 +554,8 @@ pub fn encode_with_prologue(
             tiles_x: grid.x,
             eps,
             wht_scale,
-            pad0: 0,
-            pad1: 0,
+            y_stride: y_stride as u32,
+            y_offset: y_offset as u32,
         },
     );
     let [norm_w, resid, gamma, beta, xout] = extra;
@@ -553,6 +576,43 @@ pub fn encode_with_prologue(
         signs.buffer(),
     ];
     gpu.dispatch(pass, &pipeline, &buffers[..slots], grid);
+    Ok(())
+}
+
+/// [`encode_with_prologue`] (the kernel chosen per part, as for the whole) of a matrix
+/// split by rows: one product per part, each writing its columns of `y` (`[rows,
+/// w.rows]`); every output is the unsplit product's. Not for [`Epilogue::SwiGlu`], whose
+/// units pair rows across a part's boundary.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_split(
+    gpu: &Gpu,
+    pass: &mut dyn Record,
+    w: &super::RowSplit,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+    rows: usize,
+    epilogue: Epilogue,
+    prologue: Prologue<'_>,
+) -> Result<(), GpuError> {
+    if epilogue == Epilogue::SwiGlu && w.parts.len() > 1 {
+        return Err(GpuError::Validation(
+            "a SwiGLU product cannot take a matrix split by rows".into(),
+        ));
+    }
+    for (first, part) in &w.parts {
+        let y = Cols::new(y, w.rows, *first);
+        encode_cols(
+            gpu,
+            pass,
+            part,
+            x,
+            y,
+            rows,
+            epilogue,
+            Kernel::Auto,
+            prologue,
+        )?;
+    }
     Ok(())
 }
 

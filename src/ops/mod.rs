@@ -179,6 +179,96 @@ impl Matrix {
     }
 }
 
+/// A `[rows, cols]` weight matrix split by rows into parts of at most one storage binding
+/// each, so a matrix larger than `max_storage_buffer_binding_size` (128 MiB in browsers: a
+/// 128k x 4096 f16 embedding is 1 GiB) still works: the embedding gathers each token from
+/// the part holding its row (`elementwise::encode_embed_split`), a product runs once per
+/// part into that part's columns of its output (`matmul::encode_split`). Every output is
+/// computed as in the unsplit matrix, so the results are the same bits. One part when
+/// the matrix fits.
+#[derive(Debug)]
+pub struct RowSplit {
+    /// The parts in order, each with the row of the whole matrix its row 0 is.
+    pub parts: Vec<(usize, Matrix)>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl RowSplit {
+    /// Rows per part (the last may have fewer) of a `[rows, cols]` matrix of `format` in
+    /// buffers of at most `max_bytes`: all of them when they fit, else as many as fit,
+    /// rounded down to even (a transposed f16 part pairs its rows). Errors when not even
+    /// two rows fit.
+    pub fn part_rows(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        max_bytes: u64,
+    ) -> Result<usize, GpuError> {
+        let fits = |r: usize| format.matrix_bytes(r, cols) as u64 <= max_bytes;
+        if fits(rows) {
+            return Ok(rows.max(1));
+        }
+        // A first guess from the bytes of a row, then down to what fits.
+        let per_row = (format.matrix_bytes(64, cols) / 64).max(1) as u64;
+        let mut r = ((max_bytes / per_row) as usize).min(rows);
+        while r > 0 && !fits(r) {
+            r -= 1;
+        }
+        r -= r % 2;
+        if r == 0 {
+            return Err(GpuError::LimitExceeded {
+                what: format!("two rows of a {} matrix {cols} wide", format.name()),
+                requested: format.matrix_bytes(2, cols) as u64,
+                limit: max_bytes,
+                adapter: String::new(),
+            });
+        }
+        Ok(r)
+    }
+
+    /// The parts of `part_rows` rows each, `make(first, n)` uploading rows `first .. first
+    /// + n` as one [`Matrix`].
+    pub fn upload(
+        rows: usize,
+        cols: usize,
+        part_rows: usize,
+        mut make: impl FnMut(usize, usize) -> Result<Matrix, GpuError>,
+    ) -> Result<Self, GpuError> {
+        let mut parts = Vec::with_capacity(rows.div_ceil(part_rows.max(1)).max(1));
+        let mut first = 0;
+        while first < rows || parts.is_empty() {
+            let n = part_rows.max(1).min(rows - first);
+            parts.push((first, make(first, n)?));
+            first += n;
+        }
+        Ok(Self { parts, rows, cols })
+    }
+
+    /// The only part, when the matrix was not split.
+    pub fn whole(&self) -> Option<&Matrix> {
+        match &self.parts[..] {
+            [(_, m)] => Some(m),
+            _ => None,
+        }
+    }
+}
+
+impl QuantMatrix {
+    /// Rows `first .. first + n` as a matrix of their own (levels and scales copied).
+    pub fn rows_slice(&self, first: usize, n: usize) -> QuantMatrix {
+        let blocks = blocks_per_row(self.cols);
+        let words = blocks * self.format.words_per_block();
+        QuantMatrix {
+            format: self.format,
+            rows: n,
+            cols: self.cols,
+            data: self.data[first * words..(first + n) * words].to_vec(),
+            scales: self.scales[first * blocks..(first + n) * blocks].to_vec(),
+        }
+    }
+}
+
 /// Words of a quantized matrix on the GPU: `words` of levels and scales, padded to whole
 /// vec4<u32>s for `gemv_wide`.
 fn quant_words(words: usize) -> usize {
