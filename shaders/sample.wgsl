@@ -3,8 +3,9 @@
 //
 // One workgroup per sequence. Logits are compared through order-preserving u32 keys, so
 // the thresholds are found exactly, with no sorting, at any vocabulary size: top-k's by a
-// radix select (4 passes over the row, 8 bits of the key each, a 256-bin histogram in
-// workgroup memory), top-p's by a 32-step bitwise search on the kept mass, each step a
+// radix select (8 passes over the row, 4 bits of the key each: 16 counts per invocation,
+// summed through workgroup memory; no atomics, which naga cannot bounds-check in SPIR-V),
+// top-p's by a 32-step bitwise search on the kept mass, each step a
 // workgroup reduction over the top-k candidates, which every invocation gathered from its
 // own elements (in index order, so every sum adds the same weights in the same order as
 // a pass over the row would). Without top-k, or when an invocation has more than CAND
@@ -41,12 +42,13 @@ const CAND_SLOTS: u32 = 1024u;
 var<workgroup> red_u: array<u32, 256>;
 var<workgroup> red_v: array<u32, 256>;
 var<workgroup> red_f: array<f32, 256>;
-var<workgroup> hist: array<atomic<u32>, 256>;
+// A radix pass's counts, bin-major: digits[b * SAMPLE_WG + l] for invocation l's keys in
+// bin b (16 x SAMPLE_WG <= CAND_SLOTS).
+var<workgroup> digits: array<u32, CAND_SLOTS>;
 var<workgroup> radix: vec2<u32>;              // (digit, rank left) of a radix pass
 var<workgroup> cand_key: array<u32, CAND_SLOTS>;  // invocation l's at l * CAND ..
 var<workgroup> cand_w: array<f32, CAND_SLOTS>;
-var<workgroup> cand_n: array<u32, 256>;
-var<workgroup> cand_over: atomic<u32>;            // an invocation had more than CAND
+var<workgroup> cand_n: array<u32, 64>;            // CAND_SLOTS / CAND: SAMPLE_WG at most
 var<workgroup> cand_ok: u32;
 
 // Order-preserving map from f32 to u32: a < b  <=>  key(a) < key(b) (for non-NaN values).
@@ -81,30 +83,39 @@ fn count_ge(t: u32, lid: u32) -> u32 {
 }
 
 // The k-th largest key (1 <= k <= vocab; all invocations get it): a radix select, the
-// key's 8 bits from the top a pass, each pass counting the keys that share the bits found
-// so far in a histogram of the next 8.
+// key's 4 bits from the top a pass, each pass counting the keys that share the bits found
+// so far by their next 4.
 fn kth_largest(k: u32, lid: u32) -> u32 {
     var prefix = 0u;
     var want = k;  // the rank still to find among keys sharing the prefix
-    for (var round = 0u; round < 4u; round++) {
-        let shift = 24u - 8u * round;
-        let hi = shift + 8u;  // bits above hi are the prefix found (none on pass 0)
-        for (var b = lid; b < 256u; b += SAMPLE_WG) {
-            atomicStore(&hist[b], 0u);
-        }
-        workgroupBarrier();
+    for (var round = 0u; round < 8u; round++) {
+        let shift = 28u - 4u * round;
+        let hi = shift + 4u;  // bits at and above hi are the prefix found (none in round 0)
+        var count: array<u32, 16>;
         for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
             let key = key_of(logits[base + i]);
             if (hi >= 32u || ((key ^ prefix) >> hi) == 0u) {
-                atomicAdd(&hist[(key >> shift) & 255u], 1u);
+                let b = (key >> shift) & 15u;
+                count[b] += 1u;
             }
+        }
+        for (var b = 0u; b < 16u; b++) {
+            digits[b * SAMPLE_WG + lid] = count[b];
+        }
+        workgroupBarrier();
+        if (lid < 16u) {
+            var c = 0u;
+            for (var l = 0u; l < SAMPLE_WG; l++) {
+                c += digits[lid * SAMPLE_WG + l];
+            }
+            red_u[lid] = c;
         }
         workgroupBarrier();
         if (lid == 0u) {
             var above = 0u;
             var digit = 0u;
-            for (var b = 255i; b >= 0i; b--) {
-                let c = atomicLoad(&hist[u32(b)]);
+            for (var b = 15i; b >= 0i; b--) {
+                let c = red_u[u32(b)];
                 if (above + c >= want) {
                     digit = u32(b);
                     break;
@@ -123,10 +134,6 @@ fn kth_largest(k: u32, lid: u32) -> u32 {
 // Gathers the keys >= tk and their weights, each invocation its own elements (i = lid
 // mod SAMPLE_WG) in index order; true (uniformly) when every invocation's fit in CAND.
 fn gather_candidates(tk: u32, lid: u32) -> bool {
-    if (lid == 0u) {
-        atomicStore(&cand_over, 0u);
-    }
-    workgroupBarrier();
     var n = 0u;
     for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
         let key = key_of(logits[base + i]);
@@ -139,12 +146,15 @@ fn gather_candidates(tk: u32, lid: u32) -> bool {
         }
     }
     cand_n[lid] = n;
-    if (n > CAND) {
-        atomicStore(&cand_over, 1u);
-    }
     workgroupBarrier();
     if (lid == 0u) {
-        cand_ok = select(0u, 1u, atomicLoad(&cand_over) == 0u);
+        var ok = 1u;
+        for (var l = 0u; l < SAMPLE_WG; l++) {
+            if (cand_n[l] > CAND) {
+                ok = 0u;
+            }
+        }
+        cand_ok = ok;
     }
     return workgroupUniformLoad(&cand_ok) != 0u;
 }
