@@ -2,8 +2,15 @@
 // its logits. Host side and the exact rule (shared with the CPU): src/ops/sample.rs.
 //
 // One workgroup per sequence. Logits are compared through order-preserving u32 keys, so
-// the top-k and top-p thresholds are found exactly by a 32-step bitwise search, each step
-// a workgroup reduction: no sorting, any vocabulary size.
+// the thresholds are found exactly, with no sorting, at any vocabulary size: top-k's by a
+// radix select (8 passes over the row, 4 bits of the key each: 16 counts per invocation,
+// summed through workgroup memory; no atomics, which naga cannot bounds-check in SPIR-V),
+// top-p's by a 32-step bitwise search on the kept mass, each step a
+// workgroup reduction over the top-k candidates, which every invocation gathered from its
+// own elements (in index order, so every sum adds the same weights in the same order as
+// a pass over the row would). Without top-k, or when an invocation has more than CAND
+// candidates, the search passes over the row instead. LEGACY (measurement only) takes the
+// row passes throughout, top-k by a 32-step count search: the same thresholds.
 
 // Must match `SampleParams` in src/ops/sample.rs.
 struct Params {
@@ -17,8 +24,14 @@ struct Params {
     _pad1: u32,
 }
 
-// Invocations per workgroup; must match SAMPLE_WORKGROUP on the host (<= 256).
+// Invocations per workgroup; must match SAMPLE_WORKGROUP on the host (<= 256, and
+// SAMPLE_WG x CAND <= CAND_SLOTS).
 override SAMPLE_WG: u32 = 64u;
+// The row passes of the first version (for side-by-side timing; the same tokens).
+override LEGACY: bool = false;
+// Top-k candidates each invocation keeps in workgroup memory.
+const CAND: u32 = 16u;
+const CAND_SLOTS: u32 = 1024u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;   // [rows, vocab]
@@ -29,6 +42,14 @@ override SAMPLE_WG: u32 = 64u;
 var<workgroup> red_u: array<u32, 256>;
 var<workgroup> red_v: array<u32, 256>;
 var<workgroup> red_f: array<f32, 256>;
+// A radix pass's counts, bin-major: digits[b * SAMPLE_WG + l] for invocation l's keys in
+// bin b (16 x SAMPLE_WG <= CAND_SLOTS).
+var<workgroup> digits: array<u32, CAND_SLOTS>;
+var<workgroup> radix: vec2<u32>;              // (digit, rank left) of a radix pass
+var<workgroup> cand_key: array<u32, CAND_SLOTS>;  // invocation l's at l * CAND ..
+var<workgroup> cand_w: array<f32, CAND_SLOTS>;
+var<workgroup> cand_n: array<u32, 64>;            // CAND_SLOTS / CAND: SAMPLE_WG at most
+var<workgroup> cand_ok: u32;
 
 // Order-preserving map from f32 to u32: a < b  <=>  key(a) < key(b) (for non-NaN values).
 fn key_of(v: f32) -> u32 {
@@ -56,6 +77,102 @@ fn count_ge(t: u32, lid: u32) -> u32 {
     var total = 0u;
     for (var k = 0u; k < SAMPLE_WG; k++) {
         total += red_u[k];
+    }
+    workgroupBarrier();
+    return total;
+}
+
+// The k-th largest key (1 <= k <= vocab; all invocations get it): a radix select, the
+// key's 4 bits from the top a pass, each pass counting the keys that share the bits found
+// so far by their next 4.
+fn kth_largest(k: u32, lid: u32) -> u32 {
+    var prefix = 0u;
+    var want = k;  // the rank still to find among keys sharing the prefix
+    for (var round = 0u; round < 8u; round++) {
+        let shift = 28u - 4u * round;
+        let hi = shift + 4u;  // bits at and above hi are the prefix found (none in round 0)
+        var count: array<u32, 16>;
+        for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
+            let key = key_of(logits[base + i]);
+            if (hi >= 32u || ((key ^ prefix) >> hi) == 0u) {
+                let b = (key >> shift) & 15u;
+                count[b] += 1u;
+            }
+        }
+        for (var b = 0u; b < 16u; b++) {
+            digits[b * SAMPLE_WG + lid] = count[b];
+        }
+        workgroupBarrier();
+        if (lid < 16u) {
+            var c = 0u;
+            for (var l = 0u; l < SAMPLE_WG; l++) {
+                c += digits[lid * SAMPLE_WG + l];
+            }
+            red_u[lid] = c;
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            var above = 0u;
+            var digit = 0u;
+            for (var b = 15i; b >= 0i; b--) {
+                let c = red_u[u32(b)];
+                if (above + c >= want) {
+                    digit = u32(b);
+                    break;
+                }
+                above += c;
+            }
+            radix = vec2<u32>(digit, want - above);
+        }
+        let r = workgroupUniformLoad(&radix);
+        prefix |= r.x << shift;
+        want = r.y;
+    }
+    return prefix;
+}
+
+// Gathers the keys >= tk and their weights, each invocation its own elements (i = lid
+// mod SAMPLE_WG) in index order; true (uniformly) when every invocation's fit in CAND.
+fn gather_candidates(tk: u32, lid: u32) -> bool {
+    var n = 0u;
+    for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
+        let key = key_of(logits[base + i]);
+        if (key >= tk) {
+            if (n < CAND) {
+                cand_key[lid * CAND + n] = key;
+                cand_w[lid * CAND + n] = weight(i);
+            }
+            n++;
+        }
+    }
+    cand_n[lid] = n;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var ok = 1u;
+        for (var l = 0u; l < SAMPLE_WG; l++) {
+            if (cand_n[l] > CAND) {
+                ok = 0u;
+            }
+        }
+        cand_ok = ok;
+    }
+    return workgroupUniformLoad(&cand_ok) != 0u;
+}
+
+// mass_ge from the gathered candidates (t >= tk): the same weights added in the same
+// order, without a pass over the row.
+fn mass_ge_candidates(t: u32, lid: u32) -> f32 {
+    var m = 0.0;
+    for (var j = 0u; j < cand_n[lid]; j++) {
+        if (cand_key[lid * CAND + j] >= t) {
+            m += cand_w[lid * CAND + j];
+        }
+    }
+    red_f[lid] = m;
+    workgroupBarrier();
+    var total = 0.0;
+    for (var k = 0u; k < SAMPLE_WG; k++) {
+        total += red_f[k];
     }
     workgroupBarrier();
     return total;
@@ -121,7 +238,10 @@ fn sample(@builtin(local_invocation_index) lid: u32,
 
     // Top-k: the k-th largest key, i.e. the largest t with count(key >= t) >= k.
     var tk = 0u;
-    if (params.top_k > 0u && params.top_k < params.vocab) {
+    let top_k = params.top_k > 0u && params.top_k < params.vocab;
+    if (top_k && !LEGACY) {
+        tk = kth_largest(params.top_k, lid);
+    } else if (top_k) {
         for (var bit = 31i; bit >= 0i; bit--) {
             let cand = tk | (1u << u32(bit));
             if (count_ge(cand, lid) >= params.top_k) {
@@ -132,12 +252,22 @@ fn sample(@builtin(local_invocation_index) lid: u32,
     // Top-p: the largest t >= tk whose kept mass still reaches top_p of the top-k mass.
     var tau = tk;
     if (params.top_p < 1.0) {
-        let goal = params.top_p * mass_ge(tk, lid);
         var tp = 0u;
-        for (var bit = 31i; bit >= 0i; bit--) {
-            let cand = tp | (1u << u32(bit));
-            if (mass_ge(max(cand, tk), lid) >= goal) {
-                tp = cand;
+        if (top_k && !LEGACY && gather_candidates(tk, lid)) {
+            let goal = params.top_p * mass_ge_candidates(tk, lid);
+            for (var bit = 31i; bit >= 0i; bit--) {
+                let cand = tp | (1u << u32(bit));
+                if (mass_ge_candidates(max(cand, tk), lid) >= goal) {
+                    tp = cand;
+                }
+            }
+        } else {
+            let goal = params.top_p * mass_ge(tk, lid);
+            for (var bit = 31i; bit >= 0i; bit--) {
+                let cand = tp | (1u << u32(bit));
+                if (mass_ge(max(cand, tk), lid) >= goal) {
+                    tp = cand;
+                }
             }
         }
         tau = max(tp, tk);
