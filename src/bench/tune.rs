@@ -443,6 +443,47 @@ mod tests {
     }
 
     #[test]
+    fn a_tall_head_is_timed_on_its_first_rows() {
+        for gpu in test_gpus().into_iter().take(1) {
+            // A head 8x the cap: the matrix tuned is the cap's rows, and every candidate's
+            // time stands for the whole head (about 8x the cap's).
+            let tall = Product {
+                n_out: 8 * MAX_TUNE_ROWS,
+                n_in: 32,
+                count: 1,
+                normed: true,
+            };
+            gpu.memory().reset_peak();
+            let before = gpu.memory().report().current_bytes;
+            let t = pollster::block_on(tune_gemv(&gpu, WeightFormat::F16, &[tall], 3)).unwrap();
+            let peak = gpu.memory().report().peak_bytes - before;
+            let full = (tall.n_out * tall.n_in * 2) as u64;
+            assert!(peak < full / 2, "{peak} bytes for a {full}-byte head");
+            let capped = Product {
+                n_out: MAX_TUNE_ROWS,
+                ..tall
+            };
+            let c = pollster::block_on(tune_gemv(&gpu, WeightFormat::F16, &[capped], 3)).unwrap();
+            let time = |t: &GemvTune, k: &str| t.candidates.iter().find(|c| c.0 == k).unwrap().1;
+            // Medians of 3 on a shared machine: wide bounds, but a time not scaled would
+            // be 8x below.
+            let ratio = time(&t, "gemv_outputs") / time(&c, "gemv_outputs");
+            assert!(
+                (2.0..32.0).contains(&ratio),
+                "{ratio} on {}",
+                gpu.describe()
+            );
+            let best = t
+                .candidates
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            assert_eq!(t.chosen, best.0);
+            assert_eq!(t.products, [tall]);
+        }
+    }
+
+    #[test]
     fn the_cache_answers_for_its_adapter_and_model_shape_only() {
         for gpu in test_gpus().into_iter().take(1) {
             let model = random_model(&config(32), 2, WeightFormat::F16).unwrap();
