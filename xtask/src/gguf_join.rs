@@ -8,7 +8,8 @@
 //! file has the weights file's keys, then the vocabulary's `tokenizer.*` keys, and the
 //! embedding before the layer tensors. Written here from the GGUF layout (little-endian,
 //! version 3, 32-byte alignment), independent of walsh's reader: key/value entries are
-//! copied as they are, tensors with their data re-offset.
+//! copied as they are, tensors with their data re-offset. The Q8_0 file it writes is byte
+//! for byte the one `llama_bpe_file("q8_0")` makes (compared when this was written).
 
 use std::path::Path;
 
