@@ -38,7 +38,7 @@ use crate::model::gguf::gguf_name;
 use crate::model::gguf_load::from_gguf_bytes;
 use crate::model::gpu::GpuDecoder;
 use crate::model::sizes::{BufferLimits, check_decoder_fits};
-use crate::model::tokens::{TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, fits};
+use crate::model::tokens::{TOKENIZER_FILE, fits};
 use crate::model::weights::{CONFIG_FILE, Model};
 use crate::model::{Config, ModelError};
 use crate::ops::WeightFormat;
@@ -396,7 +396,7 @@ impl Engine {
     /// text, and `tokenizer_config`, tokenizer_config.json's, when present; byte-level
     /// without), checks that every buffer fits the adapter's limits, and uploads the weights
     /// (on the GPU). Resolves to the model's description (JSON). The previous model is
-    /// released first. `tuning` is the page's tuning cache (the text of a
+    /// released once the new one passed these checks. `tuning` is the page's tuning cache (the text of a
     /// `bench::tune::TuningCache`): the decode GEMVs are chosen from it, or measured once
     /// when it has no entry for this adapter and model shape, and then the description
     /// carries the new cache in `tuning_cache`. `url` names the files in messages: a
@@ -430,12 +430,7 @@ impl Engine {
                 fits(&tokenizer_path, &tok, &model.config)?;
                 tok
             }
-            None if tokenizer_config.is_some() => {
-                return Err(error(format!(
-                    "{}: there is a {TOKENIZER_CONFIG_FILE} but no {TOKENIZER_FILE}",
-                    dir.display()
-                )));
-            }
+            // As natively: without tokenizer.json the model is byte-level.
             None => Tokenizer::byte_level(),
         };
         let files = bytes.len()
