@@ -31,17 +31,20 @@ use crate::bench::{self, BenchError, BenchOptions, Report, Suite, report::Enviro
 use crate::gpu::{Gpu, GpuError};
 use crate::model::fit::{fit_prompt, prompt_notice};
 use crate::model::generate::{
-    Chunk, CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, StepFuture, Utf8Stream,
-    encode_text, generate_async,
+    Chunk, CpuBatch, DEFAULT_MAX_CHUNK, Decoder, GenerateOptions, StepFuture, generate_async,
 };
+use crate::model::gguf::gguf_name;
+use crate::model::gguf_load::from_gguf_bytes;
 use crate::model::gpu::GpuDecoder;
 use crate::model::sizes::{BufferLimits, check_decoder_fits};
-use crate::model::weights::{CONFIG_FILE, Model, WEIGHTS_FILE};
+use crate::model::tokens::{TOKENIZER_FILE, fits};
+use crate::model::weights::{CONFIG_FILE, Model};
 use crate::model::{Config, ModelError};
 use crate::ops::WeightFormat;
 use crate::ops::attention::KvFormat;
 use crate::ops::hadamard::WhtError;
 use crate::ops::sample::SamplingParams;
+use crate::tokenizer::{Tokenizer, TokenizerKind};
 
 /// Decode steps per chunk on the CPU: each chunk runs without yielding to the browser, so
 /// a small one keeps the page responsive (and Stop quick) while tokens stream.
@@ -66,6 +69,9 @@ enum Runner {
 struct Loaded {
     info: ModelInfo,
     runner: Runner,
+    /// Encodes prompts (BOS as the model asks, as `walsh generate` does) and decodes the
+    /// generated tokens; byte-level for the shipped models.
+    tokenizer: Tokenizer,
 }
 
 /// What the page shows about a loaded model.
@@ -78,8 +84,16 @@ struct ModelInfo {
     hidden_size: usize,
     layers: usize,
     heads: usize,
+    kv_heads: usize,
+    vocab_size: usize,
     context: usize,
-    /// Bytes of config.json and model.safetensors.
+    /// `byte-level`, `BPE` or `SentencePiece`.
+    tokenizer: &'static str,
+    /// Tokens the tokenizer knows (256 for byte-level).
+    tokenizer_tokens: usize,
+    /// Where the model came from: `safetensors` (config.json + model.safetensors) or `gguf`.
+    format: &'static str,
+    /// Bytes of the files the model was read from.
     bytes: usize,
     /// `webgpu` or `cpu`.
     device: &'static str,
@@ -105,10 +119,12 @@ struct WebGenerateOptions {
     max_chunk: Option<usize>,
 }
 
-/// What `generate` resolves to (JSON): the tokens, the text and the stats, and the notice
-/// when the prompt was longer than the context.
+/// What `generate` resolves to (JSON): the prompt's and the generated tokens, the text and
+/// the stats, and the notice when the prompt was longer than the context.
 #[derive(Serialize)]
 struct WebGeneration<'a> {
+    /// The prompt as the model saw it (the tokenizer's ids, BOS included).
+    prompt_tokens: &'a [u32],
     tokens: &'a [u32],
     text: String,
     stats: &'a crate::model::generate::GenerationStats,
@@ -225,6 +241,18 @@ impl Decoder for YieldingCpu<'_> {
     }
     fn kv_format(&self) -> KvFormat {
         self.0.kv_format()
+    }
+}
+
+/// The notice for a prompt of `tokens` that [`fit_prompt`] shortened to `context`.
+fn long_prompt_notice(tokenizer: &Tokenizer, tokens: usize, context: usize) -> String {
+    if tokenizer.kind() == TokenizerKind::Byte {
+        prompt_notice(tokens, context)
+    } else {
+        format!(
+            "the prompt is {tokens} tokens, more than the model's context of {context}: \
+             generating from its last {context} tokens"
+        )
     }
 }
 
@@ -363,56 +391,141 @@ impl Engine {
     }
 
     /// Checks `config` (config.json's text) and `weights` (model.safetensors' bytes) from
-    /// `url` like the native loader, checks that every buffer fits the adapter's limits,
-    /// and uploads the weights (on the GPU). Resolves to the model's description (JSON).
-    /// The previous model is released first. `tuning` is the page's tuning cache (the
-    /// text of a `bench::tune::TuningCache`): the decode GEMVs are chosen from it, or
-    /// measured once when it has no entry for this adapter and model shape, and then the
-    /// description carries the new cache in `tuning_cache`.
+    /// `url` like the native loader, with the tokenizer of `tokenizer` (tokenizer.json's
+    /// text, and `tokenizer_config`, tokenizer_config.json's, when present; byte-level
+    /// without), checks that every buffer fits the adapter's limits, and uploads the weights
+    /// (on the GPU). Resolves to the model's description (JSON). The previous model is
+    /// released once the new one passed these checks. `tuning` is the page's tuning cache (the text of a
+    /// `bench::tune::TuningCache`): the decode GEMVs are chosen from it, or measured once
+    /// when it has no entry for this adapter and model shape, and then the description
+    /// carries the new cache in `tuning_cache`. `url` names the files in messages: a
+    /// model's folder on the server, or the name of a folder the visitor opened.
     pub async fn load_model(
         &self,
         url: String,
         config: String,
         weights: Uint8Array,
         tuning: Option<String>,
+        tokenizer: Option<String>,
+        tokenizer_config: Option<String>,
     ) -> Result<String, JsError> {
         let _busy = self.start()?;
         let base = url.trim_end_matches('/');
-        let config_url = format!("{base}/{CONFIG_FILE}");
-        let parsed = Config::from_json(Path::new(&config_url), &config)?;
+        let dir = Path::new(base);
+        let parsed = Config::from_json(&dir.join(CONFIG_FILE), &config)?;
         let bytes = weights.to_vec();
-        let model =
-            Model::from_safetensors(Path::new(&format!("{base}/{WEIGHTS_FILE}")), parsed, &bytes)?;
-        // Free the old model's buffers before allocating the new one's.
-        self.loaded.borrow_mut().take();
+        let model = Model::from_safetensors(dir, parsed, &bytes)?;
+        let tokenizer_path = dir.join(TOKENIZER_FILE);
+        let tok = match &tokenizer {
+            Some(json) => {
+                let tok = Tokenizer::from_hf_json(
+                    json.as_bytes(),
+                    tokenizer_config.as_ref().map(|c| c.as_bytes()),
+                )
+                .map_err(|source| ModelError::Tokenizer {
+                    path: tokenizer_path.clone(),
+                    source,
+                })?;
+                fits(&tokenizer_path, &tok, &model.config)?;
+                tok
+            }
+            // As natively: without tokenizer.json the model is byte-level.
+            None => Tokenizer::byte_level(),
+        };
+        let files = bytes.len()
+            + config.len()
+            + tokenizer.as_ref().map_or(0, String::len)
+            + tokenizer_config.as_ref().map_or(0, String::len);
+        let info = self.describe(base, &model, &tok, "safetensors", files);
+        drop(bytes);
+        self.install(info, model, tok, tuning).await
+    }
+
+    /// Checks the GGUF file `bytes` (named `name` in messages) like the native loader
+    /// (llama architecture; F32, F16, BF16, Q8_0 or Q4_0 tensors) with the tokenizer its
+    /// metadata describes, checks that every buffer fits the adapter's limits, and uploads
+    /// the weights: [`Engine::load_model`] for a GGUF file (the same description and
+    /// `tuning`).
+    pub async fn load_gguf(
+        &self,
+        name: String,
+        bytes: Uint8Array,
+        tuning: Option<String>,
+    ) -> Result<String, JsError> {
+        let _busy = self.start()?;
+        let file = bytes.to_vec();
+        let (model, tok) = from_gguf_bytes(Path::new(&name), &file)?;
+        let info = self.describe(&name, &model, &tok, "gguf", file.len());
+        drop(file);
+        self.install(info, model, tok, tuning).await
+    }
+
+    fn describe(
+        &self,
+        url: &str,
+        model: &Model,
+        tokenizer: &Tokenizer,
+        format: &'static str,
+        bytes: usize,
+    ) -> ModelInfo {
         let c = &model.config;
-        let context = c.max_position_embeddings;
-        let info = ModelInfo {
-            url: base.to_string(),
+        ModelInfo {
+            url: url.to_string(),
             variant: c.variant(),
             params: model.parameter_count(),
             attention_params: model.attention_parameter_count(),
             hidden_size: c.hidden_size,
             layers: c.num_hidden_layers,
             heads: c.num_attention_heads,
-            context,
-            bytes: bytes.len() + config.len(),
+            kv_heads: c.kv_heads(),
+            vocab_size: c.vocab_size,
+            context: c.max_position_embeddings,
+            tokenizer: match tokenizer.kind() {
+                TokenizerKind::Byte => "byte-level",
+                TokenizerKind::Bpe => "BPE",
+                TokenizerKind::Spm => "SentencePiece",
+            },
+            tokenizer_tokens: tokenizer.vocab_size(),
+            format,
+            bytes,
             device: if self.on_gpu() { "webgpu" } else { "cpu" },
             gemv: Default::default(),
             tuning_cache: None,
-        };
-        let mut info = info;
+        }
+    }
+
+    /// Makes `model` the loaded one: on the GPU, refused before anything is uploaded when
+    /// a buffer would not fit the adapter's limits (naming the buffer and the limit; the
+    /// previous model stays loaded), else the previous model released, the decode GEMVs
+    /// chosen (or measured) and the weights uploaded.
+    async fn install(
+        &self,
+        mut info: ModelInfo,
+        model: Model,
+        tokenizer: Tokenizer,
+        tuning: Option<String>,
+    ) -> Result<String, JsError> {
+        let context = info.context;
+        if let Backend::Gpu(gpu) = &self.backend {
+            // Refuse before uploading anything, naming the tensor and the limit.
+            let mut limits = BufferLimits::from(gpu.limits());
+            if let Some(cap) = self.max_binding.get() {
+                limits.max_storage_buffer_binding_size =
+                    limits.max_storage_buffer_binding_size.min(cap);
+                limits.max_buffer_size = limits.max_buffer_size.min(cap);
+            }
+            check_decoder_fits(&model, 1, context, KvFormat::default(), limits).map_err(|e| {
+                match gguf_name(&e.what).filter(|_| info.format == "gguf") {
+                    // The tensor as the visitor's file names it, too.
+                    Some(name) => error(format!("{e} (`{name}` in {})", info.url)),
+                    None => error(e),
+                }
+            })?;
+        }
+        // Free the old model's buffers before allocating the new one's.
+        self.loaded.borrow_mut().take();
         let runner = match &self.backend {
             Backend::Gpu(gpu) => {
-                // Refuse before uploading anything, naming the tensor and the limit.
-                let mut limits = BufferLimits::from(gpu.limits());
-                if let Some(cap) = self.max_binding.get() {
-                    limits.max_storage_buffer_binding_size =
-                        limits.max_storage_buffer_binding_size.min(cap);
-                    limits.max_buffer_size = limits.max_buffer_size.min(cap);
-                }
-                check_decoder_fits(&model, 1, context, KvFormat::default(), limits)
-                    .map_err(error)?;
                 let mut cache = bench::tune::TuningCache::parse(tuning.as_deref().unwrap_or(""));
                 let (mut chosen, complete) = cache.tuning(gpu, &model);
                 if !complete {
@@ -431,7 +544,11 @@ impl Engine {
             Backend::Cpu => Runner::Cpu(Box::new(model)),
         };
         let json = to_json(&info)?;
-        *self.loaded.borrow_mut() = Some(Loaded { info, runner });
+        *self.loaded.borrow_mut() = Some(Loaded {
+            info,
+            runner,
+            tokenizer,
+        });
         Ok(json)
     }
 
@@ -445,17 +562,22 @@ impl Engine {
     }
 
     /// The notice for `prompt` when it is longer than the loaded model's context (its last
-    /// bytes that fit are kept), or null.
+    /// tokens that fit are kept), or null.
     pub fn prompt_notice(&self, prompt: String) -> Option<String> {
-        let context = self.loaded.borrow().as_ref()?.info.context;
-        (prompt.len() > context).then(|| prompt_notice(prompt.len(), context))
+        let loaded = self.loaded.borrow();
+        let loaded = loaded.as_ref()?;
+        let tokens = loaded.tokenizer.encode(&prompt, true).len();
+        let context = loaded.info.context;
+        (tokens > context).then(|| long_prompt_notice(&loaded.tokenizer, tokens, context))
     }
 
-    /// Generates after `prompt` (UTF-8 text, as bytes; a prompt longer than the context
-    /// keeps its last bytes that fit) with `options` (JSON: `max_tokens`, `temperature`,
-    /// `top_k`, `top_p`, `seed`), calling `on_token(text, index, token)` as each token
-    /// arrives (`text` is empty while a multi-byte character is incomplete). Resolves to
-    /// `{tokens, text, stats, notice}` (JSON). [`Engine::stop`] ends it early.
+    /// Generates after `prompt` (text, encoded by the model's tokenizer with its BOS as
+    /// `walsh generate` does; a prompt longer than the context keeps its last tokens that
+    /// fit) with `options` (JSON: `max_tokens`, `temperature`, `top_k`, `top_p`, `seed`),
+    /// calling `on_token(text, index, token)` as each token arrives (`text` is empty while
+    /// a multi-byte character is incomplete). An end-of-generation token (EOS, EOT) ends
+    /// the text. Resolves to `{tokens, text, stats, notice}` (JSON). [`Engine::stop`] ends
+    /// it early.
     pub async fn generate(
         &self,
         prompt: String,
@@ -471,9 +593,10 @@ impl Engine {
             .take()
             .ok_or_else(|| error("no model is loaded"))?;
         let context = loaded.info.context;
-        let bytes = encode_text(&prompt);
-        let (kept, dropped) = fit_prompt(&bytes, context);
-        let notice = (dropped > 0).then(|| prompt_notice(bytes.len(), context));
+        let tokens = loaded.tokenizer.encode(&prompt, true);
+        let (kept, dropped) = fit_prompt(&tokens, context);
+        let notice =
+            (dropped > 0).then(|| long_prompt_notice(&loaded.tokenizer, tokens.len(), context));
         let prompts = [kept.to_vec()];
         let default_chunk = match loaded.runner {
             Runner::Gpu(_) => DEFAULT_MAX_CHUNK,
@@ -484,11 +607,15 @@ impl Engine {
             sampling: options.sampling,
             max_chunk: options.max_chunk.unwrap_or(default_chunk),
         };
-        let mut stream = Utf8Stream::default();
+        let mut stream = loaded.tokenizer.continuation(false);
         let mut text = String::new();
         let mut callback_error = None;
+        let tokenizer = &loaded.tokenizer;
         let mut on_event = |ev: crate::model::generate::TokenEvent| {
-            let piece = stream.push(ev.token);
+            if tokenizer.is_eog(ev.token) {
+                return ControlFlow::Break(());
+            }
+            let piece = stream.push(ev.token).unwrap_or_default();
             text.push_str(&piece);
             let args = (
                 JsValue::from_str(&piece),
@@ -517,13 +644,14 @@ impl Engine {
                 Err(e) => Err(e),
             },
         };
+        text.push_str(&stream.finish());
         *self.loaded.borrow_mut() = Some(loaded);
         if let Some(message) = callback_error {
             return Err(error(format!("the on_token callback threw: {message}")));
         }
         let generation = result.map_err(|e| self.fail(&e, gpu_error(&e)))?;
-        text.push_str(&stream.finish());
         to_json(&WebGeneration {
+            prompt_tokens: &prompts[0],
             tokens: &generation.tokens[0],
             text,
             stats: &generation.stats,

@@ -12,6 +12,11 @@ const $ = (id) => document.getElementById(id);
 // Model files are cached under URLs keyed by their sha256 (web/models.json): a new
 // version of a model is a new key, and a second visit loads without the network.
 const MODEL_CACHE = 'walsh-models-v1';
+// Models opened from this computer are cached in the same cache, under
+// local-models/ID/FILE (ID from the files' names, sizes and dates), with a manifest
+// (LOCAL_MANIFEST) that the model list reads after a reload.
+const LOCAL_PREFIX = 'local-models/';
+const LOCAL_MANIFEST = 'walsh-local-model.json';
 // localStorage key of the decode-GEMV timings (bench::tune::TuningCache, keyed inside by
 // adapter and kernels, so one entry serves every adapter and build).
 const TUNING_KEY = 'walsh-tuning-v1';
@@ -23,6 +28,8 @@ const state = {
   busy: false,
   loaded: false,
   modelUrl: null,
+  // Models opened from this computer this visit, by id: {manifest, files: {name: File}}.
+  local: {},
 };
 window.walsh = {
   last: null,
@@ -103,6 +110,7 @@ async function main() {
   setupGenerate();
   setupBench();
   setupCache();
+  setupLocal();
 
   try {
     state.models = await (await fetch('models.json')).json();
@@ -118,6 +126,7 @@ async function main() {
     option.textContent = m.bytes ? `${m.name} — ${mib(m.bytes)}` : m.name;
     select.append(option);
   }
+  await listLocalModels();
   const params = new URLSearchParams(location.search);
   const wanted = params.get('model');
   if (wanted) select.value = state.models.find((m) => m.name === wanted)?.url ?? select.value;
@@ -221,6 +230,8 @@ function setBusy(busy) {
   $('bench-run').disabled = busy || !state.engine.on_gpu();
   $('model').disabled = busy;
   $('cache-clear').disabled = busy;
+  $('local-files').disabled = busy;
+  $('local-folder').disabled = busy;
 }
 
 // A run (generate or bench) ended: its stop button goes off, and the page is free again
@@ -328,8 +339,10 @@ async function modelFiles(model, progress) {
 // the GPU fail (out of memory) is tried once more on a new engine.
 async function loadModel(url, retry = true) {
   if (state.engine.gpu_failure()) await reopenEngine();
-  const model = state.models.find((m) => m.url === url);
+  const localId = url.startsWith('local:') ? url.slice('local:'.length) : null;
+  const model = localId ? null : state.models.find((m) => m.url === url);
   $('model-about').textContent = model?.about ?? '';
+  const previousUrl = state.modelUrl;
   state.loaded = false;
   state.modelUrl = url;
   setBusy(true);
@@ -338,17 +351,25 @@ async function loadModel(url, retry = true) {
   const label = $('download-label');
   bar.value = 0;
   label.textContent = 'loading…';
+  let name = url;
   try {
-    if (!model) throw new Error('it is not in models.json');
-    const files = await modelFiles(model, (received, total) => {
-      if (total) {
-        bar.value = received / total;
-        label.textContent = `${mib(received)} of ${mib(total)}`;
-      } else {
-        bar.removeAttribute('value');
-        label.textContent = mib(received);
-      }
-    });
+    let files;
+    if (localId) {
+      label.textContent = 'reading the model on this computer…';
+      files = await localFiles(localId);
+      name = files.name;
+    } else {
+      if (!model) throw new Error('it is not in models.json');
+      files = await modelFiles(model, (received, total) => {
+        if (total) {
+          bar.value = received / total;
+          label.textContent = `${mib(received)} of ${mib(total)}`;
+        } else {
+          bar.removeAttribute('value');
+          label.textContent = mib(received);
+        }
+      });
+    }
     window.walsh.lastLoad = { source: files.source, note: files.note };
     // The decode GEMVs are measured once per adapter and model shape; the choice lives in
     // localStorage (see bench::tune in the crate). Storage may be off: then it measures
@@ -356,18 +377,27 @@ async function loadModel(url, retry = true) {
     let tuning = null;
     try { tuning = localStorage.getItem(TUNING_KEY); } catch (_) { /* storage disabled */ }
     if (state.engine.on_gpu()) label.textContent = 'uploading (timing the decode kernels on a first load)…';
-    const info = JSON.parse(
-      await state.engine.load_model(url, files.config, files.weights, tuning));
+    const info = JSON.parse(files.gguf
+      ? await state.engine.load_gguf(files.name, files.gguf, tuning)
+      : await state.engine.load_model(files.name ?? url, files.config, files.weights, tuning,
+        files.tokenizer ?? null, files.tokenizerConfig ?? null));
+    window.walsh.model = info;
     if (info.tuning_cache) {
       try { localStorage.setItem(TUNING_KEY, info.tuning_cache); } catch (_) { /* full or off */ }
     }
     window.walsh.gemv = info.gemv;
     window.walsh.gemvMeasured = Boolean(info.tuning_cache);
     bar.value = 1;
+    const from = { cache: 'from the page\'s cache', network: 'downloaded', disk: 'read from this computer' };
     label.textContent = `${info.variant}: ${info.params.toLocaleString()} parameters ` +
       `(attention ${info.attention_params.toLocaleString()}), d=${info.hidden_size}, ` +
-      `${info.layers} layers, context ${info.context}, ${mib(info.bytes)} ` +
-      (files.source === 'cache' ? 'from the page\'s cache' : 'downloaded');
+      `${info.layers} layers, ${info.heads} heads (${info.kv_heads} KV), ` +
+      `vocabulary ${info.vocab_size.toLocaleString()} (${info.tokenizer} tokenizer), ` +
+      `context ${info.context}, ${mib(info.bytes)} ${from[files.source] ?? ''}`;
+    if (localId) {
+      await keepLocal(localId, files);
+      await listLocalModels();
+    }
     showNotice(files.note);
     state.loaded = true;
     updateMemory();
@@ -375,13 +405,20 @@ async function loadModel(url, retry = true) {
     setState('ready');
   } catch (e) {
     label.textContent = '';
+    if (localId && !state.local[localId]?.cached) delete state.local[localId];
+    // A model file refused before upload leaves the previous model loaded and usable.
+    if (state.engine.model()) {
+      state.loaded = true;
+      state.modelUrl = previousUrl;
+      $('model').value = previousUrl;
+    }
     await updateCacheStatus();
     setBusy(false);
     if (retry && state.engine.gpu_failure()) {
       await loadModel(url, false);
       return;
     }
-    showFailure(`Loading ${url}: ${errorText(e)}`);
+    showFailure(`${localId ? 'Opening' : 'Loading'} ${name}: ${errorText(e)}`);
   } finally {
     setBusy(false);
   }
@@ -419,7 +456,8 @@ async function updateCacheStatus() {
     return;
   }
   const files = await cachedModels();
-  const weights = files.filter((f) => f.url.includes('/model.safetensors'));
+  const weights = files.filter((f) => (f.url.includes('/model.safetensors') &&
+    !f.url.includes(`/${LOCAL_PREFIX}`)) || f.url.endsWith(`/${LOCAL_MANIFEST}`));
   const bytes = files.reduce((sum, f) => sum + f.bytes, 0);
   status.textContent = weights.length === 0
     ? 'No model is saved for offline use.'
@@ -429,8 +467,180 @@ async function updateCacheStatus() {
 function setupCache() {
   $('cache-clear').addEventListener('click', async () => {
     await caches.delete(MODEL_CACHE).catch(() => {});
+    await listLocalModels();
     await updateCacheStatus();
   });
+}
+
+// ---- models from this computer ------------------------------------------------------------
+
+function setupLocal() {
+  for (const id of ['local-files', 'local-folder']) {
+    const input = $(id);
+    input.addEventListener('change', async () => {
+      const files = [...input.files];
+      input.value = '';
+      if (files.length > 0 && !state.busy) await openLocal(files);
+    });
+  }
+}
+
+// A short, stable hash of a string (FNV-1a), for the cache key of a local model.
+function fnv1a(text) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, '0');
+}
+
+// The model in a selection of files: one .gguf file, or a folder's config.json and
+// model.safetensors with its tokenizer.json and tokenizer_config.json (the files nearest
+// the folder's top). Throws, saying what is expected, when there is neither.
+function pickLocal(files) {
+  const depth = (f) => (f.webkitRelativePath || f.name).split('/').length;
+  const sorted = [...files].sort((a, b) => depth(a) - depth(b));
+  const named = (n) => sorted.find((f) => f.name === n);
+  const config = named('config.json');
+  const weights = named('model.safetensors');
+  const ggufs = sorted.filter((f) => f.name.toLowerCase().endsWith('.gguf'));
+  const folder = sorted[0]?.webkitRelativePath?.split('/')[0] || null;
+  let picked;
+  if (config && weights) {
+    picked = { kind: 'folder', name: folder ?? 'model folder',
+      files: { 'config.json': config, 'model.safetensors': weights } };
+    for (const n of ['tokenizer.json', 'tokenizer_config.json']) {
+      if (named(n)) picked.files[n] = named(n);
+    }
+  } else if (ggufs.length === 1) {
+    picked = { kind: 'gguf', name: ggufs[0].name, files: { [ggufs[0].name]: ggufs[0] } };
+  } else {
+    const names = sorted.slice(0, 6).map((f) => f.name).join(', ');
+    throw new Error(ggufs.length > 1
+      ? `choose one .gguf file, not ${ggufs.length}`
+      : 'choose a .gguf file, or a folder (or its files) with config.json and ' +
+        `model.safetensors: the selection has ${names}${sorted.length > 6 ? ', …' : ''}`);
+  }
+  const list = Object.values(picked.files);
+  const key = list.map((f) => `${f.name}:${f.size}:${f.lastModified}`).join('|');
+  const bytes = list.reduce((sum, f) => sum + f.size, 0);
+  picked.id = `${picked.name.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 60)}-${fnv1a(key)}`;
+  picked.manifest = { id: picked.id, name: picked.name, kind: picked.kind,
+    files: Object.keys(picked.files), bytes };
+  return picked;
+}
+
+// Opens files the visitor chose (a .gguf file or a model folder): read here, never sent.
+async function openLocal(files) {
+  $('failure').hidden = true;
+  let picked;
+  try {
+    picked = pickLocal(files);
+  } catch (e) {
+    showFailure(`Opening a model from this computer: ${errorText(e)}`);
+    return;
+  }
+  state.local[picked.id] = { manifest: picked.manifest, files: picked.files, cached: false };
+  await loadModel(`local:${picked.id}`);
+}
+
+function localKey(id, file) {
+  return new URL(`${LOCAL_PREFIX}${encodeURIComponent(id)}/${encodeURIComponent(file)}`,
+    location.href).href;
+}
+
+// The engine's inputs for a local model: from the files chosen this visit, else from the
+// page's cache.
+async function localFiles(id) {
+  const open = state.local[id];
+  const read = async (name, asText) => {
+    if (open) {
+      const f = open.files[name];
+      return asText ? f.text() : new Uint8Array(await f.arrayBuffer());
+    }
+    const cache = await openCache();
+    const hit = cache && await cache.match(localKey(id, name));
+    if (!hit) throw new Error(`${name} is no longer in the page's cache: open the model again`);
+    return asText ? hit.text() : new Uint8Array(await hit.arrayBuffer());
+  };
+  let manifest = open?.manifest;
+  if (!manifest) {
+    const cache = await openCache();
+    const hit = cache && await cache.match(localKey(id, LOCAL_MANIFEST));
+    if (!hit) throw new Error('it is no longer in the page\'s cache: open it again');
+    manifest = await hit.json();
+  }
+  const source = open ? 'disk' : 'cache';
+  if (manifest.kind === 'gguf') {
+    return { name: manifest.name, gguf: await read(manifest.files[0], false), source, note: null };
+  }
+  const has = (n) => manifest.files.includes(n);
+  return {
+    name: manifest.name,
+    config: await read('config.json', true),
+    weights: await read('model.safetensors', false),
+    tokenizer: has('tokenizer.json') ? await read('tokenizer.json', true) : null,
+    tokenizerConfig: has('tokenizer_config.json') ? await read('tokenizer_config.json', true) : null,
+    source,
+    note: null,
+  };
+}
+
+// Saves a model opened from this computer into the page's cache (once it loaded), so the
+// model list offers it after a reload; a full quota becomes a notice.
+async function keepLocal(id, files) {
+  const open = state.local[id];
+  if (!open || open.cached) return;
+  open.cached = true;
+  const cache = await openCache();
+  if (!cache) return;
+  const keys = [...open.manifest.files, LOCAL_MANIFEST];
+  try {
+    for (const name of open.manifest.files) {
+      await cache.put(localKey(id, name), new Response(open.files[name], {
+        headers: { 'content-type': 'application/octet-stream' },
+      }));
+    }
+    await cache.put(localKey(id, LOCAL_MANIFEST), new Response(JSON.stringify(open.manifest), {
+      headers: { 'content-type': 'application/json' },
+    }));
+  } catch (e) {
+    for (const name of keys) await cache.delete(localKey(id, name)).catch(() => {});
+    open.note = `${open.manifest.name} was not saved in the page's cache: ` + (
+      e?.name === 'QuotaExceededError'
+        ? `the browser's storage quota for this site is full (${errorText(e)}). It runs now; ` +
+          'open it again after a reload.'
+        : errorText(e));
+  }
+  files.note = open.note ?? null;
+}
+
+// The local models in the page's cache (and those opened this visit) as entries of the
+// model list, after the shipped ones.
+async function listLocalModels() {
+  const manifests = {};
+  const cache = await openCache();
+  if (cache) {
+    for (const request of await cache.keys()) {
+      if (!request.url.endsWith(`/${LOCAL_MANIFEST}`)) continue;
+      try {
+        const m = await (await cache.match(request)).json();
+        manifests[m.id] = m;
+      } catch (_) { /* a damaged entry: not listed */ }
+    }
+  }
+  for (const [id, open] of Object.entries(state.local)) manifests[id] ??= open.manifest;
+  const select = $('model');
+  const current = state.modelUrl ?? select.value;
+  for (const o of [...select.options]) if (o.value.startsWith('local:')) o.remove();
+  for (const m of Object.values(manifests)) {
+    const option = document.createElement('option');
+    option.value = `local:${m.id}`;
+    option.textContent = `${m.name} — ${mib(m.bytes)} (from this computer)`;
+    select.append(option);
+  }
+  if ([...select.options].some((o) => o.value === current)) select.value = current;
 }
 
 // ---- generation -------------------------------------------------------------------------

@@ -32,7 +32,8 @@ pub struct GemvTune {
     pub format: WeightFormat,
     pub products: Vec<Product>,
     /// Per candidate (kernel name): µs of one decode step's products of this format,
-    /// the median over rounds that alternate the candidates.
+    /// the median over rounds that alternate the candidates (one round for a candidate
+    /// [`PRUNE_FACTOR`] behind the fastest in the first).
     pub candidates: Vec<(String, f64)>,
     pub chosen: String,
 }
@@ -127,8 +128,23 @@ fn matrix(
     })
 }
 
+/// Most output rows of a product that [`tune_gemv`] runs: a taller product (a head of a
+/// large vocabulary, 128256 rows for Llama 3) is timed on its first rows and its time
+/// scaled by its rows. Every GEMV's time grows with the rows once they fill the GPU, and
+/// the whole head made a one-workgroup-per-row GEMV take 9 s per run on SwiftShader
+/// (and tuning a model take minutes in the page), or, for a large model's head, as much
+/// memory as the head again.
+pub const MAX_TUNE_ROWS: usize = 4096;
+
+/// A candidate slower than this many times the fastest in the first round is not run in
+/// the later ones: its one time stands (on SwiftShader the one-workgroup-per-row GEMVs run
+/// 45x behind on a large head, and their rounds were most of the tuning's time).
+pub const PRUNE_FACTOR: f64 = 4.0;
+
 /// Times every GEMV that can run all of `products` in `format` on `gpu`, `rounds` times
-/// alternating, and picks the fastest.
+/// alternating, and picks the fastest (products taller than [`MAX_TUNE_ROWS`] timed on
+/// that many rows, scaled; candidates behind by [`PRUNE_FACTOR`] after the first round
+/// dropped).
 pub async fn tune_gemv(
     gpu: &Gpu,
     format: WeightFormat,
@@ -157,21 +173,32 @@ pub async fn tune_gemv(
     }
     let mut bound = Vec::with_capacity(products.len());
     for p in products {
+        // Even where n_out is (gemv_cols pairs rows): MAX_TUNE_ROWS is.
+        let rows = p.n_out.min(MAX_TUNE_ROWS);
         bound.push(Bound {
-            w: matrix(gpu, format, p.n_out, p.n_in, false)?,
+            w: matrix(gpu, format, rows, p.n_in, false)?,
             wt: if transposable && candidates.contains(&Kernel::GemvCols) {
-                Some(matrix(gpu, format, p.n_out, p.n_in, true)?)
+                Some(matrix(gpu, format, rows, p.n_in, true)?)
             } else {
                 None
             },
             x: gpu.upload(MemoryCategory::Activations, "tune x", &values(p.n_in, 1))?,
-            y: gpu.storage(MemoryCategory::Activations, "tune y", (p.n_out * 4) as u64)?,
+            y: gpu.storage(MemoryCategory::Activations, "tune y", (rows * 4) as u64)?,
             norm: gpu.upload(MemoryCategory::Activations, "tune norm", &values(p.n_in, 2))?,
         });
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); candidates.len()];
-    for _ in 0..rounds.max(1) {
+    for round in 0..rounds.max(1) {
+        // After the first round, a candidate far behind the fastest is not run again.
+        let first: Vec<f64> = samples
+            .iter()
+            .map(|s| s.first().copied().unwrap_or(f64::INFINITY))
+            .collect();
+        let fastest = first.iter().copied().fold(f64::INFINITY, f64::min);
         for (c, &kernel) in candidates.iter().enumerate() {
+            if round > 0 && first[c] > PRUNE_FACTOR * fastest {
+                continue;
+            }
             let mut total = 0.0;
             for (p, b) in products.iter().zip(&bound) {
                 let (w, transposed) = match (&b.wt, kernel) {
@@ -206,7 +233,8 @@ pub async fn tune_gemv(
                     )?)
                 })
                 .await?;
-                total += stats.median_s * p.count as f64;
+                let scale = p.n_out as f64 / p.n_out.min(MAX_TUNE_ROWS) as f64;
+                total += stats.median_s * p.count as f64 * scale;
             }
             samples[c].push(total * 1e6);
         }
@@ -411,6 +439,47 @@ mod tests {
                 assert_eq!(t.chosen, best.0);
                 assert_eq!(t.key(), format!("{} 64x64x2n 34x40x1", format.name()));
             }
+        }
+    }
+
+    #[test]
+    fn a_tall_head_is_timed_on_its_first_rows() {
+        for gpu in test_gpus().into_iter().take(1) {
+            // A head 8x the cap: the matrix tuned is the cap's rows, and every candidate's
+            // time stands for the whole head (about 8x the cap's).
+            let tall = Product {
+                n_out: 8 * MAX_TUNE_ROWS,
+                n_in: 32,
+                count: 1,
+                normed: true,
+            };
+            gpu.memory().reset_peak();
+            let before = gpu.memory().report().current_bytes;
+            let t = pollster::block_on(tune_gemv(&gpu, WeightFormat::F16, &[tall], 3)).unwrap();
+            let peak = gpu.memory().report().peak_bytes - before;
+            let full = (tall.n_out * tall.n_in * 2) as u64;
+            assert!(peak < full / 2, "{peak} bytes for a {full}-byte head");
+            let capped = Product {
+                n_out: MAX_TUNE_ROWS,
+                ..tall
+            };
+            let c = pollster::block_on(tune_gemv(&gpu, WeightFormat::F16, &[capped], 3)).unwrap();
+            let time = |t: &GemvTune, k: &str| t.candidates.iter().find(|c| c.0 == k).unwrap().1;
+            // Medians of 3 on a shared machine: wide bounds, but a time not scaled would
+            // be 8x below.
+            let ratio = time(&t, "gemv_outputs") / time(&c, "gemv_outputs");
+            assert!(
+                (2.0..32.0).contains(&ratio),
+                "{ratio} on {}",
+                gpu.describe()
+            );
+            let best = t
+                .candidates
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            assert_eq!(t.chosen, best.0);
+            assert_eq!(t.products, [tall]);
         }
     }
 

@@ -7,7 +7,8 @@
 //
 //   node e2e.mjs test  URL ARTIFACTS_DIR [BROWSERS]   (env WALSH_PROMPT,
 //                      WALSH_EXPECTED_TOKENS, WALSH_LONG_PROMPT, WALSH_LONG_EXPECTED,
-//                      WALSH_Q4_MODEL, WALSH_Q4_EXPECTED)
+//                      WALSH_Q4_MODEL, WALSH_Q4_EXPECTED, WALSH_LOCAL: the models the
+//                      page opens from disk, see local_models in xtask/src/e2e.rs)
 //   node e2e.mjs bench URL OUT_DIR SUITES [quick]
 //   node e2e.mjs ratio LABEL=URL[,LABEL=URL...] PROMPT TOKENS RUNS [BROWSERS]
 //
@@ -52,7 +53,10 @@ class Tab {
     this.page = page;
     this.context = context;
     this.modelRequests = 0;
+    // Every request the page makes (opening a model from disk must make none).
+    this.requests = [];
     page.on('request', (r) => {
+      this.requests.push(r.url());
       if (r.url().includes('/model.safetensors')) this.modelRequests++;
     });
     page.on('pageerror', (e) => console.log(`page error: ${e.message ?? e}`));
@@ -133,6 +137,18 @@ class Tab {
 
   failure() {
     return this.text('#failure-message');
+  }
+
+  // Chooses `paths` in the file input at `selector`, as a visitor does in the file dialog
+  // (a folder's path for a `webkitdirectory` input; Chromium). Playwright sets them
+  // through the DevTools protocol, puppeteer through WebDriver BiDi's input.setFiles.
+  async setFiles(selector, paths) {
+    if (this.kind === 'playwright') {
+      await this.page.setInputFiles(selector, paths);
+    } else {
+      const input = await this.page.$(selector);
+      await input.uploadFile(...paths);
+    }
   }
 }
 
@@ -297,6 +313,7 @@ async function webgpuChecks(check, b, url, env, shots, summary) {
     }
   });
   await q4Check(check, b, label, env, summary);
+  await localChecks(check, b, url, env, summary);
 }
 
 // The q4 model, chosen in the model list (which shows each model's download size): its
@@ -332,6 +349,144 @@ async function q4Check(check, b, label, env, summary) {
   // Whatever happened above, the default model again for the checks that follow.
   await tab.select('#model', previous).catch(() => {});
   await loaded(tab, 'webgpu').catch(() => {});
+}
+
+// Opens `paths` through the file input at `selector` and waits for the model to load (or
+// fail): the state is marked first, as the input's change event may come after the call.
+async function openFiles(tab, selector, paths) {
+  await tab.eval(() => { document.body.dataset.state = 'choosing'; });
+  await tab.setFiles(selector, paths);
+  return tab.state(['ready', 'error'], READY_TIMEOUT);
+}
+
+// Greedy tokens of a model opened from disk (`want`: prompt, tokens, text and, for the
+// GGUF file, llama.cpp's prompt_ids) against the reference, in ids and text.
+async function compareLocal(tab, want) {
+  const last = await generateIn(tab, want.prompt, want.tokens.length);
+  deepStrictEqual(last.tokens, want.tokens);
+  if (want.prompt_ids) deepStrictEqual(last.prompt_tokens, want.prompt_ids);
+  if (last.text !== want.text) {
+    throw new Error(`text ${JSON.stringify(last.text)}, natively ${JSON.stringify(want.text)}`);
+  }
+  return last;
+}
+
+// The value of the model list's entry for the model opened from disk as `name`.
+async function cachedOption(tab, name) {
+  const value = await tab.eval((n) => [...document.querySelectorAll('#model option')]
+    .find((o) => o.value.startsWith('local:') && o.textContent.includes(n))?.value, name);
+  if (!value) throw new Error(`the model list does not offer ${name}`);
+  return value;
+}
+
+// Models opened from this computer (the "Open a model" control): the llama-bpe GGUF file
+// in both browsers (llama.cpp's tokens), the model folder (the native CPU decoder's
+// tokens) through the folder input in Chromium and the multi-file input in Firefox, the
+// GGUF file from the page's cache after a reload (Firefox: llama.cpp's tokens again;
+// Chromium: refused against a smaller binding limit), and a truncated file refused with a
+// message. Then the default model again, for the checks that follow.
+async function localChecks(check, b, url, env, summary) {
+  const { tab } = b;
+  const started = Date.now();
+  const label = `${b.name} ${b.version}`;
+  const { gguf, folder, broken } = env.local;
+  const previous = await tab.eval(() => document.getElementById('model').value);
+  await check(`${label}: a GGUF file opened from this computer (Llama 3 vocabulary, GQA) ` +
+    `gives llama.cpp's prompt ids and ${gguf.tokens.length} greedy tokens, and the native text`,
+  async () => {
+    const before = tab.requests.length;
+    const st = await openFiles(tab, '#local-files', [gguf.path]);
+    if (st !== 'ready') throw new Error(`page state ${st}: ${await tab.failure()}`);
+    const info = await tab.eval(() => window.walsh.model);
+    const want = { format: 'gguf', heads: 8, kv_heads: 2, hidden_size: 32,
+      vocab_size: 128256, tokenizer: 'BPE' };
+    for (const [k, v] of Object.entries(want)) {
+      if (info[k] !== v) throw new Error(`${k} is ${JSON.stringify(info[k])}, not ${v}: ${JSON.stringify(info)}`);
+    }
+    const load = await tab.eval(() => window.walsh.lastLoad);
+    if (load?.source !== 'disk') throw new Error(`the model came from ${load?.source}`);
+    const last = await compareLocal(tab, gguf);
+    // Read in the tab, never sent: no request at all while opening and generating.
+    const made = tab.requests.slice(before);
+    if (made.length > 0) throw new Error(`the page made requests: ${made.join(', ')}`);
+    summary.local_gguf = await tab.text('#download-label');
+    summary.local_gguf_decode_tokens_per_s = last.stats.decode_tokens_per_s;
+    const option = await tab.eval(() => [...document.querySelectorAll('#model option')]
+      .find((o) => o.selected)?.textContent ?? '');
+    if (!option.includes(gguf.name) || !option.includes('from this computer')) {
+      throw new Error(`the model list shows ${JSON.stringify(option)}`);
+    }
+  });
+  const chromium = b.name === 'Chromium';
+  await check(`${label}: a model folder (config.json, model.safetensors, tokenizer.json) ` +
+    `opened through the ${chromium ? 'folder' : 'multi-file'} input gives the native CPU ` +
+    `decoder's ${folder.tokens.length} greedy tokens and text`, async () => {
+    const st = chromium
+      ? await openFiles(tab, '#local-folder', [folder.path])
+      : await openFiles(tab, '#local-files', folder.files);
+    if (st !== 'ready') throw new Error(`page state ${st}: ${await tab.failure()}`);
+    const info = await tab.eval(() => window.walsh.model);
+    if (info.format !== 'safetensors' || info.tokenizer !== 'BPE' || info.kv_heads !== 2) {
+      throw new Error(`model ${JSON.stringify(info)}`);
+    }
+    await compareLocal(tab, folder);
+  });
+  if (chromium) {
+    // A page that checks against a 1 MiB binding limit still loads the default model (its
+    // largest buffer is 768 KiB), and the rest of the Chromium checks run on it.
+    await check(`${label}: after a reload the model list offers the GGUF file from the ` +
+      'page\'s cache, and a smaller binding limit refuses it before upload, naming the tensor',
+    async () => {
+      await tab.goto(`${url}?max_binding=1048576`);
+      await loaded(tab, 'webgpu');
+      const value = await cachedOption(tab, gguf.name);
+      const memory = () => tab.eval(() => JSON.parse(window.walsh.memory()).current_bytes);
+      const before = await memory();
+      await tab.select('#model', value);
+      const st = await tab.state(['ready', 'error'], READY_TIMEOUT);
+      const message = await tab.failure();
+      if (st !== 'error') throw new Error(`page state ${st}`);
+      for (const part of ['model.embed_tokens.weight', 'token_embd.weight',
+        'maxStorageBufferBindingSize', '1048576']) {
+        if (!message.includes(part)) throw new Error(`the message does not name ${part}: ${message}`);
+      }
+      // Nothing uploaded, and the default model still loaded.
+      const after = await memory();
+      if (after !== before) throw new Error(`GPU memory ${before} bytes before, ${after} after`);
+      const selected = await tab.eval(() => document.getElementById('model').value);
+      if (selected !== previous) throw new Error(`the model list shows ${selected}`);
+    });
+  } else {
+    await check(`${label}: after a reload the GGUF file reopens from the page's cache and ` +
+      'gives llama.cpp\'s tokens again', async () => {
+      const before = tab.modelRequests;
+      await tab.reload();
+      await loaded(tab, 'webgpu');
+      const value = await cachedOption(tab, gguf.name);
+      await tab.select('#model', value);
+      const st = await tab.state(['ready', 'error'], READY_TIMEOUT);
+      if (st !== 'ready') throw new Error(`page state ${st}: ${await tab.failure()}`);
+      const load = await tab.eval(() => window.walsh.lastLoad);
+      if (load?.source !== 'cache') throw new Error(`the model came from ${load?.source}`);
+      if (tab.modelRequests !== before) throw new Error('the page made a model request');
+      await compareLocal(tab, gguf);
+    });
+  }
+  await check(`${label}: a truncated GGUF file is refused with a message naming it`, async () => {
+    const st = await openFiles(tab, '#local-files', [broken]);
+    const message = await tab.failure();
+    if (st !== 'error') throw new Error(`page state ${st}`);
+    for (const part of ['truncated.gguf', 'truncated GGUF']) {
+      if (!message.includes(part)) throw new Error(`the message does not name ${part}: ${message}`);
+    }
+    // The model loaded before stays usable.
+    if (await tab.eval(() => document.getElementById('generate').disabled)) {
+      throw new Error('Generate is off after the refused file');
+    }
+  });
+  await tab.select('#model', previous).catch(() => {});
+  await loaded(tab, 'webgpu').catch(() => {});
+  summary.local_seconds = Math.round((Date.now() - started) / 1000);
 }
 
 // Chromium-only checks of the WebGPU page (one engine for all of them: each is cheap there
@@ -465,11 +620,13 @@ async function testMode(url, artifacts, browsers) {
       url: process.env.WALSH_Q4_MODEL,
       expected: JSON.parse(process.env.WALSH_Q4_EXPECTED ?? 'null'),
     },
+    local: JSON.parse(process.env.WALSH_LOCAL ?? 'null'),
   };
   if (!env.prompt || !Array.isArray(env.expected) || !env.longPrompt ||
-      !Array.isArray(env.longExpected) || !env.q4.url || !Array.isArray(env.q4.expected)) {
+      !Array.isArray(env.longExpected) || !env.q4.url || !Array.isArray(env.q4.expected) ||
+      !env.local?.gguf || !env.local?.folder || !env.local?.broken) {
     throw new Error('WALSH_PROMPT, WALSH_EXPECTED_TOKENS, WALSH_LONG_PROMPT, ' +
-      'WALSH_LONG_EXPECTED, WALSH_Q4_MODEL and WALSH_Q4_EXPECTED must be set');
+      'WALSH_LONG_EXPECTED, WALSH_Q4_MODEL, WALSH_Q4_EXPECTED and WALSH_LOCAL must be set');
   }
   mkdirSync(artifacts, { recursive: true });
   const results = [];

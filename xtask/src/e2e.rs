@@ -3,7 +3,7 @@
 //! `xtask/node/e2e.mjs`.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
@@ -27,6 +27,16 @@ const LONG_TOKENS: usize = 8;
 const Q4_MODEL: &str = "shakespeare-hadamard-q4";
 /// The browsers of the test, in order.
 const BROWSERS: &str = "chromium,firefox";
+/// The GGUF file the page opens from disk: the llama-bpe fixture (d_model 32, 8 heads, 2
+/// KV heads, Llama 3's vocabulary) in Q8_0, joined from its committed pieces, with the
+/// llama.cpp case whose prompt and greedy tokens the page must reproduce.
+const LOCAL_GGUF_TAG: &str = "q8_0";
+const LOCAL_GGUF_PROMPT: &str = "The quick brown fox";
+/// The folder the page opens from disk: a random-weight GQA model (d_model 32, 8 heads, 2
+/// KV heads) that `walsh init-model` makes with the chat fixture's tokenizer.json and
+/// tokenizer_config.json (a 704-token Llama 3-style BPE, BOS added).
+const LOCAL_FOLDER_PROMPT: &str = "ROMEO.\nWhat light";
+const LOCAL_FOLDER_TOKENS: usize = 16;
 
 /// Counts of the browser checks, and what the page measured.
 pub struct Outcome {
@@ -131,8 +141,9 @@ pub fn test(walsh: Walsh) -> Result<Outcome> {
     let long_expected = reference_tokens(&walsh, None, LONG_PROMPT, LONG_TOKENS)?;
     let q4_model = format!("models/{Q4_MODEL}");
     let q4_expected = reference_tokens(&walsh, Some(&q4_model), PROMPT, TOKENS)?;
-    let server = Server::start(&walsh, &[])?;
     let artifacts = web::target_dir(&root()).join("e2e");
+    let local = local_models(&walsh, &artifacts.join("local-models"))?;
+    let server = Server::start(&walsh, &[])?;
     let mut cmd = node(&["test", &server.url, &artifacts.to_string_lossy(), BROWSERS]);
     cmd.env("WALSH_PROMPT", PROMPT)
         .env("WALSH_EXPECTED_TOKENS", serde_json::to_string(&expected)?)
@@ -143,6 +154,7 @@ pub fn test(walsh: Walsh) -> Result<Outcome> {
         )
         .env("WALSH_Q4_MODEL", &q4_model)
         .env("WALSH_Q4_EXPECTED", serde_json::to_string(&q4_expected)?)
+        .env("WALSH_LOCAL", local.to_string())
         .stdout(Stdio::piped());
     private_runtime_dir(&mut cmd)?;
     eprintln!("xtask: $ {cmd:?}");
@@ -187,6 +199,118 @@ pub(crate) fn output_of(cmd: &mut Command, what: &str) -> Result<Output> {
         bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(out)
+}
+
+/// Writes the models the page opens from disk into `dir` and returns what the browser test
+/// expects of them (JSON, `WALSH_LOCAL` for e2e.mjs): the joined llama-bpe GGUF file with
+/// llama.cpp's prompt ids and greedy tokens (which the native CPU decoder must give too)
+/// and the native detokenized text; a folder with `config.json`, `model.safetensors`,
+/// `tokenizer.json` and `tokenizer_config.json` with the native CPU decoder's tokens and
+/// text; and a truncated GGUF file the page must refuse with a message.
+fn local_models(walsh: &PathBuf, dir: &Path) -> Result<serde_json::Value> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+
+    // The GGUF file, and llama.cpp's run of it.
+    let gguf = dir.join(format!("llama-bpe-{LOCAL_GGUF_TAG}.gguf"));
+    let bytes = crate::gguf_join::llama_bpe_file(&root(), LOCAL_GGUF_TAG)?;
+    std::fs::write(&gguf, &bytes)?;
+    let json = std::fs::read_to_string(root().join("tests/data/gguf/llama-bpe/llama_cpp.json"))?;
+    let reference: serde_json::Value = serde_json::from_str(&json)?;
+    let case = reference[LOCAL_GGUF_TAG]
+        .as_array()
+        .and_then(|cases| cases.iter().find(|c| c["prompt"] == LOCAL_GGUF_PROMPT))
+        .context("llama_cpp.json has no case for the page's GGUF prompt")?;
+    let prompt_ids: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone())?;
+    let tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone())?;
+    let gguf_path = gguf.to_string_lossy().to_string();
+    let native = reference_tokens(walsh, Some(&gguf_path), LOCAL_GGUF_PROMPT, tokens.len())?;
+    if native != tokens {
+        bail!("the native CPU decoder gives {native:?} on {gguf_path}, llama.cpp {tokens:?}");
+    }
+    let gguf_text = native_text(walsh, &gguf_path, LOCAL_GGUF_PROMPT, tokens.len())?;
+
+    // The folder: config.json + model.safetensors + tokenizer.json (+ tokenizer_config.json).
+    let folder = dir.join("chat-gqa");
+    let mut init = Command::new(walsh);
+    init.current_dir(root())
+        .args(["init-model", "--out"])
+        .arg(&folder)
+        .args(["--hidden-size", "32", "--layers", "2", "--heads", "8"])
+        .args(["--kv-heads", "2", "--context", "64", "--seed", "5"])
+        .args(["--tokenizer", "tests/data/chat/tokenizer.json"]);
+    output_of(&mut init, "walsh init-model")?;
+    let folder_path = folder.to_string_lossy().to_string();
+    let folder_tokens = reference_tokens(
+        walsh,
+        Some(&folder_path),
+        LOCAL_FOLDER_PROMPT,
+        LOCAL_FOLDER_TOKENS,
+    )?;
+    let folder_text = native_text(
+        walsh,
+        &folder_path,
+        LOCAL_FOLDER_PROMPT,
+        LOCAL_FOLDER_TOKENS,
+    )?;
+    let mut files: Vec<String> = std::fs::read_dir(&folder)?
+        .map(|e| Ok(e?.path().to_string_lossy().to_string()))
+        .collect::<Result<_>>()?;
+    files.sort();
+
+    // A GGUF file cut short: its tensor data is missing.
+    let broken = dir.join("truncated.gguf");
+    std::fs::write(&broken, &bytes[..bytes.len().min(4096)])?;
+
+    Ok(serde_json::json!({
+        "gguf": {
+            "path": gguf_path,
+            "name": gguf.file_name().map(|n| n.to_string_lossy()),
+            "prompt": LOCAL_GGUF_PROMPT,
+            "prompt_ids": prompt_ids,
+            "tokens": tokens,
+            "text": gguf_text,
+        },
+        "folder": {
+            "path": folder_path,
+            "files": files,
+            "prompt": LOCAL_FOLDER_PROMPT,
+            "tokens": folder_tokens,
+            "text": folder_text,
+        },
+        "broken": broken.to_string_lossy(),
+    }))
+}
+
+/// The text `walsh generate` prints after `prompt` (greedy, on the CPU) from `model`, an
+/// end-of-generation token ending it, as the page's.
+fn native_text(walsh: &PathBuf, model: &str, prompt: &str, tokens: usize) -> Result<String> {
+    let mut cmd = Command::new(walsh);
+    cmd.current_dir(root())
+        .args([
+            "generate", "--model", model, "--device", "cpu", "--prompt", prompt,
+        ])
+        .args(["--max-tokens", &tokens.to_string()])
+        .args([
+            "--temperature",
+            "0",
+            "--top-k",
+            "0",
+            "--top-p",
+            "1",
+            "--seed",
+            "0",
+        ]);
+    let out = output_of(&mut cmd, "walsh generate --device cpu")?;
+    let stdout = String::from_utf8(out.stdout).context("walsh generate printed non-UTF-8")?;
+    // It prints the prompt, the text and a newline.
+    let text = stdout
+        .strip_prefix(prompt)
+        .and_then(|t| t.strip_suffix('\n'))
+        .with_context(|| format!("walsh generate printed {stdout:?}"))?;
+    Ok(text.to_string())
 }
 
 /// The native CPU reference's greedy tokens for `prompt` from `model` (a model folder

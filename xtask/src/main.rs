@@ -27,6 +27,7 @@ use anyhow::{Context, Result, bail};
 mod clients;
 mod e2e;
 mod fuzz;
+mod gguf_join;
 mod install;
 mod ratio;
 mod web;
