@@ -284,14 +284,15 @@ fn local_models(walsh: &PathBuf, dir: &Path) -> Result<serde_json::Value> {
     }))
 }
 
-/// The text `walsh generate` prints after `prompt` (greedy, on the CPU) from `model`, an
-/// end-of-generation token ending it, as the page's.
-fn native_text(walsh: &PathBuf, model: &str, prompt: &str, tokens: usize) -> Result<String> {
+/// `walsh generate` of `tokens` greedy tokens after `prompt` on the CPU decoder, from
+/// `model` (the default model when `None`), run in the repository.
+fn cpu_greedy(walsh: &PathBuf, model: Option<&str>, prompt: &str, tokens: usize) -> Command {
     let mut cmd = Command::new(walsh);
-    cmd.current_dir(root())
-        .args([
-            "generate", "--model", model, "--device", "cpu", "--prompt", prompt,
-        ])
+    cmd.current_dir(root()).arg("generate");
+    if let Some(m) = model {
+        cmd.args(["--model", m]);
+    }
+    cmd.args(["--device", "cpu", "--prompt", prompt])
         .args(["--max-tokens", &tokens.to_string()])
         .args([
             "--temperature",
@@ -303,6 +304,13 @@ fn native_text(walsh: &PathBuf, model: &str, prompt: &str, tokens: usize) -> Res
             "--seed",
             "0",
         ]);
+    cmd
+}
+
+/// The text `walsh generate` prints after `prompt` (greedy, on the CPU) from `model`, an
+/// end-of-generation token ending it, as the page's.
+fn native_text(walsh: &PathBuf, model: &str, prompt: &str, tokens: usize) -> Result<String> {
+    let mut cmd = cpu_greedy(walsh, Some(model), prompt, tokens);
     let out = output_of(&mut cmd, "walsh generate --device cpu")?;
     let stdout = String::from_utf8(out.stdout).context("walsh generate printed non-UTF-8")?;
     // It prints the prompt, the text and a newline.
@@ -321,24 +329,8 @@ fn reference_tokens(
     prompt: &str,
     tokens: usize,
 ) -> Result<Vec<u32>> {
-    let mut cmd = Command::new(walsh);
-    cmd.arg("generate");
-    if let Some(m) = model {
-        cmd.args(["--model", m]);
-    }
-    cmd.current_dir(root())
-        .args(["--device", "cpu", "--json", "--prompt", prompt])
-        .args(["--max-tokens", &tokens.to_string()])
-        .args([
-            "--temperature",
-            "0",
-            "--top-k",
-            "0",
-            "--top-p",
-            "1",
-            "--seed",
-            "0",
-        ]);
+    let mut cmd = cpu_greedy(walsh, model, prompt, tokens);
+    cmd.arg("--json");
     let out = output_of(&mut cmd, "walsh generate --device cpu")?;
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("reading walsh generate --json output")?;
