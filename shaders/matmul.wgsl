@@ -54,19 +54,7 @@ override EPI: u32 = EPI_STORE;
 // its up row together with EPI_SWIGLU, else one row.
 override OUTS: u32 = select(1u, 2u, EPI == EPI_SWIGLU);
 
-// The host binds one Params at binding 0 (`MatmulParams` in src/ops/matmul.rs). Each
-// entry point copies it into `params` first (`load_params`), indexing the one-element
-// array with the workgroup's z, always 0 (grids are 1-D or 2-D): a runtime index, so
-// lavapipe (Mesa 22.3) cannot inline the values into the shader. It inlines uniforms that
-// loops and branches test and, while that shrinks the shader, compiles it again at every
-// dispatch (a 4-row decode step's gate/up product at 5x its time; docs/serving.md).
-@group(0) @binding(0) var<uniform> params_in: array<Params, 1>;
-var<private> params: Params;
-
-fn load_params(wid: vec3<u32>) {
-    params = params_in[wid.z];
-}
-
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
@@ -479,7 +467,6 @@ fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: 
 @compute @workgroup_size(GEMV_WG)
 fn gemv(@builtin(local_invocation_index) t: u32,
         @builtin(workgroup_id) wid: vec3<u32>) {
-    load_params(wid);
     let b = gemv_block(wid, params.n_out / OUTS, 1u);
     if (!b.valid) {
         return;
@@ -523,7 +510,6 @@ fn gemv(@builtin(local_invocation_index) t: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_outputs(@builtin(local_invocation_index) t: u32,
                 @builtin(workgroup_id) wid: vec3<u32>) {
-    load_params(wid);
     let units = params.n_out / OUTS;
     let b = gemv_block(wid, units, GEMV_WG);
     if (!b.valid) {
@@ -554,7 +540,6 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_outputs_wide(@builtin(local_invocation_index) t: u32,
                      @builtin(workgroup_id) wid: vec3<u32>) {
-    load_params(wid);
     let units = params.n_out / OUTS;
     let b = gemv_block(wid, units, GEMV_WG);
     if (!b.valid) {
@@ -585,7 +570,6 @@ fn gemv_outputs_wide(@builtin(local_invocation_index) t: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_cols(@builtin(local_invocation_index) t: u32,
              @builtin(workgroup_id) wid: vec3<u32>) {
-    load_params(wid);
     let pairs = params.n_out / 2u;
     let b = gemv_block(wid, pairs, GEMV_WG);
     if (!b.valid) {
@@ -695,7 +679,6 @@ fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_wide(@builtin(local_invocation_index) t: u32,
              @builtin(workgroup_id) wid: vec3<u32>) {
-    load_params(wid);
     let units = params.n_out / OUTS;
     let b = gemv_block(wid, units, WIDE_UNITS);
     if (!b.valid) {
@@ -757,7 +740,6 @@ var<workgroup> ws: array<array<f32, TILE_O>, TILE_K>;
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) t: u32,
         @builtin(workgroup_id) wid: vec3<u32>) {
-    load_params(wid);
     let id = wid.y * params.tiles_x + wid.x;
     let tiles_o = (params.n_out + TILE_O - 1u) / TILE_O;
     let tiles_r = (params.rows + TILE_R - 1u) / TILE_R;
