@@ -54,7 +54,19 @@ override EPI: u32 = EPI_STORE;
 // its up row together with EPI_SWIGLU, else one row.
 override OUTS: u32 = select(1u, 2u, EPI == EPI_SWIGLU);
 
-@group(0) @binding(0) var<uniform> params: Params;
+// The host binds two Params at binding 0 (`MatmulParams` in src/ops/matmul.rs): the
+// product's, then one of zeros. `params()` reads the first at the index the second's
+// `rows` holds (0): a runtime index, so lavapipe (Mesa 22.3) cannot inline the values
+// into the shader. It inlines the uniforms that loops and branches test and, while that
+// shrinks the shader, compiles it again at every dispatch (2-8-row decode GEMVs at 3-6x
+// their time; docs/serving.md). The value stays uniform in WGSL's uniformity analysis (a
+// copy in a private variable would not be, and Chromium refuses the barriers after it).
+@group(0) @binding(0) var<uniform> params_in: array<Params, 2>;
+
+fn params() -> Params {
+    return params_in[params_in[1].rows];
+}
+
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
@@ -93,13 +105,13 @@ fn weight(i: u32) -> f32 {
 
 // Words of levels in one row of a quantized w.
 fn row_words() -> u32 {
-    return (params.n_in + QBLOCK - 1u) / QBLOCK * WPB;
+    return (params().n_in + QBLOCK - 1u) / QBLOCK * WPB;
 }
 
 // The scale of block b of row o of a quantized w.
 fn block_scale(o: u32, b: u32) -> f32 {
-    let s = o * ((params.n_in + QBLOCK - 1u) / QBLOCK) + b;
-    let pair = unpack2x16float(w[params.n_out * row_words() + (s >> 1u)]);
+    let s = o * ((params().n_in + QBLOCK - 1u) / QBLOCK) + b;
+    let pair = unpack2x16float(w[params().n_out * row_words() + (s >> 1u)]);
     return select(pair.x, pair.y, (s & 1u) == 1u);
 }
 
@@ -122,10 +134,10 @@ fn levels_hi(word: u32) -> vec4<f32> {
 // Element (o, i) of w in any format.
 fn weight_at(o: u32, i: u32) -> f32 {
     if (W_T) {
-        return weight(i * params.n_out + o);
+        return weight(i * params().n_out + o);
     }
     if (!quantized()) {
-        return weight(o * params.n_in + i);
+        return weight(o * params().n_in + i);
     }
     return block_scale(o, i / QBLOCK) * level_at(o, i);
 }
@@ -154,7 +166,7 @@ fn silu(v: f32) -> f32 {
 // Writes output unit u of row r: z = the unit's first output of w, z2 its second
 // (EPI_SWIGLU only).
 fn store(r: u32, u: u32, z: f32, z2: f32) {
-    let at = r * params.y_stride + params.y_offset + u;
+    let at = r * params().y_stride + params().y_offset + u;
     switch EPI {
         case EPI_ACCUM: { y[at] = y[at] + z; }
         case EPI_SILU: { y[at] = silu(z); }
@@ -203,14 +215,14 @@ fn staged() -> bool {
 // Input i of row r of the product (r a row of the whole batch).
 fn xin(r: u32, i: u32) -> f32 {
     if (staged()) {
-        return stage[(r - stage_r0) * params.n_in + i];
+        return stage[(r - stage_r0) * params().n_in + i];
     }
-    return x[r * params.n_in + i];
+    return x[r * params().n_in + i];
 }
 
 // Copies rows r0 .. r0 + nr of x into `stage` (gemv, gemv_outputs).
 fn stage_load(t: u32, wg: u32, r0: u32, nr: u32) {
-    let n = params.n_in;
+    let n = params().n_in;
     for (var e = t; e < nr * n; e += wg) {
         stage[e] = x[r0 * n + e];
     }
@@ -219,7 +231,7 @@ fn stage_load(t: u32, wg: u32, r0: u32, nr: u32) {
 // The same through the vec4 view of x (gemv_wide, which may not use both views; n_in is a
 // multiple of 4 there).
 fn stage_load4(t: u32, wg: u32, r0: u32, nr: u32) {
-    let n4 = params.n_in / 4u;
+    let n4 = params().n_in / 4u;
     for (var e = t; e < nr * n4; e += wg) {
         let v = x4[r0 * n4 + e];
         stage[4u * e] = v.x;
@@ -234,7 +246,7 @@ fn stage_load4(t: u32, wg: u32, r0: u32, nr: u32) {
 // in uniform control flow; ends with a barrier.
 fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
     stage_r0 = r0;
-    let n = params.n_in;
+    let n = params().n_in;
     if (PRO == PRO_WHT) {
         // Butterflies of half-width h = 1, 2, 4, ... < P (inside the chunks of P), then
         // the PRO_M x PRO_M mix of each position across chunks summed in the order c = 0,
@@ -293,7 +305,7 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
         workgroupBarrier();
         for (var e = t; e < nr * n; e += wg) {
             let i = e % n;
-            let v = resid[r0 * n + e] + gamma[i] * stage[e] * params.wht_scale + beta[i];
+            let v = resid[r0 * n + e] + gamma[i] * stage[e] * params().wht_scale + beta[i];
             stage[e] = v;
             if (writer) {
                 xout[r0 * n + e] = v;
@@ -324,7 +336,7 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
         for (var g = 0u; g < groups; g++) {
             total += sums2[g];
         }
-        let inv_rms = inverseSqrt(total / f32(n) + params.eps);
+        let inv_rms = inverseSqrt(total / f32(n) + params().eps);
         for (var i = t; i < n; i += wg) {
             let v = stage[r * n + i] * inv_rms * norm_w[i];
             stage[r * n + i] = v;
@@ -360,12 +372,12 @@ struct GemvBlock {
 }
 
 fn gemv_block(wid: vec3<u32>, items: u32, per: u32) -> GemvBlock {
-    let id = wid.y * params.tiles_x + wid.x;
-    let blocks = (params.rows + GEMV_ROWS - 1u) / GEMV_ROWS;
+    let id = wid.y * params().tiles_x + wid.x;
+    let blocks = (params().rows + GEMV_ROWS - 1u) / GEMV_ROWS;
     let groups = (items + per - 1u) / per;
     let r0 = (id % blocks) * GEMV_ROWS;
     return GemvBlock(id < groups * blocks, (id / blocks) * per, r0,
-                     min(GEMV_ROWS, params.rows - r0), id < blocks);
+                     min(GEMV_ROWS, params().rows - r0), id < blocks);
 }
 
 // A prologue's inputs for block b, loaded from x and made in `stage`; stage_block4 loads
@@ -410,7 +422,7 @@ fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: 
         // Levels times inputs, summed per word, then times the block's scale. The padded
         // tail of a row's last block has level 0; its inputs are read clamped to the
         // row's last one, so nothing past the row is touched.
-        let last = params.n_in - 1u;
+        let last = params().n_in - 1u;
         let words = row_words();
         for (var j = i0; j < words; j += step) {
             let b = j / WPB;
@@ -419,7 +431,7 @@ fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: 
             let c = b * QBLOCK + (j % WPB) * VPW;
             let lo = levels_lo(word);
             let hi = levels_hi(word);
-            let full = c + VPW <= params.n_in;
+            let full = c + VPW <= params().n_in;
             for (var r = 0u; r < GEMV_ROWS; r++) {
                 let row = r0 + min(r, nr - 1u);
                 var x0: vec4<f32>;
@@ -447,16 +459,16 @@ fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: 
             }
         }
     } else if (PAIRED) {
-        for (var j = i0; j < params.n_in / 2u; j += step) {
-            let wv = weight_pair(o * params.n_in + 2u * j);
+        for (var j = i0; j < params().n_in / 2u; j += step) {
+            let wv = weight_pair(o * params().n_in + 2u * j);
             for (var r = 0u; r < GEMV_ROWS; r++) {
                 let row = r0 + min(r, nr - 1u);
                 (*acc)[a0 + r] += wv.x * xin(row, 2u * j) + wv.y * xin(row, 2u * j + 1u);
             }
         }
     } else {
-        for (var i = i0; i < params.n_in; i += step) {
-            let wv = weight(o * params.n_in + i);
+        for (var i = i0; i < params().n_in; i += step) {
+            let wv = weight(o * params().n_in + i);
             for (var r = 0u; r < GEMV_ROWS; r++) {
                 (*acc)[a0 + r] += wv * xin(r0 + min(r, nr - 1u), i);
             }
@@ -467,7 +479,7 @@ fn dot_rows(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: 
 @compute @workgroup_size(GEMV_WG)
 fn gemv(@builtin(local_invocation_index) t: u32,
         @builtin(workgroup_id) wid: vec3<u32>) {
-    let b = gemv_block(wid, params.n_out / OUTS, 1u);
+    let b = gemv_block(wid, params().n_out / OUTS, 1u);
     if (!b.valid) {
         return;
     }
@@ -510,7 +522,7 @@ fn gemv(@builtin(local_invocation_index) t: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_outputs(@builtin(local_invocation_index) t: u32,
                 @builtin(workgroup_id) wid: vec3<u32>) {
-    let units = params.n_out / OUTS;
+    let units = params().n_out / OUTS;
     let b = gemv_block(wid, units, GEMV_WG);
     if (!b.valid) {
         return;
@@ -540,7 +552,7 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_outputs_wide(@builtin(local_invocation_index) t: u32,
                      @builtin(workgroup_id) wid: vec3<u32>) {
-    let units = params.n_out / OUTS;
+    let units = params().n_out / OUTS;
     let b = gemv_block(wid, units, GEMV_WG);
     if (!b.valid) {
         return;
@@ -570,7 +582,7 @@ fn gemv_outputs_wide(@builtin(local_invocation_index) t: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_cols(@builtin(local_invocation_index) t: u32,
              @builtin(workgroup_id) wid: vec3<u32>) {
-    let pairs = params.n_out / 2u;
+    let pairs = params().n_out / 2u;
     let b = gemv_block(wid, pairs, GEMV_WG);
     if (!b.valid) {
         return;
@@ -585,7 +597,7 @@ fn gemv_cols(@builtin(local_invocation_index) t: u32,
     // acc[r] and acc2[r]: outputs 2c and 2c + 1 of row r0 + r.
     var acc: array<f32, MAX_GEMV_ROWS>;
     var acc2: array<f32, MAX_GEMV_ROWS>;
-    for (var i = 0u; i < params.n_in; i++) {
+    for (var i = 0u; i < params().n_in; i++) {
         let wv = unpack2x16float(w[i * pairs + c]);
         for (var r = 0u; r < GEMV_ROWS; r++) {
             let v = xin(r0 + min(r, nr - 1u), i);
@@ -618,15 +630,15 @@ override WIDE_UNITS: u32 = GEMV_WG / WIDE_LANES;
 // Input vec4 k (inputs 4k .. 4k + 3) of row r of x.
 fn x_at(r: u32, k: u32) -> vec4<f32> {
     if (staged()) {
-        let at = (r - stage_r0) * params.n_in + 4u * k;
+        let at = (r - stage_r0) * params().n_in + 4u * k;
         return vec4<f32>(stage[at], stage[at + 1u], stage[at + 2u], stage[at + 3u]);
     }
-    return x4[r * (params.n_in / 4u) + k];
+    return x4[r * (params().n_in / 4u) + k];
 }
 
 // Scale s (row o's block b is s = o * blocks + b) of a quantized w, read through w4.
 fn wide_scale(s: u32) -> f32 {
-    let word = params.n_out * row_words() + (s >> 1u);
+    let word = params().n_out * row_words() + (s >> 1u);
     let pair = unpack2x16float(w4[word >> 2u][word & 3u]);
     return select(pair.x, pair.y, (s & 1u) == 1u);
 }
@@ -643,8 +655,8 @@ fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32,
     } else if (quantized()) {
         per_vec = 4u * VPW;
     }
-    let vecs = params.n_in / per_vec;
-    let blocks = params.n_in / QBLOCK;
+    let vecs = params().n_in / per_vec;
+    let blocks = params().n_in / QBLOCK;
     for (var j = lane; j < vecs; j += step) {
         let wv = w4[o * vecs + j];
         var scale = 1.0;
@@ -679,7 +691,7 @@ fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32,
 @compute @workgroup_size(GEMV_WG)
 fn gemv_wide(@builtin(local_invocation_index) t: u32,
              @builtin(workgroup_id) wid: vec3<u32>) {
-    let units = params.n_out / OUTS;
+    let units = params().n_out / OUTS;
     let b = gemv_block(wid, units, WIDE_UNITS);
     if (!b.valid) {
         return;
@@ -740,9 +752,9 @@ var<workgroup> ws: array<array<f32, TILE_O>, TILE_K>;
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) t: u32,
         @builtin(workgroup_id) wid: vec3<u32>) {
-    let id = wid.y * params.tiles_x + wid.x;
-    let tiles_o = (params.n_out + TILE_O - 1u) / TILE_O;
-    let tiles_r = (params.rows + TILE_R - 1u) / TILE_R;
+    let id = wid.y * params().tiles_x + wid.x;
+    let tiles_o = (params().n_out + TILE_O - 1u) / TILE_O;
+    let tiles_r = (params().rows + TILE_R - 1u) / TILE_R;
     if (id >= tiles_o * tiles_r) {
         return;  // whole workgroup: uniform
     }
@@ -756,7 +768,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     var acc3 = vec4<f32>();
     let ry = lid.y * 4u;
     let ox = lid.x * 4u;
-    for (var k0 = 0u; k0 < params.n_in; k0 += TILE_K) {
+    for (var k0 = 0u; k0 < params().n_in; k0 += TILE_K) {
         // 256 invocations load 64 x 16 values of each operand: 4 each, zero past the edges.
         var scale = 0.0;
         for (var e = 0u; e < 4u; e++) {
@@ -765,8 +777,8 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
             let kk = flat % TILE_K;
             let k = k0 + kk;
             var xv = 0.0;
-            if (row0 + rr < params.rows && k < params.n_in) {
-                xv = x[(row0 + rr) * params.n_in + k];
+            if (row0 + rr < params().rows && k < params().n_in) {
+                xv = x[(row0 + rr) * params().n_in + k];
             }
             xs[rr][kk] = xv;
             // A transposed w is read with neighbouring invocations on neighbouring
@@ -779,7 +791,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
                 ko = f / TILE_O;
             }
             var wv = 0.0;
-            if (out0 + ro < params.n_out && k0 + ko < params.n_in) {
+            if (out0 + ro < params().n_out && k0 + ko < params().n_in) {
                 if (quantized()) {
                     if (e == 0u) {  // ro and the block are the same for e = 0 .. 3
                         scale = block_scale(out0 + ro, (k0 + ko) / QBLOCK);
@@ -811,19 +823,19 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
 // Outputs o .. o + 3 of row r (o a multiple of 4), within bounds. With EPI_SWIGLU they
 // are the units o / 2 and o / 2 + 1 (n_out is even, so a unit is never cut).
 fn store4(r: u32, o: u32, v: vec4<f32>) {
-    if (r >= params.rows) {
+    if (r >= params().rows) {
         return;
     }
     if (OUTS == 2u) {
         for (var j = 0u; j < 4u; j += 2u) {
-            if (o + j < params.n_out) {
+            if (o + j < params().n_out) {
                 store(r, (o + j) / 2u, v[j], v[j + 1u]);
             }
         }
         return;
     }
     for (var j = 0u; j < 4u; j++) {
-        if (o + j < params.n_out) {
+        if (o + j < params().n_out) {
             store(r, o + j, v[j], 0.0);
         }
     }

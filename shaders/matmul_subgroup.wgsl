@@ -21,7 +21,7 @@ fn gemv_subgroup(@builtin(local_invocation_index) t: u32,
                  @builtin(num_subgroups) sgs: u32,
                  @builtin(subgroup_invocation_id) lane: u32,
                  @builtin(subgroup_size) sg_size: u32) {
-    let units = params.n_out / OUTS;
+    let units = params().n_out / OUTS;
     let b = gemv_block(wid, units, SG_UNITS);
     if (!b.valid) {
         return;

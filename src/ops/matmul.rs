@@ -54,7 +54,8 @@ const GEMM_TILE: usize = 64;
 /// block of GEMV_ROWS rows, which beats the GEMM's tiling until the batch fills a tile.
 pub const GEMV_MAX_ROWS: usize = 16;
 
-/// Uniform parameters; must match `Params` in matmul.wgsl.
+/// Uniform parameters; must match `Params` in matmul.wgsl, which binds two of them (the
+/// product's, then zeros: see `params()` there).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 struct MatmulParams {
@@ -545,18 +546,23 @@ pub fn encode_cols(
     let slots = if gemv { BINDINGS.len() } else { 4 };
     let pipeline = gpu.pipeline(&key, &BINDINGS[..slots])?;
     let grid = gpu.grid(entry, groups as u32)?;
+    // The product's parameters, then a zeroed copy whose `rows` is the index the shader
+    // reads them at (`params()` in matmul.wgsl: hidden from lavapipe's inlining).
     let params = gpu.uniform(
         "matmul params",
-        &MatmulParams {
-            rows: rows as u32,
-            n_in: n_in as u32,
-            n_out: n_out as u32,
-            tiles_x: grid.x,
-            eps,
-            wht_scale,
-            y_stride: y_stride as u32,
-            y_offset: y_offset as u32,
-        },
+        &[
+            MatmulParams {
+                rows: rows as u32,
+                n_in: n_in as u32,
+                n_out: n_out as u32,
+                tiles_x: grid.x,
+                eps,
+                wht_scale,
+                y_stride: y_stride as u32,
+                y_offset: y_offset as u32,
+            },
+            MatmulParams::zeroed(),
+        ],
     );
     let [norm_w, resid, gamma, beta, xout] = extra;
     let signs = match prologue {
