@@ -6,6 +6,9 @@
 //! - files written by llama.cpp's own Python writer (`gguf` from PyPI;
 //!   `tests/data/gguf/make_fixtures.py`): the same weights as the Hugging Face safetensors
 //!   of the model (dequantized by gguf-py for Q8_0 / Q4_0), the same CPU logits;
+//! - llama.cpp itself on the llama-bpe and llama-spm vocabularies
+//!   (`tests/data/gguf/make_llama_cpp_reference.py`): its prompt ids, greedy tokens and
+//!   logits on the CPU decoder and every software adapter;
 //! - malformed files: each fault a typed error naming the tensor or key.
 
 use std::path::{Path, PathBuf};
@@ -753,16 +756,17 @@ fn gguf_models_decode_as_on_the_cpu_on_every_software_adapter() {
 
 // ---- llama.cpp as the reference ----------------------------------------------------------
 
-/// One of the llama-bpe files llama.cpp ran (`tests/data/gguf/llama-bpe/make_reference.py`),
-/// joined back from its committed parts: the type's weights file, the shared Q4_0
-/// embedding, and the tokenizer metadata of llama.cpp's llama-bpe vocabulary file.
-fn llama_bpe_file(tag: &str) -> Vec<u8> {
-    let dir = data_dir().join("llama-bpe");
+/// One of the files llama.cpp ran for `vocab` (`llama-bpe`, `llama-spm`;
+/// `tests/data/gguf/make_llama_cpp_reference.py`), joined back from its committed parts:
+/// the type's weights file, the shared Q4_0 embedding, and the tokenizer metadata of
+/// llama.cpp's vocabulary file.
+fn llama_cpp_file(vocab: &str, tag: &str) -> Vec<u8> {
+    let dir = data_dir().join(vocab);
     let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let mut f = File::of(&read(dir.join(format!("{tag}.weights.gguf"))));
     let embd = File::of(&read(dir.join("embd.gguf")));
     let vocab_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/llama.cpp/ggml-vocab-llama-bpe.gguf");
+        .join(format!("tests/data/llama.cpp/ggml-vocab-{vocab}.gguf"));
     let vocab_bytes = read(vocab_path);
     let vocab = Gguf::parse(&vocab_bytes).unwrap();
     for (k, v) in vocab.metadata() {
@@ -774,20 +778,77 @@ fn llama_bpe_file(tag: &str) -> Vec<u8> {
     f.bytes()
 }
 
-/// Greedy decoding of the llama-bpe model (d_model 32, 8 heads, 2 KV heads, Llama 3's
-/// 128256-token vocabulary) as llama.cpp 0c1e570 ran it on the CPU (f32 KV cache), in
-/// F16, Q8_0 and Q4_0 (`llama_cpp.json`): walsh's tokenizer gives llama.cpp's prompt ids,
-/// and walsh's CPU decoder llama.cpp's greedy tokens, with each step's 8 largest logits
-/// within llama.cpp's own rounding (its CPU products round the activations to f16 for
-/// F16 weights and to 8-bit blocks for Q8_0 / Q4_0); every software adapter gives the
-/// same tokens.
-#[test]
-fn llama_cpp_greedy_tokens_and_logits_on_the_llama_bpe_vocabulary() {
-    use std::ops::ControlFlow;
-    use walsh::model::generate::{Decoder, GenerateOptions, generate};
+/// Greedy decoding through the public [`Decoder`](walsh::model::generate::Decoder) API:
+/// the prompt in one step, then one token at a time; the tokens and each step's logits.
+fn greedy_logits(
+    dec: &mut dyn walsh::model::generate::Decoder,
+    prompt: &[u32],
+    steps: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    dec.reset();
+    let mut rows = pollster::block_on(dec.logits(&[(0, prompt)]))
+        .unwrap()
+        .remove(0);
+    let vocab = rows.len() / prompt.len();
+    let mut logits = rows.split_off(rows.len() - vocab);
+    let (mut tokens, mut all) = (Vec::new(), Vec::new());
+    for step in 0..steps {
+        let next = logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 { (i, v) } else { best }
+            })
+            .0 as u32;
+        tokens.push(next);
+        let last = std::mem::take(&mut logits);
+        if step + 1 < steps {
+            logits = pollster::block_on(dec.logits(&[(0, &[next])]))
+                .unwrap()
+                .remove(0);
+        }
+        all.push(last);
+    }
+    (tokens, all)
+}
+
+/// The largest |walsh - llama.cpp| over each step's 8 largest llama.cpp logits (`top`, from
+/// `llama_cpp.json`), as a fraction of the step's largest.
+fn worst_logit_difference(logits: &[Vec<f32>], top: &serde_json::Value) -> f64 {
+    let mut worst = 0f64;
+    for (step, top) in top.as_array().unwrap().iter().enumerate() {
+        let top = top.as_array().unwrap();
+        let scale = top[0][1].as_f64().unwrap().abs();
+        for pair in top {
+            let (id, l) = (pair[0].as_u64().unwrap(), pair[1].as_f64().unwrap());
+            worst = worst.max((logits[step][id as usize] as f64 - l).abs() / scale);
+        }
+    }
+    worst
+}
+
+/// Greedy decoding of `vocab`'s model (d_model 32, 8 heads, 2 KV heads, a tied Q4_0
+/// embedding of `n_vocab` rows) from the F16, Q8_0 and Q4_0 files llama.cpp 0c1e570 ran on
+/// the CPU (f32 KV cache, flash attention off; `tests/data/gguf/<vocab>/llama_cpp.json`),
+/// on the CPU decoder and every software adapter: walsh's tokenizer gives llama.cpp's
+/// prompt ids, and each decoder llama.cpp's greedy tokens, those of the file itself and
+/// of its F32 twin (every tensor dequantized to F32, so that llama.cpp computes in f32).
+///
+/// Logits: each step's 8 largest, as a fraction of the step's largest.
+/// - Against the F32 twin, within 1e-3: the same weights and the same f32 math, summed in
+///   other orders. Measured at most 4.1e-7 (CPU), 3.4e-7 (lavapipe), 4.5e-7 (GL) over
+///   both vocabularies and all three types.
+/// - Against the quantized file, within 1e-2: llama.cpp's CPU products round their
+///   activations to f16 (F16 weights) or to 8-bit Q8_0 blocks (Q8_0 / Q4_0 weights, and
+///   the tied Q4_0 head in every file) where walsh computes in f32. Measured 2.8e-3,
+///   5.2e-3, 5.1e-3 (llama-bpe F16, Q8_0, Q4_0), 4.3e-3, 6.2e-3, 8.1e-3 (llama-spm), the
+///   same on every decoder: the distance between llama.cpp's two runs.
+///
+/// A wrong RoPE pair or head order would be off by far more (and change the tokens).
+fn check_against_llama_cpp(vocab: &str, n_vocab: usize) {
+    use walsh::model::generate::{CpuBatch, Decoder};
     use walsh::model::gpu::GpuDecoder;
-    use walsh::ops::sample::SamplingParams;
-    let json = std::fs::read_to_string(data_dir().join("llama-bpe/llama_cpp.json")).unwrap();
+    let json = std::fs::read_to_string(data_dir().join(vocab).join("llama_cpp.json")).unwrap();
     let reference: serde_json::Value = serde_json::from_str(&json).unwrap();
     let gpus = gpus();
     let ids = |v: &serde_json::Value| -> Vec<u32> {
@@ -797,65 +858,59 @@ fn llama_cpp_greedy_tokens_and_logits_on_the_llama_bpe_vocabulary() {
             .map(|x| x.as_u64().unwrap() as u32)
             .collect()
     };
-    // Largest |walsh - llama.cpp| of a top-8 logit, as a fraction of the step's largest
-    // logit: measured 4.0e-3 (f16), 4.0e-3 (q8_0), 5.4e-3 (q4_0). llama.cpp's CPU rounds
-    // each product's activations to f16 (F16 weights) or 8-bit Q8_0 blocks (Q8_0 / Q4_0
-    // weights, the tied Q4_0 head in every file); walsh computes in f32. A wrong RoPE pair
-    // or head order would be off by far more (and change the tokens).
-    let tolerance = 1e-2;
     for tag in ["f16", "q8_0", "q4_0"] {
-        let path = PathBuf::from(format!("llama-bpe-{tag}.gguf"));
-        let (model, tok) = from_gguf_bytes(&path, &llama_bpe_file(tag)).unwrap();
-        assert_eq!(model.config.vocab_size, 128256);
+        let path = PathBuf::from(format!("{vocab}-{tag}.gguf"));
+        let (model, tok) = from_gguf_bytes(&path, &llama_cpp_file(vocab, tag)).unwrap();
+        assert_eq!(model.config.vocab_size, n_vocab);
         assert_eq!((model.config.kv_heads(), model.config.head_dim()), (2, 4));
         assert!(model.config.tie_word_embeddings);
-        let mut worst = 0f64;
-        for case in reference[tag].as_array().unwrap() {
-            let prompt_text = case["prompt"].as_str().unwrap();
-            let prompt = ids(&case["prompt_ids"]);
-            let want = ids(&case["tokens"]);
-            assert_eq!(
-                tok.encode(prompt_text, true),
-                prompt,
-                "{tag} {prompt_text:?}"
-            );
-            let (got, logits) = greedy(&model, &prompt, want.len());
-            assert_eq!(got, want, "{tag} {prompt_text:?}");
-            for (step, top) in case["top"].as_array().unwrap().iter().enumerate() {
-                let top = top.as_array().unwrap();
-                let scale = top[0][1].as_f64().unwrap().abs();
-                for pair in top {
-                    let (id, l) = (pair[0].as_u64().unwrap(), pair[1].as_f64().unwrap());
-                    let diff = (logits[step][id as usize] as f64 - l).abs() / scale;
-                    worst = worst.max(diff);
-                    assert!(
-                        diff <= tolerance,
-                        "{tag} {prompt_text:?} step {step} id {id}: walsh {} vs llama.cpp {l}",
-                        logits[step][id as usize]
-                    );
-                }
-            }
-            let options = GenerateOptions::new(
-                want.len(),
-                SamplingParams {
-                    temperature: 0.0,
-                    top_k: 0,
-                    top_p: 1.0,
-                    seed: 0,
-                },
-            );
-            let context = prompt.len() + want.len();
-            for gpu in &gpus {
-                let mut dec = GpuDecoder::new(gpu, &model, 1, context, KvFormat::F32).unwrap();
-                let d: &mut dyn Decoder = &mut dec;
-                let got = generate(d, std::slice::from_ref(&prompt), &options, |_| {
-                    ControlFlow::Continue(())
-                })
-                .unwrap()
-                .tokens;
-                assert_eq!(got[0], want, "{tag} {prompt_text:?} on {}", gpu.describe());
-            }
+        let context = model.config.max_position_embeddings;
+        let mut decoders: Vec<Box<dyn Decoder + '_>> = vec![Box::new(
+            CpuBatch::new(&model, 1, context, KvFormat::F32).unwrap(),
+        )];
+        for gpu in &gpus {
+            decoders.push(Box::new(
+                GpuDecoder::new(gpu, &model, 1, context, KvFormat::F32).unwrap(),
+            ));
         }
-        eprintln!("{tag}: largest top-8 logit difference {worst:.2e} of the step's largest");
+        let quantized = reference[tag].as_array().unwrap();
+        let twin = reference[format!("{tag}/f32")].as_array().unwrap();
+        assert_eq!(quantized.len(), twin.len());
+        for dec in &mut decoders {
+            let device = dec.device();
+            let (mut worst_twin, mut worst_quantized) = (0f64, 0f64);
+            for (case, exact) in quantized.iter().zip(twin) {
+                let prompt_text = case["prompt"].as_str().unwrap();
+                let what = format!("{vocab} {tag} {prompt_text:?} on {device}");
+                let prompt = ids(&case["prompt_ids"]);
+                let want = ids(&case["tokens"]);
+                assert_eq!(tok.encode(prompt_text, true), prompt, "{what}");
+                assert_eq!(ids(&exact["prompt_ids"]), prompt, "{what}");
+                let (got, logits) = greedy_logits(dec.as_mut(), &prompt, want.len());
+                assert_eq!(got, want, "{what}: llama.cpp's tokens");
+                assert_eq!(got, ids(&exact["tokens"]), "{what}: F32 twin's tokens");
+                let d = worst_logit_difference(&logits, &exact["top"]);
+                assert!(d <= 1e-3, "{what}: {d:e} from the F32 twin's logits");
+                worst_twin = worst_twin.max(d);
+                let d = worst_logit_difference(&logits, &case["top"]);
+                assert!(d <= 1e-2, "{what}: {d:e} from llama.cpp's logits");
+                worst_quantized = worst_quantized.max(d);
+            }
+            eprintln!(
+                "{vocab} {tag} on {device}: largest top-8 logit difference of the step's \
+                 largest {worst_twin:.1e} from the F32 twin, {worst_quantized:.1e} from \
+                 llama.cpp's {tag} run"
+            );
+        }
     }
+}
+
+#[test]
+fn llama_cpp_greedy_tokens_and_logits_on_the_llama_bpe_vocabulary() {
+    check_against_llama_cpp("llama-bpe", 128256);
+}
+
+#[test]
+fn llama_cpp_greedy_tokens_and_logits_on_the_llama_spm_vocabulary() {
+    check_against_llama_cpp("llama-spm", 32000);
 }

@@ -1,5 +1,5 @@
 //! Joins the committed pieces of the llama-bpe fixture back into the GGUF file llama.cpp
-//! ran (`tests/gguf_load.rs` `llama_bpe_file` does the same with walsh's reader): the
+//! ran (`tests/gguf_load.rs` `llama_cpp_file` does the same with walsh's reader): the
 //! browser test opens it through the page's "Open a model" control.
 //!
 //! The pieces: `tests/data/gguf/llama-bpe/{tag}.weights.gguf` (metadata and layer
@@ -9,7 +9,7 @@
 //! embedding before the layer tensors. Written here from the GGUF layout (little-endian,
 //! version 3, 32-byte alignment), independent of walsh's reader: key/value entries are
 //! copied as they are, tensors with their data re-offset. The Q8_0 file it writes is byte
-//! for byte the one `llama_bpe_file("q8_0")` makes (compared when this was written).
+//! for byte the one `llama_cpp_file("llama-bpe", "q8_0")` makes (compared when this was written).
 
 use std::path::Path;
 

@@ -1,8 +1,10 @@
-// llama.cpp as the reference of tests/gguf_load.rs (made by make_reference.py): loads a
+// llama.cpp as the reference of tests/gguf_load.rs (run by make_llama_cpp_reference.py): loads a
 // GGUF, tokenizes each prompt with the model's own tokenizer (BOS added as the model says,
 // special tokens not parsed), decodes N tokens greedily (the first largest logit, as
-// walsh's argmax; EOS ignored) on the CPU with an f32 KV cache, and prints one JSON line
-// per prompt: the prompt ids, the generated ids and each step's 8 largest logits.
+// walsh's argmax; EOS ignored) on the CPU with an f32 KV cache and flash attention off, and
+// prints one JSON line per prompt: the prompt ids, the generated ids and each step's 8
+// largest logits. (llama.cpp's flash attention, which it turns on by itself on the CPU,
+// casts an f32 K and V cache to f16 and sums V in f16: 1e-4 of the largest logit here.)
 //   llama-greedy MODEL.gguf N_PREDICT PROMPT...
 #include "llama.h"
 
@@ -52,6 +54,7 @@ int main(int argc, char ** argv) {
         cp.n_batch = tokens.size();
         cp.type_k = GGML_TYPE_F32;
         cp.type_v = GGML_TYPE_F32;
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
         cp.n_threads = 1;
         cp.n_threads_batch = 1;
         llama_context * ctx = llama_init_from_model(model, cp);
