@@ -914,3 +914,35 @@ fn llama_cpp_greedy_tokens_and_logits_on_the_llama_bpe_vocabulary() {
 fn llama_cpp_greedy_tokens_and_logits_on_the_llama_spm_vocabulary() {
     check_against_llama_cpp("llama-spm", 32000);
 }
+
+/// A tied Q4_0 embedding (llama-bpe, 128256 x 32) is the LM head as stored on every GPU:
+/// the model's weights take the packed table's 2.3 MB (18 bytes per 32 values) plus the
+/// layers', not the 16.4 MB of its f32 values; the logits match the F32 twin within 1e-3
+/// (`check_against_llama_cpp`).
+#[test]
+fn a_tied_quantized_embedding_is_the_head_as_stored() {
+    use walsh::gpu::MemoryCategory;
+    use walsh::model::gpu::GpuDecoder;
+    let path = PathBuf::from("llama-bpe-q4_0.gguf");
+    let (model, _) = from_gguf_bytes(&path, &llama_cpp_file("llama-bpe", "q4_0")).unwrap();
+    assert!(model.config.tie_word_embeddings);
+    let packed = 128256 * (32 / 32) * 18; // rows x blocks per row x bytes per block
+    for gpu in gpus() {
+        let weights = || {
+            let r = gpu.memory().report();
+            r.by_category
+                .iter()
+                .find(|c| c.0 == MemoryCategory::Weights)
+                .map_or(0, |c| c.1)
+        };
+        let before = weights();
+        let dec = GpuDecoder::new(&gpu, &model, 1, 16, KvFormat::F32).unwrap();
+        let bytes = weights() - before;
+        assert!(
+            bytes >= packed as u64 && bytes < packed as u64 + 1_000_000,
+            "{}: {bytes} bytes of weights",
+            gpu.describe()
+        );
+        drop(dec);
+    }
+}

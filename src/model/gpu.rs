@@ -80,31 +80,6 @@ fn matrix(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
     stacked(gpu, &t.name, &[t], false)
 }
 
-/// The embedding table, row-major whatever the adapter (the gather reads its rows), split
-/// by rows across bindings when it exceeds one ([`RowSplit`]). The gather reads f32, f16
-/// and q8 / q4 tables (GGUF files often quantize `token_embd`); a block-quantized table
-/// that is also the LM head (`tied`) is uploaded as its exact f32 values, scale x level, so
-/// the head multiplies by those values as before (the q8 / q4 products sum in another
-/// order).
-fn table(gpu: &Gpu, t: &Tensor, tied: bool) -> Result<RowSplit, ModelError> {
-    let (rows, cols) = dims(t)?;
-    if tied && let TensorData::Quant(q) = &t.data {
-        let values = q.dequantize();
-        let per = RowSplit::part_rows(WeightFormat::F32, rows, cols, binding_bytes(gpu))?;
-        return Ok(RowSplit::upload(rows, cols, per, |first, n| {
-            let label = part_label(&t.name, rows, first, n);
-            Matrix::from_f32(
-                gpu,
-                &label,
-                &values[first * cols..(first + n) * cols],
-                n,
-                cols,
-            )
-        })?);
-    }
-    split(gpu, t, false)
-}
-
 /// The largest buffer one storage binding of `gpu` takes.
 fn binding_bytes(gpu: &Gpu) -> u64 {
     let l = gpu.limits();
@@ -489,7 +464,11 @@ impl GpuDecoder {
         }
         Ok(Self {
             gpu: gpu.clone(),
-            embed_tokens: table(gpu, &w.embed_tokens, w.lm_head.is_none())?,
+            // Row-major whatever the adapter (the gather reads its rows), as stored: the
+            // gather reads f32, f16 and q8 / q4 tables (GGUF files often quantize
+            // `token_embd`), and a tied head multiplies by the packed table too (a q4 head
+            // of 128256 x 2048 binds 144 MB where its f32 values would take 1 GiB).
+            embed_tokens: split(gpu, &w.embed_tokens, false)?,
             layers,
             norm: vector(gpu, &w.norm)?,
             lm_head: opt(&w.lm_head, |t| split(gpu, t, true))?,

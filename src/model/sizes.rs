@@ -227,25 +227,15 @@ fn device_bytes(t: &Tensor) -> u64 {
     stacked_bytes(&[t])
 }
 
-/// The format of the embedding table on the GPU: as stored, or f32 when block-quantized
-/// and tied to the LM head (`GpuDecoder` uploads scale x level, so the head multiplies by
-/// those values).
-fn table_format(w: &super::weights::Weights) -> WeightFormat {
-    let t = &w.embed_tokens;
-    match t.format().quant() {
-        Some(_) if w.lm_head.is_none() => WeightFormat::F32,
-        _ => t.format(),
-    }
-}
-
-/// Bytes of the embedding table on the GPU, in [`table_format`].
+/// Bytes of the embedding table on the GPU: as stored (packed f16, q8 or q4 included; a
+/// tied head multiplies by the same table).
 fn table_bytes(w: &super::weights::Weights) -> u64 {
     let t = &w.embed_tokens;
     let (rows, cols) = (
         t.shape.first().copied().unwrap_or(0),
         t.shape.last().copied().unwrap_or(0),
     );
-    table_format(w).matrix_bytes(rows, cols) as u64
+    t.format().matrix_bytes(rows, cols) as u64
 }
 
 /// Bytes of tensors stacked into one matrix, in the format [`stacked_format`] picks.
@@ -351,7 +341,7 @@ pub fn check_decoder_fits(
             format.matrix_bytes(2, cols) as u64,
         )
     };
-    let mut split = vec![two_rows(&w.embed_tokens, table_format(w))];
+    let mut split = vec![two_rows(&w.embed_tokens, w.embed_tokens.format())];
     split.extend(w.lm_head.iter().map(|t| two_rows(t, t.format())));
     let names: Vec<&str> = std::iter::once(&w.embed_tokens)
         .chain(&w.lm_head)
