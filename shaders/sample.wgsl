@@ -1,7 +1,8 @@
 // Token sampling on the GPU, so a decode step reads back one u32 per sequence instead of
 // its logits. Host side and the exact rule (shared with the CPU): src/ops/sample.rs.
 //
-// One workgroup per sequence. Logits are compared through order-preserving u32 keys, so
+// One workgroup per sequence (`sample`); over ROW_CHUNK logits, the row's largest first
+// comes from `row_max`, a workgroup per ROW_CHUNK-wide slice. Logits are compared through order-preserving u32 keys, so
 // the thresholds are found exactly, with no sorting, at any vocabulary size: top-k's by a
 // radix select (8 passes over the row, 4 bits of the key each: 16 counts per invocation,
 // summed through workgroup memory; no atomics, which naga cannot bounds-check in SPIR-V),
@@ -20,8 +21,8 @@ struct Params {
     tiles_x: u32,      // workgroups along x of the (possibly 2-D) grid
     temperature: f32,  // <= 0: greedy
     top_p: f32,        // >= 1: off
-    _pad0: u32,
-    _pad1: u32,
+    chunks: u32,       // > 1: `row_max` has written each row's ROW_CHUNK-wide maxima
+    _pad: u32,
 }
 
 // Invocations per workgroup; must match SAMPLE_WORKGROUP on the host (<= 256, and
@@ -38,6 +39,12 @@ const CAND_SLOTS: u32 = 1024u;
 @group(0) @binding(2) var<storage, read> rows: array<u32>;     // [count]: logits row of each sequence
 @group(0) @binding(3) var<storage, read> draws: array<f32>;    // [count]: uniform numbers in [0, 1)
 @group(0) @binding(4) var<storage, read_write> tokens: array<u32>;  // [count]
+// [count, chunks]: (largest key, its lowest index) of each ROW_CHUNK-wide slice of a row,
+// written by `row_max` when params.chunks > 1 (a spare buffer otherwise).
+@group(0) @binding(5) var<storage, read_write> partial: array<vec2<u32>>;
+
+// Logits one `row_max` workgroup scans; must match ROW_CHUNK in src/ops/sample.rs.
+const ROW_CHUNK: u32 = 4096u;
 
 var<workgroup> red_u: array<u32, 256>;
 var<workgroup> red_v: array<u32, 256>;
@@ -196,25 +203,9 @@ fn mass_ge(t: u32, lid: u32) -> f32 {
     return total;
 }
 
-@compute @workgroup_size(SAMPLE_WG)
-fn sample(@builtin(local_invocation_index) lid: u32,
-          @builtin(workgroup_id) wid: vec3<u32>) {
-    let s = wid.y * params.tiles_x + wid.x;
-    if (s >= params.count) {
-        return;  // whole workgroup: uniform
-    }
-    base = rows[s] * params.vocab;
-
-    // Largest key and its lowest index.
-    var best = 0u;
-    var best_i = 0xffffffffu;
-    for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
-        let k = key_of(logits[base + i]);
-        if (k > best || (k == best && i < best_i)) {
-            best = k;
-            best_i = i;
-        }
-    }
+// The largest of the workgroup's (key, index) pairs, the lowest index among equal keys;
+// every invocation gets it.
+fn reduce_max(best: u32, best_i: u32, lid: u32) -> vec2<u32> {
     red_u[lid] = best;
     red_v[lid] = best_i;
     workgroupBarrier();
@@ -227,6 +218,68 @@ fn sample(@builtin(local_invocation_index) lid: u32,
         }
     }
     workgroupBarrier();
+    return vec2<u32>(top, arg);
+}
+
+// The largest key and its lowest index in one ROW_CHUNK-wide slice of a row: one
+// workgroup per (sequence, slice), so a long row's maximum (greedy decoding's whole
+// work) spreads over the GPU instead of one workgroup walking the row.
+@compute @workgroup_size(SAMPLE_WG)
+fn row_max(@builtin(local_invocation_index) lid: u32,
+           @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = wid.y * params.tiles_x + wid.x;
+    let s = id / params.chunks;
+    if (s >= params.count) {
+        return;  // whole workgroup: uniform
+    }
+    let row = rows[s] * params.vocab;
+    let lo = (id % params.chunks) * ROW_CHUNK;
+    let hi = min(lo + ROW_CHUNK, params.vocab);
+    var best = 0u;
+    var best_i = 0xffffffffu;
+    for (var i = lo + lid; i < hi; i += SAMPLE_WG) {
+        let k = key_of(logits[row + i]);
+        if (k > best || (k == best && i < best_i)) {
+            best = k;
+            best_i = i;
+        }
+    }
+    let m = reduce_max(best, best_i, lid);
+    if (lid == 0u) {
+        partial[id] = m;
+    }
+}
+
+@compute @workgroup_size(SAMPLE_WG)
+fn sample(@builtin(local_invocation_index) lid: u32,
+          @builtin(workgroup_id) wid: vec3<u32>) {
+    let s = wid.y * params.tiles_x + wid.x;
+    if (s >= params.count) {
+        return;  // whole workgroup: uniform
+    }
+    base = rows[s] * params.vocab;
+
+    // Largest key and its lowest index: from the slices' maxima, or over the row.
+    var best = 0u;
+    var best_i = 0xffffffffu;
+    if (params.chunks > 1u) {
+        for (var c = lid; c < params.chunks; c += SAMPLE_WG) {
+            let p = partial[s * params.chunks + c];
+            if (p.x > best || (p.x == best && p.y < best_i)) {
+                best = p.x;
+                best_i = p.y;
+            }
+        }
+    } else {
+        for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
+            let k = key_of(logits[base + i]);
+            if (k > best || (k == best && i < best_i)) {
+                best = k;
+                best_i = i;
+            }
+        }
+    }
+    let arg = reduce_max(best, best_i, lid).y;
     if (params.temperature <= 0.0) {
         if (lid == 0u) {
             tokens[s] = arg;

@@ -15,7 +15,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
-use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
+use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
 /// Invocations per workgroup; passed to the shader as `SAMPLE_WG` (at most 256, the size
 /// of its reduction arrays, and at most CAND_SLOTS / CAND = 64, its top-k candidates'
@@ -183,12 +183,17 @@ struct SampleParams {
     tiles_x: u32,
     temperature: f32,
     top_p: f32,
-    _pad0: u32,
-    _pad1: u32,
+    chunks: u32,
+    _pad: u32,
 }
 
-/// Bindings of `sample`: params, logits, rows, draws, tokens.
-const BINDINGS: [Binding; 5] = [Uniform, ReadOnly, ReadOnly, ReadOnly, ReadWrite];
+/// Bindings of `sample` and `row_max`: params, logits, rows, draws, tokens, partial.
+const BINDINGS: [Binding; 6] = [Uniform, ReadOnly, ReadOnly, ReadOnly, ReadWrite, ReadWrite];
+
+/// Logits one `row_max` workgroup scans; must match ROW_CHUNK in sample.wgsl. A row over
+/// one chunk (32k-128k vocabularies) has its largest logit found by a workgroup per chunk
+/// before `sample` runs, so greedy decoding is not one workgroup walking the row.
+const ROW_CHUNK: usize = 4096;
 
 /// Records sampling of `count` sequences: sequence s picks from logits row `rows[s]`
 /// (u32) of `logits` ([.., vocab] f32) with the uniform number `draws[s]` (f32), writing
@@ -235,33 +240,49 @@ pub fn encode_sample_with(
             "cannot sample from an empty vocabulary".into(),
         ));
     }
-    let key = PipelineKey::new(Shader::Sample, "sample")
-        .with("SAMPLE_WG", SAMPLE_WORKGROUP)
-        .with_flag("LEGACY", legacy);
-    let pipeline = gpu.pipeline(&key, &BINDINGS)?;
-    let grid = gpu.grid("sample", count as u32)?;
-    let uniform = gpu.uniform(
-        "sample params",
-        &SampleParams {
-            vocab: vocab as u32,
-            count: count as u32,
-            top_k: params.top_k.min(u32::MAX as usize) as u32,
-            tiles_x: grid.x,
-            temperature: params.temperature,
-            top_p: params.top_p,
-            _pad0: 0,
-            _pad1: 0,
-        },
-    );
-    let buffers = [
-        uniform.buffer(),
-        logits.buffer(),
-        rows.buffer(),
-        draws.buffer(),
-        tokens.buffer(),
-    ];
-    gpu.dispatch(pass, &pipeline, &buffers, grid);
-    Ok(())
+    // The legacy sampler walks the row in one workgroup, as the first version did.
+    let chunks = if legacy { 1 } else { vocab.div_ceil(ROW_CHUNK) };
+    let partial = if chunks > 1 {
+        let bytes = (count * chunks * 8) as u64;
+        Some(gpu.storage(MemoryCategory::Scratch, "sample row maxima", bytes)?)
+    } else {
+        None
+    };
+    let partial = partial.as_ref().unwrap_or_else(|| gpu.spare_storage());
+    let mut stage = |entry: &'static str, workgroups: usize| -> Result<(), GpuError> {
+        let key = PipelineKey::new(Shader::Sample, entry)
+            .with("SAMPLE_WG", SAMPLE_WORKGROUP)
+            .with_flag("LEGACY", legacy);
+        let pipeline = gpu.pipeline(&key, &BINDINGS)?;
+        let grid = gpu.grid(entry, workgroups as u32)?;
+        let uniform = gpu.uniform(
+            "sample params",
+            &SampleParams {
+                vocab: vocab as u32,
+                count: count as u32,
+                top_k: params.top_k.min(u32::MAX as usize) as u32,
+                tiles_x: grid.x,
+                temperature: params.temperature,
+                top_p: params.top_p,
+                chunks: chunks as u32,
+                _pad: 0,
+            },
+        );
+        let buffers = [
+            uniform.buffer(),
+            logits.buffer(),
+            rows.buffer(),
+            draws.buffer(),
+            tokens.buffer(),
+            partial.buffer(),
+        ];
+        gpu.dispatch(pass, &pipeline, &buffers, grid);
+        Ok(())
+    };
+    if chunks > 1 {
+        stage("row_max", count * chunks)?;
+    }
+    stage("sample", count)
 }
 
 #[cfg(test)]
@@ -486,6 +507,38 @@ mod tests {
         }
     }
 
+    /// Greedy over rows of three `row_max` slices (ROW_CHUNK 4096): the largest logit with
+    /// the lowest index among ties, wherever the maximum falls: tied across a slice
+    /// boundary, at the row's last index, tied in two slices, a constant row, a row of
+    /// negative logits; the CPU rule's token and the single-workgroup walk's.
+    #[test]
+    fn greedy_over_row_slices_takes_the_lowest_index_of_the_largest() {
+        let vocab: usize = 10_000;
+        assert_eq!(vocab.div_ceil(ROW_CHUNK), 3);
+        let mut rows: Vec<Vec<f32>> = (0..5).map(|s| test_values(vocab, 40 + s)).collect();
+        rows[0][4095] = 5.0;
+        rows[0][4096] = 5.0;
+        rows[1][vocab - 1] = 5.0;
+        rows[2][9000] = 5.0;
+        rows[2][5000] = 5.0;
+        rows[3] = vec![0.25; vocab];
+        rows[4].iter_mut().for_each(|v| *v = -3.0 - v.abs());
+        rows[4][7777] = -0.5;
+        let want = [4095, vocab as u32 - 1, 5000, 0, 7777];
+        let logits: Vec<f32> = rows.concat();
+        let draws = vec![0.5; rows.len()];
+        let p = SamplingParams::greedy();
+        for (row, &w) in rows.iter().zip(&want) {
+            assert_eq!(sample_reference(row, &p, 0.5), w);
+        }
+        for gpu in test_gpus() {
+            for legacy in [false, true] {
+                let got = sample_on(&gpu, &logits, &draws, vocab, &p, legacy);
+                assert_eq!(got, want, "legacy {legacy} on {}", gpu.describe());
+            }
+        }
+    }
+
     /// Times the sampler against its first version at Llama 2's and Llama 3's vocabulary
     /// sizes, alternating, and prints the ratio (run by hand: `cargo test --lib
     /// sampler_timing -- --ignored --nocapture`).
@@ -495,8 +548,7 @@ mod tests {
         use crate::gpu::Recording;
         use crate::gpu::profile::time_recording;
         for gpu in test_gpus() {
-            for vocab in [32_000, 128_256] {
-                let seqs = 4;
+            for (vocab, seqs) in [(32_000, 1), (32_000, 4), (128_256, 1), (128_256, 4)] {
                 let logits: Vec<f32> = test_values(vocab * seqs, 9)
                     .iter()
                     .map(|v| v * 8.0)
