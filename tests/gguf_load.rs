@@ -31,6 +31,17 @@ fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf")
 }
 
+/// The index of the largest logit, the first among ties (walsh's and llama.cpp's greedy).
+fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0 as u32
+}
+
 /// Greedy tokens after `prompt` and every step's logits, on the CPU decoder (f32 cache).
 fn greedy(model: &Model, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut dec = CpuDecoder::new(model, prompt.len() + steps, KvFormat::F32).unwrap();
@@ -41,13 +52,7 @@ fn greedy(model: &Model, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32
     let mut out = Vec::new();
     let mut all = vec![logits.clone()];
     for step in 0..steps {
-        let next = logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                if v > best.1 { (i, v) } else { best }
-            })
-            .0 as u32;
+        let next = argmax(&logits);
         out.push(next);
         if step + 1 < steps {
             logits = dec.forward(next, prompt.len() + step).unwrap().to_vec();
@@ -793,13 +798,7 @@ fn greedy_logits(
     let mut logits = rows.split_off(rows.len() - vocab);
     let (mut tokens, mut all) = (Vec::new(), Vec::new());
     for step in 0..steps {
-        let next = logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                if v > best.1 { (i, v) } else { best }
-            })
-            .0 as u32;
+        let next = argmax(&logits);
         tokens.push(next);
         let last = std::mem::take(&mut logits);
         if step + 1 < steps {
