@@ -2,12 +2,12 @@
 // its logits. Host side and the exact rule (shared with the CPU): src/ops/sample.rs.
 //
 // One workgroup per sequence (`sample`); over ROW_CHUNK logits, the row's largest first
-// comes from `row_max`, a workgroup per ROW_CHUNK-wide slice. Logits are compared through order-preserving u32 keys, so
-// the thresholds are found exactly, with no sorting, at any vocabulary size: top-k's by a
-// radix select (8 passes over the row, 4 bits of the key each: 16 counts per invocation,
-// summed through workgroup memory; no atomics, which naga cannot bounds-check in SPIR-V),
-// top-p's by a 32-step bitwise search on the kept mass, each step a
-// workgroup reduction over the top-k candidates, which every invocation gathered from its
+// comes from `row_max`, a workgroup per ROW_CHUNK-wide slice. Logits are compared
+// through order-preserving u32 keys, so the thresholds are found exactly, with no
+// sorting, at any vocabulary size: top-k's by a radix select (8 passes over the row, 4
+// bits of the key each: 16 counts per invocation, summed through workgroup memory; no
+// atomics, which naga cannot bounds-check in SPIR-V), top-p's by a 32-step bitwise search
+// on the kept mass, each step a workgroup reduction over the top-k candidates, which every invocation gathered from its
 // own elements (in index order, so every sum adds the same weights in the same order as
 // a pass over the row would). Without top-k, or when an invocation has more than CAND
 // candidates, the search passes over the row instead. LEGACY (measurement only) takes the
@@ -203,22 +203,41 @@ fn mass_ge(t: u32, lid: u32) -> f32 {
     return total;
 }
 
-// The largest of the workgroup's (key, index) pairs, the lowest index among equal keys;
-// every invocation gets it.
-fn reduce_max(best: u32, best_i: u32, lid: u32) -> vec2<u32> {
-    red_u[lid] = best;
-    red_v[lid] = best_i;
+// Whether (key, index) `c` comes before `best`: a larger key, or the lower index of equal
+// keys (greedy's rule).
+fn before(c: vec2<u32>, best: vec2<u32>) -> bool {
+    return c.x > best.x || (c.x == best.x && c.y < best.y);
+}
+
+// Nothing yet: any pair comes before it.
+const NO_MAX = vec2<u32>(0u, 0xffffffffu);
+
+// The first of the workgroup's (key, index) pairs by `before`; every invocation gets it.
+fn reduce_max(mine: vec2<u32>, lid: u32) -> vec2<u32> {
+    red_u[lid] = mine.x;
+    red_v[lid] = mine.y;
     workgroupBarrier();
-    var arg = 0xffffffffu;
-    var top = 0u;
+    var best = NO_MAX;
     for (var k = 0u; k < SAMPLE_WG; k++) {
-        if (red_u[k] > top || (red_u[k] == top && red_v[k] < arg)) {
-            top = red_u[k];
-            arg = red_v[k];
+        let c = vec2<u32>(red_u[k], red_v[k]);
+        if (before(c, best)) {
+            best = c;
         }
     }
     workgroupBarrier();
-    return vec2<u32>(top, arg);
+    return best;
+}
+
+// The largest key of logits [lo, hi) of the row at `row`, and its lowest index.
+fn slice_max(row: u32, lo: u32, hi: u32, lid: u32) -> vec2<u32> {
+    var best = NO_MAX;
+    for (var i = lo + lid; i < hi; i += SAMPLE_WG) {
+        let c = vec2<u32>(key_of(logits[row + i]), i);
+        if (before(c, best)) {
+            best = c;
+        }
+    }
+    return reduce_max(best, lid);
 }
 
 // The largest key and its lowest index in one ROW_CHUNK-wide slice of a row: one
@@ -232,19 +251,8 @@ fn row_max(@builtin(local_invocation_index) lid: u32,
     if (s >= params.count) {
         return;  // whole workgroup: uniform
     }
-    let row = rows[s] * params.vocab;
     let lo = (id % params.chunks) * ROW_CHUNK;
-    let hi = min(lo + ROW_CHUNK, params.vocab);
-    var best = 0u;
-    var best_i = 0xffffffffu;
-    for (var i = lo + lid; i < hi; i += SAMPLE_WG) {
-        let k = key_of(logits[row + i]);
-        if (k > best || (k == best && i < best_i)) {
-            best = k;
-            best_i = i;
-        }
-    }
-    let m = reduce_max(best, best_i, lid);
+    let m = slice_max(rows[s] * params.vocab, lo, min(lo + ROW_CHUNK, params.vocab), lid);
     if (lid == 0u) {
         partial[id] = m;
     }
@@ -260,26 +268,20 @@ fn sample(@builtin(local_invocation_index) lid: u32,
     base = rows[s] * params.vocab;
 
     // Largest key and its lowest index: from the slices' maxima, or over the row.
-    var best = 0u;
-    var best_i = 0xffffffffu;
+    var top: vec2<u32>;
     if (params.chunks > 1u) {
+        var best = NO_MAX;
         for (var c = lid; c < params.chunks; c += SAMPLE_WG) {
             let p = partial[s * params.chunks + c];
-            if (p.x > best || (p.x == best && p.y < best_i)) {
-                best = p.x;
-                best_i = p.y;
+            if (before(p, best)) {
+                best = p;
             }
         }
+        top = reduce_max(best, lid);
     } else {
-        for (var i = lid; i < params.vocab; i += SAMPLE_WG) {
-            let k = key_of(logits[base + i]);
-            if (k > best || (k == best && i < best_i)) {
-                best = k;
-                best_i = i;
-            }
-        }
+        top = slice_max(base, 0u, params.vocab, lid);
     }
-    let arg = reduce_max(best, best_i, lid).y;
+    let arg = top.y;
     if (params.temperature <= 0.0) {
         if (lid == 0u) {
             tokens[s] = arg;
