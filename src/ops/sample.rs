@@ -211,12 +211,28 @@ pub fn encode_sample(
     params: &SamplingParams,
 ) -> Result<(), GpuError> {
     let buffers = [logits, rows, draws, tokens];
-    encode_sample_with(gpu, pass, buffers, count, vocab, params, false)
+    encode_sample_with(gpu, pass, buffers, count, vocab, params, Sampler::Auto)
 }
 
-/// [`encode_sample`] (buffers logits, rows, draws, tokens), or with `legacy` the sampler's
-/// first version, which finds the same thresholds by passes over the whole row (about 67
-/// at top-k 40, top-p 0.95): kept for timing the two side by side.
+/// How [`encode_sample_with`] finds a row's largest logit and thresholds; every version
+/// picks the same token. Kept for testing and timing them side by side.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampler {
+    /// [`Sampler::Slices`] on GPUs, [`Sampler::OneWalk`] on CPU adapters: there the extra
+    /// dispatch costs more than the slices save (`sampler_timing`, docs/kernels.md).
+    Auto,
+    /// The row's maximum by `row_max` workgroups over slices of ROW_CHUNK logits, then
+    /// `sample` (for rows over one slice).
+    Slices,
+    /// `sample` alone, one workgroup walking each row.
+    OneWalk,
+    /// The first version, one workgroup walking each row, which finds the thresholds by
+    /// passes over the whole row (about 67 at top-k 40, top-p 0.95).
+    Legacy,
+}
+
+/// [`encode_sample`] (buffers logits, rows, draws, tokens) by the given version.
 #[doc(hidden)]
 pub fn encode_sample_with(
     gpu: &Gpu,
@@ -225,7 +241,7 @@ pub fn encode_sample_with(
     count: usize,
     vocab: usize,
     params: &SamplingParams,
-    legacy: bool,
+    version: Sampler,
 ) -> Result<(), GpuError> {
     params.validate().map_err(GpuError::Validation)?;
     logits.require("logits", (vocab * 4) as u64)?;
@@ -240,8 +256,13 @@ pub fn encode_sample_with(
             "cannot sample from an empty vocabulary".into(),
         ));
     }
-    // The legacy sampler walks the row in one workgroup, as the first version did.
-    let chunks = if legacy { 1 } else { vocab.div_ceil(ROW_CHUNK) };
+    let slices = match version {
+        Sampler::Auto => !gpu.is_cpu_adapter(),
+        Sampler::Slices => true,
+        Sampler::OneWalk | Sampler::Legacy => false,
+    };
+    let legacy = version == Sampler::Legacy;
+    let chunks = if slices { vocab.div_ceil(ROW_CHUNK) } else { 1 };
     let partial = if chunks > 1 {
         let bytes = (count * chunks * 8) as u64;
         Some(gpu.storage(MemoryCategory::Scratch, "sample row maxima", bytes)?)
@@ -432,7 +453,7 @@ mod tests {
         draws: &[f32],
         vocab: usize,
         p: &SamplingParams,
-        legacy: bool,
+        version: Sampler,
     ) -> Vec<u32> {
         let seqs = draws.len();
         let rows: Vec<u32> = (0..seqs as u32).collect();
@@ -450,7 +471,7 @@ mod tests {
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             let buffers = [&lb, &rb, &db, &tb];
-            encode_sample_with(gpu, &mut pass, buffers, seqs, vocab, p, legacy).unwrap();
+            encode_sample_with(gpu, &mut pass, buffers, seqs, vocab, p, version).unwrap();
         }
         gpu.submit_and_wait(enc).unwrap();
         gpu.read(&tb, seqs).unwrap()
@@ -491,9 +512,11 @@ mod tests {
                     top_p,
                     seed: 0,
                 };
-                let fast = sample_on(&gpu, &logits, &draws, vocab, &p, false);
-                let legacy = sample_on(&gpu, &logits, &draws, vocab, &p, true);
+                let fast = sample_on(&gpu, &logits, &draws, vocab, &p, Sampler::Slices);
+                let legacy = sample_on(&gpu, &logits, &draws, vocab, &p, Sampler::Legacy);
                 assert_eq!(fast, legacy, "{p:?} on {}", gpu.describe());
+                let one = sample_on(&gpu, &logits, &draws, vocab, &p, Sampler::OneWalk);
+                assert_eq!(one, legacy, "{p:?} on {}", gpu.describe());
                 for (s, &tok) in fast.iter().enumerate() {
                     let row = &logits[s * vocab..][..vocab];
                     let (kept, _) = kept_intervals(row, &p);
@@ -532,15 +555,15 @@ mod tests {
             assert_eq!(sample_reference(row, &p, 0.5), w);
         }
         for gpu in test_gpus() {
-            for legacy in [false, true] {
-                let got = sample_on(&gpu, &logits, &draws, vocab, &p, legacy);
-                assert_eq!(got, want, "legacy {legacy} on {}", gpu.describe());
+            for version in [Sampler::Slices, Sampler::OneWalk, Sampler::Legacy] {
+                let got = sample_on(&gpu, &logits, &draws, vocab, &p, version);
+                assert_eq!(got, want, "{version:?} on {}", gpu.describe());
             }
         }
     }
 
-    /// Times the sampler against its first version at Llama 2's and Llama 3's vocabulary
-    /// sizes, alternating, and prints the ratio (run by hand: `cargo test --lib
+    /// Times the sampler's versions (one walk per row, row slices) against its first at
+    /// Llama 2's and Llama 3's vocabulary sizes, alternating, and prints the ratios (run by hand: `cargo test --lib
     /// sampler_timing -- --ignored --nocapture`).
     #[test]
     #[ignore]
@@ -566,36 +589,38 @@ mod tests {
                     .storage(MemoryCategory::Activations, "tokens", 4 * seqs as u64)
                     .unwrap();
                 for p in [SamplingParams::greedy(), SamplingParams::default()] {
-                    let rec = |legacy| {
+                    let versions = [Sampler::Legacy, Sampler::OneWalk, Sampler::Slices];
+                    let recs = versions.map(|version| {
                         let mut rec = Recording::new();
                         let buffers = [&lb, &rb, &db, &tb];
-                        encode_sample_with(&gpu, &mut rec, buffers, seqs, vocab, &p, legacy)
+                        encode_sample_with(&gpu, &mut rec, buffers, seqs, vocab, &p, version)
                             .unwrap();
                         rec
-                    };
-                    let (new, old) = (rec(false), rec(true));
-                    let mut times = [Vec::new(), Vec::new()];
+                    });
+                    let mut times = [Vec::new(), Vec::new(), Vec::new()];
                     for _ in 0..5 {
-                        for (i, r) in [&old, &new].into_iter().enumerate() {
+                        for (i, r) in recs.iter().enumerate() {
                             let t = pollster::block_on(time_recording(&gpu, r, 5)).unwrap();
                             times[i].push(t.wall_seconds);
                         }
                     }
-                    let median = |v: &mut Vec<f64>| {
+                    let [legacy, one, slices] = times.map(|mut v| {
                         v.sort_by(f64::total_cmp);
                         v[v.len() / 2]
-                    };
-                    let (old_s, new_s) = (median(&mut times[0]), median(&mut times[1]));
+                    });
                     eprintln!(
                         "{}: vocab {vocab}, {seqs} sequences, temperature {} top-k {} top-p {}: \
-                         before {:.3} ms, after {:.3} ms, {:.2}x",
+                         first version {:.3} ms, one walk {:.3} ms ({:.2}x), slices {:.3} ms \
+                         ({:.2}x)",
                         gpu.describe(),
                         p.temperature,
                         p.top_k,
                         p.top_p,
-                        old_s * 1e3,
-                        new_s * 1e3,
-                        old_s / new_s
+                        legacy * 1e3,
+                        one * 1e3,
+                        legacy / one,
+                        slices * 1e3,
+                        legacy / slices
                     );
                 }
             }
