@@ -223,6 +223,8 @@ struct Runner<'g> {
     prompts: Vec<Vec<u32>>,
     prefill: Vec<f64>,
     decode: Vec<f64>,
+    /// Seconds of decode steps over the timed runs.
+    decode_seconds: f64,
 }
 
 impl<'g> Runner<'g> {
@@ -283,6 +285,7 @@ impl<'g> Runner<'g> {
             prompts,
             prefill: Vec::new(),
             decode: Vec::new(),
+            decode_seconds: 0.0,
         };
         runner.generate(2).await?;
         runner.result.peak_bytes = gpu.memory().report().peak_bytes - baseline;
@@ -306,6 +309,7 @@ impl<'g> Runner<'g> {
         let g = self.generate(self.case.new_tokens).await?;
         self.prefill.push(g.stats.prefill_tokens_per_s);
         self.decode.push(g.stats.decode_tokens_per_s);
+        self.decode_seconds += g.stats.decode_seconds;
         self.result.dispatches_per_token = g.stats.dispatches_per_token;
         self.result.readbacks_per_token = g.stats.readbacks_per_token;
         Ok(())
@@ -322,10 +326,18 @@ impl<'g> Runner<'g> {
     }
 }
 
-/// Timed generations per measurement (in a paper cell, of each model, the two
-/// alternating): the median of three. Software adapters share the CPU with everything
-/// else on the machine.
+/// Timed generations of a decoder-suite case: the median of three. Software adapters
+/// share the CPU with everything else on the machine.
 pub const ROUNDS: usize = 3;
+/// Paired rounds of a paper cell (each times both models once): at least
+/// PAPER_MIN_ROUNDS, then more until each model has decoded for PAPER_DECODE_SECONDS, at
+/// most PAPER_MAX_ROUNDS. At three rounds of 31 steps the small cells' decode gains on
+/// lavapipe moved by 10-25 points between two runs of the same build (d_model 256:
+/// batch 4 -11.2% then -13.7%, batch 1 +2.2% then -3.4%; the Dec 3 grid had -21.1% at
+/// batch 1), more than the few percent the projection's bytes can give.
+pub const PAPER_MIN_ROUNDS: usize = 3;
+pub const PAPER_MAX_ROUNDS: usize = 15;
+pub const PAPER_DECODE_SECONDS: f64 = 2.0;
 /// Replays of each profiled step (the profile gives medians).
 const PROFILE_REPEATS: usize = 5;
 
@@ -355,6 +367,9 @@ pub struct PaperCell {
     pub weights: WeightFormat,
     /// Query heads per KV head of both models; 1: no grouping.
     pub kv_group: usize,
+    /// Paired rounds go on (past PAPER_MIN_ROUNDS, up to PAPER_MAX_ROUNDS) until each
+    /// model has decoded this long: PAPER_DECODE_SECONDS, 0 with `--quick`.
+    pub decode_seconds: f64,
 }
 
 impl PaperCell {
@@ -400,6 +415,11 @@ pub struct PaperResult {
     /// Throughput gain: hadamard / dense - 1.
     pub prefill_gain: f64,
     pub decode_gain: f64,
+    /// Each paired round's decode gain (hadamard / dense - 1), in the order run; their
+    /// median is `decode_gain`, and `prefill_gain` is the median of the prefill ones
+    /// (empty in reports before this field, whose gains are ratios of medians).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_gains: Vec<f64>,
     pub dense: Option<DecoderResult>,
     pub hadamard: Option<DecoderResult>,
     /// Set when the cell could not run (e.g. a buffer beyond the adapter's limits).
@@ -439,6 +459,11 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
                         kv_cache: options.kv_cache,
                         weights: options.weights,
                         kv_group,
+                        decode_seconds: if options.quick {
+                            0.0
+                        } else {
+                            PAPER_DECODE_SECONDS
+                        },
                     };
                     if cell.case(AttnOutput::Dense).groups_evenly() {
                         out.push(cell);
@@ -460,6 +485,7 @@ pub async fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, Be
         memory_gain: 0.0,
         prefill_gain: 0.0,
         decode_gain: 0.0,
+        decode_gains: Vec::new(),
         dense: None,
         hadamard: None,
         skipped: None,
@@ -483,16 +509,33 @@ pub async fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, Be
             });
         }
     };
-    // Alternate the two so a slow spell of the machine hits both alike.
-    for _ in 0..ROUNDS {
-        dense.time().await?;
-        hadamard.time().await?;
+    // Paired rounds, each timing both models back to back (the first of the pair
+    // alternating): a gain is the median of the rounds' ratios, so a slow spell of the
+    // machine, which software adapters share with everything else, hits both sides of a
+    // ratio alike instead of one model's median.
+    let mut round = 0;
+    while round < PAPER_MIN_ROUNDS
+        || (round < PAPER_MAX_ROUNDS
+            && dense.decode_seconds.min(hadamard.decode_seconds) < cell.decode_seconds)
+    {
+        if round % 2 == 0 {
+            dense.time().await?;
+            hadamard.time().await?;
+        } else {
+            hadamard.time().await?;
+            dense.time().await?;
+        }
+        round += 1;
     }
+    let gains =
+        |h: &[f64], d: &[f64]| -> Vec<f64> { h.iter().zip(d).map(|(h, d)| h / d - 1.0).collect() };
+    let median = |v: &[f64]| Stats::from_samples(v.to_vec()).median_s;
+    result.decode_gains = gains(&hadamard.decode, &dense.decode);
+    result.prefill_gain = median(&gains(&hadamard.prefill, &dense.prefill));
+    result.decode_gain = median(&result.decode_gains);
     let (dense, hadamard) = (dense.finish(), hadamard.finish());
     result.params_gain = 1.0 - hadamard.params as f64 / dense.params as f64;
     result.memory_gain = 1.0 - hadamard.peak_bytes as f64 / dense.peak_bytes as f64;
-    result.prefill_gain = hadamard.prefill_tokens_per_s / dense.prefill_tokens_per_s - 1.0;
-    result.decode_gain = hadamard.decode_tokens_per_s / dense.decode_tokens_per_s - 1.0;
     result.dense = Some(dense);
     result.hadamard = Some(hadamard);
     Ok(result)

@@ -228,17 +228,19 @@ impl Report {
                 .unwrap_or(0);
             let _ = write!(
                 s,
-                "## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, {} weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput. Throughputs are medians of {} generations of each model, the two alternating, each prefilling the context less the new tokens, then generating {} new tokens per sequence.\n\n| d_model | batch | context | params | peak memory | prefill | decode |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+                "## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, {} weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput. Each round times a generation of both models back to back (which goes first alternating), each prefilling the context less the new tokens, then generating {} new tokens per sequence; a gain is the median of the rounds' ratios. Rounds: at least {}, then more until each model has decoded for {} s, at most {}. `middle half`: the range of the middle half of the rounds' decode gains (how much the machine moved them).\n\n| d_model | batch | context | params | peak memory | prefill | decode | middle half | rounds |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
                 self.options.weights.name(),
-                super::decoder::ROUNDS,
                 new_tokens,
+                super::decoder::PAPER_MIN_ROUNDS,
+                super::decoder::PAPER_DECODE_SECONDS,
+                super::decoder::PAPER_MAX_ROUNDS,
             );
             for p in &self.paper {
                 match &p.skipped {
                     Some(why) => {
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} | skipped: {} | | | |",
+                            "| {} | {} | {} | skipped: {} | | | | | |",
                             p.d_model,
                             p.batch,
                             p.context,
@@ -248,14 +250,16 @@ impl Report {
                     None => {
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} | {:.1}% | {:.1}% | {:+.1}% | {:+.1}% |",
+                            "| {} | {} | {} | {:.1}% | {:.1}% | {:+.1}% | {:+.1}% | {} | {} |",
                             p.d_model,
                             p.batch,
                             p.context,
                             100.0 * p.params_gain,
                             100.0 * p.memory_gain,
                             100.0 * p.prefill_gain,
-                            100.0 * p.decode_gain
+                            100.0 * p.decode_gain,
+                            middle_half(&p.decode_gains),
+                            p.decode_gains.len(),
                         );
                     }
                 }
@@ -264,6 +268,23 @@ impl Report {
         }
         s
     }
+}
+
+/// The range of the middle half of a cell's round gains (`+1.2..+4.5%`), between the
+/// first and third quartiles (the ranks outward of them: all three of three rounds); `-`
+/// for a report without rounds.
+pub(super) fn middle_half(gains: &[f64]) -> String {
+    if gains.is_empty() {
+        return "-".into();
+    }
+    let mut g = gains.to_vec();
+    g.sort_by(f64::total_cmp);
+    let last = g.len() - 1;
+    format!(
+        "{:+.1}..{:+.1}%",
+        100.0 * g[last / 4],
+        100.0 * g[(3 * last).div_ceil(4)]
+    )
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -307,3 +307,14 @@ mod weight_formats {
         );
     }
 }
+
+#[test]
+fn a_paper_cells_middle_half_spans_its_quartile_rounds() {
+    use super::report::middle_half;
+    assert_eq!(middle_half(&[]), "-");
+    // Three rounds: all of them, whatever their order.
+    assert_eq!(middle_half(&[0.05, -0.1, 0.02]), "-10.0..+5.0%");
+    // Seven rounds: ranks 1 and 5 of 0..6 (sorted), the extremes left out.
+    let seven = [0.3, -0.2, 0.01, 0.02, 0.03, 0.04, -0.01];
+    assert_eq!(middle_half(&seven), "-1.0..+4.0%");
+}
