@@ -95,7 +95,9 @@ pub fn open_gpu(adapter: &str, model: &Model) -> Result<Gpu> {
     Ok(gpu)
 }
 
-/// `walsh tune`: measures again, prints the timings, and caches the choices.
+/// `walsh tune`: measures again, prints the timings, and caches the choices. For q8/q4
+/// weights it also times the int8-activation GEMV (`gemv_dot4`), printed marked and never
+/// chosen (docs/kernels.md, "int8 activations").
 pub fn tune_cmd(args: &TuneArgs, adapter: &str) -> Result<()> {
     if args.rounds == 0 {
         anyhow::bail!("--rounds must be at least 1");

@@ -543,11 +543,16 @@ pub fn encode_cols(
     // Invocations per workgroup. Each workgroup of a product with a prologue redoes it,
     // so the CPU adapters' GEMVs (an output or two per invocation) take the largest
     // workgroup there: fewer repeats of the same row work.
-    let dot4_lanes = if gpu.is_cpu_adapter() {
+    #[allow(unused_mut)]
+    let mut dot4_lanes = if gpu.is_cpu_adapter() {
         1
     } else {
         GEMV_DOT4_LANES
     };
+    #[cfg(test)]
+    if let Some(lanes) = tests::DOT4_LANES.get() {
+        dot4_lanes = lanes;
+    }
     let workgroup = match kernel {
         Kernel::GemvWide => GEMV_WIDE_WORKGROUP,
         Kernel::GemvDot4 if dot4_lanes > 1 => GEMV_WIDE_WORKGROUP,
@@ -708,6 +713,13 @@ pub fn matmul_reference(w: &[f32], x: &[f32], rows: usize, n_in: usize, n_out: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    std::thread_local! {
+        /// gemv_dot4's lanes per unit forced for this test thread (the GPUs' layout on
+        /// the CPU adapters the tests have).
+        pub(super) static DOT4_LANES: std::cell::Cell<Option<u32>> =
+            const { std::cell::Cell::new(None) };
+    }
     use crate::blocks::QuantMatrix;
     use crate::gpu::MemoryCategory;
     use crate::gpu::testing::{test_gpus, test_values};
@@ -1337,7 +1349,15 @@ mod tests {
                 eprintln!("gemv_dot4 does not run on {}", gpu.describe());
                 continue;
             }
-            for format in [Q8, Q4] {
+            // The adapter's layout (an invocation per unit here), then the GPUs' (32 lanes
+            // per unit, reduced through the stage).
+            for (format, lanes) in [
+                (Q8, None),
+                (Q4, None),
+                (Q8, Some(GEMV_DOT4_LANES)),
+                (Q4, Some(GEMV_DOT4_LANES)),
+            ] {
+                DOT4_LANES.set(lanes);
                 for (rows, n_in, n_out) in [(1, 64, 9), (4, 96, 70), (4, 128, 33)] {
                     check_dot4(&gpu, format, rows, n_in, n_out, Epilogue::Store, None);
                 }
@@ -1352,6 +1372,7 @@ mod tests {
                 check_dot4(&gpu, format, 1, 128, 20, Epilogue::SwiGlu, had);
                 check_dot4(&gpu, format, 4, 96, 14, Epilogue::SwiGlu, had);
             }
+            DOT4_LANES.set(None);
             // Refused where it cannot run: not quantized, or partial blocks.
             let x = gpu
                 .upload(MemoryCategory::Activations, "x", &[0f32; 33])
