@@ -25,7 +25,8 @@
 // The CPU reference (`dot4_reference` in src/ops/matmul.rs) quantizes as this does.
 
 // Lanes per output unit: 1 (an invocation per unit, CPU adapters) or a divisor of GEMV_WG
-// whose partial sums are added through `stage` (GPUs). Set by the host (DOT4_LANES).
+// whose partial sums are added through `stage` (GPUs: GEMV_DOT4_LANES on the host, which
+// checks GEMV_WG * MAX_GEMV_ROWS <= STAGE).
 override DOT4_LANES: u32 = 1u;
 // Packed activation levels of the staged rows, blocks of row r at r * (n_in / QBLOCK):
 // QBLOCK / 4 words per block, row r's word k at r * n_in / 4 + k; one scale and one sum

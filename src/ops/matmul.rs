@@ -43,8 +43,13 @@ const _: () = {
 /// Lanes per output unit in the wide GEMV; must match `WIDE_LANES` in matmul.wgsl.
 const GEMV_WIDE_LANES: u32 = 32;
 /// Lanes per output unit of `gemv_dot4` on GPUs (`DOT4_LANES` in matmul_dot4.wgsl; 1 on
-/// CPU adapters, an invocation per unit as gemv_outputs_wide).
+/// CPU adapters, an invocation per unit as gemv_outputs_wide). Divides its workgroup
+/// (GEMV_WIDE_WORKGROUP), whose partial sums (8 each) fit the stage.
 const GEMV_DOT4_LANES: u32 = 32;
+const _: () = assert!(
+    GEMV_WIDE_WORKGROUP.is_multiple_of(GEMV_DOT4_LANES)
+        && GEMV_WIDE_WORKGROUP as usize * MAX_GEMV_ROWS <= PROLOGUE_STAGE
+);
 /// Workgroup memory of `gemv_dot4`, in bytes: matmul.wgsl's `stage`, `sums`, `sums2` and
 /// matmul_dot4.wgsl's `qx` (STAGE / 4 words), `qscale` and `qsum` (STAGE / QBLOCK each).
 const DOT4_WORKGROUP_BYTES: u32 =
@@ -540,9 +545,8 @@ pub fn encode_cols(
     }
     let blocks = rows.div_ceil(gemv_rows);
     let units = n_out / outs;
-    // Invocations per workgroup. Each workgroup of a product with a prologue redoes it,
-    // so the CPU adapters' GEMVs (an output or two per invocation) take the largest
-    // workgroup there: fewer repeats of the same row work.
+    // gemv_dot4's lanes per output unit: an invocation per unit on CPU adapters (as
+    // gemv_outputs_wide), a lane group per unit on GPUs (as gemv_wide).
     #[allow(unused_mut)]
     let mut dot4_lanes = if gpu.is_cpu_adapter() {
         1
@@ -553,6 +557,9 @@ pub fn encode_cols(
     if let Some(lanes) = tests::DOT4_LANES.get() {
         dot4_lanes = lanes;
     }
+    // Invocations per workgroup. Each workgroup of a product with a prologue redoes it,
+    // so the CPU adapters' GEMVs (an output or two per invocation) take the largest
+    // workgroup there: fewer repeats of the same row work.
     let workgroup = match kernel {
         Kernel::GemvWide => GEMV_WIDE_WORKGROUP,
         Kernel::GemvDot4 if dot4_lanes > 1 => GEMV_WIDE_WORKGROUP,
@@ -713,6 +720,10 @@ pub fn matmul_reference(w: &[f32], x: &[f32], rows: usize, n_in: usize, n_out: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocks::QuantMatrix;
+    use crate::gpu::MemoryCategory;
+    use crate::gpu::testing::{test_gpus, test_values};
+    use crate::ops::WeightFormat;
 
     std::thread_local! {
         /// gemv_dot4's lanes per unit forced for this test thread (the GPUs' layout on
@@ -720,10 +731,6 @@ mod tests {
         pub(super) static DOT4_LANES: std::cell::Cell<Option<u32>> =
             const { std::cell::Cell::new(None) };
     }
-    use crate::blocks::QuantMatrix;
-    use crate::gpu::MemoryCategory;
-    use crate::gpu::testing::{test_gpus, test_values};
-    use crate::ops::WeightFormat;
 
     const FORMATS: [WeightFormat; 4] = [
         WeightFormat::F32,
