@@ -59,7 +59,8 @@ enum Command {
     /// the adapter has them) against the copy shader.
     Profile(cli::run::ProfileArgs),
     /// Time every decode GEMV on a model's products and cache the fastest per weight
-    /// format for this adapter (GPU commands do this once on their own).
+    /// format for this adapter (GPU commands do this once on their own). q8/q4 weights:
+    /// also times the int8-activation gemv_dot4, shown for comparison, never chosen.
     Tune(cli::tune::TuneArgs),
     /// Write a model with random weights (for tests and benchmarks).
     InitModel(InitArgs),

@@ -230,6 +230,9 @@ fn workloads(gpu: &Gpu) {
         }
         gpu.set_tuning(Tuning::default());
     }
+    // The int8-activation GEMV (`walsh tune` times it; nothing picks it): q8 and q4, one
+    // row and a block of rows, the decoder's prologues and epilogues.
+    dot4_sweep(gpu);
     // Hadamard W_O at widths m x 2^k (the GEMVs' Hadamard prologue with an m x m mix on
     // GPUs, the tiled WHT on CPU adapters) and rotated caches of head sizes m x 2^k.
     for (d, heads, kv) in [
@@ -270,6 +273,67 @@ fn workloads(gpu: &Gpu) {
     // `walsh wht`: every supported width with every kernel, plain and with the decoder's
     // fused epilogue.
     wht_sweep(gpu);
+}
+
+fn dot4_sweep(gpu: &Gpu) {
+    use walsh::blocks::QuantMatrix;
+    use walsh::ops::Matrix;
+    use walsh::ops::matmul::{Epilogue, Prologue, encode_with_prologue};
+    let n_in = 128;
+    if !Kernel::GemvDot4.runs(gpu, n_in, false) {
+        return;
+    }
+    let buf = |label, n: usize| {
+        gpu.storage(MemoryCategory::Activations, label, (n * 4) as u64)
+            .unwrap()
+    };
+    let rows = 4;
+    let (x, y, out, v) = (
+        buf("x", rows * n_in),
+        buf("y", rows * 64),
+        buf("out", rows * n_in),
+        buf("v", rows * n_in),
+    );
+    let signs = gpu.spare_uniform();
+    for format in [WeightFormat::Q8, WeightFormat::Q4] {
+        let values = vec![0.25f32; 64 * n_in];
+        let q = QuantMatrix::quantize(format.quant().unwrap(), 64, n_in, &values).unwrap();
+        let w = Matrix::from_quant(gpu, "w", &q).unwrap();
+        let mut encoder = gpu.encoder("dot4 sweep");
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for r in [1, rows] {
+                let prologues = [
+                    (Prologue::None, Epilogue::Accumulate),
+                    (
+                        Prologue::Norm {
+                            weight: &v,
+                            eps: 1e-5,
+                            out: Some(&out),
+                        },
+                        Epilogue::Store,
+                    ),
+                    (
+                        Prologue::HadamardNorm {
+                            resid: &v,
+                            gamma: &v,
+                            beta: &v,
+                            out: &out,
+                            weight: &v,
+                            eps: 1e-5,
+                            signs: Some(signs),
+                        },
+                        Epilogue::SwiGlu,
+                    ),
+                ];
+                for (pro, epi) in prologues {
+                    let k = Kernel::GemvDot4;
+                    encode_with_prologue(gpu, &mut pass, &w, &x, &y, r, epi, k, pro).unwrap();
+                }
+            }
+        }
+        gpu.submit_and_wait(encoder).unwrap();
+    }
 }
 
 fn wht_sweep(gpu: &Gpu) {

@@ -35,6 +35,13 @@ pub struct GemvTune {
     /// the median over rounds that alternate the candidates (one round for a candidate
     /// [`PRUNE_FACTOR`] behind the fastest in the first).
     pub candidates: Vec<(String, f64)>,
+    /// The GEMVs over int8-quantized activations ([`Kernel::GemvDot4`]), timed in the
+    /// same alternating rounds as `candidates` where asked for ([`tune_gemv_with`]) but
+    /// never chosen: they change the numerics, and greedy tokens must not depend on the
+    /// adapter. Empty where not timed (or for f32/f16 weights).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub int8: Vec<(String, f64)>,
+    /// The fastest of `candidates` (exact GEMVs only).
     pub chosen: String,
 }
 
@@ -151,13 +158,30 @@ pub async fn tune_gemv(
     products: &[Product],
     rounds: usize,
 ) -> Result<GemvTune, BenchError> {
+    tune_gemv_with(gpu, format, products, rounds, false).await
+}
+
+/// [`tune_gemv`], also timing the int8-activation GEMV ([`Kernel::GemvDot4`]) for q8 and
+/// q4 weights with `int8`: in the same rounds, recorded in [`GemvTune::int8`], never
+/// chosen (nor counted when pruning).
+pub async fn tune_gemv_with(
+    gpu: &Gpu,
+    format: WeightFormat,
+    products: &[Product],
+    rounds: usize,
+    int8: bool,
+) -> Result<GemvTune, BenchError> {
     // A candidate runs the products it can, and the others fall to the kernel the decoder
     // would then take (`Auto` does the same with the choice). Only f16 has gemv_cols,
     // which needs paired rows: it stores the matrices transposed.
     let transposable =
         format == WeightFormat::F16 && products.iter().all(|p| p.n_out.is_multiple_of(2));
+    let dot4 = int8
+        .then_some(Kernel::GemvDot4)
+        .filter(|_| format.quant().is_some());
     let candidates: Vec<Kernel> = Kernel::GEMVS
         .into_iter()
+        .chain(dot4)
         .filter(|k| {
             let transposed = *k == Kernel::GemvCols;
             (!transposed || transposable)
@@ -194,7 +218,12 @@ pub async fn tune_gemv(
             .iter()
             .map(|s| s.first().copied().unwrap_or(f64::INFINITY))
             .collect();
-        let fastest = first.iter().copied().fold(f64::INFINITY, f64::min);
+        let fastest = first
+            .iter()
+            .zip(&candidates)
+            .filter(|(_, k)| k.exact())
+            .map(|(t, _)| *t)
+            .fold(f64::INFINITY, f64::min);
         for (c, &kernel) in candidates.iter().enumerate() {
             if round > 0 && first[c] > PRUNE_FACTOR * fastest {
                 continue;
@@ -239,16 +268,18 @@ pub async fn tune_gemv(
             samples[c].push(total * 1e6);
         }
     }
-    let timed: Vec<(String, f64)> = candidates
+    let (exact, approximate): (Vec<_>, Vec<_>) = candidates
         .iter()
         .zip(samples)
         .map(|(k, s)| {
             (
+                k.exact(),
                 k.name().to_string(),
                 super::measure::Stats::from_samples(s).median_s,
             )
         })
-        .collect();
+        .partition(|c| c.0);
+    let timed: Vec<(String, f64)> = exact.into_iter().map(|c| (c.1, c.2)).collect();
     let chosen = timed
         .iter()
         .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -258,6 +289,7 @@ pub async fn tune_gemv(
         format,
         products: products.to_vec(),
         candidates: timed,
+        int8: approximate.into_iter().map(|c| (c.1, c.2)).collect(),
         chosen,
     })
 }
@@ -341,10 +373,23 @@ pub async fn tune_model(
     rounds: usize,
     cache: &mut TuningCache,
 ) -> Result<(Tuning, Vec<GemvTune>), BenchError> {
+    tune_model_with(gpu, model, rounds, false, cache).await
+}
+
+/// [`tune_model`], also timing the int8-activation GEMV with `int8` ([`tune_gemv_with`];
+/// `walsh tune` does, the automatic tuning of other commands does not). The choices are
+/// the same: exact GEMVs only.
+pub async fn tune_model_with(
+    gpu: &Gpu,
+    model: &Model,
+    rounds: usize,
+    int8: bool,
+    cache: &mut TuningCache,
+) -> Result<(Tuning, Vec<GemvTune>), BenchError> {
     let mut tuning = Tuning::default();
     let mut tunes = Vec::new();
     for (format, products) in decode_products(model) {
-        let t = tune_gemv(gpu, format, &products, rounds).await?;
+        let t = tune_gemv_with(gpu, format, &products, rounds, int8).await?;
         tuning
             .gemv
             .insert(format.name().to_string(), t.chosen.clone());
@@ -438,6 +483,37 @@ mod tests {
                     .unwrap();
                 assert_eq!(t.chosen, best.0);
                 assert_eq!(t.key(), format!("{} 64x64x2n 34x40x1", format.name()));
+                assert!(t.int8.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn the_int8_gemv_is_timed_but_never_chosen() {
+        for gpu in test_gpus().into_iter().take(1) {
+            let products = [Product {
+                n_out: 64,
+                n_in: 64,
+                count: 2,
+                normed: true,
+            }];
+            for format in [WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4] {
+                let t = pollster::block_on(tune_gemv_with(&gpu, format, &products, 2, true));
+                let t = t.unwrap();
+                let names: Vec<&str> = t.int8.iter().map(|c| c.0.as_str()).collect();
+                if format == WeightFormat::F16 || !Kernel::GemvDot4.runs(&gpu, 64, false) {
+                    assert!(names.is_empty(), "{names:?}");
+                    continue;
+                }
+                assert_eq!(names, ["gemv_dot4"]);
+                assert!(t.int8[0].1.is_finite() && t.int8[0].1 > 0.0);
+                assert!(t.candidates.iter().all(|c| c.0 != "gemv_dot4"));
+                assert_ne!(t.chosen, "gemv_dot4");
+                // Cached and read back with it; the choice is an exact GEMV.
+                let json = serde_json::to_string(&t).unwrap();
+                let back: GemvTune = serde_json::from_str(&json).unwrap();
+                assert_eq!(back, t);
+                assert!(Kernel::from_name(&back.chosen).is_some_and(Kernel::exact));
             }
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use walsh::bench::tune::{GemvTune, TuningCache, tune_model};
+use walsh::bench::tune::{GemvTune, TuningCache, tune_model, tune_model_with};
 use walsh::gpu::{AdapterSelector, Gpu};
 use walsh::model::weights::Model;
 
@@ -95,7 +95,9 @@ pub fn open_gpu(adapter: &str, model: &Model) -> Result<Gpu> {
     Ok(gpu)
 }
 
-/// `walsh tune`: measures again, prints the timings, and caches the choices.
+/// `walsh tune`: measures again, prints the timings, and caches the choices. For q8/q4
+/// weights it also times the int8-activation GEMV (`gemv_dot4`), printed marked and never
+/// chosen (docs/kernels.md, "int8 activations").
 pub fn tune_cmd(args: &TuneArgs, adapter: &str) -> Result<()> {
     if args.rounds == 0 {
         anyhow::bail!("--rounds must be at least 1");
@@ -105,7 +107,9 @@ pub fn tune_cmd(args: &TuneArgs, adapter: &str) -> Result<()> {
     let gpu = Gpu::new(&selector)?;
     let path = cache_path();
     let mut cache = read_cache(path.as_deref());
-    let (_, tunes) = pollster::block_on(tune_model(&gpu, &model, args.rounds, &mut cache))?;
+    // The int8-activation GEMV (q8/q4 weights) is timed too, for comparison only.
+    let (_, tunes) =
+        pollster::block_on(tune_model_with(&gpu, &model, args.rounds, true, &mut cache))?;
     let written = match &path {
         Some(p) => write_cache(p, &cache).map(|()| p.display().to_string()),
         None => Ok("nowhere (no HOME, XDG_CACHE_HOME or WALSH_TUNE_CACHE)".into()),
@@ -144,6 +148,12 @@ fn table(gpu: &Gpu, tunes: &[GemvTune]) -> String {
             let mark = if *name == t.chosen { "  <- chosen" } else { "" };
             out.push_str(&format!(
                 "  {name:<18} {us:>10.1} µs  {:>5.2}x{mark}\n",
+                us / best
+            ));
+        }
+        for (name, us) in &t.int8 {
+            out.push_str(&format!(
+                "  {name:<18} {us:>10.1} µs  {:>5.2}x  (int8 activations: not exact, never chosen)\n",
                 us / best
             ));
         }

@@ -23,6 +23,9 @@ pub enum Shader {
     Matmul,
     /// Dense matrix products plus the GEMV reduced by subgroupAdd.
     MatmulSubgroup,
+    /// Dense matrix products plus the GEMV over int8-quantized activations
+    /// (`dot4I8Packed`; `Kernel::GemvDot4`, never chosen by itself).
+    MatmulDot4,
     /// A plain copy: the bandwidth roof of compute kernels.
     Copy,
     /// RMSNorm.
@@ -40,11 +43,12 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 11] = [
+    pub const ALL: [Shader; 12] = [
         Shader::Hadamard,
         Shader::HadamardSubgroup,
         Shader::Matmul,
         Shader::MatmulSubgroup,
+        Shader::MatmulDot4,
         Shader::Copy,
         Shader::Norm,
         Shader::Rope,
@@ -68,6 +72,10 @@ impl Shader {
             Shader::MatmulSubgroup => concat!(
                 include_str!("../../shaders/matmul.wgsl"),
                 include_str!("../../shaders/matmul_subgroup.wgsl")
+            ),
+            Shader::MatmulDot4 => concat!(
+                include_str!("../../shaders/matmul.wgsl"),
+                include_str!("../../shaders/matmul_dot4.wgsl")
             ),
             Shader::Copy => include_str!("../../shaders/copy.wgsl"),
             Shader::Norm => include_str!("../../shaders/norm.wgsl"),
@@ -93,6 +101,7 @@ impl Shader {
             Shader::HadamardSubgroup => "hadamard+subgroup",
             Shader::Matmul => "matmul",
             Shader::MatmulSubgroup => "matmul+subgroup",
+            Shader::MatmulDot4 => "matmul+dot4",
             Shader::Copy => "copy",
             Shader::Norm => "norm",
             Shader::Rope => "rope",

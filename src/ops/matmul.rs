@@ -42,6 +42,18 @@ const _: () = {
 };
 /// Lanes per output unit in the wide GEMV; must match `WIDE_LANES` in matmul.wgsl.
 const GEMV_WIDE_LANES: u32 = 32;
+/// Lanes per output unit of `gemv_dot4` on GPUs (`DOT4_LANES` in matmul_dot4.wgsl; 1 on
+/// CPU adapters, an invocation per unit as gemv_outputs_wide). Divides its workgroup
+/// (GEMV_WIDE_WORKGROUP), whose partial sums (8 each) fit the stage.
+const GEMV_DOT4_LANES: u32 = 32;
+const _: () = assert!(
+    GEMV_WIDE_WORKGROUP.is_multiple_of(GEMV_DOT4_LANES)
+        && GEMV_WIDE_WORKGROUP as usize * MAX_GEMV_ROWS <= PROLOGUE_STAGE
+);
+/// Workgroup memory of `gemv_dot4`, in bytes: matmul.wgsl's `stage`, `sums`, `sums2` and
+/// matmul_dot4.wgsl's `qx` (STAGE / 4 words), `qscale` and `qsum` (STAGE / QBLOCK each).
+const DOT4_WORKGROUP_BYTES: u32 =
+    PROLOGUE_WORKGROUP_BYTES + (PROLOGUE_STAGE as u32 / 4 + 2 * PROLOGUE_STAGE as u32 / 32) * 4;
 /// The wide GEMV reads rows in whole quantized blocks and 16-byte vectors.
 const GEMV_WIDE_ALIGN: usize = 32;
 /// Accumulators per GEMV invocation (rows per workgroup x outputs per unit) at most;
@@ -186,6 +198,14 @@ pub enum Kernel {
     /// A subgroup per output reading 16 bytes per lane per step, reduced by subgroupAdd
     /// with no barrier (llama.cpp's `mul_mat_vec`; needs SUBGROUP and `n_in % 32 == 0`).
     GemvSubgroup,
+    /// q8 and q4 weights against activations quantized to int8 per block of 32
+    /// (llama.cpp's q8_1), dotted by `dot4I8Packed` (shaders/matmul_dot4.wgsl; needs
+    /// `n_in % 32 == 0`, `n_in <= 4096`). **Not exact**: quantizing the activations
+    /// changes the product (about 0.4% of a block's largest input per input), so greedy
+    /// tokens may change. Never taken by `Auto`, never in [`Kernel::GEMVS`], never chosen
+    /// by the tuner: only timed beside the exact GEMVs (`walsh tune`) and run when asked
+    /// for by name.
+    GemvDot4,
     Gemm,
 }
 
@@ -210,10 +230,13 @@ impl Kernel {
             Kernel::GemvOutputsWide => "gemv_outputs_wide",
             Kernel::GemvCols => "gemv_cols",
             Kernel::GemvSubgroup => "gemv_subgroup",
+            Kernel::GemvDot4 => "gemv_dot4",
             Kernel::Gemm => "gemm",
         }
     }
 
+    /// The exact GEMV of that name: never [`Kernel::GemvDot4`], so a tuning that names it
+    /// (an edited cache) is no choice and `Auto` falls back to the untuned GEMV.
     pub fn from_name(name: &str) -> Option<Kernel> {
         Self::GEMVS.into_iter().find(|k| k.name() == name)
     }
@@ -227,8 +250,20 @@ impl Kernel {
             _ if transposed => false,
             Kernel::GemvWide | Kernel::GemvOutputsWide => n_in.is_multiple_of(GEMV_WIDE_ALIGN),
             Kernel::GemvSubgroup => gpu.features().subgroup && n_in.is_multiple_of(GEMV_WIDE_ALIGN),
+            Kernel::GemvDot4 => {
+                packed_dot4(gpu)
+                    && n_in.is_multiple_of(GEMV_WIDE_ALIGN)
+                    && n_in <= PROLOGUE_STAGE
+                    && gpu.limits().max_compute_workgroup_storage_size >= DOT4_WORKGROUP_BYTES
+            }
             Kernel::Gemv | Kernel::GemvOutputs => true,
         }
+    }
+
+    /// Whether the kernel computes the exact product (every one but [`Kernel::GemvDot4`],
+    /// which quantizes the activations).
+    pub fn exact(self) -> bool {
+        self != Kernel::GemvDot4
     }
 
     /// The GEMV `Auto` takes for a decode-sized product on `gpu`: the measured choice
@@ -254,6 +289,16 @@ impl Kernel {
             (false, false, false) => Kernel::Gemv,
         }
     }
+}
+
+/// Whether `gpu` compiles WGSL's `dot4I8Packed` (the `packed_4x8_integer_dot_product`
+/// language extension). Natively naga implements it on every back end (SPIR-V `OpSDot`
+/// where the Vulkan device has `VK_KHR_shader_integer_dot_product`, else a polyfill of
+/// bit-field extracts; GLSL, HLSL below SM 6.4 and MSL polyfills too), so every native
+/// adapter does. In the browser it is the instance's `wgsl_language_features`, which the
+/// page does not keep: there `gemv_dot4` does not run.
+fn packed_dot4(_gpu: &Gpu) -> bool {
+    cfg!(not(target_arch = "wasm32"))
 }
 
 /// Whether a product matrix of `format` with `rows` rows should be stored transposed on
@@ -459,6 +504,22 @@ pub fn encode_cols(
             "the subgroup GEMV needs an adapter with SUBGROUP".into(),
         ));
     }
+    if kernel == Kernel::GemvDot4 {
+        if w.format.quant().is_none() {
+            return Err(GpuError::Validation(format!(
+                "gemv_dot4 reads q8 and q4 matrices only, not {}",
+                w.format.name()
+            )));
+        }
+        if !kernel.runs(gpu, n_in, false) {
+            return Err(GpuError::Validation(format!(
+                "gemv_dot4 cannot run {n_in} inputs on {} (whole blocks of \
+                 {GEMV_WIDE_ALIGN}, at most {PROLOGUE_STAGE}, {DOT4_WORKGROUP_BYTES} bytes of \
+                 workgroup memory, dot4I8Packed)",
+                gpu.info().name
+            )));
+        }
+    }
     let wide = matches!(
         kernel,
         Kernel::GemvWide | Kernel::GemvOutputsWide | Kernel::GemvSubgroup
@@ -478,16 +539,30 @@ pub fn encode_cols(
     // invocation loops over rows that are not there; with a prologue, as many as its
     // stage holds.
     let mut gemv_rows = rows.min(MAX_GEMV_ROWS / outs);
-    if prologue.code() != 0 {
+    // gemv_dot4 packs its rows' levels in a stage's worth of workgroup memory.
+    if prologue.code() != 0 || kernel == Kernel::GemvDot4 {
         gemv_rows = gemv_rows.min(PROLOGUE_STAGE / n_in);
     }
     let blocks = rows.div_ceil(gemv_rows);
     let units = n_out / outs;
+    // gemv_dot4's lanes per output unit: an invocation per unit on CPU adapters (as
+    // gemv_outputs_wide), a lane group per unit on GPUs (as gemv_wide).
+    #[allow(unused_mut)]
+    let mut dot4_lanes = if gpu.is_cpu_adapter() {
+        1
+    } else {
+        GEMV_DOT4_LANES
+    };
+    #[cfg(test)]
+    if let Some(lanes) = tests::DOT4_LANES.get() {
+        dot4_lanes = lanes;
+    }
     // Invocations per workgroup. Each workgroup of a product with a prologue redoes it,
     // so the CPU adapters' GEMVs (an output or two per invocation) take the largest
     // workgroup there: fewer repeats of the same row work.
     let workgroup = match kernel {
         Kernel::GemvWide => GEMV_WIDE_WORKGROUP,
+        Kernel::GemvDot4 if dot4_lanes > 1 => GEMV_WIDE_WORKGROUP,
         Kernel::GemvSubgroup => GEMV_SUBGROUP_WORKGROUP,
         _ if matches!(prologue, Prologue::HadamardNorm { .. }) && gpu.is_cpu_adapter() => {
             PROLOGUE_CPU_WORKGROUP
@@ -503,16 +578,20 @@ pub fn encode_cols(
         Kernel::GemvOutputsWide => ("gemv_outputs_wide", units.div_ceil(per_group) * blocks),
         Kernel::GemvCols => ("gemv_cols", (n_out / 2).div_ceil(per_group) * blocks),
         Kernel::GemvSubgroup => ("gemv_subgroup", units.div_ceil(sg_units as usize) * blocks),
+        Kernel::GemvDot4 => (
+            "gemv_dot4",
+            units.div_ceil((workgroup / dot4_lanes) as usize) * blocks,
+        ),
         Kernel::GemvWide => (
             "gemv_wide",
             units.div_ceil((GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES) as usize) * blocks,
         ),
         _ => ("gemm", n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE)),
     };
-    let shader = if kernel == Kernel::GemvSubgroup {
-        Shader::MatmulSubgroup
-    } else {
-        Shader::Matmul
+    let shader = match kernel {
+        Kernel::GemvSubgroup => Shader::MatmulSubgroup,
+        Kernel::GemvDot4 => Shader::MatmulDot4,
+        _ => Shader::Matmul,
     };
     let mut key = PipelineKey::new(shader, entry)
         .with("W_FMT", w.format.shader_code())
@@ -527,6 +606,9 @@ pub fn encode_cols(
             .with_flag("PAIRED", n_in.is_multiple_of(2));
         if kernel == Kernel::GemvSubgroup {
             key = key.with("SG_UNITS", sg_units);
+        }
+        if kernel == Kernel::GemvDot4 {
+            key = key.with("DOT4_LANES", dot4_lanes);
         }
         if prologue.code() != 0 {
             let write_x = matches!(prologue, Prologue::Norm { out: Some(_), .. });
@@ -642,6 +724,13 @@ mod tests {
     use crate::gpu::MemoryCategory;
     use crate::gpu::testing::{test_gpus, test_values};
     use crate::ops::WeightFormat;
+
+    std::thread_local! {
+        /// gemv_dot4's lanes per unit forced for this test thread (the GPUs' layout on
+        /// the CPU adapters the tests have).
+        pub(super) static DOT4_LANES: std::cell::Cell<Option<u32>> =
+            const { std::cell::Cell::new(None) };
+    }
 
     const FORMATS: [WeightFormat; 4] = [
         WeightFormat::F32,
@@ -1112,6 +1201,350 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// One row's activations quantized as `dot4_quantize` in matmul_dot4.wgsl does: per
+    /// block of 32, levels round-half-even(x * (127 / amax)) clamped to +-127, scale
+    /// amax / 127 (both f32, rounded once each as there).
+    fn dot4_quantize_row(x: &[f32]) -> (Vec<i32>, Vec<f32>) {
+        let mut levels = Vec::with_capacity(x.len());
+        let mut scales = Vec::new();
+        for block in x.chunks(32) {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            levels.extend(
+                block
+                    .iter()
+                    .map(|v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32),
+            );
+            scales.push(amax / 127.0);
+        }
+        (levels, scales)
+    }
+
+    /// gemv_dot4's product in f64 from the activations it quantizes (`x`, [rows, n_in]):
+    /// per block, the integer dot of weight and activation levels times both scales.
+    /// Returns the products and the same of their magnitudes (the rounding bound's scale).
+    fn dot4_reference(q: &QuantMatrix, x: &[f32], rows: usize) -> (Vec<f64>, Vec<f64>) {
+        let (n_out, n_in) = (q.rows, q.cols);
+        let mut z = vec![0.0; rows * n_out];
+        let mut mag = vec![0.0; rows * n_out];
+        for r in 0..rows {
+            let (levels, scales) = dot4_quantize_row(&x[r * n_in..(r + 1) * n_in]);
+            for o in 0..n_out {
+                for (b, &xs) in scales.iter().enumerate() {
+                    let dot: i64 = (b * 32..(b + 1) * 32)
+                        .map(|i| (q.level(o, i) * levels[i]) as i64)
+                        .sum();
+                    let term = dot as f64 * q.scale(o, b * 32) as f64 * xs as f64;
+                    z[r * n_out + o] += term;
+                    mag[r * n_out + o] += term.abs();
+                }
+            }
+        }
+        (z, mag)
+    }
+
+    /// Runs `gemv_dot4` on a quantized `format` matrix ([n_out, n_in]) with `pro` (or
+    /// none) and checks it against [`dot4_reference`] of the inputs the exact path
+    /// computes (the prologue's f64 reference rounded to f32), within f32 rounding.
+    #[allow(clippy::too_many_arguments)]
+    fn check_dot4(
+        gpu: &Gpu,
+        format: WeightFormat,
+        rows: usize,
+        n_in: usize,
+        n_out: usize,
+        epilogue: Epilogue,
+        pro: Option<Pro>,
+    ) {
+        use crate::ops::hadamard::{WhtSize, cpu};
+        use crate::ops::norm::rmsnorm_reference;
+        let wv = test_values(n_out * n_in, 21);
+        let q = QuantMatrix::quantize(format.quant().unwrap(), n_out, n_in, &wv).unwrap();
+        let matrix = Matrix::from_quant(gpu, "w", &q).unwrap();
+        let x = test_values(rows * n_in, 22);
+        let resid = test_values(rows * n_in, 23);
+        let gamma: Vec<f32> = test_values(n_in, 24).iter().map(|v| 1.0 + v).collect();
+        let beta = test_values(n_in, 25);
+        let norm_w: Vec<f32> = test_values(n_in, 26).iter().map(|v| 1.0 + v).collect();
+        let eps = 1e-5f32;
+        let inputs: Vec<f32> = match pro {
+            None => x.clone(),
+            Some(Pro::Hadamard) => {
+                let size = WhtSize::new(n_in).unwrap();
+                let epi = cpu::WhtEpilogueRef {
+                    gamma: Some(&gamma),
+                    beta: Some(&beta),
+                    resid: Some(&resid),
+                };
+                let v: Vec<f32> = cpu::fused_reference(&x, size, epi)
+                    .iter()
+                    .map(|&a| a as f32)
+                    .collect();
+                rmsnorm_reference(&v, &norm_w, rows, n_in, eps as f64)
+                    .iter()
+                    .map(|&a| a as f32)
+                    .collect()
+            }
+            Some(_) => rmsnorm_reference(&x, &norm_w, rows, n_in, eps as f64)
+                .iter()
+                .map(|&a| a as f32)
+                .collect(),
+        };
+        let width = n_out / epilogue.outputs_per_unit();
+        let y0 = test_values(rows * width, 27);
+        let up =
+            |label: &str, v: &[f32]| gpu.upload(MemoryCategory::Activations, label, v).unwrap();
+        let (xb, yb, rb) = (up("x", &x), up("y", &y0), up("resid", &resid));
+        let (gb, bb, nb) = (up("gamma", &gamma), up("beta", &beta), up("norm", &norm_w));
+        let ob = gpu
+            .storage(MemoryCategory::Activations, "out", (rows * n_in * 4) as u64)
+            .unwrap();
+        let m = WhtSize::new(n_in).map_or(1, |s| s.m);
+        let signs = gpu.uniform("signs", &cpu::sign_uniform(m));
+        let prologue = match pro {
+            None => Prologue::None,
+            Some(Pro::Norm) => Prologue::Norm {
+                weight: &nb,
+                eps,
+                out: None,
+            },
+            Some(Pro::NormOut) => Prologue::Norm {
+                weight: &nb,
+                eps,
+                out: Some(&ob),
+            },
+            Some(Pro::Hadamard) => Prologue::HadamardNorm {
+                resid: &rb,
+                gamma: &gb,
+                beta: &bb,
+                out: &ob,
+                weight: &nb,
+                eps,
+                signs: Some(&signs),
+            },
+        };
+        let mut enc = gpu.encoder("gemv_dot4 test");
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let k = Kernel::GemvDot4;
+            encode_with_prologue(
+                gpu, &mut pass, &matrix, &xb, &yb, rows, epilogue, k, prologue,
+            )
+            .unwrap();
+        }
+        gpu.submit_and_wait(enc).unwrap();
+        let got: Vec<f32> = gpu.read(&yb, rows * width).unwrap();
+        let (z, mag) = dot4_reference(&q, &inputs, rows);
+        let what = format!(
+            "gemv_dot4 {format:?} {rows}x{n_in}->{n_out} {epilogue:?} {pro:?} on {}",
+            gpu.describe()
+        );
+        // One rounding per block term (the scales' product, the term) and per add; the
+        // prologue's f32 inputs may differ from the reference's by an ulp or two, which
+        // can move a level at a rounding tie only (not met by these inputs).
+        let slack = (n_in / 32) as f64 + 4.0;
+        assert_product(&got, &z, &mag, &y0, rows, n_out, epilogue, slack, &what);
+    }
+
+    #[test]
+    fn dot4_gemv_matches_its_int8_reference() {
+        use WeightFormat::{Q4, Q8};
+        for gpu in test_gpus() {
+            if !Kernel::GemvDot4.runs(&gpu, 128, false) {
+                eprintln!("gemv_dot4 does not run on {}", gpu.describe());
+                continue;
+            }
+            // The adapter's layout (an invocation per unit here), then the GPUs' (32 lanes
+            // per unit, reduced through the stage).
+            for (format, lanes) in [
+                (Q8, None),
+                (Q4, None),
+                (Q8, Some(GEMV_DOT4_LANES)),
+                (Q4, Some(GEMV_DOT4_LANES)),
+            ] {
+                DOT4_LANES.set(lanes);
+                for (rows, n_in, n_out) in [(1, 64, 9), (4, 96, 70), (4, 128, 33)] {
+                    check_dot4(&gpu, format, rows, n_in, n_out, Epilogue::Store, None);
+                }
+                check_dot4(&gpu, format, 1, 128, 10, Epilogue::SwiGlu, None);
+                check_dot4(&gpu, format, 4, 64, 12, Epilogue::Accumulate, None);
+                check_dot4(&gpu, format, 4, 96, 7, Epilogue::Silu, None);
+                // The decoder's prologues: q/k/v (norm), gate/up after a Hadamard W_O.
+                let norm = Some(Pro::NormOut);
+                check_dot4(&gpu, format, 4, 128, 20, Epilogue::Store, norm);
+                check_dot4(&gpu, format, 1, 64, 20, Epilogue::Store, Some(Pro::Norm));
+                let had = Some(Pro::Hadamard);
+                check_dot4(&gpu, format, 1, 128, 20, Epilogue::SwiGlu, had);
+                check_dot4(&gpu, format, 4, 96, 14, Epilogue::SwiGlu, had);
+            }
+            DOT4_LANES.set(None);
+            // Refused where it cannot run: not quantized, or partial blocks.
+            let x = gpu
+                .upload(MemoryCategory::Activations, "x", &[0f32; 33])
+                .unwrap();
+            let y = gpu.storage(MemoryCategory::Activations, "y", 8).unwrap();
+            let f32w = Matrix::from_f32(&gpu, "w", &[0f32; 64], 2, 32).unwrap();
+            let q = QuantMatrix::quantize(crate::blocks::QuantFormat::Q8, 2, 33, &[0.5; 66]);
+            let q8w = Matrix::from_quant(&gpu, "w", &q.unwrap()).unwrap();
+            let mut enc = gpu.encoder("matmul test");
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let (store, k) = (Epilogue::Store, Kernel::GemvDot4);
+            let err = encode_with(&gpu, &mut pass, &f32w, &x, &y, 1, store, k).unwrap_err();
+            assert!(err.to_string().contains("q8 and q4 matrices only"), "{err}");
+            let err = encode_with(&gpu, &mut pass, &q8w, &x, &y, 1, store, k).unwrap_err();
+            assert!(err.to_string().contains("cannot run 33 inputs"), "{err}");
+        }
+    }
+
+    /// The int8 activations are an approximation: the reference's product stays within
+    /// the quantization's bound of the exact f32 one (each input off by at most half a
+    /// level, amax / 254), and is not the exact product.
+    #[test]
+    fn dot4_reference_is_close_to_the_exact_product() {
+        let (rows, n_in, n_out) = (4, 128, 16);
+        for format in [WeightFormat::Q8, WeightFormat::Q4] {
+            let wv = test_values(n_out * n_in, 31);
+            let q = QuantMatrix::quantize(format.quant().unwrap(), n_out, n_in, &wv).unwrap();
+            let w = q.dequantize();
+            let x = test_values(rows * n_in, 32);
+            let exact = matmul_reference(&w, &x, rows, n_in, n_out);
+            let (approx, _) = dot4_reference(&q, &x, rows);
+            let mut differs = false;
+            for r in 0..rows {
+                for o in 0..n_out {
+                    let bound: f64 = (0..n_in / 32)
+                        .map(|b| {
+                            let block = &x[r * n_in + b * 32..r * n_in + (b + 1) * 32];
+                            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            let sum_w: f64 = (b * 32..(b + 1) * 32)
+                                .map(|i| w[o * n_in + i].abs() as f64)
+                                .sum();
+                            sum_w * amax as f64 / 254.0 * (1.0 + 1e-5)
+                        })
+                        .sum();
+                    let (e, a) = (exact[r * n_out + o], approx[r * n_out + o]);
+                    assert!((e - a).abs() <= bound, "{format:?} [{r}][{o}]: {a} vs {e}");
+                    differs |= (e - a).abs() > 1e-6 * e.abs().max(1.0);
+                    let rel = (e - a).abs() / bound;
+                    assert!(rel <= 1.0, "{rel}");
+                }
+            }
+            assert!(differs, "{format:?}: int8 activations changed nothing");
+            // Levels round half to even, as WGSL's round, and stay within +-127.
+            let (levels, scales) = dot4_quantize_row(&[0.5, -1.0, 1.5 / 127.0, 2.5 / 127.0]);
+            assert_eq!(levels, [64, -127, 2, 2]);
+            assert_eq!(scales, [1.0 / 127.0]);
+        }
+    }
+
+    #[test]
+    fn auto_never_takes_the_int8_gemv() {
+        assert!(!Kernel::GEMVS.contains(&Kernel::GemvDot4));
+        assert!(Kernel::from_name("gemv_dot4").is_none());
+        assert!(!Kernel::GemvDot4.exact() && Kernel::GEMVS.iter().all(|k| k.exact()));
+        for gpu in test_gpus() {
+            for n_in in [64, 1024, 4096] {
+                assert_ne!(Kernel::untuned_gemv(&gpu, n_in, false), Kernel::GemvDot4);
+            }
+            // Even a tuning naming it (an edited cache) leaves Auto on an exact GEMV.
+            let mut tuning = crate::gpu::Tuning::default();
+            for format in ["q8", "q4"] {
+                tuning.gemv.insert(format.into(), "gemv_dot4".into());
+            }
+            gpu.set_tuning(tuning);
+            let q = QuantMatrix::quantize(crate::blocks::QuantFormat::Q4, 4, 64, &[0.5; 256]);
+            let m = Matrix::from_quant(&gpu, "w", &q.unwrap()).unwrap();
+            let auto = Kernel::auto_gemv(&gpu, &m);
+            gpu.set_tuning(crate::gpu::Tuning::default());
+            assert!(auto.exact(), "{auto:?}");
+        }
+    }
+
+    /// What naga writes for gemv_dot4: SPIR-V `OpSDot` where the device grants the
+    /// integer dot product capabilities (Vulkan 1.3 or VK_KHR_shader_integer_dot_product,
+    /// as lavapipe does), a polyfill of `OpBitFieldSExtract`s without; GLSL a polyfill of
+    /// `bitfieldExtract`s. Every back end writes it, so `Kernel::runs` does not ask.
+    #[test]
+    fn dot4_gemv_translates_to_sdot_or_a_polyfill() {
+        use naga::back::spv;
+        let source = Shader::MatmulDot4.source();
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        let caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        let flags = naga::valid::ValidationFlags::all();
+        let info = naga::valid::Validator::new(flags, caps)
+            .validate(&module)
+            .unwrap();
+        let constants = [("W_FMT", 3.0), ("DOT4_LANES", 1.0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let stage = naga::ShaderStage::Compute;
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
+            &module,
+            &info,
+            Some((stage, "gemv_dot4")),
+            &constants,
+        )
+        .unwrap();
+        let spirv = |dot: bool| {
+            let mut options = spv::Options {
+                lang_version: (1, 3),
+                ..Default::default()
+            };
+            // As wgpu-hal passes them: the integer dot product's only where the device
+            // has it (None would allow every capability).
+            let mut caps = vec![spv::Capability::Shader];
+            if dot {
+                caps.extend([
+                    spv::Capability::DotProduct,
+                    spv::Capability::DotProductInput4x8BitPacked,
+                ]);
+            }
+            options.capabilities = Some(caps.into_iter().collect());
+            let pipeline = spv::PipelineOptions {
+                shader_stage: stage,
+                entry_point: "gemv_dot4".into(),
+            };
+            let words = spv::write_vec(&module, &info, &options, Some(&pipeline)).unwrap();
+            // Opcodes are the low half of each instruction's first word.
+            let mut ops = Vec::new();
+            let mut i = 5;
+            while i < words.len() {
+                ops.push(words[i] & 0xffff);
+                i += (words[i] >> 16).max(1) as usize;
+            }
+            ops
+        };
+        const OP_SDOT: u32 = 4450;
+        const OP_BIT_FIELD_S_EXTRACT: u32 = 202;
+        assert!(spirv(true).contains(&OP_SDOT));
+        let polyfill = spirv(false);
+        assert!(!polyfill.contains(&OP_SDOT));
+        assert!(polyfill.contains(&OP_BIT_FIELD_S_EXTRACT));
+        let mut glsl = String::new();
+        let options = naga::back::glsl::Options {
+            version: naga::back::glsl::Version::Desktop(430),
+            ..Default::default()
+        };
+        let pipeline = naga::back::glsl::PipelineOptions {
+            shader_stage: stage,
+            entry_point: "gemv_dot4".into(),
+            multiview: None,
+        };
+        naga::back::glsl::Writer::new(
+            &mut glsl,
+            &module,
+            &info,
+            &options,
+            &pipeline,
+            naga::proc::BoundsCheckPolicies::default(),
+        )
+        .unwrap()
+        .write()
+        .unwrap();
+        assert!(glsl.contains("bitfieldExtract(int("), "{glsl}");
     }
 
     #[test]
