@@ -202,11 +202,23 @@ const MIX_ITEMS: u32 = 16u;
 const STAGE: u32 = 4096u;
 // Partial sums each invocation of the norm's first reduction round adds up (norm.wgsl).
 const FAN: u32 = 16u;
-var<workgroup> stage: array<f32, STAGE>;
+// Held as vec4s: x_at, the wide GEMVs' read of four staged inputs, is then one load
+// (four scalar loads made the staged products move their bytes at about 0.6x the rate
+// of the unstaged ones on lavapipe); st / st_set reach single values.
+var<workgroup> stage: array<vec4<f32>, STAGE / 4u>;
 var<workgroup> sums: array<f32, 256>;
 var<workgroup> sums2: array<f32, 16>;
 // The first row staged by this workgroup.
 var<private> stage_r0: u32;
+
+// Value i of `stage`.
+fn st(i: u32) -> f32 {
+    return stage[i >> 2u][i & 3u];
+}
+
+fn st_set(i: u32, v: f32) {
+    stage[i >> 2u][i & 3u] = v;
+}
 
 fn staged() -> bool {
     return PRO != PRO_NONE;
@@ -215,7 +227,7 @@ fn staged() -> bool {
 // Input i of row r of the product (r a row of the whole batch).
 fn xin(r: u32, i: u32) -> f32 {
     if (staged()) {
-        return stage[(r - stage_r0) * params().n_in + i];
+        return st((r - stage_r0) * params().n_in + i);
     }
     return x[r * params().n_in + i];
 }
@@ -224,7 +236,7 @@ fn xin(r: u32, i: u32) -> f32 {
 fn stage_load(t: u32, wg: u32, r0: u32, nr: u32) {
     let n = params().n_in;
     for (var e = t; e < nr * n; e += wg) {
-        stage[e] = x[r0 * n + e];
+        st_set(e, x[r0 * n + e]);
     }
 }
 
@@ -233,11 +245,7 @@ fn stage_load(t: u32, wg: u32, r0: u32, nr: u32) {
 fn stage_load4(t: u32, wg: u32, r0: u32, nr: u32) {
     let n4 = params().n_in / 4u;
     for (var e = t; e < nr * n4; e += wg) {
-        let v = x4[r0 * n4 + e];
-        stage[4u * e] = v.x;
-        stage[4u * e + 1u] = v.y;
-        stage[4u * e + 2u] = v.z;
-        stage[4u * e + 3u] = v.w;
+        stage[e] = x4[r0 * n4 + e];
     }
 }
 
@@ -258,10 +266,10 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
             for (var b = t; b < nr * half; b += wg) {
                 let k = b % half;
                 let i = (b / half) * n + (k / h) * 2u * h + k % h;
-                let a = stage[i];
-                let c = stage[i + h];
-                stage[i] = a + c;
-                stage[i + h] = a - c;
+                let a = st(i);
+                let c = st(i + h);
+                st_set(i, a + c);
+                st_set(i + h, a - c);
             }
         }
         if (PRO_M > 1u) {
@@ -280,7 +288,7 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
                 let base = ((it % cols) / p) * n + (it % cols) % p;
                 var acc = vec4<f32>(0.0);
                 for (var c = 0u; c < PRO_M; c++) {
-                    let u = vec4<f32>(stage[base + c * p]);
+                    let u = vec4<f32>(st(base + c * p));
                     var neg: vec4<bool>;
                     for (var k = 0u; k < 4u; k++) {
                         let w = (r + k) * words + c / 32u;
@@ -297,7 +305,7 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
                 let r = 4u * (it / cols);
                 let base = ((it % cols) / p) * n + (it % cols) % p;
                 for (var k = 0u; k < 4u; k++) {
-                    stage[base + (r + k) * p] = mixed[j][k];
+                    st_set(base + (r + k) * p, mixed[j][k]);
                 }
                 j++;
             }
@@ -305,8 +313,8 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
         workgroupBarrier();
         for (var e = t; e < nr * n; e += wg) {
             let i = e % n;
-            let v = resid[r0 * n + e] + gamma[i] * stage[e] * params().wht_scale + beta[i];
-            stage[e] = v;
+            let v = resid[r0 * n + e] + gamma[i] * st(e) * params().wht_scale + beta[i];
+            st_set(e, v);
             if (writer) {
                 xout[r0 * n + e] = v;
             }
@@ -319,7 +327,7 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
         workgroupBarrier();
         var acc = 0.0;
         for (var i = t; i < n; i += wg) {
-            let v = stage[r * n + i];
+            let v = st(r * n + i);
             acc += v * v;
         }
         sums[t] = acc;
@@ -338,8 +346,8 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
         }
         let inv_rms = inverseSqrt(total / f32(n) + params().eps);
         for (var i = t; i < n; i += wg) {
-            let v = stage[r * n + i] * inv_rms * norm_w[i];
-            stage[r * n + i] = v;
+            let v = st(r * n + i) * inv_rms * norm_w[i];
+            st_set(r * n + i, v);
             if (WRITE_X && writer) {
                 xout[(r0 + r) * n + i] = v;
             }
@@ -496,18 +504,18 @@ fn gemv(@builtin(local_invocation_index) t: u32,
     }
     // Accumulator a of invocation t at stage[a * 256 + t].
     for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
-        stage[a * 256u + t] = acc[a];
+        st_set(a * 256u + t, acc[a]);
     }
     workgroupBarrier();
     if (t < nr) {
         var z = 0.0;
         var z2 = 0.0;
         for (var k = 0u; k < GEMV_WG; k++) {
-            z += stage[t * 256u + k];
+            z += st(t * 256u + k);
         }
         if (OUTS == 2u) {
             for (var k = 0u; k < GEMV_WG; k++) {
-                z2 += stage[(GEMV_ROWS + t) * 256u + k];
+                z2 += st((GEMV_ROWS + t) * 256u + k);
             }
         }
         store(r0 + t, u, z, z2);
@@ -630,8 +638,7 @@ override WIDE_UNITS: u32 = GEMV_WG / WIDE_LANES;
 // Input vec4 k (inputs 4k .. 4k + 3) of row r of x.
 fn x_at(r: u32, k: u32) -> vec4<f32> {
     if (staged()) {
-        let at = (r - stage_r0) * params().n_in + 4u * k;
-        return vec4<f32>(stage[at], stage[at + 1u], stage[at + 2u], stage[at + 3u]);
+        return stage[(r - stage_r0) * (params().n_in / 4u) + k];
     }
     return x4[r * (params().n_in / 4u) + k];
 }
@@ -713,7 +720,7 @@ fn gemv_wide(@builtin(local_invocation_index) t: u32,
     }
     // Accumulator a of invocation t at stage[t * MAX_GEMV_ROWS + a].
     for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
-        stage[t * MAX_GEMV_ROWS + a] = acc[a];
+        st_set(t * MAX_GEMV_ROWS + a, acc[a]);
     }
     workgroupBarrier();
     // Lane r < nr of each group adds its unit's row r.
@@ -722,9 +729,9 @@ fn gemv_wide(@builtin(local_invocation_index) t: u32,
         var z = 0.0;
         var z2 = 0.0;
         for (var k = 0u; k < WIDE_LANES; k++) {
-            z += stage[(first + k) * MAX_GEMV_ROWS + lane];
+            z += st((first + k) * MAX_GEMV_ROWS + lane);
             if (OUTS == 2u) {
-                z2 += stage[(first + k) * MAX_GEMV_ROWS + GEMV_ROWS + lane];
+                z2 += st((first + k) * MAX_GEMV_ROWS + GEMV_ROWS + lane);
             }
         }
         store(r0 + lane, u, z, z2);

@@ -40,7 +40,7 @@ var<workgroup> qsum: array<i32, STAGE / QBLOCK>;
 // prologue).
 fn dot4_input(r0: u32, r: u32, i: u32) -> f32 {
     if (staged()) {
-        return stage[r * params().n_in + i];
+        return st(r * params().n_in + i);
     }
     return x[(r0 + r) * params().n_in + i];
 }
@@ -140,7 +140,7 @@ fn gemv_dot4(@builtin(local_invocation_index) t: u32,
     // The lane groups' partial sums, as gemv_wide adds them (`stage` is no longer read:
     // the quantization above read it before the barrier).
     for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
-        stage[t * MAX_GEMV_ROWS + a] = acc[a];
+        st_set(t * MAX_GEMV_ROWS + a, acc[a]);
     }
     workgroupBarrier();
     if (u < units && lane < nr) {
@@ -148,9 +148,9 @@ fn gemv_dot4(@builtin(local_invocation_index) t: u32,
         var z = 0.0;
         var z2 = 0.0;
         for (var k = 0u; k < DOT4_LANES; k++) {
-            z += stage[(first + k) * MAX_GEMV_ROWS + lane];
+            z += st((first + k) * MAX_GEMV_ROWS + lane);
             if (OUTS == 2u) {
-                z2 += stage[(first + k) * MAX_GEMV_ROWS + GEMV_ROWS + lane];
+                z2 += st((first + k) * MAX_GEMV_ROWS + GEMV_ROWS + lane);
             }
         }
         store(r0 + lane, u, z, z2);
