@@ -43,6 +43,7 @@ use crate::model::{Config, ModelError};
 use crate::ops::WeightFormat;
 use crate::ops::attention::KvFormat;
 use crate::ops::hadamard::WhtError;
+use crate::ops::matmul::Kernel;
 use crate::ops::sample::SamplingParams;
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 
@@ -144,6 +145,8 @@ pub struct Engine {
     failure: RefCell<Option<String>>,
     /// Set by [`Engine::lose_device`]: the device was destroyed on purpose.
     destroyed: Cell<bool>,
+    /// The decode GEMV [`Engine::force_gemv`] asked for, instead of the measured choice.
+    forced_gemv: Cell<Option<Kernel>>,
 }
 
 /// Marks the engine busy while alive.
@@ -275,6 +278,7 @@ impl Engine {
             max_binding: Cell::new(None),
             failure: RefCell::new(None),
             destroyed: Cell::new(false),
+            forced_gemv: Cell::new(None),
         }
     }
 
@@ -295,6 +299,22 @@ impl Engine {
     /// benchmark suites need a GPU.
     pub fn open_cpu() -> Engine {
         Engine::new(Backend::Cpu)
+    }
+
+    /// Runs the decode GEMV `name` (one of `walsh tune`'s exact GEMVs) for every weight
+    /// format it can run in the models loaded from now on, instead of the measured choice
+    /// (nothing is measured or cached); None goes back to measuring. The page's
+    /// `?gemv=NAME`, as `WALSH_TUNE=NAME` natively: to compare GEMVs in whole steps.
+    pub fn force_gemv(&self, name: Option<String>) -> Result<(), JsError> {
+        let kernel = match name.as_deref() {
+            None | Some("") => None,
+            Some(n) => Some(Kernel::from_name(n).ok_or_else(|| {
+                let names: Vec<&str> = Kernel::GEMVS.iter().map(|k| k.name()).collect();
+                error(format!("{n} is not a decode GEMV ({})", names.join(", ")))
+            })?),
+        };
+        self.forced_gemv.set(kernel);
+        Ok(())
     }
 
     /// True on WebGPU, false on the CPU.
@@ -527,7 +547,11 @@ impl Engine {
         let runner = match &self.backend {
             Backend::Gpu(gpu) => {
                 let mut cache = bench::tune::TuningCache::parse(tuning.as_deref().unwrap_or(""));
-                let (mut chosen, complete) = cache.tuning(gpu, &model);
+                let (mut chosen, mut complete) = cache.tuning(gpu, &model);
+                if let Some(kernel) = self.forced_gemv.get() {
+                    chosen = bench::tune::forced_tuning(gpu, &model, kernel);
+                    complete = true;
+                }
                 if !complete {
                     chosen = bench::tune::tune_model(gpu, &model, TUNE_ROUNDS, &mut cache)
                         .await

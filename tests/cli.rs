@@ -918,5 +918,21 @@ fn tune_times_every_gemv_and_caches_the_fastest_for_generate() {
         assert_eq!(std::fs::read_to_string(&cache).unwrap(), "{torn", "{b}");
         run(&generate, None);
         assert_eq!(entries(&cached()), 2, "{b}");
+        // WALSH_TUNE=<GEMV> runs that GEMV without measuring or caching: the same tokens.
+        let tuned = run(&generate, None).0;
+        std::fs::write(&cache, "{torn").unwrap();
+        assert_eq!(run(&generate, Some("gemv_outputs")).0, tuned, "{b}");
+        assert_eq!(std::fs::read_to_string(&cache).unwrap(), "{torn", "{b}");
+        let out = Command::new(env!("CARGO_BIN_EXE_walsh"))
+            .args(&generate)
+            .env("WALSH_TUNE", "gemv_fast")
+            .output()
+            .expect("run walsh");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{b}");
+        assert!(
+            err.contains("WALSH_TUNE=gemv_fast is neither `off` nor a decode GEMV"),
+            "{err}"
+        );
     }
 }

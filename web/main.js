@@ -158,6 +158,16 @@ async function openEngine() {
   // (a phone's is often 128 MiB).
   const cap = Number(new URLSearchParams(location.search).get('max_binding'));
   if (cap > 0) state.engine.set_max_binding(cap);
+  // ?gemv=NAME runs that decode GEMV instead of the measured choice (as WALSH_TUNE=NAME
+  // natively), to compare the GEMVs in whole steps.
+  const gemv = new URLSearchParams(location.search).get('gemv');
+  if (gemv) {
+    try {
+      state.engine.force_gemv(gemv);
+    } catch (e) {
+      return `?gemv: ${errorText(e)}`;
+    }
+  }
   document.body.dataset.device = 'webgpu';
   $('nogpu').hidden = true;
   showAdapter(JSON.parse(state.engine.adapter()));

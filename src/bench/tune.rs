@@ -294,6 +294,30 @@ pub async fn tune_gemv_with(
     })
 }
 
+/// The [`Tuning`] that runs `kernel` (an exact GEMV) for every weight format of `model`
+/// whose products it can all run on `gpu`, measuring nothing: `WALSH_TUNE=<name>`, to
+/// compare GEMVs inside whole steps. Formats it cannot run keep the choice by adapter
+/// type; `gemv_cols` stores the f16 matrices transposed, as a measured choice of it does.
+pub fn forced_tuning(gpu: &Gpu, model: &Model, kernel: Kernel) -> Tuning {
+    let mut tuning = Tuning::default();
+    for (format, products) in decode_products(model) {
+        let transposed = kernel == Kernel::GemvCols;
+        let layout = !transposed
+            || (format == WeightFormat::F16 && products.iter().all(|p| p.n_out.is_multiple_of(2)));
+        if kernel.exact()
+            && layout
+            && products
+                .iter()
+                .all(|p| kernel.runs(gpu, p.n_in, transposed))
+        {
+            tuning
+                .gemv
+                .insert(format.name().to_string(), kernel.name().to_string());
+        }
+    }
+    tuning
+}
+
 /// Measured choices by adapter fingerprint, then by [`GemvTune::key`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TuningCache {
@@ -485,6 +509,28 @@ mod tests {
                 assert_eq!(t.key(), format!("{} 64x64x2n 34x40x1", format.name()));
                 assert!(t.int8.is_empty());
             }
+        }
+    }
+
+    #[test]
+    fn a_forced_gemv_covers_the_formats_it_can_run() {
+        for gpu in test_gpus().into_iter().take(1) {
+            // q4 layer matrices (n_in 64 and 96: whole blocks) and an f16 head.
+            let model = random_model(&config(64), 1, WeightFormat::Q4).unwrap();
+            let named = |k: Kernel| -> Vec<(String, String)> {
+                let t = forced_tuning(&gpu, &model, k);
+                t.gemv.into_iter().collect()
+            };
+            let pair = |f: &str, k: &str| (f.to_string(), k.to_string());
+            let wide = "gemv_outputs_wide";
+            assert_eq!(
+                named(Kernel::GemvOutputsWide),
+                [pair("f16", wide), pair("q4", wide)]
+            );
+            // gemv_cols reads transposed f16 only (the head's 40 rows pair up); the int8
+            // GEMV is never a choice.
+            assert_eq!(named(Kernel::GemvCols), [pair("f16", "gemv_cols")]);
+            assert!(named(Kernel::GemvDot4).is_empty());
         }
     }
 

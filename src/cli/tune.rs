@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use walsh::bench::tune::{GemvTune, TuningCache, tune_model, tune_model_with};
+use walsh::bench::tune::{GemvTune, TuningCache, forced_tuning, tune_model, tune_model_with};
 use walsh::gpu::{AdapterSelector, Gpu};
 use walsh::model::weights::Model;
+use walsh::ops::matmul::Kernel;
 
 use super::run::load_model;
 
@@ -59,17 +60,51 @@ fn write_cache(path: &Path, cache: &TuningCache) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Whether `WALSH_TUNE=off` asks for the kernels' own choices by adapter type.
-fn tuning_off() -> bool {
-    std::env::var("WALSH_TUNE").is_ok_and(|v| v.eq_ignore_ascii_case("off") || v == "0")
+/// What `WALSH_TUNE` asks for instead of the measured choices.
+enum Override {
+    /// Unset: the cache, measuring where it has nothing.
+    Measured,
+    /// `off` (or `0`): the kernels' own choices by adapter type.
+    Off,
+    /// A GEMV's name: that GEMV for every weight format whose products it can run (the
+    /// others keep the choice by adapter type); nothing measured or cached.
+    Force(Kernel),
+}
+
+fn tune_override() -> Result<Override> {
+    let Ok(v) = std::env::var("WALSH_TUNE") else {
+        return Ok(Override::Measured);
+    };
+    if v.is_empty() {
+        return Ok(Override::Measured);
+    }
+    if v.eq_ignore_ascii_case("off") || v == "0" {
+        return Ok(Override::Off);
+    }
+    match Kernel::from_name(&v) {
+        Some(k) => Ok(Override::Force(k)),
+        None => {
+            let names: Vec<&str> = Kernel::GEMVS.iter().map(|k| k.name()).collect();
+            anyhow::bail!(
+                "WALSH_TUNE={v} is neither `off` nor a decode GEMV ({})",
+                names.join(", ")
+            )
+        }
+    }
 }
 
 /// Sets `gpu`'s kernel choices for `model` from the cache, measuring (and caching) them
 /// first where the cache has none. A cache that cannot be written costs only a
-/// measurement next time, so that is not an error.
+/// measurement next time, so that is not an error. `WALSH_TUNE` overrides (see
+/// [`Override`]).
 pub fn apply(gpu: &Gpu, model: &Model) -> Result<()> {
-    if tuning_off() {
-        return Ok(());
+    match tune_override()? {
+        Override::Measured => {}
+        Override::Off => return Ok(()),
+        Override::Force(kernel) => {
+            gpu.set_tuning(forced_tuning(gpu, model, kernel));
+            return Ok(());
+        }
     }
     let path = cache_path();
     let mut cache = read_cache(path.as_deref());
