@@ -147,6 +147,8 @@ pub struct Engine {
     destroyed: Cell<bool>,
     /// The decode GEMV [`Engine::force_gemv`] asked for, instead of the measured choice.
     forced_gemv: Cell<Option<Kernel>>,
+    /// Whether decode steps are fused ([`Engine::set_fusion`]); None: by adapter type.
+    fusion: Cell<Option<bool>>,
 }
 
 /// Marks the engine busy while alive.
@@ -279,6 +281,7 @@ impl Engine {
             failure: RefCell::new(None),
             destroyed: Cell::new(false),
             forced_gemv: Cell::new(None),
+            fusion: Cell::new(None),
         }
     }
 
@@ -315,6 +318,15 @@ impl Engine {
         };
         self.forced_gemv.set(kernel);
         Ok(())
+    }
+
+    /// Fuses the decode step or runs each dispatch on its own in the models loaded from
+    /// now on (the page's `?fuse=on|off`, as `WALSH_FUSE` natively); None: fused on GPUs,
+    /// unfused on CPU adapters, where the fused step measured no faster (Chromium's
+    /// SwiftShader: 0.72x the unfused step's tok/s; Firefox on lavapipe: 0.98x;
+    /// docs/browser.md). The same tokens either way.
+    pub fn set_fusion(&self, on: Option<bool>) {
+        self.fusion.set(on);
     }
 
     /// True on WebGPU, false on the CPU.
@@ -561,8 +573,9 @@ impl Engine {
                 }
                 info.gemv = chosen.gemv.clone();
                 gpu.set_tuning(chosen);
-                let decoder = GpuDecoder::new(gpu, &model, 1, context, KvFormat::default())
+                let mut decoder = GpuDecoder::new(gpu, &model, 1, context, KvFormat::default())
                     .map_err(|e| self.fail(&e, gpu_error(&e)))?;
+                decoder.set_fusion(self.fusion.get().unwrap_or(!gpu.is_cpu_adapter()));
                 Runner::Gpu(Box::new(decoder))
             }
             Backend::Cpu => Runner::Cpu(Box::new(model)),

@@ -934,5 +934,24 @@ fn tune_times_every_gemv_and_caches_the_fastest_for_generate() {
             err.contains("WALSH_TUNE=gemv_fast is neither `off` nor a decode GEMV"),
             "{err}"
         );
+        // WALSH_FUSE=off: each dispatch on its own, the same tokens; other values refused.
+        for (fuse, ok) in [("off", true), ("maybe", false)] {
+            let out = Command::new(env!("CARGO_BIN_EXE_walsh"))
+                .args(&generate)
+                .env("WALSH_TUNE_CACHE", &cache)
+                .env("WALSH_FUSE", fuse)
+                .output()
+                .expect("run walsh");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.success(), ok, "{b} WALSH_FUSE={fuse}: {err}");
+            if ok {
+                assert_eq!(stdout(&out), tuned, "{b}");
+            } else {
+                assert!(
+                    err.contains("WALSH_FUSE=maybe: expected on or off"),
+                    "{err}"
+                );
+            }
+        }
     }
 }

@@ -100,9 +100,28 @@ fn with_decoder<T>(
         Device::Cpu => f(&mut CpuBatch::new(model, seqs, context, kv)?),
         Device::Gpu => {
             let gpu = super::tune::open_gpu(adapter, model)?;
-            f(&mut GpuDecoder::new(&gpu, model, seqs, context, kv)?)
+            f(&mut gpu_decoder(&gpu, model, seqs, context, kv)?)
         }
     }
+}
+
+/// [`GpuDecoder::new`], its decode step unfused where `WALSH_FUSE=off` (or `0`) asks: to
+/// measure what the fused layer gives on an adapter (`generate`, `eval`, `profile`).
+fn gpu_decoder(
+    gpu: &walsh::gpu::Gpu,
+    model: &Model,
+    seqs: usize,
+    context: usize,
+    kv: KvFormat,
+) -> Result<GpuDecoder> {
+    let mut decoder = GpuDecoder::new(gpu, model, seqs, context, kv)?;
+    match std::env::var("WALSH_FUSE").ok().filter(|v| !v.is_empty()) {
+        None => {}
+        Some(v) if v.eq_ignore_ascii_case("off") || v == "0" => decoder.set_fusion(false),
+        Some(v) if v.eq_ignore_ascii_case("on") || v == "1" => {}
+        Some(v) => anyhow::bail!("WALSH_FUSE={v}: expected on or off"),
+    }
+    Ok(decoder)
 }
 
 #[derive(Debug, clap::Args)]
@@ -355,7 +374,7 @@ pub fn profile_cmd(args: &ProfileArgs, adapter: &str) -> Result<()> {
         Device::Gpu.placement(args.kv_cache),
     )?;
     let gpu = super::tune::open_gpu(adapter, &model)?;
-    let mut decoder = GpuDecoder::new(&gpu, &model, most, context, args.kv_cache)?;
+    let mut decoder = gpu_decoder(&gpu, &model, most, context, args.kv_cache)?;
     let mut profiles = Vec::new();
     for &rows in &args.rows {
         profiles.push(pollster::block_on(decoder.profile(

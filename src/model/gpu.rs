@@ -367,6 +367,10 @@ pub struct GpuDecoder {
     attention: Attention,
     acts: Option<Activations>,
     plan: Option<DecodePlan>,
+    /// Whether decode steps fold norms, RoPE, the KV write and the Hadamard W_O into the
+    /// dispatches that read them (the default); off runs each step on its own, as prefill
+    /// does ([`GpuDecoder::set_fusion`]).
+    fusion: bool,
     lengths: Vec<usize>, // tokens in the cache, per sequence
     /// The sequence whose next token each slot of `acts.sampled` holds, as the last
     /// sampling step left it (None: stale, the sequence moved on or was reset).
@@ -489,6 +493,7 @@ impl GpuDecoder {
             ))?,
             acts: None,
             plan: None,
+            fusion: true,
             lengths: vec![0; max_seqs],
             sampled_seqs: Vec::new(),
             versions: vec![0; max_seqs],
@@ -664,7 +669,7 @@ impl GpuDecoder {
         // write into attention, and the Hadamard W_O with its residual add into the
         // feed-forward product (docs/architecture.md, "One decode step"); prefill, and
         // batches or widths the prologues cannot take, run each step on its own.
-        let fuse_norm = decode && matmul::prologue_fits(gpu, rows, d, false);
+        let fuse_norm = decode && self.fusion && matmul::prologue_fits(gpu, rows, d, false);
         // d = m x 2^k (m > 1) adds an m x m mix every workgroup of the product would redo:
         // on CPU adapters that cost more than the dispatch it saves (lavapipe, d 576 = 36 x
         // 16, `walsh profile` alternating 5 runs each: the fused gate/up product took a
@@ -678,7 +683,7 @@ impl GpuDecoder {
             && (wht_m == 1 || !gpu.is_cpu_adapter());
         // Grouped heads take the separate RoPE and KV write: fused, the query heads of a
         // group would write one cache block from several workgroups (attention.wgsl).
-        let fuse_attn = decode && c.query == Query::Dense && kv_h == h;
+        let fuse_attn = decode && self.fusion && c.query == Query::Dense && kv_h == h;
         let auto = matmul::Kernel::Auto;
         elementwise::encode_embed_split(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&self.kv) {
@@ -967,6 +972,17 @@ impl GpuDecoder {
             queue.write_buffer(acts.draws.buffer(), 0, bytemuck::cast_slice(draws));
         }
         Ok(rec)
+    }
+
+    /// Fuses the decode step's dispatches (`true`, the default) or runs each of them on
+    /// its own, as before the fused layer (`WALSH_FUSE=off`, the page's `?fuse=off`): to
+    /// measure what the fusions give on an adapter. Greedy tokens are the same either way
+    /// (tests: `chunked_decoding_equals_one_step_per_readback_and_counts_its_work`).
+    pub fn set_fusion(&mut self, on: bool) {
+        if self.fusion != on {
+            self.fusion = on;
+            self.plan = None;
+        }
     }
 
     /// Sets the keys per chunk of the split decode (by default sized to the adapter,

@@ -706,6 +706,22 @@ fn chunked_decoding_equals_one_step_per_readback_and_counts_its_work() {
                 g.stats.dispatches_per_token
             );
             assert!(g.stats.readbacks_per_token <= 0.25, "{:?}", g.stats);
+            // Unfused (WALSH_FUSE=off, the page on CPU adapters): the same tokens from
+            // more dispatches.
+            let mut apart = GpuDecoder::new(gpu, &m, 1, 48, KV).unwrap();
+            apart.set_fusion(false);
+            let u = run_chunked(&mut apart, &prompts[..1], 20, SamplingParams::greedy(), 32);
+            assert_eq!(
+                u.tokens,
+                g.tokens,
+                "{attn:?}/{query:?} unfused on {}",
+                gpu.describe()
+            );
+            assert!(
+                u.stats.dispatches_per_token > want + 1.0,
+                "{attn:?}/{query:?}: unfused {} dispatches per token",
+                u.stats.dispatches_per_token
+            );
         }
     }
 }
