@@ -158,12 +158,12 @@ async function openEngine() {
   // (a phone's is often 128 MiB).
   const cap = Number(new URLSearchParams(location.search).get('max_binding'));
   if (cap > 0) state.engine.set_max_binding(cap);
-  // ?gemv=NAME runs that decode GEMV instead of the measured choice (as WALSH_TUNE=NAME
-  // natively), to compare the GEMVs in whole steps.
   // ?fuse=on|off fuses the decode step or not (as WALSH_FUSE natively); by default the
   // engine fuses it on GPUs only.
   const fuse = new URLSearchParams(location.search).get('fuse');
   if (fuse === 'on' || fuse === 'off') state.engine.set_fusion(fuse === 'on');
+  // ?gemv=NAME runs that decode GEMV instead of the measured choice (as WALSH_TUNE=NAME
+  // natively), to compare the GEMVs in whole steps.
   const gemv = new URLSearchParams(location.search).get('gemv');
   if (gemv) {
     try {
