@@ -249,6 +249,58 @@ fn stage_load4(t: u32, wg: u32, r0: u32, nr: u32) {
     }
 }
 
+// The butterflies of half-width h = 1, 2, 4, ... < p inside each chunk of p values of
+// the nr staged rows (n values each; p % 4 == 0), as vec4s: h = 1 and 2 inside each vec4,
+// then vec4 against vec4, two half-widths a pass. The same adds in the same order as a
+// pass of single values per half-width (the CPU reference's), with a quarter of the
+// workgroup-memory accesses and half the barriers: on lavapipe the single-value passes
+// made the Hadamard gate/up product ~1.1x the dense one's time (d_model 1024, `walsh
+// profile`), as much as the W_O product it replaces.
+fn butterflies4(t: u32, wg: u32, nr: u32, n: u32, p: u32) {
+    let n4 = n / 4u;
+    let p4 = p / 4u;
+    workgroupBarrier();
+    for (var e = t; e < nr * n4; e += wg) {
+        let v = stage[e];
+        let a = vec4<f32>(v.x + v.y, v.x - v.y, v.z + v.w, v.z - v.w);
+        stage[e] = vec4<f32>(a.x + a.z, a.y + a.w, a.x - a.z, a.y - a.w);
+    }
+    var h = 1u;
+    // Half-widths h and 2h (in vec4s) at once: the four vec4s i + {0, 1, 2, 3} h.
+    for (; 2u * h < p4; h *= 4u) {
+        workgroupBarrier();
+        let quarter = n4 / 4u;
+        for (var b = t; b < nr * quarter; b += wg) {
+            let k = b % quarter;
+            let i = (b / quarter) * n4 + (k / h) * 4u * h + k % h;
+            let v0 = stage[i];
+            let v1 = stage[i + h];
+            let v2 = stage[i + 2u * h];
+            let v3 = stage[i + 3u * h];
+            let a0 = v0 + v1;
+            let a1 = v0 - v1;
+            let a2 = v2 + v3;
+            let a3 = v2 - v3;
+            stage[i] = a0 + a2;
+            stage[i + h] = a1 + a3;
+            stage[i + 2u * h] = a0 - a2;
+            stage[i + 3u * h] = a1 - a3;
+        }
+    }
+    if (h < p4) {
+        workgroupBarrier();
+        let half = n4 / 2u;
+        for (var b = t; b < nr * half; b += wg) {
+            let k = b % half;
+            let i = (b / half) * n4 + (k / h) * 2u * h + k % h;
+            let a = stage[i];
+            let c = stage[i + h];
+            stage[i] = a + c;
+            stage[i + h] = a - c;
+        }
+    }
+}
+
 // Makes the inputs of rows r0 .. r0 + nr from the rows a stage_load put in `stage`; `wg`
 // invocations, index t; `writer`: this workgroup writes xout. Called by every invocation
 // in uniform control flow; ends with a barrier.
@@ -259,17 +311,21 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
         // Butterflies of half-width h = 1, 2, 4, ... < P (inside the chunks of P), then
         // the PRO_M x PRO_M mix of each position across chunks summed in the order c = 0,
         // 1, ...: the order of the CPU reference.
-        let half = n / 2u;
         let p = n / PRO_M;
-        for (var h = 1u; h < p; h *= 2u) {
-            workgroupBarrier();
-            for (var b = t; b < nr * half; b += wg) {
-                let k = b % half;
-                let i = (b / half) * n + (k / h) * 2u * h + k % h;
-                let a = st(i);
-                let c = st(i + h);
-                st_set(i, a + c);
-                st_set(i + h, a - c);
+        if (p % 4u == 0u) {
+            butterflies4(t, wg, nr, n, p);
+        } else {
+            let half = n / 2u;
+            for (var h = 1u; h < p; h *= 2u) {
+                workgroupBarrier();
+                for (var b = t; b < nr * half; b += wg) {
+                    let k = b % half;
+                    let i = (b / half) * n + (k / h) * 2u * h + k % h;
+                    let a = st(i);
+                    let c = st(i + h);
+                    st_set(i, a + c);
+                    st_set(i + h, a - c);
+                }
             }
         }
         if (PRO_M > 1u) {

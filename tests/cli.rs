@@ -204,6 +204,16 @@ fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
                     .iter()
                     .all(|p| p.skipped.is_none() && p.memory_gain > 0.0)
             );
+            // Paired rounds of one decode chunk each (--quick's 4 new tokens: 3 steps),
+            // counted by the chunks: the Hadamard layer is a dispatch shorter.
+            for p in &report.paper {
+                assert!(p.rounds >= 3 && p.decode_gains.len() == p.rounds, "{p:?}");
+                let per_token = |r: &Option<walsh::bench::decoder::DecoderResult>| {
+                    r.as_ref().unwrap().dispatches_per_token
+                };
+                let (dense, hadamard) = (per_token(&p.dense), per_token(&p.hadamard));
+                assert!(0.0 < hadamard && hadamard < dense, "{p:?}");
+            }
             // The Hadamard model in f16, q8 and q4: fewer weight bytes and fewer bytes
             // read per token, in that order.
             let formats: Vec<(&str, u64, f64)> = ["f16", "q8", "q4"]

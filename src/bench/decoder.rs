@@ -4,11 +4,12 @@
 use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
+use web_time::Instant;
 
 use super::measure::Stats;
 use super::{BenchError, BenchOptions};
 use crate::gpu::{Gpu, GpuError, Tuning};
-use crate::model::generate::{GenerateOptions, generate_async};
+use crate::model::generate::{Decoder, GenerateOptions, generate_async};
 use crate::model::gpu::GpuDecoder;
 use crate::model::init::random_model;
 use crate::model::profile::DecoderProfile;
@@ -315,6 +316,47 @@ impl<'g> Runner<'g> {
         Ok(())
     }
 
+    /// Times a prefill or a decode chunk (a paper cell's paired measurements), recording
+    /// its rate: prefill tokens or decoded tokens per second.
+    async fn timed(&mut self, what: Timed) -> Result<f64, BenchError> {
+        self.gpu.set_tuning(self.tuning.clone());
+        let greedy = SamplingParams::greedy();
+        let seqs: Vec<usize> = (0..self.case.batch).collect();
+        let before = self.dec.counters();
+        let start = Instant::now();
+        let tokens = match what {
+            Timed::Prefill => {
+                self.dec.reset();
+                let batch: Vec<(usize, &[u32])> =
+                    self.prompts.iter().map(Vec::as_slice).enumerate().collect();
+                let draws = vec![0.0; seqs.len()];
+                self.dec.step(&batch, &greedy, &draws).await?;
+                self.case.prompt * seqs.len()
+            }
+            Timed::Chunk(steps) => {
+                let draws = vec![0.0; steps * seqs.len()];
+                let chunk = self.dec.start_decode(&seqs, &greedy, &draws)?;
+                self.dec.finish_decode(chunk).await?;
+                steps * seqs.len()
+            }
+        };
+        let seconds = start.elapsed().as_secs_f64();
+        let rate = tokens as f64 / seconds;
+        match what {
+            Timed::Prefill => self.prefill.push(rate),
+            Timed::Chunk(_) => {
+                self.decode.push(rate);
+                self.decode_seconds += seconds;
+                if let (Some(start), Some(end)) = (before, self.dec.counters()) {
+                    let work = end - start;
+                    self.result.dispatches_per_token = work.dispatches as f64 / tokens as f64;
+                    self.result.readbacks_per_token = work.readbacks as f64 / tokens as f64;
+                }
+            }
+        }
+        Ok(seconds)
+    }
+
     /// The medians of the timed runs.
     fn finish(self) -> DecoderResult {
         let median = |v: Vec<f64>| Stats::from_samples(v).median_s;
@@ -329,15 +371,20 @@ impl<'g> Runner<'g> {
 /// Timed generations of a decoder-suite case: the median of three. Software adapters
 /// share the CPU with everything else on the machine.
 pub const ROUNDS: usize = 3;
-/// Paired rounds of a paper cell (each times both models once): at least
-/// PAPER_MIN_ROUNDS, then more until each model has decoded for PAPER_DECODE_SECONDS, at
-/// most PAPER_MAX_ROUNDS. At three rounds of 31 steps the small cells' decode gains on
-/// lavapipe moved by 10-25 points between two runs of the same build (d_model 256:
-/// batch 4 -11.2% then -13.7%, batch 1 +2.2% then -3.4%; the Dec 3 grid had -21.1% at
-/// batch 1), more than the few percent the projection's bytes can give.
+/// Paired rounds of a paper cell (each prefills both models and decodes their contexts'
+/// remaining steps in alternating chunks): at least PAPER_MIN_ROUNDS, then more until
+/// each model has decoded for PAPER_DECODE_SECONDS, at most PAPER_MAX_ROUNDS. At three
+/// rounds of 31 steps the small cells' decode gains on lavapipe moved by 10-25 points
+/// between two runs of the same build (d_model 256: batch 4 -11.2% then -13.7%, batch 1
+/// +2.2% then -3.4%; the Dec 3 grid had -21.1% at batch 1), more than the few percent the
+/// projection's bytes can give; timing whole generations in paired rounds still left
+/// single rounds 10-40 points apart (the Dec 4 grid), hence the alternating chunks.
 pub const PAPER_MIN_ROUNDS: usize = 3;
 pub const PAPER_MAX_ROUNDS: usize = 15;
 pub const PAPER_DECODE_SECONDS: f64 = 2.0;
+/// Decode steps of each of a paper cell's timed chunks: the chunks of the two models
+/// alternate, each a readback of its own.
+pub const PAPER_CHUNK_STEPS: usize = 4;
 /// Replays of each profiled step (the profile gives medians).
 const PROFILE_REPEATS: usize = 5;
 
@@ -415,11 +462,15 @@ pub struct PaperResult {
     /// Throughput gain: hadamard / dense - 1.
     pub prefill_gain: f64,
     pub decode_gain: f64,
-    /// Each paired round's decode gain (hadamard / dense - 1), in the order run; their
-    /// median is `decode_gain`, and `prefill_gain` is the median of the prefill ones
-    /// (empty in reports before this field, whose gains are ratios of medians).
+    /// Each paired measurement's decode gain (hadamard / dense - 1), in the order run:
+    /// one per pair of alternating decode chunks (reports before Dec 5: one per round of
+    /// two whole generations; before Dec 4 empty, their gains ratios of medians). Their
+    /// median is `decode_gain`; `prefill_gain` is the median of the rounds' prefill ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_gains: Vec<f64>,
+    /// Paired rounds run (0 in reports before Dec 5, whose rounds were their gains).
+    #[serde(default)]
+    pub rounds: usize,
     pub dense: Option<DecoderResult>,
     pub hadamard: Option<DecoderResult>,
     /// Set when the cell could not run (e.g. a buffer beyond the adapter's limits).
@@ -486,6 +537,7 @@ pub async fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, Be
         prefill_gain: 0.0,
         decode_gain: 0.0,
         decode_gains: Vec::new(),
+        rounds: 0,
         dense: None,
         hadamard: None,
         skipped: None,
@@ -509,36 +561,72 @@ pub async fn measure_cell(gpu: &Gpu, cell: &PaperCell) -> Result<PaperResult, Be
             });
         }
     };
-    // Paired rounds, each timing both models back to back (the first of the pair
-    // alternating): a gain is the median of the rounds' ratios, so a slow spell of the
-    // machine, which software adapters share with everything else, hits both sides of a
-    // ratio alike instead of one model's median.
+    // Paired rounds: both models prefill (the first of the pair alternating), then decode
+    // in chunks of PAPER_CHUNK_STEPS steps, the two models' chunks alternating (which goes
+    // first too). A gain is the median of the paired measurements' ratios, so a slow
+    // spell of the machine, which software adapters share with everything else, hits
+    // both sides of a ratio alike; chunks a few milliseconds apart see the same machine
+    // where whole generations, half a second apart, moved by 10-40 points.
+    let (chunks, steps) = paper_chunks(cell.new_tokens);
+    let (mut prefill_gains, mut decode_gains) = (Vec::new(), Vec::new());
     let mut round = 0;
     while round < PAPER_MIN_ROUNDS
         || (round < PAPER_MAX_ROUNDS
             && dense.decode_seconds.min(hadamard.decode_seconds) < cell.decode_seconds)
     {
-        if round % 2 == 0 {
-            dense.time().await?;
-            hadamard.time().await?;
-        } else {
-            hadamard.time().await?;
-            dense.time().await?;
+        let (d, h) = paired(round, &mut dense, &mut hadamard, Timed::Prefill).await?;
+        prefill_gains.push(d / h - 1.0);
+        for c in 0..chunks {
+            let chunk = Timed::Chunk(steps);
+            let (d, h) = paired(round + c, &mut dense, &mut hadamard, chunk).await?;
+            decode_gains.push(d / h - 1.0);
         }
         round += 1;
     }
-    let gains =
-        |h: &[f64], d: &[f64]| -> Vec<f64> { h.iter().zip(d).map(|(h, d)| h / d - 1.0).collect() };
     let median = |v: &[f64]| Stats::from_samples(v.to_vec()).median_s;
-    result.decode_gains = gains(&hadamard.decode, &dense.decode);
-    result.prefill_gain = median(&gains(&hadamard.prefill, &dense.prefill));
-    result.decode_gain = median(&result.decode_gains);
+    result.prefill_gain = median(&prefill_gains);
+    result.decode_gain = median(&decode_gains);
+    result.decode_gains = decode_gains;
+    result.rounds = round;
     let (dense, hadamard) = (dense.finish(), hadamard.finish());
     result.params_gain = 1.0 - hadamard.params as f64 / dense.params as f64;
     result.memory_gain = 1.0 - hadamard.peak_bytes as f64 / dense.peak_bytes as f64;
     result.dense = Some(dense);
     result.hadamard = Some(hadamard);
     Ok(result)
+}
+
+/// The decode chunks of a paper round: (chunks, steps each), within the new tokens after
+/// the prefill's (28 of 31 steps; with `--quick`'s 4 new tokens one chunk of 3).
+pub fn paper_chunks(new_tokens: usize) -> (usize, usize) {
+    let after = new_tokens.saturating_sub(1);
+    let steps = PAPER_CHUNK_STEPS.min(after).max(1);
+    ((after / steps).max(1), steps)
+}
+
+/// What a paired measurement times on each model ([`Runner::timed`]).
+#[derive(Clone, Copy)]
+enum Timed {
+    /// Forget every sequence and prefill the prompts.
+    Prefill,
+    /// A decode chunk of this many steps of every sequence.
+    Chunk(usize),
+}
+
+/// Times `what` on both models, the dense one first when `turn` is even: their seconds.
+async fn paired(
+    turn: usize,
+    dense: &mut Runner<'_>,
+    hadamard: &mut Runner<'_>,
+    what: Timed,
+) -> Result<(f64, f64), BenchError> {
+    Ok(if turn.is_multiple_of(2) {
+        let d = dense.timed(what).await?;
+        (d, hadamard.timed(what).await?)
+    } else {
+        let h = hadamard.timed(what).await?;
+        (dense.timed(what).await?, h)
+    })
 }
 
 /// Builds a case's runner; `Ok(Err(why))` when it needs more than the adapter allows.

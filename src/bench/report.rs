@@ -226,11 +226,13 @@ impl Report {
             let new_tokens = (self.paper.iter())
                 .find_map(|p| p.dense.as_ref().map(|d| d.new_tokens))
                 .unwrap_or(0);
+            let (chunks, steps) = super::decoder::paper_chunks(new_tokens);
             let _ = write!(
                 s,
-                "## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, {} weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput. Each round times a generation of both models back to back (which goes first alternating), each prefilling the context less the new tokens, then generating {} new tokens per sequence; a gain is the median of the rounds' ratios. Rounds: at least {}, then more until each model has decoded for {} s, at most {}. `middle half`: the range of the middle half of the rounds' decode gains (how much the machine moved them).\n\n| d_model | batch | context | params | peak memory | prefill | decode | middle half | rounds |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                "## The paper's claims: Hadamard vs dense output projection\n\nGains of the Hadamard model over the dense one (two layers, {} weights, the report's KV cache format): fewer parameters, less peak memory, more prefill and decode throughput. Each round prefills both models' contexts less the new tokens (which goes first alternating), then decodes {} chunks of {} steps, the two models' chunks alternating (and which goes first); a decode gain is the median of the paired chunks' ratios, a prefill gain that of the rounds'. Rounds: at least {}, then more until each model has decoded for {} s, at most {}. `middle half`: the range of the middle half of the paired chunks' decode gains (how much the machine moved them); `pairs`: how many.\n\n| d_model | batch | context | params | peak memory | prefill | decode | middle half | rounds | pairs |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
                 self.options.weights.name(),
-                new_tokens,
+                chunks,
+                steps,
                 super::decoder::PAPER_MIN_ROUNDS,
                 super::decoder::PAPER_DECODE_SECONDS,
                 super::decoder::PAPER_MAX_ROUNDS,
@@ -240,7 +242,7 @@ impl Report {
                     Some(why) => {
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} | skipped: {} | | | | | |",
+                            "| {} | {} | {} | skipped: {} | | | | | | |",
                             p.d_model,
                             p.batch,
                             p.context,
@@ -250,7 +252,7 @@ impl Report {
                     None => {
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} | {:.1}% | {:.1}% | {:+.1}% | {:+.1}% | {} | {} |",
+                            "| {} | {} | {} | {:.1}% | {:.1}% | {:+.1}% | {:+.1}% | {} | {} | {} |",
                             p.d_model,
                             p.batch,
                             p.context,
@@ -259,6 +261,7 @@ impl Report {
                             100.0 * p.prefill_gain,
                             100.0 * p.decode_gain,
                             middle_half(&p.decode_gains),
+                            p.rounds,
                             p.decode_gains.len(),
                         );
                     }
@@ -270,9 +273,9 @@ impl Report {
     }
 }
 
-/// The range of the middle half of a cell's round gains (`+1.2..+4.5%`), between the
-/// first and third quartiles (the ranks outward of them: all three of three rounds); `-`
-/// for a report without rounds.
+/// The range of the middle half of a cell's paired gains (`+1.2..+4.5%`), between the
+/// first and third quartiles (the ranks outward of them: all three of three pairs); `-`
+/// for a report without them.
 pub(super) fn middle_half(gains: &[f64]) -> String {
     if gains.is_empty() {
         return "-".into();

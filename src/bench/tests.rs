@@ -309,12 +309,31 @@ mod weight_formats {
 }
 
 #[test]
-fn a_paper_cells_middle_half_spans_its_quartile_rounds() {
+fn a_paper_cells_middle_half_spans_its_quartile_pairs() {
     use super::report::middle_half;
     assert_eq!(middle_half(&[]), "-");
-    // Three rounds: all of them, whatever their order.
+    // Three pairs: all of them, whatever their order.
     assert_eq!(middle_half(&[0.05, -0.1, 0.02]), "-10.0..+5.0%");
-    // Seven rounds: ranks 1 and 5 of 0..6 (sorted), the extremes left out.
+    // Seven pairs: ranks 1 and 5 of 0..6 (sorted), the extremes left out.
     let seven = [0.3, -0.2, 0.01, 0.02, 0.03, 0.04, -0.01];
     assert_eq!(middle_half(&seven), "-1.0..+4.0%");
+}
+
+#[test]
+fn a_paper_round_decodes_whole_chunks_within_its_new_tokens() {
+    use super::decoder::{PAPER_CHUNK_STEPS, paper_chunks};
+    // The full grid's 32 new tokens: the prefill makes the first, 7 chunks of 4 of the
+    // other 31.
+    assert_eq!(PAPER_CHUNK_STEPS, 4);
+    assert_eq!(paper_chunks(32), (7, 4));
+    // --quick's 4: one chunk of the 3 left; fewer still: one step, never zero chunks.
+    assert_eq!(paper_chunks(4), (1, 3));
+    assert_eq!(paper_chunks(2), (1, 1));
+    for new in 2..40 {
+        let (chunks, steps) = paper_chunks(new);
+        assert!(
+            chunks * steps < new,
+            "{new}: {chunks} x {steps} steps after the prefill"
+        );
+    }
 }

@@ -17,11 +17,16 @@ use crate::ops::hadamard::cpu::{SIGN_UNIFORM_WORDS, WhtSize};
 /// partial sums' layout in its `stage`).
 const GEMV_WORKGROUP: u32 = 64;
 /// `GEMV_WG` of the CPU adapters' GEMVs with the Hadamard prologue (at most 256, as
-/// above): fewer workgroups, so fewer repeats of the row's transform. 256 against 128
-/// (each with the butterflies spread over the workgroup, log2(n_in) barriers): the
-/// Hadamard d_model 1024 x 8 gate/up products 1.65-1.73x the q/k/v ones' time against
-/// 1.86-1.91x, lavapipe (`walsh profile --json`).
-const PROLOGUE_CPU_WORKGROUP: u32 = 256;
+/// above): fewer workgroups than 64 lanes make, so fewer repeats of the row's transform,
+/// yet enough to share among the adapter's threads. With a barrier per butterfly stage
+/// 256 won (d_model 1024 x 8 gate/up at 1.65-1.73x the q/k/v products' time against
+/// 1.86-1.91x for 128, lavapipe); with the vec4 butterflies (two stages a barrier) 128
+/// and 256 take the same time there, and at d_model 256, whose gate/up makes 768 units
+/// (3 workgroups of 256 on a 2-thread lavapipe), the paper grid's Hadamard decode gain
+/// at batch 1 / 4 / 16 was +2.6 / +3.2 / +4.4% and +3.5 / +2.8 / +3.6% with 128 against
+/// -0.2 / +2.6 / -1.8% with 256 and +1.2 / +0.8 / -2.1% with 64 (`walsh bench --suite
+/// paper --max-d-model 256 --max-context 128`, one run each, in a row).
+const PROLOGUE_CPU_WORKGROUP: u32 = 128;
 /// Invocations per workgroup of the wide GEMV (`GEMV_WG` there, at most 256, the length
 /// of its `wide_partial`): GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES output units per
 /// workgroup.
