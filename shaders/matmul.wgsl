@@ -256,6 +256,13 @@ fn stage_load4(t: u32, wg: u32, r0: u32, nr: u32) {
 // workgroup-memory accesses and half the barriers: on lavapipe the single-value passes
 // made the Hadamard gate/up product ~1.1x the dense one's time (d_model 1024, `walsh
 // profile`), as much as the W_O product it replaces.
+// The first of butterfly group b's values: `radix` values h apart in a row of `len`,
+// `per_row` groups a row (rows one after another).
+fn group_start(b: u32, per_row: u32, len: u32, h: u32, radix: u32) -> u32 {
+    let k = b % per_row;
+    return (b / per_row) * len + (k / h) * radix * h + k % h;
+}
+
 fn butterflies4(t: u32, wg: u32, nr: u32, n: u32, p: u32) {
     let n4 = n / 4u;
     let p4 = p / 4u;
@@ -271,8 +278,7 @@ fn butterflies4(t: u32, wg: u32, nr: u32, n: u32, p: u32) {
         workgroupBarrier();
         let quarter = n4 / 4u;
         for (var b = t; b < nr * quarter; b += wg) {
-            let k = b % quarter;
-            let i = (b / quarter) * n4 + (k / h) * 4u * h + k % h;
+            let i = group_start(b, quarter, n4, h, 4u);
             let v0 = stage[i];
             let v1 = stage[i + h];
             let v2 = stage[i + 2u * h];
@@ -291,8 +297,7 @@ fn butterflies4(t: u32, wg: u32, nr: u32, n: u32, p: u32) {
         workgroupBarrier();
         let half = n4 / 2u;
         for (var b = t; b < nr * half; b += wg) {
-            let k = b % half;
-            let i = (b / half) * n4 + (k / h) * 2u * h + k % h;
+            let i = group_start(b, half, n4, h, 2u);
             let a = stage[i];
             let c = stage[i + h];
             stage[i] = a + c;
@@ -319,8 +324,7 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
             for (var h = 1u; h < p; h *= 2u) {
                 workgroupBarrier();
                 for (var b = t; b < nr * half; b += wg) {
-                    let k = b % half;
-                    let i = (b / half) * n + (k / h) * 2u * h + k % h;
+                    let i = group_start(b, half, n, h, 2u);
                     let a = st(i);
                     let c = st(i + h);
                     st_set(i, a + c);
