@@ -768,6 +768,7 @@ impl Engine {
             &options,
             Environment::browser(&user_agent),
             &mut report_progress,
+            &mut |_| {},
             &|| stop.get(),
         )
         .await

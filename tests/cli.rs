@@ -185,7 +185,10 @@ fn bench_seconds_stops_starting_cases_and_writes_what_it_measured() {
 fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    walsh(&["bench", "--all-adapters", "--quick", "--out", out]);
+    let run = walsh(&["bench", "--all-adapters", "--quick", "--out", out]);
+    // Without a terminal, a line per case instead of the progress bar.
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(log.contains("] 0/") && log.contains(" done\n"), "{log}");
     let mut reports = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
@@ -416,6 +419,16 @@ fn bench_sizes_are_checked_before_any_gpu_work() {
     assert_names(&e, &["--max-kernel-n 65536", "walsh supports (32768)"]);
     let e = walsh_fails(&["bench", "--suite", "paper", "--max-d-model", "100"]);
     assert_names(&e, &["paper grid empty", "d_model 256"]);
+    let e = walsh_fails(&[
+        "bench",
+        "--suite",
+        "paper",
+        "--min-d-model",
+        "1025",
+        "--max-d-model",
+        "2047",
+    ]);
+    assert_names(&e, &["--min-d-model 1025", "paper grid empty"]);
 }
 
 /// A small model with the longest context walsh allows: 512 MiB of KV cache per sequence.

@@ -498,7 +498,10 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
         };
     let mut out = Vec::new();
     for kv_group in std::iter::once(1).chain(options.kv_groups.iter().copied()) {
-        for &d_model in widths.iter().filter(|&&d| d <= options.max_d_model) {
+        for &d_model in widths
+            .iter()
+            .filter(|&&d| (options.min_d_model..=options.max_d_model).contains(&d))
+        {
             for &batch in batches {
                 for &context in contexts.iter().filter(|&&c| c <= options.max_context) {
                     let cell = PaperCell {

@@ -41,6 +41,9 @@ pub struct BenchOptions {
     pub suites: Vec<Suite>,
     /// Small sizes and few repeats: checks that everything runs.
     pub quick: bool,
+    /// Smallest d_model of the paper grid (0 in reports before this field: no bound).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_d_model: usize,
     /// Largest d_model of the paper grid.
     pub max_d_model: usize,
     /// Largest context of the paper grid.
@@ -71,6 +74,10 @@ pub(crate) fn f16_weights() -> WeightFormat {
     WeightFormat::F16
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 fn all_kernel_widths() -> usize {
     16384
 }
@@ -80,6 +87,7 @@ impl BenchOptions {
         Self {
             suites,
             quick,
+            min_d_model: 0,
             max_d_model: if quick { 256 } else { 4096 },
             max_context: if quick { 128 } else { 2048 },
             max_kernel_n: all_kernel_widths(),
@@ -120,7 +128,7 @@ pub async fn run(
     environment: report::Environment,
     progress: Progress<'_>,
 ) -> Result<Report, BenchError> {
-    run_until(gpu, options, environment, progress, &|| false).await
+    run_until(gpu, options, environment, progress, &mut |_| {}, &|| false).await
 }
 
 /// Puts a device's kernel choices back when dropped.
@@ -133,12 +141,14 @@ impl Drop for RestoreTuning<'_> {
 }
 
 /// [`run`], checking `stop` between cases: when it returns true the report holds the
-/// cases measured so far.
+/// cases measured so far. `measured` sees the report after each case (`walsh bench`
+/// writes it, so a run cut short keeps what it measured).
 pub async fn run_until(
     gpu: &Gpu,
     options: &BenchOptions,
     environment: report::Environment,
     progress: Progress<'_>,
+    measured: &mut dyn FnMut(&Report),
     stop: &dyn Fn() -> bool,
 ) -> Result<Report, BenchError> {
     // The decoders set the device's kernel choices for their models; the caller's come
@@ -197,6 +207,7 @@ pub async fn run_until(
                 report.paper.push(decoder::measure_cell(gpu, &cell).await?);
             }
         }
+        measured(&report);
     }
     progress("done", total, total);
     Ok(report)

@@ -219,6 +219,15 @@ mod weight_formats {
         );
         assert_eq!(paper_cells(&full).len(), 8 * 3 * 3);
         assert!(paper_cells(&full).iter().all(|c| c.kv_group == 1));
+        // --min-d-model and --max-d-model select a band of widths, both ends included.
+        let band = BenchOptions {
+            min_d_model: 960,
+            max_d_model: 2048,
+            ..full.clone()
+        };
+        let mut widths: Vec<usize> = paper_cells(&band).iter().map(|c| c.d_model).collect();
+        widths.dedup();
+        assert_eq!(widths, [960, 1024, 2048]);
         // d 512: 8 heads of 64 on 2 KV heads (4:1) and on 1 (8:1), dense and Hadamard.
         let cases = decoder_cases(&grouped);
         assert_eq!(cases.len(), 7 + 4);

@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Where reports go.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
+    /// Smallest d_model of the paper grid (default: its smallest, 256 or 128 with
+    /// --quick): with --max-d-model, the grid's big cells alone.
+    #[arg(long)]
+    pub min_d_model: Option<usize>,
     /// Largest d_model of the paper grid (default 4096, 256 with --quick).
     #[arg(long)]
     pub max_d_model: Option<usize>,
@@ -64,7 +68,7 @@ pub struct BenchArgs {
     /// send. Takes no size bounds.
     #[arg(
         long,
-        conflicts_with_all = ["quick", "max_d_model", "max_context", "max_kernel_n", "all_adapters", "suite", "kv_groups"]
+        conflicts_with_all = ["quick", "min_d_model", "max_d_model", "max_context", "max_kernel_n", "all_adapters", "suite", "kv_groups"]
     )]
     pub contribute: bool,
 }
@@ -138,6 +142,9 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
         return contribute(adapter, args.weights);
     }
     let mut options = BenchOptions::new(suites(&args.suite), args.quick);
+    if let Some(d) = args.min_d_model {
+        options.min_d_model = d;
+    }
     if let Some(d) = args.max_d_model {
         options.max_d_model = d;
     }
@@ -180,24 +187,41 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
         );
         // Cases left unmeasured when the run ended (the bound stopped it).
         let left = std::cell::Cell::new(0);
+        // Without a terminal (a log file) the bar is hidden: a line per case instead.
+        let lines = bar.is_hidden();
+        let start = std::time::Instant::now();
         let mut progress = |what: &str, done: usize, total: usize| {
             left.set(total - done);
             bar.set_length(total as u64);
             bar.set_position(done as u64);
             bar.set_message(what.to_string());
+            if lines {
+                eprintln!(
+                    "[{:>5.0} s] {done}/{total} {what}",
+                    start.elapsed().as_secs_f64()
+                );
+            }
         };
-        let start = std::time::Instant::now();
         let over = || {
             args.seconds
                 .is_some_and(|s| start.elapsed().as_secs_f64() >= s)
+        };
+        // The reports are rewritten after each case: a run cut short keeps its cases.
+        let mut written = Ok(());
+        let mut measured = |report: &Report| {
+            if written.is_ok() {
+                written = write_reports(report, &args.out, false);
+            }
         };
         let report = pollster::block_on(run_until(
             gpu,
             &options,
             Environment::native(),
             &mut progress,
+            &mut measured,
             &over,
         ))?;
+        written?;
         bar.finish_and_clear();
         if left.get() > 0 {
             eprintln!(
@@ -205,12 +229,20 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
                 start.elapsed().as_secs_f64()
             );
         }
-        for (name, text) in files(&report) {
-            let path = args.out.join(&name);
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        write_reports(&report, &args.out, true)?;
+        print!("{}", report.to_markdown());
+    }
+    Ok(())
+}
+
+/// Writes a report's files into `out`, naming each written when `say` is set.
+fn write_reports(report: &Report, out: &Path, say: bool) -> Result<()> {
+    for (name, text) in files(report) {
+        let path = out.join(&name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        if say {
             eprintln!("wrote {}", path.display());
         }
-        print!("{}", report.to_markdown());
     }
     Ok(())
 }
@@ -231,6 +263,7 @@ fn check_sizes(options: &BenchOptions) -> Result<()> {
     }
     // The same options without the bounds: the grids' smallest sizes, for the messages.
     let unbounded = BenchOptions {
+        min_d_model: 0,
         max_d_model: usize::MAX,
         max_context: usize::MAX,
         max_kernel_n: usize::MAX,
@@ -240,8 +273,9 @@ fn check_sizes(options: &BenchOptions) -> Result<()> {
     if options.suites.contains(&Suite::Paper) && paper(options).is_empty() {
         let first = &paper(&unbounded)[0];
         bail!(
-            "--max-d-model {} and --max-context {} leave the paper grid empty: its smallest \
-             cell is d_model {}, context {}",
+            "--min-d-model {}, --max-d-model {} and --max-context {} leave the paper grid \
+             empty: its smallest cell is d_model {}, context {}",
+            options.min_d_model,
             options.max_d_model,
             options.max_context,
             first.d_model,
@@ -337,6 +371,7 @@ fn contribute(adapter: &str, weights: WeightsArg) -> Result<()> {
         suite: vec![SuiteArg::All],
         quick: false,
         out: out.clone(),
+        min_d_model: None,
         max_d_model: None,
         max_context: None,
         max_kernel_n: None,
