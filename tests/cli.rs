@@ -978,3 +978,59 @@ fn tune_times_every_gemv_and_caches_the_fastest_for_generate() {
         }
     }
 }
+
+#[test]
+fn generate_json_ends_each_sequence_at_its_end_of_generation_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = "tests/data/chat/tokenizer.json";
+    let model: &str = &init_model(
+        dir.path(),
+        "chat",
+        "32",
+        "1",
+        "2",
+        &["--context", "64", "--tokenizer", tokenizer, "--seed", "3"],
+    );
+    let run = || -> serde_json::Value {
+        let args = greedy(model, "12", &["--prompt", "Hi", "--prompt", "Verse"]);
+        let out = walsh(&[&args[..], &["--device", "cpu", "--json"]].concat());
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let tokens = |json: &serde_json::Value| -> Vec<Vec<u32>> {
+        serde_json::from_value(json["tokens"].clone()).unwrap()
+    };
+    // Without an end-of-generation token among them, every token comes back.
+    let before = run();
+    let all = tokens(&before);
+    // <|end_of_text|> and <|eot_id|>: the tokenizer's end-of-generation tokens.
+    assert!(all.iter().flatten().all(|&t| t > 2), "{all:?}");
+    assert_eq!(before["finish"], serde_json::json!(["length", "length"]));
+    assert!(all.iter().all(|t| t.len() == 12));
+    // Make the first sequence's fourth token the model's EOS (tokenizer_config.json's
+    // eos_token, by its text in tokenizer.json's vocabulary).
+    let eos = all[0][3];
+    let vocab: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tokenizer).unwrap()).unwrap();
+    let text = vocab["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, id)| id.as_u64() == Some(eos as u64))
+        .map(|(text, _)| text.clone())
+        .expect("the token is in the vocabulary");
+    let config = Path::new(model).join("tokenizer_config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["eos_token"] = text.into();
+    std::fs::write(&config, json.to_string()).unwrap();
+    // Each sequence stops before its first EOS (the same greedy tokens up to there).
+    let after = run();
+    let cut = tokens(&after);
+    for (seq, (cut, all)) in cut.iter().zip(&all).enumerate() {
+        let end = all.iter().position(|&t| t == eos);
+        assert_eq!(cut[..], all[..end.unwrap_or(all.len())], "sequence {seq}");
+        let finish = if end.is_some() { "stop" } else { "length" };
+        assert_eq!(after["finish"][seq], finish, "sequence {seq}");
+    }
+    assert_eq!(after["finish"][0], "stop");
+}

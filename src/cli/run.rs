@@ -157,7 +157,9 @@ pub struct GenerateArgs {
     /// (1: a readback per token). The text does not depend on it.
     #[arg(long, default_value_t = DEFAULT_MAX_CHUNK)]
     pub max_chunk: usize,
-    /// Print the tokens and stats as JSON instead of streaming text.
+    /// Print the tokens and stats as JSON instead of streaming text: each sequence's
+    /// tokens up to its first end-of-generation token (not included), and `finish`,
+    /// "stop" where one ended it and "length" where max-tokens did.
     #[arg(long)]
     pub json: bool,
 }
@@ -242,7 +244,22 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
                 println!("{}", text.finish());
                 Ok(g)
             } else {
-                let g = generate(dec, &prompts, &options, |_| ControlFlow::Continue(()))?;
+                // Each sequence's text ends at its first end-of-generation token; the
+                // batch stops once every sequence has one.
+                let mut ended = vec![false; prompts.len()];
+                let g = generate(dec, &prompts, &options, |ev| {
+                    ended[ev.seq] |= tokenizer.is_eog(ev.token);
+                    if ended.iter().all(|&e| e) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })?;
+                let texts: Vec<&[u32]> = g
+                    .tokens
+                    .iter()
+                    .map(|t| until_eog(t, |id| tokenizer.is_eog(id)))
+                    .collect();
                 if args.json {
                     // Weights and KV cache a decode step reads per token (a model of the
                     // traffic, see model::sizes::decode_bytes_per_token).
@@ -255,22 +272,30 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
                         g.stats.generated_tokens / seqs,
                         args.kv_cache,
                     );
+                    let finish: Vec<&str> = texts
+                        .iter()
+                        .zip(&g.tokens)
+                        .map(|(t, all)| {
+                            if t.len() < all.len() {
+                                "stop"
+                            } else {
+                                "length"
+                            }
+                        })
+                        .collect();
                     let json = serde_json::json!({
-                        "tokens": &g.tokens,
+                        "tokens": &texts,
+                        "finish": finish,
                         "stats": &g.stats,
                         "bytes_read_per_token": bytes_read_per_token,
                     });
                     println!("{json}");
                     return Ok(g);
                 }
-                for (prompt, tokens) in args.prompt.iter().zip(&g.tokens) {
-                    let end = tokens
-                        .iter()
-                        .position(|&t| tokenizer.is_eog(t))
-                        .unwrap_or(tokens.len());
+                for (prompt, tokens) in args.prompt.iter().zip(&texts) {
                     let mut text = tokenizer.continuation(false);
                     let mut out = String::new();
-                    for &t in &tokens[..end] {
+                    for &t in tokens.iter() {
                         out += &text.push(t).unwrap_or_default();
                     }
                     out += &text.finish();
@@ -282,6 +307,15 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
     )?;
     eprintln!("{}", summary(&generation));
     Ok(())
+}
+
+/// A sequence's tokens before its first end-of-generation token (all of them without one).
+fn until_eog(tokens: &[u32], is_eog: impl Fn(u32) -> bool) -> &[u32] {
+    let end = tokens
+        .iter()
+        .position(|&t| is_eog(t))
+        .unwrap_or(tokens.len());
+    &tokens[..end]
 }
 
 /// The one-line summary: device, prefill and decode speed, peak GPU memory.
