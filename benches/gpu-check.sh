@@ -23,7 +23,7 @@
 #   bench-kernels/, bench-decoder/, bench-paper/  the suites on the first adapter, bounded
 # Used for bench-results/<device>/ (see bench-results/README.md). Every size is an
 # environment variable, so the same script runs end to end on a software adapter:
-#   GRID_D="256 512" BIG_D=512 PAPER_D=512 BENCH_SECONDS=60 bash benches/gpu-check.sh
+#   GRID_D="256 512" BIG_D=512 PAPER_MIN_D=256 PAPER_D=512 BENCH_SECONDS=60 bash benches/gpu-check.sh
 set -u
 FINAL=${OUT:-gpu-out}
 mkdir -p "$FINAL"
@@ -183,11 +183,13 @@ else
 fi
 
 # The kernel, decoder and paper suites on the first adapter, each bounded: after
-# BENCH_SECONDS a suite starts no new case and writes what it measured (the timeout only
-# catches a case that hangs).
+# BENCH_SECONDS a suite starts no new case and writes what it measured (the reports are
+# rewritten after every case, so the timeout, for a case that hangs, keeps the rest).
+# The paper grid starts at PAPER_MIN_D: its small widths are grid.txt's and the
+# decoder suite's, and the time goes to the widths the paper's claims grow with.
 for suite in ${SUITES:-kernels decoder paper}; do
   timeout $((${BENCH_SECONDS:-120} * 3 + 60)) $W --adapter 0 bench --suite $suite --max-context 512 \
-    --seconds "${BENCH_SECONDS:-120}" \
+    --seconds "${BENCH_SECONDS:-120}" --min-d-model "${PAPER_MIN_D:-1024}" \
     --max-d-model "${PAPER_D:-8192}" --out "$OUT/bench-$suite" > "$OUT/bench-$suite.log" 2>&1
   tail -2 "$OUT/bench-$suite.log"
 done
