@@ -272,16 +272,9 @@ pub fn generate_cmd(args: &GenerateArgs, adapter: &str) -> Result<()> {
                         g.stats.generated_tokens / seqs,
                         args.kv_cache,
                     );
-                    let finish: Vec<&str> = texts
+                    let finish: Vec<&str> = ended
                         .iter()
-                        .zip(&g.tokens)
-                        .map(|(t, all)| {
-                            if t.len() < all.len() {
-                                "stop"
-                            } else {
-                                "length"
-                            }
-                        })
+                        .map(|&e| if e { "stop" } else { "length" })
                         .collect();
                     let json = serde_json::json!({
                         "tokens": &texts,
