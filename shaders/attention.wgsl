@@ -62,9 +62,9 @@ struct Params {
     kv_heads: u32,   // KV heads of the cache; divides heads
 }
 
-// Workgroup memory in f32s: the device's limit (at least the WebGPU default, 16 KiB) up
-// to 64 KiB, set by the host (tile_elems in src/ops/attention/mod.rs), which sizes tiles so
-// that (TQ + 2 * TK) * HD + TQ * TK <= TILE.
+// Workgroup memory in f32s: (TQ + 2 * TK) * HD + TQ * TK, set by the host (AttnTile in
+// src/ops/attention/attend.rs), which sizes the tile within the device's limit (at least
+// the WebGPU default, 16 KiB) up to 64 KiB (tile_elems in src/ops/attention/mod.rs).
 override TILE: u32 = 4096u;
 // Output pairs one attend invocation holds at most; must match MAX_ACC in src/ops/attention/attend.rs.
 const MAX_ACC: u32 = 8u;

@@ -6,7 +6,7 @@
 //
 // A transform of length T = M * P runs along axis i of a 3-D view of the data,
 //     X[b][i][s]   at offset  b * T * S + i * S + s,
-// with b < params.lines, i < T, s < S. A whole row of length n <= TILE is one line
+// with b < params.lines, i < T, s < S. A whole row of length n <= TILE_ELEMS (host) is one line
 // (S = 1). Longer rows take two dispatches: pass A transforms contiguous segments of
 // length P_A (S = 1), pass B the remaining factor across them (S = P_A); see the host.
 //
@@ -26,9 +26,6 @@ struct Params {
     bit: u32,      // naive kernel: the butterfly stage this dispatch does
 }
 
-// Workgroup memory in f32s: 16 KiB, the WebGPU default limit. Must match TILE_ELEMS on the
-// host, which sizes tiles so LB * T * LS <= TILE.
-const TILE: u32 = 4096u;
 // Register values per invocation at most; must match MAX_VALUES_PER_INVOCATION on the host.
 const MAX_V: u32 = 16u;
 // Largest core Hadamard order; must match construct::MAX_CORE on the host.
@@ -59,6 +56,10 @@ override EPI_BETA: bool = false;
 @group(0) @binding(6) var<storage, read> hm_signs: array<u32>;
 override SIGN_WORDS: u32 = (M + 31u) / 32u;
 
+// Workgroup memory in f32s: the tile of LB lines x T x LS columns, which the host keeps
+// within TILE_ELEMS (16 KiB, the WebGPU default limit). Sized to the tile, not to the
+// limit: WebGPU zero-fills a workgroup's memory before it runs.
+override TILE: u32 = LB * M * P * LS;
 var<workgroup> tile: array<f32, TILE>;
 var<private> reg: array<f32, MAX_V>;
 

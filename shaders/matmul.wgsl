@@ -197,17 +197,29 @@ override PRO_M: u32 = 1u;  // PRO_WHT: the core Hadamard order of n_in (1: a pow
 // GEMV workgroup (64); MIX_ITEMS on the host checks the workgroups.
 const MIX_ITEMS: u32 = 16u;
 
-// f32s of staged inputs; must match PROLOGUE_STAGE on the host. The GEMVs' partial sums
-// reuse it after their dot loops (2048 values), so every GEMV declares just this array.
-const STAGE: u32 = 4096u;
+// f32s of `stage`: the host sets what the pipeline uses (`stage_len` in
+// src/ops/matmul.rs: a prologue's GEMV_ROWS x n_in inputs, the partial sums gemv and
+// gemv_wide add after their dot loops, at least 4), at most PROLOGUE_STAGE there (4096,
+// this default). WebGPU zero-fills a workgroup's memory before it runs, so every unused
+// value is a store on every workgroup: with 4096 for every GEMV the page in Chromium
+// (SwiftShader) decoded at 0.43x the rate it had with that fill switched off.
+override STAGE: u32 = 4096u;
+// An array's size is a named override: naga 30 panics on an expression there.
+override STAGE_VEC4S: u32 = STAGE / 4u;
+// Invocations per GEMV workgroup (declared before the overrides sized by it).
+override GEMV_WG: u32 = 64u;
+// The prologue's RMSNorm partial sums (one per invocation, then one per FAN); one value
+// where there is no prologue (the fill again).
+override SUMS: u32 = select(1u, GEMV_WG, PRO != PRO_NONE);
+override SUMS2: u32 = select(1u, (GEMV_WG + FAN - 1u) / FAN, PRO != PRO_NONE);
 // Partial sums each invocation of the norm's first reduction round adds up (norm.wgsl).
 const FAN: u32 = 16u;
 // Held as vec4s: x_at, the wide GEMVs' read of four staged inputs, is then one load
 // (four scalar loads made the staged products move their bytes at about 0.6x the rate
 // of the unstaged ones on lavapipe); st / st_set reach single values.
-var<workgroup> stage: array<vec4<f32>, STAGE / 4u>;
-var<workgroup> sums: array<f32, 256>;
-var<workgroup> sums2: array<f32, 16>;
+var<workgroup> stage: array<vec4<f32>, STAGE_VEC4S>;
+var<workgroup> sums: array<f32, SUMS>;
+var<workgroup> sums2: array<f32, SUMS2>;
 // The first row staged by this workgroup.
 var<private> stage_r0: u32;
 
@@ -425,7 +437,7 @@ fn stage_inputs(t: u32, wg: u32, r0: u32, nr: u32, writer: bool) {
 // which matters where barriers are costly.
 
 // Invocations per workgroup: GEMV_WORKGROUP on the host, GEMV_WIDE_WORKGROUP for
-// gemv_wide (<= 256: the partial sums' layout in `stage`).
+// gemv_wide (their partial sums must fit `stage`: the host's stage_len checks).
 // Which rows and outputs a GEMV workgroup takes. The grid is (groups of `per` items, of
 // `items` in all) x (blocks of GEMV_ROWS rows), blocks fastest: `first` is the group's
 // first item, its rows r0 .. r0 + nr. `valid` is false for the grid's spare workgroups
@@ -465,7 +477,6 @@ fn stage_block4(t: u32, b: GemvBlock) {
     }
 }
 
-override GEMV_WG: u32 = 64u;
 // Rows per workgroup, 1 to MAX_GEMV_ROWS / OUTS; the host sizes it to the batch.
 override GEMV_ROWS: u32 = 8u;
 // Inputs are taken two at a time (requires an even n_in).
@@ -562,20 +573,20 @@ fn gemv(@builtin(local_invocation_index) t: u32,
     if (staged()) {
         workgroupBarrier();  // the partial sums below overwrite the staged inputs
     }
-    // Accumulator a of invocation t at stage[a * 256 + t].
+    // Accumulator a of invocation t at stage[a * GEMV_WG + t].
     for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
-        st_set(a * 256u + t, acc[a]);
+        st_set(a * GEMV_WG + t, acc[a]);
     }
     workgroupBarrier();
     if (t < nr) {
         var z = 0.0;
         var z2 = 0.0;
         for (var k = 0u; k < GEMV_WG; k++) {
-            z += st(t * 256u + k);
+            z += st(t * GEMV_WG + k);
         }
         if (OUTS == 2u) {
             for (var k = 0u; k < GEMV_WG; k++) {
-                z2 += st((GEMV_ROWS + t) * 256u + k);
+                z2 += st((GEMV_ROWS + t) * GEMV_WG + k);
             }
         }
         store(r0 + t, u, z, z2);

@@ -32,9 +32,12 @@ override DOT4_LANES: u32 = 1u;
 // QBLOCK / 4 words per block, row r's word k at r * n_in / 4 + k; one scale and one sum
 // of levels per block. Sized for GEMV_ROWS * n_in <= STAGE (DOT4_WORKGROUP_BYTES on the
 // host counts these with `stage`, `sums` and `sums2`).
-var<workgroup> qx: array<u32, STAGE / 4u>;
-var<workgroup> qscale: array<f32, STAGE / QBLOCK>;
-var<workgroup> qsum: array<i32, STAGE / QBLOCK>;
+// (Named overrides: naga 30 panics on an expression as an array's size.)
+override QX_WORDS: u32 = STAGE / 4u;
+override Q_BLOCKS: u32 = STAGE / QBLOCK;
+var<workgroup> qx: array<u32, QX_WORDS>;
+var<workgroup> qscale: array<f32, Q_BLOCKS>;
+var<workgroup> qsum: array<i32, Q_BLOCKS>;
 
 // Input i of staged row r (0 .. nr) of the workgroup's block (x itself without a
 // prologue).

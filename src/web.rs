@@ -323,7 +323,7 @@ impl Engine {
     /// Fuses the decode step or runs each dispatch on its own in the models loaded from
     /// now on (the page's `?fuse=on|off`, as `WALSH_FUSE` natively); None: fused on GPUs,
     /// unfused on CPU adapters, where the fused step measured no faster (Chromium's
-    /// SwiftShader: 0.72x the unfused step's tok/s; Firefox on lavapipe: 0.98x;
+    /// SwiftShader: 0.91x the unfused step's tok/s; Firefox on lavapipe: 0.98x;
     /// docs/browser.md). The same tokens either way.
     pub fn set_fusion(&self, on: Option<bool>) {
         self.fusion.set(on);

@@ -13,11 +13,11 @@ use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 use crate::ops::hadamard::cpu::{SIGN_UNIFORM_WORDS, WhtSize};
 
-/// Invocations per GEMV workgroup; passed to the shader as `GEMV_WG` (at most 256, the
-/// partial sums' layout in its `stage`).
+/// Invocations per GEMV workgroup; passed to the shader as `GEMV_WG` (its partial sums
+/// must fit the stage: [`stage_len`]).
 const GEMV_WORKGROUP: u32 = 64;
-/// `GEMV_WG` of the CPU adapters' GEMVs with the Hadamard prologue (at most 256, as
-/// above): fewer workgroups than 64 lanes make, so fewer repeats of the row's transform,
+/// `GEMV_WG` of the CPU adapters' GEMVs with the Hadamard prologue (at most 256, the
+/// prologue's `sums`): fewer workgroups than 64 lanes make, so fewer repeats of the row's transform,
 /// yet enough to share among the adapter's threads. With a barrier per butterfly stage
 /// 256 won (d_model 1024 x 8 gate/up at 1.65-1.73x the q/k/v products' time against
 /// 1.86-1.91x for 128, lavapipe); with the vec4 butterflies (two stages a barrier) 128
@@ -27,8 +27,8 @@ const GEMV_WORKGROUP: u32 = 64;
 /// -0.2 / +2.6 / -1.8% with 256 and +1.2 / +0.8 / -2.1% with 64 (`walsh bench --suite
 /// paper --max-d-model 256 --max-context 128`, one run each, in a row).
 const PROLOGUE_CPU_WORKGROUP: u32 = 128;
-/// Invocations per workgroup of the wide GEMV (`GEMV_WG` there, at most 256, the length
-/// of its `wide_partial`): GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES output units per
+/// Invocations per workgroup of the wide GEMV (`GEMV_WG` there; its partial sums, 8 an
+/// invocation, fit the stage): GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES output units per
 /// workgroup.
 const GEMV_WIDE_WORKGROUP: u32 = 256;
 /// Invocations per workgroup of the subgroup GEMV (`GEMV_WG` there): GEMV_WG / the
@@ -88,12 +88,39 @@ struct MatmulParams {
     y_offset: u32,
 }
 
-/// f32s of workgroup memory a GEMV prologue stages its rows in; must match `STAGE` in
-/// matmul.wgsl. A workgroup stages GEMV_ROWS rows of n_in inputs.
+/// f32s of workgroup memory a GEMV prologue stages its rows in at most; the default of
+/// `STAGE` in matmul.wgsl, which each pipeline sets to what it uses ([`stage_len`]). A
+/// workgroup stages GEMV_ROWS rows of n_in inputs.
 pub const PROLOGUE_STAGE: usize = 4096;
 /// Workgroup memory of a GEMV with a prologue, in bytes: `stage`, `sums` and `sums2` in
 /// matmul.wgsl.
 const PROLOGUE_WORKGROUP_BYTES: u32 = (PROLOGUE_STAGE as u32 + 256 + 16) * 4;
+
+/// f32s of `stage` a GEMV pipeline uses (`STAGE` in matmul.wgsl), at least one vec4: a
+/// prologue's GEMV_ROWS x n_in inputs (`staged`), and the partial sums `gemv` (one per
+/// accumulator and invocation) and `gemv_wide` (MAX_GEMV_ROWS per invocation) add after
+/// their dots; `gemv_dot4` keeps the whole stage (its `qx`, `qscale` and `qsum` are sized
+/// by it). WebGPU zero-fills a workgroup's memory before it runs, so what is declared and
+/// unused is paid for by every workgroup.
+fn stage_len(
+    kernel: Kernel,
+    staged: bool,
+    gemv_rows: usize,
+    n_in: usize,
+    workgroup: u32,
+    outs: usize,
+) -> usize {
+    let inputs = if staged { gemv_rows * n_in } else { 0 };
+    let partials = match kernel {
+        Kernel::Gemv => outs * gemv_rows * workgroup as usize,
+        Kernel::GemvWide => workgroup as usize * MAX_GEMV_ROWS,
+        Kernel::GemvDot4 => return PROLOGUE_STAGE,
+        _ => 0,
+    };
+    let len = inputs.max(partials).max(4).next_multiple_of(4);
+    debug_assert!(len <= PROLOGUE_STAGE);
+    len
+}
 
 /// What a decode GEMV computes from `x` before its product, in the same dispatch (see
 /// the prologues in matmul.wgsl). Each saves the decoder the dispatch that would
@@ -605,9 +632,18 @@ pub fn encode_cols(
         key = key.with_flag("W_T", true);
     }
     if gemv {
+        let stage = stage_len(
+            kernel,
+            prologue.code() != 0,
+            gemv_rows,
+            n_in,
+            workgroup,
+            outs,
+        );
         key = key
             .with("GEMV_WG", workgroup)
             .with("GEMV_ROWS", gemv_rows as u32)
+            .with("STAGE", stage as u32)
             .with_flag("PAIRED", n_in.is_multiple_of(2));
         if kernel == Kernel::GemvSubgroup {
             key = key.with("SG_UNITS", sg_units);
@@ -746,6 +782,35 @@ mod tests {
 
     fn silu(v: f64) -> f64 {
         v / (1.0 + (-v).exp())
+    }
+
+    #[test]
+    fn each_gemv_declares_the_stage_it_uses() {
+        // The GEMVs that read x straight and keep their sums in registers: one vec4.
+        for k in [
+            Kernel::GemvOutputs,
+            Kernel::GemvOutputsWide,
+            Kernel::GemvCols,
+        ] {
+            assert_eq!(stage_len(k, false, 8, 4096, 64, 1), 4, "{k:?}");
+        }
+        assert_eq!(stage_len(Kernel::GemvSubgroup, false, 4, 1024, 128, 2), 4);
+        // A prologue's rows: 2 x 1000 inputs; 3 x 7 rounded up to whole vec4s.
+        assert_eq!(
+            stage_len(Kernel::GemvOutputsWide, true, 2, 1000, 128, 1),
+            2000
+        );
+        assert_eq!(stage_len(Kernel::GemvOutputs, true, 3, 7, 64, 1), 24);
+        // gemv: a partial sum per accumulator (outs x rows) and invocation.
+        assert_eq!(stage_len(Kernel::Gemv, false, 4, 256, 64, 2), 512);
+        assert_eq!(stage_len(Kernel::Gemv, true, 1, 1024, 64, 1), 1024);
+        // gemv_wide: MAX_GEMV_ROWS partial sums per invocation, or its staged rows.
+        assert_eq!(stage_len(Kernel::GemvWide, false, 1, 256, 256, 1), 2048);
+        assert_eq!(stage_len(Kernel::GemvWide, true, 1, 4096, 256, 1), 4096);
+        assert_eq!(
+            stage_len(Kernel::GemvDot4, false, 1, 64, 64, 1),
+            PROLOGUE_STAGE
+        );
     }
 
     /// Runs one product on the GPU and checks it against the f64 reference.

@@ -37,6 +37,9 @@ const CHROMIUM_ARGS = [
   '--disable-sync',
   '--disable-quic',
 ];
+// More switches from CHROMIUM_FLAGS (space-separated), for experiments such as
+// `--enable-dawn-features=disable_workgroup_init` (bench-results/page-workgroup-fill-dec4.md).
+const EXTRA_CHROMIUM_ARGS = (process.env.CHROMIUM_FLAGS ?? '').split(' ').filter((a) => a);
 // Firefox exposes WebGPU on Linux only with the first; the second lets it use a
 // blocklisted (here: software) adapter.
 const FIREFOX_WEBGPU = { 'dom.webgpu.enabled': true, 'gfx.webgpu.ignore-blocklist': true };
@@ -159,7 +162,7 @@ async function launch(browser, webgpu) {
     const b = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: [...CHROMIUM_ARGS, ...(webgpu ? ['--enable-unsafe-webgpu'] : [])],
+      args: [...CHROMIUM_ARGS, ...EXTRA_CHROMIUM_ARGS, ...(webgpu ? ['--enable-unsafe-webgpu'] : [])],
     });
     const context = await b.newContext({ viewport: VIEWPORT });
     const page = await context.newPage();

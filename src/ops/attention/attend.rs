@@ -5,8 +5,9 @@ use super::cache::{level_inv, rotation_norm};
 use super::decode::DecodeFusion;
 use super::{
     Attention, AttnParams, AttnShape, BINDINGS, Cols, ELEMENTWISE_WORKGROUP, distinct, pairs,
+    tile_elems,
 };
-use crate::gpu::{GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
+use crate::gpu::{Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
 /// Output pairs one attend invocation accumulates at most; must match `MAX_ACC` in
 /// attention.wgsl.
@@ -17,10 +18,18 @@ const ATTEND_WORKGROUP: usize = 64;
 const MAX_TILE_ROWS: usize = 32;
 /// Keys per block at most; passed as `TK`.
 const MAX_BLOCK_KEYS: usize = 64;
+/// Keys per decode block at most where the browser zero-fills workgroup memory on
+/// SwiftShader ([`AttnTile::decode_on`]). The page, shipped model (head_dim 32), 128
+/// greedy tokens: in Chromium (SwiftShader) 7 keys a block (a 487-float tile) decoded
+/// 1.18x and 1.15x (unfused, fused) the rate of 64 keys (4,192 floats); in Firefox on
+/// lavapipe 8 keys decoded 0.68-0.75x the rate of 64, so only SwiftShader takes it
+/// (bench-results/page-workgroup-fill-dec4.md).
+const ZERO_FILLED_DECODE_KEYS: usize = 8;
 
 /// The tile of one attend pipeline: `rows` queries (TQ) against blocks of `keys` keys
-/// (TK) in `elems` f32s of workgroup memory (TILE); each invocation accumulates `acc`
-/// output pairs (ACC).
+/// (TK) in `elems` f32s of workgroup memory (TILE: what Q, K, V and the scores take, no
+/// more, since WebGPU zero-fills a workgroup's memory before it runs); each invocation
+/// accumulates `acc` output pairs (ACC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct AttnTile {
     pub(super) rows: usize,
@@ -31,30 +40,40 @@ pub(super) struct AttnTile {
 
 impl AttnTile {
     /// A tile of `rows` queries (a power of two dividing the workgroup) for `head_dim`:
-    /// the largest key block that fits workgroup memory next to Q [rows, head_dim]:
-    /// (rows + 2 * keys) * head_dim + rows * keys <= elems (Q, K, V, scores).
-    pub(super) fn new(rows: usize, head_dim: usize, elems: usize) -> Self {
-        let keys = ((elems - rows * head_dim) / (2 * head_dim + rows)).min(MAX_BLOCK_KEYS);
+    /// the largest key block that fits `limit` f32s of workgroup memory next to Q [rows,
+    /// head_dim]: (rows + 2 * keys) * head_dim + rows * keys <= limit (Q, K, V, scores).
+    pub(super) fn new(rows: usize, head_dim: usize, limit: usize) -> Self {
+        let keys = ((limit - rows * head_dim) / (2 * head_dim + rows)).min(MAX_BLOCK_KEYS);
         let lanes_per_row = ATTEND_WORKGROUP / rows;
         Self {
             rows,
             keys,
             acc: (head_dim / 2).div_ceil(lanes_per_row),
-            elems,
+            elems: (rows + 2 * keys) * head_dim + rows * keys,
         }
     }
 
     /// Prefill: as many rows as the accumulators allow (rows * head_dim / 2 pairs over the
     /// workgroup, at most MAX_ACC per invocation), which also keeps Q within a quarter of
     /// workgroup memory. head_dim 64: 16 rows x 21 keys; 256: 4 x 5.
-    pub(super) fn prefill(head_dim: usize, elems: usize) -> Self {
+    pub(super) fn prefill(head_dim: usize, limit: usize) -> Self {
         let fit = (2 * MAX_ACC * ATTEND_WORKGROUP / head_dim).min(MAX_TILE_ROWS);
-        Self::new(1 << fit.ilog2(), head_dim, elems)
+        Self::new(1 << fit.ilog2(), head_dim, limit)
     }
 
     /// Decode: one row per tile. In 16 KiB, head_dim 64: 31 keys per block; 256: 7.
-    pub(super) fn decode(head_dim: usize, elems: usize) -> Self {
-        Self::new(1, head_dim, elems)
+    pub(super) fn decode(head_dim: usize, limit: usize) -> Self {
+        Self::new(1, head_dim, limit)
+    }
+
+    /// The decode tile on `gpu`: as [`Self::decode`] within the device's limit, but no
+    /// more than ZERO_FILLED_DECODE_KEYS keys a block where the browser fills workgroup
+    /// memory with zeros on SwiftShader (Chromium's software adapter, named so by the
+    /// page), where that fill costs more than the barriers of more, shorter blocks.
+    pub(super) fn decode_on(gpu: &Gpu, head_dim: usize) -> Self {
+        let name = gpu.info().name.to_ascii_lowercase();
+        let capped = gpu.zero_fills_workgroup_memory() && name.contains("swiftshader");
+        Self::decode(head_dim, decode_limit(tile_elems(gpu), head_dim, capped))
     }
 
     pub(super) fn key(&self, shape: AttnShape, partial: bool, fused: bool) -> PipelineKey {
@@ -70,6 +89,17 @@ impl AttnTile {
             .with("TILE", self.elems as u32)
             .with_flag("PARTIAL", partial)
             .with_flag("FUSE", fused)
+    }
+}
+
+/// f32s a decode tile may take within the device's `limit`: no more than a block of
+/// ZERO_FILLED_DECODE_KEYS keys' Q, K, V and scores when `capped`.
+fn decode_limit(limit: usize, head_dim: usize, capped: bool) -> usize {
+    let k = ZERO_FILLED_DECODE_KEYS;
+    if capped {
+        limit.min((1 + 2 * k) * head_dim + k)
+    } else {
+        limit
     }
 }
 
@@ -307,6 +337,10 @@ mod tests {
                 for tile in [AttnTile::prefill(hd, elems), AttnTile::decode(hd, elems)] {
                     let floats = (tile.rows + 2 * tile.keys) * hd + tile.rows * tile.keys;
                     assert!(floats <= elems, "head_dim {hd}: {tile:?} uses {floats}");
+                    assert_eq!(
+                        tile.elems, floats,
+                        "head_dim {hd}: the tile declares what it uses"
+                    );
                     assert!(
                         tile.keys >= 1 && tile.keys <= MAX_BLOCK_KEYS,
                         "{hd}: {tile:?}"
@@ -324,20 +358,27 @@ mod tests {
             }
         }
         let e = DEFAULT_TILE_ELEMS;
-        let t = |rows, keys, acc| AttnTile {
+        let t = |rows, keys, acc, elems| AttnTile {
             rows,
             keys,
             acc,
-            elems: e,
+            elems,
         };
-        assert_eq!(AttnTile::prefill(64, e), t(16, 21, 8));
-        assert_eq!(AttnTile::prefill(256, e), t(4, 5, 8));
-        assert_eq!(AttnTile::prefill(24, e), t(32, 41, 6));
-        assert_eq!(AttnTile::decode(64, e), t(1, 31, 1));
-        assert_eq!(AttnTile::decode(256, e), t(1, 7, 2));
+        assert_eq!(AttnTile::prefill(64, e), t(16, 21, 8, 4048));
+        assert_eq!(AttnTile::prefill(256, e), t(4, 5, 8, 3604));
+        assert_eq!(AttnTile::prefill(24, e), t(32, 41, 6, 4048));
+        assert_eq!(AttnTile::decode(64, e), t(1, 31, 1, 4063));
+        assert_eq!(AttnTile::decode(256, e), t(1, 7, 2, 3847));
         // Twice the memory (lavapipe's 32 KiB): twice the keys per decode block.
         assert_eq!(AttnTile::decode(64, 8192).keys, 63);
         assert_eq!(AttnTile::decode(256, 8192).keys, 15);
+        // Capped (the browser's SwiftShader): ZERO_FILLED_DECODE_KEYS keys, Q, K, V and
+        // scores of 32 values each = 17 x 32 + 8 floats; uncapped, the device's limit.
+        let capped = AttnTile::decode(32, decode_limit(8192, 32, true));
+        assert_eq!((capped.keys, capped.elems), (8, 552));
+        assert_eq!(AttnTile::decode(32, decode_limit(8192, 32, false)).keys, 64);
+        // A device limit under the cap's tile keeps the limit.
+        assert_eq!(decode_limit(500, 32, true), 500);
     }
 
     #[test]

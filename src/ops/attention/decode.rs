@@ -2,7 +2,7 @@
 //! and the fused form that also ropes and writes the row's key and value.
 
 use super::attend::{AttendBuffers, AttnTile, Split, plan_tiles};
-use super::{Attention, AttnShape, Cols, distinct, tile_elems};
+use super::{Attention, AttnShape, Cols, distinct};
 use crate::gpu::{GpuError, MemoryCategory, Record};
 use crate::ops::rope::RopeTable;
 
@@ -131,7 +131,7 @@ impl Attention {
         if rows.is_empty() {
             return Ok(());
         }
-        let tile = AttnTile::decode(shape.head_dim, tile_elems(&self.gpu));
+        let tile = AttnTile::decode_on(&self.gpu, shape.head_dim);
         let plan = plan_tiles(rows, 1);
         let chunks = self.decode_chunks(rows);
         if chunks == 1 {

@@ -22,7 +22,8 @@ pub use cpu::{UnsupportedSize, WhtSize};
 use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, Shader};
 
-/// f32s of workgroup memory a tile may use; must match `TILE` in hadamard.wgsl.
+/// f32s of workgroup memory a tile may use; hadamard.wgsl's `TILE` is the tile a
+/// pipeline's constants make (LB x M x P x LS), which the plans keep within this.
 pub const TILE_ELEMS: usize = 4096;
 /// Register values per invocation at most; must match `MAX_V` in hadamard.wgsl.
 pub const MAX_VALUES_PER_INVOCATION: usize = 16;
