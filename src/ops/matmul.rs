@@ -89,7 +89,7 @@ struct MatmulParams {
 }
 
 /// f32s of workgroup memory a GEMV prologue stages its rows in at most; the default of
-/// `STAGE` in matmul.wgsl, which each pipeline sets to what it uses ([`stage_len`]). A
+/// `STAGE` in matmul.wgsl, which each pipeline sets to what it uses (`stage_len`). A
 /// workgroup stages GEMV_ROWS rows of n_in inputs.
 pub const PROLOGUE_STAGE: usize = 4096;
 /// Workgroup memory of a GEMV with a prologue, in bytes: `stage`, `sums` and `sums2` in
