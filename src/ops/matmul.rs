@@ -16,9 +16,9 @@ use crate::ops::hadamard::cpu::{SIGN_UNIFORM_WORDS, WhtSize};
 /// Invocations per GEMV workgroup; passed to the shader as `GEMV_WG` (its partial sums
 /// must fit the stage: [`stage_len`]).
 const GEMV_WORKGROUP: u32 = 64;
-/// `GEMV_WG` of the CPU adapters' GEMVs with the Hadamard prologue (at most 256, the
-/// prologue's `sums`): fewer workgroups than 64 lanes make, so fewer repeats of the row's transform,
-/// yet enough to share among the adapter's threads. With a barrier per butterfly stage
+/// `GEMV_WG` of the CPU adapters' GEMVs with the Hadamard prologue (at most 256, WebGPU's
+/// default invocation limit): fewer workgroups than 64 lanes make, so fewer repeats of
+/// the row's transform, yet enough to share among the adapter's threads. With a barrier per butterfly stage
 /// 256 won (d_model 1024 x 8 gate/up at 1.65-1.73x the q/k/v products' time against
 /// 1.86-1.91x for 128, lavapipe); with the vec4 butterflies (two stages a barrier) 128
 /// and 256 take the same time there, and at d_model 256, whose gate/up makes 768 units
