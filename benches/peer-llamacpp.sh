@@ -272,7 +272,8 @@ for (model, weights), by in runs.items():
                     "rounds": {e: [x["tok_s"] for x in v] for e, v in by.items()},
                     "commands": {e: v[0]["cmd"] for e, v in by.items()},
                     "walsh_over_llama": med["walsh"] / med["llama"] if med.get("llama") else None})
-report = {"walsh_commit": commit,
+# "kind" tells `walsh bench merge` this is not an adapter report.
+report = {"kind": "peer-llamacpp", "walsh_commit": commit,
           "llama_cpp": f"llama-cpp-python {llama_version} sdist, vendor/llama.cpp, Vulkan backend (Release)",
           "walsh_device": device, "llama_device": llama_device, "prompt": prompt,
           "rounds": int(rounds), "llama_bench_repetitions": int(reps),

@@ -271,6 +271,42 @@ fn quick_bench_on_all_adapters_writes_sound_reports_that_merge() {
     );
 }
 
+/// README's `walsh bench merge bench-results ...` reads every report committed there,
+/// passing over those of other kinds (the page against native walsh, llama.cpp beside
+/// walsh), whose files name their kind.
+#[test]
+fn merge_reads_the_committed_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
+    let out = dir.path().to_str().unwrap();
+    let merged = stdout(&walsh(&[
+        "bench",
+        "merge",
+        results.to_str().unwrap(),
+        "--out",
+        out,
+    ]));
+    let mut adapters = 0;
+    for entry in std::fs::read_dir(&results).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        match Report::other_kind(&text).as_deref() {
+            None => {
+                let report = Report::from_json(&path.display().to_string(), &text).unwrap();
+                assert!(merged.contains(&report.adapter.name), "{merged}");
+                adapters += 1;
+            }
+            Some("page-vs-native" | "peer-llamacpp") => {}
+            Some(other) => panic!("{}: unknown kind {other}", path.display()),
+        }
+    }
+    assert!(adapters >= 3, "{adapters} adapter reports");
+    assert!(merged.contains("## The page vs native walsh on the same adapter"));
+}
+
 #[test]
 fn contribute_takes_no_size_bounds() {
     for extra in [

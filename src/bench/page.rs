@@ -72,13 +72,6 @@ fn or_dash(v: Option<f64>, digits: usize) -> String {
 }
 
 impl PageVsNative {
-    /// Whether `text` (a JSON file in a reports folder) is one of these rather than an
-    /// adapter report.
-    pub fn is_one(text: &str) -> bool {
-        serde_json::from_str::<serde_json::Value>(text)
-            .is_ok_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some(KIND))
-    }
-
     /// Parses and checks one: version 1, every rate finite and positive.
     pub fn from_json(path: &str, text: &str) -> Result<Self, BenchError> {
         let err = |message: String| BenchError::Report {
@@ -148,6 +141,7 @@ impl PageVsNative {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::Report;
 
     fn sample() -> PageVsNative {
         PageVsNative {
@@ -185,7 +179,7 @@ mod tests {
     fn round_trips_and_refuses_unsound_figures() {
         let p = sample();
         let text = serde_json::to_string(&p).unwrap();
-        assert!(PageVsNative::is_one(&text));
+        assert_eq!(Report::other_kind(&text).as_deref(), Some(KIND));
         assert_eq!(PageVsNative::from_json("x", &text).unwrap(), p);
         let md = p.to_markdown();
         assert!(
@@ -206,6 +200,6 @@ mod tests {
         bad.rows[0].native_tokens_per_s = f64::NAN;
         let text = serde_json::to_string(&bad).unwrap();
         assert!(PageVsNative::from_json("x", &text).is_err());
-        assert!(!PageVsNative::is_one(r#"{"schema_version": 1}"#));
+        assert_eq!(Report::other_kind(r#"{"schema_version": 1}"#), None);
     }
 }

@@ -80,6 +80,14 @@ impl Report {
         serde_json::to_string_pretty(self).expect("reports serialize")
     }
 
+    /// The `kind` a JSON file in a reports folder names where it is not an adapter report
+    /// (which names none): [`super::page::KIND`], or `peer-llamacpp` from
+    /// `benches/peer-llamacpp.sh`. `walsh bench merge` reads the files without one.
+    pub fn other_kind(text: &str) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        v.get("kind")?.as_str().map(str::to_string)
+    }
+
     /// Parses a report, refusing other schema versions with a clear message.
     pub fn from_json(path: &str, text: &str) -> Result<Self, BenchError> {
         let err = |message: String| BenchError::Report {

@@ -306,8 +306,9 @@ pub fn read_reports(dirs: &[PathBuf]) -> Result<Vec<Report>> {
         for p in paths {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            // page-vs-native.json sits next to the adapter reports: not one of them.
-            if !PageVsNative::is_one(&text) {
+            // Reports of other kinds sit next to the adapter reports and name their kind
+            // (`page-vs-native.json`, `peer-llamacpp-*.json`); an adapter report names none.
+            if Report::other_kind(&text).is_none() {
                 reports.push(Report::from_json(&p.display().to_string(), &text)?);
             }
         }

@@ -100,6 +100,9 @@ pub(crate) enum Walsh {
 /// Installs the browsers and the npm tools when missing, builds the page and returns the
 /// binary `walsh` names, building it if asked to.
 pub(crate) fn prepare(walsh: Walsh) -> Result<(PathBuf, web::WasmSize)> {
+    // Firefox's WebGPU needs a Vulkan driver (without one the page falls back to its CPU
+    // decoder), and the native side of `page-vs-native` runs on lavapipe.
+    install::ensure_apt_packages(crate::APT_PACKAGES)?;
     install::ensure_apt_packages(BROWSER_PACKAGES)?;
     let size = web::build()?;
     let release = match walsh {

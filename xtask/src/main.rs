@@ -34,8 +34,9 @@ mod web;
 
 /// Debian packages the tests need: the software adapters the GPU tests run on, lavapipe
 /// (Vulkan) and llvmpipe (GL through headless EGL); and the validators of the shader
-/// translation test, `spirv-val` and `glslangValidator`.
-const APT_PACKAGES: &[&str] = &[
+/// translation test, `spirv-val` and `glslangValidator`. The browser checks need the
+/// adapters too (Firefox's WebGPU runs on the system's Vulkan driver, lavapipe here).
+pub(crate) const APT_PACKAGES: &[&str] = &[
     "mesa-vulkan-drivers",
     "libvulkan1",
     "libegl1",

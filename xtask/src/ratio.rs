@@ -178,8 +178,9 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
     if runs == 0 || tokens == 0 {
         bail!("--runs and --tokens must be at least 1");
     }
-    let icd = swiftshader_icd()?;
+    // Installs the browsers (Debian's chromium brings SwiftShader's Vulkan driver) first.
     let (walsh, _) = prepare(Walsh::Build { release: true })?;
+    let icd = swiftshader_icd()?;
     let server = Server::start(&walsh, &[])?;
     // With a baseline this build is the "after" of a before/after pair.
     let this = if baseline.is_some() { "after" } else { "this" };
@@ -216,7 +217,8 @@ pub fn page_vs_native(args: &[String]) -> Result<()> {
         &runs.to_string(),
         &browsers,
     ]);
-    cmd.stdout(Stdio::piped());
+    // `output()` pipes both by default: node's errors (why a page failed) go to the terminal.
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     private_runtime_dir(&mut cmd)?;
     eprintln!("xtask: $ {cmd:?}");
     let page = cmd.output().context("starting node")?;
