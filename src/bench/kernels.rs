@@ -8,7 +8,7 @@ use super::{BenchError, BenchOptions};
 use crate::blocks::{QuantFormat, QuantMatrix};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
 use crate::ops::attention::{AttendBuffers, Attention, AttnShape, row_table};
-use crate::ops::hadamard::{Hadamard, WhtEpilogue, WhtOptions, WhtPath};
+use crate::ops::hadamard::{Hadamard, TILE_ELEMS, WhtEpilogue, WhtOptions, WhtPath};
 use crate::ops::{Matrix, copy, matmul};
 
 /// The adapter's copy bandwidth: the roof of every kernel.
@@ -109,6 +109,16 @@ pub fn cases(gpu: &Gpu, options: &BenchOptions) -> Vec<KernelCase> {
             }
             out.push(KernelCase { kernel, n, rows });
         }
+        // The batch through the one-invocation-per-row kernel, which `Auto` takes for
+        // decode-sized batches on CPU adapters only: which is faster for a prefill-sized
+        // batch differs by adapter (docs/kernels.md).
+        if n <= TILE_ELEMS {
+            out.push(KernelCase {
+                kernel: "wht_rows",
+                n,
+                rows,
+            });
+        }
         // Decode-sized output projections: the fused WHT above against a dense GEMV in
         // each weight format, one row.
         if gpu.check_binding_size("W", n as u64 * n as u64 * 2).is_ok() {
@@ -182,7 +192,7 @@ pub async fn measure(
     let (n, rows) = (case.n, case.rows);
     let repeats = options.repeats();
     let (time, bytes, flops) = match case.kernel {
-        "wht_fast" | "wht_naive" | "wht_fused" => {
+        "wht_fast" | "wht_naive" | "wht_fused" | "wht_rows" => {
             let h = Hadamard::new(gpu)?;
             let x = activations(gpu, "x", rows * n)?;
             let y = gpu.storage(MemoryCategory::Activations, "y", (rows * n * 4) as u64)?;
@@ -201,10 +211,12 @@ pub async fn measure(
             } else {
                 WhtEpilogue::default()
             };
-            let options = WhtOptions {
-                epilogue,
-                path: WhtPath::Auto,
+            let path = if case.kernel == "wht_rows" {
+                WhtPath::Rows
+            } else {
+                WhtPath::Auto
             };
+            let options = WhtOptions { epilogue, path };
             let size = crate::ops::hadamard::WhtSize::new(n)
                 .map_err(crate::ops::hadamard::WhtError::from)?;
             let time = if case.kernel == "wht_naive" {

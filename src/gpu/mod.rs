@@ -372,6 +372,17 @@ impl Gpu {
         self.state.info.device_type == wgpu::DeviceType::Cpu
     }
 
+    /// SwiftShader (Chromium's WebGPU adapter, and its Vulkan driver natively), by name:
+    /// the CPU adapter where a barrier costs most (measured against lavapipe by the
+    /// kernels that take it: attention's decode blocks, the WHT's per-row kernel).
+    pub fn is_swiftshader(&self) -> bool {
+        self.state
+            .info
+            .name
+            .to_ascii_lowercase()
+            .contains("swiftshader")
+    }
+
     /// Workgroups that keep this adapter busy, the stand-in for its size (wgpu reports no
     /// compute-unit count): a CPU adapter runs a workgroup per thread (lavapipe and
     /// llvmpipe one per core; the page's SwiftShader is taken to have 4), a GPU is taken

@@ -71,8 +71,7 @@ impl AttnTile {
     /// memory with zeros on SwiftShader (Chromium's software adapter, named so by the
     /// page), where that fill costs more than the barriers of more, shorter blocks.
     pub(super) fn decode_on(gpu: &Gpu, head_dim: usize) -> Self {
-        let capped = gpu.zero_fills_workgroup_memory()
-            && gpu.info().name.to_ascii_lowercase().contains("swiftshader");
+        let capped = gpu.zero_fills_workgroup_memory() && gpu.is_swiftshader();
         Self::decode(head_dim, decode_limit(tile_elems(gpu), head_dim, capped))
     }
 

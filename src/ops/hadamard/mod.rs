@@ -77,6 +77,23 @@ pub enum WhtError {
 /// (the GEMV's bound too, [`crate::ops::matmul::GEMV_MAX_ROWS`]).
 const ROWS_PATH_MAX_ROWS: usize = crate::ops::matmul::GEMV_MAX_ROWS;
 
+/// On SwiftShader batches of at least this many rows take [`WhtPath::Rows`] under `Auto`
+/// too: enough rows, one an invocation, to keep its threads busy. The kernel suite's
+/// `wht_rows` against `wht_fast`, n = 256, 4096 rows: Chromium's WebGPU 50 against 557
+/// ms, SwiftShader natively 59 against 143 (2.4-2.7x up to n = 4096 there); lavapipe 25
+/// against 13.5, so there only decode-sized batches take it. Natively on SwiftShader 32
+/// and 64 rows still ran faster tiled (0.72-0.78 against 0.97-1.05 ms; 1.29-1.36
+/// against 1.43-1.82), 128 not (3.4-3.9 against 2.0-2.1).
+const ROWS_PATH_SWIFTSHADER_MIN_ROWS: usize = 128;
+
+/// Whether `Auto` runs `rows` rows of `size` on the per-row kernel, on an adapter that is
+/// (a CPU adapter, SwiftShader).
+fn auto_takes_rows((cpu, swiftshader): (bool, bool), rows: usize, size: WhtSize) -> bool {
+    cpu && size.m == 1
+        && size.n <= TILE_ELEMS
+        && (rows <= ROWS_PATH_MAX_ROWS || (swiftshader && rows >= ROWS_PATH_SWIFTSHADER_MIN_ROWS))
+}
+
 /// Which implementation of the cross-invocation stages the fast kernel uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WhtPath {
@@ -385,21 +402,16 @@ impl Hadamard {
         if rows == 0 {
             return Ok(());
         }
-        // A decode-sized batch on a CPU adapter: a barrier costs more there than a whole
+        // A decode-sized batch on a CPU adapter (on SwiftShader a big one too,
+        // ROWS_PATH_SWIFTSHADER_MIN_ROWS): a barrier costs more there than a whole
         // row's butterflies (SwiftShader's WebGPU: 3.1 ms against 0.14 ms for one 256-value
         // row). Not with an m x m mix (n = m 2^k, m > 1): one invocation then does n m adds,
         // and the tiled kernel spreads them (lavapipe, one row: 0.13 against 0.62 ms at
         // 576 = 36 x 16, 0.23 against 0.43 ms at 768 = 12 x 64; 16 rows: 0.35 against 1.36
         // ms at 576).
+        let adapter = (self.gpu.is_cpu_adapter(), self.gpu.is_swiftshader());
         let path = match path {
-            WhtPath::Auto
-                if self.gpu.is_cpu_adapter()
-                    && rows <= ROWS_PATH_MAX_ROWS
-                    && n <= TILE_ELEMS
-                    && size.m == 1 =>
-            {
-                WhtPath::Rows
-            }
+            WhtPath::Auto if auto_takes_rows(adapter, rows, size) => WhtPath::Rows,
             p => self.check_path(p)?,
         };
         if path == WhtPath::Rows {

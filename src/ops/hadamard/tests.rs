@@ -77,13 +77,14 @@ fn naive(h: &Hadamard, gpu: &Gpu, x: &[f32], n: usize) -> Vec<f32> {
 }
 
 /// Every size class: small and large powers of two (one and two passes), the 12/20/28
-/// multiples (one and two passes), with row counts that divide nothing.
+/// multiples (one and two passes), with row counts that divide nothing (131: a batch that
+/// `Auto` runs on the per-row kernel on SwiftShader).
 const SIZES: [(usize, &[usize]); 17] = [
     (2, &[1, 3, 37]),
     (4, &[37]),
     (8, &[5]),
     (64, &[3]),
-    (256, &[37]),
+    (256, &[37, 131]),
     (1024, &[1, 37]),
     (4096, &[1, 3]),
     (8192, &[3]),
@@ -97,6 +98,35 @@ const SIZES: [(usize, &[usize]); 17] = [
     (6144, &[2]),
     (28672, &[1]),
 ];
+
+/// Where `Auto` takes the per-row kernel: what the kernel suite measured (the constants'
+/// docs), not the adapter's features.
+#[test]
+fn auto_takes_the_per_row_kernel_where_it_measured_faster() {
+    let (lavapipe, swiftshader, gpu) = ((true, false), (true, true), (false, false));
+    let size = |n| WhtSize::new(n).unwrap();
+    for (adapter, rows, n, want) in [
+        (lavapipe, 1, 256, true),
+        (lavapipe, 16, 4096, true),
+        (lavapipe, 17, 256, false),
+        (lavapipe, 4096, 256, false),
+        (swiftshader, 16, 256, true),
+        (swiftshader, 64, 256, false),
+        (swiftshader, 128, 256, true),
+        (swiftshader, 4096, 1024, true),
+        (swiftshader, 4096, 576, false),
+        (swiftshader, 1, 8192, false),
+        (lavapipe, 1, 576, false),
+        (gpu, 1, 256, false),
+        (gpu, 4096, 256, false),
+    ] {
+        assert_eq!(
+            auto_takes_rows(adapter, rows, size(n)),
+            want,
+            "{adapter:?} rows={rows} n={n}"
+        );
+    }
+}
 
 #[test]
 fn fast_and_naive_match_f64_reference_for_every_size_class() {
