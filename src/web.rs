@@ -149,6 +149,8 @@ pub struct Engine {
     forced_gemv: Cell<Option<Kernel>>,
     /// Whether decode steps are fused ([`Engine::set_fusion`]); None: by adapter type.
     fusion: Cell<Option<bool>>,
+    /// The kernel suite's largest width ([`Engine::set_max_kernel_n`]); None: 4096.
+    max_kernel_n: Cell<Option<usize>>,
 }
 
 /// Marks the engine busy while alive.
@@ -282,6 +284,7 @@ impl Engine {
             destroyed: Cell::new(false),
             forced_gemv: Cell::new(None),
             fusion: Cell::new(None),
+            max_kernel_n: Cell::new(None),
         }
     }
 
@@ -327,6 +330,13 @@ impl Engine {
     /// docs/browser.md). The same tokens either way.
     pub fn set_fusion(&self, on: Option<bool>) {
         self.fusion.set(on);
+    }
+
+    /// Bounds the kernel suite's widths in the benchmarks run from now on, below the
+    /// page's own bound of 4096 (the page's `?max_kernel_n=`, as `walsh bench
+    /// --max-kernel-n` natively): software WebGPU takes minutes a width. None: 4096.
+    pub fn set_max_kernel_n(&self, n: Option<u32>) {
+        self.max_kernel_n.set(n.map(|n| n as usize));
     }
 
     /// True on WebGPU, false on the CPU.
@@ -750,6 +760,18 @@ impl Engine {
         options.max_d_model = options.max_d_model.min(1024);
         options.max_context = options.max_context.min(512);
         options.max_kernel_n = options.max_kernel_n.min(4096);
+        if let Some(n) = self.max_kernel_n.get() {
+            options.max_kernel_n = options.max_kernel_n.min(n);
+        }
+        let widths = bench::kernels::widths;
+        if options.suites.contains(&Suite::Kernels) && widths(&options).is_empty() {
+            let smallest = widths(&BenchOptions::new(vec![Suite::Kernels], quick))[0];
+            return Err(error(format!(
+                "max_kernel_n {} leaves the kernel suite empty: its smallest width is \
+                 {smallest}",
+                options.max_kernel_n
+            )));
+        }
         let user_agent = web_sys::window()
             .and_then(|w| w.navigator().user_agent().ok())
             .unwrap_or_default();

@@ -42,6 +42,8 @@ window.walsh = {
   // whether the last load measured it (false: from localStorage).
   gemv: null,
   gemvMeasured: null,
+  // Bounds the kernel suite's widths (`?max_kernel_n=`); undefined: the page's 4096.
+  setMaxKernelN: (n) => state.engine.set_max_kernel_n(n),
   // Destroys the GPU device, as a driver reset would lose it (the recovery test).
   loseDevice: () => state.engine.lose_device(),
   cachedModels: () => cachedModels(),
@@ -162,6 +164,10 @@ async function openEngine() {
   // engine fuses it on GPUs only.
   const fuse = new URLSearchParams(location.search).get('fuse');
   if (fuse === 'on' || fuse === 'off') state.engine.set_fusion(fuse === 'on');
+  // ?max_kernel_n=N bounds the Benchmark tab's kernel suite to widths up to N (as
+  // `walsh bench --max-kernel-n`): on a software adapter the whole suite takes ~20 minutes.
+  const maxKernelN = Number(new URLSearchParams(location.search).get('max_kernel_n'));
+  if (maxKernelN > 0) state.engine.set_max_kernel_n(maxKernelN);
   // ?gemv=NAME runs that decode GEMV instead of the measured choice (as WALSH_TUNE=NAME
   // natively), to compare the GEMVs in whole steps.
   const gemv = new URLSearchParams(location.search).get('gemv');

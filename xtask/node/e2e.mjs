@@ -277,8 +277,10 @@ async function webgpuChecks(check, b, url, env, shots, summary) {
     await tab.checked('#suite-paper', false);
     await tab.checked('#suite-kernels', true);
     await tab.checked('#bench-quick', true);
-    // The weight format reaches the report's options (the kernels ignore it: cheap).
+    // The weight format reaches the report's options (the kernels ignore it: cheap), and
+    // `?max_kernel_n=`'s bound the suite (the quick suite's widths are 256 and 1024).
     await tab.select('#bench-weights', 'q4');
+    await tab.eval(() => window.walsh.setMaxKernelN(256));
     await tab.click('#bench-run');
     const st = await tab.state(['done', 'error'], RUN_TIMEOUT);
     if (st !== 'done') throw new Error(`page state ${st}: ${await tab.failure()}`);
@@ -288,6 +290,11 @@ async function webgpuChecks(check, b, url, env, shots, summary) {
       throw new Error(`weights ${JSON.stringify(report.options.weights)} in the report, not q4`);
     }
     if (report.kernels.length === 0) throw new Error('no kernel measured');
+    await tab.eval(() => window.walsh.setMaxKernelN(undefined));
+    const wide = report.kernels.filter((k) => k.n > 256).map((k) => `${k.kernel} n=${k.n}`);
+    if (report.options.max_kernel_n !== 256 || wide.length > 0) {
+      throw new Error(`max_kernel_n ${report.options.max_kernel_n}, measured ${wide.join(', ')}`);
+    }
     for (const k of report.kernels) {
       for (const f of ['gb_per_s', 'gflop_per_s', 'fraction_of_copy']) {
         if (!(Number.isFinite(k[f]) && k[f] > 0)) {

@@ -344,24 +344,34 @@ fn reference_tokens(
     Ok(got)
 }
 
-/// `cargo xtask web-bench [--quick] [--suites LIST] [--out DIR]`: runs `walsh bench`'s
-/// suites in headless Chromium's WebGPU page and writes the report files.
+/// `cargo xtask web-bench [--quick] [--suites LIST] [--max-kernel-n N] [--out DIR]`: runs
+/// `walsh bench`'s suites in headless Chromium's WebGPU page and writes the report files.
 pub fn bench(args: &[String]) -> Result<()> {
     let mut quick = false;
     let mut suites = "kernels,decoder".to_string();
     let mut out = root().join("bench-results");
+    let mut max_kernel_n: Option<u32> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--suites" => suites = it.next().context("--suites needs a value")?.clone(),
             "--out" => out = PathBuf::from(it.next().context("--out needs a value")?),
+            "--max-kernel-n" => {
+                let n = it.next().context("--max-kernel-n needs a value")?;
+                max_kernel_n = Some(n.parse().context("--max-kernel-n")?);
+            }
             other => bail!("web-bench: unknown argument {other}"),
         }
     }
     let (walsh, _) = prepare(Walsh::Build { release: false })?;
     let server = Server::start(&walsh, &[])?;
-    let mut args = vec!["bench", &server.url];
+    // The page reads the bound from its URL (`?max_kernel_n=`, web/main.js).
+    let url = match max_kernel_n {
+        Some(n) => format!("{}?max_kernel_n={n}", server.url),
+        None => server.url.clone(),
+    };
+    let mut args = vec!["bench", &url];
     let out = out.to_string_lossy().to_string();
     args.extend([out.as_str(), suites.as_str()]);
     if quick {

@@ -93,9 +93,9 @@ tasks:
   web     build the browser module into web/pkg/ (then: cargo run --release -- serve)
   e2e     only the browser end-to-end test (builds the page, serves it, drives Chromium
           and Firefox)
-  web-bench [--quick] [--suites kernels,decoder,paper] [--out DIR]
+  web-bench [--quick] [--suites kernels,decoder,paper] [--max-kernel-n N] [--out DIR]
           run the benchmark suites in headless Chromium's WebGPU and write the reports
-          (default: bench-results/)
+          (default: bench-results/); --max-kernel-n bounds the kernel suite's widths
   fuzz --minutes N [--seed S] [--targets model,report,text,request]
           mutation-fuzz the model loader, reports, text inputs and the completions API's
           request bodies for N minutes (default 10); failing inputs are saved under
