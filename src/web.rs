@@ -763,9 +763,7 @@ impl Engine {
         if let Some(n) = self.max_kernel_n.get() {
             options.max_kernel_n = options.max_kernel_n.min(n);
         }
-        let widths = bench::kernels::widths;
-        if options.suites.contains(&Suite::Kernels) && widths(&options).is_empty() {
-            let smallest = widths(&BenchOptions::new(vec![Suite::Kernels], quick))[0];
+        if let Some(smallest) = bench::kernels::smallest_width_bounded_out(&options) {
             return Err(error(format!(
                 "max_kernel_n {} leaves the kernel suite empty: its smallest width is \
                  {smallest}",

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::measure::{Stats, time_encoder, time_pass};
-use super::{BenchError, BenchOptions};
+use super::{BenchError, BenchOptions, Suite};
 use crate::blocks::{QuantFormat, QuantMatrix};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
 use crate::ops::attention::{AttendBuffers, Attention, AttnShape, row_table};
@@ -70,6 +70,20 @@ pub fn widths(options: &BenchOptions) -> Vec<usize> {
     all.into_iter()
         .filter(|&n| n <= options.max_kernel_n)
         .collect()
+}
+
+/// The kernel suite's smallest width where `options` run the suite but bound it to no width
+/// at all (`walsh bench --max-kernel-n` and the page's `?max_kernel_n=` refuse that, naming
+/// it); None where the suite does not run or measures something.
+pub fn smallest_width_bounded_out(options: &BenchOptions) -> Option<usize> {
+    if !options.suites.contains(&Suite::Kernels) || !widths(options).is_empty() {
+        return None;
+    }
+    let unbounded = BenchOptions {
+        max_kernel_n: usize::MAX,
+        ..options.clone()
+    };
+    widths(&unbounded).first().copied()
 }
 
 /// The widths of real models that take a Paley factor, in the kernel suite and the paper

@@ -346,3 +346,24 @@ fn a_paper_round_decodes_whole_chunks_within_its_new_tokens() {
         );
     }
 }
+
+/// A width bound below the kernel suite's smallest width is named (the CLI and the page
+/// refuse it); a bound that keeps a width, or a run without the suite, is not.
+#[test]
+fn a_bound_that_empties_the_kernel_suite_names_its_smallest_width() {
+    let with = |suites: Vec<Suite>, quick, max_kernel_n| BenchOptions {
+        max_kernel_n,
+        ..BenchOptions::new(suites, quick)
+    };
+    let bounded_out = kernels::smallest_width_bounded_out;
+    assert_eq!(
+        bounded_out(&with(vec![Suite::Kernels], false, 255)),
+        Some(256)
+    );
+    assert_eq!(
+        bounded_out(&with(vec![Suite::Kernels], true, 100)),
+        Some(256)
+    );
+    assert_eq!(bounded_out(&with(vec![Suite::Kernels], false, 256)), None);
+    assert_eq!(bounded_out(&with(vec![Suite::Decoder], false, 100)), None);
+}

@@ -261,12 +261,11 @@ fn check_sizes(options: &BenchOptions) -> Result<()> {
             bail!("{flag} {value} is larger than walsh supports ({limit})");
         }
     }
-    // The same options without the bounds: the grids' smallest sizes, for the messages.
+    // The same options without the bounds: the paper grid's smallest cell, for the message.
     let unbounded = BenchOptions {
         min_d_model: 0,
         max_d_model: usize::MAX,
         max_context: usize::MAX,
-        max_kernel_n: usize::MAX,
         ..options.clone()
     };
     let paper = walsh::bench::decoder::paper_cells;
@@ -282,12 +281,10 @@ fn check_sizes(options: &BenchOptions) -> Result<()> {
             first.context
         );
     }
-    let widths = walsh::bench::kernels::widths;
-    if options.suites.contains(&Suite::Kernels) && widths(options).is_empty() {
+    if let Some(smallest) = walsh::bench::kernels::smallest_width_bounded_out(options) {
         bail!(
-            "--max-kernel-n {} leaves the kernel suite empty: its smallest width is {}",
-            options.max_kernel_n,
-            widths(&unbounded)[0]
+            "--max-kernel-n {} leaves the kernel suite empty: its smallest width is {smallest}",
+            options.max_kernel_n
         );
     }
     Ok(())
