@@ -14,8 +14,7 @@ use crate::model::gpu::GpuDecoder;
 use crate::model::init::random_model;
 use crate::model::profile::DecoderProfile;
 use crate::model::sizes::{
-    BufferLimits, TooLarge, check_buffers_fit, decode_bytes_per_token, planned_buffers,
-    weight_bytes,
+    BufferLimits, TooLarge, check_planned_fits, decode_bytes_per_token, weight_bytes,
 };
 use crate::model::{AttnOutput, Config, ModelError, Query};
 use crate::ops::WeightFormat;
@@ -54,20 +53,16 @@ impl DecoderCase {
         )
     }
 
-    /// Checks every buffer the case's decoder would hold ([`planned_buffers`]: weights
+    /// Checks every buffer the case's decoder would hold ([`planned_buffers`](crate::model::sizes::planned_buffers): weights
     /// in the case's format, the KV cache of its batch and context) against `limits`,
-    /// without building the model: at d_model 4096 the f16 gate + up matrix (192 MiB)
-    /// exceeds a 128 MiB storage binding, the q4 one (54 MiB) does not.
+    /// without building the model. Weight matrices split by rows across bindings, so two
+    /// of their rows must fit (at d_model 4096 the f16 gate + up matrix, 192 MiB, takes
+    /// two 128 MiB bindings); the KV cache must fit whole.
     pub fn check_fits(&self, limits: BufferLimits) -> Result<(), TooLarge> {
         let context = self.prompt + self.new_tokens;
-        let buffers = planned_buffers(
-            &self.config(),
-            self.weights,
-            self.batch,
-            context,
-            self.kv_cache,
-        );
-        check_buffers_fit(buffers, limits)
+        let config = self.config();
+        let (weights, kv) = (self.weights, self.kv_cache);
+        check_planned_fits(&config, weights, self.batch, context, kv, limits)
     }
 
     fn heads(&self) -> usize {

@@ -132,9 +132,9 @@ mod weight_formats {
     use crate::ops::WeightFormat;
 
     #[test]
-    fn q4_fits_d_model_4096_in_a_128_mib_binding_where_f16_does_not() {
+    fn d_model_4096_fits_a_128_mib_binding_its_matrices_split_by_rows() {
         use super::super::decoder::paper_cells;
-        use crate::model::sizes::BufferLimits;
+        use crate::model::sizes::{BufferLimits, planned_buffers};
         let webgpu_default = BufferLimits {
             max_storage_buffer_binding_size: 128 << 20,
             max_buffer_size: 256 << 20,
@@ -151,29 +151,35 @@ mod weight_formats {
                 .find(|c| (c.d_model, c.batch, c.context) == (4096, 1, 128))
                 .expect("the full grid has d_model 4096");
             for attn_output in [AttnOutput::Dense, AttnOutput::Hadamard] {
-                let fits = cell.case(attn_output).check_fits(webgpu_default);
-                match weights {
-                    // gate + up: 2 x 12288 x 4096 x 2 bytes = 192 MiB.
-                    WeightFormat::F16 => {
-                        let e = fits.unwrap_err();
-                        assert!(e.what.ends_with("mlp.gate_up"), "{e}");
-                        assert_eq!(e.bytes, 2 * 12288 * 4096 * 2);
-                    }
-                    // 18 / 32 bytes a weight: 54 MiB.
-                    _ => fits.unwrap(),
-                }
+                let case = cell.case(attn_output);
+                case.check_fits(webgpu_default).unwrap();
+                // gate + up: 2 x 12288 x 4096 x 2 bytes = 192 MiB in f16, two bindings'
+                // worth; 18 / 32 bytes a weight in q4, 54 MiB.
+                let config = case.config();
+                let buffers = planned_buffers(&config, weights, 1, 128, case.kv_cache);
+                let gate_up = buffers
+                    .iter()
+                    .find(|b| b.0.ends_with("layers.0.mlp.gate_up"));
+                let want = match weights {
+                    WeightFormat::F16 => 2 * 12288 * 4096 * 2,
+                    _ => 2 * 12288 * 4096 / 32 * 18,
+                };
+                assert_eq!(gate_up.map(|b| b.1), Some(want));
             }
         }
-        // Batch 16 x context 2048 of f16 keys (256 MiB) fits in neither.
-        let big = cells(WeightFormat::Q4)
-            .into_iter()
-            .find(|c| (c.d_model, c.batch, c.context) == (4096, 16, 2048))
-            .unwrap();
-        let e = big
-            .case(AttnOutput::Hadamard)
-            .check_fits(webgpu_default)
-            .unwrap_err();
-        assert_eq!(e.bytes, 16 * 2048 * 4096 * 2);
+        // Batch 16 x context 2048 of f16 keys (256 MiB), which does not split, fits in
+        // neither.
+        for weights in [WeightFormat::F16, WeightFormat::Q4] {
+            let big = cells(weights)
+                .into_iter()
+                .find(|c| (c.d_model, c.batch, c.context) == (4096, 16, 2048))
+                .unwrap();
+            let e = big
+                .case(AttnOutput::Hadamard)
+                .check_fits(webgpu_default)
+                .unwrap_err();
+            assert_eq!(e.bytes, 16 * 2048 * 4096 * 2);
+        }
     }
 
     #[test]

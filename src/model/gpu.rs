@@ -47,22 +47,38 @@ fn logit_rows(vocab: usize, capacity: usize, max_seqs: usize, binding: u64) -> u
 }
 
 /// One layer's weights on the device. Norm weights and the Hadamard affine are f32;
-/// matrices keep the file's format (f32 or packed f16). Projections that read the same
-/// input are stacked into one matrix at load time (the file keeps the HF tensors).
+/// matrices keep the file's format (f32, packed f16, q8 or q4). Projections that read the
+/// same input are stacked into one matrix at load time (the file keeps the HF tensors).
+/// A matrix larger than one storage binding is split by rows ([`RowSplit`]: at d_model
+/// 4096 the f16 gate + up matrix is 192 MiB, WebGPU's default binding 128 MiB), its
+/// product then one dispatch per part; one part otherwise.
 struct GpuLayer {
     input_layernorm: GpuBuffer, // [d]
     /// `[q | k | v]` rows stacked: [d + 2 kv_dim, d] with a dense query, else k and v,
     /// [2 kv_dim, d] (kv_dim = kv_heads * head_dim: d without grouping).
-    qkv: Matrix,
-    q_down: Option<Matrix>,     // [qh, d]         query = residual_mlp
-    q_up: Option<Matrix>,       // [d, qh]
-    o_proj: Option<Matrix>,     // [d, d]          attn_output = dense
+    qkv: RowSplit,
+    q_down: Option<RowSplit>,   // [qh, d]         query = residual_mlp
+    q_up: Option<RowSplit>,     // [d, qh]
+    o_proj: Option<RowSplit>,   // [d, d]          attn_output = dense
     o_scale: Option<GpuBuffer>, // [d]             attn_output = hadamard
     o_bias: Option<GpuBuffer>,  // [d]
     post_attention_layernorm: GpuBuffer, // [d]
     /// gate and up rows interleaved, [2 inter, d]: one product with the SwiGLU epilogue.
-    gate_up: Matrix,
-    down_proj: Matrix, // [d, inter]
+    gate_up: RowSplit,
+    down_proj: RowSplit, // [d, inter]
+}
+
+impl GpuLayer {
+    /// The matrices, each with its parts.
+    fn matrices(&self) -> impl Iterator<Item = &RowSplit> {
+        [&self.qkv, &self.gate_up, &self.down_proj]
+            .into_iter()
+            .chain(
+                [&self.q_down, &self.q_up, &self.o_proj]
+                    .into_iter()
+                    .flatten(),
+            )
+    }
 }
 
 /// The dimensions of a weight matrix, or an error naming the tensor.
@@ -76,8 +92,8 @@ fn dims(t: &Tensor) -> Result<(usize, usize), ModelError> {
     }
 }
 
-fn matrix(gpu: &Gpu, t: &Tensor) -> Result<Matrix, ModelError> {
-    stacked(gpu, &t.name, &[t], false)
+fn matrix(gpu: &Gpu, t: &Tensor) -> Result<RowSplit, ModelError> {
+    split(gpu, t, true)
 }
 
 /// The largest buffer one storage binding of `gpu` takes.
@@ -96,8 +112,10 @@ fn part_label(name: &str, rows: usize, first: usize, n: usize) -> String {
 }
 
 /// Matrix `t` split by rows across bindings ([`RowSplit`]; one part when it fits), each
-/// part as stored: f32, packed f16 (with `transposable`, transposed where [`f16_matrix`]
-/// would transpose the whole, so every part takes the whole's kernel) or q8 / q4 blocks.
+/// part as stored: f32, packed f16 or q8 / q4 blocks. With `transposable`, f16 parts are
+/// transposed where the whole would be (`matmul::wants_transposed`: where the decode GEMV
+/// reads neighbouring outputs' weights as one vector, [`Matrix`], and the rows pair up),
+/// so every part takes the whole's kernel.
 fn split(gpu: &Gpu, t: &Tensor, transposable: bool) -> Result<RowSplit, ModelError> {
     let (rows, cols) = dims(t)?;
     let format = t.format();
@@ -112,37 +130,23 @@ fn split(gpu: &Gpu, t: &Tensor, transposable: bool) -> Result<RowSplit, ModelErr
                 Matrix::from_f16_bits_transposed(gpu, &label, &bits[range], n, cols)
             }
             TensorData::F16(bits) => Matrix::from_f16_bits(gpu, &label, &bits[range], n, cols),
+            TensorData::Quant(q) if n == rows => Matrix::from_quant(gpu, &label, q),
             TensorData::Quant(q) => Matrix::from_quant(gpu, &label, &q.rows_slice(first, n)),
         }
     })?)
 }
 
-/// f16 `bits` of a [rows, cols] product matrix: transposed where `gemv_cols` is the
-/// decode GEMV (CPU adapters unless measured otherwise: it reads neighbouring outputs'
-/// weights as one vector, [`Matrix`]) and the rows pair up; else row-major.
-fn f16_matrix(
-    gpu: &Gpu,
-    label: &str,
-    bits: &[u16],
-    rows: usize,
-    cols: usize,
-) -> Result<Matrix, ModelError> {
-    Ok(if matmul::wants_transposed(gpu, WeightFormat::F16, rows) {
-        Matrix::from_f16_bits_transposed(gpu, label, bits, rows, cols)?
-    } else {
-        Matrix::from_f16_bits(gpu, label, bits, rows, cols)?
-    })
-}
-
 /// One matrix from `parts` (matrices of equal width), their rows one after another, or
-/// with `interleave` (two parts) alternating, as [`Epilogue::SwiGlu`] reads them. Packed
-/// f16, q8 or q4 when every part shares that format, else f32.
+/// with `interleave` (two parts) alternating, as [`Epilogue::SwiGlu`] reads them; split
+/// by rows where it exceeds a binding ([`split`]: parts of even rows, so a gate row and
+/// its up row stay together). Packed f16, q8 or q4 when every part shares that format,
+/// else f32.
 fn stacked(
     gpu: &Gpu,
     label: &str,
     parts: &[&Tensor],
     interleave: bool,
-) -> Result<Matrix, ModelError> {
+) -> Result<RowSplit, ModelError> {
     let mut rows = 0;
     let mut cols = None;
     for t in parts {
@@ -160,13 +164,9 @@ fn stacked(
     let cols = cols.unwrap_or(0);
     if let [t] = parts {
         // One matrix: uploaded as stored, no host copy.
-        return Ok(match &t.data {
-            TensorData::F32(v) => Matrix::from_f32(gpu, label, v, rows, cols)?,
-            TensorData::F16(bits) => f16_matrix(gpu, label, bits, rows, cols)?,
-            TensorData::Quant(q) => Matrix::from_quant(gpu, label, q)?,
-        });
+        return split(gpu, t, true);
     }
-    Ok(match stacked_format(parts) {
+    let data = match stacked_format(parts) {
         WeightFormat::F16 => {
             let bits: Vec<&[u16]> = parts
                 .iter()
@@ -175,8 +175,7 @@ fn stacked(
                     _ => None,
                 })
                 .collect();
-            let joined = join(&bits, interleave, cols);
-            f16_matrix(gpu, label, &joined, rows, cols)?
+            TensorData::F16(join(&bits, interleave, cols))
         }
         WeightFormat::Q8 | WeightFormat::Q4 => {
             let qs: Vec<&QuantMatrix> = parts
@@ -190,21 +189,26 @@ fn stacked(
             let words = qs[0].data.len() / qs[0].rows.max(1);
             let data: Vec<&[u32]> = qs.iter().map(|q| &q.data[..]).collect();
             let scales: Vec<&[u16]> = qs.iter().map(|q| &q.scales[..]).collect();
-            let joined = QuantMatrix {
+            TensorData::Quant(QuantMatrix {
                 format: qs[0].format,
                 rows,
                 cols,
                 data: join(&data, interleave, words),
                 scales: join(&scales, interleave, blocks_per_row(cols)),
-            };
-            Matrix::from_quant(gpu, label, &joined)?
+            })
         }
         WeightFormat::F32 => {
             let values: Vec<Vec<f32>> = parts.iter().map(|t| t.to_f32()).collect();
             let values: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
-            Matrix::from_f32(gpu, label, &join(&values, interleave, cols), rows, cols)?
+            TensorData::F32(join(&values, interleave, cols))
         }
-    })
+    };
+    let joined = Tensor {
+        name: label.to_string(),
+        shape: vec![rows, cols],
+        data,
+    };
+    split(gpu, &joined, true)
 }
 
 /// `parts` one after another, or with `interleave` (two parts) row by row alternating.
@@ -564,6 +568,12 @@ impl GpuDecoder {
         (self.embed_tokens.parts.len(), head)
     }
 
+    /// The most bindings any layer's matrix is split across ([`RowSplit`]; 1: none is).
+    pub fn layer_parts(&self) -> usize {
+        let parts = self.layers.iter().flat_map(GpuLayer::matrices);
+        parts.map(|m| m.parts.len()).max().unwrap_or(1)
+    }
+
     /// The KV cache's element format.
     pub fn kv_format(&self) -> KvFormat {
         self.shape.kv
@@ -684,7 +694,7 @@ impl GpuDecoder {
         // Grouped heads take the separate RoPE and KV write: fused, the query heads of a
         // group would write one cache block from several workgroups (attention.wgsl).
         let fuse_attn = decode && self.fusion && c.query == Query::Dense && kv_h == h;
-        let auto = matmul::Kernel::Auto;
+        let none = Prologue::None;
         elementwise::encode_embed_split(gpu, p, &self.embed_tokens, &acts.tokens, x, rows)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&self.kv) {
             // attention block: one product gives q (dense query), k and v
@@ -697,19 +707,17 @@ impl GpuDecoder {
                     out: (c.query != Query::Dense).then_some(&acts.xn),
                 };
                 let qkv = &acts.qkv;
-                matmul::encode_with_prologue(
-                    gpu, p, &layer.qkv, x, qkv, rows, store, auto, prologue,
-                )?;
+                matmul::encode_split(gpu, p, &layer.qkv, x, qkv, rows, store, prologue)?;
             } else {
                 norm::encode_rmsnorm(gpu, p, x, &layer.input_layernorm, &acts.xn, rows, d, eps)?;
-                matmul::encode_matmul(gpu, p, &layer.qkv, &acts.xn, &acts.qkv, rows, store)?;
+                matmul::encode_split(gpu, p, &layer.qkv, &acts.xn, &acts.qkv, rows, store, none)?;
             }
             if let (Some(down), Some(up)) = (&layer.q_down, &layer.q_up) {
                 // q = xn + q_up(silu(q_down(xn)))
                 let silu = Epilogue::Silu;
-                matmul::encode_matmul(gpu, p, down, &acts.xn, &acts.qh, rows, silu)?;
+                matmul::encode_split(gpu, p, down, &acts.xn, &acts.qh, rows, silu, none)?;
                 let acc = Epilogue::Accumulate;
-                matmul::encode_matmul(gpu, p, up, &acts.qh, &acts.xn, rows, acc)?;
+                matmul::encode_split(gpu, p, up, &acts.qh, &acts.xn, rows, acc, none)?;
             }
             let att = &self.attention;
             let rt = &acts.row_table;
@@ -757,16 +765,14 @@ impl GpuDecoder {
                     signs: self.wht_signs.as_ref(),
                 };
                 let (att, hb) = (&acts.att, &acts.hb);
-                matmul::encode_with_prologue(
-                    gpu, p, gate_up, att, hb, rows, swiglu, auto, prologue,
-                )?;
+                matmul::encode_split(gpu, p, gate_up, att, hb, rows, swiglu, prologue)?;
                 std::mem::swap(&mut x, &mut x_alt);
             } else {
                 match c.attn_output {
                     AttnOutput::Dense => {
                         let wo = layer.o_proj.as_ref().expect("validated by the loader");
                         let acc = Epilogue::Accumulate;
-                        matmul::encode_matmul(gpu, p, wo, &acts.att, x, rows, acc)?;
+                        matmul::encode_split(gpu, p, wo, &acts.att, x, rows, acc, none)?;
                     }
                     AttnOutput::Hadamard => {
                         // x_alt = x + o_scale * H(att) / sqrt(d) + o_bias, in one dispatch.
@@ -792,16 +798,14 @@ impl GpuDecoder {
                         out: None,
                     };
                     let hb = &acts.hb;
-                    matmul::encode_with_prologue(
-                        gpu, p, gate_up, x, hb, rows, swiglu, auto, prologue,
-                    )?;
+                    matmul::encode_split(gpu, p, gate_up, x, hb, rows, swiglu, prologue)?;
                 } else {
                     norm::encode_rmsnorm(gpu, p, x, post, &acts.xn, rows, d, eps)?;
-                    matmul::encode_matmul(gpu, p, gate_up, &acts.xn, &acts.hb, rows, swiglu)?;
+                    matmul::encode_split(gpu, p, gate_up, &acts.xn, &acts.hb, rows, swiglu, none)?;
                 }
             }
             let acc = Epilogue::Accumulate;
-            matmul::encode_matmul(gpu, p, &layer.down_proj, &acts.hb, x, rows, acc)?;
+            matmul::encode_split(gpu, p, &layer.down_proj, &acts.hb, x, rows, acc, none)?;
         }
         debug_assert!(std::ptr::eq(x, self.final_residual(acts)));
         Ok(())

@@ -227,17 +227,6 @@ fn device_bytes(t: &Tensor) -> u64 {
     stacked_bytes(&[t])
 }
 
-/// Bytes of the embedding table on the GPU: as stored (packed f16, q8 or q4 included; a
-/// tied head multiplies by the same table).
-fn table_bytes(w: &super::weights::Weights) -> u64 {
-    let t = &w.embed_tokens;
-    let (rows, cols) = (
-        t.shape.first().copied().unwrap_or(0),
-        t.shape.last().copied().unwrap_or(0),
-    );
-    t.format().matrix_bytes(rows, cols) as u64
-}
-
 /// Bytes of tensors stacked into one matrix, in the format [`stacked_format`] picks.
 fn stacked_bytes(parts: &[&Tensor]) -> u64 {
     let cols = parts
@@ -254,6 +243,56 @@ fn stacked_bytes(parts: &[&Tensor]) -> u64 {
 /// each head's dimensions, per position), before its size.
 pub const ROPE_TABLE: &str = "the rope cos/sin table";
 
+/// A buffer the GPU decoder makes: what it holds and its bytes; for a weight matrix,
+/// which the decoder splits by rows across bindings where it exceeds one
+/// (`ops::RowSplit`), the bytes of two rows: all one binding must take.
+struct Planned {
+    what: String,
+    bytes: u64,
+    two_rows: Option<u64>,
+}
+
+impl Planned {
+    fn whole(what: String, bytes: u64) -> Self {
+        Self {
+            what,
+            bytes,
+            two_rows: None,
+        }
+    }
+
+    fn matrix(what: String, format: WeightFormat, rows: usize, cols: usize) -> Self {
+        Self {
+            what,
+            bytes: format.matrix_bytes(rows, cols) as u64,
+            two_rows: Some(format.matrix_bytes(2, cols) as u64),
+        }
+    }
+
+    /// Tensors stacked into one buffer (one tensor alone included): a matrix in the
+    /// format [`stacked_format`] picks, or a vector widened to f32.
+    fn stacked(what: String, parts: &[&Tensor]) -> Self {
+        match parts.first().map(|t| &t.shape[..]) {
+            Some(&[_, cols]) => {
+                let rows = parts.iter().map(|t| t.shape[0]).sum();
+                Self::matrix(what, stacked_format(parts), rows, cols)
+            }
+            _ => Self::whole(what, stacked_bytes(parts)),
+        }
+    }
+
+    /// What one binding must hold: the buffer, or two rows of a matrix.
+    fn binding(self) -> (String, u64) {
+        match self.two_rows {
+            Some(bytes) => (
+                format!("two rows of {} (split by rows across bindings)", self.what),
+                bytes,
+            ),
+            None => (self.what, self.bytes),
+        }
+    }
+}
+
 /// Every buffer the GPU decoder makes for `model` that outlives a step (as
 /// `GpuDecoder::new` builds them: q, k and v stacked, gate and up interleaved, the rope
 /// table, one key and one value cache per layer; the caches last), with what it holds.
@@ -263,8 +302,29 @@ pub fn decoder_buffers(
     max_positions: usize,
     kv: KvFormat,
 ) -> Vec<(String, u64)> {
+    let plan = decoder_plan(model, max_seqs, max_positions, kv);
+    plan.into_iter().map(|p| (p.what, p.bytes)).collect()
+}
+
+/// [`decoder_buffers`], each with its two rows where the decoder may split it.
+fn decoder_plan(
+    model: &Model,
+    max_seqs: usize,
+    max_positions: usize,
+    kv: KvFormat,
+) -> Vec<Planned> {
     let w = &model.weights;
-    let mut out = vec![(w.embed_tokens.name.clone(), table_bytes(w))];
+    let (vocab, cols) = (
+        w.embed_tokens.shape.first().copied().unwrap_or(0),
+        w.embed_tokens.shape.last().copied().unwrap_or(0),
+    );
+    let table = w.embed_tokens.format();
+    let mut out = vec![Planned::matrix(
+        w.embed_tokens.name.clone(),
+        table,
+        vocab,
+        cols,
+    )];
     for (i, l) in w.layers.iter().enumerate() {
         let mut qkv: Vec<&Tensor> = l.q_proj.iter().collect();
         qkv.extend([&l.k_proj, &l.v_proj]);
@@ -272,16 +332,16 @@ pub fn decoder_buffers(
             .iter()
             .map(|t| t.name.rsplit('.').nth(1).unwrap_or(&t.name))
             .collect();
-        out.push((
+        out.push(Planned::stacked(
             format!(
                 "model.layers.{i}.self_attn.qkv ({} stacked)",
                 names.join(" + ")
             ),
-            stacked_bytes(&qkv),
+            &qkv,
         ));
-        out.push((
+        out.push(Planned::stacked(
             format!("model.layers.{i}.mlp.gate_up (gate_proj + up_proj stacked)"),
-            stacked_bytes(&[&l.gate_proj, &l.up_proj]),
+            &[&l.gate_proj, &l.up_proj],
         ));
         let singles = [
             Some(&l.input_layernorm),
@@ -297,20 +357,20 @@ pub fn decoder_buffers(
             singles
                 .into_iter()
                 .flatten()
-                .map(|t| (t.name.clone(), device_bytes(t))),
+                .map(|t| Planned::stacked(t.name.clone(), &[t])),
         );
     }
-    out.push((w.norm.name.clone(), device_bytes(&w.norm)));
+    out.push(Planned::whole(w.norm.name.clone(), device_bytes(&w.norm)));
     if let Some(t) = &w.lm_head {
-        out.push((t.name.clone(), device_bytes(t)));
+        out.push(Planned::stacked(t.name.clone(), &[t]));
     }
     let c = &model.config;
-    out.push((
+    out.push(Planned::whole(
         format!("{ROPE_TABLE} ({max_positions} positions)"),
         max_positions as u64 * rope_row_bytes(c),
     ));
     let cache = kv_cache_bytes(c, max_seqs, max_positions, kv) as u64;
-    out.push((
+    out.push(Planned::whole(
         format!(
             "each layer's key and value cache ({max_seqs} sequence(s) x {max_positions} \
              positions x {} values, {})",
@@ -323,9 +383,9 @@ pub fn decoder_buffers(
 }
 
 /// Checks every buffer of [`decoder_buffers`] against `limits` before any upload; the
-/// error names the first buffer too large and the limit it exceeds. The embedding and
-/// the LM head are split by rows across bindings (`ops::RowSplit`), so of them two rows
-/// must fit.
+/// error names the first buffer too large and the limit it exceeds. Weight matrices (the
+/// embedding, the LM head and every layer's) are split by rows across bindings where
+/// they exceed one (`ops::RowSplit`), so of them two rows must fit.
 pub fn check_decoder_fits(
     model: &Model,
     max_seqs: usize,
@@ -333,24 +393,8 @@ pub fn check_decoder_fits(
     kv: KvFormat,
     limits: BufferLimits,
 ) -> Result<(), TooLarge> {
-    let w = &model.weights;
-    let two_rows = |t: &Tensor, format: WeightFormat| {
-        let cols = t.shape.last().copied().unwrap_or(0);
-        (
-            format!("two rows of {} (split by rows across bindings)", t.name),
-            format.matrix_bytes(2, cols) as u64,
-        )
-    };
-    let mut split = vec![two_rows(&w.embed_tokens, w.embed_tokens.format())];
-    split.extend(w.lm_head.iter().map(|t| two_rows(t, t.format())));
-    let names: Vec<&str> = std::iter::once(&w.embed_tokens)
-        .chain(&w.lm_head)
-        .map(|t| t.name.as_str())
-        .collect();
-    let rest = decoder_buffers(model, max_seqs, max_positions, kv)
-        .into_iter()
-        .filter(|(what, _)| !names.contains(&what.as_str()));
-    check_buffers_fit(split.into_iter().chain(rest), limits)
+    let plan = decoder_plan(model, max_seqs, max_positions, kv);
+    check_buffers_fit(plan.into_iter().map(Planned::binding), limits)
 }
 
 /// Checks `(what, bytes)` buffers against `limits`; the error names the first buffer too
@@ -452,6 +496,31 @@ pub fn planned_buffers(
     positions: usize,
     kv: KvFormat,
 ) -> Vec<(String, u64)> {
+    let plan = config_plan(config, format, seqs, positions, kv);
+    plan.into_iter().map(|p| (p.what, p.bytes)).collect()
+}
+
+/// [`check_decoder_fits`] for the model [`planned_buffers`] plans, before it exists.
+pub fn check_planned_fits(
+    config: &Config,
+    format: WeightFormat,
+    seqs: usize,
+    positions: usize,
+    kv: KvFormat,
+    limits: BufferLimits,
+) -> Result<(), TooLarge> {
+    let plan = config_plan(config, format, seqs, positions, kv);
+    check_buffers_fit(plan.into_iter().map(Planned::binding), limits)
+}
+
+/// [`planned_buffers`], each with its two rows where the decoder may split it.
+fn config_plan(
+    config: &Config,
+    format: WeightFormat,
+    seqs: usize,
+    positions: usize,
+    kv: KvFormat,
+) -> Vec<Planned> {
     let matrix_format = |name: &str, shape: &[usize]| match format {
         WeightFormat::Q8 | WeightFormat::Q4 if !quantized_by_default(name, shape) => {
             WeightFormat::F16
@@ -462,7 +531,10 @@ pub fn planned_buffers(
     let mut stacks: Vec<(String, WeightFormat, usize, usize)> = Vec::new();
     for (name, shape) in expected_tensors(config) {
         if shape.len() != 2 {
-            out.push((name, shape.iter().product::<usize>() as u64 * 4));
+            out.push(Planned::whole(
+                name,
+                shape.iter().product::<usize>() as u64 * 4,
+            ));
             continue;
         }
         let f = matrix_format(&name, &shape);
@@ -476,16 +548,19 @@ pub fn planned_buffers(
                 Some(s) => s.2 += rows,
                 None => stacks.push((key, f, rows, cols)),
             },
-            None => out.push((name, f.matrix_bytes(rows, cols) as u64)),
+            None => out.push(Planned::matrix(name, f, rows, cols)),
         }
     }
     out.extend(
         stacks
             .into_iter()
-            .map(|(name, f, rows, cols)| (name, f.matrix_bytes(rows, cols) as u64)),
+            .map(|(name, f, rows, cols)| Planned::matrix(name, f, rows, cols)),
     );
-    out.push((ROPE_TABLE.into(), positions as u64 * rope_row_bytes(config)));
-    out.push((
+    out.push(Planned::whole(
+        ROPE_TABLE.into(),
+        positions as u64 * rope_row_bytes(config),
+    ));
+    out.push(Planned::whole(
         "each layer's key and value cache".into(),
         kv_cache_bytes(config, seqs, positions, kv) as u64,
     ));
@@ -678,26 +753,31 @@ mod tests {
             max_buffer_size: largest.1,
         };
         check_decoder_fits(&m, 1, 32, KvFormat::F16, roomy).unwrap();
+        // Weight matrices split by rows across bindings: a binding smaller than the
+        // largest still takes the model.
         let tight = BufferLimits {
             max_storage_buffer_binding_size: largest.1 - 1,
             ..roomy
         };
-        let err = check_decoder_fits(&m, 1, 32, KvFormat::F16, tight).unwrap_err();
-        assert!(err.what.starts_with("model.layers.0.mlp.gate_up"), "{err}");
-        assert_eq!(err.limit_name, "maxStorageBufferBindingSize");
-        let message = err.to_string();
-        assert!(message.contains("gate_proj + up_proj") && message.contains("49152"));
+        check_decoder_fits(&m, 1, 32, KvFormat::F16, tight).unwrap();
+        // The first buffer that cannot split: the rope table, 32 positions x 8 pairs of
+        // an f32 cos and sin (2048 bytes).
         let small_buffers = BufferLimits {
-            max_buffer_size: 1000,
+            max_buffer_size: 2047,
             ..roomy
         };
         let err = check_decoder_fits(&m, 1, 32, KvFormat::F16, small_buffers).unwrap_err();
         assert_eq!(err.limit_name, "maxBufferSize");
-        // The embedding (32768 bytes) splits by rows: the first buffer that cannot is.
-        assert!(
-            err.what.starts_with("model.layers.0.self_attn.qkv"),
-            "{err}"
-        );
+        assert!(err.what.starts_with(ROPE_TABLE), "{err}");
+        assert_eq!(err.bytes, 2048);
+        let small_bindings = BufferLimits {
+            max_storage_buffer_binding_size: 2047,
+            ..roomy
+        };
+        let err = check_decoder_fits(&m, 1, 32, KvFormat::F16, small_bindings).unwrap_err();
+        assert_eq!(err.limit_name, "maxStorageBufferBindingSize");
+        assert!(err.to_string().contains("2048"), "{err}");
+        // Two rows of a matrix (256 bytes of the embedding, the first) must fit.
         let no_row = BufferLimits {
             max_buffer_size: 255,
             ..roomy
@@ -707,6 +787,17 @@ mod tests {
             err.what,
             "two rows of model.embed_tokens.weight (split by rows across bindings)"
         );
+        // Two rows of the down projection, 192 wide: 768 bytes.
+        let no_pair = BufferLimits {
+            max_buffer_size: 767,
+            ..roomy
+        };
+        let err = check_decoder_fits(&m, 1, 32, KvFormat::F16, no_pair).unwrap_err();
+        assert_eq!(
+            err.what,
+            "two rows of model.layers.0.mlp.down_proj.weight (split by rows across bindings)"
+        );
+        assert_eq!(err.bytes, 768);
     }
 
     #[test]

@@ -596,6 +596,58 @@ fn embedding_and_head_split_across_bindings_give_the_unsplit_bits() {
     }
 }
 
+/// With `max_storage_buffer_binding_size` at 16 KiB, every layer's stacked gate + up
+/// (48 KiB in f16, 25.5 KiB in q8), q + k + v and down projection split by rows across
+/// bindings, one product per part (the SwiGLU's gate and up rows kept together, the
+/// fused norm and Hadamard prologues run by every part): every logit is the bits of the
+/// same model on the same adapter with its usual limits, within the CPU reference's
+/// tolerance, and greedy decoding gives the same tokens, for a dense and a Hadamard W_O
+/// and the residual-MLP query.
+#[test]
+fn layer_matrices_split_across_bindings_give_the_unsplit_bits() {
+    use crate::gpu::testing::test_gpus_with_binding_limit;
+    let limit = 16 << 10;
+    let small = test_gpus_with_binding_limit(limit);
+    let usual = test_gpus();
+    assert_eq!(small.len(), usual.len());
+    let cases = [
+        (AttnOutput::Hadamard, Query::Dense, WeightFormat::F16),
+        (AttnOutput::Dense, Query::ResidualMlp, WeightFormat::F16),
+        (AttnOutput::Hadamard, Query::Dense, WeightFormat::Q8),
+    ];
+    // A prefill, then decode steps (the fused layer); at most 8 rows a step, within the
+    // logits buffer's rows under the limit, so both decoders take the same path.
+    let steps: Vec<Vec<u32>> = vec![prompt(8, 5), vec![200], vec![3]];
+    let prompts = vec![prompt(6, 1), prompt(9, 2)];
+    for (attn_output, query, format) in cases {
+        let m = random_model(&config(64, attn_output, query), 31, format).unwrap();
+        let name = format!("{} {}", m.config.variant(), format.name());
+        let mut cpu = CpuBatch::new(&m, 1, 24, KvFormat::F32).unwrap();
+        let mut cpu_logits = Vec::new();
+        for s in &steps {
+            cpu_logits.push(pollster::block_on(cpu.logits(&[(0, s)])).unwrap().remove(0));
+        }
+        for (split_gpu, gpu) in small.iter().zip(&usual) {
+            let on = format!("{name} on {}", gpu.describe());
+            let mut split = GpuDecoder::new(split_gpu, &m, 2, 24, KvFormat::F32).unwrap();
+            assert!(split.layer_parts() >= 2, "{on}: {}", split.layer_parts());
+            let mut whole = GpuDecoder::new(gpu, &m, 2, 24, KvFormat::F32).unwrap();
+            assert_eq!(whole.layer_parts(), 1, "{on}");
+            for (k, s) in steps.iter().enumerate() {
+                let a = split.forward_logits(&[(0, s)]).unwrap().remove(0);
+                let b = whole.forward_logits(&[(0, s)]).unwrap().remove(0);
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same && a.len() == b.len(), "{on}: step {k} differs");
+                let err = relative_error(&a, &cpu_logits[k]);
+                assert!(err <= LOGIT_TOLERANCE, "{on}: step {k} vs CPU {err:e}");
+            }
+            let greedy = SamplingParams::greedy();
+            let a = run(&mut split, &prompts, 8, greedy);
+            assert_eq!(a, run(&mut whole, &prompts, 8, greedy), "{on}");
+        }
+    }
+}
+
 #[test]
 fn generation_past_the_context_slides_the_same_way_on_every_device() {
     let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 3, false);

@@ -710,8 +710,10 @@ pub fn encode_cols(
 
 /// [`encode_with_prologue`] (the kernel chosen per part, as for the whole) of a matrix
 /// split by rows: one product per part, each writing its columns of `y` (`[rows,
-/// w.rows]`); every output is the unsplit product's. Not for [`Epilogue::SwiGlu`], whose
-/// units pair rows across a part's boundary.
+/// w.rows]`, or `w.rows / 2` with [`Epilogue::SwiGlu`], whose interleaved gate and up
+/// rows must not straddle a part's boundary: [`super::RowSplit::part_rows`] is even);
+/// every output is the unsplit product's. Each part runs the prologue again: it writes
+/// the same values to its `out` (never an input) each time.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_split(
     gpu: &Gpu,
@@ -723,13 +725,14 @@ pub fn encode_split(
     epilogue: Epilogue,
     prologue: Prologue<'_>,
 ) -> Result<(), GpuError> {
-    if epilogue == Epilogue::SwiGlu && w.parts.len() > 1 {
-        return Err(GpuError::Validation(
-            "a SwiGLU product cannot take a matrix split by rows".into(),
-        ));
-    }
+    let outs = epilogue.outputs_per_unit();
     for (first, part) in &w.parts {
-        let y = Cols::new(y, w.rows, *first);
+        if !first.is_multiple_of(outs) {
+            return Err(GpuError::Validation(format!(
+                "a SwiGLU product's part starts at row {first}: gate and up rows split apart"
+            )));
+        }
+        let y = Cols::new(y, w.rows / outs, first / outs);
         encode_cols(
             gpu,
             pass,
