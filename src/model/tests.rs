@@ -520,6 +520,40 @@ fn lm_head_runs_for_the_sampled_rows_and_long_steps_read_logits_in_chunks() {
     }
 }
 
+/// The CPU reference's logits of each step of `steps` (a prefill, then decode steps) in
+/// one sequence of `positions`.
+fn cpu_step_logits(m: &Model, steps: &[Vec<u32>], positions: usize) -> Vec<Vec<f32>> {
+    let mut cpu = CpuBatch::new(m, 1, positions, KvFormat::F32).unwrap();
+    let step = |s: &Vec<u32>| pollster::block_on(cpu.logits(&[(0, s)])).unwrap().remove(0);
+    steps.iter().map(step).collect()
+}
+
+/// A decoder whose matrices are split across bindings against the same model unsplit:
+/// every step's logits the same bits (and within the CPU's tolerance of `cpu_logits`),
+/// greedy decoding of `prompts` for `tokens` the same tokens. `on` names the case.
+#[allow(clippy::too_many_arguments)]
+fn assert_split_is_unsplit(
+    split: &mut GpuDecoder,
+    whole: &mut GpuDecoder,
+    steps: &[Vec<u32>],
+    cpu_logits: &[Vec<f32>],
+    prompts: &[Vec<u32>],
+    tokens: usize,
+    on: &str,
+) {
+    for (k, s) in steps.iter().enumerate() {
+        let a = split.forward_logits(&[(0, s)]).unwrap().remove(0);
+        let b = whole.forward_logits(&[(0, s)]).unwrap().remove(0);
+        let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same && a.len() == b.len(), "{on}: step {k} differs");
+        let err = relative_error(&a, &cpu_logits[k]);
+        assert!(err <= LOGIT_TOLERANCE, "{on}: step {k} vs CPU {err:e}");
+    }
+    let greedy = SamplingParams::greedy();
+    let a = run(split, prompts, tokens, greedy);
+    assert_eq!(a, run(whole, prompts, tokens, greedy), "{on}");
+}
+
 /// With `max_storage_buffer_binding_size` at 64 KiB, a 2,000 x 64 embedding and head
 /// (250 KiB in f16, 70 KiB in q4) split by rows across bindings; every logit is the bits
 /// of the same model on the same adapter with its usual limits, and greedy decoding the
@@ -564,11 +598,7 @@ fn embedding_and_head_split_across_bindings_give_the_unsplit_bits() {
     let usual = test_gpus();
     assert_eq!(small.len(), usual.len());
     for (name, m) in &models {
-        let mut cpu = CpuBatch::new(m, 1, 48, KvFormat::F32).unwrap();
-        let mut cpu_logits = Vec::new();
-        for s in &steps {
-            cpu_logits.push(pollster::block_on(cpu.logits(&[(0, s)])).unwrap().remove(0));
-        }
+        let cpu_logits = cpu_step_logits(m, &steps, 48);
         for (split_gpu, gpu) in small.iter().zip(&usual) {
             let on = format!("{name} on {}", gpu.describe());
             let mut split = GpuDecoder::new(split_gpu, m, 2, 48, KvFormat::F32).unwrap();
@@ -581,17 +611,15 @@ fn embedding_and_head_split_across_bindings_give_the_unsplit_bits() {
             );
             let mut whole = GpuDecoder::new(gpu, m, 2, 48, KvFormat::F32).unwrap();
             assert_eq!(whole.vocab_parts(), (1, Some(1)), "{on}");
-            for (k, s) in steps.iter().enumerate() {
-                let a = split.forward_logits(&[(0, s)]).unwrap().remove(0);
-                let b = whole.forward_logits(&[(0, s)]).unwrap().remove(0);
-                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same && a.len() == b.len(), "{on}: step {k} differs");
-                let err = relative_error(&a, &cpu_logits[k]);
-                assert!(err <= LOGIT_TOLERANCE, "{on}: step {k} vs CPU {err:e}");
-            }
-            let greedy = SamplingParams::greedy();
-            let a = run(&mut split, &prompts, 10, greedy);
-            assert_eq!(a, run(&mut whole, &prompts, 10, greedy), "{on}");
+            assert_split_is_unsplit(
+                &mut split,
+                &mut whole,
+                &steps,
+                &cpu_logits,
+                &prompts,
+                10,
+                &on,
+            );
         }
     }
 }
@@ -622,28 +650,22 @@ fn layer_matrices_split_across_bindings_give_the_unsplit_bits() {
     for (attn_output, query, format) in cases {
         let m = random_model(&config(64, attn_output, query), 31, format).unwrap();
         let name = format!("{} {}", m.config.variant(), format.name());
-        let mut cpu = CpuBatch::new(&m, 1, 24, KvFormat::F32).unwrap();
-        let mut cpu_logits = Vec::new();
-        for s in &steps {
-            cpu_logits.push(pollster::block_on(cpu.logits(&[(0, s)])).unwrap().remove(0));
-        }
+        let cpu_logits = cpu_step_logits(&m, &steps, 24);
         for (split_gpu, gpu) in small.iter().zip(&usual) {
             let on = format!("{name} on {}", gpu.describe());
             let mut split = GpuDecoder::new(split_gpu, &m, 2, 24, KvFormat::F32).unwrap();
             assert!(split.layer_parts() >= 2, "{on}: {}", split.layer_parts());
             let mut whole = GpuDecoder::new(gpu, &m, 2, 24, KvFormat::F32).unwrap();
             assert_eq!(whole.layer_parts(), 1, "{on}");
-            for (k, s) in steps.iter().enumerate() {
-                let a = split.forward_logits(&[(0, s)]).unwrap().remove(0);
-                let b = whole.forward_logits(&[(0, s)]).unwrap().remove(0);
-                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same && a.len() == b.len(), "{on}: step {k} differs");
-                let err = relative_error(&a, &cpu_logits[k]);
-                assert!(err <= LOGIT_TOLERANCE, "{on}: step {k} vs CPU {err:e}");
-            }
-            let greedy = SamplingParams::greedy();
-            let a = run(&mut split, &prompts, 8, greedy);
-            assert_eq!(a, run(&mut whole, &prompts, 8, greedy), "{on}");
+            assert_split_is_unsplit(
+                &mut split,
+                &mut whole,
+                &steps,
+                &cpu_logits,
+                &prompts,
+                8,
+                &on,
+            );
         }
     }
 }
