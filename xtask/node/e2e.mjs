@@ -538,13 +538,15 @@ async function chromiumChecks(check, b, url, env) {
     if (!status.startsWith('1 model(s) saved')) throw new Error(`cache status: ${status}`);
   });
   await check('Chromium: a model beyond the adapter\'s limits is refused before upload', async () => {
-    // The default model's largest buffer is gate + up, 768 KiB: a 512 KiB binding limit
-    // (the page's preview of a smaller device) must refuse it, naming both.
-    await tab.goto(`${url}?max_binding=524288`);
+    // The default model's matrices split by rows across bindings (two rows must fit);
+    // its largest buffer that cannot split is each layer's KV cache, 128 positions x 256
+    // f16 values = 64 KiB: a 32 KiB binding limit (the page's preview of a smaller
+    // device) must refuse it, naming both.
+    await tab.goto(`${url}?max_binding=32768`);
     const st = await tab.state(['ready', 'error'], READY_TIMEOUT);
     const message = await tab.failure();
     if (st !== 'error') throw new Error(`page state ${st}`);
-    for (const part of ['model.layers.0.mlp.gate_up', 'maxStorageBufferBindingSize', '524288']) {
+    for (const part of ['key and value cache', 'maxStorageBufferBindingSize', '32768']) {
       if (!message.includes(part)) throw new Error(`the message does not name ${part}: ${message}`);
     }
     const memory = await tab.eval(() => JSON.parse(window.walsh.memory()));
