@@ -221,12 +221,6 @@ impl From<&wgpu::Limits> for BufferLimits {
     }
 }
 
-/// Bytes a weight takes on the GPU: matrices keep the file's format (packed f16, q8, q4 or
-/// f32), vectors (norms, the Hadamard affine) are widened to f32.
-fn device_bytes(t: &Tensor) -> u64 {
-    stacked_bytes(&[t])
-}
-
 /// Bytes of tensors stacked into one matrix, in the format [`stacked_format`] picks.
 fn stacked_bytes(parts: &[&Tensor]) -> u64 {
     let cols = parts
@@ -270,7 +264,8 @@ impl Planned {
     }
 
     /// Tensors stacked into one buffer (one tensor alone included): a matrix in the
-    /// format [`stacked_format`] picks, or a vector widened to f32.
+    /// format [`stacked_format`] picks (a single one keeps the file's: packed f16, q8, q4
+    /// or f32), or a vector (norms, the Hadamard affine) widened to f32.
     fn stacked(what: String, parts: &[&Tensor]) -> Self {
         match parts.first().map(|t| &t.shape[..]) {
             Some(&[_, cols]) => {
@@ -314,17 +309,8 @@ fn decoder_plan(
     kv: KvFormat,
 ) -> Vec<Planned> {
     let w = &model.weights;
-    let (vocab, cols) = (
-        w.embed_tokens.shape.first().copied().unwrap_or(0),
-        w.embed_tokens.shape.last().copied().unwrap_or(0),
-    );
-    let table = w.embed_tokens.format();
-    let mut out = vec![Planned::matrix(
-        w.embed_tokens.name.clone(),
-        table,
-        vocab,
-        cols,
-    )];
+    let table = &w.embed_tokens;
+    let mut out = vec![Planned::stacked(table.name.clone(), &[table])];
     for (i, l) in w.layers.iter().enumerate() {
         let mut qkv: Vec<&Tensor> = l.q_proj.iter().collect();
         qkv.extend([&l.k_proj, &l.v_proj]);
@@ -360,7 +346,7 @@ fn decoder_plan(
                 .map(|t| Planned::stacked(t.name.clone(), &[t])),
         );
     }
-    out.push(Planned::whole(w.norm.name.clone(), device_bytes(&w.norm)));
+    out.push(Planned::stacked(w.norm.name.clone(), &[&w.norm]));
     if let Some(t) = &w.lm_head {
         out.push(Planned::stacked(t.name.clone(), &[t]));
     }
