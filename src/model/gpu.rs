@@ -332,6 +332,52 @@ fn qkv_width(config: &Config) -> usize {
     }
 }
 
+/// The most rows a step's activations hold within one binding of `binding` bytes: the
+/// widest is a row of f32 values `intermediate_size` wide (gate/up's output, `hb`) or
+/// q|k|v's. A host-fed step with more rows (a long prompt of a big model) runs as several
+/// ([`GpuDecoder::forward_sample_async`]): at d_model 4096 with 12288 intermediate values a
+/// 128 MiB binding holds 2730 rows.
+fn max_step_rows(config: &Config, binding: u64) -> usize {
+    let widest = [
+        config.hidden_size,
+        qkv_width(config),
+        config.query_mlp_hidden(),
+        config.intermediate_size,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(1)
+    .max(1);
+    usize::try_from(binding / (4 * widest as u64))
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// `batch` in steps of at most `max_rows` rows: each sequence's tokens in order, a
+/// sequence's run cut where a step fills (so it may go on in the next step).
+fn split_steps<'a>(batch: &[(usize, &'a [u32])], max_rows: usize) -> Vec<Vec<(usize, &'a [u32])>> {
+    let mut steps = Vec::new();
+    let mut step = Vec::new();
+    let mut room = max_rows.max(1);
+    for &(seq, tokens) in batch {
+        let mut rest = tokens;
+        while !rest.is_empty() {
+            let n = rest.len().min(room);
+            step.push((seq, &rest[..n]));
+            rest = &rest[n..];
+            room -= n;
+            if room == 0 {
+                steps.push(std::mem::take(&mut step));
+                room = max_rows.max(1);
+            }
+        }
+    }
+    if !step.is_empty() {
+        steps.push(step);
+    }
+    steps
+}
+
 /// The recorded decode step of `seqs` sequences (rows), valid while the activations it
 /// binds live: embedding through sampling, and the feedback before each step of a chunk.
 struct DecodePlan {
@@ -636,10 +682,12 @@ impl GpuDecoder {
             // `sampled` goes with the old buffers: what the host read back remains.
             self.sampled_seqs.clear();
             self.acts = None; // free the old buffers first
+            // Room for a decode step's 16 rows, where a binding takes them.
+            let capacity = rows.max(16.min(self.max_step_rows()));
             self.acts = Some(Activations::new(
                 &self.gpu,
                 &self.config,
-                rows.max(16),
+                capacity,
                 self.shape.max_seqs,
             )?);
         }
@@ -1085,12 +1133,46 @@ impl GpuDecoder {
         pollster::block_on(self.forward_sample_async(batch, sampling, draws))
     }
 
-    /// [`GpuDecoder::forward_logits`], awaiting the readback.
+    /// The most rows one step's activations take on this adapter ([`max_step_rows`]);
+    /// longer host-fed steps run as several.
+    pub fn max_step_rows(&self) -> usize {
+        max_step_rows(&self.config, binding_bytes(&self.gpu))
+    }
+
+    /// Feeds `batch` (checked) in steps of at most [`GpuDecoder::max_step_rows`] rows,
+    /// each submitted before the next is recorded (they share the activations); nothing
+    /// is sampled or read back.
+    fn feed(&mut self, batch: &[(usize, &[u32])]) -> Result<(), ModelError> {
+        for step in split_steps(batch, self.max_step_rows()) {
+            let layout = self.layout(&step)?;
+            let encoder = self.host_step(&step, &layout, None)?;
+            self.gpu.submit([encoder.finish()]);
+        }
+        Ok(())
+    }
+
+    /// [`GpuDecoder::forward_logits`], awaiting the readback. A step of more rows than
+    /// the activations take runs as several, their logits joined.
     pub async fn forward_logits_async(
         &mut self,
         batch: &[(usize, &[u32])],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let layout = self.layout(batch)?;
+        let max_rows = self.max_step_rows();
+        if layout.rows > max_rows {
+            let mut out = vec![Vec::new(); batch.len()];
+            for step in split_steps(batch, max_rows) {
+                let logits = Box::pin(self.forward_logits_async(&step)).await?;
+                for ((seq, _), l) in step.iter().zip(logits) {
+                    let i = batch
+                        .iter()
+                        .position(|(s, _)| s == seq)
+                        .expect("from batch");
+                    out[i].extend(l);
+                }
+            }
+            return Ok(out);
+        }
         let encoder = self.host_step(batch, &layout, None)?;
         let vocab = self.config.vocab_size;
         let acts = self.acts.as_ref().expect("reserved by host_step");
@@ -1148,7 +1230,20 @@ impl GpuDecoder {
         draws: &[f32],
     ) -> Result<Vec<u32>, ModelError> {
         super::generate::check_step(sampling, batch.len(), draws.len())?;
-        let layout = self.layout(batch)?;
+        let mut layout = self.layout(batch)?;
+        let last: Vec<(usize, &[u32])>;
+        let mut batch = batch;
+        if layout.rows > self.max_step_rows() {
+            // A prefill longer than the activations take: all but each sequence's last
+            // token fed in steps that fit, then the last tokens sampled as one step.
+            let cut = |t: &[u32]| t.len().saturating_sub(1);
+            let head: Vec<(usize, &[u32])> =
+                batch.iter().map(|&(s, t)| (s, &t[..cut(t)])).collect();
+            self.feed(&head)?;
+            last = batch.iter().map(|&(s, t)| (s, &t[cut(t)..])).collect();
+            batch = &last;
+            layout = self.layout(batch)?;
+        }
         let encoder = self.host_step(batch, &layout, Some((sampling, draws)))?;
         let acts = self.acts.as_ref().expect("reserved by host_step");
         let bytes = self

@@ -670,6 +670,39 @@ fn layer_matrices_split_across_bindings_give_the_unsplit_bits() {
     }
 }
 
+/// With `max_storage_buffer_binding_size` at 16 KiB a step's activations hold 21 rows
+/// (`hb`, 192 f32 values a row, is the widest): a 25-token prompt, and two prompts of 15
+/// and 12, are fed in steps that fit (a sequence's tokens cut across steps), their
+/// logits within the CPU reference's tolerance and greedy tokens those of the same model
+/// under the adapter's usual limits (one step).
+#[test]
+fn prefills_longer_than_the_activations_take_run_in_steps_that_fit() {
+    use crate::gpu::testing::test_gpus_with_binding_limit;
+    // 32 positions of 2 sequences' f32 keys: 16 KiB, the cache just fits.
+    let small = test_gpus_with_binding_limit(16 << 10);
+    let usual = test_gpus();
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 41, true);
+    let long = prompt(25, 7);
+    let cpu_logits = cpu_step_logits(&m, std::slice::from_ref(&long), 32);
+    for (small_gpu, gpu) in small.iter().zip(&usual) {
+        let on = gpu.describe();
+        let mut split = GpuDecoder::new(small_gpu, &m, 2, 32, KvFormat::F32).unwrap();
+        assert_eq!(split.max_step_rows(), 21, "{on}");
+        let mut whole = GpuDecoder::new(gpu, &m, 2, 32, KvFormat::F32).unwrap();
+        assert!(whole.max_step_rows() >= 64, "{on}");
+        let logits = split.forward_logits(&[(0, &long)]).unwrap().remove(0);
+        assert_eq!(logits.len(), 25 * 256, "{on}");
+        let err = relative_error(&logits, &cpu_logits[0]);
+        assert!(err <= LOGIT_TOLERANCE, "{on}: {err:e}");
+        let greedy = SamplingParams::greedy();
+        for prompts in [vec![long.clone()], vec![prompt(15, 3), prompt(12, 4)]] {
+            split.reset();
+            let a = run(&mut split, &prompts, 6, greedy);
+            assert_eq!(a, run(&mut whole, &prompts, 6, greedy), "{on}");
+        }
+    }
+}
+
 #[test]
 fn generation_past_the_context_slides_the_same_way_on_every_device() {
     let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 3, false);
