@@ -1133,8 +1133,9 @@ impl GpuDecoder {
         pollster::block_on(self.forward_sample_async(batch, sampling, draws))
     }
 
-    /// The most rows one step's activations take on this adapter ([`max_step_rows`]);
-    /// longer host-fed steps run as several.
+    /// The most rows one step's activations take in one storage binding of this adapter
+    /// (the widest row: gate/up's output, or q|k|v's); longer host-fed steps run as
+    /// several.
     pub fn max_step_rows(&self) -> usize {
         max_step_rows(&self.config, binding_bytes(&self.gpu))
     }
