@@ -262,6 +262,8 @@ impl Activations {
         capacity: usize,
         max_seqs: usize,
     ) -> Result<Self, ModelError> {
+        // One f32 row per step row, of the widths below: `max_step_rows` bounds a step
+        // by the widest of them, so a new wider buffer goes into its list too.
         let f = |label: &str, width: usize| {
             gpu.storage(
                 MemoryCategory::Activations,
@@ -332,9 +334,9 @@ fn qkv_width(config: &Config) -> usize {
     }
 }
 
-/// The most rows a step's activations hold within one binding of `binding` bytes: the
-/// widest is a row of f32 values `intermediate_size` wide (gate/up's output, `hb`) or
-/// q|k|v's. A host-fed step with more rows (a long prompt of a big model) runs as several
+/// The most rows a step's activations ([`Activations::new`], whose row widths this lists)
+/// hold within one binding of `binding` bytes: the widest is a row of f32 values
+/// `intermediate_size` wide (gate/up's output, `hb`) or q|k|v's. A host-fed step with more rows (a long prompt of a big model) runs as several
 /// ([`GpuDecoder::forward_sample_async`]): at d_model 4096 with 12288 intermediate values a
 /// 128 MiB binding holds 2730 rows.
 fn max_step_rows(config: &Config, binding: u64) -> usize {
