@@ -465,6 +465,8 @@ fn bench_sizes_are_checked_before_any_gpu_work() {
         "2047",
     ]);
     assert_names(&e, &["--min-d-model 1025", "paper grid empty"]);
+    let e = walsh_fails(&["bench", "--suite", "paper", "--min-batch", "17"]);
+    assert_names(&e, &["--min-batch 17", "paper grid empty", "batch 1..16"]);
 }
 
 /// A small model with the longest context walsh allows: 512 MiB of KV cache per sequence.

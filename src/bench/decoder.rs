@@ -472,7 +472,7 @@ pub struct PaperResult {
     pub skipped: Option<String>,
 }
 
-/// d_model x batch x context, within the options' bounds, and again for each of the
+/// d_model x batch x context, within the options' bounds (batches from `min_batch`), and again for each of the
 /// options' `kv_groups` at the widths whose heads it divides. Two layers: the gains are
 /// per layer, and two keep big widths affordable.
 pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
@@ -497,7 +497,7 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
             .iter()
             .filter(|&&d| (options.min_d_model..=options.max_d_model).contains(&d))
         {
-            for &batch in batches {
+            for &batch in batches.iter().filter(|&&b| b >= options.min_batch) {
                 for &context in contexts.iter().filter(|&&c| c <= options.max_context) {
                     let cell = PaperCell {
                         d_model,

@@ -234,6 +234,18 @@ mod weight_formats {
         let mut widths: Vec<usize> = paper_cells(&band).iter().map(|c| c.d_model).collect();
         widths.dedup();
         assert_eq!(widths, [960, 1024, 2048]);
+        // --min-batch keeps the batches from it up: one width's batch-16 cells alone.
+        let big = BenchOptions {
+            min_d_model: 4096,
+            min_batch: 16,
+            max_context: 128,
+            ..full.clone()
+        };
+        let cells: Vec<(usize, usize, usize)> = paper_cells(&big)
+            .iter()
+            .map(|c| (c.d_model, c.batch, c.context))
+            .collect();
+        assert_eq!(cells, [(4096, 16, 128)]);
         // d 512: 8 heads of 64 on 2 KV heads (4:1) and on 1 (8:1), dense and Hadamard.
         let cases = decoder_cases(&grouped);
         assert_eq!(cases.len(), 7 + 4);

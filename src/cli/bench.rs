@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Largest d_model of the paper grid (default 4096, 256 with --quick).
     #[arg(long)]
     pub max_d_model: Option<usize>,
+    /// Smallest batch of the paper grid (of 1, 4 and 16; 1 and 4 with --quick): with
+    /// --min-d-model, one big cell alone.
+    #[arg(long)]
+    pub min_batch: Option<usize>,
     /// Largest context of the paper grid (default 2048, 128 with --quick).
     #[arg(long)]
     pub max_context: Option<usize>,
@@ -68,7 +72,7 @@ pub struct BenchArgs {
     /// send. Takes no size bounds.
     #[arg(
         long,
-        conflicts_with_all = ["quick", "min_d_model", "max_d_model", "max_context", "max_kernel_n", "all_adapters", "suite", "kv_groups"]
+        conflicts_with_all = ["quick", "min_d_model", "max_d_model", "min_batch", "max_context", "max_kernel_n", "all_adapters", "suite", "kv_groups"]
     )]
     pub contribute: bool,
 }
@@ -147,6 +151,9 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
     }
     if let Some(d) = args.max_d_model {
         options.max_d_model = d;
+    }
+    if let Some(b) = args.min_batch {
+        options.min_batch = b;
     }
     if let Some(c) = args.max_context {
         options.max_context = c;
@@ -265,20 +272,31 @@ fn check_sizes(options: &BenchOptions) -> Result<()> {
     let unbounded = BenchOptions {
         min_d_model: 0,
         max_d_model: usize::MAX,
+        min_batch: 0,
         max_context: usize::MAX,
         ..options.clone()
     };
     let paper = walsh::bench::decoder::paper_cells;
     if options.suites.contains(&Suite::Paper) && paper(options).is_empty() {
-        let first = &paper(&unbounded)[0];
+        let cells = paper(&unbounded);
+        let range = |of: fn(&walsh::bench::decoder::PaperCell) -> usize| {
+            let values = cells.iter().map(of);
+            format!(
+                "{}..{}",
+                values.clone().min().unwrap_or(0),
+                values.max().unwrap_or(0)
+            )
+        };
         bail!(
-            "--min-d-model {}, --max-d-model {} and --max-context {} leave the paper grid \
-             empty: its smallest cell is d_model {}, context {}",
+            "--min-d-model {}, --max-d-model {}, --min-batch {} and --max-context {} leave the \
+             paper grid empty: its cells have d_model {}, batch {} and context {}",
             options.min_d_model,
             options.max_d_model,
+            options.min_batch,
             options.max_context,
-            first.d_model,
-            first.context
+            range(|c| c.d_model),
+            range(|c| c.batch),
+            range(|c| c.context),
         );
     }
     if let Some(smallest) = walsh::bench::kernels::smallest_width_bounded_out(options) {
@@ -371,6 +389,7 @@ fn contribute(adapter: &str, weights: WeightsArg) -> Result<()> {
         out: out.clone(),
         min_d_model: None,
         max_d_model: None,
+        min_batch: None,
         max_context: None,
         max_kernel_n: None,
         seconds: None,
