@@ -435,6 +435,19 @@ pub struct GpuDecoder {
     read_back: Vec<Option<(u64, u32)>>,
 }
 
+/// What a host-fed step records after its layers.
+#[derive(Clone, Copy)]
+enum StepEnd<'a> {
+    /// Each sequence's last row's logits, sampled with these parameters and draws.
+    Sample(&'a SamplingParams, &'a [f32]),
+    /// Every row's logits (when they fit the logits buffer; else the caller reads them
+    /// in chunks).
+    Logits,
+    /// Nothing: the step only fills the KV cache (a part of a prefill whose last token
+    /// comes in a later step).
+    Feed,
+}
+
 /// Where each sequence's rows sit in a step's packed batch.
 struct StepLayout {
     rows: usize,
@@ -949,9 +962,9 @@ impl GpuDecoder {
         &mut self,
         batch: &[(usize, &[u32])],
         layout: &StepLayout,
-        sample: Option<(&SamplingParams, &[f32])>,
+        end: StepEnd,
     ) -> Result<wgpu::CommandEncoder, ModelError> {
-        let rec = self.prepare_step(batch, layout, sample)?;
+        let rec = self.prepare_step(batch, layout, end)?;
         let decode = layout.spans.iter().all(|&(_, _, n)| n == 1);
         let mut encoder = self.gpu.encoder("step");
         {
@@ -965,7 +978,7 @@ impl GpuDecoder {
             self.lengths[seq] += toks.len();
             self.versions[seq] += 1;
         }
-        if sample.is_some() {
+        if let StepEnd::Sample(..) = end {
             // Slot i of `sampled` holds the next token of the batch's i-th sequence.
             self.sampled_seqs = layout.spans.iter().map(|s| Some(s.0)).collect();
         } else {
@@ -982,7 +995,7 @@ impl GpuDecoder {
         &mut self,
         batch: &[(usize, &[u32])],
         layout: &StepLayout,
-        sample: Option<(&SamplingParams, &[f32])>,
+        end: StepEnd,
     ) -> Result<Recording, ModelError> {
         self.reserve(layout.rows)?;
         let mut rec = Recording::new();
@@ -990,26 +1003,26 @@ impl GpuDecoder {
         self.record_forward(&mut rec, &layout.table, decode)?;
         let acts = self.acts.as_ref().expect("reserved above");
         let count = batch.len();
-        match sample {
+        match end {
             // Logits of the sampled rows only, each sequence's last: in a decode step
             // every row, else gathered out of the step's rows (acts.head_rows, below).
-            Some((sampling, _)) => {
+            StepEnd::Sample(sampling, _) => {
                 let gather = (!decode).then_some(layout.rows);
                 self.record_head(&mut rec, count, gather, decode)?;
                 self.record_sample(&mut rec, count, sampling)?;
             }
-            None if layout.rows <= acts.logit_rows => {
+            StepEnd::Logits if layout.rows <= acts.logit_rows => {
                 self.record_head(&mut rec, layout.rows, None, decode)?;
             }
             // More rows than the logits buffer: forward_logits reads them in chunks.
-            None => {}
+            StepEnd::Logits | StepEnd::Feed => {}
         }
         let queue = &self.gpu.queue;
         let tokens: Vec<u32> = batch.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let flat: Vec<u32> = layout.table.iter().flat_map(|&(s, p)| [s, p]).collect();
         queue.write_buffer(acts.tokens.buffer(), 0, bytemuck::cast_slice(&tokens));
         queue.write_buffer(acts.row_table.buffer(), 0, bytemuck::cast_slice(&flat));
-        if let Some((_, draws)) = sample {
+        if let StepEnd::Sample(_, draws) = end {
             let last_rows: Vec<u32> = layout
                 .spans
                 .iter()
@@ -1072,12 +1085,12 @@ impl GpuDecoder {
         let greedy = SamplingParams::greedy();
         let batch = [(0, prompt)];
         let layout = self.layout(&batch)?;
-        let rec = self.prepare_step(&batch, &layout, Some((&greedy, &[0.0])))?;
+        let rec = self.prepare_step(&batch, &layout, StepEnd::Sample(&greedy, &[0.0]))?;
         let prefill = time_recording(&self.gpu, &rec, repeats).await?;
         for seq in 1..rows {
             let batch = [(seq, prompt)];
             let layout = self.layout(&batch)?;
-            let rec = self.prepare_step(&batch, &layout, Some((&greedy, &[0.0])))?;
+            let rec = self.prepare_step(&batch, &layout, StepEnd::Sample(&greedy, &[0.0]))?;
             run_recording(&self.gpu, &rec).await?;
         }
         for len in &mut self.lengths[..rows] {
@@ -1087,7 +1100,7 @@ impl GpuDecoder {
         let batch: Vec<(usize, &[u32])> = (0..rows).map(|s| (s, &next[..])).collect();
         let layout = self.layout(&batch)?;
         let draws = vec![0.0; rows];
-        let rec = self.prepare_step(&batch, &layout, Some((&greedy, &draws)))?;
+        let rec = self.prepare_step(&batch, &layout, StepEnd::Sample(&greedy, &draws))?;
         let decode = time_recording(&self.gpu, &rec, repeats).await?;
         for len in &mut self.lengths[..rows] {
             *len += 1;
@@ -1143,12 +1156,12 @@ impl GpuDecoder {
     }
 
     /// Feeds `batch` (checked) in steps of at most [`GpuDecoder::max_step_rows`] rows,
-    /// each submitted before the next is recorded (they share the activations); nothing
-    /// is sampled or read back.
-    fn feed(&mut self, batch: &[(usize, &[u32])]) -> Result<(), ModelError> {
+    /// each submitted before the next is recorded (they share the activations); no
+    /// logits are computed, nothing is sampled or read back.
+    pub(super) fn feed(&mut self, batch: &[(usize, &[u32])]) -> Result<(), ModelError> {
         for step in split_steps(batch, self.max_step_rows()) {
             let layout = self.layout(&step)?;
-            let encoder = self.host_step(&step, &layout, None)?;
+            let encoder = self.host_step(&step, &layout, StepEnd::Feed)?;
             self.gpu.submit([encoder.finish()]);
         }
         Ok(())
@@ -1176,7 +1189,7 @@ impl GpuDecoder {
             }
             return Ok(out);
         }
-        let encoder = self.host_step(batch, &layout, None)?;
+        let encoder = self.host_step(batch, &layout, StepEnd::Logits)?;
         let vocab = self.config.vocab_size;
         let acts = self.acts.as_ref().expect("reserved by host_step");
         let rows = layout.rows;
@@ -1247,7 +1260,7 @@ impl GpuDecoder {
             batch = &last;
             layout = self.layout(batch)?;
         }
-        let encoder = self.host_step(batch, &layout, Some((sampling, draws)))?;
+        let encoder = self.host_step(batch, &layout, StepEnd::Sample(sampling, draws))?;
         let acts = self.acts.as_ref().expect("reserved by host_step");
         let bytes = self
             .gpu

@@ -700,6 +700,20 @@ fn prefills_longer_than_the_activations_take_run_in_steps_that_fit() {
             let a = run(&mut split, &prompts, 6, greedy);
             assert_eq!(a, run(&mut whole, &prompts, 6, greedy), "{on}");
         }
+        // A feeding step records no LM head: fewer dispatches than the same rows' logits.
+        let rows = prompt(8, 5);
+        let dispatches = |dec: &mut GpuDecoder, logits: bool| {
+            dec.reset();
+            let before = small_gpu.counters().snapshot().dispatches;
+            if logits {
+                dec.forward_logits(&[(0, &rows)]).unwrap();
+            } else {
+                dec.feed(&[(0, &rows)]).unwrap();
+            }
+            small_gpu.counters().snapshot().dispatches - before
+        };
+        let fed = dispatches(&mut split, false);
+        assert!(fed > 0 && fed < dispatches(&mut split, true), "{on}: {fed}");
     }
 }
 
