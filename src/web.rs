@@ -139,8 +139,6 @@ pub struct Engine {
     loaded: RefCell<Option<Loaded>>,
     busy: Cell<bool>,
     stop: Cell<bool>,
-    /// A storage-binding limit below the adapter's, to preview a smaller device.
-    max_binding: Cell<Option<u64>>,
     /// Why the GPU cannot be used any more (lost, out of memory), once a run found out.
     failure: RefCell<Option<String>>,
     /// Set by [`Engine::lose_device`]: the device was destroyed on purpose.
@@ -279,7 +277,6 @@ impl Engine {
             loaded: RefCell::new(None),
             busy: Cell::new(false),
             stop: Cell::new(false),
-            max_binding: Cell::new(None),
             failure: RefCell::new(None),
             destroyed: Cell::new(false),
             forced_gemv: Cell::new(None),
@@ -291,11 +288,17 @@ impl Engine {
     /// Opens the browser's WebGPU adapter. Rejects with a message saying what is missing
     /// when the browser has none. `label` names the adapter where wgpu cannot (the page
     /// passes the vendor and architecture of `GPUAdapter.info`, or its own description
-    /// where the browser leaves that empty).
-    pub async fn open(label: Option<String>) -> Result<Engine, JsError> {
+    /// where the browser leaves that empty). `max_binding` (bytes), when below the
+    /// adapter's storage-binding limit, is the limit models are checked, split and
+    /// stepped against instead ([`Gpu::cap_bindings`]): the page's `?max_binding=`
+    /// previews a phone's 128 MiB on a desktop.
+    pub async fn open(label: Option<String>, max_binding: Option<f64>) -> Result<Engine, JsError> {
         let mut gpu = Gpu::browser().await?;
         if let Some(label) = label.filter(|l| !l.trim().is_empty()) {
             gpu.set_label(label.trim());
+        }
+        if let Some(bytes) = max_binding {
+            gpu.cap_bindings(bytes.max(0.0) as u64);
         }
         Ok(Engine::new(Backend::Gpu(gpu)))
     }
@@ -368,13 +371,6 @@ impl Engine {
             Some(commit) => format!("{} ({commit})", env!("CARGO_PKG_VERSION")),
             None => env!("CARGO_PKG_VERSION").to_string(),
         }
-    }
-
-    /// Checks models against a storage-binding (and buffer) limit of `bytes` instead of
-    /// the adapter's, when smaller: shows how the page treats a phone's 128 MiB on a
-    /// desktop (the page's `?max_binding=` parameter). `None` restores the adapter's.
-    pub fn set_max_binding(&self, bytes: Option<f64>) {
-        self.max_binding.set(bytes.map(|b| b.max(0.0) as u64));
     }
 
     fn start(&self) -> Result<Busy<'_>, JsError> {
@@ -550,12 +546,7 @@ impl Engine {
         let context = info.context;
         if let Backend::Gpu(gpu) = &self.backend {
             // Refuse before uploading anything, naming the tensor and the limit.
-            let mut limits = BufferLimits::from(gpu.limits());
-            if let Some(cap) = self.max_binding.get() {
-                limits.max_storage_buffer_binding_size =
-                    limits.max_storage_buffer_binding_size.min(cap);
-                limits.max_buffer_size = limits.max_buffer_size.min(cap);
-            }
+            let limits = BufferLimits::from(gpu.limits());
             check_decoder_fits(&model, 1, context, KvFormat::default(), limits).map_err(|e| {
                 match gguf_name(&e.what).filter(|_| info.format == "gguf") {
                     // The tensor as the visitor's file names it, too.

@@ -151,15 +151,14 @@ async function openEngine() {
     return 'WebGPU is present but offered no adapter: the GPU may be blocklisted or ' +
       'hardware acceleration may be off.';
   }
+  // ?max_binding=BYTES checks, splits and steps models as on a device with that storage-
+  // binding limit (a phone's is often 128 MiB).
+  const cap = Number(new URLSearchParams(location.search).get('max_binding'));
   try {
-    state.engine = await state.wasm.Engine.open(adapterLabel(adapter));
+    state.engine = await state.wasm.Engine.open(adapterLabel(adapter), cap > 0 ? cap : undefined);
   } catch (e) {
     return `WebGPU could not open a device: ${errorText(e)}`;
   }
-  // ?max_binding=BYTES checks models against a smaller device's storage-binding limit
-  // (a phone's is often 128 MiB).
-  const cap = Number(new URLSearchParams(location.search).get('max_binding'));
-  if (cap > 0) state.engine.set_max_binding(cap);
   // ?fuse=on|off fuses the decode step or not (as WALSH_FUSE natively); by default the
   // engine fuses it on GPUs only.
   const fuse = new URLSearchParams(location.search).get('fuse');
@@ -216,7 +215,10 @@ function showAdapter(a) {
     ['subgroups', a.subgroup],
     ['timestamp-query', a.timestamp_query],
     [`workgroup storage ${a.max_workgroup_storage_bytes / 1024} KiB`, true],
-    [`storage binding ${mib(a.max_storage_buffer_binding_bytes)}`, true],
+    // Below 1 MiB (a ?max_binding= preview) in KiB.
+    [`storage binding ${a.max_storage_buffer_binding_bytes < (1 << 20)
+      ? `${a.max_storage_buffer_binding_bytes / 1024} KiB`
+      : mib(a.max_storage_buffer_binding_bytes)}`, true],
   ];
   const list = $('adapter-features');
   list.replaceChildren(...chips.map(([name, on]) => {

@@ -331,6 +331,24 @@ impl Gpu {
         &self.state.summary
     }
 
+    /// Lowers the storage-binding and buffer-size limits that walsh plans with
+    /// ([`Gpu::limits`], and the binding limit of [`Gpu::summary`]) to `bytes` where
+    /// smaller, leaving the device's own: a model is
+    /// then checked, split across bindings and stepped as on a device with that limit.
+    /// The page's `?max_binding=` previews a phone's 128 MiB this way, since a browser
+    /// raises any requested limit to WebGPU's default (128 MiB). Before the handle is
+    /// cloned (a clone keeps the limits it was made with): returns whether it took effect.
+    pub fn cap_bindings(&mut self, bytes: u64) -> bool {
+        let Some(state) = Arc::get_mut(&mut self.state) else {
+            return false;
+        };
+        let l = &mut state.limits;
+        l.max_storage_buffer_binding_size = l.max_storage_buffer_binding_size.min(bytes);
+        l.max_buffer_size = l.max_buffer_size.min(bytes);
+        state.summary.max_storage_buffer_binding_bytes = l.max_storage_buffer_binding_size;
+        true
+    }
+
     /// Names the adapter where wgpu could not (the browser hides adapter names from
     /// wgpu; the page reads them from `GPUAdapter.info`). Before the handle is cloned:
     /// a clone keeps the name it was made with.

@@ -715,6 +715,28 @@ fn prefills_longer_than_the_activations_take_run_in_steps_that_fit() {
         let fed = dispatches(&mut split, false);
         assert!(fed > 0 && fed < dispatches(&mut split, true), "{on}: {fed}");
     }
+    // A device whose limits walsh caps (the page's ?max_binding=, where the browser
+    // grants 128 MiB whatever is asked) steps as the device that has the small limit.
+    for (small_gpu, mut capped) in small.iter().zip(test_gpus()) {
+        let on = capped.describe();
+        assert!(capped.cap_bindings(16 << 10), "{on}");
+        assert!(
+            !capped.clone().cap_bindings(1 << 10),
+            "{on}: a clone is shared"
+        );
+        assert_eq!(capped.limits().max_storage_buffer_binding_size, 16 << 10);
+        assert_eq!(capped.summary().max_storage_buffer_binding_bytes, 16 << 10);
+        let mut a = GpuDecoder::new(&capped, &m, 2, 32, KvFormat::F32).unwrap();
+        let mut b = GpuDecoder::new(small_gpu, &m, 2, 32, KvFormat::F32).unwrap();
+        assert_eq!(a.max_step_rows(), 21, "{on}");
+        let prompts = [long.clone()];
+        let greedy = SamplingParams::greedy();
+        assert_eq!(
+            run(&mut a, &prompts, 4, greedy),
+            run(&mut b, &prompts, 4, greedy),
+            "{on}"
+        );
+    }
 }
 
 #[test]
