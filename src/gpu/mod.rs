@@ -333,11 +333,11 @@ impl Gpu {
 
     /// Lowers the storage-binding and buffer-size limits that walsh plans with
     /// ([`Gpu::limits`], and the binding limit of [`Gpu::summary`]) to `bytes` where
-    /// smaller, leaving the device's own: a model is
-    /// then checked, split across bindings and stepped as on a device with that limit.
-    /// The page's `?max_binding=` previews a phone's 128 MiB this way, since a browser
-    /// raises any requested limit to WebGPU's default (128 MiB). Before the handle is
-    /// cloned (a clone keeps the limits it was made with): returns whether it took effect.
+    /// smaller, leaving the device's own: a model is then checked, split across bindings
+    /// and stepped as on a device with that limit. The page's `?max_binding=` previews a
+    /// phone's 128 MiB this way, since a browser raises any requested limit to WebGPU's
+    /// default (128 MiB). Before the handle is cloned (a clone keeps the limits it was
+    /// made with): returns whether it took effect.
     pub fn cap_bindings(&mut self, bytes: u64) -> bool {
         let Some(state) = Arc::get_mut(&mut self.state) else {
             return false;
