@@ -336,9 +336,10 @@ fn qkv_width(config: &Config) -> usize {
 
 /// The most rows a step's activations ([`Activations::new`], whose row widths this lists)
 /// hold within one binding of `binding` bytes: the widest is a row of f32 values
-/// `intermediate_size` wide (gate/up's output, `hb`) or q|k|v's. A host-fed step with more rows (a long prompt of a big model) runs as several
-/// ([`GpuDecoder::forward_sample_async`]): at d_model 4096 with 12288 intermediate values a
-/// 128 MiB binding holds 2730 rows.
+/// `intermediate_size` wide (gate/up's output, `hb`) or q|k|v's. A host-fed step with
+/// more rows (a long prompt of a big model) runs as several
+/// ([`GpuDecoder::forward_sample_async`]): at d_model 4096 with 12288 intermediate values
+/// a 128 MiB binding holds 2730 rows.
 fn max_step_rows(config: &Config, binding: u64) -> usize {
     let widest = [
         config.hidden_size,
@@ -358,9 +359,10 @@ fn max_step_rows(config: &Config, binding: u64) -> usize {
 /// `batch` in steps of at most `max_rows` rows: each sequence's tokens in order, a
 /// sequence's run cut where a step fills (so it may go on in the next step).
 fn split_steps<'a>(batch: &[(usize, &'a [u32])], max_rows: usize) -> Vec<Vec<(usize, &'a [u32])>> {
+    let max_rows = max_rows.max(1);
     let mut steps = Vec::new();
     let mut step = Vec::new();
-    let mut room = max_rows.max(1);
+    let mut room = max_rows;
     for &(seq, tokens) in batch {
         let mut rest = tokens;
         while !rest.is_empty() {
@@ -370,7 +372,7 @@ fn split_steps<'a>(batch: &[(usize, &'a [u32])], max_rows: usize) -> Vec<Vec<(us
             room -= n;
             if room == 0 {
                 steps.push(std::mem::take(&mut step));
-                room = max_rows.max(1);
+                room = max_rows;
             }
         }
     }
