@@ -467,6 +467,23 @@ fn bench_sizes_are_checked_before_any_gpu_work() {
     assert_names(&e, &["--min-d-model 1025", "paper grid empty"]);
     let e = walsh_fails(&["bench", "--suite", "paper", "--min-batch", "17"]);
     assert_names(&e, &["--min-batch 17", "paper grid empty", "batch 1..16"]);
+    let e = walsh_fails(&[
+        "bench",
+        "--suite",
+        "paper",
+        "--min-context",
+        "1024",
+        "--max-context",
+        "2000",
+    ]);
+    assert_names(
+        &e,
+        &[
+            "--min-context 1024",
+            "--max-context 2000",
+            "context 128..2048",
+        ],
+    );
 }
 
 /// A small model with the longest context walsh allows: 512 MiB of KV cache per sequence.

@@ -472,7 +472,8 @@ pub struct PaperResult {
     pub skipped: Option<String>,
 }
 
-/// d_model x batch x context, within the options' bounds (batches from `min_batch`),
+/// d_model x batch x context, within the options' bounds (batches from `min_batch`,
+/// contexts from `min_context`),
 /// and again for each of the options' `kv_groups` at the widths whose heads it divides.
 /// Two layers: the gains are per layer, and two keep big widths affordable.
 pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
@@ -498,7 +499,10 @@ pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
             .filter(|&&d| (options.min_d_model..=options.max_d_model).contains(&d))
         {
             for &batch in batches.iter().filter(|&&b| b >= options.min_batch) {
-                for &context in contexts.iter().filter(|&&c| c <= options.max_context) {
+                for &context in contexts
+                    .iter()
+                    .filter(|&&c| (options.min_context..=options.max_context).contains(&c))
+                {
                     let cell = PaperCell {
                         d_model,
                         batch,

@@ -49,6 +49,9 @@ pub struct BenchOptions {
     /// Smallest batch of the paper grid (0 in reports before this field: no bound).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_batch: usize,
+    /// Smallest context of the paper grid (0 in reports before this field: no bound).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_context: usize,
     /// Largest context of the paper grid.
     pub max_context: usize,
     /// Largest width of the kernel suite (reports before this field ran every width).
@@ -92,6 +95,7 @@ impl BenchOptions {
             quick,
             min_d_model: 0,
             min_batch: 0,
+            min_context: 0,
             max_d_model: if quick { 256 } else { 4096 },
             max_context: if quick { 128 } else { 2048 },
             max_kernel_n: all_kernel_widths(),

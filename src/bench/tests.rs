@@ -246,6 +246,27 @@ mod weight_formats {
             .map(|c| (c.d_model, c.batch, c.context))
             .collect();
         assert_eq!(cells, [(4096, 16, 128)]);
+        // --min-context keeps the contexts from it up: the long contexts alone.
+        let long = BenchOptions {
+            max_d_model: 256,
+            min_context: 512,
+            ..full.clone()
+        };
+        let cells: Vec<(usize, usize, usize)> = paper_cells(&long)
+            .iter()
+            .map(|c| (c.d_model, c.batch, c.context))
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                (256, 1, 512),
+                (256, 1, 2048),
+                (256, 4, 512),
+                (256, 4, 2048),
+                (256, 16, 512),
+                (256, 16, 2048)
+            ]
+        );
         // d 512: 8 heads of 64 on 2 KV heads (4:1) and on 1 (8:1), dense and Hadamard.
         let cases = decoder_cases(&grouped);
         assert_eq!(cases.len(), 7 + 4);

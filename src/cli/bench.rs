@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// --min-d-model, one big cell alone.
     #[arg(long)]
     pub min_batch: Option<usize>,
+    /// Smallest context of the paper grid (of 128, 512 and 2048; 64 and 128 with
+    /// --quick): the long contexts alone.
+    #[arg(long)]
+    pub min_context: Option<usize>,
     /// Largest context of the paper grid (default 2048, 128 with --quick).
     #[arg(long)]
     pub max_context: Option<usize>,
@@ -72,7 +76,7 @@ pub struct BenchArgs {
     /// send. Takes no size bounds.
     #[arg(
         long,
-        conflicts_with_all = ["quick", "min_d_model", "max_d_model", "min_batch", "max_context", "max_kernel_n", "all_adapters", "suite", "kv_groups"]
+        conflicts_with_all = ["quick", "min_d_model", "max_d_model", "min_batch", "min_context", "max_context", "max_kernel_n", "all_adapters", "suite", "kv_groups"]
     )]
     pub contribute: bool,
 }
@@ -154,6 +158,9 @@ pub fn bench_cmd(args: &BenchArgs, adapter: &str) -> Result<()> {
     }
     if let Some(b) = args.min_batch {
         options.min_batch = b;
+    }
+    if let Some(c) = args.min_context {
+        options.min_context = c;
     }
     if let Some(c) = args.max_context {
         options.max_context = c;
@@ -273,6 +280,7 @@ fn check_sizes(options: &BenchOptions) -> Result<()> {
         min_d_model: 0,
         max_d_model: usize::MAX,
         min_batch: 0,
+        min_context: 0,
         max_context: usize::MAX,
         ..options.clone()
     };
@@ -288,11 +296,13 @@ fn check_sizes(options: &BenchOptions) -> Result<()> {
             )
         };
         bail!(
-            "--min-d-model {}, --max-d-model {}, --min-batch {} and --max-context {} leave the \
-             paper grid empty: its cells have d_model {}, batch {} and context {}",
+            "--min-d-model {}, --max-d-model {}, --min-batch {}, --min-context {} and \
+             --max-context {} leave the paper grid empty: its cells have d_model {}, batch {} \
+             and context {}",
             options.min_d_model,
             options.max_d_model,
             options.min_batch,
+            options.min_context,
             options.max_context,
             range(|c| c.d_model),
             range(|c| c.batch),
@@ -390,6 +400,7 @@ fn contribute(adapter: &str, weights: WeightsArg) -> Result<()> {
         min_d_model: None,
         max_d_model: None,
         min_batch: None,
+        min_context: None,
         max_context: None,
         max_kernel_n: None,
         seconds: None,
