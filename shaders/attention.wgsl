@@ -62,9 +62,10 @@ struct Params {
     kv_heads: u32,   // KV heads of the cache; divides heads
 }
 
-// Workgroup memory in f32s: (TQ + 2 * TK) * HD + TQ * TK, set by the host (AttnTile in
-// src/ops/attention/attend.rs), which sizes the tile within the device's limit (at least
-// the WebGPU default, 16 KiB) up to 64 KiB (tile_elems in src/ops/attention/mod.rs).
+// Workgroup memory in f32s: (TQ + 2 * TK) * HD + TK + TQ * TK (the blocks at k_block and
+// after), set by the host (AttnTile::floats in src/ops/attention/attend.rs), which sizes
+// the tile within the device's limit (at least the WebGPU default, 16 KiB) up to 64 KiB
+// (tile_elems in src/ops/attention/mod.rs).
 override TILE: u32 = 4096u;
 // Output pairs one attend invocation holds at most; must match MAX_ACC in src/ops/attention/attend.rs.
 const MAX_ACC: u32 = 8u;
@@ -117,7 +118,8 @@ const MAX_HD: u32 = 256u;
 // Largest core Hadamard order (construct::MAX_CORE on the host).
 const MAX_HM: u32 = 180u;
 
-// attend's tile, in f32s: Q [TQ, HD] (pre-scaled), K [TK, HD], V [TK, HD], scores [TQ, TK].
+// attend's tile, in f32s: Q [TQ, HD] (pre-scaled), K [TK, HD + 1], V [TK, HD], scores
+// [TQ, TK] (offsets: k_block, v_block, s_block).
 var<workgroup> tile: array<f32, TILE>;
 
 // ---- the cache's element format ----------------------------------------------------------
@@ -388,13 +390,38 @@ fn kv_quant(@builtin(local_invocation_index) t: u32,
 
 // ---- attend ------------------------------------------------------------------------------
 
+// f32 offsets in `tile` of the key block, the value block and the scores (Q's rows are at
+// 0). A key row is padded by one f32: the invocations scoring a block, one key each, then
+// read their rows on distinct banks, where a stride of HD f32s (a multiple of 32 at the
+// usual head dims) put every invocation on one bank. Must match AttnTile::floats.
+fn k_block() -> u32 {
+    return TQ * HD;
+}
+
+fn v_block() -> u32 {
+    return k_block() + TK * (HD + 1u);
+}
+
+fn s_block() -> u32 {
+    return v_block() + TK * HD;
+}
+
+// The two f32s at f32 offset `at` of the tile, and the pair of Q's rows at `pair`.
+fn tile_at(at: u32) -> vec2<f32> {
+    return vec2<f32>(tile[at], tile[at + 1u]);
+}
+
+fn set_tile_at(at: u32, v: vec2<f32>) {
+    tile[at] = v.x;
+    tile[at + 1u] = v.y;
+}
+
 fn tile2(pair: u32) -> vec2<f32> {
-    return vec2<f32>(tile[2u * pair], tile[2u * pair + 1u]);
+    return tile_at(2u * pair);
 }
 
 fn set_tile2(pair: u32, v: vec2<f32>) {
-    tile[2u * pair] = v.x;
-    tile[2u * pair + 1u] = v.y;
+    set_tile_at(2u * pair, v);
 }
 
 // Rotates the TQ rows of HD values at the start of `tile` by H (unnormalized; the caller
@@ -459,8 +486,8 @@ fn roped(row: u32, off: u32, i: u32) -> vec2<f32> {
 // the key loop reads what was written.
 fn fused_kv_write(t: u32, first: u32, count: u32, head: u32, k_begin: u32) {
     let h2 = HD / 2u;
-    let kb = 2u * TQ * h2;       // f32 offsets of the K and V blocks
-    let vb = kb + 2u * TK * h2;
+    let kb = k_block();
+    let vb = v_block();
     for (var qi = 0u; qi < count; qi++) {
         let row = first + qi;
         let seq = row_table[2u * row];
@@ -506,9 +533,9 @@ fn attend(@builtin(local_invocation_index) t: u32,
           @builtin(workgroup_id) wid: vec3<u32>) {
     let h2 = HD / 2u;                 // pairs per head
     let d2 = params.heads * h2;       // pairs per row
-    let k_at = TQ * h2;               // pair offsets of K and V in `tile`
-    let v_at = k_at + TK * h2;
-    let s_at = 2u * (v_at + TK * h2); // f32 offset of the scores
+    let k_at = k_block();  // f32 offsets in `tile`
+    let v_at = v_block();
+    let s_at = s_block();
 
     // Everything up to the key loop derives from the workgroup id, the uniform params and
     // read-only storage, so it is uniform: the early returns keep barriers uniform.
@@ -588,8 +615,8 @@ fn attend(@builtin(local_invocation_index) t: u32,
         workgroupBarrier();
         for (var x = t; x < nb * h2; x += WG) {
             let blk = (cache_row0 + k0 + x / h2) * params.kv_heads + kv_head;
-            set_tile2(k_at + x, load_k(blk, x % h2));
-            set_tile2(v_at + x, load_v(blk, x % h2));
+            set_tile_at(k_at + (x / h2) * (HD + 1u) + 2u * (x % h2), load_k(blk, x % h2));
+            set_tile_at(v_at + 2u * x, load_v(blk, x % h2));
         }
         workgroupBarrier();
         // Scores of every (query, key) pair of the block: s = (q * scale) . k.
@@ -598,8 +625,9 @@ fn attend(@builtin(local_invocation_index) t: u32,
             let j = x % TK;
             if (j < nb) {
                 var s = 0.0;
+                let key = k_at + j * (HD + 1u);
                 for (var c = 0u; c < h2; c++) {
-                    s += dot(tile2(qi * h2 + c), tile2(k_at + j * h2 + c));
+                    s += dot(tile2(qi * h2 + c), tile_at(key + 2u * c));
                 }
                 tile[s_at + x] = s;
             }
@@ -624,7 +652,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
                 for (var a = 0u; a < ACC; a++) {
                     let c = lane + a * lanes_per_row;
                     if (c < h2) {
-                        acc[a] += p * tile2(v_at + j * h2 + c);
+                        acc[a] += p * tile_at(v_at + 2u * (j * h2 + c));
                     }
                 }
             }

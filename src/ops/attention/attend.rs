@@ -41,16 +41,23 @@ pub(super) struct AttnTile {
 impl AttnTile {
     /// A tile of `rows` queries (a power of two dividing the workgroup) for `head_dim`:
     /// the largest key block that fits `limit` f32s of workgroup memory next to Q [rows,
-    /// head_dim]: (rows + 2 * keys) * head_dim + rows * keys <= limit (Q, K, V, scores).
+    /// head_dim]: [`Self::floats`] <= limit.
     pub(super) fn new(rows: usize, head_dim: usize, limit: usize) -> Self {
-        let keys = ((limit - rows * head_dim) / (2 * head_dim + rows)).min(MAX_BLOCK_KEYS);
+        let keys = ((limit - rows * head_dim) / (2 * head_dim + 1 + rows)).min(MAX_BLOCK_KEYS);
         let lanes_per_row = ATTEND_WORKGROUP / rows;
         Self {
             rows,
             keys,
             acc: (head_dim / 2).div_ceil(lanes_per_row),
-            elems: (rows + 2 * keys) * head_dim + rows * keys,
+            elems: Self::floats(rows, keys, head_dim),
         }
+    }
+
+    /// f32s of `rows` queries against blocks of `keys` keys: Q [rows, head_dim], K [keys,
+    /// head_dim + 1] (each row padded by one f32 against bank conflicts), V [keys,
+    /// head_dim], scores [rows, keys]; `k_block` and after in attention.wgsl.
+    pub(super) fn floats(rows: usize, keys: usize, head_dim: usize) -> usize {
+        (rows + 2 * keys) * head_dim + keys + rows * keys
     }
 
     /// Prefill: as many rows as the accumulators allow (rows * head_dim / 2 pairs over the
@@ -94,9 +101,8 @@ impl AttnTile {
 /// f32s a decode tile may take within the device's `limit`: no more than a block of
 /// ZERO_FILLED_DECODE_KEYS keys' Q, K, V and scores when `capped`.
 fn decode_limit(limit: usize, head_dim: usize, capped: bool) -> usize {
-    let k = ZERO_FILLED_DECODE_KEYS;
     if capped {
-        limit.min((1 + 2 * k) * head_dim + k)
+        limit.min(AttnTile::floats(1, ZERO_FILLED_DECODE_KEYS, head_dim))
     } else {
         limit
     }
@@ -334,7 +340,8 @@ mod tests {
         for elems in [DEFAULT_TILE_ELEMS, 8192, MAX_TILE_ELEMS] {
             for hd in (2..=MAX_HEAD_DIM).step_by(2) {
                 for tile in [AttnTile::prefill(hd, elems), AttnTile::decode(hd, elems)] {
-                    let floats = (tile.rows + 2 * tile.keys) * hd + tile.rows * tile.keys;
+                    let floats =
+                        (tile.rows + 2 * tile.keys) * hd + tile.keys + tile.rows * tile.keys;
                     assert!(floats <= elems, "head_dim {hd}: {tile:?} uses {floats}");
                     assert_eq!(
                         tile.elems, floats,
@@ -363,18 +370,19 @@ mod tests {
             acc,
             elems,
         };
-        assert_eq!(AttnTile::prefill(64, e), t(16, 21, 8, 4048));
-        assert_eq!(AttnTile::prefill(256, e), t(4, 5, 8, 3604));
-        assert_eq!(AttnTile::prefill(24, e), t(32, 41, 6, 4048));
-        assert_eq!(AttnTile::decode(64, e), t(1, 31, 1, 4063));
-        assert_eq!(AttnTile::decode(256, e), t(1, 7, 2, 3847));
+        assert_eq!(AttnTile::prefill(64, e), t(16, 21, 8, 4069));
+        assert_eq!(AttnTile::prefill(256, e), t(4, 5, 8, 3609));
+        assert_eq!(AttnTile::prefill(24, e), t(32, 41, 6, 4089));
+        assert_eq!(AttnTile::decode(64, e), t(1, 31, 1, 4094));
+        assert_eq!(AttnTile::decode(256, e), t(1, 7, 2, 3854));
         // Twice the memory (lavapipe's 32 KiB): twice the keys per decode block.
-        assert_eq!(AttnTile::decode(64, 8192).keys, 63);
+        assert_eq!(AttnTile::decode(64, 8192).keys, 62);
         assert_eq!(AttnTile::decode(256, 8192).keys, 15);
         // Capped (the browser's SwiftShader): ZERO_FILLED_DECODE_KEYS keys, Q, K, V and
-        // scores of 32 values each = 17 x 32 + 8 floats; uncapped, the device's limit.
+        // scores of 32 values each = 17 x 32 + 8 floats, and K's rows padded by one;
+        // uncapped, the device's limit.
         let capped = AttnTile::decode(32, decode_limit(8192, 32, true));
-        assert_eq!((capped.keys, capped.elems), (8, 552));
+        assert_eq!((capped.keys, capped.elems), (8, 560));
         assert_eq!(AttnTile::decode(32, decode_limit(8192, 32, false)).keys, 64);
         // A device limit under the cap's tile keeps the limit.
         assert_eq!(decode_limit(500, 32, true), 500);

@@ -78,7 +78,7 @@ const MAX_TILE_ELEMS: usize = 16384;
 const DEFAULT_TILE_ELEMS: usize = 4096;
 
 /// The attend tile's workgroup memory on `gpu`, in f32s: its whole limit (lavapipe's 32
-/// KiB doubles a decode block from 31 to 63 keys at head_dim 64), up to MAX_TILE_ELEMS.
+/// KiB doubles a decode block from 31 to 62 keys at head_dim 64), up to MAX_TILE_ELEMS.
 fn tile_elems(gpu: &Gpu) -> usize {
     (gpu.limits().max_compute_workgroup_storage_size as usize / 4).min(MAX_TILE_ELEMS)
 }
