@@ -398,8 +398,13 @@ fn k_block() -> u32 {
     return TQ * HD;
 }
 
+// f32 offset of key `j`'s row in the key block.
+fn k_row(j: u32) -> u32 {
+    return k_block() + j * (HD + 1u);
+}
+
 fn v_block() -> u32 {
-    return k_block() + TK * (HD + 1u);
+    return k_row(TK);
 }
 
 fn s_block() -> u32 {
@@ -533,8 +538,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
           @builtin(workgroup_id) wid: vec3<u32>) {
     let h2 = HD / 2u;                 // pairs per head
     let d2 = params.heads * h2;       // pairs per row
-    let k_at = k_block();  // f32 offsets in `tile`
-    let v_at = v_block();
+    let v_at = v_block();  // f32 offsets in `tile` (keys: k_row)
     let s_at = s_block();
 
     // Everything up to the key loop derives from the workgroup id, the uniform params and
@@ -615,7 +619,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
         workgroupBarrier();
         for (var x = t; x < nb * h2; x += WG) {
             let blk = (cache_row0 + k0 + x / h2) * params.kv_heads + kv_head;
-            set_tile_at(k_at + (x / h2) * (HD + 1u) + 2u * (x % h2), load_k(blk, x % h2));
+            set_tile_at(k_row(x / h2) + 2u * (x % h2), load_k(blk, x % h2));
             set_tile_at(v_at + 2u * x, load_v(blk, x % h2));
         }
         workgroupBarrier();
@@ -625,7 +629,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
             let j = x % TK;
             if (j < nb) {
                 var s = 0.0;
-                let key = k_at + j * (HD + 1u);
+                let key = k_row(j);
                 for (var c = 0u; c < h2; c++) {
                     s += dot(tile2(qi * h2 + c), tile_at(key + 2u * c));
                 }

@@ -474,8 +474,8 @@ pub struct PaperResult {
 
 /// d_model x batch x context, within the options' bounds (batches from `min_batch`,
 /// contexts from `min_context`), and again for each of the options' `kv_groups` at the
-/// widths whose heads it divides.
-/// Two layers: the gains are per layer, and two keep big widths affordable.
+/// widths whose heads it divides. Two layers: the gains are per layer, and two keep big
+/// widths affordable.
 pub fn paper_cells(options: &BenchOptions) -> Vec<PaperCell> {
     let (widths, batches, contexts, new_tokens): (&[usize], &[usize], &[usize], usize) =
         if options.quick {

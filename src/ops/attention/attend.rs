@@ -43,7 +43,10 @@ impl AttnTile {
     /// the largest key block that fits `limit` f32s of workgroup memory next to Q [rows,
     /// head_dim]: [`Self::floats`] <= limit.
     pub(super) fn new(rows: usize, head_dim: usize, limit: usize) -> Self {
-        let keys = ((limit - rows * head_dim) / (2 * head_dim + 1 + rows)).min(MAX_BLOCK_KEYS);
+        // What Q takes, then what each key adds (its K and V rows and a score per row).
+        let base = Self::floats(rows, 0, head_dim);
+        let per_key = Self::floats(rows, 1, head_dim) - base;
+        let keys = ((limit - base) / per_key).min(MAX_BLOCK_KEYS);
         let lanes_per_row = ATTEND_WORKGROUP / rows;
         Self {
             rows,
