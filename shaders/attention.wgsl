@@ -23,7 +23,8 @@
 //             rotates the head (KV_ROT), finds its scale and packs its levels.
 //   attend    one workgroup per (query tile, key chunk, head): the TQ rows of a tile (all
 //             of one sequence) against the keys of one chunk, in blocks of TK keys staged
-//             in workgroup memory, with an online softmax. It writes
+//             in workgroup memory (with DIRECT, read from the cache where used), with an
+//             online softmax (in decode, one per key group: KG). It writes
 //             out = softmax(q k^T * scale) v, or with PARTIAL its chunk's unnormalized
 //             state (m, l, acc) to `parts` for `reduce`.
 //   reduce    combines the partial states of a row's chunks into out.
@@ -62,10 +63,10 @@ struct Params {
     kv_heads: u32,   // KV heads of the cache; divides heads
 }
 
-// Workgroup memory in f32s: (TQ + 2 * TK) * HD + TK + TQ * TK (the blocks at k_block and
-// after), set by the host (AttnTile::floats in src/ops/attention/attend.rs), which sizes
-// the tile within the device's limit (at least the WebGPU default, 16 KiB) up to 64 KiB
-// (tile_elems in src/ops/attention/mod.rs).
+// Workgroup memory in f32s, set by the host (AttnTile in src/ops/attention/attend.rs): the
+// blocks at k_block and after, (TQ + 2 * TK) * HD + TK + TQ * TK staged, which the host
+// sizes within the device's limit (at least the WebGPU default, 16 KiB) up to 64 KiB
+// (tile_elems in src/ops/attention/mod.rs); with DIRECT, HD + max(TK, 2 * HD, KG * (HD + 2)).
 override TILE: u32 = 4096u;
 // Output pairs one attend invocation holds at most; must match MAX_ACC in src/ops/attention/attend.rs.
 const MAX_ACC: u32 = 8u;
@@ -84,6 +85,8 @@ override KV: u32 = 0u;           // cache format: 0 f32, 1 f16, 2 q8, 3 q4 (KvFo
 override KV_ROT: bool = false;   // q8 / q4 of heads rotated by H / sqrt(HD)
 override HM: u32 = 1u;           // KV_ROT: HD = HM * 2^k, HM 1 or a core Hadamard order
 override FUSE: bool = false;     // attend: RoPE and the KV write of its row (decode)
+override KG: u32 = 1u;           // attend: key groups of a decode row, see the fold
+override DIRECT: bool = false;   // attend, decode (TQ = 1): no K and V blocks, see the fold
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> row_table: array<u32>;
@@ -119,7 +122,7 @@ const MAX_HD: u32 = 256u;
 const MAX_HM: u32 = 180u;
 
 // attend's tile, in f32s: Q [TQ, HD] (pre-scaled), K [TK, HD + 1], V [TK, HD], scores
-// [TQ, TK] (offsets: k_block, v_block, s_block).
+// [TQ, TK] (offsets: k_block, v_block, s_block); with DIRECT, Q and the scores only.
 var<workgroup> tile: array<f32, TILE>;
 
 // ---- the cache's element format ----------------------------------------------------------
@@ -393,9 +396,15 @@ fn kv_quant(@builtin(local_invocation_index) t: u32,
 // f32 offsets in `tile` of the key block, the value block and the scores (Q's rows are at
 // 0). A key row is padded by one f32: the invocations scoring a block, one key each, then
 // read their rows on distinct banks, where a stride of HD f32s (a multiple of 32 at the
-// usual head dims) put every invocation on one bank. Must match AttnTile::floats.
+// usual head dims) put every invocation on one bank. With DIRECT the K and V blocks are
+// empty. Must match AttnTile::floats.
 fn k_block() -> u32 {
     return TQ * HD;
+}
+
+// Keys staged per block: none with DIRECT.
+fn staged_keys() -> u32 {
+    return select(TK, 0u, DIRECT);
 }
 
 // f32 offset of key `j`'s row in the key block.
@@ -404,11 +413,11 @@ fn k_row(j: u32) -> u32 {
 }
 
 fn v_block() -> u32 {
-    return k_row(TK);
+    return k_row(staged_keys());
 }
 
 fn s_block() -> u32 {
-    return v_block() + TK * HD;
+    return v_block() + staged_keys() * HD;
 }
 
 // The two f32s at f32 offset `at` of the tile, and the pair of Q's rows at `pair`.
@@ -486,13 +495,13 @@ fn roped(row: u32, off: u32, i: u32) -> vec2<f32> {
 }
 
 // FUSE: writes the key (after RoPE) and value of KV head `head` of each row of the tile whose
-// position lies in the chunk starting at k_begin, staged in the tile's K and V blocks (free
-// until the key loop). Called from uniform control flow; ends with a storage barrier, so
-// the key loop reads what was written.
+// position lies in the chunk starting at k_begin, staged in the 2 * HD f32s after Q (free
+// until the key loop; every tile has them, AttnTile::floats). Called from uniform control
+// flow; ends with a storage barrier, so the key loop reads what was written.
 fn fused_kv_write(t: u32, first: u32, count: u32, head: u32, k_begin: u32) {
     let h2 = HD / 2u;
     let kb = k_block();
-    let vb = v_block();
+    let vb = kb + HD;
     for (var qi = 0u; qi < count; qi++) {
         let row = first + qi;
         let seq = row_table[2u * row];
@@ -565,12 +574,18 @@ fn attend(@builtin(local_invocation_index) t: u32,
         return;
     }
 
-    // This invocation's query row, and the output pairs of that row it accumulates:
-    // lanes_per_row invocations share a row, lane takes pairs lane, lane + lanes_per_row, ...
+    // This invocation's query row, key group and the output pairs of that row it
+    // accumulates: lanes_per_row invocations share a row; with one key group, lane takes
+    // pairs lane, lane + lanes_per_row, ...; with KG > 1, lane is pair pl of group g
+    // (ACC = 1).
     let lanes_per_row = WG / TQ;
     let i = t / lanes_per_row;
     let lane = t % lanes_per_row;
+    let groups = KG;
+    let g = select(0u, lane / h2, groups > 1u);
+    let pl = lane - g * h2;
     let row_ok = i < count;
+    let in_group = row_ok && g < groups;
     let row = first + i;
     var pos = 0u;
     if (row_ok) {
@@ -617,32 +632,50 @@ fn attend(@builtin(local_invocation_index) t: u32,
         let nb = min(TK, k_end - k0);
         // The previous block has been consumed (on the first pass: Q is stored).
         workgroupBarrier();
-        for (var x = t; x < nb * h2; x += WG) {
-            let blk = (cache_row0 + k0 + x / h2) * params.kv_heads + kv_head;
-            set_tile_at(k_row(x / h2) + 2u * (x % h2), load_k(blk, x % h2));
-            set_tile_at(v_at + 2u * x, load_v(blk, x % h2));
+        if (!DIRECT) {
+            for (var x = t; x < nb * h2; x += WG) {
+                let blk = (cache_row0 + k0 + x / h2) * params.kv_heads + kv_head;
+                set_tile_at(k_row(x / h2) + 2u * (x % h2), load_k(blk, x % h2));
+                set_tile_at(v_at + 2u * x, load_v(blk, x % h2));
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
         // Scores of every (query, key) pair of the block: s = (q * scale) . k.
         for (var x = t; x < TQ * TK; x += WG) {
             let qi = x / TK;
             let j = x % TK;
             if (j < nb) {
                 var s = 0.0;
-                let key = k_row(j);
-                for (var c = 0u; c < h2; c++) {
-                    s += dot(tile2(qi * h2 + c), tile_at(key + 2u * c));
+                if (DIRECT) {
+                    let blk = (cache_row0 + k0 + j) * params.kv_heads + kv_head;
+                    for (var c = 0u; c < h2; c++) {
+                        s += dot(tile2(c), load_k(blk, c));
+                    }
+                } else {
+                    let key = k_row(j);
+                    for (var c = 0u; c < h2; c++) {
+                        s += dot(tile2(qi * h2 + c), tile_at(key + 2u * c));
+                    }
                 }
                 tile[s_at + x] = s;
             }
         }
         workgroupBarrier();
-        // Fold the keys k0..=pos of this block into the row's state (causal mask).
-        if (row_ok && pos >= k0) {
+        // Fold the group's keys of k0..=pos of this block into its state (causal mask).
+        // Decode (one row per tile) with more invocations than the head has pairs (64 for
+        // HD / 2 = 32 or 16) splits them into KG groups of HD / 2, group g folding keys g,
+        // g + KG, ... of each block into a softmax state of its own; the states are
+        // combined once after the last block (as `reduce` combines chunks), so no
+        // invocation idles here and each reads 1 / KG of the scores. With DIRECT (decode on
+        // a CPU adapter) each K and V value is read from the cache by the one invocation
+        // that uses it, the key's score or the pair's fold, instead of staged in the tile:
+        // in decode nothing shares them, and a CPU adapter pays for the copy and its
+        // barrier (a GPU keeps the staged, coalesced loads).
+        if (in_group && pos >= k0) {
             let jn = min(nb, pos - k0 + 1u);
             let srow = s_at + i * TK;
             var mb = m;
-            for (var j = 0u; j < jn; j++) {
+            for (var j = g; j < jn; j += groups) {
                 mb = max(mb, tile[srow + j]);
             }
             let alpha = exp(m - mb);
@@ -650,13 +683,18 @@ fn attend(@builtin(local_invocation_index) t: u32,
             for (var a = 0u; a < ACC; a++) {
                 acc[a] *= alpha;
             }
-            for (var j = 0u; j < jn; j++) {
+            for (var j = g; j < jn; j += groups) {
                 let p = exp(tile[srow + j] - mb);
                 l += p;
                 for (var a = 0u; a < ACC; a++) {
-                    let c = lane + a * lanes_per_row;
+                    let c = pl + a * lanes_per_row;
                     if (c < h2) {
-                        acc[a] += p * tile_at(v_at + 2u * (j * h2 + c));
+                        if (DIRECT) {
+                            let blk = (cache_row0 + k0 + j) * params.kv_heads + kv_head;
+                            acc[a] += p * load_v(blk, c);
+                        } else {
+                            acc[a] += p * tile_at(v_at + 2u * (j * h2 + c));
+                        }
                     }
                 }
             }
@@ -664,14 +702,52 @@ fn attend(@builtin(local_invocation_index) t: u32,
         }
     }
 
+    // With key groups, group 0 takes the others' states: each group's (acc, (m, l)) at
+    // k_block + g * (HD + 2) (the blocks are spent; KG <= TK keeps them within the K, V
+    // and score blocks, and the host sizes DIRECT's tile for them), weighted by
+    // exp(m_g - max). Group 0 folded key 0 of the chunk, so its max is finite and an empty
+    // group weighs 0.
+    if (groups > 1u) {
+        let gb = k_block();
+        workgroupBarrier();  // every invocation is done with the last block
+        if (in_group) {
+            let at = gb + g * (HD + 2u);
+            set_tile_at(at + 2u * pl, acc[0]);
+            if (pl == 0u) {
+                set_tile_at(at + HD, vec2<f32>(m, l));
+            }
+        }
+        workgroupBarrier();
+        if (in_group && g == 0u) {
+            var mx = NEG_BIG;
+            for (var k = 0u; k < groups; k++) {
+                mx = max(mx, tile[gb + k * (HD + 2u) + HD]);
+            }
+            var lk = 0.0;
+            var ak = vec2<f32>(0.0);
+            for (var k = 0u; k < groups; k++) {
+                let at = gb + k * (HD + 2u);
+                let ml = tile_at(at + HD);
+                let w = exp(ml.x - mx);
+                lk += w * ml.y;
+                ak += w * tile_at(at + 2u * pl);
+            }
+            m = mx;
+            l = lk;
+            acc[0] = ak;
+        }
+    }
+    // The invocations that write the row's result: group 0's.
+    let writer = row_ok && g == 0u;
+
     // The result: acc / l, or the chunk's acc with PARTIAL; with KV_ROT rotated back in
     // the Q rows of the tile (free now) before it is written.
     var div = l;  // what the written acc is divided by without PARTIAL
     if (KV_ROT) {
         workgroupBarrier();  // every invocation is done with the last block
-        if (row_ok) {
+        if (writer) {
             for (var a = 0u; a < ACC; a++) {
-                let c = lane + a * lanes_per_row;
+                let c = pl + a * lanes_per_row;
                 if (c < h2) {
                     set_tile2(i * h2 + c, select(acc[a] / l, acc[a], PARTIAL));
                 }
@@ -679,30 +755,30 @@ fn attend(@builtin(local_invocation_index) t: u32,
         }
         rotate_tile_rows(t);
         for (var a = 0u; a < ACC; a++) {
-            let c = lane + a * lanes_per_row;
-            if (row_ok && c < h2) {
+            let c = pl + a * lanes_per_row;
+            if (writer && c < h2) {
                 acc[a] = tile2(i * h2 + c) * params.rot_norm;
             }
         }
         div = 1.0;  // acc holds the result (PARTIAL: the rotated acc, and l is written)
     }
-    if (!row_ok) {
+    if (!writer) {
         return;
     }
     if (PARTIAL) {
         let part = (row * params.heads + head) * params.chunks + chunk;
         for (var a = 0u; a < ACC; a++) {
-            let c = lane + a * lanes_per_row;
+            let c = pl + a * lanes_per_row;
             if (c < h2) {
                 parts[part * h2 + c] = acc[a];
             }
         }
-        if (lane == 0u) {
+        if (pl == 0u) {
             parts[params.rows * params.heads * params.chunks * h2 + part] = vec2<f32>(m, l);
         }
     } else {
         for (var a = 0u; a < ACC; a++) {
-            let c = lane + a * lanes_per_row;
+            let c = pl + a * lanes_per_row;
             if (c < h2) {
                 out[row * d2 + head * h2 + c] = acc[a] / div;
             }

@@ -18,24 +18,25 @@ const ATTEND_WORKGROUP: usize = 64;
 const MAX_TILE_ROWS: usize = 32;
 /// Keys per block at most; passed as `TK`.
 const MAX_BLOCK_KEYS: usize = 64;
-/// Keys per decode block at most where the browser zero-fills workgroup memory on
-/// SwiftShader ([`AttnTile::decode_on`]). The page, shipped model (head_dim 32), 128
-/// greedy tokens: in Chromium (SwiftShader) 7 keys a block (a 487-float tile) decoded
-/// 1.18x and 1.15x (unfused, fused) the rate of 64 keys (4,192 floats); in Firefox on
-/// lavapipe 8 keys decoded 0.68-0.75x the rate of 64, so only SwiftShader takes it
-/// (bench-results/page-workgroup-fill-dec4.md).
-const ZERO_FILLED_DECODE_KEYS: usize = 8;
+
+/// Keys per block of the direct decode tile ([`AttnTile::direct`]), whose blocks take a
+/// score per key only.
+const DIRECT_BLOCK_KEYS: usize = 64;
 
 /// The tile of one attend pipeline: `rows` queries (TQ) against blocks of `keys` keys
 /// (TK) in `elems` f32s of workgroup memory (TILE: what Q, K, V and the scores take, no
 /// more, since WebGPU zero-fills a workgroup's memory before it runs); each invocation
-/// accumulates `acc` output pairs (ACC).
+/// accumulates `acc` output pairs (ACC) of one of `groups` key groups (KG, decode: see
+/// the fold in attention.wgsl); `direct` (DIRECT) reads K and V from the cache where they
+/// are used instead of staging them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct AttnTile {
     pub(super) rows: usize,
     pub(super) keys: usize,
     pub(super) acc: usize,
     pub(super) elems: usize,
+    pub(super) groups: usize,
+    pub(super) direct: bool,
 }
 
 impl AttnTile {
@@ -53,6 +54,37 @@ impl AttnTile {
             keys,
             acc: (head_dim / 2).div_ceil(lanes_per_row),
             elems: Self::floats(rows, keys, head_dim),
+            groups: Self::key_groups(rows, keys, head_dim),
+            direct: false,
+        }
+    }
+
+    /// Key groups (KG): a decode row's invocations in groups of head_dim / 2, each folding
+    /// its share of a block's keys, at most one per key (the combine's scratch, `groups`
+    /// x (head_dim + 2) f32s, then fits the staged blocks); 1 for prefill tiles.
+    fn key_groups(rows: usize, keys: usize, head_dim: usize) -> usize {
+        if rows == 1 {
+            (ATTEND_WORKGROUP / (head_dim / 2)).clamp(1, keys)
+        } else {
+            1
+        }
+    }
+
+    /// Decode on a CPU adapter: one row against blocks of DIRECT_BLOCK_KEYS keys read from
+    /// the cache by the invocations that use them, so the tile holds Q and the scores, and
+    /// after Q room for the fused KV write's key and value (2 x head_dim) and the key
+    /// groups' combine, whichever is most. Within the WebGPU default for every head_dim
+    /// (at most 768 f32s).
+    pub(super) fn direct(head_dim: usize) -> Self {
+        let keys = DIRECT_BLOCK_KEYS;
+        let groups = Self::key_groups(1, keys, head_dim);
+        Self {
+            rows: 1,
+            keys,
+            acc: (head_dim / 2).div_ceil(ATTEND_WORKGROUP),
+            elems: head_dim + keys.max(2 * head_dim).max(groups * (head_dim + 2)),
+            groups,
+            direct: true,
         }
     }
 
@@ -76,13 +108,15 @@ impl AttnTile {
         Self::new(1, head_dim, limit)
     }
 
-    /// The decode tile on `gpu`: as [`Self::decode`] within the device's limit, but no
-    /// more than ZERO_FILLED_DECODE_KEYS keys a block where the browser fills workgroup
-    /// memory with zeros on SwiftShader (Chromium's software adapter, named so by the
-    /// page), where that fill costs more than the barriers of more, shorter blocks.
+    /// The decode tile on `gpu`: [`Self::direct`] on a CPU adapter, where staging K and V
+    /// costs a copy and a barrier per block and buys nothing (no bank or coalescing to
+    /// win), else [`Self::decode`] within the device's limit.
     pub(super) fn decode_on(gpu: &Gpu, head_dim: usize) -> Self {
-        let capped = gpu.zero_fills_workgroup_memory() && gpu.is_swiftshader();
-        Self::decode(head_dim, decode_limit(tile_elems(gpu), head_dim, capped))
+        if gpu.is_cpu_adapter() {
+            Self::direct(head_dim)
+        } else {
+            Self::decode(head_dim, tile_elems(gpu))
+        }
     }
 
     pub(super) fn key(&self, shape: AttnShape, partial: bool, fused: bool) -> PipelineKey {
@@ -96,18 +130,10 @@ impl AttnTile {
             .with("TK", self.keys as u32)
             .with("ACC", self.acc as u32)
             .with("TILE", self.elems as u32)
+            .with("KG", self.groups as u32)
+            .with_flag("DIRECT", self.direct)
             .with_flag("PARTIAL", partial)
             .with_flag("FUSE", fused)
-    }
-}
-
-/// f32s a decode tile may take within the device's `limit`: no more than a block of
-/// ZERO_FILLED_DECODE_KEYS keys' Q, K, V and scores when `capped`.
-fn decode_limit(limit: usize, head_dim: usize, capped: bool) -> usize {
-    if capped {
-        limit.min(AttnTile::floats(1, ZERO_FILLED_DECODE_KEYS, head_dim))
-    } else {
-        limit
     }
 }
 
@@ -367,28 +393,57 @@ mod tests {
             }
         }
         let e = DEFAULT_TILE_ELEMS;
-        let t = |rows, keys, acc, elems| AttnTile {
+        let t = |rows, keys, acc, elems, groups| AttnTile {
             rows,
             keys,
             acc,
             elems,
+            groups,
+            direct: false,
         };
-        assert_eq!(AttnTile::prefill(64, e), t(16, 21, 8, 4069));
-        assert_eq!(AttnTile::prefill(256, e), t(4, 5, 8, 3609));
-        assert_eq!(AttnTile::prefill(24, e), t(32, 41, 6, 4089));
-        assert_eq!(AttnTile::decode(64, e), t(1, 31, 1, 4094));
-        assert_eq!(AttnTile::decode(256, e), t(1, 7, 2, 3854));
+        assert_eq!(AttnTile::prefill(64, e), t(16, 21, 8, 4069, 1));
+        assert_eq!(AttnTile::prefill(256, e), t(4, 5, 8, 3609, 1));
+        assert_eq!(AttnTile::prefill(24, e), t(32, 41, 6, 4089, 1));
+        // Decode: 64 invocations in groups of head_dim / 2, at most one per key.
+        assert_eq!(AttnTile::decode(64, e), t(1, 31, 1, 4094, 2));
+        assert_eq!(AttnTile::decode(256, e), t(1, 7, 2, 3854, 1));
+        assert_eq!(AttnTile::decode(2, e).groups, AttnTile::decode(2, e).keys);
         // Twice the memory (lavapipe's 32 KiB): twice the keys per decode block.
         assert_eq!(AttnTile::decode(64, 8192).keys, 62);
         assert_eq!(AttnTile::decode(256, 8192).keys, 15);
-        // Capped (the browser's SwiftShader): ZERO_FILLED_DECODE_KEYS keys, Q, K, V and
-        // scores of 32 values each = 17 x 32 + 8 floats, and K's rows padded by one;
-        // uncapped, the device's limit.
-        let capped = AttnTile::decode(32, decode_limit(8192, 32, true));
-        assert_eq!((capped.keys, capped.elems), (8, 560));
-        assert_eq!(AttnTile::decode(32, decode_limit(8192, 32, false)).keys, 64);
-        // A device limit under the cap's tile keeps the limit.
-        assert_eq!(decode_limit(500, 32, true), 500);
+    }
+
+    #[test]
+    fn direct_tiles_hold_q_the_scores_and_the_largest_scratch() {
+        for hd in (2..=MAX_HEAD_DIM).step_by(2) {
+            let tile = AttnTile::direct(hd);
+            let combine = tile.groups * (hd + 2);
+            // Q, then the scores, the fused write's key and value or the key groups'
+            // states, whichever is most: within the WebGPU default whatever the head_dim.
+            assert_eq!(
+                tile.elems,
+                hd + tile.keys.max(2 * hd).max(combine),
+                "{hd}: {tile:?}"
+            );
+            assert!(tile.elems <= DEFAULT_TILE_ELEMS, "{hd}: {tile:?}");
+            assert!(tile.direct && tile.rows == 1 && tile.groups <= tile.keys);
+            let lanes = tile.groups * (hd / 2);
+            assert!(
+                lanes <= ATTEND_WORKGROUP || tile.groups == 1,
+                "{hd}: {tile:?}"
+            );
+            assert!(tile.acc * ATTEND_WORKGROUP >= hd / 2 && tile.acc <= MAX_ACC);
+        }
+        let t = |hd| {
+            let d = AttnTile::direct(hd);
+            (d.keys, d.groups, d.acc, d.elems)
+        };
+        // head_dim 64: 2 groups of 32 pairs, whose states (2 x 66) outgrow the fused
+        // write's 128 floats; 32 (the shipped models): 4 groups of 16; 256: one group of
+        // 128 pairs, 2 a lane, and the fused write's 512 floats.
+        assert_eq!(t(64), (64, 2, 1, 64 + 132));
+        assert_eq!(t(32), (64, 4, 1, 32 + 136));
+        assert_eq!(t(256), (64, 1, 2, 256 + 512));
     }
 
     #[test]

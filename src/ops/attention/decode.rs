@@ -2,7 +2,7 @@
 //! and the fused form that also ropes and writes the row's key and value.
 
 use super::attend::{AttendBuffers, AttnTile, Split, plan_tiles};
-use super::{Attention, AttnShape, Cols, distinct};
+use super::{Attention, AttnShape, Cols, distinct, tile_elems};
 use crate::gpu::{GpuError, MemoryCategory, Record};
 use crate::ops::rope::RopeTable;
 
@@ -15,7 +15,25 @@ pub struct DecodeFusion<'a> {
     pub rope: &'a RopeTable,
 }
 
+/// How decode attention reads a block's keys and values (attention.wgsl, DIRECT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeTile {
+    /// Direct on a CPU adapter, staged on a GPU.
+    Auto,
+    /// Staged in workgroup memory by coalesced loads, then read from there.
+    Staged,
+    /// Read from the cache by the one invocation that uses each.
+    Direct,
+}
+
 impl Attention {
+    /// Sets how decode reads keys and values (default [`DecodeTile::Auto`]); tests and the
+    /// kernel benchmarks take each on any adapter.
+    pub fn with_decode_tile(mut self, tile: DecodeTile) -> Self {
+        self.decode_tile = tile;
+        self
+    }
+
     /// Sets the keys per chunk of the split decode (default [`DECODE_CHUNK`](super::DECODE_CHUNK)): contexts
     /// longer than this are split. Small values let tests and benchmarks take the split
     /// path with short contexts.
@@ -131,7 +149,11 @@ impl Attention {
         if rows.is_empty() {
             return Ok(());
         }
-        let tile = AttnTile::decode_on(&self.gpu, shape.head_dim);
+        let tile = match self.decode_tile {
+            DecodeTile::Auto => AttnTile::decode_on(&self.gpu, shape.head_dim),
+            DecodeTile::Staged => AttnTile::decode(shape.head_dim, tile_elems(&self.gpu)),
+            DecodeTile::Direct => AttnTile::direct(shape.head_dim),
+        };
         let plan = plan_tiles(rows, 1);
         let chunks = self.decode_chunks(rows);
         if chunks == 1 {
@@ -231,8 +253,8 @@ mod tests {
             (3, 16, 32, &[1, 31], 1),
         ];
         for gpu in test_gpus() {
-            for &(heads, head_dim, chunk, positions, chunks) in &cases {
-                let attn = with_chunk(&gpu, chunk);
+            for (&(heads, head_dim, chunk, positions, chunks), tile) in with_decode_tiles(&cases) {
+                let attn = with_chunk(&gpu, chunk).with_decode_tile(tile);
                 let shape = AttnShape {
                     heads,
                     kv_heads: heads,
@@ -282,7 +304,8 @@ mod tests {
                 }
                 gpu.submit_and_wait(enc).unwrap();
                 let got: Vec<f32> = gpu.read(&out, n + d).unwrap();
-                check(&gpu, "decode", &got[..n], &q, &kc, &vc, &rows, shape);
+                let what = format!("decode {tile:?}");
+                check(&gpu, &what, &got[..n], &q, &kc, &vc, &rows, shape);
                 assert!(
                     got[n..].iter().all(|&x| x == 7.0),
                     "decode wrote past its rows"
@@ -301,9 +324,9 @@ mod tests {
             (1, 64, 8, &[8, 30]),
         ];
         for gpu in test_gpus() {
-            for &(heads, head_dim, chunk, positions) in &cases {
+            for (&(heads, head_dim, chunk, positions), tile) in with_decode_tiles(&cases) {
                 for kv in KvFormat::ALL {
-                    let attn = with_chunk(&gpu, chunk);
+                    let attn = with_chunk(&gpu, chunk).with_decode_tile(tile);
                     let shape = AttnShape {
                         heads,
                         kv_heads: heads,
@@ -409,7 +432,7 @@ mod tests {
                     };
                     let (k_a, v_a, out_a) = run(false);
                     let (k_b, v_b, out_b) = run(true);
-                    let what = format!("{shape:?} chunk {chunk} on {}", gpu.describe());
+                    let what = format!("{shape:?} {tile:?} chunk {chunk} on {}", gpu.describe());
                     assert!(k_a == k_b, "{what}: the fused decode wrote other keys");
                     assert!(v_a == v_b, "{what}: the fused decode wrote other values");
                     for (i, (a, b)) in out_a.iter().zip(&out_b).enumerate() {
@@ -472,8 +495,8 @@ mod tests {
         let d = shape.d();
         let first = runs(&[(1, 0, 9), (0, 0, 4)]);
         let next = [(1u32, 9u32), (0, 4)];
-        for gpu in test_gpus() {
-            let attn = Attention::new(&gpu).unwrap();
+        for (gpu, tile) in gpus_and_decode_tiles() {
+            let attn = Attention::new(&gpu).unwrap().with_decode_tile(tile);
             let words = (shape.cache_bytes() / 4) as usize;
             let kcb = gpu
                 .upload(MemoryCategory::Activations, "k cache", &vec![0u32; words])
@@ -498,7 +521,16 @@ mod tests {
                 KvFormat::F16.store(&mut kc, shape.head_dim);
                 KvFormat::F16.store(&mut vc, shape.head_dim);
                 let what = if i == 0 { "f16 prefill" } else { "f16 decode" };
-                check(&gpu, what, &got, &q, &kc, &vc, rows, shape);
+                check(
+                    &gpu,
+                    &format!("{what} {tile:?}"),
+                    &got,
+                    &q,
+                    &kc,
+                    &vc,
+                    rows,
+                    shape,
+                );
             }
         }
     }

@@ -30,7 +30,7 @@ mod write;
 
 pub use attend::AttendBuffers;
 pub use cache::{KvError, KvFormat, rotation_norm};
-pub use decode::DecodeFusion;
+pub use decode::{DecodeFusion, DecodeTile};
 pub use write::kv_write_reference;
 
 use std::sync::Mutex;
@@ -289,6 +289,8 @@ pub struct Attention {
     partials: Mutex<Option<GpuBuffer>>,
     /// Keys per chunk of the split decode.
     decode_chunk: usize,
+    /// How decode reads the keys and values.
+    decode_tile: DecodeTile,
 }
 
 impl Attention {
@@ -299,6 +301,7 @@ impl Attention {
             dummy2: gpu.upload(MemoryCategory::Uniforms, "attention dummy 2", &[0f32; 4])?,
             partials: Mutex::new(None),
             decode_chunk: DECODE_CHUNK,
+            decode_tile: DecodeTile::Auto,
         })
     }
 

@@ -189,6 +189,25 @@ pub(super) fn write_and_prefill(
     gpu.read(&out, n).unwrap()
 }
 
+/// Both ways decode reads keys and values, whatever the adapter would take
+/// ([`DecodeTile::Auto`]: direct on this machine's CPU adapters).
+pub(super) const DECODE_TILES: [DecodeTile; 2] = [DecodeTile::Staged, DecodeTile::Direct];
+
+/// Every test adapter with each of [`DECODE_TILES`].
+pub(super) fn gpus_and_decode_tiles() -> Vec<(Gpu, DecodeTile)> {
+    crate::gpu::testing::test_gpus()
+        .into_iter()
+        .flat_map(|gpu| DECODE_TILES.map(|tile| (gpu.clone(), tile)))
+        .collect()
+}
+
+/// Each case with each of [`DECODE_TILES`].
+pub(super) fn with_decode_tiles<T>(cases: &[T]) -> impl Iterator<Item = (&T, DecodeTile)> {
+    cases
+        .iter()
+        .flat_map(|case| DECODE_TILES.map(move |tile| (case, tile)))
+}
+
 /// An [`Attention`] whose split decode takes `chunk` keys per chunk.
 pub(super) fn with_chunk(gpu: &Gpu, chunk: usize) -> Attention {
     Attention::new(gpu)

@@ -305,8 +305,8 @@ mod tests {
         // A prompt per sequence (prefill), then one row each (decode, split in 3 chunks).
         let first = runs(&[(1, 0, 9), (0, 0, 4)]);
         let next = [(1u32, 9u32), (0, 4)];
-        for gpu in test_gpus() {
-            let attn = with_chunk(&gpu, 4);
+        for (gpu, tile) in gpus_and_decode_tiles() {
+            let attn = with_chunk(&gpu, 4).with_decode_tile(tile);
             for (c, &(kv, heads, head_dim)) in cases.iter().enumerate() {
                 let shape = AttnShape {
                     heads,
@@ -373,7 +373,7 @@ mod tests {
                     let (kc, vc) = (decode(&got_k), decode(&got_v));
                     check(
                         &gpu,
-                        &format!("{kv} {what}"),
+                        &format!("{kv} {what} {tile:?}"),
                         &got,
                         &q,
                         &kc,
@@ -408,7 +408,7 @@ mod tests {
             (&[(1, 9), (0, 4)], Some(4)),
             (&[(0, 5), (1, 10)], None),
         ];
-        for gpu in test_gpus() {
+        for (gpu, tile) in gpus_and_decode_tiles() {
             for kv_heads in [2, 1] {
                 for kv in KvFormat::ALL {
                     let (heads, head_dim) = (8, 16);
@@ -434,7 +434,8 @@ mod tests {
                         let attn = match chunk {
                             Some(keys) => with_chunk(&gpu, keys),
                             None => Attention::new(&gpu).unwrap(),
-                        };
+                        }
+                        .with_decode_tile(tile);
                         // [rows, q | k | v]: q d wide, k and v kv_d, as the decoder's fused
                         // projection writes them.
                         let w = d + 2 * kv_d;
@@ -459,7 +460,7 @@ mod tests {
                         );
                         let got_k: Vec<u32> = gpu.read(&kcb, words).unwrap();
                         let got_v: Vec<u32> = gpu.read(&vcb, words).unwrap();
-                        let what = format!("{kv} {heads}:{kv_heads} step {i}");
+                        let what = format!("{kv} {heads}:{kv_heads} step {i} {tile:?}");
                         // Each row's KV heads in their blocks, as the CPU encodes them.
                         for (r, &(seq, pos)) in rows.iter().enumerate() {
                             for h in 0..kv_heads {
