@@ -474,6 +474,21 @@ fn rotate_tile_rows(t: u32) {
     }
 }
 
+// Decode (one row per tile) splits a row's invocations into KG groups of group_lanes()
+// lanes, group g folding keys g, g + KG, ... of each block into a softmax state of its own;
+// the states are combined once after the last block (as `reduce` combines chunks). Staged
+// (a GPU), lanes of one pair each (ACC = 1): 2 groups of 32 at HD 64 where one group of 64
+// left half idle. With DIRECT (decode on a CPU adapter), lanes of ACC = 8 pairs, so that
+// fewer lanes repeat each key's max, exp and score reads (at HD 64, 16 groups of 4), and
+// each K and V value is read from the cache by the one invocation that uses it, the key's
+// score or the pair's fold, instead of staged in the tile: nothing shares them in decode,
+// and a CPU adapter pays for the copy and its barrier (a GPU keeps the staged, coalesced
+// loads). The host (AttnTile::key_groups) keeps KG x group_lanes() <= WG and KG <= TK.
+// Without key groups (prefill, and decode at HD >= 128 staged) the row's lanes are one group.
+fn group_lanes() -> u32 {
+    return select(WG / TQ, (HD / 2u + ACC - 1u) / ACC, KG > 1u);
+}
+
 // Positions past the cache are clamped: a bad table yields wrong rows, never a runaway loop.
 fn row_pos(row: u32) -> u32 {
     return min(row_table[2u * row + 1u], params.max_pos - 1u);
@@ -575,15 +590,16 @@ fn attend(@builtin(local_invocation_index) t: u32,
     }
 
     // This invocation's query row, key group and the output pairs of that row it
-    // accumulates: lanes_per_row invocations share a row; with one key group, lane takes
-    // pairs lane, lane + lanes_per_row, ...; with KG > 1, lane is pair pl of group g
-    // (ACC = 1).
+    // accumulates: lanes_per_row invocations share a row, in KG groups of lg lanes (one
+    // group of lanes_per_row without key groups), lane pl of group g taking pairs pl,
+    // pl + lg, ... (ACC of them).
     let lanes_per_row = WG / TQ;
     let i = t / lanes_per_row;
     let lane = t % lanes_per_row;
     let groups = KG;
-    let g = select(0u, lane / h2, groups > 1u);
-    let pl = lane - g * h2;
+    let lg = group_lanes();
+    let g = lane / lg;
+    let pl = lane - g * lg;
     let row_ok = i < count;
     let in_group = row_ok && g < groups;
     let row = first + i;
@@ -662,15 +678,6 @@ fn attend(@builtin(local_invocation_index) t: u32,
         }
         workgroupBarrier();
         // Fold the group's keys of k0..=pos of this block into its state (causal mask).
-        // Decode (one row per tile) with more invocations than the head has pairs (64 for
-        // HD / 2 = 32 or 16) splits them into KG groups of HD / 2, group g folding keys g,
-        // g + KG, ... of each block into a softmax state of its own; the states are
-        // combined once after the last block (as `reduce` combines chunks), so no
-        // invocation idles here and each reads 1 / KG of the scores. With DIRECT (decode on
-        // a CPU adapter) each K and V value is read from the cache by the one invocation
-        // that uses it, the key's score or the pair's fold, instead of staged in the tile:
-        // in decode nothing shares them, and a CPU adapter pays for the copy and its
-        // barrier (a GPU keeps the staged, coalesced loads).
         if (in_group && pos >= k0) {
             let jn = min(nb, pos - k0 + 1u);
             let srow = s_at + i * TK;
@@ -687,7 +694,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
                 let p = exp(tile[srow + j] - mb);
                 l += p;
                 for (var a = 0u; a < ACC; a++) {
-                    let c = pl + a * lanes_per_row;
+                    let c = pl + a * lg;
                     if (c < h2) {
                         if (DIRECT) {
                             let blk = (cache_row0 + k0 + j) * params.kv_heads + kv_head;
@@ -712,7 +719,12 @@ fn attend(@builtin(local_invocation_index) t: u32,
         workgroupBarrier();  // every invocation is done with the last block
         if (in_group) {
             let at = gb + g * (HD + 2u);
-            set_tile_at(at + 2u * pl, acc[0]);
+            for (var a = 0u; a < ACC; a++) {
+                let c = pl + a * lg;
+                if (c < h2) {
+                    set_tile_at(at + 2u * c, acc[a]);
+                }
+            }
             if (pl == 0u) {
                 set_tile_at(at + HD, vec2<f32>(m, l));
             }
@@ -724,17 +736,23 @@ fn attend(@builtin(local_invocation_index) t: u32,
                 mx = max(mx, tile[gb + k * (HD + 2u) + HD]);
             }
             var lk = 0.0;
-            var ak = vec2<f32>(0.0);
+            for (var a = 0u; a < ACC; a++) {
+                acc[a] = vec2<f32>(0.0);
+            }
             for (var k = 0u; k < groups; k++) {
                 let at = gb + k * (HD + 2u);
                 let ml = tile_at(at + HD);
                 let w = exp(ml.x - mx);
                 lk += w * ml.y;
-                ak += w * tile_at(at + 2u * pl);
+                for (var a = 0u; a < ACC; a++) {
+                    let c = pl + a * lg;
+                    if (c < h2) {
+                        acc[a] += w * tile_at(at + 2u * c);
+                    }
+                }
             }
             m = mx;
             l = lk;
-            acc[0] = ak;
         }
     }
     // The invocations that write the row's result: group 0's.
@@ -747,7 +765,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
         workgroupBarrier();  // every invocation is done with the last block
         if (writer) {
             for (var a = 0u; a < ACC; a++) {
-                let c = pl + a * lanes_per_row;
+                let c = pl + a * lg;
                 if (c < h2) {
                     set_tile2(i * h2 + c, select(acc[a] / l, acc[a], PARTIAL));
                 }
@@ -755,7 +773,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
         }
         rotate_tile_rows(t);
         for (var a = 0u; a < ACC; a++) {
-            let c = pl + a * lanes_per_row;
+            let c = pl + a * lg;
             if (writer && c < h2) {
                 acc[a] = tile2(i * h2 + c) * params.rot_norm;
             }
@@ -768,7 +786,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
     if (PARTIAL) {
         let part = (row * params.heads + head) * params.chunks + chunk;
         for (var a = 0u; a < ACC; a++) {
-            let c = pl + a * lanes_per_row;
+            let c = pl + a * lg;
             if (c < h2) {
                 parts[part * h2 + c] = acc[a];
             }
@@ -778,7 +796,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
         }
     } else {
         for (var a = 0u; a < ACC; a++) {
-            let c = pl + a * lanes_per_row;
+            let c = pl + a * lg;
             if (c < h2) {
                 out[row * d2 + head * h2 + c] = acc[a] / div;
             }

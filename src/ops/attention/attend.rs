@@ -20,8 +20,13 @@ const MAX_TILE_ROWS: usize = 32;
 const MAX_BLOCK_KEYS: usize = 64;
 
 /// Keys per block of the direct decode tile ([`AttnTile::direct`]), whose blocks take a
-/// score per key only.
+/// score per key only. 256 measured the same as 64 on lavapipe.
 const DIRECT_BLOCK_KEYS: usize = 64;
+/// Lanes per key group of the direct decode tile: lavapipe's SIMD width (8 f32s in 256
+/// bits), so a group's loops run in step. Kernel suite, attention decode at head_dim 64 on
+/// lavapipe, against groups of 32 lanes of one pair each: 4 lanes of 8 pairs 0.85x the
+/// time, 8 of 4 0.79x, 16 of 2 0.83x (pairwise alternating runs, chained).
+const DIRECT_GROUP_LANES: usize = 8;
 
 /// The tile of one attend pipeline: `rows` queries (TQ) against blocks of `keys` keys
 /// (TK) in `elems` f32s of workgroup memory (TILE: what Q, K, V and the scores take, no
@@ -48,40 +53,44 @@ impl AttnTile {
         let base = Self::floats(rows, 0, head_dim);
         let per_key = Self::floats(rows, 1, head_dim) - base;
         let keys = ((limit - base) / per_key).min(MAX_BLOCK_KEYS);
-        let lanes_per_row = ATTEND_WORKGROUP / rows;
+        let acc = (head_dim / 2).div_ceil(ATTEND_WORKGROUP / rows);
         Self {
             rows,
             keys,
-            acc: (head_dim / 2).div_ceil(lanes_per_row),
+            acc,
             elems: Self::floats(rows, keys, head_dim),
-            groups: Self::key_groups(rows, keys, head_dim),
+            groups: Self::key_groups(rows, keys, head_dim, acc),
             direct: false,
         }
     }
 
-    /// Key groups (KG): a decode row's invocations in groups of head_dim / 2, each folding
-    /// its share of a block's keys, at most one per key (the combine's scratch, `groups`
-    /// x (head_dim + 2) f32s, then fits the staged blocks); 1 for prefill tiles.
-    fn key_groups(rows: usize, keys: usize, head_dim: usize) -> usize {
+    /// Key groups (KG): a decode row's invocations in groups of ceil(head_dim / 2 / acc)
+    /// lanes (`group_lanes` in attention.wgsl), each group folding its share of a block's
+    /// keys; as many as the workgroup holds, at most one per key (the combine's scratch,
+    /// `groups` x (head_dim + 2) f32s, then fits the staged blocks); 1 for prefill tiles.
+    fn key_groups(rows: usize, keys: usize, head_dim: usize, acc: usize) -> usize {
         if rows == 1 {
-            (ATTEND_WORKGROUP / (head_dim / 2)).clamp(1, keys)
+            (ATTEND_WORKGROUP / (head_dim / 2).div_ceil(acc)).clamp(1, keys)
         } else {
             1
         }
     }
 
     /// Decode on a CPU adapter: one row against blocks of DIRECT_BLOCK_KEYS keys read from
-    /// the cache by the invocations that use them, so the tile holds Q and the scores, and
-    /// after Q room for the fused KV write's key and value (2 x head_dim) and the key
-    /// groups' combine, whichever is most. Within the WebGPU default for every head_dim
-    /// (at most 768 f32s).
+    /// the cache by the invocations that use them, in key groups of DIRECT_GROUP_LANES
+    /// lanes (more lanes where a lane would hold more than MAX_ACC pairs): fewer lanes
+    /// repeat each key's max, exp and score reads than with a lane per pair. The tile holds
+    /// Q and the scores, and after Q room for the fused KV write's key and value (2 x
+    /// head_dim) and the key groups' combine, whichever is most: within the WebGPU default
+    /// for every head_dim (at most 1,288 f32s).
     pub(super) fn direct(head_dim: usize) -> Self {
         let keys = DIRECT_BLOCK_KEYS;
-        let groups = Self::key_groups(1, keys, head_dim);
+        let acc = (head_dim / 2).div_ceil(DIRECT_GROUP_LANES).min(MAX_ACC);
+        let groups = Self::key_groups(1, keys, head_dim, acc);
         Self {
             rows: 1,
             keys,
-            acc: (head_dim / 2).div_ceil(ATTEND_WORKGROUP),
+            acc,
             elems: head_dim + keys.max(2 * head_dim).max(groups * (head_dim + 2)),
             groups,
             direct: true,
@@ -427,23 +436,22 @@ mod tests {
             );
             assert!(tile.elems <= DEFAULT_TILE_ELEMS, "{hd}: {tile:?}");
             assert!(tile.direct && tile.rows == 1 && tile.groups <= tile.keys);
-            let lanes = tile.groups * (hd / 2);
-            assert!(
-                lanes <= ATTEND_WORKGROUP || tile.groups == 1,
-                "{hd}: {tile:?}"
-            );
-            assert!(tile.acc * ATTEND_WORKGROUP >= hd / 2 && tile.acc <= MAX_ACC);
+            // The groups' lanes (group_lanes in attention.wgsl) cover the head's pairs
+            // within MAX_ACC each and fit the workgroup.
+            let lanes = (hd / 2).div_ceil(tile.acc);
+            assert!(tile.groups * lanes <= ATTEND_WORKGROUP, "{hd}: {tile:?}");
+            assert!(tile.acc <= MAX_ACC, "{hd}: {tile:?}");
         }
         let t = |hd| {
             let d = AttnTile::direct(hd);
             (d.keys, d.groups, d.acc, d.elems)
         };
-        // head_dim 64: 2 groups of 32 pairs, whose states (2 x 66) outgrow the fused
-        // write's 128 floats; 32 (the shipped models): 4 groups of 16; 256: one group of
-        // 128 pairs, 2 a lane, and the fused write's 512 floats.
-        assert_eq!(t(64), (64, 2, 1, 64 + 132));
-        assert_eq!(t(32), (64, 4, 1, 32 + 136));
-        assert_eq!(t(256), (64, 1, 2, 256 + 512));
+        // head_dim 64: 8 groups of 8 lanes of 4 pairs, whose states (8 x 66 floats)
+        // outgrow the fused write's 128; 32 (the shipped models): 8 groups of 8 lanes of 2
+        // pairs; 256: 4 groups of 16 lanes of MAX_ACC pairs.
+        assert_eq!(t(64), (64, 8, 4, 64 + 8 * 66));
+        assert_eq!(t(32), (64, 8, 2, 32 + 8 * 34));
+        assert_eq!(t(256), (64, 4, 8, 256 + 4 * 258));
     }
 
     #[test]
