@@ -7,7 +7,7 @@ use super::measure::{Stats, time_encoder, time_pass};
 use super::{BenchError, BenchOptions, Suite};
 use crate::blocks::{QuantFormat, QuantMatrix};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
-use crate::ops::attention::{AttendBuffers, Attention, AttnShape, row_table};
+use crate::ops::attention::{AttendBuffers, Attention, AttnShape, DecodeTile, row_table};
 use crate::ops::hadamard::{Hadamard, TILE_ELEMS, WhtEpilogue, WhtOptions, WhtPath};
 use crate::ops::{Matrix, copy, matmul};
 
@@ -146,11 +146,12 @@ pub fn cases(gpu: &Gpu, options: &BenchOptions) -> Vec<KernelCase> {
             });
         }
         if n <= 4096 {
-            out.push(KernelCase {
-                kernel: "attention_decode",
-                n,
-                rows: 4,
-            });
+            // Decode as the adapter takes it, then each tile whatever the adapter (the
+            // staged blocks or the direct reads: `DecodeTile`), which tells whether the
+            // adapter's pick holds there.
+            for kernel in ATTENTION_DECODE_KERNELS {
+                out.push(KernelCase { kernel, n, rows: 4 });
+            }
             out.push(KernelCase {
                 kernel: "attention_prefill",
                 n,
@@ -159,6 +160,21 @@ pub fn cases(gpu: &Gpu, options: &BenchOptions) -> Vec<KernelCase> {
         }
     }
     out
+}
+
+/// The decode attention rows and the tile each takes.
+const ATTENTION_DECODE_KERNELS: [&str; 3] = [
+    "attention_decode",
+    "attention_decode_staged",
+    "attention_decode_direct",
+];
+
+fn decode_tile(kernel: &str) -> DecodeTile {
+    match kernel {
+        "attention_decode_staged" => DecodeTile::Staged,
+        "attention_decode_direct" => DecodeTile::Direct,
+        _ => DecodeTile::Auto,
+    }
 }
 
 fn values(count: usize) -> Vec<f32> {
@@ -294,9 +310,9 @@ pub async fn measure(
             let (n, rows) = (n as u64, rows as u64);
             (time, weight_bytes + 8 * rows * n, 2 * rows * n * n)
         }
-        "attention_decode" | "attention_prefill" => {
+        kernel if kernel.starts_with("attention_") => {
             let head_dim = 64.min(n);
-            let decode = case.kernel == "attention_decode";
+            let decode = kernel != "attention_prefill";
             let context = if options.quick { 64 } else { 512 };
             let (seqs, max_pos) = if decode { (rows, context) } else { (1, rows) };
             let shape = AttnShape {
@@ -307,7 +323,7 @@ pub async fn measure(
                 max_pos,
                 kv: options.kv_cache,
             };
-            let att = Attention::new(gpu)?;
+            let att = Attention::new(gpu)?.with_decode_tile(decode_tile(kernel));
             let k = activations(gpu, "k cache", seqs * max_pos * n)?;
             let v = activations(gpu, "v cache", seqs * max_pos * n)?;
             let table: Vec<(u32, u32)> = if decode {
