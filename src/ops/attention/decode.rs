@@ -520,17 +520,9 @@ mod tests {
                 kv_write_reference(&k, &v, rows, &mut kc, &mut vc, shape);
                 KvFormat::F16.store(&mut kc, shape.head_dim);
                 KvFormat::F16.store(&mut vc, shape.head_dim);
-                let what = if i == 0 { "f16 prefill" } else { "f16 decode" };
-                check(
-                    &gpu,
-                    &format!("{what} {tile:?}"),
-                    &got,
-                    &q,
-                    &kc,
-                    &vc,
-                    rows,
-                    shape,
-                );
+                let step = if i == 0 { "prefill" } else { "decode" };
+                let what = format!("f16 {step} {tile:?}");
+                check(&gpu, &what, &got, &q, &kc, &vc, rows, shape);
             }
         }
     }

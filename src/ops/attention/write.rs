@@ -371,16 +371,8 @@ mod tests {
                             .collect()
                     };
                     let (kc, vc) = (decode(&got_k), decode(&got_v));
-                    check(
-                        &gpu,
-                        &format!("{kv} {what} {tile:?}"),
-                        &got,
-                        &q,
-                        &kc,
-                        &vc,
-                        rows,
-                        shape,
-                    );
+                    let what = format!("{kv} {what} {tile:?}");
+                    check(&gpu, &what, &got, &q, &kc, &vc, rows, shape);
                 }
             }
         }
