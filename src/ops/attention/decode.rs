@@ -18,7 +18,8 @@ pub struct DecodeFusion<'a> {
 /// How decode attention reads a block's keys and values (attention.wgsl, DIRECT).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeTile {
-    /// Direct on a CPU adapter, staged on a GPU.
+    /// Direct on a CPU adapter, staged on a GPU and on the browser's SwiftShader (capped:
+    /// `AttnTile::decode_on`).
     Auto,
     /// Staged in workgroup memory by coalesced loads, then read from there.
     Staged,
