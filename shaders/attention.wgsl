@@ -805,6 +805,161 @@ fn attend(@builtin(local_invocation_index) t: u32,
     }
 }
 
+// ---- attend_rows: prefill on a CPU adapter -------------------------------------------------
+
+// One workgroup per (query tile, head), as attend without key chunks. Invocation t takes
+// row i = t % TQ of the tile and slice sl = t / TQ of its head, the pairs sl * ACC ..
+// (sl + 1) * ACC (WG / TQ slices cover HD / 2; AttnTile::rows on the host), so that the
+// SIMD lanes of a CPU adapter, consecutive invocations, are rows of one slice: they read
+// the same key and value words, and Q's slice and the output's stay in registers (ACC
+// pairs, an unrolled loop). For each block of TK keys every invocation scores its slice
+// against every key of the block, reading K from the cache (attend's score loop read Q
+// and K from workgroup memory for every pair, which on a CPU adapter costs as much as any
+// other memory); the slices' partial scores are summed (invocation (i, sl) sums keys sl,
+// sl + WG / TQ, ... of row i); then each invocation folds the block into its row's softmax
+// state and its slice of acc, reading V from the cache. The tile holds the partial
+// scores [WG / TQ, TK, TQ] (the sums in slice 0's place), and with KV_ROT Q's rows and
+// the output's for the rotation, as attend: AttnTile::rows.
+fn rows_at(sl: u32, j: u32, i: u32) -> u32 {
+    return (sl * TK + j) * TQ + i;
+}
+
+@compute @workgroup_size(WG)
+fn attend_rows(@builtin(local_invocation_index) t: u32,
+               @builtin(workgroup_id) wid: vec3<u32>) {
+    let h2 = HD / 2u;
+    let d2 = params.heads * h2;
+    let slices = WG / TQ;
+    // Uniform up to the key loop, as in attend.
+    let wg = wid.y * params.tiles_x + wid.x;
+    let head = wg % params.heads;
+    let kv_head = head / (params.heads / params.kv_heads);
+    let tile_id = wg / params.heads;
+    if (tile_id >= params.tiles) {
+        return;
+    }
+    let first = plan[2u * tile_id];
+    let count = min(plan[2u * tile_id + 1u], TQ);
+    let seq = row_table[2u * first];
+    var n_keys = 0u;
+    for (var r = 0u; r < count; r++) {
+        n_keys = max(n_keys, row_pos(first + r) + 1u);
+    }
+
+    let i = t % TQ;
+    let sl = t / TQ;
+    let row_ok = i < count;
+    let row = first + min(i, count - 1u);  // idle rows repeat the last one, never written
+    let pos = row_pos(row);
+
+    // Q's slice, scaled (and rotated with KV_ROT, in the tile's first TQ rows of HD).
+    let q_scale = select(params.scale, params.scale * params.rot_norm, KV_ROT);
+    var qs: array<vec2<f32>, MAX_ACC>;
+    if (KV_ROT) {
+        for (var x = t; x < TQ * h2; x += WG) {
+            let qi = x / h2;
+            set_tile2(x, q[(first + min(qi, count - 1u)) * params.src_stride + params.src_off
+                + head * h2 + x % h2] * q_scale);
+        }
+        rotate_tile_rows(t);
+    }
+    for (var a = 0u; a < ACC; a++) {
+        let c = sl * ACC + a;
+        if (c < h2) {
+            if (KV_ROT) {
+                qs[a] = tile2(i * h2 + c);
+            } else {
+                qs[a] = q[row * params.src_stride + params.src_off + head * h2 + c] * q_scale;
+            }
+        }
+    }
+
+    var m = NEG_BIG;
+    var l = 0.0;
+    var acc: array<vec2<f32>, MAX_ACC>;
+    let cache_row0 = seq * params.max_pos;
+    for (var k0 = 0u; k0 < n_keys; k0 += TK) {
+        let nb = min(TK, n_keys - k0);
+        // The previous block's sums have been folded (on the first pass: Q is read).
+        workgroupBarrier();
+        for (var j = 0u; j < nb; j++) {
+            let blk = (cache_row0 + k0 + j) * params.kv_heads + kv_head;
+            var s = 0.0;
+            for (var a = 0u; a < ACC; a++) {
+                let c = sl * ACC + a;
+                if (c < h2) {
+                    s += dot(qs[a], load_k(blk, c));
+                }
+            }
+            tile[rows_at(sl, j, i)] = s;
+        }
+        workgroupBarrier();
+        for (var j = sl; j < nb; j += slices) {
+            var s = 0.0;
+            for (var k = 0u; k < slices; k++) {
+                s += tile[rows_at(k, j, i)];
+            }
+            tile[rows_at(0u, j, i)] = s;
+        }
+        workgroupBarrier();
+        // Fold keys k0..=pos of the block (causal mask).
+        if (row_ok && pos >= k0) {
+            let jn = min(nb, pos - k0 + 1u);
+            var mb = m;
+            for (var j = 0u; j < jn; j++) {
+                mb = max(mb, tile[rows_at(0u, j, i)]);
+            }
+            let alpha = exp(m - mb);
+            l *= alpha;
+            for (var a = 0u; a < ACC; a++) {
+                acc[a] *= alpha;
+            }
+            for (var j = 0u; j < jn; j++) {
+                let p = exp(tile[rows_at(0u, j, i)] - mb);
+                l += p;
+                let blk = (cache_row0 + k0 + j) * params.kv_heads + kv_head;
+                for (var a = 0u; a < ACC; a++) {
+                    let c = sl * ACC + a;
+                    if (c < h2) {
+                        acc[a] += p * load_v(blk, c);
+                    }
+                }
+            }
+            m = mb;
+        }
+    }
+
+    // out = acc / l, with KV_ROT rotated back in the tile's first TQ rows first.
+    for (var a = 0u; a < ACC; a++) {
+        acc[a] /= l;
+    }
+    if (KV_ROT) {
+        workgroupBarrier();  // every invocation is done with the last block
+        for (var a = 0u; a < ACC; a++) {
+            let c = sl * ACC + a;
+            if (c < h2) {
+                set_tile2(i * h2 + c, acc[a]);
+            }
+        }
+        rotate_tile_rows(t);
+        for (var a = 0u; a < ACC; a++) {
+            let c = sl * ACC + a;
+            if (c < h2) {
+                acc[a] = tile2(i * h2 + c) * params.rot_norm;
+            }
+        }
+    }
+    if (!row_ok) {
+        return;
+    }
+    for (var a = 0u; a < ACC; a++) {
+        let c = sl * ACC + a;
+        if (c < h2) {
+            out[row * d2 + head * h2 + c] = acc[a];
+        }
+    }
+}
+
 @compute @workgroup_size(EW_WG)
 fn reduce(@builtin(local_invocation_index) t: u32,
           @builtin(workgroup_id) wid: vec3<u32>) {

@@ -7,7 +7,7 @@ use super::measure::{Stats, time_encoder, time_pass};
 use super::{BenchError, BenchOptions, Suite};
 use crate::blocks::{QuantFormat, QuantMatrix};
 use crate::gpu::{Gpu, GpuBuffer, MemoryCategory};
-use crate::ops::attention::{AttendBuffers, Attention, AttnShape, DecodeTile, row_table};
+use crate::ops::attention::{AttendBuffers, AttendTile, Attention, AttnShape, row_table};
 use crate::ops::hadamard::{Hadamard, TILE_ELEMS, WhtEpilogue, WhtOptions, WhtPath};
 use crate::ops::{Matrix, copy, matmul};
 
@@ -146,34 +146,44 @@ pub fn cases(gpu: &Gpu, options: &BenchOptions) -> Vec<KernelCase> {
             });
         }
         if n <= 4096 {
-            // Decode as the adapter takes it, then each tile whatever the adapter (the
-            // staged blocks or the direct reads: `DecodeTile`), which tells whether the
-            // adapter's pick holds there.
-            for kernel in ATTENTION_DECODE_KERNELS {
-                out.push(KernelCase { kernel, n, rows: 4 });
+            // Decode (4 rows) and prefill as the adapter takes them, then each tile
+            // whatever the adapter (the staged blocks or the direct reads: `AttendTile`),
+            // which tells whether the adapter's pick holds there.
+            for kernel in ATTENTION_KERNELS {
+                let rows = match (attention_decodes(kernel), options.quick) {
+                    (true, _) => 4,
+                    (false, true) => 32,
+                    (false, false) => 256,
+                };
+                out.push(KernelCase { kernel, n, rows });
             }
-            out.push(KernelCase {
-                kernel: "attention_prefill",
-                n,
-                rows: if options.quick { 32 } else { 256 },
-            });
         }
     }
     out
 }
 
-/// The decode attention rows and the tile each takes.
-const ATTENTION_DECODE_KERNELS: [&str; 3] = [
+/// The attention rows: decode and prefill, each as the adapter takes it and in each tile
+/// ([`attention_tile`]).
+const ATTENTION_KERNELS: [&str; 6] = [
     "attention_decode",
     "attention_decode_staged",
     "attention_decode_direct",
+    "attention_prefill",
+    "attention_prefill_staged",
+    "attention_prefill_direct",
 ];
 
-fn decode_tile(kernel: &str) -> DecodeTile {
-    match kernel {
-        "attention_decode_staged" => DecodeTile::Staged,
-        "attention_decode_direct" => DecodeTile::Direct,
-        _ => DecodeTile::Auto,
+fn attention_decodes(kernel: &str) -> bool {
+    kernel.starts_with("attention_decode")
+}
+
+fn attention_tile(kernel: &str) -> AttendTile {
+    if kernel.ends_with("_staged") {
+        AttendTile::Staged
+    } else if kernel.ends_with("_direct") {
+        AttendTile::Direct
+    } else {
+        AttendTile::Auto
     }
 }
 
@@ -312,7 +322,7 @@ pub async fn measure(
         }
         kernel if kernel.starts_with("attention_") => {
             let head_dim = 64.min(n);
-            let decode = kernel != "attention_prefill";
+            let decode = attention_decodes(kernel);
             let context = if options.quick { 64 } else { 512 };
             let (seqs, max_pos) = if decode { (rows, context) } else { (1, rows) };
             let shape = AttnShape {
@@ -323,7 +333,7 @@ pub async fn measure(
                 max_pos,
                 kv: options.kv_cache,
             };
-            let att = Attention::new(gpu)?.with_decode_tile(decode_tile(kernel));
+            let att = Attention::new(gpu)?.with_tile(attention_tile(kernel));
             let k = activations(gpu, "k cache", seqs * max_pos * n)?;
             let v = activations(gpu, "v cache", seqs * max_pos * n)?;
             let table: Vec<(u32, u32)> = if decode {

@@ -26,9 +26,13 @@ const MAX_BLOCK_KEYS: usize = 64;
 /// lavapipe 8 keys decoded 0.68-0.75x the rate of 64, so only SwiftShader takes it
 /// (bench-results/page-workgroup-fill-dec4.md).
 const ZERO_FILLED_DECODE_KEYS: usize = 8;
-/// Keys per block of the direct decode tile ([`AttnTile::direct`]), whose blocks take a
+/// Keys per block of the direct decode tile ([`AttnTile::direct_decode`]), whose blocks take a
 /// score per key only. 256 measured the same as 64 on lavapipe.
 const DIRECT_BLOCK_KEYS: usize = 64;
+/// Keys per block of the direct prefill tile ([`AttnTile::direct_prefill`]), whose partial
+/// scores take WG x keys f32s (8 KiB). Prefill attention of 4 sequences x 1,015 tokens,
+/// head_dim 64, on lavapipe: 16 keys 1.02x the time of 32, 64 keys 0.99x.
+const PREFILL_BLOCK_KEYS: usize = 32;
 /// Lanes per key group of the direct decode tile: lavapipe's SIMD width (8 f32s in 256
 /// bits), so a group's loops run in step. Kernel suite, attention decode at head_dim 64 on
 /// lavapipe, against groups of 32 lanes of one pair each: 4 lanes of 8 pairs 0.85x the
@@ -90,7 +94,7 @@ impl AttnTile {
     /// Q and the scores, and after Q room for the fused KV write's key and value (2 x
     /// head_dim) and the key groups' combine, whichever is most: within the WebGPU default
     /// for every head_dim (at most 1,288 f32s).
-    pub(super) fn direct(head_dim: usize) -> Self {
+    pub(super) fn direct_decode(head_dim: usize) -> Self {
         let keys = DIRECT_BLOCK_KEYS;
         let acc = (head_dim / 2).div_ceil(DIRECT_GROUP_LANES).min(MAX_ACC);
         let groups = Self::key_groups(1, keys, head_dim, acc);
@@ -119,12 +123,45 @@ impl AttnTile {
         Self::new(1 << fit.ilog2(), head_dim, limit)
     }
 
+    /// Prefill on a CPU adapter (`attend_rows` in attention.wgsl): the workgroup's
+    /// invocations are `rows` rows x slices of the head of `acc` pairs (the fewest slices, a
+    /// power of two, of at most MAX_ACC pairs each), and keys and values are read from the
+    /// cache. The tile holds the partial scores [slices, keys, rows] = WG x keys f32s, and
+    /// Q's rows for the rotated caches' rotation: within the WebGPU default for every
+    /// head_dim. head_dim 64: 16 rows x 4 slices of 8 pairs; 256: 4 x 16 of 8.
+    pub(super) fn direct_prefill(head_dim: usize) -> Self {
+        let slices = (head_dim / 2).div_ceil(MAX_ACC).next_power_of_two();
+        let rows = ATTEND_WORKGROUP / slices;
+        let keys = PREFILL_BLOCK_KEYS;
+        Self {
+            rows,
+            keys,
+            acc: (head_dim / 2).div_ceil(slices),
+            elems: (ATTEND_WORKGROUP * keys).max(rows * head_dim),
+            groups: 1,
+            direct: true,
+        }
+    }
+
+    /// The prefill tile on `gpu`: [`Self::direct_prefill`] on a CPU adapter, where the
+    /// staged tile's score loop reads Q and K from workgroup memory for every pair (4
+    /// sequences x 1,015 tokens on lavapipe: 0.49x the attention time at head_dim 64,
+    /// 0.41x at 256), except on SwiftShader, whose staged tile took 0.59x the direct one's
+    /// time; else [`Self::prefill`] within the device's limit.
+    pub(super) fn prefill_on(gpu: &Gpu, head_dim: usize) -> Self {
+        if gpu.is_cpu_adapter() && !gpu.is_swiftshader() {
+            Self::direct_prefill(head_dim)
+        } else {
+            Self::prefill(head_dim, tile_elems(gpu))
+        }
+    }
+
     /// Decode: one row per tile. In 16 KiB, head_dim 64: 31 keys per block; 256: 7.
     pub(super) fn decode(head_dim: usize, limit: usize) -> Self {
         Self::new(1, head_dim, limit)
     }
 
-    /// The decode tile on `gpu`: [`Self::direct`] on a CPU adapter, where staging K and V
+    /// The decode tile on `gpu`: [`Self::direct_decode`] on a CPU adapter, where staging K and V
     /// costs a copy and a barrier per block and buys nothing (no bank or coalescing to
     /// win), else [`Self::decode`] within the device's limit. Except where the browser
     /// fills workgroup memory with zeros on SwiftShader (Chromium's software adapter,
@@ -134,14 +171,20 @@ impl AttnTile {
     pub(super) fn decode_on(gpu: &Gpu, head_dim: usize) -> Self {
         let capped = gpu.zero_fills_workgroup_memory() && gpu.is_swiftshader();
         if gpu.is_cpu_adapter() && !capped {
-            Self::direct(head_dim)
+            Self::direct_decode(head_dim)
         } else {
             Self::decode(head_dim, decode_limit(tile_elems(gpu), head_dim, capped))
         }
     }
 
     pub(super) fn key(&self, shape: AttnShape, partial: bool, fused: bool) -> PipelineKey {
-        PipelineKey::new(Shader::Attention, "attend")
+        // Direct prefill has an entry point of its own; direct decode is attend's DIRECT.
+        let entry = if self.direct && self.rows > 1 {
+            "attend_rows"
+        } else {
+            "attend"
+        };
+        PipelineKey::new(Shader::Attention, entry)
             .with("HD", shape.head_dim as u32)
             .with("KV", shape.kv.code())
             .with_flag("KV_ROT", shape.kv.rotated())
@@ -165,6 +208,28 @@ fn decode_limit(limit: usize, head_dim: usize, capped: bool) -> usize {
         limit.min(AttnTile::floats(1, ZERO_FILLED_DECODE_KEYS, head_dim))
     } else {
         limit
+    }
+}
+
+/// How attend reads a block's keys and values (attention.wgsl: DIRECT in decode,
+/// `attend_rows` in prefill).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttendTile {
+    /// Direct on a CPU adapter, staged on a GPU; on SwiftShader, staged in prefill, and in
+    /// decode in the browser (capped there: [`AttnTile::decode_on`], [`AttnTile::prefill_on`]).
+    Auto,
+    /// Staged in workgroup memory by coalesced loads, then read from there.
+    Staged,
+    /// Read from the cache by the invocations that use each.
+    Direct,
+}
+
+impl Attention {
+    /// Sets how attend reads keys and values (default [`AttendTile::Auto`]); tests and the
+    /// kernel benchmarks take each on any adapter.
+    pub fn with_tile(mut self, tile: AttendTile) -> Self {
+        self.tile = tile;
+        self
     }
 }
 
@@ -455,7 +520,7 @@ mod tests {
     #[test]
     fn direct_tiles_hold_q_the_scores_and_the_largest_scratch() {
         for hd in (2..=MAX_HEAD_DIM).step_by(2) {
-            let tile = AttnTile::direct(hd);
+            let tile = AttnTile::direct_decode(hd);
             let combine = tile.groups * (hd + 2);
             // Q, then the scores, the fused write's key and value or the key groups'
             // states, whichever is most: within the WebGPU default whatever the head_dim.
@@ -473,7 +538,7 @@ mod tests {
             assert!(tile.acc <= MAX_ACC, "{hd}: {tile:?}");
         }
         let t = |hd| {
-            let d = AttnTile::direct(hd);
+            let d = AttnTile::direct_decode(hd);
             (d.keys, d.groups, d.acc, d.elems)
         };
         // head_dim 64: 8 groups of 8 lanes of 4 pairs, whose states (8 x 66 floats)
@@ -482,6 +547,35 @@ mod tests {
         assert_eq!(t(64), (64, 8, 4, 64 + 8 * 66));
         assert_eq!(t(32), (64, 8, 2, 32 + 8 * 34));
         assert_eq!(t(256), (64, 4, 8, 256 + 4 * 258));
+    }
+
+    #[test]
+    fn direct_prefill_tiles_split_the_workgroup_into_rows_and_slices_of_the_head() {
+        for hd in (2..=MAX_HEAD_DIM).step_by(2) {
+            let tile = AttnTile::direct_prefill(hd);
+            // attend_rows: invocation t is row t % rows, slice t / rows of acc pairs.
+            let slices = ATTEND_WORKGROUP / tile.rows;
+            assert_eq!(tile.rows * slices, ATTEND_WORKGROUP, "{hd}: {tile:?}");
+            assert!(tile.rows.is_power_of_two(), "{hd}: {tile:?}");
+            assert!(
+                tile.acc <= MAX_ACC && tile.acc * slices >= hd / 2,
+                "{hd}: {tile:?}"
+            );
+            // The partial scores [slices, keys, rows], or Q's rows where more.
+            let floats = (ATTEND_WORKGROUP * tile.keys).max(tile.rows * hd);
+            assert_eq!(tile.elems, floats, "{hd}: {tile:?}");
+            assert!(tile.elems <= DEFAULT_TILE_ELEMS, "{hd}: {tile:?}");
+            assert!(tile.direct && tile.groups == 1, "{hd}: {tile:?}");
+        }
+        let t = |hd| {
+            let d = AttnTile::direct_prefill(hd);
+            (d.rows, d.acc, d.elems)
+        };
+        // head_dim 64: 16 rows x 4 slices of 8 pairs; 24: 32 x 2 of 6; 256: 4 x 16 of 8.
+        assert_eq!(t(64), (16, 8, 64 * 32));
+        assert_eq!(t(24), (32, 6, 64 * 32));
+        assert_eq!(t(256), (4, 8, 64 * 32));
+        assert_eq!(t(2), (64, 1, 64 * 32));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Decode: one workgroup per (row, head), long contexts split into chunks and reduced,
 //! and the fused form that also ropes and writes the row's key and value.
 
-use super::attend::{AttendBuffers, AttnTile, Split, plan_tiles};
+use super::attend::{AttendBuffers, AttendTile, AttnTile, Split, plan_tiles};
 use super::{Attention, AttnShape, Cols, distinct, tile_elems};
 use crate::gpu::{GpuError, MemoryCategory, Record};
 use crate::ops::rope::RopeTable;
@@ -15,26 +15,7 @@ pub struct DecodeFusion<'a> {
     pub rope: &'a RopeTable,
 }
 
-/// How decode attention reads a block's keys and values (attention.wgsl, DIRECT).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecodeTile {
-    /// Direct on a CPU adapter, staged on a GPU and on the browser's SwiftShader (capped:
-    /// `AttnTile::decode_on`).
-    Auto,
-    /// Staged in workgroup memory by coalesced loads, then read from there.
-    Staged,
-    /// Read from the cache by the one invocation that uses each.
-    Direct,
-}
-
 impl Attention {
-    /// Sets how decode reads keys and values (default [`DecodeTile::Auto`]); tests and the
-    /// kernel benchmarks take each on any adapter.
-    pub fn with_decode_tile(mut self, tile: DecodeTile) -> Self {
-        self.decode_tile = tile;
-        self
-    }
-
     /// Sets the keys per chunk of the split decode (default [`DECODE_CHUNK`](super::DECODE_CHUNK)): contexts
     /// longer than this are split. Small values let tests and benchmarks take the split
     /// path with short contexts.
@@ -150,10 +131,10 @@ impl Attention {
         if rows.is_empty() {
             return Ok(());
         }
-        let tile = match self.decode_tile {
-            DecodeTile::Auto => AttnTile::decode_on(&self.gpu, shape.head_dim),
-            DecodeTile::Staged => AttnTile::decode(shape.head_dim, tile_elems(&self.gpu)),
-            DecodeTile::Direct => AttnTile::direct(shape.head_dim),
+        let tile = match self.tile {
+            AttendTile::Auto => AttnTile::decode_on(&self.gpu, shape.head_dim),
+            AttendTile::Staged => AttnTile::decode(shape.head_dim, tile_elems(&self.gpu)),
+            AttendTile::Direct => AttnTile::direct_decode(shape.head_dim),
         };
         let plan = plan_tiles(rows, 1);
         let chunks = self.decode_chunks(rows);
@@ -254,8 +235,8 @@ mod tests {
             (3, 16, 32, &[1, 31], 1),
         ];
         for gpu in test_gpus() {
-            for (&(heads, head_dim, chunk, positions, chunks), tile) in with_decode_tiles(&cases) {
-                let attn = with_chunk(&gpu, chunk).with_decode_tile(tile);
+            for (&(heads, head_dim, chunk, positions, chunks), tile) in with_tiles(&cases) {
+                let attn = with_chunk(&gpu, chunk).with_tile(tile);
                 let shape = AttnShape {
                     heads,
                     kv_heads: heads,
@@ -325,9 +306,9 @@ mod tests {
             (1, 64, 8, &[8, 30]),
         ];
         for gpu in test_gpus() {
-            for (&(heads, head_dim, chunk, positions), tile) in with_decode_tiles(&cases) {
+            for (&(heads, head_dim, chunk, positions), tile) in with_tiles(&cases) {
                 for kv in KvFormat::ALL {
-                    let attn = with_chunk(&gpu, chunk).with_decode_tile(tile);
+                    let attn = with_chunk(&gpu, chunk).with_tile(tile);
                     let shape = AttnShape {
                         heads,
                         kv_heads: heads,
@@ -496,8 +477,8 @@ mod tests {
         let d = shape.d();
         let first = runs(&[(1, 0, 9), (0, 0, 4)]);
         let next = [(1u32, 9u32), (0, 4)];
-        for (gpu, tile) in gpus_and_decode_tiles() {
-            let attn = Attention::new(&gpu).unwrap().with_decode_tile(tile);
+        for (gpu, tile) in gpus_and_tiles() {
+            let attn = Attention::new(&gpu).unwrap().with_tile(tile);
             let words = (shape.cache_bytes() / 4) as usize;
             let kcb = gpu
                 .upload(MemoryCategory::Activations, "k cache", &vec![0u32; words])

@@ -28,9 +28,9 @@ mod prefill;
 mod testing;
 mod write;
 
-pub use attend::AttendBuffers;
+pub use attend::{AttendBuffers, AttendTile};
 pub use cache::{KvError, KvFormat, rotation_norm};
-pub use decode::{DecodeFusion, DecodeTile};
+pub use decode::DecodeFusion;
 pub use write::kv_write_reference;
 
 use std::sync::Mutex;
@@ -289,8 +289,8 @@ pub struct Attention {
     partials: Mutex<Option<GpuBuffer>>,
     /// Keys per chunk of the split decode.
     decode_chunk: usize,
-    /// How decode reads the keys and values.
-    decode_tile: DecodeTile,
+    /// How attend reads the keys and values.
+    tile: AttendTile,
 }
 
 impl Attention {
@@ -301,7 +301,7 @@ impl Attention {
             dummy2: gpu.upload(MemoryCategory::Uniforms, "attention dummy 2", &[0f32; 4])?,
             partials: Mutex::new(None),
             decode_chunk: DECODE_CHUNK,
-            decode_tile: DecodeTile::Auto,
+            tile: AttendTile::Auto,
         })
     }
 
@@ -403,14 +403,23 @@ mod tests {
         let q: Vec<f32> = test_values(n, 5).iter().map(|v| 3.0 * v).collect();
         let (k, v) = (test_values(n, 6), test_values(n, 7));
         let cache_len = shape.max_seqs * shape.max_pos * shape.d();
-        for gpu in test_gpus() {
-            let attn = with_chunk(&gpu, 2);
+        for (gpu, tile) in gpus_and_tiles() {
+            let attn = with_chunk(&gpu, 2).with_tile(tile);
             let (mut kc, mut vc) = (vec![0f32; cache_len], vec![0f32; cache_len]);
             let kcb = upload(&gpu, "k cache", &kc);
             let vcb = upload(&gpu, "v cache", &vc);
             let got = write_and_prefill(&gpu, &attn, &q, &k, &v, &rows, &kcb, &vcb, shape);
             kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
-            check(&gpu, "widest prefill", &got, &q, &kc, &vc, &rows, shape);
+            check(
+                &gpu,
+                &format!("widest prefill, {tile:?}"),
+                &got,
+                &q,
+                &kc,
+                &vc,
+                &rows,
+                shape,
+            );
             // The last row again as a decode batch, split into two chunks.
             let last = &rows[2..];
             let d = shape.d();
@@ -431,7 +440,7 @@ mod tests {
             let got: Vec<f32> = gpu.read(&out, d).unwrap();
             check(
                 &gpu,
-                "widest decode",
+                &format!("widest decode, {tile:?}"),
                 &got,
                 &q[2 * d..],
                 &kc,

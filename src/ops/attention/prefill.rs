@@ -1,6 +1,6 @@
 //! Prefill: tiles of consecutive rows of one sequence share each block of keys.
 
-use super::attend::{AttendBuffers, AttnTile, Split, plan_tiles};
+use super::attend::{AttendBuffers, AttendTile, AttnTile, Split, plan_tiles};
 use super::{Attention, AttnShape, tile_elems};
 use crate::gpu::{GpuError, Record};
 
@@ -19,7 +19,11 @@ impl Attention {
         if rows.is_empty() {
             return Ok(());
         }
-        let tile = AttnTile::prefill(shape.head_dim, tile_elems(&self.gpu));
+        let tile = match self.tile {
+            AttendTile::Auto => AttnTile::prefill_on(&self.gpu, shape.head_dim),
+            AttendTile::Staged => AttnTile::prefill(shape.head_dim, tile_elems(&self.gpu)),
+            AttendTile::Direct => AttnTile::direct_prefill(shape.head_dim),
+        };
         let plan = plan_tiles(rows, tile.rows);
         let whole = Split::whole(shape);
         self.dispatch_attend(pass, buffers, rows, shape, tile, &plan, whole, None, None)
@@ -30,13 +34,13 @@ impl Attention {
 mod tests {
     use super::super::testing::*;
     use super::super::*;
-    use crate::gpu::testing::{test_gpus, test_values};
+    use crate::gpu::testing::test_values;
 
     #[test]
     fn prefill_matches_reference_for_sequences_of_1_7_and_37_tokens() {
         let rows = runs(&[(2, 0, 37), (0, 0, 1), (1, 0, 7)]);
-        for gpu in test_gpus() {
-            let attn = Attention::new(&gpu).unwrap();
+        for (gpu, tile) in gpus_and_tiles() {
+            let attn = Attention::new(&gpu).unwrap().with_tile(tile);
             for heads in [1, 3] {
                 for head_dim in [16, 24, 64, 128, MAX_HEAD_DIM] {
                     let shape = AttnShape {
@@ -58,7 +62,16 @@ mod tests {
                     let vcb = upload(&gpu, "v cache", &vc);
                     let got = write_and_prefill(&gpu, &attn, &q, &k, &v, &rows, &kcb, &vcb, shape);
                     kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
-                    check(&gpu, "prefill", &got, &q, &kc, &vc, &rows, shape);
+                    check(
+                        &gpu,
+                        &format!("prefill, {tile:?}"),
+                        &got,
+                        &q,
+                        &kc,
+                        &vc,
+                        &rows,
+                        shape,
+                    );
                 }
             }
         }
@@ -79,8 +92,8 @@ mod tests {
         let first = runs(&[(0, 0, 20), (1, 0, 5)]);
         let second = runs(&[(1, 5, 4), (0, 20, 10), (1, 9, 6)]);
         let cache_len = shape.max_seqs * shape.max_pos * shape.d();
-        for gpu in test_gpus() {
-            let attn = Attention::new(&gpu).unwrap();
+        for (gpu, tile) in gpus_and_tiles() {
+            let attn = Attention::new(&gpu).unwrap().with_tile(tile);
             let (mut kc, mut vc) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
             let kcb = upload(&gpu, "k cache", &kc);
             let vcb = upload(&gpu, "v cache", &vc);
@@ -91,7 +104,16 @@ mod tests {
                 let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
                 let got = write_and_prefill(&gpu, &attn, &q, &k, &v, rows, &kcb, &vcb, shape);
                 kv_write_reference(&k, &v, rows, &mut kc, &mut vc, shape);
-                check(&gpu, "chunked prefill", &got, &q, &kc, &vc, rows, shape);
+                check(
+                    &gpu,
+                    &format!("chunked prefill, {tile:?}"),
+                    &got,
+                    &q,
+                    &kc,
+                    &vc,
+                    rows,
+                    shape,
+                );
             }
         }
     }

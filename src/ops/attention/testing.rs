@@ -189,23 +189,23 @@ pub(super) fn write_and_prefill(
     gpu.read(&out, n).unwrap()
 }
 
-/// Both ways decode reads keys and values, whatever the adapter would take
-/// ([`DecodeTile::Auto`]: direct on this machine's CPU adapters).
-pub(super) const DECODE_TILES: [DecodeTile; 2] = [DecodeTile::Staged, DecodeTile::Direct];
+/// Both ways attend reads keys and values, whatever the adapter would take
+/// ([`AttendTile::Auto`]: direct on this machine's CPU adapters).
+pub(super) const TILES: [AttendTile; 2] = [AttendTile::Staged, AttendTile::Direct];
 
-/// Every test adapter with each of [`DECODE_TILES`].
-pub(super) fn gpus_and_decode_tiles() -> Vec<(Gpu, DecodeTile)> {
+/// Every test adapter with each of [`TILES`].
+pub(super) fn gpus_and_tiles() -> Vec<(Gpu, AttendTile)> {
     crate::gpu::testing::test_gpus()
         .into_iter()
-        .flat_map(|gpu| DECODE_TILES.map(|tile| (gpu.clone(), tile)))
+        .flat_map(|gpu| TILES.map(|tile| (gpu.clone(), tile)))
         .collect()
 }
 
-/// Each case with each of [`DECODE_TILES`].
-pub(super) fn with_decode_tiles<T>(cases: &[T]) -> impl Iterator<Item = (&T, DecodeTile)> {
+/// Each case with each of [`TILES`].
+pub(super) fn with_tiles<T>(cases: &[T]) -> impl Iterator<Item = (&T, AttendTile)> {
     cases
         .iter()
-        .flat_map(|case| DECODE_TILES.map(move |tile| (case, tile)))
+        .flat_map(|case| TILES.map(move |tile| (case, tile)))
 }
 
 /// An [`Attention`] whose split decode takes `chunk` keys per chunk.

@@ -305,8 +305,8 @@ mod tests {
         // A prompt per sequence (prefill), then one row each (decode, split in 3 chunks).
         let first = runs(&[(1, 0, 9), (0, 0, 4)]);
         let next = [(1u32, 9u32), (0, 4)];
-        for (gpu, tile) in gpus_and_decode_tiles() {
-            let attn = with_chunk(&gpu, 4).with_decode_tile(tile);
+        for (gpu, tile) in gpus_and_tiles() {
+            let attn = with_chunk(&gpu, 4).with_tile(tile);
             for (c, &(kv, heads, head_dim)) in cases.iter().enumerate() {
                 let shape = AttnShape {
                     heads,
@@ -400,7 +400,7 @@ mod tests {
             (&[(1, 9), (0, 4)], Some(4)),
             (&[(0, 5), (1, 10)], None),
         ];
-        for (gpu, tile) in gpus_and_decode_tiles() {
+        for (gpu, tile) in gpus_and_tiles() {
             for kv_heads in [2, 1] {
                 for kv in KvFormat::ALL {
                     let (heads, head_dim) = (8, 16);
@@ -427,7 +427,7 @@ mod tests {
                             Some(keys) => with_chunk(&gpu, keys),
                             None => Attention::new(&gpu).unwrap(),
                         }
-                        .with_decode_tile(tile);
+                        .with_tile(tile);
                         // [rows, q | k | v]: q d wide, k and v kv_d, as the decoder's fused
                         // projection writes them.
                         let w = d + 2 * kv_d;
