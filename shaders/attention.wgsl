@@ -68,8 +68,10 @@ struct Params {
 // sizes within the device's limit (at least the WebGPU default, 16 KiB) up to 64 KiB
 // (tile_elems in src/ops/attention/mod.rs); with DIRECT, HD + max(TK, 2 * HD, KG * (HD + 2)).
 override TILE: u32 = 4096u;
-// Output pairs one attend invocation holds at most; must match MAX_ACC in src/ops/attention/attend.rs.
+// Output pairs one attend (attend_rows) invocation holds at most; must match MAX_ACC
+// (MAX_ROW_ACC) in src/ops/attention/attend.rs.
 const MAX_ACC: u32 = 8u;
+const MAX_ROW_ACC: u32 = 16u;
 // The running max before the first key: finite, so exp(NEG_BIG - s) is 0 rather than NaN.
 const NEG_BIG: f32 = -3.0e38;
 
@@ -812,7 +814,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
 // (sl + 1) * ACC (WG / TQ slices cover HD / 2; AttnTile::rows on the host), so that the
 // SIMD lanes of a CPU adapter, consecutive invocations, are rows of one slice: they read
 // the same key and value words, and Q's slice and the output's stay in registers (ACC
-// pairs, an unrolled loop). For each block of TK keys every invocation scores its slice
+// pairs, at most MAX_ROW_ACC, an unrolled loop). For each block of TK keys every invocation scores its slice
 // against every key of the block, reading K from the cache (attend's score loop read Q
 // and K from workgroup memory for every pair, which on a CPU adapter costs as much as any
 // other memory); the slices' partial scores are summed (invocation (i, sl) sums keys sl,
@@ -854,7 +856,7 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
 
     // Q's slice, scaled (and rotated with KV_ROT, in the tile's first TQ rows of HD).
     let q_scale = select(params.scale, params.scale * params.rot_norm, KV_ROT);
-    var qs: array<vec2<f32>, MAX_ACC>;
+    var qs: array<vec2<f32>, MAX_ROW_ACC>;
     if (KV_ROT) {
         for (var x = t; x < TQ * h2; x += WG) {
             let qi = x / h2;
@@ -876,7 +878,7 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
 
     var m = NEG_BIG;
     var l = 0.0;
-    var acc: array<vec2<f32>, MAX_ACC>;
+    var acc: array<vec2<f32>, MAX_ROW_ACC>;
     let cache_row0 = seq * params.max_pos;
     for (var k0 = 0u; k0 < n_keys; k0 += TK) {
         let nb = min(TK, n_keys - k0);
@@ -894,14 +896,16 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
             tile[rows_at(sl, j, i)] = s;
         }
         workgroupBarrier();
-        for (var j = sl; j < nb; j += slices) {
-            var s = 0.0;
-            for (var k = 0u; k < slices; k++) {
-                s += tile[rows_at(k, j, i)];
+        if (slices > 1u) {
+            for (var j = sl; j < nb; j += slices) {
+                var s = 0.0;
+                for (var k = 0u; k < slices; k++) {
+                    s += tile[rows_at(k, j, i)];
+                }
+                tile[rows_at(0u, j, i)] = s;
             }
-            tile[rows_at(0u, j, i)] = s;
+            workgroupBarrier();
         }
-        workgroupBarrier();
         // Fold keys k0..=pos of the block (causal mask).
         if (row_ok && pos >= k0) {
             let jn = min(nb, pos - k0 + 1u);
