@@ -207,6 +207,12 @@ fn pair_words(blk: u32, c: u32) -> vec2<u32> {
     }
 }
 
+// The head block (the cache's (seq, pos, head) index) of KV head `head` at position `pos` of
+// sequence `seq`.
+fn head_block(seq: u32, pos: u32, head: u32) -> u32 {
+    return (seq * params.max_pos + pos) * params.kv_heads + head;
+}
+
 fn load_k(blk: u32, c: u32) -> vec2<f32> {
     let w = pair_words(blk, c);
     return unpack_pair(k_cache[w.x], k_cache[w.y], c);
@@ -390,7 +396,7 @@ fn kv_quant(@builtin(local_invocation_index) t: u32,
         x[2u * c] = p.x;
         x[2u * c + 1u] = p.y;
     }
-    pack_head(&x, is_v, ((seq * params.max_pos + pos) * params.kv_heads + head) * head_words());
+    pack_head(&x, is_v, head_block(seq, pos, head) * head_words());
 }
 
 // ---- attend ------------------------------------------------------------------------------
@@ -539,7 +545,7 @@ fn fused_kv_write(t: u32, first: u32, count: u32, head: u32, k_begin: u32) {
             tile[vb + 2u * c + 1u] = v.y;
         }
         workgroupBarrier();
-        let blk = (seq * params.max_pos + pos) * params.kv_heads + head;
+        let blk = head_block(seq, pos, head);
         if (KV >= 2u) {
             // One invocation per head, as kv_quant.
             if (t < 2u) {
@@ -646,14 +652,13 @@ fn attend(@builtin(local_invocation_index) t: u32,
     var m = NEG_BIG;
     var l = 0.0;
     var acc: array<vec2<f32>, MAX_ACC>;
-    let cache_row0 = seq * params.max_pos; // cache row of key 0 of this sequence
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
         let nb = min(TK, k_end - k0);
         // The previous block has been consumed (on the first pass: Q is stored).
         workgroupBarrier();
         if (!DIRECT) {
             for (var x = t; x < nb * h2; x += WG) {
-                let blk = (cache_row0 + k0 + x / h2) * params.kv_heads + kv_head;
+                let blk = head_block(seq, k0 + x / h2, kv_head);
                 set_tile_at(k_row(x / h2) + 2u * (x % h2), load_k(blk, x % h2));
                 set_tile_at(v_at + 2u * x, load_v(blk, x % h2));
             }
@@ -666,7 +671,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
             if (j < nb) {
                 var s = 0.0;
                 if (DIRECT) {
-                    let blk = (cache_row0 + k0 + j) * params.kv_heads + kv_head;
+                    let blk = head_block(seq, k0 + j, kv_head);
                     for (var c = 0u; c < h2; c++) {
                         s += dot(tile2(c), load_k(blk, c));
                     }
@@ -696,11 +701,11 @@ fn attend(@builtin(local_invocation_index) t: u32,
             for (var j = g; j < jn; j += groups) {
                 let p = exp(tile[srow + j] - mb);
                 l += p;
+                let blk = head_block(seq, k0 + j, kv_head);  // DIRECT
                 for (var a = 0u; a < ACC; a++) {
                     let c = pl + a * lg;
                     if (c < h2) {
                         if (DIRECT) {
-                            let blk = (cache_row0 + k0 + j) * params.kv_heads + kv_head;
                             acc[a] += p * load_v(blk, c);
                         } else {
                             acc[a] += p * tile_at(v_at + 2u * (j * h2 + c));
@@ -879,13 +884,12 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
     var m = NEG_BIG;
     var l = 0.0;
     var acc: array<vec2<f32>, MAX_ROW_ACC>;
-    let cache_row0 = seq * params.max_pos;
     for (var k0 = 0u; k0 < n_keys; k0 += TK) {
         let nb = min(TK, n_keys - k0);
         // The previous block's sums have been folded (on the first pass: Q is read).
         workgroupBarrier();
         for (var j = 0u; j < nb; j++) {
-            let blk = (cache_row0 + k0 + j) * params.kv_heads + kv_head;
+            let blk = head_block(seq, k0 + j, kv_head);
             var s = 0.0;
             for (var a = 0u; a < ACC; a++) {
                 let c = sl * ACC + a;
@@ -921,7 +925,7 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
             for (var j = 0u; j < jn; j++) {
                 let p = exp(tile[rows_at(0u, j, i)] - mb);
                 l += p;
-                let blk = (cache_row0 + k0 + j) * params.kv_heads + kv_head;
+                let blk = head_block(seq, k0 + j, kv_head);
                 for (var a = 0u; a < ACC; a++) {
                     let c = sl * ACC + a;
                     if (c < h2) {

@@ -8,7 +8,8 @@
 //! - [`Attention::encode_kv_write`]: stores the batch's key and value rows in the cache.
 //! - [`Attention::encode_prefill`]: tiles of up to `TQ` rows of one sequence; each
 //!   workgroup streams its sequence's keys through workgroup memory in blocks of `TK` with
-//!   an online softmax, so every key is read once per tile rather than once per row.
+//!   an online softmax, so every key is read once per tile rather than once per row (on a
+//!   CPU adapter, `attend_rows` reads them from the cache instead: [`AttendTile`]).
 //! - [`Attention::encode_decode`]: one workgroup per (row, head); contexts longer than the
 //!   decode chunk ([`DECODE_CHUNK`] keys) are split into chunks run by separate
 //!   workgroups, and a reduce dispatch combines their partial (max, sum, acc) states.
