@@ -221,7 +221,7 @@ fn decode_limit(limit: usize, head_dim: usize, capped: bool) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttendTile {
     /// Direct on a CPU adapter, staged on a GPU; on SwiftShader, staged in prefill, and in
-    /// decode in the browser (capped there: [`AttnTile::decode_on`], [`AttnTile::prefill_on`]).
+    /// decode in the browser, capped there (`AttnTile::decode_on`, `AttnTile::prefill_on`).
     Auto,
     /// Staged in workgroup memory by coalesced loads, then read from there.
     Staged,
