@@ -826,6 +826,46 @@ const TILE_K: u32 = 16u;
 var<workgroup> xs: array<array<f32, TILE_K>, TILE_R>;
 var<workgroup> ws: array<array<f32, TILE_O>, TILE_K>;
 
+// Stages the slab of k0 .. k0 + TILE_K: x's rows row0 .. row0 + TILE_R into xs and w's
+// outputs out0 .. out0 + TILE_O into ws; each of `inv` invocations (256 in gemm, 64 in
+// gemm8) loads TILE_R * TILE_K / inv values of each operand, zero past the edges.
+fn stage_slab(t: u32, inv: u32, row0: u32, out0: u32, k0: u32) {
+    let per = TILE_R * TILE_K / inv;
+    var scale = 0.0;
+    for (var e = 0u; e < per; e++) {
+        let flat = t * per + e;
+        let rr = flat / TILE_K;
+        let kk = flat % TILE_K;
+        let k = k0 + kk;
+        var xv = 0.0;
+        if (row0 + rr < params().rows && k < params().n_in) {
+            xv = x[(row0 + rr) * params().n_in + k];
+        }
+        xs[rr][kk] = xv;
+        // A transposed w is read with neighbouring invocations on neighbouring
+        // outputs, which are neighbouring halves there (no gather on CPU adapters).
+        var ro = rr;
+        var ko = kk;
+        if (W_T) {
+            let f = e * inv + t;
+            ro = f % TILE_O;
+            ko = f / TILE_O;
+        }
+        var wv = 0.0;
+        if (out0 + ro < params().n_out && k0 + ko < params().n_in) {
+            if (quantized()) {
+                if (e == 0u) {  // ro and the block are the same for e = 0 .. per - 1
+                    scale = block_scale(out0 + ro, (k0 + ko) / QBLOCK);
+                }
+                wv = scale * level_at(out0 + ro, k0 + ko);
+            } else {
+                wv = weight_at(out0 + ro, k0 + ko);
+            }
+        }
+        ws[ko][ro] = wv;
+    }
+}
+
 @compute @workgroup_size(16, 16)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) t: u32,
@@ -847,40 +887,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     let ry = lid.y * 4u;
     let ox = lid.x * 4u;
     for (var k0 = 0u; k0 < params().n_in; k0 += TILE_K) {
-        // 256 invocations load 64 x 16 values of each operand: 4 each, zero past the edges.
-        var scale = 0.0;
-        for (var e = 0u; e < 4u; e++) {
-            let flat = t * 4u + e;
-            let rr = flat / TILE_K;
-            let kk = flat % TILE_K;
-            let k = k0 + kk;
-            var xv = 0.0;
-            if (row0 + rr < params().rows && k < params().n_in) {
-                xv = x[(row0 + rr) * params().n_in + k];
-            }
-            xs[rr][kk] = xv;
-            // A transposed w is read with neighbouring invocations on neighbouring
-            // outputs, which are neighbouring halves there (no gather on CPU adapters).
-            var ro = rr;
-            var ko = kk;
-            if (W_T) {
-                let f = e * 256u + t;
-                ro = f % TILE_O;
-                ko = f / TILE_O;
-            }
-            var wv = 0.0;
-            if (out0 + ro < params().n_out && k0 + ko < params().n_in) {
-                if (quantized()) {
-                    if (e == 0u) {  // ro and the block are the same for e = 0 .. 3
-                        scale = block_scale(out0 + ro, (k0 + ko) / QBLOCK);
-                    }
-                    wv = scale * level_at(out0 + ro, k0 + ko);
-                } else {
-                    wv = weight_at(out0 + ro, k0 + ko);
-                }
-            }
-            ws[ko][ro] = wv;
-        }
+        stage_slab(t, 256u, row0, out0, k0);
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
             let a = vec4<f32>(xs[ry][kk], xs[ry + 1u][kk], xs[ry + 2u][kk], xs[ry + 3u][kk]);
@@ -896,6 +903,46 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     store4(row0 + ry + 1u, out0 + ox, acc1);
     store4(row0 + ry + 2u, out0 + ox, acc2);
     store4(row0 + ry + 3u, out0 + ox, acc3);
+}
+
+// CPU adapters: the same tile with 8 x 8 invocations of an 8 x 8 block each. A CPU
+// adapter reads workgroup memory lane by lane, as any memory: per k, an invocation reads
+// 16 values for 64 multiply-adds where gemm's reads 8 for 16. Row i of the block is
+// acc[2i] (outputs 0-3) and acc[2i + 1] (4-7).
+@compute @workgroup_size(8, 8)
+fn gemm8(@builtin(local_invocation_id) lid: vec3<u32>,
+         @builtin(local_invocation_index) t: u32,
+         @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = wid.y * params().tiles_x + wid.x;
+    let tiles_o = (params().n_out + TILE_O - 1u) / TILE_O;
+    let tiles_r = (params().rows + TILE_R - 1u) / TILE_R;
+    if (id >= tiles_o * tiles_r) {
+        return;  // whole workgroup: uniform
+    }
+    let row0 = (id / tiles_o) * TILE_R;
+    let out0 = (id % tiles_o) * TILE_O;
+    var acc: array<vec4<f32>, 16>;
+    let ry = lid.y * 8u;
+    let ox = lid.x * 8u;
+    for (var k0 = 0u; k0 < params().n_in; k0 += TILE_K) {
+        stage_slab(t, 64u, row0, out0, k0);
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            let b0 = vec4<f32>(ws[kk][ox], ws[kk][ox + 1u], ws[kk][ox + 2u], ws[kk][ox + 3u]);
+            let b1 = vec4<f32>(ws[kk][ox + 4u], ws[kk][ox + 5u], ws[kk][ox + 6u],
+                               ws[kk][ox + 7u]);
+            for (var i = 0u; i < 8u; i++) {
+                let a = xs[ry + i][kk];
+                acc[2u * i] += a * b0;
+                acc[2u * i + 1u] += a * b1;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 8u; i++) {
+        store4(row0 + ry + i, out0 + ox, acc[2u * i]);
+        store4(row0 + ry + i, out0 + ox + 4u, acc[2u * i + 1u]);
+    }
 }
 
 // Outputs o .. o + 3 of row r (o a multiple of 4), within bounds. With EPI_SWIGLU they

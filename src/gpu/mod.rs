@@ -401,6 +401,15 @@ impl Gpu {
             .contains("swiftshader")
     }
 
+    /// A CPU adapter other than SwiftShader (lavapipe, llvmpipe GL: Mesa's llvmpipe
+    /// compiler), where kernels that hold more in registers and read workgroup memory less
+    /// measured faster: there workgroup memory is read lane by lane, as any memory
+    /// (attention's direct prefill tile, matmul's `gemm8`). On SwiftShader both measured
+    /// slower than the GPUs' kernels, so it keeps those.
+    pub fn favours_registers(&self) -> bool {
+        self.is_cpu_adapter() && !self.is_swiftshader()
+    }
+
     /// Workgroups that keep this adapter busy, the stand-in for its size (wgpu reports no
     /// compute-unit count): a CPU adapter runs a workgroup per thread (lavapipe and
     /// llvmpipe one per core; the page's SwiftShader is taken to have 4), a GPU is taken

@@ -64,6 +64,24 @@ const GEMV_WIDE_ALIGN: usize = 32;
 /// Accumulators per GEMV invocation (rows per workgroup x outputs per unit) at most;
 /// must match `MAX_GEMV_ROWS` in matmul.wgsl.
 const MAX_GEMV_ROWS: usize = 8;
+/// The GEMM's entry point on `gpu`: `gemm8` (8 x 8 invocations of an 8 x 8 block each)
+/// where the adapter reads workgroup memory lane by lane ([`Gpu::favours_registers`]), so
+/// that an invocation reads 16 values per k for 64 multiply-adds rather than 8 for 16; else
+/// `gemm` (16 x 16 of 4 x 4). On lavapipe `gemm8` took 0.87x the time of `gemm` (kernel
+/// suite, f16, 256 rows at n = 256 and 512) and 0.85-0.87x in a prefill of 4 x 1,015
+/// tokens; on SwiftShader 1.6x, so it keeps `gemm`.
+fn gemm_entry(gpu: &Gpu) -> &'static str {
+    #[cfg(test)]
+    if let Some(entry) = tests::GEMM_ENTRY.get() {
+        return entry;
+    }
+    if gpu.favours_registers() {
+        "gemm8"
+    } else {
+        "gemm"
+    }
+}
+
 /// Output block of one GEMM workgroup (rows x outputs); must match `TILE_R` / `TILE_O`
 /// in matmul.wgsl.
 const GEMM_TILE: usize = 64;
@@ -618,7 +636,10 @@ pub fn encode_cols(
             "gemv_wide",
             units.div_ceil((GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES) as usize) * blocks,
         ),
-        _ => ("gemm", n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE)),
+        _ => (
+            gemm_entry(gpu),
+            n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE),
+        ),
     };
     let shader = match kernel {
         Kernel::GemvSubgroup => Shader::MatmulSubgroup,
@@ -774,6 +795,9 @@ mod tests {
         /// the CPU adapters the tests have).
         pub(super) static DOT4_LANES: std::cell::Cell<Option<u32>> =
             const { std::cell::Cell::new(None) };
+        /// The GEMM entry point forced for this test thread (`gemm_entry`).
+        pub(super) static GEMM_ENTRY: std::cell::Cell<Option<&'static str>> =
+            const { std::cell::Cell::new(None) };
     }
 
     const FORMATS: [WeightFormat; 4] = [
@@ -913,8 +937,29 @@ mod tests {
     }
 
     /// Runs `matrix` (holding the values `w`, row-major) through `kernel` and checks the
-    /// product against the f64 reference.
+    /// product against the f64 reference; the GEMM through both its entry points, whatever
+    /// the adapter would take.
     fn check_matrix(
+        gpu: &Gpu,
+        kernel: Kernel,
+        matrix: &Matrix,
+        w: &[f32],
+        rows: usize,
+        epilogue: Epilogue,
+        what: &str,
+    ) {
+        if kernel != Kernel::Gemm {
+            return check_entry(gpu, kernel, matrix, w, rows, epilogue, what);
+        }
+        for entry in ["gemm", "gemm8"] {
+            GEMM_ENTRY.set(Some(entry));
+            let what = format!("{what} ({entry})");
+            check_entry(gpu, kernel, matrix, w, rows, epilogue, &what);
+        }
+        GEMM_ENTRY.set(None);
+    }
+
+    fn check_entry(
         gpu: &Gpu,
         kernel: Kernel,
         matrix: &Matrix,

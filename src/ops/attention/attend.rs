@@ -148,13 +148,13 @@ impl AttnTile {
         }
     }
 
-    /// The prefill tile on `gpu`: [`Self::direct_prefill`] on a CPU adapter, where the
-    /// staged tile's score loop reads Q and K from workgroup memory for every pair (4
-    /// sequences x 1,015 tokens on lavapipe: 0.49x the attention time at head_dim 64,
-    /// 0.41x at 256), except on SwiftShader, whose staged tile took 0.59x the direct one's
-    /// time; else [`Self::prefill`] within the device's limit.
+    /// The prefill tile on `gpu`: [`Self::direct_prefill`] where the adapter reads
+    /// workgroup memory lane by lane ([`Gpu::favours_registers`]), as the staged tile's
+    /// score loop does Q and K for every pair (4 sequences x 1,015 tokens on lavapipe: 0.42x
+    /// the attention time at head_dim 64, 0.32x at 256); else [`Self::prefill`] within the
+    /// device's limit (SwiftShader: the direct tile took 1.32x the staged one's time).
     pub(super) fn prefill_on(gpu: &Gpu, head_dim: usize) -> Self {
-        if gpu.is_cpu_adapter() && !gpu.is_swiftshader() {
+        if gpu.favours_registers() {
             Self::direct_prefill(head_dim)
         } else {
             Self::prefill(head_dim, tile_elems(gpu))
