@@ -566,6 +566,41 @@ fn fused_kv_write(t: u32, first: u32, count: u32, head: u32, k_begin: u32) {
     storageBarrier();
 }
 
+// The work of an attend (attend_rows) workgroup: its head, the KV head that head reads, its
+// key chunk, and its query tile: rows first .. first + count of sequence seq, which need
+// keys 0 .. n_keys (up to the row at the largest position); not valid past the last tile.
+// Derived from the workgroup id, the uniform params and read-only storage, so uniform.
+struct AttendGroup {
+    valid: bool,
+    head: u32,
+    kv_head: u32,
+    chunk: u32,
+    first: u32,
+    count: u32,
+    seq: u32,
+    n_keys: u32,
+}
+
+fn attend_group(wid: vec3<u32>) -> AttendGroup {
+    var g: AttendGroup;
+    let wg = wid.y * params.tiles_x + wid.x;
+    g.head = wg % params.heads;
+    g.kv_head = g.head / (params.heads / params.kv_heads);  // its group's KV head
+    g.chunk = (wg / params.heads) % params.chunks;
+    let tile_id = wg / (params.heads * params.chunks);
+    g.valid = tile_id < params.tiles;
+    if (!g.valid) {
+        return g;
+    }
+    g.first = plan[2u * tile_id];
+    g.count = min(plan[2u * tile_id + 1u], TQ);
+    g.seq = row_table[2u * g.first];
+    for (var i = 0u; i < g.count; i++) {
+        g.n_keys = max(g.n_keys, row_pos(g.first + i) + 1u);
+    }
+    return g;
+}
+
 @compute @workgroup_size(WG)
 fn attend(@builtin(local_invocation_index) t: u32,
           @builtin(workgroup_id) wid: vec3<u32>) {
@@ -576,22 +611,17 @@ fn attend(@builtin(local_invocation_index) t: u32,
 
     // Everything up to the key loop derives from the workgroup id, the uniform params and
     // read-only storage, so it is uniform: the early returns keep barriers uniform.
-    let wg = wid.y * params.tiles_x + wid.x;
-    let head = wg % params.heads;
-    let kv_head = head / (params.heads / params.kv_heads);  // its group's KV head
-    let chunk = (wg / params.heads) % params.chunks;
-    let tile_id = wg / (params.heads * params.chunks);
-    if (tile_id >= params.tiles) {
+    let group = attend_group(wid);
+    if (!group.valid) {
         return;
     }
-    let first = plan[2u * tile_id];
-    let count = min(plan[2u * tile_id + 1u], TQ);
-    let seq = row_table[2u * first];
-    // The tile needs keys 0..n_keys: up to its row at the largest position.
-    var n_keys = 0u;
-    for (var i = 0u; i < count; i++) {
-        n_keys = max(n_keys, row_pos(first + i) + 1u);
-    }
+    let head = group.head;
+    let kv_head = group.kv_head;
+    let chunk = group.chunk;
+    let first = group.first;
+    let count = group.count;
+    let seq = group.seq;
+    let n_keys = group.n_keys;
     let k_begin = chunk * params.chunk_len;
     let k_end = min(k_begin + params.chunk_len, n_keys);
     if (k_begin >= k_end) {
@@ -812,21 +842,23 @@ fn attend(@builtin(local_invocation_index) t: u32,
     }
 }
 
-// ---- attend_rows: prefill on a CPU adapter -------------------------------------------------
+// ---- attend_rows: prefill on lavapipe and llvmpipe (Gpu::favours_registers) ---------------
 
 // One workgroup per (query tile, head), as attend without key chunks. Invocation t takes
-// row i = t % TQ of the tile and slice sl = t / TQ of its head, the pairs sl * ACC ..
-// (sl + 1) * ACC (WG / TQ slices cover HD / 2; AttnTile::rows on the host), so that the
-// SIMD lanes of a CPU adapter, consecutive invocations, are rows of one slice: they read
-// the same key and value words, and Q's slice and the output's stay in registers (ACC
-// pairs, at most MAX_ROW_ACC, an unrolled loop). For each block of TK keys every invocation scores its slice
-// against every key of the block, reading K from the cache (attend's score loop read Q
-// and K from workgroup memory for every pair, which on a CPU adapter costs as much as any
-// other memory); the slices' partial scores are summed (invocation (i, sl) sums keys sl,
-// sl + WG / TQ, ... of row i); then each invocation folds the block into its row's softmax
-// state and its slice of acc, reading V from the cache. The tile holds the partial
-// scores [WG / TQ, TK, TQ] (the sums in slice 0's place), and with KV_ROT Q's rows and
-// the output's for the rotation, as attend: AttnTile::rows.
+// row i = t % TQ of the tile and slice sl = t / TQ of its head, the pairs from sl * ACC, ACC
+// of them (WG / TQ slices cover HD / 2; AttnTile::direct_prefill on the host), so that the SIMD
+// lanes of a CPU adapter, consecutive invocations, are rows of one slice: they read the
+// same key and value words, and Q's slice and the output's stay in registers (ACC pairs, at
+// most MAX_ROW_ACC, an unrolled loop). For each block of TK keys every invocation scores
+// its slice against every key of the block, reading K from the cache (attend's score loop
+// read Q and K from workgroup memory for every pair, which on a CPU adapter costs as much
+// as any other memory); the slices' partial scores are summed (invocation (i, sl) sums keys
+// sl, sl + WG / TQ, ... of row i); then each invocation folds the block into its row's
+// softmax state and its slice of acc, reading V from the cache. The tile holds the partial
+// scores [WG / TQ, TK, TQ] (the sums in slice 0's place), and with KV_ROT Q's rows and the
+// output's for the rotation, as attend: AttnTile::direct_prefill.
+
+// f32 offset in the tile of slice sl's partial score of key j for row i.
 fn rows_at(sl: u32, j: u32, i: u32) -> u32 {
     return (sl * TK + j) * TQ + i;
 }
@@ -837,26 +869,16 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
     let h2 = HD / 2u;
     let d2 = params.heads * h2;
     let slices = WG / TQ;
-    // Uniform up to the key loop, as in attend.
-    let wg = wid.y * params.tiles_x + wid.x;
-    let head = wg % params.heads;
-    let kv_head = head / (params.heads / params.kv_heads);
-    let tile_id = wg / params.heads;
-    if (tile_id >= params.tiles) {
+    // Uniform up to the key loop, as in attend (one key chunk: the host's Split::whole).
+    let group = attend_group(wid);
+    if (!group.valid) {
         return;
-    }
-    let first = plan[2u * tile_id];
-    let count = min(plan[2u * tile_id + 1u], TQ);
-    let seq = row_table[2u * first];
-    var n_keys = 0u;
-    for (var r = 0u; r < count; r++) {
-        n_keys = max(n_keys, row_pos(first + r) + 1u);
     }
 
     let i = t % TQ;
     let sl = t / TQ;
-    let row_ok = i < count;
-    let row = first + min(i, count - 1u);  // idle rows repeat the last one, never written
+    let row_ok = i < group.count;
+    let row = group.first + min(i, group.count - 1u);  // idle rows repeat the last, unwritten
     let pos = row_pos(row);
 
     // Q's slice, scaled (and rotated with KV_ROT, in the tile's first TQ rows of HD).
@@ -865,8 +887,9 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
     if (KV_ROT) {
         for (var x = t; x < TQ * h2; x += WG) {
             let qi = x / h2;
-            set_tile2(x, q[(first + min(qi, count - 1u)) * params.src_stride + params.src_off
-                + head * h2 + x % h2] * q_scale);
+            let r = group.first + min(qi, group.count - 1u);
+            set_tile2(x, q[r * params.src_stride + params.src_off + group.head * h2 + x % h2]
+                * q_scale);
         }
         rotate_tile_rows(t);
     }
@@ -876,7 +899,7 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
             if (KV_ROT) {
                 qs[a] = tile2(i * h2 + c);
             } else {
-                qs[a] = q[row * params.src_stride + params.src_off + head * h2 + c] * q_scale;
+                qs[a] = q[row * params.src_stride + params.src_off + group.head * h2 + c] * q_scale;
             }
         }
     }
@@ -884,12 +907,12 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
     var m = NEG_BIG;
     var l = 0.0;
     var acc: array<vec2<f32>, MAX_ROW_ACC>;
-    for (var k0 = 0u; k0 < n_keys; k0 += TK) {
-        let nb = min(TK, n_keys - k0);
+    for (var k0 = 0u; k0 < group.n_keys; k0 += TK) {
+        let nb = min(TK, group.n_keys - k0);
         // The previous block's sums have been folded (on the first pass: Q is read).
         workgroupBarrier();
         for (var j = 0u; j < nb; j++) {
-            let blk = head_block(seq, k0 + j, kv_head);
+            let blk = head_block(group.seq, k0 + j, group.kv_head);
             var s = 0.0;
             for (var a = 0u; a < ACC; a++) {
                 let c = sl * ACC + a;
@@ -925,7 +948,7 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
             for (var j = 0u; j < jn; j++) {
                 let p = exp(tile[rows_at(0u, j, i)] - mb);
                 l += p;
-                let blk = head_block(seq, k0 + j, kv_head);
+                let blk = head_block(group.seq, k0 + j, group.kv_head);
                 for (var a = 0u; a < ACC; a++) {
                     let c = sl * ACC + a;
                     if (c < h2) {
@@ -963,7 +986,7 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
     for (var a = 0u; a < ACC; a++) {
         let c = sl * ACC + a;
         if (c < h2) {
-            out[row * d2 + head * h2 + c] = acc[a];
+            out[row * d2 + group.head * h2 + c] = acc[a];
         }
     }
 }

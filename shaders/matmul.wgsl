@@ -826,6 +826,15 @@ const TILE_K: u32 = 16u;
 var<workgroup> xs: array<array<f32, TILE_K>, TILE_R>;
 var<workgroup> ws: array<array<f32, TILE_O>, TILE_K>;
 
+// The first row and output of workgroup `wid`'s tile, and 0 past the last tile (else 1).
+fn gemm_origin(wid: vec3<u32>) -> vec3<u32> {
+    let id = wid.y * params().tiles_x + wid.x;
+    let tiles_o = (params().n_out + TILE_O - 1u) / TILE_O;
+    let tiles_r = (params().rows + TILE_R - 1u) / TILE_R;
+    return vec3<u32>((id / tiles_o) * TILE_R, (id % tiles_o) * TILE_O,
+                     select(0u, 1u, id < tiles_o * tiles_r));
+}
+
 // Stages the slab of k0 .. k0 + TILE_K: x's rows row0 .. row0 + TILE_R into xs and w's
 // outputs out0 .. out0 + TILE_O into ws; each of `inv` invocations (256 in gemm, 64 in
 // gemm8) loads TILE_R * TILE_K / inv values of each operand, zero past the edges.
@@ -870,14 +879,12 @@ fn stage_slab(t: u32, inv: u32, row0: u32, out0: u32, k0: u32) {
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) t: u32,
         @builtin(workgroup_id) wid: vec3<u32>) {
-    let id = wid.y * params().tiles_x + wid.x;
-    let tiles_o = (params().n_out + TILE_O - 1u) / TILE_O;
-    let tiles_r = (params().rows + TILE_R - 1u) / TILE_R;
-    if (id >= tiles_o * tiles_r) {
+    let origin = gemm_origin(wid);
+    if (origin.z == 0u) {
         return;  // whole workgroup: uniform
     }
-    let row0 = (id / tiles_o) * TILE_R;
-    let out0 = (id % tiles_o) * TILE_O;
+    let row0 = origin.x;
+    let out0 = origin.y;
     // The 4 x 4 block in four vec4 registers (row i of the block in acc_i): no arrays to
     // index, so the accumulators stay in registers on every compiler.
     var acc0 = vec4<f32>();
@@ -913,14 +920,12 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
 fn gemm8(@builtin(local_invocation_id) lid: vec3<u32>,
          @builtin(local_invocation_index) t: u32,
          @builtin(workgroup_id) wid: vec3<u32>) {
-    let id = wid.y * params().tiles_x + wid.x;
-    let tiles_o = (params().n_out + TILE_O - 1u) / TILE_O;
-    let tiles_r = (params().rows + TILE_R - 1u) / TILE_R;
-    if (id >= tiles_o * tiles_r) {
+    let origin = gemm_origin(wid);
+    if (origin.z == 0u) {
         return;  // whole workgroup: uniform
     }
-    let row0 = (id / tiles_o) * TILE_R;
-    let out0 = (id % tiles_o) * TILE_O;
+    let row0 = origin.x;
+    let out0 = origin.y;
     var acc: array<vec4<f32>, 16>;
     let ry = lid.y * 8u;
     let ox = lid.x * 8u;

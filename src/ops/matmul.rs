@@ -948,51 +948,45 @@ mod tests {
         epilogue: Epilogue,
         what: &str,
     ) {
-        if kernel != Kernel::Gemm {
-            return check_entry(gpu, kernel, matrix, w, rows, epilogue, what);
-        }
-        for entry in ["gemm", "gemm8"] {
-            GEMM_ENTRY.set(Some(entry));
-            let what = format!("{what} ({entry})");
-            check_entry(gpu, kernel, matrix, w, rows, epilogue, &what);
+        // The GEMM through both its entry points, whatever the adapter would take.
+        let entries: &[Option<&'static str>] = if kernel == Kernel::Gemm {
+            &[Some("gemm"), Some("gemm8")]
+        } else {
+            &[None]
+        };
+        for &entry in entries {
+            GEMM_ENTRY.set(entry);
+            let what = match entry {
+                Some(e) => format!("{what} ({e})"),
+                None => what.to_string(),
+            };
+            let (n_out, n_in) = (matrix.rows, matrix.cols);
+            let width = n_out / epilogue.outputs_per_unit();
+            let x = test_values(rows * n_in, 2);
+            let y0 = test_values(rows * width, 3);
+            let xb = gpu.upload(MemoryCategory::Activations, "x", &x).unwrap();
+            let yb = gpu.upload(MemoryCategory::Activations, "y", &y0).unwrap();
+            let mut enc = gpu.encoder("matmul test");
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                encode_with(gpu, &mut pass, matrix, &xb, &yb, rows, epilogue, kernel).unwrap();
+            }
+            gpu.submit_and_wait(enc).unwrap();
+            let got: Vec<f32> = gpu.read(&yb, rows * width).unwrap();
+            let z = matmul_reference(w, &x, rows, n_in, n_out);
+            // The classic bound for a sum of n_in products in f32: n_in ulps of sum |w_i x_i|
+            // (plus the accumulated y, which is at most 1).
+            let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+            let abs_x: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+            let scale = matmul_reference(&abs_w, &abs_x, rows, n_in, n_out);
+            let what = format!(
+                "{what} {rows}x{n_in}->{n_out} {epilogue:?} on {}",
+                gpu.describe()
+            );
+            let slack = n_in as f64 + 2.0;
+            assert_product(&got, &z, &scale, &y0, rows, n_out, epilogue, slack, &what);
         }
         GEMM_ENTRY.set(None);
-    }
-
-    fn check_entry(
-        gpu: &Gpu,
-        kernel: Kernel,
-        matrix: &Matrix,
-        w: &[f32],
-        rows: usize,
-        epilogue: Epilogue,
-        what: &str,
-    ) {
-        let (n_out, n_in) = (matrix.rows, matrix.cols);
-        let width = n_out / epilogue.outputs_per_unit();
-        let x = test_values(rows * n_in, 2);
-        let y0 = test_values(rows * width, 3);
-        let xb = gpu.upload(MemoryCategory::Activations, "x", &x).unwrap();
-        let yb = gpu.upload(MemoryCategory::Activations, "y", &y0).unwrap();
-        let mut enc = gpu.encoder("matmul test");
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            encode_with(gpu, &mut pass, matrix, &xb, &yb, rows, epilogue, kernel).unwrap();
-        }
-        gpu.submit_and_wait(enc).unwrap();
-        let got: Vec<f32> = gpu.read(&yb, rows * width).unwrap();
-        let z = matmul_reference(w, &x, rows, n_in, n_out);
-        // The classic bound for a sum of n_in products in f32: n_in ulps of sum |w_i x_i|
-        // (plus the accumulated y, which is at most 1).
-        let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
-        let abs_x: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-        let scale = matmul_reference(&abs_w, &abs_x, rows, n_in, n_out);
-        let what = format!(
-            "{what} {rows}x{n_in}->{n_out} {epilogue:?} on {}",
-            gpu.describe()
-        );
-        let slack = n_in as f64 + 2.0;
-        assert_product(&got, &z, &scale, &y0, rows, n_out, epilogue, slack, &what);
     }
 
     #[test]

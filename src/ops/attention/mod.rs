@@ -411,16 +411,8 @@ mod tests {
             let vcb = upload(&gpu, "v cache", &vc);
             let got = write_and_prefill(&gpu, &attn, &q, &k, &v, &rows, &kcb, &vcb, shape);
             kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
-            check(
-                &gpu,
-                &format!("widest prefill, {tile:?}"),
-                &got,
-                &q,
-                &kc,
-                &vc,
-                &rows,
-                shape,
-            );
+            let what = format!("widest prefill, {tile:?}");
+            check(&gpu, &what, &got, &q, &kc, &vc, &rows, shape);
             // The last row again as a decode batch, split into two chunks.
             let last = &rows[2..];
             let d = shape.d();
@@ -439,16 +431,8 @@ mod tests {
             }
             gpu.submit_and_wait(enc).unwrap();
             let got: Vec<f32> = gpu.read(&out, d).unwrap();
-            check(
-                &gpu,
-                &format!("widest decode, {tile:?}"),
-                &got,
-                &q[2 * d..],
-                &kc,
-                &vc,
-                last,
-                shape,
-            );
+            let what = format!("widest decode, {tile:?}");
+            check(&gpu, &what, &got, &q[2 * d..], &kc, &vc, last, shape);
         }
     }
 

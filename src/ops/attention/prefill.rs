@@ -62,16 +62,8 @@ mod tests {
                     let vcb = upload(&gpu, "v cache", &vc);
                     let got = write_and_prefill(&gpu, &attn, &q, &k, &v, &rows, &kcb, &vcb, shape);
                     kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
-                    check(
-                        &gpu,
-                        &format!("prefill, {tile:?}"),
-                        &got,
-                        &q,
-                        &kc,
-                        &vc,
-                        &rows,
-                        shape,
-                    );
+                    let what = format!("prefill, {tile:?}");
+                    check(&gpu, &what, &got, &q, &kc, &vc, &rows, shape);
                 }
             }
         }
@@ -104,16 +96,8 @@ mod tests {
                 let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
                 let got = write_and_prefill(&gpu, &attn, &q, &k, &v, rows, &kcb, &vcb, shape);
                 kv_write_reference(&k, &v, rows, &mut kc, &mut vc, shape);
-                check(
-                    &gpu,
-                    &format!("chunked prefill, {tile:?}"),
-                    &got,
-                    &q,
-                    &kc,
-                    &vc,
-                    rows,
-                    shape,
-                );
+                let what = format!("chunked prefill, {tile:?}");
+                check(&gpu, &what, &got, &q, &kc, &vc, rows, shape);
             }
         }
     }
