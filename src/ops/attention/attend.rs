@@ -30,8 +30,8 @@ const MAX_BLOCK_KEYS: usize = 64;
 /// lavapipe 8 keys decoded 0.68-0.75x the rate of 64, so only SwiftShader takes it
 /// (bench-results/page-workgroup-fill-dec4.md).
 const ZERO_FILLED_DECODE_KEYS: usize = 8;
-/// Keys per block of the direct decode tile ([`AttnTile::direct_decode`]), whose blocks take a
-/// score per key only. 256 measured the same as 64 on lavapipe.
+/// Keys per block of the direct decode tile ([`AttnTile::direct_decode`]), whose blocks
+/// take a score per key only. 256 measured the same as 64 on lavapipe.
 const DIRECT_BLOCK_KEYS: usize = 64;
 /// Keys per block of the direct prefill tile ([`AttnTile::direct_prefill`]), whose partial
 /// scores take WG x keys f32s (8 KiB). Prefill attention of 4 sequences x 1,015 tokens,
@@ -127,10 +127,10 @@ impl AttnTile {
         Self::new(1 << fit.ilog2(), head_dim, limit)
     }
 
-    /// Prefill on a CPU adapter (`attend_rows` in attention.wgsl): the workgroup's
-    /// invocations are `rows` rows x slices of the head of `acc` pairs (the fewest slices, a
-    /// power of two, of at most MAX_ROW_ACC pairs each), and keys and values are read from
-    /// the cache. The tile holds the partial scores [slices, keys, rows] = WG x keys f32s,
+    /// Prefill where workgroup memory is read lane by lane (`attend_rows` in
+    /// attention.wgsl; [`Self::prefill_on`]): the workgroup's invocations are `rows` rows x
+    /// slices of the head of `acc` pairs (the fewest slices, a power of two, of at most
+    /// MAX_ROW_ACC pairs each), and keys and values are read from the cache. The tile holds the partial scores [slices, keys, rows] = WG x keys f32s,
     /// and Q's rows for the rotated caches' rotation: within the WebGPU default for every
     /// head_dim. head_dim 64: 32 rows x 2 slices of 16 pairs; 32: 64 rows, one slice; 256:
     /// 8 x 8 of 16.
@@ -166,8 +166,8 @@ impl AttnTile {
         Self::new(1, head_dim, limit)
     }
 
-    /// The decode tile on `gpu`: [`Self::direct_decode`] on a CPU adapter, where staging K and V
-    /// costs a copy and a barrier per block and buys nothing (no bank or coalescing to
+    /// The decode tile on `gpu`: [`Self::direct_decode`] on a CPU adapter, where staging K
+    /// and V costs a copy and a barrier per block and buys nothing (no bank or coalescing to
     /// win), else [`Self::decode`] within the device's limit. Except where the browser
     /// fills workgroup memory with zeros on SwiftShader (Chromium's software adapter,
     /// named so by the page): there the direct tile decoded at 0.85x the rate of the
