@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let candidates: Vec<Kernel> = Kernel::GEMVS
                     .into_iter()
                     .chain([Kernel::GemvDot4])
-                    .filter(|k| *k != Kernel::GemvCols && k.runs(&gpu, n_in, false))
+                    .filter(|k| *k != Kernel::GemvCols && k.runs(&gpu, format, n_in, false))
                     .collect();
                 let mut samples = vec![Vec::new(); candidates.len()];
                 for _ in 0..rounds {

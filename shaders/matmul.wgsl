@@ -627,7 +627,7 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
 // invocation walking its row a vec4<u32> at a time (8 f16 weights, 16 q8 or 32 q4 levels)
 // with the inputs under them as vec4s, as gemv_wide's lanes do: a quarter of the loop
 // iterations of gemv_outputs per weight, which is what a CPU adapter pays for. Needs
-// n_in % 32 == 0, like gemv_wide (the host checks).
+// rows as gemv_wide's (the host checks).
 @compute @workgroup_size(GEMV_WG)
 fn gemv_outputs_wide(@builtin(local_invocation_index) t: u32,
                      @builtin(workgroup_id) wid: vec3<u32>) {
@@ -699,9 +699,10 @@ fn gemv_cols(@builtin(local_invocation_index) t: u32,
 // lane group g takes output unit u = WIDE_UNITS * (workgroup's unit block) + g for one
 // block of GEMV_ROWS rows. Each lane reads a vec4<u32> of w per step (8 f16 weights, 16 q8
 // or 32 q4 levels, 4 f32) and the inputs under it as vec4<f32>, striding by the group's
-// WIDE_LANES x 16 bytes, so a group streams its row in 512-byte runs. Then one barrier and WIDE_UNITS x GEMV_ROWS lanes each add
-// WIDE_LANES partials. Needs n_in % 32 == 0 (whole quantized blocks, rows of whole
-// vec4s); the host checks.
+// WIDE_LANES x 16 bytes, so a group streams its row in 512-byte runs. Then one barrier
+// and WIDE_UNITS x GEMV_ROWS lanes each add WIDE_LANES partials. Needs rows of whole
+// vec4s of w and of x: n_in a multiple of 8 in f16, else of 4 (a quantized row is whole
+// blocks); the host checks (wide_align in src/ops/matmul.rs).
 // Must match GEMV_WIDE_LANES on the host; WIDE_UNITS = GEMV_WG / WIDE_LANES.
 const WIDE_LANES: u32 = 32u;
 override WIDE_UNITS: u32 = GEMV_WG / WIDE_LANES;
@@ -723,18 +724,24 @@ fn wide_scale(s: u32) -> f32 {
 
 // Adds row o of w times rows r0 .. r0 + GEMV_ROWS of x into acc[a0 ..], taking the row's
 // vec4s lane, lane + step, ... (gemv_wide: a lane of its group, step WIDE_LANES;
-// gemv_outputs_wide: the whole row, 0 and 1).
+// gemv_outputs_wide: the whole row, 0 and 1). A quantized row is whole blocks, its last
+// padded with level 0 where n_in % QBLOCK != 0 (the shipped FFN's 688): the inputs under
+// the padding are read clamped to the row's last vec4, as dot_rows clamps, so nothing past
+// the row is touched and each adds 0.
 fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: u32,
                  nr: u32, lane: u32, step: u32) {
     // vec4<u32>s per row, and inputs each covers.
     var per_vec = 4u;
+    var vecs = params().n_in / 4u;
     if (W_FMT == W_F16) {
         per_vec = 8u;
+        vecs = params().n_in / 8u;
     } else if (quantized()) {
         per_vec = 4u * VPW;
+        vecs = row_words() / 4u;
     }
-    let vecs = params().n_in / per_vec;
-    let blocks = params().n_in / QBLOCK;
+    let blocks = (params().n_in + QBLOCK - 1u) / QBLOCK;
+    let last = params().n_in / 4u - 1u;  // the row's last input vec4
     for (var j = lane; j < vecs; j += step) {
         let wv = w4[o * vecs + j];
         var scale = 1.0;
@@ -753,12 +760,12 @@ fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32,
                 z = dot(a, x_at(row, k)) + dot(b, x_at(row, k + 1u));
             } else if (W_FMT == W_Q8) {
                 for (var c = 0u; c < 4u; c++) {
-                    z += dot(levels_lo(wv[c]), x_at(row, k + c));
+                    z += dot(levels_lo(wv[c]), x_at(row, min(k + c, last)));
                 }
             } else {
                 for (var c = 0u; c < 4u; c++) {
-                    z += dot(levels_lo(wv[c]), x_at(row, k + 2u * c))
-                        + dot(levels_hi(wv[c]), x_at(row, k + 2u * c + 1u));
+                    z += dot(levels_lo(wv[c]), x_at(row, min(k + 2u * c, last)))
+                        + dot(levels_hi(wv[c]), x_at(row, min(k + 2u * c + 1u, last)));
                 }
             }
             (*acc)[a0 + r] += scale * z;

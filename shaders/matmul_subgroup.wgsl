@@ -9,7 +9,7 @@
 // first as gemv_wide's does. Which subgroup and lane an invocation is come from the
 // subgroup builtins, not from local_invocation_index: a driver may lay subgroups out in
 // any order, or size them otherwise than the host assumed (the loop over units below then
-// still covers SG_UNITS). Needs n_in % 32 == 0; the host checks (Kernel::GemvSubgroup).
+// still covers SG_UNITS). Needs rows as gemv_wide's; the host checks (Kernel::runs).
 
 // Output units per workgroup; the host's grid assumes it (src/ops/matmul.rs).
 override SG_UNITS: u32 = 4u;

@@ -280,7 +280,7 @@ fn dot4_sweep(gpu: &Gpu) {
     use walsh::ops::Matrix;
     use walsh::ops::matmul::{Epilogue, Prologue, encode_with_prologue};
     let n_in = 128;
-    if !Kernel::GemvDot4.runs(gpu, n_in, false) {
+    if !Kernel::GemvDot4.runs(gpu, walsh::ops::WeightFormat::Q8, n_in, false) {
         return;
     }
     let buf = |label, n: usize| {

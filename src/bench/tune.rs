@@ -185,7 +185,9 @@ pub async fn tune_gemv_with(
         .filter(|k| {
             let transposed = *k == Kernel::GemvCols;
             (!transposed || transposable)
-                && products.iter().any(|p| k.runs(gpu, p.n_in, transposed))
+                && products
+                    .iter()
+                    .any(|p| k.runs(gpu, format, p.n_in, transposed))
         })
         .collect();
     struct Bound {
@@ -234,10 +236,10 @@ pub async fn tune_gemv_with(
                     (Some(wt), Kernel::GemvCols) => (wt, true),
                     _ => (&b.w, false),
                 };
-                let kernel = if kernel.runs(gpu, p.n_in, transposed) {
+                let kernel = if kernel.runs(gpu, format, p.n_in, transposed) {
                     kernel
                 } else {
-                    Kernel::untuned_gemv(gpu, p.n_in, transposed)
+                    Kernel::untuned_gemv(gpu, format, p.n_in, transposed)
                 };
                 let prologue = if p.normed && matmul::prologue_fits(gpu, 1, p.n_in, false) {
                     Prologue::Norm {
@@ -308,7 +310,7 @@ pub fn forced_tuning(gpu: &Gpu, model: &Model, kernel: Kernel) -> Tuning {
             && layout
             && products
                 .iter()
-                .all(|p| kernel.runs(gpu, p.n_in, transposed))
+                .all(|p| kernel.runs(gpu, format, p.n_in, transposed))
         {
             tuning
                 .gemv
@@ -547,7 +549,7 @@ mod tests {
                 let t = pollster::block_on(tune_gemv_with(&gpu, format, &products, 2, true));
                 let t = t.unwrap();
                 let names: Vec<&str> = t.int8.iter().map(|c| c.0.as_str()).collect();
-                if format == WeightFormat::F16 || !Kernel::GemvDot4.runs(&gpu, 64, false) {
+                if !Kernel::GemvDot4.runs(&gpu, format, 64, false) {
                     assert!(names.is_empty(), "{names:?}");
                     continue;
                 }

@@ -8,7 +8,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Cols, Matrix};
+use super::{Cols, Matrix, WeightFormat};
 use crate::gpu::Binding::{ReadOnly, ReadWrite, Uniform};
 use crate::gpu::{Binding, Gpu, GpuBuffer, GpuError, PipelineKey, Record, Shader};
 use crate::ops::hadamard::cpu::{SIGN_UNIFORM_WORDS, WhtSize};
@@ -59,8 +59,16 @@ const _: () = assert!(
 /// matmul_dot4.wgsl's `qx` (STAGE / 4 words), `qscale` and `qsum` (STAGE / QBLOCK each).
 const DOT4_WORKGROUP_BYTES: u32 =
     PROLOGUE_WORKGROUP_BYTES + (PROLOGUE_STAGE as u32 / 4 + 2 * PROLOGUE_STAGE as u32 / 32) * 4;
-/// The wide GEMV reads rows in whole quantized blocks and 16-byte vectors.
-const GEMV_WIDE_ALIGN: usize = 32;
+/// The wide GEMVs read a row of w in 16-byte vectors (`w4`; a quantized row is whole
+/// blocks, so whole vectors, whatever its width) and the inputs under them through x's
+/// vec4 view: the multiple of inputs a row of `format` must be for them. The shipped FFN
+/// width (688 = 86 x 8 = 21 x 32 + 16) is one in every format.
+fn wide_align(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::F16 => 8,
+        WeightFormat::F32 | WeightFormat::Q8 | WeightFormat::Q4 => 4,
+    }
+}
 /// Accumulators per GEMV invocation (rows per workgroup x outputs per unit) at most;
 /// must match `MAX_GEMV_ROWS` in matmul.wgsl.
 const MAX_GEMV_ROWS: usize = 8;
@@ -236,17 +244,20 @@ pub enum Kernel {
     /// A workgroup per output, reduced through workgroup memory.
     Gemv,
     /// A group of 32 lanes per output reading 16 bytes each per step, eight outputs per
-    /// workgroup (GPUs; needs `n_in % 32 == 0`).
+    /// workgroup (GPUs; needs rows of whole 16-byte vectors and quantized blocks:
+    /// `n_in` a multiple of 4 in f32, 8 in f16, 32 quantized).
     GemvWide,
     /// An invocation per output, no barrier (CPU adapters).
     GemvOutputs,
-    /// The same, reading 16 bytes of the row per step (CPU adapters, `n_in % 32 == 0`).
+    /// The same, reading 16 bytes of the row per step (CPU adapters; `n_in` as
+    /// [`Kernel::GemvWide`]'s).
     GemvOutputsWide,
     /// An invocation per two neighbouring outputs of a transposed f16 matrix (what
     /// `Auto` takes for one; the other GEMVs read row-major matrices only).
     GemvCols,
     /// A subgroup per output reading 16 bytes per lane per step, reduced by subgroupAdd
-    /// with no barrier (llama.cpp's `mul_mat_vec`; needs SUBGROUP and `n_in % 32 == 0`).
+    /// with no barrier (llama.cpp's `mul_mat_vec`; needs SUBGROUP, and `n_in` as
+    /// [`Kernel::GemvWide`]'s).
     GemvSubgroup,
     /// q8 and q4 weights against activations quantized to int8 per block of 32
     /// (llama.cpp's q8_1), dotted by `dot4I8Packed` (shaders/matmul_dot4.wgsl; needs
@@ -291,18 +302,20 @@ impl Kernel {
         Self::GEMVS.into_iter().find(|k| k.name() == name)
     }
 
-    /// Whether this GEMV can run a product of `n_in` inputs of a matrix stored
+    /// Whether this GEMV can run a product of `n_in` inputs of a `format` matrix stored
     /// `transposed` on `gpu` (the GEMM and `Auto` always can).
-    pub fn runs(self, gpu: &Gpu, n_in: usize, transposed: bool) -> bool {
+    pub fn runs(self, gpu: &Gpu, format: WeightFormat, n_in: usize, transposed: bool) -> bool {
+        let wide = n_in.is_multiple_of(wide_align(format));
         match self {
             Kernel::Auto | Kernel::Gemm => true,
             Kernel::GemvCols => transposed,
             _ if transposed => false,
-            Kernel::GemvWide | Kernel::GemvOutputsWide => n_in.is_multiple_of(GEMV_WIDE_ALIGN),
-            Kernel::GemvSubgroup => gpu.features().subgroup && n_in.is_multiple_of(GEMV_WIDE_ALIGN),
+            Kernel::GemvWide | Kernel::GemvOutputsWide => wide,
+            Kernel::GemvSubgroup => gpu.features().subgroup && wide,
             Kernel::GemvDot4 => {
                 packed_dot4(gpu)
-                    && n_in.is_multiple_of(GEMV_WIDE_ALIGN)
+                    && format.quant().is_some()
+                    && n_in.is_multiple_of(crate::blocks::BLOCK)
                     && n_in <= PROLOGUE_STAGE
                     && gpu.limits().max_compute_workgroup_storage_size >= DOT4_WORKGROUP_BYTES
             }
@@ -322,14 +335,14 @@ impl Kernel {
     fn auto_gemv(gpu: &Gpu, w: &Matrix) -> Kernel {
         gpu.tuned_gemv(w.format.name())
             .and_then(|name| Kernel::from_name(&name))
-            .filter(|k| k.runs(gpu, w.cols, w.transposed))
-            .unwrap_or_else(|| Kernel::untuned_gemv(gpu, w.cols, w.transposed))
+            .filter(|k| k.runs(gpu, w.format, w.cols, w.transposed))
+            .unwrap_or_else(|| Kernel::untuned_gemv(gpu, w.format, w.cols, w.transposed))
     }
 
-    /// The decode GEMV by adapter type, for a product of `n_in` inputs of a matrix stored
-    /// `transposed`.
-    pub fn untuned_gemv(gpu: &Gpu, n_in: usize, transposed: bool) -> Kernel {
-        let wide = n_in.is_multiple_of(GEMV_WIDE_ALIGN);
+    /// The decode GEMV by adapter type, for a product of `n_in` inputs of a `format` matrix
+    /// stored `transposed`.
+    pub fn untuned_gemv(gpu: &Gpu, format: WeightFormat, n_in: usize, transposed: bool) -> Kernel {
+        let wide = n_in.is_multiple_of(wide_align(format));
         match (transposed, gpu.is_cpu_adapter(), wide) {
             (true, _, _) => Kernel::GemvCols,
             // On a CPU adapter a barrier is a thread switch: one invocation per output wins.
@@ -561,12 +574,13 @@ pub fn encode_cols(
                 w.format.name()
             )));
         }
-        if !kernel.runs(gpu, n_in, false) {
+        if !kernel.runs(gpu, w.format, n_in, false) {
             return Err(GpuError::Validation(format!(
                 "gemv_dot4 cannot run {n_in} inputs on {} (whole blocks of \
-                 {GEMV_WIDE_ALIGN}, at most {PROLOGUE_STAGE}, {DOT4_WORKGROUP_BYTES} bytes of \
+                 {}, at most {PROLOGUE_STAGE}, {DOT4_WORKGROUP_BYTES} bytes of \
                  workgroup memory, dot4I8Packed)",
-                gpu.info().name
+                gpu.info().name,
+                crate::blocks::BLOCK
             )));
         }
     }
@@ -574,9 +588,11 @@ pub fn encode_cols(
         kernel,
         Kernel::GemvWide | Kernel::GemvOutputsWide | Kernel::GemvSubgroup
     );
-    if wide && !n_in.is_multiple_of(GEMV_WIDE_ALIGN) {
+    let align = wide_align(w.format);
+    if wide && !n_in.is_multiple_of(align) {
         return Err(GpuError::Validation(format!(
-            "the wide GEMVs need n_in to be a multiple of {GEMV_WIDE_ALIGN}, not {n_in}"
+            "the wide GEMVs need n_in to be a multiple of {align} for {} weights, not {n_in}",
+            w.format.name()
         )));
     }
     let gemv = kernel != Kernel::Gemm;
@@ -788,7 +804,6 @@ mod tests {
     use crate::blocks::QuantMatrix;
     use crate::gpu::MemoryCategory;
     use crate::gpu::testing::{test_gpus, test_values};
-    use crate::ops::WeightFormat;
 
     std::thread_local! {
         /// gemv_dot4's lanes per unit forced for this test thread (the GPUs' layout on
@@ -1464,7 +1479,7 @@ mod tests {
     fn dot4_gemv_matches_its_int8_reference() {
         use WeightFormat::{Q4, Q8};
         for gpu in test_gpus() {
-            if !Kernel::GemvDot4.runs(&gpu, 128, false) {
+            if !Kernel::GemvDot4.runs(&gpu, Q8, 128, false) {
                 eprintln!("gemv_dot4 does not run on {}", gpu.describe());
                 continue;
             }
@@ -1558,7 +1573,12 @@ mod tests {
         assert!(!Kernel::GemvDot4.exact() && Kernel::GEMVS.iter().all(|k| k.exact()));
         for gpu in test_gpus() {
             for n_in in [64, 1024, 4096] {
-                assert_ne!(Kernel::untuned_gemv(&gpu, n_in, false), Kernel::GemvDot4);
+                for format in FORMATS {
+                    assert_ne!(
+                        Kernel::untuned_gemv(&gpu, format, n_in, false),
+                        Kernel::GemvDot4
+                    );
+                }
             }
             // Even a tuning naming it (an edited cache) leaves Auto on an exact GEMV.
             let mut tuning = crate::gpu::Tuning::default();
@@ -1699,14 +1719,15 @@ mod tests {
                     true,
                 );
             }
-            // gemv_outputs_wide: whole 32-blocks in every format.
+            // gemv_outputs_wide: whole 32-blocks in every format, and narrower rows.
+            let k = Kernel::GemvOutputsWide;
             for format in FORMATS {
                 for (rows, n_in, n_out) in [(1, 32, 1), (3, 64, 9), (9, 96, 67)] {
-                    let k = Kernel::GemvOutputsWide;
                     check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
                     check(&gpu, k, format, rows, n_in, 2 * n_out, Epilogue::SwiGlu);
                 }
             }
+            check_narrow_rows(&gpu, k);
             // Each GEMV reads one layout, and says so.
             let w = Matrix::from_f16_bits_transposed(&gpu, "w", &[0; 64], 2, 32).unwrap();
             let x = gpu
@@ -1814,7 +1835,7 @@ mod tests {
     }
 
     #[test]
-    fn wide_gemv_matches_cpu_on_whole_blocks() {
+    fn wide_gemvs_match_cpu_on_whole_and_padded_blocks() {
         for gpu in test_gpus() {
             let mut kernels = vec![Kernel::GemvWide];
             if gpu.features().subgroup {
@@ -1832,18 +1853,53 @@ mod tests {
                 }
                 check(&gpu, k, WeightFormat::Q4, 6, 128, 38, Epilogue::SwiGlu);
                 check(&gpu, k, WeightFormat::F16, 4, 96, 7, Epilogue::Silu);
-                // Rows of partial blocks are refused, not misread.
-                let w = Matrix::from_f32(&gpu, "w", &[0f32; 33 * 2], 2, 33).unwrap();
-                let x = gpu
-                    .upload(MemoryCategory::Activations, "x", &[0f32; 33])
-                    .unwrap();
-                let y = gpu.storage(MemoryCategory::Activations, "y", 8).unwrap();
-                let mut enc = gpu.encoder("matmul test");
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                let err =
-                    encode_with(&gpu, &mut pass, &w, &x, &y, 1, Epilogue::Store, k).unwrap_err();
-                assert!(err.to_string().contains("multiple of 32, not 33"), "{err}");
+                check_narrow_rows(&gpu, k);
             }
+        }
+    }
+
+    /// A wide GEMV `k` on rows that are not whole 32-value blocks (the shipped FFN width
+    /// 688 = 21 x 32 + 16: a quantized row's last block padded), against the reference;
+    /// rows it cannot read in whole vectors (f32 33, f16 36, q8 42) refused with the
+    /// format's multiple, not misread.
+    fn check_narrow_rows(gpu: &Gpu, k: Kernel) {
+        use WeightFormat::{F16, F32, Q4, Q8};
+        for (format, n_in) in [
+            (F32, 36),
+            (F16, 40),
+            (F16, 688),
+            (Q8, 40),
+            (Q4, 44),
+            (Q4, 688),
+        ] {
+            assert!(k.runs(gpu, format, n_in, false), "{k:?} {format:?} {n_in}");
+            check(gpu, k, format, 3, n_in, 9, Epilogue::Store);
+            check(gpu, k, format, 2, n_in, 10, Epilogue::SwiGlu);
+            check(gpu, k, format, 1, n_in, 5, Epilogue::Accumulate);
+        }
+        for (format, n_in, want) in [
+            (F32, 33, "multiple of 4 for f32 weights, not 33"),
+            (F16, 36, "multiple of 8 for f16 weights, not 36"),
+            (Q8, 42, "multiple of 4 for q8 weights, not 42"),
+        ] {
+            assert!(!k.runs(gpu, format, n_in, false), "{k:?} {format:?} {n_in}");
+            let w = vec![0.5f32; 2 * n_in];
+            let w = match format {
+                F32 => Matrix::from_f32(gpu, "w", &w, 2, n_in).unwrap(),
+                F16 => Matrix::from_f16_bits(gpu, "w", &vec![0x3800; 2 * n_in], 2, n_in).unwrap(),
+                _ => {
+                    let q = QuantMatrix::quantize(format.quant().unwrap(), 2, n_in, &w).unwrap();
+                    Matrix::from_quant(gpu, "w", &q).unwrap()
+                }
+            };
+            let x = gpu
+                .upload(MemoryCategory::Activations, "x", &vec![0f32; n_in])
+                .unwrap();
+            let y = gpu.storage(MemoryCategory::Activations, "y", 8).unwrap();
+            let mut enc = gpu.encoder("matmul test");
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let err = encode_with(gpu, &mut pass, &w, &x, &y, 1, Epilogue::Store, k).unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
         }
     }
 
