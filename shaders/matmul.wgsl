@@ -947,8 +947,10 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
 
 // CPU adapters: the same tile with 8 x 8 invocations of an 8 x 8 block each. A CPU
 // adapter reads workgroup memory lane by lane, as any memory: per k, an invocation reads
-// 16 values for 64 multiply-adds where gemm's reads 8 for 16. Row i of the block is
-// acc[2i] (outputs 0-3) and acc[2i + 1] (4-7).
+// 16 values for 64 multiply-adds where gemm's reads 8 for 16. Row i of the block is in
+// ai_lo (outputs 0-3) and ai_hi (4-7): sixteen named registers, where an array indexed in
+// an unrolled loop took 1.45x the time on lavapipe (its compiler kept the array in
+// memory).
 @compute @workgroup_size(8, 8)
 fn gemm8(@builtin(local_invocation_id) lid: vec3<u32>,
          @builtin(local_invocation_index) t: u32,
@@ -959,28 +961,64 @@ fn gemm8(@builtin(local_invocation_id) lid: vec3<u32>,
     }
     let row0 = origin.x;
     let out0 = origin.y;
-    var acc: array<vec4<f32>, 16>;
     let ry = lid.y * 8u;
     let ox = lid.x * 8u;
+    var a0_lo = vec4<f32>();
+    var a0_hi = vec4<f32>();
+    var a1_lo = vec4<f32>();
+    var a1_hi = vec4<f32>();
+    var a2_lo = vec4<f32>();
+    var a2_hi = vec4<f32>();
+    var a3_lo = vec4<f32>();
+    var a3_hi = vec4<f32>();
+    var a4_lo = vec4<f32>();
+    var a4_hi = vec4<f32>();
+    var a5_lo = vec4<f32>();
+    var a5_hi = vec4<f32>();
+    var a6_lo = vec4<f32>();
+    var a6_hi = vec4<f32>();
+    var a7_lo = vec4<f32>();
+    var a7_hi = vec4<f32>();
     for (var k0 = 0u; k0 < params().n_in; k0 += TILE_K) {
         stage_slab(t, 64u, row0, out0, k0);
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let b0 = vec4<f32>(ws[kk][ox], ws[kk][ox + 1u], ws[kk][ox + 2u], ws[kk][ox + 3u]);
-            let b1 = vec4<f32>(ws[kk][ox + 4u], ws[kk][ox + 5u], ws[kk][ox + 6u],
+            let lo = vec4<f32>(ws[kk][ox], ws[kk][ox + 1u], ws[kk][ox + 2u], ws[kk][ox + 3u]);
+            let hi = vec4<f32>(ws[kk][ox + 4u], ws[kk][ox + 5u], ws[kk][ox + 6u],
                                ws[kk][ox + 7u]);
-            for (var i = 0u; i < 8u; i++) {
-                let a = xs[ry + i][kk];
-                acc[2u * i] += a * b0;
-                acc[2u * i + 1u] += a * b1;
-            }
+            a0_lo += xs[ry][kk] * lo;
+            a0_hi += xs[ry][kk] * hi;
+            a1_lo += xs[ry + 1u][kk] * lo;
+            a1_hi += xs[ry + 1u][kk] * hi;
+            a2_lo += xs[ry + 2u][kk] * lo;
+            a2_hi += xs[ry + 2u][kk] * hi;
+            a3_lo += xs[ry + 3u][kk] * lo;
+            a3_hi += xs[ry + 3u][kk] * hi;
+            a4_lo += xs[ry + 4u][kk] * lo;
+            a4_hi += xs[ry + 4u][kk] * hi;
+            a5_lo += xs[ry + 5u][kk] * lo;
+            a5_hi += xs[ry + 5u][kk] * hi;
+            a6_lo += xs[ry + 6u][kk] * lo;
+            a6_hi += xs[ry + 6u][kk] * hi;
+            a7_lo += xs[ry + 7u][kk] * lo;
+            a7_hi += xs[ry + 7u][kk] * hi;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 8u; i++) {
-        store4(row0 + ry + i, out0 + ox, acc[2u * i]);
-        store4(row0 + ry + i, out0 + ox + 4u, acc[2u * i + 1u]);
-    }
+    store8(row0 + ry, out0 + ox, a0_lo, a0_hi);
+    store8(row0 + ry + 1u, out0 + ox, a1_lo, a1_hi);
+    store8(row0 + ry + 2u, out0 + ox, a2_lo, a2_hi);
+    store8(row0 + ry + 3u, out0 + ox, a3_lo, a3_hi);
+    store8(row0 + ry + 4u, out0 + ox, a4_lo, a4_hi);
+    store8(row0 + ry + 5u, out0 + ox, a5_lo, a5_hi);
+    store8(row0 + ry + 6u, out0 + ox, a6_lo, a6_hi);
+    store8(row0 + ry + 7u, out0 + ox, a7_lo, a7_hi);
+}
+
+// Outputs o .. o + 7 of row r (o a multiple of 8): store4 twice.
+fn store8(r: u32, o: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    store4(r, o, lo);
+    store4(r, o + 4u, hi);
 }
 
 // Outputs o .. o + 3 of row r (o a multiple of 4), within bounds. With EPI_SWIGLU they
