@@ -869,9 +869,10 @@ fn gemm_origin(wid: vec3<u32>) -> vec3<u32> {
 }
 
 // Stages the slab of k0 .. k0 + TILE_K: x's rows row0 .. row0 + TILE_R into xs and w's
-// outputs out0 .. out0 + TILE_O into ws; each of `inv` invocations (256 in gemm, 64 in
-// gemm8) loads TILE_R * TILE_K / inv values of each operand, zero past the edges.
-fn stage_slab(t: u32, inv: u32, row0: u32, out0: u32, k0: u32) {
+// outputs out0 .. out0 + TILE_O into ws; each of gemm's 256 invocations loads
+// TILE_R * TILE_K / 256 values of each operand, zero past the edges.
+fn stage_slab(t: u32, row0: u32, out0: u32, k0: u32) {
+    let inv = 256u;
     let per = TILE_R * TILE_K / inv;
     var scale = 0.0;
     for (var e = 0u; e < per; e++) {
@@ -927,7 +928,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     let ry = lid.y * 4u;
     let ox = lid.x * 4u;
     for (var k0 = 0u; k0 < params().n_in; k0 += TILE_K) {
-        stage_slab(t, 256u, row0, out0, k0);
+        stage_slab(t, row0, out0, k0);
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
             let a = vec4<f32>(xs[ry][kk], xs[ry + 1u][kk], xs[ry + 2u][kk], xs[ry + 3u][kk]);
@@ -945,80 +946,123 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     store4(row0 + ry + 3u, out0 + ox, acc3);
 }
 
-// CPU adapters: the same tile with 8 x 8 invocations of an 8 x 8 block each. A CPU
-// adapter reads workgroup memory lane by lane, as any memory: per k, an invocation reads
-// 16 values for 64 multiply-adds where gemm's reads 8 for 16. Row i of the block is in
-// ai_lo (outputs 0-3) and ai_hi (4-7): sixteen named registers, where an array indexed in
-// an unrolled loop took 1.45x the time on lavapipe (its compiler kept the array in
-// memory).
-@compute @workgroup_size(8, 8)
-fn gemm8(@builtin(local_invocation_id) lid: vec3<u32>,
-         @builtin(local_invocation_index) t: u32,
-         @builtin(workgroup_id) wid: vec3<u32>) {
+// CPU adapters (Gpu::favours_registers): the same 64 x 64 tile with no workgroup memory.
+// Their compilers load workgroup and storage memory alike, lane by lane (a loop over the
+// SIMD lanes per value), and keep registers cheap, so each of 32 invocations owns 8 rows x
+// 16 outputs and reads its inputs and weights from x and w itself, two k a step: per step
+// 16 inputs and 16 weight pairs for 256 multiply-adds, where gemm8 (8 x 8 of 8 x 8 through
+// workgroup memory) read 32 values for 128 and staged the slabs besides. Row i of the
+// block is in a_i, a mat4x4 (output 4c + j of the block at a_i[c][j]) named, not indexed:
+// an indexed array stayed in memory on lavapipe. Rows and outputs past the edges are read
+// clamped and not stored; a k past n_in has weight 0. The sums are gemm's, k after k.
+@compute @workgroup_size(32)
+fn gemm_direct(@builtin(local_invocation_index) t: u32,
+               @builtin(workgroup_id) wid: vec3<u32>) {
     let origin = gemm_origin(wid);
     if (origin.z == 0u) {
-        return;  // whole workgroup: uniform
+        return;
     }
-    let row0 = origin.x;
-    let out0 = origin.y;
-    let ry = lid.y * 8u;
-    let ox = lid.x * 8u;
-    var a0_lo = vec4<f32>();
-    var a0_hi = vec4<f32>();
-    var a1_lo = vec4<f32>();
-    var a1_hi = vec4<f32>();
-    var a2_lo = vec4<f32>();
-    var a2_hi = vec4<f32>();
-    var a3_lo = vec4<f32>();
-    var a3_hi = vec4<f32>();
-    var a4_lo = vec4<f32>();
-    var a4_hi = vec4<f32>();
-    var a5_lo = vec4<f32>();
-    var a5_hi = vec4<f32>();
-    var a6_lo = vec4<f32>();
-    var a6_hi = vec4<f32>();
-    var a7_lo = vec4<f32>();
-    var a7_hi = vec4<f32>();
-    for (var k0 = 0u; k0 < params().n_in; k0 += TILE_K) {
-        stage_slab(t, 64u, row0, out0, k0);
-        workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            let lo = vec4<f32>(ws[kk][ox], ws[kk][ox + 1u], ws[kk][ox + 2u], ws[kk][ox + 3u]);
-            let hi = vec4<f32>(ws[kk][ox + 4u], ws[kk][ox + 5u], ws[kk][ox + 6u],
-                               ws[kk][ox + 7u]);
-            a0_lo += xs[ry][kk] * lo;
-            a0_hi += xs[ry][kk] * hi;
-            a1_lo += xs[ry + 1u][kk] * lo;
-            a1_hi += xs[ry + 1u][kk] * hi;
-            a2_lo += xs[ry + 2u][kk] * lo;
-            a2_hi += xs[ry + 2u][kk] * hi;
-            a3_lo += xs[ry + 3u][kk] * lo;
-            a3_hi += xs[ry + 3u][kk] * hi;
-            a4_lo += xs[ry + 4u][kk] * lo;
-            a4_hi += xs[ry + 4u][kk] * hi;
-            a5_lo += xs[ry + 5u][kk] * lo;
-            a5_hi += xs[ry + 5u][kk] * hi;
-            a6_lo += xs[ry + 6u][kk] * lo;
-            a6_hi += xs[ry + 6u][kk] * hi;
-            a7_lo += xs[ry + 7u][kk] * lo;
-            a7_hi += xs[ry + 7u][kk] * hi;
-        }
-        workgroupBarrier();
+    let r0 = origin.x + (t / 4u) * 8u;   // GEMM_DIRECT_BLOCK on the host: 8 x 16, 32 of them
+    let o0 = origin.y + (t % 4u) * 16u;
+    let n = params().n_in;
+    let x0 = min(r0 + 0u, params().rows - 1u) * n;
+    let x1 = min(r0 + 1u, params().rows - 1u) * n;
+    let x2 = min(r0 + 2u, params().rows - 1u) * n;
+    let x3 = min(r0 + 3u, params().rows - 1u) * n;
+    let x4 = min(r0 + 4u, params().rows - 1u) * n;
+    let x5 = min(r0 + 5u, params().rows - 1u) * n;
+    let x6 = min(r0 + 6u, params().rows - 1u) * n;
+    let x7 = min(r0 + 7u, params().rows - 1u) * n;
+    var a0 = mat4x4<f32>();
+    var a1 = mat4x4<f32>();
+    var a2 = mat4x4<f32>();
+    var a3 = mat4x4<f32>();
+    var a4 = mat4x4<f32>();
+    var a5 = mat4x4<f32>();
+    var a6 = mat4x4<f32>();
+    var a7 = mat4x4<f32>();
+    for (var k = 0u; k < n; k += 2u) {
+        // Weights (o0 + 4c + j, k) in e[c][j] and (.., k + 1) in f[c][j].
+        let q0 = weight_quad(o0, k);
+        let q1 = weight_quad(o0 + 4u, k);
+        let q2 = weight_quad(o0 + 8u, k);
+        let q3 = weight_quad(o0 + 12u, k);
+        let e = mat4x4<f32>(q0[0], q1[0], q2[0], q3[0]);
+        let f = mat4x4<f32>(q0[1], q1[1], q2[1], q3[1]);
+        a0 += x[x0 + k] * e;
+        a0 += x[x0 + min(k + 1u, n - 1u)] * f;
+        a1 += x[x1 + k] * e;
+        a1 += x[x1 + min(k + 1u, n - 1u)] * f;
+        a2 += x[x2 + k] * e;
+        a2 += x[x2 + min(k + 1u, n - 1u)] * f;
+        a3 += x[x3 + k] * e;
+        a3 += x[x3 + min(k + 1u, n - 1u)] * f;
+        a4 += x[x4 + k] * e;
+        a4 += x[x4 + min(k + 1u, n - 1u)] * f;
+        a5 += x[x5 + k] * e;
+        a5 += x[x5 + min(k + 1u, n - 1u)] * f;
+        a6 += x[x6 + k] * e;
+        a6 += x[x6 + min(k + 1u, n - 1u)] * f;
+        a7 += x[x7 + k] * e;
+        a7 += x[x7 + min(k + 1u, n - 1u)] * f;
     }
-    store8(row0 + ry, out0 + ox, a0_lo, a0_hi);
-    store8(row0 + ry + 1u, out0 + ox, a1_lo, a1_hi);
-    store8(row0 + ry + 2u, out0 + ox, a2_lo, a2_hi);
-    store8(row0 + ry + 3u, out0 + ox, a3_lo, a3_hi);
-    store8(row0 + ry + 4u, out0 + ox, a4_lo, a4_hi);
-    store8(row0 + ry + 5u, out0 + ox, a5_lo, a5_hi);
-    store8(row0 + ry + 6u, out0 + ox, a6_lo, a6_hi);
-    store8(row0 + ry + 7u, out0 + ox, a7_lo, a7_hi);
+    store16(r0 + 0u, o0, a0);
+    store16(r0 + 1u, o0, a1);
+    store16(r0 + 2u, o0, a2);
+    store16(r0 + 3u, o0, a3);
+    store16(r0 + 4u, o0, a4);
+    store16(r0 + 5u, o0, a5);
+    store16(r0 + 6u, o0, a6);
+    store16(r0 + 7u, o0, a7);
 }
 
-// Outputs o .. o + 7 of row r (o a multiple of 8): store4 twice.
-fn store8(r: u32, o: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    store4(r, o, lo);
-    store4(r, o + 4u, hi);
+// Weights (o, k) and (o, k + 1) of w (k even), 0 past n_in; past n_out, row n_out - 1's
+// (gemm_direct does not store those outputs). One word for a pair of f16 halves or of
+// quantized levels (both in one word and block; a quantized row is padded with level 0 to
+// whole blocks) and the block's scale.
+fn weight_pair_at(out: u32, k: u32) -> vec2<f32> {
+    let n = params().n_in;
+    let o = min(out, params().n_out - 1u);
+    if (quantized()) {
+        let b = k / QBLOCK;
+        let e = k % QBLOCK;
+        let word = w[o * row_words() + b * WPB + e / VPW];
+        let slot = e % VPW;
+        var l: vec2<f32>;
+        if (W_FMT == W_Q8) {
+            l = vec2<f32>(f32(bitcast<i32>(word << (24u - 8u * slot)) >> 24u),
+                          f32(bitcast<i32>(word << (16u - 8u * slot)) >> 24u));
+        } else {
+            l = vec2<f32>(f32(i32((word >> (4u * slot)) & 15u) - 8),
+                          f32(i32((word >> (4u * slot + 4u)) & 15u) - 8));
+        }
+        return block_scale(o, b) * l;
+    }
+    if (W_FMT == W_F16 && !W_T && n % 2u == 0u) {
+        return unpack2x16float(w[(o * n + k) >> 1u]);
+    }
+    var p = vec2<f32>(weight_at(o, k), 0.0);
+    if (k + 1u < n) {
+        p.y = weight_at(o, k + 1u);
+    }
+    return p;
+}
+
+// Weights (o + j, k) in column 0, row j and (o + j, k + 1) in column 1, row j.
+fn weight_quad(o: u32, k: u32) -> mat2x4<f32> {
+    let p0 = weight_pair_at(o, k);
+    let p1 = weight_pair_at(o + 1u, k);
+    let p2 = weight_pair_at(o + 2u, k);
+    let p3 = weight_pair_at(o + 3u, k);
+    return mat2x4<f32>(vec4<f32>(p0.x, p1.x, p2.x, p3.x), vec4<f32>(p0.y, p1.y, p2.y, p3.y));
+}
+
+// Outputs o .. o + 15 of row r (o a multiple of 4), row i of a gemm_direct block.
+fn store16(r: u32, o: u32, m: mat4x4<f32>) {
+    store4(r, o, m[0]);
+    store4(r, o + 4u, m[1]);
+    store4(r, o + 8u, m[2]);
+    store4(r, o + 12u, m[3]);
 }
 
 // Outputs o .. o + 3 of row r (o a multiple of 4), within bounds. With EPI_SWIGLU they

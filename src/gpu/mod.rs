@@ -404,7 +404,7 @@ impl Gpu {
     /// A CPU adapter other than SwiftShader (lavapipe, llvmpipe GL: Mesa's llvmpipe
     /// compiler), where kernels that hold more in registers and read workgroup memory less
     /// measured faster: there workgroup memory is read lane by lane, as any memory
-    /// (attention's direct prefill tile, matmul's `gemm8`). On SwiftShader both measured
+    /// (attention's direct prefill tile, matmul's `gemm_direct`). On SwiftShader both measured
     /// slower than the GPUs' kernels, so it keeps those.
     pub fn favours_registers(&self) -> bool {
         self.is_cpu_adapter() && !self.is_swiftshader()

@@ -72,19 +72,20 @@ fn wide_align(format: WeightFormat) -> usize {
 /// Accumulators per GEMV invocation (rows per workgroup x outputs per unit) at most;
 /// must match `MAX_GEMV_ROWS` in matmul.wgsl.
 const MAX_GEMV_ROWS: usize = 8;
-/// The GEMM's entry point on `gpu`: `gemm8` (8 x 8 invocations of an 8 x 8 block each)
-/// where the adapter reads workgroup memory lane by lane ([`Gpu::favours_registers`]), so
-/// that an invocation reads 16 values per k for 64 multiply-adds rather than 8 for 16; else
-/// `gemm` (16 x 16 of 4 x 4). On lavapipe `gemm8` took 0.87x the time of `gemm` (kernel
-/// suite, f16, 256 rows at n = 256 and 512) and 0.85-0.87x in a prefill of 4 x 1,015
-/// tokens; on SwiftShader 1.6x, so it keeps `gemm`.
+/// The GEMM's entry point on `gpu`: `gemm_direct` (32 invocations of 8 rows x 16 outputs
+/// each, reading x and w from storage, no workgroup memory) where the adapter loads memory
+/// lane by lane and keeps registers cheap ([`Gpu::favours_registers`]); else `gemm` (16 x
+/// 16 invocations of 4 x 4 through workgroup memory). Both take a 64 x 64 tile
+/// ([`GEMM_TILE`]) per workgroup. On lavapipe a 98-token prefill of the shipped Hadamard
+/// model took 0.38x the time with `gemm_direct` of what it took with the 8 x 8 `gemm8` it
+/// replaced (itself 0.87x `gemm`'s).
 fn gemm_entry(gpu: &Gpu) -> &'static str {
     #[cfg(test)]
     if let Some(entry) = tests::GEMM_ENTRY.get() {
         return entry;
     }
     if gpu.favours_registers() {
-        "gemm8"
+        "gemm_direct"
     } else {
         "gemm"
     }
@@ -965,7 +966,7 @@ mod tests {
     ) {
         // The GEMM through both its entry points, whatever the adapter would take.
         let entries: &[Option<&'static str>] = if kernel == Kernel::Gemm {
-            &[Some("gemm"), Some("gemm8")]
+            &[Some("gemm"), Some("gemm_direct")]
         } else {
             &[None]
         };
