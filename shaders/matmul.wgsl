@@ -989,22 +989,14 @@ fn gemm_direct(@builtin(local_invocation_index) t: u32,
         let q3 = weight_quad(o0 + 12u, k);
         let e = mat4x4<f32>(q0[0], q1[0], q2[0], q3[0]);
         let f = mat4x4<f32>(q0[1], q1[1], q2[1], q3[1]);
-        a0 += x[x0 + k] * e;
-        a0 += x[x0 + min(k + 1u, n - 1u)] * f;
-        a1 += x[x1 + k] * e;
-        a1 += x[x1 + min(k + 1u, n - 1u)] * f;
-        a2 += x[x2 + k] * e;
-        a2 += x[x2 + min(k + 1u, n - 1u)] * f;
-        a3 += x[x3 + k] * e;
-        a3 += x[x3 + min(k + 1u, n - 1u)] * f;
-        a4 += x[x4 + k] * e;
-        a4 += x[x4 + min(k + 1u, n - 1u)] * f;
-        a5 += x[x5 + k] * e;
-        a5 += x[x5 + min(k + 1u, n - 1u)] * f;
-        a6 += x[x6 + k] * e;
-        a6 += x[x6 + min(k + 1u, n - 1u)] * f;
-        a7 += x[x7 + k] * e;
-        a7 += x[x7 + min(k + 1u, n - 1u)] * f;
+        fold_pair(&a0, x0, k, e, f);
+        fold_pair(&a1, x1, k, e, f);
+        fold_pair(&a2, x2, k, e, f);
+        fold_pair(&a3, x3, k, e, f);
+        fold_pair(&a4, x4, k, e, f);
+        fold_pair(&a5, x5, k, e, f);
+        fold_pair(&a6, x6, k, e, f);
+        fold_pair(&a7, x7, k, e, f);
     }
     store16(r0 + 0u, o0, a0);
     store16(r0 + 1u, o0, a1);
@@ -1046,6 +1038,13 @@ fn weight_pair_at(out: u32, k: u32) -> vec2<f32> {
         p.y = weight_at(o, k + 1u);
     }
     return p;
+}
+
+// Row `a` of a gemm_direct block += input k of the row at x[xr ..] times e, then input k + 1
+// (clamped to the row's last; its weights are 0 past n_in) times f: k after k, as gemm.
+fn fold_pair(a: ptr<function, mat4x4<f32>>, xr: u32, k: u32, e: mat4x4<f32>, f: mat4x4<f32>) {
+    *a += x[xr + k] * e;
+    *a += x[xr + min(k + 1u, params().n_in - 1u)] * f;
 }
 
 // Weights (o + j, k) in column 0, row j and (o + j, k + 1) in column 1, row j.

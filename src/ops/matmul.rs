@@ -78,7 +78,7 @@ const MAX_GEMV_ROWS: usize = 8;
 /// 16 invocations of 4 x 4 through workgroup memory). Both take a 64 x 64 tile
 /// ([`GEMM_TILE`]) per workgroup. On lavapipe a 98-token prefill of the shipped Hadamard
 /// model took 0.38x the time with `gemm_direct` of what it took with the 8 x 8 `gemm8` it
-/// replaced (itself 0.87x `gemm`'s).
+/// replaced (itself 0.87x `gemm`'s); on SwiftShader `gemm_direct` took 1.35-1.4x `gemm`'s.
 fn gemm_entry(gpu: &Gpu) -> &'static str {
     #[cfg(test)]
     if let Some(entry) = tests::GEMM_ENTRY.get() {
