@@ -144,10 +144,18 @@ fn weight_at(o: u32, i: u32) -> f32 {
 
 // The level of element (o, i) of a quantized, row-major w (its value over the scale).
 fn level_at(o: u32, i: u32) -> f32 {
-    let b = i / QBLOCK;
-    let e = i % QBLOCK;
-    let word = w[o * row_words() + b * WPB + e / VPW];
-    let slot = e % VPW;
+    return level_in(w[level_word(o, i)], i % VPW);
+}
+
+// Index in w of the word holding the level of element (o, i) (a block is WPB words, and
+// QBLOCK a multiple of VPW: level i is in slot i % VPW of its word).
+fn level_word(o: u32, i: u32) -> u32 {
+    return o * row_words() + (i / QBLOCK) * WPB + (i % QBLOCK) / VPW;
+}
+
+// The level in slot `slot` of a quantized word: q8 a two's-complement byte, q4 a nibble
+// stored as level + 8.
+fn level_in(word: u32, slot: u32) -> f32 {
     if (W_FMT == W_Q8) {
         return f32(bitcast<i32>(word << (24u - 8u * slot)) >> 24u);
     }
@@ -1016,22 +1024,13 @@ fn weight_pair_at(out: u32, k: u32) -> vec2<f32> {
     let n = params().n_in;
     let o = min(out, params().n_out - 1u);
     if (quantized()) {
-        let b = k / QBLOCK;
-        let e = k % QBLOCK;
-        let word = w[o * row_words() + b * WPB + e / VPW];
-        let slot = e % VPW;
-        var l: vec2<f32>;
-        if (W_FMT == W_Q8) {
-            l = vec2<f32>(f32(bitcast<i32>(word << (24u - 8u * slot)) >> 24u),
-                          f32(bitcast<i32>(word << (16u - 8u * slot)) >> 24u));
-        } else {
-            l = vec2<f32>(f32(i32((word >> (4u * slot)) & 15u) - 8),
-                          f32(i32((word >> (4u * slot + 4u)) & 15u) - 8));
-        }
-        return block_scale(o, b) * l;
+        let word = w[level_word(o, k)];
+        let slot = k % VPW;
+        let levels = vec2<f32>(level_in(word, slot), level_in(word, slot + 1u));
+        return block_scale(o, k / QBLOCK) * levels;
     }
-    if (W_FMT == W_F16 && !W_T && n % 2u == 0u) {
-        return unpack2x16float(w[(o * n + k) >> 1u]);
+    if (!W_T && n % 2u == 0u) {
+        return weight_pair(o * n + k);  // both in one f16 word, or two f32 words
     }
     var p = vec2<f32>(weight_at(o, k), 0.0);
     if (k + 1u < n) {

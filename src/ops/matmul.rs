@@ -922,7 +922,28 @@ mod tests {
         epilogue: Epilogue,
         transposed: bool,
     ) {
-        let mut w = test_values(n_out * n_in, 1);
+        let (matrix, w) = test_matrix(
+            gpu,
+            format,
+            n_out,
+            n_in,
+            test_values(n_out * n_in, 1),
+            transposed,
+        );
+        let what = format!("{kernel:?} {format:?}");
+        check_matrix(gpu, kernel, &matrix, &w, rows, epilogue, &what);
+    }
+
+    /// `w` ([n_out, n_in], row-major) as a `format` matrix on `gpu` (transposed: f16 only),
+    /// and the values the GPU holds: f16-rounded, or scale x level.
+    fn test_matrix(
+        gpu: &Gpu,
+        format: WeightFormat,
+        n_out: usize,
+        n_in: usize,
+        mut w: Vec<f32>,
+        transposed: bool,
+    ) -> (Matrix, Vec<f32>) {
         let matrix = match format {
             WeightFormat::F32 => Matrix::from_f32(gpu, "w", &w, n_out, n_in).unwrap(),
             WeightFormat::F16 => {
@@ -948,8 +969,7 @@ mod tests {
                 Matrix::from_quant(gpu, "w", &q).unwrap()
             }
         };
-        let what = format!("{kernel:?} {format:?}");
-        check_matrix(gpu, kernel, &matrix, &w, rows, epilogue, &what);
+        (matrix, w)
     }
 
     /// Runs `matrix` (holding the values `w`, row-major) through `kernel` and checks the
@@ -1884,15 +1904,7 @@ mod tests {
             (Q8, 42, "multiple of 4 for q8 weights, not 42"),
         ] {
             assert!(!k.runs(gpu, format, n_in, false), "{k:?} {format:?} {n_in}");
-            let w = vec![0.5f32; 2 * n_in];
-            let w = match format {
-                F32 => Matrix::from_f32(gpu, "w", &w, 2, n_in).unwrap(),
-                F16 => Matrix::from_f16_bits(gpu, "w", &vec![0x3800; 2 * n_in], 2, n_in).unwrap(),
-                _ => {
-                    let q = QuantMatrix::quantize(format.quant().unwrap(), 2, n_in, &w).unwrap();
-                    Matrix::from_quant(gpu, "w", &q).unwrap()
-                }
-            };
+            let (w, _) = test_matrix(gpu, format, 2, n_in, vec![0.5; 2 * n_in], false);
             let x = gpu
                 .upload(MemoryCategory::Activations, "x", &vec![0f32; n_in])
                 .unwrap();
