@@ -485,8 +485,12 @@ fn stage_block4(t: u32, b: GemvBlock) {
     }
 }
 
-// Rows per workgroup, 1 to MAX_GEMV_ROWS / OUTS; the host sizes it to the batch.
+// Rows per workgroup, 1 to MAX_GEMV_ROWS / (OUTS x GEMV_UNITS); the host sizes it to the
+// batch.
 override GEMV_ROWS: u32 = 8u;
+// Output units per invocation of gemv_outputs_wide (the host's gemv_units; 1 in the other
+// GEMVs).
+override GEMV_UNITS: u32 = 1u;
 // Inputs are taken two at a time (requires an even n_in).
 override PAIRED: bool = false;
 // Must match MAX_GEMV_ROWS on the host; OUTS * GEMV_ROWS accumulators at most.
@@ -635,28 +639,33 @@ fn gemv_outputs(@builtin(local_invocation_index) t: u32,
 // invocation walking its row a vec4<u32> at a time (8 f16 weights, 16 q8 or 32 q4 levels)
 // with the inputs under them as vec4s, as gemv_wide's lanes do: a quarter of the loop
 // iterations of gemv_outputs per weight, which is what a CPU adapter pays for. Needs
-// rows as gemv_wide's (the host checks).
+// rows as gemv_wide's (the host checks). An invocation takes GEMV_UNITS consecutive units,
+// sharing each load of the inputs among them.
 @compute @workgroup_size(GEMV_WG)
 fn gemv_outputs_wide(@builtin(local_invocation_index) t: u32,
                      @builtin(workgroup_id) wid: vec3<u32>) {
     let units = params().n_out / OUTS;
-    let b = gemv_block(wid, units, GEMV_WG);
+    let b = gemv_block(wid, units, GEMV_WG * GEMV_UNITS);
     if (!b.valid) {
         return;
     }
-    let u = b.first + t;
+    let u0 = b.first + t * GEMV_UNITS;
     let r0 = b.r0;
     let nr = b.nr;
     stage_block4(t, b);
-    if (u >= units) {
+    if (u0 >= units) {
         return;  // no barrier below: invocations may leave on their own
     }
     var acc: array<f32, MAX_GEMV_ROWS>;
-    for (var k = 0u; k < OUTS; k++) {
-        dot_rows_wide(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, 0u, 1u);
-    }
-    for (var r = 0u; r < nr; r++) {
-        store(r0 + r, u, acc[r], acc[min(GEMV_ROWS + r, MAX_GEMV_ROWS - 1u)]);
+    dot_rows_wide(&acc, u0 * OUTS, r0, nr, 0u, 1u);
+    for (var q = 0u; q < GEMV_UNITS; q++) {
+        if (u0 + q < units) {
+            let a = q * OUTS * GEMV_ROWS;
+            for (var r = 0u; r < nr; r++) {
+                store(r0 + r, u0 + q, acc[a + r],
+                      acc[min(a + GEMV_ROWS + r, MAX_GEMV_ROWS - 1u)]);
+            }
+        }
     }
 }
 
@@ -753,57 +762,90 @@ fn inputs_per_vec() -> u32 {
     return 4u;
 }
 
-// Adds row o of w times rows r0 .. r0 + GEMV_ROWS of x into acc[a0 ..], taking the row's
-// vec4s lane, lane + step, ... (gemv_wide: a lane of its group, step WIDE_LANES;
-// gemv_outputs_wide: the whole row, 0 and 1), two a loop iteration: a CPU adapter pays
-// per iteration (on lavapipe the decode step took 0.9x the time of one a loop), and the
-// sums are the same, in the same order.
-fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: u32,
-                 nr: u32, lane: u32, step: u32) {
+// Output rows per call of dot_rows_wide: OUTS per unit, GEMV_UNITS units (consecutive, so
+// rows o0 .. o0 + wide_outputs() - 1). Their GEMV_ROWS x wide_outputs() sums fit acc: the
+// host keeps GEMV_ROWS <= MAX_GEMV_ROWS / (OUTS x GEMV_UNITS) (src/ops/matmul.rs).
+fn wide_outputs() -> u32 {
+    return OUTS * GEMV_UNITS;
+}
+
+// Adds rows o0 .. o0 + wide_outputs() - 1 of w (a row past n_out reads the last one; its
+// sums are not stored) times rows r0 .. r0 + GEMV_ROWS of x into acc[m * GEMV_ROWS + r]
+// (output m, row r), taking the rows' vec4s lane, lane + step, ... (gemv_wide: a lane of
+// its group, step WIDE_LANES; gemv_outputs_wide: the whole row, 0 and 1), two a loop
+// iteration: a CPU adapter pays per iteration (on lavapipe the decode step took 0.9x the
+// time of one a loop). Each output's sums are the same, in the same order, whatever the
+// number of outputs: the inputs under a vec4 are read once for all of them (a CPU adapter
+// pays per load, lane by lane).
+fn dot_rows_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, o0: u32, r0: u32, nr: u32,
+                 lane: u32, step: u32) {
     let vecs = row_vecs();
     var j = lane;
     for (; j + step < vecs; j += 2u * step) {
-        dot_vec_wide(acc, a0, o, r0, nr, j);
-        dot_vec_wide(acc, a0, o, r0, nr, j + step);
+        dot_vec_wide(acc, o0, r0, nr, j);
+        dot_vec_wide(acc, o0, r0, nr, j + step);
     }
     if (j < vecs) {
-        dot_vec_wide(acc, a0, o, r0, nr, j);
+        dot_vec_wide(acc, o0, r0, nr, j);
     }
 }
 
-// dot_rows_wide's work for vec4 j of the row. The inputs under a quantized row's padding
-// are read clamped to the row's last vec4, as dot_rows clamps: nothing past the row is
-// touched, and each adds 0.
-fn dot_vec_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, a0: u32, o: u32, r0: u32,
-                nr: u32, j: u32) {
-    let wv = w4[o * row_vecs() + j];
-    var scale = 1.0;
-    if (quantized()) {
-        let blocks = (params().n_in + QBLOCK - 1u) / QBLOCK;
-        scale = wide_scale(o * blocks + j * inputs_per_vec() / QBLOCK);
+// dot_rows_wide's work for vec4 j of the rows. A quantized vec4 is taken a word (4 or 8
+// inputs) at a time: the inputs under one word are in registers at once, not the 32 under
+// a q4 vec4 (on lavapipe 32 floats of 8 lanes spill).
+fn dot_vec_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, o0: u32, r0: u32, nr: u32,
+                j: u32) {
+    var wv: array<vec4<u32>, MAX_GEMV_ROWS>;
+    var scale: array<f32, MAX_GEMV_ROWS>;
+    for (var m = 0u; m < wide_outputs(); m++) {
+        let o = min(o0 + m, params().n_out - 1u);
+        wv[m] = w4[o * row_vecs() + j];
+        if (quantized()) {
+            let blocks = (params().n_in + QBLOCK - 1u) / QBLOCK;
+            scale[m] = wide_scale(o * blocks + j * inputs_per_vec() / QBLOCK);
+        }
     }
-    let k = j * (inputs_per_vec() / 4u);  // first input vec4 under wv
-    let last = params().n_in / 4u - 1u;   // the row's last input vec4
+    let k = j * (inputs_per_vec() / 4u);  // first input vec4 under the vec4s of w
     for (var r = 0u; r < GEMV_ROWS; r++) {
         let row = r0 + min(r, nr - 1u);
-        var z = 0.0;
         if (W_FMT == W_F32) {
-            z = dot(bitcast<vec4<f32>>(wv), x_at(row, k));
+            let x = x_at(row, k);
+            for (var m = 0u; m < wide_outputs(); m++) {
+                (*acc)[m * GEMV_ROWS + r] += dot(bitcast<vec4<f32>>(wv[m]), x);
+            }
         } else if (W_FMT == W_F16) {
-            let a = vec4<f32>(unpack2x16float(wv.x), unpack2x16float(wv.y));
-            let b = vec4<f32>(unpack2x16float(wv.z), unpack2x16float(wv.w));
-            z = dot(a, x_at(row, k)) + dot(b, x_at(row, k + 1u));
-        } else if (W_FMT == W_Q8) {
-            for (var c = 0u; c < 4u; c++) {
-                z += dot(levels_lo(wv[c]), x_at(row, min(k + c, last)));
+            let x0 = x_at(row, k);
+            let x1 = x_at(row, k + 1u);
+            for (var m = 0u; m < wide_outputs(); m++) {
+                let a = vec4<f32>(unpack2x16float(wv[m].x), unpack2x16float(wv[m].y));
+                let b = vec4<f32>(unpack2x16float(wv[m].z), unpack2x16float(wv[m].w));
+                (*acc)[m * GEMV_ROWS + r] += dot(a, x0) + dot(b, x1);
             }
         } else {
+            // Word c's levels times its inputs, summed over the words, then times the
+            // block's scale. The inputs under a row's padding are read clamped to the
+            // row's last vec4, as dot_rows clamps: nothing past the row is touched, and
+            // each adds 0 (level 0).
+            let last = params().n_in / 4u - 1u;
+            var z: array<f32, MAX_GEMV_ROWS>;
             for (var c = 0u; c < 4u; c++) {
-                z += dot(levels_lo(wv[c]), x_at(row, min(k + 2u * c, last)))
-                    + dot(levels_hi(wv[c]), x_at(row, min(k + 2u * c + 1u, last)));
+                let x0 = x_at(row, min(k + (VPW / 4u) * c, last));
+                var x1: vec4<f32>;
+                if (VPW == 8u) {
+                    x1 = x_at(row, min(k + 2u * c + 1u, last));
+                }
+                for (var m = 0u; m < wide_outputs(); m++) {
+                    var d = dot(levels_lo(wv[m][c]), x0);
+                    if (VPW == 8u) {
+                        d += dot(levels_hi(wv[m][c]), x1);
+                    }
+                    z[m] += d;
+                }
+            }
+            for (var m = 0u; m < wide_outputs(); m++) {
+                (*acc)[m * GEMV_ROWS + r] += scale[m] * z[m];
             }
         }
-        (*acc)[a0 + r] += scale * z;
     }
 }
 
@@ -823,9 +865,7 @@ fn gemv_wide(@builtin(local_invocation_index) t: u32,
     stage_block4(t, b);
     var acc: array<f32, MAX_GEMV_ROWS>;
     if (u < units) {
-        for (var k = 0u; k < OUTS; k++) {
-            dot_rows_wide(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, lane, WIDE_LANES);
-        }
+        dot_rows_wide(&acc, u * OUTS, r0, nr, lane, WIDE_LANES);
     }
     if (staged()) {
         workgroupBarrier();  // the partial sums below overwrite the staged inputs

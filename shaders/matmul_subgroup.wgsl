@@ -37,9 +37,7 @@ fn gemv_subgroup(@builtin(local_invocation_index) t: u32,
             break;
         }
         var acc: array<f32, MAX_GEMV_ROWS>;
-        for (var k = 0u; k < OUTS; k++) {
-            dot_rows_wide(&acc, k * GEMV_ROWS, u * OUTS + k, r0, nr, lane, sg_size);
-        }
+        dot_rows_wide(&acc, u * OUTS, r0, nr, lane, sg_size);
         // Every lane holds each reduced sum; lanes store rows lane, lane + sg_size, ...
         for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
             acc[a] = subgroupAdd(acc[a]);

@@ -27,6 +27,11 @@ const GEMV_WORKGROUP: u32 = 64;
 /// -0.2 / +2.6 / -1.8% with 256 and +1.2 / +0.8 / -2.1% with 64 (`walsh bench --suite
 /// paper --max-d-model 256 --max-context 128`, one run each, in a row).
 const PROLOGUE_CPU_WORKGROUP: u32 = 128;
+/// Output units per invocation of `gemv_outputs_wide` at most (`GEMV_UNITS` there): each
+/// load of an input (lane by lane on a CPU adapter) serves them all.
+const GEMV_OUTPUTS_UNITS: usize = 4;
+/// Output units per workgroup of `gemv_outputs_wide` with more than one unit an invocation.
+const GEMV_OUTPUTS_UNITS_PER_GROUP: u32 = 128;
 /// Invocations per workgroup of the wide GEMV (`GEMV_WG` there; its partial sums, 8 an
 /// invocation, fit the stage): GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES output units per
 /// workgroup.
@@ -69,6 +74,18 @@ fn wide_align(format: WeightFormat) -> usize {
         WeightFormat::F32 | WeightFormat::Q8 | WeightFormat::Q4 => 4,
     }
 }
+
+/// Output units per invocation (`GEMV_UNITS` in matmul.wgsl): up to GEMV_OUTPUTS_UNITS
+/// for `gemv_outputs_wide`, as many as leave its `gemv_rows` rows of `outs` outputs each
+/// within the MAX_GEMV_ROWS sums an invocation keeps (a batch of one row: 4 units of one
+/// output, or 4 of SwiGLU's two; 4 rows: 2 and 1); 1 for the other GEMVs.
+fn gemv_units(kernel: Kernel, gemv_rows: usize, outs: usize) -> usize {
+    if kernel != Kernel::GemvOutputsWide {
+        return 1;
+    }
+    (MAX_GEMV_ROWS / (outs * gemv_rows)).clamp(1, GEMV_OUTPUTS_UNITS)
+}
+
 /// Accumulators per GEMV invocation (rows per workgroup x outputs per unit) at most;
 /// must match `MAX_GEMV_ROWS` in matmul.wgsl.
 const MAX_GEMV_ROWS: usize = 8;
@@ -606,6 +623,7 @@ pub fn encode_cols(
     // invocation loops over rows that are not there; with a prologue, as many as its
     // stage holds.
     let mut gemv_rows = rows.min(MAX_GEMV_ROWS / outs);
+    let gemv_units = gemv_units(kernel, gemv_rows, outs);
     // gemv_dot4 packs its rows' levels in a stage's worth of workgroup memory.
     if prologue.code() != 0 || kernel == Kernel::GemvDot4 {
         gemv_rows = gemv_rows.min(PROLOGUE_STAGE / n_in);
@@ -627,13 +645,18 @@ pub fn encode_cols(
     // Invocations per workgroup. Each workgroup of a product with a prologue redoes it,
     // so the CPU adapters' GEMVs (an output or two per invocation) take the largest
     // workgroup there: fewer repeats of the same row work.
+    let hadamard = matches!(prologue, Prologue::HadamardNorm { .. });
     let workgroup = match kernel {
         Kernel::GemvWide => GEMV_WIDE_WORKGROUP,
         Kernel::GemvDot4 if dot4_lanes > 1 => GEMV_WIDE_WORKGROUP,
         Kernel::GemvSubgroup => GEMV_SUBGROUP_WORKGROUP,
-        _ if matches!(prologue, Prologue::HadamardNorm { .. }) && gpu.is_cpu_adapter() => {
-            PROLOGUE_CPU_WORKGROUP
-        }
+        _ if hadamard && gpu.is_cpu_adapter() => PROLOGUE_CPU_WORKGROUP,
+        // As many units a workgroup as 64 invocations of one unit take, twice that with
+        // GEMV_UNITS units each (the shipped models on lavapipe: 128 units of 4 an
+        // invocation against 64 of 1, 0.74x the decode step's GEMV time; 256 of 4 lost to
+        // 128, and 8 units an invocation gained nothing on 4). Not below GEMV_WORKGROUP
+        // with the Hadamard prologue, whose MIX_ITEMS assume it.
+        _ if gemv_units > 1 && !hadamard => GEMV_OUTPUTS_UNITS_PER_GROUP / gemv_units as u32,
         _ => GEMV_WORKGROUP,
     };
     let per_group = workgroup as usize;
@@ -642,7 +665,10 @@ pub fn encode_cols(
     let (entry, groups) = match kernel {
         Kernel::Gemv => ("gemv", units * blocks),
         Kernel::GemvOutputs => ("gemv_outputs", units.div_ceil(per_group) * blocks),
-        Kernel::GemvOutputsWide => ("gemv_outputs_wide", units.div_ceil(per_group) * blocks),
+        Kernel::GemvOutputsWide => (
+            "gemv_outputs_wide",
+            units.div_ceil(per_group * gemv_units) * blocks,
+        ),
         Kernel::GemvCols => ("gemv_cols", (n_out / 2).div_ceil(per_group) * blocks),
         Kernel::GemvSubgroup => ("gemv_subgroup", units.div_ceil(sg_units as usize) * blocks),
         Kernel::GemvDot4 => (
@@ -681,6 +707,7 @@ pub fn encode_cols(
         key = key
             .with("GEMV_WG", workgroup)
             .with("GEMV_ROWS", gemv_rows as u32)
+            .with("GEMV_UNITS", gemv_units as u32)
             .with("STAGE", stage as u32)
             .with_flag("PAIRED", n_in.is_multiple_of(2));
         if kernel == Kernel::GemvSubgroup {
@@ -1266,7 +1293,12 @@ mod tests {
     #[test]
     fn prologues_match_cpu_on_every_gemv() {
         for gpu in test_gpus() {
-            let mut kernels = vec![Kernel::Gemv, Kernel::GemvOutputs, Kernel::GemvWide];
+            let mut kernels = vec![
+                Kernel::Gemv,
+                Kernel::GemvOutputs,
+                Kernel::GemvWide,
+                Kernel::GemvOutputsWide,
+            ];
             if gpu.features().subgroup {
                 kernels.push(Kernel::GemvSubgroup);
             }
@@ -1740,10 +1772,12 @@ mod tests {
                     true,
                 );
             }
-            // gemv_outputs_wide: whole 32-blocks in every format, and narrower rows.
+            // gemv_outputs_wide: whole 32-blocks in every format, and narrower rows; units
+            // per invocation (GEMV_UNITS) 4 at one or two rows (SwiGLU: 4 and 2), 2 at
+            // three, 1 at nine, the last invocation short of them; several workgroups.
             let k = Kernel::GemvOutputsWide;
             for format in FORMATS {
-                for (rows, n_in, n_out) in [(1, 32, 1), (3, 64, 9), (9, 96, 67)] {
+                for (rows, n_in, n_out) in [(1, 32, 1), (2, 32, 131), (3, 64, 9), (9, 96, 67)] {
                     check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
                     check(&gpu, k, format, rows, n_in, 2 * n_out, Epilogue::SwiGlu);
                 }
