@@ -25,8 +25,17 @@ const GEMV_WORKGROUP: u32 = 64;
 /// (3 workgroups of 256 on a 2-thread lavapipe), the paper grid's Hadamard decode gain
 /// at batch 1 / 4 / 16 was +2.6 / +3.2 / +4.4% and +3.5 / +2.8 / +3.6% with 128 against
 /// -0.2 / +2.6 / -1.8% with 256 and +1.2 / +0.8 / -2.1% with 64 (`walsh bench --suite
-/// paper --max-d-model 256 --max-context 128`, one run each, in a row).
+/// paper --max-d-model 256 --max-context 128`, one run each, in a row). With 4 units an
+/// invocation (`gemv_outputs_wide`, [`gemv_units`]) 128 makes 512 units a workgroup, too
+/// few workgroups at small widths: [`hadamard_cpu_workgroup`] halves it down to
+/// PROLOGUE_CPU_MIN_WORKGROUP until there are PROLOGUE_CPU_GROUPS.
 const PROLOGUE_CPU_WORKGROUP: u32 = 128;
+const PROLOGUE_CPU_MIN_WORKGROUP: u32 = 32;
+/// Workgroups the CPU adapters' Hadamard-prologue GEMV aims for: gate/up's time per
+/// q/k/v product's on lavapipe (2 threads), 4 units an invocation, workgroups of 128 / 64
+/// / 32: d_model 256 (688 units: 2 / 3 / 6 workgroups) 1.8 / 1.7 / 1.5-1.6x; 512 (1376:
+/// 3 / 6 / 11) 2.0-2.1 / 1.6-1.7 / 1.7-1.9x; 1024 (2752: 6 / 11 / 22) 1.7 / - / 1.9x.
+const PROLOGUE_CPU_GROUPS: usize = 6;
 /// Output units per invocation of `gemv_outputs_wide` at most (`GEMV_UNITS` there): each
 /// load of an input (lane by lane on a CPU adapter) serves them all.
 const GEMV_OUTPUTS_UNITS: usize = 4;
@@ -84,6 +93,23 @@ fn gemv_units(kernel: Kernel, gemv_rows: usize, outs: usize) -> usize {
         return 1;
     }
     (MAX_GEMV_ROWS / (outs * gemv_rows)).clamp(1, GEMV_OUTPUTS_UNITS)
+}
+
+/// `GEMV_WG` of a CPU adapter's GEMV with the Hadamard prologue, for `units` output units
+/// of `per_invocation` an invocation and `staged` inputs (rows x n_in): each workgroup
+/// redoes the rows' transform, so the largest of PROLOGUE_CPU_WORKGROUP, its half, ...,
+/// PROLOGUE_CPU_MIN_WORKGROUP that still makes PROLOGUE_CPU_GROUPS workgroups, and not so
+/// small that an invocation gets more than MIX_ITEMS of the mix's items of four (a
+/// non-power-of-two width).
+fn hadamard_cpu_workgroup(units: usize, per_invocation: usize, staged: usize) -> u32 {
+    let mut wg = PROLOGUE_CPU_WORKGROUP;
+    while wg > PROLOGUE_CPU_MIN_WORKGROUP
+        && units.div_ceil(wg as usize * per_invocation) < PROLOGUE_CPU_GROUPS
+        && (staged / 4).div_ceil(wg as usize / 2) <= MIX_ITEMS
+    {
+        wg /= 2;
+    }
+    wg
 }
 
 /// Accumulators per GEMV invocation (rows per workgroup x outputs per unit) at most;
@@ -650,7 +676,9 @@ pub fn encode_cols(
         Kernel::GemvWide => GEMV_WIDE_WORKGROUP,
         Kernel::GemvDot4 if dot4_lanes > 1 => GEMV_WIDE_WORKGROUP,
         Kernel::GemvSubgroup => GEMV_SUBGROUP_WORKGROUP,
-        _ if hadamard && gpu.is_cpu_adapter() => PROLOGUE_CPU_WORKGROUP,
+        _ if hadamard && gpu.is_cpu_adapter() => {
+            hadamard_cpu_workgroup(units, gemv_units, gemv_rows * n_in)
+        }
         // As many units a workgroup as 64 invocations of one unit take, twice that with
         // GEMV_UNITS units each (the shipped models on lavapipe: 128 units of 4 an
         // invocation against 64 of 1, 0.74x the decode step's GEMV time; 256 of 4 lost to
@@ -1749,6 +1777,17 @@ mod tests {
             check_prologue(&gpu, k, f16, 9, 256, 34, Epilogue::SwiGlu, Pro::Hadamard);
             check_prologue(&gpu, k, f16, 1, 4096, 6, Epilogue::SwiGlu, Pro::Hadamard);
             check_prologue(&gpu, k, f16, 2, 37, 4, Epilogue::Accumulate, Pro::Norm);
+            // gemv_outputs_wide's Hadamard workgroups: halved to 32 for three units of
+            // 768 = 12 x 64 inputs, kept at 64 for four rows (the mix's items per
+            // invocation within MIX_ITEMS).
+            let k = Kernel::GemvOutputsWide;
+            for rows in [1, 4] {
+                check_prologue(&gpu, k, f16, rows, 768, 6, Epilogue::SwiGlu, Pro::Hadamard);
+            }
+            assert_eq!(hadamard_cpu_workgroup(3, 4, 768), 32);
+            assert_eq!(hadamard_cpu_workgroup(3, 2, 4 * 768), 64);
+            assert_eq!(hadamard_cpu_workgroup(2752, 4, 1024), 128);
+            assert_eq!(hadamard_cpu_workgroup(688, 4, 256), 32);
             // The GEMM reads the transposed layout too (prefill on CPU adapters).
             for (rows, n_in, n_out) in [(37, 19, 70), (65, 33, 130)] {
                 check_layout(
