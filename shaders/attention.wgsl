@@ -486,14 +486,15 @@ fn rotate_tile_rows(t: u32) {
 // lanes, group g folding keys g, g + KG, ... of each block into a softmax state of its own;
 // the states are combined once after the last block (as `reduce` combines chunks). Staged
 // (a GPU), lanes of one pair each (ACC = 1): 2 groups of 32 at HD 64 where one group of 64
-// left half idle. With DIRECT (decode on a CPU adapter), groups of 8 lanes of several pairs
-// each (AttnTile::direct; at HD 64, 8 groups of 8 lanes of 4 pairs), so that fewer lanes
-// repeat each key's max, exp and score reads, and each K and V value is read from the
-// cache by the one invocation that uses it, the key's score or the pair's fold, instead of
-// staged in the tile: nothing shares them in decode, and a CPU adapter pays for the copy
-// and its barrier (a GPU keeps the staged, coalesced loads). The host
-// (AttnTile::key_groups) keeps KG x group_lanes() <= WG and KG <= TK. Without key groups
-// (prefill, and decode at HD >= 128 staged) the row's lanes are one group.
+// left half idle. The host (AttnTile::key_groups) keeps KG x group_lanes() <= WG and
+// KG <= TK. Without key groups (prefill, decode at HD >= 128 staged, and DIRECT) the
+// row's lanes are one group. DIRECT (decode on a CPU adapter, AttnTile::direct_decode): a
+// workgroup of one SIMD width (8 lanes of several pairs each; 16 at HD 256), whose K and
+// V values are each read from the cache by the one invocation that uses it, the key's
+// score or the pair's fold, instead of staged in the tile: nothing shares them in decode,
+// and a CPU adapter pays for the copy and its barrier (a GPU keeps the staged, coalesced
+// loads), and for every further SIMD slice of a workgroup, run one after another on its
+// thread.
 fn group_lanes() -> u32 {
     return select(WG / TQ, (HD / 2u + ACC - 1u) / ACC, KG > 1u);
 }

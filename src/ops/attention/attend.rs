@@ -37,20 +37,27 @@ const DIRECT_BLOCK_KEYS: usize = 64;
 /// scores take WG x keys f32s (8 KiB). Prefill attention of 4 sequences x 1,015 tokens,
 /// head_dim 64, on lavapipe: 16 keys 1.02x the time of 32, 64 keys 0.99x.
 const PREFILL_BLOCK_KEYS: usize = 32;
-/// Lanes per key group of the direct decode tile: lavapipe's SIMD width (8 f32s in 256
-/// bits), so a group's loops run in step. Kernel suite, attention decode at head_dim 64 on
-/// lavapipe, against groups of 32 lanes of one pair each: 4 lanes of 8 pairs 0.85x the
-/// time, 8 of 4 0.79x, 16 of 2 0.83x (pairwise alternating runs, chained).
-const DIRECT_GROUP_LANES: usize = 8;
+/// Invocations of the direct decode tile's workgroup: lavapipe's SIMD width (8 f32s in 256
+/// bits), one key group folding every key, where a workgroup of 64 made 8 groups of 8
+/// lanes, each folding every eighth key, combined at the end. A CPU adapter runs a
+/// workgroup on one thread, its SIMD-wide slices one after another, so the groups shared
+/// nothing out and cost their barriers, repeated reads and combine: the shipped Hadamard
+/// model's decode attention (head_dim 32) took 0.46-0.53x the time with 8 invocations
+/// after a 6-token prompt and 0.61-0.62x after 96 tokens, 16 invocations (2 groups)
+/// 0.73-0.77x and 0.69-0.71x; d_model 512 x 8 heads (head_dim 64) 0.39x and 0.86x, 4 heads
+/// (128) 0.45x and 0.90x (`walsh profile`, lavapipe). More lanes only where a lane would
+/// hold more than MAX_ACC pairs (head_dim 256: 16).
+const DIRECT_DECODE_LANES: usize = 8;
 
 /// The tile of one attend pipeline: `rows` queries (TQ) against blocks of `keys` keys
 /// (TK) in `elems` f32s of workgroup memory (TILE: what Q, K, V and the scores take, no
 /// more, since WebGPU zero-fills a workgroup's memory before it runs); each invocation
 /// accumulates `acc` output pairs (ACC) of one of `groups` key groups (KG, decode: see
 /// the fold in attention.wgsl); `direct` (DIRECT) reads K and V from the cache where they
-/// are used instead of staging them.
+/// are used instead of staging them; `lanes` invocations a workgroup (WG).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct AttnTile {
+    pub(super) lanes: usize,
     pub(super) rows: usize,
     pub(super) keys: usize,
     pub(super) acc: usize,
@@ -70,6 +77,7 @@ impl AttnTile {
         let keys = ((limit - base) / per_key).min(MAX_BLOCK_KEYS);
         let acc = (head_dim / 2).div_ceil(ATTEND_WORKGROUP / rows);
         Self {
+            lanes: ATTEND_WORKGROUP,
             rows,
             keys,
             acc,
@@ -92,22 +100,21 @@ impl AttnTile {
     }
 
     /// Decode on a CPU adapter: one row against blocks of DIRECT_BLOCK_KEYS keys read from
-    /// the cache by the invocations that use them, in key groups of DIRECT_GROUP_LANES
-    /// lanes (more lanes where a lane would hold more than MAX_ACC pairs): fewer lanes
-    /// repeat each key's max, exp and score reads than with a lane per pair. The tile holds
-    /// Q and the scores, and after Q room for the fused KV write's key and value (2 x
-    /// head_dim) and the key groups' combine, whichever is most: within the WebGPU default
-    /// for every head_dim (at most 1,288 f32s).
+    /// the cache by the invocations that use them, in a workgroup of DIRECT_DECODE_LANES
+    /// (more where a lane would hold more than MAX_ACC pairs) folding every key: one key
+    /// group. The tile holds Q and the scores, and after Q room for the fused KV write's
+    /// key and value (2 x head_dim): within the WebGPU default for every head_dim (at most
+    /// 768 f32s).
     pub(super) fn direct_decode(head_dim: usize) -> Self {
         let keys = DIRECT_BLOCK_KEYS;
-        let acc = (head_dim / 2).div_ceil(DIRECT_GROUP_LANES).min(MAX_ACC);
-        let groups = Self::key_groups(1, keys, head_dim, acc);
+        let lanes = DIRECT_DECODE_LANES.max((head_dim / 2).div_ceil(MAX_ACC));
         Self {
+            lanes,
             rows: 1,
             keys,
-            acc,
-            elems: head_dim + keys.max(2 * head_dim).max(groups * (head_dim + 2)),
-            groups,
+            acc: (head_dim / 2).div_ceil(lanes),
+            elems: head_dim + keys.max(2 * head_dim),
+            groups: 1,
             direct: true,
         }
     }
@@ -139,6 +146,7 @@ impl AttnTile {
         let rows = ATTEND_WORKGROUP / slices;
         let keys = PREFILL_BLOCK_KEYS;
         Self {
+            lanes: ATTEND_WORKGROUP,
             rows,
             keys,
             acc: (head_dim / 2).div_ceil(slices),
@@ -194,7 +202,7 @@ impl AttnTile {
             .with("KV", shape.kv.code())
             .with_flag("KV_ROT", shape.kv.rotated())
             .with("HM", shape.kv.rotation_order(shape.head_dim))
-            .with("WG", ATTEND_WORKGROUP as u32)
+            .with("WG", self.lanes as u32)
             .with("TQ", self.rows as u32)
             .with("TK", self.keys as u32)
             .with("ACC", self.acc as u32)
@@ -495,6 +503,7 @@ mod tests {
         }
         let e = DEFAULT_TILE_ELEMS;
         let t = |rows, keys, acc, elems, groups| AttnTile {
+            lanes: ATTEND_WORKGROUP,
             rows,
             keys,
             acc,
@@ -523,35 +532,36 @@ mod tests {
     }
 
     #[test]
-    fn direct_tiles_hold_q_the_scores_and_the_largest_scratch() {
+    fn direct_decode_tiles_are_one_key_group_holding_q_the_scores_and_the_kv_write() {
         for hd in (2..=MAX_HEAD_DIM).step_by(2) {
             let tile = AttnTile::direct_decode(hd);
-            let combine = tile.groups * (hd + 2);
-            // Q, then the scores, the fused write's key and value or the key groups'
-            // states, whichever is most: within the WebGPU default whatever the head_dim.
-            assert_eq!(
-                tile.elems,
-                hd + tile.keys.max(2 * hd).max(combine),
+            // Q, then the scores or the fused write's key and value, whichever is more:
+            // within the WebGPU default whatever the head_dim.
+            assert_eq!(tile.elems, hd + tile.keys.max(2 * hd), "{hd}: {tile:?}");
+            assert!(tile.elems <= DEFAULT_TILE_ELEMS, "{hd}: {tile:?}");
+            assert!(
+                tile.direct && tile.rows == 1 && tile.groups == 1,
                 "{hd}: {tile:?}"
             );
-            assert!(tile.elems <= DEFAULT_TILE_ELEMS, "{hd}: {tile:?}");
-            assert!(tile.direct && tile.rows == 1 && tile.groups <= tile.keys);
-            // The groups' lanes (group_lanes in attention.wgsl) cover the head's pairs
-            // within MAX_ACC each and fit the workgroup.
-            let lanes = (hd / 2).div_ceil(tile.acc);
-            assert!(tile.groups * lanes <= ATTEND_WORKGROUP, "{hd}: {tile:?}");
-            assert!(tile.acc <= MAX_ACC, "{hd}: {tile:?}");
+            // The workgroup's lanes (group_lanes in attention.wgsl) cover the head's pairs
+            // within MAX_ACC each; the fused quantized write takes two of them.
+            assert!(
+                tile.acc <= MAX_ACC && tile.acc * tile.lanes >= hd / 2,
+                "{hd}: {tile:?}"
+            );
+            assert!(tile.lanes >= 2, "{hd}: {tile:?}");
         }
         let t = |hd| {
             let d = AttnTile::direct_decode(hd);
-            (d.keys, d.groups, d.acc, d.elems)
+            (d.lanes, d.acc, d.elems)
         };
-        // head_dim 64: 8 groups of 8 lanes of 4 pairs, whose states (8 x 66 floats)
-        // outgrow the fused write's 128; 32 (the shipped models): 8 groups of 8 lanes of 2
-        // pairs; 256: 4 groups of 16 lanes of MAX_ACC pairs.
-        assert_eq!(t(64), (64, 8, 4, 64 + 8 * 66));
-        assert_eq!(t(32), (64, 8, 2, 32 + 8 * 34));
-        assert_eq!(t(256), (64, 4, 8, 256 + 4 * 258));
+        // head_dim 32 (the shipped models): 8 lanes of 2 pairs; 64: 8 of 4; 128: 8 of
+        // MAX_ACC; 256: 16 of MAX_ACC.
+        assert_eq!(t(32), (8, 2, 32 + 64));
+        assert_eq!(t(64), (8, 4, 64 + 128));
+        assert_eq!(t(128), (8, 8, 128 + 256));
+        assert_eq!(t(256), (16, 8, 256 + 512));
+        assert_eq!(t(2), (8, 1, 2 + 64));
     }
 
     #[test]
