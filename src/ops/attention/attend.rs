@@ -23,13 +23,6 @@ const MAX_TILE_ROWS: usize = 32;
 /// Keys per block at most; passed as `TK`.
 const MAX_BLOCK_KEYS: usize = 64;
 
-/// Keys per decode block at most where the browser zero-fills workgroup memory on
-/// SwiftShader ([`AttnTile::decode_on`]). The page, shipped model (head_dim 32), 128
-/// greedy tokens: in Chromium (SwiftShader) 7 keys a block (a 487-float tile) decoded
-/// 1.18x and 1.15x (unfused, fused) the rate of 64 keys (4,192 floats); in Firefox on
-/// lavapipe 8 keys decoded 0.68-0.75x the rate of 64, so only SwiftShader takes it
-/// (bench-results/page-workgroup-fill-dec4.md).
-const ZERO_FILLED_DECODE_KEYS: usize = 8;
 /// Keys per block of the direct decode tile ([`AttnTile::direct_decode`]), whose blocks
 /// take a score per key only. 256 measured the same as 64 on lavapipe.
 const DIRECT_BLOCK_KEYS: usize = 64;
@@ -176,17 +169,15 @@ impl AttnTile {
 
     /// The decode tile on `gpu`: [`Self::direct_decode`] on a CPU adapter, where staging K
     /// and V costs a copy and a barrier per block and buys nothing (no bank or coalescing to
-    /// win), else [`Self::decode`] within the device's limit. Except where the browser
-    /// fills workgroup memory with zeros on SwiftShader (Chromium's software adapter,
-    /// named so by the page): there the direct tile decoded at 0.85x the rate of the
-    /// staged one, so it stays staged, with no more than ZERO_FILLED_DECODE_KEYS keys a
-    /// block, where that fill costs more than the barriers of more, shorter blocks.
+    /// win), else [`Self::decode`] within the device's limit. The browser's SwiftShader
+    /// (Chromium), which zero-fills workgroup memory, took a staged tile of 8 keys a block
+    /// while the direct tile was 64 invocations in 8 key groups (0.85x its decode rate);
+    /// with one group of 8 lanes the page there decodes at 1.20x the rate of that tile.
     pub(super) fn decode_on(gpu: &Gpu, head_dim: usize) -> Self {
-        let capped = gpu.zero_fills_workgroup_memory() && gpu.is_swiftshader();
-        if gpu.is_cpu_adapter() && !capped {
+        if gpu.is_cpu_adapter() {
             Self::direct_decode(head_dim)
         } else {
-            Self::decode(head_dim, decode_limit(tile_elems(gpu), head_dim, capped))
+            Self::decode(head_dim, tile_elems(gpu))
         }
     }
 
@@ -211,16 +202,6 @@ impl AttnTile {
             .with_flag("DIRECT", self.direct)
             .with_flag("PARTIAL", partial)
             .with_flag("FUSE", fused)
-    }
-}
-
-/// f32s a decode tile may take within the device's `limit`: no more than a block of
-/// ZERO_FILLED_DECODE_KEYS keys' Q, K, V and scores when `capped`.
-fn decode_limit(limit: usize, head_dim: usize, capped: bool) -> usize {
-    if capped {
-        limit.min(AttnTile::floats(1, ZERO_FILLED_DECODE_KEYS, head_dim))
-    } else {
-        limit
     }
 }
 
@@ -521,14 +502,7 @@ mod tests {
         // Twice the memory (lavapipe's 32 KiB): twice the keys per decode block.
         assert_eq!(AttnTile::decode(64, 8192).keys, 62);
         assert_eq!(AttnTile::decode(256, 8192).keys, 15);
-        // Capped (the browser's SwiftShader): ZERO_FILLED_DECODE_KEYS keys, Q, K, V and
-        // scores of 32 values each = 17 x 32 + 8 floats, and K's rows padded by one;
-        // uncapped, the device's limit.
-        let capped = AttnTile::decode(32, decode_limit(8192, 32, true));
-        assert_eq!((capped.keys, capped.elems, capped.groups), (8, 560, 4));
-        assert_eq!(AttnTile::decode(32, decode_limit(8192, 32, false)).keys, 64);
-        // A device limit under the cap's tile keeps the limit.
-        assert_eq!(decode_limit(500, 32, true), 500);
+        assert_eq!(AttnTile::decode(32, 8192).keys, 64);
     }
 
     #[test]
