@@ -311,9 +311,15 @@ fn until_eog(tokens: &[u32], is_eog: impl Fn(u32) -> bool) -> &[u32] {
     &tokens[..end]
 }
 
-/// The one-line summary: device, prefill and decode speed, peak GPU memory.
+/// The one-line summary: device, the kernels' build time, prefill and decode speed, peak
+/// GPU memory.
 pub fn summary(g: &Generation) -> String {
     let s = &g.stats;
+    let prepared = if s.prepare_seconds > 0.0 {
+        format!("kernels built in {:.2} s, ", s.prepare_seconds)
+    } else {
+        String::new()
+    };
     let memory = s.memory.as_ref().map_or(String::new(), |m| {
         format!(
             ", peak GPU memory {:.1} MiB",
@@ -321,7 +327,7 @@ pub fn summary(g: &Generation) -> String {
         )
     });
     format!(
-        "[{}] {} sequence(s): prefill {} tokens at {:.1} tok/s, decode {} tokens at {:.1} tok/s{memory} ({} KV cache){}",
+        "[{}] {} sequence(s): {prepared}prefill {} tokens at {:.1} tok/s, decode {} tokens at {:.1} tok/s{memory} ({} KV cache){}",
         s.device,
         s.sequences,
         s.prompt_tokens,

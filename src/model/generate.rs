@@ -61,6 +61,16 @@ pub trait Decoder {
     ) -> Result<Chunk, ModelError>;
     /// The tokens of a started chunk, step by step (`[steps, seqs]` flattened).
     fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>>;
+    /// Builds what a generation from prompts of these lengths (sequences 0, 1, ...) will
+    /// run, changing no sequence: the GPU decoder compiles its prefill and decode
+    /// pipelines here, so that the timed steps do not. Nothing to do on the CPU.
+    fn prepare(
+        &mut self,
+        _prompts: &[usize],
+        _sampling: &SamplingParams,
+    ) -> Result<(), ModelError> {
+        Ok(())
+    }
     /// GPU memory accounting, where there is a GPU.
     fn memory(&self) -> Option<MemoryReport> {
         None
@@ -120,6 +130,9 @@ impl Decoder for GpuDecoder {
             Chunk::Gpu(c) => Box::pin(GpuDecoder::finish_decode(self, c)),
             Chunk::Ready(tokens) => Box::pin(std::future::ready(Ok(tokens))),
         }
+    }
+    fn prepare(&mut self, prompts: &[usize], sampling: &SamplingParams) -> Result<(), ModelError> {
+        GpuDecoder::prepare(self, prompts, sampling)
     }
     fn memory(&self) -> Option<MemoryReport> {
         Some(self.gpu().memory().report())
@@ -366,6 +379,9 @@ pub struct GenerationStats {
     pub sequences: usize,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
+    /// Building the pipelines and recordings before the prefill ([`Decoder::prepare`]:
+    /// compiling shaders, on a GPU), outside the prefill and decode times.
+    pub prepare_seconds: f64,
     pub prefill_seconds: f64,
     pub decode_seconds: f64,
     /// Prompt tokens (all sequences) per second of the prefill step.
@@ -500,6 +516,10 @@ pub async fn generate_async(
     // Tokens each sequence has in the cache. A sequence that fills the context continues
     // from its last `keep` tokens: the cache is dropped and they are prefilled again (the
     // model never sees more than its context).
+    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let prepared = Instant::now();
+    decoder.prepare(&lengths, &options.sampling)?;
+    stats.prepare_seconds = prepared.elapsed().as_secs_f64();
     let mut cached: Vec<usize> = vec![0; seqs];
     let keep = (context / 2).max(1);
     // Decode time is the wall clock from the end of the prefill to the last token: with

@@ -1275,6 +1275,81 @@ impl GpuDecoder {
         Ok(tokens)
     }
 
+    /// Builds what a generation of `prompts` (tokens per sequence, sequences 0, 1, ...)
+    /// sampling with `sampling` will run, without running it: the prefill step's and the
+    /// decode step's pipelines (compiled here, once, where a first step would compile them
+    /// inside its timed work) and the decode chunks' recording, which the first chunk then
+    /// reuses. Changes no sequence.
+    pub fn prepare(
+        &mut self,
+        prompts: &[usize],
+        sampling: &SamplingParams,
+    ) -> Result<(), ModelError> {
+        sampling.validate().map_err(ModelError::Input)?;
+        let n = prompts.len();
+        if n == 0 || n > self.shape.max_seqs {
+            return Err(ModelError::Input(format!(
+                "{n} prompts to prepare for: this decoder holds 1 to {} sequences",
+                self.shape.max_seqs
+            )));
+        }
+        let longest = prompts.iter().copied().max().unwrap_or(1);
+        if prompts.contains(&0) || longest > self.shape.max_pos {
+            return Err(ModelError::Input(format!(
+                "prompts of {prompts:?} tokens: each must hold 1 to {} tokens",
+                self.shape.max_pos
+            )));
+        }
+        let zeros = vec![0u32; longest];
+        let batch: Vec<(usize, &[u32])> = prompts
+            .iter()
+            .enumerate()
+            .map(|(s, &len)| (s, &zeros[..len]))
+            .collect();
+        // The prefill's first step (a long prefill runs in steps of max_step_rows rows,
+        // all with its kernels), with the logits and sampling of its sequences.
+        let first = split_steps(&batch, self.max_step_rows()).swap_remove(0);
+        let layout = self.layout(&first)?;
+        self.reserve(layout.rows.max(n))?;
+        let mut prefill = Recording::new();
+        let decode = layout.spans.iter().all(|&(_, _, len)| len == 1);
+        self.record_forward(&mut prefill, &layout.table, decode)?;
+        let count = first.len();
+        self.record_head(
+            &mut prefill,
+            count,
+            (!decode).then_some(layout.rows),
+            decode,
+        )?;
+        self.record_sample(&mut prefill, count, sampling)?;
+        if longest == self.shape.max_pos {
+            return Ok(()); // no room to decode after them
+        }
+        // The decode step after the prompts, as start_decode records it.
+        let last: Vec<(u32, u32)> = prompts
+            .iter()
+            .enumerate()
+            .map(|(s, &len)| (s as u32, len as u32))
+            .collect();
+        let attn_chunks = self.attention.decode_chunks(&last);
+        let mut step = Recording::new();
+        self.record_forward(&mut step, &last, true)?;
+        self.record_head(&mut step, n, None, true)?;
+        self.record_sample(&mut step, n, sampling)?;
+        let acts = self.acts.as_ref().expect("reserved above");
+        let mut feedback = Recording::new();
+        feedback::encode_feedback(&self.gpu, &mut feedback, &acts.feedback(), n, 0, 1)?;
+        self.plan = Some(DecodePlan {
+            seqs: n,
+            attn_chunks,
+            sampling: *sampling,
+            step,
+            feedback: Vec::new(),
+            steps: 0,
+        });
+        Ok(())
+    }
+
     /// Submits `draws.len() / seqs.len()` decode steps of the sequences `seqs` (any
     /// distinct sequences, in any order) as one chunk and returns without waiting. Row r
     /// of every step is sequence `seqs[r]`: step s feeds it the token sampled for it the

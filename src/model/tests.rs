@@ -129,6 +129,41 @@ fn run(
         .tokens
 }
 
+/// `generate` prepares the decoder first (`Decoder::prepare`): every pipeline the prefill
+/// and the decode chunks run is built then, none while they are timed.
+#[test]
+fn prepare_builds_every_pipeline_a_generation_runs() {
+    for gpu in test_gpus() {
+        for attn in [AttnOutput::Dense, AttnOutput::Hadamard] {
+            let m = model(config(64, attn, Query::Dense), 5, true);
+            let mut dec = GpuDecoder::new(&gpu, &m, 2, 32, KvFormat::F16).unwrap();
+            let greedy = SamplingParams::greedy();
+            dec.prepare(&[11, 5], &greedy).unwrap();
+            let built = gpu.pipeline_keys().len();
+            assert!(built > 10, "{attn:?}: {built} pipelines");
+            // The generation's own steps, without generate's call to prepare.
+            let prompts = [prompt(11, 1), prompt(5, 2)];
+            let batch = [(0, &prompts[0][..]), (1, &prompts[1][..])];
+            pollster::block_on(Decoder::step(&mut dec, &batch, &greedy, &[0.0, 0.0])).unwrap();
+            for steps in [1, 2, 4] {
+                let chunk =
+                    Decoder::start_decode(&mut dec, &[0, 1], &greedy, &vec![0.0; 2 * steps])
+                        .unwrap();
+                pollster::block_on(Decoder::finish_decode(&mut dec, chunk)).unwrap();
+            }
+            let after: Vec<_> = gpu.pipeline_keys();
+            assert_eq!(
+                after.len(),
+                built,
+                "{attn:?}: built after prepare: {after:?}"
+            );
+            // Prompts past the context are refused.
+            let err = dec.prepare(&[33], &greedy).unwrap_err();
+            assert!(err.to_string().contains("1 to 32 tokens"), "{err}");
+        }
+    }
+}
+
 #[test]
 fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
     let gpus = test_gpus();
