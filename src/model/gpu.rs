@@ -1325,29 +1325,40 @@ impl GpuDecoder {
         if longest == self.shape.max_pos {
             return Ok(()); // no room to decode after them
         }
-        // The decode step after the prompts, as start_decode records it.
+        // The decode step after the prompts, as start_decode records it, and a chunk
+        // boundary's feedback.
         let last: Vec<(u32, u32)> = prompts
             .iter()
             .enumerate()
             .map(|(s, &len)| (s as u32, len as u32))
             .collect();
-        let attn_chunks = self.attention.decode_chunks(&last);
-        let mut step = Recording::new();
-        self.record_forward(&mut step, &last, true)?;
-        self.record_head(&mut step, n, None, true)?;
-        self.record_sample(&mut step, n, sampling)?;
+        self.plan = Some(self.decode_plan(&last, sampling)?);
         let acts = self.acts.as_ref().expect("reserved above");
         let mut feedback = Recording::new();
         feedback::encode_feedback(&self.gpu, &mut feedback, &acts.feedback(), n, 0, 1)?;
-        self.plan = Some(DecodePlan {
-            seqs: n,
-            attn_chunks,
+        Ok(())
+    }
+
+    /// The recorded decode step of a chunk whose rows' last positions are `last` (row r:
+    /// (sequence, position)), before any feedback is recorded for it.
+    fn decode_plan(
+        &mut self,
+        last: &[(u32, u32)],
+        sampling: &SamplingParams,
+    ) -> Result<DecodePlan, ModelError> {
+        let seqs = last.len();
+        let mut step = Recording::new();
+        self.record_forward(&mut step, last, true)?;
+        self.record_head(&mut step, seqs, None, true)?;
+        self.record_sample(&mut step, seqs, sampling)?;
+        Ok(DecodePlan {
+            seqs,
+            attn_chunks: self.attention.decode_chunks(last),
             sampling: *sampling,
             step,
             feedback: Vec::new(),
             steps: 0,
-        });
-        Ok(())
+        })
     }
 
     /// Submits `draws.len() / seqs.len()` decode steps of the sequences `seqs` (any
@@ -1428,18 +1439,7 @@ impl GpuDecoder {
         });
         if !reuse {
             self.plan = None;
-            let mut step = Recording::new();
-            self.record_forward(&mut step, &last, true)?;
-            self.record_head(&mut step, seqs, None, true)?;
-            self.record_sample(&mut step, seqs, sampling)?;
-            self.plan = Some(DecodePlan {
-                seqs,
-                attn_chunks,
-                sampling: *sampling,
-                step,
-                feedback: Vec::new(),
-                steps: 0,
-            });
+            self.plan = Some(self.decode_plan(&last, sampling)?);
         }
         let plan = self.plan.as_mut().expect("set above");
         let acts = self.acts.as_ref().expect("reserved above");
