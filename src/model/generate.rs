@@ -516,12 +516,17 @@ pub async fn generate_async(
     // Tokens each sequence has in the cache. A sequence that fills the context continues
     // from its last `keep` tokens: the cache is dropped and they are prefilled again (the
     // model never sees more than its context).
+    let keep = (context / 2).max(1);
     let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let prepared = Instant::now();
+    if lengths.iter().any(|&l| l + options.max_tokens > context) {
+        // A sequence will fill its context: its last `keep` tokens are prefilled again
+        // then (below), a step of another size, and perhaps other kernels.
+        decoder.prepare(&vec![keep; seqs], &options.sampling)?;
+    }
     decoder.prepare(&lengths, &options.sampling)?;
     stats.prepare_seconds = prepared.elapsed().as_secs_f64();
     let mut cached: Vec<usize> = vec![0; seqs];
-    let keep = (context / 2).max(1);
     // Decode time is the wall clock from the end of the prefill to the last token: with
     // chunks in flight, device and host work overlap.
     let mut decode_begin = None;

@@ -1420,10 +1420,12 @@ fn logits_do_not_depend_on_the_batch_up_to_sixteen_rows() {
     }
 }
 
-/// A decoder that records how many sequences each decode chunk it is given has.
+/// A decoder that records how many sequences each decode chunk it is given has, and the
+/// prompt lengths it is prepared for.
 struct ChunkRows<'d> {
     inner: &'d mut dyn Decoder,
     rows: Vec<usize>,
+    prepared: Vec<Vec<usize>>,
 }
 
 impl Decoder for ChunkRows<'_> {
@@ -1462,11 +1464,33 @@ impl Decoder for ChunkRows<'_> {
     fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>> {
         self.inner.finish_decode(chunk)
     }
+    fn prepare(&mut self, prompts: &[usize], sampling: &SamplingParams) -> Result<(), ModelError> {
+        self.prepared.push(prompts.to_vec());
+        self.inner.prepare(prompts, sampling)
+    }
     fn device(&self) -> String {
         self.inner.device()
     }
     fn kv_format(&self) -> KvFormat {
         self.inner.kv_format()
+    }
+}
+
+/// generate prepares the decoder for its prompts, and first for the re-prefill of the
+/// context's last half where a sequence will fill its context.
+#[test]
+fn generate_prepares_for_the_prompts_and_a_context_slide() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 3, false);
+    let prompts = [prompt(5, 1), prompt(9, 2)];
+    for (tokens, want) in [(10, vec![vec![5, 9]]), (30, vec![vec![16, 16], vec![5, 9]])] {
+        let mut cpu = CpuBatch::new(&m, 2, 32, KvFormat::F32).unwrap();
+        let mut recorded = ChunkRows {
+            inner: &mut cpu,
+            rows: Vec::new(),
+            prepared: Vec::new(),
+        };
+        run(&mut recorded, &prompts, tokens, SamplingParams::greedy());
+        assert_eq!(recorded.prepared, want, "{tokens} tokens");
     }
 }
 
@@ -1514,6 +1538,7 @@ fn thirty_two_requests_at_once_each_get_their_solo_tokens() {
         let mut recorded = ChunkRows {
             inner: dec,
             rows: Vec::new(),
+            prepared: Vec::new(),
         };
         let mut batcher = Batcher::new(32, 48, 8).unwrap();
         for r in &requests {
