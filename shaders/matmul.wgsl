@@ -493,7 +493,7 @@ override GEMV_ROWS: u32 = 8u;
 override GEMV_UNITS: u32 = 1u;
 // Inputs are taken two at a time (requires an even n_in).
 override PAIRED: bool = false;
-// Must match MAX_GEMV_ROWS on the host; OUTS * GEMV_ROWS accumulators at most.
+// Must match MAX_GEMV_ROWS on the host; OUTS x GEMV_UNITS x GEMV_ROWS accumulators at most.
 const MAX_GEMV_ROWS: u32 = 8u;
 
 // Weights n and n + 1 (n even), as two f32.

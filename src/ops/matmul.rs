@@ -112,8 +112,8 @@ fn hadamard_cpu_workgroup(units: usize, per_invocation: usize, staged: usize) ->
     wg
 }
 
-/// Accumulators per GEMV invocation (rows per workgroup x outputs per unit) at most;
-/// must match `MAX_GEMV_ROWS` in matmul.wgsl.
+/// Accumulators per GEMV invocation (rows per workgroup x outputs per unit x units per
+/// invocation) at most; must match `MAX_GEMV_ROWS` in matmul.wgsl.
 const MAX_GEMV_ROWS: usize = 8;
 /// The GEMM's entry point on `gpu`: `gemm_direct` (32 invocations of 8 rows x 16 outputs
 /// each, reading x and w from storage, no workgroup memory) where the adapter loads memory
