@@ -374,15 +374,6 @@ impl Gpu {
         self.state.features
     }
 
-    /// Whether each workgroup's memory is filled with zeros before it runs. A browser's
-    /// WebGPU always does it (Dawn and Firefox's wgpu); natively walsh's pipelines turn
-    /// it off (`zero_initialize_workgroup_memory`: every kernel writes before it reads).
-    /// On a CPU adapter the fill is a cost per workgroup that grows with the memory a
-    /// kernel declares, so kernels there declare what they use (docs/kernels.md).
-    pub fn zero_fills_workgroup_memory(&self) -> bool {
-        cfg!(target_arch = "wasm32")
-    }
-
     /// A CPU adapter (lavapipe, llvmpipe, SwiftShader): there a workgroup barrier is a
     /// switch between threads, so kernels prefer one invocation per output for
     /// decode-sized batches (matmul's `gemv_outputs`, the WHT's `wht_rows`).
