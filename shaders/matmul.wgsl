@@ -797,6 +797,11 @@ fn dot_vec_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, o0: u32, r0: u32,
                 j: u32) {
     var wv: array<vec4<u32>, MAX_GEMV_ROWS>;
     var scale: array<f32, MAX_GEMV_ROWS>;
+    // A quantized row's sums before the scale, zeroed for each row below. Declared here,
+    // not in the row loop: declared there, both browsers (Chromium 156, Firefox 153)
+    // decoded quantized models wrongly from the first prefill of several rows, as if it
+    // kept the previous row's sums (native Vulkan and GL were right; the e2e checks).
+    var z: array<f32, MAX_GEMV_ROWS>;
     for (var m = 0u; m < wide_outputs(); m++) {
         let o = min(o0 + m, params().n_out - 1u);
         wv[m] = w4[o * row_vecs() + j];
@@ -823,23 +828,15 @@ fn dot_vec_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, o0: u32, r0: u32,
             }
         } else {
             // Word c's levels times its inputs, summed over the words, then times the
-            // block's scale. The inputs under a row's padding are read clamped to the
-            // row's last vec4, as dot_rows clamps: nothing past the row is touched, and
-            // each adds 0 (level 0).
+            // block's scale.
             let last = params().n_in / 4u - 1u;
-            var z: array<f32, MAX_GEMV_ROWS>;
+            for (var m = 0u; m < wide_outputs(); m++) {
+                z[m] = 0.0;
+            }
             for (var c = 0u; c < 4u; c++) {
-                let x0 = x_at(row, min(k + (VPW / 4u) * c, last));
-                var x1: vec4<f32>;
-                if (VPW == 8u) {
-                    x1 = x_at(row, min(k + 2u * c + 1u, last));
-                }
+                let xs = word_inputs(row, k, c, last);
                 for (var m = 0u; m < wide_outputs(); m++) {
-                    var d = dot(levels_lo(wv[m][c]), x0);
-                    if (VPW == 8u) {
-                        d += dot(levels_hi(wv[m][c]), x1);
-                    }
-                    z[m] += d;
+                    z[m] += word_dot(word_of(wv[m], c), xs);
                 }
             }
             for (var m = 0u; m < wide_outputs(); m++) {
@@ -847,6 +844,39 @@ fn dot_vec_wide(acc: ptr<function, array<f32, MAX_GEMV_ROWS>>, o0: u32, r0: u32,
             }
         }
     }
+}
+
+// The inputs under word c of a quantized vec4 of w whose first input vec4 is k: lo (and
+// with 8 levels a word, hi). Those under a row's padding are read clamped to the row's
+// last vec4, as dot_rows clamps: nothing past the row is touched, and each adds 0 (level 0).
+struct WordInputs {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn word_inputs(row: u32, k: u32, c: u32, last: u32) -> WordInputs {
+    var xs: WordInputs;
+    if (VPW == 8u) {
+        xs.lo = x_at(row, min(k + 2u * c, last));
+        xs.hi = x_at(row, min(k + 2u * c + 1u, last));
+    } else {
+        xs.lo = x_at(row, min(k + c, last));
+    }
+    return xs;
+}
+
+// Word c of v, by constant components (no runtime index into a vector).
+fn word_of(v: vec4<u32>, c: u32) -> u32 {
+    return select(select(v.x, v.y, c == 1u), select(v.z, v.w, c == 3u), c >= 2u);
+}
+
+// A word's levels times the inputs under it.
+fn word_dot(word: u32, xs: WordInputs) -> f32 {
+    var d = dot(levels_lo(word), xs.lo);
+    if (VPW == 8u) {
+        d += dot(levels_hi(word), xs.hi);
+    }
+    return d;
 }
 
 @compute @workgroup_size(GEMV_WG)
