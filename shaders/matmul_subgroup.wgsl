@@ -31,12 +31,17 @@ fn gemv_subgroup(@builtin(local_invocation_index) t: u32,
     stage_block4(t, b);
     // The bounds are the same for every lane of a subgroup: subgroupAdd runs in
     // subgroup-uniform control flow.
+    // Declared once and zeroed per unit: a var declared inside a loop was not zeroed again
+    // on each pass in the browsers' compilers (see dot_vec_wide's sums).
+    var acc: array<f32, MAX_GEMV_ROWS>;
     for (var j = sg; j < SG_UNITS; j += sgs) {
         let u = b.first + j;
         if (u >= units) {
             break;
         }
-        var acc: array<f32, MAX_GEMV_ROWS>;
+        for (var a = 0u; a < MAX_GEMV_ROWS; a++) {
+            acc[a] = 0.0;
+        }
         dot_rows_wide(&acc, u * OUTS, r0, nr, lane, sg_size);
         // Every lane holds each reduced sum; lanes store rows lane, lane + sg_size, ...
         for (var a = 0u; a < OUTS * GEMV_ROWS; a++) {
