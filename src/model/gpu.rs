@@ -991,23 +991,24 @@ impl GpuDecoder {
         Ok(encoder)
     }
 
-    /// Records the forward pass of a host-fed step (with sampling when asked) and uploads
-    /// its tokens and rows; the sequences' lengths are left as they are.
-    fn prepare_step(
+    /// The dispatches of a step of `count` sequences laid out as `layout`, ending as
+    /// `end` says (its draws are written by prepare_step, not recorded), with the
+    /// activations reserved for its rows.
+    fn record_step(
         &mut self,
-        batch: &[(usize, &[u32])],
+        count: usize,
         layout: &StepLayout,
-        end: StepEnd,
+        end: &StepEnd,
     ) -> Result<Recording, ModelError> {
         self.reserve(layout.rows)?;
         let mut rec = Recording::new();
         let decode = layout.spans.iter().all(|&(_, _, n)| n == 1);
         self.record_forward(&mut rec, &layout.table, decode)?;
         let acts = self.acts.as_ref().expect("reserved above");
-        let count = batch.len();
-        match end {
+        match *end {
             // Logits of the sampled rows only, each sequence's last: in a decode step
-            // every row, else gathered out of the step's rows (acts.head_rows, below).
+            // every row, else gathered out of the step's rows (acts.head_rows, written by
+            // prepare_step).
             StepEnd::Sample(sampling, _) => {
                 let gather = (!decode).then_some(layout.rows);
                 self.record_head(&mut rec, count, gather, decode)?;
@@ -1019,6 +1020,20 @@ impl GpuDecoder {
             // More rows than the logits buffer: forward_logits reads them in chunks.
             StepEnd::Logits | StepEnd::Feed => {}
         }
+        Ok(rec)
+    }
+
+    /// Records the forward pass of a host-fed step (with sampling when asked) and uploads
+    /// its tokens and rows; the sequences' lengths are left as they are.
+    fn prepare_step(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        layout: &StepLayout,
+        end: StepEnd,
+    ) -> Result<Recording, ModelError> {
+        let rec = self.record_step(batch.len(), layout, &end)?;
+        let acts = self.acts.as_ref().expect("reserved by record_step");
+        let count = batch.len();
         let queue = &self.gpu.queue;
         let tokens: Vec<u32> = batch.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let flat: Vec<u32> = layout.table.iter().flat_map(|&(s, p)| [s, p]).collect();
@@ -1311,17 +1326,7 @@ impl GpuDecoder {
         let first = split_steps(&batch, self.max_step_rows()).swap_remove(0);
         let layout = self.layout(&first)?;
         self.reserve(layout.rows.max(n))?;
-        let mut prefill = Recording::new();
-        let decode = layout.spans.iter().all(|&(_, _, len)| len == 1);
-        self.record_forward(&mut prefill, &layout.table, decode)?;
-        let count = first.len();
-        self.record_head(
-            &mut prefill,
-            count,
-            (!decode).then_some(layout.rows),
-            decode,
-        )?;
-        self.record_sample(&mut prefill, count, sampling)?;
+        self.record_step(first.len(), &layout, &StepEnd::Sample(sampling, &[]))?;
         if longest == self.shape.max_pos {
             return Ok(()); // no room to decode after them
         }
