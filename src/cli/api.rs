@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Limited};
@@ -182,9 +182,19 @@ impl Api {
                         .map_err(Into::into),
                 };
                 let metrics = Arc::new(Metrics::new(max_batch));
-                let mut decoder = match decoder {
+                let batcher = Batcher::new(max_batch, context, MAX_CHUNK).expect("checked sizes");
+                // The first request's kernels, built before the server takes requests.
+                let warm = Instant::now();
+                let mut decoder = match decoder.and_then(|mut d| {
+                    batcher
+                        .prepare(d.as_mut())
+                        .context("building the decoder's kernels")?;
+                    Ok(d)
+                }) {
                     Ok(d) => {
-                        let _ = ready.send(Ok((d.device(), max_batch, Arc::clone(&metrics))));
+                        let built = warm.elapsed().as_secs_f64();
+                        let _ =
+                            ready.send(Ok((d.device(), max_batch, built, Arc::clone(&metrics))));
                         d
                     }
                     Err(e) => {
@@ -194,20 +204,20 @@ impl Api {
                 };
                 engine(
                     decoder.as_mut(),
+                    batcher,
                     inbox,
                     max_batch,
-                    context,
                     max_queue,
                     &metrics,
                 );
             })
             .context("starting the engine thread")?;
-        let (device, max_batch, metrics) = started
+        let (device, max_batch, built, metrics) = started
             .recv()
             .context("the engine thread stopped while starting")??;
         eprintln!(
             "walsh: serving the completions API for {name} on {device}, {max_batch} \
-             requests at once"
+             requests at once (kernels built in {built:.2} s)"
         );
         Ok(Self {
             commands,
@@ -601,13 +611,12 @@ fn default_max_batch(gpu: Option<&Gpu>, model: &Model, kv: KvFormat) -> usize {
 /// The engine thread: takes commands, runs rounds while there is work, routes events.
 fn engine(
     decoder: &mut dyn Decoder,
+    mut batcher: Batcher,
     inbox: mpsc::Receiver<Command>,
     max_batch: usize,
-    context: usize,
     max_queue: usize,
     metrics: &Metrics,
 ) {
-    let mut batcher = Batcher::new(max_batch, context, MAX_CHUNK).expect("checked sizes");
     let mut sinks: HashMap<RequestId, tokio_mpsc::UnboundedSender<Update>> = HashMap::new();
     loop {
         let first = if batcher.is_idle() {

@@ -35,6 +35,11 @@ use crate::ops::sample::{SampleRng, SamplingParams};
 /// requests than this decode in several chunks a round.
 pub const CHUNK_ROWS: usize = GEMV_MAX_ROWS;
 
+/// Tokens of the prompt [`Batcher::prepare`] builds a prefill's kernels for: past the GEMV
+/// batch ([`GEMV_MAX_ROWS`]) and the Walsh–Hadamard transform's most rows a workgroup
+/// (64 at d_model 64, fewer at wider ones).
+pub const WARM_UP_PROMPT: usize = 64;
+
 /// A completion to run: `max_tokens` tokens after `prompt`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
@@ -147,6 +152,18 @@ impl Batcher {
             waiting: VecDeque::new(),
             running: Vec::new(),
         })
+    }
+
+    /// Builds in `dec` the kernels a lone request runs ([`Decoder::prepare`]): the
+    /// prefill of a prompt of [`WARM_UP_PROMPT`] tokens (or the context less one) and
+    /// one-row decode chunks, so a server's first request does not wait for their
+    /// compilation. Prompts at least that long (in one prefill step) take the same
+    /// kernels; shorter ones may take variants sized to their rows (the GEMV up to
+    /// [`GEMV_MAX_ROWS`] rows, the Walsh–Hadamard transform's lines per workgroup), built
+    /// the first time they come, as are the decode chunks of several requests.
+    pub fn prepare(&self, dec: &mut dyn Decoder) -> Result<(), ModelError> {
+        let prompt = WARM_UP_PROMPT.min(self.context.saturating_sub(1)).max(1);
+        dec.prepare(&[prompt], &SamplingParams::greedy())
     }
 
     /// Checks `request` against the decoder's context; what [`Batcher::submit`] refuses.

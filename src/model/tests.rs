@@ -164,6 +164,52 @@ fn prepare_builds_every_pipeline_a_generation_runs() {
     }
 }
 
+/// A server's warm-up (`Batcher::prepare`: a prompt of WARM_UP_PROMPT = 64 tokens) builds
+/// every pipeline a lone request with a longer prompt runs, sampling at a temperature in
+/// chunks of 8 steps.
+#[test]
+fn a_batcher_prepares_the_kernels_of_a_lone_request() {
+    for gpu in test_gpus() {
+        for attn in [AttnOutput::Dense, AttnOutput::Hadamard] {
+            let mut c = config(64, attn, Query::Dense);
+            c.max_position_embeddings = 80;
+            let m = model(c, 7, true);
+            let mut dec = GpuDecoder::new(&gpu, &m, 2, 80, KvFormat::F16).unwrap();
+            let mut batcher = Batcher::new(2, 80, 8).unwrap();
+            let before = gpu.pipeline_keys().len();
+            batcher.prepare(&mut dec).unwrap();
+            let built = gpu.pipeline_keys();
+            assert!(built.len() > before, "{attn:?}: the warm-up built nothing");
+            let request = Request {
+                prompt: prompt(70, 3),
+                max_tokens: 7,
+                sampling: SamplingParams {
+                    temperature: 0.8,
+                    seed: 5,
+                    ..SamplingParams::greedy()
+                },
+                stop: Vec::new(),
+            };
+            batcher.submit(request).unwrap();
+            let mut tokens = 0;
+            while !batcher.is_idle() {
+                let events = pollster::block_on(batcher.round(&mut dec)).unwrap();
+                tokens += events
+                    .iter()
+                    .filter(|e| matches!(e, Event::Token { .. }))
+                    .count();
+            }
+            assert_eq!(tokens, 7, "{attn:?}");
+            let new: Vec<_> = gpu
+                .pipeline_keys()
+                .into_iter()
+                .filter(|k| !built.contains(k))
+                .collect();
+            assert!(new.is_empty(), "{attn:?}: built after the warm-up: {new:?}");
+        }
+    }
+}
+
 #[test]
 fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
     let gpus = test_gpus();
