@@ -1033,6 +1033,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
 // block is in a_i, a mat4x4 (output 4c + j of the block at a_i[c][j]) named, not indexed:
 // an indexed array stayed in memory on lavapipe. Rows and outputs past the edges are read
 // clamped and not stored; a k past n_in has weight 0. The sums are gemm's, k after k.
+// f16 weights take the vec4 forms below (gemm_direct4, gemm_direct4_t): fewer, wider loads.
 @compute @workgroup_size(32)
 fn gemm_direct(@builtin(local_invocation_index) t: u32,
                @builtin(workgroup_id) wid: vec3<u32>) {
@@ -1084,6 +1085,302 @@ fn gemm_direct(@builtin(local_invocation_index) t: u32,
     store16(r0 + 5u, o0, a5);
     store16(r0 + 6u, o0, a6);
     store16(r0 + 7u, o0, a7);
+}
+
+// gemm_direct over a transposed f16 w (W_T; the CPU adapters' untuned f16 layout) whose
+// n_out is a multiple of 16 and n_in of 4 (the host's gemm_direct4): the 16 weights of a block's
+// outputs at input k are two vec4s of w4, where gemm_direct loads 16 words, and four
+// inputs of a row one vec4 of x4, where it loads four values. The same products added to
+// the same sums in the same order, k after k. A block past n_out reads the last 16
+// outputs' weights (not stored).
+@compute @workgroup_size(32)
+fn gemm_direct4_t(@builtin(local_invocation_index) t: u32,
+                 @builtin(workgroup_id) wid: vec3<u32>) {
+    let origin = gemm_origin(wid);
+    if (origin.z == 0u) {
+        return;
+    }
+    let r0 = origin.x + (t / 4u) * 8u;   // as gemm_direct: 8 x 16, 32 of them
+    let o0 = origin.y + (t % 4u) * 16u;
+    let n4 = params().n_in / 4u;
+    let n_out = params().n_out;
+    let c0 = min(r0 + 0u, params().rows - 1u) * n4;
+    let c1 = min(r0 + 1u, params().rows - 1u) * n4;
+    let c2 = min(r0 + 2u, params().rows - 1u) * n4;
+    let c3 = min(r0 + 3u, params().rows - 1u) * n4;
+    let c4 = min(r0 + 4u, params().rows - 1u) * n4;
+    let c5 = min(r0 + 5u, params().rows - 1u) * n4;
+    let c6 = min(r0 + 6u, params().rows - 1u) * n4;
+    let c7 = min(r0 + 7u, params().rows - 1u) * n4;
+    // The vec4 of w4 holding outputs 8 oc .. 8 oc + 7 at input 0 (the block's first 8; the
+    // next vec4 the other 8); an input's row of w is n_out / 8 vec4s.
+    let oc = min(o0, n_out - 16u) / 8u;
+    let stride = n_out / 8u;
+    var a0 = mat4x4<f32>();
+    var a1 = mat4x4<f32>();
+    var a2 = mat4x4<f32>();
+    var a3 = mat4x4<f32>();
+    var a4 = mat4x4<f32>();
+    var a5 = mat4x4<f32>();
+    var a6 = mat4x4<f32>();
+    var a7 = mat4x4<f32>();
+    for (var k4 = 0u; k4 < n4; k4++) {
+        let v0 = x4[c0 + k4];
+        let v1 = x4[c1 + k4];
+        let v2 = x4[c2 + k4];
+        let v3 = x4[c3 + k4];
+        let v4 = x4[c4 + k4];
+        let v5 = x4[c5 + k4];
+        let v6 = x4[c6 + k4];
+        let v7 = x4[c7 + k4];
+        // Inputs 4 k4 + j, j = 0 .. 3 written out (components j of the v_i: indexed by a
+        // loop, they stayed in memory).
+        {
+            let b = (4u * k4 + 0u) * stride + oc;
+            let e = f16_block(w4[b], w4[b + 1u]);
+            a0 += v0.x * e;
+            a1 += v1.x * e;
+            a2 += v2.x * e;
+            a3 += v3.x * e;
+            a4 += v4.x * e;
+            a5 += v5.x * e;
+            a6 += v6.x * e;
+            a7 += v7.x * e;
+        }
+        {
+            let b = (4u * k4 + 1u) * stride + oc;
+            let e = f16_block(w4[b], w4[b + 1u]);
+            a0 += v0.y * e;
+            a1 += v1.y * e;
+            a2 += v2.y * e;
+            a3 += v3.y * e;
+            a4 += v4.y * e;
+            a5 += v5.y * e;
+            a6 += v6.y * e;
+            a7 += v7.y * e;
+        }
+        {
+            let b = (4u * k4 + 2u) * stride + oc;
+            let e = f16_block(w4[b], w4[b + 1u]);
+            a0 += v0.z * e;
+            a1 += v1.z * e;
+            a2 += v2.z * e;
+            a3 += v3.z * e;
+            a4 += v4.z * e;
+            a5 += v5.z * e;
+            a6 += v6.z * e;
+            a7 += v7.z * e;
+        }
+        {
+            let b = (4u * k4 + 3u) * stride + oc;
+            let e = f16_block(w4[b], w4[b + 1u]);
+            a0 += v0.w * e;
+            a1 += v1.w * e;
+            a2 += v2.w * e;
+            a3 += v3.w * e;
+            a4 += v4.w * e;
+            a5 += v5.w * e;
+            a6 += v6.w * e;
+            a7 += v7.w * e;
+        }
+    }
+    store16(r0 + 0u, o0, a0);
+    store16(r0 + 1u, o0, a1);
+    store16(r0 + 2u, o0, a2);
+    store16(r0 + 3u, o0, a3);
+    store16(r0 + 4u, o0, a4);
+    store16(r0 + 5u, o0, a5);
+    store16(r0 + 6u, o0, a6);
+    store16(r0 + 7u, o0, a7);
+}
+
+// gemm_direct over a row-major f16 w whose n_in is a multiple of 8 (the host's
+// gemm_direct4): eight weights of an output are one vec4 of w4, where gemm_direct loads
+// four words, and eight inputs of a row two vec4s of x4, where it loads eight values. The
+// same products added to the same sums in the same order, k after k. Outputs past n_out
+// read row n_out - 1 (not stored).
+@compute @workgroup_size(32)
+fn gemm_direct4(@builtin(local_invocation_index) t: u32,
+                @builtin(workgroup_id) wid: vec3<u32>) {
+    let origin = gemm_origin(wid);
+    if (origin.z == 0u) {
+        return;
+    }
+    let r0 = origin.x + (t / 4u) * 8u;   // as gemm_direct: 8 x 16, 32 of them
+    let o0 = origin.y + (t % 4u) * 16u;
+    let n4 = params().n_in / 4u;
+    let c0 = min(r0 + 0u, params().rows - 1u) * n4;
+    let c1 = min(r0 + 1u, params().rows - 1u) * n4;
+    let c2 = min(r0 + 2u, params().rows - 1u) * n4;
+    let c3 = min(r0 + 3u, params().rows - 1u) * n4;
+    let c4 = min(r0 + 4u, params().rows - 1u) * n4;
+    let c5 = min(r0 + 5u, params().rows - 1u) * n4;
+    let c6 = min(r0 + 6u, params().rows - 1u) * n4;
+    let c7 = min(r0 + 7u, params().rows - 1u) * n4;
+    var a0 = mat4x4<f32>();
+    var a1 = mat4x4<f32>();
+    var a2 = mat4x4<f32>();
+    var a3 = mat4x4<f32>();
+    var a4 = mat4x4<f32>();
+    var a5 = mat4x4<f32>();
+    var a6 = mat4x4<f32>();
+    var a7 = mat4x4<f32>();
+    for (var k8 = 0u; k8 < n4 / 2u; k8++) {
+        // Output o0 + i's weights at inputs 8 k8 .. 8 k8 + 7 in q_i.
+        let q0 = w4[w4_row(o0 + 0u) + k8];
+        let q1 = w4[w4_row(o0 + 1u) + k8];
+        let q2 = w4[w4_row(o0 + 2u) + k8];
+        let q3 = w4[w4_row(o0 + 3u) + k8];
+        let q4 = w4[w4_row(o0 + 4u) + k8];
+        let q5 = w4[w4_row(o0 + 5u) + k8];
+        let q6 = w4[w4_row(o0 + 6u) + k8];
+        let q7 = w4[w4_row(o0 + 7u) + k8];
+        let q8 = w4[w4_row(o0 + 8u) + k8];
+        let q9 = w4[w4_row(o0 + 9u) + k8];
+        let q10 = w4[w4_row(o0 + 10u) + k8];
+        let q11 = w4[w4_row(o0 + 11u) + k8];
+        let q12 = w4[w4_row(o0 + 12u) + k8];
+        let q13 = w4[w4_row(o0 + 13u) + k8];
+        let q14 = w4[w4_row(o0 + 14u) + k8];
+        let q15 = w4[w4_row(o0 + 15u) + k8];
+        // Row i's inputs 8 k8 .. 8 k8 + 7 in u_i.
+        let u0 = mat2x4<f32>(x4[c0 + 2u * k8], x4[c0 + 2u * k8 + 1u]);
+        let u1 = mat2x4<f32>(x4[c1 + 2u * k8], x4[c1 + 2u * k8 + 1u]);
+        let u2 = mat2x4<f32>(x4[c2 + 2u * k8], x4[c2 + 2u * k8 + 1u]);
+        let u3 = mat2x4<f32>(x4[c3 + 2u * k8], x4[c3 + 2u * k8 + 1u]);
+        let u4 = mat2x4<f32>(x4[c4 + 2u * k8], x4[c4 + 2u * k8 + 1u]);
+        let u5 = mat2x4<f32>(x4[c5 + 2u * k8], x4[c5 + 2u * k8 + 1u]);
+        let u6 = mat2x4<f32>(x4[c6 + 2u * k8], x4[c6 + 2u * k8 + 1u]);
+        let u7 = mat2x4<f32>(x4[c7 + 2u * k8], x4[c7 + 2u * k8 + 1u]);
+        // Word j of the q_i: inputs 8 k8 + 2j and 2j + 1 (components 2j, 2j + 1 of u_i's
+        // columns), j = 0 .. 3 written out: indexed by a loop, they stayed in memory.
+        {
+            let h0 = word_cols(q0.x, q1.x, q2.x, q3.x);
+            let h1 = word_cols(q4.x, q5.x, q6.x, q7.x);
+            let h2 = word_cols(q8.x, q9.x, q10.x, q11.x);
+            let h3 = word_cols(q12.x, q13.x, q14.x, q15.x);
+            let e = mat4x4<f32>(h0[0], h1[0], h2[0], h3[0]);
+            let f = mat4x4<f32>(h0[1], h1[1], h2[1], h3[1]);
+            a0 += u0[0].x * e;
+            a0 += u0[0].y * f;
+            a1 += u1[0].x * e;
+            a1 += u1[0].y * f;
+            a2 += u2[0].x * e;
+            a2 += u2[0].y * f;
+            a3 += u3[0].x * e;
+            a3 += u3[0].y * f;
+            a4 += u4[0].x * e;
+            a4 += u4[0].y * f;
+            a5 += u5[0].x * e;
+            a5 += u5[0].y * f;
+            a6 += u6[0].x * e;
+            a6 += u6[0].y * f;
+            a7 += u7[0].x * e;
+            a7 += u7[0].y * f;
+        }
+        {
+            let h0 = word_cols(q0.y, q1.y, q2.y, q3.y);
+            let h1 = word_cols(q4.y, q5.y, q6.y, q7.y);
+            let h2 = word_cols(q8.y, q9.y, q10.y, q11.y);
+            let h3 = word_cols(q12.y, q13.y, q14.y, q15.y);
+            let e = mat4x4<f32>(h0[0], h1[0], h2[0], h3[0]);
+            let f = mat4x4<f32>(h0[1], h1[1], h2[1], h3[1]);
+            a0 += u0[0].z * e;
+            a0 += u0[0].w * f;
+            a1 += u1[0].z * e;
+            a1 += u1[0].w * f;
+            a2 += u2[0].z * e;
+            a2 += u2[0].w * f;
+            a3 += u3[0].z * e;
+            a3 += u3[0].w * f;
+            a4 += u4[0].z * e;
+            a4 += u4[0].w * f;
+            a5 += u5[0].z * e;
+            a5 += u5[0].w * f;
+            a6 += u6[0].z * e;
+            a6 += u6[0].w * f;
+            a7 += u7[0].z * e;
+            a7 += u7[0].w * f;
+        }
+        {
+            let h0 = word_cols(q0.z, q1.z, q2.z, q3.z);
+            let h1 = word_cols(q4.z, q5.z, q6.z, q7.z);
+            let h2 = word_cols(q8.z, q9.z, q10.z, q11.z);
+            let h3 = word_cols(q12.z, q13.z, q14.z, q15.z);
+            let e = mat4x4<f32>(h0[0], h1[0], h2[0], h3[0]);
+            let f = mat4x4<f32>(h0[1], h1[1], h2[1], h3[1]);
+            a0 += u0[1].x * e;
+            a0 += u0[1].y * f;
+            a1 += u1[1].x * e;
+            a1 += u1[1].y * f;
+            a2 += u2[1].x * e;
+            a2 += u2[1].y * f;
+            a3 += u3[1].x * e;
+            a3 += u3[1].y * f;
+            a4 += u4[1].x * e;
+            a4 += u4[1].y * f;
+            a5 += u5[1].x * e;
+            a5 += u5[1].y * f;
+            a6 += u6[1].x * e;
+            a6 += u6[1].y * f;
+            a7 += u7[1].x * e;
+            a7 += u7[1].y * f;
+        }
+        {
+            let h0 = word_cols(q0.w, q1.w, q2.w, q3.w);
+            let h1 = word_cols(q4.w, q5.w, q6.w, q7.w);
+            let h2 = word_cols(q8.w, q9.w, q10.w, q11.w);
+            let h3 = word_cols(q12.w, q13.w, q14.w, q15.w);
+            let e = mat4x4<f32>(h0[0], h1[0], h2[0], h3[0]);
+            let f = mat4x4<f32>(h0[1], h1[1], h2[1], h3[1]);
+            a0 += u0[1].z * e;
+            a0 += u0[1].w * f;
+            a1 += u1[1].z * e;
+            a1 += u1[1].w * f;
+            a2 += u2[1].z * e;
+            a2 += u2[1].w * f;
+            a3 += u3[1].z * e;
+            a3 += u3[1].w * f;
+            a4 += u4[1].z * e;
+            a4 += u4[1].w * f;
+            a5 += u5[1].z * e;
+            a5 += u5[1].w * f;
+            a6 += u6[1].z * e;
+            a6 += u6[1].w * f;
+            a7 += u7[1].z * e;
+            a7 += u7[1].w * f;
+        }
+    }
+    store16(r0 + 0u, o0, a0);
+    store16(r0 + 1u, o0, a1);
+    store16(r0 + 2u, o0, a2);
+    store16(r0 + 3u, o0, a3);
+    store16(r0 + 4u, o0, a4);
+    store16(r0 + 5u, o0, a5);
+    store16(r0 + 6u, o0, a6);
+    store16(r0 + 7u, o0, a7);
+}
+
+// The first vec4 of w4 in output o's row (clamped to the last row), of n_in / 8.
+fn w4_row(o: u32) -> u32 {
+    return min(o, params().n_out - 1u) * (params().n_in / 8u);
+}
+
+// Four outputs' f16 weight pairs (a word each) as columns: the first halves, the second.
+fn word_cols(a: u32, b: u32, c: u32, d: u32) -> mat2x4<f32> {
+    let pa = unpack2x16float(a);
+    let pb = unpack2x16float(b);
+    let pc = unpack2x16float(c);
+    let pd = unpack2x16float(d);
+    return mat2x4<f32>(vec4<f32>(pa.x, pb.x, pc.x, pd.x), vec4<f32>(pa.y, pb.y, pc.y, pd.y));
+}
+
+// 16 f16 weights (8 words) as gemm_direct's block column: output 4c + j at [c][j].
+fn f16_block(q0: vec4<u32>, q1: vec4<u32>) -> mat4x4<f32> {
+    return mat4x4<f32>(vec4<f32>(unpack2x16float(q0.x), unpack2x16float(q0.y)),
+                       vec4<f32>(unpack2x16float(q0.z), unpack2x16float(q0.w)),
+                       vec4<f32>(unpack2x16float(q1.x), unpack2x16float(q1.y)),
+                       vec4<f32>(unpack2x16float(q1.z), unpack2x16float(q1.w)));
 }
 
 // Weights (o, k) and (o, k + 1) of w (k even), 0 past n_in; past n_out, row n_out - 1's

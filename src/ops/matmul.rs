@@ -134,6 +134,25 @@ fn gemm_entry(gpu: &Gpu) -> &'static str {
     }
 }
 
+/// `gemm_direct`'s vec4 form for `w`, where it has one: an f16 matrix whose weights come
+/// as whole vec4s of w4 and inputs as whole vec4s of x4, `gemm_direct4` row-major (n_in a
+/// multiple of 8), `gemm_direct4_t` transposed (the CPU adapters' untuned layout; n_out a
+/// multiple of 16, n_in of 4). The shipped models' matrices all qualify. A CPU adapter
+/// loads lane by lane, so the loads were most of gemm_direct's time: on lavapipe the 12
+/// GEMMs of a 120-token prefill of the shipped Hadamard model took 34-39 ms row-major and
+/// 33-34 ms transposed against gemm_direct's 74-77 (`walsh profile --prompt`, Dec 5);
+/// with their four words (inputs) indexed in a loop rather than written out, 92-94 and
+/// 47-48 ms.
+fn gemm_direct4(w: &Matrix) -> Option<&'static str> {
+    match (w.format, w.transposed) {
+        (WeightFormat::F16, false) if w.cols.is_multiple_of(8) => Some("gemm_direct4"),
+        (WeightFormat::F16, true) if w.rows.is_multiple_of(16) && w.cols.is_multiple_of(4) => {
+            Some("gemm_direct4_t")
+        }
+        _ => None,
+    }
+}
+
 /// Output block of one GEMM workgroup (rows x outputs); must match `TILE_R` / `TILE_O`
 /// in matmul.wgsl.
 const GEMM_TILE: usize = 64;
@@ -708,7 +727,10 @@ pub fn encode_cols(
             units.div_ceil((GEMV_WIDE_WORKGROUP / GEMV_WIDE_LANES) as usize) * blocks,
         ),
         _ => (
-            gemm_entry(gpu),
+            match gemm_entry(gpu) {
+                "gemm_direct" => gemm_direct4(w).unwrap_or("gemm_direct"),
+                entry => entry,
+            },
             n_out.div_ceil(GEMM_TILE) * rows.div_ceil(GEMM_TILE),
         ),
     };
@@ -1100,7 +1122,15 @@ mod tests {
                         check(&gpu, k, format, rows, n_in, n_out, Epilogue::Store);
                     }
                 }
-                for (rows, n_in, n_out) in [(1, 1, 1), (37, 19, 70), (65, 33, 129), (17, 64, 64)] {
+                // (17, 64, 64), (70, 40, 130): f16 through gemm_direct4 on CPU adapters.
+                let gemms = [
+                    (1, 1, 1),
+                    (37, 19, 70),
+                    (65, 33, 129),
+                    (17, 64, 64),
+                    (70, 40, 130),
+                ];
+                for (rows, n_in, n_out) in gemms {
                     check(
                         &gpu,
                         Kernel::Gemm,
@@ -1788,8 +1818,17 @@ mod tests {
             assert_eq!(hadamard_cpu_workgroup(3, 2, 4 * 768), 64);
             assert_eq!(hadamard_cpu_workgroup(2752, 4, 1024), 128);
             assert_eq!(hadamard_cpu_workgroup(688, 4, 256), 32);
-            // The GEMM reads the transposed layout too (prefill on CPU adapters).
-            for (rows, n_in, n_out) in [(37, 19, 70), (65, 33, 130)] {
+            // The GEMM reads the transposed layout too (prefill on CPU adapters); whole
+            // 16-output blocks and vec4s of inputs through gemm_direct4_t, with a partial
+            // last tile of outputs (80, 144) and of rows.
+            let entry = |n_out: usize, n_in: usize, t: bool| {
+                gemm_direct4(&test_matrix(&gpu, f16, n_out, n_in, vec![0.0; n_out * n_in], t).0)
+            };
+            assert_eq!(entry(70, 20, true), None);
+            assert_eq!(entry(80, 20, true), Some("gemm_direct4_t"));
+            assert_eq!(entry(70, 20, false), None);
+            assert_eq!(entry(70, 40, false), Some("gemm_direct4"));
+            for (rows, n_in, n_out) in [(37, 19, 70), (65, 33, 130), (37, 20, 80), (70, 64, 144)] {
                 check_layout(
                     &gpu,
                     Kernel::Gemm,
