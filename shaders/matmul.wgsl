@@ -1088,117 +1088,50 @@ fn gemm_direct(@builtin(local_invocation_index) t: u32,
 }
 
 // gemm_direct over a transposed f16 w (W_T; the CPU adapters' untuned f16 layout) whose
-// n_out is a multiple of 16 and n_in of 4 (the host's gemm_direct4): the 16 weights of a block's
-// outputs at input k are two vec4s of w4, where gemm_direct loads 16 words, and four
-// inputs of a row one vec4 of x4, where it loads four values. The same products added to
-// the same sums in the same order, k after k. A block past n_out reads the last 16
-// outputs' weights (not stored).
+// n_out is a multiple of 16 and n_in of 4 (the host's gemm_direct4): the 16 weights of a
+// block's outputs at input k are two vec4s of w4, where gemm_direct loads 16 words, and
+// four inputs of a row one vec4 of x4, where it loads four values. The same products
+// added to the same sums in the same order, k after k. A block past n_out reads the last
+// 16 outputs' weights (not stored). The four inputs of a vec4 are written out (fold8 by
+// constant columns): indexed by a loop, they stayed in memory (1.4x the time).
 @compute @workgroup_size(32)
 fn gemm_direct4_t(@builtin(local_invocation_index) t: u32,
-                 @builtin(workgroup_id) wid: vec3<u32>) {
+                  @builtin(workgroup_id) wid: vec3<u32>) {
     let origin = gemm_origin(wid);
     if (origin.z == 0u) {
         return;
     }
-    let r0 = origin.x + (t / 4u) * 8u;   // as gemm_direct: 8 x 16, 32 of them
-    let o0 = origin.y + (t % 4u) * 16u;
-    let n4 = params().n_in / 4u;
+    let b = gemm_block(t, origin);
     let n_out = params().n_out;
-    let c0 = min(r0 + 0u, params().rows - 1u) * n4;
-    let c1 = min(r0 + 1u, params().rows - 1u) * n4;
-    let c2 = min(r0 + 2u, params().rows - 1u) * n4;
-    let c3 = min(r0 + 3u, params().rows - 1u) * n4;
-    let c4 = min(r0 + 4u, params().rows - 1u) * n4;
-    let c5 = min(r0 + 5u, params().rows - 1u) * n4;
-    let c6 = min(r0 + 6u, params().rows - 1u) * n4;
-    let c7 = min(r0 + 7u, params().rows - 1u) * n4;
     // The vec4 of w4 holding outputs 8 oc .. 8 oc + 7 at input 0 (the block's first 8; the
     // next vec4 the other 8); an input's row of w is n_out / 8 vec4s.
-    let oc = min(o0, n_out - 16u) / 8u;
+    let oc = min(b.o0, n_out - 16u) / 8u;
     let stride = n_out / 8u;
-    var a0 = mat4x4<f32>();
-    var a1 = mat4x4<f32>();
-    var a2 = mat4x4<f32>();
-    var a3 = mat4x4<f32>();
-    var a4 = mat4x4<f32>();
-    var a5 = mat4x4<f32>();
-    var a6 = mat4x4<f32>();
-    var a7 = mat4x4<f32>();
-    for (var k4 = 0u; k4 < n4; k4++) {
-        let v0 = x4[c0 + k4];
-        let v1 = x4[c1 + k4];
-        let v2 = x4[c2 + k4];
-        let v3 = x4[c3 + k4];
-        let v4 = x4[c4 + k4];
-        let v5 = x4[c5 + k4];
-        let v6 = x4[c6 + k4];
-        let v7 = x4[c7 + k4];
-        // Inputs 4 k4 + j, j = 0 .. 3 written out (components j of the v_i: indexed by a
-        // loop, they stayed in memory).
-        {
-            let b = (4u * k4 + 0u) * stride + oc;
-            let e = f16_block(w4[b], w4[b + 1u]);
-            a0 += v0.x * e;
-            a1 += v1.x * e;
-            a2 += v2.x * e;
-            a3 += v3.x * e;
-            a4 += v4.x * e;
-            a5 += v5.x * e;
-            a6 += v6.x * e;
-            a7 += v7.x * e;
-        }
-        {
-            let b = (4u * k4 + 1u) * stride + oc;
-            let e = f16_block(w4[b], w4[b + 1u]);
-            a0 += v0.y * e;
-            a1 += v1.y * e;
-            a2 += v2.y * e;
-            a3 += v3.y * e;
-            a4 += v4.y * e;
-            a5 += v5.y * e;
-            a6 += v6.y * e;
-            a7 += v7.y * e;
-        }
-        {
-            let b = (4u * k4 + 2u) * stride + oc;
-            let e = f16_block(w4[b], w4[b + 1u]);
-            a0 += v0.z * e;
-            a1 += v1.z * e;
-            a2 += v2.z * e;
-            a3 += v3.z * e;
-            a4 += v4.z * e;
-            a5 += v5.z * e;
-            a6 += v6.z * e;
-            a7 += v7.z * e;
-        }
-        {
-            let b = (4u * k4 + 3u) * stride + oc;
-            let e = f16_block(w4[b], w4[b + 1u]);
-            a0 += v0.w * e;
-            a1 += v1.w * e;
-            a2 += v2.w * e;
-            a3 += v3.w * e;
-            a4 += v4.w * e;
-            a5 += v5.w * e;
-            a6 += v6.w * e;
-            a7 += v7.w * e;
-        }
+    var acc = Block8();
+    for (var k4 = 0u; k4 < params().n_in / 4u; k4++) {
+        let x = block_inputs(b, k4);
+        let w0 = 4u * k4 * stride + oc;
+        let e0 = f16_block(w4[w0], w4[w0 + 1u]);
+        fold8(&acc, x.lo[0], x.hi[0], e0);
+        let w1 = w0 + stride;
+        let e1 = f16_block(w4[w1], w4[w1 + 1u]);
+        fold8(&acc, x.lo[1], x.hi[1], e1);
+        let w2 = w1 + stride;
+        let e2 = f16_block(w4[w2], w4[w2 + 1u]);
+        fold8(&acc, x.lo[2], x.hi[2], e2);
+        let w3 = w2 + stride;
+        let e3 = f16_block(w4[w3], w4[w3 + 1u]);
+        fold8(&acc, x.lo[3], x.hi[3], e3);
     }
-    store16(r0 + 0u, o0, a0);
-    store16(r0 + 1u, o0, a1);
-    store16(r0 + 2u, o0, a2);
-    store16(r0 + 3u, o0, a3);
-    store16(r0 + 4u, o0, a4);
-    store16(r0 + 5u, o0, a5);
-    store16(r0 + 6u, o0, a6);
-    store16(r0 + 7u, o0, a7);
+    store_block(b, acc);
 }
 
 // gemm_direct over a row-major f16 w whose n_in is a multiple of 8 (the host's
 // gemm_direct4): eight weights of an output are one vec4 of w4, where gemm_direct loads
-// four words, and eight inputs of a row two vec4s of x4, where it loads eight values. The
-// same products added to the same sums in the same order, k after k. Outputs past n_out
-// read row n_out - 1 (not stored).
+// four words, and four inputs of a row one vec4 of x4. The same products added to the
+// same sums in the same order, k after k. Outputs past n_out read row n_out - 1 (not
+// stored). The four words of a vec4 are written out: indexed by a loop, they stayed in
+// memory (2.4x the time).
 @compute @workgroup_size(32)
 fn gemm_direct4(@builtin(local_invocation_index) t: u32,
                 @builtin(workgroup_id) wid: vec3<u32>) {
@@ -1206,164 +1139,135 @@ fn gemm_direct4(@builtin(local_invocation_index) t: u32,
     if (origin.z == 0u) {
         return;
     }
-    let r0 = origin.x + (t / 4u) * 8u;   // as gemm_direct: 8 x 16, 32 of them
-    let o0 = origin.y + (t % 4u) * 16u;
-    let n4 = params().n_in / 4u;
-    let c0 = min(r0 + 0u, params().rows - 1u) * n4;
-    let c1 = min(r0 + 1u, params().rows - 1u) * n4;
-    let c2 = min(r0 + 2u, params().rows - 1u) * n4;
-    let c3 = min(r0 + 3u, params().rows - 1u) * n4;
-    let c4 = min(r0 + 4u, params().rows - 1u) * n4;
-    let c5 = min(r0 + 5u, params().rows - 1u) * n4;
-    let c6 = min(r0 + 6u, params().rows - 1u) * n4;
-    let c7 = min(r0 + 7u, params().rows - 1u) * n4;
-    var a0 = mat4x4<f32>();
-    var a1 = mat4x4<f32>();
-    var a2 = mat4x4<f32>();
-    var a3 = mat4x4<f32>();
-    var a4 = mat4x4<f32>();
-    var a5 = mat4x4<f32>();
-    var a6 = mat4x4<f32>();
-    var a7 = mat4x4<f32>();
-    for (var k8 = 0u; k8 < n4 / 2u; k8++) {
-        // Output o0 + i's weights at inputs 8 k8 .. 8 k8 + 7 in q_i.
-        let q0 = w4[w4_row(o0 + 0u) + k8];
-        let q1 = w4[w4_row(o0 + 1u) + k8];
-        let q2 = w4[w4_row(o0 + 2u) + k8];
-        let q3 = w4[w4_row(o0 + 3u) + k8];
-        let q4 = w4[w4_row(o0 + 4u) + k8];
-        let q5 = w4[w4_row(o0 + 5u) + k8];
-        let q6 = w4[w4_row(o0 + 6u) + k8];
-        let q7 = w4[w4_row(o0 + 7u) + k8];
-        let q8 = w4[w4_row(o0 + 8u) + k8];
-        let q9 = w4[w4_row(o0 + 9u) + k8];
-        let q10 = w4[w4_row(o0 + 10u) + k8];
-        let q11 = w4[w4_row(o0 + 11u) + k8];
-        let q12 = w4[w4_row(o0 + 12u) + k8];
-        let q13 = w4[w4_row(o0 + 13u) + k8];
-        let q14 = w4[w4_row(o0 + 14u) + k8];
-        let q15 = w4[w4_row(o0 + 15u) + k8];
-        // Row i's inputs 8 k8 .. 8 k8 + 7 in u_i.
-        let u0 = mat2x4<f32>(x4[c0 + 2u * k8], x4[c0 + 2u * k8 + 1u]);
-        let u1 = mat2x4<f32>(x4[c1 + 2u * k8], x4[c1 + 2u * k8 + 1u]);
-        let u2 = mat2x4<f32>(x4[c2 + 2u * k8], x4[c2 + 2u * k8 + 1u]);
-        let u3 = mat2x4<f32>(x4[c3 + 2u * k8], x4[c3 + 2u * k8 + 1u]);
-        let u4 = mat2x4<f32>(x4[c4 + 2u * k8], x4[c4 + 2u * k8 + 1u]);
-        let u5 = mat2x4<f32>(x4[c5 + 2u * k8], x4[c5 + 2u * k8 + 1u]);
-        let u6 = mat2x4<f32>(x4[c6 + 2u * k8], x4[c6 + 2u * k8 + 1u]);
-        let u7 = mat2x4<f32>(x4[c7 + 2u * k8], x4[c7 + 2u * k8 + 1u]);
-        // Word j of the q_i: inputs 8 k8 + 2j and 2j + 1 (components 2j, 2j + 1 of u_i's
-        // columns), j = 0 .. 3 written out: indexed by a loop, they stayed in memory.
-        {
-            let h0 = word_cols(q0.x, q1.x, q2.x, q3.x);
-            let h1 = word_cols(q4.x, q5.x, q6.x, q7.x);
-            let h2 = word_cols(q8.x, q9.x, q10.x, q11.x);
-            let h3 = word_cols(q12.x, q13.x, q14.x, q15.x);
-            let e = mat4x4<f32>(h0[0], h1[0], h2[0], h3[0]);
-            let f = mat4x4<f32>(h0[1], h1[1], h2[1], h3[1]);
-            a0 += u0[0].x * e;
-            a0 += u0[0].y * f;
-            a1 += u1[0].x * e;
-            a1 += u1[0].y * f;
-            a2 += u2[0].x * e;
-            a2 += u2[0].y * f;
-            a3 += u3[0].x * e;
-            a3 += u3[0].y * f;
-            a4 += u4[0].x * e;
-            a4 += u4[0].y * f;
-            a5 += u5[0].x * e;
-            a5 += u5[0].y * f;
-            a6 += u6[0].x * e;
-            a6 += u6[0].y * f;
-            a7 += u7[0].x * e;
-            a7 += u7[0].y * f;
-        }
-        {
-            let h0 = word_cols(q0.y, q1.y, q2.y, q3.y);
-            let h1 = word_cols(q4.y, q5.y, q6.y, q7.y);
-            let h2 = word_cols(q8.y, q9.y, q10.y, q11.y);
-            let h3 = word_cols(q12.y, q13.y, q14.y, q15.y);
-            let e = mat4x4<f32>(h0[0], h1[0], h2[0], h3[0]);
-            let f = mat4x4<f32>(h0[1], h1[1], h2[1], h3[1]);
-            a0 += u0[0].z * e;
-            a0 += u0[0].w * f;
-            a1 += u1[0].z * e;
-            a1 += u1[0].w * f;
-            a2 += u2[0].z * e;
-            a2 += u2[0].w * f;
-            a3 += u3[0].z * e;
-            a3 += u3[0].w * f;
-            a4 += u4[0].z * e;
-            a4 += u4[0].w * f;
-            a5 += u5[0].z * e;
-            a5 += u5[0].w * f;
-            a6 += u6[0].z * e;
-            a6 += u6[0].w * f;
-            a7 += u7[0].z * e;
-            a7 += u7[0].w * f;
-        }
-        {
-            let h0 = word_cols(q0.z, q1.z, q2.z, q3.z);
-            let h1 = word_cols(q4.z, q5.z, q6.z, q7.z);
-            let h2 = word_cols(q8.z, q9.z, q10.z, q11.z);
-            let h3 = word_cols(q12.z, q13.z, q14.z, q15.z);
-            let e = mat4x4<f32>(h0[0], h1[0], h2[0], h3[0]);
-            let f = mat4x4<f32>(h0[1], h1[1], h2[1], h3[1]);
-            a0 += u0[1].x * e;
-            a0 += u0[1].y * f;
-            a1 += u1[1].x * e;
-            a1 += u1[1].y * f;
-            a2 += u2[1].x * e;
-            a2 += u2[1].y * f;
-            a3 += u3[1].x * e;
-            a3 += u3[1].y * f;
-            a4 += u4[1].x * e;
-            a4 += u4[1].y * f;
-            a5 += u5[1].x * e;
-            a5 += u5[1].y * f;
-            a6 += u6[1].x * e;
-            a6 += u6[1].y * f;
-            a7 += u7[1].x * e;
-            a7 += u7[1].y * f;
-        }
-        {
-            let h0 = word_cols(q0.w, q1.w, q2.w, q3.w);
-            let h1 = word_cols(q4.w, q5.w, q6.w, q7.w);
-            let h2 = word_cols(q8.w, q9.w, q10.w, q11.w);
-            let h3 = word_cols(q12.w, q13.w, q14.w, q15.w);
-            let e = mat4x4<f32>(h0[0], h1[0], h2[0], h3[0]);
-            let f = mat4x4<f32>(h0[1], h1[1], h2[1], h3[1]);
-            a0 += u0[1].z * e;
-            a0 += u0[1].w * f;
-            a1 += u1[1].z * e;
-            a1 += u1[1].w * f;
-            a2 += u2[1].z * e;
-            a2 += u2[1].w * f;
-            a3 += u3[1].z * e;
-            a3 += u3[1].w * f;
-            a4 += u4[1].z * e;
-            a4 += u4[1].w * f;
-            a5 += u5[1].z * e;
-            a5 += u5[1].w * f;
-            a6 += u6[1].z * e;
-            a6 += u6[1].w * f;
-            a7 += u7[1].z * e;
-            a7 += u7[1].w * f;
-        }
+    let b = gemm_block(t, origin);
+    var acc = Block8();
+    for (var k8 = 0u; k8 < params().n_in / 8u; k8++) {
+        // Output o0 + i's weights at inputs 8 k8 .. 8 k8 + 7 (four words of two) in q_i.
+        let q = WeightVecs(w4[w4_row(b.o0) + k8], w4[w4_row(b.o0 + 1u) + k8],
+                           w4[w4_row(b.o0 + 2u) + k8], w4[w4_row(b.o0 + 3u) + k8],
+                           w4[w4_row(b.o0 + 4u) + k8], w4[w4_row(b.o0 + 5u) + k8],
+                           w4[w4_row(b.o0 + 6u) + k8], w4[w4_row(b.o0 + 7u) + k8],
+                           w4[w4_row(b.o0 + 8u) + k8], w4[w4_row(b.o0 + 9u) + k8],
+                           w4[w4_row(b.o0 + 10u) + k8], w4[w4_row(b.o0 + 11u) + k8],
+                           w4[w4_row(b.o0 + 12u) + k8], w4[w4_row(b.o0 + 13u) + k8],
+                           w4[w4_row(b.o0 + 14u) + k8], w4[w4_row(b.o0 + 15u) + k8]);
+        // Word j holds inputs 8 k8 + 2j and 2j + 1: of x's first vec4 for j < 2.
+        let x = block_inputs(b, 2u * k8);
+        let y = block_inputs(b, 2u * k8 + 1u);
+        let e0 = word_block(q, 0u);
+        fold8(&acc, x.lo[0], x.hi[0], e0.e);
+        fold8(&acc, x.lo[1], x.hi[1], e0.f);
+        let e1 = word_block(q, 1u);
+        fold8(&acc, x.lo[2], x.hi[2], e1.e);
+        fold8(&acc, x.lo[3], x.hi[3], e1.f);
+        let e2 = word_block(q, 2u);
+        fold8(&acc, y.lo[0], y.hi[0], e2.e);
+        fold8(&acc, y.lo[1], y.hi[1], e2.f);
+        let e3 = word_block(q, 3u);
+        fold8(&acc, y.lo[2], y.hi[2], e3.e);
+        fold8(&acc, y.lo[3], y.hi[3], e3.f);
     }
-    store16(r0 + 0u, o0, a0);
-    store16(r0 + 1u, o0, a1);
-    store16(r0 + 2u, o0, a2);
-    store16(r0 + 3u, o0, a3);
-    store16(r0 + 4u, o0, a4);
-    store16(r0 + 5u, o0, a5);
-    store16(r0 + 6u, o0, a6);
-    store16(r0 + 7u, o0, a7);
+    store_block(b, acc);
+}
+
+// A gemm_direct4 invocation's block: rows r0 .. r0 + 7, outputs o0 .. o0 + 15 (as
+// gemm_direct: 32 blocks of 8 x 16 a tile), and the x4 index of each row's first vec4
+// (rows past the batch clamped to its last).
+struct GemmBlock {
+    r0: u32,
+    o0: u32,
+    rows_lo: vec4<u32>,
+    rows_hi: vec4<u32>,
+}
+
+fn gemm_block(t: u32, origin: vec3<u32>) -> GemmBlock {
+    let r0 = origin.x + (t / 4u) * 8u;
+    let last = vec4<u32>(params().rows - 1u);
+    let n4 = params().n_in / 4u;
+    return GemmBlock(r0, origin.y + (t % 4u) * 16u,
+                     min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), last) * n4,
+                     min(vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u), last) * n4);
+}
+
+// Vec4 k4 of the block's eight rows, transposed: lo[j] holds input 4 k4 + j of rows 0..3,
+// hi[j] of rows 4..7 (fold8's operands, by constant column).
+struct BlockInputs {
+    lo: mat4x4<f32>,
+    hi: mat4x4<f32>,
+}
+
+fn block_inputs(b: GemmBlock, k4: u32) -> BlockInputs {
+    let lo = mat4x4<f32>(x4[b.rows_lo.x + k4], x4[b.rows_lo.y + k4], x4[b.rows_lo.z + k4],
+                         x4[b.rows_lo.w + k4]);
+    let hi = mat4x4<f32>(x4[b.rows_hi.x + k4], x4[b.rows_hi.y + k4], x4[b.rows_hi.z + k4],
+                         x4[b.rows_hi.w + k4]);
+    return BlockInputs(transpose(lo), transpose(hi));
+}
+
+// The sums of a gemm_direct4 block: row i in a_i (output 4c + j at [c][j]), named members
+// (registers), not an indexed array (memory).
+struct Block8 {
+    a0: mat4x4<f32>,
+    a1: mat4x4<f32>,
+    a2: mat4x4<f32>,
+    a3: mat4x4<f32>,
+    a4: mat4x4<f32>,
+    a5: mat4x4<f32>,
+    a6: mat4x4<f32>,
+    a7: mat4x4<f32>,
+}
+
+// Rows 0..7 of a block += their input (lo: rows 0..3, hi: 4..7) times the weights e of
+// that input (output 4c + j at [c][j]).
+fn fold8(acc: ptr<function, Block8>, lo: vec4<f32>, hi: vec4<f32>, e: mat4x4<f32>) {
+    (*acc).a0 += lo.x * e;
+    (*acc).a1 += lo.y * e;
+    (*acc).a2 += lo.z * e;
+    (*acc).a3 += lo.w * e;
+    (*acc).a4 += hi.x * e;
+    (*acc).a5 += hi.y * e;
+    (*acc).a6 += hi.z * e;
+    (*acc).a7 += hi.w * e;
+}
+
+fn store_block(b: GemmBlock, acc: Block8) {
+    store16(b.r0, b.o0, acc.a0);
+    store16(b.r0 + 1u, b.o0, acc.a1);
+    store16(b.r0 + 2u, b.o0, acc.a2);
+    store16(b.r0 + 3u, b.o0, acc.a3);
+    store16(b.r0 + 4u, b.o0, acc.a4);
+    store16(b.r0 + 5u, b.o0, acc.a5);
+    store16(b.r0 + 6u, b.o0, acc.a6);
+    store16(b.r0 + 7u, b.o0, acc.a7);
 }
 
 // The first vec4 of w4 in output o's row (clamped to the last row), of n_in / 8.
 fn w4_row(o: u32) -> u32 {
     return min(o, params().n_out - 1u) * (params().n_in / 8u);
+}
+
+// gemm_direct4's 16 outputs' vec4s of weights (eight f16 each).
+struct WeightVecs {
+    q0: vec4<u32>, q1: vec4<u32>, q2: vec4<u32>, q3: vec4<u32>,
+    q4: vec4<u32>, q5: vec4<u32>, q6: vec4<u32>, q7: vec4<u32>,
+    q8: vec4<u32>, q9: vec4<u32>, q10: vec4<u32>, q11: vec4<u32>,
+    q12: vec4<u32>, q13: vec4<u32>, q14: vec4<u32>, q15: vec4<u32>,
+}
+
+// The weights of word j (inputs 2j, 2j + 1 of the vec4s) as the block's columns e and f.
+struct PairBlock {
+    e: mat4x4<f32>,
+    f: mat4x4<f32>,
+}
+
+fn word_block(q: WeightVecs, j: u32) -> PairBlock {
+    let h0 = word_cols(word_of(q.q0, j), word_of(q.q1, j), word_of(q.q2, j), word_of(q.q3, j));
+    let h1 = word_cols(word_of(q.q4, j), word_of(q.q5, j), word_of(q.q6, j), word_of(q.q7, j));
+    let h2 = word_cols(word_of(q.q8, j), word_of(q.q9, j), word_of(q.q10, j), word_of(q.q11, j));
+    let h3 = word_cols(word_of(q.q12, j), word_of(q.q13, j), word_of(q.q14, j),
+                       word_of(q.q15, j));
+    return PairBlock(mat4x4<f32>(h0[0], h1[0], h2[0], h3[0]),
+                     mat4x4<f32>(h0[1], h1[1], h2[1], h3[1]));
 }
 
 // Four outputs' f16 weight pairs (a word each) as columns: the first halves, the second.
