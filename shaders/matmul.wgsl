@@ -1143,14 +1143,7 @@ fn gemm_direct4(@builtin(local_invocation_index) t: u32,
     var acc = Block8();
     for (var k8 = 0u; k8 < params().n_in / 8u; k8++) {
         // Output o0 + i's weights at inputs 8 k8 .. 8 k8 + 7 (four words of two) in q_i.
-        let q = WeightVecs(w4[w4_row(b.o0) + k8], w4[w4_row(b.o0 + 1u) + k8],
-                           w4[w4_row(b.o0 + 2u) + k8], w4[w4_row(b.o0 + 3u) + k8],
-                           w4[w4_row(b.o0 + 4u) + k8], w4[w4_row(b.o0 + 5u) + k8],
-                           w4[w4_row(b.o0 + 6u) + k8], w4[w4_row(b.o0 + 7u) + k8],
-                           w4[w4_row(b.o0 + 8u) + k8], w4[w4_row(b.o0 + 9u) + k8],
-                           w4[w4_row(b.o0 + 10u) + k8], w4[w4_row(b.o0 + 11u) + k8],
-                           w4[w4_row(b.o0 + 12u) + k8], w4[w4_row(b.o0 + 13u) + k8],
-                           w4[w4_row(b.o0 + 14u) + k8], w4[w4_row(b.o0 + 15u) + k8]);
+        let q = weight_vecs(b.o0, k8);
         // Word j holds inputs 8 k8 + 2j and 2j + 1: of x's first vec4 for j < 2.
         let x = block_inputs(b, 2u * k8);
         let y = block_inputs(b, 2u * k8 + 1u);
@@ -1168,6 +1161,109 @@ fn gemm_direct4(@builtin(local_invocation_index) t: u32,
         fold8(&acc, y.lo[3], y.hi[3], e3.f);
     }
     store_block(b, acc);
+}
+
+// gemm_direct over a row-major q8 or q4 w whose n_in is a multiple of 4 (the host's
+// gemm_direct4): a vec4 of an output's levels (a q4 block, half a q8 block) is one load,
+// where gemm_direct loads a word and the block's scale for each pair of inputs, and four
+// inputs of a row one vec4 of x4. Each weight is scale x level, and the products are added
+// to the same sums in the same order, k after k, as gemm_direct; the last block's padding
+// (level 0) adds zeros. Words and level pairs written out, as gemm_direct4's.
+@compute @workgroup_size(32)
+fn gemm_direct4_q(@builtin(local_invocation_index) t: u32,
+                  @builtin(workgroup_id) wid: vec3<u32>) {
+    let origin = gemm_origin(wid);
+    if (origin.z == 0u) {
+        return;
+    }
+    let b = gemm_block(t, origin);
+    var acc = Block8();
+    for (var j = 0u; j < row_vecs(); j++) {
+        let q = weight_vecs(b.o0, j);
+        let sc = block_scales(b.o0, j * inputs_per_vec() / QBLOCK);
+        let k4 = j * inputs_per_vec() / 4u;  // the first input vec4 under vec4 j
+        if (VPW == 8u) {
+            q4_word(&acc, q, sc, 0u, block_inputs(b, k4), block_inputs(b, k4 + 1u));
+            q4_word(&acc, q, sc, 1u, block_inputs(b, k4 + 2u), block_inputs(b, k4 + 3u));
+            q4_word(&acc, q, sc, 2u, block_inputs(b, k4 + 4u), block_inputs(b, k4 + 5u));
+            q4_word(&acc, q, sc, 3u, block_inputs(b, k4 + 6u), block_inputs(b, k4 + 7u));
+        } else {
+            q8_word(&acc, q, sc, 0u, block_inputs(b, k4));
+            q8_word(&acc, q, sc, 1u, block_inputs(b, k4 + 1u));
+            q8_word(&acc, q, sc, 2u, block_inputs(b, k4 + 2u));
+            q8_word(&acc, q, sc, 3u, block_inputs(b, k4 + 3u));
+        }
+    }
+    store_block(b, acc);
+}
+
+// Word c of a q4 block (its eight levels under inputs x, then y) into the block's sums.
+fn q4_word(acc: ptr<function, Block8>, q: WeightVecs, sc: mat4x4<f32>, c: u32,
+           x: BlockInputs, y: BlockInputs) {
+    let p0 = level_pair(q, sc, c, 0u);
+    fold8(acc, x.lo[0], x.hi[0], p0.e);
+    fold8(acc, x.lo[1], x.hi[1], p0.f);
+    let p1 = level_pair(q, sc, c, 2u);
+    fold8(acc, x.lo[2], x.hi[2], p1.e);
+    fold8(acc, x.lo[3], x.hi[3], p1.f);
+    let p2 = level_pair(q, sc, c, 4u);
+    fold8(acc, y.lo[0], y.hi[0], p2.e);
+    fold8(acc, y.lo[1], y.hi[1], p2.f);
+    let p3 = level_pair(q, sc, c, 6u);
+    fold8(acc, y.lo[2], y.hi[2], p3.e);
+    fold8(acc, y.lo[3], y.hi[3], p3.f);
+}
+
+// Word c of a q8 block's half (its four levels under inputs x).
+fn q8_word(acc: ptr<function, Block8>, q: WeightVecs, sc: mat4x4<f32>, c: u32,
+           x: BlockInputs) {
+    let p0 = level_pair(q, sc, c, 0u);
+    fold8(acc, x.lo[0], x.hi[0], p0.e);
+    fold8(acc, x.lo[1], x.hi[1], p0.f);
+    let p1 = level_pair(q, sc, c, 2u);
+    fold8(acc, x.lo[2], x.hi[2], p1.e);
+    fold8(acc, x.lo[3], x.hi[3], p1.f);
+}
+
+// The scales of block `blk` of outputs o0 .. o0 + 15 (past n_out: the last's), output
+// 4c + j at [c][j].
+fn block_scales(o0: u32, blk: u32) -> mat4x4<f32> {
+    let blocks = (params().n_in + QBLOCK - 1u) / QBLOCK;
+    let n = params().n_out - 1u;
+    var m: mat4x4<f32>;
+    for (var c = 0u; c < 4u; c++) {
+        let o = o0 + 4u * c;
+        m[c] = vec4<f32>(wide_scale(min(o, n) * blocks + blk),
+                         wide_scale(min(o + 1u, n) * blocks + blk),
+                         wide_scale(min(o + 2u, n) * blocks + blk),
+                         wide_scale(min(o + 3u, n) * blocks + blk));
+    }
+    return m;
+}
+
+// The weights (scale x level) of slots `slot` and slot + 1 of word c of the 16 outputs'
+// vec4s: gemm_direct's weight pair, as the block's columns e and f.
+fn level_pair(q: WeightVecs, sc: mat4x4<f32>, c: u32, slot: u32) -> PairBlock {
+    let w0 = vec4<u32>(word_of(q.q0, c), word_of(q.q1, c), word_of(q.q2, c), word_of(q.q3, c));
+    let w1 = vec4<u32>(word_of(q.q4, c), word_of(q.q5, c), word_of(q.q6, c), word_of(q.q7, c));
+    let w2 = vec4<u32>(word_of(q.q8, c), word_of(q.q9, c), word_of(q.q10, c),
+                       word_of(q.q11, c));
+    let w3 = vec4<u32>(word_of(q.q12, c), word_of(q.q13, c), word_of(q.q14, c),
+                       word_of(q.q15, c));
+    return PairBlock(mat4x4<f32>(sc[0] * levels4(w0, slot), sc[1] * levels4(w1, slot),
+                                 sc[2] * levels4(w2, slot), sc[3] * levels4(w3, slot)),
+                     mat4x4<f32>(sc[0] * levels4(w0, slot + 1u),
+                                 sc[1] * levels4(w1, slot + 1u),
+                                 sc[2] * levels4(w2, slot + 1u),
+                                 sc[3] * levels4(w3, slot + 1u)));
+}
+
+// level_in of four words' slot `slot`.
+fn levels4(w: vec4<u32>, slot: u32) -> vec4<f32> {
+    if (W_FMT == W_Q8) {
+        return vec4<f32>(bitcast<vec4<i32>>(w << vec4<u32>(24u - 8u * slot)) >> vec4<u32>(24u));
+    }
+    return vec4<f32>(vec4<i32>((w >> vec4<u32>(4u * slot)) & vec4<u32>(15u)) - vec4<i32>(8));
 }
 
 // A gemm_direct4 invocation's block: rows r0 .. r0 + 7, outputs o0 .. o0 + 15 (as
@@ -1189,14 +1285,16 @@ fn gemm_block(t: u32, origin: vec3<u32>) -> GemmBlock {
                      min(vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u), last) * n4);
 }
 
-// Vec4 k4 of the block's eight rows, transposed: lo[j] holds input 4 k4 + j of rows 0..3,
-// hi[j] of rows 4..7 (fold8's operands, by constant column).
+// Vec4 v of the block's eight rows, transposed: lo[j] holds input 4 v + j of rows 0..3,
+// hi[j] of rows 4..7 (fold8's operands, by constant column). Past the row (the padding of
+// a quantized row's last block, whose levels are 0) its last vec4 is read.
 struct BlockInputs {
     lo: mat4x4<f32>,
     hi: mat4x4<f32>,
 }
 
-fn block_inputs(b: GemmBlock, k4: u32) -> BlockInputs {
+fn block_inputs(b: GemmBlock, v: u32) -> BlockInputs {
+    let k4 = min(v, params().n_in / 4u - 1u);  // a quantized row's padding: level 0
     let lo = mat4x4<f32>(x4[b.rows_lo.x + k4], x4[b.rows_lo.y + k4], x4[b.rows_lo.z + k4],
                          x4[b.rows_lo.w + k4]);
     let hi = mat4x4<f32>(x4[b.rows_hi.x + k4], x4[b.rows_hi.y + k4], x4[b.rows_hi.z + k4],
@@ -1241,12 +1339,22 @@ fn store_block(b: GemmBlock, acc: Block8) {
     store16(b.r0 + 7u, b.o0, acc.a7);
 }
 
-// The first vec4 of w4 in output o's row (clamped to the last row), of n_in / 8.
-fn w4_row(o: u32) -> u32 {
-    return min(o, params().n_out - 1u) * (params().n_in / 8u);
+// Vec4 j of the rows of outputs o0 .. o0 + 15 of w4 (row_vecs() a row; a row past n_out
+// reads the last).
+fn weight_vecs(o0: u32, j: u32) -> WeightVecs {
+    let n = params().n_out - 1u;
+    let s = row_vecs();
+    return WeightVecs(w4[min(o0, n) * s + j], w4[min(o0 + 1u, n) * s + j],
+                      w4[min(o0 + 2u, n) * s + j], w4[min(o0 + 3u, n) * s + j],
+                      w4[min(o0 + 4u, n) * s + j], w4[min(o0 + 5u, n) * s + j],
+                      w4[min(o0 + 6u, n) * s + j], w4[min(o0 + 7u, n) * s + j],
+                      w4[min(o0 + 8u, n) * s + j], w4[min(o0 + 9u, n) * s + j],
+                      w4[min(o0 + 10u, n) * s + j], w4[min(o0 + 11u, n) * s + j],
+                      w4[min(o0 + 12u, n) * s + j], w4[min(o0 + 13u, n) * s + j],
+                      w4[min(o0 + 14u, n) * s + j], w4[min(o0 + 15u, n) * s + j]);
 }
 
-// gemm_direct4's 16 outputs' vec4s of weights (eight f16 each).
+// A gemm_direct4 block's 16 outputs' vec4s of weights (eight f16 or 4 x VPW levels each).
 struct WeightVecs {
     q0: vec4<u32>, q1: vec4<u32>, q2: vec4<u32>, q3: vec4<u32>,
     q4: vec4<u32>, q5: vec4<u32>, q6: vec4<u32>, q7: vec4<u32>,

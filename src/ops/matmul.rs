@@ -134,20 +134,24 @@ fn gemm_entry(gpu: &Gpu) -> &'static str {
     }
 }
 
-/// `gemm_direct`'s vec4 form for `w`, where it has one: an f16 matrix whose weights come
-/// as whole vec4s of w4 and inputs as whole vec4s of x4, `gemm_direct4` row-major (n_in a
-/// multiple of 8), `gemm_direct4_t` transposed (the CPU adapters' untuned layout; n_out a
-/// multiple of 16, n_in of 4). The shipped models' matrices all qualify. A CPU adapter
+/// `gemm_direct`'s vec4 form for `w`, where it has one: weights as whole vec4s of w4 and
+/// inputs as whole vec4s of x4. `gemm_direct4` row-major f16 (n_in a multiple of 8),
+/// `gemm_direct4_t` transposed f16 (the CPU adapters' untuned layout; n_out a multiple of
+/// 16, n_in of 4), `gemm_direct4_q` row-major q8 / q4 (n_in a multiple of 4: a vec4 is a
+/// q4 block or half a q8 block). The shipped models' matrices all qualify. A CPU adapter
 /// loads lane by lane, so the loads were most of gemm_direct's time: on lavapipe the 12
 /// GEMMs of a 120-token prefill of the shipped Hadamard model took 34-39 ms row-major and
 /// 33-34 ms transposed against gemm_direct's 74-77 (`walsh profile --prompt`, Dec 5);
 /// with their four words (inputs) indexed in a loop rather than written out, 92-94 and
-/// 47-48 ms.
+/// 47-48 ms. Its q4 twin's: 45-84 against 84-155 ms (0.54-0.63x, runs alternating).
 fn gemm_direct4(w: &Matrix) -> Option<&'static str> {
     match (w.format, w.transposed) {
         (WeightFormat::F16, false) if w.cols.is_multiple_of(8) => Some("gemm_direct4"),
         (WeightFormat::F16, true) if w.rows.is_multiple_of(16) && w.cols.is_multiple_of(4) => {
             Some("gemm_direct4_t")
+        }
+        (WeightFormat::Q8 | WeightFormat::Q4, false) if w.cols.is_multiple_of(4) => {
+            Some("gemm_direct4_q")
         }
         _ => None,
     }
