@@ -1294,7 +1294,8 @@ struct BlockInputs {
 }
 
 fn block_inputs(b: GemmBlock, v: u32) -> BlockInputs {
-    let k4 = min(v, params().n_in / 4u - 1u);  // a quantized row's padding: level 0
+    // Clamped under a quantized row's padding (level 0): f16 rows are whole vec4s.
+    let k4 = select(v, min(v, params().n_in / 4u - 1u), quantized());
     let lo = mat4x4<f32>(x4[b.rows_lo.x + k4], x4[b.rows_lo.y + k4], x4[b.rows_lo.z + k4],
                          x4[b.rows_lo.w + k4]);
     let hi = mat4x4<f32>(x4[b.rows_hi.x + k4], x4[b.rows_hi.y + k4], x4[b.rows_hi.z + k4],
