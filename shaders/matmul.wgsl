@@ -1110,18 +1110,14 @@ fn gemm_direct4_t(@builtin(local_invocation_index) t: u32,
     var acc = Block8();
     for (var k4 = 0u; k4 < params().n_in / 4u; k4++) {
         let x = block_inputs(b, k4);
+        // Input 4 k4 + j's weights: the vec4 pair j rows of w below.
         let w0 = 4u * k4 * stride + oc;
-        let e0 = f16_block(w4[w0], w4[w0 + 1u]);
-        fold8(&acc, x.lo[0], x.hi[0], e0);
         let w1 = w0 + stride;
-        let e1 = f16_block(w4[w1], w4[w1 + 1u]);
-        fold8(&acc, x.lo[1], x.hi[1], e1);
         let w2 = w1 + stride;
-        let e2 = f16_block(w4[w2], w4[w2 + 1u]);
-        fold8(&acc, x.lo[2], x.hi[2], e2);
         let w3 = w2 + stride;
-        let e3 = f16_block(w4[w3], w4[w3 + 1u]);
-        fold8(&acc, x.lo[3], x.hi[3], e3);
+        fold_vec(&acc, x,
+                 PairBlock(f16_block(w4[w0], w4[w0 + 1u]), f16_block(w4[w1], w4[w1 + 1u])),
+                 PairBlock(f16_block(w4[w2], w4[w2 + 1u]), f16_block(w4[w3], w4[w3 + 1u])));
     }
     store_block(b, acc);
 }
@@ -1145,20 +1141,8 @@ fn gemm_direct4(@builtin(local_invocation_index) t: u32,
         // Output o0 + i's weights at inputs 8 k8 .. 8 k8 + 7 (four words of two) in q_i.
         let q = weight_vecs(b.o0, k8);
         // Word j holds inputs 8 k8 + 2j and 2j + 1: of x's first vec4 for j < 2.
-        let x = block_inputs(b, 2u * k8);
-        let y = block_inputs(b, 2u * k8 + 1u);
-        let e0 = word_block(q, 0u);
-        fold8(&acc, x.lo[0], x.hi[0], e0.e);
-        fold8(&acc, x.lo[1], x.hi[1], e0.f);
-        let e1 = word_block(q, 1u);
-        fold8(&acc, x.lo[2], x.hi[2], e1.e);
-        fold8(&acc, x.lo[3], x.hi[3], e1.f);
-        let e2 = word_block(q, 2u);
-        fold8(&acc, y.lo[0], y.hi[0], e2.e);
-        fold8(&acc, y.lo[1], y.hi[1], e2.f);
-        let e3 = word_block(q, 3u);
-        fold8(&acc, y.lo[2], y.hi[2], e3.e);
-        fold8(&acc, y.lo[3], y.hi[3], e3.f);
+        fold_vec(&acc, block_inputs(b, 2u * k8), word_block(q, 0u), word_block(q, 1u));
+        fold_vec(&acc, block_inputs(b, 2u * k8 + 1u), word_block(q, 2u), word_block(q, 3u));
     }
     store_block(b, acc);
 }
@@ -1182,47 +1166,36 @@ fn gemm_direct4_q(@builtin(local_invocation_index) t: u32,
         let q = weight_vecs(b.o0, j);
         let sc = block_scales(b.o0, j * inputs_per_vec() / QBLOCK);
         let k4 = j * inputs_per_vec() / 4u;  // the first input vec4 under vec4 j
+        // Word c's levels in slots 0, 1, ...: a q4 word under input vec4s 2c and 2c + 1, a
+        // q8 word under vec4 c.
         if (VPW == 8u) {
-            q4_word(&acc, q, sc, 0u, block_inputs(b, k4), block_inputs(b, k4 + 1u));
-            q4_word(&acc, q, sc, 1u, block_inputs(b, k4 + 2u), block_inputs(b, k4 + 3u));
-            q4_word(&acc, q, sc, 2u, block_inputs(b, k4 + 4u), block_inputs(b, k4 + 5u));
-            q4_word(&acc, q, sc, 3u, block_inputs(b, k4 + 6u), block_inputs(b, k4 + 7u));
+            q4_word(&acc, b, q, sc, k4, 0u);
+            q4_word(&acc, b, q, sc, k4, 1u);
+            q4_word(&acc, b, q, sc, k4, 2u);
+            q4_word(&acc, b, q, sc, k4, 3u);
         } else {
-            q8_word(&acc, q, sc, 0u, block_inputs(b, k4));
-            q8_word(&acc, q, sc, 1u, block_inputs(b, k4 + 1u));
-            q8_word(&acc, q, sc, 2u, block_inputs(b, k4 + 2u));
-            q8_word(&acc, q, sc, 3u, block_inputs(b, k4 + 3u));
+            q8_word(&acc, b, q, sc, k4, 0u);
+            q8_word(&acc, b, q, sc, k4, 1u);
+            q8_word(&acc, b, q, sc, k4, 2u);
+            q8_word(&acc, b, q, sc, k4, 3u);
         }
     }
     store_block(b, acc);
 }
 
-// Word c of a q4 block (its eight levels under inputs x, then y) into the block's sums.
-fn q4_word(acc: ptr<function, Block8>, q: WeightVecs, sc: mat4x4<f32>, c: u32,
-           x: BlockInputs, y: BlockInputs) {
-    let p0 = level_pair(q, sc, c, 0u);
-    fold8(acc, x.lo[0], x.hi[0], p0.e);
-    fold8(acc, x.lo[1], x.hi[1], p0.f);
-    let p1 = level_pair(q, sc, c, 2u);
-    fold8(acc, x.lo[2], x.hi[2], p1.e);
-    fold8(acc, x.lo[3], x.hi[3], p1.f);
-    let p2 = level_pair(q, sc, c, 4u);
-    fold8(acc, y.lo[0], y.hi[0], p2.e);
-    fold8(acc, y.lo[1], y.hi[1], p2.f);
-    let p3 = level_pair(q, sc, c, 6u);
-    fold8(acc, y.lo[2], y.hi[2], p3.e);
-    fold8(acc, y.lo[3], y.hi[3], p3.f);
+// Word c of a q4 block: its eight levels under input vec4s k4 + 2c and k4 + 2c + 1.
+fn q4_word(acc: ptr<function, Block8>, b: GemmBlock, q: WeightVecs, sc: mat4x4<f32>,
+           k4: u32, c: u32) {
+    fold_vec(acc, block_inputs(b, k4 + 2u * c), level_pair(q, sc, c, 0u),
+             level_pair(q, sc, c, 2u));
+    fold_vec(acc, block_inputs(b, k4 + 2u * c + 1u), level_pair(q, sc, c, 4u),
+             level_pair(q, sc, c, 6u));
 }
 
-// Word c of a q8 block's half (its four levels under inputs x).
-fn q8_word(acc: ptr<function, Block8>, q: WeightVecs, sc: mat4x4<f32>, c: u32,
-           x: BlockInputs) {
-    let p0 = level_pair(q, sc, c, 0u);
-    fold8(acc, x.lo[0], x.hi[0], p0.e);
-    fold8(acc, x.lo[1], x.hi[1], p0.f);
-    let p1 = level_pair(q, sc, c, 2u);
-    fold8(acc, x.lo[2], x.hi[2], p1.e);
-    fold8(acc, x.lo[3], x.hi[3], p1.f);
+// Word c of half a q8 block: its four levels under input vec4 k4 + c.
+fn q8_word(acc: ptr<function, Block8>, b: GemmBlock, q: WeightVecs, sc: mat4x4<f32>,
+           k4: u32, c: u32) {
+    fold_vec(acc, block_inputs(b, k4 + c), level_pair(q, sc, c, 0u), level_pair(q, sc, c, 2u));
 }
 
 // The scales of block `blk` of outputs o0 .. o0 + 15 (past n_out: the last's), output
@@ -1327,6 +1300,15 @@ fn fold8(acc: ptr<function, Block8>, lo: vec4<f32>, hi: vec4<f32>, e: mat4x4<f32
     (*acc).a5 += hi.y * e;
     (*acc).a6 += hi.z * e;
     (*acc).a7 += hi.w * e;
+}
+
+// The four inputs of vec4 x into the block's sums, in order: inputs 0 and 1 times p's
+// weights e and f, 2 and 3 times r's.
+fn fold_vec(acc: ptr<function, Block8>, x: BlockInputs, p: PairBlock, r: PairBlock) {
+    fold8(acc, x.lo[0], x.hi[0], p.e);
+    fold8(acc, x.lo[1], x.hi[1], p.f);
+    fold8(acc, x.lo[2], x.hi[2], r.e);
+    fold8(acc, x.lo[3], x.hi[3], r.f);
 }
 
 fn store_block(b: GemmBlock, acc: Block8) {

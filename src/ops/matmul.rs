@@ -143,7 +143,7 @@ fn gemm_entry(gpu: &Gpu) -> &'static str {
 /// GEMMs of a 120-token prefill of the shipped Hadamard model took 34-39 ms row-major and
 /// 33-34 ms transposed against gemm_direct's 74-77 (`walsh profile --prompt`, Dec 5);
 /// with their four words (inputs) indexed in a loop rather than written out, 92-94 and
-/// 47-48 ms. Its q4 twin's: 45-84 against 84-155 ms (0.54-0.63x, runs alternating).
+/// 47-48 ms. The shipped q4 model's: 41-46 against 74-92 ms (`gemm_direct4_q`).
 fn gemm_direct4(w: &Matrix) -> Option<&'static str> {
     match (w.format, w.transposed) {
         (WeightFormat::F16, false) if w.cols.is_multiple_of(8) => Some("gemm_direct4"),
