@@ -1092,7 +1092,7 @@ fn gemm_direct(@builtin(local_invocation_index) t: u32,
 // block's outputs at input k are two vec4s of w4, where gemm_direct loads 16 words, and
 // four inputs of a row one vec4 of x4, where it loads four values. The same products
 // added to the same sums in the same order, k after k. A block past n_out reads the last
-// 16 outputs' weights (not stored). The four inputs of a vec4 are written out (fold8 by
+// 16 outputs' weights (not stored). The four inputs of a vec4 are written out (fold_vec by
 // constant columns): indexed by a loop, they stayed in memory (1.4x the time).
 @compute @workgroup_size(32)
 fn gemm_direct4_t(@builtin(local_invocation_index) t: u32,
