@@ -846,150 +846,300 @@ fn attend(@builtin(local_invocation_index) t: u32,
 // ---- attend_rows: prefill on lavapipe and llvmpipe (Gpu::favours_registers) ---------------
 
 // One workgroup per (query tile, head), as attend without key chunks. Invocation t takes
-// row i = t % TQ of the tile and slice sl = t / TQ of its head, the pairs from sl * ACC, ACC
-// of them (WG / TQ slices cover HD / 2; AttnTile::direct_prefill on the host), so that the SIMD
-// lanes of a CPU adapter, consecutive invocations, are rows of one slice: they read the
-// same key and value words, and Q's slice and the output's stay in registers (ACC pairs, at
-// most MAX_ROW_ACC, an unrolled loop). For each block of TK keys every invocation scores
-// its slice against every key of the block, reading K from the cache (attend's score loop
-// read Q and K from workgroup memory for every pair, which on a CPU adapter costs as much
-// as any other memory); the slices' partial scores are summed (invocation (i, sl) sums keys
-// sl, sl + WG / TQ, ... of row i); then each invocation folds the block into its row's
-// softmax state and its slice of acc, reading V from the cache. The tile holds the partial
-// scores [WG / TQ, TK, TQ] (the sums in slice 0's place), and with KV_ROT Q's rows and the
-// output's for the rotation, as attend: AttnTile::direct_prefill.
+// LANE_ROWS consecutive rows of the tile, from i0 = LANE_ROWS * (t % (TQ / LANE_ROWS)), and
+// slice sl = t / (TQ / LANE_ROWS) of its head, the pairs from sl * ACC, ACC of them
+// (AttnTile::direct_prefill on the host: WG * LANE_ROWS / TQ slices cover HD / 2). Q's
+// slices of its rows and the output's stay in registers (ACC pairs a row, at most
+// MAX_ROW_ACC, the pair loops written out: slice_scores, fold_slice), and each key and
+// value word it reads from the cache serves its LANE_ROWS rows: a CPU adapter loads a SIMD
+// lane's words one lane at a time, so the loads per (row, key) fall by LANE_ROWS (attend's
+// score loop read Q and K from workgroup memory for every pair, which on a CPU adapter
+// costs as much as any other memory). For
+// each block of TK keys every invocation scores its slice against every key of the block;
+// the slices' partial scores are summed (invocation (i, sl) sums keys sl, sl + slices, ...
+// of its rows); then each invocation folds the block into its rows' softmax states and
+// slices of acc, reading V from the cache. The tile holds the partial scores [slices, TK,
+// TQ] (the sums in slice 0's place), and with KV_ROT Q's rows and the output's for the
+// rotation, as attend: AttnTile::direct_prefill.
 
-// f32 offset in the tile of slice sl's partial score of key j for row i.
+// Rows of the tile one attend_rows invocation takes; must match LANE_ROWS in
+// src/ops/attention/attend.rs. The four are written out (Rows4's r0..r3, vec4 states).
+const LANE_ROWS: u32 = 4u;
+
+// A row's slice of Q or of the output.
+alias RowSlice = array<vec2<f32>, MAX_ROW_ACC>;
+
+// f32 offset in the tile of slice sl's partial score of key j for tile row i.
 fn rows_at(sl: u32, j: u32, i: u32) -> u32 {
     return (sl * TK + j) * TQ + i;
 }
 
-@compute @workgroup_size(WG)
-fn attend_rows(@builtin(local_invocation_index) t: u32,
-               @builtin(workgroup_id) wid: vec3<u32>) {
+// The partial scores of key j for tile rows i0 .. i0 + 3.
+fn rows_scores(sl: u32, j: u32, i0: u32) -> vec4<f32> {
+    let at = rows_at(sl, j, i0);
+    return vec4<f32>(tile[at], tile[at + 1u], tile[at + 2u], tile[at + 3u]);
+}
+
+fn set_rows_scores(sl: u32, j: u32, i0: u32, s: vec4<f32>) {
+    let at = rows_at(sl, j, i0);
+    tile[at] = s.x;
+    tile[at + 1u] = s.y;
+    tile[at + 2u] = s.z;
+    tile[at + 3u] = s.w;
+}
+
+// The row of the tile's row i that attend_rows reads: idle rows repeat the last (unwritten).
+fn tile_row(group: AttendGroup, i: u32) -> u32 {
+    return group.first + min(i, group.count - 1u);
+}
+
+// Slice sl of Q's tile row i, scaled (with KV_ROT: rotated, from the tile's first TQ rows).
+fn q_slice(group: AttendGroup, i: u32, sl: u32, q_scale: f32) -> RowSlice {
     let h2 = HD / 2u;
-    let d2 = params.heads * h2;
-    let slices = WG / TQ;
-    // Uniform up to the key loop, as in attend (one key chunk: the host's Split::whole).
-    let group = attend_group(wid);
-    if (!group.valid) {
-        return;
-    }
-
-    let i = t % TQ;
-    let sl = t / TQ;
-    let row_ok = i < group.count;
-    let row = group.first + min(i, group.count - 1u);  // idle rows repeat the last, unwritten
-    let pos = row_pos(row);
-
-    // Q's slice, scaled (and rotated with KV_ROT, in the tile's first TQ rows of HD).
-    let q_scale = select(params.scale, params.scale * params.rot_norm, KV_ROT);
-    var qs: array<vec2<f32>, MAX_ROW_ACC>;
-    if (KV_ROT) {
-        for (var x = t; x < TQ * h2; x += WG) {
-            let qi = x / h2;
-            let r = group.first + min(qi, group.count - 1u);
-            set_tile2(x, q[r * params.src_stride + params.src_off + group.head * h2 + x % h2]
-                * q_scale);
-        }
-        rotate_tile_rows(t);
-    }
+    let row = tile_row(group, i);
+    var qs: RowSlice;
     for (var a = 0u; a < ACC; a++) {
         let c = sl * ACC + a;
         if (c < h2) {
             if (KV_ROT) {
                 qs[a] = tile2(i * h2 + c);
             } else {
-                qs[a] = q[row * params.src_stride + params.src_off + group.head * h2 + c] * q_scale;
+                qs[a] = q[row * params.src_stride + params.src_off + group.head * h2 + c]
+                    * q_scale;
             }
         }
     }
+    return qs;
+}
 
-    var m = NEG_BIG;
-    var l = 0.0;
-    var acc: array<vec2<f32>, MAX_ROW_ACC>;
+// KV_ROT: slice sl of tile row i, through the tile's first TQ rows and back.
+fn put_slice(i: u32, sl: u32, acc: RowSlice) {
+    let h2 = HD / 2u;
+    for (var a = 0u; a < ACC; a++) {
+        let c = sl * ACC + a;
+        if (c < h2) {
+            set_tile2(i * h2 + c, acc[a]);
+        }
+    }
+}
+
+fn rotated_slice(i: u32, sl: u32) -> RowSlice {
+    let h2 = HD / 2u;
+    var acc: RowSlice;
+    for (var a = 0u; a < ACC; a++) {
+        let c = sl * ACC + a;
+        if (c < h2) {
+            acc[a] = tile2(i * h2 + c) * params.rot_norm;
+        }
+    }
+    return acc;
+}
+
+// out = acc / l for tile row i, if the tile has it.
+fn write_slice(group: AttendGroup, i: u32, sl: u32, acc: RowSlice) {
+    if (i >= group.count) {
+        return;
+    }
+    let h2 = HD / 2u;
+    let row = group.first + i;
+    for (var a = 0u; a < ACC; a++) {
+        let c = sl * ACC + a;
+        if (c < h2) {
+            out[row * params.heads * h2 + group.head * h2 + c] = acc[a];
+        }
+    }
+}
+
+// An invocation's four rows of Q or of the output (its slices).
+struct Rows4 {
+    r0: RowSlice,
+    r1: RowSlice,
+    r2: RowSlice,
+    r3: RowSlice,
+}
+
+// The four rows' scores against pair a of the slice from pair c0 of key block `blk`; zero
+// past the slice. A constant a (below) keeps the rows' arrays in registers.
+fn pair_scores(qs: ptr<function, Rows4>, a: u32, c0: u32, blk: u32) -> vec4<f32> {
+    if (a >= ACC || c0 + a >= HD / 2u) {
+        return vec4<f32>(0.0);
+    }
+    let k = load_k(blk, c0 + a);
+    return vec4<f32>(dot((*qs).r0[a], k), dot((*qs).r1[a], k), dot((*qs).r2[a], k),
+        dot((*qs).r3[a], k));
+}
+
+// The four rows' dot products with the slice of key block `blk` from pair c0, pair by pair
+// in order. The MAX_ROW_ACC pairs are written out: as a loop (four rows' work a pair) Mesa
+// kept it a loop and the rows' arrays in memory, and attention took 5x one row's time;
+// slices of at most 8 pairs, whose loops it unrolls, took 1.1-1.4x this.
+fn slice_scores(qs: ptr<function, Rows4>, c0: u32, blk: u32) -> vec4<f32> {
+    var s = pair_scores(qs, 0u, c0, blk);
+    s += pair_scores(qs, 1u, c0, blk);
+    s += pair_scores(qs, 2u, c0, blk);
+    s += pair_scores(qs, 3u, c0, blk);
+    s += pair_scores(qs, 4u, c0, blk);
+    s += pair_scores(qs, 5u, c0, blk);
+    s += pair_scores(qs, 6u, c0, blk);
+    s += pair_scores(qs, 7u, c0, blk);
+    s += pair_scores(qs, 8u, c0, blk);
+    s += pair_scores(qs, 9u, c0, blk);
+    s += pair_scores(qs, 10u, c0, blk);
+    s += pair_scores(qs, 11u, c0, blk);
+    s += pair_scores(qs, 12u, c0, blk);
+    s += pair_scores(qs, 13u, c0, blk);
+    s += pair_scores(qs, 14u, c0, blk);
+    s += pair_scores(qs, 15u, c0, blk);
+    return s;
+}
+
+// acc += p * v for pair a of the slice from pair c0 of value block `blk`, row by row.
+fn fold_pair(acc: ptr<function, Rows4>, a: u32, c0: u32, blk: u32, p: vec4<f32>) {
+    if (a >= ACC || c0 + a >= HD / 2u) {
+        return;
+    }
+    let v = load_v(blk, c0 + a);
+    (*acc).r0[a] += p.x * v;
+    (*acc).r1[a] += p.y * v;
+    (*acc).r2[a] += p.z * v;
+    (*acc).r3[a] += p.w * v;
+}
+
+// The same for the whole slice, written out as slice_scores.
+fn fold_slice(acc: ptr<function, Rows4>, c0: u32, blk: u32, p: vec4<f32>) {
+    fold_pair(acc, 0u, c0, blk, p);
+    fold_pair(acc, 1u, c0, blk, p);
+    fold_pair(acc, 2u, c0, blk, p);
+    fold_pair(acc, 3u, c0, blk, p);
+    fold_pair(acc, 4u, c0, blk, p);
+    fold_pair(acc, 5u, c0, blk, p);
+    fold_pair(acc, 6u, c0, blk, p);
+    fold_pair(acc, 7u, c0, blk, p);
+    fold_pair(acc, 8u, c0, blk, p);
+    fold_pair(acc, 9u, c0, blk, p);
+    fold_pair(acc, 10u, c0, blk, p);
+    fold_pair(acc, 11u, c0, blk, p);
+    fold_pair(acc, 12u, c0, blk, p);
+    fold_pair(acc, 13u, c0, blk, p);
+    fold_pair(acc, 14u, c0, blk, p);
+    fold_pair(acc, 15u, c0, blk, p);
+}
+
+// acc *= alpha, row by row.
+fn scale_rows(acc: ptr<function, Rows4>, alpha: vec4<f32>) {
+    for (var a = 0u; a < ACC; a++) {
+        (*acc).r0[a] *= alpha.x;
+        (*acc).r1[a] *= alpha.y;
+        (*acc).r2[a] *= alpha.z;
+        (*acc).r3[a] *= alpha.w;
+    }
+}
+
+// acc /= l, row by row.
+fn divide_rows(acc: ptr<function, Rows4>, l: vec4<f32>) {
+    for (var a = 0u; a < ACC; a++) {
+        (*acc).r0[a] /= l.x;
+        (*acc).r1[a] /= l.y;
+        (*acc).r2[a] /= l.z;
+        (*acc).r3[a] /= l.w;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attend_rows(@builtin(local_invocation_index) t: u32,
+               @builtin(workgroup_id) wid: vec3<u32>) {
+    let h2 = HD / 2u;
+    let lane_rows = TQ / LANE_ROWS;
+    let slices = WG / lane_rows;
+    // Uniform up to the key loop, as in attend (one key chunk: the host's Split::whole).
+    let group = attend_group(wid);
+    if (!group.valid) {
+        return;
+    }
+
+    let i0 = LANE_ROWS * (t % lane_rows);
+    let sl = t / lane_rows;
+    let ok = vec4<u32>(i0, i0 + 1u, i0 + 2u, i0 + 3u) < vec4<u32>(group.count);
+    let pos = vec4<u32>(row_pos(tile_row(group, i0)), row_pos(tile_row(group, i0 + 1u)),
+        row_pos(tile_row(group, i0 + 2u)), row_pos(tile_row(group, i0 + 3u)));
+
+    // Q's slices, scaled (and rotated with KV_ROT, in the tile's first TQ rows of HD).
+    let q_scale = select(params.scale, params.scale * params.rot_norm, KV_ROT);
+    if (KV_ROT) {
+        for (var x = t; x < TQ * h2; x += WG) {
+            let r = tile_row(group, x / h2);
+            set_tile2(x, q[r * params.src_stride + params.src_off + group.head * h2 + x % h2]
+                * q_scale);
+        }
+        rotate_tile_rows(t);
+    }
+    var qs = Rows4(q_slice(group, i0, sl, q_scale), q_slice(group, i0 + 1u, sl, q_scale),
+        q_slice(group, i0 + 2u, sl, q_scale), q_slice(group, i0 + 3u, sl, q_scale));
+
+    // Online softmax states of the four rows: running max m, sum l of exp(s - m), and
+    // acc = sum of exp(s - m) * v over this invocation's pairs.
+    var m = vec4<f32>(NEG_BIG);
+    var l = vec4<f32>(0.0);
+    var acc: Rows4;
+    let c0 = sl * ACC;
     for (var k0 = 0u; k0 < group.n_keys; k0 += TK) {
         let nb = min(TK, group.n_keys - k0);
         // The previous block's sums have been folded (on the first pass: Q is read).
         workgroupBarrier();
         for (var j = 0u; j < nb; j++) {
             let blk = head_block(group.seq, k0 + j, group.kv_head);
-            var s = 0.0;
-            for (var a = 0u; a < ACC; a++) {
-                let c = sl * ACC + a;
-                if (c < h2) {
-                    s += dot(qs[a], load_k(blk, c));
-                }
-            }
-            tile[rows_at(sl, j, i)] = s;
+            set_rows_scores(sl, j, i0, slice_scores(&qs, c0, blk));
         }
         workgroupBarrier();
         if (slices > 1u) {
             for (var j = sl; j < nb; j += slices) {
-                var s = 0.0;
+                var s = vec4<f32>(0.0);
                 for (var k = 0u; k < slices; k++) {
-                    s += tile[rows_at(k, j, i)];
+                    s += rows_scores(k, j, i0);
                 }
-                tile[rows_at(0u, j, i)] = s;
+                set_rows_scores(0u, j, i0, s);
             }
             workgroupBarrier();
         }
-        // Fold keys k0..=pos of the block (causal mask).
-        if (row_ok && pos >= k0) {
-            let jn = min(nb, pos - k0 + 1u);
+        // Fold keys k0..=pos of the block into each row (causal mask; idle rows take none).
+        let live = ok & (pos >= vec4<u32>(k0));
+        if (any(live)) {
+            let last = select(vec4<u32>(0u), pos - vec4<u32>(k0) + 1u, live);
+            let jn = min(nb, max(max(last.x, last.y), max(last.z, last.w)));
             var mb = m;
             for (var j = 0u; j < jn; j++) {
-                mb = max(mb, tile[rows_at(0u, j, i)]);
+                let takes = live & (vec4<u32>(k0 + j) <= pos);
+                mb = select(mb, max(mb, rows_scores(0u, j, i0)), takes);
             }
             let alpha = exp(m - mb);
             l *= alpha;
-            for (var a = 0u; a < ACC; a++) {
-                acc[a] *= alpha;
-            }
+            scale_rows(&acc, alpha);
             for (var j = 0u; j < jn; j++) {
-                let p = exp(tile[rows_at(0u, j, i)] - mb);
+                let takes = live & (vec4<u32>(k0 + j) <= pos);
+                let p = select(vec4<f32>(0.0), exp(rows_scores(0u, j, i0) - mb), takes);
                 l += p;
-                let blk = head_block(group.seq, k0 + j, group.kv_head);
-                for (var a = 0u; a < ACC; a++) {
-                    let c = sl * ACC + a;
-                    if (c < h2) {
-                        acc[a] += p * load_v(blk, c);
-                    }
-                }
+                fold_slice(&acc, c0, head_block(group.seq, k0 + j, group.kv_head), p);
             }
             m = mb;
         }
     }
 
     // out = acc / l, with KV_ROT rotated back in the tile's first TQ rows first.
-    for (var a = 0u; a < ACC; a++) {
-        acc[a] /= l;
-    }
+    divide_rows(&acc, l);
     if (KV_ROT) {
         workgroupBarrier();  // every invocation is done with the last block
-        for (var a = 0u; a < ACC; a++) {
-            let c = sl * ACC + a;
-            if (c < h2) {
-                set_tile2(i * h2 + c, acc[a]);
-            }
-        }
+        put_slice(i0, sl, acc.r0);
+        put_slice(i0 + 1u, sl, acc.r1);
+        put_slice(i0 + 2u, sl, acc.r2);
+        put_slice(i0 + 3u, sl, acc.r3);
         rotate_tile_rows(t);
-        for (var a = 0u; a < ACC; a++) {
-            let c = sl * ACC + a;
-            if (c < h2) {
-                acc[a] = tile2(i * h2 + c) * params.rot_norm;
-            }
-        }
+        acc = Rows4(rotated_slice(i0, sl), rotated_slice(i0 + 1u, sl),
+            rotated_slice(i0 + 2u, sl), rotated_slice(i0 + 3u, sl));
     }
-    if (!row_ok) {
-        return;
-    }
-    for (var a = 0u; a < ACC; a++) {
-        let c = sl * ACC + a;
-        if (c < h2) {
-            out[row * d2 + group.head * h2 + c] = acc[a];
-        }
-    }
+    write_slice(group, i0, sl, acc.r0);
+    write_slice(group, i0 + 1u, sl, acc.r1);
+    write_slice(group, i0 + 2u, sl, acc.r2);
+    write_slice(group, i0 + 3u, sl, acc.r3);
 }
 
 @compute @workgroup_size(EW_WG)

@@ -16,6 +16,11 @@ const MAX_ACC: usize = 8;
 /// slice of Q as well. Prefill attention of 4 sequences x 1,015 tokens on lavapipe: 16
 /// pairs took 0.82-0.85x the time of 8 at head_dims 32, 64, 128 and 256; 32 took 1.4x.
 const MAX_ROW_ACC: usize = 16;
+/// Rows of the tile one attend_rows invocation takes (`LANE_ROWS` in attention.wgsl, which
+/// writes the four out): each key and value word it loads serves them all. Prefill
+/// attention on lavapipe took 0.37-0.48x the time of one row an invocation (4 sequences x
+/// 1,015 tokens, head_dims 32 and 64; the shipped model's 120-token prompt).
+const LANE_ROWS: usize = 4;
 /// Invocations per attend workgroup; passed as `WG`.
 const ATTEND_WORKGROUP: usize = 64;
 /// Query rows per prefill tile at most; passed as `TQ`.
@@ -128,18 +133,19 @@ impl AttnTile {
     }
 
     /// Prefill where workgroup memory is read lane by lane (`attend_rows` in
-    /// attention.wgsl; [`Self::prefill_on`]): the workgroup's invocations are `rows` rows x
-    /// slices of the head of `acc` pairs (the fewest slices, a power of two, of at most
-    /// MAX_ROW_ACC pairs each), and keys and values are read from the cache. The tile holds the partial scores [slices, keys, rows] = WG x keys f32s,
-    /// and Q's rows for the rotated caches' rotation: within the WebGPU default for every
-    /// head_dim. head_dim 64: 32 rows x 2 slices of 16 pairs; 32: 64 rows, one slice; 256:
-    /// 8 x 8 of 16.
+    /// attention.wgsl; [`Self::prefill_on`]): `rows` rows x slices of the head of `acc`
+    /// pairs (the fewest slices, a power of two, of at most MAX_ROW_ACC pairs each; rows x
+    /// slices = ATTEND_WORKGROUP), each invocation LANE_ROWS rows of one slice, and keys
+    /// and values are read from the cache. The tile holds the partial scores [slices,
+    /// keys, rows] = ATTEND_WORKGROUP x keys f32s, and Q's rows for the rotated caches'
+    /// rotation: within the WebGPU default for every head_dim. head_dim 64: 32 rows x 2
+    /// slices of 16 pairs in 16 invocations; 32: 64 rows, one slice; 256: 8 x 8 of 16.
     pub(super) fn direct_prefill(head_dim: usize) -> Self {
         let slices = (head_dim / 2).div_ceil(MAX_ROW_ACC).next_power_of_two();
         let rows = ATTEND_WORKGROUP / slices;
         let keys = PREFILL_BLOCK_KEYS;
         Self {
-            lanes: ATTEND_WORKGROUP,
+            lanes: ATTEND_WORKGROUP / LANE_ROWS,
             rows,
             keys,
             acc: (head_dim / 2).div_ceil(slices),
@@ -542,10 +548,13 @@ mod tests {
     fn direct_prefill_tiles_split_the_workgroup_into_rows_and_slices_of_the_head() {
         for hd in (2..=MAX_HEAD_DIM).step_by(2) {
             let tile = AttnTile::direct_prefill(hd);
-            // attend_rows: invocation t is row t % rows, slice t / rows of acc pairs.
+            // attend_rows: invocation t takes LANE_ROWS rows from LANE_ROWS * (t % lane_rows)
+            // of slice t / lane_rows, acc pairs, with lane_rows = rows / LANE_ROWS.
             let slices = ATTEND_WORKGROUP / tile.rows;
             assert_eq!(tile.rows * slices, ATTEND_WORKGROUP, "{hd}: {tile:?}");
             assert!(tile.rows.is_power_of_two(), "{hd}: {tile:?}");
+            assert!(tile.rows >= LANE_ROWS, "{hd}: {tile:?}");
+            assert_eq!(tile.lanes, tile.rows / LANE_ROWS * slices, "{hd}: {tile:?}");
             assert!(
                 tile.acc <= MAX_ROW_ACC && tile.acc * slices >= hd / 2,
                 "{hd}: {tile:?}"
