@@ -846,7 +846,7 @@ fn attend(@builtin(local_invocation_index) t: u32,
 // ---- attend_rows: prefill on lavapipe and llvmpipe (Gpu::favours_registers) ---------------
 
 // One workgroup per (query tile, head), as attend without key chunks. Invocation t takes
-// LANE_ROWS consecutive rows of the tile, from i0 = LANE_ROWS * (t % (TQ / LANE_ROWS)), and
+// LANE_ROWS consecutive rows of the tile, from LANE_ROWS * (t % (TQ / LANE_ROWS)), and
 // slice sl = t / (TQ / LANE_ROWS) of its head, the pairs from sl * ACC, ACC of them
 // (AttnTile::direct_prefill on the host: WG * LANE_ROWS / TQ slices cover HD / 2). Q's
 // slices of its rows and the output's stay in registers (ACC pairs a row, at most
@@ -854,43 +854,125 @@ fn attend(@builtin(local_invocation_index) t: u32,
 // value word it reads from the cache serves its LANE_ROWS rows: a CPU adapter loads a SIMD
 // lane's words one lane at a time, so the loads per (row, key) fall by LANE_ROWS (attend's
 // score loop read Q and K from workgroup memory for every pair, which on a CPU adapter
-// costs as much as any other memory). For
-// each block of TK keys every invocation scores its slice against every key of the block;
-// the slices' partial scores are summed (invocation (i, sl) sums keys sl, sl + slices, ...
-// of its rows); then each invocation folds the block into its rows' softmax states and
-// slices of acc, reading V from the cache. The tile holds the partial scores [slices, TK,
-// TQ] (the sums in slice 0's place), and with KV_ROT Q's rows and the output's for the
-// rotation, as attend: AttnTile::direct_prefill.
+// costs as much as any other memory). For each block of TK keys every invocation scores
+// its slice against every key of the block; the slices' partial scores are summed
+// (invocation (i, sl) sums keys sl, sl + slices, ... of its rows); then each invocation
+// folds the block into its rows' softmax states and slices of acc, reading V from the
+// cache. The tile holds the partial scores [slices, TK, TQ] (the sums in slice 0's place),
+// and with KV_ROT Q's rows and the output's for the rotation, as attend:
+// AttnTile::direct_prefill.
 
 // Rows of the tile one attend_rows invocation takes; must match LANE_ROWS in
-// src/ops/attention/attend.rs. The four are written out (Rows4's r0..r3, vec4 states).
-const LANE_ROWS: u32 = 4u;
+// src/ops/attention/attend.rs. They are two quads of four rows (Quad, Rows4: vec4s of the
+// four rows' states), written out: an array of rows indexed in a loop would stay in memory.
+const LANE_ROWS: u32 = 8u;
 
 // A row's slice of Q or of the output.
 alias RowSlice = array<vec2<f32>, MAX_ROW_ACC>;
+
+// A quad's four slices of Q or of the output.
+struct Rows4 {
+    r0: RowSlice,
+    r1: RowSlice,
+    r2: RowSlice,
+    r3: RowSlice,
+}
+
+// Four consecutive rows of the tile from row i: which the tile has, their positions (idle
+// rows repeat the last row's), and their online softmax states: running max m, sum l of
+// exp(s - m) (acc, the sum of exp(s - m) * v over the invocation's pairs, is a Rows4).
+struct Quad {
+    i: u32,
+    ok: vec4<bool>,
+    pos: vec4<u32>,
+    m: vec4<f32>,
+    l: vec4<f32>,
+}
+
+// Both quads' scores, or weights p, of one key.
+struct Pair4s {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
 
 // f32 offset in the tile of slice sl's partial score of key j for tile row i.
 fn rows_at(sl: u32, j: u32, i: u32) -> u32 {
     return (sl * TK + j) * TQ + i;
 }
 
-// The partial scores of key j for tile rows i0 .. i0 + 3.
-fn rows_scores(sl: u32, j: u32, i0: u32) -> vec4<f32> {
-    let at = rows_at(sl, j, i0);
+// The partial scores of key j for tile rows i .. i + 3.
+fn rows_scores(sl: u32, j: u32, i: u32) -> vec4<f32> {
+    let at = rows_at(sl, j, i);
     return vec4<f32>(tile[at], tile[at + 1u], tile[at + 2u], tile[at + 3u]);
 }
 
-fn set_rows_scores(sl: u32, j: u32, i0: u32, s: vec4<f32>) {
-    let at = rows_at(sl, j, i0);
+fn set_rows_scores(sl: u32, j: u32, i: u32, s: vec4<f32>) {
+    let at = rows_at(sl, j, i);
     tile[at] = s.x;
     tile[at + 1u] = s.y;
     tile[at + 2u] = s.z;
     tile[at + 3u] = s.w;
 }
 
+// The sum over the slices of key j's partial scores for tile rows i .. i + 3.
+fn summed_scores(j: u32, i: u32, slices: u32) -> vec4<f32> {
+    var s = vec4<f32>(0.0);
+    for (var k = 0u; k < slices; k++) {
+        s += rows_scores(k, j, i);
+    }
+    return s;
+}
+
 // The row of the tile's row i that attend_rows reads: idle rows repeat the last (unwritten).
 fn tile_row(group: AttendGroup, i: u32) -> u32 {
     return group.first + min(i, group.count - 1u);
+}
+
+fn quad_at(group: AttendGroup, i: u32) -> Quad {
+    let pos = vec4<u32>(row_pos(tile_row(group, i)), row_pos(tile_row(group, i + 1u)),
+        row_pos(tile_row(group, i + 2u)), row_pos(tile_row(group, i + 3u)));
+    let ok = vec4<u32>(i, i + 1u, i + 2u, i + 3u) < vec4<u32>(group.count);
+    return Quad(i, ok, pos, vec4<f32>(NEG_BIG), vec4<f32>(0.0));
+}
+
+// Whether key k of the block from k0 counts for each row of the quad (causal mask; idle
+// rows take none).
+fn quad_takes(quad: Quad, k: u32) -> vec4<bool> {
+    return quad.ok & (vec4<u32>(k) <= quad.pos);
+}
+
+// How many keys of the block from k0 (nb of them) the quad's rows take at most.
+fn quad_keys(quad: Quad, k0: u32, nb: u32) -> u32 {
+    let live = quad.ok & (quad.pos >= vec4<u32>(k0));
+    let last = select(vec4<u32>(0u), quad.pos - vec4<u32>(k0) + 1u, live);
+    return min(nb, max(max(last.x, last.y), max(last.z, last.w)));
+}
+
+// The quad's running max over the block's first jn keys from k0, its sums and acc rescaled
+// to it (as attend's fold: acc *= exp(m - mb)).
+fn rescale(quad: ptr<function, Quad>, acc: ptr<function, Rows4>, k0: u32, jn: u32) {
+    var mb = (*quad).m;
+    for (var j = 0u; j < jn; j++) {
+        mb = select(mb, max(mb, rows_scores(0u, j, (*quad).i)), quad_takes(*quad, k0 + j));
+    }
+    let alpha = exp((*quad).m - mb);
+    (*quad).l *= alpha;
+    for (var a = 0u; a < ACC; a++) {
+        (*acc).r0[a] *= alpha.x;
+        (*acc).r1[a] *= alpha.y;
+        (*acc).r2[a] *= alpha.z;
+        (*acc).r3[a] *= alpha.w;
+    }
+    (*quad).m = mb;
+}
+
+// exp(s - m) of key j of the block from k0 for the quad's rows (0 for keys a row does not
+// take), added to their sums.
+fn key_weights(quad: ptr<function, Quad>, k0: u32, j: u32) -> vec4<f32> {
+    let s = rows_scores(0u, j, (*quad).i);
+    let p = select(vec4<f32>(0.0), exp(s - (*quad).m), quad_takes(*quad, k0 + j));
+    (*quad).l += p;
+    return p;
 }
 
 // Slice sl of Q's tile row i, scaled (with KV_ROT: rotated, from the tile's first TQ rows).
@@ -912,7 +994,105 @@ fn q_slice(group: AttendGroup, i: u32, sl: u32, q_scale: f32) -> RowSlice {
     return qs;
 }
 
-// KV_ROT: slice sl of tile row i, through the tile's first TQ rows and back.
+fn q_slices(group: AttendGroup, i: u32, sl: u32, q_scale: f32) -> Rows4 {
+    return Rows4(q_slice(group, i, sl, q_scale), q_slice(group, i + 1u, sl, q_scale),
+        q_slice(group, i + 2u, sl, q_scale), q_slice(group, i + 3u, sl, q_scale));
+}
+
+// The four rows' dot products with key pair k at pair a of their slices.
+fn pair_dots(qs: ptr<function, Rows4>, a: u32, k: vec2<f32>) -> vec4<f32> {
+    return vec4<f32>(dot((*qs).r0[a], k), dot((*qs).r1[a], k), dot((*qs).r2[a], k),
+        dot((*qs).r3[a], k));
+}
+
+// Both quads' scores s plus their dot products with pair a of the slice from pair c0 of key
+// block `blk`; s past the slice. A constant a (below) keeps the rows' arrays in registers.
+fn pair_scores(s: Pair4s, qa: ptr<function, Rows4>, qb: ptr<function, Rows4>, a: u32,
+               c0: u32, blk: u32) -> Pair4s {
+    if (a >= ACC || c0 + a >= HD / 2u) {
+        return s;
+    }
+    let k = load_k(blk, c0 + a);
+    return Pair4s(s.a + pair_dots(qa, a, k), s.b + pair_dots(qb, a, k));
+}
+
+// Both quads' dot products with the slice of key block `blk` from pair c0, pair by pair in
+// order. The MAX_ROW_ACC pairs are written out: as a loop (four rows' work a pair) Mesa
+// kept it a loop and the rows' arrays in memory, and attention took 5x one row's time;
+// slices of at most 8 pairs, whose loops it unrolls, took 1.1-1.4x this.
+fn slice_scores(qa: ptr<function, Rows4>, qb: ptr<function, Rows4>, c0: u32,
+                blk: u32) -> Pair4s {
+    var s = Pair4s(vec4<f32>(0.0), vec4<f32>(0.0));
+    s = pair_scores(s, qa, qb, 0u, c0, blk);
+    s = pair_scores(s, qa, qb, 1u, c0, blk);
+    s = pair_scores(s, qa, qb, 2u, c0, blk);
+    s = pair_scores(s, qa, qb, 3u, c0, blk);
+    s = pair_scores(s, qa, qb, 4u, c0, blk);
+    s = pair_scores(s, qa, qb, 5u, c0, blk);
+    s = pair_scores(s, qa, qb, 6u, c0, blk);
+    s = pair_scores(s, qa, qb, 7u, c0, blk);
+    s = pair_scores(s, qa, qb, 8u, c0, blk);
+    s = pair_scores(s, qa, qb, 9u, c0, blk);
+    s = pair_scores(s, qa, qb, 10u, c0, blk);
+    s = pair_scores(s, qa, qb, 11u, c0, blk);
+    s = pair_scores(s, qa, qb, 12u, c0, blk);
+    s = pair_scores(s, qa, qb, 13u, c0, blk);
+    s = pair_scores(s, qa, qb, 14u, c0, blk);
+    s = pair_scores(s, qa, qb, 15u, c0, blk);
+    return s;
+}
+
+// acc += p * v, row by row, for value pair v at pair a of the slices.
+fn fold_rows(acc: ptr<function, Rows4>, a: u32, p: vec4<f32>, v: vec2<f32>) {
+    (*acc).r0[a] += p.x * v;
+    (*acc).r1[a] += p.y * v;
+    (*acc).r2[a] += p.z * v;
+    (*acc).r3[a] += p.w * v;
+}
+
+// Both quads' acc += p * v for pair a of the slice from pair c0 of value block `blk`.
+fn fold_pair(acc_a: ptr<function, Rows4>, acc_b: ptr<function, Rows4>, a: u32, c0: u32,
+             blk: u32, p: Pair4s) {
+    if (a >= ACC || c0 + a >= HD / 2u) {
+        return;
+    }
+    let v = load_v(blk, c0 + a);
+    fold_rows(acc_a, a, p.a, v);
+    fold_rows(acc_b, a, p.b, v);
+}
+
+// The same for the whole slice, written out as slice_scores.
+fn fold_slice(acc_a: ptr<function, Rows4>, acc_b: ptr<function, Rows4>, c0: u32, blk: u32,
+              p: Pair4s) {
+    fold_pair(acc_a, acc_b, 0u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 1u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 2u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 3u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 4u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 5u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 6u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 7u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 8u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 9u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 10u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 11u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 12u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 13u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 14u, c0, blk, p);
+    fold_pair(acc_a, acc_b, 15u, c0, blk, p);
+}
+
+// acc /= l, row by row.
+fn divide_rows(quad: Quad, acc: ptr<function, Rows4>) {
+    for (var a = 0u; a < ACC; a++) {
+        (*acc).r0[a] /= quad.l.x;
+        (*acc).r1[a] /= quad.l.y;
+        (*acc).r2[a] /= quad.l.z;
+        (*acc).r3[a] /= quad.l.w;
+    }
+}
+
+// KV_ROT: slice sl of tile row i into the tile's first TQ rows, and back after the rotation.
 fn put_slice(i: u32, sl: u32, acc: RowSlice) {
     let h2 = HD / 2u;
     for (var a = 0u; a < ACC; a++) {
@@ -921,6 +1101,13 @@ fn put_slice(i: u32, sl: u32, acc: RowSlice) {
             set_tile2(i * h2 + c, acc[a]);
         }
     }
+}
+
+fn put_slices(i: u32, sl: u32, acc: Rows4) {
+    put_slice(i, sl, acc.r0);
+    put_slice(i + 1u, sl, acc.r1);
+    put_slice(i + 2u, sl, acc.r2);
+    put_slice(i + 3u, sl, acc.r3);
 }
 
 fn rotated_slice(i: u32, sl: u32) -> RowSlice {
@@ -935,7 +1122,12 @@ fn rotated_slice(i: u32, sl: u32) -> RowSlice {
     return acc;
 }
 
-// out = acc / l for tile row i, if the tile has it.
+fn rotated_slices(i: u32, sl: u32) -> Rows4 {
+    return Rows4(rotated_slice(i, sl), rotated_slice(i + 1u, sl), rotated_slice(i + 2u, sl),
+        rotated_slice(i + 3u, sl));
+}
+
+// Slice sl of output row i of the tile, if the tile has it.
 fn write_slice(group: AttendGroup, i: u32, sl: u32, acc: RowSlice) {
     if (i >= group.count) {
         return;
@@ -950,99 +1142,11 @@ fn write_slice(group: AttendGroup, i: u32, sl: u32, acc: RowSlice) {
     }
 }
 
-// An invocation's four rows of Q or of the output (its slices).
-struct Rows4 {
-    r0: RowSlice,
-    r1: RowSlice,
-    r2: RowSlice,
-    r3: RowSlice,
-}
-
-// The four rows' scores against pair a of the slice from pair c0 of key block `blk`; zero
-// past the slice. A constant a (below) keeps the rows' arrays in registers.
-fn pair_scores(qs: ptr<function, Rows4>, a: u32, c0: u32, blk: u32) -> vec4<f32> {
-    if (a >= ACC || c0 + a >= HD / 2u) {
-        return vec4<f32>(0.0);
-    }
-    let k = load_k(blk, c0 + a);
-    return vec4<f32>(dot((*qs).r0[a], k), dot((*qs).r1[a], k), dot((*qs).r2[a], k),
-        dot((*qs).r3[a], k));
-}
-
-// The four rows' dot products with the slice of key block `blk` from pair c0, pair by pair
-// in order. The MAX_ROW_ACC pairs are written out: as a loop (four rows' work a pair) Mesa
-// kept it a loop and the rows' arrays in memory, and attention took 5x one row's time;
-// slices of at most 8 pairs, whose loops it unrolls, took 1.1-1.4x this.
-fn slice_scores(qs: ptr<function, Rows4>, c0: u32, blk: u32) -> vec4<f32> {
-    var s = pair_scores(qs, 0u, c0, blk);
-    s += pair_scores(qs, 1u, c0, blk);
-    s += pair_scores(qs, 2u, c0, blk);
-    s += pair_scores(qs, 3u, c0, blk);
-    s += pair_scores(qs, 4u, c0, blk);
-    s += pair_scores(qs, 5u, c0, blk);
-    s += pair_scores(qs, 6u, c0, blk);
-    s += pair_scores(qs, 7u, c0, blk);
-    s += pair_scores(qs, 8u, c0, blk);
-    s += pair_scores(qs, 9u, c0, blk);
-    s += pair_scores(qs, 10u, c0, blk);
-    s += pair_scores(qs, 11u, c0, blk);
-    s += pair_scores(qs, 12u, c0, blk);
-    s += pair_scores(qs, 13u, c0, blk);
-    s += pair_scores(qs, 14u, c0, blk);
-    s += pair_scores(qs, 15u, c0, blk);
-    return s;
-}
-
-// acc += p * v for pair a of the slice from pair c0 of value block `blk`, row by row.
-fn fold_pair(acc: ptr<function, Rows4>, a: u32, c0: u32, blk: u32, p: vec4<f32>) {
-    if (a >= ACC || c0 + a >= HD / 2u) {
-        return;
-    }
-    let v = load_v(blk, c0 + a);
-    (*acc).r0[a] += p.x * v;
-    (*acc).r1[a] += p.y * v;
-    (*acc).r2[a] += p.z * v;
-    (*acc).r3[a] += p.w * v;
-}
-
-// The same for the whole slice, written out as slice_scores.
-fn fold_slice(acc: ptr<function, Rows4>, c0: u32, blk: u32, p: vec4<f32>) {
-    fold_pair(acc, 0u, c0, blk, p);
-    fold_pair(acc, 1u, c0, blk, p);
-    fold_pair(acc, 2u, c0, blk, p);
-    fold_pair(acc, 3u, c0, blk, p);
-    fold_pair(acc, 4u, c0, blk, p);
-    fold_pair(acc, 5u, c0, blk, p);
-    fold_pair(acc, 6u, c0, blk, p);
-    fold_pair(acc, 7u, c0, blk, p);
-    fold_pair(acc, 8u, c0, blk, p);
-    fold_pair(acc, 9u, c0, blk, p);
-    fold_pair(acc, 10u, c0, blk, p);
-    fold_pair(acc, 11u, c0, blk, p);
-    fold_pair(acc, 12u, c0, blk, p);
-    fold_pair(acc, 13u, c0, blk, p);
-    fold_pair(acc, 14u, c0, blk, p);
-    fold_pair(acc, 15u, c0, blk, p);
-}
-
-// acc *= alpha, row by row.
-fn scale_rows(acc: ptr<function, Rows4>, alpha: vec4<f32>) {
-    for (var a = 0u; a < ACC; a++) {
-        (*acc).r0[a] *= alpha.x;
-        (*acc).r1[a] *= alpha.y;
-        (*acc).r2[a] *= alpha.z;
-        (*acc).r3[a] *= alpha.w;
-    }
-}
-
-// acc /= l, row by row.
-fn divide_rows(acc: ptr<function, Rows4>, l: vec4<f32>) {
-    for (var a = 0u; a < ACC; a++) {
-        (*acc).r0[a] /= l.x;
-        (*acc).r1[a] /= l.y;
-        (*acc).r2[a] /= l.z;
-        (*acc).r3[a] /= l.w;
-    }
+fn write_slices(group: AttendGroup, i: u32, sl: u32, acc: Rows4) {
+    write_slice(group, i, sl, acc.r0);
+    write_slice(group, i + 1u, sl, acc.r1);
+    write_slice(group, i + 2u, sl, acc.r2);
+    write_slice(group, i + 3u, sl, acc.r3);
 }
 
 @compute @workgroup_size(WG)
@@ -1057,11 +1161,12 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
         return;
     }
 
+    // The invocation's rows: quads a and b.
     let i0 = LANE_ROWS * (t % lane_rows);
     let sl = t / lane_rows;
-    let ok = vec4<u32>(i0, i0 + 1u, i0 + 2u, i0 + 3u) < vec4<u32>(group.count);
-    let pos = vec4<u32>(row_pos(tile_row(group, i0)), row_pos(tile_row(group, i0 + 1u)),
-        row_pos(tile_row(group, i0 + 2u)), row_pos(tile_row(group, i0 + 3u)));
+    let c0 = sl * ACC;
+    var qa = quad_at(group, i0);
+    var qb = quad_at(group, i0 + 4u);
 
     // Q's slices, scaled (and rotated with KV_ROT, in the tile's first TQ rows of HD).
     let q_scale = select(params.scale, params.scale * params.rot_norm, KV_ROT);
@@ -1073,73 +1178,53 @@ fn attend_rows(@builtin(local_invocation_index) t: u32,
         }
         rotate_tile_rows(t);
     }
-    var qs = Rows4(q_slice(group, i0, sl, q_scale), q_slice(group, i0 + 1u, sl, q_scale),
-        q_slice(group, i0 + 2u, sl, q_scale), q_slice(group, i0 + 3u, sl, q_scale));
+    var q_a = q_slices(group, qa.i, sl, q_scale);
+    var q_b = q_slices(group, qb.i, sl, q_scale);
 
-    // Online softmax states of the four rows: running max m, sum l of exp(s - m), and
-    // acc = sum of exp(s - m) * v over this invocation's pairs.
-    var m = vec4<f32>(NEG_BIG);
-    var l = vec4<f32>(0.0);
-    var acc: Rows4;
-    let c0 = sl * ACC;
+    var acc_a: Rows4;
+    var acc_b: Rows4;
     for (var k0 = 0u; k0 < group.n_keys; k0 += TK) {
         let nb = min(TK, group.n_keys - k0);
         // The previous block's sums have been folded (on the first pass: Q is read).
         workgroupBarrier();
         for (var j = 0u; j < nb; j++) {
-            let blk = head_block(group.seq, k0 + j, group.kv_head);
-            set_rows_scores(sl, j, i0, slice_scores(&qs, c0, blk));
+            let s = slice_scores(&q_a, &q_b, c0, head_block(group.seq, k0 + j, group.kv_head));
+            set_rows_scores(sl, j, qa.i, s.a);
+            set_rows_scores(sl, j, qb.i, s.b);
         }
         workgroupBarrier();
         if (slices > 1u) {
             for (var j = sl; j < nb; j += slices) {
-                var s = vec4<f32>(0.0);
-                for (var k = 0u; k < slices; k++) {
-                    s += rows_scores(k, j, i0);
-                }
-                set_rows_scores(0u, j, i0, s);
+                set_rows_scores(0u, j, qa.i, summed_scores(j, qa.i, slices));
+                set_rows_scores(0u, j, qb.i, summed_scores(j, qb.i, slices));
             }
             workgroupBarrier();
         }
-        // Fold keys k0..=pos of the block into each row (causal mask; idle rows take none).
-        let live = ok & (pos >= vec4<u32>(k0));
-        if (any(live)) {
-            let last = select(vec4<u32>(0u), pos - vec4<u32>(k0) + 1u, live);
-            let jn = min(nb, max(max(last.x, last.y), max(last.z, last.w)));
-            var mb = m;
+        // Fold the keys each row takes into its state.
+        let jn = max(quad_keys(qa, k0, nb), quad_keys(qb, k0, nb));
+        if (jn > 0u) {
+            rescale(&qa, &acc_a, k0, jn);
+            rescale(&qb, &acc_b, k0, jn);
             for (var j = 0u; j < jn; j++) {
-                let takes = live & (vec4<u32>(k0 + j) <= pos);
-                mb = select(mb, max(mb, rows_scores(0u, j, i0)), takes);
+                let p = Pair4s(key_weights(&qa, k0, j), key_weights(&qb, k0, j));
+                fold_slice(&acc_a, &acc_b, c0, head_block(group.seq, k0 + j, group.kv_head), p);
             }
-            let alpha = exp(m - mb);
-            l *= alpha;
-            scale_rows(&acc, alpha);
-            for (var j = 0u; j < jn; j++) {
-                let takes = live & (vec4<u32>(k0 + j) <= pos);
-                let p = select(vec4<f32>(0.0), exp(rows_scores(0u, j, i0) - mb), takes);
-                l += p;
-                fold_slice(&acc, c0, head_block(group.seq, k0 + j, group.kv_head), p);
-            }
-            m = mb;
         }
     }
 
     // out = acc / l, with KV_ROT rotated back in the tile's first TQ rows first.
-    divide_rows(&acc, l);
+    divide_rows(qa, &acc_a);
+    divide_rows(qb, &acc_b);
     if (KV_ROT) {
         workgroupBarrier();  // every invocation is done with the last block
-        put_slice(i0, sl, acc.r0);
-        put_slice(i0 + 1u, sl, acc.r1);
-        put_slice(i0 + 2u, sl, acc.r2);
-        put_slice(i0 + 3u, sl, acc.r3);
+        put_slices(qa.i, sl, acc_a);
+        put_slices(qb.i, sl, acc_b);
         rotate_tile_rows(t);
-        acc = Rows4(rotated_slice(i0, sl), rotated_slice(i0 + 1u, sl),
-            rotated_slice(i0 + 2u, sl), rotated_slice(i0 + 3u, sl));
+        acc_a = rotated_slices(qa.i, sl);
+        acc_b = rotated_slices(qb.i, sl);
     }
-    write_slice(group, i0, sl, acc.r0);
-    write_slice(group, i0 + 1u, sl, acc.r1);
-    write_slice(group, i0 + 2u, sl, acc.r2);
-    write_slice(group, i0 + 3u, sl, acc.r3);
+    write_slices(group, qa.i, sl, acc_a);
+    write_slices(group, qb.i, sl, acc_b);
 }
 
 @compute @workgroup_size(EW_WG)

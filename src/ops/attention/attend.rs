@@ -17,10 +17,10 @@ const MAX_ACC: usize = 8;
 /// pairs took 0.82-0.85x the time of 8 at head_dims 32, 64, 128 and 256; 32 took 1.4x.
 const MAX_ROW_ACC: usize = 16;
 /// Rows of the tile one attend_rows invocation takes (`LANE_ROWS` in attention.wgsl, which
-/// writes the four out): each key and value word it loads serves them all. Prefill
-/// attention on lavapipe took 0.37-0.48x the time of one row an invocation (4 sequences x
-/// 1,015 tokens, head_dims 32 and 64; the shipped model's 120-token prompt).
-const LANE_ROWS: usize = 4;
+/// writes them out as two quads): each key and value word it loads serves them all.
+/// Prefill attention on lavapipe (4 sequences x 1,015 tokens, head_dims 32-256): four rows
+/// took 0.37-0.38x the time of one, eight 0.58-0.65x that of four.
+const LANE_ROWS: usize = 8;
 /// Invocations per attend workgroup; passed as `WG`.
 const ATTEND_WORKGROUP: usize = 64;
 /// Query rows per prefill tile at most; passed as `TQ`.
@@ -139,7 +139,7 @@ impl AttnTile {
     /// and values are read from the cache. The tile holds the partial scores [slices,
     /// keys, rows] = ATTEND_WORKGROUP x keys f32s, and Q's rows for the rotated caches'
     /// rotation: within the WebGPU default for every head_dim. head_dim 64: 32 rows x 2
-    /// slices of 16 pairs in 16 invocations; 32: 64 rows, one slice; 256: 8 x 8 of 16.
+    /// slices of 16 pairs in 8 invocations; 32: 64 rows, one slice; 256: 8 x 8 of 16.
     pub(super) fn direct_prefill(head_dim: usize) -> Self {
         let slices = (head_dim / 2).div_ceil(MAX_ROW_ACC).next_power_of_two();
         let rows = ATTEND_WORKGROUP / slices;
