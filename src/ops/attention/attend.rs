@@ -19,7 +19,8 @@ const MAX_ROW_ACC: usize = 16;
 /// Rows of the tile one attend_rows invocation takes (`LANE_ROWS` in attention.wgsl, which
 /// writes them out as two quads): each key and value word it loads serves them all.
 /// Prefill attention on lavapipe (4 sequences x 1,015 tokens, head_dims 32-256): four rows
-/// took 0.37-0.38x the time of one, eight 0.58-0.65x that of four.
+/// took 0.36-0.41x the time of one, eight 0.59-0.68x that of four, sixteen (four quads)
+/// 1.35-1.4x that of eight.
 const LANE_ROWS: usize = 8;
 /// Invocations per attend workgroup; passed as `WG`.
 const ATTEND_WORKGROUP: usize = 64;
