@@ -19,7 +19,8 @@ const MAX_WG: u32 = 256u;
 // Partial sums each invocation of the first reduction round adds up.
 const FAN: u32 = 16u;
 
-// Invocations per workgroup (<= MAX_WG); must match NORM_WORKGROUP on the host.
+// Invocations per workgroup (<= MAX_WG): NORM_WORKGROUP or, on CPU adapters,
+// CPU_NORM_WORKGROUP on the host (norm_workgroup).
 override NORM_WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> params: Params;
