@@ -22,6 +22,21 @@ const MAX_ROW_ACC: usize = 16;
 /// took 0.36-0.41x the time of one, eight 0.59-0.68x that of four, sixteen (four quads)
 /// 1.35-1.4x that of eight.
 const LANE_ROWS: usize = 8;
+/// Pairs of a head one attend_rows invocation takes where the tile's rows allow (at least
+/// LANE_ROWS of them: head_dim 256 takes 16). The kernel's code grows with its pairs x
+/// rows: lavapipe compiled it in 1.35 s with 16 pairs and in 0.28-0.41 s with 8 (one row
+/// of 16 pairs an invocation: 80 ms), and 8 pairs ran 1.35-1.5x as long as 16 (4 x 1,015
+/// tokens, head_dims 32-128), still 0.33-0.36x the one-row kernel's time.
+const PREFILL_SLICE_PAIRS: usize = 8;
+const _: () = assert!(PREFILL_SLICE_PAIRS <= MAX_ROW_ACC);
+/// Prefill steps of fewer rows take the direct decode tile on CPU adapters
+/// ([`AttnTile::prefill_on`]): its pipeline compiled in 42 ms on lavapipe, attend_rows's
+/// in 0.28-0.41 s, and a one-off generation pays both. The shipped Hadamard model's
+/// 120-token prefill: attention 47-49 ms (decode tile) against 9.3-9.4 ms (attend_rows),
+/// so below about 300 rows the decode tile's compile and run together take less; 128
+/// keeps bigger models (attention grows with layers and heads, the compile does not)
+/// on the right side, and the shipped models (context 128) from compiling attend_rows.
+const SHORT_PREFILL_ROWS: usize = 128;
 /// Invocations per attend workgroup; passed as `WG`.
 const ATTEND_WORKGROUP: usize = 64;
 /// Query rows per prefill tile at most; passed as `TQ`.
@@ -135,14 +150,18 @@ impl AttnTile {
 
     /// Prefill where workgroup memory is read lane by lane (`attend_rows` in
     /// attention.wgsl; [`Self::prefill_on`]): `rows` rows x slices of the head of `acc`
-    /// pairs (the fewest slices, a power of two, of at most MAX_ROW_ACC pairs each; rows x
-    /// slices = ATTEND_WORKGROUP), each invocation LANE_ROWS rows of one slice, and keys
-    /// and values are read from the cache. The tile holds the partial scores [slices,
-    /// keys, rows] = ATTEND_WORKGROUP x keys f32s, and Q's rows for the rotated caches'
-    /// rotation: within the WebGPU default for every head_dim. head_dim 64: 32 rows x 2
-    /// slices of 16 pairs in 8 invocations; 32: 64 rows, one slice; 256: 8 x 8 of 16.
+    /// pairs (the fewest slices, a power of two, of at most PREFILL_SLICE_PAIRS pairs each
+    /// while rows >= LANE_ROWS, so at most MAX_ROW_ACC; rows x slices = ATTEND_WORKGROUP),
+    /// each invocation LANE_ROWS rows of one slice, and keys and values are read from the
+    /// cache. The tile holds the partial scores [slices, keys, rows] = ATTEND_WORKGROUP x
+    /// keys f32s, and Q's rows for the rotated caches' rotation: within the WebGPU default
+    /// for every head_dim. head_dim 64: 16 rows x 4 slices of 8 pairs in 8 invocations; 32:
+    /// 32 rows x 2; 16: 64 rows, one slice; 256: 8 x 8 of 16.
     pub(super) fn direct_prefill(head_dim: usize) -> Self {
-        let slices = (head_dim / 2).div_ceil(MAX_ROW_ACC).next_power_of_two();
+        let slices = (head_dim / 2)
+            .div_ceil(PREFILL_SLICE_PAIRS)
+            .next_power_of_two()
+            .min(ATTEND_WORKGROUP / LANE_ROWS);
         let rows = ATTEND_WORKGROUP / slices;
         let keys = PREFILL_BLOCK_KEYS;
         Self {
@@ -156,13 +175,17 @@ impl AttnTile {
         }
     }
 
-    /// The prefill tile on `gpu`: [`Self::direct_prefill`] where the adapter reads
-    /// workgroup memory lane by lane ([`Gpu::favours_registers`]), as the staged tile's
-    /// score loop does Q and K for every pair (4 sequences x 1,015 tokens on lavapipe: 0.42x
-    /// the attention time at head_dim 64, 0.32x at 256); else [`Self::prefill`] within the
-    /// device's limit (SwiftShader: the direct tile took 1.32x the staged one's time).
-    pub(super) fn prefill_on(gpu: &Gpu, head_dim: usize) -> Self {
-        if gpu.favours_registers() {
+    /// The prefill tile on `gpu` for a step of `rows` rows: [`Self::direct_prefill`] where
+    /// the adapter reads workgroup memory lane by lane ([`Gpu::favours_registers`]), as the
+    /// staged tile's score loop does Q and K for every pair (4 sequences x 1,015 tokens on
+    /// lavapipe: 0.42x the attention time at head_dim 64, 0.32x at 256), and below
+    /// SHORT_PREFILL_ROWS rows there the direct decode tile, row by row, whose pipeline
+    /// compiles in a tenth of the time; else [`Self::prefill`] within the device's limit
+    /// (SwiftShader: the direct tile took 1.32x the staged one's time).
+    pub(super) fn prefill_on(gpu: &Gpu, head_dim: usize, rows: usize) -> Self {
+        if gpu.favours_registers() && rows < SHORT_PREFILL_ROWS {
+            Self::direct_decode(head_dim)
+        } else if gpu.favours_registers() {
             Self::direct_prefill(head_dim)
         } else {
             Self::prefill(head_dim, tile_elems(gpu))
@@ -570,9 +593,11 @@ mod tests {
             let d = AttnTile::direct_prefill(hd);
             (d.rows, d.acc, d.elems)
         };
-        // head_dim 64: 32 rows x 2 slices of 16 pairs; 24: 64 x 1 of 12; 256: 8 x 8 of 16.
-        assert_eq!(t(64), (32, 16, 64 * 32));
-        assert_eq!(t(24), (64, 12, 64 * 32));
+        // head_dim 64: 16 rows x 4 slices of 8 pairs; 24: 32 x 2 of 6; 16: 64 x 1 of 8;
+        // 256: 8 x 8 of 16 (the rows' floor).
+        assert_eq!(t(64), (16, 8, 64 * 32));
+        assert_eq!(t(24), (32, 6, 64 * 32));
+        assert_eq!(t(16), (64, 8, 64 * 32));
         assert_eq!(t(256), (8, 16, 64 * 32));
         assert_eq!(t(2), (64, 1, 64 * 32));
     }

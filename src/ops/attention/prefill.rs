@@ -20,7 +20,7 @@ impl Attention {
             return Ok(());
         }
         let tile = match self.tile {
-            AttendTile::Auto => AttnTile::prefill_on(&self.gpu, shape.head_dim),
+            AttendTile::Auto => AttnTile::prefill_on(&self.gpu, shape.head_dim, rows.len()),
             AttendTile::Staged => AttnTile::prefill(shape.head_dim, tile_elems(&self.gpu)),
             AttendTile::Direct => AttnTile::direct_prefill(shape.head_dim),
         };
@@ -34,6 +34,7 @@ impl Attention {
 mod tests {
     use super::super::testing::*;
     use super::super::*;
+    use super::AttnTile;
     use crate::gpu::testing::test_values;
 
     #[test]
@@ -65,6 +66,55 @@ mod tests {
                     let what = format!("prefill, {tile:?}");
                     check(&gpu, &what, &got, &q, &kc, &vc, &rows, shape);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn short_prefill_on_cpu_adapters_takes_the_decode_tile_and_matches_reference() {
+        let rows = runs(&[(2, 0, 37), (0, 0, 1), (1, 0, 7)]);
+        for gpu in crate::gpu::testing::test_gpus() {
+            // The tile Auto takes: row by row below SHORT_PREFILL_ROWS on a CPU adapter.
+            let (short, long) = (
+                AttnTile::prefill_on(&gpu, 64, rows.len()),
+                AttnTile::prefill_on(&gpu, 64, 128),
+            );
+            if gpu.favours_registers() {
+                assert_eq!(short, AttnTile::direct_decode(64), "{}", gpu.describe());
+                assert_eq!(long, AttnTile::direct_prefill(64), "{}", gpu.describe());
+            } else {
+                assert_eq!(short, long, "{}", gpu.describe());
+            }
+            let attn = Attention::new(&gpu).unwrap();
+            for head_dim in [24, 64] {
+                let shape = AttnShape {
+                    heads: 3,
+                    kv_heads: 3,
+                    head_dim,
+                    max_seqs: 3,
+                    max_pos: 40,
+                    kv: KvFormat::F32,
+                };
+                let n = rows.len() * shape.d();
+                let seed = 3000 + head_dim as u64;
+                let q: Vec<f32> = test_values(n, seed).iter().map(|v| 3.0 * v).collect();
+                let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
+                let cache_len = shape.max_seqs * shape.max_pos * shape.d();
+                let (mut kc, mut vc) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
+                let kcb = upload(&gpu, "k cache", &kc);
+                let vcb = upload(&gpu, "v cache", &vc);
+                let got = write_and_prefill(&gpu, &attn, &q, &k, &v, &rows, &kcb, &vcb, shape);
+                kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
+                check(
+                    &gpu,
+                    "short prefill, Auto",
+                    &got,
+                    &q,
+                    &kc,
+                    &vc,
+                    &rows,
+                    shape,
+                );
             }
         }
     }
