@@ -52,19 +52,9 @@ mod tests {
                         max_pos: 40,
                         kv: KvFormat::F32,
                     };
-                    let n = rows.len() * shape.d();
                     let seed = (heads * 1000 + head_dim) as u64;
-                    let q: Vec<f32> = test_values(n, seed).iter().map(|v| 3.0 * v).collect();
-                    let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
-                    // Entries no row writes stay NaN: a kernel that reads one shows it.
-                    let cache_len = shape.max_seqs * shape.max_pos * shape.d();
-                    let (mut kc, mut vc) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
-                    let kcb = upload(&gpu, "k cache", &kc);
-                    let vcb = upload(&gpu, "v cache", &vc);
-                    let got = write_and_prefill(&gpu, &attn, &q, &k, &v, &rows, &kcb, &vcb, shape);
-                    kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
                     let what = format!("prefill, {tile:?}");
-                    check(&gpu, &what, &got, &q, &kc, &vc, &rows, shape);
+                    prefill_against_reference(&gpu, &attn, &rows, shape, seed, &what);
                 }
             }
         }
@@ -95,28 +85,33 @@ mod tests {
                     max_pos: 40,
                     kv: KvFormat::F32,
                 };
-                let n = rows.len() * shape.d();
                 let seed = 3000 + head_dim as u64;
-                let q: Vec<f32> = test_values(n, seed).iter().map(|v| 3.0 * v).collect();
-                let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
-                let cache_len = shape.max_seqs * shape.max_pos * shape.d();
-                let (mut kc, mut vc) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
-                let kcb = upload(&gpu, "k cache", &kc);
-                let vcb = upload(&gpu, "v cache", &vc);
-                let got = write_and_prefill(&gpu, &attn, &q, &k, &v, &rows, &kcb, &vcb, shape);
-                kv_write_reference(&k, &v, &rows, &mut kc, &mut vc, shape);
-                check(
-                    &gpu,
-                    "short prefill, Auto",
-                    &got,
-                    &q,
-                    &kc,
-                    &vc,
-                    &rows,
-                    shape,
-                );
+                prefill_against_reference(&gpu, &attn, &rows, shape, seed, "short prefill, Auto");
             }
         }
+    }
+
+    /// Writes keys and values of test values for `rows` into NaN caches (entries no row
+    /// writes stay NaN: a kernel that reads one shows it), runs the prefill and checks it
+    /// against the reference.
+    fn prefill_against_reference(
+        gpu: &Gpu,
+        attn: &Attention,
+        rows: &[(u32, u32)],
+        shape: AttnShape,
+        seed: u64,
+        what: &str,
+    ) {
+        let n = rows.len() * shape.d();
+        let q: Vec<f32> = test_values(n, seed).iter().map(|v| 3.0 * v).collect();
+        let (k, v) = (test_values(n, seed + 1), test_values(n, seed + 2));
+        let cache_len = shape.max_seqs * shape.max_pos * shape.d();
+        let (mut kc, mut vc) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
+        let kcb = upload(gpu, "k cache", &kc);
+        let vcb = upload(gpu, "v cache", &vc);
+        let got = write_and_prefill(gpu, attn, &q, &k, &v, rows, &kcb, &vcb, shape);
+        kv_write_reference(&k, &v, rows, &mut kc, &mut vc, shape);
+        check(gpu, what, &got, &q, &kc, &vc, rows, shape);
     }
 
     #[test]
