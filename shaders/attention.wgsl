@@ -943,8 +943,9 @@ fn quad_takes(quad: Quad, k: u32) -> vec4<bool> {
 
 // How many keys of the block from k0 (nb of them) the quad's rows take at most.
 fn quad_keys(quad: Quad, k0: u32, nb: u32) -> u32 {
-    let live = quad.ok & (quad.pos >= vec4<u32>(k0));
-    let last = select(vec4<u32>(0u), quad.pos - vec4<u32>(k0) + 1u, live);
+    // 0 where a row takes none (a select of integer vectors needs an extension in GLSL).
+    let live = vec4<u32>(quad.ok & (quad.pos >= vec4<u32>(k0)));
+    let last = live * (quad.pos - vec4<u32>(k0) + 1u);
     return min(nb, max(max(last.x, last.y), max(last.z, last.w)));
 }
 
