@@ -483,7 +483,8 @@ impl Gpu {
         Ok(glam::UVec3::new(x, y, 1))
     }
 
-    /// The pipeline for `key`, compiled on first use with a bind group layout of `bindings`.
+    /// The pipeline for `key`, compiled on first use with a bind group layout of `bindings`
+    /// (inside [`Gpu::build_together`], natively, on a thread of its own).
     pub fn pipeline(&self, key: &PipelineKey, bindings: &[Binding]) -> Result<Arc<CachedPipeline>> {
         if let Some(p) = self.lock_pipelines().get(key) {
             return Ok(p.clone());
@@ -511,43 +512,99 @@ impl Gpu {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
-        let constants: Vec<(&str, f64)> =
-            key.constants.iter().map(|(k, v)| (*k, *v as f64)).collect();
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(key.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    // Kernels write workgroup memory before reading it.
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
+        #[cfg(not(target_arch = "wasm32"))]
+        if building::active() {
+            // The module and the layouts here (their errors too), the pipeline on a thread.
+            if let Some(e) = self.pop_scope(scope) {
+                self.forget_module(key.shader);
+                return Err(self.compile_error(key, &e.to_string()));
+            }
+            let cached = Arc::new(CachedPipeline::new(None, layout, label.clone()));
+            let (device, key_c) = (self.device.clone(), key.clone());
+            let handle = std::thread::spawn(move || {
+                let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+                let p = create_pipeline(&device, &key_c, &label, &pipeline_layout, &module);
+                match pollster::block_on(scope.pop()) {
+                    Some(e) => Err(e.to_string()),
+                    None => Ok(p),
+                }
             });
+            building::push(building::Job {
+                gpu: self.clone(),
+                key: key.clone(),
+                cached: cached.clone(),
+                handle,
+            });
+            self.lock_pipelines().insert(key.clone(), cached.clone());
+            return Ok(cached);
+        }
+        let pipeline = create_pipeline(&self.device, key, &label, &pipeline_layout, &module);
         if let Some(e) = self.pop_scope(scope) {
             // Forget the module too: its error may be the cause.
-            self.state
-                .cache
-                .modules
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key.shader);
-            return Err(GpuError::ShaderCompile {
-                shader: key.shader.name().to_string(),
-                entry: key.entry.to_string(),
-                message: e.to_string(),
-            });
+            self.forget_module(key.shader);
+            return Err(self.compile_error(key, &e.to_string()));
         }
-        let cached = Arc::new(CachedPipeline {
-            pipeline,
-            layout,
-            label,
-        });
+        let cached = Arc::new(CachedPipeline::new(Some(pipeline), layout, label));
         self.lock_pipelines().insert(key.clone(), cached.clone());
         Ok(cached)
+    }
+
+    /// Runs `f`, which records (into [`Recording`]s only) with pipelines compiled natively
+    /// on threads of their own while it goes on (on a CPU adapter a pipeline takes tens to
+    /// hundreds of milliseconds to compile, and a machine has cores to spare), and returns
+    /// once all of them are compiled: `f`'s result, or the first compile error (the failed
+    /// pipelines are forgotten, so drop what `f` recorded). In the browser, `f` as it is.
+    pub fn build_together<T, E: From<GpuError>>(
+        &self,
+        f: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            f()
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let outer = building::begin();
+            let result = f();
+            let mut first = None;
+            for job in building::end(outer) {
+                let compiled = job
+                    .handle
+                    .join()
+                    .unwrap_or_else(|_| Err("the compiling thread panicked".to_string()));
+                match compiled {
+                    Ok(p) => {
+                        let _ = job.cached.compiled.set(p);
+                    }
+                    Err(message) => {
+                        job.gpu.lock_pipelines().remove(&job.key);
+                        job.gpu.forget_module(job.key.shader);
+                        first.get_or_insert(job.gpu.compile_error(&job.key, &message));
+                    }
+                }
+            }
+            match first {
+                Some(e) => Err(e.into()),
+                None => result,
+            }
+        }
+    }
+
+    fn compile_error(&self, key: &PipelineKey, message: &str) -> GpuError {
+        GpuError::ShaderCompile {
+            shader: key.shader.name().to_string(),
+            entry: key.entry.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    fn forget_module(&self, shader: Shader) {
+        self.state
+            .cache
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&shader);
     }
 
     /// The validation error of a pipeline's creation, if any. Natively, waits for it. The
@@ -862,5 +919,67 @@ impl Gpu {
     /// Blocking [`Gpu::read_async`].
     pub fn read<T: Pod>(&self, buffer: &GpuBuffer, count: usize) -> Result<Vec<T>> {
         pollster::block_on(self.read_async(buffer, count))
+    }
+}
+
+/// Compiles `key`'s entry point of `module` with `layout` (errors go to the calling
+/// thread's error scope).
+fn create_pipeline(
+    device: &wgpu::Device,
+    key: &PipelineKey,
+    label: &str,
+    layout: &wgpu::PipelineLayout,
+    module: &wgpu::ShaderModule,
+) -> wgpu::ComputePipeline {
+    let constants: Vec<(&str, f64)> = key.constants.iter().map(|(k, v)| (*k, *v as f64)).collect();
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: Some(layout),
+        module,
+        entry_point: Some(key.entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            // Kernels write workgroup memory before reading it.
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    })
+}
+
+/// The pipelines a thread inside [`Gpu::build_together`] has started compiling.
+#[cfg(not(target_arch = "wasm32"))]
+mod building {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use super::{CachedPipeline, Gpu, PipelineKey};
+
+    pub(super) struct Job {
+        pub(super) gpu: Gpu,
+        pub(super) key: PipelineKey,
+        pub(super) cached: Arc<CachedPipeline>,
+        pub(super) handle: std::thread::JoinHandle<Result<wgpu::ComputePipeline, String>>,
+    }
+
+    thread_local! {
+        static JOBS: RefCell<Option<Vec<Job>>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn active() -> bool {
+        JOBS.with(|j| j.borrow().is_some())
+    }
+
+    pub(super) fn push(job: Job) {
+        JOBS.with(|j| j.borrow_mut().get_or_insert_with(Vec::new).push(job));
+    }
+
+    /// Starts collecting; returns what an enclosing call collected, for [`end`].
+    pub(super) fn begin() -> Option<Vec<Job>> {
+        JOBS.with(|j| j.replace(Some(Vec::new())))
+    }
+
+    /// Stops collecting (restoring the enclosing call's jobs); returns this call's.
+    pub(super) fn end(outer: Option<Vec<Job>>) -> Vec<Job> {
+        JOBS.with(|j| j.replace(outer)).unwrap_or_default()
     }
 }

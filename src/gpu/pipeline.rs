@@ -168,9 +168,39 @@ impl PipelineKey {
 /// A compiled pipeline with the layout its bind groups must use.
 #[derive(Debug)]
 pub struct CachedPipeline {
-    pub pipeline: wgpu::ComputePipeline,
+    /// Set when compiled: at once, or by [`crate::gpu::Gpu::build_together`] before it
+    /// returns for the pipelines it compiled on other threads.
+    pub(crate) compiled: std::sync::OnceLock<wgpu::ComputePipeline>,
     pub layout: wgpu::BindGroupLayout,
     pub label: String,
+}
+
+impl CachedPipeline {
+    pub(crate) fn new(
+        pipeline: Option<wgpu::ComputePipeline>,
+        layout: wgpu::BindGroupLayout,
+        label: String,
+    ) -> Self {
+        let compiled = std::sync::OnceLock::new();
+        if let Some(p) = pipeline {
+            let _ = compiled.set(p);
+        }
+        Self {
+            compiled,
+            layout,
+            label,
+        }
+    }
+
+    /// The compiled pipeline. Every pipeline [`crate::gpu::Gpu::pipeline`] returns is
+    /// compiled, but for those asked for inside [`crate::gpu::Gpu::build_together`],
+    /// which are compiled when it returns: what is recorded inside may be replayed only
+    /// after it returned Ok.
+    pub fn pipeline(&self) -> &wgpu::ComputePipeline {
+        self.compiled
+            .get()
+            .expect("a pipeline built together is used only after build_together returned Ok")
+    }
 }
 
 #[derive(Debug, Default)]

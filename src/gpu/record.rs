@@ -35,7 +35,7 @@ impl Record for wgpu::ComputePass<'_> {
         grid: glam::UVec3,
         _bytes: u64,
     ) {
-        self.set_pipeline(&pipeline.pipeline);
+        self.set_pipeline(pipeline.pipeline());
         self.set_bind_group(0, &bind_group, &[]);
         self.dispatch_workgroups(grid.x, grid.y, grid.z);
     }
@@ -54,7 +54,7 @@ pub(super) struct Dispatch {
 
 impl Dispatch {
     pub(super) fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
-        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_pipeline(self.pipeline.pipeline());
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(self.grid.x, self.grid.y, self.grid.z);
     }

@@ -40,6 +40,53 @@ fn bad_pipeline_is_a_typed_error_not_a_panic() {
 }
 
 #[test]
+fn pipelines_built_together_are_compiled_when_it_returns_and_errors_name_them() {
+    for gpu in test_gpus() {
+        let bindings = COPY_BINDINGS;
+        let keys: Vec<PipelineKey> = [32, 96, 160]
+            .map(|wg| PipelineKey::new(Shader::Copy, "copy_vec4").with("COPY_WG", wg))
+            .into();
+        let built = gpu
+            .build_together(|| -> Result<Vec<Arc<CachedPipeline>>> {
+                keys.iter().map(|k| gpu.pipeline(k, &bindings)).collect()
+            })
+            .unwrap();
+        for (key, p) in keys.iter().zip(&built) {
+            assert!(
+                p.compiled.get().is_some(),
+                "{} on {}",
+                p.label,
+                gpu.describe()
+            );
+            assert!(Arc::ptr_eq(p, &gpu.pipeline(key, &bindings).unwrap()));
+        }
+        // A pipeline that fails on its thread fails the call, naming it, and is not kept;
+        // the others asked for beside it are compiled.
+        let bad = PipelineKey::new(Shader::Copy, "copy_vec4").with("COPY_WG", 0);
+        let good = PipelineKey::new(Shader::Copy, "copy_vec4").with("COPY_WG", 224);
+        let err = gpu
+            .build_together(|| -> Result<()> {
+                gpu.pipeline(&bad, &bindings)?;
+                gpu.pipeline(&good, &bindings)?;
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(matches!(err, GpuError::ShaderCompile { .. }), "{err}");
+        assert!(err.to_string().contains("copy_vec4"), "{err}");
+        assert!(gpu.pipeline_keys().iter().all(|k| k != &bad));
+        assert!(
+            gpu.pipeline(&good, &bindings)
+                .unwrap()
+                .compiled
+                .get()
+                .is_some()
+        );
+        assert!(gpu.pipeline(&bad, &bindings).is_err());
+        gpu.check().unwrap();
+    }
+}
+
+#[test]
 fn limits_are_checked_before_the_gpu_sees_them() {
     let Some(gpu) = test_gpus().into_iter().next() else {
         return;

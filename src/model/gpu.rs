@@ -1315,6 +1315,24 @@ impl GpuDecoder {
                 self.shape.max_pos
             )));
         }
+        // The pipelines compile side by side (Gpu::build_together); on an error nothing
+        // recorded here is kept.
+        let gpu = self.gpu.clone();
+        let built = gpu.build_together(|| self.record_prepared(prompts, sampling));
+        if built.is_err() {
+            self.plan = None;
+        }
+        built
+    }
+
+    /// [`GpuDecoder::prepare`]'s recording of checked `prompts`.
+    fn record_prepared(
+        &mut self,
+        prompts: &[usize],
+        sampling: &SamplingParams,
+    ) -> Result<(), ModelError> {
+        let n = prompts.len();
+        let longest = prompts.iter().copied().max().unwrap_or(1);
         let zeros = vec![0u32; longest];
         let batch: Vec<(usize, &[u32])> = prompts
             .iter()
