@@ -1318,21 +1318,21 @@ impl GpuDecoder {
         // The pipelines compile side by side (Gpu::build_together); on an error nothing
         // recorded here is kept.
         let gpu = self.gpu.clone();
-        let built = gpu.build_together(|| self.record_prepared(prompts, sampling));
+        let built = gpu.build_together(|| self.record_prepared(prompts, longest, sampling));
         if built.is_err() {
             self.plan = None;
         }
         built
     }
 
-    /// [`GpuDecoder::prepare`]'s recording of checked `prompts`.
+    /// [`GpuDecoder::prepare`]'s recording of checked `prompts`, the longest `longest`.
     fn record_prepared(
         &mut self,
         prompts: &[usize],
+        longest: usize,
         sampling: &SamplingParams,
     ) -> Result<(), ModelError> {
         let n = prompts.len();
-        let longest = prompts.iter().copied().max().unwrap_or(1);
         let zeros = vec![0u32; longest];
         let batch: Vec<(usize, &[u32])> = prompts
             .iter()

@@ -13,8 +13,9 @@ use crate::gpu::{Gpu, GpuBuffer, GpuError, MemoryCategory, PipelineKey, Record, 
 /// attention.wgsl.
 const MAX_ACC: usize = 8;
 /// The same for attend_rows (`MAX_ROW_ACC` in attention.wgsl), whose invocations hold a
-/// slice of Q as well. Prefill attention of 4 sequences x 1,015 tokens on lavapipe: 16
-/// pairs took 0.82-0.85x the time of 8 at head_dims 32, 64, 128 and 256; 32 took 1.4x.
+/// slice of Q as well: head_dim 256's slices (others take PREFILL_SLICE_PAIRS). With one
+/// row an invocation, prefill attention of 4 sequences x 1,015 tokens on lavapipe took
+/// 0.82-0.85x the time with 16 pairs as with 8 at head_dims 32 to 256; 32 took 1.4x.
 const MAX_ROW_ACC: usize = 16;
 /// Rows of the tile one attend_rows invocation takes (`LANE_ROWS` in attention.wgsl, which
 /// writes them out as two quads): each key and value word it loads serves them all.
