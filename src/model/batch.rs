@@ -154,16 +154,17 @@ impl Batcher {
         })
     }
 
-    /// Builds in `dec` the kernels a lone request runs ([`Decoder::prepare`]): the
-    /// prefill of a prompt of [`WARM_UP_PROMPT`] tokens (or the context less one) and
-    /// one-row decode chunks, so a server's first request does not wait for their
-    /// compilation. Prompts at least that long (in one prefill step) take the same
-    /// kernels, but for prefill attention on lavapipe and llvmpipe in steps of 128 rows
-    /// or more (`attend_rows`); shorter ones may take variants sized to their rows (the
-    /// GEMV up to [`GEMV_MAX_ROWS`] rows, the Walsh–Hadamard transform's lines per
-    /// workgroup), built the first time they come, as are the decode chunks of several
-    /// requests.
+    /// Tells `dec` that its kernels will serve many requests ([`Decoder::set_many_runs`]:
+    /// kernels picked by run time alone, their compile paid here once) and builds the
+    /// kernels a lone request runs ([`Decoder::prepare`]): the prefill of a prompt of
+    /// [`WARM_UP_PROMPT`] tokens (or the context less one) and one-row decode chunks, so
+    /// a server's first request does not wait for their compilation. Prompts at least
+    /// that long (in one prefill step) take the same kernels; shorter ones may take
+    /// variants sized to their rows (the GEMV up to [`GEMV_MAX_ROWS`] rows, the
+    /// Walsh–Hadamard transform's lines per workgroup), built the first time they come,
+    /// as are the decode chunks of several requests.
     pub fn prepare(&self, dec: &mut dyn Decoder) -> Result<(), ModelError> {
+        dec.set_many_runs(true);
         let prompt = WARM_UP_PROMPT.min(self.context.saturating_sub(1)).max(1);
         dec.prepare(&[prompt], &SamplingParams::greedy())
     }

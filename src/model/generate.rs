@@ -71,6 +71,11 @@ pub trait Decoder {
     ) -> Result<(), ModelError> {
         Ok(())
     }
+    /// Says whether the kernels this decoder builds will serve many generations (a
+    /// server), so that a kernel's compile pays back whatever it saves: the GPU decoder
+    /// then picks them by run time alone ([`GpuDecoder::set_many_runs`]). Call before
+    /// [`Decoder::prepare`]. Nothing to do on the CPU.
+    fn set_many_runs(&mut self, _on: bool) {}
     /// GPU memory accounting, where there is a GPU.
     fn memory(&self) -> Option<MemoryReport> {
         None
@@ -133,6 +138,9 @@ impl Decoder for GpuDecoder {
     }
     fn prepare(&mut self, prompts: &[usize], sampling: &SamplingParams) -> Result<(), ModelError> {
         GpuDecoder::prepare(self, prompts, sampling)
+    }
+    fn set_many_runs(&mut self, on: bool) {
+        GpuDecoder::set_many_runs(self, on)
     }
     fn memory(&self) -> Option<MemoryReport> {
         Some(self.gpu().memory().report())

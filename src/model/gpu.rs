@@ -1069,11 +1069,25 @@ impl GpuDecoder {
         }
     }
 
+    /// Says whether the kernels built from now on will run for many generations (a
+    /// server): then kernels are picked by run time alone, their compile paid once. On
+    /// lavapipe and llvmpipe every prefill step takes attention's `attend_rows`, which by
+    /// default only steps of 128 rows or more do, since it compiles in about ten times
+    /// the time of the decode tile that shorter steps take
+    /// ([`Attention::set_many_runs`]; the shipped Hadamard model's 120-token prefill:
+    /// 36-37 against 65-67 ms). Default false.
+    pub fn set_many_runs(&mut self, on: bool) {
+        self.attention.set_many_runs(on);
+        self.plan = None;
+    }
+
     /// Sets the keys per chunk of the split decode (by default sized to the adapter,
     /// [`attention::decode_chunk_for`]): lets tests take the split path with short
     /// contexts on adapters that would not split them.
     pub fn set_decode_chunk(&mut self, keys: usize) -> Result<(), ModelError> {
+        let many_runs = self.attention.many_runs();
         self.attention = Attention::new(&self.gpu)?.with_decode_chunk(keys)?;
+        self.attention.set_many_runs(many_runs);
         self.plan = None;
         Ok(())
     }

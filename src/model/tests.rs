@@ -180,6 +180,11 @@ fn a_batcher_prepares_the_kernels_of_a_lone_request() {
             batcher.prepare(&mut dec).unwrap();
             let built = gpu.pipeline_keys();
             assert!(built.len() > before, "{attn:?}: the warm-up built nothing");
+            // Its kernels run many times: prefill attention on lavapipe and llvmpipe takes
+            // attend_rows for the warm-up's 64 rows (a one-off generation, under 128 rows,
+            // the decode tile).
+            let rows_kernel = built.iter().any(|k| k.entry == "attend_rows");
+            assert_eq!(rows_kernel, gpu.favours_registers(), "{}", gpu.describe());
             let request = Request {
                 prompt: prompt(70, 3),
                 max_tokens: 7,
@@ -235,6 +240,16 @@ fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
                 got,
                 want,
                 "{attn:?}/{query:?} split decode on {}",
+                gpu.describe()
+            );
+            // A server's choice: prefill by run time alone (on lavapipe and llvmpipe,
+            // attend_rows for these 9 rows, where a one-off generation takes the decode tile).
+            dec.set_many_runs(true);
+            let got = run(&mut dec, &prompts, 24, SamplingParams::greedy());
+            assert_eq!(
+                got,
+                want,
+                "{attn:?}/{query:?} many runs on {}",
                 gpu.describe()
             );
         }

@@ -37,6 +37,10 @@ const _: () = assert!(PREFILL_SLICE_PAIRS <= MAX_ROW_ACC);
 /// so below about 300 rows the decode tile's compile and run together take less; 128
 /// keeps bigger models (attention grows with layers and heads, the compile does not)
 /// on the right side, and the shipped models (context 128) from compiling attend_rows.
+/// Where the compile is paid once for many runs ([`Attention::set_many_runs`]: a
+/// server), every prefill step takes attend_rows: it ran faster at every size measured
+/// (the shipped Hadamard model, 8 to 120 rows: 0.31 against 0.77 ms at 8, 7.3 against
+/// 36 ms at 120).
 const SHORT_PREFILL_ROWS: usize = 128;
 /// Invocations per attend workgroup; passed as `WG`.
 const ATTEND_WORKGROUP: usize = 64;
@@ -183,8 +187,9 @@ impl AttnTile {
     /// SHORT_PREFILL_ROWS rows there the direct decode tile, row by row, whose pipeline
     /// compiles in a tenth of the time; else [`Self::prefill`] within the device's limit
     /// (SwiftShader: the direct tile took 1.32x the staged one's time).
-    pub(super) fn prefill_on(gpu: &Gpu, head_dim: usize, rows: usize) -> Self {
-        if gpu.favours_registers() && rows < SHORT_PREFILL_ROWS {
+    /// With `many_runs` (the compile paid once for many prefills) no step is short.
+    pub(super) fn prefill_on(gpu: &Gpu, head_dim: usize, rows: usize, many_runs: bool) -> Self {
+        if gpu.favours_registers() && rows < SHORT_PREFILL_ROWS && !many_runs {
             Self::direct_decode(head_dim)
         } else if gpu.favours_registers() {
             Self::direct_prefill(head_dim)
@@ -255,6 +260,19 @@ impl Attention {
     pub fn with_tile(mut self, tile: AttendTile) -> Self {
         self.tile = tile;
         self
+    }
+
+    /// Whether the kernels this builds will run many times (a server), so that a kernel's
+    /// compile pays back whatever the step: then prefill on lavapipe and llvmpipe takes
+    /// `attend_rows` at every size, where by default steps under SHORT_PREFILL_ROWS rows
+    /// take the decode tile, which compiles in a tenth of the time. Default false.
+    pub fn set_many_runs(&mut self, on: bool) {
+        self.many_runs = on;
+    }
+
+    /// What [`Attention::set_many_runs`] set.
+    pub fn many_runs(&self) -> bool {
+        self.many_runs
     }
 }
 

@@ -292,6 +292,8 @@ pub struct Attention {
     decode_chunk: usize,
     /// How attend reads the keys and values.
     tile: AttendTile,
+    /// Kernels built now run many times: see [`Attention::set_many_runs`].
+    many_runs: bool,
 }
 
 impl Attention {
@@ -303,6 +305,7 @@ impl Attention {
             partials: Mutex::new(None),
             decode_chunk: DECODE_CHUNK,
             tile: AttendTile::Auto,
+            many_runs: false,
         })
     }
 

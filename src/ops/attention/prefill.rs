@@ -20,7 +20,9 @@ impl Attention {
             return Ok(());
         }
         let tile = match self.tile {
-            AttendTile::Auto => AttnTile::prefill_on(&self.gpu, shape.head_dim, rows.len()),
+            AttendTile::Auto => {
+                AttnTile::prefill_on(&self.gpu, shape.head_dim, rows.len(), self.many_runs)
+            }
             AttendTile::Staged => AttnTile::prefill(shape.head_dim, tile_elems(&self.gpu)),
             AttendTile::Direct => AttnTile::direct_prefill(shape.head_dim),
         };
@@ -64,10 +66,12 @@ mod tests {
     fn short_prefill_on_cpu_adapters_takes_the_decode_tile_and_matches_reference() {
         let rows = runs(&[(2, 0, 37), (0, 0, 1), (1, 0, 7)]);
         for gpu in crate::gpu::testing::test_gpus() {
-            // The tile Auto takes: row by row below SHORT_PREFILL_ROWS on a CPU adapter.
-            let (short, long) = (
-                AttnTile::prefill_on(&gpu, 64, rows.len()),
-                AttnTile::prefill_on(&gpu, 64, 128),
+            // The tile Auto takes: row by row below SHORT_PREFILL_ROWS on a CPU adapter,
+            // unless its kernels run many times.
+            let (short, long, many) = (
+                AttnTile::prefill_on(&gpu, 64, rows.len(), false),
+                AttnTile::prefill_on(&gpu, 64, 128, false),
+                AttnTile::prefill_on(&gpu, 64, rows.len(), true),
             );
             if gpu.favours_registers() {
                 assert_eq!(short, AttnTile::direct_decode(64), "{}", gpu.describe());
@@ -75,6 +79,7 @@ mod tests {
             } else {
                 assert_eq!(short, long, "{}", gpu.describe());
             }
+            assert_eq!(many, long, "{}", gpu.describe());
             let attn = Attention::new(&gpu).unwrap();
             for head_dim in [24, 64] {
                 let shape = AttnShape {
