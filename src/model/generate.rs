@@ -59,8 +59,21 @@ pub trait Decoder {
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<Chunk, ModelError>;
-    /// The tokens of a started chunk, step by step (`[steps, seqs]` flattened).
+    /// The tokens of a started chunk, step by step (`[steps, seqs]` flattened), or of a
+    /// started step ([`Decoder::start_step`]), one per entry of its batch.
     fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>>;
+    /// [`Decoder::step`] without waiting for its tokens, where the device can run ahead:
+    /// decode chunks started after it continue from the tokens it samples, and
+    /// [`Decoder::finish_decode`] collects them. None where the decoder cannot: the
+    /// caller awaits `step` instead.
+    fn start_step(
+        &mut self,
+        _batch: &[(usize, &[u32])],
+        _sampling: &SamplingParams,
+        _draws: &[f32],
+    ) -> Option<Result<Chunk, ModelError>> {
+        None
+    }
     /// Builds what a generation from prompts of these lengths (sequences 0, 1, ...) will
     /// run, changing no sequence: the GPU decoder compiles its prefill and decode
     /// pipelines here, so that the timed steps do not. Nothing to do on the CPU.
@@ -135,6 +148,14 @@ impl Decoder for GpuDecoder {
             Chunk::Gpu(c) => Box::pin(GpuDecoder::finish_decode(self, c)),
             Chunk::Ready(tokens) => Box::pin(std::future::ready(Ok(tokens))),
         }
+    }
+    fn start_step(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Option<Result<Chunk, ModelError>> {
+        Some(GpuDecoder::start_sample(self, batch, sampling, draws).map(Chunk::Gpu))
     }
     fn prepare(&mut self, prompts: &[usize], sampling: &SamplingParams) -> Result<(), ModelError> {
         GpuDecoder::prepare(self, prompts, sampling)
@@ -355,8 +376,28 @@ const FIRST_CHUNK: usize = 4;
 /// Chunks stop growing once one takes this long, so tokens keep streaming steadily on
 /// slow devices.
 const CHUNK_TARGET: Duration = Duration::from_millis(250);
-/// Chunks in flight at once: the device runs one while the host reads the other.
+/// Chunks in flight at once (besides a started host-fed step): the device runs one while
+/// the host reads the other.
 const CHUNKS_IN_FLIGHT: usize = 2;
+
+/// What a submission in flight in [`generate_async`] is.
+enum Flight {
+    /// A decode chunk of this many steps.
+    Chunk(usize),
+    /// A host-fed step ([`Decoder::start_step`]): the prefill or not, and when it started.
+    Step { prefill: bool, since: Instant },
+}
+
+impl Flight {
+    /// Decode steps it adds to each sequence's cache once read (a step's tokens were
+    /// counted when it was fed).
+    fn steps(&self) -> usize {
+        match self {
+            Flight::Chunk(steps) => *steps,
+            Flight::Step { .. } => 0,
+        }
+    }
+}
 
 impl GenerateOptions {
     /// `max_tokens` new tokens per prompt, drawn with `sampling`, in chunks of up to
@@ -535,8 +576,8 @@ pub async fn generate_async(
     decoder.prepare(&lengths, &options.sampling)?;
     stats.prepare_seconds = prepared.elapsed().as_secs_f64();
     let mut cached: Vec<usize> = vec![0; seqs];
-    // Decode time is the wall clock from the end of the prefill to the last token: with
-    // chunks in flight, device and host work overlap.
+    // Decode time is the wall clock from the end of the prefill (its token read back) to
+    // the last token: with chunks in flight, device and host work overlap.
     let mut decode_begin = None;
     // Device work of the decode steps: counters after the prefill, and tokens submitted
     // since (chunks dropped by a stop included: their work was done too).
@@ -546,16 +587,17 @@ pub async fn generate_async(
     let mut submitted = 0;
     // Every chunk decodes all the sequences, row r being sequence r.
     let rows: Vec<usize> = (0..seqs).collect();
-    let mut in_flight: VecDeque<(Chunk, usize)> = VecDeque::new();
+    let mut in_flight: VecDeque<(Chunk, Flight)> = VecDeque::new();
     let mut chunk_steps = FIRST_CHUNK.min(options.max_chunk);
     while submitted < options.max_tokens || !in_flight.is_empty() {
         // Keep the device busy: start chunks while no sequence's context is full.
         let room = context - cached.iter().copied().max().unwrap_or(0);
         loop {
-            let planned: usize = in_flight.iter().map(|(_, n)| n).sum();
+            let planned: usize = in_flight.iter().map(|(_, f)| f.steps()).sum();
+            let chunks = in_flight.iter().filter(|(_, f)| f.steps() > 0).count();
             if submitted == 0
                 || submitted >= options.max_tokens
-                || in_flight.len() >= CHUNKS_IN_FLIGHT
+                || chunks >= CHUNKS_IN_FLIGHT
                 || planned >= room
             {
                 break;
@@ -568,28 +610,39 @@ pub async fn generate_async(
             let draws: Vec<f32> = (0..steps * seqs).map(|_| rng.next_unit()).collect();
             in_flight.push_back((
                 decoder.start_decode(&rows, &options.sampling, &draws)?,
-                steps,
+                Flight::Chunk(steps),
             ));
             submitted += steps;
             decode_submitted += steps * seqs;
         }
         let started = Instant::now();
-        if let Some((chunk, steps)) = in_flight.pop_front() {
+        // A host-fed step's tokens, whether it was awaited or started: (tokens, whether it
+        // was the prefill, when it started).
+        let mut step_tokens: Option<(Vec<u32>, bool, Instant)> = None;
+        if let Some((chunk, flight)) = in_flight.pop_front() {
             let tokens = decoder.finish_decode(chunk).await?;
-            let took = started.elapsed();
-            cached.iter_mut().for_each(|c| *c += steps);
-            stats.decode_chunks += 1;
-            for step in tokens.chunks(seqs) {
-                run.emit(step, &mut on_token);
-                if run.stopped {
-                    break;
+            match flight {
+                Flight::Step { prefill, since } => step_tokens = Some((tokens, prefill, since)),
+                Flight::Chunk(steps) => {
+                    let took = started.elapsed();
+                    cached.iter_mut().for_each(|c| *c += steps);
+                    stats.decode_chunks += 1;
+                    for step in tokens.chunks(seqs) {
+                        run.emit(step, &mut on_token);
+                        if run.stopped {
+                            break;
+                        }
+                    }
+                    if took < CHUNK_TARGET {
+                        chunk_steps = (chunk_steps * 2).min(options.max_chunk);
+                    }
                 }
             }
-            if took < CHUNK_TARGET {
-                chunk_steps = (chunk_steps * 2).min(options.max_chunk);
-            }
         } else {
-            // The prefill, or a sequence's context is full: a step the host feeds.
+            // The prefill, or a sequence's context is full: a step the host feeds. Where
+            // the decoder can, it is started and the next chunks follow it at once (they
+            // take its tokens on the device), so that a slow readback (a browser that maps
+            // buffers on a timer) does not leave the device idle; else it is awaited.
             let mut batch: Vec<(usize, &[u32])> = Vec::with_capacity(seqs);
             for (s, h) in run.history.iter().enumerate() {
                 let feed = if submitted == 0 {
@@ -605,16 +658,32 @@ pub async fn generate_async(
                 batch.push((s, feed));
             }
             let draws: Vec<f32> = batch.iter().map(|_| rng.next_unit()).collect();
-            let next = decoder.step(&batch, &options.sampling, &draws).await?;
-            let took = started.elapsed();
-            if submitted == 0 {
-                stats.prefill_seconds = took.as_secs_f64();
+            let prefill = submitted == 0;
+            match decoder.start_step(&batch, &options.sampling, &draws) {
+                Some(chunk) => {
+                    let flight = Flight::Step {
+                        prefill,
+                        since: started,
+                    };
+                    in_flight.push_back((chunk?, flight));
+                }
+                None => {
+                    let next = decoder.step(&batch, &options.sampling, &draws).await?;
+                    step_tokens = Some((next, prefill, started));
+                }
+            }
+            if prefill {
                 decode_start = decoder.counters();
-                decode_begin = Some(Instant::now());
             } else {
                 decode_submitted += seqs;
             }
             submitted += 1;
+        }
+        if let Some((next, prefill, since)) = step_tokens {
+            if prefill {
+                stats.prefill_seconds = since.elapsed().as_secs_f64();
+                decode_begin = Some(Instant::now());
+            }
             run.emit(&next, &mut on_token);
         }
         if run.stopped {

@@ -396,7 +396,8 @@ struct DecodePlan {
     steps: usize,
 }
 
-/// A decode chunk submitted by [`GpuDecoder::start_decode`].
+/// A decode chunk submitted by [`GpuDecoder::start_decode`], or a sampling step by
+/// [`GpuDecoder::start_sample`].
 pub struct PendingChunk {
     read: PendingRead,
     /// Each row's sequence and that sequence's version after the chunk.
@@ -1276,6 +1277,21 @@ impl GpuDecoder {
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<Vec<u32>, ModelError> {
+        let pending = self.start_sample(batch, sampling, draws)?;
+        self.finish_decode(pending).await
+    }
+
+    /// Submits [`GpuDecoder::forward_sample`]'s step and returns without waiting, as
+    /// [`GpuDecoder::start_decode`] does a chunk: its tokens (one per entry of `batch`)
+    /// come from [`GpuDecoder::finish_decode`], and decode chunks started meanwhile
+    /// continue from them on the GPU. Where a readback takes long (a browser that maps
+    /// buffers on a timer), the device works on those chunks instead of waiting.
+    pub fn start_sample(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Result<PendingChunk, ModelError> {
         super::generate::check_step(sampling, batch.len(), draws.len())?;
         let mut layout = self.layout(batch)?;
         let last: Vec<(usize, &[u32])>;
@@ -1293,15 +1309,15 @@ impl GpuDecoder {
         }
         let encoder = self.host_step(batch, &layout, StepEnd::Sample(sampling, draws))?;
         let acts = self.acts.as_ref().expect("reserved by host_step");
-        let bytes = self
+        let read = self
             .gpu
-            .finish_and_read(encoder, acts.sampled.buffer(), 4 * batch.len() as u64)
-            .await?;
-        let tokens: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
-        for (&(seq, _), &t) in batch.iter().zip(&tokens) {
-            self.note_read_back(seq, self.versions[seq], t);
-        }
-        Ok(tokens)
+            .submit_read(encoder, acts.sampled.buffer(), 4 * batch.len() as u64)?;
+        // host_step moved each sequence to its version after the step.
+        let rows = batch
+            .iter()
+            .map(|&(seq, _)| (seq, self.versions[seq]))
+            .collect();
+        Ok(PendingChunk { read, rows })
     }
 
     /// Builds what a generation of `prompts` (tokens per sequence, sequences 0, 1, ...)
@@ -1533,7 +1549,8 @@ impl GpuDecoder {
     }
 
     /// Waits for a chunk from [`GpuDecoder::start_decode`] and returns its tokens, step by
-    /// step (`[steps, seqs]` flattened).
+    /// step (`[steps, seqs]` flattened), or for a step from [`GpuDecoder::start_sample`]
+    /// and returns its tokens, one per entry of its batch.
     pub async fn finish_decode(&mut self, chunk: PendingChunk) -> Result<Vec<u32>, ModelError> {
         let seqs = chunk.rows.len();
         let bytes = self.gpu.wait_read(chunk.read).await?;

@@ -256,6 +256,37 @@ fn greedy_generation_is_identical_on_gpu_and_cpu_for_every_variant() {
     }
 }
 
+/// A started host-fed step (`Decoder::start_step`, as `generate` takes the prefill and a
+/// context slide) is followed by decode chunks before its tokens are read: they continue
+/// from its tokens on the GPU and give the tokens the awaited steps give on the CPU.
+#[test]
+fn chunks_started_before_a_started_step_is_read_continue_from_its_tokens() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 13, true);
+    let prompts = vec![prompt(9, 4), prompt(3, 5)];
+    let greedy = SamplingParams::greedy();
+    let mut cpu = CpuBatch::new(&m, 2, 32, KV).unwrap();
+    let want = run(&mut cpu, &prompts, 7, greedy);
+    for gpu in test_gpus() {
+        let mut dec = GpuDecoder::new(&gpu, &m, 2, 32, KV).unwrap();
+        let batch = [(0, &prompts[0][..]), (1, &prompts[1][..])];
+        let step = Decoder::start_step(&mut dec, &batch, &greedy, &[0.0; 2])
+            .expect("the GPU decoder starts steps")
+            .unwrap();
+        let chunks = [2, 4].map(|steps| {
+            Decoder::start_decode(&mut dec, &[0, 1], &greedy, &vec![0.0; 2 * steps]).unwrap()
+        });
+        let mut got = vec![Vec::new(); 2];
+        for chunk in std::iter::once(step).chain(chunks) {
+            let tokens = pollster::block_on(Decoder::finish_decode(&mut dec, chunk)).unwrap();
+            for step in tokens.chunks(2) {
+                got[0].push(step[0]);
+                got[1].push(step[1]);
+            }
+        }
+        assert_eq!(got, want, "{}", gpu.describe());
+    }
+}
+
 #[test]
 fn a_decoder_owns_its_device_and_runs_on_another_thread() {
     // A server's engine task keeps its decoder for as long as it runs: the decoder holds

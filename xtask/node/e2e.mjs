@@ -65,6 +65,12 @@ class Tab {
     page.on('pageerror', (e) => console.log(`page error: ${e.message ?? e}`));
   }
 
+  // Brings the tab to the front: a browser throttles the timers of a hidden tab, which
+  // the page's generation waits on (several builds' tabs in `ratio` mode).
+  front() {
+    return this.page.bringToFront();
+  }
+
   goto(url) {
     return this.page.goto(url);
   }
@@ -756,12 +762,14 @@ async function ratioMode(targets, prompt, tokens, runs, browsers) {
       }
       for (let i = 0; i <= runs; i++) {
         for (const t of tabs) {
+          await t.tab.front();
           const last = await generateIn(t.tab, prompt, tokens);
           if (i > 0) t.page.push(last.stats);
         }
       }
       for (let i = 0; i <= runs; i++) {
         for (const t of tabs.filter((x) => x.engineOnly)) {
+          await t.tab.front();
           const stats = await t.tab.eval(([p, n]) => window.walsh.engineOnly(p, n), [prompt, tokens]);
           if (i > 0) t.engine.push(stats);
         }
