@@ -594,7 +594,10 @@ pub async fn generate_async(
         let room = context - cached.iter().copied().max().unwrap_or(0);
         loop {
             let planned: usize = in_flight.iter().map(|(_, f)| f.steps()).sum();
-            let chunks = in_flight.iter().filter(|(_, f)| f.steps() > 0).count();
+            let chunks = in_flight
+                .iter()
+                .filter(|(_, f)| matches!(f, Flight::Chunk(_)))
+                .count();
             if submitted == 0
                 || submitted >= options.max_tokens
                 || chunks >= CHUNKS_IN_FLIGHT

@@ -1076,10 +1076,10 @@ impl GpuDecoder {
     /// default only steps of 128 rows or more do, since it compiles in about ten times
     /// the time of the decode tile that shorter steps take
     /// ([`Attention::set_many_runs`]; the shipped Hadamard model's 120-token prefill:
-    /// 36-37 against 65-67 ms). Default false.
+    /// 36-37 against 65-67 ms). Default false. Only prefill changes: the recorded decode
+    /// plan is kept.
     pub fn set_many_runs(&mut self, on: bool) {
         self.attention.set_many_runs(on);
-        self.plan = None;
     }
 
     /// Sets the keys per chunk of the split decode (by default sized to the adapter,

@@ -189,12 +189,12 @@ impl AttnTile {
     /// (SwiftShader: the direct tile took 1.32x the staged one's time).
     /// With `many_runs` (the compile paid once for many prefills) no step is short.
     pub(super) fn prefill_on(gpu: &Gpu, head_dim: usize, rows: usize, many_runs: bool) -> Self {
-        if gpu.favours_registers() && rows < SHORT_PREFILL_ROWS && !many_runs {
-            Self::direct_decode(head_dim)
-        } else if gpu.favours_registers() {
-            Self::direct_prefill(head_dim)
-        } else {
+        if !gpu.favours_registers() {
             Self::prefill(head_dim, tile_elems(gpu))
+        } else if rows < SHORT_PREFILL_ROWS && !many_runs {
+            Self::direct_decode(head_dim)
+        } else {
+            Self::direct_prefill(head_dim)
         }
     }
 
