@@ -66,13 +66,23 @@ pub trait Decoder {
     /// decode chunks started after it continue from the tokens it samples, and
     /// [`Decoder::finish_decode`] collects them. None where the decoder cannot: the
     /// caller awaits `step` instead.
+    ///
+    /// Where [`Decoder::takes_chunk_tokens`], entry i's last `from_chunk[i]` tokens may
+    /// be placeholders for the last tokens the latest decode chunk made for its sequence,
+    /// which the device takes itself: the step follows a chunk the host has not read yet.
+    /// An empty `from_chunk` takes none.
     fn start_step(
         &mut self,
         _batch: &[(usize, &[u32])],
+        _from_chunk: &[usize],
         _sampling: &SamplingParams,
         _draws: &[f32],
     ) -> Option<Result<Chunk, ModelError>> {
         None
+    }
+    /// Whether [`Decoder::start_step`] takes tokens from the latest decode chunk.
+    fn takes_chunk_tokens(&self) -> bool {
+        false
     }
     /// Builds what a generation from prompts of these lengths (sequences 0, 1, ...) will
     /// run, changing no sequence: the GPU decoder compiles its prefill and decode
@@ -152,10 +162,15 @@ impl Decoder for GpuDecoder {
     fn start_step(
         &mut self,
         batch: &[(usize, &[u32])],
+        from_chunk: &[usize],
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Option<Result<Chunk, ModelError>> {
-        Some(GpuDecoder::start_sample(self, batch, sampling, draws).map(Chunk::Gpu))
+        let started = self.start_sample_after_chunk(batch, from_chunk, sampling, draws);
+        Some(started.map(Chunk::Gpu))
+    }
+    fn takes_chunk_tokens(&self) -> bool {
+        true
     }
     fn prepare(&mut self, prompts: &[usize], sampling: &SamplingParams) -> Result<(), ModelError> {
         GpuDecoder::prepare(self, prompts, sampling)
@@ -388,17 +403,6 @@ enum Flight {
     Step { prefill: bool, since: Instant },
 }
 
-impl Flight {
-    /// Decode steps it adds to each sequence's cache once read (a step's tokens were
-    /// counted when it was fed).
-    fn steps(&self) -> usize {
-        match self {
-            Flight::Chunk(steps) => *steps,
-            Flight::Step { .. } => 0,
-        }
-    }
-}
-
 impl GenerateOptions {
     /// `max_tokens` new tokens per prompt, drawn with `sampling`, in chunks of up to
     /// [`DEFAULT_MAX_CHUNK`] decode steps.
@@ -575,6 +579,7 @@ pub async fn generate_async(
     }
     decoder.prepare(&lengths, &options.sampling)?;
     stats.prepare_seconds = prepared.elapsed().as_secs_f64();
+    // Tokens each sequence holds in the cache once the work submitted so far has run.
     let mut cached: Vec<usize> = vec![0; seqs];
     // Decode time is the wall clock from the end of the prefill (its token read back) to
     // the last token: with chunks in flight, device and host work overlap.
@@ -591,9 +596,8 @@ pub async fn generate_async(
     let mut chunk_steps = FIRST_CHUNK.min(options.max_chunk);
     while submitted < options.max_tokens || !in_flight.is_empty() {
         // Keep the device busy: start chunks while no sequence's context is full.
-        let room = context - cached.iter().copied().max().unwrap_or(0);
         loop {
-            let planned: usize = in_flight.iter().map(|(_, f)| f.steps()).sum();
+            let room = context - cached.iter().copied().max().unwrap_or(0);
             let chunks = in_flight
                 .iter()
                 .filter(|(_, f)| matches!(f, Flight::Chunk(_)))
@@ -601,13 +605,13 @@ pub async fn generate_async(
             if submitted == 0
                 || submitted >= options.max_tokens
                 || chunks >= CHUNKS_IN_FLIGHT
-                || planned >= room
+                || room == 0
             {
                 break;
             }
             let steps = chunk_steps
                 .min(options.max_tokens - submitted)
-                .min(room - planned)
+                .min(room)
                 .min(MAX_CHUNK_STEPS);
             // The draws of every step, in the order the step-by-step loop takes them.
             let draws: Vec<f32> = (0..steps * seqs).map(|_| rng.next_unit()).collect();
@@ -615,20 +619,40 @@ pub async fn generate_async(
                 decoder.start_decode(&rows, &options.sampling, &draws)?,
                 Flight::Chunk(steps),
             ));
+            cached.iter_mut().for_each(|c| *c += steps);
             submitted += steps;
             decode_submitted += steps * seqs;
         }
+        // A sequence's context is full and the chunk that filled it is all that is left to
+        // read: where the decoder takes that chunk's tokens itself, the step that slides
+        // the context follows it at once, before the host has its tokens (`unread` of
+        // them, per sequence, at the end of its history).
+        let unread = match in_flight.front() {
+            Some((_, Flight::Chunk(steps)))
+                if in_flight.len() == 1
+                    && submitted < options.max_tokens
+                    && cached.iter().any(|&c| c >= context)
+                    && decoder.takes_chunk_tokens() =>
+            {
+                *steps
+            }
+            _ => 0,
+        };
         let started = Instant::now();
         // A host-fed step's tokens, whether it was awaited or started: (tokens, whether it
         // was the prefill, when it started).
         let mut step_tokens: Option<(Vec<u32>, bool, Instant)> = None;
-        if let Some((chunk, flight)) = in_flight.pop_front() {
+        let next = if unread == 0 {
+            in_flight.pop_front()
+        } else {
+            None
+        };
+        if let Some((chunk, flight)) = next {
             let tokens = decoder.finish_decode(chunk).await?;
             match flight {
                 Flight::Step { prefill, since } => step_tokens = Some((tokens, prefill, since)),
-                Flight::Chunk(steps) => {
+                Flight::Chunk(_) => {
                     let took = started.elapsed();
-                    cached.iter_mut().for_each(|c| *c += steps);
                     stats.decode_chunks += 1;
                     for step in tokens.chunks(seqs) {
                         run.emit(step, &mut on_token);
@@ -646,29 +670,45 @@ pub async fn generate_async(
             // the decoder can, it is started and the next chunks follow it at once (they
             // take its tokens on the device), so that a slow readback (a browser that maps
             // buffers on a timer) does not leave the device idle; else it is awaited.
-            let mut batch: Vec<(usize, &[u32])> = Vec::with_capacity(seqs);
+            // Tokens of the unread chunk are placeholders the decoder fills on the device.
+            let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(seqs);
+            let mut from_chunk: Vec<usize> = Vec::with_capacity(seqs);
             for (s, h) in run.history.iter().enumerate() {
-                let feed = if submitted == 0 {
-                    &h[..]
+                let n = if submitted == 0 {
+                    h.len()
                 } else if cached[s] < context {
-                    &h[h.len() - 1..]
+                    1
                 } else {
                     decoder.reset_sequence(s);
                     cached[s] = 0;
-                    &h[h.len() - keep..]
+                    keep
                 };
-                cached[s] += feed.len();
-                batch.push((s, feed));
+                cached[s] += n;
+                // Its last n tokens: those the host has, then the unread chunk's.
+                let known = n.saturating_sub(unread);
+                let mut feed = h[h.len() - known..].to_vec();
+                feed.resize(n, 0);
+                feeds.push(feed);
+                from_chunk.push(n - known);
             }
+            if unread == 0 {
+                from_chunk.clear();
+            }
+            let batch: Vec<(usize, &[u32])> = feeds.iter().map(Vec::as_slice).enumerate().collect();
             let draws: Vec<f32> = batch.iter().map(|_| rng.next_unit()).collect();
             let prefill = submitted == 0;
-            match decoder.start_step(&batch, &options.sampling, &draws) {
+            match decoder.start_step(&batch, &from_chunk, &options.sampling, &draws) {
                 Some(chunk) => {
                     let flight = Flight::Step {
                         prefill,
                         since: started,
                     };
                     in_flight.push_back((chunk?, flight));
+                }
+                None if unread > 0 => {
+                    return Err(ModelError::Input(
+                        "the decoder takes a chunk's tokens but started no step".into(),
+                    ));
                 }
                 None => {
                     let next = decoder.step(&batch, &options.sampling, &draws).await?;

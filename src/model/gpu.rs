@@ -12,6 +12,8 @@
 //! input on the GPU, then one readback of the N tokens of each sequence. Replaying creates
 //! no buffers or bind groups, so the host's work per token is a few dozen calls.
 
+use std::collections::HashMap;
+
 use super::sizes::{BufferLimits, check_decoder_fits};
 use super::weights::{Model, Tensor, TensorData, stacked_format};
 use super::{AttnOutput, Config, ModelError, Query};
@@ -436,6 +438,19 @@ pub struct GpuDecoder {
     /// Per sequence, its next token as read back by the host, with the version it belongs
     /// to: a decode chunk can continue a sequence whose slot in `sampled` was reused.
     read_back: Vec<Option<(u64, u32)>>,
+    /// The sequences of the latest decode chunk's rows and its steps: what `acts.log`
+    /// holds, which a host-fed step may take tokens from ([`GpuDecoder::start_sample`]).
+    last_chunk: Option<(Vec<usize>, usize)>,
+}
+
+/// A token of a host-fed step that the latest decode chunk made: the row at (sequence,
+/// position) takes the chunk's log word `log` (step s, row r: s x rows + r), copied on the
+/// GPU before the step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LogToken {
+    seq: u32,
+    pos: u32,
+    log: u32,
 }
 
 /// What a host-fed step records after its layers.
@@ -566,6 +581,7 @@ impl GpuDecoder {
             sampled_seqs: Vec::new(),
             versions: vec![0; max_seqs],
             read_back: vec![None; max_seqs],
+            last_chunk: None,
             config,
         })
     }
@@ -697,17 +713,21 @@ impl GpuDecoder {
     fn reserve(&mut self, rows: usize) -> Result<(), ModelError> {
         if self.acts.as_ref().is_none_or(|a| a.capacity < rows) {
             self.plan = None;
-            // `sampled` goes with the old buffers: what the host read back remains.
+            // `sampled` goes with the old buffers: what the host read back remains. The
+            // latest chunk's log is copied over: a host-fed step may take tokens from it.
             self.sampled_seqs.clear();
-            self.acts = None; // free the old buffers first
+            let log = self.acts.take().map(|a| a.log.buffer().clone()); // frees the rest
             // Room for a decode step's 16 rows, where a binding takes them.
             let capacity = rows.max(16.min(self.max_step_rows()));
-            self.acts = Some(Activations::new(
-                &self.gpu,
-                &self.config,
-                capacity,
-                self.shape.max_seqs,
-            )?);
+            let acts = Activations::new(&self.gpu, &self.config, capacity, self.shape.max_seqs);
+            let acts = self
+                .acts
+                .insert(acts.inspect_err(|_| self.last_chunk = None)?);
+            if let Some(old) = log.filter(|_| self.last_chunk.is_some()) {
+                let mut encoder = self.gpu.encoder("keep decode log");
+                encoder.copy_buffer_to_buffer(&old, 0, acts.log.buffer(), 0, old.size());
+                self.gpu.submit([encoder.finish()]);
+            }
         }
         Ok(())
     }
@@ -960,16 +980,39 @@ impl GpuDecoder {
     }
 
     /// Records and replays the forward pass of a host-fed step, with sampling when asked:
-    /// uploads the step's tokens and rows, and returns the encoder holding the pass.
+    /// uploads the step's tokens and rows, and returns the encoder holding the pass. The
+    /// rows `from_log` names take their tokens from the latest chunk's log instead.
     fn host_step(
         &mut self,
         batch: &[(usize, &[u32])],
         layout: &StepLayout,
         end: StepEnd,
+        from_log: &[LogToken],
     ) -> Result<wgpu::CommandEncoder, ModelError> {
         let rec = self.prepare_step(batch, layout, end)?;
         let decode = layout.spans.iter().all(|&(_, _, n)| n == 1);
         let mut encoder = self.gpu.encoder("step");
+        let acts = self.acts.as_ref().expect("reserved by prepare_step");
+        // (first row, first log word, words): runs of rows whose log words follow on.
+        let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+        if !from_log.is_empty() {
+            let words: HashMap<(u32, u32), u32> =
+                from_log.iter().map(|t| ((t.seq, t.pos), t.log)).collect();
+            for (row, at) in (0u32..).zip(&layout.table) {
+                let Some(&log) = words.get(at) else {
+                    continue;
+                };
+                match runs.last_mut() {
+                    Some((r, l, n)) if *r + *n == row && *l + *n == log => *n += 1,
+                    _ => runs.push((row, log, 1)),
+                }
+            }
+        }
+        for (row, log, words) in runs {
+            let (src, dst) = (acts.log.buffer(), acts.tokens.buffer());
+            let bytes = |w: u32| 4 * u64::from(w);
+            encoder.copy_buffer_to_buffer(src, bytes(log), dst, bytes(row), bytes(words));
+        }
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(if decode { "decode step" } else { "prefill" }),
@@ -1189,11 +1232,16 @@ impl GpuDecoder {
 
     /// Feeds `batch` (checked) in steps of at most [`GpuDecoder::max_step_rows`] rows,
     /// each submitted before the next is recorded (they share the activations); no
-    /// logits are computed, nothing is sampled or read back.
-    pub(super) fn feed(&mut self, batch: &[(usize, &[u32])]) -> Result<(), ModelError> {
+    /// logits are computed, nothing is sampled or read back. The rows `from_log` names
+    /// take their tokens from the latest chunk's log.
+    pub(super) fn feed(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        from_log: &[LogToken],
+    ) -> Result<(), ModelError> {
         for step in split_steps(batch, self.max_step_rows()) {
             let layout = self.layout(&step)?;
-            let encoder = self.host_step(&step, &layout, StepEnd::Feed)?;
+            let encoder = self.host_step(&step, &layout, StepEnd::Feed, from_log)?;
             self.gpu.submit([encoder.finish()]);
         }
         Ok(())
@@ -1221,7 +1269,7 @@ impl GpuDecoder {
             }
             return Ok(out);
         }
-        let encoder = self.host_step(batch, &layout, StepEnd::Logits)?;
+        let encoder = self.host_step(batch, &layout, StepEnd::Logits, &[])?;
         let vocab = self.config.vocab_size;
         let acts = self.acts.as_ref().expect("reserved by host_step");
         let rows = layout.rows;
@@ -1292,8 +1340,26 @@ impl GpuDecoder {
         sampling: &SamplingParams,
         draws: &[f32],
     ) -> Result<PendingChunk, ModelError> {
+        self.start_sample_after_chunk(batch, &[], sampling, draws)
+    }
+
+    /// [`GpuDecoder::start_sample`] of a batch whose entries end with tokens that the
+    /// latest decode chunk ([`GpuDecoder::start_decode`]) made, which the host need not
+    /// have read yet: entry i's last `from_chunk[i]` tokens (placeholders in `batch`, any
+    /// token of the vocabulary) are the chunk's last `from_chunk[i]` tokens of its
+    /// sequence, copied on the GPU before the step runs. An empty `from_chunk` takes none.
+    /// A context slide prefills a sequence's last tokens again this way while the chunk
+    /// that made them is still being read back.
+    pub fn start_sample_after_chunk(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        from_chunk: &[usize],
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Result<PendingChunk, ModelError> {
         super::generate::check_step(sampling, batch.len(), draws.len())?;
         let mut layout = self.layout(batch)?;
+        let from_log = self.log_tokens(batch, from_chunk)?;
         let last: Vec<(usize, &[u32])>;
         let mut batch = batch;
         if layout.rows > self.max_step_rows() {
@@ -1302,12 +1368,13 @@ impl GpuDecoder {
             let cut = |t: &[u32]| t.len().saturating_sub(1);
             let head: Vec<(usize, &[u32])> =
                 batch.iter().map(|&(s, t)| (s, &t[..cut(t)])).collect();
-            self.feed(&head)?;
+            self.feed(&head, &from_log)?;
             last = batch.iter().map(|&(s, t)| (s, &t[cut(t)..])).collect();
             batch = &last;
             layout = self.layout(batch)?;
         }
-        let encoder = self.host_step(batch, &layout, StepEnd::Sample(sampling, draws))?;
+        let end = StepEnd::Sample(sampling, draws);
+        let encoder = self.host_step(batch, &layout, end, &from_log)?;
         let acts = self.acts.as_ref().expect("reserved by host_step");
         let read = self
             .gpu
@@ -1318,6 +1385,52 @@ impl GpuDecoder {
             .map(|&(seq, _)| (seq, self.versions[seq]))
             .collect();
         Ok(PendingChunk { read, rows })
+    }
+
+    /// Where the last `from_chunk[i]` tokens of each entry of a checked `batch` come from
+    /// in the latest chunk's log.
+    fn log_tokens(
+        &self,
+        batch: &[(usize, &[u32])],
+        from_chunk: &[usize],
+    ) -> Result<Vec<LogToken>, ModelError> {
+        if from_chunk.is_empty() {
+            return Ok(Vec::new());
+        }
+        if from_chunk.len() != batch.len() {
+            return Err(ModelError::Input(format!(
+                "{} counts of tokens from the latest chunk for a step of {} sequences",
+                from_chunk.len(),
+                batch.len()
+            )));
+        }
+        let mut out = Vec::new();
+        for (&(seq, tokens), &n) in batch.iter().zip(from_chunk).filter(|(_, n)| **n > 0) {
+            let taken = || format!("sequence {seq} takes {n} of its tokens from the latest chunk");
+            let Some((rows, steps)) = &self.last_chunk else {
+                return Err(ModelError::Input(format!("{}, but none ran", taken())));
+            };
+            let Some(r) = rows.iter().position(|&s| s == seq) else {
+                return Err(ModelError::Input(format!(
+                    "{}, which it was not in",
+                    taken()
+                )));
+            };
+            if n > *steps || n > tokens.len() {
+                return Err(ModelError::Input(format!(
+                    "{}: that chunk made {steps} and the step feeds {}",
+                    taken(),
+                    tokens.len()
+                )));
+            }
+            let first = self.lengths[seq] + tokens.len() - n;
+            out.extend((0..n).map(|k| LogToken {
+                seq: seq as u32,
+                pos: (first + k) as u32,
+                log: ((steps - n + k) * rows.len() + r) as u32,
+            }));
+        }
+        Ok(out)
     }
 
     /// Builds what a generation of `prompts` (tokens per sequence, sequences 0, 1, ...)
@@ -1543,8 +1656,10 @@ impl GpuDecoder {
                 (s, self.versions[s])
             })
             .collect();
-        // After the chunk, slot r of `sampled` holds row r's sequence's next token.
+        // After the chunk, slot r of `sampled` holds row r's sequence's next token, and
+        // its log the chunk's tokens.
         self.sampled_seqs = rows.iter().map(|&(s, _)| Some(s)).collect();
+        self.last_chunk = Some((rows.iter().map(|&(s, _)| s).collect(), steps));
         Ok(PendingChunk { read, rows })
     }
 

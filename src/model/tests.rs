@@ -269,7 +269,7 @@ fn chunks_started_before_a_started_step_is_read_continue_from_its_tokens() {
     for gpu in test_gpus() {
         let mut dec = GpuDecoder::new(&gpu, &m, 2, 32, KV).unwrap();
         let batch = [(0, &prompts[0][..]), (1, &prompts[1][..])];
-        let step = Decoder::start_step(&mut dec, &batch, &greedy, &[0.0; 2])
+        let step = Decoder::start_step(&mut dec, &batch, &[], &greedy, &[0.0; 2])
             .expect("the GPU decoder starts steps")
             .unwrap();
         let chunks = [2, 4].map(|steps| {
@@ -284,6 +284,77 @@ fn chunks_started_before_a_started_step_is_read_continue_from_its_tokens() {
             }
         }
         assert_eq!(got, want, "{}", gpu.describe());
+    }
+}
+
+/// A step started after a decode chunk the host has not read (`Decoder::start_step` with
+/// `from_chunk`, as `generate` slides a full context) takes that chunk's last tokens on the
+/// GPU: its tokens, and the next chunk's, are the CPU's for the same tokens given by the
+/// host, also where the step needs more rows than the activations held (they are
+/// reallocated, the chunk's tokens kept). Counts the chunk cannot give are refused.
+#[test]
+fn a_step_after_an_unread_chunk_takes_its_tokens_on_the_gpu() {
+    let m = model(config(64, AttnOutput::Hadamard, Query::Dense), 17, true);
+    let prompts = [prompt(14, 4), prompt(3, 9)];
+    let greedy = SamplingParams::greedy();
+    let batch = [(0, &prompts[0][..]), (1, &prompts[1][..])];
+    // Sequence 0 restarts from its last `keep` tokens, the chunk's 5 among them; sequence
+    // 1 feeds the chunk's last token. 8 rows fit the prefill's activations (17 rows), 20
+    // do not.
+    for keep in [7, 19] {
+        let mut cpu = CpuBatch::new(&m, 2, 32, KV).unwrap();
+        let first = pollster::block_on(cpu.step(&batch, &greedy, &[0.0; 2])).unwrap();
+        let Chunk::Ready(chunk) = cpu.start_decode(&[0, 1], &greedy, &[0.0; 10]).unwrap() else {
+            unreachable!("the CPU computes chunks at once")
+        };
+        let mut history = prompts[0].clone();
+        history.push(first[0]);
+        history.extend(chunk.iter().step_by(2));
+        let tail = &history[history.len() - keep..];
+        cpu.reset_sequence(0);
+        let restart = [(0, tail), (1, &chunk[9..])];
+        let stepped = pollster::block_on(cpu.step(&restart, &greedy, &[0.0; 2])).unwrap();
+        let Chunk::Ready(after) = cpu.start_decode(&[0, 1], &greedy, &[0.0; 6]).unwrap() else {
+            unreachable!("the CPU computes chunks at once")
+        };
+        let want = [first, chunk.clone(), stepped, after];
+        for gpu in test_gpus() {
+            let mut dec = GpuDecoder::new(&gpu, &m, 2, 32, KV).unwrap();
+            let from_chunk = [5, 1];
+            let refused = Decoder::start_step(&mut dec, &restart, &from_chunk, &greedy, &[0.0; 2]);
+            let error = refused.unwrap().err().unwrap().to_string();
+            assert!(error.contains("none ran"), "{error}");
+            let mut started = vec![
+                Decoder::start_step(&mut dec, &batch, &[], &greedy, &[0.0; 2])
+                    .unwrap()
+                    .unwrap(),
+            ];
+            started.push(Decoder::start_decode(&mut dec, &[0, 1], &greedy, &[0.0; 10]).unwrap());
+            dec.reset_sequence(0);
+            // The host has only the tokens before the chunk; the rest are placeholders.
+            let mut feed = tail[..keep - 5].to_vec();
+            feed.resize(keep, 0);
+            let placeholders = [(0, &feed[..]), (1, &[0][..])];
+            for (bad, what) in [(&[6, 1][..], "made 5"), (&[5][..], "1 counts")] {
+                let refused = Decoder::start_step(&mut dec, &placeholders, bad, &greedy, &[0.0; 2]);
+                let error = refused.unwrap().err().unwrap().to_string();
+                assert!(error.contains(what), "{bad:?}: {error}");
+            }
+            let step =
+                Decoder::start_step(&mut dec, &placeholders, &from_chunk, &greedy, &[0.0; 2]);
+            started.push(step.unwrap().unwrap());
+            started.push(Decoder::start_decode(&mut dec, &[0, 1], &greedy, &[0.0; 6]).unwrap());
+            let got: Vec<Vec<u32>> = started
+                .into_iter()
+                .map(|c| pollster::block_on(Decoder::finish_decode(&mut dec, c)).unwrap())
+                .collect();
+            assert_eq!(
+                got,
+                want,
+                "restart from {keep} tokens on {}",
+                gpu.describe()
+            );
+        }
     }
 }
 
@@ -835,7 +906,7 @@ fn prefills_longer_than_the_activations_take_run_in_steps_that_fit() {
             if logits {
                 dec.forward_logits(&[(0, &rows)]).unwrap();
             } else {
-                dec.feed(&[(0, &rows)]).unwrap();
+                dec.feed(&[(0, &rows)], &[]).unwrap();
             }
             small_gpu.counters().snapshot().dispatches - before
         };
@@ -891,8 +962,25 @@ fn generation_past_the_context_slides_the_same_way_on_every_device() {
     assert_eq!(want[0][12], argmax);
     for gpu in test_gpus() {
         let mut dec = GpuDecoder::new(&gpu, &m, 2, 16, KV).unwrap();
-        let got = run(&mut dec, &prompts, 40, SamplingParams::greedy());
+        let mut recorded = ChunkRows::new(&mut dec);
+        let got = run(&mut recorded, &prompts, 40, SamplingParams::greedy());
         assert_eq!(got, want, "sliding context on {}", gpu.describe());
+        // The steps that slide follow the chunk that filled the context at once: they
+        // take its tokens on the GPU (a sequence restarting from its last 8 tokens takes
+        // up to 8, the other its last token), the host's readback not awaited.
+        let (prefill, slides) = recorded.from_chunk.split_first().unwrap();
+        assert!(
+            prefill.is_empty() && slides.len() >= 4,
+            "{:?}",
+            recorded.from_chunk
+        );
+        for taken in slides {
+            assert!(
+                taken.len() == 2 && taken.iter().all(|t| (1..=8).contains(t)),
+                "{:?}",
+                recorded.from_chunk
+            );
+        }
     }
 }
 
@@ -1512,12 +1600,25 @@ fn logits_do_not_depend_on_the_batch_up_to_sixteen_rows() {
     }
 }
 
-/// A decoder that records how many sequences each decode chunk it is given has, and the
-/// prompt lengths it is prepared for.
+/// A decoder that records how many sequences each decode chunk it is given has, the
+/// prompt lengths it is prepared for, and the tokens each started step takes from the
+/// latest chunk.
 struct ChunkRows<'d> {
     inner: &'d mut dyn Decoder,
     rows: Vec<usize>,
     prepared: Vec<Vec<usize>>,
+    from_chunk: Vec<Vec<usize>>,
+}
+
+impl<'d> ChunkRows<'d> {
+    fn new(inner: &'d mut dyn Decoder) -> Self {
+        Self {
+            inner,
+            rows: Vec::new(),
+            prepared: Vec::new(),
+            from_chunk: Vec::new(),
+        }
+    }
 }
 
 impl Decoder for ChunkRows<'_> {
@@ -1556,6 +1657,19 @@ impl Decoder for ChunkRows<'_> {
     fn finish_decode(&mut self, chunk: Chunk) -> StepFuture<'_, Vec<u32>> {
         self.inner.finish_decode(chunk)
     }
+    fn start_step(
+        &mut self,
+        batch: &[(usize, &[u32])],
+        from_chunk: &[usize],
+        sampling: &SamplingParams,
+        draws: &[f32],
+    ) -> Option<Result<Chunk, ModelError>> {
+        self.from_chunk.push(from_chunk.to_vec());
+        self.inner.start_step(batch, from_chunk, sampling, draws)
+    }
+    fn takes_chunk_tokens(&self) -> bool {
+        self.inner.takes_chunk_tokens()
+    }
     fn prepare(&mut self, prompts: &[usize], sampling: &SamplingParams) -> Result<(), ModelError> {
         self.prepared.push(prompts.to_vec());
         self.inner.prepare(prompts, sampling)
@@ -1576,11 +1690,7 @@ fn generate_prepares_for_the_prompts_and_a_context_slide() {
     let prompts = [prompt(5, 1), prompt(9, 2)];
     for (tokens, want) in [(10, vec![vec![5, 9]]), (30, vec![vec![16, 16], vec![5, 9]])] {
         let mut cpu = CpuBatch::new(&m, 2, 32, KvFormat::F32).unwrap();
-        let mut recorded = ChunkRows {
-            inner: &mut cpu,
-            rows: Vec::new(),
-            prepared: Vec::new(),
-        };
+        let mut recorded = ChunkRows::new(&mut cpu);
         run(&mut recorded, &prompts, tokens, SamplingParams::greedy());
         assert_eq!(recorded.prepared, want, "{tokens} tokens");
     }
@@ -1627,11 +1737,7 @@ fn thirty_two_requests_at_once_each_get_their_solo_tokens() {
                 tokens
             })
             .collect();
-        let mut recorded = ChunkRows {
-            inner: dec,
-            rows: Vec::new(),
-            prepared: Vec::new(),
-        };
+        let mut recorded = ChunkRows::new(dec);
         let mut batcher = Batcher::new(32, 48, 8).unwrap();
         for r in &requests {
             batcher.submit(r.clone()).unwrap();
