@@ -312,7 +312,7 @@ fn profile_table(decoders: &[DecoderResult]) -> String {
         if s.is_empty() {
             let _ = write!(
                 s,
-                "## Decode step profile\n\nOne sequence's decode step after its prompt, every dispatch timed ({}; `walsh profile` prints one in full). Wall: the step in one pass, submitted and waited for.\n\n| variant | weights | d_model | layers | dispatches | per layer | sum us | wall us | wall us / dispatch | top kernels (share of the sum) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+                "## Decode step profile\n\nOne sequence's decode step after its prompt, every dispatch timed ({}; `walsh profile` prints one in full). Wall: the step in one pass, submitted and waited for; host: the start of it, encoding the pass.\n\n| variant | weights | d_model | layers | dispatches | per layer | sum us | wall us | wall us / dispatch | host us / dispatch | top kernels (share of the sum) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
                 p.method.describe()
             );
         }
@@ -325,7 +325,7 @@ fn profile_table(decoders: &[DecoderResult]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} | {} |",
             d.variant,
             d.weights.name(),
             d.d_model,
@@ -335,6 +335,7 @@ fn profile_table(decoders: &[DecoderResult]) -> String {
             p.decode.sum_us,
             p.decode.wall_us,
             p.decode.wall_us_per_dispatch,
+            p.decode.host_encode_us / p.decode.dispatches.max(1) as f64,
             top.join(", ")
         );
     }

@@ -6,7 +6,9 @@
 //! timestamps at its ends (TIMESTAMP_QUERY; a pass boundary may add a little), or the host
 //! clock around a submission of each dispatch alone (which includes the submission). The
 //! step's wall time, its whole recording in one pass submitted and waited for, comes with
-//! it: the gap between the two is launch, barrier and submission cost.
+//! it: the gap between the two is launch, barrier and submission cost. The host's part of
+//! the wall time, encoding the pass, is timed too: where it is most of the gap, the host
+//! is what bounds a GPU that runs the dispatches faster than they are encoded.
 
 use web_time::Instant;
 
@@ -54,6 +56,10 @@ pub struct RecordingTime {
     pub dispatches: Vec<DispatchTime>,
     /// Median host time of the whole recording in one pass, submitted and waited for.
     pub wall_seconds: f64,
+    /// Median host time of encoding that pass (the start of each wall time): wgpu's
+    /// validation and the driver's command recording, before the submission.
+    #[serde(default)]
+    pub encode_seconds: f64,
 }
 
 impl RecordingTime {
@@ -106,9 +112,12 @@ pub async fn time_recording(gpu: &Gpu, rec: &Recording, repeats: usize) -> Resul
     let whole = |label: &str| whole_pass(gpu, rec, label);
     gpu.finish(whole("profile warm-up")).await?;
     let mut walls = Vec::with_capacity(repeats);
+    let mut encodes = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let start = Instant::now();
-        gpu.finish(whole("profile step")).await?;
+        let encoder = whole("profile step");
+        encodes.push(start.elapsed().as_secs_f64());
+        gpu.finish(encoder).await?;
         walls.push(start.elapsed().as_secs_f64());
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(repeats); n];
@@ -182,6 +191,7 @@ pub async fn time_recording(gpu: &Gpu, rec: &Recording, repeats: usize) -> Resul
         method,
         dispatches,
         wall_seconds: median(&mut walls),
+        encode_seconds: median(&mut encodes),
     })
 }
 

@@ -82,6 +82,9 @@ pub struct StepProfile {
     pub gap_us: f64,
     /// wall / dispatches.
     pub wall_us_per_dispatch: f64,
+    /// The host's part of the wall time: encoding the step's pass, before submitting it.
+    #[serde(default)]
+    pub host_encode_us: f64,
 }
 
 impl StepProfile {
@@ -131,6 +134,7 @@ impl StepProfile {
             wall_us: t.wall_seconds * 1e6,
             gap_us: (t.wall_seconds - sum) * 1e6,
             wall_us_per_dispatch: t.wall_seconds * 1e6 / n.max(1) as f64,
+            host_encode_us: t.encode_seconds * 1e6,
         }
     }
 }
@@ -227,8 +231,14 @@ impl DecoderProfile {
         for (name, step) in [("decode", &self.decode), ("prefill", &self.prefill)] {
             out += &format!(
                 "\n{name}: {} dispatches, sum {:.1} us, wall {:.1} us (gap {:.1} us, {:.2} us per \
-                 dispatch)\n",
-                step.dispatches, step.sum_us, step.wall_us, step.gap_us, step.wall_us_per_dispatch
+                 dispatch; the host encodes it in {:.1} us, {:.2} us per dispatch)\n",
+                step.dispatches,
+                step.sum_us,
+                step.wall_us,
+                step.gap_us,
+                step.wall_us_per_dispatch,
+                step.host_encode_us,
+                step.host_encode_us / step.dispatches.max(1) as f64
             );
             for k in &step.kernels {
                 out += &format!(
@@ -334,6 +344,12 @@ mod tests {
                 assert!((shares - 1.0).abs() < 1e-9, "{shares}");
                 assert!(p.decode.rows.iter().all(|r| r.bytes > 0 && r.us >= 0.0));
                 assert!(p.copy_gb_per_s > 0.0 && p.decode.wall_us > 0.0);
+                // Each run's encoding is the start of its wall time, so their medians
+                // keep the order.
+                for step in [&p.decode, &p.prefill] {
+                    let (host, wall) = (step.host_encode_us, step.wall_us);
+                    assert!(host > 0.0 && host < wall, "{host} of {wall} us");
+                }
                 let text = p.table();
                 assert!(text.contains("matmul:gemv") && text.contains("attention:attend"));
                 assert_eq!(dec.len(0), 4, "the prompt and one decoded token");
