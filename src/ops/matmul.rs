@@ -122,6 +122,11 @@ const MAX_GEMV_ROWS: usize = 8;
 /// ([`GEMM_TILE`]) per workgroup. On lavapipe a 98-token prefill of the shipped Hadamard
 /// model took 0.38x the time with `gemm_direct` of what it took with the 8 x 8 `gemm8` it
 /// replaced (itself 0.87x `gemm`'s); on SwiftShader `gemm_direct` took 1.35-1.4x `gemm`'s.
+/// SwiftShader keeps `gemm` though its vec4 forms ([`gemm_direct4`]) run faster there: the
+/// 12-20 GEMMs of a 65-token prefill of the shipped models took 0.29-0.59x `gemm`'s time
+/// natively, but a generation's kernels then took 2.4-3.4 s to build against 1.1-1.4 s
+/// (the prefill GEMMs are built for a context slide), more than its slides save (about
+/// 0.25 s each, one per 64 tokens) unless it runs for thousands of tokens (Dec 6).
 fn gemm_entry(gpu: &Gpu) -> &'static str {
     #[cfg(test)]
     if let Some(entry) = tests::GEMM_ENTRY.get() {
