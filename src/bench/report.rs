@@ -335,7 +335,7 @@ fn profile_table(decoders: &[DecoderResult]) -> String {
             p.decode.sum_us,
             p.decode.wall_us,
             p.decode.wall_us_per_dispatch,
-            p.decode.host_encode_us / p.decode.dispatches.max(1) as f64,
+            p.decode.host_encode_us_per_dispatch(),
             top.join(", ")
         );
     }

@@ -1008,9 +1008,9 @@ impl GpuDecoder {
                 }
             }
         }
+        let (src, dst) = (acts.log.buffer(), acts.tokens.buffer());
+        let bytes = |w: u32| 4 * u64::from(w);
         for (row, log, words) in runs {
-            let (src, dst) = (acts.log.buffer(), acts.tokens.buffer());
-            let bytes = |w: u32| 4 * u64::from(w);
             encoder.copy_buffer_to_buffer(src, bytes(log), dst, bytes(row), bytes(words));
         }
         {

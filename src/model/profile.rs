@@ -137,6 +137,11 @@ impl StepProfile {
             host_encode_us: t.encode_seconds * 1e6,
         }
     }
+
+    /// host_encode / dispatches.
+    pub fn host_encode_us_per_dispatch(&self) -> f64 {
+        self.host_encode_us / self.dispatches.max(1) as f64
+    }
 }
 
 /// A decoder's profile: a prefill and the decode step after it.
@@ -238,7 +243,7 @@ impl DecoderProfile {
                 step.gap_us,
                 step.wall_us_per_dispatch,
                 step.host_encode_us,
-                step.host_encode_us / step.dispatches.max(1) as f64
+                step.host_encode_us_per_dispatch()
             );
             for k in &step.kernels {
                 out += &format!(
